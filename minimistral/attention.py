@@ -1,0 +1,96 @@
+"""Attention: masks, grouped-query attention and the sliding window (notebooks 04 and 05).
+
+Shapes: B batch, T new tokens (queries), S keys visible to them, H query heads, K key/value heads,
+D head_dim. With grouped-query attention (GQA) query head h reads key/value head h // (H // K):
+for Mistral 7B, 32 query heads in 8 groups of 4, each group sharing one K/V head.
+
+Two paths compute the same thing:
+- `attention_explicit`: scores, mask, softmax, weighted sum, written out; returns the probabilities
+  (the course's pictures come from here).
+- `attention_sdpa`: `torch.nn.functional.scaled_dot_product_attention`, the fast path.
+"""
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rope import apply_rope_complex
+
+
+def attention_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, window: Optional[int]) -> torch.Tensor:
+    """Bool (Tq, Tk), True where a query may attend a key. A query at position i sees keys j with
+    i - window < j <= i: exactly `window` keys, itself included. Keys at negative positions (empty
+    cache slots) are never seen. window=None is plain causal attention."""
+    q = q_positions[:, None]
+    k = k_positions[None, :]
+    visible = (k <= q) & (k >= 0)
+    if window is not None:
+        visible &= k > q - window
+    return visible
+
+
+def sliding_window_mask(seq_len: int, window: Optional[int], device=None) -> torch.Tensor:
+    """The (seq_len, seq_len) band mask of a sequence starting at position 0."""
+    pos = torch.arange(seq_len, device=device)
+    return attention_mask(pos, pos, window)
+
+
+def causal_mask(seq_len: int, device=None) -> torch.Tensor:
+    """Lower-triangular (seq_len, seq_len) mask: every token sees itself and everything before it."""
+    return sliding_window_mask(seq_len, None, device)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, K, S, D) -> (B, K * n_rep, S, D): each K/V head repeated for the n_rep query heads of its group."""
+    return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
+
+
+def attention_explicit(q, k, v, mask):
+    """q (B, H, T, D), k and v (B, K, S, D), mask (T, S) bool -> (out (B, H, T, D), probs (B, H, T, S))."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, D)
+    scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])  # (B, H, T, S)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).type_as(q)  # softmax in float32, as the references do
+    return probs @ v, probs  # (B, H, T, D)
+
+
+def attention_sdpa(q, k, v, mask):
+    """The same through PyTorch's fused kernel (GQA handled inside by enable_gqa)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped K/V heads, RoPE and an optional rolling KV cache."""
+
+    def __init__(self, args, layer_idx: int = 0):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = args.n_heads, args.n_kv_heads, args.head_dim
+        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
+        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
+        self.use_sdpa = True  # False: the explicit path everywhere
+        self.recorder = None  # a callable(layer_idx, probs, q_positions, k_positions) forces the explicit path
+
+    def forward(self, x, angles, mask, positions, k_positions, cache=None):
+        B, T, _ = x.shape  # x: (B, T, dim)
+        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
+        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
+        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
+        q, k = apply_rope_complex(q, angles), apply_rope_complex(k, angles)  # keys rotated before caching
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, H or K, T, D)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v, positions)  # (B, K, S, D): cached keys then new ones
+        if self.recorder is not None:
+            out, probs = attention_explicit(q, k, v, mask)
+            self.recorder(self.layer_idx, probs, positions, k_positions)
+        elif self.use_sdpa:
+            out = attention_sdpa(q, k, v, mask)
+        else:
+            out, _ = attention_explicit(q, k, v, mask)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1))  # (B, T, H * D) -> (B, T, dim)

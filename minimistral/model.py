@@ -1,0 +1,121 @@
+"""The Mistral transformer (notebook 07): pre-norm residual blocks of attention and SwiGLU.
+
+    h   = x + attention(attention_norm(x))      # HF: input_layernorm
+    out = h + feed_forward(ffn_norm(h))         # HF: post_attention_layernorm (it comes *before* the MLP)
+
+Parameter names follow Mistral's own checkpoints (tok_embeddings, layers.N.attention.wq, ...), so a
+consolidated state dict loads as is; `weights.py` maps the Hugging Face names.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .attention import Attention, attention_mask
+from .cache import RollingKVCache
+from .config import ModelArgs
+from .mlp import FeedForward
+from .norm import RMSNorm
+from .rope import rope_angles
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer_idx: int):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)
+        self.attention = Attention(args, layer_idx)
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)
+
+    def forward(self, x, angles, mask, positions, k_positions, cache=None):  # x: (B, T, dim)
+        h = x + self.attention(self.attention_norm(x), angles, mask, positions, k_positions, cache)
+        return h + self.feed_forward(self.ffn_norm(h))  # (B, T, dim)
+
+
+class Transformer(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
+        self.norm = RMSNorm(args.dim, args.norm_eps)
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
+        if not self.output.weight.is_meta:  # on the meta device there is nothing to fill
+            self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self, method: str = "uniform", std: float = 0.02, seed: Optional[int] = None) -> "Transformer":
+        """Fill every matrix from the given distribution and the norms with ones.
+        method="uniform": U(-std, std), as Mistral's model card states; method="normal": N(0, std^2), what
+        transformers' MistralPreTrainedModel uses (initializer_range=0.02)."""
+        if method not in ("uniform", "normal"):
+            raise ValueError(f"init_weights: method must be 'uniform' or 'normal', got {method!r}")
+        gen = torch.Generator(device=self.output.weight.device)
+        if seed is not None:
+            gen.manual_seed(seed)
+        else:
+            gen.seed()
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif method == "uniform":
+                p.uniform_(-std, std, generator=gen)
+            else:
+                p.normal_(0.0, std, generator=gen)
+        return self
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def new_cache(self, batch_size: int = 1, dtype=None, device=None) -> RollingKVCache:
+        """An empty rolling cache for this model, in the model's dtype and on its device by default."""
+        w = self.output.weight
+        return RollingKVCache.from_args(self.args, batch_size, dtype or w.dtype, device or w.device)
+
+    def set_attention_impl(self, impl: str) -> None:
+        """'sdpa' (fast, default) or 'explicit' (scores and softmax written out)."""
+        if impl not in ("sdpa", "explicit"):
+            raise ValueError(f"attention impl must be 'sdpa' or 'explicit', got {impl!r}")
+        for layer in self.layers:
+            layer.attention.use_sdpa = impl == "sdpa"
+
+    def _check_input(self, tokens, cache):
+        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.long, torch.int32):
+            got = f"{tokens.dtype} tensor of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be an integer tensor of shape (batch, seq_len), got {got}")
+        B, T = tokens.shape
+        if T == 0:
+            raise ValueError("tokens has seq_len 0: give at least one token")
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.args.vocab_size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.args.vocab_size}): "
+                             "was it produced by a tokenizer for another model?")
+        start = cache.pos if cache is not None else 0
+        if start + T > self.args.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens ({start} cached + {T} new) exceeds "
+                             f"max_seq_len={self.args.max_seq_len}")
+        if cache is not None and cache.batch_size != B:
+            raise ValueError(f"cache was made for batch_size={cache.batch_size} but tokens have batch size {B}: "
+                             "make a new one with model.new_cache(batch_size=...)")
+
+    def forward(self, tokens: torch.Tensor, cache: Optional[RollingKVCache] = None) -> torch.Tensor:
+        """tokens (B, T) -> float logits (B, T, vocab_size). With a cache, tokens continue the sequence
+        it holds and the logits are those of the new tokens."""
+        self._check_input(tokens, cache)
+        B, T = tokens.shape
+        start = cache.pos if cache is not None else 0
+        positions = torch.arange(start, start + T, device=tokens.device)  # (T,) absolute positions
+        k_positions = cache.key_positions(positions) if cache is not None else positions  # (S,)
+        mask = attention_mask(positions, k_positions, self.args.sliding_window)  # (T, S), shared by all layers
+        angles = rope_angles(positions, self.args.head_dim, self.args.rope_theta)  # (T, head_dim/2)
+
+        h = self.tok_embeddings(tokens)  # (B, T, dim)
+        for layer in self.layers:
+            h = layer(h, angles, mask, positions, k_positions, cache)
+        if cache is not None:
+            cache.advance(positions)
+        return self.output(self.norm(h)).float()  # (B, T, vocab_size)
