@@ -1,0 +1,81 @@
+"""Every course notebook: reviewable twin in sync, the standard sections, a figure, an exercise, clean outputs.
+
+(Execution and output comparison are `pytest --nbval`'s job; this checks what nbval does not.)
+"""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+COURSE = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _cells(nb, kind):
+    return [c for c in nb["cells"] if c["cell_type"] == kind]
+
+
+def _source(cell):
+    return "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+
+
+@pytest.fixture(params=COURSE, ids=[p.stem for p in COURSE])
+def notebook(request):
+    return request.param, json.loads(request.param.read_text())
+
+
+def test_the_course_has_its_notebooks():
+    numbers = {p.name[:2] for p in COURSE}
+    assert {"00", "01", "02", "03", "04", "05", "06"} <= numbers, f"Part I incomplete: {sorted(numbers)}"
+
+
+def test_jupytext_twin_in_sync(notebook):
+    jupytext = pytest.importorskip("jupytext")
+    path, nb = notebook
+    twin = path.with_suffix(".py")
+    assert twin.exists(), f"{twin.name} missing: write notebooks as jupytext percent scripts"
+    from_py = jupytext.read(twin)
+    want = [(c.cell_type, c.source.strip()) for c in from_py.cells]
+    got = [(c["cell_type"], _source(c).strip()) for c in nb["cells"]]
+    assert got == want, (f"{path.name} and {twin.name} differ: regenerate with "
+                         f"`cd notebooks && jupytext --to notebook --set-kernel python3 --execute {twin.name}`")
+
+
+def test_opens_and_closes_properly(notebook):
+    path, nb = notebook
+    md = [_source(c) for c in _cells(nb, "markdown")]
+    opening = "\n".join(md[:3]).lower()
+    assert "what you will learn" in opening, f"{path.name}: opening section lacks 'What you will learn'"
+    assert "what you need" in opening, f"{path.name}: opening section lacks 'What you need'"
+    closing = "\n".join(md[-3:]).lower()
+    assert "summary" in closing, f"{path.name}: no closing summary"
+
+
+def test_has_a_figure(notebook):
+    path, nb = notebook
+    images = [o for c in _cells(nb, "code") for o in c.get("outputs", [])
+              if "image/png" in o.get("data", {}) or "image/svg+xml" in o.get("data", {})]
+    assert images, f"{path.name}: no figure in the stored outputs"
+
+
+def test_has_a_checked_exercise(notebook):
+    path, nb = notebook
+    code = [_source(c) for c in _cells(nb, "code")]
+    solutions = [s for s in code if "### BEGIN SOLUTION" in s and "### END SOLUTION" in s]
+    assert solutions, f"{path.name}: no exercise with ### BEGIN SOLUTION / ### END SOLUTION markers"
+    verdicts = [line for c in _cells(nb, "code") for o in c.get("outputs", []) if o.get("output_type") == "stream"
+                for line in "".join(o.get("text", "")).splitlines() if re.match(r"\[(PASS|FAIL|TODO)\] ", line)]
+    assert verdicts, f"{path.name}: no exercise check ran ([PASS]/[FAIL]/[TODO] line) in the stored outputs"
+    assert all(v.startswith("[PASS]") for v in verdicts), f"{path.name}: shipped solutions must pass: {verdicts}"
+
+
+def test_every_cell_executed_without_errors(notebook):
+    path, nb = notebook
+    for i, cell in enumerate(_cells(nb, "code")):
+        if not _source(cell).strip():
+            continue
+        assert cell.get("execution_count") is not None, f"{path.name}: code cell {i} was never executed"
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{path.name}: code cell {i} stored an error: {errors[0].get('ename')}"
