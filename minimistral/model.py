@@ -87,8 +87,8 @@ class Transformer(nn.Module):
             got = f"{tokens.dtype} tensor of shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
             raise ValueError(f"tokens must be an integer tensor of shape (batch, seq_len), got {got}")
         B, T = tokens.shape
-        if T == 0:
-            raise ValueError("tokens has seq_len 0: give at least one token")
+        if B == 0 or T == 0:
+            raise ValueError(f"tokens has shape {(B, T)}: give at least one sequence of at least one token")
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= self.args.vocab_size:
             bad = lo if lo < 0 else hi
