@@ -1,0 +1,165 @@
+"""The fast path for inference (notebook 12): the same model, arranged for a GPU.
+
+Decoding one token at batch 1 reads every weight once, so its floor is (bytes of weights) / (memory
+bandwidth). The teaching path in model.py spends most of its time elsewhere on a GPU: hundreds of small
+kernel launches per token, Python bookkeeping, and a host synchronisation for every sampled token. Here:
+
+- `StaticRollingCache`: the same rolling buffer (slot = position % W), but every shape is fixed and the
+  current position lives in a device tensor, so one decode step is always the same sequence of kernels.
+- `decode_step`: one token in, logits and the sampled next token out, attending over the W slots with a
+  mask built on the device. Static shapes let `torch.compile(mode="reduce-overhead")` capture it in a CUDA
+  graph and replay it with one launch.
+- Sampling on the device (argmax, or the Gumbel-max trick for temperature > 0), so the loop never waits
+  for the host until the end.
+- Prefill through `scaled_dot_product_attention` in chunks of at most W tokens.
+
+`FastGenerator(model).generate(...)` gives the same tokens as `mm.generate` (tests/test_fast.py proves it).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .attention import attention_mask, attention_sdpa
+from .rope import apply_rope_complex, rope_frequencies
+
+
+class StaticRollingCache:
+    """Preallocated keys/values (L, B, K, W, D), the absolute position each slot holds, all on the device."""
+
+    def __init__(self, args, batch_size: int, dtype, device):
+        self.size = args.cache_slots()
+        shape = (args.n_layers, batch_size, args.n_kv_heads, self.size, args.head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.slot_positions = torch.full((self.size,), -1, dtype=torch.long, device=device)
+
+    def reset(self):
+        self.slot_positions.fill_(-1)
+
+
+def _qkv(attn, x, angles):
+    B, T, _ = x.shape
+    q = attn.wq(x).view(B, T, attn.n_heads, attn.head_dim)
+    k = attn.wk(x).view(B, T, attn.n_kv_heads, attn.head_dim)
+    v = attn.wv(x).view(B, T, attn.n_kv_heads, attn.head_dim)
+    q, k = apply_rope_complex(q, angles), apply_rope_complex(k, angles)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or K, T, D)
+
+
+class FastGenerator:
+    def __init__(self, model, batch_size: int = 1, compile: Optional[bool] = None):
+        self.model = model.eval()
+        self.args = model.args
+        w = model.output.weight
+        self.device, self.dtype = w.device, w.dtype
+        self.cache = StaticRollingCache(self.args, batch_size, self.dtype, self.device)
+        self.inv_freq = rope_frequencies(self.args.head_dim, self.args.rope_theta, device=self.device)
+        self.window = self.args.sliding_window
+        if compile is None:
+            compile = self.device.type == "cuda"
+        if compile:  # the cache is mutated inside the graph: its addresses must stay fixed between replays
+            for t in (self.cache.k, self.cache.v, self.cache.slot_positions):
+                torch._dynamo.mark_static_address(t)
+        self._decode = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True) if compile \
+            else self._decode_step
+
+    # ---- prefill: variable length, eager, fused attention ---------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """tokens (B, T) at absolute positions start.. -> logits of the last token (B, V). Runs in chunks of
+        at most W tokens so no score matrix is larger than W x 2W."""
+        chunk = self.cache.size
+        for s in range(0, tokens.shape[1], chunk):
+            logits = self._prefill_chunk(tokens[:, s:s + chunk], start + s)
+        return logits
+
+    def _prefill_chunk(self, tokens, start):
+        B, T = tokens.shape
+        c = self.cache
+        positions = torch.arange(start, start + T, device=self.device)
+        k_positions = torch.cat([c.slot_positions, positions])  # (W + T,): every slot, then the chunk
+        mask = attention_mask(positions, k_positions, self.window)  # empty slots (-1) are masked out
+        angles = torch.outer(positions.float(), self.inv_freq)
+        slots = positions % c.size  # T <= W, so distinct
+        h = self.model.tok_embeddings(tokens)
+        for i, layer in enumerate(self.model.layers):
+            attn = layer.attention
+            q, k, v = _qkv(attn, layer.attention_norm(h), angles)
+            out = attention_sdpa(q, torch.cat([c.k[i], k], 2), torch.cat([c.v[i], v], 2), mask)
+            c.k[i, :, :, slots], c.v[i, :, :, slots] = k, v
+            h = h + attn.wo(out.transpose(1, 2).reshape(B, T, -1))
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+        c.slot_positions[slots] = positions
+        return self.model.output(self.model.norm(h[:, -1])).float()  # (B, V)
+
+    # ---- decode: one token, static shapes, no host sync -------------------------------------------------
+    def _decode_step(self, token, pos, temperature, noise):
+        """token (B, 1), pos () long on the device -> (logits (B, V), next token (B, 1))."""
+        B = token.shape[0]
+        c = self.cache
+        slot = pos % c.size
+        c.slot_positions.index_copy_(0, slot[None], pos[None])
+        visible = (c.slot_positions >= 0) & (c.slot_positions <= pos)
+        if self.window is not None:
+            visible &= c.slot_positions > pos - self.window
+        mask = visible[None, :]  # (1, W)
+        angles = (pos.float() * self.inv_freq)[None, :]  # (1, D/2)
+        h = self.model.tok_embeddings(token)  # (B, 1, dim)
+        for i, layer in enumerate(self.model.layers):
+            attn = layer.attention
+            q, k, v = _qkv(attn, layer.attention_norm(h), angles)  # (B, *, 1, D)
+            c.k[i].index_copy_(2, slot[None], k)
+            c.v[i].index_copy_(2, slot[None], v)
+            out = attention_sdpa(q, c.k[i], c.v[i], mask)  # (B, H, 1, D)
+            h = h + attn.wo(out.transpose(1, 2).reshape(B, 1, -1))
+            h = h + layer.feed_forward(layer.ffn_norm(h))
+        logits = self.model.output(self.model.norm(h[:, -1])).float()  # (B, V)
+        return logits, self._sample(logits, temperature, noise)
+
+    @staticmethod
+    def _sample(logits, temperature, noise):
+        """Greedy when temperature == 0, else Gumbel-max: argmax(logits / t + g) with g = -log(-log(u)) draws
+        from softmax(logits / t), with no host round trip and no data-dependent shapes."""
+        greedy = logits.argmax(-1, keepdim=True)
+        t = temperature.clamp_min(1e-6)
+        sampled = (logits / t + noise).argmax(-1, keepdim=True)
+        return torch.where(temperature > 0, sampled, greedy)
+
+    @torch.inference_mode()
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 0.0, seed: Optional[int] = None,
+                 eos_id: Optional[int] = None) -> list[int]:
+        """New token ids for one prompt (batch 1), greedy or sampled at `temperature` (no top-k/top-p here)."""
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("prompt_ids is empty: give at least one token")
+        if len(prompt) + max_new_tokens > self.args.max_seq_len:
+            raise ValueError(f"prompt ({len(prompt)}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                             f"{self.args.max_seq_len}")
+        if max_new_tokens <= 0:
+            return []
+        self.cache.reset()
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(seed if seed is not None else torch.seed())
+        temp = torch.tensor(float(temperature), device=self.device)
+        V = self.args.vocab_size
+
+        def gumbel():
+            u = torch.rand((1, V), generator=gen, device=self.device).clamp_(1e-20, 1.0)
+            return -torch.log(-torch.log(u))
+
+        logits = self.prefill(torch.tensor([prompt], device=self.device))
+        token = self._sample(logits, temp, gumbel())  # (1, 1)
+        out = [token]
+        pos = torch.tensor(len(prompt), device=self.device)
+        for _ in range(max_new_tokens - 1):
+            _, token = self._decode(token, pos, temp, gumbel())
+            token = token.clone()  # CUDA-graph outputs are overwritten by the next replay
+            out.append(token)
+            pos += 1
+        ids = torch.cat(out, 1)[0].tolist()  # the only host synchronisation
+        if eos_id is not None and eos_id in ids:
+            ids = ids[: ids.index(eos_id) + 1]
+        return ids
