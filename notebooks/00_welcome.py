@@ -1,0 +1,352 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Welcome: Mistral 7B from scratch
+#
+# This course builds **Mistral 7B (v0.1)** in PyTorch, one piece per notebook, on top of a small
+# library, `minimistral`, that mirrors the notebooks. At the end the same code loads the real 7-billion
+# parameter checkpoint on a GPU and generates text with it, and we look inside: attention maps, the
+# rolling key-value cache at work.
+#
+# ## What you will learn
+# - What the course builds, in which order, and how to use the notebooks and their exercises.
+# - The numbers that define Mistral 7B: its **config card**.
+# - Where its **7,241,732,096 parameters** sit (spoiler: mostly in the MLPs).
+# - **Memory arithmetic**: how many bytes the weights take in fp32, bf16 and int8, and how much the
+#   key-value cache costs per token, with and without grouped-query attention and the sliding window.
+# - How to build the full 7B model in a fraction of a second without allocating a single weight
+#   (PyTorch's `meta` device).
+#
+# ## What you need
+# - A laptop CPU, about 1 GB of RAM, under a minute. No GPU, no network.
+# - Python and PyTorch basics (tensors, `nn.Module`). This is the first notebook; nothing comes before.
+
+# %% [markdown]
+# ## The course map
+#
+# | notebook | what it builds |
+# |---|---|
+# | **00 welcome** | this tour: setup, the config card, the parameter and memory budget |
+# | **01 tokenizer** | sentencepiece BPE with byte fallback, on the real Mistral tokenizer |
+# | **02 embeddings and RMSNorm** | tokens to vectors; the normalisation Mistral uses, and why it upcasts to float32 |
+# | **03 RoPE** | rotary position embeddings: positions as rotations, in Mistral's and Hugging Face's layouts |
+# | **04 attention and GQA** | scaled dot-product attention, the causal mask, 32 query heads sharing 8 key/value heads |
+# | **05 sliding window** | attention to exactly the last 4,096 tokens, and how the receptive field grows with depth |
+# | **06 SwiGLU MLP** | the gated feed-forward network that holds most of the parameters |
+# | **07 the full model** | the pre-norm block, 32 of them, checked against Hugging Face transformers |
+# | **08 KV cache** | Mistral's rolling-buffer cache: memory that stays flat past the window |
+# | **09 generation** | greedy decoding, temperature, top-p, seeds |
+# | **10 training a tiny Mistral** | the same architecture, small, trained on the CPU |
+# | **11 the real Mistral 7B on a GPU** | loading the checkpoint, generating, attention maps, the cache at work |
+# | **12 making it fast** | measuring and speeding up inference |
+#
+# **How to use the notebooks.** Run them top to bottom (*Run → Run All Cells*). Each one builds its
+# piece from scratch, checks it against the library with `torch.testing.assert_close`, and then uses
+# the library's version, so later notebooks rest on code you have already seen proved.
+#
+# **Exercises** are functions you complete. The solution is already in the cell, between
+# `### BEGIN SOLUTION` and `### END SOLUTION`; to practise, replace it with your own code (or with
+# `raise NotImplementedError`) and run the check in the next cell. It prints one line:
+# `[PASS]`, `[FAIL]` with a hint, or `[TODO]`. A check never stops the notebook.
+
+# %% [markdown]
+# ## Setup check
+#
+# The versions you run (your numbers will differ from the stored ones, which is fine) and the
+# device PyTorch would use. Everything in notebooks 00-10 runs on a CPU.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import platform
+import time
+
+import matplotlib
+import matplotlib.pyplot as plt
+import torch
+
+import minimistral as mm
+
+if torch.cuda.is_available():
+    device = f"cuda ({torch.cuda.get_device_name(0)})"
+elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+    device = "mps (Apple GPU)"
+else:
+    device = "cpu"
+print(f"python      {platform.python_version()}")
+print(f"torch       {torch.__version__}")
+print(f"matplotlib  {matplotlib.__version__}")
+print(f"minimistral {mm.__version__}")
+print(f"device      {device}   (CPU threads: {torch.get_num_threads()})")
+
+# %% [markdown]
+# ## The config card
+#
+# Everything about the architecture is in a dozen numbers. `mm.ModelArgs.mistral_7b()` holds them,
+# exactly as published with the v0.1 checkpoint.
+
+# %%
+args = mm.ModelArgs.mistral_7b()
+
+meaning = {
+    "dim": "width of the residual stream (size of every token's vector)",
+    "n_layers": "transformer blocks stacked on top of each other",
+    "head_dim": "size of one attention head",
+    "hidden_dim": "inner width of the SwiGLU MLP (3.5 x dim)",
+    "n_heads": "query heads per layer",
+    "n_kv_heads": "key/value heads per layer (grouped-query attention)",
+    "vocab_size": "tokens the tokenizer knows",
+    "norm_eps": "epsilon inside RMSNorm",
+    "sliding_window": "keys each query attends to (itself included)",
+    "rope_theta": "base of the rotary position frequencies",
+    "max_seq_len": "longest context the model was configured for",
+    "dtype": "dtype the weights are published in",
+}
+print(f"{'field':<15} {'value':>10}   meaning")
+print("-" * 80)
+for field, value in args.to_dict().items():
+    shown = f"{value:,}" if isinstance(value, int) else str(value)
+    print(f"{field:<15} {shown:>10}   {meaning[field]}")
+
+# %% [markdown]
+# Two derived numbers matter throughout the course:
+#
+# - `n_heads // n_kv_heads = 4`: each key/value head is shared by a group of **4 query heads**
+#   (grouped-query attention, notebook 04).
+# - `n_heads * head_dim = 4096 = dim`: the heads together are as wide as the residual stream. (Mistral's
+#   code does not require this; `head_dim` is its own field.)
+#
+# Two traps for anyone loading v0.1 with other tools, both pinned by the library's tests: Hugging
+# Face's `MistralConfig` defaults to `rms_norm_eps=1e-6` (v0.1 uses `1e-5`), and `mistral-inference`
+# falls back to `rope_theta=1e6` when `params.json` has none (v0.1's has none, and needs `1e4`).
+
+# %%
+print("query heads per K/V head:", args.n_rep)
+print("n_heads * head_dim       :", args.n_heads * args.head_dim)
+
+# %% [markdown]
+# ## Where the 7,241,732,096 parameters sit
+#
+# Per layer, with $d$ = `dim`, $h$ = `head_dim`, $H$ = `n_heads`, $K$ = `n_kv_heads`, $F$ = `hidden_dim`:
+#
+# $$
+# \underbrace{d \cdot Hh}_{w_q} + \underbrace{2 \cdot d \cdot Kh}_{w_k,\ w_v} + \underbrace{Hh \cdot d}_{w_o}
+# + \underbrace{3 \cdot d F}_{w_1,\ w_2,\ w_3} + \underbrace{2d}_{\text{two RMSNorms}}
+# $$
+#
+# and once for the whole model: the embedding table ($V \times d$), a final RMSNorm ($d$), and the
+# output head ($d \times V$, a separate matrix: Mistral does not tie it to the embeddings). No
+# linear layer has a bias.
+
+# %%
+by_component = args.params_by_component()
+total = args.num_params()
+for name, count in by_component.items():
+    print(f"{name:<12} {count:>14,}  {100 * count / total:7.3f} %")
+print(f"{'total':<12} {total:>14,}")
+assert total == 7_241_732_096
+
+# %%
+names = list(by_component)[::-1]
+counts = [by_component[n] for n in names]
+fig, ax = plt.subplots(figsize=(8, 3.2))
+bars = ax.barh(names, [c / 1e9 for c in counts], color=["#888", "#4C72B0", "#DD8452", "#55A868", "#888"][::-1])
+for bar, c in zip(bars, counts):
+    ax.text(bar.get_width() + 0.05, bar.get_y() + bar.get_height() / 2,
+            f"{c:,}  ({100 * c / total:.3g} %)", va="center", fontsize=9)
+ax.set_xlim(0, 7.6)
+ax.set_xlabel("parameters (billions)")
+ax.set_title(f"Mistral 7B: {total:,} parameters by component")
+ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# **The MLPs hold 78 % of the model.** Attention is less than a fifth, partly because grouped-query
+# attention makes `wk` and `wv` four times smaller than `wq`. The norms are a rounding error:
+# 266,240 numbers. The embedding table and the output head are both $32000 \times 4096$.
+
+# %% [markdown]
+# ## Memory arithmetic
+#
+# ### Weights
+# Bytes = parameters × bytes per number. Inference usually runs in bfloat16 (2 bytes); training keeps
+# float32 copies (4 bytes, plus optimiser state); 8-bit and 4-bit quantisation squeeze further.
+# (1 GiB = $2^{30}$ bytes; 1 GB = $10^9$.)
+
+# %%
+GiB, MiB = 2**30, 2**20
+
+for dtype in ["float32", "bfloat16", "int8", "int4"]:
+    b = args.weight_bytes(dtype)
+    print(f"{dtype:<9} {b:>16,} bytes = {b / 1e9:6.2f} GB = {b / GiB:6.2f} GiB")
+
+# %% [markdown]
+# So the 7B needs a GPU with about 16 GB to run in bf16, with room left for activations and the cache.
+#
+# ### The key-value cache
+# While generating, every layer keeps the keys and values of past tokens so it does not recompute
+# them (notebook 08). Per token that is
+#
+# $$
+# \text{bytes/token} = 2\ (\text{K and V}) \times n_\text{layers} \times n_\text{kv\_heads} \times
+# \text{head\_dim} \times \text{bytes per number}
+# = 2 \times 32 \times 8 \times 128 \times 2 = 131{,}072 = 128\ \text{KiB in bf16}.
+# $$
+#
+# With plain multi-head attention (MHA: one K/V head per query head, 32 of them) it would be four
+# times more. And because a query only looks at the last 4,096 tokens, Mistral's **rolling buffer**
+# never keeps more than 4,096 tokens per layer, however long the sequence.
+
+# %%
+mha = args.replace(n_kv_heads=args.n_heads)  # the same model with one K/V head per query head
+print(f"KV cache per token (bf16): GQA {args.kv_bytes_per_token() / 1024:.0f} KiB, "
+      f"MHA {mha.kv_bytes_per_token() / 1024:.0f} KiB")
+print()
+print(f"{'tokens':>7} {'MHA, full':>12} {'GQA, full':>12} {'GQA, rolling':>13}")
+for seq_len in [4096, 32768]:
+    row = [mha.kv_cache_bytes(seq_len, rolling=False), args.kv_cache_bytes(seq_len, rolling=False),
+           args.kv_cache_bytes(seq_len, rolling=True)]
+    print(f"{seq_len:>7,} " + " ".join(f"{b / GiB:>8.2f} GiB" for b in row))
+
+# %% [markdown]
+# At 32,768 tokens a full GQA cache takes 4 GiB per sequence; the rolling buffer keeps it at
+# 0.5 GiB, **8× less**, and MHA would need 16 GiB, more than the weights themselves.
+
+# %%
+seq = torch.arange(0, 32769, 256)
+curves = {
+    "MHA (32 K/V heads), full cache": [mha.kv_cache_bytes(int(n), rolling=False) / GiB for n in seq],
+    "GQA (8 K/V heads), full cache": [args.kv_cache_bytes(int(n), rolling=False) / GiB for n in seq],
+    "GQA + rolling buffer (W = 4096)": [args.kv_cache_bytes(int(n), rolling=True) / GiB for n in seq],
+}
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.6]})
+dtypes = ["float32", "bfloat16", "int8", "int4"]
+gib = [args.weight_bytes(d) / GiB for d in dtypes]
+ax1.bar(dtypes, gib, color="#4C72B0")
+for i, g in enumerate(gib):
+    ax1.text(i, g + 0.4, f"{g:.1f}", ha="center", fontsize=9)
+ax1.set_ylabel("GiB")
+ax1.set_title("weights")
+for (label, ys), color in zip(curves.items(), ["#C44E52", "#DD8452", "#55A868"]):
+    ax2.plot(seq.numpy(), ys, label=label, color=color, lw=2)
+ax2.axhline(args.weight_bytes("bfloat16") / GiB, color="#4C72B0", ls="--", lw=1)
+ax2.text(300, args.weight_bytes("bfloat16") / GiB + 0.3, "the weights in bf16: 13.5 GiB", color="#4C72B0", fontsize=9)
+ax2.axvline(args.sliding_window, color="grey", ls=":", lw=1)
+ax2.text(args.sliding_window + 300, 15.5, "window W = 4,096", color="grey", fontsize=8)
+ax2.set_xlabel("tokens in the sequence")
+ax2.set_ylabel("GiB (bf16, batch 1)")
+ax2.set_title("KV cache")
+ax2.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1, 0.28))
+for ax in (ax1, ax2):
+    ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## The full 7B, built in a fraction of a second
+#
+# Allocating 7.24 billion float32 numbers would take 29 GB and a while. PyTorch's **meta device**
+# builds tensors that have a shape and a dtype but no storage. Building `mm.Transformer` inside
+# `with torch.device("meta"):` runs all of its constructor code, creates every layer with its real
+# shape, and allocates nothing: the fastest way to check that a configuration gives the model you meant.
+#
+# (PyTorch loads its meta kernels the first time it fills a meta tensor, which takes a second or two
+# once per process; we trigger that with a tiny model first, so the timing below measures our 7B.)
+
+# %%
+with torch.device("meta"):
+    mm.Transformer(mm.ModelArgs.tiny())  # warm-up: loads PyTorch's meta kernels once
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+start = time.perf_counter()
+with torch.device("meta"):
+    model = mm.Transformer(args)
+print(f"built in {time.perf_counter() - start:.3f} s")
+
+# %%
+n = sum(p.numel() for p in model.parameters())
+print(f"parameters: {n:,}")
+print("device of the weights:", model.output.weight.device)
+print("wq of layer 0:", tuple(model.layers[0].attention.wq.weight.shape),
+      "  wk:", tuple(model.layers[0].attention.wk.weight.shape))
+assert n == args.num_params() == 7_241_732_096
+
+# %% [markdown]
+# The module tree is the whole architecture at a glance (32 identical blocks, shown once):
+
+# %%
+print(model.tok_embeddings)
+print(model.layers[0])
+print(f"... {len(model.layers)} blocks in total")
+print(model.norm)
+print(model.output)
+
+# %% [markdown]
+# ## Exercise 00.1: parameters of one layer
+#
+# Complete `params_per_layer(args)`: the number of parameters in **one** transformer block (attention,
+# MLP and its two RMSNorms) of any `ModelArgs`. Use the formula above; remember that `wk` and `wv`
+# have `n_kv_heads * head_dim` rows and that `head_dim` need not be `dim // n_heads`.
+
+# %%
+def params_per_layer(args: mm.ModelArgs) -> int:
+    ### BEGIN SOLUTION
+    d, h = args.dim, args.head_dim
+    attention = d * args.n_heads * h * 2 + d * args.n_kv_heads * h * 2  # wq, wo + wk, wv
+    mlp = 3 * d * args.hidden_dim  # w1, w2, w3
+    norms = 2 * d  # attention_norm, ffn_norm
+    return attention + mlp + norms
+    ### END SOLUTION
+
+
+# %%
+from minimistral.checks import check_function
+from minimistral.model import TransformerBlock
+
+
+def block_params(args):  # the reference: count the parameters of a real block, built on the meta device
+    with torch.device("meta"):
+        return sum(p.numel() for p in TransformerBlock(args, 0).parameters())
+
+
+_ = check_function("00.1 params_per_layer", params_per_layer, block_params, cases=[
+    (mm.ModelArgs.mistral_7b(),),
+    (mm.ModelArgs.tiny(),),
+    (mm.ModelArgs.tiny(n_kv_heads=8),),  # plain multi-head attention
+    (mm.ModelArgs.tiny(n_kv_heads=1),),  # multi-query attention
+    (mm.ModelArgs(dim=96, n_layers=1, head_dim=64, hidden_dim=200, n_heads=4, n_kv_heads=2, vocab_size=10),),
+], hint="count wq, wk, wv, wo, w1, w2, w3 and the two norm weights; wk and wv are (n_kv_heads*head_dim, dim)")
+
+# %% [markdown]
+# With the library's count of one block, the whole model adds up:
+
+# %%
+per_layer = block_params(args)
+rest = 2 * args.vocab_size * args.dim + args.dim  # embeddings + output head + final norm
+print(f"{args.n_layers} x {per_layer:,} + {rest:,} = {args.n_layers * per_layer + rest:,}")
+assert args.n_layers * per_layer + rest == args.num_params()
+
+# %% [markdown]
+# ## Summary
+# - Mistral 7B is 32 pre-norm blocks of width 4096, with 32 query heads over 8 key/value heads, a
+#   SwiGLU MLP of width 14336, RoPE with $\theta = 10^4$, and a sliding window of 4096 tokens.
+# - Its 7,241,732,096 parameters are 78 % MLP, 19 % attention, 3.6 % embeddings and output head.
+# - In bf16 the weights take 14.48 GB (13.49 GiB); the KV cache costs 128 KiB per token thanks to
+#   GQA (MHA: 512 KiB), and the rolling buffer caps it at 0.5 GiB per sequence.
+# - The meta device builds the whole model with its true shapes and no memory.
+#
+# ## What's next
+# **01 tokenizer**: how text becomes the token ids the model reads, on Mistral's own tokenizer.
