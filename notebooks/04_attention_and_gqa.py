@@ -1,0 +1,514 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.16.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 04 · Attention and grouped-query attention
+#
+# Attention is the only place in a transformer where tokens look at each other. Everything else
+# (embeddings, RMSNorm, the MLP) works on one position at a time. In this notebook we write attention
+# from nothing, one matrix at a time, and then make it cheaper the way Mistral 7B does: with
+# **grouped-query attention** (GQA), where 32 query heads share 8 key/value heads.
+#
+# ## What you will learn
+# - Scaled dot-product attention step by step: queries, keys, values, scores, the $1/\sqrt{d}$ scale,
+#   softmax, the weighted sum, with every shape printed.
+# - Why the scale is $1/\sqrt{d}$ and not something else (measured, not asserted).
+# - The causal mask, and what it does to the scores and the probabilities (picture).
+# - Many heads: how one big projection is split into heads and merged back.
+# - Grouped-query attention exactly as Mistral 7B does it: the projection shapes, which query head reads
+#   which key/value head (diagram), and the memory it saves in the KV cache (chart).
+# - That our from-scratch attention equals `minimistral`'s and PyTorch's fused
+#   `scaled_dot_product_attention`.
+#
+# ## What you need
+# - Notebook **03 (RoPE)** before this one; RoPE reappears once, inside the full attention layer.
+# - A laptop CPU, under 1 GB of RAM, well under a minute. No GPU, no network.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from matplotlib.patches import FancyBboxPatch
+
+import minimistral as mm
+from minimistral.attention import attention_explicit, attention_sdpa, causal_mask, repeat_kv
+from minimistral.checks import check_function, check_value
+
+torch.manual_seed(0)
+plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
+
+# %% [markdown]
+# ## 1. One head, step by step
+#
+# Take a sequence of $T = 6$ token vectors of width 16 (in the real model: 4096, the residual stream
+# after RMSNorm). Attention first makes three different views of every token with three learned
+# matrices:
+#
+# - a **query** $q_i = x_i W_q$: what token $i$ is looking for,
+# - a **key** $k_j = x_j W_k$: what token $j$ offers to be found by,
+# - a **value** $v_j = x_j W_v$: what token $j$ hands over when it is found.
+#
+# Here each view has $d = 8$ numbers (Mistral: `head_dim` = 128).
+
+# %%
+T, dim, d = 6, 16, 8
+x = torch.randn(T, dim)  # (T, dim): one row per token
+W_q, W_k, W_v = (torch.randn(dim, d) / math.sqrt(dim) for _ in range(3))  # (dim, d) each
+
+q, k, v = x @ W_q, x @ W_k, x @ W_v
+print("x:", tuple(x.shape), " W_q:", tuple(W_q.shape))
+print("q:", tuple(q.shape), " k:", tuple(k.shape), " v:", tuple(v.shape))
+
+# %% [markdown]
+# **Scores.** How well does query $i$ match key $j$? Their dot product. All $T \times T$ of them at
+# once is one matrix product:
+#
+# $$S = Q K^\top, \qquad S_{ij} = q_i \cdot k_j .$$
+
+# %%
+scores = q @ k.T  # (T, d) @ (d, T) -> (T, T)
+print("scores:", tuple(scores.shape), "  row i = query i, column j = key j")
+
+# %% [markdown]
+# **Scaling.** If the entries of $q$ and $k$ are independent with mean 0 and variance 1, then
+# $q\cdot k = \sum_{m=1}^{d} q_m k_m$ is a sum of $d$ terms of variance 1, so its variance is $d$ and its
+# standard deviation $\sqrt d$. Bigger heads would give ever larger scores, and softmax of large numbers
+# is nearly one-hot: all the probability goes to one key and the gradient to the others vanishes.
+# Dividing by $\sqrt d$ brings the standard deviation back to 1 whatever the head size. Let us measure it.
+
+# %%
+print(f"{'d':>5} {'std(q.k)':>10} {'sqrt(d)':>8} {'std(q.k/sqrt d)':>16}")
+for dd in (8, 32, 128, 512):
+    a, b = torch.randn(20000, dd), torch.randn(20000, dd)
+    dots = (a * b).sum(-1)
+    print(f"{dd:>5} {dots.std().item():>10.1f} {math.sqrt(dd):>8.1f} {(dots / math.sqrt(dd)).std().item():>16.2f}")
+
+# %% [markdown]
+# What this does to the softmax, for one query against 8 keys with Mistral's head size $d = 128$:
+
+# %%
+gen = torch.Generator().manual_seed(3)
+qa, ka = torch.randn(128, generator=gen), torch.randn(8, 128, generator=gen)
+raw = ka @ qa  # (8,) unscaled scores
+fig, axes = plt.subplots(1, 2, figsize=(9, 2.8), sharey=True)
+for ax, s, title in [(axes[0], raw, "softmax(q·k), d = 128"), (axes[1], raw / math.sqrt(128), "softmax(q·k / √128)")]:
+    p = torch.softmax(s, -1)
+    ax.bar(range(8), p, color="tab:red" if s is raw else "tab:blue")
+    ax.set_title(f"{title}\nlargest probability {p.max().item():.3f}")
+    ax.set_xlabel("key j")
+axes[0].set_ylabel("probability")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Without the scale one key takes almost everything; with it the distribution is still peaked where
+# the scores say so, but soft. So:
+#
+# $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt d} + M\right) V$$
+#
+# where $M$ is the mask, next.
+
+# %% [markdown]
+# ## 2. The causal mask
+#
+# A language model predicts token $i+1$ from tokens $0..i$, so query $i$ must not see keys $j > i$
+# (the future). We add $-\infty$ to those scores: $e^{-\infty} = 0$, so after softmax they get exactly
+# zero probability and each row still sums to 1.
+
+# %%
+mask = torch.tril(torch.ones(T, T, dtype=torch.bool))  # (T, T): True = may attend
+scaled = scores / math.sqrt(d)
+masked = scaled.masked_fill(~mask, float("-inf"))
+probs = torch.softmax(masked, dim=-1)  # (T, T), softmax over the keys of each query
+print("mask:\n", mask.int())
+print("row sums of probs:", probs.sum(-1).round(decimals=4).tolist())
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+show = masked.clone()
+panels = [(scaled, "scores / √d", "coolwarm"), (show, "+ causal mask (white = −∞)", "coolwarm"),
+          (probs, "softmax: probabilities", "Blues")]
+lim = scaled.abs().max().item()  # same colour scale for both score panels
+for ax, (m, title, cmap) in zip(axes, panels):
+    im = ax.imshow(m, cmap=cmap, vmin=-lim if cmap == "coolwarm" else 0, vmax=lim if cmap == "coolwarm" else 1)
+    ax.set_title(title)
+    ax.set_xlabel("key position j")
+    ax.set_ylabel("query position i")
+    ax.set_xticks(range(T))
+    ax.set_yticks(range(T))
+    fig.colorbar(im, ax=ax, fraction=0.046)
+for i in range(T):
+    for j in range(i + 1):
+        axes[2].text(j, i, f"{probs[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                     color="white" if probs[i, j] > 0.5 else "black")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The first token can only look at itself (probability 1.00); the last one spreads its attention over
+# all six. The output for each query is the probability-weighted average of the value vectors:
+
+# %%
+out = probs @ v  # (T, T) @ (T, d) -> (T, d)
+print("out:", tuple(out.shape), " (one d-vector per query)")
+
+# %% [markdown]
+# **Check against the library and against PyTorch.** `minimistral.attention.attention_explicit` takes
+# batched, multi-head tensors `(B, H, T, D)`; a single head is `B = H = 1`. PyTorch's fused
+# `scaled_dot_product_attention` (the fast path the model uses) must agree too.
+
+# %%
+lib_out, lib_probs = attention_explicit(q[None, None], k[None, None], v[None, None], causal_mask(T))
+torch.testing.assert_close(lib_out[0, 0], out)
+torch.testing.assert_close(lib_probs[0, 0], probs)
+torch.testing.assert_close(F.scaled_dot_product_attention(q[None, None], k[None, None], v[None, None], is_causal=True)[0, 0], out)
+torch.testing.assert_close(attention_sdpa(q[None, None], k[None, None], v[None, None], causal_mask(T))[0, 0], out)
+print("from scratch == attention_explicit == scaled_dot_product_attention == attention_sdpa")
+
+# %% [markdown]
+# ## 3. Many heads: split, attend, merge
+#
+# One head computes one weighting of the past. Real models run many in parallel, each with its own
+# $W_q, W_k, W_v$, so that one head can track, say, the previous token while another tracks the subject of
+# the sentence. In code, the $H$ heads are **one** big projection whose output is cut into $H$ slices of
+# `head_dim`:
+#
+# 1. project: `(B, T, dim) @ (dim, H*D) -> (B, T, H*D)`
+# 2. split: `view(B, T, H, D)`, then `transpose(1, 2)` to `(B, H, T, D)`, so that the heads act like a
+#    batch dimension and one matmul handles them all,
+# 3. attend per head: `(B, H, T, D)`,
+# 4. merge: `transpose(1, 2)` back to `(B, T, H, D)`, `reshape(B, T, H*D)`: the heads' outputs side by side,
+# 5. mix: the output projection $W_o$ `(H*D, dim)` lets the heads' results combine.
+#
+# A small example with $H = 4$ heads of $D = 8$ on a width of 32:
+
+# %%
+B, T, dim, H, D = 2, 6, 32, 4, 8
+x = torch.randn(B, T, dim)
+Wq, Wk, Wv = (torch.randn(dim, H * D) / math.sqrt(dim) for _ in range(3))
+Wo = torch.randn(H * D, dim) / math.sqrt(H * D)
+
+qh = (x @ Wq).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+kh = (x @ Wk).view(B, T, H, D).transpose(1, 2)
+vh = (x @ Wv).view(B, T, H, D).transpose(1, 2)
+print("x:", tuple(x.shape), "-> x @ Wq:", tuple((x @ Wq).shape), "-> split q:", tuple(qh.shape))
+
+s = qh @ kh.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, D) @ (B, H, D, T) -> (B, H, T, T)
+p = torch.softmax(s.masked_fill(~causal_mask(T), float("-inf")), dim=-1)
+o = p @ vh  # (B, H, T, D)
+merged = o.transpose(1, 2).reshape(B, T, H * D)  # (B, T, H*D)
+y = merged @ Wo  # (B, T, dim)
+print("scores:", tuple(s.shape), "-> per-head out:", tuple(o.shape), "-> merged:", tuple(merged.shape),
+      "-> after Wo:", tuple(y.shape))
+
+torch.testing.assert_close(o, attention_explicit(qh, kh, vh, causal_mask(T))[0])
+print("multi-head from scratch == attention_explicit")
+
+# %%
+fig, axes = plt.subplots(1, H, figsize=(12, 3))
+for h, ax in enumerate(axes):
+    ax.imshow(p[0, h], cmap="Blues", vmin=0, vmax=1)
+    ax.set_title(f"head {h}")
+    ax.set_xlabel("key j")
+axes[0].set_ylabel("query i")
+fig.suptitle("Four heads, four different weightings of the same six tokens (random weights)")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Note the merge is **not** `o.reshape(B, T, H*D)` without the transpose: that would interleave tokens
+# and heads. The shapes would still fit, the numbers would be wrong; a test against a reference catches it.
+
+# %% [markdown]
+# ## 4. Grouped-query attention (GQA)
+#
+# During generation the keys and values of every past token are kept in a **KV cache** (notebook 08), so
+# each new token costs one new query against stored keys. For a long context that cache, not the
+# weights, becomes the memory problem. The idea of GQA (Ainslie et al., 2023): keep all 32 **query**
+# heads, but compute only 8 **key/value** heads, and let each K/V head serve a group of
+# $32 / 8 = 4$ query heads.
+#
+# The Mistral 7B model card says GQA "splits each attention head into 8 smaller key-value heads". That
+# phrase is loose. Precisely:
+#
+# - $W_q$ maps 4096 numbers to $32 \times 128 = 4096$: 32 query heads of `head_dim` 128.
+# - $W_k$ and $W_v$ map 4096 numbers to $8 \times 128 = 1024$: **8** key heads and **8** value heads, each of
+#   the **full** `head_dim` 128 (nothing is "smaller" per head; there are fewer heads).
+#   So $W_k$ and $W_v$ are $4096 \times 1024$ matrices, not $4096 \times 4096$.
+# - Query head $h$ uses K/V head $\lfloor h / 4 \rfloor$: heads 0-3 share K/V head 0, heads 4-7 share
+#   K/V head 1, ..., heads 28-31 share K/V head 7.
+#
+# The real layer's shapes, built on PyTorch's `meta` device (shapes only, no memory):
+
+# %%
+args7b = mm.ModelArgs.mistral_7b()
+with torch.device("meta"):
+    layer7b = mm.attention.Attention(args7b)
+for name in ("wq", "wk", "wv", "wo"):
+    w = getattr(layer7b, name).weight  # nn.Linear stores (out_features, in_features)
+    print(f"{name}: maps {w.shape[1]} -> {w.shape[0]:>4}   ({w.numel():>10,} parameters)")
+print(f"query heads {args7b.n_heads}, K/V heads {args7b.n_kv_heads}, head_dim {args7b.head_dim}, "
+      f"group size n_rep = {args7b.n_rep}")
+mha_params = 4 * args7b.dim * args7b.n_heads * args7b.head_dim
+gqa_params = sum(getattr(layer7b, n).weight.numel() for n in ("wq", "wk", "wv", "wo"))
+print(f"attention parameters per layer: {gqa_params:,} with GQA vs {mha_params:,} with 32 K/V heads")
+
+
+# %% [markdown]
+# The grouping, drawn: every query head (top) is coloured by the K/V head (bottom) it reads. Multi-head
+# attention (MHA) and multi-query attention (MQA, Shazeer 2019: one K/V head for all) are the two ends of
+# the same dial; GQA with 8 groups sits between them.
+
+# %%
+def draw_heads(ax, n_heads, n_kv_heads, title):
+    """Query heads on top, K/V heads below, a line from each query head to the K/V head it reads."""
+    group = n_heads // n_kv_heads
+    cmap = plt.get_cmap("tab10") if n_kv_heads <= 10 else plt.get_cmap("viridis")
+    colour = lambda g: cmap(g % 10) if n_kv_heads <= 10 else cmap(g / max(n_kv_heads - 1, 1))
+    w = 0.8
+    kv_x = [(g + 0.5) * n_heads / n_kv_heads - 0.5 for g in range(n_kv_heads)]  # K/V box centres
+    for h in range(n_heads):
+        g = h // group
+        ax.plot([h, kv_x[g]], [1.0, 0.25], color=colour(g), lw=1.0, alpha=0.8)
+        ax.add_patch(FancyBboxPatch((h - w / 2, 1.0), w, 0.35, boxstyle="round,pad=0.02", color=colour(g)))
+    kv_w = max(w, min(n_heads / n_kv_heads * 0.9, 6))
+    for g in range(n_kv_heads):
+        ax.add_patch(FancyBboxPatch((kv_x[g] - kv_w / 2, -0.1), kv_w, 0.35, boxstyle="round,pad=0.02",
+                                    color=colour(g)))
+        if n_kv_heads <= 8:
+            ax.text(kv_x[g], 0.075, f"K/V {g}", ha="center", va="center", fontsize=8, color="white", weight="bold")
+    ax.text(-1.2, 1.175, "Q", ha="right", va="center", fontsize=10)
+    ax.text(-1.2, 0.075, "K,V", ha="right", va="center", fontsize=10)
+    ax.set_xlim(-2.5, n_heads + 0.5)
+    ax.set_ylim(-0.2, 1.45)
+    ax.set_title(title, loc="left", fontsize=11)
+    ax.axis("off")
+
+
+fig, axes = plt.subplots(3, 1, figsize=(12, 6.5))
+draw_heads(axes[0], 32, 32, "MHA: 32 query heads, 32 K/V heads (each query head has its own)")
+draw_heads(axes[1], 32, 8, "GQA (Mistral 7B): 32 query heads, 8 K/V heads of head_dim 128, 4 query heads per group")
+draw_heads(axes[2], 32, 1, "MQA: 32 query heads, 1 K/V head shared by all")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### Making the groups line up: `repeat_kv`
+#
+# The simplest correct implementation copies each K/V head 4 times so there are 32 of them again, and then
+# runs ordinary multi-head attention. The copies must be **adjacent**: K/V head 0 four times, then head 1
+# four times, ... That is `repeat_interleave` along the head axis. `repeat` (tiling: 0,1,...,7,0,1,...,7)
+# has the same shape and silently pairs query head $h$ with K/V head $h \bmod 8$ instead of
+# $\lfloor h/4 \rfloor$: a classic bug that no shape check catches.
+
+# %%
+kv = torch.arange(8).view(1, 8, 1, 1).float()  # 8 K/V heads, head g filled with the number g
+right = kv.repeat_interleave(4, dim=1)  # (1, 32, 1, 1)
+wrong = kv.repeat(1, 4, 1, 1)  # (1, 32, 1, 1), same shape
+print("query head h reads K/V head (repeat_interleave):", right.flatten().int().tolist())
+print("query head h reads K/V head (repeat, WRONG):    ", wrong.flatten().int().tolist())
+print("floor(h / 4):                                   ", [h // 4 for h in range(32)])
+
+# %% [markdown]
+# Copying is wasteful (it materialises 4x the keys), which is why fused kernels take the 8 heads directly:
+# PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)` does the grouping inside. The cache
+# stores only the 8 heads either way.
+#
+# ### A full GQA layer from scratch, against the library
+#
+# Now all of it together on `ModelArgs.tiny()` (8 query heads, 2 K/V heads: the same 4:1 ratio as the
+# 7B), with RoPE from notebook 03 applied to queries and keys, and checked against
+# `mm.attention.Attention`, using its weights.
+
+# %%
+targs = mm.ModelArgs.tiny()
+layer = mm.attention.Attention(targs)
+torch.manual_seed(0)
+B, T = 2, 12
+x = torch.randn(B, T, targs.dim)
+positions = torch.arange(T)
+angles = mm.rope.rope_angles(positions, targs.head_dim, targs.rope_theta)  # (T, head_dim/2)
+H, K, D = targs.n_heads, targs.n_kv_heads, targs.head_dim
+
+q = (x @ layer.wq.weight.T).view(B, T, H, D)  # (B, T, 8, 32)
+k = (x @ layer.wk.weight.T).view(B, T, K, D)  # (B, T, 2, 32): only 2 K heads are ever computed
+v = (x @ layer.wv.weight.T).view(B, T, K, D)  # (B, T, 2, 32)
+q, k = mm.rope.apply_rope_complex(q, angles), mm.rope.apply_rope_complex(k, angles)
+q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, D)
+print("q:", tuple(q.shape), " k:", tuple(k.shape), " v:", tuple(v.shape))
+
+k_rep, v_rep = k.repeat_interleave(H // K, dim=1), v.repeat_interleave(H // K, dim=1)  # (B, 8, T, D)
+scores = q @ k_rep.transpose(-2, -1) / math.sqrt(D)  # (B, 8, T, T)
+probs = torch.softmax(scores.masked_fill(~causal_mask(T), float("-inf")), dim=-1)
+heads_out = probs @ v_rep  # (B, 8, T, D)
+ours = heads_out.transpose(1, 2).reshape(B, T, H * D) @ layer.wo.weight.T  # (B, T, dim)
+print("k repeated:", tuple(k_rep.shape), " scores:", tuple(scores.shape), " out:", tuple(ours.shape))
+
+with torch.no_grad():
+    lib = layer(x, angles, causal_mask(T), positions, positions)
+torch.testing.assert_close(ours, lib.detach())
+torch.testing.assert_close(heads_out, attention_explicit(q, k, v, causal_mask(T))[0])
+torch.testing.assert_close(heads_out, attention_sdpa(q, k, v, causal_mask(T)))
+torch.testing.assert_close(heads_out, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True))
+print("GQA from scratch == mm.attention.Attention == attention_explicit == attention_sdpa == SDPA(enable_gqa)")
+
+# %% [markdown]
+# GQA also holds at the two ends of the dial. With as many K/V heads as query heads it is plain MHA; with one
+# it is MQA. The library's path must agree with PyTorch's kernel for every ratio that divides 8:
+
+# %%
+for n_kv in (8, 4, 2, 1):
+    qq, kk, vv = torch.randn(1, 8, 5, 16), torch.randn(1, n_kv, 5, 16), torch.randn(1, n_kv, 5, 16)
+    ref = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(attention_explicit(qq, kk, vv, causal_mask(5))[0], ref)
+    print(f"8 query heads over {n_kv} K/V heads (groups of {8 // n_kv}): equal to SDPA")
+
+# %% [markdown]
+# ## 5. The memory GQA saves
+#
+# Per token and per layer the cache keeps one key and one value vector per **K/V** head:
+#
+# $$\text{bytes per token} = 2\,(\text{K and V}) \times n_\text{layers} \times n_\text{kv heads}
+#   \times \text{head\_dim} \times \text{bytes per number}.$$
+#
+# For Mistral 7B in bfloat16 (2 bytes): $2 \times 32 \times 8 \times 128 \times 2 = 131{,}072$ bytes = 128 KiB
+# per token. With 32 K/V heads it would be 4 times as much; with 1, 8 times less. (Mistral also caps the
+# cache at the 4096-token window: notebooks 05 and 08. Here we count a full cache, to isolate GQA.)
+
+# %%
+variants = {"MHA (32 K/V heads)": 32, "GQA (8, Mistral 7B)": 8, "MQA (1)": 1}
+KiB, MiB, GiB = 2**10, 2**20, 2**30
+print(f"{'':<22}{'per token':>12}{'4,096 tokens':>15}{'32,768 tokens':>16}")
+rows = {}
+for name, n_kv in variants.items():
+    a = args7b.replace(n_kv_heads=n_kv)
+    rows[name] = [a.kv_bytes_per_token("bfloat16"), a.kv_cache_bytes(4096, rolling=False),
+                  a.kv_cache_bytes(32768, rolling=False)]
+    print(f"{name:<22}{rows[name][0] / KiB:>8.0f} KiB{rows[name][1] / GiB:>11.3f} GiB{rows[name][2] / GiB:>12.3f} GiB")
+print(f"weights of the whole model in bf16: {args7b.weight_bytes('bfloat16') / GiB:.2f} GiB")
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+names = list(variants)
+colours = ["tab:gray", "tab:blue", "tab:green"]
+titles = ["per token (KiB)", "4,096 tokens (GiB)", "32,768 tokens (GiB)"]
+scales = [KiB, GiB, GiB]
+for col, ax in enumerate(axes):
+    vals = [rows[n][col] / scales[col] for n in names]
+    bars = ax.bar(["MHA\n32", "GQA\n8", "MQA\n1"], vals, color=colours)
+    for bar, val in zip(bars, vals):
+        ax.text(bar.get_x() + bar.get_width() / 2, val, f"{val:g}", ha="center", va="bottom", fontsize=9)
+    ax.set_title(titles[col])
+    ax.set_ylim(0, max(vals) * 1.15)
+axes[2].axhline(args7b.weight_bytes() / GiB, color="tab:red", ls="--", lw=1)
+axes[2].text(2.45, args7b.weight_bytes() / GiB, "all weights (bf16)", color="tab:red", ha="right", va="bottom", fontsize=8)
+fig.suptitle("Mistral 7B's KV cache in bfloat16, batch 1, no window: K/V heads 32 vs 8 vs 1")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# At 32,768 tokens a multi-head cache (16 GiB) would be larger than the model's weights (13.5 GiB); GQA
+# brings it to 4 GiB, for every sequence in a batch. The price is less freedom in the keys and values: the
+# GQA paper reports quality close to MHA and clearly better than MQA, at a speed close to MQA.
+#
+# ## Exercises
+#
+# Each exercise is a function: replace the body between the markers with your code and run the check
+# below it. The rest of the notebook does not use your functions.
+#
+# **04.1** Write `repeat_kv(x, n_rep)`: `(B, K, S, D) -> (B, K*n_rep, S, D)`, each K/V head repeated
+# `n_rep` times *next to itself* (so that query head `h` reads K/V head `h // n_rep`).
+
+# %%
+def my_repeat_kv(x, n_rep):
+    ### BEGIN SOLUTION
+    B, K, S, D = x.shape
+    return x[:, :, None, :, :].expand(B, K, n_rep, S, D).reshape(B, K * n_rep, S, D)
+    ### END SOLUTION
+
+
+# %%
+_ = check_function("04.1 repeat_kv", my_repeat_kv, repeat_kv,
+               cases=[(torch.randn(1, 2, 3, 4), 4), (torch.randn(2, 8, 5, 16), 1), (torch.randn(1, 1, 2, 4), 8),
+                      (torch.randn(3, 4, 1, 2), 2)],
+               hint="head g must appear n_rep times in a row (0,0,0,0,1,1,1,1,...), not tiled (0,1,0,1,...)")
+
+# %% [markdown]
+# **04.2** Write causal attention for **one** head: `q, k, v` of shape `(T, D)` in, `(T, D)` out. Scale,
+# mask the future with $-\infty$, softmax over keys, weighted sum of values. No library attention calls.
+
+# %%
+def my_causal_attention(q, k, v):
+    ### BEGIN SOLUTION
+    T, D = q.shape
+    scores = q @ k.T / math.sqrt(D)  # (T, T)
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)  # True above the diagonal
+    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+    ### END SOLUTION
+
+
+# %%
+def reference_causal_attention(q, k, v):
+    return attention_explicit(q[None, None], k[None, None], v[None, None], causal_mask(q.shape[0]))[0][0, 0]
+
+
+_ = check_function("04.2 causal_attention", my_causal_attention, reference_causal_attention,
+               cases=[(torch.randn(1, 4), torch.randn(1, 4), torch.randn(1, 4)),
+                      (torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)),
+                      (10 * torch.randn(7, 3), 10 * torch.randn(7, 3), torch.randn(7, 3))],
+               hint="divide by sqrt(D) (the head size, q.shape[-1]); mask keys j > i before the softmax; "
+                    "softmax over the last axis (keys)")
+
+# %% [markdown]
+# **04.3** The KV cache in bytes of a model with `n_layers` layers, `n_kv_heads` K/V heads of size
+# `head_dim`, holding `seq_len` tokens, each number taking `bytes_per_value` bytes (batch 1, full cache).
+
+# %%
+def my_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
+    ### BEGIN SOLUTION
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * bytes_per_value
+    ### END SOLUTION
+
+
+# %%
+def reference_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
+    a = mm.ModelArgs(n_layers=n_layers, n_heads=32, n_kv_heads=n_kv_heads, head_dim=head_dim)
+    return a.kv_cache_bytes(seq_len, dtype={4: "float32", 2: "bfloat16", 1: "int8"}[bytes_per_value], rolling=False)
+
+
+_ = check_function("04.3 kv_cache_bytes", my_kv_cache_bytes, reference_kv_cache_bytes,
+               cases=[(32, 8, 128, 1, 2), (32, 8, 128, 32768, 2), (32, 32, 128, 4096, 2), (32, 1, 128, 4096, 4),
+                      (2, 2, 16, 10, 1)],
+               hint="a key AND a value per token, per layer, per K/V head (not per query head), head_dim numbers each")
+
+# %% [markdown]
+# ## Summary
+#
+# - Attention: $\mathrm{softmax}(QK^\top/\sqrt d + M)\,V$. Scores `(T, S)` per head; the $1/\sqrt d$ keeps
+#   their spread at 1 whatever the head size, so softmax stays soft.
+# - The causal mask puts $-\infty$ on future keys, so they get probability exactly 0.
+# - Heads are slices of one projection: `view(B, T, H, D).transpose(1, 2)` to split, the reverse and a
+#   reshape to merge, then $W_o$ mixes them.
+# - Mistral 7B: 32 query heads, 8 K/V heads of the full head_dim 128; $W_k$, $W_v$ are $4096 \times 1024$;
+#   query head $h$ reads K/V head $\lfloor h/4 \rfloor$ (`repeat_interleave`, not `repeat`).
+# - The KV cache is 128 KiB per token in bf16: 4 GiB at 32,768 tokens instead of 16 GiB with MHA.
+# - Our attention equals `attention_explicit`, `attention_sdpa`, PyTorch's SDPA and the library's
+#   `Attention` layer.
+#
+# ## What's next
+#
+# **05 · Sliding-window attention**: Mistral's second trick. Each query sees only the last 4096 keys, which
+# caps the cache and the cost per token, and information still travels further through the layers.
