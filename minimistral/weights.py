@@ -268,7 +268,7 @@ def check_device_memory(needed_bytes: int, device) -> None:
     free, total = torch.cuda.mem_get_info(index)
     if needed_bytes > free:
         raise MemoryError(
-            f"the weights need {needed_bytes / _GB:.1f} GB, {free / _GB:.1f} GB free on cuda:{index} "
+            f"loading the weights needs {needed_bytes / _GB:.1f} GB, {free / _GB:.1f} GB free on cuda:{index} "
             f"(of {total / _GB:.1f} GB): free GPU memory (other models in this kernel, other processes: "
             "see nvidia-smi) or load in a smaller dtype")
 
