@@ -1,0 +1,534 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.16.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 07 · The full model: blocks, 32 layers, 7,241,732,096 parameters
+#
+# Part I built every piece of Mistral 7B on its own: the embedding table and RMSNorm (02), rotary
+# position embeddings (03), grouped-query attention (04) with a sliding window (05), and the SwiGLU
+# MLP (06). This notebook snaps them together.
+#
+# ## What you will learn
+# - How a **pre-norm residual block** is wired: norm, attention, add; norm, MLP, add.
+# - Which norm is which: Mistral's `attention_norm` / `ffn_norm` against Hugging Face's
+#   `input_layernorm` / `post_attention_layernorm` (the second one sits *before* the MLP, despite its name).
+# - How 32 blocks, an embedding table, a final norm and an output head make the whole model.
+# - Where every one of the **7,241,732,096** parameters lives, counted by hand and checked.
+# - What one 7B-sized layer costs on a CPU, and that our model gives the same logits as
+#   transformers' `MistralForCausalLM` on the same weights.
+#
+# ## What you need
+# - Notebooks 02 to 06 (the pieces). Next comes 08, the KV cache.
+# - A CPU and about 2 GB of free RAM (one full-size 7B layer in float32 is 0.87 GB). No GPU.
+# - Under a minute to run top to bottom.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+import minimistral as mm
+from minimistral.attention import Attention
+from minimistral.checks import check_function, check_value
+from minimistral.mlp import FeedForward
+from minimistral.model import TransformerBlock
+from minimistral.norm import RMSNorm
+from minimistral.rope import rope_angles
+
+torch.manual_seed(0)
+torch.set_num_threads(min(2, torch.get_num_threads()))  # be polite on shared machines; results do not depend on it
+
+# %% [markdown]
+# ## 1. The block: two residual branches, each behind its own norm
+#
+# A Mistral block takes the residual stream $x$ of shape (batch, tokens, dim) and adds two things to it:
+#
+# $$h = x + \mathrm{Attention}\big(\mathrm{RMSNorm}_{\text{attn}}(x)\big)$$
+# $$\mathrm{out} = h + \mathrm{MLP}\big(\mathrm{RMSNorm}_{\text{ffn}}(h)\big)$$
+#
+# This is the **pre-norm** arrangement (as in GPT-2 and Llama): each branch normalises *its own input*,
+# and the residual stream itself is never normalised inside the stack. Gradients and activations can
+# flow straight down the "+" path from the last layer to the first, which is what lets 32 layers train.
+# The original Transformer (2017) normalised *after* the addition ("post-norm"); that is where the
+# confusing Hugging Face name comes from.
+#
+# | role | Mistral checkpoint / this library | Hugging Face checkpoint |
+# |---|---|---|
+# | norm before attention | `layers.N.attention_norm` | `model.layers.N.input_layernorm` |
+# | attention | `layers.N.attention.wq / wk / wv / wo` | `model.layers.N.self_attn.q_proj / k_proj / v_proj / o_proj` |
+# | norm **before the MLP** | `layers.N.ffn_norm` | `model.layers.N.post_attention_layernorm` |
+# | SwiGLU MLP | `layers.N.feed_forward.w1 / w3 / w2` | `model.layers.N.mlp.gate_proj / up_proj / down_proj` |
+#
+# HF's `post_attention_layernorm` is "post" only in the sense that it comes *after the attention
+# branch*; it normalises the input of the MLP. It is Mistral's `ffn_norm`. The library's mapping says so:
+
+# %%
+from minimistral.weights import hf_name
+
+for ours in ["layers.0.attention_norm.weight", "layers.0.attention.wq.weight", "layers.0.ffn_norm.weight",
+             "layers.0.feed_forward.w1.weight", "layers.0.feed_forward.w3.weight", "layers.0.feed_forward.w2.weight"]:
+    print(f"{ours:34s} -> {hf_name(ours)}")
+
+# %% [markdown]
+# Here is the block as a picture. The thick line on the left is the residual stream; each branch
+# reads it through a norm and writes its result back with a "+".
+
+# %%
+def draw_block():
+    fig, ax = plt.subplots(figsize=(6.2, 7.2))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 12)
+    ax.axis("off")
+
+    def box(y, text, color, sub=None):
+        ax.add_patch(plt.Rectangle((3.6, y - 0.45), 5.2, 0.9, facecolor=color, edgecolor="black", lw=1.2))
+        ax.text(6.2, y + (0.12 if sub else 0), text, ha="center", va="center", fontsize=11)
+        if sub:
+            ax.text(6.2, y - 0.22, sub, ha="center", va="center", fontsize=8, color="#333333")
+
+    def add(y):
+        ax.add_patch(plt.Circle((1.5, y), 0.32, facecolor="white", edgecolor="black", lw=1.5))
+        ax.text(1.5, y, "+", ha="center", va="center", fontsize=15)
+
+    arrow = dict(arrowstyle="->", lw=1.5)
+    ax.plot([1.5, 1.5], [0.4, 11.6], color="#1f77b4", lw=4, zorder=0)  # the residual stream
+    ax.annotate("", (1.5, 11.9), (1.5, 11.3), arrowprops=dict(arrowstyle="->", lw=2.5, color="#1f77b4"))
+    ax.text(1.5, 0.05, "x  (B, T, dim)", ha="center", fontsize=10)
+    ax.text(1.5, 11.95, "out  (B, T, dim)", ha="center", va="bottom", fontsize=10)
+    # attention branch
+    box(2.2, "RMSNorm", "#fff2cc", "attention_norm  (HF: input_layernorm)")
+    box(3.8, "Attention: GQA 32 q / 8 kv heads", "#dae8fc", "RoPE on q, k · sliding window 4096")
+    add(5.2)
+    # MLP branch
+    box(7.0, "RMSNorm", "#fff2cc", "ffn_norm  (HF: post_attention_layernorm)")
+    box(8.6, "SwiGLU MLP  4096 -> 14336 -> 4096", "#d5e8d4", "w2(silu(w1 x) * w3 x)")
+    add(10.0)
+    for y0, y1 in [(1.2, 2.2), (5.9, 7.0)]:  # branch off the stream into the norm
+        ax.annotate("", (3.6, y1), (1.5, y0), arrowprops=dict(arrowstyle="->", lw=1.5, connectionstyle="angle,angleA=0,angleB=90"))
+    ax.annotate("", (6.2, 3.35), (6.2, 2.65), arrowprops=arrow)
+    ax.annotate("", (6.2, 8.15), (6.2, 7.45), arrowprops=arrow)
+    ax.annotate("", (1.82, 5.2), (6.2, 4.25), arrowprops=dict(arrowstyle="->", lw=1.5, connectionstyle="angle,angleA=90,angleB=0"))
+    ax.annotate("", (1.82, 10.0), (6.2, 9.05), arrowprops=dict(arrowstyle="->", lw=1.5, connectionstyle="angle,angleA=90,angleB=0"))
+    ax.text(0.2, 5.2, "h", fontsize=11, va="center")
+    ax.set_title("One Mistral block (x32): pre-norm residual", fontsize=12)
+    return fig
+
+
+draw_block()
+plt.show()
+
+# %% [markdown]
+# ### Building the block from Part I's pieces
+#
+# The block needs four modules, all from earlier notebooks, and a forward that is exactly the two
+# equations above. The attention also needs to know *where* the tokens are: the RoPE angles for
+# their positions, the sliding-window mask, and the positions themselves (the KV cache of notebook 08
+# uses them). The whole model computes these once and hands them to every layer.
+
+# %%
+class MyBlock(nn.Module):
+    def __init__(self, args: mm.ModelArgs, layer_idx: int = 0):
+        super().__init__()
+        self.attention_norm = RMSNorm(args.dim, args.norm_eps)  # 02
+        self.attention = Attention(args, layer_idx)  # 03 + 04 + 05
+        self.ffn_norm = RMSNorm(args.dim, args.norm_eps)  # 02
+        self.feed_forward = FeedForward(args.dim, args.hidden_dim)  # 06
+
+    def forward(self, x, angles, mask, positions):  # x: (B, T, dim)
+        h = x + self.attention(self.attention_norm(x), angles, mask, positions, positions)  # (B, T, dim)
+        return h + self.feed_forward(self.ffn_norm(h))  # (B, T, dim)
+
+
+args = mm.ModelArgs.tiny()
+block = MyBlock(args)
+for name, p in block.named_parameters():
+    print(f"{name:28s} {tuple(p.shape)}")
+
+# %% [markdown]
+# Run it on a batch of 2 sequences of 10 tokens, with norms whose weights are not all ones (so a
+# swapped norm would show), and compare with the library's `TransformerBlock` holding the same weights.
+
+# %%
+with torch.no_grad():
+    for p in block.parameters():
+        p.uniform_(-0.1, 0.1) if p.dim() == 2 else p.uniform_(0.5, 1.5)
+lib_block = TransformerBlock(args, 0)
+lib_block.load_state_dict(block.state_dict())  # same parameter names: the load is strict
+
+T = 10
+positions = torch.arange(T)  # (T,)
+angles = rope_angles(positions, args.head_dim, args.rope_theta)  # (T, head_dim/2)
+mask = mm.attention_mask(positions, positions, args.sliding_window)  # (T, T) bool
+x = torch.randn(2, T, args.dim)  # (B, T, dim)
+
+with torch.no_grad():
+    ours = block(x, angles, mask, positions)
+    lib = lib_block(x, angles, mask, positions, positions)
+print("input ", tuple(x.shape), "\noutput", tuple(ours.shape))
+torch.testing.assert_close(ours, lib)
+print("MyBlock == mm TransformerBlock: max |diff| =", f"{(ours - lib).abs().max().item():.1e}")
+
+# %% [markdown]
+# ### Exercise 07.1: write the block's forward
+#
+# Complete `block_forward(block, x, angles, mask, positions)`: given any block with the four
+# sub-modules `attention_norm`, `attention`, `ffn_norm`, `feed_forward`, return the block's output.
+# Call the attention as `block.attention(normed_x, angles, mask, positions, positions)`.
+# The check tries blocks with 1, 2 and 4 query heads per KV head, with and without a window.
+
+# %%
+def block_forward(block, x, angles, mask, positions):
+    ### BEGIN SOLUTION
+    h = x + block.attention(block.attention_norm(x), angles, mask, positions, positions)
+    return h + block.feed_forward(block.ffn_norm(h))
+    ### END SOLUTION
+
+
+# %%
+def _block_case(seed, n_heads, n_kv_heads, window, T):
+    torch.manual_seed(seed)
+    a = mm.ModelArgs.tiny(dim=64, head_dim=16, hidden_dim=96, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                          sliding_window=window)
+    b = TransformerBlock(a, 0)
+    with torch.no_grad():
+        b.attention_norm.weight.uniform_(0.5, 1.5)
+        b.ffn_norm.weight.uniform_(0.5, 1.5)
+    pos = torch.arange(T)
+    return (b, torch.randn(1, T, a.dim), rope_angles(pos, a.head_dim), mm.attention_mask(pos, pos, window), pos)
+
+
+_cases = [_block_case(1, 4, 4, None, 7), _block_case(2, 4, 2, 3, 9), _block_case(3, 8, 2, 4, 12), _block_case(4, 4, 1, 1, 5)]
+with torch.no_grad():
+    check_function("07.1 block_forward", block_forward,
+                   lambda b, x, ang, m, pos: b(x, ang, m, pos, pos), _cases,
+                   hint="two residual additions: h = x + attention(attention_norm(x)); out = h + feed_forward(ffn_norm(h)). "
+                        "Did you normalise the right tensor before the MLP?")
+
+# %% [markdown]
+# ## 2. The whole model
+#
+# $$\text{tokens} \xrightarrow{\text{tok\_embeddings}} h_0 \xrightarrow{\text{block}_0} h_1 \to \dots
+# \xrightarrow{\text{block}_{31}} h_{32} \xrightarrow{\text{norm}} \xrightarrow{\text{output}} \text{logits}$$
+#
+# - `tok_embeddings`: a (32000, 4096) table; token id $i$ picks row $i$.
+# - 32 blocks, all the same shape, each with its own weights.
+# - `norm`: one last RMSNorm, because the residual stream is never normalised inside the stack.
+# - `output`: a (32000, 4096) linear layer, the "LM head": one score per vocabulary entry. Mistral 7B
+#   does **not** tie it to the embedding table; the two are separate matrices.
+#
+# The positions, RoPE angles and mask are the same for every layer, so the model computes them once.
+# Here is the forward pass written out over the library's `mm.Transformer`, whose `forward` does the same:
+
+# %%
+def model_forward(model: mm.Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    a = model.args
+    B, T = tokens.shape
+    positions = torch.arange(T)  # (T,)
+    angles = rope_angles(positions, a.head_dim, a.rope_theta)  # (T, head_dim/2)
+    mask = mm.attention_mask(positions, positions, a.sliding_window)  # (T, T)
+    h = model.tok_embeddings(tokens)  # (B, T, dim)
+    for layer in model.layers:
+        h = layer(h, angles, mask, positions, positions)  # (B, T, dim)
+    return model.output(model.norm(h)).float()  # (B, T, vocab_size)
+
+
+model = mm.Transformer(mm.ModelArgs.tiny()).init_weights("normal", std=0.02, seed=0).eval()
+tokens = torch.randint(0, model.args.vocab_size, (2, 80))  # longer than the 64-token window
+with torch.no_grad():
+    torch.testing.assert_close(model_forward(model, tokens), model(tokens))
+print("model_forward == mm.Transformer.forward on", tuple(tokens.shape))
+
+# %% [markdown]
+# ### The real model's skeleton, on the meta device
+#
+# PyTorch's `meta` device creates tensors that have a shape and a dtype but no storage, so we can build
+# the full 7B model and inspect it in a fraction of a second without 29 GB of RAM.
+
+# %%
+args_7b = mm.ModelArgs.mistral_7b()
+with torch.device("meta"):
+    model_7b = mm.Transformer(args_7b)
+print(model_7b.layers[0])
+print("layers:", len(model_7b.layers), "| tok_embeddings:", tuple(model_7b.tok_embeddings.weight.shape),
+      "| output:", tuple(model_7b.output.weight.shape))
+
+# %% [markdown]
+# ## 3. Counting the parameters by hand
+#
+# With $d = 4096$ (dim), $d_h = 128$ (head_dim), $H = 32$ query heads, $K = 8$ KV heads,
+# $f = 14336$ (hidden_dim), $V = 32000$ (vocabulary), $L = 32$ layers:
+#
+# | piece | formula | count |
+# |---|---|---|
+# | embeddings | $V d$ | 131,072,000 |
+# | attention, one layer | $d \cdot H d_h$ (wq) $+ 2\, d \cdot K d_h$ (wk, wv) $+ H d_h \cdot d$ (wo) | 41,943,040 |
+# | MLP, one layer | $3\, d f$ (w1, w3, w2) | 176,160,768 |
+# | norms, one layer | $2d$ | 8,192 |
+# | **one layer** | | **218,112,000** |
+# | 32 layers | $\times L$ | 6,979,584,000 |
+# | final norm | $d$ | 4,096 |
+# | output head | $V d$ | 131,072,000 |
+# | **total** | | **7,241,732,096** |
+#
+# Grouped-query attention is why the attention is so small next to the MLP: wk and wv are
+# 4096 x 1024 instead of 4096 x 4096. Let us do the arithmetic in code, piece by piece:
+
+# %%
+d, hd, H, K, f, V, L = 4096, 128, 32, 8, 14336, 32000, 32
+embeddings = V * d
+attention = d * H * hd + 2 * d * K * hd + H * hd * d
+mlp = 3 * d * f
+norms = 2 * d
+per_layer = attention + mlp + norms
+final_norm = d
+output_head = V * d
+total = embeddings + L * per_layer + final_norm + output_head
+
+for name, n in [("embeddings", embeddings), ("attention per layer", attention), ("MLP per layer", mlp),
+                ("norms per layer", norms), ("one layer", per_layer), ("32 layers", L * per_layer),
+                ("final norm", final_norm), ("output head", output_head), ("total", total)]:
+    print(f"{name:20s} {n:>15,}")
+
+# %% [markdown]
+# Three independent checks: the formula in `ModelArgs.num_params()`, the parameters of the model
+# actually built on the meta device, and the one-layer count against one real block.
+
+# %%
+assert total == 7_241_732_096
+assert args_7b.num_params() == total
+assert sum(p.numel() for p in model_7b.parameters()) == total
+assert sum(p.numel() for p in model_7b.layers[0].parameters()) == per_layer
+print(f"by hand {total:,} == ModelArgs.num_params() == meta model == 7,241,732,096")
+print(f"bf16 weights: {args_7b.weight_bytes('bfloat16'):,} bytes = {args_7b.weight_bytes('bfloat16') / 2**30:.2f} GiB")
+
+# %%
+parts = args_7b.params_by_component()
+fig, ax = plt.subplots(figsize=(7, 3))
+names = list(parts)
+ax.barh(names, [parts[n] / 1e9 for n in names], color=["#999999", "#6c8ebf", "#82b366", "#d6b656", "#999999"])
+for i, n in enumerate(names):
+    ax.text(parts[n] / 1e9 + 0.05, i, f"{parts[n]:,} ({parts[n] / total:.1%})", va="center", fontsize=9)
+ax.set_xlabel("billions of parameters")
+ax.set_xlim(0, 7.5)
+ax.invert_yaxis()
+ax.set_title("Where Mistral 7B's 7.24 B parameters live")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Almost three quarters of the model is MLP. The norms, 266,240 numbers in all, are too small to see.
+#
+# ### Exercise 07.2: parameters of one layer
+#
+# Write `layer_params(args)`, the number of parameters of one block for any `ModelArgs`. Watch out:
+# `head_dim` need not be `dim // n_heads`, and `n_kv_heads` may be anything from 1 to `n_heads`.
+
+# %%
+def layer_params(args: mm.ModelArgs) -> int:
+    ### BEGIN SOLUTION
+    attn = args.dim * args.n_heads * args.head_dim * 2 + args.dim * args.n_kv_heads * args.head_dim * 2
+    return attn + 3 * args.dim * args.hidden_dim + 2 * args.dim
+    ### END SOLUTION
+
+
+# %%
+def _block_numel(a):
+    with torch.device("meta"):
+        return sum(p.numel() for p in TransformerBlock(a, 0).parameters())
+
+
+passed = check_function("07.2 layer_params", layer_params, _block_numel,
+                        [(mm.ModelArgs.mistral_7b(),), (mm.ModelArgs.tiny(),), (mm.ModelArgs.tiny(n_kv_heads=8),),
+                         (mm.ModelArgs.tiny(n_kv_heads=1, head_dim=48),), (mm.ModelArgs(dim=96, n_layers=1, head_dim=40, hidden_dim=200, n_heads=6, n_kv_heads=3),)],
+                        hint="wq and wo are dim x (n_heads * head_dim), wk and wv are dim x (n_kv_heads * head_dim); "
+                             "the MLP has three dim x hidden_dim matrices; two norms of size dim.")
+
+# %% [markdown]
+# ## 4. One real-sized layer on the CPU
+#
+# The counting says one layer is 218,112,000 parameters: 0.87 GB in float32. That fits in a laptop's
+# memory, so let us build **one** block with the 7B's exact shapes, fill it with random weights (Mistral's
+# model card says uniform in $[-0.02, 0.02]$), and push 16 tokens through it. We build it on the meta
+# device first and then allocate the storage, which skips PyTorch's default initialisation (it would
+# only be overwritten).
+
+# %%
+with torch.device("meta"):
+    big_block = TransformerBlock(args_7b, 0)
+big_block = big_block.to_empty(device="cpu")
+gen = torch.Generator().manual_seed(0)
+with torch.no_grad():
+    for name, p in big_block.named_parameters():
+        p.fill_(1.0) if name.endswith("norm.weight") else p.uniform_(-0.02, 0.02, generator=gen)
+n_block = sum(p.numel() for p in big_block.parameters())
+print(f"{n_block:,} parameters, {n_block * 4 / 1e9:.2f} GB ({n_block * 4 / 2**30:.2f} GiB) in float32")
+
+T = 16
+positions = torch.arange(T)
+angles = rope_angles(positions, args_7b.head_dim, args_7b.rope_theta)  # (16, 64)
+mask = mm.attention_mask(positions, positions, args_7b.sliding_window)  # (16, 16)
+x = torch.randn(1, T, args_7b.dim, generator=gen)  # (1, 16, 4096)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import resource
+
+start = time.perf_counter()
+with torch.inference_mode():
+    y = big_block(x, angles, mask, positions, positions)
+elapsed = time.perf_counter() - start
+flops = 2 * n_block * T  # one multiply and one add per weight per token (attention scores are tiny at T=16)
+print(f"one 7B layer, {T} tokens: {elapsed * 1000:.0f} ms, about {flops / elapsed / 1e9:.0f} GFLOP/s")
+print(f"peak resident memory of this process so far: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+print(f"a whole forward would be 32 such layers plus the output head: roughly {32 * elapsed:.1f} s for {T} tokens")
+
+# %%
+print("output", tuple(y.shape), "| finite:", bool(torch.isfinite(y).all()))
+print("the block changed the residual stream by a relative", f"{((y - x).norm() / x.norm()).item():.3f}")
+del big_block, y  # give the 0.87 GB back
+
+# %% [markdown]
+# Each weight takes part in one multiply-add per token, so a forward pass costs about
+# $2 \times 7.24 \times 10^9 \approx 14.5$ GFLOP per token. That, and reading 14.5 GB of bf16 weights
+# for every generated token, is why notebook 11 takes the real model to a GPU.
+#
+# ## 5. The CPU preset end to end
+#
+# `ModelArgs.tiny()` is a Mistral with the same structure (GQA 4:1, a window shorter than the context,
+# the full 32,000-token vocabulary) at a size a laptop runs instantly. Forward hooks print the shape
+# of the tensor leaving every stage.
+
+# %%
+tiny = mm.ModelArgs.tiny()
+print(tiny)
+model = mm.Transformer(tiny).init_weights("normal", std=0.02, seed=0).eval()
+print(f"{model.num_params():,} parameters; ModelArgs says {tiny.num_params():,}")
+assert model.num_params() == tiny.num_params()
+
+hooks = [m.register_forward_hook(lambda mod, inp, out, name=name: print(f"{name:16s} -> {tuple(out.shape)}"))
+         for name, m in [("tok_embeddings", model.tok_embeddings)] +
+         [(f"layers.{i}", layer) for i, layer in enumerate(model.layers)] +
+         [("norm", model.norm), ("output", model.output)]]
+tokens = torch.randint(0, tiny.vocab_size, (2, 12))
+print("tokens          ", tuple(tokens.shape))
+with torch.no_grad():
+    logits = model(tokens)
+for h in hooks:
+    h.remove()
+print("logits          ", tuple(logits.shape), logits.dtype)
+
+# %% [markdown]
+# ### The residual stream grows as it goes up
+#
+# Every block *adds* to the stream, and nothing inside the stack normalises it, so its size (the RMS
+# over the `dim` features) grows layer by layer; the final `norm` brings it back to unit scale before
+# the output head. The figure follows the stream through the 4-layer preset and through a 32-layer
+# model of the same width (the real model's depth), both with random weights.
+
+# %%
+def stream_rms(model, tokens):
+    """RMS of the residual stream after the embedding and after every block, averaged over tokens."""
+    a = model.args
+    T = tokens.shape[1]
+    positions = torch.arange(T)
+    angles, mask = rope_angles(positions, a.head_dim, a.rope_theta), mm.attention_mask(positions, positions, a.sliding_window)
+    h = model.tok_embeddings(tokens)
+    rms = [h.pow(2).mean(-1).sqrt().mean().item()]
+    for layer in model.layers:
+        h = layer(h, angles, mask, positions, positions)
+        rms.append(h.pow(2).mean(-1).sqrt().mean().item())
+    return rms, model.norm(h).pow(2).mean(-1).sqrt().mean().item()
+
+
+tokens = torch.randint(0, tiny.vocab_size, (1, 48), generator=torch.Generator().manual_seed(1))
+deep = mm.Transformer(mm.ModelArgs.tiny(n_layers=32)).init_weights("normal", std=0.02, seed=0).eval()
+fig, ax = plt.subplots(figsize=(7, 3.5))
+with torch.no_grad():
+    for m, label in [(model, "tiny preset, 4 layers"), (deep, "same width, 32 layers")]:
+        rms, after_norm = stream_rms(m, tokens)
+        ax.plot(range(len(rms)), rms, marker="o", ms=3, label=label)
+        print(f"{label}: RMS after embedding {rms[0]:.4f}, after last block {rms[-1]:.4f}, after final norm {after_norm:.3f}")
+ax.set_xlabel("layer (0 = embedding output)")
+ax.set_ylabel("RMS of the residual stream")
+ax.set_title("Each block adds to the stream; only the final norm rescales it")
+ax.legend()
+fig.tight_layout()
+plt.show()
+del deep
+
+# %% [markdown]
+# ## 6. The same logits as transformers' `MistralForCausalLM`
+#
+# Everything so far compared our code with our own library. The outside referee is Hugging Face
+# transformers: we build its `MistralForCausalLM` from our `ModelArgs` (`args.to_hf_config()`), give
+# it our weights under its names (`minimistral.weights.to_hf_state_dict`, which also permutes the
+# rows of wq and wk for HF's rotate-half RoPE layout, notebook 03), and compare logits. Eager
+# attention and float32 keep the reference plain. The window is 16 here so that the 40-token
+# sequence crosses it.
+
+# %%
+try:
+    from transformers import MistralConfig, MistralForCausalLM
+except ImportError:
+    MistralForCausalLM = None
+    print("transformers is not installed: skipping the comparison (pip install transformers to run it)")
+
+if MistralForCausalLM is not None:
+    from minimistral.weights import to_hf_state_dict
+
+    small = mm.ModelArgs.tiny(sliding_window=16, vocab_size=1000)
+    ours = mm.Transformer(small).init_weights("normal", std=0.02, seed=0).eval()
+    with torch.no_grad():  # non-trivial norm weights, so a swapped or missing norm would show
+        for name, p in ours.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    config = MistralConfig(**small.to_hf_config())
+    config._attn_implementation = "eager"
+    hf = MistralForCausalLM(config).to(torch.float32).eval()
+    hf.load_state_dict(to_hf_state_dict(ours), strict=True)  # strict: every tensor accounted for
+
+    tokens = torch.randint(0, small.vocab_size, (2, 40), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ours_logits = ours(tokens)
+        hf_logits = hf(tokens).logits
+    diff = (ours_logits - hf_logits).abs().max().item()
+    print("logits", tuple(ours_logits.shape), "| max |ours - transformers| < 1e-4:", diff < 1e-4)
+    assert diff < 1e-4, diff
+    assert torch.equal(ours_logits.argmax(-1), hf_logits.argmax(-1))
+    print("greedy next tokens identical at all", tokens.numel(), "positions")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if MistralForCausalLM is not None:
+    print(f"max |ours - transformers| = {diff:.2e}")
+
+# %% [markdown]
+# ## Summary
+#
+# - A Mistral block is pre-norm: `h = x + attention(attention_norm(x))`, then
+#   `out = h + feed_forward(ffn_norm(h))`. HF's `post_attention_layernorm` is the `ffn_norm` that sits
+#   **before** the MLP; `input_layernorm` is `attention_norm`.
+# - The model is an embedding table, 32 such blocks, a final RMSNorm and an untied output head.
+# - 7,241,732,096 parameters: 131,072,000 in the embeddings, 218,112,000 per layer (41,943,040
+#   attention + 176,160,768 MLP + 8,192 norms), 4,096 in the final norm and 131,072,000 in the head.
+# - One real-sized layer runs on a CPU; the full model needs 14.5 GB in bf16 and ~14.5 GFLOP per token.
+# - Our model gives transformers' logits to within 1e-4 on the same weights.
+#
+# ## What's next
+#
+# Generating text one token at a time would recompute the whole prefix at every step. Notebook
+# **08 · KV cache** stores each layer's keys and values instead, and shows how Mistral's rolling
+# buffer keeps that memory flat however long the text gets.
