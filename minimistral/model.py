@@ -53,11 +53,10 @@ class Transformer(nn.Module):
         transformers' MistralPreTrainedModel uses (initializer_range=0.02)."""
         if method not in ("uniform", "normal"):
             raise ValueError(f"init_weights: method must be 'uniform' or 'normal', got {method!r}")
-        gen = torch.Generator(device=self.output.weight.device)
+        gen = None  # seed=None: torch's global generator, so torch.manual_seed makes the model reproducible
         if seed is not None:
+            gen = torch.Generator(device=self.output.weight.device)
             gen.manual_seed(seed)
-        else:
-            gen.seed()
         for name, p in self.named_parameters():
             if name.endswith("norm.weight"):
                 p.fill_(1.0)
