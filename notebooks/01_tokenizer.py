@@ -1,0 +1,428 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · The tokenizer: BPE with byte fallback
+#
+# A language model never sees characters. It sees integers, **token ids**, each naming one of the
+# 32,000 **pieces** in its vocabulary. Mistral 7B uses a [sentencepiece](https://github.com/google/sentencepiece)
+# tokenizer trained with **byte-pair encoding (BPE)** and **byte fallback**: common words are one piece,
+# rare words are a few, and a character the vocabulary does not know is spelled out as its UTF-8 bytes,
+# so no input is ever "unknown".
+#
+# ## What you will learn
+# - How Mistral's tokenizer splits text: pieces and ids, the `▁` that marks a space, digits one by one,
+#   byte fallback for rare characters, and the BOS/EOS control tokens.
+# - How BPE encodes: apply the learned merges, best-ranked first. We write the encoder from scratch in
+#   twenty lines and check it against sentencepiece, then check the library against **mistral-common**,
+#   Mistral's own tokenizer package.
+# - How many tokens a character costs in English, French, code, Chinese and emoji.
+# - How to train a small tokenizer with exactly Mistral's options, and how it compares with the real one.
+#
+# ## What you need
+# - A laptop CPU, under 1 GB of RAM, well under a minute. No GPU, no network: the real tokenizer file
+#   (`tokenizer.model.v1`, 493,443 bytes) ships inside the `mistral-common` package.
+# - Before this: **00 welcome**.
+
+# %%
+import html
+import tempfile
+from pathlib import Path
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import sentencepiece as spm
+from IPython.display import HTML, display
+
+import minimistral as mm
+from minimistral.checks import check_function
+
+# %% [markdown]
+# ## The real Mistral v1 tokenizer
+#
+# `mm.Tokenizer.mistral_v1()` opens the model file from the installed `mistral-common` package.
+# Ids 0, 1 and 2 are control tokens: `<unk>` (never produced, thanks to byte fallback), `<s>` (BOS,
+# beginning of sequence) and `</s>` (EOS, end of sequence). Ids 3 to 258 are the 256 bytes
+# `<0x00>` … `<0xFF>`. The other 31,741 are ordinary pieces, learned from data.
+
+# %%
+tok = mm.Tokenizer.mistral_v1()
+print(tok)
+print("vocab_size:", tok.vocab_size, "  unk/bos/eos ids:", tok.unk_id, tok.bos_id, tok.eos_id)
+for i in [0, 1, 2, 3, 4, 13, 258, 259, 260, 28705, 31999]:
+    kind = "control" if tok.sp.is_control(i) else "unknown" if i == tok.unk_id else "byte" if tok.is_byte(i) else "piece"
+    print(f"  id {i:>5}: {tok.id_to_piece(i)!r:<10} {kind}")
+
+# %% [markdown]
+# ## Pieces and ids
+#
+# `encode` adds the BOS id 1 in front (as Mistral does for every prompt); `pieces` shows the strings.
+# Sentencepiece treats a space as part of the *next* word and writes it as `▁` (U+2581, "lower one
+# eighth block"); it also adds one `▁` at the very start, so that "Hello" at the start of a text and in
+# the middle of it ("… Hello") become the same piece.
+
+# %%
+def show(text, tokenizer=tok):
+    ids = tokenizer.encode(text, bos=False)
+    print(f"{text!r}  ->  {len(ids)} tokens")
+    print("   " + " ".join(f"{tokenizer.id_to_piece(i)}|{i}" for i in ids))
+
+
+show("Hello world")
+show("Hello, world! Tokenizers are unbelievably useful.")
+show("a  b   c")  # runs of spaces are kept: '▁▁' is a piece of its own
+
+# %% [markdown]
+# ### Digits one by one
+#
+# Mistral's tokenizer was trained with `split_digits=True`: no piece contains two digits, so every
+# number is spelled digit by digit. That costs tokens, but gives the model a consistent view of
+# numbers (1234 is never one opaque piece while 1235 is two).
+
+# %%
+show("In 2024, pi was still 3.14159.")
+all_pieces = [tok.id_to_piece(i) for i in range(tok.vocab_size) if not tok.is_byte(i)]
+multi_digit = [p for p in all_pieces if sum(c.isdigit() for c in p) > 1]
+print("pieces with more than one digit in the whole vocabulary:", len(multi_digit))
+
+# %% [markdown]
+# ### Byte fallback
+#
+# Common emoji such as 😀 are in the vocabulary. The llama 🦙 is not, so sentencepiece falls back to
+# its UTF-8 bytes: four pieces `<0xF0> <0x9F> <0xA6> <0x99>`, whose ids are simply **byte value + 3**.
+# Decoding glues the bytes back together.
+
+# %%
+show("😀 and 🦙")
+print("UTF-8 bytes of 🦙:", " ".join(f"{b:02X}" for b in "🦙".encode("utf-8")))
+llama_ids = tok.encode("🦙", bos=False)[1:]  # skip the leading '▁'
+print("their ids:", llama_ids, " = bytes + 3:", [b + 3 for b in "🦙".encode("utf-8")])
+print("decoded back:", tok.decode(llama_ids))
+
+# %% [markdown]
+# ### BOS and EOS
+#
+# A prompt starts with `<s>` (id 1). During training, documents end with `</s>` (id 2); at inference
+# the model producing id 2 means "I am done". `decode` drops control tokens.
+
+# %%
+ids = tok.encode("Bonjour !", bos=True, eos=True)
+print(ids, [tok.id_to_piece(i) for i in ids])
+print(repr(tok.decode(ids)))
+
+# %% [markdown]
+# ## How BPE encodes, from scratch
+#
+# Training a BPE tokenizer (below) learns a list of **merges**: start from single characters, and
+# repeatedly glue together the most frequent adjacent pair. Sentencepiece stores the result as the
+# vocabulary, with each merged piece's **score** equal to minus its rank: the first merge learned,
+# `▁t`, scores `-2`; later ones score lower.
+#
+# Encoding replays those merges on new text:
+#
+# 1. replace spaces by `▁` and put one `▁` in front;
+# 2. split into characters;
+# 3. among all adjacent pairs whose concatenation is a piece, merge the one with the **highest score**
+#    (the leftmost on ties); repeat until no pair merges;
+# 4. a piece that is not in the vocabulary (a character never seen in training) becomes its UTF-8
+#    bytes, `<0xNN>` each.
+
+# %%
+sp = tok.sp  # the sentencepiece processor inside our Tokenizer: piece_to_id, get_score, ...
+for piece in ["▁t", "er", "in", "▁the", "▁Hello", "izer"]:
+    print(f"{piece!r:<9} id {sp.piece_to_id(piece):>5}  score {sp.get_score(sp.piece_to_id(piece)):>8.0f}")
+
+
+# %%
+def bpe_encode(text: str, trace: bool = False) -> list[int]:
+    """Sentencepiece BPE encoding with byte fallback, written out."""
+    if not text:
+        return []
+    pieces = list("▁" + text.replace(" ", "▁"))  # steps 1 and 2
+    while len(pieces) > 1:  # step 3
+        best = None  # (score, position) of the best merge
+        for i in range(len(pieces) - 1):
+            merged_id = sp.piece_to_id(pieces[i] + pieces[i + 1])
+            if merged_id == tok.unk_id or sp.is_control(merged_id) or sp.is_byte(merged_id):
+                continue  # not a piece: this pair never merges
+            score = sp.get_score(merged_id)
+            if best is None or score > best[0]:  # '>' keeps the leftmost of equal scores
+                best = (score, i)
+        if best is None:
+            break
+        i = best[1]
+        pieces[i:i + 2] = [pieces[i] + pieces[i + 1]]
+        if trace:
+            print(" ".join(pieces))
+    ids = []
+    for p in pieces:  # step 4
+        pid = sp.piece_to_id(p)
+        ids += [pid] if pid != tok.unk_id else [sp.piece_to_id(f"<0x{b:02X}>") for b in p.encode("utf-8")]
+    return ids
+
+
+print(bpe_encode("lower tokenizer", trace=True))
+
+# %% [markdown]
+# Our twenty lines against sentencepiece's C++ on a mix of languages, code, whitespace and rare characters:
+
+# %%
+sentences = [
+    "Hello world", "Mistral 7B est un modèle de langage.", "Der schnelle braune Fuchs.",
+    "def f(x):\n    return x ** 2\n", "  two leading spaces", "tabs\tand\nnewlines\n\n",
+    "The year 2024 🦙!", "こんにちは世界", "Привет, мир!", "مرحبا بالعالم", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and ﬁ ligatures",
+    "Antidisestablishmentarianism", "<s> is not a control token in text", "",
+]
+for s in sentences:
+    assert bpe_encode(s) == tok.encode(s, bos=False), s
+print(f"bpe_encode == sentencepiece on all {len(sentences)} sentences")
+
+# %% [markdown]
+# ## The oracle: mistral-common
+#
+# Mistral's own package, `mistral-common`, tokenizes prompts for its models. Its
+# `SentencePieceTokenizer` on the same file must give exactly our ids, BOS included.
+
+# %%
+from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer
+
+from minimistral.tokenizer import mistral_v1_path
+
+oracle = SentencePieceTokenizer(str(mistral_v1_path()))
+for s in sentences:
+    assert tok.encode(s, bos=True, eos=False) == oracle.encode(s, bos=True, eos=False), s
+    assert tok.encode(s, bos=True, eos=True) == oracle.encode(s, bos=True, eos=True), s
+print(f"mm.Tokenizer == mistral-common on all {len(sentences)} sentences (bos, and bos+eos)")
+
+# %% [markdown]
+# ## Try it: your text, coloured by token
+#
+# Each box is one token: the piece on top, its id below. Type in the box to re-tokenize (the live
+# widget needs a running kernel; the picture right below is the stored first state).
+
+# %%
+PALETTE = ["#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f0d2", "#fcdcc5", "#d8eefe"]
+
+
+def render_tokens(text: str, tokenizer=tok) -> str:
+    """HTML of the tokens of `text`: one coloured box per token, piece on top, id below."""
+    ids = tokenizer.encode(text, bos=True)
+    boxes = []
+    for n, i in enumerate(ids):
+        piece = tokenizer.id_to_piece(i).replace("\n", "↵")
+        colour = "#cccccc" if i in (tokenizer.bos_id, tokenizer.eos_id) else "#ffd6a5" if tokenizer.is_byte(i) else PALETTE[n % len(PALETTE)]
+        boxes.append(
+            f'<span style="display:inline-block;margin:2px;padding:2px 4px;border-radius:4px;'
+            f'background:{colour};font-family:monospace;text-align:center;color:#222">'
+            f'{html.escape(piece)}<br><span style="font-size:70%;color:#555">{i}</span></span>')
+    chars = len(text)
+    summary = f"{len(ids)} tokens (BOS included) for {chars} characters"
+    return f'<div style="line-height:1.1">{"".join(boxes)}</div><div style="font-size:85%">{summary}</div>'
+
+
+sample = "Mistral's tokenizer splits 12345 into digits and 🦙 into bytes."
+display(HTML(render_tokens(sample)))
+
+# %%
+text_box = widgets.Text(value=sample, description="text:", continuous_update=True,
+                        layout=widgets.Layout(width="95%"))
+token_view = widgets.HTML(value=render_tokens(sample))
+text_box.observe(lambda change: setattr(token_view, "value", render_tokens(change["new"])), names="value")
+display(widgets.VBox([text_box, token_view]))
+
+# %% [markdown]
+# ## What a character costs, language by language
+#
+# The vocabulary was learned mostly from English (and other Latin-script) text. The same sentence
+# costs more tokens in other scripts, and emoji outside the vocabulary cost four bytes each: a
+# budget of 4,096 tokens is a lot of English and much less Chinese.
+
+# %%
+samples = {
+    "English": "The quick brown fox jumps over the lazy dog. Language models read text as a sequence of tokens.",
+    "French": "Le renard brun rapide saute par-dessus le chien paresseux. Les modèles de langue lisent des jetons.",
+    "German": "Der schnelle braune Fuchs springt über den faulen Hund. Sprachmodelle lesen Text als Token.",
+    "Python": "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "numbers": "3.14159 2.71828 1.41421 6.02214e23 299792458 1234567890",
+    "Russian": "Быстрая бурая лиса перепрыгивает через ленивую собаку.",
+    "Chinese": "敏捷的棕色狐狸跳过了懒狗。语言模型把文本读成一串词元。",
+    "emoji": "🦙🚀🎉😀👍🌍🔥💡🧠🤖",
+}
+per_char = {}
+print(f"{'text':<8} {'chars':>5} {'tokens':>6} {'tokens/char':>11}")
+for name, text in samples.items():
+    n_tok = len(tok.encode(text, bos=False))
+    per_char[name] = n_tok / len(text)
+    print(f"{name:<8} {len(text):>5} {n_tok:>6} {per_char[name]:>11.3f}")
+
+# %%
+# lengths (in characters, '▁' counted as one) of the ordinary pieces in the vocabulary
+lengths = [len(tok.id_to_piece(i)) for i in range(tok.vocab_size)
+           if not (tok.is_byte(i) or tok.sp.is_control(i) or i == tok.unk_id)]
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
+names = sorted(per_char, key=per_char.get)
+bars = ax1.barh(names, [per_char[n] for n in names], color="#4C72B0")
+for bar, n in zip(bars, names):
+    ax1.text(bar.get_width() + 0.02, bar.get_y() + bar.get_height() / 2, f"{per_char[n]:.2f}", va="center", fontsize=9)
+ax1.set_xlabel("tokens per character (lower is cheaper)")
+ax1.set_title("Mistral v1 tokenizer: cost of a character")
+ax2.hist(lengths, bins=range(1, 18), color="#55A868", edgecolor="white", align="left")
+ax2.set_xlabel("piece length (characters)")
+ax2.set_ylabel("pieces in the vocabulary")
+ax2.set_title(f"{len(lengths):,} learned pieces")
+for ax in (ax1, ax2):
+    ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Training a small tokenizer with Mistral's options
+#
+# The real tokenizer was trained by sentencepiece on a large corpus. Its model file records the options;
+# these are the ones that shape what you saw above:
+#
+# | option | value | effect |
+# |---|---|---|
+# | `model_type` | `bpe` | byte-pair encoding (rather than sentencepiece's default, unigram) |
+# | `vocab_size` | 32000 | |
+# | `byte_fallback` | `True` | the 256 `<0xNN>` pieces; nothing is ever `<unk>` |
+# | `split_digits` | `True` | no piece contains two digits |
+# | `unk_id`, `bos_id`, `eos_id`, `pad_id` | 0, 1, 2, -1 | the control tokens; no padding token |
+# | `add_dummy_prefix` | `True` | the leading `▁` |
+# | `remove_extra_whitespaces` | `False` | runs of spaces survive (`▁▁`) |
+# | `normalization_rule_name` | `identity` | text is not Unicode-normalised (`ﬁ` stays `ﬁ`) |
+# | `character_coverage` | 0.99995 | the rarest 0.005 % of characters are left to byte fallback |
+# | `allow_whitespace_only_pieces`, `max_sentencepiece_length` | `True`, 16 | pieces like `▁▁▁▁`, at most 16 characters |
+#
+# We train one with the same options on a few paragraphs of text (one thread, so the result is the
+# same every run), in a temporary folder.
+
+# %%
+CORPUS = """\
+A tokenizer turns text into a sequence of integers. The model never sees the letters of a word, only
+the ids of the pieces the word was split into. Byte-pair encoding learns those pieces from data: it
+starts from single characters and repeatedly merges the pair of neighbours that occurs most often.
+After the first merges, frequent pairs such as t and h, or e and r, have become pieces of their own;
+after thousands of merges, whole frequent words are single pieces, while rare words are spelled with a
+few shorter pieces. The number of merges is fixed in advance by the size of the vocabulary.
+Sentencepiece treats the text as a raw stream of characters and writes every space as a visible
+marker, so that decoding is exact: join the pieces, turn the markers back into spaces, and the original
+text comes back, with every space and every line break where it was.
+When the model reads a character that the vocabulary does not contain, byte fallback writes it as the
+bytes of its UTF-8 encoding, one piece per byte. Nothing is ever unknown, and any text can be encoded
+and decoded again without loss. Digits are split one by one, so that numbers are always read the same
+way. The beginning of every sequence is marked with a special token, and so is the end of a document.
+A good tokenizer keeps sequences short for the text the model will read most, because attention costs
+grow with the length of the sequence, and the context window is counted in tokens, not in words.
+Training a tokenizer is quick: count pairs, merge the best one, count again. Training the model that
+reads its tokens is the expensive part, and it cannot change the tokenizer afterwards without starting
+over, because every embedding row belongs to one piece of the vocabulary.
+"""
+
+with tempfile.TemporaryDirectory(prefix="minimistral_spm_") as tmp:  # deleted once the model is loaded
+    workdir = Path(tmp)
+    (workdir / "corpus.txt").write_text(CORPUS, encoding="utf-8")
+    spm.SentencePieceTrainer.train(
+        input=str(workdir / "corpus.txt"), model_prefix=str(workdir / "small"), model_type="bpe", vocab_size=600,
+        byte_fallback=True, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        add_dummy_prefix=True, remove_extra_whitespaces=False, normalization_rule_name="identity",
+        character_coverage=0.99995, allow_whitespace_only_pieces=True, max_sentencepiece_length=16,
+        num_threads=1, minloglevel=2,
+    )
+    small = mm.Tokenizer(workdir / "small.model")  # read into memory here
+print(small.vocab_size, "pieces:", [small.id_to_piece(i) for i in range(3)], "+ 256 bytes +",
+      small.vocab_size - 259, "learned")
+print("first merges:", [small.id_to_piece(i) for i in range(259, 275)])
+print("longest pieces:", sorted((small.id_to_piece(i) for i in range(259, small.vocab_size)), key=len)[-6:])
+
+# %% [markdown]
+# The same sentences through both. On a sentence from its own little world the small tokenizer even
+# beats Mistral's (it learned `▁tokenizer` as one piece). Anywhere else it falls back to short pieces,
+# and to bytes for every character it never saw: `L` (the corpus has no capital L), `è`, Cyrillic, emoji.
+
+# %%
+compare = [
+    "The tokenizer merges the most frequent pair of characters.",
+    "Byte fallback writes unknown characters as bytes.",
+    "Le modèle lit des jetons.",
+    "Привет 🦙",
+]
+for s in compare:
+    print(f"{s!r}: small {len(small.encode(s, bos=False))} tokens, Mistral {len(tok.encode(s, bos=False))} tokens")
+    print("   small  :", " ".join(small.pieces(s)))
+    print("   Mistral:", " ".join(tok.pieces(s)))
+    assert small.decode(small.encode(s)) == s  # lossless all the same, thanks to byte fallback
+
+# %% [markdown]
+# ## Exercise 01.1: decode byte pieces
+#
+# Complete `decode_byte_pieces(pieces)`: given a list of byte-fallback pieces such as
+# `["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]`, return the text they spell (here `"🦙"`). Read the two hex
+# digits of each piece, collect the bytes, decode them as UTF-8.
+
+# %%
+def decode_byte_pieces(pieces: list[str]) -> str:
+    ### BEGIN SOLUTION
+    return bytes(int(p[3:5], 16) for p in pieces).decode("utf-8")
+    ### END SOLUTION
+
+
+# %%
+def as_byte_pieces(text):  # the pieces byte fallback would produce for every character of `text`
+    return [f"<0x{b:02X}>" for b in text.encode("utf-8")]
+
+
+_ = check_function(
+    "01.1 decode_byte_pieces", decode_byte_pieces, lambda pieces: tok.decode([tok.piece_to_id(p) for p in pieces]),
+    cases=[(as_byte_pieces("🦙"),), (as_byte_pieces("A"),), (as_byte_pieces("\n"),), ([],),
+           (as_byte_pieces("é, ж, 中 and 𝔘"),), (as_byte_pieces(" leading space"),)],
+    hint="int(p[3:5], 16) reads the byte of '<0xNN>'; join all bytes before decoding, since one character "
+         "can take up to four of them")
+
+# %% [markdown]
+# ## Exercise 01.2: byte-fallback ids
+#
+# Without calling the tokenizer, return the token ids that byte fallback gives a character missing from
+# the vocabulary (such as 🦙 or 𝔘). Remember where the 256 byte pieces sit in the vocabulary.
+
+# %%
+def byte_fallback_ids(char: str) -> list[int]:
+    ### BEGIN SOLUTION
+    return [b + 3 for b in char.encode("utf-8")]
+    ### END SOLUTION
+
+
+# %%
+_ = check_function(
+    "01.2 byte_fallback_ids", byte_fallback_ids, lambda c: tok.encode(c, bos=False)[1:],  # [1:] drops the '▁'
+    cases=[("🦙",), ("𝔘",), ("ꙮ",), ("🧬",)],
+    hint="ids 0, 1, 2 are <unk>, <s>, </s>; <0x00> is id 3; a character is as many pieces as its UTF-8 bytes")
+
+# %% [markdown]
+# ## Summary
+# - Mistral's tokenizer is sentencepiece BPE with 32,000 pieces: 3 control tokens, 256 bytes, 31,741
+#   learned pieces. `▁` marks a space, digits are always single tokens, and characters outside the
+#   vocabulary fall back to their UTF-8 bytes (id = byte + 3), so every text round-trips exactly.
+# - Encoding replays the learned merges, best score first; our 20-line `bpe_encode` gives the same ids
+#   as sentencepiece, and `mm.Tokenizer` gives the same ids as Mistral's `mistral-common`.
+# - Prompts start with BOS (id 1); EOS (id 2) ends a document and stops generation.
+# - Tokens per character vary a lot by language: 0.23 for our English sample, 1.41 for Chinese (six
+#   times more), about 1 for numbers, and 4 per emoji outside the vocabulary.
+# - A tokenizer trained with the same options on a few paragraphs learns the same kind of pieces, only
+#   far fewer; byte fallback keeps it lossless on any text.
+#
+# ## What's next
+# **02 embeddings and RMSNorm**: each id picks a row of a 32000 × 4096 table, and the first thing
+# every block does with those vectors is normalise them.
