@@ -286,8 +286,7 @@ def _label_axis(ax, axis: str, labels, positions, fontsize=None):
 
 def _attention_image(ax, probs: np.ndarray, norm):
     """Draw a (Tq, S) map; exact zeros (masked keys) in grey, so the band shows."""
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad(_MASKED_GREY)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad=_MASKED_GREY)
     return ax.imshow(np.ma.masked_equal(probs, 0.0), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
 
 
@@ -611,8 +610,8 @@ def plot_cache_slots(cache_or_slot_positions=None, pos=None, window=None):
     age_colour = lambda p: cmap(0.92 - 0.7 * (newest - p) / max(W - 1, 1))  # newest darkest
     text_colour = lambda p: "white" if newest - p < W / 2 else "black"
     big = W > 40
-    n_shown = min(pos, 3 * W)
-    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(8.5, min(0.45 * max(W, n_shown) + 1.5, 14)), 3.8),
+    # the size depends on W only, so an explorer stepping through tokens does not jump around
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(8.5, min(1.2 * W + 1.5, 14)), 3.8),
                                   layout="constrained", gridspec_kw={"height_ratios": [1.3, 1]})
     if not big:
         for s, p in enumerate(slots):
@@ -634,7 +633,7 @@ def plot_cache_slots(cache_or_slot_positions=None, pos=None, window=None):
     else:  # too many slots for boxes: a coloured strip of ages
         age = np.array([newest - p if p >= 0 else np.nan for p in slots], dtype=float)[None, :]
         cm = mcolors.ListedColormap([cmap(0.92 - 0.7 * t) for t in np.linspace(0, 1, 256)])  # as age_colour
-        cm.set_bad(_MASKED_GREY)
+        cm = cm.with_extremes(bad=_MASKED_GREY)
         im = ax.imshow(np.ma.masked_invalid(age), cmap=cm, aspect="auto", vmin=0, vmax=W - 1)
         fig.colorbar(im, ax=ax, label="age (tokens ago)", pad=0.01)
         if pos > 0:
@@ -657,7 +656,7 @@ def plot_cache_slots(cache_or_slot_positions=None, pos=None, window=None):
             if len(shown) <= 48:
                 ax2.text(p - first + 0.5, 0.5, str(p), ha="center", va="center", fontsize=7,
                          color="#777777" if not inside else text_colour(p))
-        ax2.set_xlim(-0.1, max(len(shown), W) + 0.1)
+        ax2.set_xlim(-0.1, 3 * W + 0.1)  # the sequence grows to the right, up to the last 3W tokens
         ax2.set_ylim(0, 1)
         ax2.axis("off")
         n_old = len(shown) - len(cached & set(shown))
