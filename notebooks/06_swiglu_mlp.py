@@ -1,0 +1,424 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.16.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 06 · The SwiGLU feed-forward network
+#
+# After attention has mixed information *between* positions, every block of Mistral 7B runs a
+# feed-forward network (MLP) on each position *separately*. It is the simplest part of the model and the
+# biggest: most of the parameters and most of the arithmetic per token sit here. Mistral uses the
+# **SwiGLU** variant:
+#
+# $$\mathrm{MLP}(x) = W_2\big(\,\mathrm{SiLU}(W_1 x) \odot W_3 x\,\big)$$
+#
+# with $W_1, W_3$: 4096 → 14336 and $W_2$: 14336 → 4096.
+#
+# ## What you will learn
+# - SiLU (also called Swish), its shape and its derivative, next to ReLU and GELU.
+# - Gating: why an elementwise product of two projections, and what it computes.
+# - SwiGLU from scratch, checked against `minimistral.mlp.FeedForward`.
+# - Where 14336 comes from, and what is known (and not) about the choice.
+# - The MLP's share of the parameters (81% of a layer) and of the arithmetic per token, against context length.
+#
+# ## What you need
+# - Notebook **05 (sliding window)** before this one (its FLOP counting is reused at the end).
+# - A laptop CPU, under 1 GB of RAM, well under a minute. No GPU, no network.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import minimistral as mm
+from minimistral.checks import check_function, check_value
+from minimistral.mlp import FeedForward
+
+torch.manual_seed(0)
+plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
+
+# %% [markdown]
+# ## 1. SiLU against ReLU and GELU
+#
+# $$\mathrm{SiLU}(x) = x\,\sigma(x) = \frac{x}{1 + e^{-x}}, \qquad
+#   \mathrm{SiLU}'(x) = \sigma(x)\big(1 + x\,(1 - \sigma(x))\big).$$
+#
+# For large positive $x$ it is $x$, for large negative $x$ it is 0, like ReLU; in between it is smooth and
+# dips slightly below zero. GELU, $x\,\Phi(x)$ with $\Phi$ the normal CDF, is almost the same curve. We draw all
+# three and their derivatives (from autograd, so the formula above is checked too).
+
+# %%
+def silu(x):
+    return x * torch.sigmoid(x)
+
+
+xs = torch.linspace(-6, 6, 1201, requires_grad=True)
+curves = {"ReLU": F.relu, "GELU": F.gelu, "SiLU": silu}
+values, slopes = {}, {}
+for name, fn in curves.items():
+    y = fn(xs)
+    (g,) = torch.autograd.grad(y.sum(), xs)
+    values[name], slopes[name] = y.detach(), g
+
+s = torch.sigmoid(xs.detach())
+torch.testing.assert_close(slopes["SiLU"], s * (1 + xs.detach() * (1 - s)))
+torch.testing.assert_close(values["SiLU"], F.silu(xs.detach()))
+print("SiLU from scratch == F.silu; autograd derivative == sigma(x)(1 + x(1 - sigma(x)))")
+
+# %%
+colours = {"ReLU": "tab:gray", "GELU": "tab:orange", "SiLU": "tab:blue"}
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+for name in curves:
+    axes[0].plot(xs.detach(), values[name], label=name, color=colours[name], lw=2 if name == "SiLU" else 1.3)
+    axes[1].plot(xs.detach(), slopes[name], label=name, color=colours[name], lw=2 if name == "SiLU" else 1.3)
+axes[0].set_title("activation")
+axes[1].set_title("derivative")
+for ax in axes:
+    ax.axhline(0, color="black", lw=0.5)
+    ax.axvline(0, color="black", lw=0.5)
+    ax.set_xlabel("x")
+    ax.legend()
+i_min = values["SiLU"].argmin()
+axes[0].annotate(f"minimum {values['SiLU'][i_min]:.3f} at x = {xs[i_min]:.2f}", xy=(xs[i_min].item(), values["SiLU"][i_min].item()),
+                 xytext=(-5.8, 1.5), arrowprops=dict(arrowstyle="->"), fontsize=9)
+axes[0].set_ylim(-1, 4)
+plt.tight_layout()
+plt.show()
+
+# %%
+i_max = slopes["SiLU"].argmax()
+print(f"SiLU: minimum {values['SiLU'][i_min].item():.4f} at x = {xs[i_min].item():.2f}; "
+      f"slope at 0 = {slopes['SiLU'][600].item():.2f}; largest slope {slopes['SiLU'][i_max].item():.4f} at x = {xs[i_max].item():.2f}")
+
+# %% [markdown]
+# Unlike ReLU, SiLU has a non-zero gradient for negative inputs (a unit that is "off" can still learn),
+# is smooth at 0, and is not monotonic: the small dip to about −0.28 near $x \approx -1.28$. Its slope overshoots
+# 1 a little (about 1.1 near $x \approx 2.4$).
+#
+# ## 2. Gating
+#
+# A classic transformer MLP is $W_2\,\mathrm{act}(W_1 x)$: each hidden unit is one activation of one projection.
+# A **gated linear unit** (GLU, Dauphin et al. 2017) computes two projections of the same input and multiplies
+# them elementwise: one passes through the activation and acts as a **gate**, the other carries the **value**:
+#
+# $$h = \underbrace{\mathrm{SiLU}(W_1 x)}_{\text{gate}} \odot \underbrace{W_3 x}_{\text{value}} .$$
+#
+# Shazeer (2020, "GLU Variants Improve Transformer") tried several activations for the gate; the SiLU (Swish)
+# one, **SwiGLU**, gave among the best results and was taken up by PaLM, LLaMA and Mistral. The paper offers no
+# deeper reason; in its words, the success is attributed "to divine benevolence".
+#
+# What the product buys: a hidden unit is now a product of two linear functions of $x$, so its sign
+# comes from the value and its size from both. Picture one hidden unit as a function of its two inputs
+# $a = w_1 \cdot x$ and $b = w_3 \cdot x$:
+
+# %%
+grid = torch.linspace(-4, 4, 201)
+A, Bv = torch.meshgrid(grid, grid, indexing="xy")  # A varies along x (gate input), Bv along y (value input)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+panels = [(F.silu(A), "ungated: SiLU(a)  (b is ignored)"), (F.silu(A) * Bv, "gated: SiLU(a) · b")]
+for ax, (Z, title) in zip(axes, panels):
+    im = ax.imshow(Z, origin="lower", extent=(-4, 4, -4, 4), cmap="RdBu_r", vmin=-12, vmax=12)
+    ax.contour(A, Bv, Z, levels=[-8, -4, -1, 0, 1, 4, 8], colors="black", linewidths=0.5)
+    ax.set_title(title)
+    ax.set_xlabel("gate input a = w₁·x")
+    ax.set_ylabel("value input b = w₃·x")
+fig.colorbar(im, ax=axes, fraction=0.03)
+plt.show()
+
+# %% [markdown]
+# On the left, the unit ignores $b$; on the right, the gate $a$ decides *how much* passes (nothing for
+# $a \ll 0$, about $a$ times for $a \gg 0$) and the value $b$ decides *what* passes, with its sign. A tiny
+# example with 3 hidden units:
+
+# %%
+x = torch.tensor([1.0, -2.0])  # dim = 2
+W1 = torch.tensor([[2.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])  # (hidden=3, dim=2): gate projections
+W3 = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, -1.0]])  # (hidden=3, dim=2): value projections
+gate, value = F.silu(W1 @ x), W3 @ x
+print("gate  SiLU(W1 x):     ", [round(g, 3) for g in gate.tolist()])
+print("value W3 x:           ", [round(u, 3) for u in value.tolist()])
+print("hidden = gate * value:", [round(h, 3) for h in (gate * value).tolist()])
+
+# %% [markdown]
+# Unit 0's gate is wide open (SiLU(2) = 1.76) and passes its value −1 amplified to −1.76; unit 1's gate is
+# shut (SiLU(−4) = −0.07) and lets almost nothing of its value 1 through; unit 2's gate is half open
+# (SiLU(1) = 0.73) and passes 1.46 of its value 2.
+#
+# ## 3. SwiGLU from scratch, against the library
+#
+# In `nn.Linear` layout a weight is stored `(out_features, in_features)` and applied as $x W^\top$. Shapes for
+# `ModelArgs.tiny()` (dim 256, hidden 896; Mistral 7B: 4096 and 14336):
+
+# %%
+args = mm.ModelArgs.tiny()
+ff = FeedForward(args.dim, args.hidden_dim)
+for name in ("w1", "w2", "w3"):
+    print(f"{name}.weight: {tuple(getattr(ff, name).weight.shape)}")
+
+x = torch.randn(2, 5, args.dim)  # (B, T, dim)
+gate = silu(x @ ff.w1.weight.T)  # (B, T, hidden)
+value = x @ ff.w3.weight.T  # (B, T, hidden)
+hidden = gate * value  # (B, T, hidden)
+ours = hidden @ ff.w2.weight.T  # (B, T, dim)
+print("x:", tuple(x.shape), "-> gate, value:", tuple(gate.shape), "-> hidden:", tuple(hidden.shape), "-> out:", tuple(ours.shape))
+
+with torch.no_grad():
+    torch.testing.assert_close(ours, ff(x))
+print("SwiGLU from scratch == minimistral.mlp.FeedForward")
+
+# %% [markdown]
+# The names differ between checkpoints; the computation does not:
+#
+# | role | Mistral (`consolidated`) | Hugging Face | shape in the 7B |
+# |---|---|---|---|
+# | gate (through SiLU) | `feed_forward.w1` | `mlp.gate_proj` | 14336 × 4096 |
+# | value | `feed_forward.w3` | `mlp.up_proj` | 14336 × 4096 |
+# | back to the residual | `feed_forward.w2` | `mlp.down_proj` | 4096 × 14336 |
+#
+# Swapping $W_1$ and $W_3$ is a silent bug (the shapes are identical); a test against a reference catches it:
+
+# %%
+with torch.no_grad():
+    swapped = (silu(x @ ff.w3.weight.T) * (x @ ff.w1.weight.T)) @ ff.w2.weight.T
+print(f"w1 and w3 swapped: max |difference| from the library = {(swapped - ff(x)).abs().max().item():.4f}")
+
+# %% [markdown]
+# ## 4. Why 14336?
+#
+# The original transformer MLP has **two** matrices, dim → 4·dim → dim: $2 \times 4d^2 = 8d^2$ parameters.
+# SwiGLU has **three** matrices of dim × hidden: $3\,d\,h$ parameters. Keeping the parameter count of the 4×
+# MLP gives
+#
+# $$3\,d\,h = 8\,d^2 \;\Rightarrow\; h = \tfrac{8}{3}\,d,$$
+#
+# which is what Shazeer (2020) did to compare variants at equal cost. For $d = 4096$ that is 10,922.67, not an
+# integer. LLaMA's code takes `int(2 * 4 * dim / 3)` and rounds **up** to a multiple of 256 (multiples of large
+# powers of two suit GPU matrix kernels): 11,008 for LLaMA 7B.
+
+# %%
+d = 4096
+print(f"8/3 x {d} = {8 * d / 3:.2f}")
+h = int(2 * 4 * d / 3)
+print(f"LLaMA: int(2 * 4 * {d} / 3) = {h}, rounded up to a multiple of 256 = {256 * math.ceil(h / 256)}")
+print(f"Mistral 7B: hidden_dim = {mm.ModelArgs.mistral_7b().hidden_dim} = {14336 / d} x {d} = {14336 // 256} x 256")
+
+# %% [markdown]
+# Mistral 7B uses 14,336 = 3.5 × 4096: a **wider** MLP than the equal-parameter rule, by a factor
+# $14336 / 10922.67 = 1.3125$. The Mistral 7B paper lists the value in its table of hyper-parameters and
+# does not explain the choice. What one can say is what it costs and that it is not unique: LLaMA 2 70B uses the
+# same ratio (dim 8192, hidden 28,672 = 3.5 × 8192). Each layer's MLP has 176.2 M parameters instead of 134.2 M
+# for a 4× two-matrix MLP of the same width $d$:
+
+# %%
+variants = {
+    "classic 4x MLP\n(2 matrices, h = 16384)": 2 * d * 4 * d,
+    "SwiGLU, h = 8/3 d\n(= 10922.67)": 3 * d * (8 * d / 3),
+    "SwiGLU, LLaMA 7B\n(h = 11008)": 3 * d * 11008,
+    "SwiGLU, Mistral 7B\n(h = 14336 = 3.5 d)": 3 * d * 14336,
+}
+for name, n in variants.items():
+    print(f"{name.replace(chr(10), ' '):<45} {n / 1e6:>7.1f} M parameters per layer")
+
+fig, ax = plt.subplots(figsize=(10, 3.6))
+bars = ax.bar(list(variants), [n / 1e6 for n in variants.values()],
+              color=["tab:gray", "tab:olive", "tab:orange", "tab:blue"])
+for bar, n in zip(bars, variants.values()):
+    ax.text(bar.get_x() + bar.get_width() / 2, n / 1e6 + 2, f"{n / 1e6:.1f} M", ha="center", fontsize=9)
+ax.set_ylabel("MLP parameters per layer (millions)")
+ax.set_title("MLP size at dim = 4096: the equal-parameter rule (8/3 d) and Mistral's wider 3.5 d")
+ax.set_ylim(0, 200)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 5. The MLP's share of the parameters
+#
+# Per layer: attention has $W_q, W_o$ (4096 × 4096 each) and $W_k, W_v$ (4096 × 1024 each, GQA); the MLP has three
+# 4096 × 14336 matrices; the two RMSNorms have 4096 weights each.
+
+# %%
+a = mm.ModelArgs.mistral_7b()
+per_layer = {k: v // a.n_layers for k, v in a.params_by_component().items() if k in ("attention", "mlp")}
+per_layer["norms"] = 2 * a.dim
+layer_total = sum(per_layer.values())
+for k, v in per_layer.items():
+    print(f"{k:<10} {v:>12,}  {100 * v / layer_total:5.1f} %")
+print(f"{'layer':<10} {layer_total:>12,}")
+whole = a.params_by_component()
+print(f"whole model: MLP {whole['mlp']:,} of {a.num_params():,} = {100 * whole['mlp'] / a.num_params():.1f} %")
+
+# %%
+cols = {"attention": "tab:orange", "mlp": "tab:blue", "norms": "tab:green", "embeddings": "tab:purple",
+        "output head": "tab:red"}
+fig, axes = plt.subplots(1, 2, figsize=(13, 3.4))
+for ax, parts, total, unit, scale, title in [
+        (axes[0], per_layer, layer_total, "M", 1e6, f"one layer: {layer_total:,} parameters"),
+        (axes[1], whole, a.num_params(), "B", 1e9, f"whole model: {a.num_params():,} parameters")]:
+    names_ = list(parts)[::-1]
+    vals = [parts[n] / scale for n in names_]
+    ax.barh(names_, vals, color=[cols[n] for n in names_])
+    for y, n in enumerate(names_):
+        ax.text(parts[n] / scale + max(vals) * 0.01, y, f"{parts[n] / scale:.4g} {unit}  ({100 * parts[n] / total:.1f}%)",
+                va="center", fontsize=9)
+    ax.set_xlim(0, max(vals) * 1.35)
+    ax.set_xlabel(f"parameters ({'millions' if unit == 'M' else 'billions'})")
+    ax.set_title(title)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 6. The MLP's share of the arithmetic per token
+#
+# A matrix product of a vector with an $m \times n$ matrix costs $m n$ multiplications and $m n$ additions:
+# **2 FLOPs per parameter**, per token. So for one new token the weights cost $2 \times$ (their parameters),
+# whatever the context. Attention adds work that does depend on the context: the new query is compared with
+# every visible key ($2 \cdot$ head_dim FLOPs per key and head) and the values are summed ($2 \cdot$ head_dim
+# again), for $\min(\text{context}, W)$ keys with the window (notebook 05). The embedding lookup costs no
+# FLOPs; norms, RoPE and softmax cost a few per number and are left out here.
+
+# %%
+def flops_per_token(args, context):
+    """FLOPs for one new token that attends to `context` keys (itself included)."""
+    p = args.params_by_component()
+    keys = context if args.sliding_window is None else min(context, args.sliding_window)
+    return {
+        "MLP": 2 * p["mlp"],
+        "attention projections": 2 * p["attention"],
+        "attention scores + sum": 4 * args.head_dim * args.n_heads * args.n_layers * keys,
+        "output head": 2 * p["output head"],
+    }
+
+
+for ctx in (1, 1024, 4096, 32768):
+    f = flops_per_token(a, ctx)
+    total = sum(f.values())
+    parts = "  ".join(f"{k} {v / 1e9:.2f}" for k, v in f.items())
+    print(f"context {ctx:>6,}: {total / 1e9:6.2f} GFLOPs  ({parts})  MLP share {100 * f['MLP'] / total:.1f} %")
+
+# %%
+contexts = list(range(1, 8193, 32))
+table = [flops_per_token(a, c) for c in contexts]
+no_window = [flops_per_token(a.replace(sliding_window=None), c) for c in contexts]
+names = list(table[0])
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.3))
+axes[0].stackplot(contexts, *[[t[n] / 1e9 for t in table] for n in names], labels=names,
+                  colors=["tab:blue", "tab:orange", "tab:red", "tab:purple"], alpha=0.85)
+axes[0].plot(contexts, [sum(t.values()) / 1e9 for t in no_window], color="black", ls="--", lw=1,
+             label="total without the window")
+axes[0].axvline(a.sliding_window, color="tab:green", ls=":", lw=1)
+axes[0].text(a.sliding_window + 80, 18.5, "W = 4096", color="tab:green")
+axes[0].set_xlabel("context length (keys the new token attends to)")
+axes[0].set_ylabel("GFLOPs per new token")
+axes[0].set_title("Mistral 7B: arithmetic per generated token")
+axes[0].legend(loc="lower right", fontsize=8, framealpha=0.95)
+axes[1].plot(contexts, [100 * t["MLP"] / sum(t.values()) for t in table], color="tab:blue", label="with the window")
+axes[1].plot(contexts, [100 * t["MLP"] / sum(t.values()) for t in no_window], color="black", ls="--",
+             label="without the window")
+axes[1].axvline(a.sliding_window, color="tab:green", ls=":", lw=1)
+axes[1].set_xlabel("context length")
+axes[1].set_ylabel("MLP share of the FLOPs (%)")
+axes[1].set_ylim(0, 100)
+axes[1].set_title("the MLP's share")
+axes[1].legend()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# For short contexts the MLP is about 79% of the work per token; at 4096 keys the attention scores add
+# 2.1 GFLOPs and the MLP's share falls to about 69%. Beyond the window nothing grows any more. (FLOPs are not
+# time: generating one token at a time is usually limited by reading the 14.5 GB of weights from memory, and
+# there the MLP's 81% of each layer's bytes matters just as much.)
+#
+# ## Exercises
+#
+# **06.1** Write the SwiGLU MLP as a function of the input and the three weights, in `nn.Linear` layout
+# (`w1`, `w3`: `(hidden, dim)`, `w2`: `(dim, hidden)`). Use `torch.sigmoid` for SiLU, not `F.silu`.
+
+# %%
+def my_swiglu(x, w1, w2, w3):
+    ### BEGIN SOLUTION
+    a = x @ w1.T
+    return ((a * torch.sigmoid(a)) * (x @ w3.T)) @ w2.T
+    ### END SOLUTION
+
+
+# %%
+def library_swiglu(x, w1, w2, w3):
+    ff = FeedForward(w1.shape[1], w1.shape[0])
+    with torch.no_grad():
+        ff.w1.weight.copy_(w1), ff.w2.weight.copy_(w2), ff.w3.weight.copy_(w3)
+        return ff(x)
+
+
+gen = torch.Generator().manual_seed(6)
+cases = [(torch.randn(*shape_x, dim_, generator=gen), torch.randn(h_, dim_, generator=gen) * 0.3,
+          torch.randn(dim_, h_, generator=gen) * 0.3, torch.randn(h_, dim_, generator=gen) * 0.3)
+         for shape_x, dim_, h_ in [((3,), 4, 6), ((2, 5), 8, 12), ((1, 1, 1), 2, 1), ((2, 3), 16, 40)]]
+_ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
+                   hint="SiLU goes on the w1 (gate) projection only; multiply elementwise by the w3 projection, then w2")
+
+# %% [markdown]
+# **06.2** The LLaMA rule for the hidden width: `int(2 * 4 * dim / 3)`, rounded **up** to a multiple of
+# `multiple_of`. The check uses the published widths of LLaMA 7B, 13B, 33B and 65B (dim 4096, 5120, 6656, 8192).
+
+# %%
+def my_llama_hidden_dim(dim, multiple_of=256):
+    ### BEGIN SOLUTION
+    h = int(2 * 4 * dim / 3)
+    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+    ### END SOLUTION
+
+
+# %%
+_ = check_value("06.2 llama_hidden_dim", lambda: [my_llama_hidden_dim(dm) for dm in (4096, 5120, 6656, 8192)],
+                [11008, 13824, 17920, 22016],
+                hint="8/3 of dim, truncated to an integer, then the next multiple of 256 at or above it")
+
+# %% [markdown]
+# **06.3** The fraction of one Mistral 7B layer's parameters that sit in the MLP (a number between 0 and 1),
+# computed from the shapes: `dim` 4096, 32 query heads and 8 K/V heads of 128, `hidden_dim` 14336, two
+# RMSNorm weight vectors.
+
+# %%
+def my_mlp_fraction():
+    ### BEGIN SOLUTION
+    dim, hidden, hd = 4096, 14336, 128
+    attn = 2 * dim * 32 * hd + 2 * dim * 8 * hd
+    mlp = 3 * dim * hidden
+    return mlp / (attn + mlp + 2 * dim)
+    ### END SOLUTION
+
+
+# %%
+p7 = mm.ModelArgs.mistral_7b().params_by_component()
+_ = check_value("06.3 mlp_fraction", my_mlp_fraction,
+                p7["mlp"] / (p7["mlp"] + p7["attention"] + 2 * 4096 * 32),
+                hint="W_k and W_v are 4096 x 1024 (8 K/V heads), not 4096 x 4096; the MLP has 3 matrices")
+
+# %% [markdown]
+# ## Summary
+#
+# - SiLU $x\,\sigma(x)$: ReLU-like, smooth, slightly negative (minimum about −0.28), gradient everywhere.
+# - SwiGLU: $W_2(\mathrm{SiLU}(W_1 x) \odot W_3 x)$; the gate decides how much, the value what. Our version equals
+#   `minimistral.mlp.FeedForward`; $W_1$ and $W_3$ must not be swapped.
+# - 8/3·d keeps a 4× MLP's parameter count (10,922.67 for d = 4096; LLaMA rounds to 11,008). Mistral 7B uses a
+#   wider 14,336 = 3.5·d; the reason is not published.
+# - The MLP holds 176,160,768 of each layer's 218,112,000 parameters (80.8%), 77.8% of the whole model, and does
+#   about 79% of the FLOPs per token at short context, 69% at 4096 keys and beyond (thanks to the window).
+#
+# ## What's next
+#
+# **07 · The block and the full model**: RMSNorm, attention and this MLP with residual connections, stacked 32
+# times, and checked logit for logit against transformers' `MistralForCausalLM`.
