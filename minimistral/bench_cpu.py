@@ -1,0 +1,107 @@
+"""CPU benchmark: our model beside transformers' MistralForCausalLM, same weights, same run.
+
+    python -m minimistral.bench --cpu [--new-tokens 128] [--prefill 256 1024] [--repeats 3] [--attn sdpa]
+
+The model is the CPU preset `ModelArgs.tiny()` with random weights, copied into transformers through
+`weights.to_hf_state_dict`. Both run in float32 on the same threads (torch.get_num_threads()).
+- decode: a 16-token prompt, then 128 new tokens greedy; ours through `mm.generate`, theirs through
+  `generate(do_sample=False)`. Tokens/s counts the new tokens over the whole call (prefill included).
+- prefill: one forward pass over T tokens, no grad, no cache on either side.
+Every number is the best of --repeats runs after one warm-up run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import torch
+
+from .config import ModelArgs
+from .generate import generate
+from .model import Transformer
+from .weights import to_hf_state_dict
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first-call allocations, kernel selection
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def hf_copy(model, attn: str):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(**model.args.to_hf_config())
+    config._attn_implementation = attn
+    hf = MistralForCausalLM(config).to(torch.float32).eval()
+    hf.load_state_dict(to_hf_state_dict(model), strict=True)
+    hf.generation_config.eos_token_id = None  # generate exactly max_new_tokens
+    hf.generation_config.pad_token_id = 0
+    return hf
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minimistral.bench --cpu", description=__doc__.split("\n")[0])
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prefill", type=int, nargs="+", default=[256, 1024])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
+                        help="transformers' attention implementation (sdpa is its default and its fastest on CPU)")
+    parser.add_argument("--seed", type=int, default=0)
+    opts = parser.parse_args(argv)
+
+    args = ModelArgs.tiny()
+    too_long = [t for t in opts.prefill if t > args.max_seq_len]
+    if too_long or opts.prompt_len + opts.new_tokens > args.max_seq_len:
+        parser.error(f"lengths must fit the preset's max_seq_len={args.max_seq_len}")
+    torch.manual_seed(opts.seed)
+    model = Transformer(args).init_weights("normal", std=0.02, seed=opts.seed).eval()
+    hf = hf_copy(model, opts.attn)
+
+    prompt = torch.randint(0, args.vocab_size, (1, opts.prompt_len))
+    ours_tokens, hf_tokens = [], []
+
+    def ours_decode():
+        ours_tokens[:] = generate(model, prompt[0].tolist(), max_new_tokens=opts.new_tokens)
+
+    @torch.inference_mode()
+    def hf_decode():
+        out = hf.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                          max_new_tokens=opts.new_tokens, min_new_tokens=opts.new_tokens)
+        hf_tokens[:] = out[0, opts.prompt_len:].tolist()
+
+    rows = []
+    t_ours, t_hf = best_time(ours_decode, opts.repeats), best_time(hf_decode, opts.repeats)
+    rows.append((f"decode tok/s ({opts.prompt_len} + {opts.new_tokens} greedy)",
+                 opts.new_tokens / t_ours, opts.new_tokens / t_hf))
+    for T in opts.prefill:
+        tokens = torch.randint(0, args.vocab_size, (1, T))
+        with torch.inference_mode():
+            t_ours = best_time(lambda: model(tokens), opts.repeats)
+            t_hf = best_time(lambda: hf(tokens, use_cache=False), opts.repeats)
+        rows.append((f"prefill tok/s ({T} tokens)", T / t_ours, T / t_hf))
+
+    print(f"minimistral CPU benchmark: ModelArgs.tiny() (dim {args.dim}, {args.n_layers} layers, "
+          f"{args.n_heads}/{args.n_kv_heads} heads, window {args.sliding_window}, vocab {args.vocab_size}, "
+          f"{args.num_params() / 1e6:.1f}M params), float32, random weights (seed {opts.seed})")
+    print(f"torch {torch.__version__}, transformers {__import__('transformers').__version__} "
+          f"(attn_implementation={opts.attn!r}), threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+    print(f"best of {opts.repeats} after a warm-up; ratio = ours / transformers (higher is better for us)")
+    print()
+    width = max(len(r[0]) for r in rows)
+    print(f"| {'metric':<{width}} | {'ours':>9} | {'transformers':>12} | {'ratio':>6} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 11}|{'-' * 14}|{'-' * 8}|")
+    for name, ours, theirs in rows:
+        print(f"| {name:<{width}} | {ours:>9.1f} | {theirs:>12.1f} | {ours / theirs:>5.2f}x |")
+    print()
+    same = ours_tokens == hf_tokens
+    print(f"greedy tokens identical to transformers': {'yes' if same else 'NO'} ({len(set(ours_tokens))} distinct "
+          f"of {len(ours_tokens)})")
+    return 0 if same else 1
