@@ -49,7 +49,7 @@ from minimistral.norm import RMSNorm
 from minimistral.rope import rope_angles
 
 torch.manual_seed(0)
-torch.set_num_threads(min(2, torch.get_num_threads()))  # be polite on shared machines; results do not depend on it
+torch.set_num_threads(1)  # one thread: fastest for the small models, polite on shared machines, enough for one 7B layer
 
 # %% [markdown]
 # ## 1. The block: two residual branches, each behind its own norm
@@ -88,42 +88,44 @@ for ours in ["layers.0.attention_norm.weight", "layers.0.attention.wq.weight", "
 
 # %%
 def draw_block():
-    fig, ax = plt.subplots(figsize=(6.2, 7.2))
+    fig, ax = plt.subplots(figsize=(6.4, 7.4))
     ax.set_xlim(0, 10)
-    ax.set_ylim(0, 12)
+    ax.set_ylim(-0.4, 12.6)
     ax.axis("off")
+    cx = 6.3  # centre of the branch boxes
 
-    def box(y, text, color, sub=None):
-        ax.add_patch(plt.Rectangle((3.6, y - 0.45), 5.2, 0.9, facecolor=color, edgecolor="black", lw=1.2))
-        ax.text(6.2, y + (0.12 if sub else 0), text, ha="center", va="center", fontsize=11)
-        if sub:
-            ax.text(6.2, y - 0.22, sub, ha="center", va="center", fontsize=8, color="#333333")
+    def box(y, text, color, sub):
+        ax.add_patch(plt.Rectangle((cx - 3.2, y - 0.45), 6.4, 0.9, facecolor=color, edgecolor="black", lw=1.2))
+        ax.text(cx, y + 0.14, text, ha="center", va="center", fontsize=10)
+        ax.text(cx, y - 0.22, sub, ha="center", va="center", fontsize=8, color="#333333")
 
     def add(y):
-        ax.add_patch(plt.Circle((1.5, y), 0.32, facecolor="white", edgecolor="black", lw=1.5))
-        ax.text(1.5, y, "+", ha="center", va="center", fontsize=15)
+        ax.add_patch(plt.Circle((1.5, y), 0.32, facecolor="white", edgecolor="black", lw=1.5, zorder=3))
+        ax.text(1.5, y, "+", ha="center", va="center", fontsize=15, zorder=4)
 
-    arrow = dict(arrowstyle="->", lw=1.5)
-    ax.plot([1.5, 1.5], [0.4, 11.6], color="#1f77b4", lw=4, zorder=0)  # the residual stream
-    ax.annotate("", (1.5, 11.9), (1.5, 11.3), arrowprops=dict(arrowstyle="->", lw=2.5, color="#1f77b4"))
-    ax.text(1.5, 0.05, "x  (B, T, dim)", ha="center", fontsize=10)
-    ax.text(1.5, 11.95, "out  (B, T, dim)", ha="center", va="bottom", fontsize=10)
-    # attention branch
-    box(2.2, "RMSNorm", "#fff2cc", "attention_norm  (HF: input_layernorm)")
-    box(3.8, "Attention: GQA 32 q / 8 kv heads", "#dae8fc", "RoPE on q, k · sliding window 4096")
-    add(5.2)
-    # MLP branch
-    box(7.0, "RMSNorm", "#fff2cc", "ffn_norm  (HF: post_attention_layernorm)")
-    box(8.6, "SwiGLU MLP  4096 -> 14336 -> 4096", "#d5e8d4", "w2(silu(w1 x) * w3 x)")
-    add(10.0)
-    for y0, y1 in [(1.2, 2.2), (5.9, 7.0)]:  # branch off the stream into the norm
-        ax.annotate("", (3.6, y1), (1.5, y0), arrowprops=dict(arrowstyle="->", lw=1.5, connectionstyle="angle,angleA=0,angleB=90"))
-    ax.annotate("", (6.2, 3.35), (6.2, 2.65), arrowprops=arrow)
-    ax.annotate("", (6.2, 8.15), (6.2, 7.45), arrowprops=arrow)
-    ax.annotate("", (1.82, 5.2), (6.2, 4.25), arrowprops=dict(arrowstyle="->", lw=1.5, connectionstyle="angle,angleA=90,angleB=0"))
-    ax.annotate("", (1.82, 10.0), (6.2, 9.05), arrowprops=dict(arrowstyle="->", lw=1.5, connectionstyle="angle,angleA=90,angleB=0"))
-    ax.text(0.2, 5.2, "h", fontsize=11, va="center")
-    ax.set_title("One Mistral block (x32): pre-norm residual", fontsize=12)
+    def arrow(xy_from, xy_to):
+        ax.annotate("", xy_to, xy_from, arrowprops=dict(arrowstyle="->", lw=1.5))
+
+    ax.plot([1.5, 1.5], [0.3, 11.7], color="#1f77b4", lw=4, zorder=0)  # the residual stream
+    ax.annotate("", (1.5, 12.0), (1.5, 11.5), arrowprops=dict(arrowstyle="->", lw=2.5, color="#1f77b4"))
+    ax.text(1.5, -0.1, "x  (B, T, dim)", ha="center", va="top", fontsize=10)
+    ax.text(1.5, 12.1, "out  (B, T, dim)", ha="center", va="bottom", fontsize=10)
+    ax.text(0.3, 5.2, "h", fontsize=12, va="center")
+    for y_branch, (y_norm, y_op, y_add), (op, op_sub, op_color), norm_sub in [
+        (1.0, (2.2, 3.8, 5.2), ("Attention: GQA, 32 query / 8 KV heads", "RoPE on q and k, sliding window 4096", "#dae8fc"),
+         "attention_norm  (HF: input_layernorm)"),
+        (5.9, (7.1, 8.7, 10.1), ("SwiGLU MLP: 4096 -> 14336 -> 4096", "w2(silu(w1 x) * w3 x)", "#d5e8d4"),
+         "ffn_norm  (HF: post_attention_layernorm)"),
+    ]:
+        ax.plot([1.5, cx], [y_branch, y_branch], color="black", lw=1.5)  # read the stream...
+        arrow((cx, y_branch), (cx, y_norm - 0.45))  # ...through the norm
+        box(y_norm, "RMSNorm", "#fff2cc", norm_sub)
+        arrow((cx, y_norm + 0.45), (cx, y_op - 0.45))
+        box(y_op, op, op_color, op_sub)
+        ax.plot([cx, cx], [y_op + 0.45, y_add], color="black", lw=1.5)  # ...and add the result back
+        arrow((cx, y_add), (1.85, y_add))
+        add(y_add)
+    ax.set_title("One Mistral block (repeated 32 times): pre-norm residual", fontsize=12, pad=14)
     return fig
 
 
@@ -436,7 +438,8 @@ print("logits          ", tuple(logits.shape), logits.dtype)
 # Every block *adds* to the stream, and nothing inside the stack normalises it, so its size (the RMS
 # over the `dim` features) grows layer by layer; the final `norm` brings it back to unit scale before
 # the output head. The figure follows the stream through the 4-layer preset and through a 32-layer
-# model of the same width (the real model's depth), both with random weights.
+# model of the same width (the real model's depth), both with random weights. Both come from the same
+# seed, so the preset's four layers are exactly the deep model's first four, and the curves coincide there.
 
 # %%
 def stream_rms(model, tokens):
@@ -457,9 +460,10 @@ tokens = torch.randint(0, tiny.vocab_size, (1, 48), generator=torch.Generator().
 deep = mm.Transformer(mm.ModelArgs.tiny(n_layers=32)).init_weights("normal", std=0.02, seed=0).eval()
 fig, ax = plt.subplots(figsize=(7, 3.5))
 with torch.no_grad():
-    for m, label in [(model, "tiny preset, 4 layers"), (deep, "same width, 32 layers")]:
+    for m, label, style in [(model, "tiny preset, 4 layers", dict(lw=7, alpha=0.35)),
+                            (deep, "same width, 32 layers", dict(lw=1.5, marker="o", ms=3))]:
         rms, after_norm = stream_rms(m, tokens)
-        ax.plot(range(len(rms)), rms, marker="o", ms=3, label=label)
+        ax.plot(range(len(rms)), rms, label=label, **style)
         print(f"{label}: RMS after embedding {rms[0]:.4f}, after last block {rms[-1]:.4f}, after final norm {after_norm:.3f}")
 ax.set_xlabel("layer (0 = embedding output)")
 ax.set_ylabel("RMS of the residual stream")

@@ -1,0 +1,411 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.16.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 08 · The KV cache and Mistral's rolling buffer
+#
+# A language model writes one token at a time, and each new token needs the keys and values of every
+# token before it (in its window). Recomputing them at every step is wasteful; keeping them is the
+# **KV cache**. Mistral's sliding window lets the cache be a fixed-size ring of $W$ slots: the
+# **rolling buffer**.
+#
+# ## What you will learn
+# - Why generation without a cache costs $O(n^2)$ token-passes and with one $O(n)$.
+# - What a cache holds and what it costs: 128 KiB per token for Mistral 7B in bf16, 4 GiB at 32k tokens
+#   for a full cache, never more than 0.5 GiB for the rolling buffer.
+# - The rolling buffer: token $p$ goes to slot $p \bmod W$; keys are stored **after** RoPE, so the
+#   order of the slots does not matter.
+# - Chunked prefill, and why every chunking gives the same logits.
+# - That cached decoding equals a full recompute, even far past the window.
+#
+# ## What you need
+# - Notebook 07 (the full model); 05 (the sliding window) and 03 (RoPE) help. Next is 09, generation.
+# - A CPU, under 1 GB of RAM, under a minute. No GPU.
+
+# %%
+import time
+
+import matplotlib.pyplot as plt
+import torch
+
+import minimistral as mm
+from minimistral import viz
+from minimistral.attention import attention_explicit
+from minimistral.checks import check_function
+from minimistral.rope import apply_rope_complex, rope_angles
+
+torch.manual_seed(0)
+torch.set_num_threads(1)  # the models here are small: one thread is fastest, and polite on shared machines
+
+# %% [markdown]
+# ## 1. Why a cache
+#
+# To generate, we run the model on the prompt, take the last position's logits, pick a token, append it
+# and run again. Done naively, step $t$ runs the model over all $t$ tokens so far, although the keys and
+# values of the first $t-1$ tokens are exactly what they were at the previous step: a token's key and
+# value at layer $\ell$ depend only on the tokens up to it (causal attention). So we keep them.
+#
+# With a prompt of $P$ tokens and $n$ new tokens, the naive loop pushes
+# $\sum_{t=P}^{P+n-1} t \approx nP + n^2/2$ token-positions through the model; with a cache, $P + n$.
+
+# %%
+P = 100
+n = torch.arange(0, 2001)
+naive = n * P + n * (n - 1) // 2  # token-positions processed, summed over the n steps
+cached = P + n
+fig, ax = plt.subplots(figsize=(7, 3.5))
+ax.plot(n, naive / 1e6, label="no cache: recompute the whole prefix every step", color="#c0504d", lw=2)
+ax.plot(n, cached / 1e6, label="KV cache: each token passes through the model once", color="#3b75af", lw=2)
+ax.set_xlabel("tokens generated after a 100-token prompt")
+ax.set_ylabel("token-positions processed (millions)")
+ax.set_title("Generation cost: quadratic without a cache, linear with one")
+ax.legend()
+ax.grid(alpha=0.3)
+fig.tight_layout()
+plt.show()
+print(f"2,000 new tokens: {int(naive[-1]):,} token-positions without a cache, {int(cached[-1]):,} with one "
+      f"({int(naive[-1]) / int(cached[-1]):.0f}x fewer)")
+
+# %% [markdown]
+# Let us see it on the CPU preset model with a window of 16 (so that we go far past it). The naive loop
+# re-runs the model over the whole sequence at every step; `mm.generate` keeps a cache. Greedy decoding
+# (always the likeliest token) makes both deterministic, so they must produce the same tokens.
+
+# %%
+args = mm.ModelArgs.tiny(sliding_window=16, vocab_size=512)
+model = mm.Transformer(args).init_weights("normal", std=0.05, seed=0).eval()
+prompt = torch.randint(0, args.vocab_size, (1, 20), generator=torch.Generator().manual_seed(1))
+
+
+@torch.no_grad()
+def generate_without_cache(model, prompt, n_new):
+    seq = prompt
+    for _ in range(n_new):
+        logits = model(seq)  # (1, T, V): every position recomputed, every step
+        seq = torch.cat([seq, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return seq[0, prompt.shape[1]:].tolist()
+
+
+start = time.perf_counter()
+slow = generate_without_cache(model, prompt, 80)
+t_slow = time.perf_counter() - start
+start = time.perf_counter()
+fast = mm.generate(model, prompt[0].tolist(), max_new_tokens=80, temperature=0.0)
+t_fast = time.perf_counter() - start
+assert slow == fast
+print("80 greedy tokens, identical with and without the cache:", slow == fast)
+print("first 12:", fast[:12])
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+print(f"without cache {t_slow:.2f} s, with cache {t_fast:.2f} s ({t_slow / t_fast:.1f}x)")
+
+# %% [markdown]
+# ## 2. What the cache holds, and what it costs
+#
+# Each layer keeps, for every cached token, one key and one value vector **per KV head**. Thanks to
+# grouped-query attention (notebook 04) that is 8 heads, not 32. In bf16 (2 bytes):
+#
+# $$\underbrace{2}_{K,V} \times \underbrace{32}_{\text{layers}} \times \underbrace{8}_{\text{KV heads}}
+# \times \underbrace{128}_{\text{head dim}} \times \underbrace{2}_{\text{bytes}} = 131{,}072 \text{ bytes per token} = 128\text{ KiB}.$$
+
+# %%
+args_7b = mm.ModelArgs.mistral_7b()
+per_token = 2 * args_7b.n_layers * args_7b.n_kv_heads * args_7b.head_dim * 2
+assert per_token == args_7b.kv_bytes_per_token("bfloat16") == 131_072
+print(f"per token: {per_token:,} bytes (with 32 KV heads, i.e. no GQA: {4 * per_token:,})")
+for seq_len in [4096, 32768]:
+    full = args_7b.kv_cache_bytes(seq_len, rolling=False)
+    rolling = args_7b.kv_cache_bytes(seq_len, rolling=True)
+    assert full == seq_len * per_token and rolling == min(seq_len, 4096) * per_token
+    print(f"{seq_len:>6,} tokens: full cache {full / 2**30:.2f} GiB, rolling buffer {rolling / 2**30:.2f} GiB")
+
+# %% [markdown]
+# A full cache for one 32k-token sequence costs 4 GiB, on top of 13.5 GiB of weights; a batch of 8
+# would need 32 GiB. Mistral 7B's window makes this unnecessary: a query at position $i$ only looks at
+# keys $j$ with $i - W < j \le i$ (notebook 05), so once a token is $W$ positions old **no later query
+# will ever read it again**. The cache needs only the last $W = 4096$ tokens.
+#
+# ## 3. The rolling buffer
+#
+# Keep $W$ slots per layer and write the token at absolute position $p$ into slot
+#
+# $$\text{slot}(p) = p \bmod W.$$
+#
+# Slot $p \bmod W$ last held token $p - W$: exactly the one that just fell out of every future window.
+# So the buffer never needs to move anything; it overwrites in place, like a ring.
+#
+# Below, a cache with $W = 8$ after 13 tokens: positions 5 to 12 are cached; 8 to 12 went into slots 0
+# to 4 after the ring wrapped, over tokens 0 to 4. Slide through the tokens to watch it fill and wrap
+# (in JupyterLab; the picture below is its first state).
+
+# %%
+fig = viz.plot_cache_slots(None, pos=13, window=8)
+plt.show()
+
+# %%
+viz.cache_explorer(window=8, n_tokens=24)
+
+# %% [markdown]
+# ### Why the slot order does not matter: keys are stored after RoPE
+#
+# In slot order, the cache above holds positions `8 9 10 11 12 5 6 7`: not sorted. Does attention care?
+#
+# Attention for one query is $\sum_j \mathrm{softmax}_j(q \cdot k_j / \sqrt{d})\, v_j$: a **sum over
+# keys**, which gives the same answer in any order, as long as each key stays paired with its value and
+# the mask is right. Two things make that true here:
+#
+# 1. **Keys are rotated by RoPE before they are stored.** The rotation encodes the key's position
+#    $j$ into the vector itself, so $q_i \cdot k_j$ already depends on $i - j$ whichever slot $k_j$ sits
+#    in. Had we stored keys *before* RoPE, reading them would need each slot's position to rotate it
+#    (every step, every layer); stored after, a slot is just a vector.
+# 2. **The mask is built from the positions the slots hold** (`slot_positions`), not from slot indices.
+#    Empty slots hold position $-1$ and are never visible.
+#
+# Let us build a one-layer, one-head rolling cache from scratch and check it against plain
+# sliding-window attention over the whole sequence.
+
+# %%
+class MyRollingCache:
+    """One layer, one head: W slots of keys (after RoPE) and values, and the position each slot holds."""
+
+    def __init__(self, window, head_dim):
+        self.k = torch.zeros(window, head_dim)  # (W, D)
+        self.v = torch.zeros(window, head_dim)  # (W, D)
+        self.slot_positions = torch.full((window,), -1)  # (W,): -1 = empty
+        self.window = window
+
+    def write(self, p, k, v):  # k, v: (D,) for the token at absolute position p
+        slot = p % self.window
+        self.k[slot], self.v[slot], self.slot_positions[slot] = k, v, p
+
+
+W, D, T = 8, 16, 30
+theta = 10000.0
+q_raw, k_raw, v = torch.randn(3, T, D).unbind(0)  # (T, D) each: projections of 30 tokens
+angles = rope_angles(torch.arange(T), D, theta)  # (T, D/2)
+q = apply_rope_complex(q_raw[None, :, None], angles)[0, :, 0]  # (T, D), rotated by position
+k = apply_rope_complex(k_raw[None, :, None], angles)[0, :, 0]  # (T, D), rotated BEFORE caching
+
+# reference: the whole sequence at once with the sliding-window mask
+mask = mm.sliding_window_mask(T, W)  # (T, T)
+reference, _ = attention_explicit(q[None, None], k[None, None], v[None, None], mask)  # (1, 1, T, D)
+
+# decoding: one token at a time, attending over whatever the W slots hold, in slot order
+cache, outputs = MyRollingCache(W, D), []
+for p in range(T):
+    cache.write(p, k[p], v[p])
+    visible = mm.attention_mask(torch.tensor([p]), cache.slot_positions, W)  # (1, W), from positions
+    out, _ = attention_explicit(q[p][None, None, None], cache.k[None, None], cache.v[None, None], visible)
+    outputs.append(out[0, 0, 0])
+torch.testing.assert_close(torch.stack(outputs), reference[0, 0])
+print("slots after 30 tokens hold positions", cache.slot_positions.tolist())
+print("rolling-buffer attention == sliding-window attention over the full sequence, all", T, "positions")
+
+# %% [markdown]
+# The library's `RollingKVCache` does the same bookkeeping for every layer and KV head at once:
+# tensors of shape (layers, batch, KV heads, W, head_dim), one `slot_positions` shared by all layers.
+
+# %%
+lib_cache = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=D, size=W)
+for p in range(T):
+    lib_cache.update(0, k[p][None, None, None], v[p][None, None, None], torch.tensor([p]))
+    lib_cache.advance(torch.tensor([p]))
+assert torch.equal(lib_cache.slot_positions, cache.slot_positions)
+torch.testing.assert_close(lib_cache.k[0, 0, 0], cache.k)
+torch.testing.assert_close(lib_cache.v[0, 0, 0], cache.v)
+print(lib_cache)
+print("same slots, same keys, same values as MyRollingCache")
+
+# %% [markdown]
+# ### Exercise 08.1: what does the cache hold after $n$ tokens?
+#
+# Write `cached_positions(n_tokens, window)`: the list of length `window` giving, for slots
+# $0, 1, \dots, W-1$, the absolute position each slot holds after `n_tokens` tokens were written
+# (positions $0$ to $n-1$), with $-1$ for a slot never written. Think before you code: after 13
+# tokens with $W = 8$, slot 3 holds 11.
+
+# %%
+def cached_positions(n_tokens: int, window: int) -> list[int]:
+    ### BEGIN SOLUTION
+    slots = [-1] * window
+    for p in range(max(0, n_tokens - window), n_tokens):
+        slots[p % window] = p
+    return slots
+    ### END SOLUTION
+
+
+# %%
+def _library_positions(n_tokens, window):
+    c = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=2, size=window)
+    if n_tokens:
+        c.advance(torch.arange(n_tokens))
+    return c.slot_positions.tolist()
+
+
+passed = check_function("08.1 cached_positions", cached_positions, _library_positions,
+                        [(13, 8), (0, 8), (5, 8), (8, 8), (16, 8), (100, 7), (3, 1), (4096 * 3 + 5, 4096)],
+                        hint="token p lives in slot p % window, and only the last `window` tokens survive")
+
+# %% [markdown]
+# ## 4. The cache inside the model
+#
+# `model.new_cache()` makes an empty `RollingKVCache` for the model; `model(tokens, cache=cache)` treats
+# `tokens` as the continuation of whatever the cache holds, returns the logits of the new tokens only,
+# and stores their keys and values. Every attention layer writes its own slice of the cache.
+
+# %%
+cache = model.new_cache(batch_size=1)
+print(cache)
+logits = model(prompt, cache=cache)
+print("prefill", tuple(prompt.shape), "-> logits", tuple(logits.shape), "| cache.pos =", cache.pos)
+print("slot_positions:", cache.slot_positions.tolist())
+logits = model(torch.tensor([[7]]), cache=cache)
+print("one more token -> logits", tuple(logits.shape), "| cache.pos =", cache.pos)
+print("slot_positions:", cache.slot_positions.tolist())
+
+# %%
+fig = viz.plot_cache_slots(cache)
+plt.show()
+
+# %% [markdown]
+# ## 5. Chunked prefill: any chunking, the same logits
+#
+# The prompt can go in all at once, one token at a time, or in chunks of any size: the cache makes the
+# model see the same thing. Each query in a chunk attends over the keys the cache holds plus the
+# chunk's own keys, masked by **absolute positions**; since a chunk starting at position $s$ only
+# needs keys from $s - W + 1$ on, and the cache holds the last $W$ tokens before $s$, nothing a query
+# needs is ever missing, and nothing it must not see gets through the mask.
+#
+# Why chunk at all? Prefilling a long prompt in one go builds a $T \times T$ score matrix per head; in
+# chunks of $C$ it is at most $C \times (W + C)$. `mm.generate` prefills in chunks of $W$.
+
+# %%
+long_prompt = torch.randint(0, args.vocab_size, (1, 100), generator=torch.Generator().manual_seed(2))
+with torch.no_grad():
+    one_pass = model(long_prompt)  # (1, 100, V), no cache at all
+
+
+@torch.no_grad()
+def prefill_chunks(model, tokens, sizes):
+    cache, out, start = model.new_cache(), [], 0
+    for size in sizes:
+        out.append(model(tokens[:, start:start + size], cache=cache))
+        start += size
+    assert start == tokens.shape[1]
+    return torch.cat(out, dim=1)
+
+
+chunkings = {"one chunk of 100": [100], "chunks of 16 (= W)": [16] * 6 + [4], "chunks of 7": [7] * 14 + [2],
+             "one token at a time": [1] * 100, "ragged: 3, 40, 1, 33, 23": [3, 40, 1, 33, 23]}
+diffs = {}
+for name, sizes in chunkings.items():
+    chunked = prefill_chunks(model, long_prompt, sizes)
+    torch.testing.assert_close(chunked, one_pass, atol=1e-4, rtol=1e-4)
+    diffs[name] = (chunked - one_pass).abs().max().item()
+    print(f"{name:26s} same logits as one pass (max |diff| < 1e-4: {diffs[name] < 1e-4})")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+for name, d in diffs.items():  # float rounding differs with the order of the sums; tiny, but not always 0
+    print(f"{name:26s} max |diff| = {d:.1e}")
+
+# %% [markdown]
+# ### Exercise 08.2: prefill in chunks
+#
+# Write `chunked_logits(model, tokens, chunk_size)`: run `tokens` (shape (1, T)) through the model in
+# chunks of `chunk_size` using one cache, and return the logits of all T positions, (1, T, V).
+
+# %%
+@torch.no_grad()
+def chunked_logits(model, tokens, chunk_size):
+    ### BEGIN SOLUTION
+    cache = model.new_cache(batch_size=tokens.shape[0])
+    return torch.cat([model(tokens[:, s:s + chunk_size], cache=cache)
+                      for s in range(0, tokens.shape[1], chunk_size)], dim=1)
+    ### END SOLUTION
+
+
+# %%
+with torch.no_grad():
+    check_function("08.2 chunked_logits", chunked_logits, lambda m, t, c: m(t),
+                   [(model, long_prompt[:, :40], 40), (model, long_prompt[:, :40], 1), (model, long_prompt[:, :50], 16),
+                    (model, long_prompt[:, :50], 17), (model, long_prompt[:, :45], 64)],
+                   hint="one cache for the whole sequence; the last chunk may be shorter; concatenate along dim 1")
+
+# %% [markdown]
+# ## 6. Far past the window: cached decoding equals a full recompute
+#
+# The strongest test of the rolling buffer: decode 100 tokens one by one with $W = 16$, so the ring
+# wraps six times, and compare the logits at **every** step with a full forward pass over the whole
+# sequence so far, no cache at all.
+
+# %%
+seq = torch.randint(0, args.vocab_size, (1, 100), generator=torch.Generator().manual_seed(3))
+cache = model.new_cache()
+worst = 0.0
+with torch.no_grad():
+    full = model(seq)  # (1, 100, V): position t's logits only depend on tokens 0..t
+    for t in range(seq.shape[1]):
+        step = model(seq[:, t:t + 1], cache=cache)  # (1, 1, V)
+        torch.testing.assert_close(step[0, 0], full[0, t], atol=1e-4, rtol=1e-4)
+        worst = max(worst, (step[0, 0] - full[0, t]).abs().max().item())
+print(f"100 cached decode steps with W=16: every step matches the full pass (worst |diff| < 1e-4: {worst < 1e-4})")
+print(f"cache after 100 tokens: pos={cache.pos}, slots hold {cache.slot_positions.tolist()}")
+
+# %% [markdown]
+# ## 7. Memory against sequence length
+#
+# The library's cache allocates its $W$ slots once; the bytes do not change however far we decode:
+
+# %%
+cache = model.new_cache()
+sizes = []
+with torch.no_grad():
+    for t in range(60):
+        model(seq[:, t:t + 1], cache=cache)
+        sizes.append(cache.nbytes)
+assert len(set(sizes)) == 1
+print(f"tiny model, W=16: {sizes[0]:,} bytes after 1 token and after 60 "
+      f"(= {args.kv_bytes_per_token('float32'):,} bytes per token x 16 slots)")
+
+# %% [markdown]
+# For the real model, a full cache grows by 128 KiB with every token; the rolling buffer stops at the
+# window, 4,096 tokens, half a GiB, and stays there up to the 32,768-token context.
+
+# %%
+fig = viz.plot_cache_memory(args_7b, max_len=32768, dtype="bfloat16")
+plt.show()
+
+# %% [markdown]
+# The price: beyond $W$ tokens back, a layer can no longer look directly. Information still travels
+# further, layer by layer (notebook 05's receptive field: $32 \times 4095$ tokens for the last layer),
+# but a fact 10,000 tokens back reaches the output only second-hand.
+#
+# ## Summary
+#
+# - Without a cache, generating $n$ tokens costs $\sim n^2/2$ token-passes; with one, $n$.
+# - A cache holds one key and one value per layer, KV head and token: 131,072 bytes per token for
+#   Mistral 7B in bf16, 0.5 GiB at 4,096 tokens and 4 GiB at 32,768 for a full cache.
+# - The rolling buffer keeps only $W$ slots: token $p$ goes to slot $p \bmod W$, overwriting the token
+#   that just left every future window. Memory stays flat at 0.5 GiB.
+# - Keys are stored after RoPE and the mask comes from the positions the slots hold, so slot order is
+#   irrelevant.
+# - Any chunking of the prefill gives the same logits; cached decoding equals a full recompute, far
+#   past the window.
+#
+# ## What's next
+#
+# **09 · Generation** turns the logits into text: greedy decoding, temperature, top-k and top-p, seeds,
+# and streaming, on a small Mistral trained for this course.
