@@ -1,0 +1,408 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 02 · Embeddings and RMSNorm
+#
+# The tokenizer gave us integers. The model's first layer turns each one into a vector of 4,096
+# numbers by looking up a row of a table, the **embedding**. Before every attention and every MLP,
+# and once more before the output head, Mistral rescales those vectors with **RMSNorm**: 65 norms in
+# all, a tiny share of the parameters and an essential part of the numerics.
+#
+# ## What you will learn
+# - Why an embedding lookup is a matrix product with a one-hot vector, and why nobody computes it that way.
+# - What RMSNorm keeps and what it drops from LayerNorm (mean-centering and the bias), and why that is cheaper.
+# - How to build RMSNorm from scratch, and check it against `minimistral` and `torch.nn.RMSNorm`.
+# - Why Mistral computes the norm in float32 even when the model runs in bfloat16, shown with numbers:
+#   fp16 overflows, and a bf16 accumulator silently stops adding.
+#
+# ## What you need
+# - A laptop CPU, under 1 GB of RAM, under a minute. No GPU.
+# - Before this: **01 tokenizer**.
+
+# %%
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import minimistral as mm
+from minimistral.checks import check_function
+from minimistral.norm import RMSNorm, rms_norm
+
+torch.manual_seed(0)
+tok = mm.Tokenizer.mistral_v1()
+args7b = mm.ModelArgs.mistral_7b()
+
+# %% [markdown]
+# ## Embeddings: a row per token
+#
+# The embedding is a matrix $E$ of shape (vocab_size, dim), one row per token id. For the 7B that is
+# $32000 \times 4096$ = 131,072,000 parameters. The vector of token $i$ is row $i$:
+#
+# $$ \mathbf{h} = E[i] = \mathbf{e}_i^\top E, $$
+#
+# where $\mathbf{e}_i$ is the one-hot vector with a 1 at position $i$. The product form is how the
+# embedding behaves mathematically (a linear layer applied to one-hot inputs, which is also how its
+# gradient flows); the lookup is how it is computed: copying one row instead of multiplying a
+# 32,000-long vector of zeros by the whole table.
+#
+# We use a small table (dim 16) with the real vocabulary to see the shapes.
+
+# %%
+ids = torch.tensor([tok.encode("Embeddings are rows of a table", bos=True)])  # (B=1, T)
+print("token ids:", ids.tolist(), " shape", tuple(ids.shape))
+
+emb = nn.Embedding(tok.vocab_size, 16)  # E: (32000, 16)
+print("E:", tuple(emb.weight.shape))
+
+by_lookup = emb(ids)  # (1, T, 16)
+one_hot = F.one_hot(ids, tok.vocab_size).float()  # (1, T, 32000)
+by_matmul = one_hot @ emb.weight  # (1, T, 32000) @ (32000, 16) -> (1, T, 16)
+by_index = emb.weight[ids]  # plain indexing
+print("lookup:", tuple(by_lookup.shape), " one-hot:", tuple(one_hot.shape), " one-hot @ E:", tuple(by_matmul.shape))
+
+torch.testing.assert_close(by_matmul, by_lookup)
+torch.testing.assert_close(by_index, by_lookup)
+print("one-hot @ E == E[ids] == nn.Embedding(ids)")
+
+# %% [markdown]
+# The cost difference at the 7B's size, per token: the product would take $32000 \times 4096 \approx
+# 1.3 \times 10^8$ multiply-adds; the lookup reads 4,096 numbers (8 KiB in bf16).
+#
+# Mistral does **not** tie the embedding to the output head: `output` is a second, independent
+# $32000 \times 4096$ matrix (notebook 00 counted both). A picture of the vectors our sentence becomes
+# (random at initialisation; training is what gives them meaning):
+
+# %%
+pieces = [tok.id_to_piece(i) for i in ids[0].tolist()]
+fig, ax = plt.subplots(figsize=(9, 3.2))
+im = ax.imshow(by_lookup[0].detach().numpy(), cmap="RdBu_r", vmin=-2.5, vmax=2.5, aspect="auto")
+ax.set_yticks(range(len(pieces)), pieces)
+ax.set_xlabel("embedding dimension (16 here; 4,096 in the 7B)")
+ax.set_title("each token id selects one row of the embedding table")
+fig.colorbar(im, ax=ax, fraction=0.03)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## RMSNorm against LayerNorm
+#
+# **LayerNorm** (the original transformer's) centres each vector, scales it to unit variance, then
+# applies a learned gain $\gamma$ and bias $\beta$:
+#
+# $$
+# \mathrm{LayerNorm}(\mathbf{x}) = \frac{\mathbf{x} - \mu}{\sqrt{\sigma^2 + \epsilon}} \odot \gamma + \beta,
+# \qquad \mu = \frac{1}{d}\sum_j x_j, \quad \sigma^2 = \frac{1}{d}\sum_j (x_j - \mu)^2 .
+# $$
+#
+# **RMSNorm** (Zhang and Sennrich, 2019), used by Llama and Mistral, drops the centring and the bias and
+# only rescales by the root mean square:
+#
+# $$
+# \mathrm{RMSNorm}(\mathbf{x}) = \frac{\mathbf{x}}{\sqrt{\frac{1}{d}\sum_j x_j^2 + \epsilon}} \odot \gamma .
+# $$
+#
+# What that saves, per vector of size $d$:
+#
+# | | LayerNorm | RMSNorm |
+# |---|---|---|
+# | reductions over $d$ | 2, one after the other ($\mu$, then $\sigma^2$ which needs $\mu$) | 1 ($\sum x_j^2$) |
+# | elementwise work | subtract $\mu$, square, scale, gain, add bias | square, scale, gain |
+# | parameters | $2d$ ($\gamma$, $\beta$) | $d$ ($\gamma$) |
+#
+# The two agree exactly when the vector already has mean zero. The RMSNorm paper found the centring
+# is not what makes normalisation work: the rescaling is, and it is cheaper on its own. Geometrically,
+# RMSNorm puts every vector on the sphere of radius $\sqrt{d}$ (before the gain) and keeps its
+# direction; LayerNorm first projects onto the plane of zero-mean vectors, which removes one
+# direction entirely. In two dimensions that is striking:
+
+# %%
+def layer_norm_plain(x, eps=1e-5):  # no gain, no bias
+    mu = x.mean(-1, keepdim=True)
+    var = x.var(-1, keepdim=True, unbiased=False)
+    return (x - mu) / torch.sqrt(var + eps)
+
+
+def rms_norm_plain(x, eps=1e-5):  # no gain
+    return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+cloud = torch.randn(300, 2) * torch.tensor([1.5, 0.6]) + torch.tensor([1.0, 0.5])  # (300, 2)
+fig, axes = plt.subplots(1, 3, figsize=(11, 3.7), sharex=True, sharey=True)
+colors = torch.atan2(cloud[:, 1], cloud[:, 0]).numpy()  # colour = original direction
+for ax, (title, pts) in zip(axes, [("input vectors", cloud), ("RMSNorm: onto the circle of radius √2", rms_norm_plain(cloud)),
+                                   ("LayerNorm: only two points left", layer_norm_plain(cloud))]):
+    ax.add_patch(plt.Circle((0, 0), math.sqrt(2), fill=False, ls=":", color="grey"))
+    ax.scatter(pts[:, 0], pts[:, 1], c=colors, cmap="hsv", s=10)
+    ax.set_title(title, fontsize=10)
+    ax.set_aspect("equal")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+axes[0].set_xlim(-4, 5)
+axes[0].set_ylim(-3, 3)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# (LayerNorm's two points are $(1, -1)$ and $(-1, 1)$: in 2D, centring leaves one degree of freedom
+# and unit variance fixes its size up to the sign. In 4,096 dimensions it loses only one of them,
+# but the picture shows what it does.) And with centred inputs the two really agree:
+
+# %%
+x = torch.randn(4, 4096)
+x_centred = x - x.mean(-1, keepdim=True)
+torch.testing.assert_close(rms_norm_plain(x_centred), layer_norm_plain(x_centred))
+print("rms of RMSNorm's output:", rms_norm_plain(x).pow(2).mean(-1).sqrt().round(decimals=4).tolist())
+print("RMSNorm == LayerNorm on zero-mean vectors")
+
+# %% [markdown]
+# ## RMSNorm from scratch
+#
+# Mistral's version, exactly as in its reference code: compute in float32, cast back to the input's
+# dtype, **then** multiply by the gain (which is stored in the model's dtype):
+#
+# ```python
+# (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+# ```
+#
+# with $\epsilon = 10^{-5}$ for v0.1. $\gamma$ (called `weight`) starts at ones.
+
+# %%
+class MyRMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))  # the gain, gamma: (dim,)
+
+    def forward(self, x):  # x: (..., dim)
+        xf = x.float()  # work in float32 whatever the input dtype
+        ms = xf.pow(2).mean(-1, keepdim=True)  # (..., 1): mean of squares
+        return (xf * torch.rsqrt(ms + self.eps)).type_as(x) * self.weight  # (..., dim)
+
+
+dim = 64
+ours = MyRMSNorm(dim)
+library = RMSNorm(dim, eps=1e-5)
+reference = nn.RMSNorm(dim, eps=1e-5)  # PyTorch's own, since 2.4
+with torch.no_grad():  # a non-trivial gain, the same in all three
+    gain = torch.randn(dim)
+    for m in (ours, library, reference):
+        m.weight.copy_(gain)
+
+x = torch.randn(2, 5, dim)  # (B, T, dim)
+y = ours(x)
+print("x:", tuple(x.shape), "-> y:", tuple(y.shape))
+torch.testing.assert_close(y, library(x))
+torch.testing.assert_close(y, reference(x))
+print("MyRMSNorm == minimistral.norm.RMSNorm == torch.nn.RMSNorm (float32)")
+
+ours_bf16 = MyRMSNorm(dim).bfloat16()  # weights in bf16, as the real model stores them
+with torch.no_grad():
+    ours_bf16.weight.copy_(gain.bfloat16())
+xb = x.bfloat16()
+torch.testing.assert_close(ours_bf16(xb), rms_norm(xb, gain.bfloat16(), 1e-5), rtol=0, atol=0)
+print("and bit for bit with the library in bfloat16:", ours_bf16(xb).dtype)
+
+# %% [markdown]
+# (In bfloat16, `torch.nn.RMSNorm` rounds in a slightly different place, so it can differ from Mistral's
+# formula in the last bit; in float32 all three agree.)
+#
+# ## Why the float32 upcast
+#
+# The model runs in **bfloat16**: 8 exponent bits like float32 (same range, up to $3.4 \times 10^{38}$)
+# but only 8 significant bits, about 2-3 decimal digits. **float16** has more precision (11 bits) but a
+# tiny range: its largest number is 65,504. Two things go wrong when the mean of squares is computed in
+# these formats.
+#
+# **1. fp16 overflows.** A residual-stream entry of 256 has a square of 65,536: infinity in fp16. One such
+# entry makes the mean infinite, $1/\sqrt{\infty} = 0$, and the whole vector is normalised to zeros.
+# Large activations are not exotic: trained LLMs have a few residual dimensions with values in the
+# hundreds or thousands (Sun et al., 2024, *Massive activations in large language models*).
+
+# %%
+print("fp16 max:", torch.finfo(torch.float16).max, "  256.0**2 in fp16:", (torch.tensor(256.0, dtype=torch.float16) ** 2).item())
+print("bf16: 256 + 1 =", (torch.tensor(256.0, dtype=torch.bfloat16) + 1).item(), " (8 significant bits)")
+
+# %% [markdown]
+# **2. bf16 rounds at every step.** Without the upcast every intermediate (each square, the mean, the
+# reciprocal square root, the product) is rounded to 8 bits. PyTorch's reductions are kind here: they
+# accumulate bf16 sums in float32 internally. A kernel that keeps its running sum in bf16 is not: once
+# the sum reaches 256, adding a square of about 1 changes nothing (as printed above), and the mean of
+# squares comes out far too small.
+#
+# We measure both against a float64 reference, for a vector of 4,096 random entries scaled from
+# $10^{-3}$ to $10^4$ (left), and for the bf16 running sum as the dimension grows (right).
+
+# %%
+def no_upcast(x, weight, eps=1e-5):  # the same formula, every step in x's dtype
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def rel_error(y, x64, eps=1e-5):  # relative error of y against the float64 result
+    ref = x64 / torch.sqrt(x64.pow(2).mean(-1, keepdim=True) + eps)
+    return ((y.double() - ref).norm() / ref.norm()).item()
+
+
+torch.manual_seed(0)
+base = torch.randn(16, 4096, dtype=torch.float64)  # (16 vectors, dim 4096)
+scales = [10 ** (k / 4) for k in range(-12, 17)]  # 1e-3 ... 1e4
+errors = {name: [] for name in ["fp16, no upcast", "bf16, no upcast", "fp16, float32 upcast", "bf16, float32 upcast"]}
+for s in scales:
+    x64 = base * s
+    for dtype, short in [(torch.float16, "fp16"), (torch.bfloat16, "bf16")]:
+        x, one = x64.to(dtype), torch.ones(4096, dtype=dtype)
+        errors[f"{short}, no upcast"].append(rel_error(no_upcast(x, one), x64))
+        errors[f"{short}, float32 upcast"].append(rel_error(rms_norm(x, one, 1e-5), x64))
+
+for name, errs in errors.items():
+    print(f"{name:<22} error at scale 1: {errs[12]:.1e}   at scale 1000: {errs[24]:.1e}")
+
+
+# %%
+def mean_square_bf16_running_sum(x):  # x (N, d): a loop that keeps its running sum in bf16
+    total = torch.zeros(x.shape[0], dtype=torch.bfloat16)
+    for j in range(x.shape[1]):
+        total = total + x[:, j].bfloat16() ** 2
+    return total.float() / x.shape[1]
+
+
+dims = [16, 64, 256, 1024, 4096, 16384]
+ratio = []  # true RMS / RMS from the bf16 running sum = how much too large the normalised output is
+for d in dims:
+    xd = torch.randn(16, d)
+    true_ms = xd.double().pow(2).mean(-1)
+    ratio.append((true_ms / mean_square_bf16_running_sum(xd).double()).sqrt().mean().item())
+for d, r in zip(dims, ratio):
+    print(f"dim {d:>6}: output {r:.3f} x too large")
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+styles = {"fp16, no upcast": ("#C44E52", "-"), "bf16, no upcast": ("#DD8452", "-"),
+          "fp16, float32 upcast": ("#4C72B0", "--"), "bf16, float32 upcast": ("#55A868", "--")}
+for name, errs in errors.items():
+    color, ls = styles[name]
+    ax1.loglog(scales, errs, label=name, color=color, ls=ls, lw=2, marker="o", ms=3)
+ax1.axvline(256 / 4, color="grey", ls=":", lw=1)
+ax1.text(256 / 4 * 1.3, 0.02, "largest entries\n(about 4σ) pass 256:\nx² > 65,504 = inf", fontsize=8, color="grey")
+ax1.set_xlabel("scale of the input vector (dim 4096)")
+ax1.set_ylabel("relative error of RMSNorm's output")
+ax1.set_title("fp16 overflows; bf16 loses digits without the upcast")
+ax1.legend(fontsize=8, loc="upper left")
+ax2.semilogx(dims, ratio, color="#DD8452", marker="o", lw=2, label="running sum in bf16")
+ax2.axhline(1, color="#55A868", ls="--", lw=2, label="float32 accumulation (exact here)")
+ax2.axvline(4096, color="grey", ls=":", lw=1)
+ax2.text(4096 * 1.1, 1.05, "Mistral's dim", fontsize=8, color="grey")
+ax2.set_xlabel("dimension d")
+ax2.set_ylabel("output too large by (×)")
+ax2.set_title("a bf16 accumulator stops adding")
+ax2.legend(fontsize=8)
+for ax in (ax1, ax2):
+    ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Reading the two panels:
+#
+# - **fp16 without the upcast** (red) is fine until the largest entries approach 256, then the error
+#   is 100 %: the output is all zeros. With the upcast (blue) fp16 is accurate at every scale.
+# - **bf16 without the upcast** (orange) never overflows, but is less accurate than with it (green),
+#   by a factor of about 1.7 at scale 1, even with PyTorch's float32 accumulation inside `mean`; with
+#   the upcast the only rounding is the final cast back to bf16.
+# - **A bf16 running sum** (right) drifts further from the truth the longer the vector: at
+#   Mistral's 4,096 the normalised output would be too large by the factor printed above.
+#
+# The upcast costs almost nothing (one vector per token, a few thousand numbers) and removes all three
+# problems. That is why both Mistral's code and Hugging Face's compute the norm in float32.
+
+# %% [markdown]
+# ## The library from here on
+#
+# `minimistral.norm.RMSNorm` (the class) and `rms_norm` (the function) are what the model uses. The 7B
+# has $2 \times 32 + 1 = 65$ of them, each with a gain vector of 4,096 numbers:
+
+# %%
+with torch.device("meta"):
+    model = mm.Transformer(args7b)
+norms = [(name, m) for name, m in model.named_modules() if isinstance(m, RMSNorm)]
+print(len(norms), "RMSNorms, e.g.", [n for n, _ in norms[:2]], "...", norms[-1][0])
+print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", args7b.params_by_component()["norms"])
+
+# %% [markdown]
+# ## Exercise 02.1: `rms_norm`
+#
+# Implement Mistral's RMSNorm as a function: `x` of any shape `(..., dim)` and dtype, `weight` of shape
+# `(dim,)`. The result has `x`'s shape and dtype. The check runs it on several shapes and dtypes,
+# including bf16 input and a large fp16 input that only survives with the float32 upcast.
+
+# %%
+def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+    ### END SOLUTION
+
+
+# %%
+gen = torch.Generator().manual_seed(2)
+_ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
+    (torch.randn(4, 8, generator=gen), torch.ones(8), 1e-5),
+    (torch.randn(2, 3, 16, generator=gen), torch.randn(16, generator=gen), 1e-6),
+    (torch.zeros(3, 8), torch.ones(8), 1e-5),  # all zeros: eps keeps it finite
+    (torch.randn(2, 5, 64, generator=gen).bfloat16() * 50, torch.randn(64, generator=gen).bfloat16(), 1e-5),
+    (torch.randn(1, 4096, generator=gen).half() * 300, torch.ones(4096).half(), 1e-5),  # squares overflow fp16
+], atol=1e-3, rtol=1e-2,
+   hint="square and average over the last dim (keepdim=True), in float32 (x.float()); rsqrt(mean + eps); "
+        "cast back with .type_as(x) before multiplying by weight")
+
+# %% [markdown]
+# ## Exercise 02.2: LayerNorm, for contrast
+#
+# Implement LayerNorm with gain and bias over the last dimension (biased variance, as
+# `torch.nn.functional.layer_norm`). Count the reductions you need compared with `my_rms_norm`.
+
+# %%
+def my_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    mu = x.mean(-1, keepdim=True)
+    var = (x - mu).pow(2).mean(-1, keepdim=True)
+    return (x - mu) / torch.sqrt(var + eps) * weight + bias
+    ### END SOLUTION
+
+
+# %%
+_ = check_function("02.2 layer_norm", my_layer_norm,
+                   lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps), cases=[
+    (torch.randn(4, 8, generator=gen), torch.ones(8), torch.zeros(8), 1e-5),
+    (torch.randn(2, 3, 32, generator=gen) * 10 + 5, torch.randn(32, generator=gen), torch.randn(32, generator=gen), 1e-5),
+    (torch.full((2, 16), 3.0), torch.ones(16), torch.zeros(16), 1e-5),  # constant input: variance 0
+], hint="mean and variance over the last dim with keepdim=True; the variance divides by d (unbiased=False)")
+
+# %% [markdown]
+# ## Summary
+# - An embedding is a (vocab, dim) table; looking up row $i$ equals multiplying the one-hot vector
+#   $\mathbf{e}_i$ by the table, and costs a copy instead of a product. Mistral's output head is a
+#   separate matrix.
+# - RMSNorm is LayerNorm without mean-centring and bias: one reduction instead of two, $d$ parameters
+#   instead of $2d$; it keeps each vector's direction and fixes its RMS to 1 (times the gain).
+# - Mistral computes it in float32 and casts back before the gain. Without that, fp16 overflows once
+#   entries reach 256, and bf16 loses precision, badly so if a kernel accumulates in bf16.
+# - Our `MyRMSNorm` equals `minimistral.norm.RMSNorm` and `torch.nn.RMSNorm`; from now on we use the library's.
+#
+# ## What's next
+# **03 RoPE**: the embedding carries no position at all. Mistral adds position inside attention, by
+# rotating queries and keys.
