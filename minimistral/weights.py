@@ -10,6 +10,7 @@ import json
 import math
 import re
 import struct
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -154,7 +155,9 @@ def _hf_files(path: Path) -> list[Path]:
     if shards:
         raise CheckpointError(f"{path}: has shards ({', '.join(shards[:3])}...) but no {HF_INDEX} saying which "
                               "tensor is in which shard: fetch the index file too")
-    raise CheckpointError(f"{path}: has {HF_CONFIG} but no weights ({HF_SINGLE} or {HF_INDEX} with its shards)")
+    bins = sorted(p.name for p in path.glob("pytorch_model*.bin"))
+    hint = f"; {bins[0]} is there, but only .safetensors files are read: fetch those instead" if bins else ""
+    raise CheckpointError(f"{path}: has {HF_CONFIG} but no weights ({HF_SINGLE} or {HF_INDEX} with its shards){hint}")
 
 
 def _detect_layout(path: Path) -> str:
@@ -175,6 +178,28 @@ def _detect_layout(path: Path) -> str:
     raise CheckpointError(
         f"{path} holds neither a Hugging Face checkpoint ({HF_CONFIG} + {HF_SINGLE} or {HF_INDEX} and shards) "
         f"nor a Mistral one ({MISTRAL_PARAMS} + {MISTRAL_SINGLE} or {MISTRAL_PTH}); found: {found}")
+
+
+@contextmanager
+def _no_random_init():
+    """nn.Linear and nn.Embedding fill themselves with random numbers when built. On the meta device that
+    computes nothing, yet torch routes it through Python reference code that imports torch._dynamo: ~3 s
+    on the first call. Weights are assigned from the file anyway, so the fill is skipped while building."""
+    names = ("uniform_", "normal_", "kaiming_uniform_")
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *a, **k: tensor)
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(nn.init, n, f)
+
+
+def meta_model(args: ModelArgs) -> Transformer:
+    """A Transformer on the meta device: every shape, no memory, no values."""
+    with _no_random_init(), torch.device("meta"):
+        return Transformer(args)
 
 
 def _hf_to_ours_names(args: ModelArgs) -> dict:
@@ -206,8 +231,7 @@ def _inspect(path: Path, layout: str):
             files = [path / MISTRAL_PTH]
         rename = None
 
-    with torch.device("meta"):
-        expected = {n: tuple(p.shape) for n, p in Transformer(args).named_parameters()}
+    expected = {n: tuple(p.shape) for n, p in meta_model(args).named_parameters()}
 
     pth = None
     entries, seen = {}, {}
@@ -293,8 +317,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     needed = sum(math.prod(e.shape) * itemsize if itemsize else e.nbytes for e in entries)
     check_device_memory(needed, device)
 
-    with torch.device("meta"):
-        model = Transformer(args)  # shapes only; every parameter is replaced below
+    model = meta_model(args)  # shapes only; every parameter is replaced below
 
     bar = tqdm(total=needed, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not progress)
     open_file, handle = None, None
@@ -466,8 +489,7 @@ def write_random_checkpoint(args: ModelArgs, path, format: str = "hf", dtype=tor
     shard_bytes = parse_size(max_shard_size)
     dtype = _resolve_dtype(dtype)
     path = _prepare_folder(path, overwrite)
-    with torch.device("meta"):
-        shapes = [(n, tuple(p.shape)) for n, p in Transformer(args).named_parameters()]
+    shapes = [(n, tuple(p.shape)) for n, p in meta_model(args).named_parameters()]
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
 

@@ -486,3 +486,27 @@ def test_save_rejects_bad_arguments_before_writing(tmp_path):
     with pytest.raises(ValueError, match="max_shard_size"):
         mm.save_checkpoint(model, tmp_path / "b", max_shard_size="lots", progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the load benchmark runs end to end on the CPU ---------------------------------------------------------
+
+@pytest.mark.slow
+def test_bench_load_tiny_on_cpu(tmp_path, capsys):
+    from minimistral import bench
+
+    out = tmp_path / "bench.json"
+    assert bench.main(["--load", "--device", "cpu", "--preset", "tiny", "--dir", str(tmp_path / "ck"),
+                       "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "minimistral" in table and "transformers" in table and "peak RssAnon" in table
+    report = json.loads(out.read_text())
+    assert report["checkpoint_status"].startswith("written")
+    for r in report["results"].values():
+        assert r["seconds"] > 0 and r["rss_anon_peak"] >= r["rss_anon_before"] > 0 and r["dtypes"] == ["bfloat16"]
+    assert report["summary"]["same_param_count"]
+    # both loaders hold the same weights: bf16 logits agree to bf16 rounding, far below their own size
+    assert report["summary"]["max_abs_logit_diff"] < 0.05 * report["summary"]["max_abs_logit"]
+    # a second run reuses the checkpoint instead of writing it again
+    assert bench.main(["--load", "--device", "cpu", "--preset", "tiny", "--dir", str(tmp_path / "ck"),
+                       "--no-transformers", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["checkpoint_status"] == "existing"
