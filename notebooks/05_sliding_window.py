@@ -395,6 +395,19 @@ plt.show()
 # - Below $T = W$ nothing changes at all: for prompts under 4096 tokens Mistral 7B's attention is plain
 #   causal attention.
 #
+# ## 6. The same pictures from the library
+#
+# Now that you have built them, `minimistral.viz` draws these pictures in one call, for later notebooks:
+# `plot_window_mask(seq_len, window)`, `plot_receptive_field(window, n_layers)` and an explorer with sliders.
+
+# %%
+mm.viz.plot_receptive_field(4096, 32)
+plt.show()
+
+# %%
+mm.viz.mask_explorer(max_len=32)
+
+# %% [markdown]
 # ## Exercises
 #
 # **05.1** Build the sliding-window mask: `(seq_len, seq_len)` bool, True where query $i$ may attend key
