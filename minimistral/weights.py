@@ -146,7 +146,7 @@ def _hf_files(path: Path) -> list[Path]:
         for f in files:
             if not f.is_file():
                 n = sum(1 for v in weight_map.values() if path / v == f)
-                raise FileNotFoundError(f"{index} names the shard {f.name} ({n} tensors) but {f} does not exist: "
+                raise FileNotFoundError(f"{index} names the shard {f.name} (for {n} tensor{'s' if n != 1 else ''}) but {f} does not exist: "
                                         "the download is incomplete; fetch the missing shard")
         return files
     if (path / HF_SINGLE).is_file():

@@ -324,6 +324,34 @@ def test_bf16_load_peak_host_memory(tmp_path):
     assert load_extra < model_bytes + 32e6, (load_extra / 1e6, model_bytes / 1e6)
 
 
+WRITE_PEAK_SCRIPT = PEAK_SCRIPT.split("before = rss_anon()")[0] + textwrap.dedent("""
+    import minimistral.weights
+    args = mm.ModelArgs.tiny(**json.loads(sys.argv[3]))
+    before = rss_anon()
+    peak[0] = before
+    thread = threading.Thread(target=sample); thread.start()
+    mm.write_random_checkpoint(args, sys.argv[1], format=sys.argv[2], progress=False)
+    stop[0] = True; thread.join()
+    print(json.dumps({"before": before, "peak": max(peak[0], rss_anon())}))
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["hf", "consolidated"])
+def test_write_random_checkpoint_streams(tmp_path, fmt):
+    """Writing a ~130 MB checkpoint holds about one tensor at a time (the largest is 26% of the model),
+    never the model: peak extra RssAnon stays well under the model's size."""
+    shape = dict(dim=512, n_layers=8, head_dim=64, hidden_dim=2048, n_heads=8, n_kv_heads=2, vocab_size=32000)
+    model_bytes = small_args(**shape).num_params() * 2
+    out = subprocess.run([sys.executable, "-c", WRITE_PEAK_SCRIPT, str(tmp_path / "ck"), fmt, json.dumps(shape)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    assert r["peak"] - r["before"] < 0.6 * model_bytes, ((r["peak"] - r["before"]) / 1e6, model_bytes / 1e6)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "ck").glob("*.safetensors"))
+    assert model_bytes < on_disk < model_bytes + 100_000  # the whole model did get written
+
+
 # ---- progress bar, memory check -----------------------------------------------------------------------
 
 def test_progress_bar_can_be_turned_off(tmp_path, capsys):
