@@ -1,0 +1,327 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.16.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 09 · Generation: from logits to text
+#
+# The model of notebook 07 returns, at every position, one score (a *logit*) per vocabulary entry. To
+# write text we turn the last position's logits into a probability distribution, pick one token from
+# it, append it, and repeat, reusing the KV cache of notebook 08. *How* we pick is the subject here.
+#
+# ## What you will learn
+# - Softmax: logits to probabilities, and what the distribution of a trained model looks like.
+# - Greedy decoding, and why it loops.
+# - Temperature, top-k and top-p (nucleus) sampling, each as a picture of the distribution it reshapes.
+# - Seeds: the same seed gives the same text.
+# - Streaming: printing text while it is being produced.
+#
+# ## What you need
+# - Notebooks 07 (the model) and 08 (the cache). Next is 10, training, then 11, the real 7B.
+# - A CPU, under 1 GB of RAM, under a minute. No GPU.
+# - The small Mistral trained for this course on the King James Bible, shipped in `data/tiny_mistral`
+#   with its 4,096-token tokenizer `data/tokenizer.model` (notebook 10 shows how it was trained). If it is
+#   missing, the notebook says so and uses a random model: everything runs, but the text is gibberish.
+
+# %%
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+import minimistral as mm
+from minimistral import corpus, viz
+from minimistral.checks import check_function
+
+torch.manual_seed(0)
+torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
+
+# %%
+tok = mm.Tokenizer(corpus.TOKENIZER_PATH)
+if (Path(corpus.TINY_MODEL_PATH) / "config.json").is_file():
+    model, tok = corpus.load_tiny_model()
+    print(f"loaded the trained model from data/{Path(corpus.TINY_MODEL_PATH).name}")
+else:
+    print("data/tiny_mistral is not there: using a RANDOM model with the same tokenizer. Everything below runs, "
+          "but the text is gibberish; train one with `python -m minimistral.train` (notebook 10).")
+    model = mm.Transformer(mm.ModelArgs.tiny(vocab_size=tok.vocab_size, sliding_window=128)).init_weights(
+        "normal", std=0.02, seed=0)
+model = model.eval()
+args = model.args
+print(tok)
+print(f"{model.num_params():,} parameters: dim {args.dim}, {args.n_layers} layers, {args.n_heads} query / "
+      f"{args.n_kv_heads} KV heads, window {args.sliding_window}")
+
+# %% [markdown]
+# ## 1. Logits to probabilities
+#
+# The softmax turns a vector of logits $z$ into probabilities:
+#
+# $$p_i = \frac{e^{z_i}}{\sum_j e^{z_j}}.$$
+#
+# Adding a constant to every logit changes nothing, so we subtract the largest one first: the
+# exponentials then never overflow.
+
+# %%
+prompt = "In the beginning God created the"
+ids = tok.encode(prompt, bos=True)
+print("prompt pieces:", [tok.id_to_piece(i) for i in ids])
+with torch.no_grad():
+    logits = model(torch.tensor([ids]))[0, -1]  # (V,): the scores for the token after "the"
+print("logits", tuple(logits.shape))
+
+
+def softmax(z):
+    e = torch.exp(z - z.max())
+    return e / e.sum()
+
+
+probs = softmax(logits)
+torch.testing.assert_close(probs, torch.softmax(logits, dim=-1))
+top = probs.topk(5)
+for p, i in zip(top.values, top.indices):
+    print(f"  {tok.id_to_piece(int(i))!r:14} {p.item():.3f}")
+
+# %%
+fig = viz.plot_token_probs(probs, tokenizer=tok, top=15, title=f"next token after {prompt!r}")
+plt.show()
+
+# %% [markdown]
+# ## 2. Greedy decoding
+#
+# The simplest rule: always take the likeliest token, $\arg\max_i z_i$ (no softmax needed). It is
+# deterministic, and for a small model it soon falls into a loop: once a phrase repeats, it is the
+# likeliest continuation of itself.
+
+# %%
+greedy_ids = mm.generate(model, ids, max_new_tokens=40, temperature=0.0)
+print(tok.decode(ids + greedy_ids))
+
+# %% [markdown]
+# ### Exercise 09.1: the decoding loop
+#
+# Write `greedy_decode(model, prompt_ids, n_new)` with a KV cache: prefill the whole prompt in one call,
+# then feed back one token at a time, always taking the argmax of the last position's logits. Return
+# the list of the `n_new` new ids. (`model.new_cache()` and `model(tokens, cache=cache)`, notebook 08.)
+
+# %%
+@torch.no_grad()
+def greedy_decode(model, prompt_ids, n_new):
+    ### BEGIN SOLUTION
+    cache = model.new_cache()
+    logits = model(torch.tensor([prompt_ids]), cache=cache)
+    new = []
+    for _ in range(n_new):
+        next_id = int(logits[0, -1].argmax())
+        new.append(next_id)
+        logits = model(torch.tensor([[next_id]]), cache=cache)
+    return new
+    ### END SOLUTION
+
+
+# %%
+passed = check_function("09.1 greedy_decode", greedy_decode,
+                        lambda m, p, n: mm.generate(m, p, max_new_tokens=n, temperature=0.0),
+                        [(model, ids, 12), (model, [tok.bos_id], 5), (model, ids, 1), (model, tok.encode("And", bos=True), 20)],
+                        hint="take logits[0, -1].argmax() and feed that single token back as a (1, 1) tensor with the same cache")
+
+# %% [markdown]
+# ## 3. Sampling, and the three knobs that shape it
+#
+# Instead of the argmax we can **draw** a token from $p$: likely tokens come often, unlikely ones
+# sometimes. `torch.multinomial` does the drawing; with a seeded generator the draws repeat. Drawn many
+# times, the frequencies match the probabilities:
+
+# %%
+gen = torch.Generator().manual_seed(0)
+draws = torch.multinomial(probs, 20_000, replacement=True, generator=gen)
+freq = torch.bincount(draws, minlength=probs.numel()).float() / draws.numel()
+order = probs.argsort(descending=True)[:12]
+fig, ax = plt.subplots(figsize=(7, 3))
+x = torch.arange(len(order))
+ax.bar(x - 0.2, probs[order], width=0.4, label="probability")
+ax.bar(x + 0.2, freq[order], width=0.4, label="frequency in 20,000 draws")
+ax.set_xticks(x, [tok.id_to_piece(int(i)) for i in order], rotation=45, fontsize=8)
+ax.set_title("Sampling: the frequencies follow the probabilities")
+ax.legend()
+fig.tight_layout()
+plt.show()
+print(f"largest |frequency - probability| over the vocabulary: {(freq - probs).abs().max().item():.3f}")
+
+# %% [markdown]
+# Plain sampling from a small model wanders off: the long tail of unlikely tokens gets drawn now and
+# then, and one bad token derails the rest. Three knobs reshape the distribution before the draw:
+#
+# - **Temperature** $T$: $p = \mathrm{softmax}(z / T)$. $T < 1$ sharpens (towards greedy as $T \to 0$),
+#   $T > 1$ flattens (towards uniform).
+# - **Top-k**: keep the $k$ likeliest tokens, set the rest to zero, renormalise.
+# - **Top-p** (nucleus sampling): keep the smallest set of likeliest tokens whose probabilities add up
+#   to at least $p$, renormalise. Unlike top-k it adapts: few tokens when the model is sure, many when not.
+#
+# They compose in that order: temperature, then top-k, then top-p. Here are temperature and top-k from
+# scratch, checked against the library's `mm.sampling_probs`:
+
+# %%
+def with_temperature(logits, T):
+    return torch.softmax(logits / T, dim=-1)
+
+
+def top_k_filter(probs, k):
+    kth = probs.topk(k).values[..., -1:]  # (..., 1): the k-th largest probability
+    kept = torch.where(probs >= kth, probs, 0.0)
+    return kept / kept.sum(-1, keepdim=True)
+
+
+for T in [0.5, 1.0, 1.5]:
+    torch.testing.assert_close(with_temperature(logits, T), mm.sampling_probs(logits, temperature=T))
+for k in [1, 5, 50]:
+    torch.testing.assert_close(top_k_filter(with_temperature(logits, 0.8), k),
+                               mm.sampling_probs(logits, temperature=0.8, top_k=k))
+print("temperature and top-k match mm.sampling_probs")
+
+# %% [markdown]
+# The picture: the 40 likeliest tokens in order, original distribution in grey, what each knob leaves
+# in colour (renormalised, so the kept bars grow).
+
+# %%
+n_show = 40
+order = probs.argsort(descending=True)[:n_show]
+panels = [("temperature 0.5", dict(temperature=0.5)), ("temperature 1.5", dict(temperature=1.5)),
+          ("top-k, k = 10", dict(temperature=1.0, top_k=10)), ("top-p, p = 0.9", dict(temperature=1.0, top_p=0.9))]
+fig, axes = plt.subplots(2, 2, figsize=(10, 5.5), sharex=True)
+for ax, (title, kw) in zip(axes.flat, panels):
+    q = mm.sampling_probs(logits, **kw)
+    ax.bar(range(n_show), probs[order], color="#cccccc", label="original (T = 1)")
+    ax.bar(range(n_show), q[order], color="#3b75af", alpha=0.8, label="after the knob")
+    kept = int((q > 0).sum())
+    ax.set_title(f"{title}: {kept:,} tokens can be drawn", fontsize=10)
+    ax.set_ylim(0, max(probs[order].max(), q[order].max()).item() * 1.1)
+axes[0, 0].legend(fontsize=8)
+for ax in axes[1]:
+    ax.set_xlabel(f"the {n_show} likeliest tokens, in order")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Temperature changes the **entropy** (the spread, in nats) smoothly; top-k and top-p cut the tail off.
+
+# %%
+temps = torch.linspace(0.2, 2.0, 19)
+entropy = [-(q * q.clamp_min(1e-30).log()).sum().item() for q in (with_temperature(logits, t) for t in temps)]
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.plot(temps, entropy, marker="o", ms=3)
+ax.axhline(math.log(args.vocab_size), color="grey", ls=":", label=f"uniform over {args.vocab_size:,} tokens")
+ax.set_xlabel("temperature T")
+ax.set_ylabel("entropy (nats)")
+ax.set_title("Higher temperature, flatter distribution")
+ax.legend()
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ### Exercise 09.2: top-p filtering
+#
+# Write `top_p_filter(probs, p)`: given probabilities (last dimension = vocabulary, any batch dims in
+# front), keep the smallest set of likeliest tokens whose total probability reaches `p`, zero the rest,
+# and renormalise. The likeliest token is always kept. Hint: sort, `cumsum`, and keep a token when the
+# mass of the tokens ranked **above** it is still below `p`; then put the values back in vocabulary order
+# (`scatter`).
+
+# %%
+def top_p_filter(probs, p):
+    ### BEGIN SOLUTION
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(-1) - sorted_p  # mass ranked above each token
+    sorted_p = torch.where(before < p, sorted_p, 0.0)
+    kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return kept / kept.sum(-1, keepdim=True)
+    ### END SOLUTION
+
+
+# %%
+_g = torch.Generator().manual_seed(5)
+_batch = torch.randn(3, 50, generator=_g) * 2
+passed = check_function("09.2 top_p_filter", top_p_filter,
+                        lambda q, p: mm.sampling_probs(q.log(), temperature=1.0, top_p=p),
+                        [(probs, 0.9), (probs, 0.5), (probs, 1e-6), (probs, 1.0), (torch.softmax(_batch, -1), 0.7),
+                         (torch.softmax(_batch * 5, -1), 0.95)],
+                        hint="sort descending, cumsum minus the token's own probability gives the mass above it; "
+                             "keep where that is < p; scatter back; renormalise")
+
+# %% [markdown]
+# ## 4. Seeds and reproducibility
+#
+# `mm.generate(..., temperature > 0, seed=s)` seeds its own `torch.Generator`, so the same seed gives
+# the same text (on the same machine and software), and different seeds give different samples.
+
+# %%
+def sample_text(seed, temperature=0.8, top_p=0.9, n=30):
+    new = mm.generate(model, ids, max_new_tokens=n, temperature=temperature, top_p=top_p, seed=seed)
+    return new, tok.decode(ids + new)
+
+
+a, text_a = sample_text(seed=0)
+b, _ = sample_text(seed=0)
+assert a == b, "same seed, same tokens"
+print("seed 0 twice: identical tokens")
+for seed in [0, 1, 2]:
+    print(f"seed {seed}: {sample_text(seed)[1]!r}")
+
+# %% [markdown]
+# ## 5. Streaming
+#
+# Chat interfaces show text as it is produced. `mm.generate_stream` is a generator: it yields each new
+# id as soon as it is sampled. Printing a token's piece directly would be wrong for byte-fallback
+# tokens (a multi-byte character such as "é" arrives as several byte tokens) and for sentencepiece's `▁`
+# spaces, so we decode everything so far and print only what is new, holding back a half-finished
+# character (the decoder shows it as "\ufffd", the replacement character) until its last byte arrives.
+
+# %%
+def stream(model, tok, prompt, **kw):
+    ids = tok.encode(prompt, bos=True)
+    new, shown, text = [], "", ""
+    print(prompt, end="", flush=True)
+    for token in mm.generate_stream(model, ids, **kw):
+        new.append(token)
+        text = tok.decode(ids + new)[len(prompt):]
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest of its bytes
+            continue
+        print(text[len(shown):], end="", flush=True)  # only what appeared since the last token
+        shown = text
+    print(text[len(shown):])  # whatever was held back, then a newline
+    return new
+
+
+streamed = stream(model, tok, "And the LORD said unto Moses,", max_new_tokens=40, temperature=0.7, top_p=0.9, seed=3)
+assert streamed == mm.generate(model, tok.encode("And the LORD said unto Moses,", bos=True), max_new_tokens=40,
+                               temperature=0.7, top_p=0.9, seed=3)
+
+# %% [markdown]
+# `generate_stream` stops early when it samples `eos_id` (yielded, then the loop ends). The library's
+# generation loop is the one you wrote in exercise 09.1 plus sampling: prefill the prompt in chunks of
+# the window into a fresh cache, then decode one token per step.
+#
+# ## Summary
+#
+# - Softmax turns logits into probabilities; subtract the max first.
+# - Greedy takes the argmax: deterministic, and repetitive with small models.
+# - Sampling draws from the distribution; temperature sharpens or flattens it, top-k keeps the $k$
+#   likeliest tokens, top-p the smallest set holding probability $p$. All three are
+#   `mm.sampling_probs(logits, temperature, top_k, top_p)`.
+# - A seeded generator makes sampling reproducible; `mm.generate_stream` yields tokens as they come.
+#
+# ## What's next
+#
+# **10 · Training** shows how the small model used here learned its English from the King James Bible
+# on a CPU. **11 · The real Mistral 7B** runs all of this on the published weights, on a GPU.
