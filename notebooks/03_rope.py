@@ -1,0 +1,434 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 03 · RoPE: positions as rotations
+#
+# Attention compares every query with every key by a dot product, and a dot product does not care
+# where the two tokens are. Something has to tell the model that "dog bites man" is not "man bites dog".
+# Mistral, like Llama, uses **rotary position embeddings** (RoPE, Su et al., 2021): before the dot
+# product, each query and key is **rotated** by an angle proportional to its position. The score of a
+# query at position $m$ and a key at position $n$ then depends on $m - n$ only: relative position,
+# for free, without any learned parameter.
+#
+# ## What you will learn
+# - Rotation in 2D, and why rotating both vectors leaves only their *difference* in angle.
+# - How a 128-dimensional head becomes 64 rotating pairs, each at its own frequency $\theta^{-2i/128}$,
+#   from a turn every 6.3 tokens to one every 54,000.
+# - The two layouts in use: Mistral's **interleaved pairs** as complex numbers, and Hugging Face's
+#   **rotate-half**; the per-head permutation of `wq` and `wk` that turns one into the other, proved
+#   numerically to give identical attention scores.
+# - The relative-position property, seen as a heatmap constant along its diagonals, and asserted.
+#
+# ## What you need
+# - A laptop CPU, under 1 GB of RAM, under a minute. No GPU.
+# - Before this: **02 embeddings and RMSNorm**.
+
+# %%
+import math
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import torch
+from IPython.display import display
+
+import minimistral as mm
+from minimistral.checks import check_function
+from minimistral.rope import (apply_rope_complex, apply_rope_rotate_half, permute_to_interleaved,
+                              permute_to_rotate_half, rope_angles, rope_frequencies)
+
+torch.manual_seed(0)
+args = mm.ModelArgs.mistral_7b()
+print("head_dim", args.head_dim, " rope_theta", args.rope_theta, " pairs per head", args.head_dim // 2)
+
+# %% [markdown]
+# ## Rotation in 2D
+#
+# Rotating a vector $(x_0, x_1)$ by an angle $\alpha$:
+#
+# $$
+# R(\alpha)\begin{pmatrix} x_0 \\ x_1 \end{pmatrix}
+# = \begin{pmatrix} \cos\alpha & -\sin\alpha \\ \sin\alpha & \cos\alpha \end{pmatrix}
+#   \begin{pmatrix} x_0 \\ x_1 \end{pmatrix}
+# = \begin{pmatrix} x_0\cos\alpha - x_1\sin\alpha \\ x_0\sin\alpha + x_1\cos\alpha \end{pmatrix}.
+# $$
+#
+# RoPE rotates a query at position $m$ by $m\,\omega$ and a key at position $n$ by $n\,\omega$, for some
+# frequency $\omega$. Since $R(a)^\top R(b) = R(b - a)$, their dot product is
+#
+# $$
+# \big(R(m\omega)\,q\big)^\top \big(R(n\omega)\,k\big) = q^\top R\big((n - m)\,\omega\big)\,k ,
+# $$
+#
+# a function of $n - m$ alone. The lengths never change; only the angle between the two vectors does.
+
+# %%
+def rotate(v, alpha):  # v: (2,), alpha: float -> (2,)
+    c, s = math.cos(alpha), math.sin(alpha)
+    return torch.stack([v[0] * c - v[1] * s, v[0] * s + v[1] * c])
+
+
+q2, k2 = torch.tensor([1.0, 0.3]), torch.tensor([0.6, 0.8])
+omega = 0.5  # radians per position
+fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+cmap = plt.get_cmap("viridis")
+for pos in range(8):
+    r = rotate(q2, pos * omega)
+    axes[0].annotate("", xy=r.tolist(), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=cmap(pos / 7), lw=2))
+    axes[0].text(*(1.12 * r).tolist(), f"m={pos}", fontsize=8, ha="center", va="center", color=cmap(pos / 7))
+axes[0].set_title(f"one query, rotated by m·ω (ω = {omega}) at positions 0-7", fontsize=10)
+for ax in axes:
+    ax.set_xlim(-1.4, 1.4)
+    ax.set_ylim(-1.4, 1.4)
+    ax.set_aspect("equal")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+# same relative distance (n - m = 2), different absolute positions: same angle between q and k
+for (m, n), color in zip([(0, 2), (3, 5), (6, 8)], ["#4C72B0", "#DD8452", "#55A868"]):
+    qm, kn = rotate(q2, m * omega), rotate(k2, n * omega)
+    for v, style in [(qm, "-"), (kn, "--")]:
+        axes[1].annotate("", xy=v.tolist(), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=color, lw=2, ls=style))
+    axes[1].plot([], [], color=color, label=f"q at m={m}, k at n={n}: q·k = {float(qm @ kn):.4f}")
+axes[1].set_title("same n - m, same dot product (q solid, k dashed)", fontsize=10)
+axes[1].legend(fontsize=8, loc="lower left")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 64 pairs, 64 frequencies
+#
+# A head vector has 128 numbers. RoPE reads them as 64 pairs and rotates pair $i$ by the angle
+#
+# $$
+# \text{angle}(m, i) = m \cdot \omega_i, \qquad \omega_i = \theta^{-2i/d}, \quad i = 0, \dots, \tfrac{d}{2} - 1,
+# $$
+#
+# with $d$ = head_dim = 128 and $\theta$ = `rope_theta` = 10,000 for Mistral 7B v0.1. The frequencies
+# fall geometrically from 1 radian per token to $10^{-4 \cdot 126/128} \approx 1.15 \times 10^{-4}$:
+# the first pairs spin fast and tell neighbours apart; the last ones turn so slowly that they can
+# tell apart positions tens of thousands of tokens apart. Like the hands of a clock with 64 hands.
+#
+# From scratch, then against the library:
+
+# %%
+def my_frequencies(head_dim, theta=10000.0):
+    i = torch.arange(head_dim // 2, dtype=torch.float32)  # (head_dim/2,)
+    return theta ** (-2 * i / head_dim)
+
+
+def my_angles(positions, head_dim, theta=10000.0):
+    return positions.float()[:, None] * my_frequencies(head_dim, theta)[None, :]  # (T, head_dim/2)
+
+
+positions = torch.arange(4096)
+angles = my_angles(positions, args.head_dim, args.rope_theta)
+print("angles:", tuple(angles.shape), "  (positions, pairs)")
+torch.testing.assert_close(my_frequencies(128), rope_frequencies(128, 10000.0))
+torch.testing.assert_close(angles, rope_angles(positions, 128, 10000.0))
+print("my_angles == minimistral.rope.rope_angles")
+freqs = rope_frequencies(128, args.rope_theta)
+for i in [0, 1, 8, 16, 32, 48, 63]:
+    print(f"pair {i:>2}: ω = {freqs[i].item():.3e} rad/token, one full turn every {2 * math.pi / freqs[i].item():>9,.1f} tokens")
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
+pos_short = torch.linspace(0, 100, 1001)  # drawn as continuous curves; positions are the integers
+for i, color in zip([0, 8, 16, 32, 48], ["#C44E52", "#DD8452", "#55A868", "#4C72B0", "#8172B2"]):
+    ax1.plot(pos_short, torch.cos(pos_short * freqs[i]), color=color, lw=1.8, label=f"pair {i}: period {2 * math.pi / freqs[i].item():.0f}")
+ax1.set_xlabel("position m")
+ax1.set_ylabel("cos(m ω_i)")
+ax1.set_title("each pair turns at its own speed")
+ax1.legend(fontsize=8, loc="lower left")
+im = ax2.imshow(torch.cos(angles[:512]).T.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, origin="lower",
+                interpolation="nearest")
+ax2.set_xlabel("position m")
+ax2.set_ylabel("pair i (frequency falls upward)")
+ax2.set_title("cos(m ω_i) for the first 512 positions")
+fig.colorbar(im, ax=ax2, fraction=0.03)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Reading the heatmap: the bottom rows oscillate too fast to resolve at this scale; the top rows are
+# nearly constant over 512 tokens. Together the 64 angles give every position a distinct pattern,
+# just as a number's digits do.
+
+# %% [markdown]
+# ## Mistral's layout: interleaved pairs as complex numbers
+#
+# Mistral's code reads the pairs as **neighbours**, $(x_{2i}, x_{2i+1})$, and treats each pair as a
+# complex number $z_i = x_{2i} + \mathrm{i}\,x_{2i+1}$. Rotating by $\alpha$ is multiplying by
+# $e^{\mathrm{i}\alpha}$:
+#
+# $$ z_i \mapsto z_i \, e^{\mathrm{i} m \omega_i} . $$
+#
+# In PyTorch: `view_as_complex` on the last dimension reshaped to (64, 2), multiply by
+# `torch.polar(1, angles)`, `view_as_real` back. We write the same thing with real arithmetic,
+# pair by pair, and compare with the library's `apply_rope_complex`.
+
+# %%
+def my_rope_interleaved(x, angles):  # x (B, T, H, D), angles (T, D/2)
+    x0, x1 = x[..., 0::2], x[..., 1::2]  # (B, T, H, D/2): first and second element of each pair
+    cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, T, 1, D/2)
+    y0 = x0 * cos - x1 * sin
+    y1 = x0 * sin + x1 * cos
+    return torch.stack([y0, y1], dim=-1).flatten(-2)  # interleave back: (B, T, H, D)
+
+
+B, T, H, D = 2, 16, 4, 128
+x = torch.randn(B, T, H, D)
+ang = rope_angles(torch.arange(T), D, args.rope_theta)  # (T, D/2)
+y = my_rope_interleaved(x, ang)
+print("x:", tuple(x.shape), " angles:", tuple(ang.shape), " -> y:", tuple(y.shape))
+torch.testing.assert_close(y, apply_rope_complex(x, ang))
+print("my_rope_interleaved == minimistral.rope.apply_rope_complex")
+print("norms preserved:", torch.allclose(y.norm(dim=-1), x.norm(dim=-1), atol=1e-4),
+      "  position 0 unchanged:", torch.allclose(y[:, 0], x[:, 0]))
+
+# %% [markdown]
+# ## Hugging Face's layout: rotate-half
+#
+# Hugging Face's Llama and Mistral code pairs element $i$ with element $i + 64$ (the first half of the
+# head against the second half):
+#
+# $$
+# \mathrm{RoPE}_{\text{half}}(x) = x \odot \cos\boldsymbol\alpha + \mathrm{rotate\_half}(x) \odot \sin\boldsymbol\alpha,
+# \qquad \mathrm{rotate\_half}(x_{\text{first}}, x_{\text{second}}) = (-x_{\text{second}}, x_{\text{first}}),
+# $$
+#
+# with $\boldsymbol\alpha = (\alpha_0, \dots, \alpha_{63}, \alpha_0, \dots, \alpha_{63})$. Same rotations, different
+# pairs. Applied to the same vector, the two layouts give **different** results:
+
+# %%
+y_half = apply_rope_rotate_half(x, ang)
+print("same input, two layouts, max difference:", round((y_half - y).abs().max().item(), 4))
+
+# %% [markdown]
+# So how can Hugging Face's checkpoint of Mistral 7B give the same model? Its conversion script
+# **permuted the rows of `wq` and `wk`** inside each head so that what Mistral's code calls pair
+# $(2i, 2i+1)$ lands at positions $(i, i + 64)$. For one head of size 8 the row order becomes:
+
+# %%
+rows = torch.arange(8.0)[:, None]  # the row numbers of one head's 8 rows, as a (8, 1) "weight"
+print("interleaved row order :", rows.flatten().int().tolist(), " pairs (0,1) (2,3) (4,5) (6,7)")
+print("after the permutation :", permute_to_rotate_half(rows, n_heads=1).flatten().int().tolist(),
+      " pairs (0,1) (2,3) (4,5) (6,7) now sit at (i, i+4)")
+
+# %% [markdown]
+# The permutation, head by head: `w.view(n_heads, head_dim // 2, 2, dim).transpose(1, 2).reshape(n_heads * head_dim, dim)`.
+# If $P$ is that permutation, the query computed with the permuted weights is $Pq$, and rotate-half
+# RoPE applied to $Pq$ equals $P$ applied to interleaved RoPE of $q$. A permutation preserves dot
+# products, so every attention score is the same. Let us prove it numerically with random `wq` and
+# `wk` of GQA shapes (8 query heads, 2 key/value heads) and random inputs:
+
+# %%
+dim, n_heads, n_kv_heads, head_dim, T = 256, 8, 2, 32, 12
+wq = torch.randn(n_heads * head_dim, dim) / dim**0.5  # (H*D, dim), Mistral's row order
+wk = torch.randn(n_kv_heads * head_dim, dim) / dim**0.5  # (K*D, dim)
+h = torch.randn(1, T, dim)  # (B, T, dim): the normalised hidden states
+ang = rope_angles(torch.arange(T), head_dim, 10000.0)
+
+
+def scores(q, k):  # q (B, T, H, D), k (B, T, K, D) -> (B, H, T, T), each K/V head shared by H/K query heads
+    k = k.repeat_interleave(q.shape[2] // k.shape[2], dim=2)
+    return torch.einsum("bthd,bshd->bhts", q, k) / q.shape[-1] ** 0.5
+
+
+q = (h @ wq.T).view(1, T, n_heads, head_dim)
+k = (h @ wk.T).view(1, T, n_kv_heads, head_dim)
+scores_mistral = scores(apply_rope_complex(q, ang), apply_rope_complex(k, ang))
+
+wq_hf, wk_hf = permute_to_rotate_half(wq, n_heads), permute_to_rotate_half(wk, n_kv_heads)
+q_hf = (h @ wq_hf.T).view(1, T, n_heads, head_dim)
+k_hf = (h @ wk_hf.T).view(1, T, n_kv_heads, head_dim)
+scores_hf = scores(apply_rope_rotate_half(q_hf, ang), apply_rope_rotate_half(k_hf, ang))
+
+print("scores:", tuple(scores_mistral.shape), " (B, H, T, T)")
+torch.testing.assert_close(scores_hf, scores_mistral)
+print("interleaved RoPE with Mistral's wq/wk == rotate-half RoPE with permuted wq/wk: same scores")
+torch.testing.assert_close(permute_to_interleaved(wq_hf, n_heads), wq)
+print("and permute_to_interleaved undoes it exactly")
+print("without the permutation the scores differ by up to",
+      round((scores(apply_rope_rotate_half(q, ang), apply_rope_rotate_half(k, ang)) - scores_mistral).abs().max().item(), 3))
+
+# %% [markdown]
+# The library's loader applies this permutation when it reads a Hugging Face checkpoint, and its inverse
+# when it writes one; forgetting it (or applying it twice) is a classic bug that gives a model which runs
+# and produces nonsense.
+#
+# ## The relative-position property
+#
+# Take one query vector $q$ and one key vector $k$ (random, 128 numbers each), put the query at every
+# position $m$ and the key at every position $n$ from 0 to 63, and compute all $64 \times 64$ scores.
+# If the score depends only on $m - n$, the matrix is constant along every diagonal (a Toeplitz matrix).
+
+# %%
+N, head_dim = 64, 128
+q1, k1 = torch.randn(head_dim), torch.randn(head_dim)
+ang = rope_angles(torch.arange(N), head_dim, args.rope_theta)  # (N, 64)
+q_at = apply_rope_complex(q1.expand(1, N, 1, head_dim), ang)[0, :, 0]  # (N, 128): q at positions 0..N-1
+k_at = apply_rope_complex(k1.expand(1, N, 1, head_dim), ang)[0, :, 0]  # (N, 128): k at positions 0..N-1
+S = q_at @ k_at.T / head_dim**0.5  # (N, N): S[m, n] = score of q at m against k at n
+print("score matrix:", tuple(S.shape))
+
+for offset in range(-(N - 1), N):  # every diagonal, n - m = offset
+    diag = torch.diagonal(S, offset)
+    torch.testing.assert_close(diag, diag[0].expand_as(diag), atol=1e-4, rtol=1e-4)
+print("every diagonal is constant: the score depends on n - m only")
+print("e.g. S[0, 5], S[20, 25], S[58, 63] =", [round(S[m, m + 5].item(), 4) for m in (0, 20, 58)])
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 1.4]})
+im = ax1.imshow(S.numpy(), cmap="RdBu_r", origin="upper")
+ax1.set_xlabel("key position n")
+ax1.set_ylabel("query position m")
+ax1.set_title("score(q at m, k at n): constant along diagonals")
+fig.colorbar(im, ax=ax1, fraction=0.046)
+# long range: score against relative distance, for q = k = ones (RoFormer's picture)
+dist = torch.arange(0, 4097)
+ones = torch.ones(1, 1, 1, head_dim)
+k_far = apply_rope_complex(ones.expand(1, len(dist), 1, head_dim), rope_angles(dist, head_dim, args.rope_theta))[0, :, 0]
+q0 = ones[0, 0, 0]  # at position 0, rotation is the identity
+ax2.plot(dist, (k_far @ q0 / head_dim).numpy(), color="#4C72B0", lw=1)
+ax2.set_xscale("symlog", linthresh=10)
+ax2.set_xlabel("relative distance |m - n| (tokens, log scale past 10)")
+ax2.set_ylabel("score / head_dim")
+ax2.set_title("q = k = ones: the score fades and wobbles with distance")
+ax2.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The right panel is the "long-term decay" the RoPE paper points out: for aligned vectors the score is
+# largest at distance 0 and shrinks, with wiggles, as the fast pairs decorrelate. It is a tendency, not
+# a rule: trained queries and keys can use the slow pairs to attend far away.
+#
+# ## Explore: position and θ
+#
+# Each of the 64 pairs is a clock hand. Drag the position to watch the fast hands (red, inner) spin and
+# the slow ones (purple, outer) barely move; change $\theta$ to see how the base sets the range of speeds
+# and the decay curve (Mistral 7B v0.1 uses $10^4$; later Mistral models use $10^6$ for longer contexts).
+# The picture below is the first state; the sliders need a running kernel.
+
+# %%
+def draw_clock(position=100, log10_theta=4.0):
+    theta = 10.0**log10_theta
+    fr = rope_frequencies(head_dim, theta)  # (64,)
+    alpha = (position * fr) % (2 * math.pi)
+    fig = plt.figure(figsize=(11, 4.2))
+    ax1 = fig.add_subplot(1, 2, 1, projection="polar")
+    radius = torch.arange(1, head_dim // 2 + 1)
+    ax1.scatter(alpha.numpy(), radius.numpy(), c=range(head_dim // 2), cmap="rainbow_r", s=18)
+    for a, r in zip(alpha[::7].tolist(), radius[::7].tolist()):
+        ax1.plot([a, a], [0, r], color="grey", lw=0.6)
+    ax1.set_yticklabels([])
+    ax1.set_xlabel("radius = pair index: fast pairs (red) inside, slow pairs (purple) outside", fontsize=8)
+    ax1.set_title(f"angle of each pair at position {position}, θ = 1e{log10_theta:g}", fontsize=10)
+    ax2 = fig.add_subplot(1, 2, 2)
+    d = torch.arange(0, 4097)
+    s = torch.cos(d[:, None] * fr[None, :]).mean(-1)  # q = k = ones: score / head_dim
+    ax2.plot(d, s, color="#4C72B0", lw=1)
+    ax2.axvline(position, color="#C44E52", ls=":", lw=1, label=f"distance {position}")
+    ax2.legend(fontsize=8)
+    ax2.set_xscale("symlog", linthresh=10)
+    ax2.set_ylim(-0.3, 1.05)
+    ax2.set_xlim(0, 4096)
+    ax2.set_xlabel("relative distance (tokens)")
+    ax2.set_title("score of q = k = ones against distance", fontsize=10)
+    plt.tight_layout()
+    plt.show()
+
+
+draw_clock(100, 4.0)
+
+# %%
+position_slider = widgets.IntSlider(value=100, min=0, max=4096, step=1, description="position")
+theta_slider = widgets.FloatSlider(value=4.0, min=2.0, max=6.0, step=0.5, description="log10 θ")
+explorer_out = widgets.Output()  # stays empty until a slider moves: the picture above is the first state
+
+
+def _redraw(_change):
+    with explorer_out:
+        explorer_out.clear_output(wait=True)
+        draw_clock(position_slider.value, theta_slider.value)
+
+
+position_slider.observe(_redraw, names="value")
+theta_slider.observe(_redraw, names="value")
+display(widgets.VBox([position_slider, theta_slider, explorer_out]))
+
+# %% [markdown]
+# ## Exercise 03.1: RoPE angles
+#
+# Return the angle of every (position, pair): a float32 tensor of shape `(len(positions), head_dim // 2)`
+# with entry $[t, i] = \text{positions}[t] \cdot \theta^{-2i/\text{head\_dim}}$.
+
+# %%
+def rope_angles_exercise(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    return torch.outer(positions.float(), freqs)
+    ### END SOLUTION
+
+
+# %%
+_ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=[
+    (torch.arange(8), 16, 10000.0),
+    (torch.arange(4096), 128, 10000.0),
+    (torch.tensor([0]), 2, 10000.0),  # a single pair, position 0
+    (torch.tensor([5, 4096, 32767]), 128, 1e6),  # later Mistral models' theta, far positions
+], hint="frequencies theta ** (-2i / head_dim) for i = 0 .. head_dim/2 - 1, then an outer product with the "
+        "positions (as float)")
+
+# %% [markdown]
+# ## Exercise 03.2: rotate interleaved pairs
+#
+# Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape `(T, D/2)`, using complex
+# numbers this time (`torch.view_as_complex`, `torch.polar`, `torch.view_as_real`), or real arithmetic if
+# you prefer. Return the same shape and dtype as `x`.
+
+# %%
+def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, H, D/2)
+    rot = torch.polar(torch.ones_like(angles), angles)[None, :, None, :]  # (1, T, 1, D/2)
+    return torch.view_as_real(z * rot).flatten(-2).type_as(x)
+    ### END SOLUTION
+
+
+# %%
+gen = torch.Generator().manual_seed(3)
+_ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, cases=[
+    (torch.randn(1, 4, 1, 8, generator=gen), rope_angles(torch.arange(4), 8)),
+    (torch.randn(2, 6, 4, 128, generator=gen), rope_angles(torch.arange(100, 106), 128)),  # later positions
+    (torch.randn(1, 3, 2, 2, generator=gen), rope_angles(torch.arange(3), 2)),  # head_dim 2: one pair
+    (torch.randn(1, 5, 8, 64, generator=gen).bfloat16(), rope_angles(torch.arange(5), 64)),  # bf16 in, bf16 out
+], atol=1e-2, rtol=1e-2,
+   hint="pair (x[2i], x[2i+1]) is rotated by angles[t, i]: (a cos - b sin, a sin + b cos); keep the pairs "
+        "interleaved in the output, and cast back with .type_as(x)")
+
+# %% [markdown]
+# ## Summary
+# - RoPE rotates each of a head's 64 pairs by $m\,\omega_i$, with $\omega_i = \theta^{-2i/128}$ and
+#   $\theta = 10^4$ for Mistral 7B v0.1: periods from 6.3 to about 54,000 tokens.
+# - Rotations preserve length, and the dot product of a rotated query and key depends only on $m - n$:
+#   relative position without any parameter. We saw the Toeplitz score matrix and asserted it.
+# - Mistral rotates interleaved pairs $(x_{2i}, x_{2i+1})$ as complex numbers; Hugging Face rotates
+#   $(x_i, x_{i+64})$ ("rotate-half") and compensates by permuting the rows of `wq` and `wk` per head.
+#   Both give identical scores; the library's loader handles the permutation.
+# - Our from-scratch versions equal `minimistral.rope`, which the model uses from here on.
+#
+# ## What's next
+# **04 attention and GQA**: the rotated queries and keys meet in scaled dot-product attention, with 32
+# query heads sharing 8 key/value heads.
