@@ -130,8 +130,10 @@ def _safetensors_entries(file: Path) -> list[tuple[str, tuple, int]]:
     with _open_safetensors(file) as f:
         for key in f.keys():
             s = f.get_slice(key)
-            shape = tuple(s.get_shape())
-            out.append((key, shape, math.prod(shape) * _ST_BYTES[s.get_dtype()]))
+            shape, dtype = tuple(s.get_shape()), s.get_dtype()
+            if dtype not in _ST_BYTES:
+                raise CheckpointError(f"{file}: tensor {key!r} has dtype {dtype}, which this loader does not read")
+            out.append((key, shape, math.prod(shape) * _ST_BYTES[dtype]))
     return out
 
 
@@ -302,8 +304,8 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
 
     Every tensor goes from the file straight to `device` in `dtype` (None keeps the file's dtype), one at a
     time: the model is built on the meta device first, so no second copy of it is ever made. On the CPU,
-    in the file's dtype, the weights stay memory-mapped from the .safetensors files (copy-on-write; the
-    operating system pages them in), except the permuted wq/wk of an HF checkpoint.
+    in the file's dtype, the weights stay memory-mapped from the files (copy-on-write; the operating
+    system pages them in), except the permuted wq/wk of an HF checkpoint.
     Parameters come back with requires_grad=False (inference); call model.requires_grad_() to train.
     `layout` ("hf" or "consolidated") forces one when a folder holds both. Returns the model in eval mode.
     """
@@ -320,20 +322,22 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     model = meta_model(args)  # shapes only; every parameter is replaced below
 
     bar = tqdm(total=needed, unit="B", unit_scale=True, desc=f"loading {path.name}", disable=not progress)
-    open_file, handle = None, None
+    handles = {}  # one safe_open per shard (a memory map and its header; no tensor data read yet)
     try:
-        for e in entries:  # grouped by file already (model order follows the shards)
+        for e in entries:  # in model order: embeddings, layers, norm, output
             if pth is not None:
                 t = pth[e.stored]
             else:
-                if e.file != open_file:
-                    handle, open_file = _open_safetensors(e.file), e.file
+                if e.file not in handles:
+                    handles[e.file] = _open_safetensors(e.file)
                 try:
-                    t = handle.get_tensor(e.stored)  # memory-mapped, no copy yet
+                    t = handles[e.file].get_tensor(e.stored)  # memory-mapped, no copy yet
                 except Exception as err:
                     raise CheckpointError(f"{e.file}: cannot read tensor {e.stored!r} ({err}); the file is "
                                           "probably corrupt") from None
-            t = t.to(device=device, dtype=dtype or t.dtype)  # one tensor: host file pages -> device, cast there
+            # one tensor: file pages -> device in the file's dtype, then cast there (a cast inside a
+            # host-to-GPU copy would be done on the host, in a temporary of the target dtype)
+            t = t.to(device).to(dtype or t.dtype)
             if layout == "hf":
                 t = from_hf_tensor(e.ours, t, args)  # rotate-half rows -> interleaved, on the device
             module_name, _, leaf = e.ours.rpartition(".")
@@ -341,7 +345,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
             bar.update(t.numel() * t.element_size())
     finally:
         bar.close()
-        handle = pth = None
+        handles.clear()
 
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:

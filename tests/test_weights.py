@@ -17,10 +17,7 @@ from transformers import MistralConfig, MistralForCausalLM
 import minimistral as mm
 from minimistral.weights import CheckpointError, check_device_memory, parse_size
 
-try:
-    from oracle import hf_model_from_ours
-except ImportError:  # pragma: no cover - the oracle module is part of the test suite
-    hf_model_from_ours = None
+from oracle import hf_model_from_ours
 
 # HF-native config written by hand (not through our to_hf_config): GQA 2:1, head_dim != hidden/heads,
 # a window shorter than the test sequence, and eps/theta that differ from every library default.
@@ -215,10 +212,10 @@ def test_from_pretrained_reads_our_hf_output(tmp_path, shard):
     with torch.no_grad():
         ours = model(tok)
         torch.testing.assert_close(hf(tok).logits, ours, atol=1e-4, rtol=0)
-    if hf_model_from_ours is not None:  # and it holds exactly the tensors the oracle would give it
-        ref = hf_model_from_ours(model).state_dict()
-        for k, v in hf.state_dict().items():
-            assert torch.equal(v, ref[k]), k
+    ref = hf_model_from_ours(model).state_dict()  # and it holds exactly the tensors the oracle gives it
+    assert set(hf.state_dict()) == set(ref)
+    for k, v in hf.state_dict().items():
+        assert torch.equal(v, ref[k]), k
 
 
 # ---- random checkpoints ---------------------------------------------------------------------------
@@ -538,3 +535,16 @@ def test_bench_load_tiny_on_cpu(tmp_path, capsys):
     assert bench.main(["--load", "--device", "cpu", "--preset", "tiny", "--dir", str(tmp_path / "ck"),
                        "--no-transformers", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["checkpoint_status"] == "existing"
+
+
+def test_overwrite_the_folder_a_model_was_loaded_from(single_folder):
+    """On the CPU the loaded weights are memory-mapped from the files; overwriting those files must not
+    change or break the model in memory (the old files are unlinked, not truncated)."""
+    model = mm.load_checkpoint(single_folder, progress=False)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    for fmt, shard in (("hf", 9000), ("consolidated", "5GB"), ("hf", "5GB")):
+        mm.save_checkpoint(model, single_folder, format=fmt, max_shard_size=shard, overwrite=True, progress=False)
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, saved[k]), k
+        assert_same_weights(model, mm.load_checkpoint(single_folder, progress=False, layout=fmt))
+    assert sorted(p.name for p in single_folder.iterdir()) == ["config.json", "model.safetensors"]
