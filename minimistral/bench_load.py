@@ -155,6 +155,8 @@ def _ensure_checkpoint(args, path: Path, device: str) -> str:
     t0 = time.perf_counter()
     write_random_checkpoint(args, path, format="hf", dtype=torch.bfloat16, seed=0, device=gen_device,
                             progress=sys.stderr.isatty())
+    if gen_device != "cpu":
+        torch.cuda.empty_cache()  # give the generator's memory back before the loaders run
     return f"written in {time.perf_counter() - t0:.1f} s"
 
 

@@ -2,6 +2,15 @@
 
 Our parameter names are Mistral's. Hugging Face renamed every tensor and permuted the rows of wq and wk
 per head for its rotate-half RoPE; `hf_name` / `to_hf_tensor` / `from_hf_tensor` map between the two.
+
+    model = load_checkpoint(folder, device="cuda", dtype=torch.bfloat16)   # either layout, detected
+    save_checkpoint(model, folder, format="hf")                             # or "consolidated"
+    write_random_checkpoint(ModelArgs.mistral_7b(), folder)                 # 14.5 GB of random bf16 weights
+
+Loading builds the model on the meta device and assigns each tensor straight from the (memory-mapped)
+file to the device in the target dtype, one at a time; writing streams tensor by tensor too. Broken
+folders raise CheckpointError (or FileNotFoundError) naming the file, key or shape at fault, before
+anything is loaded.
 """
 
 from __future__ import annotations
