@@ -241,8 +241,8 @@ plt.show()
 # heads, but compute only 8 **key/value** heads, and let each K/V head serve a group of
 # $32 / 8 = 4$ query heads.
 #
-# The Mistral 7B model card says GQA "splits each attention head into 8 smaller key-value heads". That
-# phrase is loose. Precisely:
+# You may read that Mistral 7B's GQA "splits each attention head into 8 smaller key-value heads". That
+# phrase is loose: no head is split, and the K/V heads are not smaller. Precisely:
 #
 # - $W_q$ maps 4096 numbers to $32 \times 128 = 4096$: 32 query heads of `head_dim` 128.
 # - $W_k$ and $W_v$ map 4096 numbers to $8 \times 128 = 1024$: **8** key heads and **8** value heads, each of
