@@ -6,6 +6,16 @@ import torch
 import minimistral as mm
 from oracle import hf_model_from_ours
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small models on a shared 2-core machine: one thread avoids waiting on a busy second core."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 ARGS = mm.ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2, vocab_size=101,
                     norm_eps=1e-5, sliding_window=8, rope_theta=10000.0, max_seq_len=128, dtype="float32")
 
