@@ -358,8 +358,15 @@ def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
 
 
 # %%
+def with_dtype(fn):  # the check compares values; returning the dtype as well makes it compare dtypes too
+    def wrapped(x, weight, eps):
+        y = fn(x, weight, eps)
+        return y, str(y.dtype)
+    return wrapped
+
+
 gen = torch.Generator().manual_seed(2)
-_ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
+_ = check_function("02.1 rms_norm", with_dtype(my_rms_norm), with_dtype(rms_norm), cases=[
     (torch.randn(4, 8, generator=gen), torch.ones(8), 1e-5),
     (torch.randn(2, 3, 16, generator=gen), torch.randn(16, generator=gen), 1e-6),
     (torch.zeros(3, 8), torch.ones(8), 1e-5),  # all zeros: eps keeps it finite
@@ -367,7 +374,7 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
     (torch.randn(1, 4096, generator=gen).half() * 300, torch.ones(4096).half(), 1e-5),  # squares overflow fp16
 ], atol=1e-3, rtol=1e-2,
    hint="square and average over the last dim (keepdim=True), in float32 (x.float()); rsqrt(mean + eps); "
-        "cast back with .type_as(x) before multiplying by weight")
+        "cast back with .type_as(x) before multiplying by weight, so the output has x's dtype")
 
 # %% [markdown]
 # ## Exercise 02.2: LayerNorm, for contrast
