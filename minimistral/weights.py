@@ -430,17 +430,19 @@ def _clear_checkpoint_files(path: Path) -> None:
 
 
 def _write(path: Path, args: ModelArgs, items: list, format: str, shard_bytes: int, dtype, progress: bool, desc: str):
-    """items: (our name, shape, make) in model order, make() -> the tensor in our layout and `dtype`."""
+    """items: (our name, shape, make) in model order, make() -> the tensor in our layout and `dtype`.
+    The weights are written first and the config last, so a folder with a config holds a whole checkpoint
+    (an interrupted write leaves no config behind, and the loader says so)."""
     path.mkdir(parents=True, exist_ok=True)
     _clear_checkpoint_files(path)
     args = args.replace(dtype=dtype_name(dtype))
     total = sum(math.prod(s) for _, s, _ in items) * dtype.itemsize
     bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress)
-    try:
+    with bar:
         if format == "consolidated":
-            (path / MISTRAL_PARAMS).write_text(json.dumps(args.to_params_json(), indent=2) + "\n")
             _write_safetensors(path / MISTRAL_SINGLE, [(n, s, dtype, make) for n, s, make in items],
                                {"format": "pt"}, bar)
+            (path / MISTRAL_PARAMS).write_text(json.dumps(args.to_params_json(), indent=2) + "\n")
             return path
         # HF names, wq/wk rows permuted; shards filled greedily in model order, as transformers does
         hf_items = [(hf_name(n), s, dtype, (lambda n=n, make=make: to_hf_tensor(n, make(), args)))
@@ -453,20 +455,18 @@ def _write(path: Path, args: ModelArgs, items: list, format: str, shard_bytes: i
                 size = 0
             shards[-1].append(item)
             size += n
-        (path / HF_CONFIG).write_text(json.dumps(args.to_hf_config(), indent=2) + "\n")
         if len(shards) == 1:
             _write_safetensors(path / HF_SINGLE, shards[0], {"format": "pt"}, bar)
-            return path
-        weight_map = {}
-        for i, shard in enumerate(shards):
-            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            _write_safetensors(path / name, shard, {"format": "pt"}, bar)
-            weight_map.update({item[0]: name for item in shard})
-        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (path / HF_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        else:
+            weight_map = {}
+            for i, shard in enumerate(shards):
+                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+                _write_safetensors(path / name, shard, {"format": "pt"}, bar)
+                weight_map.update({item[0]: name for item in shard})
+            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+            (path / HF_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (path / HF_CONFIG).write_text(json.dumps(args.to_hf_config(), indent=2) + "\n")
         return path
-    finally:
-        bar.close()
 
 
 def _check_format(format: str) -> None:

@@ -548,3 +548,22 @@ def test_overwrite_the_folder_a_model_was_loaded_from(single_folder):
             assert torch.equal(v, saved[k]), k
         assert_same_weights(model, mm.load_checkpoint(single_folder, progress=False, layout=fmt))
     assert sorted(p.name for p in single_folder.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
+    """Weights first, config last: a half-written folder is not mistaken for a checkpoint."""
+    from minimistral import weights
+
+    real, calls = weights._write_safetensors, []
+
+    def fail_on_second_shard(*a, **k):
+        calls.append(a[0])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(weights, "_write_safetensors", fail_on_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        mm.write_random_checkpoint(small_args(), tmp_path, max_shard_size=20000, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [calls[0].name]
+    expect_error(tmp_path, CheckpointError, "neither", calls[0].name)
