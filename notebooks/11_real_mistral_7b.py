@@ -1,0 +1,461 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.16.0
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 11 · The real Mistral 7B on a GPU
+#
+# Everything so far ran on small models. Here the library you built loads the published Mistral 7B
+# v0.1 weights, writes text with them, and shows what the real model does inside: attention maps on a
+# real sentence, the first-token "attention sink", heads that look at the previous token, and the
+# rolling KV cache holding its memory flat on a prompt longer than the 4,096-token window.
+#
+# ## What you will learn
+# - Where the weights come from and how to point this notebook at them.
+# - How much GPU memory the model needs, checked before loading; loading straight onto the GPU.
+# - Generating text with the real model, and how fast it is.
+# - What attention looks like in a trained model: sinks on the first token, previous-token heads.
+# - The rolling cache at work past the window: memory stays flat, slots wrap.
+#
+# ## What you need
+# - Notebooks 07 to 09 (the model, the cache, generation).
+# - **For the real model:** an NVIDIA GPU with at least 16 GB of free memory (the weights are 14.5 GB in
+#   bf16), the weights on a local disk (14.5 GB), a few minutes.
+# - **Without a GPU or without the weights** (a laptop, CI) every cell still runs, in under a minute on a
+#   CPU, with the small Mistral trained for this course (`data/tiny_mistral`, notebook 10), and says so.
+#   The stored outputs you see in the repository come from that path.
+#
+# ## 1. Getting the weights
+#
+# **Hugging Face Hub.** The repository `mistralai/Mistral-7B-v0.1` is gated: open its page while logged
+# in, accept the conditions, create an access token, then:
+#
+# ```bash
+# pip install -U "huggingface_hub[cli]"
+# huggingface-cli login                       # paste the token
+# huggingface-cli download mistralai/Mistral-7B-v0.1 --include "*.safetensors" "*.json" \
+#     --local-dir ~/models/Mistral-7B-v0.1     # config.json, 2 shards and their index: 14.5 GB
+# ```
+#
+# The repository also holds the same weights as PyTorch `.bin` files; `--include` skips them (the loader
+# reads only `.safetensors`). These are in Hugging Face's layout: HF names, and wq/wk rows permuted for
+# rotate-half RoPE (notebook 03); `mm.load_checkpoint` undoes both.
+#
+# **Mistral's own release.** Mistral AI also published the weights as a tarball in their own layout
+# (`params.json` + `consolidated.00.pth`, the names our model uses, interleaved RoPE pairs); links are in
+# the `mistral-inference` README. Unpack it and point the notebook at the folder: the loader detects
+# the layout.
+#
+# **Pointing the notebook at them:** set an environment variable before starting Jupyter,
+#
+# ```bash
+# MINIMISTRAL_CHECKPOINT=~/models/Mistral-7B-v0.1 jupyter lab
+# ```
+#
+# or write the folder into `CHECKPOINT` in the next cell. To run the whole notebook in one go, without
+# opening it:
+#
+# ```bash
+# MINIMISTRAL_CHECKPOINT=~/models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
+#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_gpu.ipynb --ExecutePreprocessor.timeout=1800
+# ```
+
+# %%
+import json
+import os
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+import minimistral as mm
+from minimistral import corpus, viz
+from minimistral.checks import check_function
+
+CHECKPOINT = os.environ.get("MINIMISTRAL_CHECKPOINT", "")  # or the folder itself, e.g. "~/models/Mistral-7B-v0.1"
+
+torch.manual_seed(0)
+HAS_GPU = torch.cuda.is_available()
+# MINIMISTRAL_DEVICE=cpu forces the big-model path onto the CPU: only sensible with a small checkpoint
+# (it is how the course's maintainers test this path on machines without a GPU)
+DEVICE = os.environ.get("MINIMISTRAL_DEVICE") or ("cuda" if HAS_GPU else "cpu")
+REAL = bool(CHECKPOINT) and (DEVICE.startswith("cuda") or "MINIMISTRAL_DEVICE" in os.environ)
+if REAL:
+    CHECKPOINT = Path(CHECKPOINT).expanduser()
+    DTYPE = torch.bfloat16  # the dtype the weights are published in: 14.5 GB
+    print(f"REAL path: loading {CHECKPOINT} onto {DEVICE} in bfloat16")
+else:
+    missing = [why for why, lacking in [("no GPU", not HAS_GPU), ("no checkpoint given", not CHECKPOINT)] if lacking]
+    DEVICE, DTYPE = "cpu", torch.float32
+    CHECKPOINT = Path(corpus.TINY_MODEL_PATH)
+    torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
+    print(f"CPU path ({' and '.join(missing)}): every cell below runs with the SMALL model trained for this course, "
+          f"data/{CHECKPOINT.name}, NOT with Mistral 7B.")
+
+# %% [markdown]
+# ## 2. How much memory? Check before loading
+#
+# A checkpoint's config file says everything about its size, so we can add up the bill before reading
+# a single weight: the weights in bf16, the rolling KV cache for one sequence (at most $W$ tokens), and
+# some room for activations. `mm.load_checkpoint` makes the same check and refuses with the numbers if
+# the GPU cannot hold the weights.
+
+# %%
+def checkpoint_args(folder: Path) -> mm.ModelArgs:
+    """ModelArgs from a checkpoint folder's config file (HF config.json or Mistral params.json)."""
+    if (folder / "config.json").is_file():
+        return mm.ModelArgs.from_hf_config(json.loads((folder / "config.json").read_text()))
+    if (folder / "params.json").is_file():
+        return mm.ModelArgs.from_params_json(json.loads((folder / "params.json").read_text()))
+    raise FileNotFoundError(f"{folder} has neither config.json nor params.json: is it a Mistral checkpoint folder? "
+                            "Set MINIMISTRAL_CHECKPOINT to the folder that holds the weights")
+
+
+if REAL or (CHECKPOINT / "config.json").is_file():
+    args = checkpoint_args(CHECKPOINT)
+else:  # the small model is not trained yet: a random one of the same shape stands in (see below)
+    args = mm.ModelArgs.tiny(vocab_size=4096, sliding_window=128, hidden_dim=768)
+dtype_name = str(DTYPE).removeprefix("torch.")
+weights = args.weight_bytes(dtype_name)
+cache_bytes = args.kv_cache_bytes(args.max_seq_len, dtype=dtype_name)  # the rolling buffer at its largest
+print(f"model: {args.num_params():,} parameters, {args.n_layers} layers, window {args.sliding_window}")
+print(f"weights in {dtype_name}: {weights / 2**30:.2f} GiB; rolling KV cache, one sequence: {cache_bytes / 2**30:.4f} GiB")
+seven_b = mm.ModelArgs.mistral_7b()
+print(f"(Mistral 7B for comparison: {seven_b.weight_bytes('bfloat16') / 2**30:.2f} GiB of bf16 weights, "
+      f"{seven_b.kv_cache_bytes(32768) / 2**30:.2f} GiB of cache)")
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+if DEVICE.startswith("cuda"):
+    free, total = torch.cuda.mem_get_info()
+    need = weights + cache_bytes + 2**30  # + 1 GiB for activations and the allocator's slack
+    print(f"{torch.cuda.get_device_name()}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB; "
+          f"need about {need / 2**30:.1f} GiB -> {'fits' if need <= free else 'DOES NOT FIT: free memory or use a bigger GPU'}")
+else:
+    print("on the CPU: the small model needs", f"{(weights + cache_bytes) / 2**20:.1f} MiB")
+
+# %% [markdown]
+# ### Exercise 11.1: the memory bill
+#
+# Write `inference_bytes(args, seq_len, batch_size, dtype_bytes)`: the bytes to hold the weights plus
+# the KV cache of `batch_size` sequences of `seq_len` tokens, everything in a dtype of `dtype_bytes`
+# bytes per number. The cache is a rolling buffer: it keeps at most `args.sliding_window` tokens per
+# sequence, or all of them when `sliding_window` is None. (Notebooks 07 and 08 have every piece.)
+
+# %%
+def inference_bytes(args: mm.ModelArgs, seq_len: int, batch_size: int, dtype_bytes: int) -> int:
+    ### BEGIN SOLUTION
+    weights = args.num_params() * dtype_bytes
+    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)
+    cache = batch_size * kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes
+    return weights + cache
+    ### END SOLUTION
+
+
+# %%
+_names = {4: "float32", 2: "bfloat16", 1: "int8"}
+passed = check_function("11.1 inference_bytes", inference_bytes,
+                        lambda a, n, b, nb: a.weight_bytes(_names[nb]) + a.kv_cache_bytes(n, b, _names[nb]),
+                        [(seven_b, 4096, 1, 2), (seven_b, 32768, 1, 2), (seven_b, 100, 8, 2), (seven_b, 32768, 8, 1),
+                         (mm.ModelArgs.tiny(), 1000, 2, 4), (mm.ModelArgs.tiny(sliding_window=None), 1000, 3, 4)],
+                        hint="weights: num_params x bytes; cache: keys and values, per layer, per KV head, per kept token")
+
+# %% [markdown]
+# ## 3. Loading straight onto the device
+#
+# `mm.load_checkpoint` builds the model on the meta device (shapes, no memory), then moves the weights
+# one tensor at a time from the memory-mapped files to the device, in the dtype asked for. No second copy
+# of the model is ever made in host memory, so a 14.5 GB model loads on a machine with less RAM than that.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+start = time.perf_counter()
+if REAL or (CHECKPOINT / "config.json").is_file():
+    model = mm.load_checkpoint(CHECKPOINT, device=DEVICE, dtype=DTYPE, progress=True)
+else:
+    print("data/tiny_mistral is missing (train it with `python -m minimistral.train`, notebook 10): "
+          "using a RANDOM model of the same shape; the text below will be gibberish")
+    model = mm.Transformer(args).init_weights("normal", std=0.02, seed=0)
+if DEVICE.startswith("cuda"):
+    torch.cuda.synchronize()
+load_s = time.perf_counter() - start
+print(f"loaded in {load_s:.1f} s" + (f"; GPU memory allocated: {torch.cuda.memory_allocated() / 2**30:.2f} GiB"
+                                     if DEVICE.startswith("cuda") else ""))
+
+# %%
+model = model.eval()
+tok = mm.Tokenizer.mistral_v1() if REAL else mm.Tokenizer(corpus.TOKENIZER_PATH)
+assert tok.vocab_size == args.vocab_size, f"tokenizer has {tok.vocab_size} entries, the model {args.vocab_size}"
+assert model.num_params() == args.num_params()
+print(f"{model.num_params():,} parameters, {next(model.parameters()).dtype}, tokenizer: {tok}")
+
+# %% [markdown]
+# ## 4. Generating text
+#
+# Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has read it
+# many times; the small one was trained on nothing else.
+
+# %%
+PROMPT = "In the beginning God created the heaven and the earth. And the earth was"
+
+
+def stream(prompt, **kw):
+    ids = tok.encode(prompt, bos=True)
+    new, shown, text = [], "", ""
+    print(prompt, end="", flush=True)
+    for token in mm.generate_stream(model, ids, **kw):
+        new.append(token)
+        text = tok.decode(ids + new)[len(prompt):]
+        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for its other bytes
+            continue
+        print(text[len(shown):], end="", flush=True)
+        shown = text
+    print(text[len(shown):])
+    return new
+
+
+greedy = stream(PROMPT, max_new_tokens=40, temperature=0.0)
+
+# %%
+sampled = stream("And God said,", max_new_tokens=40, temperature=0.7, top_p=0.9, seed=0)
+
+# %% [markdown]
+# ## 5. Attention on a real sentence
+#
+# `viz.capture_attention` switches the chosen layers to the explicit attention path (scores and softmax
+# written out, notebook 04) and records the probabilities. One short sentence, every layer and head:
+# for the 7B that is $32 \times 32$ maps of $T \times T$, about a megabyte.
+
+# %%
+SENTENCE = "And God said, Let there be light: and there was light."
+ids = tok.encode(SENTENCE, bos=True)
+labels = viz.token_labels(ids, tok)
+print(len(ids), "tokens:", labels)
+with torch.no_grad(), viz.capture_attention(model) as cap:
+    model(torch.tensor([ids], device=DEVICE))
+print(cap)
+L, H = args.n_layers, args.n_heads
+
+# %% [markdown]
+# First, all the query heads of one middle layer, grouped by the KV head they share (GQA, notebook 04).
+# Each map is lower-triangular (causal); the bright column at the left is the first token.
+
+# %%
+fig = viz.plot_head_grid(cap, layer=L // 2, tokens=labels)
+plt.show()
+
+# %% [markdown]
+# Layers and heads side by side: rows are layers from the first to the last, columns a few heads (one per
+# KV group). Early layers spread their attention or look at nearby tokens; deeper layers pile it onto
+# the first token.
+
+# %%
+show_layers = sorted(set([0, 1, L // 2, L - 1]))
+show_heads = list(range(0, H, args.n_heads // args.n_kv_heads))[:4]
+fig, axes = plt.subplots(len(show_layers), len(show_heads), figsize=(3.0 * len(show_heads), 2.6 * len(show_layers)),
+                         layout="constrained")
+for r, layer in enumerate(show_layers):
+    for c, head in enumerate(show_heads):
+        probs, q_pos, k_pos = cap.attention(layer, head)
+        viz.plot_attention(probs, ax=axes[r, c], title=f"layer {layer}, head {head}")
+        axes[r, c].set_xlabel("")
+        axes[r, c].set_ylabel("")
+fig.suptitle(f"{len(show_layers)} layers x {len(show_heads)} heads on {len(ids)} tokens (rows: queries, columns: keys)")
+plt.show()
+
+# %% [markdown]
+# ### Attention sinks
+#
+# Softmax must hand out a total of 1. A head that has nothing useful to read still has to put its
+# attention somewhere, and trained models learn to park it on the first token (the BOS token `<s>`),
+# whose value vector carries little: an **attention sink** (Xiao et al., 2023). The figure shows, for each
+# layer and head, the mean attention that queries put on position 0, against what spreading it evenly
+# would give.
+
+# %%
+fig = viz.plot_attention_sinks(cap)
+plt.show()
+sink = torch.stack([cap.probs[l][0, :, 1:, 0].float().mean() for l in range(L)])  # mean over heads and queries
+print("mean attention on token 0 by layer:", [round(v, 2) for v in sink.tolist()])
+
+# %% [markdown]
+# ### Heads that look at the previous token
+#
+# Some heads put most of their attention on the token right before the query: the building block of
+# "induction heads", which copy what followed an earlier occurrence of the current token.
+#
+# ### Exercise 11.2: a previous-token score
+#
+# Write `previous_token_score(probs)`: `probs` has shape (heads, T, T), one causal map per head for a
+# sequence starting at position 0. Return a tensor of shape (heads,): for each head, the attention that
+# queries $1, \dots, T-1$ put on the key just before them, averaged over those queries.
+
+# %%
+def previous_token_score(probs: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    return torch.diagonal(probs, offset=-1, dim1=-2, dim2=-1).mean(-1)
+    ### END SOLUTION
+
+
+# %%
+def _previous_token_loop(probs):
+    H_, T_, _ = probs.shape
+    return torch.tensor([sum(probs[h, i, i - 1].item() for i in range(1, T_)) / (T_ - 1) for h in range(H_)])
+
+
+_g = torch.Generator().manual_seed(0)
+_maps = [torch.softmax(torch.randn(h, t, t, generator=_g).masked_fill(~mm.causal_mask(t), float("-inf")), -1)
+         for h, t in [(4, 6), (1, 2), (8, 13)]]
+passed = check_function("11.2 previous_token_score", previous_token_score, _previous_token_loop,
+                        [(m,) for m in _maps] + [(cap.probs[0][0].float().cpu(),)],
+                        hint="probs[h, i, i - 1] for i = 1..T-1 is the diagonal just below the main one")
+
+# %%
+score = torch.stack([torch.diagonal(cap.probs[l][0].float(), offset=-1, dim1=-2, dim2=-1).mean(-1)
+                     for l in range(L)])  # (layers, heads)
+best = divmod(int(score.argmax()), H)
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.3 * L + 2.5), layout="constrained",
+                              gridspec_kw={"width_ratios": [max(H, 8) / 8, 1.4]})
+im = ax.imshow(score, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+fig.colorbar(im, ax=ax, label="mean attention on the previous token")
+ax.set_xlabel("head")
+ax.set_ylabel("layer")
+ax.set_title("previous-token score of every head")
+probs, q_pos, k_pos = cap.attention(*best)
+viz.plot_attention(probs, tokens=labels, ax=ax2, title=f"layer {best[0]}, head {best[1]}: the strongest")
+plt.show()
+print(f"strongest previous-token head: layer {best[0]}, head {best[1]}, score {score.max().item():.2f}")
+
+# %% [markdown]
+# To browse every layer and head yourself (in JupyterLab; the picture below is its first state):
+
+# %%
+viz.attention_explorer(model, ids, tokenizer=tok)
+
+# %% [markdown]
+# ## 6. The cache at work past the window
+#
+# A prompt longer than the window: $W + W/4$ tokens of the King James Bible (5,120 tokens for the 7B,
+# whose window is 4,096), prefilled in chunks of $W/4$ through one rolling cache, then 32 tokens decoded
+# one at a time. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
+# allocated. A full cache would keep growing; the rolling buffer stops at $W$ slots.
+
+# %%
+W = args.sliding_window
+n_long, chunk = W + W // 4, W // 4
+long_ids = tok.encode(corpus.load_text()[: 12 * n_long], bos=True)[:n_long]
+assert len(long_ids) == n_long
+cache = model.new_cache()
+seen, cache_mib, gpu_gib = [], [], []
+
+
+def record():
+    seen.append(cache.pos)
+    cache_mib.append(cache.nbytes / 2**20)
+    if DEVICE.startswith("cuda"):
+        gpu_gib.append(torch.cuda.memory_allocated() / 2**30)
+
+
+with torch.no_grad():
+    for s in range(0, n_long, chunk):
+        logits = model(torch.tensor([long_ids[s:s + chunk]], device=DEVICE), cache=cache)
+        record()
+    for _ in range(32):
+        logits = model(logits[:, -1:].argmax(-1), cache=cache)  # greedy, one token at a time
+        record()
+assert len(set(cache_mib)) == 1, "the rolling cache never grows"
+print(f"{cache.pos:,} tokens through a cache of {cache.size:,} slots; its size stayed {cache_mib[0]:.2f} MiB")
+print("the cache now holds positions", cache.slot_positions.min().item(), "to", cache.slot_positions.max().item())
+
+# %%
+full_mib = [args.kv_cache_bytes(n, dtype=dtype_name, rolling=False) / 2**20 for n in seen]
+fig, ax = plt.subplots(figsize=(7.5, 3.8))
+ax.plot(seen, full_mib, "--", color="#c0504d", label="a full cache would hold (every token)")
+ax.plot(seen, cache_mib, "o-", ms=3, color="#3b75af", label="our rolling cache, measured (cache.nbytes)")
+ax.axvline(W, color="grey", ls=":")
+ax.text(W, ax.get_ylim()[1] * 0.95, f" W = {W:,}", color="grey", va="top")
+if gpu_gib:
+    ax2 = ax.twinx()
+    ax2.plot(seen, gpu_gib, color="black", lw=1, label="GPU memory allocated (GiB)")
+    ax2.set_ylabel("GPU memory allocated (GiB)")
+    ax2.legend(loc="lower right", fontsize=8)
+ax.set_xlabel("tokens processed")
+ax.set_ylabel("KV cache (MiB)")
+ax.set_title("Past the window, the rolling cache stays flat")
+ax.legend(loc="upper left", fontsize=8)
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Which position each slot holds now: the write pointer has gone round the ring more than once, so the
+# newest tokens sit just left of the oldest.
+
+# %%
+fig = viz.plot_cache_slots(cache)
+plt.show()
+
+# %% [markdown]
+# ## 7. Tokens per second
+#
+# Two numbers matter: **prefill** (the prompt, many tokens per forward pass: compute-bound, fast per
+# token) and **decode** (one token per forward pass). At batch 1, each decoded token reads every weight
+# once, so decode speed is bounded by memory bandwidth: 14.5 GB per token on a GPU reading ~3 to 5 TB/s is
+# a ceiling of a few hundred tokens per second. This teaching model launches several hundred small
+# kernels per token from Python, so it lands well below that ceiling; `minimistral.fast` and
+# `python -m minimistral.bench --gpu` show how much of the gap can be closed.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+def sync():
+    if DEVICE.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+prompt_ids = long_ids[: min(512, W)]
+with torch.no_grad():
+    mm.generate(model, prompt_ids[:8], max_new_tokens=4)  # warm-up: first calls pay for kernel selection
+    sync()
+    start = time.perf_counter()
+    model(torch.tensor([prompt_ids], device=DEVICE), cache=model.new_cache())
+    sync()
+    prefill_s = time.perf_counter() - start
+n_new = 128
+start = time.perf_counter()
+out = mm.generate(model, prompt_ids[:8], max_new_tokens=n_new, temperature=0.0)
+sync()
+decode_s = time.perf_counter() - start
+where = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "CPU, 1 thread"
+print(f"{where}, {dtype_name}: prefill {len(prompt_ids)} tokens in {prefill_s * 1000:.0f} ms "
+      f"({len(prompt_ids) / prefill_s:,.0f} tokens/s); decode {n_new} tokens in {decode_s:.2f} s "
+      f"({n_new / decode_s:.1f} tokens/s)")
+if DEVICE.startswith("cuda"):
+    print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+# %% [markdown]
+# ## Summary
+#
+# - The weights come from the Hugging Face Hub (gated; HF layout) or Mistral's release (consolidated
+#   layout); `MINIMISTRAL_CHECKPOINT` or `CHECKPOINT` points the notebook at the folder.
+# - The config tells the memory bill before loading: 13.5 GiB of bf16 weights plus at most 0.5 GiB of
+#   rolling cache per sequence. `mm.load_checkpoint` streams the weights straight to the GPU.
+# - Trained attention is structured: heads park spare attention on the first token (a sink), and some
+#   heads attend to the previous token.
+# - Past the window, the rolling cache's memory stays flat while the slots wrap.
+# - Decoding at batch 1 is bound by memory bandwidth; the teaching model is far from that bound.
+#
+# ## What's next
+#
+# You have built Mistral 7B from its pieces and run the real one. From here: `minimistral.fast`
+# (static cache, CUDA graphs) for speed, `python -m minimistral.bench --gpu` to measure it, and the
+# exercises of every notebook to check you can rebuild each piece without looking.
