@@ -191,8 +191,8 @@ for k in [1, 5, 50]:
 print("temperature and top-k match mm.sampling_probs")
 
 # %% [markdown]
-# The picture: the 40 likeliest tokens in order, original distribution in grey, what each knob leaves
-# in colour (renormalised, so the kept bars grow).
+# The picture: the 40 likeliest tokens in order, the original distribution as outlines, what each knob
+# leaves in colour (renormalised, so after a cut the kept bars grow).
 
 # %%
 n_show = 40
@@ -202,8 +202,8 @@ panels = [("temperature 0.5", dict(temperature=0.5)), ("temperature 1.5", dict(t
 fig, axes = plt.subplots(2, 2, figsize=(10, 5.5), sharex=True)
 for ax, (title, kw) in zip(axes.flat, panels):
     q = mm.sampling_probs(logits, **kw)
-    ax.bar(range(n_show), probs[order], color="#cccccc", label="original (T = 1)")
-    ax.bar(range(n_show), q[order], color="#3b75af", alpha=0.8, label="after the knob")
+    ax.bar(range(n_show), q[order], color="#3b75af", label="after the knob")
+    ax.bar(range(n_show), probs[order], fill=False, edgecolor="#555555", lw=0.8, label="original (T = 1)")
     kept = int((q > 0).sum())
     ax.set_title(f"{title}: {kept:,} tokens can be drawn", fontsize=10)
     ax.set_ylim(0, max(probs[order].max(), q[order].max()).item() * 1.1)

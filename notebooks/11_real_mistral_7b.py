@@ -78,6 +78,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import MaxNLocator
 
 import minimistral as mm
 from minimistral import corpus, viz
@@ -271,6 +272,8 @@ for r, layer in enumerate(show_layers):
         viz.plot_attention(probs, ax=axes[r, c], title=f"layer {layer}, head {head}")
         axes[r, c].set_xlabel("")
         axes[r, c].set_ylabel("")
+        axes[r, c].xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[r, c].yaxis.set_major_locator(MaxNLocator(integer=True))
 fig.suptitle(f"{len(show_layers)} layers x {len(show_heads)} heads on {len(ids)} tokens (rows: queries, columns: keys)")
 plt.show()
 
@@ -331,6 +334,8 @@ im = ax.imshow(score, cmap="viridis", vmin=0, vmax=1, aspect="auto")
 fig.colorbar(im, ax=ax, label="mean attention on the previous token")
 ax.set_xlabel("head")
 ax.set_ylabel("layer")
+ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 ax.set_title("previous-token score of every head")
 probs, q_pos, k_pos = cap.attention(*best)
 viz.plot_attention(probs, tokens=labels, ax=ax2, title=f"layer {best[0]}, head {best[1]}: the strongest")
@@ -349,7 +354,8 @@ viz.attention_explorer(model, ids, tokenizer=tok)
 # A prompt longer than the window: $W + W/4$ tokens of the King James Bible (5,120 tokens for the 7B,
 # whose window is 4,096), prefilled in chunks of $W/4$ through one rolling cache, then 32 tokens decoded
 # one at a time. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
-# allocated. A full cache would keep growing; the rolling buffer stops at $W$ slots.
+# allocated. A full cache would keep growing with every token; the rolling buffer is allocated once,
+# with its $W$ slots, and never grows.
 
 # %%
 W = args.sliding_window
@@ -390,6 +396,8 @@ if gpu_gib:
     ax2.plot(seen, gpu_gib, color="black", lw=1, label="GPU memory allocated (GiB)")
     ax2.set_ylabel("GPU memory allocated (GiB)")
     ax2.legend(loc="lower right", fontsize=8)
+ax.set_xlim(0)
+ax.set_ylim(0)
 ax.set_xlabel("tokens processed")
 ax.set_ylabel("KV cache (MiB)")
 ax.set_title("Past the window, the rolling cache stays flat")
