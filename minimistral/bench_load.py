@@ -166,7 +166,8 @@ def _fmt_gb(x) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minimistral.bench --load", description=__doc__.split("\n")[0])
-    parser.add_argument("--dir", default=None, help="checkpoint folder (default /tmp/mm7b, /tmp/mm-tiny for --preset tiny)")
+    parser.add_argument("--dir", default=None,
+                        help="checkpoint folder (default /tmp/mm7b; /tmp/mm-tiny for --preset tiny)")
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
     parser.add_argument("--preset", choices=PRESETS, default="7b")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")

@@ -130,7 +130,8 @@ def _open_safetensors(file: Path):
         raise
     except Exception as e:  # safetensors raises its own SafetensorError for a bad header or a short file
         raise CheckpointError(f"{file}: not a valid .safetensors file ({type(e).__name__}: {e}); it is probably "
-                              "truncated or corrupt (an interrupted download or copy?): fetch or write it again") from None
+                              "truncated or corrupt (an interrupted download or copy?): fetch or write it again"
+                              ) from None
 
 
 def _safetensors_entries(file: Path) -> list[tuple[str, tuple, int]]:
@@ -153,11 +154,16 @@ def _hf_files(path: Path) -> list[Path]:
         weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index}: has no 'weight_map' naming the shard of each tensor")
-        files = [path / name for name in sorted(set(weight_map.values()))]
+        names = sorted(set(weight_map.values()))
+        odd = [n for n in names if not isinstance(n, str) or Path(n).name != n]
+        if odd:  # shards sit next to the index; a path elsewhere is a broken (or hostile) index
+            raise CheckpointError(f"{index}: shard names must be file names in {path}, got {odd[0]!r}")
+        files = [path / name for name in names]
         for f in files:
             if not f.is_file():
                 n = sum(1 for v in weight_map.values() if path / v == f)
-                raise FileNotFoundError(f"{index} names the shard {f.name} (for {n} tensor{'s' if n != 1 else ''}) but {f} does not exist: "
+                tensors = f"{n} tensor" + ("s" if n != 1 else "")
+                raise FileNotFoundError(f"{index} names the shard {f.name} (for {tensors}) but {f} does not exist: "
                                         "the download is incomplete; fetch the missing shard")
         return files
     if (path / HF_SINGLE).is_file():
@@ -414,7 +420,8 @@ def _prepare_folder(path, overwrite: bool) -> Path:
     if path.is_dir() and any(path.iterdir()):
         if not overwrite:
             found = sorted(p.name for p in path.iterdir())
-            raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{' ...' if len(found) > 5 else ''}):"
+            more = " ..." if len(found) > 5 else ""
+            raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{more}):"
                                   " pass overwrite=True to replace the checkpoint in it, or choose an empty folder")
     return path
 
