@@ -179,6 +179,14 @@ def test_rmsnorm_matches_torch():
     assert "eps=1e-05" in repr(norm)
 
 
+def test_rmsnorm_eps_is_used():
+    """Small activations, where eps is of the order of mean(x^2): 1e-5 and 1e-6 give different outputs."""
+    x = torch.randn(4, 32) * 3e-3  # mean(x^2) ~ 1e-5
+    ref = torch.nn.RMSNorm(32, eps=1e-5)
+    torch.testing.assert_close(RMSNorm(32, eps=1e-5)(x), ref(x))
+    assert (RMSNorm(32, eps=1e-6)(x) - ref(x)).abs().max() > 0.1
+
+
 def test_rmsnorm_upcasts_low_precision():
     x = (torch.randn(4, 64) * 10).bfloat16()
     w = torch.randn(64).bfloat16()

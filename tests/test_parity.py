@@ -42,6 +42,7 @@ CONFIGS = {
     "window 1": small(sliding_window=1),
     "window None": small(sliding_window=None),
     "theta 1e6": small(rope_theta=1e6),
+    "norm_eps 0.1 (eps reaches HF)": small(norm_eps=0.1),
     "tiny preset shape, 3 layers": mm.ModelArgs.tiny(n_layers=3, vocab_size=300, dim=128, hidden_dim=256,
                                                      n_heads=8, n_kv_heads=2, head_dim=16, sliding_window=16),
 }
