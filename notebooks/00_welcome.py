@@ -36,21 +36,21 @@
 # %% [markdown]
 # ## The course map
 #
-# | notebook | what it builds |
-# |---|---|
-# | **00 welcome** | this tour: setup, the config card, the parameter and memory budget |
-# | **01 tokenizer** | sentencepiece BPE with byte fallback, on the real Mistral tokenizer |
-# | **02 embeddings and RMSNorm** | tokens to vectors; the normalisation Mistral uses, and why it upcasts to float32 |
-# | **03 RoPE** | rotary position embeddings: positions as rotations, in Mistral's and Hugging Face's layouts |
-# | **04 attention and GQA** | scaled dot-product attention, the causal mask, 32 query heads sharing 8 key/value heads |
-# | **05 sliding window** | attention to exactly the last 4,096 tokens, and how the receptive field grows with depth |
-# | **06 SwiGLU MLP** | the gated feed-forward network that holds most of the parameters |
-# | **07 the full model** | the pre-norm block, 32 of them, checked against Hugging Face transformers |
-# | **08 KV cache** | Mistral's rolling-buffer cache: memory that stays flat past the window |
-# | **09 generation** | greedy decoding, temperature, top-p, seeds |
-# | **10 training a tiny Mistral** | the same architecture, small, trained on the CPU |
-# | **11 the real Mistral 7B on a GPU** | loading the checkpoint, generating, attention maps, the cache at work |
-# | **12 making it fast** | measuring and speeding up inference |
+# | notebook | what it builds | library module |
+# |---|---|---|
+# | **00 welcome** | this tour: setup, the config card, the parameter and memory budget | `config.py` |
+# | **01 tokenizer** | sentencepiece BPE with byte fallback, on the real Mistral tokenizer | `tokenizer.py` |
+# | **02 embeddings and RMSNorm** | tokens to vectors; the normalisation Mistral uses, and why it upcasts to float32 | `norm.py` |
+# | **03 RoPE** | rotary position embeddings: positions as rotations, in Mistral's and Hugging Face's layouts | `rope.py` |
+# | **04 attention and GQA** | scaled dot-product attention, the causal mask, 32 query heads sharing 8 key/value heads | `attention.py` |
+# | **05 sliding window** | attention to exactly the last 4,096 tokens, and how the receptive field grows with depth | `attention.py` |
+# | **06 SwiGLU MLP** | the gated feed-forward network that holds most of the parameters | `mlp.py` |
+# | **07 the full model** | the pre-norm block, 32 of them, checked against Hugging Face transformers | `model.py` |
+# | **08 KV cache** | Mistral's rolling-buffer cache: memory that stays flat past the window | `cache.py` |
+# | **09 generation** | greedy decoding, temperature, top-p, seeds | `generate.py` |
+# | **10 training a tiny Mistral** | the same architecture, small, trained on the CPU | `train.py` |
+# | **11 the real Mistral 7B on a GPU** | loading the checkpoint, generating, attention maps, the cache at work | `weights.py`, `viz.py` |
+# | **12 making it fast** | measuring and speeding up inference | `fast.py`, `bench*.py` |
 #
 # **How to use the notebooks.** Run them top to bottom (*Run → Run All Cells*). Each one builds its
 # piece from scratch, checks it against the library with `torch.testing.assert_close`, and then uses
@@ -60,6 +60,10 @@
 # `### BEGIN SOLUTION` and `### END SOLUTION`; to practise, replace it with your own code (or with
 # `raise NotImplementedError`) and run the check in the next cell. It prints one line:
 # `[PASS]`, `[FAIL]` with a hint, or `[TODO]`. A check never stops the notebook.
+#
+# **Instructors**: `python -m minimistral.labs student --out student/` writes a student edition of the
+# notebooks with every solution replaced by a stub, and `python -m minimistral.labs grade submissions/`
+# runs submitted notebooks and tabulates their checks.
 
 # %% [markdown]
 # ## Setup check
@@ -89,6 +93,11 @@ print(f"torch       {torch.__version__}")
 print(f"matplotlib  {matplotlib.__version__}")
 print(f"minimistral {mm.__version__}")
 print(f"device      {device}   (CPU threads: {torch.get_num_threads()})")
+try:
+    from minimistral.tokenizer import mistral_v1_path
+    print(f"tokenizer   {mistral_v1_path().name}, {mistral_v1_path().stat().st_size:,} bytes (from mistral-common)")
+except FileNotFoundError as e:  # notebook 01 needs it; the message says how to install it
+    print("tokenizer   MISSING:", e)
 
 # %% [markdown]
 # ## The config card
@@ -262,8 +271,9 @@ plt.show()
 # `with torch.device("meta"):` runs all of its constructor code, creates every layer with its real
 # shape, and allocates nothing: the fastest way to check that a configuration gives the model you meant.
 #
-# (PyTorch loads its meta kernels the first time it fills a meta tensor, which takes a second or two
-# once per process; we trigger that with a tiny model first, so the timing below measures our 7B.)
+# (The first random initialisation of a meta tensor makes PyTorch import the Python implementations
+# it uses for meta tensors (`torch._refs`), a second or more, once per process. A tiny model built
+# first pays that cost, so the timing below measures our 7B.)
 
 # %%
 with torch.device("meta"):
