@@ -20,6 +20,7 @@ def hf_model_from_ours(model) -> MistralForCausalLM:
     config = MistralConfig(**model.args.to_hf_config())
     config._attn_implementation = "eager"
     hf = MistralForCausalLM(config).to(torch.float32).eval()
+    assert hf.config._attn_implementation == "eager", hf.config._attn_implementation
     sd = {k: v.detach().to(torch.float32) for k, v in to_hf_state_dict(model).items()}
     # strict: every HF parameter must come from ours, and we must not hand over anything HF does not know
     hf.load_state_dict(sd, strict=True)
