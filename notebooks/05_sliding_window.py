@@ -306,8 +306,9 @@ print(f"so a token can be influenced by inputs at positions i - {(W7 - 1) * L7:,
 # %%
 fig, ax = plt.subplots(figsize=(10, 3.4))
 layers = torch.arange(0, L7 + 1)
+ax.plot(layers, layers * W7, color="tab:gray", lw=6, alpha=0.35,
+        label="paper's W × layers (under the blue line: only 32 more at layer 32)")
 ax.plot(layers, layers * (W7 - 1), "o-", ms=3, color="tab:blue", label="exact: layers × (W − 1)")
-ax.plot(layers, layers * W7, ls=":", color="tab:gray", label="paper's W × layers (32 more at layer 32)")
 ax.axhline(a.max_seq_len, color="tab:red", ls="--", lw=1)
 ax.text(16, a.max_seq_len + 2500, f"max_seq_len {a.max_seq_len:,}", color="tab:red", fontsize=9)
 ax.axhline(W7 - 1, color="tab:green", ls="--", lw=1)
@@ -318,7 +319,7 @@ ax.set_xlabel("layers")
 ax.set_ylabel("positions back")
 ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:,.0f}"))
 ax.set_title("Mistral 7B (W = 4096): how far back information can come from, by layer")
-ax.legend(loc="center right")
+ax.legend(loc="upper left")
 plt.tight_layout()
 plt.show()
 
@@ -364,16 +365,19 @@ ax = axes[0]
 ax.loglog(Ts, [score_entries(t, None) for t in Ts], label="full causal ~ T²/2", color="tab:gray")
 ax.loglog(Ts, [score_entries(t, W7) for t in Ts], label="window W = 4096 ~ W·T", color="tab:blue")
 ax.set_title("score entries per head and layer\n(a whole sequence of T tokens)")
+ax.set_ylabel("visible (query, key) pairs")
 ax = axes[1]
 ax.loglog(Ts, [flops_per_entry * t / 1e9 for t in Ts], color="tab:gray", label="attention, full")
 ax.loglog(Ts, [flops_per_entry * min(t, W7) / 1e9 for t in Ts], color="tab:blue", label="attention, window")
 ax.axhline(matmul_flops / 1e9, color="tab:purple", ls="--", lw=1, label="weights' matmuls")
 ax.set_title("GFLOPs for one new token at position T\n(Mistral 7B, 32 layers)")
+ax.set_ylabel("GFLOPs per token")
 ax = axes[2]
 ax.loglog(Ts, [a.kv_cache_bytes(t, rolling=False) / 2**30 for t in Ts], color="tab:gray", label="full cache")
 ax.loglog(Ts, [a.kv_cache_bytes(t) / 2**30 for t in Ts], color="tab:blue", label="rolling cache, W slots")
 ax.axhline(a.weight_bytes() / 2**30, color="tab:red", ls="--", lw=1, label="all weights (bf16)")
 ax.set_title("KV cache, GiB (bf16, batch 1)")
+ax.set_ylabel("GiB")
 for ax in axes:
     ax.axvline(W7, color="tab:green", ls=":", lw=1)
     ax.axvline(a.max_seq_len, color="black", ls=":", lw=0.8)
@@ -429,7 +433,8 @@ def my_sliding_window_mask(seq_len, window):
 # %%
 _ = check_function("05.1 sliding_window_mask", my_sliding_window_mask, sliding_window_mask,
                    cases=[(8, 3), (16, 4), (6, 1), (5, 5), (5, 9), (7, None), (1, 1), (40, 39)],
-                   hint="a query at i sees keys j with i - W < j <= i (exactly W keys); return a bool tensor; "
+                   hint="compare a column of query positions with a row of key positions (broadcasting); "
+                        "row i must have exactly min(i + 1, W) True entries; return a bool tensor; "
                         "window=None is plain causal")
 
 # %% [markdown]
