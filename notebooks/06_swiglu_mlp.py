@@ -119,9 +119,10 @@ print(f"SiLU: minimum {values['SiLU'][i_min].item():.4f} at x = {xs[i_min].item(
 # one, **SwiGLU**, gave among the best results and was taken up by PaLM, LLaMA and Mistral. The paper offers no
 # deeper reason; in its words, the success is attributed "to divine benevolence".
 #
-# What the product buys: a hidden unit is now a product of two linear functions of $x$, so its sign
-# comes from the value and its size from both. Picture one hidden unit as a function of its two inputs
-# $a = w_1 \cdot x$ and $b = w_3 \cdot x$:
+# What the product buys: a hidden unit now multiplies two *different* linear views of $x$. Where the gate is
+# open ($a \gg 0$) it is about $a \cdot b$, a product of two features of the input (quadratic in $x$), which
+# a single activation of a single projection cannot express. Picture one hidden unit as a function of its two
+# inputs $a = w_1 \cdot x$ and $b = w_3 \cdot x$ (black lines: contours of equal output):
 
 # %%
 grid = torch.linspace(-4, 4, 201)
@@ -134,7 +135,7 @@ for ax, (Z, title) in zip(axes, panels):
     ax.set_title(title)
     ax.set_xlabel("gate input a = w₁·x")
     ax.set_ylabel("value input b = w₃·x")
-fig.colorbar(im, ax=axes, fraction=0.03)
+fig.colorbar(im, ax=axes, fraction=0.03, label="hidden unit output")
 plt.show()
 
 # %% [markdown]
@@ -262,16 +263,19 @@ print(f"whole model: MLP {whole['mlp']:,} of {a.num_params():,} = {100 * whole['
 # %%
 cols = {"attention": "tab:orange", "mlp": "tab:blue", "norms": "tab:green", "embeddings": "tab:purple",
         "output head": "tab:red"}
+shown = {"mlp": "MLP"}  # display names; the others read fine as they are
 fig, axes = plt.subplots(1, 2, figsize=(13, 3.4))
 for ax, parts, total, unit, scale, title in [
         (axes[0], per_layer, layer_total, "M", 1e6, f"one layer: {layer_total:,} parameters"),
         (axes[1], whole, a.num_params(), "B", 1e9, f"whole model: {a.num_params():,} parameters")]:
     names_ = list(parts)[::-1]
     vals = [parts[n] / scale for n in names_]
-    ax.barh(names_, vals, color=[cols[n] for n in names_])
+    ax.barh([shown.get(n, n) for n in names_], vals, color=[cols[n] for n in names_])
     for y, n in enumerate(names_):
-        ax.text(parts[n] / scale + max(vals) * 0.01, y, f"{parts[n] / scale:.4g} {unit}  ({100 * parts[n] / total:.1f}%)",
-                va="center", fontsize=9)
+        share = 100 * parts[n] / total
+        label = (f"{parts[n] / scale:.4g} {unit}  ({share:.1f}%)" if share >= 0.1
+                 else f"{parts[n]:,}  ({share:.3f}%)")  # the norms: a count reads better than 0.0002662 B
+        ax.text(parts[n] / scale + max(vals) * 0.01, y, label, va="center", fontsize=9)
     ax.set_xlim(0, max(vals) * 1.35)
     ax.set_xlabel(f"parameters ({'millions' if unit == 'M' else 'billions'})")
     ax.set_title(title)
@@ -371,7 +375,9 @@ _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
 
 # %% [markdown]
 # **06.2** The LLaMA rule for the hidden width: `int(2 * 4 * dim / 3)`, rounded **up** to a multiple of
-# `multiple_of`. The check uses the published widths of LLaMA 7B, 13B, 33B and 65B (dim 4096, 5120, 6656, 8192).
+# `multiple_of`. The check uses the published widths of LLaMA 7B, 13B, 33B and 65B (dim 4096, 5120, 6656, 8192),
+# plus two edge cases: a width that already is a multiple (dim 96 gives exactly 256, which must stay 256) and
+# `multiple_of=1` (no rounding at all).
 
 # %%
 def my_llama_hidden_dim(dim, multiple_of=256):
@@ -382,9 +388,11 @@ def my_llama_hidden_dim(dim, multiple_of=256):
 
 
 # %%
-_ = check_value("06.2 llama_hidden_dim", lambda: [my_llama_hidden_dim(dm) for dm in (4096, 5120, 6656, 8192)],
-                [11008, 13824, 17920, 22016],
-                hint="8/3 of dim, truncated to an integer, then the next multiple of 256 at or above it")
+_ = check_value("06.2 llama_hidden_dim",
+                lambda: [my_llama_hidden_dim(dm) for dm in (4096, 5120, 6656, 8192, 96)]
+                + [my_llama_hidden_dim(4096, multiple_of=1)],
+                [11008, 13824, 17920, 22016, 256, 10922],
+                hint="truncate first, then round UP to the multiple; a value already on a multiple must not move")
 
 # %% [markdown]
 # **06.3** The fraction of one Mistral 7B layer's parameters that sit in the MLP (a number between 0 and 1),
