@@ -35,7 +35,7 @@ import nbformat
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
-# nbgrader's own replacement text, so the two routes give students the same stub.
+# nbgrader's own replacement text, so the two routes give students the same stub (we keep the markers around it).
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 # The first argument of a check call is the exercise id "NN.k name" (a newline may follow the parenthesis).
 CHECK_CALL = re.compile(r"\bcheck_(?:function|value)\(\s*([\"'])(\d\d\.\d+ [^\"'\n]+)\1")
@@ -120,10 +120,14 @@ def default_notebooks() -> list[Path]:
 
 
 def stub_source(source: str, where: str = "") -> str:
-    """Replace each solution region (markers included) by nbgrader's stub, at the region's indentation."""
+    """Replace the inside of each solution region by nbgrader's stub, at the region's indentation. The markers
+    stay, so the notebooks' prose still makes sense and a student's submission can be stubbed again."""
     lines = source.split("\n")
     for begin, end, indent in reversed(solution_regions(source, where)):
-        lines[begin:end + 1] = [indent + s for s in STUB]
+        if not indent:  # a top-level stub would raise and stop the student's notebook
+            raise LabsError(f"{where} line {begin + 1}: the solution markers are not indented; they must sit "
+                            "inside a function body so that the stubbed notebook still runs")
+        lines[begin + 1:end] = [indent + s for s in STUB]  # the markers stay: the prose refers to them
     return "\n".join(lines)
 
 
@@ -464,7 +468,11 @@ def grade_one(path: Path, args) -> Graded:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env.setdefault(var, threads)
     env.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
-    cmd = [sys.executable, "-m", "minimistral.labs", "_run_one", str(path.resolve()), "--workdir", str(workdir),
+    env.pop("MINIMISTRAL_CHECKS_RAISE", None)  # that is for nbgrader; this grader reads the verdict lines
+    # Run this file as a script, not `-m minimistral.labs`: the package's __init__ would import torch for nothing.
+    me = str(Path(__file__).resolve())
+    cmd = [sys.executable, "-c", f"import runpy, sys; sys.argv[0] = {me!r}; runpy.run_path({me!r}, run_name='__main__')",
+           "_run_one", str(path.resolve()), "--workdir", str(workdir),
            "--timeout-cell", str(args.timeout_cell), "--timeout-notebook", str(args.timeout_notebook),
            "--max-output", str(args.max_output), "--max-memory", str(args.max_memory), "--kernel", args.kernel]
     t0 = time.monotonic()
