@@ -233,7 +233,7 @@ def render_tokens(text: str, tokenizer=tok) -> str:
             f'background:{colour};font-family:monospace;text-align:center;color:#222">'
             f'{html.escape(piece)}<br><span style="font-size:70%;color:#555">{i}</span></span>')
     chars = len(text)
-    summary = f"{len(ids)} tokens (BOS included) for {chars} characters"
+    summary = f"{len(ids)} tokens (BOS included) for {chars} characters · grey: control token · orange: byte fallback"
     return f'<div style="line-height:1.1">{"".join(boxes)}</div><div style="font-size:85%">{summary}</div>'
 
 
