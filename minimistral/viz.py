@@ -243,7 +243,7 @@ def capture_attention(model, layers=None, heads=None, queries=None, dtype=torch.
 def _to_numpy(x, what: str, ndim: int) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float32 if ndim == 2 else np.float64)
     if x.ndim != ndim:
         raise ValueError(f"{what} must be {ndim}-dimensional, got shape {x.shape}" +
                          (": pick one batch element and head first, e.g. cap.probs[layer][0, head]"
@@ -284,10 +284,19 @@ def _label_axis(ax, axis: str, labels, positions, fontsize=None):
         ax.set_yticks(range(len(positions)), text, fontsize=fontsize)
 
 
-def _attention_image(ax, probs: np.ndarray, norm):
-    """Draw a (Tq, S) map; exact zeros (masked keys) in grey, so the band shows."""
+MAX_MAP_PIXELS = 512  # longer maps are max-pooled to about this many cells a side before drawing
+
+
+def _attention_image(ax, probs, norm):
+    """Draw a (Tq, S) map; exact zeros (masked keys) in grey, so the band shows. A long map (a 4096-token
+    prompt) is max-pooled first, so peaks stay visible and memory stays small; axes keep row/column units."""
+    probs = torch.as_tensor(probs, dtype=torch.float32)
+    Tq, S = probs.shape
+    f = math.ceil(max(Tq, S) / MAX_MAP_PIXELS)
+    shown = probs if f == 1 else torch.nn.functional.max_pool2d(probs[None, None], f, ceil_mode=True)[0, 0]
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad=_MASKED_GREY)
-    return ax.imshow(np.ma.masked_equal(probs, 0.0), cmap=cmap, norm=norm, aspect="auto", interpolation="nearest")
+    return ax.imshow(np.ma.masked_equal(shown.numpy(), 0.0), cmap=cmap, norm=norm, aspect="auto",
+                     interpolation="nearest", extent=(-0.5, S - 0.5, Tq - 0.5, -0.5))
 
 
 def _attention_norm(vmax: float):
@@ -415,7 +424,7 @@ def plot_attention_distance(capture: AttentionCapture, window=None, layers=None,
         raise ValueError("the capture holds nothing yet: run the model inside the capture_attention block")
     ncols = min(len(layers), 4)
     nrows = math.ceil(len(layers) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), squeeze=False, layout="constrained",
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.2 * ncols, 7), 3.3 * nrows), squeeze=False, layout="constrained",
                              sharey=True)
     n_rep = capture.n_rep
     for ax in axes.flat[len(layers):]:
@@ -439,10 +448,14 @@ def plot_attention_distance(capture: AttentionCapture, window=None, layers=None,
         ax.set_xlim(-0.5, d_max + 0.5)
     for ax in axes[:, 0]:
         ax.set_ylabel("mean attention")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    if len(handles) <= 8:
-        axes.flat[0].legend(fontsize=7, loc="upper right" if window is None else "center right")
-    fig.suptitle("How far back each head looks (shades of one colour = query heads sharing a KV head)", fontsize=11)
+    if len(capture.heads) <= 8:
+        axes.flat[0].legend(fontsize=7, loc="center right")
+    else:  # one entry per KV group
+        groups = sorted(set(h // n_rep for h in capture.heads))
+        handles = [matplotlib.lines.Line2D([], [], color=_head_colour(g * n_rep, n_rep)) for g in groups]
+        axes.flat[0].legend(handles, [f"KV group {g}" for g in groups], fontsize=7, loc="center right",
+                            ncols=2 if len(groups) > 4 else 1)
+    fig.suptitle("How far back each head looks (one colour per KV group)", fontsize=11)
     return fig
 
 
@@ -468,16 +481,16 @@ def plot_attention_sinks(capture: AttentionCapture, batch: int = 0):
         mass[i] = p.mean(1).numpy()
         n_visible = torch.clamp(q_pos[rows] + 1, max=window).float()  # keys each query sees
         uniform.append(float((1 / n_visible).mean()))
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 0.35 * len(layers) + 2.8), layout="constrained",
-                                  gridspec_kw={"width_ratios": [max(len(capture.heads), 4) / 4, 1.6]})
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, min(0.2 * len(layers) + 2.8, 9)), layout="constrained",
+                                  gridspec_kw={"width_ratios": [3, 1.2]})
     im = ax.imshow(mass, cmap="magma", vmin=0, vmax=max(mass.max(), 1e-9), aspect="auto")
-    fig.colorbar(im, ax=ax, label="mean attention on token 0")
+    fig.colorbar(im, ax=ax, label="mean attention on token 0", fraction=0.05, pad=0.02)
     if mass.size <= 64:  # few enough cells to print the numbers
         for (i, j), v in np.ndenumerate(mass):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                     color="black" if v > 0.6 * mass.max() else "white")
     ax.set_xticks(range(len(capture.heads)), capture.heads, fontsize=7 if len(capture.heads) > 16 else 9)
-    ax.set_yticks(range(len(layers)), layers, fontsize=7 if len(layers) > 16 else 9)
+    ax.set_yticks(range(len(layers)), layers, fontsize=6 if len(layers) > 16 else 9)
     for g in range(1, capture.n_kv_heads):  # GQA group boundaries
         edges = [i for i, h in enumerate(capture.heads) if h == g * capture.n_rep]
         for e in edges:
@@ -489,7 +502,7 @@ def plot_attention_sinks(capture: AttentionCapture, batch: int = 0):
     ax2.plot(uniform, layers, "--", color="grey", label="if attention were even")
     ax2.set_ylim(max(layers) + 0.5, min(layers) - 0.5)
     ax2.set_yticks(layers if len(layers) <= 16 else layers[::max(1, len(layers) // 8)])
-    ax2.set_xlabel("mean attention on token 0")
+    ax2.set_xlabel("attention on token 0")
     ax2.set_xlim(0, max(1e-9, mass.max(), max(uniform)) * 1.1)
     ax2.grid(alpha=0.3)
     ax2.legend(fontsize=8, loc="lower right")

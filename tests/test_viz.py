@@ -387,3 +387,13 @@ def test_mask_explorer_and_errors_shown_in_the_output(monkeypatch):
     w.controls["seq_len"].value = 3
     (out,) = w.output.outputs
     assert out["output_type"] == "stream" and out["name"] == "stderr" and "boom" in out["text"]
+
+
+def test_long_maps_are_pooled_for_drawing():
+    T = 1500
+    probs = torch.softmax(torch.randn(T, T).masked_fill(~mm.causal_mask(T), float("-inf")), -1)
+    fig = viz.plot_attention(probs)
+    image = fig.axes[0].images[0]
+    assert image.get_array().shape == (500, 500)  # 3x3 max-pooled: at most MAX_MAP_PIXELS a side
+    assert image.get_extent() == [-0.5, T - 0.5, T - 0.5, -0.5]  # axes still count queries and keys
+    assert float(image.get_array().max()) == pytest.approx(float(probs.max()))  # peaks survive
