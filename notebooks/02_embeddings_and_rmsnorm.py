@@ -124,8 +124,9 @@ plt.show()
 # | elementwise work | subtract $\mu$, square, scale, gain, add bias | square, scale, gain |
 # | parameters | $2d$ ($\gamma$, $\beta$) | $d$ ($\gamma$) |
 #
-# The two agree exactly when the vector already has mean zero. The RMSNorm paper found the centring
-# is not what makes normalisation work: the rescaling is, and it is cheaper on its own. Geometrically,
+# The two agree exactly when the vector already has mean zero. The RMSNorm paper argued that the
+# rescaling, not the centring, is what makes normalisation work, and matched LayerNorm's quality on
+# several tasks while running faster. Geometrically,
 # RMSNorm puts every vector on the sphere of radius $\sqrt{d}$ (before the gain) and keeps its
 # direction; LayerNorm first projects onto the plane of zero-mean vectors, which removes one
 # direction entirely. In two dimensions that is striking:
