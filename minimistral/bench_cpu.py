@@ -7,7 +7,7 @@ The model is the CPU preset `ModelArgs.tiny()` with random weights, copied into 
 - decode: a 16-token prompt, then 128 new tokens greedy; ours through `mm.generate`, theirs through
   `generate(do_sample=False)`. Tokens/s counts the new tokens over the whole call (prefill included).
 - prefill: one forward pass over T tokens, no grad, no cache on either side.
-Every number is the best of --repeats runs after one warm-up run.
+Every number is the best of --repeats runs after one warm-up run; ours and transformers' runs alternate.
 """
 
 from __future__ import annotations
@@ -24,14 +24,18 @@ from .model import Transformer
 from .weights import to_hf_state_dict
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up: first-call allocations, kernel selection
-    times = []
+def best_times(fns, repeats: int) -> list[float]:
+    """Best wall time of each function. The runs alternate (a, b, a, b, ...) so that a change in the
+    machine's load during the benchmark hits both sides alike."""
+    for fn in fns:
+        fn()  # warm-up: first-call allocations, kernel selection
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for i, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - t0)
+    return best
 
 
 def hf_copy(model, attn: str):
@@ -94,15 +98,13 @@ def main(argv=None) -> int:
             model.output(x)
 
     rows = []
-    t_bound = best_time(matmuls_only, opts.repeats)
-    t_ours, t_hf = best_time(ours_decode, opts.repeats), best_time(hf_decode, opts.repeats)
+    t_ours, t_hf, t_bound = best_times([ours_decode, hf_decode, matmuls_only], opts.repeats)
     rows.append((f"decode tok/s ({opts.prompt_len} + {opts.new_tokens} greedy)",
                  opts.new_tokens / t_ours, opts.new_tokens / t_hf))
     for T in opts.prefill:
         tokens = torch.randint(0, args.vocab_size, (1, T))
         with torch.inference_mode():
-            t_ours = best_time(lambda: model(tokens), opts.repeats)
-            t_hf = best_time(lambda: hf(tokens, use_cache=False), opts.repeats)
+            t_ours, t_hf = best_times([lambda: model(tokens), lambda: hf(tokens, use_cache=False)], opts.repeats)
         rows.append((f"prefill tok/s ({T} tokens)", T / t_ours, T / t_hf))
 
     print(f"minimistral CPU benchmark: ModelArgs.tiny() (dim {args.dim}, {args.n_layers} layers, "
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
           f"{args.num_params() / 1e6:.1f}M params), float32, random weights (seed {opts.seed})")
     print(f"torch {torch.__version__}, transformers {__import__('transformers').__version__} "
           f"(attn_implementation={opts.attn!r}), threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
-    print(f"best of {opts.repeats} after a warm-up; ratio = ours / transformers (higher is better for us)")
+    print(f"best of {opts.repeats} alternating runs after a warm-up; "
+          "ratio = ours / transformers (higher is better for us)")
     print()
     width = max(len(r[0]) for r in rows)
     print(f"| {'metric':<{width}} | {'ours':>9} | {'transformers':>12} | {'ratio':>6} |")
