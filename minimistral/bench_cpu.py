@@ -111,7 +111,8 @@ def main(argv=None) -> int:
           f"{args.n_heads}/{args.n_kv_heads} heads, window {args.sliding_window}, vocab {args.vocab_size}, "
           f"{args.num_params() / 1e6:.1f}M params), float32, random weights (seed {opts.seed})")
     print(f"torch {torch.__version__}, transformers {__import__('transformers').__version__} "
-          f"(attn_implementation={opts.attn!r}), threads {torch.get_num_threads()}, {platform.processor() or platform.machine()}")
+          f"(attn_implementation={opts.attn!r}), threads {torch.get_num_threads()}, "
+          f"{platform.processor() or platform.machine()}")
     print(f"best of {opts.repeats} alternating runs after a warm-up; "
           "ratio = ours / transformers (higher is better for us)")
     print()
