@@ -7,6 +7,9 @@ The model is the CPU preset `ModelArgs.tiny()` with random weights, copied into 
 - decode: a 16-token prompt, then 128 new tokens greedy; ours through `mm.generate`, theirs through
   `generate(do_sample=False)`. Tokens/s counts the new tokens over the whole call (prefill included).
 - prefill: one forward pass over T tokens, no grad, no cache on either side.
+- decode bound: the same matrix-vector products alone, 128 times. Decoding one token streams every weight
+  once (14 MB of layers and a 33 MB output head in float32), identical work on both sides, so this bounds
+  what any float32 implementation can reach; the table says how close each side gets.
 Every number is the best of --repeats runs after one warm-up run; ours and transformers' runs alternate.
 """
 
