@@ -62,8 +62,8 @@ torch.set_num_threads(1)  # one thread: fastest for the small models, polite on 
 # This is the **pre-norm** arrangement (as in GPT-2 and Llama): each branch normalises *its own input*,
 # and the residual stream itself is never normalised inside the stack. Gradients and activations can
 # flow straight down the "+" path from the last layer to the first, which is what lets 32 layers train.
-# The original Transformer (2017) normalised *after* the addition ("post-norm"); that is where the
-# confusing Hugging Face name comes from.
+# The original Transformer (2017) normalised *after* each addition ("post-norm"); in a pre-norm block
+# no norm comes after anything in that sense, which makes one Hugging Face name below misleading.
 #
 # | role | Mistral checkpoint / this library | Hugging Face checkpoint |
 # |---|---|---|
@@ -362,10 +362,10 @@ passed = check_function("07.2 layer_params", layer_params, _block_numel,
 # ## 4. One real-sized layer on the CPU
 #
 # The counting says one layer is 218,112,000 parameters: 0.87 GB in float32. That fits in a laptop's
-# memory, so let us build **one** block with the 7B's exact shapes, fill it with random weights (Mistral's
-# model card says uniform in $[-0.02, 0.02]$), and push 16 tokens through it. We build it on the meta
-# device first and then allocate the storage, which skips PyTorch's default initialisation (it would
-# only be overwritten).
+# memory, so let us build **one** block with the 7B's exact shapes, fill it with random weights
+# (uniform in $[-0.02, 0.02]$, as the library's `init_weights` does by default), and push 16 tokens
+# through it. We build it on the meta device first and then allocate the storage, which skips
+# PyTorch's default initialisation (it would only be overwritten).
 
 # %%
 with torch.device("meta"):
