@@ -89,6 +89,14 @@ def _notebooks(folder: Path) -> list[str]:
     return list(OWN_NOTEBOOKS)
 
 
+def _stored_explorer_pictures(path: Path) -> int:
+    """How many explorer cells of a saved notebook carry their first picture as a PNG fallback."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    return sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" and "explorer(" in c.source
+               for o in c.get("outputs", []))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -129,7 +137,7 @@ def lab(tmp_path_factory):
                 time.sleep(0.5)
         else:
             raise RuntimeError(f"JupyterLab did not answer on {url} within a minute: see {home / 'lab.log'}")
-        yield url, names
+        yield url, names, root
     finally:
         proc.terminate()
         try:
@@ -213,7 +221,7 @@ def _run_all(page):
 
 @pytest.mark.parametrize("index", [0, 1])
 def test_explorer_notebook_runs_and_reacts(lab, browser, index):
-    url, names = lab
+    url, names, lab_root = lab
     name = names[index]
     SHOTS.mkdir(exist_ok=True)
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -223,6 +231,12 @@ def test_explorer_notebook_runs_and_reacts(lab, browser, index):
         page.locator(".jp-Notebook .jp-Cell:visible").first.wait_for(timeout=90_000)
         _accept_kernel_dialog(page)
         _wait_idle(page)
+        if _stored_explorer_pictures(lab_root / name):  # a saved course notebook: it opens showing them
+            first = page.locator(".jp-OutputArea-output img").first
+            first.wait_for(timeout=30_000)
+            assert "Error displaying widget" not in page.locator(".jp-Notebook").inner_text()
+            _centre(page, page.locator(".jp-CodeCell", has_text="explorer(").first)
+            page.screenshot(path=str(SHOTS / f"{Path(name).stem}_opened.png"))
         _run_all(page)
         page.locator(".widget-output img").first.wait_for(timeout=60_000)
         n_code = page.locator(".jp-CodeCell").count()
