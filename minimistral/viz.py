@@ -27,7 +27,7 @@ import math
 import traceback
 import warnings
 from contextlib import contextmanager
-from typing import Optional, Sequence
+from typing import Optional
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -177,7 +177,7 @@ class AttentionCapture:
         self.probs[layer] = kept.to(device=self.device, dtype=self.dtype)
         self.q_positions[layer] = q_positions.detach()[rows].to(self.device)
         self.k_positions[layer] = k_positions.detach().to(self.device)
-        if layer == self.layers[-1]:
+        if layer == max(self.layers):  # the last captured layer of this pass
             self.n_calls += 1
 
     def attention(self, layer: int, head: int, batch: int = 0):

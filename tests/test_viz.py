@@ -2,7 +2,6 @@
 
 import math
 
-import matplotlib
 import matplotlib.pyplot as plt
 import pytest
 import torch
