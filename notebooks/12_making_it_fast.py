@@ -344,4 +344,6 @@ _ = check_function(
 #
 # You have built, checked and sped up Mistral 7B. Ideas to go further: quantise the weights to int8 or int4
 # (fewer bytes per token raises the ceiling directly), batch several prompts through `minimistral.fast`, or try
-# speculative decoding with the small model from notebook 10 drafting tokens for the 7B.
+# speculative decoding: a small draft model proposes a few tokens and the 7B checks them all in one pass, one
+# read of its weights for several tokens. The draft must share the 7B's tokenizer, so notebook 10's model, with
+# its own 4,096-piece vocabulary, cannot play that role as it is.
