@@ -19,7 +19,6 @@ import json
 import math
 import re
 import struct
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -197,25 +196,9 @@ def _detect_layout(path: Path) -> str:
         f"nor a Mistral one ({MISTRAL_PARAMS} + {MISTRAL_SINGLE} or {MISTRAL_PTH}); found: {found}")
 
 
-@contextmanager
-def _no_random_init():
-    """nn.Linear and nn.Embedding fill themselves with random numbers when built. On the meta device that
-    computes nothing, yet torch routes it through Python reference code that imports torch._dynamo: ~3 s
-    on the first call. Weights are assigned from the file anyway, so the fill is skipped while building."""
-    names = ("uniform_", "normal_", "kaiming_uniform_")
-    saved = {n: getattr(nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(nn.init, n, lambda tensor, *a, **k: tensor)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(nn.init, n, f)
-
-
 def meta_model(args: ModelArgs) -> Transformer:
     """A Transformer on the meta device: every shape, no memory, no values."""
-    with _no_random_init(), torch.device("meta"):
+    with torch.device("meta"):
         return Transformer(args)
 
 
