@@ -523,7 +523,8 @@ def _short(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-def print_table(graded: list[Graded], out=sys.stdout):
+def print_table(graded: list[Graded], out=None):
+    out = out or sys.stdout
     rows = [("student file", "exercise", "result", "hint")]
     for g in graded:
         for x, res, hint in g.rows:
