@@ -839,7 +839,7 @@ def attention_explorer(model, tokens, tokenizer=None, max_bytes=GiB):
         "layer": _slider("layer", 0, 0, args.n_layers - 1, "260px"),
         "head": _slider("head", 0, 0, args.n_heads - 1, "260px"),
         "view": widgets.ToggleButtons(options=["one head", "all heads"], value="one head",
-                                      style={"button_width": "80px"}),
+                                      style={"button_width": "100px"}),
     }
     return _explorer_class()("attention explorer", controls, draw, f": {len(ids)} tokens; move the sliders in JupyterLab")
 

@@ -76,11 +76,12 @@ def _write_notebook(path: Path, cells):
 
 
 def _notebooks(folder: Path) -> list[str]:
-    """Copy the course notebooks when they exist and use explorers; otherwise write our own."""
+    """Copy the course notebooks when they exist and use explorers; otherwise (or with
+    MINIMISTRAL_BROWSER_OWN_NOTEBOOKS=1, which also covers attention_explorer) write our own."""
     course = ROOT / "notebooks"
     found = [n for n, explorer in COURSE_NOTEBOOKS.items()
              if (course / n).exists() and f"{explorer}(" in (course / n).read_text()]
-    if len(found) == len(COURSE_NOTEBOOKS):
+    if len(found) == len(COURSE_NOTEBOOKS) and not os.environ.get("MINIMISTRAL_BROWSER_OWN_NOTEBOOKS"):
         for n in found:
             shutil.copy(course / n, folder / n)
         return found
