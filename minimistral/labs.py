@@ -337,8 +337,10 @@ def run_one(notebook: Path, workdir: Path, timeout_cell: float, timeout_notebook
         return result
     exercise_cells = {i: ids for i, ids in exercise_cells.items() if ids}
     result["exercises"] = [x for ids in exercise_cells.values() for x in ids]
-    local = workdir / notebook.name
-    nbformat.write(nb, local)  # the kernel works on a copy, in a folder of its own
+    kdir = workdir / "notebook"  # the kernel's working folder: a copy of the notebook and nothing of ours
+    kdir.mkdir(exist_ok=True)
+    local = kdir / notebook.name
+    nbformat.write(nb, local)
     save()
 
     stop = {"why": None}
@@ -366,13 +368,13 @@ def run_one(notebook: Path, workdir: Path, timeout_cell: float, timeout_notebook
 
     client = Client(nb, timeout=int(timeout_cell), kernel_name=kernel_name, allow_errors=True,
                     interrupt_on_timeout=True, record_timing=False, startup_timeout=120,
-                    resources={"metadata": {"path": str(workdir)}})
+                    resources={"metadata": {"path": str(kdir)}})
     watchdog = threading.Timer(max(1.0, deadline - time.monotonic()),
                                lambda: kill_kernel(f"time limit: the notebook ran past {timeout_notebook:g} s"))
     watchdog.daemon = True
     watchdog.start()
     try:
-        with client.setup_kernel(cwd=str(workdir)):
+        with client.setup_kernel(cwd=str(kdir)):
             kernel_pid[0] = getattr(client.km.provisioner, "pid", None)
             (workdir / "kernel.pid").write_text(str(kernel_pid[0] or ""))
             for i, cell in enumerate(nb.cells):
