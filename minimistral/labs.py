@@ -252,28 +252,37 @@ def _tag_py_twin(py: Path, nb, wanted: dict[int, dict], write: bool) -> bool:
     return True
 
 
-def tag(paths: list[Path], write: bool = True, twins: bool = True) -> list[Path]:
-    """Add nbgrader metadata to every exercise cell (idempotent). Returns the files changed (or that would be)."""
+def tag(paths: list[Path], write: bool = True, twins: bool = True, errors: list | None = None) -> list[Path]:
+    """Add nbgrader metadata to every exercise cell (idempotent). Returns the files changed (or that would be).
+    With an `errors` list, a notebook that cannot be tagged is reported there and the others are still tagged."""
     changed = []
     for path in paths:
-        nb = nbformat.read(path, as_version=4)
-        wanted = wanted_metadata(nb, str(path))
-        dirty = False
-        for i, cell in enumerate(nb.cells):
-            have = cell.metadata.get("nbgrader")
-            if i in wanted and have != wanted[i]:
-                cell.metadata["nbgrader"] = wanted[i]
-                dirty = True
-            elif i not in wanted and have is not None:  # an exercise that moved or went away
-                del cell.metadata["nbgrader"]
-                dirty = True
-        if dirty:
-            changed.append(path)
-            if write:
-                nbformat.write(nb, path)
-        py = path.with_suffix(".py")
-        if twins and py.exists() and _tag_py_twin(py, nb, wanted, write):
-            changed.append(py)
+        try:
+            nb = nbformat.read(path, as_version=4)
+            wanted = wanted_metadata(nb, str(path))
+            dirty = False
+            for i, cell in enumerate(nb.cells):
+                have = cell.metadata.get("nbgrader")
+                if i in wanted and have != wanted[i]:
+                    cell.metadata["nbgrader"] = wanted[i]
+                    dirty = True
+                elif i not in wanted and have is not None:  # an exercise that moved or went away
+                    del cell.metadata["nbgrader"]
+                    dirty = True
+            py = path.with_suffix(".py")
+            py_dirty = twins and py.exists() and _tag_py_twin(py, nb, wanted, write=False)  # validates first
+            if dirty:
+                changed.append(path)
+                if write:
+                    nbformat.write(nb, path)
+            if py_dirty:
+                changed.append(py)
+                if write:
+                    _tag_py_twin(py, nb, wanted, write=True)
+        except LabsError as e:
+            if errors is None:
+                raise
+            errors.append(str(e))
     return changed
 
 
@@ -611,12 +620,15 @@ def main(argv=None) -> int:
             return 0
         if a.command == "tag":
             notebooks = a.notebooks or default_notebooks()
-            changed = tag(notebooks, write=not a.check, twins=not a.no_py)
+            errors = []
+            changed = tag(notebooks, write=not a.check, twins=not a.no_py, errors=errors)
             for q in changed:
                 print(f"{'needs tagging' if a.check else 'tagged'}: {q}")
-            if not changed:
+            for e in errors:
+                print(f"error: {e}", file=sys.stderr)
+            if not changed and not errors:
                 print(f"all {len(notebooks)} notebooks carry their nbgrader metadata")
-            return 1 if a.check and changed else 0
+            return 2 if errors else 1 if a.check and changed else 0
         if a.command == "grade":
             graded = grade(a.paths, a)
             print_table(graded)
