@@ -339,3 +339,22 @@ def test_checks_raise_for_nbgrader_only_when_asked(monkeypatch, capsys):
         check_value("99.3 x", lambda: (_ for _ in ()).throw(NotImplementedError()), 2)
     out = capsys.readouterr().out
     assert out.count("[FAIL] 99.3 x") == 2 and "[TODO] 99.3 x" in out  # the verdict line is printed first
+
+
+def test_tag_refuses_a_stale_twin_and_tags_the_others(tmp_path):
+    jupytext = pytest.importorskip("jupytext")
+    paths = []
+    for name in ("98_stale", "99_fine"):
+        nb = exercise_nb(light=True)
+        jupytext.write(nb, tmp_path / f"{name}.py", fmt="py:percent")
+        paths.append(write(jupytext.read(tmp_path / f"{name}.py"), tmp_path / f"{name}.ipynb"))
+    stale_py = tmp_path / "98_stale.py"
+    stale_py.write_text(stale_py.read_text().replace("return x * 2", "return x + x"))  # edited, not regenerated
+    before = paths[0].read_bytes(), stale_py.read_bytes()
+    with pytest.raises(labs.LabsError, match="98_stale.py: its cells differ"):
+        labs.tag(paths)
+    errors = []
+    changed = labs.tag(paths, errors=errors)
+    assert len(errors) == 1 and "98_stale.py" in errors[0]
+    assert set(changed) == {paths[1], tmp_path / "99_fine.py"}
+    assert (paths[0].read_bytes(), stale_py.read_bytes()) == before  # nothing half-written
