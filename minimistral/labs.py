@@ -298,7 +298,7 @@ def _set_limits(cpu_seconds: int, memory_mb: int):
     except ImportError:  # not on Windows
         return
     limits = [(resource.RLIMIT_CPU, cpu_seconds), (resource.RLIMIT_FSIZE, MAX_FILE_BYTES)]
-    if memory_mb > 0:  # RLIMIT_DATA counts heap and private writable mappings, not CUDA's address-space reservations
+    if memory_mb > 0:  # RLIMIT_DATA counts heap and private writable mappings (Linux >= 4.7), not PROT_NONE reservations
         limits.append((resource.RLIMIT_DATA, memory_mb << 20))
     for what, value in limits:
         try:
@@ -590,7 +590,7 @@ def main(argv=None) -> int:
     g.add_argument("--timeout-notebook", type=float, default=600, help="seconds per notebook (then kill; default 600)")
     g.add_argument("--max-output", type=int, default=10_000_000, help="bytes of output per notebook (default 10 MB)")
     g.add_argument("--max-memory", type=int, default=8192,
-                   help="MiB of heap per kernel (RLIMIT_DATA; default 8192; 0 = no limit, e.g. for GPU labs)")
+                   help="MiB of heap per kernel (RLIMIT_DATA; default 8192; 0 = no limit, e.g. for the real 7B)")
     g.add_argument("--jobs", type=int, default=1, help="submissions run at once (default 1)")
     g.add_argument("--csv", type=Path, help="also write the table as CSV")
     g.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
