@@ -472,7 +472,8 @@ def _result_rows(result: dict) -> list:
     return rows
 
 
-def grade_one(path: Path, args) -> Graded:
+def _run_submission(path: Path, args) -> tuple[dict, float]:
+    """Start the runner for one submission in a fresh temporary folder; return its result and the wall time."""
     workdir = Path(tempfile.mkdtemp(prefix="minimistral-grade-"))
     env = dict(os.environ)
     threads = str(max(1, (os.cpu_count() or 1) // max(1, args.jobs)))
@@ -514,6 +515,14 @@ def grade_one(path: Path, args) -> Graded:
         print(f"kept {workdir} for {path}", file=sys.stderr)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+    return result, seconds
+
+
+def grade_one(path: Path, args) -> Graded:
+    result, seconds = _run_submission(path, args)
+    if result["status"] == "kernel-failed":  # kernels sometimes fail to start on a loaded machine: one more try
+        result, more = _run_submission(path, args)
+        seconds += more
     return Graded(str(path), result["status"], result.get("detail", ""), _result_rows(result), seconds)
 
 
