@@ -174,6 +174,40 @@ def _save(model: Transformer, out: Path) -> None:
     save_checkpoint(model, out, format="hf", overwrite=True, progress=False)
 
 
+REPORT_PROMPTS = ("And the LORD said unto Moses,", "In the beginning", "Blessed are the")
+
+
+def report(path) -> dict:
+    """Measure a checkpoint trained on the course corpus: held-out perplexity on the whole held-out split
+    beside the unigram and bigram baselines, and greedy and sampled continuations of a few prompts.
+    Prints a Markdown table and the samples (what data/README.md shows)."""
+    from . import corpus
+    from .generate import generate
+    from .weights import load_checkpoint
+
+    tok, train_ids, heldout_ids = corpus.load_data()
+    model = load_checkpoint(path, progress=False).eval()
+    seq_len = 256
+    log_file = Path(path) / "training_log.json"
+    if log_file.is_file():
+        seq_len = json.loads(log_file.read_text())["train_config"]["seq_len"]
+    ppl = {"tiny Mistral": math.exp(evaluate(model, heldout_ids, seq_len)),
+           **corpus.ngram_perplexities(train_ids, heldout_ids, tok.vocab_size)}
+    print(f"held-out split: {heldout_ids.numel() - 1:,} target tokens (every 20th chapter), windows of {seq_len}\n")
+    print("| model | held-out perplexity |\n|---|---|")
+    for name, value in ppl.items():
+        print(f"| {name} | {value:.2f} |")
+    samples = []
+    for prompt in REPORT_PROMPTS:
+        ids = tok.encode(prompt, bos=True)
+        for how, kw in (("greedy", dict(temperature=0.0)), ("sampled, T=0.8, top-p 0.95, seed 1",
+                                                            dict(temperature=0.8, top_p=0.95, seed=1))):
+            text = tok.decode(generate(model, ids, max_new_tokens=60, **kw))
+            samples.append((prompt, how, text))
+            print(f"\n{how}: **{prompt}**{text if text.startswith(' ') else ' ' + text}")
+    return {"perplexity": ppl, "samples": samples}
+
+
 def main(argv=None):
     from . import corpus
 
@@ -197,9 +231,13 @@ def main(argv=None):
     p.add_argument("--max-seq-len", type=int, default=1024)
     p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--report", action="store_true", help="do not train: measure the checkpoint in --out")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.report:
+        report(a.out)
+        return
 
     tok, train_ids, heldout_ids = corpus.load_data()
     args = ModelArgs(dim=a.dim, n_layers=a.n_layers, head_dim=a.head_dim, hidden_dim=a.hidden_dim, n_heads=a.n_heads,
