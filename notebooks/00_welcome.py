@@ -102,8 +102,9 @@ except FileNotFoundError as e:  # notebook 01 needs it; the message says how to 
 # %% [markdown]
 # ## The config card
 #
-# Everything about the architecture is in a dozen numbers. `mm.ModelArgs.mistral_7b()` holds them,
-# exactly as published with the v0.1 checkpoint.
+# Everything about the architecture is in a dozen numbers. `mm.ModelArgs.mistral_7b()` holds the values
+# published with the v0.1 checkpoint: its `params.json` has the shapes, `norm_eps` and the window; the
+# Hugging Face `config.json` adds `rope_theta`, the context length and the dtype.
 
 # %%
 args = mm.ModelArgs.mistral_7b()
@@ -191,18 +192,20 @@ plt.show()
 #
 # ### Weights
 # Bytes = parameters × bytes per number. Inference usually runs in bfloat16 (2 bytes); training keeps
-# float32 copies (4 bytes, plus optimiser state); 8-bit and 4-bit quantisation squeeze further.
+# float32 copies (4 bytes, plus optimiser state); 8-bit and 4-bit quantisation squeeze further (the
+# rows below ignore the small scale factors that quantised formats store alongside the numbers).
 # (1 GiB = $2^{30}$ bytes; 1 GB = $10^9$.)
 
 # %%
-GiB, MiB = 2**30, 2**20
+GiB = 2**30
 
 for dtype in ["float32", "bfloat16", "int8", "int4"]:
     b = args.weight_bytes(dtype)
     print(f"{dtype:<9} {b:>16,} bytes = {b / 1e9:6.2f} GB = {b / GiB:6.2f} GiB")
 
 # %% [markdown]
-# So the 7B needs a GPU with about 16 GB to run in bf16, with room left for activations and the cache.
+# So running the 7B in bf16 takes a GPU with 16 GB or more: 13.5 GiB of weights, plus room for the
+# activations and the cache.
 #
 # ### The key-value cache
 # While generating, every layer keeps the keys and values of past tokens so it does not recompute
@@ -271,13 +274,18 @@ plt.show()
 # `with torch.device("meta"):` runs all of its constructor code, creates every layer with its real
 # shape, and allocates nothing: the fastest way to check that a configuration gives the model you meant.
 #
-# (The first random initialisation of a meta tensor makes PyTorch import the Python implementations
-# it uses for meta tensors (`torch._refs`), a second or more, once per process. A tiny model built
-# first pays that cost, so the timing below measures our 7B.)
+# One catch, if you time it yourself: `nn.Embedding` initialises its table with random numbers
+# (`normal_`), and on the meta device PyTorch runs that through one of its Python reference kernels
+# (in `torch._refs`). The first call of such a kernel imports PyTorch's compiler, `torch._dynamo`, with
+# its dependencies: a few seconds, once per process, and nothing to do with our model. A tiny model
+# built first pays that cost (its time is printed), so the timing after it measures only the 7B.
 
 # %%
+# NBVAL_IGNORE_OUTPUT
+start = time.perf_counter()
 with torch.device("meta"):
-    mm.Transformer(mm.ModelArgs.tiny())  # warm-up: loads PyTorch's meta kernels once
+    mm.Transformer(mm.ModelArgs.tiny())  # warm-up: pays the one-off torch._dynamo import
+print(f"tiny model, first build in this process: {time.perf_counter() - start:.3f} s")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
