@@ -53,8 +53,8 @@ from minimistral.checks import check_function
 # ## The real Mistral v1 tokenizer
 #
 # `mm.Tokenizer.mistral_v1()` opens the model file from the installed `mistral-common` package.
-# Ids 0, 1 and 2 are control tokens: `<unk>` (never produced, thanks to byte fallback), `<s>` (BOS,
-# beginning of sequence) and `</s>` (EOS, end of sequence). Ids 3 to 258 are the 256 bytes
+# Ids 0, 1 and 2 are special: `<unk>` (never produced, thanks to byte fallback), and the control
+# tokens `<s>` (BOS, beginning of sequence) and `</s>` (EOS, end of sequence). Ids 3 to 258 are the 256 bytes
 # `<0x00>` … `<0xFF>`. The other 31,741 are ordinary pieces learned from data: first 28,446
 # multi-character pieces, the **merges**, mostly in the order training found them (ids 259 to 28,704),
 # then the 3,295 single **characters** the merges are built from (ids 28,705 to 31,999, starting with `▁`).
@@ -132,8 +132,10 @@ print(repr(tok.decode(ids)))
 #
 # Training a BPE tokenizer (below) learns a list of **merges**: start from single characters, and
 # repeatedly glue together the most frequent adjacent pair. Sentencepiece stores the result as the
-# vocabulary, with each merged piece's **score** equal to minus its rank: the first merge learned,
-# `▁t`, scores `-2`; later ones score lower.
+# vocabulary, and each merged piece gets a **score** that falls with its rank: in Mistral's file a
+# merge's score is 259 minus its id, so `▁t` (id 261) scores `-2` and later merges score lower. The
+# two pieces before it, `▁▁` and `▁▁▁▁` (ids 259 and 260), are the exception: they score
+# $-10^9$, so they merge only when nothing else can.
 #
 # Encoding replays those merges on new text:
 #
@@ -146,7 +148,7 @@ print(repr(tok.decode(ids)))
 
 # %%
 sp = tok.sp  # the sentencepiece processor inside our Tokenizer: piece_to_id, get_score, ...
-for piece in ["▁t", "er", "in", "▁the", "▁Hello", "izer"]:
+for piece in ["▁▁", "▁t", "in", "er", "▁the", "izer", "▁Hello"]:
     print(f"{piece!r:<9} id {sp.piece_to_id(piece):>5}  score {sp.get_score(sp.piece_to_id(piece)):>8.0f}")
 
 
@@ -250,9 +252,10 @@ display(widgets.VBox([text_box, token_view]))
 # %% [markdown]
 # ## What a character costs, language by language
 #
-# The vocabulary was learned mostly from English (and other Latin-script) text. The same sentence
-# costs more tokens in other scripts, and emoji outside the vocabulary cost four bytes each: a
-# budget of 4,096 tokens is a lot of English and much less Chinese.
+# Mistral has not published what its tokenizer was trained on, but the vocabulary shows it: more than
+# nine in ten merges are plain ASCII (counted below). The same sentence costs more tokens in other
+# scripts, and emoji outside the vocabulary cost four bytes each: a budget of 4,096 tokens is a lot of
+# English and much less Chinese.
 
 # %%
 samples = {
@@ -271,6 +274,10 @@ for name, text in samples.items():
     n_tok = len(tok.encode(text, bos=False))
     per_char[name] = n_tok / len(text)
     print(f"{name:<8} {len(text):>5} {n_tok:>6} {per_char[name]:>11.3f}")
+merges = [tok.id_to_piece(i) for i in range(259, first_char)]
+ascii_merges = sum(all(c == "▁" or ord(c) < 128 for c in p) for p in merges)
+print(f"merges made only of ASCII characters (and '▁'): {ascii_merges:,} of {len(merges):,} "
+      f"({100 * ascii_merges / len(merges):.1f} %)")
 
 # %%
 # lengths (in characters, '▁' counted as one) of the ordinary pieces in the vocabulary
@@ -305,7 +312,7 @@ plt.show()
 # | `vocab_size` | 32000 | |
 # | `byte_fallback` | `True` | the 256 `<0xNN>` pieces; nothing is ever `<unk>` |
 # | `split_digits` | `True` | no piece contains two digits |
-# | `unk_id`, `bos_id`, `eos_id`, `pad_id` | 0, 1, 2, -1 | the control tokens; no padding token |
+# | `unk_id`, `bos_id`, `eos_id`, `pad_id` | 0, 1, 2, -1 | the special tokens; no padding token |
 # | `add_dummy_prefix` | `True` | the leading `▁` |
 # | `remove_extra_whitespaces` | `False` | runs of spaces survive (`▁▁`) |
 # | `normalization_rule_name` | `identity` | text is not Unicode-normalised (`ﬁ` stays `ﬁ`) |
@@ -449,8 +456,8 @@ _ = check_function(
     "01.1 decode_byte_pieces", decode_byte_pieces, lambda pieces: tok.decode([tok.piece_to_id(p) for p in pieces]),
     cases=[(as_byte_pieces("🦙"),), (as_byte_pieces("A"),), (as_byte_pieces("\n"),), ([],),
            (as_byte_pieces("é, ж, 中 and 𝔘"),), (as_byte_pieces(" leading space"),)],
-    hint="int(p[3:5], 16) reads the byte of '<0xNN>'; join all bytes before decoding, since one character "
-         "can take up to four of them")
+    hint="each '<0xNN>' holds one byte written as two hexadecimal digits (base 16); collect all the bytes "
+         "first and decode them together, since one character can take up to four of them")
 
 # %% [markdown]
 # ## Exercise 01.2: byte-fallback ids
@@ -468,12 +475,13 @@ def byte_fallback_ids(char: str) -> list[int]:
 # %%
 _ = check_function(
     "01.2 byte_fallback_ids", byte_fallback_ids, lambda c: tok.encode(c, bos=False)[1:],  # [1:] drops the '▁'
-    cases=[("🦙",), ("𝔘",), ("ꙮ",), ("🧬",)],
-    hint="ids 0, 1, 2 are <unk>, <s>, </s>; <0x00> is id 3; a character is as many pieces as its UTF-8 bytes")
+    cases=[("🦙",), ("𝔘",), ("ꙮ",), ("ʬ",), ("🧬",)],  # 4, 4, 3, 2 and 4 UTF-8 bytes
+    hint="look back at the listing of ids at the top: where do the 256 byte pieces start? A character "
+         "becomes one piece per UTF-8 byte")
 
 # %% [markdown]
 # ## Summary
-# - Mistral's tokenizer is sentencepiece BPE with 32,000 pieces: 3 control tokens, 256 bytes, 31,741
+# - Mistral's tokenizer is sentencepiece BPE with 32,000 pieces: 3 special tokens, 256 bytes, 31,741
 #   learned pieces. `▁` marks a space, digits are always single tokens, and characters outside the
 #   vocabulary fall back to their UTF-8 bytes (id = byte + 3), so every text round-trips exactly.
 # - Encoding replays the learned merges, best score first; our 20-line `bpe_encode` gives the same ids
