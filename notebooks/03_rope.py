@@ -49,6 +49,7 @@ from minimistral.rope import (apply_rope_complex, apply_rope_rotate_half, permut
                               permute_to_rotate_half, rope_angles, rope_frequencies)
 
 torch.manual_seed(0)
+plt.rcParams["figure.dpi"] = 80  # this notebook's curves oscillate fast; 80 dpi keeps its stored images small
 args = mm.ModelArgs.mistral_7b()
 print("head_dim", args.head_dim, " rope_theta", args.rope_theta, " pairs per head", args.head_dim // 2)
 
@@ -142,27 +143,29 @@ for i in [0, 1, 8, 16, 32, 48, 63]:
     print(f"pair {i:>2}: ω = {freqs[i].item():.3e} rad/token, one full turn every {2 * math.pi / freqs[i].item():>9,.1f} tokens")
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.3]})
-pos_short = torch.linspace(0, 100, 1001)  # drawn as continuous curves; positions are the integers
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.3]})
+pos_short = torch.linspace(0, 64, 641)  # drawn as continuous curves; positions are the integers
 for i, color in zip([0, 8, 16, 32, 48], ["#C44E52", "#DD8452", "#55A868", "#4C72B0", "#8172B2"]):
-    ax1.plot(pos_short, torch.cos(pos_short * freqs[i]), color=color, lw=1.8, label=f"pair {i}: period {2 * math.pi / freqs[i].item():.0f}")
+    ax1.plot(pos_short, torch.cos(pos_short * freqs[i]), color=color, lw=1.5, label=f"pair {i}: period {2 * math.pi / freqs[i].item():.0f}")
 ax1.set_xlabel("position m")
 ax1.set_ylabel("cos(m ω_i)")
 ax1.set_title("each pair turns at its own speed")
-ax1.legend(fontsize=8, loc="lower left")
-im = ax2.imshow(torch.cos(angles[:512]).T.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, origin="lower",
+ax1.set_ylim(-1.1, 1.75)  # room for the legend above the curves
+ax1.set_yticks([-1, -0.5, 0, 0.5, 1])
+ax1.legend(fontsize=8, loc="upper center", ncol=2)
+im = ax2.imshow(torch.cos(angles[:256]).T.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, origin="lower",
                 interpolation="nearest")
 ax2.set_xlabel("position m")
 ax2.set_ylabel("pair i (frequency falls upward)")
-ax2.set_title("cos(m ω_i) for the first 512 positions")
+ax2.set_title("cos(m ω_i) for the first 256 positions")
 fig.colorbar(im, ax=ax2, fraction=0.03)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
 # Reading the heatmap: the bottom rows oscillate too fast to resolve at this scale; the top rows are
-# nearly constant over 512 tokens. Together the 64 angles give every position a distinct pattern,
-# just as a number's digits do.
+# nearly constant over 256 tokens (from pair 45 up, a full turn takes more than 4,000 tokens).
+# Together the 64 angles give every position a distinct pattern, just as a number's digits do.
 
 # %% [markdown]
 # ## Mistral's layout: interleaved pairs as complex numbers
@@ -295,7 +298,7 @@ ax1.set_xlabel("key position n")
 ax1.set_ylabel("query position m")
 ax1.set_title("score(q at m, k at n): constant along diagonals")
 fig.colorbar(im, ax=ax1, fraction=0.046)
-# long range: score against relative distance, for q = k = ones (RoFormer's picture)
+# long range: score against relative distance, for q = k = ones (like the RoPE paper's long-term-decay figure)
 dist = torch.arange(0, 4097)
 ones = torch.ones(1, 1, 1, head_dim)
 k_far = apply_rope_complex(ones.expand(1, len(dist), 1, head_dim), rope_angles(dist, head_dim, args.rope_theta))[0, :, 0]
@@ -388,8 +391,8 @@ _ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=
     (torch.arange(4096), 128, 10000.0),
     (torch.tensor([0]), 2, 10000.0),  # a single pair, position 0
     (torch.tensor([5, 4096, 32767]), 128, 1e6),  # later Mistral models' theta, far positions
-], hint="frequencies theta ** (-2i / head_dim) for i = 0 .. head_dim/2 - 1, then an outer product with the "
-        "positions (as float)")
+], hint="build the head_dim/2 frequencies first (pair 0 turns by 1 radian per position), then multiply every "
+        "position by every frequency: torch.outer or broadcasting gives the (T, head_dim/2) table, in float32")
 
 # %% [markdown]
 # ## Exercise 03.2: rotate interleaved pairs
@@ -415,8 +418,8 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
     (torch.randn(1, 3, 2, 2, generator=gen), rope_angles(torch.arange(3), 2)),  # head_dim 2: one pair
     (torch.randn(1, 5, 8, 64, generator=gen).bfloat16(), rope_angles(torch.arange(5), 64)),  # bf16 in, bf16 out
 ], atol=1e-2, rtol=1e-2,
-   hint="pair (x[2i], x[2i+1]) is rotated by angles[t, i]: (a cos - b sin, a sin + b cos); keep the pairs "
-        "interleaved in the output, and cast back with .type_as(x)")
+   hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
+        "the output keeps the pairs interleaved, and x's dtype")
 
 # %% [markdown]
 # ## Summary
