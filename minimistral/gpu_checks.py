@@ -1,0 +1,71 @@
+"""The GPU checks in one command: `python -m minimistral.gpu_checks --out DIR`.
+
+Runs, each in its own process with its own time limit, and leaves logs and JSON in DIR:
+  1. `bench --load`: writes a random-weight 7B checkpoint in HF layout (14.5 GB, generated on the GPU) to
+     --ckpt, then loads it onto cuda in bf16 with ours and with transformers, each in a fresh process;
+  2. `bench --gpu`: the decode/prefill table, ours eager, ours fast, transformers, beside the copy ceiling;
+  3. notebook 11 top to bottom against that checkpoint (with nbclient when it is installed, else its
+     jupytext twin as a plain script with a non-interactive matplotlib backend).
+
+On a lent machine that lacks the notebook's packages (ipywidgets, IPython, mistral-common, nbclient...), carry
+them as wheels (see the device tool's README) and put them on PYTHONPATH before this command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _step(name, cmd, out: Path, timeout: int, env=None) -> bool:
+    log = out / f"{name}.log"
+    print(f"[{name}] {' '.join(cmd)}  (limit {timeout} s, log {log.name})", flush=True)
+    t = time.perf_counter()
+    with open(log, "w") as f:
+        try:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout, cwd=ROOT,
+                                env={**os.environ, **(env or {})}).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+    print(f"[{name}] exit {rc} after {time.perf_counter() - t:.0f} s", flush=True)
+    print(log.read_text()[-4000:], flush=True)
+    return rc == 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minimistral.gpu_checks")
+    p.add_argument("--out", required=True, help="folder for logs, JSON and the executed notebook")
+    p.add_argument("--ckpt", default="/tmp/mm7b", help="where the random 7B checkpoint is written")
+    p.add_argument("--skip", nargs="*", default=[], choices=["load", "gpu", "notebook"])
+    opts = p.parse_args(argv)
+    out = Path(opts.out)
+    out.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    ok = True
+    if "load" not in opts.skip:
+        ok &= _step("bench_load", [py, "-m", "minimistral.bench", "--load", "--dir", opts.ckpt,
+                                   "--json", str(out / "bench_load_h200.json")], out, 240)
+    if "gpu" not in opts.skip:
+        ok &= _step("bench_gpu", [py, "-m", "minimistral.bench", "--gpu",
+                                  "--json", str(out / "bench_gpu_h200.json")], out, 360)
+    if "notebook" not in opts.skip:
+        env = {"MINIMISTRAL_CHECKPOINT": opts.ckpt, "MPLBACKEND": "Agg"}
+        try:
+            import nbclient  # noqa: F401
+            cmd = [py, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                   "--ExecutePreprocessor.timeout=600", "notebooks/11_real_mistral_7b.ipynb",
+                   "--output", str((out / "11_gpu.ipynb").resolve())]
+        except ImportError:
+            cmd = [py, "notebooks/11_real_mistral_7b.py"]
+        ok &= _step("notebook_11", cmd, out, 300, env)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
