@@ -306,7 +306,7 @@ q0 = ones[0, 0, 0]  # at position 0, rotation is the identity
 ax2.plot(dist, (k_far @ q0 / head_dim).numpy(), color="#4C72B0", lw=1)
 ax2.set_xscale("symlog", linthresh=10)
 ax2.set_xlabel("relative distance |m - n| (tokens, log scale past 10)")
-ax2.set_ylabel("score / head_dim")
+ax2.set_ylabel("q·k / head_dim (1 at distance 0)")
 ax2.set_title("q = k = ones: the score fades and wobbles with distance")
 ax2.spines[["top", "right"]].set_visible(False)
 plt.tight_layout()
