@@ -274,18 +274,11 @@ plt.show()
 # `with torch.device("meta"):` runs all of its constructor code, creates every layer with its real
 # shape, and allocates nothing: the fastest way to check that a configuration gives the model you meant.
 #
-# One catch, if you time it yourself: `nn.Embedding` initialises its table with random numbers
-# (`normal_`), and on the meta device PyTorch runs that through one of its Python reference kernels
-# (in `torch._refs`). The first call of such a kernel imports PyTorch's compiler, `torch._dynamo`, with
-# its dependencies: a few seconds, once per process, and nothing to do with our model. A tiny model
-# built first pays that cost (its time is printed), so the timing after it measures only the 7B.
-
-# %%
-# NBVAL_IGNORE_OUTPUT
-start = time.perf_counter()
-with torch.device("meta"):
-    mm.Transformer(mm.ModelArgs.tiny())  # warm-up: pays the one-off torch._dynamo import
-print(f"tiny model, first build in this process: {time.perf_counter() - start:.3f} s")
+# One detail makes this fast. `nn.Linear` and `nn.Embedding` fill themselves with random numbers when they
+# are created, and on the meta device PyTorch routes that fill through Python reference code whose first
+# call imports its compiler (`torch._dynamo`): seconds of work that produce nothing. `mm.Transformer`
+# skips PyTorch's default fills (see `skip_random_init` in `model.py`): on a real device it sets every
+# weight itself afterwards with `init_weights`, and on the meta device there is nothing to set.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
