@@ -321,9 +321,8 @@ assert table["tiny Mistral (shipped)"] < 0.5 * min(base.values())
 # %% [markdown]
 # ### How much does context help?
 #
-# The loss at position $t$ of a window is the model's surprise at token $t+1$ having read the $t+1$
-# tokens before it. At position 0 it knows a single token, like the bigram model, and does about as
-# well. The loss falls fast as the context grows, then flattens: most of what a small model can use sits
+# The loss at position $t$ of a window is the model's surprise at the next token after reading $t+1$
+# tokens. With one token of context it knows as much as the bigram model, and does about as well. The loss falls fast as the context grows, then flattens: most of what a small model can use sits
 # in the last few dozen tokens. It was trained with a **sliding window of 128**: past position 127 each
 # query still sees exactly 128 keys, so the curve cannot fall further there. We average over every
 # window of 256 in the held-out chapters.
@@ -335,17 +334,19 @@ with torch.no_grad():
     ys = heldout_ids[1: n * 256 + 1].view(n, 256)  # (n, 256)
     per_pos = torch.cat([F.cross_entropy(tiny(xb).transpose(1, 2), yb, reduction="none")
                          for xb, yb in zip(xs.split(32), ys.split(32))]).mean(0)  # (256,)
-print(f"{n} windows of 256 tokens; mean held-out loss by position:")
-for lo, hi in [(0, 1), (1, 4), (4, 16), (16, 64), (64, 128), (128, 256)]:
-    print(f"  positions {lo:3d}-{hi - 1:3d}: {per_pos[lo:hi].mean().item():.2f} nats")
-smooth = F.avg_pool1d(per_pos[None, None], 9, stride=1, padding=4, count_include_pad=False)[0, 0]
+print(f"{n} windows of 256 tokens; mean held-out loss by tokens of context:")
+bins = [(1, 1), (2, 4), (5, 16), (17, 64), (65, 128), (129, 256)]  # tokens of context = position + 1
+binned = [per_pos[lo - 1: hi].mean().item() for lo, hi in bins]
+for (lo, hi), v in zip(bins, binned):
+    print(f"  {lo:3d} to {hi:3d} tokens: {v:.2f} nats")
 plt.figure(figsize=(6, 3))
-plt.plot(per_pos, alpha=0.3, label="per position")
-plt.plot(smooth, label="smoothed")
+context = torch.arange(1, 257)
+plt.plot(context, per_pos, alpha=0.3, label="each position")
+plt.plot([math.sqrt(lo * hi) for lo, hi in bins], binned, "o-", label="mean over a bin")
 plt.axhline(math.log(base["bigram"]), color="gray", ls="--", lw=1, label="bigram baseline")
-plt.axvline(tiny.args.sliding_window, color="red", ls=":", lw=1, label="sliding window")
-plt.xscale("symlog", linthresh=4)
-plt.xlabel("position in the window (tokens of context - 1)")
+plt.axvline(tiny.args.sliding_window, color="red", ls=":", lw=1, label="sliding window (128)")
+plt.xscale("log")
+plt.xlabel("tokens of context (position + 1)")
 plt.ylabel("held-out loss (nats)")
 plt.legend()
 plt.tight_layout()
