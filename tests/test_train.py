@@ -159,3 +159,9 @@ def test_command_line_writes_a_loadable_checkpoint(tmp_path):
     log = json.loads((out / "training_log.json").read_text())
     assert log["train_config"]["steps"] == 2 and log["train_config"]["bf16"] is False
     assert len(log["loss_every_10_steps"]) == 1 and math.isfinite(log["heldout_perplexity"])
+
+
+def test_command_line_will_not_overwrite_the_shipped_model_by_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["--steps", "1"])
+    assert "--out is required" in capsys.readouterr().err
