@@ -312,7 +312,7 @@ print(model.output)
 # MLP and its two RMSNorms) of any `ModelArgs`. Use the formula above; remember that `wk` and `wv`
 # have `n_kv_heads * head_dim` rows and that `head_dim` need not be `dim // n_heads`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex00_1_params_per_layer-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def params_per_layer(args: mm.ModelArgs) -> int:
     ### BEGIN SOLUTION
     d, h = args.dim, args.head_dim
@@ -323,7 +323,7 @@ def params_per_layer(args: mm.ModelArgs) -> int:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex00_1_params_per_layer-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 from minimistral.checks import check_function
 from minimistral.model import TransformerBlock
 

@@ -440,14 +440,14 @@ for s in compare:
 # `["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]`, return the text they spell (here `"🦙"`). Read the two hex
 # digits of each piece, collect the bytes, decode them as UTF-8.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex01_1_decode_byte_pieces-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def decode_byte_pieces(pieces: list[str]) -> str:
     ### BEGIN SOLUTION
     return bytes(int(p[3:5], 16) for p in pieces).decode("utf-8")
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex01_1_decode_byte_pieces-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def as_byte_pieces(text):  # the pieces byte fallback would produce for every character of `text`
     return [f"<0x{b:02X}>" for b in text.encode("utf-8")]
 
@@ -465,14 +465,14 @@ _ = check_function(
 # Without calling the tokenizer, return the token ids that byte fallback gives a character missing from
 # the vocabulary (such as 🦙 or 𝔘). Remember where the 256 byte pieces sit in the vocabulary.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex01_2_byte_fallback_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def byte_fallback_ids(char: str) -> list[int]:
     ### BEGIN SOLUTION
     return [b + 3 for b in char.encode("utf-8")]
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex01_2_byte_fallback_ids-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_function(
     "01.2 byte_fallback_ids", byte_fallback_ids, lambda c: tok.encode(c, bos=False)[1:],  # [1:] drops the '▁'
     cases=[("🦙",), ("𝔘",), ("ꙮ",), ("ʬ",), ("🧬",)],  # 4, 4, 3, 2 and 4 UTF-8 bytes

@@ -354,7 +354,7 @@ print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", 
 # `(dim,)`. The result has `x`'s shape and dtype. The check runs it on several shapes and dtypes,
 # including bf16 input and a large fp16 input that only survives with the float32 upcast.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex02_1_rms_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     xf = x.float()
@@ -362,7 +362,7 @@ def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex02_1_rms_norm-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def with_dtype(fn):  # the check compares values; returning the dtype as well makes it compare dtypes too
     def wrapped(x, weight, eps):
         y = fn(x, weight, eps)
@@ -387,7 +387,7 @@ _ = check_function("02.1 rms_norm", with_dtype(my_rms_norm), with_dtype(rms_norm
 # Implement LayerNorm with gain and bias over the last dimension (biased variance, as
 # `torch.nn.functional.layer_norm`). Count the reductions you need compared with `my_rms_norm`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex02_2_layer_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     mu = x.mean(-1, keepdim=True)
@@ -396,7 +396,7 @@ def my_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex02_2_layer_norm-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_function("02.2 layer_norm", my_layer_norm,
                    lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps), cases=[
     (torch.randn(4, 8, generator=gen), torch.ones(8), torch.zeros(8), 1e-5),

@@ -377,7 +377,7 @@ display(widgets.VBox([position_slider, theta_slider, explorer_out]))
 # Return the angle of every (position, pair): a float32 tensor of shape `(len(positions), head_dim // 2)`
 # with entry $[t, i] = \text{positions}[t] \cdot \theta^{-2i/\text{head\_dim}}$.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex03_1_rope_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def rope_angles_exercise(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
@@ -385,7 +385,7 @@ def rope_angles_exercise(positions: torch.Tensor, head_dim: int, theta: float) -
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex03_1_rope_angles-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=[
     (torch.arange(8), 16, 10000.0),
     (torch.arange(4096), 128, 10000.0),
@@ -401,7 +401,7 @@ _ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=
 # numbers this time (`torch.view_as_complex`, `torch.polar`, `torch.view_as_real`), or real arithmetic if
 # you prefer. Return the same shape and dtype as `x`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex03_2_rope_interleaved-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, H, D/2)
@@ -410,7 +410,7 @@ def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex03_2_rope_interleaved-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 gen = torch.Generator().manual_seed(3)
 _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, cases=[
     (torch.randn(1, 4, 1, 8, generator=gen), rope_angles(torch.arange(4), 8)),

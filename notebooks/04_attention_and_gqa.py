@@ -435,7 +435,7 @@ plt.show()
 # **04.1** Write `repeat_kv(x, n_rep)`: `(B, K, S, D) -> (B, K*n_rep, S, D)`, each K/V head repeated
 # `n_rep` times *next to itself* (so that query head `h` reads K/V head `h // n_rep`).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex04_1_repeat_kv-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_repeat_kv(x, n_rep):
     ### BEGIN SOLUTION
     B, K, S, D = x.shape
@@ -443,7 +443,7 @@ def my_repeat_kv(x, n_rep):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex04_1_repeat_kv-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_function("04.1 repeat_kv", my_repeat_kv, repeat_kv,
                cases=[(torch.randn(1, 2, 3, 4), 4), (torch.randn(2, 8, 5, 16), 1), (torch.randn(1, 1, 2, 4), 8),
                       (torch.randn(3, 4, 1, 2), 2)],
@@ -453,7 +453,7 @@ _ = check_function("04.1 repeat_kv", my_repeat_kv, repeat_kv,
 # **04.2** Write causal attention for **one** head: `q, k, v` of shape `(T, D)` in, `(T, D)` out. Scale,
 # mask the future with $-\infty$, softmax over keys, weighted sum of values. No library attention calls.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex04_2_causal_attention-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_causal_attention(q, k, v):
     ### BEGIN SOLUTION
     T, D = q.shape
@@ -463,7 +463,7 @@ def my_causal_attention(q, k, v):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex04_2_causal_attention-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def reference_causal_attention(q, k, v):
     return attention_explicit(q[None, None], k[None, None], v[None, None], causal_mask(q.shape[0]))[0][0, 0]
 
@@ -479,14 +479,14 @@ _ = check_function("04.2 causal_attention", my_causal_attention, reference_causa
 # **04.3** The KV cache in bytes of a model with `n_layers` layers, `n_kv_heads` K/V heads of size
 # `head_dim`, holding `seq_len` tokens, each number taking `bytes_per_value` bytes (batch 1, full cache).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex04_3_kv_cache_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
     ### BEGIN SOLUTION
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * bytes_per_value
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex04_3_kv_cache_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def reference_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
     a = mm.ModelArgs(n_layers=n_layers, n_heads=32, n_kv_heads=n_kv_heads, head_dim=head_dim)
     return a.kv_cache_bytes(seq_len, dtype={4: "float32", 2: "bfloat16", 1: "int8"}[bytes_per_value], rolling=False)

@@ -418,7 +418,7 @@ mm.viz.mask_explorer(max_len=32)
 # $j$; `window=None` means plain causal. Checked against the library on sizes that include $W = 1$ (each
 # token sees only itself), $W \ge T$ (no different from causal) and `None`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex05_1_sliding_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_sliding_window_mask(seq_len, window):
     ### BEGIN SOLUTION
     i = torch.arange(seq_len)[:, None]
@@ -430,7 +430,7 @@ def my_sliding_window_mask(seq_len, window):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex05_1_sliding_window_mask-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_function("05.1 sliding_window_mask", my_sliding_window_mask, sliding_window_mask,
                    cases=[(8, 3), (16, 4), (6, 1), (5, 5), (5, 9), (7, None), (1, 1), (40, 39)],
                    hint="compare a column of query positions with a row of key positions (broadcasting); "
@@ -442,14 +442,14 @@ _ = check_function("05.1 sliding_window_mask", my_sliding_window_mask, sliding_w
 # position $j$ can influence position $i$ after `n_layers` layers of window `window`. The check compares
 # with a brute-force computation on the actual masks.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex05_2_max_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_max_reach(window, n_layers):
     ### BEGIN SOLUTION
     return n_layers * (window - 1)
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex05_2_max_reach-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def brute_force_reach(window, n_layers):
     T = n_layers * window + 2
     step = sliding_window_mask(T, window).int()

@@ -350,7 +350,7 @@ plt.show()
 # **06.1** Write the SwiGLU MLP as a function of the input and the three weights, in `nn.Linear` layout
 # (`w1`, `w3`: `(hidden, dim)`, `w2`: `(dim, hidden)`). Use `torch.sigmoid` for SiLU, not `F.silu`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex06_1_swiglu-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_swiglu(x, w1, w2, w3):
     ### BEGIN SOLUTION
     a = x @ w1.T
@@ -358,7 +358,7 @@ def my_swiglu(x, w1, w2, w3):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex06_1_swiglu-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def library_swiglu(x, w1, w2, w3):
     ff = FeedForward(w1.shape[1], w1.shape[0])
     with torch.no_grad():
@@ -379,7 +379,7 @@ _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
 # plus two edge cases: a width that already is a multiple (dim 96 gives exactly 256, which must stay 256) and
 # `multiple_of=1` (no rounding at all).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex06_2_llama_hidden_dim-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_llama_hidden_dim(dim, multiple_of=256):
     ### BEGIN SOLUTION
     h = int(2 * 4 * dim / 3)
@@ -387,7 +387,7 @@ def my_llama_hidden_dim(dim, multiple_of=256):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex06_2_llama_hidden_dim-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_value("06.2 llama_hidden_dim",
                 lambda: [my_llama_hidden_dim(dm) for dm in (4096, 5120, 6656, 8192, 96)]
                 + [my_llama_hidden_dim(4096, multiple_of=1)],
@@ -399,7 +399,7 @@ _ = check_value("06.2 llama_hidden_dim",
 # computed from the shapes: `dim` 4096, 32 query heads and 8 K/V heads of 128, `hidden_dim` 14336, two
 # RMSNorm weight vectors.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex06_3_mlp_fraction-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_mlp_fraction():
     ### BEGIN SOLUTION
     dim, hidden, hd = 4096, 14336, 128
@@ -409,7 +409,7 @@ def my_mlp_fraction():
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex06_3_mlp_fraction-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 p7 = mm.ModelArgs.mistral_7b().params_by_component()
 _ = check_value("06.3 mlp_fraction", my_mlp_fraction,
                 p7["mlp"] / (p7["mlp"] + p7["attention"] + 2 * 4096 * 32),

@@ -191,7 +191,7 @@ print("MyBlock == mm TransformerBlock: max |diff| =", f"{(ours - lib).abs().max(
 # Call the attention as `block.attention(normed_x, angles, mask, positions, positions)`.
 # The check tries blocks with 1, 2 and 4 query heads per KV head, with and without a window.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex07_1_block_forward-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def block_forward(block, x, angles, mask, positions):
     ### BEGIN SOLUTION
     h = x + block.attention(block.attention_norm(x), angles, mask, positions, positions)
@@ -199,7 +199,7 @@ def block_forward(block, x, angles, mask, positions):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex07_1_block_forward-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def _block_case(seed, n_heads, n_kv_heads, window, T):
     torch.manual_seed(seed)
     a = mm.ModelArgs.tiny(dim=64, head_dim=16, hidden_dim=96, n_heads=n_heads, n_kv_heads=n_kv_heads,
@@ -338,7 +338,7 @@ plt.show()
 # Write `layer_params(args)`, the number of parameters of one block for any `ModelArgs`. Watch out:
 # `head_dim` need not be `dim // n_heads`, and `n_kv_heads` may be anything from 1 to `n_heads`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex07_2_layer_params-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def layer_params(args: mm.ModelArgs) -> int:
     ### BEGIN SOLUTION
     attn = args.dim * args.n_heads * args.head_dim * 2 + args.dim * args.n_kv_heads * args.head_dim * 2
@@ -346,7 +346,7 @@ def layer_params(args: mm.ModelArgs) -> int:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex07_2_layer_params-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def _block_numel(a):
     with torch.device("meta"):
         return sum(p.numel() for p in TransformerBlock(a, 0).parameters())

@@ -236,7 +236,7 @@ print("same slots, same keys, same values as MyRollingCache")
 # (positions $0$ to $n-1$), with $-1$ for a slot never written. Think before you code: after 13
 # tokens with $W = 8$, slot 3 holds 11.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex08_1_cached_positions-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def cached_positions(n_tokens: int, window: int) -> list[int]:
     ### BEGIN SOLUTION
     slots = [-1] * window
@@ -246,7 +246,7 @@ def cached_positions(n_tokens: int, window: int) -> list[int]:
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex08_1_cached_positions-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def _library_positions(n_tokens, window):
     c = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=2, size=window)
     if n_tokens:
@@ -327,7 +327,7 @@ for name, d in diffs.items():  # float rounding differs with the order of the su
 # Write `chunked_logits(model, tokens, chunk_size)`: run `tokens` (shape (1, T)) through the model in
 # chunks of `chunk_size` using one cache, and return the logits of all T positions, (1, T, V).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex08_2_chunked_logits-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 @torch.no_grad()
 def chunked_logits(model, tokens, chunk_size):
     ### BEGIN SOLUTION
@@ -337,7 +337,7 @@ def chunked_logits(model, tokens, chunk_size):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex08_2_chunked_logits-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 with torch.no_grad():
     check_function("08.2 chunked_logits", chunked_logits, lambda m, t, c: m(t),
                    [(model, long_prompt[:, :40], 40), (model, long_prompt[:, :40], 1), (model, long_prompt[:, :50], 16),

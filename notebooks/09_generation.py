@@ -115,7 +115,7 @@ print(tok.decode(ids + greedy_ids))
 # then feed back one token at a time, always taking the argmax of the last position's logits. Return
 # the list of the `n_new` new ids. (`model.new_cache()` and `model(tokens, cache=cache)`, notebook 08.)
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex09_1_greedy_decode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 @torch.no_grad()
 def greedy_decode(model, prompt_ids, n_new):
     ### BEGIN SOLUTION
@@ -130,7 +130,7 @@ def greedy_decode(model, prompt_ids, n_new):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex09_1_greedy_decode-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 passed = check_function("09.1 greedy_decode", greedy_decode,
                         lambda m, p, n: mm.generate(m, p, max_new_tokens=n, temperature=0.0),
                         [(model, ids, 12), (model, [tok.bos_id], 5), (model, ids, 1), (model, tok.encode("And", bos=True), 20)],
@@ -238,7 +238,7 @@ plt.show()
 # mass of the tokens ranked **above** it is still below `p`; then put the values back in vocabulary order
 # (`scatter`).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex09_2_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def top_p_filter(probs, p):
     ### BEGIN SOLUTION
     sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -249,7 +249,7 @@ def top_p_filter(probs, p):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex09_2_top_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _g = torch.Generator().manual_seed(5)
 _batch = torch.randn(3, 50, generator=_g) * 2
 passed = check_function("09.2 top_p_filter", top_p_filter,

@@ -193,7 +193,7 @@ plt.show()
 # step `warmup_steps - 1` gets the full `cfg.lr`), then the half cosine above, reaching `cfg.min_lr` at
 # step `cfg.steps - 1`. It is checked against `minimistral.train.lr_at`, including a schedule without warmup.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex10_1_lr_at-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_lr_at(step, cfg):
     ### BEGIN SOLUTION
     if step < cfg.warmup_steps:
@@ -203,7 +203,7 @@ def my_lr_at(step, cfg):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex10_1_lr_at-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 c1 = TrainConfig(steps=100, lr=1e-3, min_lr=1e-4, warmup_steps=10)
 c2 = TrainConfig(steps=50, lr=3e-3, min_lr=0.0, warmup_steps=0)
 _ = check_function("10.1 lr_at", my_lr_at, lr_at,
@@ -382,7 +382,7 @@ print(f"random weights: {prompts[0]} {soup}")
 # and return the perplexity $\exp\bigl(-\frac{1}{N}\sum_t \log p(y_t \mid y_{t-1})\bigr)$ of
 # `eval_ids[1:]`. Checked against `minimistral.corpus.ngram_perplexities`.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex10_2_bigram_ppl-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_bigram_ppl(train_ids, eval_ids, V):
     ### BEGIN SOLUTION
     counts = torch.ones(V, V, dtype=torch.float64)
@@ -393,7 +393,7 @@ def my_bigram_ppl(train_ids, eval_ids, V):
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex10_2_bigram_ppl-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def bigram_reference(train_ids, eval_ids, V):
     return corpus.ngram_perplexities(train_ids, eval_ids, V)["bigram"]
 

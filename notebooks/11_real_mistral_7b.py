@@ -154,7 +154,7 @@ else:
 # bytes per number. The cache is a rolling buffer: it keeps at most `args.sliding_window` tokens per
 # sequence, or all of them when `sliding_window` is None. (Notebooks 07 and 08 have every piece.)
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex11_1_inference_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def inference_bytes(args: mm.ModelArgs, seq_len: int, batch_size: int, dtype_bytes: int) -> int:
     ### BEGIN SOLUTION
     weights = args.num_params() * dtype_bytes
@@ -164,7 +164,7 @@ def inference_bytes(args: mm.ModelArgs, seq_len: int, batch_size: int, dtype_byt
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex11_1_inference_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _names = {4: "float32", 2: "bfloat16", 1: "int8"}
 passed = check_function("11.1 inference_bytes", inference_bytes,
                         lambda a, n, b, nb: a.weight_bytes(_names[nb]) + a.kv_cache_bytes(n, b, _names[nb]),
@@ -309,14 +309,14 @@ print("mean attention on token 0 by layer:", [round(v, 2) for v in sink.tolist()
 # sequence starting at position 0. Return a tensor of shape (heads,): for each head, the attention that
 # queries $1, \dots, T-1$ put on the key just before them, averaged over those queries.
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex11_2_previous_token_score-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def previous_token_score(probs: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     return torch.diagonal(probs, offset=-1, dim1=-2, dim2=-1).mean(-1)
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex11_2_previous_token_score-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def _previous_token_loop(probs):
     H_, T_, _ = probs.shape
     return torch.tensor([sum(probs[h, i, i - 1].item() for i in range(1, T_)) / (T_ - 1) for h in range(H_)])

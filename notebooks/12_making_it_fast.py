@@ -311,14 +311,14 @@ print(", ".join(f"batch {b}: {r:.0f} tok/s" for b, r in zip(sizes, rates)))
 # parameters stored with `bytes_per_param` bytes each, on a GPU whose memory moves `bandwidth` bytes per
 # second (ignore the KV cache).
 
-# %%
+# %% nbgrader={"grade": false, "grade_id": "ex12_1_decode_ceiling-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_decode_ceiling(n_params, bytes_per_param, bandwidth):
     ### BEGIN SOLUTION
     return bandwidth / (n_params * bytes_per_param)
     ### END SOLUTION
 
 
-# %%
+# %% nbgrader={"grade": true, "grade_id": "ex12_1_decode_ceiling-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_function(
     "12.1 decode_ceiling", my_decode_ceiling,
     lambda n, b, bw: bw / (n * b),
