@@ -358,3 +358,11 @@ def test_tag_refuses_a_stale_twin_and_tags_the_others(tmp_path):
     assert len(errors) == 1 and "98_stale.py" in errors[0]
     assert set(changed) == {paths[1], tmp_path / "99_fine.py"}
     assert (paths[0].read_bytes(), stale_py.read_bytes()) == before  # nothing half-written
+
+
+@pytest.mark.skipif(not NOTEBOOKS, reason="no course notebooks yet")
+def test_shipped_notebooks_carry_nbgrader_metadata():
+    errors = []
+    stale = labs.tag(NOTEBOOKS, write=False, errors=errors)
+    assert not errors, errors
+    assert not stale, f"run `python -m minimistral.labs tag` (these lack nbgrader metadata): {stale}"
