@@ -366,3 +366,14 @@ def test_shipped_notebooks_carry_nbgrader_metadata():
     stale = labs.tag(NOTEBOOKS, write=False, errors=errors)
     assert not errors, errors
     assert not stale, f"run `python -m minimistral.labs tag` (these lack nbgrader metadata): {stale}"
+
+
+def test_student_edition_copies_local_images(tmp_path):
+    nb = exercise_nb(light=True)
+    nb.cells.insert(1, new_markdown_cell("![diagram](img/block.png) and ![web](https://example.org/x.png)"))
+    (tmp_path / "img").mkdir()
+    (tmp_path / "img" / "block.png").write_bytes(b"\x89PNG fake")
+    src = write(nb, tmp_path / "99_lab.ipynb")
+    written = labs.write_student_edition([src], tmp_path / "out")
+    assert (tmp_path / "out" / "img" / "block.png").read_bytes() == b"\x89PNG fake"
+    assert len(written) == 2
