@@ -115,6 +115,17 @@ def default_notebooks() -> list[Path]:
     return sorted(NOTEBOOKS_DIR.glob("[0-9][0-9]_*.ipynb"))
 
 
+def _notebooks_or_default(paths: list[Path]) -> list[Path]:
+    paths = paths or default_notebooks()
+    if not paths:
+        raise LabsError(f"no NN_*.ipynb notebooks in {NOTEBOOKS_DIR} (is this a clone of the repository?); "
+                        "name the notebooks on the command line")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise LabsError(f"{missing[0]}: no such notebook")
+    return paths
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Student edition
 
@@ -622,13 +633,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         if a.command == "student":
-            notebooks = a.notebooks or default_notebooks()
+            notebooks = _notebooks_or_default(a.notebooks)
             written = write_student_edition(notebooks, a.out, a.force)
             n = sum(len(find_exercises(nbformat.read(q, 4), str(q))) for q in notebooks)
             print(f"wrote {len(written)} files to {a.out} ({len(notebooks)} notebooks, {n} exercises)")
             return 0
         if a.command == "tag":
-            notebooks = a.notebooks or default_notebooks()
+            notebooks = _notebooks_or_default(a.notebooks)
             errors = []
             changed = tag(notebooks, write=not a.check, twins=not a.no_py, errors=errors)
             for q in changed:
