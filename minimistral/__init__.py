@@ -5,7 +5,7 @@ import importlib
 from .attention import attention_mask, causal_mask, sliding_window_mask
 from .cache import RollingKVCache
 from .config import ModelArgs
-from .generate import generate, generate_stream, sample_next, sampling_probs
+from .generate import generate, generate_stream, sample_next, sampling_probs, stream_text
 from .model import Transformer
 from .tokenizer import Tokenizer
 

@@ -99,3 +99,23 @@ def generate(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, tempera
              top_k: Optional[int] = None, chunk_size: Optional[int] = None) -> list[int]:
     """The new token ids (prompt excluded). temperature=0 is greedy; the same seed gives the same tokens."""
     return list(generate_stream(model, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed, eos_id, chunk_size))
+
+
+def stream_text(model, tokenizer, prompt: str, **kwargs) -> Iterator[str]:
+    """Yield the continuation of `prompt` as text, piece by piece as tokens arrive (notebook 09 builds this).
+    Tokens do not map one-to-one onto text (a multi-byte character arrives as several byte tokens, and `▁`
+    becomes a space only beside a following piece), so each step decodes everything so far and yields only
+    what is new, holding back a half-finished character (decoded as U+FFFD) until its last byte arrives.
+    kwargs go to generate_stream (max_new_tokens, temperature, top_p, top_k, seed, eos_id)."""
+    ids = tokenizer.encode(prompt, bos=True)
+    shown = len(tokenizer.decode(ids))
+    new, text = [], ""
+    for token in generate_stream(model, ids, **kwargs):
+        new.append(token)
+        text = tokenizer.decode(ids + new)
+        if text.endswith("\ufffd"):
+            continue
+        yield text[shown:]
+        shown = len(text)
+    if len(text) > shown:  # a character still incomplete when generation stopped
+        yield text[shown:]

@@ -308,6 +308,17 @@ assert streamed == mm.generate(model, tok.encode("And the LORD said unto Moses,"
                                temperature=0.7, top_p=0.9, seed=3)
 
 # %% [markdown]
+# The library's `mm.stream_text` does the same and yields the new text piece by piece instead of printing it;
+# notebook 11 uses it. Both give the same text:
+
+# %%
+pieces = list(mm.stream_text(model, tok, "And the LORD said unto Moses,", max_new_tokens=40, temperature=0.7,
+                             top_p=0.9, seed=3))
+assert "".join(pieces) == tok.decode(tok.encode("And the LORD said unto Moses,", bos=True) + streamed)[
+    len("And the LORD said unto Moses,"):]
+print(f"{len(pieces)} pieces, the same text as above")
+
+# %% [markdown]
 # `generate_stream` stops early when it samples `eos_id` (yielded, then the loop ends). The library's
 # generation loop is the one you wrote in exercise 09.1 plus sampling: prefill the prompt in chunks of
 # the window into a fresh cache, then decode one token per step.

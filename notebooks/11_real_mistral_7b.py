@@ -212,24 +212,17 @@ PROMPT = "In the beginning God created the heaven and the earth. And the earth w
 
 
 def stream(prompt, **kw):
-    ids = tok.encode(prompt, bos=True)
-    new, shown, text = [], "", ""
+    """Print the prompt, then the continuation as it is generated (mm.stream_text, built in notebook 09)."""
     print(prompt, end="", flush=True)
-    for token in mm.generate_stream(model, ids, **kw):
-        new.append(token)
-        text = tok.decode(ids + new)[len(prompt):]
-        if text.endswith("\ufffd"):  # half of a multi-byte character: wait for its other bytes
-            continue
-        print(text[len(shown):], end="", flush=True)
-        shown = text
-    print(text[len(shown):])
-    return new
+    for piece in mm.stream_text(model, tok, prompt, **kw):
+        print(piece, end="", flush=True)
+    print()
 
 
-greedy = stream(PROMPT, max_new_tokens=40, temperature=0.0)
+stream(PROMPT, max_new_tokens=40, temperature=0.0)
 
 # %%
-sampled = stream("And God said,", max_new_tokens=40, temperature=0.7, top_p=0.9, seed=0)
+stream("And God said,", max_new_tokens=40, temperature=0.7, top_p=0.9, seed=0)
 
 # %% [markdown]
 # ## 5. Attention on a real sentence

@@ -1,5 +1,7 @@
 """Generation: greedy tokens identical to transformers' generate, sampling controls, bad input (issue 3)."""
 
+import sys
+
 import pytest
 import torch
 
@@ -7,13 +9,7 @@ import minimistral as mm
 from oracle import hf_model_from_ours
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared 2-core machine: one thread avoids waiting on a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 ARGS = mm.ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2, vocab_size=101,
@@ -157,3 +153,16 @@ def test_sample_next_greedy_and_seeded():
     g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
     flat = torch.zeros(2, 1000)
     assert torch.equal(mm.sample_next(flat, 1.0, generator=g1), mm.sample_next(flat, 1.0, generator=g2))
+
+
+def test_stream_text_yields_whole_characters_and_the_full_text(monkeypatch):
+    """A multi-byte character arrives as several byte tokens: stream_text holds it back until it is whole."""
+    gen = sys.modules["minimistral.generate"]  # (mm.generate is the function, not the module)
+    tok = mm.Tokenizer.mistral_v1()
+    continuation = tok.encode("llama 🦙 and café", bos=False)  # sentencepiece adds the leading "▁"
+    assert any(tok.is_byte(i) for i in continuation), "the test needs byte-fallback pieces"
+    monkeypatch.setattr(gen, "generate_stream", lambda model, ids, **kw: iter(continuation))
+    pieces = list(mm.stream_text(None, tok, "A", max_new_tokens=len(continuation)))
+    assert "".join(pieces) == " llama 🦙 and café"
+    assert all("\ufffd" not in p for p in pieces)
+    assert len(pieces) < len(continuation)  # the four byte tokens of 🦙 came out as one piece

@@ -14,13 +14,7 @@ from minimistral.rope import (apply_rope_complex, apply_rope_rotate_half, permut
                               permute_to_rotate_half, rope_angles)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small models on a shared 2-core machine: one thread avoids waiting on a busy second core."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- the sliding-window mask ---------------------------------------------------------------------------
