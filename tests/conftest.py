@@ -1,9 +1,11 @@
-import os
+import matplotlib
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+# Draw off-screen in this process only. (Not via os.environ["MPLBACKEND"]: the notebook kernels that
+# `pytest --nbval` starts would inherit it, and plt.show() under Agg shows nothing.)
+matplotlib.use("Agg")
 
-import pytest
-import torch
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
