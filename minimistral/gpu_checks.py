@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         ok &= _step("bench_gpu", [py, "-m", "minimistral.bench", "--gpu",
                                   "--json", str(out / "bench_gpu_h200.json")], out, 360)
     if "notebook" not in opts.skip:
-        env = {"MINIMISTRAL_CHECKPOINT": opts.ckpt, "MPLBACKEND": "Agg"}
+        env = {"MINIMISTRAL_CHECKPOINT": opts.ckpt}
         try:
             import nbclient  # noqa: F401
             cmd = [py, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
@@ -63,6 +63,7 @@ def main(argv=None) -> int:
                    "--output", str((out / "11_gpu.ipynb").resolve())]
         except ImportError:
             cmd = [py, "notebooks/11_real_mistral_7b.py"]
+            env["MPLBACKEND"] = "Agg"  # no kernel to show figures in
         ok &= _step("notebook_11", cmd, out, 300, env)
     return 0 if ok else 1
 
