@@ -70,6 +70,14 @@ def from_hf_tensor(name: str, t: torch.Tensor, args: ModelArgs) -> torch.Tensor:
     return t
 
 
+def _hf_to_ours_names(args: ModelArgs) -> dict:
+    """Every HF parameter name of a model with these args -> our name."""
+    names = {hf_name(f"layers.{i}.{ours}.weight"): f"layers.{i}.{ours}.weight"
+             for i in range(args.n_layers) for ours in _LAYER_NAMES}
+    names.update({v: k for k, v in _TOP_NAMES.items()})
+    return names
+
+
 def to_hf_state_dict(model) -> dict:
     """Our model's weights under HF names and layout (what MistralForCausalLM.load_state_dict takes)."""
     return {hf_name(n): to_hf_tensor(n, t, model.args) for n, t in model.state_dict().items()}
@@ -77,11 +85,7 @@ def to_hf_state_dict(model) -> dict:
 
 def from_hf_state_dict(sd: dict, args: ModelArgs) -> dict:
     """An HF MistralForCausalLM state dict -> our names and layout."""
-    inverse = {}
-    for i in range(args.n_layers):
-        for ours in _LAYER_NAMES:
-            inverse[hf_name(f"layers.{i}.{ours}.weight")] = f"layers.{i}.{ours}.weight"
-    inverse.update({v: k for k, v in _TOP_NAMES.items()})
+    inverse = _hf_to_ours_names(args)
     return {inverse[k]: from_hf_tensor(inverse[k], t, args) for k, t in sd.items() if k in inverse}
 
 
@@ -200,13 +204,6 @@ def meta_model(args: ModelArgs) -> Transformer:
     """A Transformer on the meta device: every shape, no memory, no values."""
     with torch.device("meta"):
         return Transformer(args)
-
-
-def _hf_to_ours_names(args: ModelArgs) -> dict:
-    names = {hf_name(f"layers.{i}.{ours}.weight"): f"layers.{i}.{ours}.weight"
-             for i in range(args.n_layers) for ours in _LAYER_NAMES}
-    names.update({v: k for k, v in _TOP_NAMES.items()})
-    return names
 
 
 def _inspect(path: Path, layout: str):
