@@ -186,12 +186,9 @@ def _detect_layout(path: Path) -> str:
     if not path.is_dir():
         raise CheckpointError(f"{path} is a file: pass the folder that holds the checkpoint "
                               f"({HF_CONFIG} + weights, or {MISTRAL_PARAMS} + weights)")
-    hf = (path / HF_CONFIG).is_file()
-    mistral = (path / MISTRAL_PARAMS).is_file() and any(
-        (path / f).is_file() for f in (MISTRAL_SINGLE, MISTRAL_PTH))
-    if hf:
+    if (path / HF_CONFIG).is_file():
         return "hf"
-    if mistral:
+    if (path / MISTRAL_PARAMS).is_file() and any((path / f).is_file() for f in (MISTRAL_SINGLE, MISTRAL_PTH)):
         return "consolidated"
     found = sorted(p.name for p in path.iterdir())
     found = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "") if found else "nothing"
