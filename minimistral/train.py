@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from .config import ModelArgs
 from .model import Transformer
@@ -133,10 +135,7 @@ def train(args: ModelArgs, data: torch.Tensor, cfg: Optional[TrainConfig] = None
     batches = torch.Generator().manual_seed(cfg.seed + 1)
     history = {"loss": [], "lr": [], "eval": []}
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=cfg.steps, desc="training", unit="step")
+    bar = tqdm(total=cfg.steps, desc="training", unit="step", disable=not progress)
     for step in range(cfg.steps):
         lr = lr_at(step, cfg)
         for group in opt.param_groups:
@@ -155,15 +154,13 @@ def train(args: ModelArgs, data: torch.Tensor, cfg: Optional[TrainConfig] = None
         history["lr"].append(lr)
         if eval_data is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
             history["eval"].append((step + 1, evaluate(model, eval_data, cfg.seq_len, max_tokens=eval_tokens)))
-        if bar is not None:
-            bar.update(1)
-            if step % log_every == 0 or step + 1 == cfg.steps:
-                post = {"loss": f"{loss.item():.3f}", "lr": f"{lr:.2e}"}
-                if history["eval"]:
-                    post["eval"] = f"{history['eval'][-1][1]:.3f}"
-                bar.set_postfix(post)
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+        if progress and (step % log_every == 0 or step + 1 == cfg.steps):
+            post = {"loss": f"{loss.item():.3f}", "lr": f"{lr:.2e}"}
+            if history["eval"]:
+                post["eval"] = f"{history['eval'][-1][1]:.3f}"
+            bar.set_postfix(post)
+    bar.close()
     model.eval()
     return model, history
 
@@ -263,7 +260,7 @@ def main(argv=None):
           f"perplexity {math.exp(heldout):.2f}", flush=True)
 
     _save(model, a.out)
-    log = {"command": "python -m minimistral.train " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
+    log = {"command": "python -m minimistral.train " + " ".join(argv if argv is not None else sys.argv[1:]),
            "train_config": dataclasses.asdict(cfg), "model_args": args.to_dict(), "seconds": round(seconds, 1),
            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
            "heldout_loss": round(heldout, 4), "heldout_perplexity": round(math.exp(heldout), 3),
