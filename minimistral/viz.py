@@ -240,6 +240,15 @@ def capture_attention(model, layers=None, heads=None, queries=None, dtype=torch.
 # 2. Pictures
 # ====================================================================================================
 
+def _check_int(name: str, value, low: int = 1, none_ok: bool = False) -> None:
+    """ValueError unless value is an int >= low (bools refused), or None where none_ok."""
+    if none_ok and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a positive integer" if low == 1 else f"an integer >= {low}"
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}{kind}, got {value!r}")
+
+
 def _to_numpy(x, what: str, ndim: int) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
@@ -515,10 +524,8 @@ def plot_window_mask(seq_len: int, window: Optional[int]):
     """The sliding-window mask: query i may attend keys j with i - W < j <= i, a band of exactly W keys
     (fewer for the first W - 1 queries). Right: keys each query sees."""
     from .attention import sliding_window_mask
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
-        raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-        raise ValueError(f"window must be None or a positive integer, got {window!r}")
+    _check_int("seq_len", seq_len)
+    _check_int("window", window, none_ok=True)
     mask = sliding_window_mask(seq_len, window).numpy()
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(8.4, 5), layout="constrained", sharey=True,
                                   gridspec_kw={"width_ratios": [4, 1]})
@@ -551,10 +558,8 @@ def plot_receptive_field(window: Optional[int], n_layers: int, seq_len: Optional
     """How far back information can reach the last token, layer by layer. One layer moves information at most
     W - 1 positions forward, so after k layers the last token can draw on the k(W - 1) tokens before it
     (Mistral 7B: 32 x 4095 = 131,040 tokens, far beyond its 4096-token window)."""
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 1:
-        raise ValueError(f"n_layers must be a positive integer, got {n_layers!r}")
-    if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-        raise ValueError(f"window must be None or a positive integer, got {window!r}")
+    _check_int("n_layers", n_layers)
+    _check_int("window", window, none_ok=True)
     if seq_len is None:
         seq_len = n_layers * (window - 1) + 1 if window is not None else 64
     q = seq_len - 1  # the token we follow
@@ -693,8 +698,7 @@ def _format_bytes(n: float, unit: str) -> str:
 def plot_cache_memory(args, max_len: int, dtype="bfloat16", batch_size: int = 1):
     """KV-cache memory against sequence length: a full cache grows with every token, the rolling buffer
     stops growing at the window (Mistral 7B in bf16: 128 KiB per token, at most 512 MiB with W=4096)."""
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
-        raise ValueError(f"max_len must be a positive integer, got {max_len!r}")
+    _check_int("max_len", max_len)
     lengths = np.unique(np.linspace(1, max_len, 400).astype(int))
     full = np.array([args.kv_cache_bytes(int(n), batch_size, dtype, rolling=False) for n in lengths])
     rolling = np.array([args.kv_cache_bytes(int(n), batch_size, dtype, rolling=True) for n in lengths])
@@ -848,10 +852,8 @@ def cache_explorer(window: int = 8, n_tokens: int = 24):
     """Step through a sequence token by token and watch the rolling cache's W slots fill, then wrap."""
     import ipywidgets as widgets
     from .cache import RollingKVCache
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ValueError(f"window must be a positive integer, got {window!r}")
-    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
-        raise ValueError(f"n_tokens must be a positive integer, got {n_tokens!r}")
+    _check_int("window", window)
+    _check_int("n_tokens", n_tokens)
 
     def draw(tokens):  # replay the library's own bookkeeping up to this step
         cache = RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=2, size=window)
@@ -868,8 +870,7 @@ def cache_explorer(window: int = 8, n_tokens: int = 24):
 
 def mask_explorer(max_len: int = 32):
     """Sliders for sequence length and window over the sliding-window mask."""
-    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 2:
-        raise ValueError(f"max_len must be an integer >= 2, got {max_len!r}")
+    _check_int("max_len", max_len, low=2)
 
     def draw(seq_len, window):
         return plot_window_mask(seq_len, window)
