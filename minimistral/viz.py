@@ -691,10 +691,6 @@ def plot_cache_slots(cache_or_slot_positions=None, pos=None, window=None):
     return fig
 
 
-def _format_bytes(n: float, unit: str) -> str:
-    return f"{n / {'GiB': GiB, 'MiB': 2**20, 'KiB': 2**10}[unit]:,.2f} {unit}"
-
-
 def plot_cache_memory(args, max_len: int, dtype="bfloat16", batch_size: int = 1):
     """KV-cache memory against sequence length: a full cache grows with every token, the rolling buffer
     stops growing at the window (Mistral 7B in bf16: 128 KiB per token, at most 512 MiB with W=4096)."""
@@ -713,7 +709,7 @@ def plot_cache_memory(args, max_len: int, dtype="bfloat16", batch_size: int = 1)
         ax.text(W, 0.02, f" window W = {W:,}: the rolling buffer stops growing", transform=ax.get_xaxis_transform(),
                 fontsize=8, va="bottom", color="grey")
     for value, colour in ((full[-1], "#c0504d"), (rolling[-1], "#3b75af")):
-        ax.annotate(_format_bytes(value, unit), (lengths[-1], value / scale), xytext=(-4, 6),
+        ax.annotate(f"{value / scale:,.2f} {unit}", (lengths[-1], value / scale), xytext=(-4, 6),
                     textcoords="offset points", ha="right", fontsize=9, color=colour)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel(f"KV cache ({unit})")
