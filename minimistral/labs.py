@@ -154,17 +154,14 @@ def _check_syntax(source: str, where: str):
 def student_notebook(nb, where: str = ""):
     """A copy of `nb` with solutions stubbed and the exercise cells' outputs cleared."""
     nb = nbformat.from_dict(json.loads(json.dumps(nb)))  # deep copy
-    clear = set()
-    for ex in find_exercises(nb, where):
-        clear.update(ex.solution_cells + [ex.check_cell])
-    for i, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and solution_regions(cell.source):
+    for ex in find_exercises(nb, where):  # every solution cell belongs to an exercise (or this raises)
+        for i in ex.solution_cells:
+            cell = nb.cells[i]
             cell.source = stub_source(cell.source, f"{where} cell {i}")
             _check_syntax(cell.source, f"{where} cell {i}")
-            clear.add(i)
-    for i in clear:
-        nb.cells[i].outputs = []
-        nb.cells[i].execution_count = None
+        for i in ex.solution_cells + [ex.check_cell]:
+            nb.cells[i].outputs = []
+            nb.cells[i].execution_count = None
     return nb
 
 
