@@ -92,23 +92,22 @@ def evaluate(model: Transformer, ids: torch.Tensor, seq_len: int = 256, batch_si
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
+
+    def score(x, y):  # x, y: (b, T) windows and their targets
+        nonlocal total, count
+        logits = model(x)  # (b, T, V)
+        total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+
     n_targets = ids.numel() - 1
-    starts = list(range(0, n_targets, seq_len))
+    starts = range(0, n_targets - seq_len + 1, seq_len)  # the whole windows, batched
     for i in range(0, len(starts), batch_size):
         chunk = starts[i: i + batch_size]
-        full = [s for s in chunk if s + seq_len <= n_targets]
-        if full:  # whole windows, batched: (b, T)
-            x = torch.stack([ids[s: s + seq_len] for s in full])
-            y = torch.stack([ids[s + 1: s + seq_len + 1] for s in full])
-            logits = model(x)  # (b, T, V)
-            total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-            count += y.numel()
-        for s in chunk:  # the last, shorter window
-            if s + seq_len > n_targets:
-                x, y = ids[s:n_targets][None], ids[s + 1: n_targets + 1][None]
-                logits = model(x)
-                total += F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-                count += y.numel()
+        score(torch.stack([ids[s: s + seq_len] for s in chunk]),
+              torch.stack([ids[s + 1: s + seq_len + 1] for s in chunk]))
+    rest = len(starts) * seq_len
+    if rest < n_targets:  # the last, shorter window
+        score(ids[rest:n_targets][None], ids[rest + 1:][None])
     model.train(was_training)
     return total / count
 
