@@ -139,7 +139,7 @@ def load_tiny_model(path=TINY_MODEL_PATH, dtype=torch.float32):
     from .tokenizer import Tokenizer
     from .weights import load_checkpoint
 
-    return load_checkpoint(path, device="cpu", dtype=dtype, progress=False).eval(), Tokenizer(TOKENIZER_PATH)
+    return load_checkpoint(path, device="cpu", dtype=dtype, progress=False), Tokenizer(TOKENIZER_PATH)
 
 
 # ---- baselines -------------------------------------------------------------------------------------------

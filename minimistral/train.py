@@ -183,7 +183,7 @@ def report(path) -> dict:
     from .weights import load_checkpoint
 
     tok, train_ids, heldout_ids = corpus.load_data()
-    model = load_checkpoint(path, progress=False).eval()
+    model = load_checkpoint(path, progress=False)
     seq_len = 256
     log_file = Path(path) / "training_log.json"
     if log_file.is_file():
