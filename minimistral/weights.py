@@ -210,7 +210,6 @@ def _inspect(path: Path, layout: str):
         config_file = path / HF_CONFIG
         args = ModelArgs.from_hf_config(_read_json(config_file), source=str(config_file))
         files = _hf_files(path)
-        rename = _hf_to_ours_names(args)
     else:
         config_file = path / MISTRAL_PARAMS
         args = ModelArgs.from_params_json(_read_json(config_file), source=str(config_file))
@@ -223,9 +222,9 @@ def _inspect(path: Path, layout: str):
                 raise CheckpointError(f"{path}: {MISTRAL_PTH} comes with {', '.join(extra)}: tensor-parallel "
                                       "shards of a larger model, which this loader does not merge")
             files = [path / MISTRAL_PTH]
-        rename = None
 
     expected = {n: tuple(p.shape) for n, p in meta_model(args).named_parameters()}
+    rename = {hf_name(n) if layout == "hf" else n: n for n in expected}  # name in the file -> ours
 
     pth = None
     entries, seen = {}, {}
@@ -242,7 +241,7 @@ def _inspect(path: Path, layout: str):
         for stored, shape, nbytes in listing:
             if stored.endswith(_DERIVED_SUFFIXES):
                 continue
-            ours = rename.get(stored) if rename is not None else (stored if stored in expected else None)
+            ours = rename.get(stored)
             if ours is None:
                 raise CheckpointError(
                     f"{file}: unexpected tensor {stored!r}, not a weight of a Mistral model with "
