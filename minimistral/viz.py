@@ -824,7 +824,7 @@ def attention_explorer(model, tokens, tokenizer=None, max_bytes=GiB):
         model(ids[None].to(device))
     labels = token_labels(ids, tokenizer)
     args = model.args
-    n_rep = args.n_heads // args.n_kv_heads
+    n_rep = args.n_rep
 
     def draw(layer, head, view):
         if view == "all heads":
