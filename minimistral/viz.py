@@ -500,10 +500,9 @@ def plot_attention_sinks(capture: AttentionCapture, batch: int = 0):
                     color="black" if v > 0.6 * mass.max() else "white")
     ax.set_xticks(range(len(capture.heads)), capture.heads, fontsize=7 if len(capture.heads) > 16 else 9)
     ax.set_yticks(range(len(layers)), layers, fontsize=6 if len(layers) > 16 else 9)
-    for g in range(1, capture.n_kv_heads):  # GQA group boundaries
-        edges = [i for i, h in enumerate(capture.heads) if h == g * capture.n_rep]
-        for e in edges:
-            ax.axvline(e - 0.5, color="white", lw=1.5)
+    for i, h in enumerate(capture.heads):  # GQA group boundaries: a line before each group's first head
+        if h > 0 and h % capture.n_rep == 0:
+            ax.axvline(i - 0.5, color="white", lw=1.5)
     ax.set_xlabel("query head (white lines: KV groups)")
     ax.set_ylabel("layer")
     ax.set_title("mass on the first token, per head", fontsize=10)
