@@ -660,10 +660,10 @@ def plot_cache_slots(cache_or_slot_positions=None, pos=None, window=None):
     ax.set_title(f"Rolling KV cache after {pos} tokens: {W} slots, token p goes to slot p % {W}\n"
                  f"(each slot shows the position it holds; darker = newer, orange = newest)", fontsize=10)
     # the sequence so far: which tokens are still in the cache
-    cached = set(p for p in slots if p >= 0)
-    first = max(0, pos - (3 * W if not big else 10**12))
-    shown = list(range(first, pos))
-    if not big and len(shown) <= 3 * W:
+    if not big:
+        cached = set(p for p in slots if p >= 0)
+        first = max(0, pos - 3 * W)  # at most the last 3W tokens
+        shown = list(range(first, pos))
         for p in shown:
             inside = p in cached
             ax2.add_patch(Rectangle((p - first + 0.05, 0.1), 0.9, 0.8,
