@@ -393,12 +393,11 @@ def _prepare_folder(path, overwrite: bool) -> Path:
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a folder: choose a folder for the checkpoint")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            found = sorted(p.name for p in path.iterdir())
-            more = " ..." if len(found) > 5 else ""
-            raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{more}):"
-                                  " pass overwrite=True to replace the checkpoint in it, or choose an empty folder")
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        found = sorted(p.name for p in path.iterdir())
+        more = " ..." if len(found) > 5 else ""
+        raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{more}):"
+                              " pass overwrite=True to replace the checkpoint in it, or choose an empty folder")
     return path
 
 
