@@ -110,10 +110,12 @@ def main(argv=None) -> int:
             t_ours, t_hf = best_times([lambda: model(tokens), lambda: hf(tokens, use_cache=False)], opts.repeats)
         rows.append((f"prefill tok/s ({T} tokens)", T / t_ours, T / t_hf))
 
+    import transformers  # already loaded by hf_copy; here for its version
+
     print(f"minimistral CPU benchmark: ModelArgs.tiny() (dim {args.dim}, {args.n_layers} layers, "
           f"{args.n_heads}/{args.n_kv_heads} heads, window {args.sliding_window}, vocab {args.vocab_size}, "
           f"{args.num_params() / 1e6:.1f}M params), float32, random weights (seed {opts.seed})")
-    print(f"torch {torch.__version__}, transformers {__import__('transformers').__version__} "
+    print(f"torch {torch.__version__}, transformers {transformers.__version__} "
           f"(attn_implementation={opts.attn!r}), threads {torch.get_num_threads()}, "
           f"{platform.processor() or platform.machine()}")
     print(f"best of {opts.repeats} alternating runs after a warm-up; "
