@@ -412,6 +412,33 @@ fig = viz.plot_cache_slots(cache)
 plt.show()
 
 # %% [markdown]
+# ### How far back do the heads look?
+#
+# One more pass over the same long prompt, this time without a cache, recording the attention of its last
+# $W/4$ queries in the first and the last layer (stored in float16 to keep the record small: for the 7B,
+# $2 \times 32$ heads $\times 1{,}024$ queries $\times 5{,}120$ keys is 0.6 GiB). Averaging each head's attention
+# by distance (query position minus key position) shows how far back it looks. Past distance $W - 1$ every
+# probability is exactly zero: those keys are outside the window, which is what let the cache above keep
+# only $W$ slots.
+
+# %%
+last = args.n_layers - 1
+# The explicit path of a captured layer holds its whole (heads x T x T) score matrix: about 7 GB for the 7B here.
+if DEVICE.startswith("cuda") and torch.cuda.mem_get_info()[0] < 8 * 2**30:
+    print("Skipped: this needs about 8 GB of free GPU memory beside the model.")
+else:
+    with torch.no_grad(), viz.capture_attention(model, layers=[0, last], queries=slice(-chunk, None),
+                                                dtype=torch.float16) as cap_long:
+        model(torch.tensor([long_ids], device=DEVICE))
+    for layer in (0, last):
+        distance = cap_long.q_positions[layer][:, None] - cap_long.k_positions[layer][None, :]  # (queries, keys)
+        outside = cap_long.probs[layer][0][:, distance >= W]  # (heads, keys out of the window)
+        assert outside.abs().max() == 0, "a query attended beyond the window"
+    print(f"layers 0 and {last}: {chunk} queries each, no attention at all beyond distance W - 1 = {W - 1:,}")
+    fig = viz.plot_attention_distance(cap_long, window=W)
+    plt.show()
+
+# %% [markdown]
 # ## 7. Tokens per second
 #
 # Two numbers matter: **prefill** (the prompt, many tokens per forward pass: compute-bound, fast per
