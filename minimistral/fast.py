@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from .attention import attention_mask, attention_sdpa
-from .rope import apply_rope_complex, rope_frequencies
+from .rope import rope_frequencies
 
 
 class StaticRollingCache:
@@ -38,15 +38,6 @@ class StaticRollingCache:
 
     def reset(self):
         self.slot_positions.fill_(-1)
-
-
-def _qkv(attn, x, angles):
-    B, T, _ = x.shape
-    q = attn.wq(x).view(B, T, attn.n_heads, attn.head_dim)
-    k = attn.wk(x).view(B, T, attn.n_kv_heads, attn.head_dim)
-    v = attn.wv(x).view(B, T, attn.n_kv_heads, attn.head_dim)
-    q, k = apply_rope_complex(q, angles), apply_rope_complex(k, angles)
-    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or K, T, D)
 
 
 class FastGenerator:
@@ -87,7 +78,7 @@ class FastGenerator:
         h = self.model.tok_embeddings(tokens)
         for i, layer in enumerate(self.model.layers):
             attn = layer.attention
-            q, k, v = _qkv(attn, layer.attention_norm(h), angles)
+            q, k, v = attn.qkv(layer.attention_norm(h), angles)
             out = attention_sdpa(q, torch.cat([c.k[i], k], 2), torch.cat([c.v[i], v], 2), mask)
             c.k[i, :, :, slots], c.v[i, :, :, slots] = k, v
             h = h + attn.wo(out.transpose(1, 2).reshape(B, T, -1))
@@ -110,7 +101,7 @@ class FastGenerator:
         h = self.model.tok_embeddings(token)  # (B, 1, dim)
         for i, layer in enumerate(self.model.layers):
             attn = layer.attention
-            q, k, v = _qkv(attn, layer.attention_norm(h), angles)  # (B, *, 1, D)
+            q, k, v = attn.qkv(layer.attention_norm(h), angles)  # (B, *, 1, D)
             c.k[i].index_copy_(2, slot[None], k)
             c.v[i].index_copy_(2, slot[None], v)
             out = attention_sdpa(q, c.k[i], c.v[i], mask)  # (B, H, 1, D)
