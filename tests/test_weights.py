@@ -273,29 +273,19 @@ def test_bf16_load_never_makes_float32_tensors(tmp_path, fmt):
 
 
 PEAK_SCRIPT = textwrap.dedent("""
-    import json, sys, threading, time, torch, minimistral as mm
+    import json, sys, time, torch, minimistral as mm
+    from minimistral.bench_load import _PeakSampler, _rss_anon  # the load benchmark's own RssAnon sampler
 
-    def rss_anon():
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) * 1024 for l in f if l.startswith("RssAnon:"))
-
-    peak, stop = [0], [False]
-    def sample():
-        while not stop[0]:
-            peak[0] = max(peak[0], rss_anon())
-            time.sleep(0.002)
-
-    before = rss_anon()
-    peak[0] = before
-    thread = threading.Thread(target=sample); thread.start()
+    before = _rss_anon()
+    sampler = _PeakSampler(every=0.002); sampler.start()
     model = mm.load_checkpoint(sys.argv[1], dtype=torch.bfloat16, progress=False)
     time.sleep(0.05)
-    load_peak = peak[0]
+    load_peak = sampler.stop()
     # control: the same weights held in float32 must show up in the same measurement
+    sampler = _PeakSampler(every=0.002); sampler.start()
     held = [p.float() for p in model.parameters()]
     time.sleep(0.05)
-    stop[0] = True; thread.join()
-    print(json.dumps({"before": before, "load_peak": load_peak, "control_peak": max(peak[0], rss_anon()),
+    print(json.dumps({"before": before, "load_peak": load_peak, "control_peak": max(load_peak, sampler.stop()),
                       "dtypes": sorted({str(p.dtype) for p in model.parameters()})}))
 """)
 
@@ -321,15 +311,15 @@ def test_bf16_load_peak_host_memory(tmp_path):
     assert load_extra < model_bytes + 32e6, (load_extra / 1e6, model_bytes / 1e6)
 
 
-WRITE_PEAK_SCRIPT = PEAK_SCRIPT.split("before = rss_anon()")[0] + textwrap.dedent("""
-    import minimistral.weights
+WRITE_PEAK_SCRIPT = textwrap.dedent("""
+    import json, sys, minimistral as mm
+    from minimistral.bench_load import _PeakSampler, _rss_anon
+
     args = mm.ModelArgs.tiny(**json.loads(sys.argv[3]))
-    before = rss_anon()
-    peak[0] = before
-    thread = threading.Thread(target=sample); thread.start()
+    before = _rss_anon()
+    sampler = _PeakSampler(every=0.002); sampler.start()
     mm.write_random_checkpoint(args, sys.argv[1], format=sys.argv[2], progress=False)
-    stop[0] = True; thread.join()
-    print(json.dumps({"before": before, "peak": max(peak[0], rss_anon())}))
+    print(json.dumps({"before": before, "peak": sampler.stop()}))
 """)
 
 
