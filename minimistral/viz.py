@@ -16,7 +16,8 @@ Three parts, read top to bottom:
    picture is also part of the cell's output as a plain PNG, so a notebook saved after running shows it
    where widgets cannot be drawn (GitHub, nbviewer, an untrusted notebook); in a live JupyterLab the
    interactive widget is shown instead. Pictures are PNGs set on a `widgets.Output`, so they work in a
-   plain kernel without ipympl.
+   plain kernel without ipympl. Without ipywidgets (a notebook run as a plain script on a bare machine)
+   an explorer draws its first picture and returns it as a static object, which displays that PNG.
 """
 
 from __future__ import annotations
@@ -759,8 +760,46 @@ def _png_b64(fig, dpi=80) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
+def _widgets():
+    """The ipywidgets module, or None where it cannot be imported (then explorers are static pictures)."""
+    try:
+        import ipywidgets
+    except ImportError:
+        return None
+    return ipywidgets
+
+
+class _Fixed:
+    """A control's stand-in without ipywidgets: it only holds its first value."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+class StaticExplorer:
+    """An explorer's first picture, where ipywidgets is missing: no sliders, the same text and PNG."""
+
+    def __init__(self, name, controls, draw, note=""):
+        self.name, self.controls, self.note = name, controls, note
+        self.png = _png_b64(draw(**self.values()))  # a drawing error is raised, not hidden in an output area
+
+    def values(self):
+        return {k: c.value for k, c in self.controls.items() if not k.startswith("_")}
+
+    def state(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.values().items())
+
+    def __repr__(self) -> str:
+        return f"{self.name} ({self.state()}){self.note} [static: ipywidgets is not installed]"
+
+    def _repr_mimebundle_(self, **kwargs):
+        return {"text/plain": repr(self), "image/png": self.png}
+
+
 def _explorer_class():
-    import ipywidgets as widgets
+    widgets = _widgets()
+    if widgets is None:
+        return StaticExplorer
 
     class Explorer(widgets.VBox):
         """Controls above a picture. `draw(**values)` makes the Figure for the controls' values."""
@@ -804,7 +843,9 @@ def _explorer_class():
 
 
 def _slider(description, value, lo, hi, width="320px"):
-    import ipywidgets as widgets
+    widgets = _widgets()
+    if widgets is None:
+        return _Fixed(value)
     return widgets.IntSlider(value=value, min=lo, max=hi, step=1, description=description, continuous_update=False,
                              style={"description_width": "initial"}, layout=widgets.Layout(width=width))
 
@@ -812,7 +853,7 @@ def _slider(description, value, lo, hi, width="320px"):
 def attention_explorer(model, tokens, tokenizer=None, max_bytes=GiB):
     """Sliders for layer and head over the attention maps of one prompt (captured once, every layer and head).
     tokens: ids (list, 1-D or (1, T) tensor) or a string when a tokenizer is given."""
-    import ipywidgets as widgets
+    widgets = _widgets()
     if isinstance(tokens, str):
         if tokenizer is None:
             raise ValueError("tokens is a string: pass tokenizer= to encode it, or give token ids")
@@ -837,15 +878,15 @@ def attention_explorer(model, tokens, tokenizer=None, max_bytes=GiB):
     controls = {
         "layer": _slider("layer", 0, 0, args.n_layers - 1, "260px"),
         "head": _slider("head", 0, 0, args.n_heads - 1, "260px"),
-        "view": widgets.ToggleButtons(options=["one head", "all heads"], value="one head",
-                                      style={"button_width": "100px"}),
+        "view": (widgets.ToggleButtons(options=["one head", "all heads"], value="one head",
+                                       style={"button_width": "100px"}) if widgets else _Fixed("one head")),
     }
     return _explorer_class()("attention explorer", controls, draw, f": {len(ids)} tokens; move the sliders in JupyterLab")
 
 
 def cache_explorer(window: int = 8, n_tokens: int = 24):
     """Step through a sequence token by token and watch the rolling cache's W slots fill, then wrap."""
-    import ipywidgets as widgets
+    widgets = _widgets()
     from .cache import RollingKVCache
     _check_int("window", window)
     _check_int("n_tokens", n_tokens)
@@ -857,8 +898,11 @@ def cache_explorer(window: int = 8, n_tokens: int = 24):
         return plot_cache_slots(cache)
 
     step = _slider("tokens written", min(window // 2 + 1, n_tokens), 1, n_tokens, "420px")
-    play = widgets.Play(value=step.value, min=1, max=n_tokens, step=1, interval=700, description="play")
-    widgets.jslink((play, "value"), (step, "value"))
+    if widgets is None:
+        play = _Fixed(step.value)
+    else:
+        play = widgets.Play(value=step.value, min=1, max=n_tokens, step=1, interval=700, description="play")
+        widgets.jslink((play, "value"), (step, "value"))
     return _explorer_class()("cache explorer", {"_play": play, "tokens": step}, draw,
                              f": W={window}, {n_tokens} tokens; press play or move the slider in JupyterLab")
 

@@ -388,6 +388,20 @@ def test_mask_explorer_and_errors_shown_in_the_output(monkeypatch):
     assert out["output_type"] == "stream" and out["name"] == "stderr" and "boom" in out["text"]
 
 
+def test_explorers_without_ipywidgets_are_static_pictures(model, monkeypatch):
+    """A notebook run as a plain script on a machine without ipywidgets still runs its explorer cells."""
+    import sys
+    monkeypatch.setitem(sys.modules, "ipywidgets", None)  # makes `import ipywidgets` fail
+    for w, start in [(viz.attention_explorer(model, tokens_of(7)[0].tolist()), "attention explorer (layer=0, head=0"),
+                     (viz.cache_explorer(window=4, n_tokens=10), "cache explorer (tokens=3"),
+                     (viz.mask_explorer(max_len=20), "mask explorer (seq_len=16, window=4")]:
+        assert isinstance(w, viz.StaticExplorer)
+        bundle = w._repr_mimebundle_()
+        assert set(bundle) == {"text/plain", "image/png"} and bundle["image/png"]
+        assert bundle["text/plain"].startswith(start) and "ipywidgets is not installed" in repr(w)
+    assert not plt.get_fignums()
+
+
 def test_long_maps_are_pooled_for_drawing():
     T = 1500
     probs = torch.softmax(torch.randn(T, T).masked_fill(~mm.causal_mask(T), float("-inf")), -1)
