@@ -77,13 +77,14 @@ class Attention(nn.Module):
         self.use_sdpa = True  # False: the explicit path everywhere
         self.recorder = None  # a callable(layer_idx, probs, q_positions, k_positions) forces the explicit path
 
-    def qkv(self, x, angles):
-        """x (B, T, dim) -> q (B, H, T, D), k and v (B, K, T, D), with RoPE applied to q and k."""
+    def qkv(self, x, angles, rope=apply_rope_complex):
+        """x (B, T, dim) -> q (B, H, T, D), k and v (B, K, T, D), with RoPE applied to q and k.
+        `rope`: apply_rope_complex, or the same rotation in real arithmetic (rope.apply_rope_interleaved_real)."""
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
         k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
         v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
-        q, k = apply_rope_complex(q, angles), apply_rope_complex(k, angles)  # keys rotated before caching
+        q, k = rope(q, angles), rope(k, angles)  # keys rotated before caching
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or K, T, D)
 
     def forward(self, x, angles, mask, positions, k_positions, cache=None):

@@ -11,7 +11,10 @@ kernel launches per token, Python bookkeeping, and a host synchronisation for ev
   graph and replay it with one launch.
 - Sampling on the device (argmax, or the Gumbel-max trick for temperature > 0), so the loop never waits
   for the host until the end.
-- Prefill through `scaled_dot_product_attention` in chunks of at most W tokens.
+- Attention at decode written as one matrix-vector product per K/V head: the 4 query heads of a group
+  share one read of their keys and values, and nothing is copied.
+- Prefill through `scaled_dot_product_attention` in chunks of at most W tokens; the first chunk has no cache
+  to look at, so it is plain causal attention and runs in the flash kernel.
 
 `FastGenerator(model).generate(...)` gives the same tokens as `mm.generate` (tests/test_fast.py proves it).
 """
@@ -20,10 +23,35 @@ from __future__ import annotations
 
 from typing import Optional
 
-import torch
+import math
 
-from .attention import attention_mask, attention_sdpa
-from .rope import rope_frequencies
+import torch
+import torch.nn.functional as F
+
+from .attention import attention_mask, repeat_kv
+from .rope import apply_rope_interleaved_real, rope_frequencies
+
+
+def _sdpa(q, k, v, mask):
+    """Prefill attention. K/V heads are repeated up to the query heads first: a few MB per layer, and with
+    equal head counts every fused kernel applies (flash when mask is None, i.e. causal)."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, S, D)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
+
+
+def _decode_attention(q, k, v, visible):
+    """One new query per head. q (B, H, 1, D), k and v (B, K, W, D), visible (W,) bool -> (B, H, 1, D).
+
+    The n_rep = H / K query heads of a group are stacked as the rows of one small matrix, so each K/V head
+    is read from memory once for its whole group (repeating K/V as at prefill would copy the cache 4x)."""
+    B, H, _, D = q.shape
+    K = k.shape[1]
+    qg = q.view(B, K, H // K, D) * (1.0 / math.sqrt(D))  # (B, K, n_rep, D)
+    scores = (qg @ k.transpose(-2, -1)).float()  # (B, K, n_rep, W)
+    scores = scores.masked_fill(~visible, float("-inf"))  # empty slots and slots outside the window
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return (probs @ v).view(B, H, 1, D)  # (B, K, n_rep, D) -> (B, H, 1, D)
 
 
 class StaticRollingCache:
@@ -71,15 +99,20 @@ class FastGenerator:
         B, T = tokens.shape
         c = self.cache
         positions = torch.arange(start, start + T, device=self.device)
-        k_positions = torch.cat([c.slot_positions, positions])  # (W + T,): every slot, then the chunk
-        mask = attention_mask(positions, k_positions, self.window)  # empty slots (-1) are masked out
+        first = start == 0  # empty cache and T <= W: the band mask is exactly the causal one
+        if not first:
+            k_positions = torch.cat([c.slot_positions, positions])  # (W + T,): every slot, then the chunk
+            mask = attention_mask(positions, k_positions, self.window)  # empty slots (-1) are masked out
         angles = torch.outer(positions.float(), self.inv_freq)
         slots = positions % c.size  # T <= W, so distinct
         h = self.model.tok_embeddings(tokens)
         for i, layer in enumerate(self.model.layers):
             attn = layer.attention
-            q, k, v = attn.qkv(layer.attention_norm(h), angles)
-            out = attention_sdpa(q, torch.cat([c.k[i], k], 2), torch.cat([c.v[i], v], 2), mask)
+            q, k, v = attn.qkv(layer.attention_norm(h), angles)  # (B, H, T, D), (B, K, T, D) x 2
+            if first:
+                out = _sdpa(q, k, v, None)
+            else:
+                out = _sdpa(q, torch.cat([c.k[i], k], 2), torch.cat([c.v[i], v], 2), mask)
             c.k[i, :, :, slots], c.v[i, :, :, slots] = k, v
             h = h + attn.wo(out.transpose(1, 2).reshape(B, T, -1))
             h = h + layer.feed_forward(layer.ffn_norm(h))
@@ -95,16 +128,15 @@ class FastGenerator:
         c.slot_positions.index_copy_(0, slot[None], pos[None])
         visible = (c.slot_positions >= 0) & (c.slot_positions <= pos)
         if self.window is not None:
-            visible &= c.slot_positions > pos - self.window
-        mask = visible[None, :]  # (1, W)
+            visible &= c.slot_positions > pos - self.window  # (W,)
         angles = (pos.float() * self.inv_freq)[None, :]  # (1, D/2)
         h = self.model.tok_embeddings(token)  # (B, 1, dim)
         for i, layer in enumerate(self.model.layers):
             attn = layer.attention
-            q, k, v = attn.qkv(layer.attention_norm(h), angles)  # (B, *, 1, D)
+            q, k, v = attn.qkv(layer.attention_norm(h), angles, rope=apply_rope_interleaved_real)  # (B, *, 1, D)
             c.k[i].index_copy_(2, slot[None], k)
             c.v[i].index_copy_(2, slot[None], v)
-            out = attention_sdpa(q, c.k[i], c.v[i], mask)  # (B, H, 1, D)
+            out = _decode_attention(q, c.k[i], c.v[i], visible)  # (B, H, 1, D)
             h = h + attn.wo(out.transpose(1, 2).reshape(B, 1, -1))
             h = h + layer.feed_forward(layer.ffn_norm(h))
         logits = self.model.output(self.model.norm(h[:, -1])).float()  # (B, V)
@@ -136,8 +168,11 @@ class FastGenerator:
         gen.manual_seed(seed if seed is not None else torch.seed())
         temp = torch.tensor(float(temperature), device=self.device)
         V = self.args.vocab_size
+        no_noise = torch.zeros((1, V), device=self.device)
 
-        def gumbel():
+        def gumbel():  # greedy needs no noise: skip the kernels
+            if temperature <= 0:
+                return no_noise
             u = torch.rand((1, V), generator=gen, device=self.device).clamp_(1e-20, 1.0)
             return -torch.log(-torch.log(u))
 

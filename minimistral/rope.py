@@ -30,6 +30,16 @@ def apply_rope_complex(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return torch.view_as_real(xc * rotation).flatten(-2).type_as(x)  # (B, T, H, head_dim)
 
 
+def apply_rope_interleaved_real(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """The same rotation as `apply_rope_complex`, written with real numbers:
+    (a, b) -> (a cos - b sin, a sin + b cos). torch.compile cannot generate code for complex tensors,
+    so the compiled fast path (fast.py) uses this form, which it fuses into one kernel."""
+    xf = x.float().reshape(*x.shape[:-1], -1, 2)  # (B, T, H, head_dim/2, 2)
+    a, b = xf[..., 0], xf[..., 1]
+    cos, sin = angles.cos()[None, :, None, :], angles.sin()[None, :, None, :]  # (1, T, 1, head_dim/2)
+    return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).type_as(x)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)

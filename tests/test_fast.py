@@ -1,5 +1,7 @@
 """The fast path (minimistral/fast.py) equals the teaching path: logits and greedy tokens, far past the window."""
 
+import shutil
+
 import pytest
 import torch
 
@@ -7,8 +9,8 @@ import minimistral as mm
 from minimistral.fast import FastGenerator
 
 
-def _model(**kw):
-    args = mm.ModelArgs.tiny(vocab_size=300, n_layers=2, dim=64, head_dim=16, n_heads=4, n_kv_heads=2,
+def _model(n_heads=4, n_kv_heads=2, **kw):
+    args = mm.ModelArgs.tiny(vocab_size=300, n_layers=2, dim=64, head_dim=16, n_heads=n_heads, n_kv_heads=n_kv_heads,
                              hidden_dim=160, max_seq_len=512, **kw)
     return mm.Transformer(args).init_weights("normal", std=0.05, seed=7).eval()
 
@@ -23,9 +25,12 @@ def test_prefill_logits_equal_teaching_path(window):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("window", [8, 16, None])
-def test_decode_logits_equal_teaching_path_past_the_window(window):
-    model = _model(sliding_window=window)
+@pytest.mark.parametrize("window,n_heads,n_kv_heads", [(8, 4, 2), (16, 4, 2), (None, 4, 2),
+                                                       (8, 4, 4), (8, 4, 1), (8, 8, 2)])
+def test_decode_logits_equal_teaching_path_past_the_window(window, n_heads, n_kv_heads):
+    """GQA ratios 1, 2, 4 and multi-query: the grouped decode attention must pair each query head with its
+    own K/V head exactly as repeat_kv does."""
+    model = _model(sliding_window=window, n_heads=n_heads, n_kv_heads=n_kv_heads)
     tokens = torch.randint(0, 300, (1, 60))
     fast = FastGenerator(model, compile=False)
     fast.prefill(tokens[:, :5])
@@ -63,3 +68,18 @@ def test_gumbel_max_samples_from_the_softmax():
     draws = FastGenerator._sample(logits.expand(n, 4), torch.tensor(1.0), -torch.log(-torch.log(u)))
     freq = torch.bincount(draws.flatten(), minlength=4).float() / n
     torch.testing.assert_close(freq, torch.softmax(logits, -1)[0], atol=0.015, rtol=0)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on the CPU needs a C++ compiler")
+def test_compiled_decode_step_equals_teaching_path(one_thread):
+    """The decode step traced by torch.compile (fullgraph: any graph break is an error) gives the teaching
+    path's tokens, past the window, greedy and reseeded sampling alike. On a GPU the same compiled step is
+    also captured in a CUDA graph; `python -m minimistral.bench --gpu` runs that."""
+    model = _model(sliding_window=8)
+    prompt = torch.randint(0, 300, (12,), generator=torch.Generator().manual_seed(1)).tolist()
+    fast = FastGenerator(model, compile=True)
+    assert fast.generate(prompt, 40) == mm.generate(model, prompt, max_new_tokens=40)
+    assert fast.generate(prompt[:3], 30) == mm.generate(model, prompt[:3], max_new_tokens=30)  # cache reset
+    a = fast.generate(prompt, 20, temperature=1.0, seed=5)
+    assert a == fast.generate(prompt, 20, temperature=1.0, seed=5) != fast.generate(prompt, 20)

@@ -10,7 +10,8 @@ import minimistral as mm
 from minimistral.attention import Attention, attention_explicit, attention_mask, sliding_window_mask
 from minimistral.mlp import FeedForward
 from minimistral.norm import RMSNorm, rms_norm
-from minimistral.rope import (apply_rope_complex, apply_rope_rotate_half, permute_to_interleaved,
+from minimistral.rope import (apply_rope_complex, apply_rope_interleaved_real, apply_rope_rotate_half,
+                              permute_to_interleaved,
                               permute_to_rotate_half, rope_angles)
 
 
@@ -96,11 +97,12 @@ def rope_reference(x, positions, theta):
     return out
 
 
+@pytest.mark.parametrize("rope", [apply_rope_complex, apply_rope_interleaved_real])
 @pytest.mark.parametrize("theta", [1e4, 1e6])
-def test_complex_rope_equals_rotation_reference(theta):
+def test_complex_rope_equals_rotation_reference(theta, rope):
     x = torch.randn(2, 5, 3, 8, dtype=torch.float64).float()
     positions = torch.tensor([0, 1, 7, 100, 4095])
-    ours = apply_rope_complex(x, rope_angles(positions, 8, theta))
+    ours = rope(x, rope_angles(positions, 8, theta))
     # float32 angles at position 4095 carry ~1e-4 rad of rounding, as in every float32 RoPE
     torch.testing.assert_close(ours, rope_reference(x, positions, theta), atol=1e-4, rtol=1e-4)
 
