@@ -6,7 +6,10 @@ Builds the 7B with random bf16 weights on the GPU (speed does not depend on the 
   - decode tokens/s at batch 1 with a 16-token prompt (256 new tokens) and a 6,000-token prompt (past the window);
   - prefill tokens/s at 512, 2,048 and 8,192 tokens; time to first token; peak GPU memory;
 for ours eager (the teaching path), ours fast (minimistral.fast, compiled + CUDA graphs) and transformers.
-Prints one table and writes it as JSON (--json). `--device cpu --preset tiny` runs the same code on a CPU.
+Then, for notebook 12: kernels launched and GPU busy time per decode step (torch.profiler), the ladder from
+eager to compiled to CUDA graphs, and one weight matrix multiplied by 1 to 2,048 token vectors (batching).
+Prints one table and writes everything as JSON (--json), saved after every step so a cut-short run keeps what
+it measured. `--device cpu --preset tiny` runs the same code on a CPU.
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import datetime
 import json
 import platform
 import time
+import traceback
 
 import torch
 
 import minimistral as mm
 from minimistral.fast import FastGenerator
+
+SHORT, LONG = "16-token prompt", "long prompt"
 
 
 def _sync(device):
@@ -39,13 +45,17 @@ def _timed(fn, device, repeat=1):
     return best
 
 
+def _allocated(device):
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
 def _peak_reset(device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _peak_gib(device):
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
+def _peak_above(device, baseline):
+    return torch.cuda.max_memory_allocated(device) - baseline if device.type == "cuda" else float("nan")
 
 
 def copy_bandwidth(device, gib: float = 2.0) -> float:
@@ -59,7 +69,9 @@ def copy_bandwidth(device, gib: float = 2.0) -> float:
 
 
 def decode_rate(run, n_new, device):
-    """Per-token decode time from two runs that differ only in the number of new tokens (prefill cancels)."""
+    """Per-token decode time from two runs that differ only in the number of new tokens (prefill cancels).
+    A short warm-up run first, so neither timed run pays for first-call setup."""
+    run(2)
     t_short = _timed(lambda: run(1), device)
     t_long = _timed(lambda: run(n_new + 1), device)
     return n_new / (t_long - t_short), t_short  # tokens/s, time to first token
@@ -68,26 +80,74 @@ def decode_rate(run, n_new, device):
 def build_models(preset, device, dtype, with_hf):
     args = mm.ModelArgs.mistral_7b() if preset == "7b" else mm.ModelArgs.tiny()
     torch.manual_seed(0)
-    with torch.device(device):
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(dtype)
-        try:
+    prev = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # build straight in bf16: no float32 copy of 7B parameters on the way
+    try:
+        with torch.device(device):
             model = mm.Transformer(args).eval()  # built and initialised (uniform +-0.02) on the device
-        finally:
-            torch.set_default_dtype(prev)
-    hf = None
-    if with_hf:
-        from transformers import MistralConfig, MistralForCausalLM
+            hf = None
+            if with_hf:
+                from transformers import MistralConfig, MistralForCausalLM
 
+                cfg = {k: v for k, v in args.to_hf_config().items() if k not in ("architectures", "torch_dtype")}
+                hf = MistralForCausalLM(MistralConfig(**cfg)).to(dtype).eval()
+    finally:
+        torch.set_default_dtype(prev)
+    if hf is not None:
         from minimistral.weights import hf_name, to_hf_tensor
 
-        cfg = {k: v for k, v in args.to_hf_config().items() if k not in ("architectures", "torch_dtype")}
-        with torch.device(device):
-            hf = MistralForCausalLM(MistralConfig(**cfg)).to(dtype).eval()
         with torch.no_grad():
             for n, t in model.state_dict().items():  # one tensor at a time: no second host copy
                 hf.get_parameter(hf_name(n)).copy_(to_hf_tensor(n, t, args))
     return args, model, hf
+
+
+def kernel_profile(step, device, n: int = 5) -> dict:
+    """What one decode step costs the host and the GPU: kernel launches issued by the host, kernels the GPU
+    ran and their summed time, beside the wall-clock time of a step (measured without the profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    wall = _timed(lambda: [step() for _ in range(n)], device) / n
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            step()
+        _sync(device)
+    events = prof.events()
+    on_gpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+    launches = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU
+                and e.name in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")]
+    graph_launches = [e for e in events if e.name in ("cudaGraphLaunch", "cuGraphLaunch")]
+    by_name: dict[str, list] = {}
+    for e in on_gpu:
+        slot = by_name.setdefault(e.name[:90], [0, 0.0])
+        slot[0] += 1
+        slot[1] += e.time_range.elapsed_us()
+    top = sorted(by_name.items(), key=lambda kv: -kv[1][1])[:10]
+    return {
+        "wall_ms_per_step": wall * 1e3,
+        "gpu_busy_ms_per_step": sum(e.time_range.elapsed_us() for e in on_gpu) / 1e3 / n,
+        "gpu_kernels_per_step": len(on_gpu) / n,
+        "host_kernel_launches_per_step": len(launches) / n,
+        "host_graph_launches_per_step": len(graph_launches) / n,
+        "top_kernels": [{"name": k, "count_per_step": c / n, "ms_per_step": us / 1e3 / n} for k, (c, us) in top],
+    }
+
+
+def matmul_batching(device, dtype, dim=4096, hidden=14336, sizes=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048)):
+    """One MLP weight (hidden x dim) times M token vectors: time, bandwidth and FLOP/s as M grows. At small M
+    the time is the time to read the weight; only at large M does arithmetic start to cost."""
+    w = torch.randn(hidden, dim, device=device, dtype=dtype) * 0.02
+    out = []
+    for m in sizes:
+        x = torch.randn(m, dim, device=device, dtype=dtype)
+        for _ in range(3):
+            x @ w.T
+        reps = 20
+        t = _timed(lambda: [x @ w.T for _ in range(reps)], device) / reps
+        moved = (w.numel() + x.numel() + m * hidden) * w.element_size()
+        out.append({"tokens": m, "us": t * 1e6, "TB_per_s": moved / t / 1e12, "TFLOP_per_s": 2 * m * dim * hidden / t / 1e12})
+    return out
 
 
 def main(argv=None) -> int:
@@ -99,6 +159,7 @@ def main(argv=None) -> int:
     p.add_argument("--prefill", type=int, nargs="+", default=[512, 2048, 8192])
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     p.add_argument("--no-eager", action="store_true", help="skip our teaching path")
+    p.add_argument("--no-extras", action="store_true", help="skip the profile, the compile ladder and the matmul sweep")
     p.add_argument("--json", default="bench_gpu.json")
     opts = p.parse_args(argv)
     device = torch.device(opts.device)
@@ -106,6 +167,10 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("bench --gpu: no CUDA device here; use --device cpu --preset tiny to try the code on a CPU")
         return 2
+    t_begin = time.perf_counter()
+
+    def say(msg):
+        print(f"[{time.perf_counter() - t_begin:6.1f} s] {msg}", flush=True)
 
     args, model, hf = build_models(opts.preset, device, dtype, not opts.no_hf)
     if opts.preset == "tiny":  # keep the shapes inside the tiny model's context
@@ -114,38 +179,90 @@ def main(argv=None) -> int:
     weight_bytes = sum(t.numel() * t.element_size() for t in model.parameters())
     bw = copy_bandwidth(device) if device.type == "cuda" else float("nan")
     ceiling = bw / weight_bytes
+    say(f"{opts.preset} on {device} in {dtype}, weights {weight_bytes / 1e9:.2f} GB; copy {bw / 1e12:.3f} TB/s "
+        f"-> ceiling {ceiling:.1f} tok/s")
     g = torch.Generator().manual_seed(0)
     short = torch.randint(3, args.vocab_size, (16,), generator=g).tolist()
     long = torch.randint(3, args.vocab_size, (opts.long_prompt,), generator=g).tolist()
-    rows = {}
+    result = {
+        "what": "python -m minimistral.bench --gpu", "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "preset": opts.preset, "dtype": str(dtype).removeprefix("torch."),
+        "weight_bytes": weight_bytes, "copy_bandwidth_bytes_per_s": bw, "decode_ceiling_tok_s": ceiling,
+        "new_tokens": opts.new_tokens, "long_prompt_tokens": len(long), "rows": {}, "errors": {},
+    }
+    try:
+        import transformers
+        result["transformers"] = transformers.__version__
+        if hf is not None:
+            result["transformers_attention"] = hf.config._attn_implementation
+    except ImportError:
+        pass
+    rows = result["rows"]
 
-    def record(name, fn_decode, fn_prefill):
-        _peak_reset(device)
-        row = {}
-        for label, prompt in (("decode tok/s (16-token prompt)", short), (f"decode tok/s ({len(long)}-token prompt)", long)):
+    def save():
+        with open(opts.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+    def attempt(name, fn):
+        try:
+            return fn()
+        except Exception as e:  # keep measuring the rest; the error goes into the table and the JSON
+            traceback.print_exc()
+            result["errors"][name] = f"{type(e).__name__}: {e}"[:2000]
+            say(f"FAILED {name}: {type(e).__name__}: {str(e)[:300]}")
+        finally:
+            save()
+
+    def record(name, fn_decode, fn_prefill, baseline=None):
+        """decode at both prompt lengths, then prefill; peak memory counts only what this row allocated."""
+        if baseline is None:
+            baseline = _allocated(device)
+            _peak_reset(device)
+        row = rows.setdefault(name, {})
+        for label, prompt in ((SHORT, short), (LONG, long)):
             rate, ttft = decode_rate(lambda n: fn_decode(prompt, n), opts.new_tokens, device)
-            row[label] = rate
-            row[f"time to first token, s ({len(prompt)}-token prompt)"] = ttft
+            row[f"decode tok/s ({label})"] = rate
+            row[f"time to first token, s ({label})"] = ttft
         for n in opts.prefill:
             toks = torch.randint(3, args.vocab_size, (1, n), generator=g).to(device)
             fn_prefill(toks)  # warm-up at this shape
             row[f"prefill tok/s ({n})"] = n / _timed(lambda: fn_prefill(toks), device, repeat=3)
-        row["peak GPU memory, GiB"] = _peak_gib(device)
-        rows[name] = row
-        print(f"  measured {name}", flush=True)
+        own = weight_bytes  # both models stay resident: count this row's weights plus its working memory
+        row["peak GPU memory, GiB"] = (own + _peak_above(device, baseline)) / 2**30
+        say(f"measured {name}: {row[f'decode tok/s ({SHORT})']:.1f} tok/s decode")
 
-    print(f"bench --gpu: {opts.preset} on {device} in {dtype}, weights {weight_bytes / 1e9:.2f} GB", flush=True)
+    # ---- the three rows of the table ------------------------------------------------------------------------
     if not opts.no_eager:
-        record("ours eager",
-               lambda prompt, n: mm.generate(model, prompt, max_new_tokens=n),
-               torch.inference_mode()(lambda toks: model(toks)))
-    fast = FastGenerator(model, compile=device.type == "cuda")
-    t0 = time.perf_counter()
-    fast.generate(short, 8)  # compile and capture the CUDA graph
-    _sync(device)
-    warmup = time.perf_counter() - t0
-    record("ours fast", lambda prompt, n: fast.generate(prompt, n), lambda toks: (fast.cache.reset(), fast.prefill(toks)))
-    rows["ours fast"]["compile warm-up, s"] = warmup
+        say("ours eager (the teaching path) ...")
+        attempt("ours eager", lambda: record(
+            "ours eager", lambda prompt, n: mm.generate(model, prompt, max_new_tokens=n),
+            torch.inference_mode()(lambda toks: model(toks))))
+
+    fast = None
+
+    def fast_row():
+        nonlocal fast
+        baseline = _allocated(device)
+        _peak_reset(device)
+        say("ours fast: compiling the decode step and capturing the CUDA graph ..." if device.type == "cuda"
+            else "ours fast (not compiled on a CPU) ...")
+        fast = FastGenerator(model, compile=device.type == "cuda")
+        t0 = time.perf_counter()
+        fast.generate(short, 8)
+        _sync(device)
+        rows["ours fast"] = {"compile warm-up, s": time.perf_counter() - t0}
+        try:
+            from torch._dynamo.utils import counters
+            result["compile_counters"] = {k: dict(v) for k, v in counters.items() if k in ("inductor", "graph_break")}
+        except Exception:
+            pass
+        say(f"compiled in {rows['ours fast']['compile warm-up, s']:.1f} s")
+        record("ours fast", lambda prompt, n: fast.generate(prompt, n),
+               lambda toks: (fast.cache.reset(), fast.prefill(toks)), baseline=baseline)
+
+    attempt("ours fast", fast_row)
+
     if hf is not None:
         def hf_generate(prompt, n):
             with torch.inference_mode():
@@ -157,32 +274,93 @@ def main(argv=None) -> int:
             with torch.inference_mode():
                 return hf(toks, logits_to_keep=1).logits
 
-        record("transformers", hf_generate, hf_prefill)
+        say("transformers ...")
+        attempt("transformers", lambda: record("transformers", hf_generate, hf_prefill))
 
+    # ---- for notebook 12: where the time of one decode step goes -------------------------------------------
+    if not opts.no_extras and device.type == "cuda":
+        result["profile"] = {}
+        one = torch.tensor([[short[-1]]], device=device)
+
+        def profile_eager():
+            with torch.inference_mode():
+                cache = model.new_cache()
+                model(torch.tensor([short], device=device), cache=cache)
+                result["profile"]["ours eager"] = kernel_profile(lambda: model(one, cache=cache), device)
+
+        def profile_fast(name, gen):
+            with torch.inference_mode():
+                gen.cache.reset()
+                gen.prefill(torch.tensor([short], device=device))
+                pos, temp = torch.tensor(len(short), device=device), torch.tensor(0.0, device=device)
+                noise = torch.zeros((1, args.vocab_size), device=device)
+                result["profile"][name] = kernel_profile(lambda: gen._decode(one, pos, temp, noise), device)
+
+        def profile_hf():
+            with torch.inference_mode():
+                out = hf(torch.tensor([short], device=device), use_cache=True)
+                pkv = out.past_key_values
+                result["profile"]["transformers"] = kernel_profile(
+                    lambda: hf(one, past_key_values=pkv, use_cache=True, logits_to_keep=1), device)
+
+        say("profiling one decode step ...")
+        attempt("profile ours eager", profile_eager)
+        if fast is not None:
+            attempt("profile ours fast", lambda: profile_fast("ours fast", fast))
+        if hf is not None:
+            attempt("profile transformers", profile_hf)
+        say("matmul batching sweep ...")
+        attempt("matmul batching", lambda: result.__setitem__("matmul_batching", matmul_batching(device, dtype)))
+
+    # ---- the ladder: eager kernels -> fused (compile) -> one launch (CUDA graphs), same static cache ----------
+    if not opts.no_extras:
+        ladder = result.setdefault("decode_ladder", {})
+
+        def rung(name, compile_mode):
+            nonlocal fast
+            fast = None
+            torch._dynamo.reset()  # forget the compiled step above: this rung compiles with another mode
+            gen = FastGenerator(model, compile=compile_mode)
+            t0 = time.perf_counter()
+            gen.generate(short, 8)
+            _sync(device)
+            warm = time.perf_counter() - t0
+            rate, _ = decode_rate(lambda n: gen.generate(short, n), opts.new_tokens, device)
+            ladder[name] = {"decode tok/s": rate, "warm-up, s": warm}
+            if device.type == "cuda":
+                profile_fast(name, gen)
+            say(f"ladder {name}: {rate:.1f} tok/s")
+
+        say("decode ladder ...")
+        attempt("ladder static cache", lambda: rung("static cache, eager kernels", False))
+        if device.type == "cuda":
+            attempt("ladder compiled", lambda: rung("compiled, no CUDA graphs", "default"))
+
+    # ---- the table -----------------------------------------------------------------------------------------
     names = list(rows)
     metrics = list(dict.fromkeys(k for r in rows.values() for k in r))
     print()
-    print(f"{'metric':<40}" + "".join(f"{n:>16}" for n in names))
+    print(f"{'metric':<44}" + "".join(f"{n:>16}" for n in names))
     for m in metrics:
-        print(f"{m:<40}" + "".join(f"{rows[n].get(m, float('nan')):>16.4g}" for n in names))
+        print(f"{m:<44}" + "".join(f"{rows[n].get(m, float('nan')):>16.4g}" for n in names))
+    print(f"(long prompt: {len(long)} tokens; decode: batch 1, {opts.new_tokens} new tokens, greedy)")
     print()
     print(f"copy bandwidth {bw / 1e12:.3f} TB/s -> decode ceiling {ceiling:.1f} tok/s for {weight_bytes / 1e9:.2f} GB")
     for n in names:
-        r = rows[n]["decode tok/s (16-token prompt)"]
+        r = rows[n].get(f"decode tok/s ({SHORT})", float("nan"))
         print(f"  {n}: {r:.1f} tok/s = {r / ceiling:.0%} of the ceiling" if ceiling == ceiling else f"  {n}: {r:.1f} tok/s")
-    result = {
-        "what": "python -m minimistral.bench --gpu", "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "preset": opts.preset, "dtype": str(dtype).removeprefix("torch."),
-        "weight_bytes": weight_bytes, "copy_bandwidth_bytes_per_s": bw, "decode_ceiling_tok_s": ceiling,
-        "new_tokens": opts.new_tokens, "rows": rows,
-    }
-    try:
-        import transformers
-        result["transformers"] = transformers.__version__
-    except ImportError:
-        pass
-    with open(opts.json, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {opts.json}")
-    return 0
+    for name, prof in result.get("profile", {}).items():
+        print(f"  profile {name}: {prof['wall_ms_per_step']:.2f} ms/step wall, GPU busy {prof['gpu_busy_ms_per_step']:.2f} ms, "
+              f"{prof['gpu_kernels_per_step']:.0f} kernels, {prof['host_kernel_launches_per_step']:.0f} host launches, "
+              f"{prof['host_graph_launches_per_step']:.0f} graph launches per step")
+    for name, r in result.get("decode_ladder", {}).items():
+        print(f"  ladder {name}: {r['decode tok/s']:.1f} tok/s (warm-up {r['warm-up, s']:.1f} s)")
+    for r in result.get("matmul_batching", []):
+        print(f"  matmul 14336x4096 by {r['tokens']:>4} tokens: {r['us']:8.1f} us, {r['TB_per_s']:.2f} TB/s, "
+              f"{r['TFLOP_per_s']:.1f} TFLOP/s")
+    for name, err in result["errors"].items():
+        print(f"  ERROR in {name}: {err[:300]}")
+    result["seconds"] = time.perf_counter() - t_begin
+    save()
+    print(f"wrote {opts.json} after {result['seconds']:.0f} s")
+    return 1 if result["errors"] else 0

@@ -69,7 +69,10 @@ class StaticRollingCache:
 
 
 class FastGenerator:
-    def __init__(self, model, batch_size: int = 1, compile: Optional[bool] = None):
+    def __init__(self, model, batch_size: int = 1, compile=None):
+        """compile: None (compile with CUDA graphs on a GPU, not on a CPU), False (eager kernels), True or
+        "reduce-overhead" (compile + CUDA graphs), or another torch.compile mode such as "default" (fused
+        kernels, launched one by one: the benchmark uses it to show what the graphs add)."""
         self.model = model.eval()
         self.args = model.args
         w = model.output.weight
@@ -79,11 +82,13 @@ class FastGenerator:
         self.window = self.args.sliding_window
         if compile is None:
             compile = self.device.type == "cuda"
-        if compile:  # the cache is mutated inside the graph: its addresses must stay fixed between replays
+        mode = "reduce-overhead" if compile is True else compile
+        if mode:  # the cache is mutated inside the graph: its addresses must stay fixed between replays
             for t in (self.cache.k, self.cache.v, self.cache.slot_positions):
                 torch._dynamo.mark_static_address(t)
-        self._decode = torch.compile(self._decode_step, mode="reduce-overhead", fullgraph=True) if compile \
-            else self._decode_step
+            self._decode = torch.compile(self._decode_step, mode=mode, fullgraph=True)
+        else:
+            self._decode = self._decode_step
 
     # ---- prefill: variable length, eager, fused attention ---------------------------------------------
     @torch.inference_mode()

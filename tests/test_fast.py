@@ -83,3 +83,23 @@ def test_compiled_decode_step_equals_teaching_path(one_thread):
     assert fast.generate(prompt[:3], 30) == mm.generate(model, prompt[:3], max_new_tokens=30)  # cache reset
     a = fast.generate(prompt, 20, temperature=1.0, seed=5)
     assert a == fast.generate(prompt, 20, temperature=1.0, seed=5) != fast.generate(prompt, 20)
+
+
+def test_gpu_benchmark_runs_on_the_cpu_preset(tmp_path, one_thread):
+    """`python -m minimistral.bench --gpu` on the CPU with the tiny preset: the same code the H200 run uses,
+    every row measured, nothing recorded as an error, and the JSON notebook 12 reads has what it needs."""
+    import json
+
+    from minimistral.bench import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["--gpu", "--device", "cpu", "--preset", "tiny", "--new-tokens", "8", "--long-prompt", "300",
+               "--prefill", "64", "256", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert rc == 0 and result["errors"] == {}
+    assert set(result["rows"]) == {"ours eager", "ours fast", "transformers"}
+    for row in result["rows"].values():
+        assert row["decode tok/s (16-token prompt)"] > 0 and row["decode tok/s (long prompt)"] > 0
+        assert row["prefill tok/s (64)"] > 0 and row["prefill tok/s (256)"] > 0
+    assert result["long_prompt_tokens"] == 300 > mm.ModelArgs.tiny().sliding_window  # past the window
+    assert result["decode_ladder"]["static cache, eager kernels"]["decode tok/s"] > 0
