@@ -195,7 +195,7 @@ def main(argv=None) -> int:
         import transformers
         result["transformers"] = transformers.__version__
         if hf is not None:
-            result["transformers_attention"] = hf.config._attn_implementation
+            result["transformers_attention"] = getattr(hf.config, "_attn_implementation", None)
     except ImportError:
         pass
     rows = result["rows"]
