@@ -68,13 +68,15 @@ def copy_bandwidth(device, gib: float = 2.0) -> float:
     return 2 * n * 2 / t  # each element read once and written once, 2 bytes each
 
 
-def decode_rate(run, n_new, device):
+def decode_rate(run, n_new, device, full_warmup=True):
     """Per-token decode time from two runs that differ only in the number of new tokens (prefill cancels).
-    A short warm-up run first, so neither timed run pays for first-call setup."""
-    run(2)
+    Warm-up first. With full_warmup, a full-length run: code whose shapes change every token (a cache that
+    grows) pays a one-time cost for each new shape, so the first run is slower than every later one; it is
+    timed too. Returns (tokens/s, time to first token, tokens/s of the first run or nan)."""
+    t_first = _timed(lambda: run(n_new + 1 if full_warmup else 2), device)
     t_short = _timed(lambda: run(1), device)
     t_long = _timed(lambda: run(n_new + 1), device)
-    return n_new / (t_long - t_short), t_short  # tokens/s, time to first token
+    return n_new / (t_long - t_short), t_short, n_new / (t_first - t_short) if full_warmup else float("nan")
 
 
 def build_models(preset, device, dtype, with_hf):
@@ -150,6 +152,29 @@ def matmul_batching(device, dtype, dim=4096, hidden=14336, sizes=(1, 2, 4, 8, 16
     return out
 
 
+def sdpa_new_shapes(device, dtype, keys=(1000, 1001, 1002)):
+    """The teaching path's decode attention (one query, a cache that grows by one key per token) at key
+    lengths never seen before: the first call at a new length against a repeat. Also which fused kernel
+    PyTorch picks for it."""
+    from minimistral.attention import attention_sdpa
+
+    q = torch.randn(1, 32, 1, 128, device=device, dtype=dtype)
+    out = {"calls": []}
+    for n in keys:
+        k, v = torch.randn(2, 1, 8, n, 128, device=device, dtype=dtype)
+        mask = torch.ones(1, n, dtype=torch.bool, device=device)
+        first = _timed(lambda: attention_sdpa(q, k, v, mask), device)
+        again = _timed(lambda: attention_sdpa(q, k, v, mask), device, repeat=5)
+        out["calls"].append({"keys": n, "first_ms": first * 1e3, "again_ms": again * 1e3})
+    try:
+        from torch.nn.attention import SDPBackend
+        choice = torch._fused_sdp_choice(q, k, v, mask, 0.0, False, enable_gqa=True)
+        out["backend"] = SDPBackend(choice).name
+    except Exception as e:
+        out["backend"] = f"unknown ({type(e).__name__}: {e})"
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minimistral.bench --gpu")
     p.add_argument("--device", default="cuda")
@@ -160,6 +185,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-hf", action="store_true", help="skip transformers")
     p.add_argument("--no-eager", action="store_true", help="skip our teaching path")
     p.add_argument("--no-extras", action="store_true", help="skip the profile, the compile ladder and the matmul sweep")
+    p.add_argument("--budget", type=float, default=0, help="seconds: skip the optional extra compiles that "
+                   "would not fit (0: no limit)")
     p.add_argument("--json", default="bench_gpu.json")
     opts = p.parse_args(argv)
     device = torch.device(opts.device)
@@ -221,10 +248,14 @@ def main(argv=None) -> int:
             _peak_reset(device)
         row = rows.setdefault(name, {})
         for label, prompt in ((SHORT, short), (LONG, long)):
-            rate, ttft = decode_rate(lambda n: fn_decode(prompt, n), opts.new_tokens, device)
+            # past the window every cache is full: the shapes stop changing, a short warm-up is enough
+            rate, ttft, first = decode_rate(lambda n: fn_decode(prompt, n), opts.new_tokens, device,
+                                            full_warmup=label == SHORT)
             row[f"decode tok/s ({label})"] = rate
             row[f"time to first token, s ({label})"] = ttft
-        for n in opts.prefill:
+            if label == SHORT:
+                row[f"decode tok/s, first run ({label})"] = first
+        for n in (opts.prefill if fn_prefill is not None else []):
             toks = torch.randint(3, args.vocab_size, (1, n), generator=g).to(device)
             fn_prefill(toks)  # warm-up at this shape
             row[f"prefill tok/s ({n})"] = n / _timed(lambda: fn_prefill(toks), device, repeat=3)
@@ -241,27 +272,31 @@ def main(argv=None) -> int:
 
     fast = None
 
-    def fast_row():
+    def fast_row(name="ours fast", tune=False, prefill=True):
         nonlocal fast
+        fast = None
+        torch._dynamo.reset()  # a fresh compile, timed from nothing (kernels compiled earlier stay on disk)
         baseline = _allocated(device)
         _peak_reset(device)
-        say("ours fast: compiling the decode step and capturing the CUDA graph ..." if device.type == "cuda"
-            else "ours fast (not compiled on a CPU) ...")
-        fast = FastGenerator(model, compile=device.type == "cuda")
+        say(f"{name}: compiling the decode step and capturing the CUDA graph ..." if device.type == "cuda"
+            else f"{name} (not compiled on a CPU) ...")
+        fast = FastGenerator(model, compile=device.type == "cuda", tune=tune)
         t0 = time.perf_counter()
         fast.generate(short, 8)
         _sync(device)
-        rows["ours fast"] = {"compile warm-up, s": time.perf_counter() - t0}
+        rows[name] = {"compile warm-up, s": time.perf_counter() - t0}
         try:
             from torch._dynamo.utils import counters
-            result["compile_counters"] = {k: dict(v) for k, v in counters.items() if k in ("inductor", "graph_break")}
+            result.setdefault("compile_counters", {})[name] = {
+                k: dict(v) for k, v in counters.items() if k in ("inductor", "graph_break")}
         except Exception:
             pass
-        say(f"compiled in {rows['ours fast']['compile warm-up, s']:.1f} s")
-        record("ours fast", lambda prompt, n: fast.generate(prompt, n),
-               lambda toks: (fast.cache.reset(), fast.prefill(toks)), baseline=baseline)
+        say(f"compiled in {rows[name]['compile warm-up, s']:.1f} s")
+        record(name, lambda prompt, n: fast.generate(prompt, n),
+               (lambda toks: (fast.cache.reset(), fast.prefill(toks))) if prefill else None, baseline=baseline)
 
     attempt("ours fast", fast_row)
+    fast_default = fast
 
     if hf is not None:
         def hf_generate(prompt, n):
@@ -277,19 +312,23 @@ def main(argv=None) -> int:
         say("transformers ...")
         attempt("transformers", lambda: record("transformers", hf_generate, hf_prefill))
 
+    def left():
+        return opts.budget - (time.perf_counter() - t_begin) if opts.budget else float("inf")
+
     # ---- for notebook 12: where the time of one decode step goes -------------------------------------------
     if not opts.no_extras and device.type == "cuda":
         result["profile"] = {}
-        one = torch.tensor([[short[-1]]], device=device)
 
         def profile_eager():
             with torch.inference_mode():
+                one = torch.tensor([[short[-1]]], device=device)
                 cache = model.new_cache()
                 model(torch.tensor([short], device=device), cache=cache)
                 result["profile"]["ours eager"] = kernel_profile(lambda: model(one, cache=cache), device)
 
         def profile_fast(name, gen):
-            with torch.inference_mode():
+            with torch.inference_mode():  # inputs made here are inference tensors, as in generate: no recompile
+                one = torch.tensor([[short[-1]]], device=device)
                 gen.cache.reset()
                 gen.prefill(torch.tensor([short], device=device))
                 pos, temp = torch.tensor(len(short), device=device), torch.tensor(0.0, device=device)
@@ -298,6 +337,7 @@ def main(argv=None) -> int:
 
         def profile_hf():
             with torch.inference_mode():
+                one = torch.tensor([[short[-1]]], device=device)
                 out = hf(torch.tensor([short], device=device), use_cache=True)
                 pkv = out.past_key_values
                 result["profile"]["transformers"] = kernel_profile(
@@ -305,12 +345,24 @@ def main(argv=None) -> int:
 
         say("profiling one decode step ...")
         attempt("profile ours eager", profile_eager)
-        if fast is not None:
-            attempt("profile ours fast", lambda: profile_fast("ours fast", fast))
+        if fast_default is not None:
+            attempt("profile ours fast", lambda: profile_fast("ours fast", fast_default))
         if hf is not None:
             attempt("profile transformers", profile_hf)
         say("matmul batching sweep ...")
         attempt("matmul batching", lambda: result.__setitem__("matmul_batching", matmul_batching(device, dtype)))
+        attempt("sdpa new shapes", lambda: result.__setitem__("sdpa_new_shapes", sdpa_new_shapes(device, dtype)))
+
+    # ---- the same fast path with the compiler's kernels tuned (gpt-fast's setting), if time allows ----------
+    if not opts.no_extras and device.type == "cuda":
+        fast_default = None
+        if left() > 200:
+            def tuned_row():
+                fast_row("ours fast, tuned", tune=True, prefill=False)  # prefill does not change: not compiled
+                profile_fast("ours fast, tuned", fast)
+            attempt("ours fast, tuned", tuned_row)
+        else:
+            say(f"skipping the tuned compile: {left():.0f} s of the budget left")
 
     # ---- the ladder: eager kernels -> fused (compile) -> one launch (CUDA graphs), same static cache ----------
     if not opts.no_extras:
@@ -325,7 +377,7 @@ def main(argv=None) -> int:
             gen.generate(short, 8)
             _sync(device)
             warm = time.perf_counter() - t0
-            rate, _ = decode_rate(lambda n: gen.generate(short, n), opts.new_tokens, device)
+            rate, _, _ = decode_rate(lambda n: gen.generate(short, n), opts.new_tokens, device)
             ladder[name] = {"decode tok/s": rate, "warm-up, s": warm}
             if device.type == "cuda":
                 profile_fast(name, gen)
@@ -334,7 +386,10 @@ def main(argv=None) -> int:
         say("decode ladder ...")
         attempt("ladder static cache", lambda: rung("static cache, eager kernels", False))
         if device.type == "cuda":
-            attempt("ladder compiled", lambda: rung("compiled, no CUDA graphs", "default"))
+            if left() > 100:
+                attempt("ladder compiled", lambda: rung("compiled, no CUDA graphs", "default"))
+            else:
+                say(f"skipping the compiled-without-graphs rung: {left():.0f} s of the budget left")
 
     # ---- the table -----------------------------------------------------------------------------------------
     names = list(rows)
@@ -353,6 +408,10 @@ def main(argv=None) -> int:
         print(f"  profile {name}: {prof['wall_ms_per_step']:.2f} ms/step wall, GPU busy {prof['gpu_busy_ms_per_step']:.2f} ms, "
               f"{prof['gpu_kernels_per_step']:.0f} kernels, {prof['host_kernel_launches_per_step']:.0f} host launches, "
               f"{prof['host_graph_launches_per_step']:.0f} graph launches per step")
+    if "sdpa_new_shapes" in result:
+        d = result["sdpa_new_shapes"]
+        print(f"  teaching-path decode attention, backend {d['backend']}: " + ", ".join(
+            f"{c['keys']} keys first {c['first_ms']:.2f} ms / again {c['again_ms']:.3f} ms" for c in d["calls"]))
     for name, r in result.get("decode_ladder", {}).items():
         print(f"  ladder {name}: {r['decode tok/s']:.1f} tok/s (warm-up {r['warm-up, s']:.1f} s)")
     for r in result.get("matmul_batching", []):
