@@ -166,10 +166,13 @@ def sdpa_new_shapes(device, dtype, keys=(1000, 1001, 1002)):
         first = _timed(lambda: attention_sdpa(q, k, v, mask), device)
         again = _timed(lambda: attention_sdpa(q, k, v, mask), device, repeat=5)
         out["calls"].append({"keys": n, "first_ms": first * 1e3, "again_ms": again * 1e3})
-    try:
-        from torch.nn.attention import SDPBackend
-        choice = torch._fused_sdp_choice(q, k, v, mask, 0.0, False, enable_gqa=True)
-        out["backend"] = SDPBackend(choice).name
+    try:  # what PyTorch picks by default, and what attention_sdpa lets it pick when decoding
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        from minimistral.attention import DECODE_BACKENDS
+        out["default_backend"] = SDPBackend(torch._fused_sdp_choice(q, k, v, mask, 0.0, False, enable_gqa=True)).name
+        with sdpa_kernel(DECODE_BACKENDS):
+            out["backend"] = SDPBackend(torch._fused_sdp_choice(q, k, v, mask, 0.0, False, enable_gqa=True)).name
     except Exception as e:
         out["backend"] = f"unknown ({type(e).__name__}: {e})"
     return out
