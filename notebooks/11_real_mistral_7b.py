@@ -444,9 +444,10 @@ else:
 # Two numbers matter: **prefill** (the prompt, many tokens per forward pass: compute-bound, fast per
 # token) and **decode** (one token per forward pass). At batch 1, each decoded token reads every weight
 # once, so decode speed is bounded by memory bandwidth: 14.5 GB per token on a GPU reading ~3 to 5 TB/s is
-# a ceiling of a few hundred tokens per second. This teaching model launches several hundred small
-# kernels per token from Python, so it lands well below that ceiling; `minimistral.fast` and
-# `python -m minimistral.bench --gpu` show how much of the gap can be closed.
+# a ceiling of a few hundred tokens per second. This teaching model launches about 1,700 small kernels
+# per token from Python, so it lands well below that ceiling: on an H200, 27 tokens/s against a ceiling of
+# 282. Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
+# GPU (`python -m minimistral.bench --gpu` measures both).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -458,6 +459,7 @@ def sync():
 prompt_ids = long_ids[: min(512, W)]
 with torch.no_grad():
     mm.generate(model, prompt_ids[:8], max_new_tokens=4)  # warm-up: first calls pay for kernel selection
+    model(torch.tensor([prompt_ids], device=DEVICE), cache=model.new_cache())  # ... at each new shape, too
     sync()
     start = time.perf_counter()
     model(torch.tensor([prompt_ids], device=DEVICE), cache=model.new_cache())
