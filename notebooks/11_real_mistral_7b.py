@@ -260,7 +260,7 @@ plt.show()
 show_layers = sorted(set([0, 1, L // 2, L - 1]))
 show_heads = list(range(0, H, args.n_heads // args.n_kv_heads))[:4]
 fig, axes = plt.subplots(len(show_layers), len(show_heads), figsize=(3.0 * len(show_heads), 2.6 * len(show_layers)),
-                         layout="constrained")
+                         layout="constrained", squeeze=False)  # a 2-D grid even with one KV head
 for r, layer in enumerate(show_layers):
     for c, head in enumerate(show_heads):
         probs, q_pos, k_pos = cap.attention(layer, head)
@@ -470,7 +470,8 @@ start = time.perf_counter()
 out = mm.generate(model, prompt_ids[:8], max_new_tokens=n_new, temperature=0.0)
 sync()
 decode_s = time.perf_counter() - start
-where = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else "CPU, 1 thread"
+n_threads = torch.get_num_threads()
+where = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else f"CPU, {n_threads} thread{'s' * (n_threads > 1)}"
 print(f"{where}, {dtype_name}: prefill {len(prompt_ids)} tokens in {prefill_s * 1000:.0f} ms "
       f"({len(prompt_ids) / prefill_s:,.0f} tokens/s); decode {n_new} tokens in {decode_s:.2f} s "
       f"({n_new / decode_s:.1f} tokens/s)")
