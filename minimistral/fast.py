@@ -1,11 +1,13 @@
 """The fast path for inference (notebook 12): the same model, arranged for a GPU.
 
 Decoding one token at batch 1 reads every weight once, so its floor is (bytes of weights) / (memory
-bandwidth). The teaching path in model.py spends most of its time elsewhere on a GPU: hundreds of small
-kernel launches per token, Python bookkeeping, and a host synchronisation for every sampled token. Here:
+bandwidth). The teaching path in model.py spends most of its time elsewhere on a GPU: about 1,700 small
+kernel launches per token (measured on an H200: 37 ms of CPU time per step for 6 ms of GPU work), Python
+bookkeeping, and a host synchronisation for every sampled token. Here:
 
 - `StaticRollingCache`: the same rolling buffer (slot = position % W), but every shape is fixed and the
   current position lives in a device tensor, so one decode step is always the same sequence of kernels.
+  One buffer per layer, so the compiled step writes each new key in place.
 - `decode_step`: one token in, logits and the sampled next token out, attending over the W slots with a
   mask built on the device. Static shapes let `torch.compile(mode="reduce-overhead")` capture it in a CUDA
   graph and replay it with one launch.
@@ -17,13 +19,13 @@ kernel launches per token, Python bookkeeping, and a host synchronisation for ev
   to look at, so it is plain causal attention and runs in the flash kernel.
 
 `FastGenerator(model).generate(...)` gives the same tokens as `mm.generate` (tests/test_fast.py proves it).
+On an H200 it decodes Mistral 7B at 184 tokens/s, 65% of the bandwidth ceiling (data/bench_gpu_h200.json).
 """
 
 from __future__ import annotations
 
-from typing import Optional
-
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -110,7 +112,9 @@ class FastGenerator:
     @torch.inference_mode()
     def prefill(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
         """tokens (B, T) at absolute positions start.. -> logits of the last token (B, V). Runs in chunks of
-        at most W tokens so no score matrix is larger than W x 2W."""
+        at most W tokens so no score matrix is larger than W x 2W. start=0 begins a new sequence."""
+        if start == 0:
+            self.cache.reset()
         chunk = self.cache.size
         for s in range(0, tokens.shape[1], chunk):
             logits = self._prefill_chunk(tokens[:, s:s + chunk], start + s)
