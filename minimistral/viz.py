@@ -776,18 +776,23 @@ class _Fixed:
         self.value = value
 
 
-class StaticExplorer:
-    """An explorer's first picture, where ipywidgets is missing: no sliders, the same text and PNG."""
-
-    def __init__(self, name, controls, draw, note=""):
-        self.name, self.controls, self.note = name, controls, note
-        self.png = _png_b64(draw(**self.values()))  # a drawing error is raised, not hidden in an output area
+class _ControlValues:
+    """What both explorers (widget and static) read from `self.controls`: a name starting with "_" is a
+    control that draws nothing (the play button)."""
 
     def values(self):
         return {k: c.value for k, c in self.controls.items() if not k.startswith("_")}
 
     def state(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.values().items())
+
+
+class StaticExplorer(_ControlValues):
+    """An explorer's first picture, where ipywidgets is missing: no sliders, the same text and PNG."""
+
+    def __init__(self, name, controls, draw, note=""):
+        self.name, self.controls, self.note = name, controls, note
+        self.png = _png_b64(draw(**self.values()))  # a drawing error is raised, not hidden in an output area
 
     def __repr__(self) -> str:
         return f"{self.name} ({self.state()}){self.note} [static: ipywidgets is not installed]"
@@ -801,7 +806,7 @@ def _explorer_class():
     if widgets is None:
         return StaticExplorer
 
-    class Explorer(widgets.VBox):
+    class Explorer(_ControlValues, widgets.VBox):
         """Controls above a picture. `draw(**values)` makes the Figure for the controls' values."""
 
         def __init__(self, name, controls, draw, note=""):
@@ -815,9 +820,6 @@ def _explorer_class():
                     c.observe(lambda change: self.redraw(), names="value")
             self.redraw()
 
-        def values(self):
-            return {k: c.value for k, c in self.controls.items() if not k.startswith("_")}
-
         def redraw(self):
             try:
                 self.png = _png_b64(self._draw(**self.values()))
@@ -826,9 +828,6 @@ def _explorer_class():
             except Exception:  # show the error where the learner looks, not in the server log
                 out = {"output_type": "stream", "name": "stderr", "text": traceback.format_exc()}
             self.output.outputs = (out,)
-
-        def state(self) -> str:
-            return ", ".join(f"{k}={v}" for k, v in self.values().items())
 
         def _repr_mimebundle_(self, **kwargs):
             # Live JupyterLab renders the widget; where widgets cannot be drawn (a saved notebook on GitHub,
