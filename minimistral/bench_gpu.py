@@ -275,21 +275,27 @@ def main(argv=None) -> int:
             "ours eager", lambda prompt, n: mm.generate(model, prompt, max_new_tokens=n),
             torch.inference_mode()(lambda toks: model(toks))))
 
-    fast = None
+    fast = None  # the FastGenerator measured last: profiled after the table's rows, dropped before the ladder
 
-    def fast_row(name="ours fast", tune=False, prefill=True):
+    def warmed_generator(compile, tune=False):
+        """(a FastGenerator, seconds its first short generation took: compile and CUDA-graph capture)."""
         nonlocal fast
         fast = None
         torch._dynamo.reset()  # a fresh compile, timed from nothing (kernels compiled earlier stay on disk)
+        gen = FastGenerator(model, compile=compile, tune=tune)
+        t0 = time.perf_counter()
+        gen.generate(short, 8)
+        _sync(device)
+        return gen, time.perf_counter() - t0
+
+    def fast_row(name="ours fast", tune=False, prefill=True):
+        nonlocal fast
         baseline = _allocated(device)
         _peak_reset(device)
         say(f"{name}: compiling the decode step and capturing the CUDA graph ..." if device.type == "cuda"
             else f"{name} (not compiled on a CPU) ...")
-        fast = FastGenerator(model, compile=device.type == "cuda", tune=tune)
-        t0 = time.perf_counter()
-        fast.generate(short, 8)
-        _sync(device)
-        rows[name] = {"compile warm-up, s": time.perf_counter() - t0}
+        fast, warm = warmed_generator(device.type == "cuda", tune)
+        rows[name] = {"compile warm-up, s": warm}
         try:
             from torch._dynamo.utils import counters
             result.setdefault("compile_counters", {})[name] = {
@@ -297,11 +303,9 @@ def main(argv=None) -> int:
         except Exception:
             pass
         say(f"compiled in {rows[name]['compile warm-up, s']:.1f} s")
-        record(name, lambda prompt, n: fast.generate(prompt, n),
-               (lambda toks: (fast.cache.reset(), fast.prefill(toks))) if prefill else None, baseline=baseline)
+        record(name, lambda prompt, n: fast.generate(prompt, n), fast.prefill if prefill else None, baseline=baseline)
 
     attempt("ours fast", fast_row)
-    fast_default = fast
 
     if hf is not None:
         def hf_generate(prompt, n):
@@ -334,8 +338,7 @@ def main(argv=None) -> int:
         def profile_fast(name, gen):
             with torch.inference_mode():  # inputs made here are inference tensors, as in generate: no recompile
                 one = torch.tensor([[short[-1]]], device=device)
-                gen.cache.reset()
-                gen.prefill(torch.tensor([short], device=device))
+                gen.prefill(torch.tensor([short], device=device))  # start=0: a new sequence
                 pos, temp = torch.tensor(len(short), device=device), torch.tensor(0.0, device=device)
                 noise = torch.zeros((1, args.vocab_size), device=device)
                 result["profile"][name] = kernel_profile(lambda: gen._decode(one, pos, temp, noise), device)
@@ -350,8 +353,8 @@ def main(argv=None) -> int:
 
         say("profiling one decode step ...")
         attempt("profile ours eager", profile_eager)
-        if fast_default is not None:
-            attempt("profile ours fast", lambda: profile_fast("ours fast", fast_default))
+        if fast is not None:
+            attempt("profile ours fast", lambda: profile_fast("ours fast", fast))
         if hf is not None:
             attempt("profile transformers", profile_hf)
         say("matmul batching sweep ...")
@@ -359,19 +362,11 @@ def main(argv=None) -> int:
         attempt("sdpa new shapes", lambda: result.__setitem__("sdpa_new_shapes", sdpa_new_shapes(device, dtype)))
 
     # ---- the ladder: eager kernels -> fused (compile) -> one launch (CUDA graphs), same static cache ----------
-    fast_default = None  # profiled above; let the ladder's compiles replace it
     if not opts.no_extras:
         ladder = result.setdefault("decode_ladder", {})
 
         def rung(name, compile_mode):
-            nonlocal fast
-            fast = None
-            torch._dynamo.reset()  # forget the compiled step above: this rung compiles with another mode
-            gen = FastGenerator(model, compile=compile_mode)
-            t0 = time.perf_counter()
-            gen.generate(short, 8)
-            _sync(device)
-            warm = time.perf_counter() - t0
+            gen, warm = warmed_generator(compile_mode)  # drops the fast path measured above
             rate, _, _ = decode_rate(lambda n: gen.generate(short, n), opts.new_tokens, device)
             ladder[name] = {"decode tok/s": rate, "warm-up, s": warm}
             if device.type == "cuda":
