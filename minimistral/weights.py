@@ -1,7 +1,6 @@
 """Checkpoints: Mistral's consolidated layout and Hugging Face's layout (notebook 11).
 
-Our parameter names are Mistral's. Hugging Face renamed every tensor and permuted the rows of wq and wk
-per head for its rotate-half RoPE; `hf_name` / `to_hf_tensor` / `from_hf_tensor` map between the two.
+Our parameter names are Mistral's; `convert.py` maps them (and the wq/wk row order) to Hugging Face's.
 
     model = load_checkpoint(folder, device="cuda", dtype=torch.bfloat16)   # either layout, detected
     save_checkpoint(model, folder, format="hf")                             # or "consolidated"
@@ -30,64 +29,7 @@ from tqdm.auto import tqdm
 
 from .config import ModelArgs, dtype_name
 from .model import Transformer
-from .rope import permute_to_interleaved, permute_to_rotate_half
-
-_LAYER_NAMES = {  # ours (Mistral) -> HF, inside layers.N.
-    "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj", "attention.wv": "self_attn.v_proj",
-    "attention.wo": "self_attn.o_proj", "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
-    "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-}
-_TOP_NAMES = {"tok_embeddings.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-              "output.weight": "lm_head.weight"}
-_LAYER_RE = re.compile(r"layers\.(\d+)\.(.+)\.weight")
-
-
-def hf_name(name: str) -> str:
-    """Our (Mistral) parameter name -> the Hugging Face name."""
-    if name in _TOP_NAMES:
-        return _TOP_NAMES[name]
-    m = _LAYER_RE.fullmatch(name)
-    if not m or m.group(2) not in _LAYER_NAMES:
-        raise KeyError(f"{name!r} is not a Mistral parameter name")
-    return f"model.layers.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
-
-
-def to_hf_tensor(name: str, t: torch.Tensor, args: ModelArgs) -> torch.Tensor:
-    """Our tensor -> HF's: wq and wk rows permuted for rotate-half RoPE, the rest unchanged."""
-    if name.endswith("attention.wq.weight"):
-        return permute_to_rotate_half(t, args.n_heads)
-    if name.endswith("attention.wk.weight"):
-        return permute_to_rotate_half(t, args.n_kv_heads)
-    return t
-
-
-def from_hf_tensor(name: str, t: torch.Tensor, args: ModelArgs) -> torch.Tensor:
-    """HF's tensor (named by our name) -> ours: the inverse row permutation on wq and wk."""
-    if name.endswith("attention.wq.weight"):
-        return permute_to_interleaved(t, args.n_heads)
-    if name.endswith("attention.wk.weight"):
-        return permute_to_interleaved(t, args.n_kv_heads)
-    return t
-
-
-def _hf_to_ours_names(args: ModelArgs) -> dict:
-    """Every HF parameter name of a model with these args -> our name."""
-    names = {hf_name(f"layers.{i}.{ours}.weight"): f"layers.{i}.{ours}.weight"
-             for i in range(args.n_layers) for ours in _LAYER_NAMES}
-    names.update({v: k for k, v in _TOP_NAMES.items()})
-    return names
-
-
-def to_hf_state_dict(model) -> dict:
-    """Our model's weights under HF names and layout (what MistralForCausalLM.load_state_dict takes)."""
-    return {hf_name(n): to_hf_tensor(n, t, model.args) for n, t in model.state_dict().items()}
-
-
-def from_hf_state_dict(sd: dict, args: ModelArgs) -> dict:
-    """An HF MistralForCausalLM state dict -> our names and layout."""
-    inverse = _hf_to_ours_names(args)
-    return {inverse[k]: from_hf_tensor(inverse[k], t, args) for k, t in sd.items() if k in inverse}
-
+from .convert import from_hf_tensor, hf_name, to_hf_tensor
 
 # ==== checkpoint files on disk ========================================================================
 #

@@ -324,7 +324,7 @@ def params_per_layer(args: mm.ModelArgs) -> int:
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex00_1_params_per_layer-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-from minimistral.checks import check_function
+from minimistral.labs.checks import check_function
 from minimistral.model import TransformerBlock
 
 

@@ -47,7 +47,7 @@ import sentencepiece as spm
 from IPython.display import HTML, display
 
 import minimistral as mm
-from minimistral.checks import check_function
+from minimistral.labs.checks import check_function
 
 # %% [markdown]
 # ## The real Mistral v1 tokenizer

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import minimistral as mm
-from minimistral.checks import check_function
+from minimistral.labs.checks import check_function
 from minimistral.norm import RMSNorm, rms_norm
 
 torch.manual_seed(0)

@@ -44,7 +44,7 @@ import torch
 from IPython.display import display
 
 import minimistral as mm
-from minimistral.checks import check_function
+from minimistral.labs.checks import check_function
 from minimistral.rope import (apply_rope_complex, apply_rope_rotate_half, permute_to_interleaved,
                               permute_to_rotate_half, rope_angles, rope_frequencies)
 

@@ -45,7 +45,7 @@ from matplotlib.patches import FancyBboxPatch
 
 import minimistral as mm
 from minimistral.attention import attention_explicit, attention_sdpa, causal_mask, repeat_kv
-from minimistral.checks import check_function, check_value
+from minimistral.labs.checks import check_function, check_value
 
 torch.manual_seed(0)
 plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})

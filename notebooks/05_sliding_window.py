@@ -41,7 +41,7 @@ from matplotlib.colors import ListedColormap
 
 import minimistral as mm
 from minimistral.attention import attention_explicit, attention_mask, sliding_window_mask
-from minimistral.checks import check_function
+from minimistral.labs.checks import check_function
 
 torch.manual_seed(0)
 plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 import minimistral as mm
-from minimistral.checks import check_function, check_value
+from minimistral.labs.checks import check_function, check_value
 from minimistral.mlp import FeedForward
 
 torch.manual_seed(0)

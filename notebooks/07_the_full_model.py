@@ -42,7 +42,7 @@ from torch import nn
 
 import minimistral as mm
 from minimistral.attention import Attention
-from minimistral.checks import check_function, check_value
+from minimistral.labs.checks import check_function, check_value
 from minimistral.mlp import FeedForward
 from minimistral.model import TransformerBlock
 from minimistral.norm import RMSNorm
@@ -76,7 +76,7 @@ torch.set_num_threads(1)  # one thread: fastest for the small models, polite on 
 # branch*; it normalises the input of the MLP. It is Mistral's `ffn_norm`. The library's mapping says so:
 
 # %%
-from minimistral.weights import hf_name
+from minimistral.convert import hf_name
 
 for ours in ["layers.0.attention_norm.weight", "layers.0.attention.wq.weight", "layers.0.ffn_norm.weight",
              "layers.0.feed_forward.w1.weight", "layers.0.feed_forward.w3.weight", "layers.0.feed_forward.w2.weight"]:
@@ -478,7 +478,7 @@ del deep
 #
 # Everything so far compared our code with our own library. The outside referee is Hugging Face
 # transformers: we build its `MistralForCausalLM` from our `ModelArgs` (`args.to_hf_config()`), give
-# it our weights under its names (`minimistral.weights.to_hf_state_dict`, which also permutes the
+# it our weights under its names (`minimistral.convert.to_hf_state_dict`, which also permutes the
 # rows of wq and wk for HF's rotate-half RoPE layout, notebook 03), and compare logits. Eager
 # attention and float32 keep the reference plain. The window is 16 here so that the 40-token
 # sequence crosses it.
@@ -491,7 +491,7 @@ except ImportError:
     print("transformers is not installed: skipping the comparison (pip install transformers to run it)")
 
 if MistralForCausalLM is not None:
-    from minimistral.weights import to_hf_state_dict
+    from minimistral.convert import to_hf_state_dict
 
     small = mm.ModelArgs.tiny(sliding_window=16, vocab_size=1000)
     ours = mm.Transformer(small).init_weights("normal", std=0.02, seed=0).eval()

@@ -42,7 +42,7 @@ import torch
 import minimistral as mm
 from minimistral import viz
 from minimistral.attention import attention_explicit
-from minimistral.checks import check_function
+from minimistral.labs.checks import check_function
 from minimistral.rope import apply_rope_complex, rope_angles
 
 torch.manual_seed(0)

@@ -41,8 +41,9 @@ import matplotlib.pyplot as plt
 import torch
 
 import minimistral as mm
-from minimistral import corpus, viz
-from minimistral.checks import check_function
+from minimistral import viz
+from minimistral.train import corpus
+from minimistral.labs.checks import check_function
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 
 import minimistral as mm
-from minimistral import corpus
-from minimistral.checks import check_function
+from minimistral.train import corpus
+from minimistral.labs.checks import check_function
 from minimistral.train import TrainConfig, evaluate, get_batch, lr_at, make_optimizer, train
 
 _ = torch.manual_seed(0)
@@ -58,7 +58,7 @@ _ = torch.manual_seed(0)
 # to train on in minutes, free to redistribute, and uniform in style so a few million parameters can
 # capture it. We use the **King James Version of the Bible** (1611, public domain), taken from Debian's
 # `bible-kjv-text` package: 4.1 million characters of very regular English.
-# `data/README.md` records its source, licence and checksum; `python -m minimistral.corpus --rebuild`
+# `data/README.md` records its source, licence and checksum; `python -m minimistral.train.corpus --rebuild`
 # makes it again, byte for byte, from the Debian package.
 #
 # The file holds one chapter per line. We **hold out every 20th chapter**: neither the tokenizer nor the
@@ -380,7 +380,7 @@ print(f"random weights: {prompts[0]} {soup}")
 # Complete `my_bigram_ppl(train_ids, eval_ids, V)`: count the pairs `(train_ids[i], train_ids[i+1])`,
 # add one to every one of the $V \times V$ counts, normalise each row into $p(\cdot \mid \text{prev})$,
 # and return the perplexity $\exp\bigl(-\frac{1}{N}\sum_t \log p(y_t \mid y_{t-1})\bigr)$ of
-# `eval_ids[1:]`. Checked against `minimistral.corpus.ngram_perplexities`.
+# `eval_ids[1:]`. Checked against `minimistral.train.corpus.ngram_perplexities`.
 
 # %% nbgrader={"grade": false, "grade_id": "ex10_2_bigram_ppl-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_bigram_ppl(train_ids, eval_ids, V):

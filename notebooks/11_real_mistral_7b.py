@@ -81,8 +81,9 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 import minimistral as mm
-from minimistral import corpus, viz
-from minimistral.checks import check_function
+from minimistral import viz
+from minimistral.train import corpus
+from minimistral.labs.checks import check_function
 
 CHECKPOINT = os.environ.get("MINIMISTRAL_CHECKPOINT", "")  # or the folder itself, e.g. "~/models/Mistral-7B-v0.1"
 

@@ -44,8 +44,8 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import minimistral as mm
-from minimistral import corpus
-from minimistral.checks import check_function
+from minimistral.train import corpus
+from minimistral.labs.checks import check_function
 from minimistral.fast import FastGenerator
 
 torch.manual_seed(0)

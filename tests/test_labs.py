@@ -69,8 +69,8 @@ def outside_solution_lines(nb):
 # ---------------------------------------------------------------------------------------------------------------
 # Synthetic notebooks
 
-CHECK_IMPORT = "from minimistral.checks import check_function, check_value"
-# For the grading test: the same verdict lines as minimistral.checks without importing torch, so that a short
+CHECK_IMPORT = "from minimistral.labs.checks import check_function, check_value"
+# For the grading test: the same verdict lines as minimistral.labs.checks without importing torch, so that a short
 # per-cell timeout can be used (the real checks are graded in test_student_edition_scores_zero_and_shipped_scores_full).
 LIGHT_CHECKS = """\
 def _verdict(exercise, call, ok, hint):
@@ -329,7 +329,7 @@ def test_student_edition_scores_zero_and_shipped_scores_full(tmp_path):
 
 
 def test_checks_raise_for_nbgrader_only_when_asked(monkeypatch, capsys):
-    from minimistral.checks import check_value
+    from minimistral.labs.checks import check_value
     assert check_value("99.3 x", lambda: 1, 2) is False  # the default never raises
     monkeypatch.setenv("MINIMISTRAL_CHECKS_RAISE", "1")
     assert check_value("99.3 x", lambda: 2, 2) is True

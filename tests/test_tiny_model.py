@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import minimistral as mm
-from minimistral import corpus
+from minimistral.train import corpus
 from minimistral.train import evaluate
 
 EVAL_TOKENS = 8192  # a fixed prefix of the held-out split, so the test stays fast

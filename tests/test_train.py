@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import minimistral as mm
-from minimistral import corpus
+from minimistral.train import corpus
 from minimistral.train import TrainConfig, evaluate, get_batch, lr_at, main, train
 
 TINY = dict(dim=32, n_layers=2, head_dim=8, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=64,

@@ -274,7 +274,7 @@ def test_bf16_load_never_makes_float32_tensors(tmp_path, fmt):
 
 PEAK_SCRIPT = textwrap.dedent("""
     import json, sys, time, torch, minimistral as mm
-    from minimistral.bench_load import _PeakSampler, _rss_anon  # the load benchmark's own RssAnon sampler
+    from minimistral.bench.load import _PeakSampler, _rss_anon  # the load benchmark's own RssAnon sampler
 
     before = _rss_anon()
     sampler = _PeakSampler(every=0.002); sampler.start()
@@ -313,7 +313,7 @@ def test_bf16_load_peak_host_memory(tmp_path):
 
 WRITE_PEAK_SCRIPT = textwrap.dedent("""
     import json, sys, minimistral as mm
-    from minimistral.bench_load import _PeakSampler, _rss_anon
+    from minimistral.bench.load import _PeakSampler, _rss_anon
 
     args = mm.ModelArgs.tiny(**json.loads(sys.argv[3]))
     before = _rss_anon()

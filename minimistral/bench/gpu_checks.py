@@ -1,4 +1,4 @@
-"""The GPU checks in one command: `python -m minimistral.gpu_checks --out DIR`.
+"""The GPU checks in one command: `python -m minimistral.bench.gpu_checks --out DIR`.
 
 Runs, each in its own process with its own time limit (and all within --budget seconds), and leaves logs and
 JSON in DIR:
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _step(name, cmd, out: Path, timeout: float, env=None) -> bool:
@@ -43,7 +43,7 @@ def _step(name, cmd, out: Path, timeout: float, env=None) -> bool:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minimistral.gpu_checks")
+    p = argparse.ArgumentParser(prog="python -m minimistral.bench.gpu_checks")
     p.add_argument("--out", required=True, help="folder for logs, JSON and the executed notebook")
     p.add_argument("--ckpt", default="/tmp/mm7b", help="where the random 7B checkpoint is written")
     p.add_argument("--skip", nargs="*", default=[], choices=["load", "gpu", "notebook"])

@@ -37,7 +37,7 @@ import torch
 from matplotlib import colors as mcolors
 from matplotlib.patches import Rectangle
 
-from .config import DTYPE_BYTES, dtype_name
+from ..config import DTYPE_BYTES, dtype_name
 
 GiB = 2**30
 MAX_TOKEN_LABELS = 40  # beyond this many tokens, axes show positions instead of token labels
@@ -523,7 +523,7 @@ def plot_attention_sinks(capture: AttentionCapture, batch: int = 0):
 def plot_window_mask(seq_len: int, window: Optional[int]):
     """The sliding-window mask: query i may attend keys j with i - W < j <= i, a band of exactly W keys
     (fewer for the first W - 1 queries). Right: keys each query sees."""
-    from .attention import sliding_window_mask
+    from ..attention import sliding_window_mask
     _check_int("seq_len", seq_len)
     _check_int("window", window, none_ok=True)
     mask = sliding_window_mask(seq_len, window).numpy()
@@ -886,7 +886,7 @@ def attention_explorer(model, tokens, tokenizer=None, max_bytes=GiB):
 def cache_explorer(window: int = 8, n_tokens: int = 24):
     """Step through a sequence token by token and watch the rolling cache's W slots fill, then wrap."""
     widgets = _widgets()
-    from .cache import RollingKVCache
+    from ..cache import RollingKVCache
     _check_int("window", window)
     _check_int("n_tokens", n_tokens)
 

@@ -2,7 +2,7 @@
 
 The corpus is the King James Version of the Bible (1611, public domain), taken from Debian's
 `bible-kjv-text` package (4.38) through its `bible` reader, one chapter per line, verses joined by a
-space. It ships as `data/kjv.txt.gz`; `python -m minimistral.corpus --rebuild` makes it again, byte for
+space. It ships as `data/kjv.txt.gz`; `python -m minimistral.train.corpus --rebuild` makes it again, byte for
 byte, on a machine with `apt-get install bible-kjv` and checks the SHA-256 recorded below.
 
 Held-out split: every 20th chapter (chapters 19, 39, 59, ... counting from 0, in canonical order) is
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 CORPUS_PATH = DATA_DIR / "kjv.txt.gz"
 TOKENIZER_PATH = DATA_DIR / "tokenizer.model"
 TINY_MODEL_PATH = DATA_DIR / "tiny_mistral"
@@ -75,7 +75,7 @@ def load_text(path=CORPUS_PATH) -> str:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"corpus {path} not found: it ships in data/; rebuild it with "
-                                "`python -m minimistral.corpus --rebuild` (needs `apt-get install bible-kjv`)")
+                                "`python -m minimistral.train.corpus --rebuild` (needs `apt-get install bible-kjv`)")
     with gzip.open(path, "rt", encoding="utf-8") as f:
         return f.read()
 
@@ -127,7 +127,7 @@ def encode_chapters(tok, lines: list[str]) -> torch.Tensor:
 
 def load_data(tokenizer_path=TOKENIZER_PATH, corpus_path=CORPUS_PATH):
     """(tokenizer, train ids, held-out ids) for the shipped corpus and tokenizer."""
-    from .tokenizer import Tokenizer
+    from ..tokenizer import Tokenizer
 
     tok = Tokenizer(tokenizer_path)
     train, heldout = split(load_text(corpus_path))
@@ -136,8 +136,8 @@ def load_data(tokenizer_path=TOKENIZER_PATH, corpus_path=CORPUS_PATH):
 
 def load_tiny_model(path=TINY_MODEL_PATH, dtype=torch.float32):
     """(model, tokenizer): the small Mistral trained on the corpus, shipped in data/tiny_mistral."""
-    from .tokenizer import Tokenizer
-    from .weights import load_checkpoint
+    from ..tokenizer import Tokenizer
+    from ..weights import load_checkpoint
 
     return load_checkpoint(path, device="cpu", dtype=dtype, progress=False), Tokenizer(TOKENIZER_PATH)
 

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import ModelArgs
-from .model import Transformer
+from ..config import ModelArgs
+from ..model import Transformer
 
 
 @dataclass
@@ -166,7 +166,7 @@ def train(args: ModelArgs, data: torch.Tensor, cfg: Optional[TrainConfig] = None
 
 def _save(model: Transformer, out: Path) -> None:
     """The checkpoint in Hugging Face layout (config.json + model.safetensors), through mm.save_checkpoint."""
-    from .weights import save_checkpoint
+    from ..weights import save_checkpoint
 
     save_checkpoint(model, out, format="hf", overwrite=True, progress=False)
 
@@ -179,8 +179,8 @@ def report(path) -> dict:
     beside the unigram and bigram baselines, and greedy and sampled continuations of a few prompts.
     Prints a Markdown table and the samples (what data/README.md shows)."""
     from . import corpus
-    from .generate import generate
-    from .weights import load_checkpoint
+    from ..generate import generate
+    from ..weights import load_checkpoint
 
     tok, train_ids, heldout_ids = corpus.load_data()
     model = load_checkpoint(path, progress=False)

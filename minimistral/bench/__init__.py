@@ -4,14 +4,14 @@
     python -m minimistral.bench --load    # GPU: write a random 7B checkpoint, load it, time and memory
     python -m minimistral.bench --gpu     # GPU: the 7B decode/prefill table (eager, fast, transformers)
 
-Each mode lives in its own module (bench_cpu, bench_load, bench_gpu); this file only dispatches.
+Each mode lives in its own module (cpu, load, gpu); this file only dispatches.
 """
 
 import argparse
 import importlib
 import sys
 
-MODES = {"cpu": "minimistral.bench_cpu", "load": "minimistral.bench_load", "gpu": "minimistral.bench_gpu"}
+MODES = {"cpu": "minimistral.bench.cpu", "load": "minimistral.bench.load", "gpu": "minimistral.bench.gpu"}
 
 
 def main(argv=None):

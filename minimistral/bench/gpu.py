@@ -26,6 +26,7 @@ import traceback
 import torch
 
 import minimistral as mm
+from minimistral.convert import transformers_twin
 from minimistral.fast import FastGenerator
 
 SHORT, LONG = "16-token prompt", "long prompt"
@@ -89,20 +90,9 @@ def build_models(preset, device, dtype, with_hf):
     try:
         with torch.device(device):
             model = mm.Transformer(args).eval()  # built and initialised (uniform +-0.02) on the device
-            hf = None
-            if with_hf:
-                from transformers import MistralConfig, MistralForCausalLM
-
-                cfg = {k: v for k, v in args.to_hf_config().items() if k not in ("architectures", "torch_dtype")}
-                hf = MistralForCausalLM(MistralConfig(**cfg)).to(dtype).eval()
     finally:
         torch.set_default_dtype(prev)
-    if hf is not None:
-        from minimistral.weights import hf_name, to_hf_tensor
-
-        with torch.no_grad():
-            for n, t in model.state_dict().items():  # one tensor at a time: no second host copy
-                hf.get_parameter(hf_name(n)).copy_(to_hf_tensor(n, t, args))
+    hf = transformers_twin(model, attn="sdpa", dtype=dtype, device=device) if with_hf else None
     return args, model, hf
 
 

@@ -3,7 +3,7 @@
     python -m minimistral.bench --cpu [--new-tokens 128] [--prefill 256 1024] [--repeats 3] [--attn sdpa]
 
 The model is the CPU preset `ModelArgs.tiny()` with random weights, copied into transformers through
-`weights.to_hf_state_dict`. Both run in float32 on the same threads (torch.get_num_threads()).
+`convert.transformers_twin`. Both run in float32 on the same threads (torch.get_num_threads()).
 - decode: a 16-token prompt, then 128 new tokens greedy; ours through `mm.generate`, theirs through
   `generate(do_sample=False)`. Tokens/s counts the new tokens over the whole call (prefill included).
 - prefill: one forward pass over T tokens, no grad, no cache on either side.
@@ -21,10 +21,10 @@ import time
 
 import torch
 
-from .config import ModelArgs
-from .generate import generate
-from .model import Transformer
-from .weights import to_hf_state_dict
+from ..config import ModelArgs
+from ..generate import generate
+from ..model import Transformer
+from ..convert import transformers_twin
 
 
 def best_times(fns, repeats: int) -> list[float]:
@@ -42,15 +42,7 @@ def best_times(fns, repeats: int) -> list[float]:
 
 
 def hf_copy(model, attn: str):
-    from transformers import MistralConfig, MistralForCausalLM
-
-    config = MistralConfig(**model.args.to_hf_config())
-    config._attn_implementation = attn
-    hf = MistralForCausalLM(config).to(torch.float32).eval()
-    hf.load_state_dict(to_hf_state_dict(model), strict=True)
-    hf.generation_config.eos_token_id = None  # generate exactly max_new_tokens
-    hf.generation_config.pad_token_id = 0
-    return hf
+    return transformers_twin(model, attn=attn, dtype=torch.float32)
 
 
 def main(argv=None) -> int:

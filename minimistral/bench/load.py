@@ -31,7 +31,7 @@ _GB = 1e9
 
 
 def _preset_args(name: str):
-    from .config import ModelArgs
+    from ..config import ModelArgs
 
     return ModelArgs.mistral_7b() if name == "7b" else ModelArgs.tiny(dtype="bfloat16")
 
@@ -73,7 +73,7 @@ def _child(which: str, path: str, device: str, logits_out: str) -> dict:
     method = [f"load_checkpoint(device={device!r}, dtype=bf16)" if which == "ours" else
               f"from_pretrained(dtype=bf16{', device_map=' + repr(device) if cuda else ''})"]
     if which == "ours":
-        from .weights import load_checkpoint
+        from ..weights import load_checkpoint
 
         def load():
             return load_checkpoint(path, device=device, dtype=torch.bfloat16, progress=False)
@@ -120,7 +120,7 @@ def _child(which: str, path: str, device: str, logits_out: str) -> dict:
 
 
 def _run_child(which: str, path: Path, device: str, logits_out: str) -> dict:
-    cmd = [sys.executable, "-m", "minimistral.bench_load", "--child", which, "--dir", str(path),
+    cmd = [sys.executable, "-m", "minimistral.bench.load", "--child", which, "--dir", str(path),
            "--device", device, "--logits-out", logits_out]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -134,8 +134,8 @@ def _ensure_checkpoint(args, path: Path, device: str) -> str:
     """Write the random checkpoint unless `path` already holds one of this shape."""
     import torch
 
-    from .config import ModelArgs
-    from .weights import write_random_checkpoint
+    from ..config import ModelArgs
+    from ..weights import write_random_checkpoint
 
     config = path / "config.json"
     if config.is_file():

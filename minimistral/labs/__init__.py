@@ -5,7 +5,7 @@
     python -m minimistral.labs tag NOTEBOOK ... [--check]          # nbgrader cell metadata, in the .ipynb and its .py twin
 
 An exercise is a function whose solution sits between `### BEGIN SOLUTION` and `### END SOLUTION` lines in its
-body (nbgrader's markers); a later cell calls `minimistral.checks.check_function("NN.k name", ...)` or
+body (nbgrader's markers); a later cell calls `minimistral.labs.checks.check_function("NN.k name", ...)` or
 `check_value(...)`, which prints one verdict line `[PASS|FAIL|TODO] NN.k name: ...`. The grader runs every
 submission in its own kernel, in its own temporary folder, under a per-cell timeout, a whole-notebook time limit,
 an output size limit and resource limits, and reads the verdict lines of the check cells.
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import nbformat
 
-NOTEBOOKS_DIR = Path(__file__).resolve().parent.parent / "notebooks"
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 # nbgrader's own replacement text, so the two routes give students the same stub (we keep the markers around it).
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")

@@ -1,0 +1,7 @@
+"""`python -m minimistral.bench`"""
+
+import sys
+
+from minimistral.bench import main
+
+sys.exit(main())

@@ -1,0 +1,7 @@
+"""`python -m minimistral.train`"""
+
+import sys
+
+from minimistral.train import main
+
+sys.exit(main())
