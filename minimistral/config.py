@@ -9,6 +9,7 @@ The readers at the bottom turn a checkpoint's own config file (Hugging Face `con
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -130,27 +131,27 @@ class ModelArgs:
     @classmethod
     def from_hf_config(cls, cfg: dict, source: str = "config.json") -> "ModelArgs":
         """From a Hugging Face MistralConfig dict. Every value comes from the file; keys whose transformers
-        default differs from Mistral 7B's (rms_norm_eps: 1e-6 there, 1e-5 here) must be present."""
-        def need(key):
-            if key not in cfg:
-                raise ValueError(f"{source}: missing key {key!r}; a Mistral config.json needs it "
-                                 "(it is not guessed, since library defaults differ from the model's)")
-            return cfg[key]
-
-        n_heads = int(need("num_attention_heads"))
-        dim = int(need("hidden_size"))
-        head_dim = cfg.get("head_dim") or dim // n_heads
+        default differs from Mistral 7B's (rms_norm_eps: 1e-6 there, 1e-5 here) must be present. Features
+        this model does not implement (RoPE scaling, tied embeddings, another activation, biases,
+        quantization) are refused by name rather than silently ignored."""
+        _check_hf_features(cfg, source)
+        get = _Reader(cfg, source, hint="a Mistral config.json needs it (it is not guessed, since library "
+                                        "defaults differ from the model's)")
+        n_heads, dim = get.size("num_attention_heads"), get.size("hidden_size")
+        head_dim = get.size("head_dim", default=None, null_ok=True) or dim // n_heads
         rope_theta = cfg.get("rope_theta")
         if rope_theta is None:  # transformers >= 5 moves it into rope_parameters
             rope_theta = (cfg.get("rope_parameters") or {}).get("rope_theta")
         if rope_theta is None:
             raise ValueError(f"{source}: missing key 'rope_theta'")
         return cls(
-            dim=dim, n_layers=int(need("num_hidden_layers")), head_dim=int(head_dim),
-            hidden_dim=int(need("intermediate_size")), n_heads=n_heads,
-            n_kv_heads=int(cfg.get("num_key_value_heads") or n_heads), vocab_size=int(need("vocab_size")),
-            norm_eps=float(need("rms_norm_eps")), sliding_window=cfg.get("sliding_window"),
-            rope_theta=float(rope_theta), max_seq_len=int(cfg.get("max_position_embeddings", 32768)),
+            dim=dim, n_layers=get.size("num_hidden_layers"), head_dim=head_dim,
+            hidden_dim=get.size("intermediate_size"), n_heads=n_heads,
+            n_kv_heads=get.size("num_key_value_heads", default=None, null_ok=True) or n_heads,
+            vocab_size=get.size("vocab_size"), norm_eps=get.number("rms_norm_eps"),
+            sliding_window=get.size("sliding_window", default=None, null_ok=True),
+            rope_theta=get.number("rope_theta", value=rope_theta),
+            max_seq_len=get.size("max_position_embeddings", default=32768),
             dtype=dtype_name(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16"),
         )
 
@@ -170,20 +171,28 @@ class ModelArgs:
     @classmethod
     def from_params_json(cls, params: dict, source: str = "params.json") -> "ModelArgs":
         """From Mistral's params.json. v0.1's file has no rope_theta: its value is 10000 (mistral-inference's
-        fallback of 1e6 belongs to later models and would be wrong here)."""
-        def need(key):
-            if key not in params:
-                raise ValueError(f"{source}: missing key {key!r}")
-            return params[key]
-
-        n_heads = int(need("n_heads"))
-        dim = int(need("dim"))
+        fallback of 1e6 belongs to later models and would be wrong here). A rope_theta of null is refused:
+        mistral-inference reads null as 1e6, the absent key means 1e4 here, and guessing either is wrong."""
+        if not isinstance(params, dict):
+            raise ValueError(f"{source}: holds a JSON {type(params).__name__}, not an object of settings")
+        for key in ("moe", "vision_encoder", "lora"):
+            if params.get(key):
+                raise ValueError(f"{source}: has {key!r}: a feature of another model (mixture of experts, vision, "
+                                 "adapters) that this Mistral 7B implementation does not have")
+        get = _Reader(params, source)
+        n_heads, dim = get.size("n_heads"), get.size("dim")
+        if "rope_theta" in params and params["rope_theta"] is None:
+            raise ValueError(f"{source}: rope_theta is null: write its value (10000.0 for Mistral 7B v0.1, "
+                             "1000000.0 for v0.2 and later) or remove the key (read as 10000.0, v0.1's value)")
         return cls(
-            dim=dim, n_layers=int(need("n_layers")), head_dim=int(params.get("head_dim") or dim // n_heads),
-            hidden_dim=int(need("hidden_dim")), n_heads=n_heads, n_kv_heads=int(params.get("n_kv_heads") or n_heads),
-            vocab_size=int(need("vocab_size")), norm_eps=float(need("norm_eps")),
-            sliding_window=params.get("sliding_window"), rope_theta=float(params.get("rope_theta", 10000.0)),
-            max_seq_len=int(params.get("max_seq_len", 32768)), dtype=dtype_name(params.get("dtype", "bfloat16")),
+            dim=dim, n_layers=get.size("n_layers"), head_dim=get.size("head_dim", None, null_ok=True) or dim // n_heads,
+            hidden_dim=get.size("hidden_dim"), n_heads=n_heads,
+            n_kv_heads=get.size("n_kv_heads", None, null_ok=True) or n_heads,
+            vocab_size=get.size("vocab_size"), norm_eps=get.number("norm_eps"),
+            sliding_window=get.size("sliding_window", None, null_ok=True),
+            rope_theta=get.number("rope_theta", default=10000.0),
+            max_seq_len=get.size("max_seq_len", 32768, null_ok=True) or 32768,
+            dtype=dtype_name(params.get("dtype") or "bfloat16"),
         )
 
     def to_params_json(self) -> dict:
@@ -193,3 +202,72 @@ class ModelArgs:
             "sliding_window": self.sliding_window, "vocab_size": self.vocab_size, "rope_theta": self.rope_theta,
             "max_seq_len": self.max_seq_len, "dtype": self.dtype,
         }
+
+
+_MISSING = object()
+
+
+class _Reader:
+    """Typed reads from a config dict: a size is an integer (4096 or 4096.0, never "4096", 4096.5, true or
+    null), a number is a finite int or float; every error names the file and the key."""
+
+    def __init__(self, cfg: dict, source: str, hint: str = ""):
+        self.cfg, self.source, self.hint = cfg, source, hint
+
+    def _get(self, key, default, null_ok):
+        value = self.cfg.get(key, _MISSING)
+        if value is _MISSING:
+            if default is _MISSING:
+                raise ValueError(f"{self.source}: missing key {key!r}" + (f"; {self.hint}" if self.hint else ""))
+            return default, True
+        if value is None and not null_ok:
+            raise ValueError(f"{self.source}: {key} is null; it needs a value")
+        return value, value is None
+
+    def size(self, key, default=_MISSING, null_ok=False):
+        value, defaulted = self._get(key, default, null_ok)
+        if defaulted:
+            return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"{self.source}: {key} must be a whole number, got {value!r} "
+                             f"({type(value).__name__}): the file is malformed or for another kind of model")
+        return int(value)
+
+    def number(self, key, default=_MISSING, value=_MISSING):
+        if value is _MISSING:
+            value, defaulted = self._get(key, default, False)
+            if defaulted:
+                return value
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"{self.source}: {key} must be a finite number, got {value!r} ({type(value).__name__})")
+        return float(value)
+
+
+def _check_hf_features(cfg: dict, source: str) -> None:
+    """Refuse, by name, the config.json settings that ask for something this model does not compute."""
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{source}: holds a JSON {type(cfg).__name__}, not an object of settings")
+
+    def refuse(what, why):
+        raise ValueError(f"{source}: {what}: {why}; this implementation would silently compute another model, "
+                         "so it refuses to load it")
+
+    scaling = cfg.get("rope_scaling")
+    if scaling:
+        refuse(f"rope_scaling={scaling!r}", "only plain RoPE (rope_type 'default') is implemented")
+    rope_type = (cfg.get("rope_parameters") or {}).get("rope_type", "default")
+    if rope_type not in (None, "default"):
+        refuse(f"rope_parameters.rope_type={rope_type!r}", "only plain RoPE (rope_type 'default') is implemented")
+    if cfg.get("tie_word_embeddings"):
+        refuse("tie_word_embeddings=true", "the output head of Mistral is its own matrix, not the embedding")
+    for key in ("hidden_act", "hidden_activation"):
+        if key in cfg and cfg[key] not in ("silu", "swish"):
+            refuse(f"{key}={cfg[key]!r}", "the feed-forward network is SwiGLU, with SiLU (swish) only")
+    for key in ("attention_bias", "mlp_bias"):
+        if cfg.get(key):
+            refuse(f"{key}=true", "the projections of Mistral have no bias")
+    if cfg.get("quantization_config"):
+        method = (cfg["quantization_config"] or {}).get("quant_method", "?") if isinstance(
+            cfg["quantization_config"], dict) else "?"
+        refuse(f"quantization_config (quant_method {method!r})", "only unquantized floating-point weights are read")

@@ -14,10 +14,15 @@ anything is loaded.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import re
+import shutil
 import struct
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -30,6 +35,7 @@ from tqdm.auto import tqdm
 from .config import ModelArgs, dtype_name
 from .model import Transformer
 from .convert import from_hf_tensor, hf_name, to_hf_tensor
+from .validate import FLOAT_DTYPES, check_host_memory, floating_dtype, nonfinite, resolve_device
 
 # ==== checkpoint files on disk ========================================================================
 #
@@ -59,6 +65,15 @@ class _Entry:
     file: Path
     shape: tuple
     nbytes: int  # in the file's dtype
+    dtype: Optional[torch.dtype] = None  # the file's dtype
+
+
+def _read_json_object(file: Path) -> dict:
+    data = _read_json(file)
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: holds a JSON {type(data).__name__}, not an object of settings: "
+                              "is it the right file? fetch or write it again")
+    return data
 
 
 def _read_json(file: Path) -> dict:
@@ -79,26 +94,85 @@ def _open_safetensors(file: Path):
                               ) from None
 
 
+def _refuse_dtype(file: Path, key: str, dtype: str) -> None:
+    kind = ("an integer" if dtype[:1] in "IU" or dtype.startswith(("torch.int", "torch.uint")) else
+            "a boolean" if "bool" in dtype.lower() else "an 8-bit float" if "8" in dtype and "F" in dtype.upper()
+            else "a complex" if dtype[:1] == "C" or "complex" in dtype else "an unsupported")
+    raise CheckpointError(
+        f"{file}: tensor {key!r} has dtype {dtype}, {kind} type: this loader reads floating-point weights only "
+        "(F32, F16, BF16, F64). Integer, boolean or float8 tensors belong to a quantized checkpoint (GPTQ, AWQ, "
+        "bitsandbytes, FP8) that needs its own dequantization; casting them to float would give wrong weights")
+
+
 def _safetensors_entries(file: Path) -> list[tuple[str, tuple, int]]:
-    """(name, shape, bytes) of every tensor in a .safetensors file, from its header alone."""
+    """(name, shape, bytes) of every tensor in a .safetensors file, from its header alone. Only floating
+    dtypes are accepted (an int8 or float8 weight is quantized, and a plain cast would silently ruin it)."""
     out = []
     with _open_safetensors(file) as f:
         for key in f.keys():
             s = f.get_slice(key)
             shape, dtype = tuple(s.get_shape()), s.get_dtype()
-            if dtype not in _ST_BYTES:
-                raise CheckpointError(f"{file}: tensor {key!r} has dtype {dtype}, which this loader does not read")
-            out.append((key, shape, math.prod(shape) * _ST_BYTES[dtype]))
+            if dtype not in _ST_FLOAT and not key.endswith(_DERIVED_SUFFIXES):
+                _refuse_dtype(file, key, dtype)
+            out.append((key, shape, math.prod(shape) * _ST_BYTES.get(dtype, 0)))
     return out
+
+
+def _safetensors_dtypes(file: Path) -> dict:
+    """{name: torch dtype} of the floating tensors of a .safetensors file, from its header."""
+    with _open_safetensors(file) as f:
+        return {k: _ST_TORCH[d] for k in f.keys() if (d := f.get_slice(k).get_dtype()) in _ST_TORCH}
+
+
+_WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict", "weights")
+
+
+def _load_pth(file: Path) -> dict:
+    """The {name: tensor} dict of a torch .pth file, memory-mapped; anything else raises CheckpointError."""
+    with open(file, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80" and not zipfile.is_zipfile(file):  # a bare pickle: torch.save before PyTorch 1.6
+        raise CheckpointError(
+            f"{file}: saved in the old (pre-1.6) torch.save format, a bare pickle; this loader memory-maps "
+            "tensors, which needs the zip format. Convert it once: "
+            f"torch.save(torch.load({str(file)!r}, weights_only=True), {str(file)!r})")
+    if head != b"PK\x03\x04" or not zipfile.is_zipfile(file):
+        raise CheckpointError(f"{file}: not a readable torch checkpoint (a zip archive written by torch.save); it is "
+                              "probably truncated or corrupt (an interrupted download or copy?): fetch it again")
+    try:  # mmap: tensors stay in the file until each is moved; weights_only: no code runs from it
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{file}: cannot be read as a torch checkpoint ({type(e).__name__}: {e}); "
+                              "it is probably truncated or corrupt") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file}: holds a {type(obj).__name__}, not a dict of tensors {{name: tensor}}: "
+                              "it is not a Mistral state dict")
+    wrapped = [k for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)]
+    if wrapped and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(
+            f"{file}: the weights are wrapped in a dict under the key {wrapped[0]!r} (a training checkpoint, "
+            f"with keys {sorted(map(str, obj))[:5]}); save the state dict alone: "
+            f"torch.save(torch.load(f, weights_only=True)[{wrapped[0]!r}], f)")
+    for key, t in obj.items():
+        if not isinstance(key, str) or not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"{file}: entry {key!r} holds a {type(t).__name__}, not a tensor: a Mistral "
+                                  "state dict maps parameter names to tensors")
+        if t.dtype not in FLOAT_DTYPES and not key.endswith(_DERIVED_SUFFIXES):
+            _refuse_dtype(file, key, str(t.dtype))
+    return obj
 
 
 def _hf_files(path: Path) -> list[Path]:
     """The .safetensors files of an HF folder: from the index when there is one, else model.safetensors."""
     index = path / HF_INDEX
     if index.is_file():
-        weight_map = _read_json(index).get("weight_map")
+        weight_map = _read_json_object(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise CheckpointError(f"{index}: has no 'weight_map' naming the shard of each tensor")
+        odd = [(k, v) for k, v in weight_map.items() if not isinstance(v, str)]
+        if odd:
+            raise CheckpointError(f"{index}: weight_map[{odd[0][0]!r}] is {odd[0][1]!r}, not the file name of a "
+                                  "shard: the index is corrupt; fetch it again")
         names = sorted(set(weight_map.values()))
         odd = [n for n in names if not isinstance(n, str) or Path(n).name != n]
         if odd:  # shards sit next to the index; a path elsewhere is a broken (or hostile) index
@@ -150,11 +224,11 @@ def _inspect(path: Path, layout: str):
     on the files' contents (missing, extra or misshapen tensors) happens here, before any weight is read."""
     if layout == "hf":
         config_file = path / HF_CONFIG
-        args = ModelArgs.from_hf_config(_read_json(config_file), source=str(config_file))
+        args = _read_config(config_file, ModelArgs.from_hf_config)
         files = _hf_files(path)
     else:
         config_file = path / MISTRAL_PARAMS
-        args = ModelArgs.from_params_json(_read_json(config_file), source=str(config_file))
+        args = _read_config(config_file, ModelArgs.from_params_json)
         single = path / MISTRAL_SINGLE
         if single.is_file():
             files = [single]
@@ -172,14 +246,12 @@ def _inspect(path: Path, layout: str):
     entries, seen = {}, {}
     for file in files:
         if file.suffix == ".pth":
-            try:  # mmap: tensors stay in the file until each is moved; weights_only: no code runs from it
-                pth = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except Exception as e:
-                raise CheckpointError(f"{file}: cannot be read as a torch checkpoint ({type(e).__name__}: {e}); "
-                                      "it is probably truncated or corrupt") from None
+            pth = _load_pth(file)
             listing = [(k, tuple(t.shape), t.numel() * t.element_size()) for k, t in pth.items()]
+            dtypes = {k: t.dtype for k, t in pth.items()}
         else:
             listing = _safetensors_entries(file)
+            dtypes = _safetensors_dtypes(file)
         for stored, shape, nbytes in listing:
             if stored.endswith(_DERIVED_SUFFIXES):
                 continue
@@ -188,11 +260,11 @@ def _inspect(path: Path, layout: str):
                 raise CheckpointError(
                     f"{file}: unexpected tensor {stored!r}, not a weight of a Mistral model with "
                     f"n_layers={args.n_layers} in the {layout} layout: is {config_file.name} for another model, "
-                    "or are the weights from another architecture?")
+                    f"or are the weights from another architecture?{_layer_hint(stored, args, config_file)}")
             if stored in seen:
                 raise CheckpointError(f"tensor {stored!r} is in both {seen[stored]} and {file}")
             seen[stored] = file
-            entries[ours] = _Entry(ours, stored, file, shape, nbytes)
+            entries[ours] = _Entry(ours, stored, file, shape, nbytes, dtypes.get(stored))
 
     missing = [n for n in expected if n not in entries]
     if missing:
@@ -201,7 +273,8 @@ def _inspect(path: Path, layout: str):
         raise CheckpointError(
             f"{path}: missing tensor {shown[0]!r}" + (f" and {len(shown) - 1} more ({', '.join(shown[1:4])}...)"
                                                       if len(shown) > 1 else "")
-            + f"; not found in {where}: the checkpoint is incomplete or its config is for a bigger model")
+            + f"; not found in {where}: the checkpoint is incomplete or its config is for a bigger model"
+            + _layer_hint(shown[0], args, config_file, seen))
     for name, shape in expected.items():
         e = entries[name]
         if e.shape != shape:
@@ -212,10 +285,58 @@ def _inspect(path: Path, layout: str):
     return args, ordered, pth
 
 
+def _read_config(config_file: Path, reader) -> ModelArgs:
+    """ModelArgs from a config file; every problem with it (a missing key, a null, a feature the model does
+    not implement, an impossible size) is a CheckpointError naming the file."""
+    cfg = _read_json_object(config_file)
+    try:
+        return reader(cfg, source=str(config_file))
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        raise CheckpointError(msg if str(config_file) in msg else f"{config_file}: {msg}") from None
+
+
+_LAYER_RE = re.compile(r"(?:model\.)?layers\.(\d+)\.")
+
+
+def _layer_hint(name: str, args: ModelArgs, config_file: Path, seen: Optional[dict] = None) -> str:
+    """' (the files hold N layers, config says M)' when the culprit is a layer the config disagrees on."""
+    m = _LAYER_RE.match(name)
+    if m is None:
+        return ""
+    if seen is None:  # an unexpected layer: the files hold more layers than the config says
+        return (f" The files hold layer {m.group(1)} but {config_file.name} says n_layers={args.n_layers}: "
+                "the config is for a smaller model than the weights")
+    found = {int(x.group(1)) for x in map(_LAYER_RE.match, seen) if x}
+    if found and max(found) + 1 < args.n_layers:
+        return f" (the files hold {max(found) + 1} layers, {config_file.name} says n_layers={args.n_layers})"
+    return ""
+
+
+def _host_bytes(entries, dtype, layout: str) -> int:
+    """Bytes of host memory a CPU load allocates: a tensor read in its file's dtype stays memory-mapped
+    (the page cache holds it, and the kernel can drop it), one cast to another dtype or permuted (the
+    wq/wk rows of an HF checkpoint) is a new allocation."""
+    total = 0
+    for e in entries:
+        target = dtype or e.dtype or torch.float32
+        copied = target != e.dtype or (layout == "hf" and e.ours.endswith(("wq.weight", "wk.weight")))
+        total += math.prod(e.shape) * target.itemsize if copied else 0
+    return total
+
+
+def _check_loaded(t: torch.Tensor, e: "_Entry", dtype) -> None:
+    bad = nonfinite(t)
+    if bad:
+        cast = f" after the cast to {dtype_name(dtype)}" if dtype is not None and dtype != e.dtype else ""
+        hint = ("load in a wider dtype (float32 or bfloat16)" if cast else
+                "the file is corrupt, or the model that wrote it had diverged")
+        raise CheckpointError(f"{e.file}: tensor {e.stored!r} holds {bad}{cast}: a model with non-finite weights "
+                              f"computes NaN (greedy decoding then returns token 0 forever); {hint}")
+
+
 def _resolve_dtype(dtype):
-    if dtype is None or isinstance(dtype, torch.dtype):
-        return dtype
-    return getattr(torch, dtype_name(dtype))
+    return floating_dtype(dtype)
 
 
 def check_device_memory(needed_bytes: int, device) -> None:
@@ -245,12 +366,14 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     path = Path(path).expanduser()
     if layout not in (None, "hf", "consolidated"):
         raise ValueError(f"layout must be None, 'hf' or 'consolidated', got {layout!r}")
+    device, dtype = resolve_device(device), _resolve_dtype(dtype)  # before any file is read
     layout = layout or _detect_layout(path)
     args, entries, pth = _inspect(path, layout)
-    device, dtype = torch.device(device), _resolve_dtype(dtype)
     itemsize = dtype.itemsize if dtype is not None else None
     needed = sum(math.prod(e.shape) * itemsize if itemsize else e.nbytes for e in entries)
     check_device_memory(needed, device)
+    if device.type == "cpu":
+        check_host_memory(_host_bytes(entries, dtype, layout))
 
     model = meta_model(args)  # shapes only; every parameter is replaced below
 
@@ -271,6 +394,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
             # one tensor: file pages -> device in the file's dtype, then cast there (a cast inside a
             # host-to-GPU copy would be done on the host, in a temporary of the target dtype)
             t = t.to(device).to(dtype or t.dtype)
+            _check_loaded(t, e, dtype)  # NaN/inf (in the file, or from the cast): refused, by name
             if layout == "hf":
                 t = from_hf_tensor(e.ours, t, args)  # rotate-half rows -> interleaved, on the device
             module_name, _, leaf = e.ours.rpartition(".")
@@ -291,6 +415,8 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
 _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
               torch.bool: "BOOL"}
+_ST_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_ST_FLOAT = set(_ST_TORCH)  # the dtypes the loader reads
 _ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
              "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
@@ -311,7 +437,7 @@ def parse_size(size) -> int:
 def _write_safetensors(file: Path, items: list, metadata: dict, bar) -> None:
     """Write a .safetensors file tensor by tensor: the header (names, dtypes, shapes, offsets) is known from
     the shapes, so each tensor is made, written and dropped before the next one exists.
-    items: (name, shape, dtype, make) with make() -> the tensor."""
+    items: (name, shape, dtype, make) with make() -> the tensor. A non-finite tensor stops the write."""
     header, offset = {"__metadata__": metadata}, 0
     for name, shape, dtype, _ in items:
         n = math.prod(shape) * dtype.itemsize
@@ -326,12 +452,24 @@ def _write_safetensors(file: Path, items: list, metadata: dict, bar) -> None:
             t = make().detach()
             if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
                 raise RuntimeError(f"{name}: made {t.dtype} {tuple(t.shape)}, header says {dtype} {tuple(shape)}")
+            bad = nonfinite(t)
+            if bad:  # the loader refuses such a checkpoint: do not write it
+                raise ValueError(f"cannot save: weight {name!r} holds {bad} (in {dtype_name(dtype)}): the model has "
+                                 "diverged, or the dtype is too narrow for its values; nothing was changed on disk")
             t = t.to("cpu").contiguous().reshape(-1)
             f.write(t.view(torch.uint8).numpy().data)  # the raw bytes, little-endian as stored in memory
             bar.update(t.numel() * t.element_size())
+        f.flush()
+        os.fsync(f.fileno())  # on disk before the folder swap makes it the checkpoint
+
+
+_CHECKPOINT_PATTERNS = (HF_CONFIG, HF_SINGLE, HF_INDEX, "model-*-of-*.safetensors", MISTRAL_PARAMS,
+                        "consolidated*.safetensors", "consolidated.*.pth")
+_STAGE_PREFIX = ".saving-"
 
 
 def _prepare_folder(path, overwrite: bool) -> Path:
+    """Refuse a target that is a file, or a non-empty folder without overwrite=True. Touches nothing."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a folder: choose a folder for the checkpoint")
@@ -340,57 +478,114 @@ def _prepare_folder(path, overwrite: bool) -> Path:
         more = " ..." if len(found) > 5 else ""
         raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{more}):"
                               " pass overwrite=True to replace the checkpoint in it, or choose an empty folder")
+    parent = next((p for p in (path, *path.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise FileExistsError(f"{path}: {parent} is a file, so no folder can be made there")
     return path
 
 
-def _clear_checkpoint_files(path: Path) -> None:
-    """Remove the checkpoint files a previous save left (so no stale shard or index mixes in). Unlinked, not
-    truncated: a model loaded from them keeps its memory-mapped weights."""
-    patterns = (HF_CONFIG, HF_SINGLE, HF_INDEX, "model-*-of-*.safetensors", MISTRAL_PARAMS,
-                "consolidated*.safetensors", "consolidated.*.pth")
-    for pattern in patterns:
-        for p in path.glob(pattern):
-            p.unlink()
+def _checkpoint_files(path: Path) -> set:
+    return {p.name for pattern in _CHECKPOINT_PATTERNS for p in path.glob(pattern)}
 
 
-def _write(path: Path, args: ModelArgs, items: list, format: str, shard_bytes: int, dtype, progress: bool, desc: str):
-    """items: (our name, shape, make) in model order, make() -> the tensor in our layout and `dtype`.
-    The weights are written first and the config last, so a folder with a config holds a whole checkpoint
-    (an interrupted write leaves no config behind, and the loader says so)."""
+def _check_disk_space(path: Path, nbytes: int) -> None:
+    """The new checkpoint is written beside the old one, which stays until the new one is complete: both
+    must fit. Refuse up front rather than fill the disk half-way."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if nbytes + 2**20 > free:
+        raise OSError(errno.ENOSPC, f"saving needs {nbytes / _GB:.2f} GB in {path}, {free / _GB:.2f} GB free "
+                      f"there (the previous checkpoint, if any, is kept until the new one is complete): free "
+                      "some space or choose a folder on another disk; nothing was changed on disk")
+
+
+def _make_folder(path: Path) -> list:
+    """mkdir -p that returns the folders it created (deepest last), so a failed save can remove them."""
+    created = [p for p in (path, *path.parents) if not p.exists()][::-1]
     path.mkdir(parents=True, exist_ok=True)
-    _clear_checkpoint_files(path)
+    return created
+
+
+def _swap_in(stage: Path, path: Path) -> None:
+    """Move the complete new checkpoint from `stage` into `path`. Renames within one folder cannot fail for
+    lack of space; the config goes last (a folder with a config holds a whole checkpoint), the old config
+    first, so that no moment shows an old config beside new weights. Files the new checkpoint does not have
+    (stale shards, the other layout's files) are removed; everything else in `path` is left alone. The old
+    files are unlinked, not truncated: a model memory-mapped from them keeps its weights."""
+    new = sorted(p.name for p in stage.iterdir())
+    configs = [n for n in new if n in (HF_CONFIG, MISTRAL_PARAMS)]
+    old = _checkpoint_files(path)
+    for name in (HF_CONFIG, MISTRAL_PARAMS):
+        if name in old:
+            (path / name).unlink()
+    for name in new:
+        if name not in configs:
+            os.replace(stage / name, path / name)
+    for name in old - set(new) - {HF_CONFIG, MISTRAL_PARAMS}:
+        (path / name).unlink(missing_ok=True)
+    for name in configs:
+        os.replace(stage / name, path / name)
+    stage.rmdir()
+
+
+def _write(path: Path, args: ModelArgs, items: list, format: str, shard_bytes: int, dtype, progress: bool, desc: str,
+           extra_files: Optional[dict] = None):
+    """items: (our name, shape, make) in model order, make() -> the tensor in our layout and `dtype`.
+    Everything is written into a hidden staging folder inside `path` (same filesystem, so the final renames
+    are atomic) and swapped in only when complete: a failure at any point (a full disk, a non-finite
+    weight, Ctrl-C) removes the staging folder and leaves `path` exactly as it was.
+    extra_files: {file name: text} written in the same swap (a training log beside its checkpoint)."""
     args = args.replace(dtype=dtype_name(dtype))
     total = sum(math.prod(s) for _, s, _ in items) * dtype.itemsize
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress)
-    with bar:
-        if format == "consolidated":
-            _write_safetensors(path / MISTRAL_SINGLE, [(n, s, dtype, make) for n, s, make in items],
-                               {"format": "pt"}, bar)
-            (path / MISTRAL_PARAMS).write_text(json.dumps(args.to_params_json(), indent=2) + "\n")
-            return path
-        # HF names, wq/wk rows permuted; shards filled greedily in model order, as transformers does
-        hf_items = [(hf_name(n), s, dtype, (lambda n=n, make=make: to_hf_tensor(n, make(), args)))
-                    for n, s, make in items]
-        shards, size = [[]], 0
-        for item in hf_items:
-            n = math.prod(item[1]) * dtype.itemsize
-            if shards[-1] and size + n > shard_bytes:
-                shards.append([])
-                size = 0
-            shards[-1].append(item)
-            size += n
-        if len(shards) == 1:
-            _write_safetensors(path / HF_SINGLE, shards[0], {"format": "pt"}, bar)
-        else:
-            weight_map = {}
-            for i, shard in enumerate(shards):
-                name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-                _write_safetensors(path / name, shard, {"format": "pt"}, bar)
-                weight_map.update({item[0]: name for item in shard})
-            index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-            (path / HF_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        (path / HF_CONFIG).write_text(json.dumps(args.to_hf_config(), indent=2) + "\n")
-        return path
+    _check_disk_space(path, total)
+    created = _make_folder(path)
+    stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=path))
+    try:
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress)
+        with bar:
+            _write_files(stage, args, items, format, shard_bytes, dtype, total, bar)
+        for name, text in (extra_files or {}).items():
+            (stage / name).write_text(text)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        for folder in reversed(created):  # the folders this save made, deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
+    _swap_in(stage, path)
+    return path
+
+
+def _write_files(folder: Path, args: ModelArgs, items: list, format: str, shard_bytes: int, dtype, total: int, bar):
+    if format == "consolidated":
+        _write_safetensors(folder / MISTRAL_SINGLE, [(n, s, dtype, make) for n, s, make in items],
+                           {"format": "pt"}, bar)
+        (folder / MISTRAL_PARAMS).write_text(json.dumps(args.to_params_json(), indent=2) + "\n")
+        return
+    # HF names, wq/wk rows permuted; shards filled greedily in model order, as transformers does
+    hf_items = [(hf_name(n), s, dtype, (lambda n=n, make=make: to_hf_tensor(n, make(), args)))
+                for n, s, make in items]
+    shards, size = [[]], 0
+    for item in hf_items:
+        n = math.prod(item[1]) * dtype.itemsize
+        if shards[-1] and size + n > shard_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(item)
+        size += n
+    if len(shards) == 1:
+        _write_safetensors(folder / HF_SINGLE, shards[0], {"format": "pt"}, bar)
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            _write_safetensors(folder / name, shard, {"format": "pt"}, bar)
+            weight_map.update({item[0]: name for item in shard})
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (folder / HF_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    (folder / HF_CONFIG).write_text(json.dumps(args.to_hf_config(), indent=2) + "\n")
 
 
 def _check_format(format: str) -> None:
@@ -399,20 +594,65 @@ def _check_format(format: str) -> None:
                          f"(Mistral: params.json + consolidated.safetensors), got {format!r}")
 
 
+def _model_weights(model) -> list:
+    """(name, parameter) for every weight a checkpoint holds, in model order, after checking that the model
+    can be saved: a Transformer, every weight real (not on the meta device), floating, of the shape its
+    args imply. An output head tied to the embedding is written twice (the checkpoint stays loadable)."""
+    args = getattr(model, "args", None)
+    if not isinstance(model, nn.Module) or not isinstance(args, ModelArgs):
+        raise TypeError(f"save_checkpoint needs a minimistral Transformer (with .args), got {type(model).__name__}")
+    expected = [(n, tuple(p.shape)) for n, p in meta_model(args).named_parameters()]
+    names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    extra = sorted(names - {n for n, _ in expected})
+    if extra:
+        raise ValueError(f"cannot save: the model has parameters a Mistral checkpoint has no place for "
+                         f"({', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}); save a plain Transformer")
+    out = []
+    for name, shape in expected:
+        try:
+            p = model.get_parameter(name)
+        except AttributeError:
+            raise ValueError(f"cannot save: the model has no parameter {name!r} (a quantized or modified model?); "
+                             "save a plain float Transformer") from None
+        if p.is_meta:
+            raise ValueError(f"cannot save: weight {name!r} is on the meta device (the model was built under "
+                             "torch.device('meta') and never loaded), so it has no values to write")
+        if p.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"cannot save: weight {name!r} has dtype {p.dtype}; only floating-point weights "
+                             "are written (a quantized model cannot be saved as a float checkpoint)")
+        if tuple(p.shape) != shape:
+            raise ValueError(f"cannot save: weight {name!r} has shape {list(p.shape)} but model.args implies "
+                             f"{list(shape)}; the checkpoint would not load")
+        out.append((name, p))
+    return out
+
+
 def save_checkpoint(model, path, format: str = "hf", max_shard_size="5GB", overwrite: bool = False,
-                    dtype=None, progress: bool = True) -> Path:
+                    dtype=None, progress: bool = True, extra_files: Optional[dict] = None) -> Path:
     """Write `model` as a checkpoint folder: format="hf" (config.json + model.safetensors, or shards of at
     most max_shard_size with model.safetensors.index.json; transformers' from_pretrained reads it) or
     "consolidated" (Mistral's params.json + consolidated.safetensors). One tensor at a time goes to the host.
-    A non-empty folder is refused unless overwrite=True, which replaces the checkpoint files in it.
-    dtype: cast the weights (e.g. torch.bfloat16) while writing; None keeps the model's."""
+    A non-empty folder is refused unless overwrite=True, which replaces the checkpoint files in it (other
+    files stay). Atomic: everything is checked first (dtype, device, shapes, disk space), written beside
+    the old checkpoint, and swapped in only when complete; a failure leaves the folder as it was.
+    dtype: cast the weights (e.g. torch.bfloat16) while writing; None keeps the model's.
+    extra_files: {file name: text} to write in the same swap (e.g. a training log)."""
     _check_format(format)
     shard_bytes = parse_size(max_shard_size)
-    params = dict(model.named_parameters())
-    dtype = _resolve_dtype(dtype) or next(iter(params.values())).dtype
+    weights = _model_weights(model)
+    dtype = floating_dtype(dtype) or weights[0][1].dtype
+    _check_extra_files(extra_files)
     path = _prepare_folder(path, overwrite)
-    items = [(n, tuple(p.shape), (lambda p=p: p.detach().to(dtype))) for n, p in params.items()]
-    return _write(path, model.args, items, format, shard_bytes, dtype, progress, f"saving {path.name}")
+    items = [(n, tuple(p.shape), (lambda p=p: p.detach().to(dtype))) for n, p in weights]
+    return _write(path, model.args, items, format, shard_bytes, dtype, progress, f"saving {path.name}", extra_files)
+
+
+def _check_extra_files(extra_files) -> None:
+    for name, text in (extra_files or {}).items():
+        if not isinstance(name, str) or Path(name).name != name or name.startswith(".") or not isinstance(text, str):
+            raise ValueError(f"extra_files maps plain file names to text, got {name!r}: {type(text).__name__}")
+        if any(Path(name).match(p) for p in _CHECKPOINT_PATTERNS):
+            raise ValueError(f"extra_files: {name!r} is a checkpoint file name; choose another")
 
 
 def write_random_checkpoint(args: ModelArgs, path, format: str = "hf", dtype=torch.bfloat16, seed: int = 0,
@@ -421,10 +661,17 @@ def write_random_checkpoint(args: ModelArgs, path, format: str = "hf", dtype=tor
     """Write a checkpoint of random weights for any ModelArgs (uniform in +-0.02 like
     Transformer.init_weights, norms ones) without ever holding the model: each tensor is generated (on
     `device`, "cuda" is much faster for a 7B), written and dropped. The same seed and device give the same
-    model in both formats. A 7B-shaped bf16 checkpoint is 14.5 GB on disk."""
+    model in both formats. A 7B-shaped bf16 checkpoint is 14.5 GB on disk. Atomic, as save_checkpoint."""
     _check_format(format)
     shard_bytes = parse_size(max_shard_size)
-    dtype = _resolve_dtype(dtype)
+    if not isinstance(args, ModelArgs):
+        raise TypeError(f"args must be a ModelArgs, got {type(args).__name__}")
+    dtype = floating_dtype(dtype)
+    if dtype is None:
+        raise ValueError("dtype must be a floating dtype (torch.bfloat16, torch.float32, ...), got None")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    device = resolve_device(device)
     path = _prepare_folder(path, overwrite)
     shapes = [(n, tuple(p.shape)) for n, p in meta_model(args).named_parameters()]
     gen = torch.Generator(device=device)

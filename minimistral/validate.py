@@ -1,0 +1,109 @@
+"""Checks at the door, shared by the loader, the writer and generation: a dtype the model can compute in,
+a device that exists, weights and logits that are finite, host memory that suffices.
+
+Each check raises with a message that names the value at fault and says what to do, before any work
+is done with it (a NaN weight otherwise turns every greedy token into 0, an int8 cast turns every
+weight into 0, a CUDA request on a CPU-only machine fails deep inside PyTorch).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .config import dtype_name
+
+# the dtypes a Mistral model computes in; int8/int4 are quantization formats, float8 needs scales
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+_GB = 1e9
+
+
+def floating_dtype(dtype, what: str = "dtype") -> Optional[torch.dtype]:
+    """torch.bfloat16, "bf16", "float32"... -> the torch dtype; None stays None. Anything the model
+    cannot compute in (integers, bool, float8, complex, int4) raises ValueError naming it."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    else:
+        name = dtype_name(dtype)  # raises for an unknown name
+        resolved = getattr(torch, name, None)
+    if resolved not in FLOAT_DTYPES:
+        raise ValueError(
+            f"{what} must be a floating-point dtype the model computes in (torch.float32, torch.bfloat16, "
+            f"torch.float16 or torch.float64), got {dtype!r}: casting weights to it would destroy them "
+            "(int8 and int4 are quantization formats, with scales, not dtypes to cast to)")
+    return resolved
+
+
+def resolve_device(device) -> torch.device:
+    """'cpu', 'cuda', 'cuda:1', torch.device -> torch.device, refusing one this machine does not have."""
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N' (or a torch.device), got {device!r}") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "a CPU-only build of PyTorch" if torch.version.cuda is None else "no usable NVIDIA GPU or driver"
+            raise RuntimeError(f"device {str(d)!r} was requested but CUDA is not available here ({build}, torch "
+                               f"{torch.__version__}): pass device='cpu', or run on a machine with a GPU")
+        if d.index is not None and d.index >= torch.cuda.device_count():
+            raise RuntimeError(f"device {str(d)!r} was requested but this machine has {torch.cuda.device_count()} "
+                               f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif d.type == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device 'mps' was requested but Apple's MPS backend is not available here: pass device='cpu'")
+    return d
+
+
+def host_memory_available() -> Optional[int]:
+    """Bytes of host memory available to a new allocation without swapping (MemAvailable in
+    /proc/meminfo: free memory plus the page cache the kernel can drop), or None off Linux."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_host_memory(needed_bytes: int, what: str = "loading the weights") -> None:
+    """Raise MemoryError, with the numbers, when the host has less available memory than needed_bytes
+    (a CPU load that does not fit fails half-way from the allocator, or drives the machine into swap)."""
+    free = host_memory_available()
+    if free is not None and needed_bytes > free:
+        raise MemoryError(
+            f"{what} needs {needed_bytes / _GB:.1f} GB of host memory, {free / _GB:.1f} GB available "
+            "(MemAvailable in /proc/meminfo): close other programs or models, load in the file's own dtype "
+            "(dtype=None: memory-mapped from the file, no copy), or load onto a GPU")
+
+
+def nonfinite(t: torch.Tensor) -> Optional[str]:
+    """None when every value of t is finite, else what is wrong ('2 NaN and 1 infinite value(s), the
+    first at index [3, 7]'). One reduction in the common case: a finite sum proves every value finite;
+    only when it is not (a real NaN/inf, or a float16 sum that overflowed) is the tensor checked value
+    by value."""
+    if not t.is_floating_point() or t.numel() == 0 or math.isfinite(float(t.sum())):
+        return None
+    bad = ~torch.isfinite(t)
+    n_bad = int(bad.sum())
+    if n_bad == 0:
+        return None
+    n_nan = int(torch.isnan(t).sum())
+    first = [int(i) for i in bad.nonzero()[0]]
+    return f"{n_nan} NaN and {n_bad - n_nan} infinite value(s), the first at index {first}"
+
+
+def check_logits(logits: torch.Tensor, where: str) -> None:
+    """Raise FloatingPointError when logits (B, V) hold a NaN or +inf, or a row is -inf everywhere:
+    no token can be chosen from them (argmax would silently return 0)."""
+    bad_rows = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
+    if bool(bad_rows.any()):
+        row = int(bad_rows.nonzero()[0, 0])
+        what = nonfinite(logits[row]) or "-inf for every token"
+        raise FloatingPointError(
+            f"non-finite logits {where} (batch row {row}: {what}): the model's weights or activations are "
+            "not finite (NaN/inf weights, or an overflow in float16: try bfloat16 or float32)")
