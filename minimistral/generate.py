@@ -3,19 +3,31 @@
 Sampling turns the last position's logits into a token: temperature 0 takes the argmax (greedy);
 otherwise logits / temperature go through a softmax, top-k keeps the k likeliest tokens, top-p keeps
 the smallest set whose probability reaches p, and one token is drawn from what is left.
+
+Inputs are checked at the door: a prompt is one sequence of integer token ids (a list or a 1-D tensor),
+and logits that are not finite stop generation with an error saying where they appeared, instead of
+turning into token 0.
 """
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Iterator, Optional, Sequence
 
 import torch
 
+from .validate import check_logits
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
 
 def _check_sampling(temperature, top_p, top_k):
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+    if not (_is_number(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+    if not (_is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
         raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
@@ -25,6 +37,7 @@ def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Option
                    top_p: float = 1.0) -> torch.Tensor:
     """logits (..., V) -> the distribution a token is drawn from, (..., V), after temperature, top-k, top-p."""
     _check_sampling(temperature, top_p, top_k)
+    check_logits(logits, "given to sampling_probs")
     if temperature == 0:
         return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
     probs = torch.softmax(logits.float() / temperature, dim=-1)
@@ -41,20 +54,69 @@ def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Option
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None, top_p: float = 1.0,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """logits (B, V) -> next token ids (B,)."""
+    """logits (B, V) -> next token ids (B,). NaN or +inf logits (or a row that is -inf everywhere) raise
+    FloatingPointError: no token can be chosen from them, and argmax would quietly answer 0."""
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() == 0:
+        got = f"{logits.dtype} tensor of shape {tuple(logits.shape)}" if isinstance(logits, torch.Tensor) else \
+            type(logits).__name__
+        raise ValueError(f"logits must be a floating tensor of shape (batch, vocab), got {got}")
+    _check_sampling(temperature, top_p, top_k)
+    check_logits(logits, "given to sample_next")
     if temperature == 0:
         return logits.argmax(-1)
     probs = sampling_probs(logits, temperature, top_k, top_p)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def _prompt_list(prompt_ids) -> list[int]:
+_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+
+
+def _is_id(t) -> bool:
+    if isinstance(t, torch.Tensor):
+        return t.dim() == 0 and t.dtype in _INT_DTYPES
+    return isinstance(t, numbers.Integral) and not isinstance(t, bool)
+
+
+def _prompt_list(prompt_ids, vocab_size: Optional[int] = None) -> list[int]:
+    """One sequence of token ids, a list (or tuple) of ints or a 1-D integer tensor, as a list; anything else
+    (text, floats, booleans, a 2-D batch, ids outside the vocabulary) raises ValueError naming it."""
     if isinstance(prompt_ids, torch.Tensor):
-        prompt_ids = prompt_ids.flatten().tolist()
-    prompt = [int(t) for t in prompt_ids]
+        if prompt_ids.dim() != 1 or prompt_ids.dtype not in _INT_DTYPES:
+            hint = " (a batch: generate takes one sequence, e.g. tokens[0])" if prompt_ids.dim() == 2 else ""
+            raise ValueError(f"prompt_ids must be a 1-D integer tensor of token ids, got a {prompt_ids.dtype} "
+                             f"tensor of shape {tuple(prompt_ids.shape)}{hint}")
+        prompt = prompt_ids.tolist()
+    elif isinstance(prompt_ids, (str, bytes)):
+        raise ValueError(f"prompt_ids is text ({prompt_ids[:20]!r}), not token ids: encode it first, "
+                         "e.g. tok.encode(text, bos=True)")
+    elif isinstance(prompt_ids, (list, tuple, range)):
+        for i, t in enumerate(prompt_ids):
+            if not _is_id(t):
+                hint = " (a batch? generate takes one sequence)" if isinstance(t, (list, tuple, torch.Tensor)) else ""
+                raise ValueError(f"prompt_ids[{i}] is {t!r} ({type(t).__name__}): token ids are integers{hint}")
+        prompt = [int(t) for t in prompt_ids]
+    else:
+        raise ValueError(f"prompt_ids must be a list of token ids or a 1-D integer tensor, got "
+                         f"{type(prompt_ids).__name__}")
     if not prompt:
         raise ValueError("prompt_ids is empty: give at least one token (for a fresh start, the BOS id)")
+    if vocab_size is not None:
+        bad = next(((i, t) for i, t in enumerate(prompt) if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise ValueError(f"prompt_ids[{bad[0]}] = {bad[1]} is outside the vocabulary [0, {vocab_size}): "
+                             "was it produced by a tokenizer for another model?")
     return prompt
+
+
+def _check_generation(args, chunk_size, seed, eos_id) -> int:
+    """Check chunk_size, seed and eos_id against the model; return the chunk size to prefill with."""
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
+        raise ValueError(f"seed must be None or an integer (a 64-bit seed), got {seed!r}")
+    if eos_id is not None and (not _is_id(eos_id) or not 0 <= int(eos_id) < args.vocab_size):
+        raise ValueError(f"eos_id must be None or a token id in [0, {args.vocab_size}), got {eos_id!r}")
+    return chunk_size or args.sliding_window or 4096
 
 
 @torch.inference_mode()
@@ -62,17 +124,15 @@ def generate_stream(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, 
                     top_p: float = 1.0, top_k: Optional[int] = None, seed: Optional[int] = None,
                     eos_id: Optional[int] = None, chunk_size: Optional[int] = None) -> Iterator[int]:
     """Yield new token ids one by one (stops after eos_id, which is yielded, or max_new_tokens)."""
-    prompt = _prompt_list(prompt_ids)
+    args = model.args
+    prompt = _prompt_list(prompt_ids, args.vocab_size)
     _check_sampling(temperature, top_p, top_k)
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    args = model.args
     if len(prompt) + max_new_tokens > args.max_seq_len:
         raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"max_seq_len={args.max_seq_len}: shorten the prompt or ask for fewer tokens")
-    chunk_size = chunk_size or args.sliding_window or 4096
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    chunk_size = _check_generation(args, chunk_size, seed, eos_id)
     if max_new_tokens == 0:
         return
     device = next(model.parameters()).device
@@ -81,11 +141,14 @@ def generate_stream(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, 
         generator = torch.Generator(device=device)
         generator.manual_seed(seed)
 
-    cache = model.new_cache(batch_size=1)
+    # the cache holds what this request needs: the window, or (no window) prompt + new tokens, not max_seq_len
+    cache = model.new_cache(batch_size=1, seq_len=len(prompt) + max_new_tokens)
     tokens = torch.tensor([prompt], device=device)  # (1, T)
     for start in range(0, tokens.shape[1], chunk_size):  # prefill: never a T x T score matrix beyond chunk x W
         logits = model(tokens[:, start:start + chunk_size], cache=cache)
     for i in range(max_new_tokens):
+        where = "after the prompt" if i == 0 else f"at decode step {i}"
+        check_logits(logits[:, -1], f"{where} (predicting position {len(prompt) + i})")
         next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (1,)
         token = int(next_id)
         yield token

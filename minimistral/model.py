@@ -89,10 +89,12 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch_size: int = 1, dtype=None, device=None) -> RollingKVCache:
-        """An empty rolling cache for this model, in the model's dtype and on its device by default."""
+    def new_cache(self, batch_size: int = 1, dtype=None, device=None, seq_len: Optional[int] = None) -> RollingKVCache:
+        """An empty rolling cache for this model, in the model's dtype and on its device by default.
+        seq_len: the most tokens the sequence will reach (prompt + new tokens); the cache then has no more
+        slots than that (None: the window's, or max_seq_len without a window)."""
         w = self.output.weight
-        return RollingKVCache.from_args(self.args, batch_size, dtype or w.dtype, device or w.device)
+        return RollingKVCache.from_args(self.args, batch_size, dtype or w.dtype, device or w.device, seq_len)
 
     def set_attention_impl(self, impl: str) -> None:
         """'sdpa' (fast, default) or 'explicit' (scores and softmax written out)."""

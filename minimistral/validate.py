@@ -100,10 +100,11 @@ def nonfinite(t: torch.Tensor) -> Optional[str]:
 def check_logits(logits: torch.Tensor, where: str) -> None:
     """Raise FloatingPointError when logits (B, V) hold a NaN or +inf, or a row is -inf everywhere:
     no token can be chosen from them (argmax would silently return 0)."""
-    bad_rows = torch.isnan(logits).any(-1) | torch.isposinf(logits).any(-1) | torch.isneginf(logits).all(-1)
+    rows = logits.reshape(-1, logits.shape[-1]) if logits.dim() else logits.reshape(1, 1)  # (B, V)
+    bad_rows = torch.isnan(rows).any(-1) | torch.isposinf(rows).any(-1) | torch.isneginf(rows).all(-1)
     if bool(bad_rows.any()):
         row = int(bad_rows.nonzero()[0, 0])
-        what = nonfinite(logits[row]) or "-inf for every token"
+        what = nonfinite(rows[row]) or "-inf for every token"
         raise FloatingPointError(
             f"non-finite logits {where} (batch row {row}: {what}): the model's weights or activations are "
             "not finite (NaN/inf weights, or an overflow in float16: try bfloat16 or float32)")
