@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from ..config import ModelArgs
 from ..model import Transformer
+from ..validate import nonfinite
 
 
 @dataclass
@@ -50,6 +51,38 @@ class TrainConfig:
     init_std: float = 0.02  # weights ~ N(0, init_std^2), as transformers' MistralPreTrainedModel
     bf16: bool = False  # matmuls in bfloat16 under torch.autocast (weights, gradients, AdamW stay float32)
     seed: int = 0
+
+    def __post_init__(self):
+        """Refuse settings that cannot train (a negative step count, a NaN learning rate...) by name."""
+        def bad(name, need):
+            raise ValueError(f"TrainConfig.{name} must be {need}, got {getattr(self, name)!r}")
+
+        def is_int(x):
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        def is_num(x):
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        for name in ("steps", "batch_size", "seq_len"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 1):
+                bad(name, "an integer >= 1")
+        for name in ("warmup_steps", "seed"):
+            if not (is_int(getattr(self, name)) and getattr(self, name) >= 0):
+                bad(name, "an integer >= 0")
+        if not (is_num(self.lr) and self.lr > 0):
+            bad("lr", "a finite number > 0")
+        if not (is_num(self.min_lr) and 0 <= self.min_lr <= self.lr):
+            bad("min_lr", f"a finite number in [0, lr={self.lr}]")
+        for name in ("weight_decay", "grad_clip"):
+            if not (is_num(getattr(self, name)) and getattr(self, name) >= 0):
+                bad(name, "a finite number >= 0")
+        for name in ("beta1", "beta2"):
+            if not (is_num(getattr(self, name)) and 0 <= getattr(self, name) < 1):
+                bad(name, "a number in [0, 1)")
+        if not (is_num(self.init_std) and self.init_std > 0):
+            bad("init_std", "a finite number > 0")
+        if not isinstance(self.bf16, bool):
+            bad("bf16", "True or False")
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -149,6 +182,11 @@ def train(args: ModelArgs, data: torch.Tensor, cfg: Optional[TrainConfig] = None
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
 
+        if not math.isfinite(loss.item()):  # diverged: every later step is NaN too, and the weights are lost
+            bar.close()
+            raise FloatingPointError(f"training diverged: the loss is {loss.item()} at step {step} (learning rate "
+                                     f"{lr:.3g} there, peak {cfg.lr:.3g}): lower the learning rate (--lr) or keep "
+                                     "gradient clipping on")
         history["loss"].append(loss.item())
         history["lr"].append(lr)
         if eval_data is not None and eval_every > 0 and ((step + 1) % eval_every == 0 or step + 1 == cfg.steps):
@@ -160,15 +198,49 @@ def train(args: ModelArgs, data: torch.Tensor, cfg: Optional[TrainConfig] = None
                 post["eval"] = f"{history['eval'][-1][1]:.3f}"
             bar.set_postfix(post)
     bar.close()
+    bad = next((n for n, p in model.named_parameters() if nonfinite(p.detach())), None)
+    if bad is not None:  # the last update can break the weights after a finite loss
+        raise FloatingPointError(f"training diverged: weight {bad!r} is not finite after {cfg.steps} steps (peak "
+                                 f"learning rate {cfg.lr:.3g}): lower the learning rate (--lr)")
     model.eval()
     return model, history
 
 
-def _save(model: Transformer, out: Path) -> None:
-    """The checkpoint in Hugging Face layout (config.json + model.safetensors), through mm.save_checkpoint."""
+LOG_NAME = "training_log.json"
+_COMMAND = "python -m minimistral.train"
+
+
+def _save(model: Transformer, out: Path, log: Optional[dict] = None) -> None:
+    """The checkpoint in Hugging Face layout (config.json + model.safetensors), through mm.save_checkpoint,
+    with the training log in the same atomic swap: a failure leaves `out` as it was."""
     from ..weights import save_checkpoint
 
-    save_checkpoint(model, out, format="hf", overwrite=True, progress=False)
+    extra = {LOG_NAME: json.dumps(log, indent=1) + "\n"} if log is not None else None
+    save_checkpoint(model, out, format="hf", overwrite=True, progress=False, extra_files=extra)
+
+
+def out_refusal(out: Path) -> Optional[str]:
+    """Why `--out` may not be written, or None when it may: it does not exist yet, is an empty folder, or
+    holds a checkpoint this command wrote (its training_log.json says so). A folder of the user's own files,
+    another model's checkpoint among them, is never replaced."""
+    out = Path(out).expanduser()
+    if not out.exists():
+        parent = next(p for p in out.parents if p.exists())
+        return None if parent.is_dir() else f"--out {out}: {parent} is a file"
+    if not out.is_dir():
+        return f"--out {out} is a file: give a folder for the checkpoint"
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return None
+    try:
+        log = json.loads((out / LOG_NAME).read_text())
+        if isinstance(log, dict) and str(log.get("command", "")).startswith(_COMMAND):
+            return None
+    except (OSError, ValueError):
+        pass
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    return (f"--out {out} holds files this command did not write ({shown}): it replaces only a folder holding "
+            f"a checkpoint it wrote itself (with its {LOG_NAME}) or an empty one; choose another folder")
 
 
 REPORT_PROMPTS = ("And the LORD said unto Moses,", "In the beginning", "Blessed are the")
@@ -211,7 +283,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m minimistral.train",
                                 description="Train a small Mistral on the course corpus (data/kjv.txt.gz).")
     p.add_argument("--out", type=Path, default=None,
-                   help="checkpoint folder to write (HF layout; replaced if it holds a checkpoint); "
+                   help="checkpoint folder to write (HF layout): must be new, empty, or hold a checkpoint "
+                        "this command wrote, which is then replaced; "
                         "with --report, the checkpoint to measure (default: data/tiny_mistral)")
     d = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
@@ -233,39 +306,63 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--report", action="store_true", help="do not train: measure the checkpoint in --out")
     a = p.parse_args(argv)
+    if a.threads < 0:
+        p.error(f"--threads must be >= 0 (0 = torch's default), got {a.threads}")
+    if a.eval_every < 0:
+        p.error(f"--eval-every must be >= 0 (0 = only at the end), got {a.eval_every}")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.report:
-        report(a.out or corpus.TINY_MODEL_PATH)
+        path = a.out or corpus.TINY_MODEL_PATH
+        if not Path(path).is_dir():
+            p.error(f"--report: {path} is not a checkpoint folder")
+        report(path)
         return
     if a.out is None:
         p.error("--out is required for training (data/tiny_mistral is the shipped model; "
                 "give another folder unless you mean to replace it)")
+    refusal = out_refusal(a.out)
+    if refusal:
+        p.error(refusal)
+    try:  # every setting is checked before the corpus is read or a step is taken
+        cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+        args = ModelArgs(dim=a.dim, n_layers=a.n_layers, head_dim=a.head_dim, hidden_dim=a.hidden_dim,
+                         n_heads=a.n_heads, n_kv_heads=a.n_kv_heads, vocab_size=32000, norm_eps=1e-5,
+                         sliding_window=a.sliding_window, rope_theta=10000.0, max_seq_len=a.max_seq_len,
+                         dtype="float32")
+    except ValueError as e:
+        p.error(str(e).replace("TrainConfig.", "--").replace("ModelArgs.", "--").replace("_", "-"))
+    if cfg.seq_len > args.max_seq_len:
+        p.error(f"--seq-len {cfg.seq_len} exceeds --max-seq-len {args.max_seq_len}")
 
     tok, train_ids, heldout_ids = corpus.load_data()
-    args = ModelArgs(dim=a.dim, n_layers=a.n_layers, head_dim=a.head_dim, hidden_dim=a.hidden_dim, n_heads=a.n_heads,
-                     n_kv_heads=a.n_kv_heads, vocab_size=tok.vocab_size, norm_eps=1e-5,
-                     sliding_window=a.sliding_window, rope_theta=10000.0, max_seq_len=a.max_seq_len, dtype="float32")
-    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
+    args = args.replace(vocab_size=tok.vocab_size)
     print(f"model: {args.num_params():,} parameters; train {train_ids.numel():,} tokens, "
           f"held-out {heldout_ids.numel():,} tokens; {cfg}", flush=True)
 
     t0 = time.time()
-    model, history = train(args, train_ids, cfg, eval_data=heldout_ids, eval_every=a.eval_every,
-                           log_every=10)
+    try:
+        model, history = train(args, train_ids, cfg, eval_data=heldout_ids, eval_every=a.eval_every,
+                               log_every=10)
+    except FloatingPointError as e:  # a diverged model is not saved: --out keeps what it held
+        print(f"error: {e}; nothing was saved to {a.out}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     seconds = time.time() - t0
     heldout = evaluate(model, heldout_ids, cfg.seq_len)
     print(f"trained {cfg.steps} steps in {seconds:.0f} s; held-out loss {heldout:.4f}, "
           f"perplexity {math.exp(heldout):.2f}", flush=True)
 
-    _save(model, a.out)
-    log = {"command": "python -m minimistral.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+    if not math.isfinite(heldout):
+        print(f"error: the held-out loss is {heldout}: the model is broken; nothing was saved to {a.out}",
+              file=sys.stderr, flush=True)
+        raise SystemExit(1)
+    log = {"command": f"{_COMMAND} " + " ".join(argv if argv is not None else sys.argv[1:]),
            "train_config": dataclasses.asdict(cfg), "model_args": args.to_dict(), "seconds": round(seconds, 1),
            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
            "heldout_loss": round(heldout, 4), "heldout_perplexity": round(math.exp(heldout), 3),
            "loss_every_10_steps": [round(x, 4) for x in history["loss"][::10]],
            "eval": [(s, round(v, 4)) for s, v in history["eval"]]}
-    (Path(a.out) / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    _save(model, a.out, log)
     print(f"saved {a.out}", flush=True)
 
 
