@@ -45,24 +45,38 @@ def hf_copy(model, attn: str):
     return transformers_twin(model, attn=attn, dtype=torch.float32)
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a benchmark of 0 repeats or 0 tokens has nothing to time)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minimistral.bench --cpu", description=__doc__.split("\n")[0])
-    parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prefill", type=int, nargs="+", default=[256, 1024])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompt-len", type=positive_int, default=16)
+    parser.add_argument("--new-tokens", type=positive_int, default=128)
+    parser.add_argument("--prefill", type=positive_int, nargs="+", default=[256, 1024])
+    parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa",
                         help="transformers' attention implementation (sdpa is its default and its fastest on CPU)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=None, help="torch threads for both (default: torch's)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads for both (default: torch's)")
     opts = parser.parse_args(argv)
+    if opts.seed < 0:
+        parser.error(f"--seed must be >= 0, got {opts.seed}")
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
 
     args = ModelArgs.tiny()
     too_long = [t for t in opts.prefill if t > args.max_seq_len]
     if too_long or opts.prompt_len + opts.new_tokens > args.max_seq_len:
-        parser.error(f"lengths must fit the preset's max_seq_len={args.max_seq_len}")
+        parser.error(f"lengths must fit the preset's max_seq_len={args.max_seq_len}: --prefill {too_long or ''} "
+                     f"--prompt-len {opts.prompt_len} + --new-tokens {opts.new_tokens}")
     torch.manual_seed(opts.seed)
     model = Transformer(args).init_weights("normal", std=0.02, seed=opts.seed).eval()
     hf = hf_copy(model, opts.attn)

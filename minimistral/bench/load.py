@@ -164,17 +164,30 @@ def _fmt_gb(x) -> str:
     return "-" if x is None else f"{x / _GB:.2f} GB"
 
 
+def _device_arg(text: str) -> str:
+    """argparse type: 'cpu', 'cuda' or 'cuda:N'."""
+    import re
+
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda or cuda:N, got {text!r}")
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minimistral.bench --load", description=__doc__.split("\n")[0])
     parser.add_argument("--dir", default=None,
                         help="checkpoint folder (default /tmp/mm7b; /tmp/mm-tiny for --preset tiny)")
-    parser.add_argument("--device", default="cuda", help="cuda (default), cuda:N or cpu")
+    parser.add_argument("--device", default="cuda", type=_device_arg, help="cuda (default), cuda:N or cpu")
     parser.add_argument("--preset", choices=PRESETS, default="7b")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--no-transformers", action="store_true", help="time minimistral only")
     parser.add_argument("--child", choices=("ours", "transformers"), help=argparse.SUPPRESS)
     parser.add_argument("--logits-out", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
+    if opts.dir is not None and Path(opts.dir).expanduser().is_file():
+        parser.error(f"--dir {opts.dir} is a file: give a folder for the checkpoint")
+    if opts.json is not None and not Path(opts.json).expanduser().parent.is_dir():
+        parser.error(f"--json {opts.json}: the folder {Path(opts.json).parent} does not exist")
 
     if opts.child:
         print(json.dumps(_child(opts.child, opts.dir, opts.device, opts.logits_out)))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_open, atomic_write_bytes
+
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 CORPUS_PATH = DATA_DIR / "kjv.txt.gz"
 TOKENIZER_PATH = DATA_DIR / "tokenizer.model"
@@ -60,8 +62,10 @@ def build_text(bible_cmd: str = "bible") -> str:
 
 
 def write_gzip(text: str, path) -> None:
-    """Deterministic gzip: no file name, mtime 0, so the same text gives the same bytes everywhere."""
-    with open(path, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0, compresslevel=9) as gz:
+    """Deterministic gzip: no file name, mtime 0, so the same text gives the same bytes everywhere.
+    Atomic: the old file stays whole until the new one is complete."""
+    with atomic_open(path, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0,
+                                                     compresslevel=9) as gz:
         gz.write(text.encode("utf-8"))
 
 
@@ -112,7 +116,7 @@ def train_tokenizer(lines: list[str], model_path=TOKENIZER_PATH, vocab_size: int
         minloglevel=2,
     )
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    model_path.write_bytes(model.getvalue())
+    atomic_write_bytes(model_path, model.getvalue())
     return model_path
 
 
@@ -158,12 +162,22 @@ def ngram_perplexities(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
             "bigram": float(torch.exp(-log_p_bi[prev, nxt].mean()))}
 
 
+MIN_VOCAB, MAX_VOCAB = 300, 65536  # byte fallback needs 259 pieces; larger than ~65k is not for this corpus
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Build the course corpus (data/kjv.txt.gz) and tokenizer.")
+    p = argparse.ArgumentParser(prog="python -m minimistral.train.corpus",
+                                description="Build the course corpus (data/kjv.txt.gz) and tokenizer.")
     p.add_argument("--rebuild", action="store_true", help="rebuild data/kjv.txt.gz from Debian's bible-kjv")
     p.add_argument("--tokenizer", action="store_true", help="retrain data/tokenizer.model on the train split")
-    p.add_argument("--vocab-size", type=int, default=4096)
+    p.add_argument("--vocab-size", type=int, default=4096,
+                   help=f"pieces of the tokenizer, {MIN_VOCAB} to {MAX_VOCAB} (default 4096)")
     args = p.parse_args(argv)
+    if not (args.rebuild or args.tokenizer):
+        p.error("nothing to do: pass --rebuild (the corpus) and/or --tokenizer (the tokenizer)")
+    if not MIN_VOCAB <= args.vocab_size <= MAX_VOCAB:
+        p.error(f"--vocab-size must be between {MIN_VOCAB} (256 byte pieces + 3 specials + a few merges) and "
+                f"{MAX_VOCAB}, got {args.vocab_size}")
     if args.rebuild:
         text = build_text()
         digest = sha256_text(text)
