@@ -437,7 +437,7 @@ def parse_size(size) -> int:
 def _write_safetensors(file: Path, items: list, metadata: dict, bar) -> None:
     """Write a .safetensors file tensor by tensor: the header (names, dtypes, shapes, offsets) is known from
     the shapes, so each tensor is made, written and dropped before the next one exists.
-    items: (name, shape, dtype, make) with make() -> the tensor. A non-finite tensor stops the write."""
+    items: (name, shape, dtype, make) with make() -> the tensor."""
     header, offset = {"__metadata__": metadata}, 0
     for name, shape, dtype, _ in items:
         n = math.prod(shape) * dtype.itemsize
@@ -452,10 +452,6 @@ def _write_safetensors(file: Path, items: list, metadata: dict, bar) -> None:
             t = make().detach()
             if tuple(t.shape) != tuple(shape) or t.dtype != dtype:
                 raise RuntimeError(f"{name}: made {t.dtype} {tuple(t.shape)}, header says {dtype} {tuple(shape)}")
-            bad = nonfinite(t)
-            if bad:  # the loader refuses such a checkpoint: do not write it
-                raise ValueError(f"cannot save: weight {name!r} holds {bad} (in {dtype_name(dtype)}): the model has "
-                                 "diverged, or the dtype is too narrow for its values; nothing was changed on disk")
             t = t.to("cpu").contiguous().reshape(-1)
             f.write(t.view(torch.uint8).numpy().data)  # the raw bytes, little-endian as stored in memory
             bar.update(t.numel() * t.element_size())
@@ -493,10 +489,14 @@ def _check_disk_space(path: Path, nbytes: int) -> None:
     must fit. Refuse up front rather than fill the disk half-way."""
     existing = next(p for p in (path, *path.parents) if p.exists())
     free = shutil.disk_usage(existing).free
-    if nbytes + 2**20 > free:
-        raise OSError(errno.ENOSPC, f"saving needs {nbytes / _GB:.2f} GB in {path}, {free / _GB:.2f} GB free "
+    if nbytes + 2**16 > free:  # the weights, plus headers and config files (a few kB)
+        raise OSError(errno.ENOSPC, f"saving needs {_bytes_str(nbytes)} in {path}, {_bytes_str(free)} free "
                       f"there (the previous checkpoint, if any, is kept until the new one is complete): free "
                       "some space or choose a folder on another disk; nothing was changed on disk")
+
+
+def _bytes_str(n: int) -> str:
+    return f"{n / _GB:.2f} GB" if n >= _GB else f"{n / 1e6:.2f} MB"
 
 
 def _make_folder(path: Path) -> list:
@@ -643,8 +643,17 @@ def save_checkpoint(model, path, format: str = "hf", max_shard_size="5GB", overw
     dtype = floating_dtype(dtype) or weights[0][1].dtype
     _check_extra_files(extra_files)
     path = _prepare_folder(path, overwrite)
-    items = [(n, tuple(p.shape), (lambda p=p: p.detach().to(dtype))) for n, p in weights]
+    items = [(n, tuple(p.shape), (lambda n=n, p=p: _finite(n, p.detach().to(dtype)))) for n, p in weights]
     return _write(path, model.args, items, format, shard_bytes, dtype, progress, f"saving {path.name}", extra_files)
+
+
+def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
+    """t, checked as it streams to the file: the loader refuses non-finite weights, so they are not written."""
+    bad = nonfinite(t)
+    if bad:
+        raise ValueError(f"cannot save: weight {name!r} holds {bad} (in {dtype_name(t.dtype)}): the model has "
+                         "diverged, or the dtype is too narrow for its values; nothing was changed on disk")
+    return t
 
 
 def _check_extra_files(extra_files) -> None:
