@@ -104,7 +104,8 @@ def check_logits(logits: torch.Tensor, where: str) -> None:
     bad_rows = torch.isnan(rows).any(-1) | torch.isposinf(rows).any(-1) | torch.isneginf(rows).all(-1)
     if bool(bad_rows.any()):
         row = int(bad_rows.nonzero()[0, 0])
-        what = nonfinite(rows[row]) or "-inf for every token"
+        r = rows[row]
+        what = "-inf for every token" if bool(torch.isneginf(r).all()) else nonfinite(r)
         raise FloatingPointError(
             f"non-finite logits {where} (batch row {row}: {what}): the model's weights or activations are "
             "not finite (NaN/inf weights, or an overflow in float16: try bfloat16 or float32)")
