@@ -9,7 +9,6 @@ consolidated state dict loads as is; `weights.py` maps the Hugging Face names.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -21,23 +20,6 @@ from .config import ModelArgs
 from .mlp import FeedForward
 from .norm import RMSNorm
 from .rope import rope_angles
-
-
-@contextmanager
-def skip_random_init():
-    """nn.Linear and nn.Embedding fill themselves with random numbers when built. On the meta device that
-    computes nothing, yet the first call routes through Python reference code that imports torch._dynamo
-    (seconds). Values are assigned later anyway (from a checkpoint, or by init_weights), so skip the fill.
-    (transformers' `no_init_weights` does the same.)"""
-    names = ("uniform_", "normal_", "kaiming_uniform_")
-    saved = {n: getattr(nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(nn.init, n, lambda tensor, *a, **k: tensor)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(nn.init, n, f)
 
 
 class TransformerBlock(nn.Module):
@@ -57,13 +39,18 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
-        on_meta = torch.empty(0).is_meta  # built inside `with torch.device("meta")`: shapes only
-        with skip_random_init():  # PyTorch's default fills are overwritten by init_weights below anyway
-            self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        device = torch.empty(0).device  # the default device: "meta" inside `with torch.device("meta")`
+        # Build on the meta device (shapes only, nothing allocated or drawn), then allocate on the real
+        # device and fill every value once, with init_weights. PyTorch's own per-layer fills would be
+        # overwritten anyway, and would draw from the random generator (seeded builds must not depend on
+        # them). The embedding is made from an empty table: its default normal_ fill is slow on meta.
+        with torch.device("meta"):
+            self.tok_embeddings = nn.Embedding.from_pretrained(torch.empty(args.vocab_size, args.dim), freeze=False)
             self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
             self.norm = RMSNorm(args.dim, args.norm_eps)
             self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
-        if not on_meta:
+        if device.type != "meta":
+            self.to_empty(device=device)
             self.init_weights()
 
     @torch.no_grad()
