@@ -11,6 +11,8 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
+from .model import check_vocab
+
 
 def _check_sampling(temperature, top_p, top_k):
     if not (isinstance(temperature, (int, float)) and temperature >= 0):
@@ -67,6 +69,7 @@ def generate_stream(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, 
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     args = model.args
+    check_vocab(prompt, args.vocab_size)  # here, once: the model checks only a sequence's first chunk
     if len(prompt) + max_new_tokens > args.max_seq_len:
         raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
                          f"max_seq_len={args.max_seq_len}: shorten the prompt or ask for fewer tokens")

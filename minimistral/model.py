@@ -22,6 +22,18 @@ from .norm import RMSNorm
 from .rope import rope_angles
 
 
+def check_vocab(tokens, vocab_size: int) -> None:
+    """ValueError naming the first id outside [0, vocab_size). tokens: a tensor or a list of ints."""
+    if isinstance(tokens, torch.Tensor):
+        lo, hi = int(tokens.min()), int(tokens.max())  # two host synchronisations
+        bad = lo if lo < 0 else hi if hi >= vocab_size else None
+    else:
+        bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size}): "
+                         "was it produced by a tokenizer for another model?")
+
+
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs, layer_idx: int):
         super().__init__()
@@ -95,12 +107,9 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if B == 0 or T == 0:
             raise ValueError(f"tokens has shape {(B, T)}: give at least one sequence of at least one token")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.args.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.args.vocab_size}): "
-                             "was it produced by a tokenizer for another model?")
         start = cache.pos if cache is not None else 0
+        if start == 0:  # at the door only: reading min/max waits for the device, too costly on every decode step
+            check_vocab(tokens, self.args.vocab_size)
         if start + T > self.args.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens ({start} cached + {T} new) exceeds "
                              f"max_seq_len={self.args.max_seq_len}")
@@ -110,7 +119,9 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, cache: Optional[RollingKVCache] = None) -> torch.Tensor:
         """tokens (B, T) -> float logits (B, T, vocab_size). With a cache, tokens continue the sequence
-        it holds and the logits are those of the new tokens."""
+        it holds and the logits are those of the new tokens. Token ids are checked against the vocabulary
+        when a sequence starts (no cache, or an empty one); later chunks are trusted (`generate` checks
+        the whole prompt first, and sampled ids are in range by construction)."""
         self._check_input(tokens, cache)
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0

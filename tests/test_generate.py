@@ -120,6 +120,8 @@ def test_zero_new_tokens_and_tensor_prompt(model):
     (dict(top_p=1.5), "top_p"),
     (dict(top_k=0), "top_k"),
     (dict(prompt_ids=list(range(100)), max_new_tokens=29), "max_seq_len"),
+    (dict(prompt_ids=[1, 2, 101]), r"token id 101 .*\[0, 101\)"),  # the last prompt chunk, checked at the door
+    (dict(prompt_ids=[-1, 2]), "token id -1"),
 ])
 def test_bad_arguments_raise_naming_them(model, kwargs, name):
     call = dict(prompt_ids=[1, 2, 3], max_new_tokens=4)
@@ -128,6 +130,18 @@ def test_bad_arguments_raise_naming_them(model, kwargs, name):
         mm.generate(model, **call)
     with pytest.raises(ValueError, match=name):  # the stream checks before its first token
         next(mm.generate_stream(model, **call))
+
+
+def test_vocabulary_is_checked_once_per_sequence_not_per_step(model, monkeypatch):
+    """Reading a tensor's min/max waits for the device: the model does it for a sequence's first chunk only,
+    not for later prefill chunks or decode steps (generate has checked the whole prompt already)."""
+    import minimistral.model as model_module
+    calls = []
+    real = model_module.check_vocab
+    monkeypatch.setattr(model_module, "check_vocab", lambda tokens, v: calls.append(tokens.shape) or real(tokens, v))
+    new = mm.generate(model, prompt(10), max_new_tokens=5, chunk_size=4)  # 3 prefill chunks + 4 decode steps
+    assert len(new) == 5
+    assert calls == [(1, 4)]
 
 
 def test_sampling_probs_match_transformers_warpers():

@@ -307,6 +307,11 @@ def test_bad_tokens_raise_before_compute(guarded_model, tokens, match):
         guarded_model(tokens)
 
 
+def test_out_of_vocabulary_ids_raise_when_a_cached_sequence_starts(guarded_model):
+    with pytest.raises(ValueError, match=r"token id 50 .*\[0, 50\)"):
+        guarded_model(torch.tensor([[1, 50]]), cache=guarded_model.new_cache())
+
+
 def test_cache_plus_new_tokens_beyond_max_seq_len_raise(guarded_model):
     cache = guarded_model.new_cache()
     cache.pos = 10  # as if 10 tokens were already cached
