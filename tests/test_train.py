@@ -165,3 +165,20 @@ def test_command_line_will_not_overwrite_the_shipped_model_by_default(capsys):
     with pytest.raises(SystemExit):
         main(["--steps", "1"])
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_the_course_model_is_defined_once():
+    """ModelArgs.course() is the shipped model's config, the training command's default, and the recipe in
+    its training log; ModelArgs.tiny() is the same shape at Mistral's own vocabulary."""
+    from minimistral.train import build_parser, model_args
+    shipped = corpus.TINY_MODEL_PATH
+    course = mm.ModelArgs.course()
+    assert mm.ModelArgs.from_hf_config(json.loads((shipped / "config.json").read_text())) == course
+    vocab = mm.Tokenizer(corpus.TOKENIZER_PATH).vocab_size
+    assert model_args(build_parser().parse_args(["--out", "x"]), vocab) == course
+    log = json.loads((shipped / "training_log.json").read_text())
+    assert mm.ModelArgs(**log["model_args"]) == course
+    assert log["train_config"] == {**vars(TrainConfig()), "bf16": True}  # the defaults, plus --bf16
+    tiny = mm.ModelArgs.tiny()
+    assert tiny == course.replace(vocab_size=32000, hidden_dim=896, sliding_window=64)
+    assert tiny.hidden_dim / tiny.dim == mm.ModelArgs.mistral_7b().hidden_dim / mm.ModelArgs.mistral_7b().dim
