@@ -109,3 +109,30 @@ def test_ci_installs_pinned_torch_before_the_package():
     assert package_at, ".ci/run must install the package with its dev extra"
     assert torch_at[0] < package_at[0] < test_at
     assert "[dev]" in commands[package_at[0]]
+
+
+def test_every_subpackage_and_every_data_file_is_installed():
+    """pyproject lists the packages (the data folder is mapped in, so discovery cannot be used): the list must
+    hold every folder of minimistral/ with an __init__.py, and the package-data globs every file of data/."""
+    from fnmatch import fnmatch
+    tool = pyproject()["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "minimistral").rglob("__init__.py")}
+    assert set(tool["packages"]) == on_disk | {"minimistral.data"}
+    assert tool["package-dir"] == {"minimistral.data": "data"}
+    globs = tool["package-data"]["minimistral.data"]
+    files = [p.relative_to(ROOT / "data").as_posix() for p in (ROOT / "data").rglob("*") if p.is_file()]
+    missed = [f for f in files if not any(fnmatch(f, g) for g in globs)]
+    assert not missed, f"data files a wheel would leave out: {missed}; add them to package-data in pyproject.toml"
+
+
+def test_data_folder_setting(tmp_path, monkeypatch):
+    import pytest
+
+    from minimistral import paths
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    assert paths.data_dir() == ROOT / "data"  # the checkout's, when the package is imported from it
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"{paths.ENV_VAR}=.*tokenizer.model"):
+        paths.data_dir()
+    (tmp_path / "tokenizer.model").write_bytes(b"")
+    assert paths.data_dir() == tmp_path
