@@ -136,3 +136,21 @@ def test_data_folder_setting(tmp_path, monkeypatch):
         paths.data_dir()
     (tmp_path / "tokenizer.model").write_bytes(b"")
     assert paths.data_dir() == tmp_path
+
+
+def test_notebook_cleaner_drops_run_metadata_only(tmp_path):
+    import subprocess
+    import sys
+
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1"), nbformat.v4.new_markdown_cell("x")])
+    nb.cells[0].metadata.update(execution={"iopub.status.busy": "2026-01-01T00:00:00Z"}, ExecuteTime={"end": 1},
+                                nbgrader={"grade": True})
+    path = tmp_path / "a.ipynb"
+    nbformat.write(nb, path)
+    tool = [sys.executable, str(ROOT / ".ci" / "clean_notebooks.py")]
+    assert subprocess.run([*tool, "--check", str(path)], capture_output=True).returncode == 1
+    assert subprocess.run([*tool, str(path)], capture_output=True).returncode == 0
+    assert subprocess.run([*tool, "--check", str(path)], capture_output=True).returncode == 0
+    cleaned = nbformat.read(path, as_version=4)
+    assert cleaned.cells[0].metadata == {"nbgrader": {"grade": True}} and cleaned.cells[0].source == "1 + 1"
