@@ -274,15 +274,15 @@ def test_bf16_load_never_makes_float32_tensors(tmp_path, fmt):
 
 PEAK_SCRIPT = textwrap.dedent("""
     import json, sys, time, torch, minimistral as mm
-    from minimistral.bench.load import _PeakSampler, _rss_anon  # the load benchmark's own RssAnon sampler
+    from minimistral.bench.memory import PeakSampler, rss_anon  # the load benchmark's RssAnon sampler
 
-    before = _rss_anon()
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    before = rss_anon()
+    sampler = PeakSampler(every=0.002); sampler.start()
     model = mm.load_checkpoint(sys.argv[1], dtype=torch.bfloat16, progress=False)
     time.sleep(0.05)
     load_peak = sampler.stop()
     # control: the same weights held in float32 must show up in the same measurement
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    sampler = PeakSampler(every=0.002); sampler.start()
     held = [p.float() for p in model.parameters()]
     time.sleep(0.05)
     print(json.dumps({"before": before, "load_peak": load_peak, "control_peak": max(load_peak, sampler.stop()),
@@ -313,11 +313,11 @@ def test_bf16_load_peak_host_memory(tmp_path):
 
 WRITE_PEAK_SCRIPT = textwrap.dedent("""
     import json, sys, minimistral as mm
-    from minimistral.bench.load import _PeakSampler, _rss_anon
+    from minimistral.bench.memory import PeakSampler, rss_anon
 
     args = mm.ModelArgs.tiny(**json.loads(sys.argv[3]))
-    before = _rss_anon()
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    before = rss_anon()
+    sampler = PeakSampler(every=0.002); sampler.start()
     mm.write_random_checkpoint(args, sys.argv[1], format=sys.argv[2], progress=False)
     print(json.dumps({"before": before, "peak": sampler.stop()}))
 """)
