@@ -1,4 +1,4 @@
-"""The rolling-buffer KV cache: every chunking of a sequence gives the logits of one full pass (issue 3)."""
+"""The rolling-buffer KV cache: every chunking of a sequence gives the logits of one full pass."""
 
 import random
 

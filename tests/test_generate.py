@@ -1,4 +1,4 @@
-"""Generation: greedy tokens identical to transformers' generate, sampling controls, bad input (issue 3)."""
+"""Generation: greedy tokens identical to transformers' generate, sampling controls, bad input."""
 
 import sys
 

@@ -1,4 +1,4 @@
-"""Each module against a from-scratch reference written here, masks, RoPE layouts, input checks (issue 2)."""
+"""Each module against a from-scratch reference written here, masks, RoPE layouts, input checks."""
 
 import math
 

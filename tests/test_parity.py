@@ -1,5 +1,5 @@
 """Logits of our Transformer against transformers' MistralForCausalLM (eager, float32) on the same random
-weights (issue 2). Run with -s to see the measured max |difference| per config."""
+weights. Run with -s to see the measured max |difference| per config."""
 
 import pytest
 import torch
