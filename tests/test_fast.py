@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import minimistral as mm
+from conftest import small_model
 from minimistral.fast import FastGenerator
 
 
-def _model(n_heads=4, n_kv_heads=2, max_seq_len=512, **kw):
-    args = mm.ModelArgs.tiny(vocab_size=300, n_layers=2, dim=64, head_dim=16, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                             hidden_dim=160, max_seq_len=max_seq_len, **kw)
-    return mm.Transformer(args).init_weights("normal", std=0.05, seed=7).eval()
+def _model(max_seq_len=512, **kw):
+    return small_model(seed=7, std=0.05, vocab_size=300, max_seq_len=max_seq_len, **kw)
 
 
 @pytest.mark.parametrize("window", [8, None])

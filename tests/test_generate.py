@@ -6,20 +6,20 @@ import pytest
 import torch
 
 import minimistral as mm
+from conftest import small_args, small_model
 from oracle import hf_model_from_ours
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-ARGS = mm.ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2, vocab_size=101,
-                    norm_eps=1e-5, sliding_window=8, rope_theta=10000.0, max_seq_len=128, dtype="float32")
+ARGS = small_args()
 
 
 @pytest.fixture(scope="module")
 def model():
     # std 0.1: logits of order 1, so greedy decoding wanders instead of repeating one token
-    return mm.Transformer(ARGS).init_weights("normal", std=0.1, seed=11).eval()
+    return small_model(ARGS, seed=11, std=0.1)
 
 
 @pytest.fixture(scope="module")

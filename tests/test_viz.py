@@ -8,19 +8,18 @@ import torch
 from matplotlib.figure import Figure
 
 import minimistral as mm
+from conftest import small_args, small_model
 from minimistral import viz
 
 
 def tiny_args(**kw):
-    base = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=128, n_heads=8, n_kv_heads=2, vocab_size=256,
-                sliding_window=6, max_seq_len=64)
-    base.update(kw)
-    return mm.ModelArgs.tiny(**base)
+    return small_args(**{"hidden_dim": 128, "n_heads": 8, "vocab_size": 256, "sliding_window": 6, "max_seq_len": 64,
+                         **kw})
 
 
 @pytest.fixture
 def model():
-    return mm.Transformer(tiny_args()).init_weights(std=0.3, seed=1).eval()
+    return small_model(tiny_args(), seed=1, std=0.3, method="uniform")
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +82,7 @@ def rope_by_hand(x, positions, theta):
 @pytest.mark.parametrize("n_kv_heads", [1, 2, 8])  # GQA ratios 8, 4, 1
 def test_captured_probs_equal_hand_computation(n_kv_heads):
     args = tiny_args(n_kv_heads=n_kv_heads, sliding_window=5)
-    model = mm.Transformer(args).init_weights(std=0.3, seed=2).eval()
+    model = small_model(args, seed=2, std=0.3, method="uniform")
     T, D = 9, args.head_dim
     tokens = tokens_of(T, seed=3)
     heads = [0, 3, 7]

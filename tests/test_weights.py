@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 from transformers import MistralConfig, MistralForCausalLM
 
 import minimistral as mm
+import conftest
 from minimistral.weights import CheckpointError, check_device_memory, parse_size
 
 from oracle import hf_model_from_ours
@@ -32,10 +33,7 @@ def tokens(vocab=300, T=SEQ, B=2):
 
 
 def small_args(**kw):
-    base = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, vocab_size=256,
-                sliding_window=8, max_seq_len=128)
-    base.update(kw)
-    return mm.ModelArgs.tiny(**base)
+    return conftest.small_args(**{"hidden_dim": 96, "vocab_size": 256, **kw})
 
 
 def random_hf_model() -> MistralForCausalLM:
