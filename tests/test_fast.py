@@ -26,6 +26,7 @@ def test_prefill_logits_equal_teaching_path(window):
 
 @pytest.mark.parametrize("window,n_heads,n_kv_heads", [(8, 4, 2), (16, 4, 2), (None, 4, 2),
                                                        (8, 4, 4), (8, 4, 1), (8, 8, 2)])
+@pytest.mark.slow
 def test_decode_logits_equal_teaching_path_past_the_window(window, n_heads, n_kv_heads):
     """GQA ratios 1, 2, 4 and multi-query: the grouped decode attention must pair each query head with its
     own K/V head exactly as repeat_kv does."""
@@ -40,6 +41,7 @@ def test_decode_logits_equal_teaching_path_past_the_window(window, n_heads, n_kv
             torch.testing.assert_close(logits, want[:, p], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_greedy_tokens_identical_for_100_steps_past_the_window():
     model = _model(sliding_window=8)
     prompt = torch.randint(0, 300, (12,)).tolist()
@@ -49,6 +51,7 @@ def test_greedy_tokens_identical_for_100_steps_past_the_window():
     assert got == want
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_spreads():
     model = _model(sliding_window=8)
     fast = FastGenerator(model, compile=False)
@@ -73,6 +76,7 @@ def test_gumbel_max_samples_from_the_softmax():
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_compiled_decode_step_equals_teaching_path(one_thread):
     """The decode step traced by torch.compile (fullgraph: any graph break is an error) gives the teaching
     path's tokens, past the window, greedy and reseeded sampling alike. On a GPU the same compiled step is
@@ -86,6 +90,7 @@ def test_compiled_decode_step_equals_teaching_path(one_thread):
     assert a == fast.generate(prompt, 20, temperature=1.0, seed=5) != fast.generate(prompt, 20)
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_the_cpu_preset(tmp_path, one_thread):
     """`python -m minimistral.bench --gpu` on the CPU with the tiny preset: the same code the H200 run uses,
     every row measured, nothing recorded as an error, and the JSON notebook 12 reads has what it needs."""

@@ -108,6 +108,7 @@ def run(seed, steps=12):
     return train(TINY, pattern_stream(), cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_with_a_seed():
     m1, h1 = run(seed=7)
     m2, h2 = run(seed=7)
@@ -125,6 +126,7 @@ def test_bf16_autocast_training_is_deterministic_too():
     assert h1["loss"] == h2["loss"] and all(math.isfinite(x) for x in h1["loss"])
 
 
+@pytest.mark.slow
 def test_loss_falls_and_history_is_complete():
     model, h = run(seed=0, steps=60)
     assert len(h["loss"]) == len(h["lr"]) == 60
@@ -148,6 +150,7 @@ def test_train_rejects_tokens_outside_the_vocabulary():
         train(TINY, torch.arange(200), TrainConfig(steps=1, seq_len=16), progress=False)
 
 
+@pytest.mark.slow
 def test_command_line_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "ckpt"
     main(["--out", str(out), "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--warmup-steps", "1",
