@@ -1,7 +1,8 @@
 """Model configuration: the numbers that define Mistral 7B (notebook 00 and 07).
 
-`ModelArgs` is a plain dataclass. `ModelArgs.mistral_7b()` gives the real model's card; `ModelArgs.tiny()`
-is a CPU-sized model with the same architecture (GQA, sliding window, RoPE, SwiGLU) for the course.
+`ModelArgs` is a plain dataclass. `ModelArgs.mistral_7b()` gives the real model's card; `ModelArgs.course()`
+is the CPU-sized Mistral the course trains and ships (data/tiny_mistral), and `ModelArgs.tiny()` the same
+shape at the real tokenizer's vocabulary, for random-weight experiments and tests.
 The readers at the bottom turn a checkpoint's own config file (Hugging Face `config.json` or Mistral
 `params.json`) into `ModelArgs` without inheriting a library default that differs from the model's.
 """
@@ -74,12 +75,21 @@ class ModelArgs:
         return cls()
 
     @classmethod
-    def tiny(cls, **overrides) -> "ModelArgs":
-        """A CPU-sized Mistral with the same shape of everything: GQA 4:1, a window shorter than the context."""
-        base = dict(dim=256, n_layers=4, head_dim=32, hidden_dim=896, n_heads=8, n_kv_heads=2, vocab_size=32000,
-                    norm_eps=1e-5, sliding_window=64, rope_theta=10000.0, max_seq_len=1024, dtype="float32")
+    def course(cls, **overrides) -> "ModelArgs":
+        """The small Mistral the course trains on the CPU (notebook 10, `python -m minimistral.train`) and
+        ships trained in data/tiny_mistral (whose config.json says exactly this; a test keeps them equal):
+        GQA 4:1, a window of 128 shorter than the 256-token training context, the course tokenizer's 4096 ids."""
+        base = dict(dim=256, n_layers=4, head_dim=32, hidden_dim=768, n_heads=8, n_kv_heads=2, vocab_size=4096,
+                    norm_eps=1e-5, sliding_window=128, rope_theta=10000.0, max_seq_len=1024, dtype="float32")
         base.update(overrides)
         return cls(**base)
+
+    @classmethod
+    def tiny(cls, **overrides) -> "ModelArgs":
+        """The course model's shape for Mistral's own tokenizer, random weights (the notebooks that build the
+        pieces, the CPU benchmark, the tests): course() with the real vocabulary of 32000 ids, the 7B's
+        MLP ratio (hidden_dim 896 = 3.5 x dim, as 14336 = 3.5 x 4096) and a window of 64."""
+        return cls.course(**{"vocab_size": 32000, "hidden_dim": 896, "sliding_window": 64, **overrides})
 
     def replace(self, **changes) -> "ModelArgs":
         return dataclasses.replace(self, **changes)

@@ -9,7 +9,6 @@ consolidated state dict loads as is; `weights.py` maps the Hugging Face names.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from typing import Optional
 
 import torch
@@ -23,21 +22,16 @@ from .norm import RMSNorm
 from .rope import rope_angles
 
 
-@contextmanager
-def skip_random_init():
-    """nn.Linear and nn.Embedding fill themselves with random numbers when built. On the meta device that
-    computes nothing, yet the first call routes through Python reference code that imports torch._dynamo
-    (seconds). Values are assigned later anyway (from a checkpoint, or by init_weights), so skip the fill.
-    (transformers' `no_init_weights` does the same.)"""
-    names = ("uniform_", "normal_", "kaiming_uniform_")
-    saved = {n: getattr(nn.init, n) for n in names}
-    try:
-        for n in names:
-            setattr(nn.init, n, lambda tensor, *a, **k: tensor)
-        yield
-    finally:
-        for n, f in saved.items():
-            setattr(nn.init, n, f)
+def check_vocab(tokens, vocab_size: int) -> None:
+    """ValueError naming the first id outside [0, vocab_size). tokens: a tensor or a list of ints."""
+    if isinstance(tokens, torch.Tensor):
+        lo, hi = int(tokens.min()), int(tokens.max())  # two host synchronisations
+        bad = lo if lo < 0 else hi if hi >= vocab_size else None
+    else:
+        bad = next((t for t in tokens if not 0 <= t < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"token id {bad} is outside the vocabulary [0, {vocab_size}): "
+                         "was it produced by a tokenizer for another model?")
 
 
 class TransformerBlock(nn.Module):
@@ -57,13 +51,18 @@ class Transformer(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
-        on_meta = torch.empty(0).is_meta  # built inside `with torch.device("meta")`: shapes only
-        with skip_random_init():  # PyTorch's default fills are overwritten by init_weights below anyway
-            self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim)
+        device = torch.empty(0).device  # the default device: "meta" inside `with torch.device("meta")`
+        # Build on the meta device (shapes only, nothing allocated or drawn), then allocate on the real
+        # device and fill every value once, with init_weights. PyTorch's own per-layer fills would be
+        # overwritten anyway, and would draw from the random generator (seeded builds must not depend on
+        # them). The embedding is made from an empty table: its default normal_ fill is slow on meta.
+        with torch.device("meta"):
+            self.tok_embeddings = nn.Embedding.from_pretrained(torch.empty(args.vocab_size, args.dim), freeze=False)
             self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))
             self.norm = RMSNorm(args.dim, args.norm_eps)
             self.output = nn.Linear(args.dim, args.vocab_size, bias=False)
-        if not on_meta:
+        if device.type != "meta":
+            self.to_empty(device=device)
             self.init_weights()
 
     @torch.no_grad()
@@ -110,12 +109,9 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if B == 0 or T == 0:
             raise ValueError(f"tokens has shape {(B, T)}: give at least one sequence of at least one token")
-        lo, hi = int(tokens.min()), int(tokens.max())
-        if lo < 0 or hi >= self.args.vocab_size:
-            bad = lo if lo < 0 else hi
-            raise ValueError(f"token id {bad} is outside the vocabulary [0, {self.args.vocab_size}): "
-                             "was it produced by a tokenizer for another model?")
         start = cache.pos if cache is not None else 0
+        if start == 0:  # at the door only: reading min/max waits for the device, too costly on every decode step
+            check_vocab(tokens, self.args.vocab_size)
         if start + T > self.args.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens ({start} cached + {T} new) exceeds "
                              f"max_seq_len={self.args.max_seq_len}")
@@ -125,7 +121,9 @@ class Transformer(nn.Module):
 
     def forward(self, tokens: torch.Tensor, cache: Optional[RollingKVCache] = None) -> torch.Tensor:
         """tokens (B, T) -> float logits (B, T, vocab_size). With a cache, tokens continue the sequence
-        it holds and the logits are those of the new tokens."""
+        it holds and the logits are those of the new tokens. Token ids are checked against the vocabulary
+        when a sequence starts (no cache, or an empty one); later chunks are trusted (`generate` checks
+        the whole prompt first, and sampled ids are in range by construction)."""
         self._check_input(tokens, cache)
         B, T = tokens.shape
         start = cache.pos if cache is not None else 0

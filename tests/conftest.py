@@ -21,3 +21,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+# ---- the one factory for the tests' small models --------------------------------------------------------
+# Import it as `from conftest import small_args, small_model` (pytest puts tests/ on the path, as for oracle.py).
+
+SMALL = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2, vocab_size=101,
+             norm_eps=1e-5, sliding_window=8, rope_theta=10000.0, max_seq_len=128, dtype="float32")
+
+
+def small_args(**overrides):
+    """A Mistral small enough for any test, with every feature of the 7B's: grouped-query attention (2:1),
+    a sliding window shorter than the context, RoPE, SwiGLU. Override any ModelArgs field."""
+    import minimistral as mm
+
+    return mm.ModelArgs(**{**SMALL, **overrides})
+
+
+def small_model(args=None, seed: int = 0, std: float = 0.1, method: str = "normal", **overrides):
+    """Transformer(args or small_args(**overrides)) with weights drawn from `seed`, in eval mode.
+    std 0.1 on dim 64 gives logits of order 1 and attention far from uniform (greedy decoding wanders)."""
+    import minimistral as mm
+
+    args = args if args is not None else small_args(**overrides)
+    return mm.Transformer(args).init_weights(method, std=std, seed=seed).eval()

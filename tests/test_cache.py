@@ -1,4 +1,4 @@
-"""The rolling-buffer KV cache: every chunking of a sequence gives the logits of one full pass (issue 3)."""
+"""The rolling-buffer KV cache: every chunking of a sequence gives the logits of one full pass."""
 
 import random
 
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import minimistral as mm
+from conftest import small_args, small_model
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -15,14 +16,13 @@ TOL = 1e-4
 
 
 def small(**overrides) -> mm.ModelArgs:
-    base = dict(dim=32, n_layers=2, head_dim=8, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=97,
-                sliding_window=4, max_seq_len=128, dtype="float32")
-    base.update(overrides)
-    return mm.ModelArgs(**base)
+    return small_args(**{"dim": 32, "head_dim": 8, "hidden_dim": 64, "vocab_size": 97, "sliding_window": 4,
+                         **overrides})
 
 
 def random_model(args, seed=0):
-    return mm.Transformer(args).init_weights("normal", std=0.2, seed=seed).eval()
+    return small_model(args, seed=seed, std=0.2)
+
 
 
 @torch.no_grad()

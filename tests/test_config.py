@@ -1,4 +1,4 @@
-"""ModelArgs: the Mistral 7B card, validation, config-file readers, memory arithmetic (issue 2)."""
+"""ModelArgs: the Mistral 7B card, validation, config-file readers, memory arithmetic."""
 
 import pytest
 import torch

@@ -6,13 +6,12 @@ import pytest
 import torch
 
 import minimistral as mm
+from conftest import small_model
 from minimistral.fast import FastGenerator
 
 
-def _model(n_heads=4, n_kv_heads=2, max_seq_len=512, **kw):
-    args = mm.ModelArgs.tiny(vocab_size=300, n_layers=2, dim=64, head_dim=16, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                             hidden_dim=160, max_seq_len=max_seq_len, **kw)
-    return mm.Transformer(args).init_weights("normal", std=0.05, seed=7).eval()
+def _model(max_seq_len=512, **kw):
+    return small_model(seed=7, std=0.05, vocab_size=300, max_seq_len=max_seq_len, **kw)
 
 
 @pytest.mark.parametrize("window", [8, None])
@@ -27,6 +26,7 @@ def test_prefill_logits_equal_teaching_path(window):
 
 @pytest.mark.parametrize("window,n_heads,n_kv_heads", [(8, 4, 2), (16, 4, 2), (None, 4, 2),
                                                        (8, 4, 4), (8, 4, 1), (8, 8, 2)])
+@pytest.mark.slow
 def test_decode_logits_equal_teaching_path_past_the_window(window, n_heads, n_kv_heads):
     """GQA ratios 1, 2, 4 and multi-query: the grouped decode attention must pair each query head with its
     own K/V head exactly as repeat_kv does."""
@@ -41,6 +41,7 @@ def test_decode_logits_equal_teaching_path_past_the_window(window, n_heads, n_kv
             torch.testing.assert_close(logits, want[:, p], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_greedy_tokens_identical_for_100_steps_past_the_window():
     model = _model(sliding_window=8)
     prompt = torch.randint(0, 300, (12,)).tolist()
@@ -50,6 +51,7 @@ def test_greedy_tokens_identical_for_100_steps_past_the_window():
     assert got == want
 
 
+@pytest.mark.slow
 def test_sampling_is_seeded_and_spreads():
     model = _model(sliding_window=8)
     fast = FastGenerator(model, compile=False)
@@ -57,7 +59,9 @@ def test_sampling_is_seeded_and_spreads():
     b = fast.generate([1, 2, 3], 40, temperature=1.0, seed=3)
     c = fast.generate([1, 2, 3], 40, temperature=1.0, seed=4)
     assert a == b and a != c
-    assert len(set(a)) > len(set(fast.generate([1, 2, 3], 40))) or len(set(a)) > 10
+    greedy = fast.generate([1, 2, 3], 40)
+    assert len(set(a)) > len(set(greedy)), "sampling at temperature 1 should visit more tokens than greedy"
+    assert len(set(a)) > 10, f"40 draws at temperature 1 from a near-flat distribution gave only {len(set(a))} ids"
 
 
 def test_gumbel_max_samples_from_the_softmax():
@@ -72,6 +76,7 @@ def test_gumbel_max_samples_from_the_softmax():
 
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
+@pytest.mark.slow
 def test_compiled_decode_step_equals_teaching_path(one_thread):
     """The decode step traced by torch.compile (fullgraph: any graph break is an error) gives the teaching
     path's tokens, past the window, greedy and reseeded sampling alike. On a GPU the same compiled step is
@@ -85,6 +90,7 @@ def test_compiled_decode_step_equals_teaching_path(one_thread):
     assert a == fast.generate(prompt, 20, temperature=1.0, seed=5) != fast.generate(prompt, 20)
 
 
+@pytest.mark.slow
 def test_gpu_benchmark_runs_on_the_cpu_preset(tmp_path, one_thread):
     """`python -m minimistral.bench --gpu` on the CPU with the tiny preset: the same code the H200 run uses,
     every row measured, nothing recorded as an error, and the JSON notebook 12 reads has what it needs."""
@@ -105,24 +111,39 @@ def test_gpu_benchmark_runs_on_the_cpu_preset(tmp_path, one_thread):
     assert result["decode_ladder"]["static cache, eager kernels"]["decode tok/s"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
 def test_compiled_decode_step_writes_the_cache_in_place(one_thread):
     """Writing one token must not copy a whole cache buffer. With one stacked (L, B, K, W, D) tensor the
-    compiled step copied every layer's buffer around each write: 8 ms of a 14 ms step on an H200. The
-    generated code is read here for loops that run over a whole (B, K, W, D) buffer."""
-    import re
+    compiled step copied every layer's buffer around each write: 8 ms of a 14 ms step on an H200. Read here:
+    the graph Inductor turns into kernels (after its in-place rewrites). Every cache write must be an in-place
+    op on the cache buffer itself, and no op may make a new tensor as large as a cache buffer (a copy)."""
+    from torch._inductor import config as inductor_config
 
-    from torch._inductor.utils import run_and_get_code
-
-    model = _model(sliding_window=260, max_seq_len=1024)  # 1 * 2 * 260 * 16 = 8320 elements per buffer
-    fast = FastGenerator(model, compile="default")
-    with torch.inference_mode():
-        fast.prefill(torch.tensor([[1, 2, 3]]))
-        _, codes = run_and_get_code(fast._decode, torch.tensor([[4]]), torch.tensor(3), torch.tensor(0.0),
-                                    torch.zeros(1, 300))
-    code = "\n".join(codes)
-    assert "index_copy" in code or "slot" in code or len(code) > 1000  # we are reading the step's real code
-    whole = 1 * 2 * 260 * 16
-    loops = re.findall(rf"<\s*{whole}L|\b{whole}L\)", code)
-    assert not loops, f"{len(loops)} loops over a whole cache buffer in the compiled decode step"
+    model = _model(sliding_window=260, max_seq_len=1024)
+    buffer_shape = (1, 2, 260, 16)  # (B, n_kv_heads, W, head_dim): one layer's K or V
+    graphs = []
+    torch._dynamo.reset()
+    with inductor_config.patch(post_grad_custom_post_pass=graphs.append, fx_graph_cache=False):
+        fast = FastGenerator(model, compile="default")
+        with torch.inference_mode():
+            fast.prefill(torch.tensor([[1, 2, 3]]))
+            fast._decode(torch.tensor([[4]]), torch.tensor(3), torch.tensor(0.0), torch.zeros(1, 300))
+    assert len(graphs) == 1, f"expected one compiled graph for the decode step, got {len(graphs)}"
+    graph = graphs[0]
+    inputs = {n for n in graph.nodes if n.op == "placeholder"}
+    writes, copies = [], []
+    for n in graph.nodes:
+        out = n.meta.get("val")
+        if n.op != "call_function" or not isinstance(out, torch.Tensor) or not hasattr(n.target, "_schema"):
+            continue
+        schema = n.target._schema
+        if schema.is_mutable and tuple(out.shape) == buffer_shape:
+            writes.append(n)
+        aliases_an_input = schema.returns and schema.returns[0].alias_info is not None
+        if not aliases_an_input and out.numel() >= torch.Size(buffer_shape).numel():
+            copies.append(f"{n.target}: {tuple(out.shape)}")
+    assert len(writes) == 2 * model.args.n_layers, f"cache writes found: {[str(w.target) for w in writes]}"
+    assert all(w.args[0] in inputs for w in writes), "a cache write goes to a copy, not to the cache buffer"
+    assert not copies, f"the compiled decode step makes whole-buffer tensors: {copies}"

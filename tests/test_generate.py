@@ -1,4 +1,4 @@
-"""Generation: greedy tokens identical to transformers' generate, sampling controls, bad input (issue 3)."""
+"""Generation: greedy tokens identical to transformers' generate, sampling controls, bad input."""
 
 import sys
 
@@ -6,20 +6,20 @@ import pytest
 import torch
 
 import minimistral as mm
+from conftest import small_args, small_model
 from oracle import hf_model_from_ours
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-ARGS = mm.ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2, vocab_size=101,
-                    norm_eps=1e-5, sliding_window=8, rope_theta=10000.0, max_seq_len=128, dtype="float32")
+ARGS = small_args()
 
 
 @pytest.fixture(scope="module")
 def model():
     # std 0.1: logits of order 1, so greedy decoding wanders instead of repeating one token
-    return mm.Transformer(ARGS).init_weights("normal", std=0.1, seed=11).eval()
+    return small_model(ARGS, seed=11, std=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +120,8 @@ def test_zero_new_tokens_and_tensor_prompt(model):
     (dict(top_p=1.5), "top_p"),
     (dict(top_k=0), "top_k"),
     (dict(prompt_ids=list(range(100)), max_new_tokens=29), "max_seq_len"),
+    (dict(prompt_ids=[1, 2, 101]), r"token id 101 .*\[0, 101\)"),  # the last prompt chunk, checked at the door
+    (dict(prompt_ids=[-1, 2]), "token id -1"),
 ])
 def test_bad_arguments_raise_naming_them(model, kwargs, name):
     call = dict(prompt_ids=[1, 2, 3], max_new_tokens=4)
@@ -128,6 +130,18 @@ def test_bad_arguments_raise_naming_them(model, kwargs, name):
         mm.generate(model, **call)
     with pytest.raises(ValueError, match=name):  # the stream checks before its first token
         next(mm.generate_stream(model, **call))
+
+
+def test_vocabulary_is_checked_once_per_sequence_not_per_step(model, monkeypatch):
+    """Reading a tensor's min/max waits for the device: the model does it for a sequence's first chunk only,
+    not for later prefill chunks or decode steps (generate has checked the whole prompt already)."""
+    import minimistral.model as model_module
+    calls = []
+    real = model_module.check_vocab
+    monkeypatch.setattr(model_module, "check_vocab", lambda tokens, v: calls.append(tokens.shape) or real(tokens, v))
+    new = mm.generate(model, prompt(10), max_new_tokens=5, chunk_size=4)  # 3 prefill chunks + 4 decode steps
+    assert len(new) == 5
+    assert calls == [(1, 4)]
 
 
 def test_sampling_probs_match_transformers_warpers():

@@ -1,4 +1,4 @@
-"""Each module against a from-scratch reference written here, masks, RoPE layouts, input checks (issue 2)."""
+"""Each module against a from-scratch reference written here, masks, RoPE layouts, input checks."""
 
 import math
 
@@ -305,6 +305,11 @@ def guarded_model():
 def test_bad_tokens_raise_before_compute(guarded_model, tokens, match):
     with pytest.raises(ValueError, match=match):
         guarded_model(tokens)
+
+
+def test_out_of_vocabulary_ids_raise_when_a_cached_sequence_starts(guarded_model):
+    with pytest.raises(ValueError, match=r"token id 50 .*\[0, 50\)"):
+        guarded_model(torch.tensor([[1, 50]]), cache=guarded_model.new_cache())
 
 
 def test_cache_plus_new_tokens_beyond_max_seq_len_raise(guarded_model):

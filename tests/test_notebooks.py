@@ -40,7 +40,28 @@ def test_jupytext_twin_in_sync(notebook):
     want = [(c.cell_type, c.source.strip()) for c in from_py.cells]
     got = [(c["cell_type"], _source(c).strip()) for c in nb["cells"]]
     assert got == want, (f"{path.name} and {twin.name} differ: regenerate with "
-                         f"`cd notebooks && jupytext --to notebook --set-kernel python3 --execute {twin.name}`")
+                         f"`cd notebooks && jupytext --to notebook --set-kernel python3 --execute {twin.name}` "
+                         f"(then python .ci/clean_notebooks.py notebooks/{path.name}), or `jupytext --sync` it")
+
+
+def test_jupytext_pairs_every_notebook_with_its_twin(notebook):
+    """notebooks/jupytext.toml pairs the folder, so JupyterLab and `jupytext --sync` keep both files in step."""
+    pytest.importorskip("jupytext")
+    from jupytext.config import load_jupytext_config
+    from jupytext.paired_paths import paired_paths
+    path, _ = notebook
+    config = load_jupytext_config(str(path))
+    assert config is not None, "no jupytext configuration found for the notebooks (notebooks/jupytext.toml)"
+    formats = config.default_formats(str(path))
+    paired = {Path(p).name for p, _ in paired_paths(str(path), "ipynb", formats)}
+    assert paired == {path.name, path.with_suffix(".py").name}, f"{path.name} is paired with {paired}"
+
+
+def test_no_per_run_metadata(notebook):
+    path, nb = notebook
+    stamped = [i for i, c in enumerate(nb["cells"]) if {"execution", "ExecuteTime"} & set(c.get("metadata", {}))]
+    assert not stamped, (f"{path.name}: cells {stamped[:5]} carry execution times; "
+                         f"run `python .ci/clean_notebooks.py notebooks/{path.name}`")
 
 
 def test_opens_and_closes_properly(notebook):

@@ -109,3 +109,48 @@ def test_ci_installs_pinned_torch_before_the_package():
     assert package_at, ".ci/run must install the package with its dev extra"
     assert torch_at[0] < package_at[0] < test_at
     assert "[dev]" in commands[package_at[0]]
+
+
+def test_every_subpackage_and_every_data_file_is_installed():
+    """pyproject lists the packages (the data folder is mapped in, so discovery cannot be used): the list must
+    hold every folder of minimistral/ with an __init__.py, and the package-data globs every file of data/."""
+    from fnmatch import fnmatch
+    tool = pyproject()["tool"]["setuptools"]
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "minimistral").rglob("__init__.py")}
+    assert set(tool["packages"]) == on_disk | {"minimistral.data"}
+    assert tool["package-dir"] == {"minimistral.data": "data"}
+    globs = tool["package-data"]["minimistral.data"]
+    files = [p.relative_to(ROOT / "data").as_posix() for p in (ROOT / "data").rglob("*") if p.is_file()]
+    missed = [f for f in files if not any(fnmatch(f, g) for g in globs)]
+    assert not missed, f"data files a wheel would leave out: {missed}; add them to package-data in pyproject.toml"
+
+
+def test_data_folder_setting(tmp_path, monkeypatch):
+    import pytest
+
+    from minimistral import paths
+    monkeypatch.delenv(paths.ENV_VAR, raising=False)
+    assert paths.data_dir() == ROOT / "data"  # the checkout's, when the package is imported from it
+    monkeypatch.setenv(paths.ENV_VAR, str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=f"{paths.ENV_VAR}=.*tokenizer.model"):
+        paths.data_dir()
+    (tmp_path / "tokenizer.model").write_bytes(b"")
+    assert paths.data_dir() == tmp_path
+
+
+def test_notebook_cleaner_drops_run_metadata_only(tmp_path):
+    import subprocess
+    import sys
+
+    import nbformat
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("1 + 1"), nbformat.v4.new_markdown_cell("x")])
+    nb.cells[0].metadata.update(execution={"iopub.status.busy": "2026-01-01T00:00:00Z"}, ExecuteTime={"end": 1},
+                                nbgrader={"grade": True})
+    path = tmp_path / "a.ipynb"
+    nbformat.write(nb, path)
+    tool = [sys.executable, str(ROOT / ".ci" / "clean_notebooks.py")]
+    assert subprocess.run([*tool, "--check", str(path)], capture_output=True).returncode == 1
+    assert subprocess.run([*tool, str(path)], capture_output=True).returncode == 0
+    assert subprocess.run([*tool, "--check", str(path)], capture_output=True).returncode == 0
+    cleaned = nbformat.read(path, as_version=4)
+    assert cleaned.cells[0].metadata == {"nbgrader": {"grade": True}} and cleaned.cells[0].source == "1 + 1"

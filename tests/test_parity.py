@@ -1,10 +1,11 @@
 """Logits of our Transformer against transformers' MistralForCausalLM (eager, float32) on the same random
-weights (issue 2). Run with -s to see the measured max |difference| per config."""
+weights. Run with -s to see the measured max |difference| per config."""
 
 import pytest
 import torch
 
 import minimistral as mm
+from conftest import small_args, small_model
 from oracle import hf_model_from_ours
 
 
@@ -14,29 +15,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TOL = 1e-4
 
 
-def small(**overrides) -> mm.ModelArgs:
-    base = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=160, n_heads=4, n_kv_heads=2, vocab_size=101,
-                norm_eps=1e-5, sliding_window=8, rope_theta=10000.0, max_seq_len=128, dtype="float32")
-    base.update(overrides)
-    return mm.ModelArgs(**base)
-
-
-def random_model(args, seed=0, std=0.1):
-    # std 0.1 on dim 64 gives logits of order 1 and attention that is far from uniform
-    return mm.Transformer(args).init_weights("normal", std=std, seed=seed).eval()
-
-
 CONFIGS = {
-    "gqa1 (n_kv=n_heads)": small(n_heads=4, n_kv_heads=4),
-    "gqa2": small(n_heads=4, n_kv_heads=2),
-    "gqa4": small(n_heads=8, n_kv_heads=2, head_dim=8),
-    "gqa=n_heads (n_kv=1)": small(n_heads=4, n_kv_heads=1),
-    "head_dim 24 != dim/n_heads 16": small(head_dim=24),
-    "window 8 < seq 40": small(sliding_window=8),
-    "window 1": small(sliding_window=1),
-    "window None": small(sliding_window=None),
-    "theta 1e6": small(rope_theta=1e6),
-    "norm_eps 0.1 (eps reaches HF)": small(norm_eps=0.1),
+    "gqa1 (n_kv=n_heads)": small_args(n_heads=4, n_kv_heads=4),
+    "gqa2": small_args(n_heads=4, n_kv_heads=2),
+    "gqa4": small_args(n_heads=8, n_kv_heads=2, head_dim=8),
+    "gqa=n_heads (n_kv=1)": small_args(n_heads=4, n_kv_heads=1),
+    "head_dim 24 != dim/n_heads 16": small_args(head_dim=24),
+    "window 8 < seq 40": small_args(sliding_window=8),
+    "window 1": small_args(sliding_window=1),
+    "window None": small_args(sliding_window=None),
+    "theta 1e6": small_args(rope_theta=1e6),
+    "norm_eps 0.1 (eps reaches HF)": small_args(norm_eps=0.1),
     "tiny preset shape, 3 layers": mm.ModelArgs.tiny(n_layers=3, vocab_size=300, dim=128, hidden_dim=256,
                                                      n_heads=8, n_kv_heads=2, head_dim=16, sliding_window=16),
 }
@@ -45,7 +34,7 @@ CONFIGS = {
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_logits_match_transformers(name):
     args = CONFIGS[name]
-    model = random_model(args, seed=1)
+    model = small_model(args, seed=1)
     hf = hf_model_from_ours(model)
     tokens = torch.randint(0, args.vocab_size, (3, 40))  # batch 3, five times the window of 8
     with torch.no_grad():
@@ -64,8 +53,8 @@ def test_logits_match_transformers(name):
 
 def test_tolerance_catches_off_by_one_window():
     """The comparison is sharp enough: transformers with window W+1 (the old off-by-one) is far off."""
-    model = random_model(small(sliding_window=8), seed=2)
-    wrong = hf_model_from_ours(mm.Transformer(small(sliding_window=9)).eval())
+    model = small_model(small_args(sliding_window=8), seed=2)
+    wrong = hf_model_from_ours(mm.Transformer(small_args(sliding_window=9)).eval())
     wrong.load_state_dict(hf_model_from_ours(model).state_dict())
     tokens = torch.randint(0, 101, (1, 40))
     with torch.no_grad():
@@ -74,9 +63,9 @@ def test_tolerance_catches_off_by_one_window():
 
 
 def test_tolerance_catches_wrong_theta_and_unpermuted_rope():
-    model = random_model(small(rope_theta=10000.0), seed=3)
+    model = small_model(small_args(rope_theta=10000.0), seed=3)
     tokens = torch.randint(0, 101, (1, 24))
-    wrong_theta = hf_model_from_ours(mm.Transformer(small(rope_theta=1e6)).eval())
+    wrong_theta = hf_model_from_ours(mm.Transformer(small_args(rope_theta=1e6)).eval())
     wrong_theta.load_state_dict(hf_model_from_ours(model).state_dict())
     # copying wq/wk without the rotate-half row permutation: the converter step the course teaches
     unpermuted = hf_model_from_ours(model)
@@ -93,7 +82,7 @@ def test_tolerance_catches_wrong_theta_and_unpermuted_rope():
 
 @pytest.mark.parametrize("window", [8, None])
 def test_explicit_path_equals_sdpa(window):
-    model = random_model(small(sliding_window=window, n_heads=8, n_kv_heads=2, head_dim=8), seed=4)
+    model = small_model(small_args(sliding_window=window, n_heads=8, n_kv_heads=2, head_dim=8), seed=4)
     tokens = torch.randint(0, 101, (2, 40))
     with torch.no_grad():
         model.set_attention_impl("sdpa")
@@ -107,7 +96,7 @@ def test_explicit_path_equals_sdpa(window):
 
 
 def test_attention_recorder_sees_probabilities_and_keeps_logits():
-    model = random_model(small(sliding_window=4), seed=5)
+    model = small_model(small_args(sliding_window=4), seed=5)
     tokens = torch.randint(0, 101, (1, 12))
     with torch.no_grad():
         plain = model(tokens)

@@ -1,4 +1,4 @@
-"""The Mistral v0.1 tokenizer against mistral-common, the reference implementation (issue 3)."""
+"""The Mistral v0.1 tokenizer against mistral-common, the reference implementation."""
 
 import pytest
 from mistral_common.tokens.tokenizers.sentencepiece import SentencePieceTokenizer

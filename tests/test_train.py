@@ -9,11 +9,11 @@ import torch
 import torch.nn.functional as F
 
 import minimistral as mm
+from conftest import small_args
 from minimistral.train import corpus
 from minimistral.train import TrainConfig, evaluate, get_batch, lr_at, main, train
 
-TINY = dict(dim=32, n_layers=2, head_dim=8, hidden_dim=64, n_heads=4, n_kv_heads=2, vocab_size=64,
-            sliding_window=8, max_seq_len=64, dtype="float32")
+TINY = small_args(dim=32, head_dim=8, hidden_dim=64, vocab_size=64, max_seq_len=64)
 
 
 def pattern_stream(n=4000, vocab=64, seed=0):
@@ -71,14 +71,14 @@ def test_get_batch_rejects_a_short_stream():
 
 # ---- evaluation -----------------------------------------------------------------------------------------
 def test_evaluate_one_window_equals_plain_cross_entropy():
-    model = mm.Transformer(mm.ModelArgs(**{**TINY, "sliding_window": None})).init_weights("normal", seed=1)
+    model = mm.Transformer(TINY.replace(sliding_window=None)).init_weights("normal", seed=1)
     ids = pattern_stream(41)
     want = F.cross_entropy(model(ids[:-1][None])[0], ids[1:]).item()
     assert evaluate(model, ids, seq_len=40) == pytest.approx(want, rel=1e-5)
 
 
 def test_evaluate_scores_every_target_once_including_a_short_last_window():
-    model = mm.Transformer(mm.ModelArgs(**TINY)).init_weights("normal", seed=1)
+    model = mm.Transformer(TINY).init_weights("normal", seed=1)
     ids = pattern_stream(30)
     total, count = 0.0, 0
     for s in range(0, 29, 7):  # windows of 7 targets: 7, 7, 7, 7, 1
@@ -105,9 +105,10 @@ def test_ngram_baselines_by_hand():
 # ---- training ---------------------------------------------------------------------------------------------
 def run(seed, steps=12):
     cfg = TrainConfig(steps=steps, batch_size=4, seq_len=32, lr=3e-3, min_lr=3e-4, warmup_steps=3, seed=seed)
-    return train(mm.ModelArgs(**TINY), pattern_stream(), cfg, progress=False)
+    return train(TINY, pattern_stream(), cfg, progress=False)
 
 
+@pytest.mark.slow
 def test_training_is_deterministic_with_a_seed():
     m1, h1 = run(seed=7)
     m2, h2 = run(seed=7)
@@ -120,11 +121,12 @@ def test_training_is_deterministic_with_a_seed():
 
 def test_bf16_autocast_training_is_deterministic_too():
     cfg = TrainConfig(steps=4, batch_size=2, seq_len=16, warmup_steps=1, bf16=True, seed=1)
-    _, h1 = train(mm.ModelArgs(**TINY), pattern_stream(), cfg, progress=False)
-    _, h2 = train(mm.ModelArgs(**TINY), pattern_stream(), cfg, progress=False)
+    _, h1 = train(TINY, pattern_stream(), cfg, progress=False)
+    _, h2 = train(TINY, pattern_stream(), cfg, progress=False)
     assert h1["loss"] == h2["loss"] and all(math.isfinite(x) for x in h1["loss"])
 
 
+@pytest.mark.slow
 def test_loss_falls_and_history_is_complete():
     model, h = run(seed=0, steps=60)
     assert len(h["loss"]) == len(h["lr"]) == 60
@@ -134,7 +136,7 @@ def test_loss_falls_and_history_is_complete():
 
 
 def test_eval_history_and_continuing_a_model():
-    args = mm.ModelArgs(**TINY)
+    args = TINY
     data = pattern_stream()
     cfg = TrainConfig(steps=6, batch_size=2, seq_len=16, warmup_steps=1)
     model, h = train(args, data, cfg, eval_data=data[:200], eval_every=3, progress=False)
@@ -145,9 +147,10 @@ def test_eval_history_and_continuing_a_model():
 
 def test_train_rejects_tokens_outside_the_vocabulary():
     with pytest.raises(ValueError, match="vocab_size"):
-        train(mm.ModelArgs(**TINY), torch.arange(200), TrainConfig(steps=1, seq_len=16), progress=False)
+        train(TINY, torch.arange(200), TrainConfig(steps=1, seq_len=16), progress=False)
 
 
+@pytest.mark.slow
 def test_command_line_writes_a_loadable_checkpoint(tmp_path):
     out = tmp_path / "ckpt"
     main(["--out", str(out), "--steps", "2", "--batch-size", "2", "--seq-len", "32", "--warmup-steps", "1",
@@ -165,3 +168,20 @@ def test_command_line_will_not_overwrite_the_shipped_model_by_default(capsys):
     with pytest.raises(SystemExit):
         main(["--steps", "1"])
     assert "--out is required" in capsys.readouterr().err
+
+
+def test_the_course_model_is_defined_once():
+    """ModelArgs.course() is the shipped model's config, the training command's default, and the recipe in
+    its training log; ModelArgs.tiny() is the same shape at Mistral's own vocabulary."""
+    from minimistral.train import build_parser, model_args
+    shipped = corpus.TINY_MODEL_PATH
+    course = mm.ModelArgs.course()
+    assert mm.ModelArgs.from_hf_config(json.loads((shipped / "config.json").read_text())) == course
+    vocab = mm.Tokenizer(corpus.TOKENIZER_PATH).vocab_size
+    assert model_args(build_parser().parse_args(["--out", "x"]), vocab) == course
+    log = json.loads((shipped / "training_log.json").read_text())
+    assert mm.ModelArgs(**log["model_args"]) == course
+    assert log["train_config"] == {**vars(TrainConfig()), "bf16": True}  # the defaults, plus --bf16
+    tiny = mm.ModelArgs.tiny()
+    assert tiny == course.replace(vocab_size=32000, hidden_dim=896, sliding_window=64)
+    assert tiny.hidden_dim / tiny.dim == mm.ModelArgs.mistral_7b().hidden_dim / mm.ModelArgs.mistral_7b().dim

@@ -8,19 +8,18 @@ import torch
 from matplotlib.figure import Figure
 
 import minimistral as mm
+from conftest import small_args, small_model
 from minimistral import viz
 
 
 def tiny_args(**kw):
-    base = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=128, n_heads=8, n_kv_heads=2, vocab_size=256,
-                sliding_window=6, max_seq_len=64)
-    base.update(kw)
-    return mm.ModelArgs.tiny(**base)
+    return small_args(**{"hidden_dim": 128, "n_heads": 8, "vocab_size": 256, "sliding_window": 6, "max_seq_len": 64,
+                         **kw})
 
 
 @pytest.fixture
 def model():
-    return mm.Transformer(tiny_args()).init_weights(std=0.3, seed=1).eval()
+    return small_model(tiny_args(), seed=1, std=0.3, method="uniform")
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +82,7 @@ def rope_by_hand(x, positions, theta):
 @pytest.mark.parametrize("n_kv_heads", [1, 2, 8])  # GQA ratios 8, 4, 1
 def test_captured_probs_equal_hand_computation(n_kv_heads):
     args = tiny_args(n_kv_heads=n_kv_heads, sliding_window=5)
-    model = mm.Transformer(args).init_weights(std=0.3, seed=2).eval()
+    model = small_model(args, seed=2, std=0.3, method="uniform")
     T, D = 9, args.head_dim
     tokens = tokens_of(T, seed=3)
     heads = [0, 3, 7]
@@ -237,7 +236,7 @@ def test_plot_attention_distance(model):
 
 def test_distance_profile_by_hand():
     probs = torch.tensor([[1.0, 0, 0], [0.25, 0.75, 0], [0.1, 0.3, 0.6]])
-    d, mean = viz._distance_profile(probs, torch.arange(3), torch.arange(3))
+    d, mean = viz.plots._distance_profile(probs, torch.arange(3), torch.arange(3))
     assert d.tolist() == [0, 1, 2]
     torch.testing.assert_close(torch.tensor(mean), torch.tensor([(1 + 0.75 + 0.6) / 3, (0.25 + 0.3) / 2, 0.1]),
                                check_dtype=False)
@@ -331,7 +330,7 @@ def test_token_labels_with_the_real_tokenizer():
     assert viz.token_labels(ids, tok) == ["<s>", "▁Hello", "▁world"]
     assert viz.token_labels(torch.tensor(ids)) == [str(i) for i in ids]
     cjk = tok.encode("物", bos=False)[-1]
-    assert "\\u" in viz.token_labels([cjk], tok)[0] or viz._drawable("物") == "物"
+    assert "\\u" in viz.token_labels([cjk], tok)[0] or viz.plots._drawable("物") == "物"
 
 
 # ---- explorers ---------------------------------------------------------------------------------------
@@ -382,7 +381,7 @@ def test_mask_explorer_and_errors_shown_in_the_output(monkeypatch):
     def broken(seq_len, window):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(viz, "plot_window_mask", broken)
+    monkeypatch.setattr(viz.explorers, "plot_window_mask", broken)
     w.controls["seq_len"].value = 3
     (out,) = w.output.outputs
     assert out["output_type"] == "stream" and out["name"] == "stderr" and "boom" in out["text"]
@@ -410,3 +409,20 @@ def test_long_maps_are_pooled_for_drawing():
     assert image.get_array().shape == (500, 500)  # 3x3 max-pooled: at most MAX_MAP_PIXELS a side
     assert image.get_extent() == [-0.5, T - 0.5, T - 0.5, -0.5]  # axes still count queries and keys
     assert float(image.get_array().max()) == pytest.approx(float(probs.max()))  # peaks survive
+
+
+def test_capturing_attention_does_not_import_matplotlib():
+    """capture.py needs torch only: a headless job can record attention without the picture stack."""
+    import subprocess
+    import sys
+    code = ("import sys, torch, minimistral as mm\n"
+            "from minimistral.viz import capture_attention\n"
+            "m = mm.Transformer(mm.ModelArgs.tiny(dim=32, n_layers=1, head_dim=8, hidden_dim=64, n_heads=4,"
+            " n_kv_heads=2, vocab_size=64))\n"
+            "with capture_attention(m) as cap: m(torch.zeros(1, 3, dtype=torch.long))\n"
+            "assert cap.probs[0].shape == (1, 4, 3, 3)\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'ipywidgets')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert viz.plot_attention.__module__ == "minimistral.viz.plots"  # the lazy names still resolve

@@ -15,6 +15,7 @@ from torch.utils._pytree import tree_flatten
 from transformers import MistralConfig, MistralForCausalLM
 
 import minimistral as mm
+import conftest
 from minimistral.weights import CheckpointError, check_device_memory, parse_size
 
 from oracle import hf_model_from_ours
@@ -32,10 +33,7 @@ def tokens(vocab=300, T=SEQ, B=2):
 
 
 def small_args(**kw):
-    base = dict(dim=64, n_layers=2, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, vocab_size=256,
-                sliding_window=8, max_seq_len=128)
-    base.update(kw)
-    return mm.ModelArgs.tiny(**base)
+    return conftest.small_args(**{"hidden_dim": 96, "vocab_size": 256, **kw})
 
 
 def random_hf_model() -> MistralForCausalLM:
@@ -274,15 +272,15 @@ def test_bf16_load_never_makes_float32_tensors(tmp_path, fmt):
 
 PEAK_SCRIPT = textwrap.dedent("""
     import json, sys, time, torch, minimistral as mm
-    from minimistral.bench.load import _PeakSampler, _rss_anon  # the load benchmark's own RssAnon sampler
+    from minimistral.bench.memory import PeakSampler, rss_anon  # the load benchmark's RssAnon sampler
 
-    before = _rss_anon()
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    before = rss_anon()
+    sampler = PeakSampler(every=0.002); sampler.start()
     model = mm.load_checkpoint(sys.argv[1], dtype=torch.bfloat16, progress=False)
     time.sleep(0.05)
     load_peak = sampler.stop()
     # control: the same weights held in float32 must show up in the same measurement
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    sampler = PeakSampler(every=0.002); sampler.start()
     held = [p.float() for p in model.parameters()]
     time.sleep(0.05)
     print(json.dumps({"before": before, "load_peak": load_peak, "control_peak": max(load_peak, sampler.stop()),
@@ -313,11 +311,11 @@ def test_bf16_load_peak_host_memory(tmp_path):
 
 WRITE_PEAK_SCRIPT = textwrap.dedent("""
     import json, sys, minimistral as mm
-    from minimistral.bench.load import _PeakSampler, _rss_anon
+    from minimistral.bench.memory import PeakSampler, rss_anon
 
     args = mm.ModelArgs.tiny(**json.loads(sys.argv[3]))
-    before = _rss_anon()
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    before = rss_anon()
+    sampler = PeakSampler(every=0.002); sampler.start()
     mm.write_random_checkpoint(args, sys.argv[1], format=sys.argv[2], progress=False)
     print(json.dumps({"before": before, "peak": sampler.stop()}))
 """)

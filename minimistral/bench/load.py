@@ -22,9 +22,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from .memory import PeakSampler, rss_anon
 
 PRESETS = ("7b", "tiny")
 _GB = 1e9
@@ -34,34 +35,6 @@ def _preset_args(name: str):
     from ..config import ModelArgs
 
     return ModelArgs.mistral_7b() if name == "7b" else ModelArgs.tiny(dtype="bfloat16")
-
-
-def _rss_anon() -> int:
-    """Anonymous resident memory of this process in bytes (Linux)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status (this benchmark measures memory on Linux only)")
-
-
-class _PeakSampler(threading.Thread):
-    """Samples RssAnon every `every` seconds in the background; .peak is the largest value seen."""
-
-    def __init__(self, every: float = 0.02):
-        super().__init__(daemon=True)
-        self.every, self.peak, self._done = every, _rss_anon(), threading.Event()
-
-    def run(self):
-        while not self._done.is_set():
-            self.peak = max(self.peak, _rss_anon())
-            time.sleep(self.every)
-
-    def stop(self) -> int:
-        self._done.set()
-        self.join()
-        self.peak = max(self.peak, _rss_anon())
-        return self.peak
 
 
 # ---- the child: one load in a fresh process ------------------------------------------------------------
@@ -95,8 +68,8 @@ def _child(which: str, path: str, device: str, logits_out: str) -> dict:
         torch.zeros(1, device=device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before = _rss_anon()
-    sampler = _PeakSampler()
+    before = rss_anon()
+    sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
     model = load()

@@ -277,9 +277,10 @@ def report(path) -> dict:
     return {"perplexity": ppl, "samples": samples}
 
 
-def main(argv=None):
-    from . import corpus
+MODEL_FLAGS = ("dim", "n_layers", "head_dim", "hidden_dim", "n_heads", "n_kv_heads", "sliding_window", "max_seq_len")
 
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m minimistral.train",
                                 description="Train a small Mistral on the course corpus (data/kjv.txt.gz).")
     p.add_argument("--out", type=Path, default=None,
@@ -293,18 +294,25 @@ def main(argv=None):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             p.add_argument(flag, type=type(default), default=default)
-    # the model: Mistral's architecture at a CPU size
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--n-layers", type=int, default=4)
-    p.add_argument("--head-dim", type=int, default=32)
-    p.add_argument("--hidden-dim", type=int, default=768)
-    p.add_argument("--n-heads", type=int, default=8)
-    p.add_argument("--n-kv-heads", type=int, default=2)
-    p.add_argument("--sliding-window", type=int, default=128)
-    p.add_argument("--max-seq-len", type=int, default=1024)
+    # the model: ModelArgs.course() unless told otherwise (vocab_size comes from the course tokenizer)
+    course = ModelArgs.course()
+    for name in MODEL_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(course, name))
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--report", action="store_true", help="do not train: measure the checkpoint in --out")
+    return p
+
+
+def model_args(a: argparse.Namespace, vocab_size: int) -> ModelArgs:
+    """The model the command line asks for: ModelArgs.course() with the flags' values."""
+    return ModelArgs.course(vocab_size=vocab_size, **{name: getattr(a, name) for name in MODEL_FLAGS})
+
+
+def main(argv=None):
+    from . import corpus
+
+    p = build_parser()
     a = p.parse_args(argv)
     if a.threads < 0:
         p.error(f"--threads must be >= 0 (0 = torch's default), got {a.threads}")
@@ -326,10 +334,7 @@ def main(argv=None):
         p.error(refusal)
     try:  # every setting is checked before the corpus is read or a step is taken
         cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
-        args = ModelArgs(dim=a.dim, n_layers=a.n_layers, head_dim=a.head_dim, hidden_dim=a.hidden_dim,
-                         n_heads=a.n_heads, n_kv_heads=a.n_kv_heads, vocab_size=32000, norm_eps=1e-5,
-                         sliding_window=a.sliding_window, rope_theta=10000.0, max_seq_len=a.max_seq_len,
-                         dtype="float32")
+        args = model_args(a, vocab_size=32000)  # the real vocabulary size comes with the tokenizer below
     except ValueError as e:
         p.error(str(e).replace("TrainConfig.", "--").replace("ModelArgs.", "--").replace("_", "-"))
     if cfg.seq_len > args.max_seq_len:

@@ -25,8 +25,9 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_open, atomic_write_bytes
+from ..paths import data_dir
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+DATA_DIR = data_dir()  # data/ of the checkout or of the installed package (see minimistral/paths.py)
 CORPUS_PATH = DATA_DIR / "kjv.txt.gz"
 TOKENIZER_PATH = DATA_DIR / "tokenizer.model"
 TINY_MODEL_PATH = DATA_DIR / "tiny_mistral"

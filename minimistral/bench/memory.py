@@ -1,0 +1,39 @@
+"""Host memory as the operating system counts it: the process's anonymous resident memory (RssAnon from
+/proc/self/status: heap and copies, not the page cache that memory-mapped files use), and a background
+sampler of its peak. Used by the load benchmark and by the tests that bound a load's memory (Linux only)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+
+def rss_anon() -> int:
+    """Anonymous resident memory of this process in bytes (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status (memory is measured on Linux only)")
+
+
+class PeakSampler(threading.Thread):
+    """Samples RssAnon every `every` seconds in the background; .peak is the largest value seen.
+
+        sampler = PeakSampler(); sampler.start(); ...work...; peak = sampler.stop()
+    """
+
+    def __init__(self, every: float = 0.02):
+        super().__init__(daemon=True)
+        self.every, self.peak, self._done = every, rss_anon(), threading.Event()
+
+    def run(self):
+        while not self._done.is_set():
+            self.peak = max(self.peak, rss_anon())
+            time.sleep(self.every)
+
+    def stop(self) -> int:
+        self._done.set()
+        self.join()
+        self.peak = max(self.peak, rss_anon())
+        return self.peak
