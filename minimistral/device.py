@@ -249,8 +249,11 @@ DEVICE_CLASSES = [
 ]
 
 
-def plan_table(args, working: int = 0, classes=DEVICE_CLASSES) -> list[tuple[DeviceClass, Optional[Plan]]]:
-    """For each machine class: the setting recommend() picks for it (None: nothing fits)."""
+def plan_table(args, working: Optional[int] = None, classes=DEVICE_CLASSES) -> list[tuple[DeviceClass, Optional[Plan]]]:
+    """For each machine class: the setting recommend() picks for it (None: nothing fits). working: by default
+    the least notebook 11 needs (its long-prompt step at the smallest chunk)."""
+    if working is None:
+        working = long_prompt_working(args, picture_chunks(args)[-1])
     return [(c, recommend(args, torch.device(c.device_type), c.free, capability=c.capability, mps_bf16=c.mps_bf16,
                           working=working)) for c in classes]
 
@@ -271,3 +274,24 @@ def capture_bytes(args, queries: int, keys: int, dtype=torch.bfloat16, layers: i
     masked copy, the float32 softmax and the probabilities at once; the records are float16."""
     n = args.n_heads * queries * keys
     return n * (3 * dtype.itemsize + 4) + layers * n * 2
+
+
+def long_prompt_working(args, chunk: int, dtype=torch.bfloat16, captured_layers: int = 2) -> int:
+    """Notebook 11's largest step: a chunk of a long prompt prefilled through a full rolling cache (window +
+    chunk keys) while the attention of `captured_layers` layers is recorded."""
+    keys = (args.sliding_window or args.max_seq_len) + chunk
+    return max(prefill_bytes(args, chunk, dtype, keys), capture_bytes(args, chunk, keys, dtype, captured_layers))
+
+
+def picture_chunks(args) -> list[int]:
+    """The long-prompt chunk sizes notebook 11 tries, largest first: W/4, W/8, W/16."""
+    w = args.sliding_window or 4096
+    return [max(1, w // d) for d in (4, 8, 16)]
+
+
+def picture_chunk(args, p: Plan) -> int:
+    """The largest chunk whose long-prompt step fits beside the plan's weights and cache in its free memory."""
+    for chunk in picture_chunks(args):
+        if p.weights + p.cache + p.margin + long_prompt_working(args, chunk, p.dtype) <= (p.free or 0):
+            return chunk
+    return picture_chunks(args)[-1]
