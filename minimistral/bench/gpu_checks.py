@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     ok = True
-    if "gpu" not in opts.skip:  # first: the table issue 9 asks for
+    if "gpu" not in opts.skip:  # first: the decode/prefill table
         limit = left(540)
         ok &= _step("bench_gpu", [py, "-m", "minimistral.bench", "--gpu", "--budget", str(int(limit) - 40),
                                   "--json", str(out / "bench_gpu_h200.json")], out, limit,
