@@ -102,7 +102,8 @@ def grade_group(source_path: str, sub_paths: list[str]) -> list[Graded]:
                                   [Row(ex.id, "not run", "the file is not a readable notebook") for ex in exercises],
                                   0.0)
             continue
-        box = sb.Sandbox(zyg, slot, accounts[slot] if accounts else None, iso, opts["limits"], opts["hide"])
+        box = sb.Sandbox(zyg, slot, accounts[slot] if accounts else None, iso, opts["limits"], opts["hide"],
+                         opts.get("keep", []))
         s = Session(Path(path), box, opts)
         s.nb, s.flags, s.rows, s.t0 = nb, compare(source, exercises, nb), {}, time.monotonic()
         s.errors = _start(s)

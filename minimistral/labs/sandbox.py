@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import codec
+
 
 CG_NAME = "minimistral-grade"
 UID_BASE = 64000
@@ -118,9 +118,16 @@ def kill_account(uid: int, cgroups: list[str]):
                 pass
         if not left:
             return
-        if uid != os.getuid():
-            subprocess.run([sys.executable, "-S", "-c", "import os, signal; os.kill(-1, signal.SIGKILL)"],
-                           user=uid, capture_output=True)
+        if uid != os.getuid():  # kill(-1) as the account: every process it owns, whatever its session
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.setgroups([])
+                    os.setuid(uid)
+                    os.kill(-1, signal.SIGKILL)
+                finally:
+                    os._exit(0)
+            os.waitpid(pid, 0)
         for pid in left:
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -164,8 +171,9 @@ class SandboxDied(Exception):
 class Sandbox:
     """One submission's sandbox: runs its definitions, answers calls, counts its output, dies as a whole."""
 
-    def __init__(self, zygote: Zygote, slot: int, account, iso: Isolation, limits: dict, hide: list[str]):
-        self.zygote, self.slot, self.iso, self.limits, self.hide = zygote, slot, iso, limits, hide
+    def __init__(self, zygote: Zygote, slot: int, account, iso: Isolation, limits: dict, hide: list[str],
+                 keep: list[str] = ()):
+        self.zygote, self.slot, self.iso, self.limits, self.hide, self.keep = zygote, slot, iso, limits, hide, keep
         self.uid, self.gid = account if account else (None, None)
         self.pid = None
         self.flags: list[str] = []
@@ -215,7 +223,7 @@ class Sandbox:
         """Fork the sandbox and run the submission's definition cells in it; returns their errors."""
         self.cgroups = self._cgroups()
         lim = self.limits
-        cfg = {"namespaces": self.iso.namespaces, "hide": self.hide, "tmpfs_mb": lim["tmpfs_mb"],
+        cfg = {"namespaces": self.iso.namespaces, "hide": self.hide, "keep": list(self.keep), "tmpfs_mb": lim["tmpfs_mb"],
                "workdir": f"/tmp/work{self.slot}" if self.iso.namespaces else lim["workdir"],
                "uid": self.uid, "gid": self.gid, "cpu_s": lim["cpu_s"], "fsize_mb": lim["fsize_mb"],
                "memory_mb": lim["memory_mb"], "nproc": lim["nproc"], "cgroups": self.cgroups, "env": lim["env"]}
@@ -252,6 +260,7 @@ class Sandbox:
             self.flags.append(text)
 
     def request(self, msg: dict, timeout: float) -> dict:
+        from . import codec  # imports torch: only in the worker processes
         if self.pid is None:
             raise SandboxDied("the sandbox is not running")
         t0 = time.monotonic()
@@ -284,6 +293,7 @@ class Sandbox:
         return reply
 
     def _death_reason(self, e) -> str:
+        from . import codec
         if isinstance(e, codec.CodecError):
             self.flag(f"protocol: {e}")
             return f"the sandbox sent an unreadable reply ({e})"

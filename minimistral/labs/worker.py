@@ -43,6 +43,36 @@ def _mount(libc, src, target, fstype, flags, data=None):
         raise OSError(ctypes.get_errno(), f"mount {target}: {os.strerror(ctypes.get_errno())}")
 
 
+def _under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _hide(libc, hide: list[str], keep: list[str]):
+    """Put an empty read-only tmpfs over each folder in `hide`, except the folders in `keep` below them (Python
+    and the library, say under /root or /home), which are bind-mounted back in place, readable as before."""
+    hide = sorted(h for h in hide if os.path.isdir(h))
+    keep = sorted(k for k in keep if os.path.isdir(k) and any(_under(k, h) and k != h for h in hide))
+    staged = []
+    for n, k in enumerate(keep):  # a handle on each kept folder before its parent disappears
+        stage = f"/tmp/.mm-keep{n}"
+        os.makedirs(stage, mode=0o700)
+        _mount(libc, k, stage, None, MS_BIND | MS_REC)
+        staged.append(stage)
+    inner = [h for h in hide if any(_under(h, k) for k in keep)]  # e.g. the notebooks folder inside the repo
+    outer = [h for h in hide if h not in inner]
+    for h in outer:
+        _mount(libc, "tmpfs", h, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=0755")
+    for stage, k in zip(staged, keep):
+        os.makedirs(k, exist_ok=True)
+        _mount(libc, stage, k, None, MS_BIND | MS_REC)
+        libc.umount2(stage.encode(), 2)  # MNT_DETACH
+        os.rmdir(stage)
+    for h in outer:
+        _mount(libc, None, h, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    for h in inner:
+        _mount(libc, "tmpfs", h, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0555")
+
+
 def confine(cfg: dict):
     """In the forked child, as root: cgroups, namespaces, mounts, limits, then the unprivileged user."""
     os.setsid()
@@ -63,9 +93,7 @@ def confine(cfg: dict):
         for target in ("/tmp", "/var/tmp", "/dev/shm"):
             if os.path.isdir(target):
                 _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={mb}m,mode=1777")
-        for target in cfg.get("hide", []):  # an empty, read-only, root-owned folder in its place
-            if os.path.isdir(target):
-                _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "size=4k,mode=0555")
+        _hide(libc, cfg.get("hide", []), cfg.get("keep", []))
     work = cfg["workdir"]
     os.makedirs(work, exist_ok=True)
     if cfg.get("uid") is not None:
@@ -117,12 +145,32 @@ class Tracer:
             f = f.f_back
 
 
+STDLIB = os.path.dirname(os.__file__)
+
+
+def _by_student() -> bool:
+    """Whether the code that caused an audit event is the submission's own (through the standard library at
+    most), not a library it imported (matplotlib probing its fonts, say)."""
+    f = sys._getframe(2)
+    while f is not None:
+        name = f.f_code.co_filename
+        if name.startswith(CELL_PREFIX):
+            return True
+        if not (name.startswith("<frozen") or name.startswith(STDLIB) and "-packages" not in name):
+            return False
+        f = f.f_back
+    return False
+
+
 def serve(sock: socket.socket):
     """The sandbox's loop: run the student's definitions, then answer calls until the grader hangs up."""
     from . import codec
     audit: list[str] = []
+    own = [False]  # our own sys.setprofile calls are not suspicious
 
     def hook(event, args):
+        if own[0] or not _by_student():
+            return
         if event.startswith(AUDITED) and len(audit) < 50:
             audit.append(f"{event} {str(args)[:120]}")
         elif event == "open" and len(audit) < 50:
@@ -152,14 +200,20 @@ def serve(sock: socket.socket):
                 fn = ns.get(msg["name"])
                 if fn is None:
                     raise NameError(f"name {msg['name']!r} is not defined")
+                own[0] = True
                 sys.setprofile(tracer)
+                own[0] = False
                 try:
                     value = fn(*msg["args"], **msg["kwargs"])
                 finally:
+                    own[0] = True
                     sys.setprofile(None)
+                    own[0] = False
                 reply = {"value": value, "library": sorted(tracer.seen[CELL_PREFIX])}
         except BaseException as e:  # noqa: BLE001 -- KeyboardInterrupt (the grader's SIGINT) included
+            own[0] = True
             sys.setprofile(None)
+            own[0] = False
             reply = {"exc": type(e).__name__, "msg": str(e)[:500]}
         reply["audit"] = audit[:]
         audit.clear()
@@ -175,6 +229,8 @@ def zygote_main(fd: int):
     """Import what every sandbox needs, then fork one sandbox per request on the control socket."""
     import torch  # noqa: F401 -- imported here once, shared (copy-on-write) by every sandbox
     import minimistral  # noqa: F401
+    import numpy  # noqa: F401
+    import safetensors.torch  # noqa: F401
     from . import codec  # noqa: F401
     for name in ("config", "tokenizer", "norm", "rope", "attention", "mlp", "model", "cache", "generate"):
         try:
