@@ -98,22 +98,13 @@ def _grade(a) -> int:
             return 2
         print("Grading anyway (--allow-weak-isolation).", file=sys.stderr)
     subs = report.find_submissions(a.paths)
-    hide = {str(Path(x).resolve()) for x in [NOTEBOOKS_DIR, a.source or NOTEBOOKS_DIR, *a.hide]}
-    hide |= {h for h in ("/root", "/home", "/srv", "/mnt", "/media") if os.path.isdir(h)}  # people's files
-    hide |= {str(q.resolve().parent) for q in subs}
-    if a.csv:
-        hide.add(str(a.csv.resolve().parent))
-    pkg = Path(__file__).resolve().parents[1]
-    keep = sorted({str(pkg.parent), *(str(Path(x).resolve()) for x in (sys.prefix, sys.base_prefix))})
-    unsafe = sorted(h for h in hide if h in keep)  # hiding these would hide the library or Python
-    if unsafe:
-        print(f"warning: not hiding {', '.join(unsafe)} from the sandboxes (the library or Python lives there); "
-              "keep submissions and grades in a folder of their own", file=sys.stderr)
+    hide, keep = sandbox.visible_paths([NOTEBOOKS_DIR, a.source or NOTEBOOKS_DIR, *a.hide,
+                                        *(q.parent for q in subs), *([a.csv.parent] if a.csv else [])])
     jobs = max(1, a.jobs)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
     accounts = sandbox.ensure_accounts(jobs * a.max_alive) if iso.root else None
     opts = {"source": a.source, "jobs": jobs, "max_alive": a.max_alive, "full": a.full, "isolation": iso,
-            "accounts": accounts, "hide": sorted(set(hide) - set(unsafe)), "keep": keep, "threads": threads,
+            "accounts": accounts, "hide": hide, "keep": keep, "threads": threads,
             "timeout_cell": a.timeout_cell, "timeout_notebook": a.timeout_notebook,
             "limits": {"memory_mb": a.max_memory, "nproc": a.max_procs, "max_output": a.max_output,
                        "cpu_s": int(a.timeout_notebook) + 60, "fsize_mb": 256, "tmpfs_mb": 256,

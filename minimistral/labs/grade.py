@@ -196,6 +196,8 @@ class Session:
         except SandboxDied as e:
             raise RuntimeError(str(e)) from None
         if "exc" in reply:
+            if reply["exc"] == "MemoryError":
+                self.sandbox.flag(f"memory-limit: {name} ran out of memory")
             if reply["exc"] == "NameError" and f"'{name}'" in str(reply.get("msg")):
                 self.missing_name = True
             raise _student_exception(str(reply["exc"]), str(reply.get("msg", "")))

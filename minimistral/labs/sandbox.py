@@ -74,6 +74,25 @@ def probe() -> Isolation:
     return Isolation(root, ns, cg, problems)
 
 
+# Top-level folders a sandbox sees; every other one (/home, /root, /work, /opt, /srv, /var, /run, ...) is replaced
+# by an empty read-only tmpfs, so that no copy of the solutions anywhere on the machine can be read (a clone of
+# the repository, another course's folder). Python and the library are bind-mounted back in place.
+SYSTEM = {"usr", "lib", "lib32", "lib64", "libx32", "bin", "sbin", "etc", "dev", "proc", "sys", "tmp"}
+
+
+def visible_paths(extra_hide) -> tuple[list[str], list[str]]:
+    """(folders to hide, folders to keep readable below them)."""
+    hide = {f"/{d}" for d in os.listdir("/") if d not in SYSTEM and os.path.isdir(f"/{d}")
+            and not os.path.islink(f"/{d}")}
+    hide |= {str(Path(p).resolve()) for p in extra_hide}
+    pkg = Path(__file__).resolve().parents[1]
+    keep = {str(pkg), *(str(Path(x).resolve()) for x in (sys.prefix, sys.base_prefix, sys.exec_prefix))}
+    if (pkg.parent / "data").is_dir():  # the course's data (no solutions in it), next to the package
+        keep.add(str(pkg.parent / "data"))
+    keep |= {str(Path(p).resolve()) for p in sys.path if p and "-packages" in p and os.path.isdir(p)}
+    return sorted(h for h in hide if h not in keep), sorted(keep)
+
+
 def ensure_accounts(n: int) -> list[tuple[int, int]]:
     """(uid, gid) of n unprivileged accounts, one per sandbox alive at once, created with useradd if missing."""
     out = []
@@ -250,6 +269,10 @@ class Sandbox:
                 return
             self.out_bytes += len(chunk)
             self.output = (self.output + chunk)[-4000:]
+            if b"] " in chunk:
+                from .checks import parse_verdicts
+                for tag, x, _ in parse_verdicts(bytes(self.output[-len(chunk) - 200:]).decode(errors="replace")):
+                    self.flag(f"suspicious: printed a verdict line itself ([{tag}] {x})")
             if self.out_bytes > self.limits["max_output"]:
                 self.flag(f"output-limit: printed more than {self.limits['max_output']:,} bytes")
                 self.kill()
@@ -264,6 +287,7 @@ class Sandbox:
         if self.pid is None:
             raise SandboxDied("the sandbox is not running")
         t0 = time.monotonic()
+        nonce = msg["nonce"] = os.urandom(8).hex()  # a reply must answer this request, not be planted earlier
         try:
             codec.send(self.sock, codec.encode(msg))
             self.sock.settimeout(max(0.5, timeout))
@@ -282,6 +306,8 @@ class Sandbox:
             reply = codec.decode(data)
             if not isinstance(reply, dict):
                 raise codec.CodecError("a reply that is not a dict")
+            if reply.get("nonce") != nonce:
+                raise codec.CodecError("a reply to another request (a forged message on the result socket)")
         except (OSError, EOFError, codec.CodecError) as e:
             why = self._death_reason(e)
             self.kill()
