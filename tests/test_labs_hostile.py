@@ -230,7 +230,7 @@ def test_hostile_submissions_graded_with_honest_ones(tmp_path, monkeypatch):
     assert not list(source.parent.glob("planted*")) and not list(out.glob("planted*"))
     assert "/proc/" in flags["tampers_other"]
     assert "protocol" in flags["forges_result"] or "died" in flags["forges_result"]
-    assert "died" in flags["kills_runner"] and by["kills_runner", "99.2 answer"]["result"] == "pass"
+    assert "os.kill (-1, 9)" in flags["kills_runner"] and by["kills_runner", "99.2 answer"]["result"] == "pass"
     assert "/dev/shm" in flags["fills_shm"]
     assert "os.fork" in flags["fork_bomb"]
     assert "memory-limit" in flags["memory_hog"]
