@@ -52,15 +52,13 @@ def student_notebook(nb, where: str = ""):
         for i in ex.solution_cells + [ex.check_cell]:
             nb.cells[i].outputs = []
             nb.cells[i].execution_count = None
-    return nb
-
-    for ex in find_exercises(nb, where):
         for i in ex.solution_cells:  # the student must see the stub they are to fill in
             jup = nb.cells[i].metadata.get("jupyter", {})
             jup.pop("source_hidden", None)
             if not jup:
                 nb.cells[i].metadata.pop("jupyter", None)
     return nb
+
 
 LOCAL_REF = re.compile(r"!\[[^\]]*\]\(([^)\s]+)|<img[^>]*\bsrc=[\"']([^\"']+)")
 
