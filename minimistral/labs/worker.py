@@ -268,9 +268,16 @@ def zygote_main(fd: int):
     import safetensors.torch  # noqa: F401
     import minimistral.labs.checks  # noqa: F401 -- so that patching it shows
     from . import codec  # noqa: F401
-    for name in ("config", "tokenizer", "norm", "rope", "attention", "mlp", "model", "cache", "generate"):
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    # What the course's notebooks import, once here rather than in every sandbox (imports after the fork would
+    # also need Python's files to be readable by the sandbox account, which they are, but cost a second each).
+    for name in ("minimistral.config", "minimistral.tokenizer", "minimistral.norm", "minimistral.rope",
+                 "minimistral.attention", "minimistral.mlp", "minimistral.model", "minimistral.cache",
+                 "minimistral.generate", "minimistral.train", "minimistral.train.corpus", "minimistral.viz",
+                 "torch.nn.functional", "matplotlib", "matplotlib.pyplot", "ipywidgets", "IPython.display",
+                 "sentencepiece", "mistral_common.tokens.tokenizers.sentencepiece"):
         try:
-            __import__(f"minimistral.{name}")
+            __import__(name)
         except Exception:
             pass
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
