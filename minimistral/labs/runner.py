@@ -34,6 +34,8 @@ def _zygote():
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": pkg_parent, "LANG": "C.UTF-8",
                "OMP_NUM_THREADS": _state["opts"]["threads"], "MKL_NUM_THREADS": _state["opts"]["threads"]}
         _state["zygote"] = sb.Zygote(env)
+        import atexit
+        atexit.register(_state["zygote"].close)
     return _state["zygote"]
 
 

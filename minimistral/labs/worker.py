@@ -280,7 +280,13 @@ def zygote_main(fd: int):
             __import__(name)
         except Exception:
             pass
-    signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # children are reaped by the kernel
+    def reap(*_):  # wait for finished sandboxes (so their CPU time is counted in ours, and no zombies stay)
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            pass
+    signal.signal(signal.SIGCHLD, reap)
     ctl = socket.socket(fileno=fd)
     while True:
         line = ctl.recv(1 << 16)
