@@ -85,10 +85,10 @@ def _definitions(python: str) -> str:
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             keep.append(node)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and not any(
-                isinstance(n, (ast.Call, ast.Await, ast.Lambda, ast.ListComp, ast.GeneratorExp))
-                for n in ast.walk(node.value)):
-            keep.append(node)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and all(
+                isinstance(n, (ast.Constant, ast.BinOp, ast.UnaryOp, ast.Tuple, ast.List, ast.Load, ast.operator,
+                               ast.unaryop)) for n in ast.walk(node.value)):
+            keep.append(node)  # a constant (W = 4096); anything computed comes from --full or the fallback
     return ast.unparse(ast.Module(body=keep, type_ignores=[])) if keep else ""
 
 
