@@ -1,31 +1,76 @@
 """Automatic checks for the course's exercises.
 
 Every exercise ends with one call here. It prints exactly one verdict line that starts with a fixed tag,
-so people read it and `python -m minimistral.labs grade` parses it:
+so people read it at a glance:
 
     [PASS] 02.1 rms_norm: matches the library on 5 cases
     [FAIL] 02.1 rms_norm: <a hint that does not give the answer away>
     [TODO] 02.1 rms_norm: not implemented yet
 
 Exercises are functions (the solution sits between `### BEGIN SOLUTION` and `### END SOLUTION`
-inside the body), so a stub that raises NotImplementedError still lets the notebook run. A check never raises, so a notebook with unsolved exercises still runs to the end.
+inside the body), so a stub that raises NotImplementedError is reported as [TODO].
+
+After printing a [FAIL] or [TODO] line the check raises `CheckFailed` (an AssertionError), so that nbgrader, which
+scores a test cell by whether it raises, gives an unsolved or wrong exercise zero with nothing to configure. Set
+MINIMISTRAL_CHECKS_RAISE=0 to only print (the verdict line and the return value stay the same).
+
+The verdict line has one writer (`verdict_line`) and one parser (`parse_verdicts`); everything else uses them.
+`python -m minimistral.labs grade` does not parse printed lines at all: it runs the instructor's check cells in
+its own process and collects the verdicts through `collect_verdicts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from typing import Any, Callable, Iterable, Optional
 
 import torch
 
 PASS, FAIL, TODO = "[PASS]", "[FAIL]", "[TODO]"
+VERDICT = re.compile(r"^\[(PASS|FAIL|TODO)\] (\d\d\.\d+ [^:\n]+): ?(.*)$", re.M)
+_sinks: list[list] = []  # the grader's collectors (see collect_verdicts)
+
+
+class CheckFailed(AssertionError):
+    """A check's verdict was [FAIL] or [TODO]; the line above the traceback says why."""
+
+
+def verdict_line(tag: str, exercise: str, message: str) -> str:
+    """The one writer of the verdict format: `[PASS] 02.1 rms_norm: message` (one line)."""
+    return f"{tag} {exercise}: {' '.join(str(message).split())}"
+
+
+def parse_verdicts(text: str) -> list[tuple[str, str, str]]:
+    """The one parser: every verdict line in `text` as (tag without brackets, exercise, message), in order."""
+    return VERDICT.findall(text)
+
+
+def raises() -> bool:
+    """Checks raise after a [FAIL]/[TODO] line unless MINIMISTRAL_CHECKS_RAISE is 0, false, no or off."""
+    return os.environ.get("MINIMISTRAL_CHECKS_RAISE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+@contextlib.contextmanager
+def collect_verdicts():
+    """Within this block, every verdict is also appended to the yielded list as (tag, exercise, message) and no
+    check raises (the grader reads the verdicts from the list, in its own process)."""
+    sink: list = []
+    _sinks.append(sink)
+    try:
+        yield sink
+    finally:
+        _sinks.remove(sink)
 
 
 def _report(tag: str, exercise: str, message: str) -> bool:
-    print(f"{tag} {exercise}: {message}")
-    if tag != PASS and os.environ.get("MINIMISTRAL_CHECKS_RAISE"):
-        # nbgrader scores a test cell by whether it raises: `MINIMISTRAL_CHECKS_RAISE=1 nbgrader autograde ...`
-        raise AssertionError(f"{exercise}: {message}")
+    print(verdict_line(tag, exercise, message))
+    if _sinks:
+        _sinks[-1].append((tag.strip("[]"), exercise, " ".join(str(message).split())))
+        return tag == PASS
+    if tag != PASS and raises():
+        raise CheckFailed(f"{exercise}: {message}")
     return tag == PASS
 
 
