@@ -99,7 +99,7 @@ def test_lists_and_strings(capsys):
     ok, out = verdict(capsys, "99.6 ids", lambda s: list(s.encode())[:1], lambda s: list(s.encode()), [("é",)])
     assert "returned a list of 1, expected 2 elements" in out
     ok, out = verdict(capsys, "99.7 text", lambda: "helo", "hello", _fn=check_value)
-    assert "differs from character 3 on, and it is shorter" in out and "hello" not in out
+    assert "differs from character 3 on, and it is shorter (yours there: 'o')" in out and "hello" not in out
 
 
 def test_a_raising_answer_names_the_case(capsys):

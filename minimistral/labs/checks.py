@@ -191,7 +191,7 @@ def _mismatch(got, want, atol: float, rtol: float) -> Optional[str]:
             return None
         first = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
         size = "" if len(got) == len(want) else f", and it is {'longer' if len(got) > len(want) else 'shorter'}"
-        return f"the string differs from character {first} on{size}"
+        return f"the string differs from character {first} on{size} (yours there: {got[first:first + 12]!r})"
     try:
         same = got == want
         same = bool(same.all()) if hasattr(same, "all") else bool(same)
