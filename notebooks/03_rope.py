@@ -449,7 +449,7 @@ def draw_clock(position=100, log10_theta=4.0):
     bound = ph.cumsum(-1).abs().mean(-1)  # the RoPE paper's relative upper bound
     ax2.plot(d, bound / bound[0], color="#C44E52", lw=1.5)
     ax2.axvline(position, color="#C44E52", ls=":", lw=1, label=f"distance {position}")
-    ax2.legend(fontsize=9)
+    ax2.legend(fontsize=9, loc="upper right")
     ax2.set_xscale("symlog", linthresh=10)
     ax2.set_ylim(0, 1.05)
     ax2.set_xlim(0, 4096)
@@ -501,6 +501,33 @@ _ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=
         "(pair 0) hold? Then look at the last column, and at the dtype")
 
 # %% [markdown]
+# ## Exercise 03.2: rotate interleaved pairs
+#
+# Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape `(T, D/2)`, using complex
+# numbers this time (`torch.view_as_complex`, `torch.polar`, `torch.view_as_real`), or real arithmetic if
+# you prefer. Return the same shape and dtype as `x`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex03_2_rope_interleaved-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, H, D/2)
+    rot = torch.polar(torch.ones_like(angles), angles)[None, :, None, :]  # (1, T, 1, D/2)
+    return torch.view_as_real(z * rot).flatten(-2).type_as(x)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex03_2_rope_interleaved-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+gen = torch.Generator().manual_seed(3)
+_ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, cases=[
+    (torch.randn(1, 4, 1, 8, generator=gen), rope_angles(torch.arange(4), 8)),
+    (torch.randn(2, 6, 4, 128, generator=gen), rope_angles(torch.arange(100, 106), 128)),  # later positions
+    (torch.randn(1, 3, 2, 2, generator=gen), rope_angles(torch.arange(3), 2)),  # head_dim 2: one pair
+    (torch.randn(1, 5, 8, 64, generator=gen).bfloat16(), rope_angles(torch.arange(5), 64)),  # bf16 in, bf16 out
+], atol=1e-2, rtol=1e-2,
+   hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
+        "the output keeps the pairs interleaved, and x's dtype")
+
+# %% [markdown]
 # ## Exercise 03.3: which pairs are slow?
 #
 # Above we read off that, for Mistral 7B, "from pair 45 up, a full turn takes more than 4,000 tokens". Turn
@@ -533,33 +560,6 @@ _ = check_function("03.3 first_slow_pair", first_slow_pair, slow_pair_by_countin
            "head_dim 32, n_tokens just above the period of pair 8"],
    hint="write pair i's period as a function of i and solve 'period > n_tokens' for i; mind the two ends of the "
         "range and whether a period equal to n_tokens counts")
-
-# %% [markdown]
-# ## Exercise 03.2: rotate interleaved pairs
-#
-# Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape `(T, D/2)`, using complex
-# numbers this time (`torch.view_as_complex`, `torch.polar`, `torch.view_as_real`), or real arithmetic if
-# you prefer. Return the same shape and dtype as `x`.
-
-# %% nbgrader={"grade": false, "grade_id": "ex03_2_rope_interleaved-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    ### BEGIN SOLUTION
-    z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, H, D/2)
-    rot = torch.polar(torch.ones_like(angles), angles)[None, :, None, :]  # (1, T, 1, D/2)
-    return torch.view_as_real(z * rot).flatten(-2).type_as(x)
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex03_2_rope_interleaved-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-gen = torch.Generator().manual_seed(3)
-_ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, cases=[
-    (torch.randn(1, 4, 1, 8, generator=gen), rope_angles(torch.arange(4), 8)),
-    (torch.randn(2, 6, 4, 128, generator=gen), rope_angles(torch.arange(100, 106), 128)),  # later positions
-    (torch.randn(1, 3, 2, 2, generator=gen), rope_angles(torch.arange(3), 2)),  # head_dim 2: one pair
-    (torch.randn(1, 5, 8, 64, generator=gen).bfloat16(), rope_angles(torch.arange(5), 64)),  # bf16 in, bf16 out
-], atol=1e-2, rtol=1e-2,
-   hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
-        "the output keeps the pairs interleaved, and x's dtype")
 
 # %% [markdown]
 # ## Summary
