@@ -87,7 +87,7 @@ def test_masks_name_the_first_wrong_entry(capsys):
         j = torch.arange(t)[None, :]
         return (j <= i) & (j >= i - w)
     ok, out = verdict(capsys, "99.5 mask", off_by_one, ref, [(8, 3)])
-    assert not ok and "case 1 of 1 (t=8, w=3)" in out and "entries are wrong, the first at index (3, 0) (True there)" in out
+    assert not ok and "case 1 of 1 (t=8, w=3)" in out and "entries are wrong, the first at index (3, 0) (yours is True there)" in out
     ok, out = verdict(capsys, "99.5 mask", lambda t, w: ref(t, w).float(), ref, [(8, 3)])
     assert "returned dtype torch.float32, expected torch.bool" in out
 

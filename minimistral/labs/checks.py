@@ -106,8 +106,8 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: f
         first = _index(int(wrong.flatten().nonzero()[0]), want.shape)
         where = f"{int(wrong.sum())} of {want.numel()} entries are wrong, the first at index {first}"
         if want.dtype == torch.bool:
-            return f"{where} ({bool(got[first])} there)"
-        return f"{where} ({_how_far(int(got[first]), int(want[first]))} there)"
+            return f"{where} (yours is {bool(got[first])} there)"
+        return f"{where} (yours is {_how_far(int(got[first]), int(want[first]))} there)"
     g, w = got.detach().to(torch.complex128 if want.is_complex() else torch.float64), \
         want.detach().to(torch.complex128 if want.is_complex() else torch.float64)
     if not torch.isfinite(g).all() and torch.isfinite(w).all():
