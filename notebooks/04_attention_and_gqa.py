@@ -258,7 +258,7 @@ for layer, ph in recorded.items():  # what each head does on average, over the q
 
 # %%
 chosen = [(1, 5, "previous-token head"), (2, 1, "repeated word: back to its earlier copy"),
-          (3, 0, "often parks on <s>")]
+          (3, 0, "parks on <s> or the last punctuation")]
 fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
 for ax, (layer, head, job) in zip(axes, chosen):
     im = ax.imshow(recorded[layer][head].numpy(), cmap="Blues", vmin=0, vmax=1)
@@ -277,12 +277,13 @@ plt.show()
 #   the token right before it (0.81 of the mass on average, printed above). Such heads let the next layer
 #   know which word came before.
 # - **Layer 2, head 1**: the second `▁light` (row 13) puts most of its attention on the first one
-#   (column 8); the second `▁there` (row 11) gives the first `▁there` (column 6) more than any other word
-#   (only `<s>` gets more). Only RoPE (notebook 03) lets a head tell the two copies apart.
-# - **Layer 3, head 0** puts nearly all of the first rows, and much of `:` and `.`, on `<s>`, the first
-#   token: when a head has nothing useful to fetch, softmax still has to put its probability somewhere, and
-#   trained models commonly park it on the first token (an "attention sink"; notebook 11 looks for them in
-#   the real 7B).
+#   (column 8), and so does `▁was` (row 12), the word just before it; the second `▁there` (row 11) gives the
+#   first `▁there` (column 6) more than any other word except `<s>`. Only RoPE (notebook 03) lets a head
+#   tell the two copies apart.
+# - **Layer 3, head 0**: the first rows go to `<s>`, later rows mostly to the latest punctuation mark (`,` at
+#   position 4, then `:` at 9). When a head has nothing useful to fetch, softmax still has to put its
+#   probability somewhere, and trained models commonly park it on the first token or on frequent markers
+#   ("attention sinks"; notebook 11 looks for them in the real 7B).
 #
 # Heads 0-3 of a layer read the same keys and values (K/V head 0) and heads 4-7 the other (section 4): the
 # grouping shares what the heads *read*, not where they look.
