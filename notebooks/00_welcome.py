@@ -66,6 +66,40 @@
 # runs submitted notebooks and tabulates their checks.
 
 # %% [markdown]
+# ## The model on one page
+#
+# Before any code, the whole architecture, drawn by code from the same `ModelArgs` the library builds
+# (so every shape on it is exact). On the left the whole model, on the right one of its 32 blocks opened up.
+# Each later notebook starts with a strip showing which piece of this picture it builds.
+
+# %%
+import matplotlib.pyplot as plt
+
+import minimistral as mm
+from minimistral.viz.map import model_diagram
+
+fig = model_diagram(mm.ModelArgs.mistral_7b())
+plt.show()
+
+# %% [markdown]
+# Read it top to bottom, following one token:
+#
+# - The tokenizer turns text into ids (notebook 01); the embedding table turns each id into a vector of
+#   `dim` = 4,096 numbers (02).
+# - **The residual stream** is that vector as it travels up the model: one `(dim,)` vector per token, the
+#   thick blue line on the right. No block replaces it. Each block *reads* it (through an RMSNorm, 02),
+#   computes something, and *adds* its result back: `x = x + attention(norm(x))`, then
+#   `x = x + mlp(norm(x))`, the two ⊕ on the line. So after block $\ell$ the stream holds the embedding plus
+#   the sum of everything blocks $1..\ell$ wrote into it, and every block can read what any earlier one
+#   wrote. The name comes from this picture: a stream that every block taps and feeds.
+# - Attention is the only place where tokens exchange information. Queries and keys get their positions
+#   by rotation (RoPE, 03: on q and k only, never on v); 32 query heads share 8 key/value heads (GQA, 04);
+#   the mask lets a token see itself and at most the 4,095 tokens before it (the sliding window, 05).
+# - The MLP (SwiGLU, 06) works on each token separately and holds most of the parameters.
+# - After the last block a final RMSNorm and the output head turn the stream into one score per
+#   vocabulary entry: the logits for the next token (07), which generation samples from (09).
+
+# %% [markdown]
 # ## Setup check
 #
 # The versions you run (your numbers will differ from the stored ones, which is fine) and the
@@ -120,7 +154,7 @@ meaning = {
     "norm_eps": "epsilon inside RMSNorm",
     "sliding_window": "keys each query attends to (itself included)",
     "rope_theta": "base of the rotary position frequencies",
-    "max_seq_len": "longest context the model was configured for",
+    "max_seq_len": "positions the released config allows (the paper trained on 8,192)",
     "dtype": "dtype the weights are published in",
 }
 print(f"{'field':<15} {'value':>10}   meaning")
@@ -136,6 +170,12 @@ for field, value in args.to_dict().items():
 #   (grouped-query attention, notebook 04).
 # - `n_heads * head_dim = 4096 = dim`: the heads together are as wide as the residual stream. (Mistral's
 #   code does not require this; `head_dim` is its own field.)
+#
+# One number needs care: `max_seq_len` = 32,768 is what the released configuration allows (Hugging Face's
+# `max_position_embeddings`), not the context the model was trained for: the Mistral 7B paper's Table 1
+# lists `context_len` = **8,192** tokens. Positions beyond that are not covered by the paper's training
+# setup, so nothing guarantees the model uses them well. The 32,768-token figures below are about memory, which the
+# config allows, not about quality.
 #
 # Two traps for anyone loading v0.1 with other tools, both pinned by the library's tests: Hugging
 # Face's `MistralConfig` defaults to `rms_norm_eps=1e-6` (v0.1 uses `1e-5`), and `mistral-inference`
@@ -233,8 +273,10 @@ for seq_len in [4096, 32768]:
     print(f"{seq_len:>7,} " + " ".join(f"{b / GiB:>8.2f} GiB" for b in row))
 
 # %% [markdown]
-# At 32,768 tokens a full GQA cache takes 4 GiB per sequence; the rolling buffer keeps it at
-# 0.5 GiB, **8× less**, and MHA would need 16 GiB, more than the weights themselves.
+# At 32,768 tokens (the configured limit, four times the paper's 8,192-token training context) a full GQA
+# cache takes 4 GiB per sequence; the rolling buffer keeps it at 0.5 GiB, **8× less**, and MHA would need
+# 16 GiB, more than the weights themselves. At the training context of 8,192 tokens the rolling buffer saves
+# 2×, not 8×.
 
 # %%
 seq = torch.arange(0, 32769, 256)
@@ -351,12 +393,68 @@ print(f"{args.n_layers} x {per_layer:,} + {rest:,} = {args.n_layers * per_layer 
 assert args.n_layers * per_layer + rest == args.num_params()
 
 # %% [markdown]
+# ## Exercise 00.2: the memory bill of a config nobody printed
+#
+# A colleague sends you a `params.json` (a dict with the keys `dim`, `n_layers`, `head_dim`, `hidden_dim`,
+# `n_heads`, `n_kv_heads`, `vocab_size` and `sliding_window`, which may be `None`: no window) and asks how
+# much GPU memory serving it takes. Complete `serving_bytes(params, batch_size, seq_len, bytes_per_number)`:
+# the bytes for **all the weights** plus a **rolling KV cache** for `batch_size` sequences of `seq_len`
+# tokens each, every number stored in `bytes_per_number` bytes. Return an `int`.
+#
+# Nothing above computes exactly this: the configs in the check are not Mistral 7B, some have no window,
+# some have `head_dim` different from `dim // n_heads`. Think about what a rolling buffer keeps when the
+# sequence is shorter than the window, and what it keeps when there is no window at all.
+
+# %% nbgrader={"grade": false, "grade_id": "ex00_2_serving_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def serving_bytes(params: dict, batch_size: int, seq_len: int, bytes_per_number: int) -> int:
+    ### BEGIN SOLUTION
+    d, L, h, F, V = (params[k] for k in ("dim", "n_layers", "head_dim", "hidden_dim", "vocab_size"))
+    H, K, W = params["n_heads"], params["n_kv_heads"], params["sliding_window"]
+    per_layer = 2 * d * H * h + 2 * d * K * h + 3 * d * F + 2 * d  # wq wo, wk wv, w1 w2 w3, two norms
+    weights = L * per_layer + 2 * V * d + d  # untied embedding and head, final norm
+    kept = seq_len if W is None else min(seq_len, W)  # a rolling buffer never holds more than W tokens
+    cache = batch_size * kept * 2 * L * K * h  # keys and values, per layer, per K/V head
+    return (weights + cache) * bytes_per_number
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex00_2_serving_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def reference_serving_bytes(params, batch_size, seq_len, bytes_per_number):
+    a = mm.ModelArgs.from_params_json({**params, "norm_eps": 1e-5})
+    kept = seq_len if a.sliding_window is None else min(seq_len, a.sliding_window)
+    return (a.num_params() + batch_size * kept * a.kv_bytes_per_token("float32") // 4) * bytes_per_number
+
+
+def config(dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, vocab_size, sliding_window):
+    return dict(dim=dim, n_layers=n_layers, head_dim=head_dim, hidden_dim=hidden_dim, n_heads=n_heads,
+                n_kv_heads=n_kv_heads, vocab_size=vocab_size, sliding_window=sliding_window)
+
+
+_ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes, cases=[
+    (config(4096, 32, 128, 14336, 32, 8, 32000, 4096), 1, 32768, 2),
+    (config(5120, 40, 128, 14336, 32, 8, 131072, None), 8, 8192, 2),
+    (config(3072, 28, 128, 8192, 24, 8, 128256, 8192), 16, 100, 4),
+    (config(2048, 24, 64, 5632, 32, 1, 50000, 2048), 4, 10000, 1),
+    (config(256, 4, 32, 768, 8, 2, 4096, 128), 3, 1000, 4),
+], labels=[
+    "Mistral 7B, one 32,768-token sequence, 2 bytes",
+    "40 layers of dim 5,120, no window, 8 sequences of 8,192 tokens, 2 bytes",
+    "dim 3,072 with 24 heads of 128 (head_dim != dim // n_heads), window 8,192, 16 prompts of 100 tokens, 4 bytes",
+    "multi-query (1 K/V head), window 2,048, 4 sequences of 10,000 tokens, 1 byte",
+    "the course's tiny model, window 128, 3 sequences of 1,000 tokens, 4 bytes",
+], hint="weights: every layer, plus an embedding table and a separate output head; cache: what one token "
+        "costs in each layer, times the tokens the rolling buffer keeps, times the sequences")
+
+# %% [markdown]
 # ## Summary
 # - Mistral 7B is 32 pre-norm blocks of width 4096, with 32 query heads over 8 key/value heads, a
 #   SwiGLU MLP of width 14336, RoPE with $\theta = 10^4$, and a sliding window of 4096 tokens.
 # - Its 7,241,732,096 parameters are 78 % MLP, 19 % attention, 3.6 % embeddings and output head.
 # - In bf16 the weights take 14.48 GB (13.49 GiB); the KV cache costs 128 KiB per token thanks to
 #   GQA (MHA: 512 KiB), and the rolling buffer caps it at 0.5 GiB per sequence.
+# - The model was trained on 8,192-token sequences; its config allows 32,768 positions.
+# - The residual stream is the per-token vector that runs through all 32 blocks; each block reads it
+#   through an RMSNorm and adds its attention and MLP outputs back to it.
 # - The meta device builds the whole model with its true shapes and no memory.
 #
 # ## What's next

@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 01 · The tokenizer: BPE with byte fallback
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("01")
+plt.show()
+
+# %% [markdown]
 #
 # A language model never sees characters. It sees integers, **token ids**, each naming one of the
 # 32,000 **pieces** in its vocabulary. Mistral 7B uses a [sentencepiece](https://github.com/google/sentencepiece)
@@ -27,7 +37,9 @@
 # - How BPE encodes: apply the learned merges, best-ranked first. We write the encoder from scratch in
 #   twenty lines and check it against sentencepiece, then check the library against **mistral-common**,
 #   Mistral's own tokenizer package.
-# - How many tokens a character costs in English, French, code, Chinese and emoji.
+# - How many tokens the same sentence costs in English, French, German, Russian and Chinese, and what code,
+#   numbers and emoji cost.
+# - The course's **running example**, one sentence we follow through the trained model in notebooks 02-07.
 # - How to train a small tokenizer with exactly Mistral's options, how it compares with the real one,
 #   and how BPE training itself works (a from-scratch trainer that reproduces sentencepiece's merges).
 #
@@ -42,7 +54,6 @@ import tempfile
 from pathlib import Path
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import sentencepiece as spm
 from IPython.display import HTML, display
 
@@ -126,6 +137,33 @@ print("decoded back:", tok.decode(llama_ids))
 ids = tok.encode("Bonjour !", bos=True, eos=True)
 print(ids, [tok.id_to_piece(i) for i in ids])
 print(repr(tok.decode(ids)))
+
+# %% [markdown]
+# ## The running example
+#
+# From here to notebook 07 we follow one sentence through a real, trained model:
+
+# %%
+RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
+
+# %% [markdown]
+# The model is `data/tiny_mistral`: Mistral's architecture at a small size (4 layers, `dim` 256, 8 query heads
+# over 2 K/V heads, a window of 128), trained in notebook 10 on the King James Bible. It has its own tokenizer,
+# the same kind as Mistral's (sentencepiece BPE with byte fallback and the same options) but with 4,096
+# pieces learned from that corpus. Both split our sentence into the same 14 pieces: every word of it is
+# common enough to be a piece of its own in either vocabulary, only the ids differ.
+
+# %%
+from minimistral.train import corpus
+
+kjv = mm.Tokenizer(corpus.TOKENIZER_PATH)  # the tiny model's tokenizer (the model itself comes in 02)
+example_ids = kjv.encode(RUNNING_EXAMPLE, bos=True)
+print(f"{kjv.vocab_size:,}-piece KJV tokenizer: {len(example_ids)} ids (BOS first)")
+print("   " + " ".join(f"{kjv.id_to_piece(i)}|{i}" for i in example_ids))
+print(f"Mistral's {tok.vocab_size:,}-piece tokenizer:")
+print("   " + " ".join(f"{tok.id_to_piece(i)}|{i}" for i in tok.encode(RUNNING_EXAMPLE, bos=True)))
+assert kjv.pieces(RUNNING_EXAMPLE) == tok.pieces(RUNNING_EXAMPLE)
+assert kjv.decode(example_ids) == RUNNING_EXAMPLE
 
 # %% [markdown]
 # ## How BPE encodes, from scratch
@@ -250,30 +288,35 @@ text_box.observe(lambda change: setattr(token_view, "value", render_tokens(chang
 display(widgets.VBox([text_box, token_view]))
 
 # %% [markdown]
-# ## What a character costs, language by language
+# ## What a sentence costs, language by language
 #
 # Mistral has not published what its tokenizer was trained on, but the vocabulary shows it: more than
-# nine in ten merges are plain ASCII (counted below). The same sentence costs more tokens in other
-# scripts, and emoji outside the vocabulary cost four bytes each: a budget of 4,096 tokens is a lot of
-# English and much less Chinese.
+# nine in ten merges are plain ASCII (counted below). What matters for the model's budget (the window,
+# the cache, the compute) is **tokens per message**, so we compare the *same two sentences* translated into
+# each language. Tokens per character would mislead: a Chinese character carries far more meaning than a
+# Latin letter, so Chinese looks six times dearer per character but is much less than that per sentence.
 
 # %%
 samples = {
     "English": "The quick brown fox jumps over the lazy dog. Language models read text as a sequence of tokens.",
-    "French": "Le renard brun rapide saute par-dessus le chien paresseux. Les modèles de langue lisent des jetons.",
-    "German": "Der schnelle braune Fuchs springt über den faulen Hund. Sprachmodelle lesen Text als Token.",
+    "French": "Le renard brun rapide saute par-dessus le chien paresseux. Les modèles de langage lisent le texte "
+              "comme une suite de jetons.",
+    "German": "Der schnelle braune Fuchs springt über den faulen Hund. Sprachmodelle lesen Text als eine Folge von Token.",
+    "Russian": "Быстрая бурая лиса перепрыгивает через ленивую собаку. Языковые модели читают текст как "
+               "последовательность токенов.",
+    "Chinese": "敏捷的棕色狐狸跳过了懒狗。语言模型把文本读成一串词元。",
+}
+others = {  # not translations: what other kinds of text cost per character
     "Python": "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
     "numbers": "3.14159 2.71828 1.41421 6.02214e23 299792458 1234567890",
-    "Russian": "Быстрая бурая лиса перепрыгивает через ленивую собаку.",
-    "Chinese": "敏捷的棕色狐狸跳过了懒狗。语言模型把文本读成一串词元。",
     "emoji": "🦙🚀🎉😀👍🌍🔥💡🧠🤖",
 }
-per_char = {}
-print(f"{'text':<8} {'chars':>5} {'tokens':>6} {'tokens/char':>11}")
-for name, text in samples.items():
-    n_tok = len(tok.encode(text, bos=False))
-    per_char[name] = n_tok / len(text)
-    print(f"{name:<8} {len(text):>5} {n_tok:>6} {per_char[name]:>11.3f}")
+n_tokens = {name: len(tok.encode(text, bos=False)) for name, text in {**samples, **others}.items()}
+english = n_tokens["English"]
+print(f"{'text':<8} {'chars':>5} {'tokens':>6} {'x English':>9} {'tokens/char':>11}")
+for name, text in {**samples, **others}.items():
+    vs = f"{n_tokens[name] / english:9.2f}" if name in samples else " " * 9
+    print(f"{name:<8} {len(text):>5} {n_tokens[name]:>6} {vs} {n_tokens[name] / len(text):>11.2f}")
 merges = [tok.id_to_piece(i) for i in range(259, first_char)]
 ascii_merges = sum(all(c == "▁" or ord(c) < 128 for c in p) for p in merges)
 print(f"merges made only of ASCII characters (and '▁'): {ascii_merges:,} of {len(merges):,} "
@@ -285,12 +328,14 @@ lengths = [len(tok.id_to_piece(i)) for i in range(tok.vocab_size)
            if not (tok.is_byte(i) or tok.sp.is_control(i) or i == tok.unk_id)]
 
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.2, 1]})
-names = sorted(per_char, key=per_char.get)
-bars = ax1.barh(names, [per_char[n] for n in names], color="#4C72B0")
+names = sorted(samples, key=n_tokens.get)
+bars = ax1.barh(names, [n_tokens[n] for n in names], color="#4C72B0")
 for bar, n in zip(bars, names):
-    ax1.text(bar.get_width() + 0.02, bar.get_y() + bar.get_height() / 2, f"{per_char[n]:.2f}", va="center", fontsize=9)
-ax1.set_xlabel("tokens per character (lower is cheaper)")
-ax1.set_title("Mistral v1 tokenizer: cost of a character")
+    ax1.text(bar.get_width() + 0.4, bar.get_y() + bar.get_height() / 2,
+             f"{n_tokens[n]}  ({n_tokens[n] / english:.1f}x)", va="center", fontsize=9)
+ax1.set_xlim(0, 1.25 * max(n_tokens[n] for n in samples))
+ax1.set_xlabel("tokens for the same two sentences (lower is cheaper)")
+ax1.set_title("Mistral v1 tokenizer: cost of one message")
 ax2.hist(lengths, bins=range(1, 18), color="#55A868", edgecolor="white", align="left")
 ax2.set_xlabel("piece length (characters)")
 ax2.set_ylabel("pieces in the vocabulary")
@@ -299,6 +344,12 @@ for ax in (ax1, ax2):
     ax.spines[["top", "right"]].set_visible(False)
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# The same message costs 1.7 times as many tokens in Chinese as in English here, 1.5 times in German, 1.9 in
+# French and 2.0 in Russian: a 4,096-token window holds about half as much Russian as English. Per character
+# the picture is different (Chinese 1.41 tokens per character against 0.23 for English) but it compares
+# unequal things. Digits cost one token each, and each emoji outside the vocabulary costs four byte tokens.
 
 # %% [markdown]
 # ## Training a small tokenizer with Mistral's options
@@ -480,6 +531,46 @@ _ = check_function(
          "becomes one piece per UTF-8 byte")
 
 # %% [markdown]
+# ## Exercise 01.3: decode from scratch
+#
+# Write `decode_ids(ids)`, the inverse of `encode`, using only `tok.id_to_piece(i)` and `tok.is_byte(i)`
+# (not `tok.decode` or sentencepiece's decoder). It must return exactly what `tok.decode(ids)` returns for
+# any ids that `encode` produced, BOS and EOS included. Everything you need is somewhere in this notebook:
+# what `▁` stands for, what `encode` adds at the very start of a text, what the control tokens are, and how
+# characters outside the vocabulary were written. Try your function on `"Привет 🦙"` before running the check.
+
+# %% nbgrader={"grade": false, "grade_id": "ex01_3_decode_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def decode_ids(ids: list[int]) -> str:
+    ### BEGIN SOLUTION
+    out, pending = [], bytearray()  # pending: consecutive byte pieces, decoded together
+    for i in ids:
+        if i in (tok.bos_id, tok.eos_id):  # control tokens are not text
+            continue
+        if tok.is_byte(i):
+            pending.append(i - 3)
+            continue
+        if pending:
+            out.append(pending.decode("utf-8"))
+            pending = bytearray()
+        out.append(tok.id_to_piece(i))
+    if pending:
+        out.append(pending.decode("utf-8"))
+    text = "".join(out).replace("▁", " ")
+    return text[1:] if text.startswith(" ") else text  # the dummy prefix encode added
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex01_3_decode_ids-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+decode_texts = ["Hello world", "  two leading spaces", "🦙 and 😀", "x = 𝔘 + ж", "The year 2024 🦙!",
+                RUNNING_EXAMPLE, "a  b   c"]
+_ = check_function(
+    "01.3 decode_ids", decode_ids, tok.decode,
+    cases=[(tok.encode(t, bos=True, eos=n % 2 == 0),) for n, t in enumerate(decode_texts)],
+    labels=[f"the ids of {t!r}, BOS{' and EOS' if n % 2 == 0 else ''} included" for n, t in enumerate(decode_texts)],
+    hint="check three things: which ids are not text at all, how a run of byte pieces becomes characters, and "
+         "which single space encode invented")
+
+# %% [markdown]
 # ## Summary
 # - Mistral's tokenizer is sentencepiece BPE with 32,000 pieces: 3 special tokens, 256 bytes, 31,741
 #   learned pieces. `▁` marks a space, digits are always single tokens, and characters outside the
@@ -487,8 +578,11 @@ _ = check_function(
 # - Encoding replays the learned merges, best score first; our 20-line `bpe_encode` gives the same ids
 #   as sentencepiece, and `mm.Tokenizer` gives the same ids as Mistral's `mistral-common`.
 # - Prompts start with BOS (id 1); EOS (id 2) ends a document and stops generation.
-# - Tokens per character vary a lot by language: 0.23 for our English sample, 1.41 for Chinese (six
-#   times more), about 1 for numbers, and 4 per emoji outside the vocabulary.
+# - The same two sentences cost 22 tokens in English, 1.5 to 2.0 times as many in the other languages
+#   (38 in Chinese: 1.7x); per character the comparison misleads. Digits are one token each and an emoji
+#   outside the vocabulary four.
+# - The running example, `"And God said, Let there be light: and there was light."`, is 14 pieces in both
+#   Mistral's tokenizer and the tiny model's 4,096-piece one.
 # - A tokenizer trained with the same options on a few paragraphs learns the same kind of pieces, only
 #   far fewer; byte fallback keeps it lossless on any text. Our 30-line BPE trainer finds exactly the
 #   same merges, in the same order.
