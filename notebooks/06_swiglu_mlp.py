@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 06 · The SwiGLU feed-forward network
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("06")
+plt.show()
+
+# %% [markdown]
 # After attention has mixed information *between* positions, every block of Mistral 7B runs a
 # feed-forward network (MLP) on each position *separately*. It is the simplest part of the model and the
 # biggest: most of the parameters and most of the arithmetic per token sit here. Mistral uses the
@@ -507,6 +516,10 @@ _share_cases = [(mm.ModelArgs.mistral_7b(), 0.75, 256), (mm.ModelArgs.mistral_7b
                 (mm.ModelArgs(dim=5120, n_layers=40, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
                               vocab_size=131072), 0.85, 128)]
 _ = check_function("06.3 hidden_for_share", my_hidden_for_share, _share_reference, cases=_share_cases,
+                   labels=["Mistral 7B's shapes, share 0.75, multiples of 256", "Mistral 7B's shapes, share 0.9, multiples of 256",
+                           "tiny preset with 1 K/V head of 48 (head_dim != dim // n_heads), share 0.7, multiple_of=1",
+                           "ModelArgs.tiny(): dim 256, 8 query and 2 K/V heads of 32, share 0.6, multiple_of=1",
+                           "dim 5,120, 32 query heads of 128 (head_dim != dim // n_heads), 8 K/V heads, share 0.85, multiples of 128"],
                    hint="write the MLP's share as a function of hidden_dim, with each attention matrix at its real "
                         "shape, then find where it first reaches `share`; the answer must be a multiple of multiple_of")
 

@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 08 · The KV cache and Mistral's rolling buffer
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("08")
+plt.show()
+
+# %% [markdown]
 # A language model writes one token at a time, and each new token needs the keys and values of every
 # token before it (in its window). Recomputing them at every step is wasteful; keeping them is the
 # **KV cache**. Mistral's sliding window lets the cache be a fixed-size ring of $W$ slots: the

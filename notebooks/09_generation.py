@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 09 · Generation: from logits to text
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("09")
+plt.show()
+
+# %% [markdown]
 # The model of notebook 07 returns, at every position, one score (a *logit*) per vocabulary entry. To
 # write text we turn the last position's logits into a probability distribution, pick one token from
 # it, append it, and repeat, reusing the KV cache of notebook 08. *How* we pick is the subject here.

@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 10 · Training a tiny Mistral on the CPU
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("10")
+plt.show()
+
+# %% [markdown]
 # Everything so far ran on random weights, or on the real 7B that needs a GPU. Here we **train** a
 # Mistral ourselves: the same architecture as the 7B (grouped-query attention, a sliding window shorter
 # than the context, RoPE, SwiGLU, RMSNorm), shrunk to a few million parameters, on a text small enough
