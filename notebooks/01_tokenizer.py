@@ -507,8 +507,8 @@ _ = check_function(
     "01.1 decode_byte_pieces", decode_byte_pieces, lambda pieces: tok.decode([tok.piece_to_id(p) for p in pieces]),
     cases=[(as_byte_pieces("🦙"),), (as_byte_pieces("A"),), (as_byte_pieces("\n"),), ([],),
            (as_byte_pieces("é, ж, 中 and 𝔘"),), (as_byte_pieces(" leading space"),)],
-    hint="each '<0xNN>' holds one byte written as two hexadecimal digits (base 16); collect all the bytes "
-         "first and decode them together, since one character can take up to four of them")
+    hint="in which base are the two digits of '<0xNN>' written? And can each byte be turned into text on its "
+         "own, when one character may take up to four of them?")
 
 # %% [markdown]
 # ## Exercise 01.2: byte-fallback ids

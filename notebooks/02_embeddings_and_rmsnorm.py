@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 02 · Embeddings and RMSNorm
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("02")
+plt.show()
+
+# %% [markdown]
 #
 # The tokenizer gave us integers. The model's first layer turns each one into a vector of 4,096
 # numbers by looking up a row of a table, the **embedding**. Before every attention and every MLP,
@@ -22,6 +32,8 @@
 #
 # ## What you will learn
 # - Why an embedding lookup is a matrix product with a one-hot vector, and why nobody computes it that way.
+# - What a *trained* embedding table looks like: the running example's vectors in the tiny model, and
+#   their nearest neighbours (`said` sits next to `saying`, `And` next to `But`).
 # - What RMSNorm keeps and what it drops from LayerNorm (mean-centering and the bias), and why that is cheaper.
 # - How to build RMSNorm from scratch, and check it against `minimistral` and `torch.nn.RMSNorm`.
 # - Why Mistral computes the norm in float32 even when the model runs in bfloat16, shown with numbers:
@@ -34,7 +46,6 @@
 # %%
 import math
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,6 +53,7 @@ from torch import nn
 import minimistral as mm
 from minimistral.labs.checks import check_function
 from minimistral.norm import RMSNorm, rms_norm
+from minimistral.train import corpus
 
 torch.manual_seed(0)
 tok = mm.Tokenizer.mistral_v1()
@@ -84,19 +96,75 @@ print("one-hot @ E == E[ids] == nn.Embedding(ids)")
 # 1.3 \times 10^8$ multiply-adds; the lookup reads 4,096 numbers (8 KiB in bf16).
 #
 # Mistral does **not** tie the embedding to the output head: `output` is a second, independent
-# $32000 \times 4096$ matrix (notebook 00 counted both). A picture of the vectors our sentence becomes
-# (random at initialisation; training is what gives them meaning):
+# $32000 \times 4096$ matrix (notebook 00 counted both).
+#
+# ## A trained table: the running example
+#
+# The table above is random: a picture of it would show noise. What training puts in it shows in the
+# tiny Mistral the course ships (`data/tiny_mistral`, trained in notebook 10 on the King James Bible, with
+# `dim` 256 and its own 4,096-piece tokenizer). Here is our running example from notebook 01 going in.
 
 # %%
-pieces = [tok.id_to_piece(i) for i in ids[0].tolist()]
-fig, ax = plt.subplots(figsize=(9, 3.2))
-im = ax.imshow(by_lookup[0].detach().numpy(), cmap="RdBu_r", vmin=-2.5, vmax=2.5, aspect="auto")
-ax.set_yticks(range(len(pieces)), pieces)
-ax.set_xlabel("embedding dimension (16 here; 4,096 in the 7B)")
-ax.set_title("each token id selects one row of the embedding table")
-fig.colorbar(im, ax=ax, fraction=0.03)
+RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
+tiny, kjv = corpus.load_tiny_model()  # (model, tokenizer); float32, CPU
+E = tiny.tok_embeddings.weight.detach()  # (4096, 256)
+example_ids = kjv.encode(RUNNING_EXAMPLE, bos=True)
+labels = [kjv.id_to_piece(i) for i in example_ids]
+vectors = E[example_ids]  # (15, 256): one row per token
+print("table:", tuple(E.shape), " running example:", len(example_ids), "tokens ->", tuple(vectors.shape))
+
+# %%
+unit = F.normalize(vectors, dim=-1)
+cosine = unit @ unit.T  # (15, 15)
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1.5, 1]})
+lim = float(vectors.abs().max())
+im = ax1.imshow(vectors.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
+ax1.set_yticks(range(len(labels)), labels, fontsize=9)
+ax1.set_xlabel("embedding dimension (256 in the tiny model; 4,096 in the 7B)")
+ax1.set_title("the running example's rows of the trained table", fontsize=10)
+fig.colorbar(im, ax=ax1, fraction=0.03)
+im2 = ax2.imshow(cosine.numpy(), cmap="viridis", vmin=-0.2, vmax=1)
+ax2.set_xticks(range(len(labels)), labels, rotation=90, fontsize=9)
+ax2.set_yticks(range(len(labels)), labels, fontsize=9)
+ax2.set_title("cosine similarity between them", fontsize=10)
+fig.colorbar(im2, ax=ax2, fraction=0.046)
 plt.tight_layout()
 plt.show()
+for x, y in [("▁be", "▁was"), ("<s>", "."), ("▁And", "▁and")]:
+    print(f"cosine({x}, {y}) = {cosine[labels.index(x), labels.index(y)]:.2f}")
+
+# %% [markdown]
+# The rows of `▁there` and of `▁light` appear twice, identical: a lookup knows nothing about where a
+# token stands (position comes in notebook 03). Most pairs of different tokens are nearly orthogonal
+# (cosine near 0, the dark background), the normal state of vectors in 256 dimensions. Two pairs stand
+# out: `▁be` and `▁was` (two forms of one verb), and `<s>` and `.` (the start of a text and the end of a
+# sentence: after either, a new sentence begins).
+#
+# Where training put each token shows best in its **nearest neighbours**: the rows of the whole table
+# with the highest cosine similarity to it. A random table has no neighbours worth the name; the trained
+# one groups words by how they are used.
+
+# %%
+def neighbours(table, piece, k=5):
+    unit_table = F.normalize(table, dim=-1)
+    sims = unit_table @ unit_table[kjv.piece_to_id(piece)]  # (4096,)
+    top = sims.topk(k + 1)  # the first is the token itself
+    return [(kjv.id_to_piece(j), s) for s, j in zip(top.values.tolist()[1:], top.indices.tolist()[1:])]
+
+
+random_table = torch.randn_like(E)
+for piece in ["▁And", "▁said", "▁Let", "▁was", "▁there", "▁God"]:
+    trained = ", ".join(f"{p} {s:.2f}" for p, s in neighbours(E, piece))
+    rand = ", ".join(f"{p}" for p, _ in neighbours(random_table, piece, k=3))
+    print(f"{piece:<8} trained: {trained}")
+    print(f"{'':<8} random:  {rand}")
+
+# %% [markdown]
+# The trained neighbours are the same word in another form (`said`: `Saying`, `saying`, `say`), words with
+# the same job in a sentence (`And`: `But`, `So`, `Then`; `was`: `been`, `were`), or the same word
+# capitalised. The random table's neighbours are arbitrary, with cosines near 0. Nobody told the model
+# any grammar: it learned these rows only from predicting the next token. (`▁God`'s neighbours are weaker:
+# a word used in so many contexts has no close substitutes in a small model.)
 
 # %% [markdown]
 # ## RMSNorm against LayerNorm
@@ -352,7 +420,7 @@ print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", 
 #
 # Implement Mistral's RMSNorm as a function: `x` of any shape `(..., dim)` and dtype, `weight` of shape
 # `(dim,)`. The result has `x`'s shape and dtype. The check runs it on several shapes and dtypes,
-# including bf16 input and a large fp16 input that only survives with the float32 upcast.
+# including bf16 input and a large fp16 input. A warm-up: the formula is above; 02.3 asks for more.
 
 # %% nbgrader={"grade": false, "grade_id": "ex02_1_rms_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -363,23 +431,17 @@ def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex02_1_rms_norm-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def with_dtype(fn):  # the check compares values; returning the dtype as well makes it compare dtypes too
-    def wrapped(x, weight, eps):
-        y = fn(x, weight, eps)
-        return y, str(y.dtype)
-    return wrapped
-
-
 gen = torch.Generator().manual_seed(2)
-_ = check_function("02.1 rms_norm", with_dtype(my_rms_norm), with_dtype(rms_norm), cases=[
+_ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
     (torch.randn(4, 8, generator=gen), torch.ones(8), 1e-5),
     (torch.randn(2, 3, 16, generator=gen), torch.randn(16, generator=gen), 1e-6),
     (torch.zeros(3, 8), torch.ones(8), 1e-5),  # all zeros: eps keeps it finite
     (torch.randn(2, 5, 64, generator=gen).bfloat16() * 50, torch.randn(64, generator=gen).bfloat16(), 1e-5),
     (torch.randn(1, 4096, generator=gen).half() * 300, torch.ones(4096).half(), 1e-5),  # squares overflow fp16
 ], atol=1e-3, rtol=1e-2,
-   hint="the mean of squares runs over the last dimension only; do the arithmetic in float32 and go "
-        "back to x's dtype before the gain, so the output has x's dtype and large fp16 inputs survive")
+   hint="which dimension does the mean run over? If only the low-precision cases fail, ask in which dtype "
+        "each step of your formula runs, what 300 squared is in fp16, and at which step the reference code "
+        "above changes dtype")
 
 # %% [markdown]
 # ## Exercise 02.2: LayerNorm, for contrast
@@ -402,7 +464,46 @@ _ = check_function("02.2 layer_norm", my_layer_norm,
     (torch.randn(4, 8, generator=gen), torch.ones(8), torch.zeros(8), 1e-5),
     (torch.randn(2, 3, 32, generator=gen) * 10 + 5, torch.randn(32, generator=gen), torch.randn(32, generator=gen), 1e-5),
     (torch.full((2, 16), 3.0), torch.ones(16), torch.zeros(16), 1e-5),  # constant input: variance 0
-], hint="mean and variance over the last dim with keepdim=True; the variance divides by d (unbiased=False)")
+], hint="two statistics over the last dimension, each kept broadcastable against x; check how "
+        "torch.nn.functional.layer_norm defines the variance (n or n - 1 in the denominator?)")
+
+# %% [markdown]
+# ## Exercise 02.3: the embedding's gradient
+#
+# Training changes the table through its gradient. Given the token ids `ids` (shape `(B, T)`) and the
+# gradient `grad_out` of the loss with respect to the looked-up vectors (shape `(B, T, dim)`), return the
+# gradient with respect to the whole table: a `(vocab_size, dim)` tensor in `grad_out`'s dtype. Do not
+# call autograd: derive it from the one-hot form $\mathbf{h} = \mathbf{e}_i^\top E$ at the top of this
+# notebook. Then think about the running example, where `▁there` and `▁light` occur twice.
+
+# %% nbgrader={"grade": false, "grade_id": "ex02_3_embedding_grad-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def embedding_grad(ids: torch.Tensor, grad_out: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    dim = grad_out.shape[-1]
+    grad = torch.zeros(vocab_size, dim, dtype=grad_out.dtype)
+    # row i collects the gradient of every position that looked it up: repeated tokens add up
+    return grad.index_add_(0, ids.reshape(-1), grad_out.reshape(-1, dim))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex02_3_embedding_grad-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def autograd_embedding_grad(ids, grad_out, vocab_size):  # the reference: let autograd do it
+    table = torch.zeros(vocab_size, grad_out.shape[-1], dtype=grad_out.dtype, requires_grad=True)
+    F.embedding(ids, table).backward(grad_out)
+    return table.grad
+
+
+g2 = torch.Generator().manual_seed(23)
+_ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_grad, cases=[
+    (torch.tensor([[5, 2, 7]]), torch.randn(1, 3, 4, generator=g2), 10),
+    (torch.tensor([example_ids]), torch.randn(1, len(example_ids), 8, generator=g2), kjv.vocab_size),
+    (torch.tensor([[1, 1, 1, 1]]), torch.ones(1, 4, 3), 4),
+    (torch.tensor([[3, 0], [0, 3], [9, 9]]), torch.randn(3, 2, 5, generator=g2), 12),
+    (torch.tensor([[4, 2, 4]]), torch.randn(1, 3, 6, generator=g2, dtype=torch.float64), 7),
+], labels=["three different tokens", "the running example (two tokens repeat)", "one token four times",
+           "a batch of 3 sequences with repeats", "float64 gradients"],
+   hint="which rows of the table did the forward pass read, and how many times each? Think of the gradient "
+        "of the one-hot product, and of what should happen to a row read twice")
 
 # %% [markdown]
 # ## Summary
@@ -413,6 +514,8 @@ _ = check_function("02.2 layer_norm", my_layer_norm,
 #   instead of $2d$; it keeps each vector's direction and fixes its RMS to 1 (times the gain).
 # - Mistral computes it in float32 and casts back before the gain. Without that, fp16 overflows once
 #   entries reach 256, and bf16 loses precision, badly so if a kernel accumulates in bf16.
+# - The gradient of a lookup goes back to the rows that were read, summed over every position that read
+#   them (02.3); trained rows group words by use, as the running example's nearest neighbours showed.
 # - Our `MyRMSNorm` equals `minimistral.norm.RMSNorm` and `torch.nn.RMSNorm`; from now on we use the library's.
 #
 # ## What's next

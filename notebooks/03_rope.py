@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 03 · RoPE: positions as rotations
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("03")
+plt.show()
+
+# %% [markdown]
 #
 # Attention compares every query with every key by a dot product, and a dot product does not care
 # where the two tokens are. Something has to tell the model that "dog bites man" is not "man bites dog".
@@ -30,6 +40,9 @@
 #   **rotate-half**; the per-head permutation of `wq` and `wk` that turns one into the other, proved
 #   numerically to give identical attention scores.
 # - The relative-position property, seen as a heatmap constant along its diagonals, and asserted.
+# - What RoPE changes for the running example in the trained tiny model: without it, the two `light`s
+#   and the two `there`s are indistinguishable to attention.
+# - What the "long-term decay" of the RoPE paper is (a bound, not the score of typical vectors).
 #
 # ## What you need
 # - A laptop CPU, under 1 GB of RAM, under a minute. No GPU.
@@ -39,7 +52,6 @@
 import math
 
 import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
 from IPython.display import display
 
@@ -49,7 +61,7 @@ from minimistral.rope import (apply_rope_complex, apply_rope_rotate_half, permut
                               permute_to_rotate_half, rope_angles, rope_frequencies)
 
 torch.manual_seed(0)
-plt.rcParams["figure.dpi"] = 80  # this notebook's curves oscillate fast; 80 dpi keeps its stored images small
+plt.rcParams.update({"figure.dpi": 100, "font.size": 10})
 args = mm.ModelArgs.mistral_7b()
 print("head_dim", args.head_dim, " rope_theta", args.rope_theta, " pairs per head", args.head_dim // 2)
 
@@ -87,7 +99,7 @@ cmap = plt.get_cmap("viridis")
 for pos in range(8):
     r = rotate(q2, pos * omega)
     axes[0].annotate("", xy=r.tolist(), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=cmap(pos / 7), lw=2))
-    axes[0].text(*(1.12 * r).tolist(), f"m={pos}", fontsize=8, ha="center", va="center", color=cmap(pos / 7))
+    axes[0].text(*(1.12 * r).tolist(), f"m={pos}", fontsize=9, ha="center", va="center", color=cmap(pos / 7))
 axes[0].set_title(f"one query, rotated by m·ω (ω = {omega}) at positions 0-7", fontsize=10)
 for ax in axes:
     ax.set_xlim(-1.4, 1.4)
@@ -102,7 +114,7 @@ for (m, n), color in zip([(0, 2), (3, 5), (6, 8)], ["#4C72B0", "#DD8452", "#55A8
         axes[1].annotate("", xy=v.tolist(), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=color, lw=2, ls=style))
     axes[1].plot([], [], color=color, label=f"q at m={m}, k at n={n}: q·k = {float(qm @ kn):.4f}")
 axes[1].set_title("same n - m, same dot product (q solid, k dashed)", fontsize=10)
-axes[1].legend(fontsize=8, loc="lower left")
+axes[1].legend(fontsize=9, loc="lower left")
 plt.tight_layout()
 plt.show()
 
@@ -152,7 +164,7 @@ ax1.set_ylabel("cos(m ω_i)")
 ax1.set_title("each pair turns at its own speed")
 ax1.set_ylim(-1.1, 1.75)  # room for the legend above the curves
 ax1.set_yticks([-1, -0.5, 0, 0.5, 1])
-ax1.legend(fontsize=8, loc="upper center", ncol=2)
+ax1.legend(fontsize=9, loc="upper center", ncol=2)
 im = ax2.imshow(torch.cos(angles[:256]).T.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1, origin="lower",
                 interpolation="nearest")
 ax2.set_xlabel("position m")
@@ -292,30 +304,123 @@ print("every diagonal is constant: the score depends on n - m only")
 print("e.g. S[0, 5], S[20, 25], S[58, 63] =", [round(S[m, m + 5].item(), 4) for m in (0, 20, 58)])
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4), gridspec_kw={"width_ratios": [1, 1.4]})
-im = ax1.imshow(S.numpy(), cmap="RdBu_r", origin="upper")
-ax1.set_xlabel("key position n")
-ax1.set_ylabel("query position m")
-ax1.set_title("score(q at m, k at n): constant along diagonals")
-fig.colorbar(im, ax=ax1, fraction=0.046)
-# long range: score against relative distance, for q = k = ones (like the RoPE paper's long-term-decay figure)
-dist = torch.arange(0, 4097)
-ones = torch.ones(1, 1, 1, head_dim)
-k_far = apply_rope_complex(ones.expand(1, len(dist), 1, head_dim), rope_angles(dist, head_dim, args.rope_theta))[0, :, 0]
-q0 = ones[0, 0, 0]  # at position 0, rotation is the identity
-ax2.plot(dist, (k_far @ q0 / head_dim).numpy(), color="#4C72B0", lw=1)
-ax2.set_xscale("symlog", linthresh=10)
-ax2.set_xlabel("relative distance |m - n| (tokens, log scale past 10)")
-ax2.set_ylabel("q·k / head_dim (1 at distance 0)")
-ax2.set_title("q = k = ones: the score fades and wobbles with distance")
-ax2.spines[["top", "right"]].set_visible(False)
+fig, ax = plt.subplots(figsize=(6, 4.6))
+im = ax.imshow(S.numpy(), cmap="RdBu_r", origin="upper")
+ax.set_xlabel("key position n")
+ax.set_ylabel("query position m")
+ax.set_title("score(q at m, k at n): constant along diagonals")
+fig.colorbar(im, ax=ax, fraction=0.046)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The right panel is the "long-term decay" the RoPE paper points out: for aligned vectors the score is
-# largest at distance 0 and shrinks, with wiggles, as the fast pairs decorrelate. It is a tendency, not
-# a rule: trained queries and keys can use the slow pairs to attend far away.
+# ## What "long-term decay" means
+#
+# The RoPE paper (section 3.4.3) shows that RoPE has **long-term decay**, and this is easy to misread as
+# "scores fall with distance". What it proves is a *bound*. Write the score as a sum over the 64 pairs,
+# $\mathrm{Re}\sum_i h_i\, e^{\mathrm{i}\, r\omega_i}$ with $h_i$ the product of the query's and key's pair $i$ (as
+# complex numbers) and $r$ the distance. Summation by parts gives
+#
+# $$
+# |\text{score}(r)| \le \Big(\max_i |h_{i+1} - h_i|\Big) \sum_{j=1}^{d/2} |S_j(r)|,
+# \qquad S_j(r) = \sum_{k=0}^{j-1} e^{\mathrm{i}\, r\,\omega_k},
+# $$
+#
+# and the paper plots the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$, which does shrink with $r$.
+# Three different curves, all scaled to 1 at distance 0:
+#
+# - **the paper's bound** (the figure in the paper): how large the score *can* be, for queries and keys
+#   whose pair products $h_i$ change slowly from pair to pair;
+# - **q = k = all ones**, one such pair of vectors: its score is $\frac{1}{64}\sum_i \cos(r\omega_i)$, which
+#   fades and wobbles, and even goes negative;
+# - **random q and k**: the expected score is **0 at every distance**, distance 0 included, since rotating
+#   a random key gives another random key. Their spread (the band, ± one standard deviation over 2,000 pairs)
+#   does not change with distance either.
+#
+# So RoPE does not make far tokens score lower in general; it makes *aligned* (similar) vectors score
+# highest when close. Trained queries and keys can use the slow pairs to attend far away.
+
+# %%
+dist = torch.arange(0, 4097)
+freqs_d = rope_frequencies(head_dim, args.rope_theta).double()  # (64,)
+phases = torch.polar(torch.ones(len(dist), head_dim // 2, dtype=torch.float64), dist[:, None].double() * freqs_d)
+paper_bound = phases.cumsum(-1).abs().mean(-1)  # (1/(d/2)) sum_j |S_j(r)|
+ones_score = phases.real.mean(-1)  # q = k = ones: score / head_dim = mean_i cos(r w_i)
+gen_rand = torch.Generator().manual_seed(30)
+qs = torch.randn(2000, head_dim, generator=gen_rand)
+ks = torch.randn(2000, head_dim, generator=gen_rand)
+sample = torch.tensor([0, 1, 2, 3, 5, 8, 13, 20, 30, 50, 80, 130, 200, 300, 500, 800, 1300, 2000, 3000, 4096])
+k_rot = apply_rope_complex(ks[:, None, None, :].expand(2000, len(sample), 1, head_dim).contiguous(),
+                           rope_angles(sample, head_dim, args.rope_theta))[:, :, 0]  # (2000, 20, 128)
+rand_scores = torch.einsum("nd,nsd->ns", qs, k_rot) / head_dim  # q at 0, k at distance r
+mean, std = rand_scores.mean(0), rand_scores.std(0)
+print(f"random q, k: mean score / head_dim over 2,000 pairs, at distances 0..4096: "
+      f"between {mean.min():.2f} and {mean.max():.2f}; standard deviation {std.min():.2f} to {std.max():.2f}")
+
+fig, ax = plt.subplots(figsize=(10, 4.2))
+ax.plot(dist, (paper_bound / paper_bound[0]).numpy(), color="#C44E52", lw=2, label="the paper's relative upper bound")
+ax.plot(dist, ones_score.numpy(), color="#4C72B0", lw=1, label="q = k = ones")
+ax.fill_between(sample.numpy(), (mean - std).numpy(), (mean + std).numpy(), color="#55A868", alpha=0.25,
+                label="random q, k: ± one standard deviation")
+ax.plot(sample.numpy(), mean.numpy(), color="#55A868", lw=2, marker="o", ms=4, label="random q, k: mean score")
+ax.axhline(0, color="grey", lw=0.6)
+ax.set_xscale("symlog", linthresh=10)
+ax.set_xlim(0, 4096)
+ax.set_xlabel("relative distance |m - n| (tokens, log scale past 10)")
+ax.set_ylabel("relative to distance 0 (score / head_dim)")
+ax.set_title("long-term decay is a bound: random vectors score 0 on average at every distance")
+ax.legend(fontsize=9, loc="upper right")
+ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## The running example: what RoPE changes in a trained model
+#
+# In the tiny trained model (`data/tiny_mistral`, notebook 02), take the first layer's queries and keys for
+# our sentence. The query of the final `.` compares itself with every key. **Without** RoPE the score only
+# sees the token: the two `▁there` keys (positions 6 and 11) and the two `▁light` keys (8 and 13) come from
+# identical embeddings and get identical scores. **With** RoPE each key is rotated by its own position, so
+# the same word at two places scores differently: that is all the model knows about order.
+
+# %%
+from minimistral.train import corpus
+
+RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
+tiny, kjv = corpus.load_tiny_model()
+example_ids = kjv.encode(RUNNING_EXAMPLE, bos=True)
+labels = [kjv.id_to_piece(i) for i in example_ids]
+T_ex, a = len(example_ids), tiny.args
+attn0 = tiny.layers[0].attention
+with torch.no_grad():
+    h0 = tiny.layers[0].attention_norm(tiny.tok_embeddings(torch.tensor([example_ids])))  # (1, T, 256)
+    q_ex = attn0.wq(h0).view(1, T_ex, a.n_heads, a.head_dim)  # (1, T, 8, 32)
+    k_ex = attn0.wk(h0).view(1, T_ex, a.n_kv_heads, a.head_dim)  # (1, T, 2, 32)
+    ang_ex = rope_angles(torch.arange(T_ex), a.head_dim, a.rope_theta)
+    q_rot, k_rot_ex = apply_rope_complex(q_ex, ang_ex), apply_rope_complex(k_ex, ang_ex)
+head = 6
+group = head // (a.n_heads // a.n_kv_heads)  # the K/V head this query head reads (notebook 04)
+plain = (k_ex[0, :, group] @ q_ex[0, -1, head] / a.head_dim**0.5).numpy()  # (T,)
+rotated = (k_rot_ex[0, :, group] @ q_rot[0, -1, head] / a.head_dim**0.5).numpy()
+print(f"head {head}, query '.': the two '▁there' keys score {plain[6]:.2f} and {plain[11]:.2f} without RoPE, "
+      f"{rotated[6]:.2f} and {rotated[11]:.2f} with it")
+
+fig, ax = plt.subplots(figsize=(10, 3.8))
+xs = torch.arange(T_ex).numpy()
+for pair, colour in (((6, 11), "#DD8452"), ((8, 13), "#55A868")):
+    for p in pair:
+        ax.axvspan(p - 0.45, p + 0.45, color=colour, alpha=0.15, lw=0)
+ax.bar(xs - 0.2, plain, width=0.4, color="#999999", label="without RoPE")
+ax.bar(xs + 0.2, rotated, width=0.4, color="#4C72B0", label="with RoPE (the model)")
+ax.set_xticks(xs, [f"{lab}\n{n}" for n, lab in enumerate(labels)], fontsize=9)
+ax.axhline(0, color="grey", lw=0.6)
+ax.set_ylabel("score q·k / √32")
+ax.set_title(f"tiny model, layer 0, head {head}: the query of the final '.' against every key "
+             "(repeated words shaded)", fontsize=10)
+ax.legend(fontsize=9)
+ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
 #
 # ## Explore: position and θ
 #
@@ -336,19 +441,20 @@ def draw_clock(position=100, log10_theta=4.0):
     for a, r in zip(alpha[::7].tolist(), radius[::7].tolist()):
         ax1.plot([a, a], [0, r], color="grey", lw=0.6)
     ax1.set_yticklabels([])
-    ax1.set_xlabel("radius = pair index: fast pairs (red) inside, slow pairs (purple) outside", fontsize=8)
+    ax1.set_xlabel("radius = pair index: fast pairs (red) inside, slow pairs (purple) outside", fontsize=9)
     ax1.set_title(f"angle of each pair at position {position}, θ = 1e{log10_theta:g}", fontsize=10)
     ax2 = fig.add_subplot(1, 2, 2)
     d = torch.arange(0, 4097)
-    s = torch.cos(d[:, None] * fr[None, :]).mean(-1)  # q = k = ones: score / head_dim
-    ax2.plot(d, s, color="#4C72B0", lw=1)
+    ph = torch.polar(torch.ones(len(d), head_dim // 2, dtype=torch.float64), d[:, None].double() * fr.double()[None, :])
+    bound = ph.cumsum(-1).abs().mean(-1)  # the RoPE paper's relative upper bound
+    ax2.plot(d, bound / bound[0], color="#C44E52", lw=1.5)
     ax2.axvline(position, color="#C44E52", ls=":", lw=1, label=f"distance {position}")
-    ax2.legend(fontsize=8)
+    ax2.legend(fontsize=9, loc="upper right")
     ax2.set_xscale("symlog", linthresh=10)
-    ax2.set_ylim(-0.3, 1.05)
+    ax2.set_ylim(0, 1.05)
     ax2.set_xlim(0, 4096)
     ax2.set_xlabel("relative distance (tokens)")
-    ax2.set_title("score of q = k = ones against distance", fontsize=10)
+    ax2.set_title("the paper's bound on |score| against distance (1 at 0)", fontsize=10)
     plt.tight_layout()
     plt.show()
 
@@ -391,8 +497,8 @@ _ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=
     (torch.arange(4096), 128, 10000.0),
     (torch.tensor([0]), 2, 10000.0),  # a single pair, position 0
     (torch.tensor([5, 4096, 32767]), 128, 1e6),  # later Mistral models' theta, far positions
-], hint="build the head_dim/2 frequencies first (pair 0 turns by 1 radian per position), then multiply every "
-        "position by every frequency: torch.outer or broadcasting gives the (T, head_dim/2) table, in float32")
+], hint="check your table against the formula where it is easy: what should row 0 (position 0) and column 0 "
+        "(pair 0) hold? Then look at the last column, and at the dtype")
 
 # %% [markdown]
 # ## Exercise 03.2: rotate interleaved pairs
@@ -422,11 +528,48 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
         "the output keeps the pairs interleaved, and x's dtype")
 
 # %% [markdown]
+# ## Exercise 03.3: which pairs are slow?
+#
+# Above we read off that, for Mistral 7B, "from pair 45 up, a full turn takes more than 4,000 tokens". Turn
+# that into a function: return the **smallest pair index** $i$ whose rotation takes **more than** `n_tokens`
+# positions to make one full turn, for any `head_dim` and `theta`; return `head_dim // 2` if no pair is
+# that slow. Work it out from the formula for $\omega_i$ (a loop over pairs is allowed, but solving the
+# inequality is more instructive), and return an `int`. Pairs from this index on barely move within
+# `n_tokens` tokens: they carry position information only across longer distances.
+
+# %% nbgrader={"grade": false, "grade_id": "ex03_3_first_slow_pair-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def first_slow_pair(head_dim: int, theta: float, n_tokens: float) -> int:
+    ### BEGIN SOLUTION
+    # period_i = 2 pi theta^(2i/d) > n  <=>  i > d/2 * log(n / (2 pi)) / log(theta)
+    bound = head_dim / 2 * math.log(n_tokens / (2 * math.pi)) / math.log(theta)
+    return min(max(math.floor(bound) + 1, 0), head_dim // 2)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex03_3_first_slow_pair-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def slow_pair_by_counting(head_dim, theta, n_tokens):  # the reference: look at every pair's period
+    periods = 2 * math.pi / rope_frequencies(head_dim, theta).double()
+    return int((periods <= n_tokens).sum())  # periods grow with i, so this counts the fast pairs
+
+
+_ = check_function("03.3 first_slow_pair", first_slow_pair, slow_pair_by_counting, cases=[
+    (128, 10000.0, 4000), (128, 1e6, 4000), (64, 10000.0, 100), (128, 10000.0, 3),
+    (128, 10000.0, 1e6), (32, 10000.0, 1.001 * 2 * math.pi * 10000.0 ** 0.5),
+], labels=["Mistral 7B's heads, 4,000 tokens", "theta 1e6 (later Mistral models), 4,000 tokens",
+           "head_dim 64, 100 tokens", "3 tokens: faster than any pair", "a million tokens: slower than any pair",
+           "head_dim 32, n_tokens just above the period of pair 8"],
+   hint="write pair i's period as a function of i and solve 'period > n_tokens' for i; mind the two ends of the "
+        "range and whether a period equal to n_tokens counts")
+
+# %% [markdown]
 # ## Summary
 # - RoPE rotates each of a head's 64 pairs by $m\,\omega_i$, with $\omega_i = \theta^{-2i/128}$ and
 #   $\theta = 10^4$ for Mistral 7B v0.1: periods from 6.3 to about 54,000 tokens.
 # - Rotations preserve length, and the dot product of a rotated query and key depends only on $m - n$:
 #   relative position without any parameter. We saw the Toeplitz score matrix and asserted it.
+# - In the trained model, RoPE is what lets attention tell the running example's two `light`s apart.
+# - "Long-term decay" is the RoPE paper's upper bound on the score, which shrinks with distance; for random
+#   queries and keys the expected score is 0 at every distance.
 # - Mistral rotates interleaved pairs $(x_{2i}, x_{2i+1})$ as complex numbers; Hugging Face rotates
 #   $(x_i, x_{i+64})$ ("rotate-half") and compensates by permuting the rows of `wq` and `wk` per head.
 #   Both give identical scores; the library's loader handles the permutation.

@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 04 · Attention and grouped-query attention
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("04")
+plt.show()
+
+# %% [markdown]
 #
 # Attention is the only place in a transformer where tokens look at each other. Everything else
 # (embeddings, RMSNorm, the MLP) works on one position at a time. In this notebook we write attention
@@ -26,8 +36,10 @@
 # - Why the scale is $1/\sqrt{d}$ and not something else (measured, not asserted).
 # - The causal mask, and what it does to the scores and the probabilities (picture).
 # - Many heads: how one big projection is split into heads and merged back.
+# - Real attention heads: the running example through the trained tiny model, with a previous-token
+#   head, a head that finds the earlier copy of a repeated word, and heads that park on the first token.
 # - Grouped-query attention exactly as Mistral 7B does it: the projection shapes, which query head reads
-#   which key/value head (diagram), and the memory it saves in the KV cache (chart).
+#   which key/value head (diagram), and the memory it saves in the KV cache.
 # - That our from-scratch attention equals `minimistral`'s and PyTorch's fused
 #   `scaled_dot_product_attention`.
 #
@@ -38,14 +50,14 @@
 # %%
 import math
 
-import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
 from matplotlib.patches import FancyBboxPatch
 
 import minimistral as mm
 from minimistral.attention import attention_explicit, attention_sdpa, causal_mask, repeat_kv
-from minimistral.labs.checks import check_function, check_value
+from minimistral.labs.checks import check_function
+from minimistral.train import corpus
 
 torch.manual_seed(0)
 plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
@@ -54,7 +66,7 @@ plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.r
 # ## 1. One head, step by step
 #
 # Take a sequence of $T = 6$ token vectors of width 16 (in the real model: 4096, the residual stream
-# after RMSNorm). Attention first makes three different views of every token with three learned
+# after RMSNorm; notebook 00 defines the residual stream). Random numbers here: the point is the shapes. Attention first makes three different views of every token with three learned
 # matrices:
 #
 # - a **query** $q_i = x_i W_q$: what token $i$ is looking for,
@@ -217,18 +229,64 @@ print("scores:", tuple(s.shape), "-> per-head out:", tuple(o.shape), "-> merged:
 torch.testing.assert_close(o, attention_explicit(qh, kh, vh, causal_mask(T))[0])
 print("multi-head from scratch == attention_explicit")
 
+# %% [markdown]
+# ### Real heads: the running example in the trained tiny model
+#
+# Random weights give heads with nothing to read. The tiny model the course ships (`data/tiny_mistral`:
+# 4 layers of 8 query heads over 2 K/V heads, trained on the King James Bible) has heads that learned
+# jobs. We run our sentence through it and record every head's probabilities: each attention layer calls
+# `recorder(layer, probs, q_positions, k_positions)` when one is set, with `probs` of shape `(B, H, T, S)`.
+
 # %%
-fig, axes = plt.subplots(1, H, figsize=(12, 3.2), layout="constrained")
-for h, ax in enumerate(axes):
-    im = ax.imshow(p[0, h], cmap="Blues", vmin=0, vmax=1)
-    ax.set_title(f"head {h}")
-    ax.set_xlabel("key j")
-    ax.set_xticks(range(T))
-    ax.set_yticks(range(T))
-axes[0].set_ylabel("query i")
+RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
+tiny, kjv = corpus.load_tiny_model()
+example_ids = kjv.encode(RUNNING_EXAMPLE, bos=True)
+labels = [kjv.id_to_piece(i) for i in example_ids]
+recorded = {}
+for block in tiny.layers:
+    block.attention.recorder = lambda layer, probs, q_pos, k_pos: recorded.__setitem__(layer, probs[0].detach())
+with torch.no_grad():
+    tiny(torch.tensor([example_ids]))
+for block in tiny.layers:
+    block.attention.recorder = None
+print("recorded:", {layer: tuple(p.shape) for layer, p in recorded.items()}, " (heads, queries, keys)")
+for layer, ph in recorded.items():  # what each head does on average, over the queries that can do it
+    prev = torch.diagonal(ph, -1, dim1=-2, dim2=-1).mean(-1)  # mass on the previous token
+    first = ph[:, 1:, 0].mean(-1)  # mass on <s>, queries after the first
+    print(f"layer {layer}: previous token " + " ".join(f"{x:.2f}" for x in prev.tolist())
+          + "  |  <s> " + " ".join(f"{x:.2f}" for x in first.tolist()))
+
+# %%
+chosen = [(1, 5, "previous-token head"), (2, 1, "repeated word: back to its earlier copy"),
+          (3, 0, "parks on <s> or the last punctuation")]
+fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
+for ax, (layer, head, job) in zip(axes, chosen):
+    im = ax.imshow(recorded[layer][head].numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=9)
+    ax.set_yticks(range(len(labels)), labels, fontsize=9)
+    ax.set_title(f"layer {layer}, head {head}: {job}", fontsize=10)
+    ax.set_xlabel("key (attended to)")
+axes[0].set_ylabel("query (attending)")
 fig.colorbar(im, ax=axes, fraction=0.02, label="probability")
-fig.suptitle("Four heads, four different weightings of the same six tokens (random weights, batch item 0)")
 plt.show()
+
+# %% [markdown]
+# Reading the three heads (row = query, column = key, each row sums to 1, nothing above the diagonal):
+#
+# - **Layer 1, head 5** puts most of each row on the diagonal just below the main one: every token looks at
+#   the token right before it (0.81 of the mass on average, printed above). Such heads let the next layer
+#   know which word came before.
+# - **Layer 2, head 1**: the second `▁light` (row 13) puts most of its attention on the first one
+#   (column 8), and so does `▁was` (row 12), the word just before it; the second `▁there` (row 11) gives the
+#   first `▁there` (column 6) more than any other word except `<s>`. Only RoPE (notebook 03) lets a head
+#   tell the two copies apart.
+# - **Layer 3, head 0**: the first rows go to `<s>`, later rows mostly to the latest punctuation mark (`,` at
+#   position 4, then `:` at 9). When a head has nothing useful to fetch, softmax still has to put its
+#   probability somewhere, and trained models commonly park it on the first token or on frequent markers
+#   ("attention sinks"; notebook 11 looks for them in the real 7B).
+#
+# Heads 0-3 of a layer read the same keys and values (K/V head 0) and heads 4-7 the other (section 4): the
+# grouping shares what the heads *read*, not where they look.
 
 # %% [markdown]
 # Note the merge is **not** `o.reshape(B, T, H*D)` without the transpose: that would interleave tokens
@@ -402,28 +460,10 @@ for name, n_kv in variants.items():
     print(f"{name:<22}{rows[name][0] / KiB:>8.0f} KiB{rows[name][1] / GiB:>11.3f} GiB{rows[name][2] / GiB:>12.3f} GiB")
 print(f"weights of the whole model in bf16: {args7b.weight_bytes('bfloat16') / GiB:.2f} GiB")
 
-# %%
-fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
-names = list(variants)
-colours = ["tab:gray", "tab:blue", "tab:green"]
-titles = ["per token (KiB)", "4,096 tokens (GiB)", "32,768 tokens (GiB)"]
-scales = [KiB, GiB, GiB]
-for col, ax in enumerate(axes):
-    vals = [rows[n][col] / scales[col] for n in names]
-    bars = ax.bar(["MHA\n32", "GQA\n8", "MQA\n1"], vals, color=colours)
-    for bar, val in zip(bars, vals):
-        ax.text(bar.get_x() + bar.get_width() / 2, val, f"{val:g}", ha="center", va="bottom", fontsize=9)
-    ax.set_title(titles[col])
-    ax.set_ylim(0, max(vals) * 1.15)
-axes[2].axhline(args7b.weight_bytes() / GiB, color="tab:red", ls="--", lw=1)
-axes[2].text(2.45, args7b.weight_bytes() / GiB, "all weights (bf16)", color="tab:red", ha="right", va="bottom", fontsize=8)
-fig.suptitle("Mistral 7B's KV cache in bfloat16, batch 1, no window: K/V heads 32 vs 8 vs 1")
-plt.tight_layout()
-plt.show()
-
 # %% [markdown]
-# At 32,768 tokens a multi-head cache (16 GiB) would be larger than the model's weights (13.5 GiB); GQA
-# brings it to 4 GiB, for every sequence in a batch. The price is less freedom in the keys and values: the
+# At 32,768 tokens (the configured limit; the paper trained on 8,192) a multi-head cache (16 GiB) would be
+# larger than the model's weights (13.5 GiB); GQA brings it to 4 GiB, for every sequence in a batch.
+# Notebook 00 drew these curves against the sequence length, with the rolling buffer of notebook 05. The price is less freedom in the keys and values: the
 # GQA paper (on T5 models, not Mistral) reports quality close to MHA, a little above MQA, at a decoding
 # speed close to MQA's.
 #
@@ -447,7 +487,8 @@ def my_repeat_kv(x, n_rep):
 _ = check_function("04.1 repeat_kv", my_repeat_kv, repeat_kv,
                cases=[(torch.randn(1, 2, 3, 4), 4), (torch.randn(2, 8, 5, 16), 1), (torch.randn(1, 1, 2, 4), 8),
                       (torch.randn(3, 4, 1, 2), 2)],
-               hint="head g must appear n_rep times in a row (0,0,0,0,1,1,1,1,...), not tiled (0,1,0,1,...)")
+               hint="which K/V head must query head h read? Compare the head order your function gives with "
+                    "the two orders printed in section 4")
 
 # %% [markdown]
 # **04.2** Write causal attention for **one** head: `q, k, v` of shape `(T, D)` in, `(T, D)` out. Scale,
@@ -472,8 +513,8 @@ _ = check_function("04.2 causal_attention", my_causal_attention, reference_causa
                cases=[(torch.randn(1, 4), torch.randn(1, 4), torch.randn(1, 4)),
                       (torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)),
                       (10 * torch.randn(7, 3), 10 * torch.randn(7, 3), torch.randn(7, 3))],
-               hint="divide by sqrt(D) (the head size, q.shape[-1]); mask keys j > i before the softmax; "
-                    "softmax over the last axis (keys)")
+               hint="each row of probabilities belongs to one query and must sum to 1 over the keys it may "
+                    "see; check the scale against the head size, and which entries your mask removes")
 
 # %% [markdown]
 # **04.3** The KV cache in bytes of a model with `n_layers` layers, `n_kv_heads` K/V heads of size
@@ -495,7 +536,62 @@ def reference_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_
 _ = check_function("04.3 kv_cache_bytes", my_kv_cache_bytes, reference_kv_cache_bytes,
                cases=[(32, 8, 128, 1, 2), (32, 8, 128, 32768, 2), (32, 32, 128, 4096, 2), (32, 1, 128, 4096, 4),
                       (2, 2, 16, 10, 1)],
-               hint="a key AND a value per token, per layer, per K/V head (not per query head), head_dim numbers each")
+               hint="what exactly does the cache store for one token in one layer? Count the vectors, then "
+                    "their numbers, then their bytes")
+
+# %% [markdown]
+# **04.4 Grouped-query attention without copies.** `repeat_kv` materialises every K/V head `n_rep` times
+# (section 4). Write causal GQA that does not: `q` of shape `(B, H, T, D)`, `k` and `v` of shape
+# `(B, K, T, D)` with `H` a multiple of `K`, out `(B, H, T, D)`, where query head `h` reads K/V head
+# `h // (H // K)`. You may not use `repeat`, `repeat_interleave` or `expand` (the check disables them);
+# `view`/`reshape` of `q` and broadcasting in `@` or `einsum` are the tools. Think about which axis of a
+# reshaped `q` must line up with `k`'s head axis.
+
+# %% nbgrader={"grade": false, "grade_id": "ex04_4_gqa_no_copy-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def gqa_attention(q, k, v):
+    ### BEGIN SOLUTION
+    B, H, T, D = q.shape
+    K = k.shape[1]
+    qg = q.view(B, K, H // K, T, D)  # query heads grouped by the K/V head they read: h = g * (H // K) + r
+    scores = qg @ k[:, :, None].transpose(-2, -1) / math.sqrt(D)  # (B, K, H/K, T, T), k broadcast over r
+    scores = scores.masked_fill(~causal_mask(T), float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ v[:, :, None]  # (B, K, H/K, T, D)
+    return out.reshape(B, H, T, D)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex04_4_gqa_no_copy-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def without_copies(fn):
+    """fn with torch's head-copying helpers disabled while it runs."""
+    def refuse(*args, **kwargs):
+        raise RuntimeError("repeat, repeat_interleave and expand are disabled in 04.4: group the query heads instead")
+
+    def run(*args):
+        saved = torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.expand
+        torch.Tensor.repeat = torch.Tensor.repeat_interleave = torch.repeat_interleave = torch.Tensor.expand = refuse
+        try:
+            return fn(*args)
+        finally:
+            torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.expand = saved
+    run.__signature__ = __import__("inspect").signature(fn)
+    return run
+
+
+def reference_gqa(q, k, v):
+    return attention_explicit(q, k, v, causal_mask(q.shape[2]))[0]
+
+
+g4 = torch.Generator().manual_seed(44)
+_ = check_function("04.4 gqa_no_copy", without_copies(gqa_attention), reference_gqa, cases=[
+    (torch.randn(1, 8, 5, 16, generator=g4), torch.randn(1, 2, 5, 16, generator=g4), torch.randn(1, 2, 5, 16, generator=g4)),
+    (torch.randn(2, 6, 4, 8, generator=g4), torch.randn(2, 3, 4, 8, generator=g4), torch.randn(2, 3, 4, 8, generator=g4)),
+    (torch.randn(1, 4, 3, 8, generator=g4), torch.randn(1, 4, 3, 8, generator=g4), torch.randn(1, 4, 3, 8, generator=g4)),
+    (torch.randn(1, 4, 6, 8, generator=g4), torch.randn(1, 1, 6, 8, generator=g4), torch.randn(1, 1, 6, 8, generator=g4)),
+    (torch.randn(1, 4, 1, 8, generator=g4), torch.randn(1, 2, 1, 8, generator=g4), torch.randn(1, 2, 1, 8, generator=g4)),
+], labels=["8 query heads over 2 K/V heads", "batch 2, 6 query heads over 3 K/V heads (groups of 2)",
+           "4 over 4: plain multi-head", "4 over 1: multi-query", "a single token"],
+   hint="number the query heads of one group r = 0..n_rep-1 and the groups g = 0..K-1: which of (g, r) must "
+        "be the outer axis when you reshape q's H axis, so that the group axis meets k's head axis?")
 
 # %% [markdown]
 # ## Summary
@@ -506,7 +602,10 @@ _ = check_function("04.3 kv_cache_bytes", my_kv_cache_bytes, reference_kv_cache_
 # - Heads are slices of one projection: `view(B, T, H, D).transpose(1, 2)` to split, the reverse and a
 #   reshape to merge, then $W_o$ mixes them.
 # - Mistral 7B: 32 query heads, 8 K/V heads of the full head_dim 128; $W_k$, $W_v$ are $4096 \times 1024$;
-#   query head $h$ reads K/V head $\lfloor h/4 \rfloor$ (`repeat_interleave`, not `repeat`).
+#   query head $h$ reads K/V head $\lfloor h/4 \rfloor$ (`repeat_interleave`, not `repeat`, or no copy at all:
+#   group the query heads and broadcast, 04.4).
+# - The trained tiny model's heads have jobs: previous token, the earlier copy of a repeated word, a sink on
+#   the first token.
 # - The KV cache is 128 KiB per token in bf16: 4 GiB at 32,768 tokens instead of 16 GiB with MHA.
 # - Our attention equals `attention_explicit`, `attention_sdpa`, PyTorch's SDPA and the library's
 #   `Attention` layer.

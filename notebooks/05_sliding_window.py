@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 05 · Sliding-window attention
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("05")
+plt.show()
+
+# %% [markdown]
 #
 # With the causal mask of notebook 04, token 30,000 attends to all 30,000 tokens before it: the cost of a
 # new token and the size of the KV cache both grow with the length of the text. Mistral 7B limits every
@@ -25,6 +35,9 @@
 # - The W+1 off-by-one that real code shipped, and the one-line test that catches it.
 # - How far information can travel through stacked windowed layers (exactly, and where the 131,072 figure
 #   for Mistral 7B comes from), checked with gradients through a real model.
+# - Where a trained model's attention goes inside its window, how little reaches the window's edge, and
+#   why the window cannot simply be switched off in a model trained with it (the tiny model, on the
+#   chapter that holds our running example).
 # - What the window saves: attention work and KV memory against sequence length (log-log chart), and what
 #   it does not save unless the kernel skips the masked blocks.
 #
@@ -33,15 +46,14 @@
 # - A laptop CPU, under 1 GB of RAM, well under a minute. No GPU, no network.
 
 # %%
-import ipywidgets as widgets
-import matplotlib.pyplot as plt
 import torch
-from IPython.display import display
+import torch.nn.functional as F
 from matplotlib.colors import ListedColormap
 
 import minimistral as mm
 from minimistral.attention import attention_explicit, attention_mask, sliding_window_mask
 from minimistral.labs.checks import check_function
+from minimistral.train import corpus
 
 torch.manual_seed(0)
 plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
@@ -174,46 +186,7 @@ for name, mask in [("exactly W keys", sliding_window_mask(T, W)), ("W + 1 keys  
     print(f"{name}: last query vs W-slot cache, max |difference| = {(last - from_cache).abs().max().item():.4f}")
 
 # %% [markdown]
-# ## 3. Explore the mask
-#
-# Move the sliders (in JupyterLab): the band is W wide, and once the sequence is shorter than the window
-# the mask is just the causal triangle. The picture below the sliders is a static first state.
-
-# %%
-def mask_figure(seq_len, window):
-    fig, ax = plt.subplots(figsize=(5, 5))
-    mask = sliding_window_mask(seq_len, window)
-    counts = mask.sum(-1)
-    w = "None (causal)" if window is None else window
-    draw_mask(ax, mask, f"T = {seq_len}, W = {w}: {counts.max().item()} keys at most, "
-                        f"{mask.sum().item()} of {seq_len * seq_len} visible")
-    ax.title.set_fontsize(9)
-    return fig
-
-
-mask_figure(24, 6)
-plt.show()
-
-# %%
-length = widgets.IntSlider(value=24, min=1, max=48, description="seq_len")
-window = widgets.IntSlider(value=6, min=1, max=48, description="window W")
-causal = widgets.Checkbox(value=False, description="no window (causal)")
-picture = widgets.Output()
-
-
-def redraw(_change=None):
-    with picture:
-        picture.clear_output(wait=True)
-        mask_figure(length.value, None if causal.value else window.value)
-        plt.show()
-
-
-for control in (length, window, causal):
-    control.observe(redraw, names="value")
-display(widgets.VBox([widgets.HBox([length, window, causal]), picture]))
-
-# %% [markdown]
-# ## 4. The receptive field: how far back information reaches
+# ## 3. The receptive field: how far back information reaches
 #
 # One layer moves information from key $j$ to query $i$ only if $0 \le i - j \le W - 1$: one **hop**
 # covers at most $W - 1$ positions. The output of layer $\ell$ at position $i$ mixes layer $\ell-1$'s states at
@@ -299,29 +272,101 @@ print(f"so a token can be influenced by inputs at positions i - {(W7 - 1) * L7:,
 
 # %% [markdown]
 # Either way it is an upper bound on what the architecture *allows*: information has to be relayed through
-# every layer to get that far, and nothing says the trained model does it well. Also, the model was
-# published with `max_seq_len` 32,768, so in practice the window reaches back over at most a quarter of the
-# bound.
+# every layer to get that far, and nothing says the trained model does it well. Nor can a sequence reach it
+# in practice. The paper's Table 1 gives a context length of **8,192** tokens (the context the model was
+# built and trained for): within such a sequence nothing lies more than 8,191 positions back, one
+# sixteenth of the bound, only two windows. The released configuration allows 32,768 positions
+# (`max_seq_len`), a quarter of the bound, beyond that training context. The picture of the bound grows in
+# straight lines, one window per layer: `mm.viz.plot_receptive_field(4096, 32)` draws it (section 6).
+
+# %% [markdown]
+# ## 4. The window in a trained model
+#
+# What does a trained model do inside its window? The tiny Mistral (`data/tiny_mistral`) has a window of
+# W = 128 over 4 layers. Our running example is verse 3 of Genesis 1, so we feed it the whole chapter,
+# 992 tokens, with the running example inside it (positions printed below), and record every head's attention (the recorder
+# of notebook 04). For the running example itself the window does not bite yet: every token of it sees all
+# keys back to `<s>`. From position 128 on it does.
 
 # %%
-fig, ax = plt.subplots(figsize=(10, 3.4))
-layers = torch.arange(0, L7 + 1)
-ax.plot(layers, layers * W7, color="tab:gray", lw=6, alpha=0.35,
-        label="paper's W × layers (under the blue line: only 32 more at layer 32)")
-ax.plot(layers, layers * (W7 - 1), "o-", ms=3, color="tab:blue", label="exact: layers × (W − 1)")
-ax.axhline(a.max_seq_len, color="tab:red", ls="--", lw=1)
-ax.text(16, a.max_seq_len + 2500, f"max_seq_len {a.max_seq_len:,}", color="tab:red", fontsize=9)
-ax.axhline(W7 - 1, color="tab:green", ls="--", lw=1)
-ax.text(16, (W7 - 1) + 2500, "one layer: W − 1 = 4,095", color="tab:green", fontsize=9)
-ax.annotate(f"{(W7 - 1) * L7:,}", xy=(L7, (W7 - 1) * L7), xytext=(L7 - 6, (W7 - 1) * L7 - 10000),
-            arrowprops=dict(arrowstyle="->"))
-ax.set_xlabel("layers")
-ax.set_ylabel("positions back")
-ax.yaxis.set_major_formatter(plt.FuncFormatter(lambda y, _: f"{y:,.0f}"))
-ax.set_title("Mistral 7B (W = 4096): how far back information can come from, by layer")
-ax.legend(loc="upper left")
+RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
+tiny, kjv = corpus.load_tiny_model()
+genesis_1 = corpus.chapters(corpus.load_text())[0]
+chapter_ids = kjv.encode(genesis_1, bos=True)
+start = len(kjv.encode(genesis_1[:genesis_1.index(RUNNING_EXAMPLE)].rstrip(), bos=True))
+assert kjv.decode(chapter_ids[start:start + 14]) == RUNNING_EXAMPLE
+Wt, Tc = tiny.args.sliding_window, len(chapter_ids)
+print(f"Genesis 1: {Tc} tokens; the running example at positions {start}..{start + 13}; window W = {Wt}")
+
+
+def record(model, ids):
+    probs = {}
+    for block in model.layers:
+        block.attention.recorder = lambda layer, p, q_pos, k_pos: probs.__setitem__(layer, p[0].detach())
+    with torch.no_grad():
+        logits = model(torch.tensor([ids]))
+    for block in model.layers:
+        block.attention.recorder = None
+    return probs, logits
+
+
+windowed, logits_w = record(tiny, chapter_ids)
+qpos, kpos = torch.arange(Tc)[:, None], torch.arange(Tc)[None, :]
+distance = qpos - kpos  # (T, T)
+by_distance = torch.zeros(tiny.args.n_layers, Wt)  # mean attention at each distance, queries past the window
+for layer, p in windowed.items():  # p: (H, T, T)
+    for d in range(Wt):
+        by_distance[layer, d] = (p * (distance == d)).sum(-1)[:, Wt:].mean()
+print("mean attention on the key at the window's edge (distance W - 1 = 127), by layer:",
+      " ".join(f"{x:.4f}" for x in by_distance[:, -1].tolist()))
+print("mean attention within 8 tokens (distance 0-7), by layer:                      ",
+      " ".join(f"{x:.2f}" for x in by_distance[:, :8].sum(-1).tolist()))
+
+# %%
+fig, ax = plt.subplots(figsize=(10, 3.8))
+for layer in range(tiny.args.n_layers):
+    ax.semilogy(range(Wt), by_distance[layer].numpy(), lw=1.5, label=f"layer {layer}")
+ax.axhline(1 / Wt, color="grey", ls=":", lw=1)
+ax.text(Wt * 0.55, 1.15 / Wt, "uniform over the window: 1/W", color="grey", fontsize=9)
+ax.axvline(Wt - 1, color="tab:red", ls="--", lw=1)
+ax.text(Wt - 2, 0.03, "window's edge\n(distance W − 1)", color="tab:red", fontsize=9, ha="right")
+ax.set_xlabel("distance i − j from the query to the key")
+ax.set_ylabel("mean attention probability")
+ax.set_title(f"tiny model on Genesis 1: where attention goes inside its window (queries at positions ≥ {Wt})")
+ax.legend(fontsize=9, ncol=4)
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# In layers 1-3 attention falls off with distance: 43 % to 64 % of it lands within 8 tokens. Layer 0 spreads
+# more evenly. In layers 1-3 the curve rises again over the last few dozen positions, up to the edge: perhaps
+# the oldest visible keys take over part of the role `<s>` plays in a short text (a reading of this picture,
+# not something tested here). Still, the key at the window's edge gets between 0.2 % and 0.7 % on average,
+# less than an even spread over the window would give it (1/W = 0.8 %). It looks as if the window costs
+# nothing. Now take
+# the window away: the same weights, `sliding_window=None`, so every query sees every earlier key.
+
+# %%
+full = mm.Transformer(tiny.args.replace(sliding_window=None))
+full.load_state_dict(tiny.state_dict())
+unwindowed, logits_f = record(full, chapter_ids)
+beyond = [float((p * (distance >= Wt)).sum(-1)[:, Wt:].mean()) for p in unwindowed.values()]
+even = sum((i - Wt + 1) / (i + 1) for i in range(Wt, Tc)) / (Tc - Wt)  # the same share if spread evenly
+targets = torch.tensor(chapter_ids[1:])
+loss_w = F.cross_entropy(logits_w[0, :-1], targets).item()
+loss_f = F.cross_entropy(logits_f[0, :-1], targets).item()
+print("without the window, mean attention on keys W or more back, by layer:", " ".join(f"{x:.2f}" for x in beyond),
+      f"  (spread evenly over all keys: {even:.2f})")
+print(f"next-token loss on Genesis 1: {loss_w:.2f} with the window, {loss_f:.2f} without it")
+
+# %% [markdown]
+# Without the window, about 70 % of the attention lands on keys 128 or more positions back: as much as if
+# each query spread its attention evenly over all earlier keys. The model was trained with W = 128, so no
+# query ever saw a key that far back, and its scores at such distances (RoPE angles it never met) carry no
+# learned meaning: the sharp near-field pattern above is drowned. The loss gets worse, on text the model was trained
+# on. The little mass at the window's edge did not mean the window could be dropped: **a model trained with a
+# window needs that window at inference**, exactly the same one (a W + 1 mask is a small version of the same
+# mistake).
 
 # %% [markdown]
 # ## 5. What the window saves
@@ -353,8 +398,9 @@ for T_ in (1024, 4096, 8192, 16384, 32768):
           f"{a.kv_cache_bytes(T_, rolling=False) / 2**30:>7.2f} GiB {a.kv_cache_bytes(T_) / 2**30:>5.2f} GiB")
 
 # %% [markdown]
-# For a whole 32k-token prompt the window cuts attention work by about 4.3x; for each *new* token generated
-# at position $T$ it cuts the attention work by $T/W$ (8x at 32k), and the cache by the same factor.
+# At the paper's training context of 8,192 tokens the window cuts a whole prompt's attention work by a
+# third (ratio 1.33); at the configured limit of 32,768 tokens by about 4.3x. For each *new* token generated at
+# position $T$ it cuts the attention work by $T/W$ (2x at 8,192, 8x at 32,768), and the cache by the same factor.
 
 # %%
 Ts = torch.logspace(6, 17, 45, base=2).round().long().tolist()  # 64 .. 131,072 tokens
@@ -402,7 +448,9 @@ plt.show()
 # ## 6. The same pictures from the library
 #
 # Now that you have built them, `minimistral.viz` draws these pictures in one call, for later notebooks:
-# `plot_window_mask(seq_len, window)`, `plot_receptive_field(window, n_layers)` and an explorer with sliders.
+# `plot_window_mask(seq_len, window)`, `plot_receptive_field(window, n_layers)` and an explorer with sliders
+# (move them in JupyterLab: the band is W wide, and when the sequence is shorter than the window the mask is
+# the causal triangle).
 
 # %%
 mm.viz.plot_receptive_field(4096, 32)
@@ -433,9 +481,8 @@ def my_sliding_window_mask(seq_len, window):
 # %% nbgrader={"grade": true, "grade_id": "ex05_1_sliding_window_mask-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _ = check_function("05.1 sliding_window_mask", my_sliding_window_mask, sliding_window_mask,
                    cases=[(8, 3), (16, 4), (6, 1), (5, 5), (5, 9), (7, None), (1, 1), (40, 39)],
-                   hint="compare a column of query positions with a row of key positions (broadcasting); "
-                        "row i must have exactly min(i + 1, W) True entries; return a bool tensor; "
-                        "window=None is plain causal")
+                   hint="count the True entries of each row of your mask and compare with what section 2 says "
+                        "a row must hold; check the dtype, and the case window=None")
 
 # %% [markdown]
 # **05.2** How far back can information travel? Return the largest distance $i - j$ such that the input at
@@ -461,7 +508,74 @@ def brute_force_reach(window, n_layers):
 
 _ = check_function("05.2 max_reach", my_max_reach, brute_force_reach,
                    cases=[(4, 1), (4, 3), (1, 5), (2, 10), (16, 4), (7, 7)],
-                   hint="how many positions can ONE layer move information? (a query sees W keys, itself included)")
+                   hint="how many positions back can ONE layer move information, given that the W keys a query "
+                        "sees include itself? Then stack the layers")
+
+# %% [markdown]
+# **05.3 The mask when a cache holds the past.** When generating, the model processes `n_new` new tokens
+# whose positions start at `start` (everything before is in the KV cache, here kept in full, not rolled),
+# so the queries are positions `start .. start + n_new - 1` and the keys are positions `0 .. start + n_new - 1`.
+# Return the `(n_new, start + n_new)` bool mask, True where the query may attend the key, for a window
+# `window` (or `None`: causal). Notebook 08 needs exactly this. Nothing above builds a non-square mask: work
+# out which key each query's window starts and ends at.
+
+# %% nbgrader={"grade": false, "grade_id": "ex05_3_cache_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def cache_window_mask(n_new, start, window):
+    ### BEGIN SOLUTION
+    i = torch.arange(start, start + n_new)[:, None]  # (n_new, 1): absolute query positions
+    j = torch.arange(start + n_new)[None, :]  # (1, start + n_new): every key position
+    visible = j <= i
+    if window is not None:
+        visible = visible & (j > i - window)
+    return visible
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex05_3_cache_window_mask-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def reference_cache_mask(n_new, start, window):
+    return attention_mask(torch.arange(start, start + n_new), torch.arange(start + n_new), window)
+
+
+_ = check_function("05.3 cache_window_mask", cache_window_mask, reference_cache_mask,
+                   cases=[(1, 10, 4), (3, 5, 4), (4, 0, 3), (2, 7, None), (5, 20, 1), (3, 2, 8)],
+                   labels=["one new token at position 10, W = 4", "3 new tokens after 5 cached, W = 4",
+                           "no cache (start 0): the square mask", "2 new tokens after 7, no window",
+                           "W = 1: each token sees itself only", "window longer than everything so far"],
+                   hint="write the query positions and the key positions as numbers first (which is the first "
+                        "query's position?); then the same two conditions as for the square mask")
+
+# %% [markdown]
+# **05.4 A mixed stack.** Some later models alternate windowed layers with global (full causal) ones.
+# `windows` lists each layer's window, bottom to top, `None` for a global layer. For a sequence of `seq_len`
+# tokens, return the largest distance $i - j$ such that the input at position $j$ can influence the
+# **last** position $i$ = `seq_len - 1` at the top of the stack. Section 3 did it for equal windows; here
+# layers differ, and a sequence is finite.
+
+# %% nbgrader={"grade": false, "grade_id": "ex05_4_mixed_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def mixed_reach(windows, seq_len):
+    ### BEGIN SOLUTION
+    if any(w is None for w in windows):
+        return seq_len - 1  # one global layer reaches every earlier position
+    return min(seq_len - 1, sum(w - 1 for w in windows))
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex05_4_mixed_reach-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def brute_force_mixed(windows, seq_len):
+    reach = torch.eye(seq_len, dtype=torch.int)
+    for w in windows:
+        reach = ((sliding_window_mask(seq_len, w).int() @ reach) > 0).int()
+    return seq_len - 1 - reach[-1].nonzero().min().item()
+
+
+_ = check_function("05.4 mixed_reach", mixed_reach, brute_force_mixed,
+                   cases=[([4, 4, 4], 40), ([2, 8, 3], 40), ([4, None, 4], 50), ([16, 16], 10), ([1, 1, 5], 30),
+                          ([3, 5, 7, 9], 12)],
+                   labels=["three layers of W = 4, 40 tokens", "windows 2, 8, 3", "a global layer in the middle",
+                           "windows longer than the sequence", "two layers of W = 1, then 5",
+                           "reach longer than the sequence"],
+                   hint="follow the last token down the stack: how far back can each layer carry it, what does a "
+                        "global layer do, and what can never be exceeded in a finite sequence?")
 
 # %% [markdown]
 # ## Summary
@@ -471,7 +585,11 @@ _ = check_function("05.2 max_reach", my_max_reach, brute_force_reach,
 # - `>=` instead of `>` (or `triu(diagonal=-W)`) gives W + 1 keys; it shipped in real code. A test must count
 #   keys per row on a sequence longer than the window.
 # - Stacked layers relay information: at most $L(W-1)$ positions back after $L$ layers, 131,040 for the 7B
-#   (the paper's "approximately 131K" is $W \times L$ = 131,072).
+#   (the paper's "approximately 131K" is $W \times L$ = 131,072), far more than the 8,192-token context the
+#   model was trained for.
+# - In the trained tiny model most attention stays within a few tokens of the query, and the window's edge
+#   gets a fraction of a percent; yet the same weights without the window attend mostly to distances they
+#   never saw in training and predict worse. A model needs the window it was trained with.
 # - The window makes attention work linear in $T$ and caps the KV cache at W tokens (512 MiB in bf16 for
 #   the 7B), if the kernel skips the masked blocks and the cache rolls.
 #

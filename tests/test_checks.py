@@ -87,7 +87,7 @@ def test_masks_name_the_first_wrong_entry(capsys):
         j = torch.arange(t)[None, :]
         return (j <= i) & (j >= i - w)
     ok, out = verdict(capsys, "99.5 mask", off_by_one, ref, [(8, 3)])
-    assert not ok and "case 1 of 1 (t=8, w=3)" in out and "entries are wrong, the first at index (3, 0) (True there)" in out
+    assert not ok and "case 1 of 1 (t=8, w=3)" in out and "entries are wrong, the first at index (3, 0) (yours is True there)" in out
     ok, out = verdict(capsys, "99.5 mask", lambda t, w: ref(t, w).float(), ref, [(8, 3)])
     assert "returned dtype torch.float32, expected torch.bool" in out
 
@@ -110,3 +110,16 @@ def test_a_raising_answer_names_the_case(capsys):
 def test_labels_must_match_the_cases():
     with pytest.raises(ValueError, match="2 labels for 1 cases"):
         check_function("99.9 x", abs, abs, [(1,)], labels=["a", "b"])
+
+
+def test_zeros_and_wrong_rows_are_named(capsys):
+    ok, out = verdict(capsys, "99.10 zeros", lambda x: torch.zeros_like(x), lambda x: x + 1, [(torch.randn(3, 4),)])
+    assert "the result is all zeros" in out
+
+    def overwrite(ids):  # repeated ids overwrite instead of adding up
+        g = torch.zeros(5, 2)
+        g[ids] = torch.ones(len(ids), 2)
+        return g
+    ok, out = verdict(capsys, "99.11 rows", overwrite,
+                      lambda ids: torch.zeros(5, 2).index_add_(0, ids, torch.ones(len(ids), 2)), [(torch.tensor([1, 1, 3]),)])
+    assert "2 of 10 entries differ, in 1 of 5 rows (the largest error at index (1, 0), every wrong entry too low)" in out

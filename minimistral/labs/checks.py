@@ -106,8 +106,8 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: f
         first = _index(int(wrong.flatten().nonzero()[0]), want.shape)
         where = f"{int(wrong.sum())} of {want.numel()} entries are wrong, the first at index {first}"
         if want.dtype == torch.bool:
-            return f"{where} ({bool(got[first])} there)"
-        return f"{where} ({_how_far(int(got[first]), int(want[first]))} there)"
+            return f"{where} (yours is {bool(got[first])} there)"
+        return f"{where} (yours is {_how_far(int(got[first]), int(want[first]))} there)"
     g, w = got.detach().to(torch.complex128 if want.is_complex() else torch.float64), \
         want.detach().to(torch.complex128 if want.is_complex() else torch.float64)
     if not torch.isfinite(g).all() and torch.isfinite(w).all():
@@ -121,8 +121,15 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: f
     if not wrong.any():
         return None
     n = int(wrong.sum())
+    if not g.any() and w.any():
+        return "the result is all zeros"
     worst = _index(int(torch.where(wrong, err, torch.zeros_like(err)).flatten().argmax()), want.shape)
-    msg = f"{n} of {want.numel()} entries differ (the largest error at index {worst}"
+    rows = ""
+    if want.ndim >= 2:
+        bad_rows = int(wrong.reshape(-1, want.shape[-1]).any(-1).sum())
+        n_rows = want.numel() // want.shape[-1]
+        rows = f", in {bad_rows} of {n_rows} rows" if bad_rows < n_rows else ""
+    msg = f"{n} of {want.numel()} entries differ{rows} (the largest error at index {worst}"
     if not want.is_complex():
         diff = (g - w)[wrong]
         if (diff > 0).all() or (diff < 0).all():
@@ -130,7 +137,7 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: f
     msg += ")"
     wf, gf = w.flatten(), g.flatten()
     c = (wf.conj() @ gf) / (wf.conj() @ wf) if float((wf.abs() ** 2).sum()) > 0 else None
-    if c is not None and not want.is_complex() and float((gf - c * wf).abs().max()) <= atol * scale + 1e-3 * scale \
+    if c is not None and not want.is_complex() and abs(float(c)) > 1e-3 and float((gf - c * wf).abs().max()) <= atol * scale + 1e-3 * scale \
             and abs(float(c) - 1) > 1e-3:
         msg += f"; the result is the expected one times a constant {'larger' if abs(float(c)) > 1 else 'smaller'}" \
                f" than 1 (a missing or extra scale factor?)"
