@@ -394,7 +394,9 @@ print("interpolated bigram, 8,192-token slices of the held-out chapters in order
 # ### How much does context help?
 #
 # The loss at position $t$ of a window is the model's surprise at the next token after reading $t+1$
-# tokens. With one token of context it knows as much as the bigram model, and does about as well. The loss
+# tokens. With one token of context it knows what a bigram model knows, yet does worse than the fair one
+# (about 4.9 nats against 4.2): the bigram table stores every pair's statistics exactly, where 5 million
+# parameters shared by every context cannot. From a few tokens of context on it is well ahead. The loss
 # falls fast as the context grows, then flattens: most of what a small model can use sits in the last few dozen
 # tokens. It was trained with a **sliding window of 128**: past position 127 no query *sees* more than 128 keys.
 # That does not cap what it can *use*: as notebook 05 showed, each layer passes information up to 127 positions
@@ -430,6 +432,10 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# Measured: 3.37 nats with 65 to 128 tokens of context, 3.36 with 129 to 192 and 3.36 with 193 to 256. Past the
+# window the curve is flat to within 0.01 nats: the indirect route beyond 128 tokens exists, but this small
+# model gains next to nothing from it on this text.
+#
 # ### What it writes
 #
 # `mm.generate` with the rolling KV cache of notebook 08, greedy (temperature 0) and sampled
