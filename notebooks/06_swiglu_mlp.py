@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 06 · The SwiGLU feed-forward network
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("06")
+plt.show()
+
+# %% [markdown]
 # After attention has mixed information *between* positions, every block of Mistral 7B runs a
 # feed-forward network (MLP) on each position *separately*. It is the simplest part of the model and the
 # biggest: most of the parameters and most of the arithmetic per token sit here. Mistral uses the
@@ -30,6 +39,7 @@
 # - SwiGLU from scratch, checked against `minimistral.mlp.FeedForward`.
 # - Where 14336 comes from, and what is known (and not) about the choice.
 # - The MLP's share of the parameters (81% of a layer) and of the arithmetic per token, against context length.
+# - What the gates of a *trained* model do with the course's running example sentence.
 #
 # ## What you need
 # - Notebook **05 (sliding window)** before this one (its FLOP counting is reused at the end).
@@ -56,8 +66,9 @@ plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.r
 #   \mathrm{SiLU}'(x) = \sigma(x)\big(1 + x\,(1 - \sigma(x))\big).$$
 #
 # For large positive $x$ it is $x$, for large negative $x$ it is 0, like ReLU; in between it is smooth and
-# dips slightly below zero. GELU, $x\,\Phi(x)$ with $\Phi$ the normal CDF, is almost the same curve. We draw all
-# three and their derivatives (from autograd, so the formula above is checked too).
+# dips slightly below zero. GELU, $x\,\Phi(x)$ with $\Phi$ the normal CDF (GPT-2, BERT), has the same *kind* of
+# shape, but it is not the same curve: the figure below shows the difference. We draw all three and their
+# derivatives (from autograd, so the formula above is checked too).
 
 # %%
 def silu(x):
@@ -91,8 +102,11 @@ for ax in axes:
     ax.set_xlabel("x")
     ax.legend()
 i_min = values["SiLU"].argmin()
-axes[0].annotate(f"minimum {values['SiLU'][i_min]:.3f} at x = {xs[i_min]:.2f}", xy=(xs[i_min].item(), values["SiLU"][i_min].item()),
+axes[0].annotate(f"SiLU minimum {values['SiLU'][i_min]:.3f} at x = {xs[i_min]:.2f}", xy=(xs[i_min].item(), values["SiLU"][i_min].item()),
                  xytext=(-5.8, 1.5), arrowprops=dict(arrowstyle="->"), fontsize=9)
+g_min = values["GELU"].argmin()
+axes[0].annotate(f"GELU minimum {values['GELU'][g_min]:.3f} at x = {xs[g_min]:.2f}", xy=(xs[g_min].item(), values["GELU"][g_min].item()),
+                 xytext=(-5.8, 2.5), arrowprops=dict(arrowstyle="->", color="tab:orange"), fontsize=9, color="tab:orange")
 axes[0].set_ylim(-1, 4)
 plt.tight_layout()
 plt.show()
@@ -101,11 +115,23 @@ plt.show()
 i_max = slopes["SiLU"].argmax()
 print(f"SiLU: minimum {values['SiLU'][i_min].item():.4f} at x = {xs[i_min].item():.2f}; "
       f"slope at 0 = {slopes['SiLU'][600].item():.2f}; largest slope {slopes['SiLU'][i_max].item():.4f} at x = {xs[i_max].item():.2f}")
+print(f"GELU: minimum {values['GELU'][g_min].item():.4f} at x = {xs[g_min].item():.2f}; slope at 0 = {slopes['GELU'][600].item():.2f}")
+gap = (values["SiLU"] - values["GELU"]).abs()
+print(f"largest |SiLU - GELU| on [-6, 6]: {gap.max().item():.3f} at x = {xs[gap.argmax()].item():.2f}")
+# GELU is close to a *rescaled* SiLU: x * sigmoid(1.702 x) = SiLU(1.702 x) / 1.702
+approx = (values["GELU"] - silu(1.702 * xs.detach()) / 1.702).abs().max().item()
+print(f"largest |GELU(x) - SiLU(1.702 x) / 1.702|: {approx:.3f}")
 
 # %% [markdown]
 # Unlike ReLU, SiLU has a non-zero gradient for negative inputs (a unit that is "off" can still learn),
-# is smooth at 0, and is not monotonic: the small dip to about −0.28 near $x \approx -1.28$. Its slope overshoots
+# is smooth at 0, and is not monotonic: the dip to about −0.28 near $x \approx -1.28$. Its slope overshoots
 # 1 a little (about 1.1 near $x \approx 2.4$).
+#
+# GELU shares those traits but is **not** the same curve: its dip is shallower and closer to 0 (−0.17 at
+# $x \approx -0.75$ against −0.28 at $-1.28$), its slope at 0 is the same 0.5 but it reaches its asymptotes
+# faster, and the two differ by up to 0.19 near $x \approx 2$. What *is* close to GELU is a SiLU squeezed
+# horizontally, $x\,\sigma(1.702\,x)$: the well-known sigmoid approximation of GELU, within about 0.02 everywhere.
+# Which one a model uses is a choice made by experiment (next section), not because they are interchangeable.
 #
 # ## 2. Gating
 #
@@ -260,29 +286,11 @@ print(f"{'layer':<10} {layer_total:>12,}")
 whole = a.params_by_component()
 print(f"whole model: MLP {whole['mlp']:,} of {a.num_params():,} = {100 * whole['mlp'] / a.num_params():.1f} %")
 
-# %%
-cols = {"attention": "tab:orange", "mlp": "tab:blue", "norms": "tab:green", "embeddings": "tab:purple",
-        "output head": "tab:red"}
-shown = {"mlp": "MLP"}  # display names; the others read fine as they are
-fig, axes = plt.subplots(1, 2, figsize=(13, 3.4))
-for ax, parts, total, unit, scale, title in [
-        (axes[0], per_layer, layer_total, "M", 1e6, f"one layer: {layer_total:,} parameters"),
-        (axes[1], whole, a.num_params(), "B", 1e9, f"whole model: {a.num_params():,} parameters")]:
-    names_ = list(parts)[::-1]
-    vals = [parts[n] / scale for n in names_]
-    ax.barh([shown.get(n, n) for n in names_], vals, color=[cols[n] for n in names_])
-    for y, n in enumerate(names_):
-        share = 100 * parts[n] / total
-        label = (f"{parts[n] / scale:.4g} {unit}  ({share:.1f}%)" if share >= 0.1
-                 else f"{parts[n]:,}  ({share:.3f}%)")  # the norms: a count reads better than 0.0002662 B
-        ax.text(parts[n] / scale + max(vals) * 0.01, y, label, va="center", fontsize=9)
-    ax.set_xlim(0, max(vals) * 1.35)
-    ax.set_xlabel(f"parameters ({'millions' if unit == 'M' else 'billions'})")
-    ax.set_title(title)
-plt.tight_layout()
-plt.show()
-
 # %% [markdown]
+# Notebook 00 drew these shares as bars for the whole model; the numbers above are all we need here: the MLP
+# is about four fifths of every layer, and a little more than three quarters (77.8%) of the whole model,
+# whose embedding table and output head hold no MLP.
+#
 # ## 6. The MLP's share of the arithmetic per token
 #
 # A matrix product of a vector with an $m \times n$ matrix costs $m n$ multiplications and $m n$ additions:
@@ -326,7 +334,7 @@ axes[0].text(a.sliding_window + 80, 18.5, "W = 4096", color="tab:green")
 axes[0].set_xlabel("context length (keys the new token attends to)")
 axes[0].set_ylabel("GFLOPs per new token")
 axes[0].set_title("Mistral 7B: arithmetic per generated token")
-axes[0].legend(loc="lower right", fontsize=8, framealpha=0.95)
+axes[0].legend(loc="lower right", fontsize=9, framealpha=0.95)
 axes[1].plot(contexts, [100 * t["MLP"] / sum(t.values()) for t in table], color="tab:blue", label="with the window")
 axes[1].plot(contexts, [100 * t["MLP"] / sum(t.values()) for t in no_window], color="black", ls="--",
              label="without the window")
@@ -344,6 +352,84 @@ plt.show()
 # 2.1 GFLOPs and the MLP's share falls to about 69%. Beyond the window nothing grows any more. (FLOPs are not
 # time: generating one token at a time is usually limited by reading the 14.5 GB of weights from memory, and
 # there the MLP's 81% of each layer's bytes matters just as much.)
+#
+# ## 7. The gates of a trained model, on the running example
+#
+# Everything above used random weights or toy numbers. The course ships a small Mistral trained on the King
+# James Bible (`data/tiny_mistral`, notebook 10: dim 256, 4 layers, hidden 768). We follow the course's running
+# example sentence through it and record, in every layer, the gate input $a = W_1\,\mathrm{RMSNorm}(h)$ of each
+# token, with a forward hook on the MLP (the hook receives the MLP's input, already normalised by `ffn_norm`).
+
+# %%
+from minimistral.train import corpus
+
+RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
+tiny, tok = corpus.load_tiny_model()
+tiny.eval()
+ids = tok.encode(RUNNING_EXAMPLE, bos=True)
+labels = [tok.id_to_piece(i) for i in ids]
+mlp_inputs = {}
+hooks = [layer.feed_forward.register_forward_hook(lambda mod, inp, out, n=n: mlp_inputs.__setitem__(n, inp[0][0]))
+         for n, layer in enumerate(tiny.layers)]
+with torch.no_grad():
+    tiny(torch.tensor([ids]))
+for h in hooks:
+    h.remove()
+gate_in = {n: (x @ tiny.layers[n].feed_forward.w1.weight.T).detach() for n, x in mlp_inputs.items()}  # (T, hidden)
+print(f"{len(ids)} tokens: {labels}")
+print("layer  gate input < 0   in SiLU's dip (-4 < a < 0)   gate > 1 (wide open)")
+for n, a_ in gate_in.items():
+    g = silu(a_)
+    print(f"  {n}        {(a_ < 0).float().mean().item():5.0%}            {((a_ > -4) & (a_ < 0)).float().mean().item():5.0%}"
+          f"                    {(g > 1).float().mean().item():5.0%}")
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.6), gridspec_kw={"width_ratios": [1, 1.6]})
+all_a = torch.cat([a_.flatten() for a_ in gate_in.values()])
+axes[0].hist(all_a, bins=120, range=(-7, 7), color="tab:blue", alpha=0.6, density=True, label="gate inputs a, all layers")
+ax_r = axes[0].twinx()
+grid_a = torch.linspace(-7, 7, 281)
+ax_r.plot(grid_a, silu(grid_a), color="black", lw=1.5, label="SiLU(a)")
+ax_r.set_ylabel("SiLU(a)")
+ax_r.spines["right"].set_visible(True)
+axes[0].set_xlabel("gate input a")
+axes[0].set_ylabel("density")
+axes[0].set_title("where the trained gates sit on the SiLU curve", fontsize=10)
+axes[0].legend(loc="upper left", fontsize=9)
+ax_r.legend(loc="center left", fontsize=9)
+layer = 3
+g3 = silu(gate_in[layer])  # (T, hidden)
+units = g3.std(0).argsort(descending=True)[:40]  # the 40 units that vary most along the sentence
+im = axes[1].imshow(g3[:, units].T, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3)
+axes[1].set_xticks(range(len(labels)), labels, rotation=60, fontsize=9)
+axes[1].set_ylabel(f"40 of layer {layer}'s {g3.shape[1]} hidden units")
+axes[1].set_yticks([])
+axes[1].set_title(f"layer {layer}: gate SiLU(a) per token (blue: shut or slightly negative, red: open)", fontsize=10)
+fig.colorbar(im, ax=axes[1], fraction=0.03, label="SiLU(a)")
+plt.tight_layout()
+plt.show()
+
+# %%
+light = [i for i, t in enumerate(labels) if t == "▁light"]
+there = [i for i, t in enumerate(labels) if t == "▁there"]
+for n, a_ in gate_in.items():
+    g = silu(a_)
+    cos = lambda i, j: F.cosine_similarity(g[i], g[j], dim=0).item()
+    print(f"layer {n}: gates of the two '▁light' {cos(*light):.2f}, of the two '▁there' {cos(*there):.2f}, "
+          f"of '▁light' and '▁there' {cos(light[0], there[0]):.2f} (cosine similarity)")
+
+# %% [markdown]
+# Three things to read off:
+#
+# - Most gate inputs are **negative**, and almost all of those sit in SiLU's dip between −4 and 0, not far out
+#   where SiLU is flat at zero. So most units pass a small, *negative* multiple of their value (the dip is
+#   down to −0.28): the trained model does use the part of the curve where SiLU differs from ReLU.
+# - Only a few percent of the gates are wide open (SiLU > 1) for a given token, and *which* ones changes from
+#   token to token: each token switches on its own small set of units.
+# - The same word gives similar gate patterns where it recurs: cosine similarity 0.85 to 0.98 between the two
+#   "light"s, 0.64 to 0.89 between the two "there"s, against about 0.1 between "light" and "there". The two
+#   "there"s drift apart after the first layer: attention has mixed in their different contexts ("Let there
+#   be" against "and there was"), and the MLP reads the stream, not the word.
 #
 # ## Exercises
 #
@@ -395,36 +481,60 @@ _ = check_value("06.2 llama_hidden_dim",
                 hint="truncate first, then round UP to the multiple; a value already on a multiple must not move")
 
 # %% [markdown]
-# **06.3** The fraction of one Mistral 7B layer's parameters that sit in the MLP (a number between 0 and 1),
-# computed from the shapes: `dim` 4096, 32 query heads and 8 K/V heads of 128, `hidden_dim` 14336, two
-# RMSNorm weight vectors.
+# **06.3** Turn section 5 around. A designer wants the MLP to hold at least a given share of each layer's
+# parameters (Mistral 7B's 14,336 gives 80.8%). Write `my_hidden_for_share(args, share, multiple_of)`: the
+# **smallest** `hidden_dim` that is a multiple of `multiple_of` and makes the MLP's share of one layer
+# (attention + MLP + the two RMSNorms) at least `share`, for any `ModelArgs` (all other fields as given).
+# The check uses configurations nobody printed in this notebook, some with `head_dim != dim // n_heads` and
+# with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. Work it out
+# on paper first: what inequality must `hidden_dim` satisfy?
 
-# %% nbgrader={"grade": false, "grade_id": "ex06_3_mlp_fraction-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
-def my_mlp_fraction():
+# %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def my_hidden_for_share(args, share, multiple_of=256):
     ### BEGIN SOLUTION
-    dim, hidden, hd = 4096, 14336, 128
-    attn = 2 * dim * 32 * hd + 2 * dim * 8 * hd
-    mlp = 3 * dim * hidden
-    return mlp / (attn + mlp + 2 * dim)
+    d = args.dim
+    rest = 2 * d * args.n_heads * args.head_dim + 2 * d * args.n_kv_heads * args.head_dim + 2 * d
+    h_min = share * rest / (3 * d * (1 - share))  # 3 d h / (3 d h + rest) >= share
+    return multiple_of * math.ceil(h_min / multiple_of)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex06_3_mlp_fraction-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-p7 = mm.ModelArgs.mistral_7b().params_by_component()
-_ = check_value("06.3 mlp_fraction", my_mlp_fraction,
-                p7["mlp"] / (p7["mlp"] + p7["attention"] + 2 * 4096 * 32),
-                hint="W_k and W_v are 4096 x 1024 (8 K/V heads), not 4096 x 4096; the MLP has 3 matrices")
+# %% nbgrader={"grade": true, "grade_id": "ex06_3_hidden_for_share-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _share_reference(args, share, multiple_of=256):
+    """Search upwards over multiples of multiple_of, building one real layer's shapes on the meta device."""
+    from minimistral.model import TransformerBlock
+    with torch.device("meta"):
+        rest = sum(p.numel() for n, p in TransformerBlock(args, 0).named_parameters() if "feed_forward" not in n)
+    h = multiple_of
+    while 3 * args.dim * h < share * (3 * args.dim * h + rest):
+        h += multiple_of
+    return h
+
+
+_share_cases = [(mm.ModelArgs.mistral_7b(), 0.75, 256), (mm.ModelArgs.mistral_7b(), 0.9, 256),
+                (mm.ModelArgs.tiny(n_kv_heads=1, head_dim=48), 0.7, 1), (mm.ModelArgs.tiny(), 0.6, 1),
+                (mm.ModelArgs(dim=5120, n_layers=40, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
+                              vocab_size=131072), 0.85, 128)]
+_ = check_function("06.3 hidden_for_share", my_hidden_for_share, _share_reference, cases=_share_cases,
+                   labels=["Mistral 7B's shapes, share 0.75, multiples of 256", "Mistral 7B's shapes, share 0.9, multiples of 256",
+                           "tiny preset with 1 K/V head of 48 (head_dim != dim // n_heads), share 0.7, multiple_of=1",
+                           "ModelArgs.tiny(): dim 256, 8 query and 2 K/V heads of 32, share 0.6, multiple_of=1",
+                           "dim 5,120, 32 query heads of 128 (head_dim != dim // n_heads), 8 K/V heads, share 0.85, multiples of 128"],
+                   hint="write the MLP's share as a function of hidden_dim, with each attention matrix at its real "
+                        "shape, then find where it first reaches `share`; the answer must be a multiple of multiple_of")
 
 # %% [markdown]
 # ## Summary
 #
-# - SiLU $x\,\sigma(x)$: ReLU-like, smooth, slightly negative (minimum about −0.28), gradient everywhere.
+# - SiLU $x\,\sigma(x)$: ReLU-like, smooth, slightly negative (minimum about −0.28), gradient everywhere. GELU has
+#   the same kind of shape but a shallower dip (−0.17); it is close to $x\,\sigma(1.702x)$, not to SiLU.
 # - SwiGLU: $W_2(\mathrm{SiLU}(W_1 x) \odot W_3 x)$; the gate decides how much, the value what. Our version equals
 #   `minimistral.mlp.FeedForward`; $W_1$ and $W_3$ must not be swapped.
 # - 8/3·d keeps a 4× MLP's parameter count (10,922.67 for d = 4096; LLaMA rounds to 11,008). Mistral 7B uses a
 #   wider 14,336 = 3.5·d; the reason is not published.
 # - The MLP holds 176,160,768 of each layer's 218,112,000 parameters (80.8%), 77.8% of the whole model, and does
 #   about 79% of the FLOPs per token at short context, 69% at 4096 keys and beyond (thanks to the window).
+# - In the trained tiny model, most gate inputs sit in SiLU's negative dip, and each token opens its own few units.
 #
 # ## What's next
 #

@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 08 · The KV cache and Mistral's rolling buffer
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("08")
+plt.show()
+
+# %% [markdown]
 # A language model writes one token at a time, and each new token needs the keys and values of every
 # token before it (in its window). Recomputing them at every step is wasteful; keeping them is the
 # **KV cache**. Mistral's sliding window lets the cache be a fixed-size ring of $W$ slots: the
@@ -23,10 +32,10 @@
 # ## What you will learn
 # - Why generation without a cache costs $O(n^2)$ token-passes and with one $O(n)$.
 # - What a cache holds and what it costs: 128 KiB per token for Mistral 7B in bf16, 4 GiB at 32k tokens
-#   for a full cache, never more than 0.5 GiB for the rolling buffer.
+#   for a full cache, 0.5 GiB for the rolling buffer (allocated in full from the first token).
 # - The rolling buffer: token $p$ goes to slot $p \bmod W$; keys are stored **after** RoPE, so the
 #   order of the slots does not matter.
-# - Chunked prefill, and why every chunking gives the same logits.
+# - Chunked prefill, why every chunking gives the same logits, and the non-square mask a chunk needs.
 # - That cached decoding equals a full recompute, even far past the window.
 #
 # ## What you need
@@ -108,8 +117,46 @@ print("80 greedy tokens, identical with and without the cache:", slow == fast)
 print("first 12:", fast[:12])
 
 # %%
+positions_naive = sum(range(prompt.shape[1], prompt.shape[1] + 80))  # token-positions the naive loop pushes through
+positions_cached = prompt.shape[1] + 80
+print(f"token-positions: {positions_naive:,} without the cache, {positions_cached} with it "
+      f"({positions_naive / positions_cached:.1f}x fewer)")
+
+# %%
 # NBVAL_IGNORE_OUTPUT
 print(f"without cache {t_slow:.2f} s, with cache {t_fast:.2f} s ({t_slow / t_fast:.1f}x)")
+
+# %% [markdown]
+# The cache saves far less *time* than it saves token-positions: a few times faster here, not the ~48x the
+# count promises (and nothing like the 1047x of 2,000 tokens). Counting token-positions assumes that a forward
+# pass over $t$ tokens costs $t$ times a pass over one. On a small model it does not: each call pays a fixed
+# cost (Python, one dispatch per operation, reading every weight matrix once) whatever the number of tokens,
+# and a matrix product over 100 rows is barely slower than over 1, because the hardware does the extra rows
+# in parallel (notebook 12 measures the same effect on a GPU). Time one forward pass at a few lengths:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+def forward_ms(model, T, repeat=10):
+    x = torch.randint(0, model.args.vocab_size, (1, T), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)  # warm-up
+        best = float("inf")
+        for _ in range(repeat):  # best of 10: other programs on the machine add noise, never speed
+            t0 = time.perf_counter()
+            model(x)
+            best = min(best, time.perf_counter() - t0)
+    return 1000 * best
+
+
+times = {T: forward_ms(model, T) for T in (1, 10, 50, 100)}
+for T, ms in times.items():
+    print(f"forward over {T:>3} tokens: {ms:6.2f} ms = {ms / times[1]:4.1f}x the 1-token pass (the count says {T}x)")
+
+# %% [markdown]
+# So a step of the naive loop costs much less than its token count says, and the measured speed-up lands far
+# below the count. The count is still the right *asymptotic* picture: for long sequences, or a large model
+# whose passes are dominated by arithmetic, the naive loop's cost does grow quadratically, and the cache's
+# advantage approaches the ratio of token-positions.
 
 # %% [markdown]
 # ## 2. What the cache holds, and what it costs
@@ -280,6 +327,23 @@ fig = viz.plot_cache_slots(cache)
 plt.show()
 
 # %% [markdown]
+# One cost hides inside `model(tokens, cache=cache)`. The library's `RollingKVCache.update` returns each
+# layer's keys as `torch.cat([cached keys of the filled slots, new keys])`: a **new tensor**, so every decode
+# step copies the whole filled part of every layer's cache (up to $W$ slots) before attending over it, and
+# the copy's shape changes at each step until the buffer is full. For teaching that is the clearest
+# arrangement (the keys a query sees are one tensor, in the order the mask is built); for speed it is not.
+# The fast path of notebook 12 attends over the $W$ slots in place instead, at a fixed shape.
+
+# %%
+demo = model.new_cache()
+with torch.no_grad():
+    model(prompt, cache=demo)  # 20 tokens: the 16 slots are full
+new_k = torch.randn(1, args.n_kv_heads, 1, args.head_dim)  # one new token's keys for layer 0
+k_all, _ = demo.update(0, new_k, new_k, torch.tensor([demo.pos]))
+print(f"layer 0's cache {tuple(demo.k[0].shape)}; update() returned keys {tuple(k_all.shape)}: "
+      f"{demo.n_filled} cached + 1 new, in new memory: {k_all.data_ptr() != demo.k.data_ptr()}")
+
+# %% [markdown]
 # ## 5. Chunked prefill: any chunking, the same logits
 #
 # The prompt can go in all at once, one token at a time, or in chunks of any size: the cache makes the
@@ -345,6 +409,46 @@ with torch.no_grad():
                    hint="one cache for the whole sequence; the last chunk may be shorter; concatenate along dim 1")
 
 # %% [markdown]
+# ### Exercise 08.3: the mask of a chunk that meets the rolling cache
+#
+# Notebook 05's masks were square: $T$ queries against the same $T$ keys, both starting at position 0. Inside
+# a rolling cache they are not. A chunk of `chunk_len` new tokens at positions `start`, ..., `start + chunk_len - 1`
+# attends over the keys `RollingKVCache.update` hands it: first the **filled slots in slot order** (after
+# `start` tokens; exercise 08.1 says which position each slot holds), then the chunk's own keys, in order.
+# Write `rolling_chunk_mask(start, chunk_len, window)`: the boolean mask of shape
+# `(chunk_len, min(start, window) + chunk_len)`, True where that query may see that key (Mistral's rule:
+# $i - W < j \le i$). Your `cached_positions` from 08.1 may help. The check tries a chunk with nothing
+# cached, chunks before and after the ring wraps, a single decode step, a chunk longer than the window, and W = 1.
+
+# %% nbgrader={"grade": false, "grade_id": "ex08_3_rolling_chunk_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def rolling_chunk_mask(start: int, chunk_len: int, window: int) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    n_cached = min(start, window)
+    key_pos = torch.tensor(cached_positions(start, window)[:n_cached] + list(range(start, start + chunk_len)))
+    q_pos = torch.arange(start, start + chunk_len)[:, None]  # (chunk_len, 1)
+    return (key_pos[None, :] <= q_pos) & (key_pos[None, :] > q_pos - window)  # (chunk_len, n_cached + chunk_len)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex08_3_rolling_chunk_mask-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _library_chunk_mask(start, chunk_len, window):
+    c = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=2, size=window)
+    if start:
+        c.advance(torch.arange(start))
+    positions = torch.arange(start, start + chunk_len)
+    return mm.attention_mask(positions, c.key_positions(positions), window)
+
+
+check_function("08.3 rolling_chunk_mask", rolling_chunk_mask, _library_chunk_mask,
+               [(0, 5, 4), (3, 2, 8), (13, 1, 8), (13, 5, 8), (20, 12, 8), (6, 3, 1)],
+               labels=["nothing cached: 5 tokens from position 0, W = 4", "3 cached, ring not full: 2 new tokens, W = 8",
+                       "one decode step at position 13 after the ring wrapped, W = 8",
+                       "a 5-token chunk at position 13 after the ring wrapped, W = 8",
+                       "a 12-token chunk, longer than W = 8, at position 20", "W = 1: 3 new tokens at position 6"],
+               hint="build the positions of the keys first, in the order the cache hands them over, then compare "
+                    "every query position with every key position; watch the window's edge and the mask's width")
+
+# %% [markdown]
 # ## 6. Far past the window: cached decoding equals a full recompute
 #
 # The strongest test of the rolling buffer: decode 100 tokens one by one with $W = 16$, so the ring
@@ -381,12 +485,42 @@ print(f"tiny model, W=16: {sizes[0]:,} bytes after 1 token and after 60 "
       f"(= {args.kv_bytes_per_token('float32'):,} bytes per token x 16 slots)")
 
 # %% [markdown]
-# For the real model, a full cache grows by 128 KiB with every token; the rolling buffer stops at the
-# window, 4,096 tokens, half a GiB, and stays there up to the 32,768-token context.
+# For the real model, a cache that kept every token would grow by 128 KiB with every token. The rolling
+# buffer is different in two ways, and the figure shows both: the library **allocates all $W$ slots up
+# front**, so its memory is 0.5 GiB from the very first token (nothing grows, nothing is ever reallocated);
+# what grows is only how many of those slots hold a token, up to $W$ = 4,096, after which the ring overwrites.
+# (A cache that grew on demand would save memory on short prompts, at the price of reallocating, or of
+# shapes that change, which compiled code dislikes: notebook 12.)
 
 # %%
-fig = viz.plot_cache_memory(args_7b, max_len=32768, dtype="bfloat16")
+lengths = torch.arange(1, 32769, 64)
+per_tok = args_7b.kv_bytes_per_token("bfloat16")
+W7 = args_7b.sliding_window
+full_gib = lengths * per_tok / 2**30
+allocated_gib = torch.full_like(full_gib, W7 * per_tok / 2**30)  # RollingKVCache: W slots from the start
+filled_gib = torch.clamp(lengths, max=W7) * per_tok / 2**30  # slots that hold a token
+fig, ax = plt.subplots(figsize=(8, 4.2), dpi=100)
+ax.plot(lengths, full_gib, color="#c0504d", lw=2, label="a cache that keeps every token (grows 128 KiB per token)")
+ax.plot(lengths, allocated_gib, color="#3b75af", lw=2.5, label="rolling buffer: memory allocated (all W slots, from token 1)")
+ax.plot(lengths, filled_gib, color="#e69f00", lw=2.5, ls="--", zorder=3, label="rolling buffer: slots holding a token")
+ax.axvline(W7, color="grey", ls=":", lw=1)
+ax.text(W7 + 300, 1.1, f"W = {W7:,}: the ring is full\nand starts to overwrite", fontsize=9, color="grey")
+ax.annotate(f"{full_gib[-1].item():.1f} GiB", (lengths[-1].item(), full_gib[-1].item()), xytext=(-50, -4),
+            textcoords="offset points", fontsize=9, color="#c0504d")
+ax.annotate(f"{allocated_gib[0].item():.1f} GiB", (0, allocated_gib[0].item()), xytext=(4, 6),
+            textcoords="offset points", fontsize=9, color="#3b75af")
+ax.set_xlabel("tokens in the sequence")
+ax.set_ylabel("KV cache (GiB), Mistral 7B, bf16, batch 1")
+ax.set_title("KV-cache memory: the rolling buffer is allocated once, at its full size", fontsize=10)
+ax.set_xlim(0, 33500)
+ax.set_ylim(0, 4.5)
+ax.legend(loc="upper left", fontsize=9)
+ax.grid(alpha=0.3)
+fig.tight_layout()
 plt.show()
+assert args_7b.kv_cache_bytes(1, rolling=True) < W7 * per_tok  # kv_cache_bytes counts filled slots, not allocation
+print(f"allocated by mm.RollingKVCache for the 7B: {W7 * per_tok:,} bytes whatever the length; "
+      f"ModelArgs.kv_cache_bytes(n, rolling=True) counts the slots in use: {args_7b.kv_cache_bytes(100, rolling=True):,} at 100 tokens")
 
 # %% [markdown]
 # The price: beyond $W$ tokens back, a layer can no longer look directly. Information still travels
@@ -399,7 +533,11 @@ plt.show()
 # - A cache holds one key and one value per layer, KV head and token: 131,072 bytes per token for
 #   Mistral 7B in bf16, 0.5 GiB at 4,096 tokens and 4 GiB at 32,768 for a full cache.
 # - The rolling buffer keeps only $W$ slots: token $p$ goes to slot $p \bmod W$, overwriting the token
-#   that just left every future window. Memory stays flat at 0.5 GiB.
+#   that just left every future window. The library allocates all W slots up front: 0.5 GiB from the first
+#   token to the last.
+# - The cost that remains: the teaching cache hands attention a `torch.cat` copy of the filled slots at every
+#   step; and a forward over many tokens costs far less than its token count says, so the cache's measured
+#   speed-up is much smaller than its count of token-positions saved.
 # - Keys are stored after RoPE and the mask comes from the positions the slots hold, so slot order is
 #   irrelevant.
 # - Any chunking of the prefill gives the same logits; cached decoding equals a full recompute, far

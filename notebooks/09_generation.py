@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 09 · Generation: from logits to text
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("09")
+plt.show()
+
+# %% [markdown]
 # The model of notebook 07 returns, at every position, one score (a *logit*) per vocabulary entry. To
 # write text we turn the last position's logits into a probability distribution, pick one token from
 # it, append it, and repeat, reusing the KV cache of notebook 08. *How* we pick is the subject here.
@@ -22,7 +31,8 @@
 # ## What you will learn
 # - Softmax: logits to probabilities, and what the distribution of a trained model looks like.
 # - Greedy decoding, and why it loops.
-# - Temperature, top-k and top-p (nucleus) sampling, each as a picture of the distribution it reshapes.
+# - Temperature, top-k and top-p (nucleus) sampling, each as a picture of the distribution it reshapes,
+#   and a rule of your own (min-p).
 # - Seeds: the same seed gives the same text.
 # - Streaming: printing text while it is being produced.
 #
@@ -153,7 +163,7 @@ fig, ax = plt.subplots(figsize=(7, 3))
 x = torch.arange(len(order))
 ax.bar(x - 0.2, probs[order], width=0.4, label="probability")
 ax.bar(x + 0.2, freq[order], width=0.4, label="frequency in 20,000 draws")
-ax.set_xticks(x, [tok.id_to_piece(int(i)) for i in order], rotation=45, fontsize=8)
+ax.set_xticks(x, [tok.id_to_piece(int(i)) for i in order], rotation=45, fontsize=9)
 ax.set_title("Sampling: the frequencies follow the probabilities")
 ax.legend()
 fig.tight_layout()
@@ -193,13 +203,14 @@ print("temperature and top-k match mm.sampling_probs")
 
 # %% [markdown]
 # The picture: the 40 likeliest tokens in order, the original distribution as outlines, what each knob
-# leaves in colour (renormalised, so after a cut the kept bars grow).
+# leaves in colour (renormalised, so after a cut the kept bars grow). The top-p panel uses $p = 0.5$ so that
+# its cut falls inside the 40 bars drawn; the usual $p = 0.9$ is measured just after.
 
 # %%
 n_show = 40
 order = probs.argsort(descending=True)[:n_show]
 panels = [("temperature 0.5", dict(temperature=0.5)), ("temperature 1.5", dict(temperature=1.5)),
-          ("top-k, k = 10", dict(temperature=1.0, top_k=10)), ("top-p, p = 0.9", dict(temperature=1.0, top_p=0.9))]
+          ("top-k, k = 10", dict(temperature=1.0, top_k=10)), ("top-p, p = 0.5", dict(temperature=1.0, top_p=0.5))]
 fig, axes = plt.subplots(2, 2, figsize=(10, 5.5), sharex=True)
 for ax, (title, kw) in zip(axes.flat, panels):
     q = mm.sampling_probs(logits, **kw)
@@ -208,11 +219,30 @@ for ax, (title, kw) in zip(axes.flat, panels):
     kept = int((q > 0).sum())
     ax.set_title(f"{title}: {kept:,} tokens can be drawn", fontsize=10)
     ax.set_ylim(0, max(probs[order].max(), q[order].max()).item() * 1.1)
-axes[0, 0].legend(fontsize=8)
+axes[0, 0].legend(fontsize=9)
 for ax in axes[1]:
     ax.set_xlabel(f"the {n_show} likeliest tokens, in order")
 fig.tight_layout()
 plt.show()
+
+# %% [markdown]
+# How many tokens does top-p keep? It depends on how sure the model is, which is the point of it. After
+# "created the" the model hesitates between hundreds of nouns; after the course's running example, a complete
+# verse ending in a full stop, it is nearly certain what comes next (a new verse starts):
+
+# %%
+RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
+with torch.no_grad():
+    logits_sure = model(torch.tensor([tok.encode(RUNNING_EXAMPLE, bos=True)]))[0, -1]
+for name, z in [(repr(prompt), logits), (repr(RUNNING_EXAMPLE), logits_sure)]:
+    kept = {p: int((mm.sampling_probs(z, temperature=1.0, top_p=p) > 0).sum()) for p in (0.5, 0.9, 0.95)}
+    best = torch.softmax(z, -1).max().item()
+    print(f"after {name}: likeliest token {best:.2f}; top-p keeps "
+          + ", ".join(f"{n:,} token{'' if n == 1 else 's'} at p = {p}" for p, n in kept.items()))
+
+# %% [markdown]
+# With $p = 0.9$ the first prompt keeps 396 tokens, far beyond the 40 bars of the figure; the second keeps 4. A
+# fixed top-k would keep the same number in both cases: too many when the model is sure, too few when it is not.
 
 # %% [markdown]
 # Temperature changes the **entropy** (the spread, in nats) smoothly; top-k and top-p cut the tail off.
@@ -235,9 +265,9 @@ plt.show()
 #
 # Write `top_p_filter(probs, p)`: given probabilities (last dimension = vocabulary, any batch dims in
 # front), keep the smallest set of likeliest tokens whose total probability reaches `p`, zero the rest,
-# and renormalise. The likeliest token is always kept. Hint: sort, `cumsum`, and keep a token when the
-# mass of the tokens ranked **above** it is still below `p`; then put the values back in vocabulary order
-# (`scatter`).
+# and renormalise. The likeliest token is always kept. Before you code, decide on paper: with probabilities
+# 0.5, 0.3, 0.2 and `p = 0.6`, which tokens stay? With `p = 0.5`? Your answer must keep the vocabulary order
+# of its input.
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_2_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
 def top_p_filter(probs, p):
@@ -257,8 +287,61 @@ passed = check_function("09.2 top_p_filter", top_p_filter,
                         lambda q, p: mm.sampling_probs(q.log(), temperature=1.0, top_p=p),
                         [(probs, 0.9), (probs, 0.5), (probs, 1e-6), (probs, 1.0), (torch.softmax(_batch, -1), 0.7),
                          (torch.softmax(_batch * 5, -1), 0.95)],
-                        hint="sort descending, cumsum minus the token's own probability gives the mass above it; "
-                             "keep where that is < p; scatter back; renormalise")
+                        labels=["the trained model's distribution, p = 0.9", "the same, p = 0.5",
+                                "the same, p = 1e-6 (only the likeliest token)", "the same, p = 1.0 (nothing cut)",
+                                "a batch of 3 random distributions over 50 tokens, p = 0.7",
+                                "a batch of 3 sharp distributions over 50 tokens, p = 0.95"],
+                        hint="the token that makes the running total reach p belongs to the set; the likeliest token "
+                             "stays even when it alone exceeds p; the output is in vocabulary order and sums to 1")
+
+# %% [markdown]
+# ### Exercise 09.3: a rule of your own, min-p
+#
+# Top-p's cut depends on the whole tail: a long tail of tiny probabilities can drag many poor tokens into the
+# set. **Min-p** sampling (used by llama.cpp and vLLM) sets the bar relative to the favourite instead: keep every
+# token whose probability is at least `min_p` times the **largest** probability of its distribution, zero the
+# rest, renormalise. Write `min_p_filter(probs, min_p)` for probabilities with any batch dimensions in front of
+# the vocabulary. Then answer for yourself: for the two prompts above (hesitant and sure), does min-p with
+# `min_p = 0.1` keep more or fewer tokens than top-p with `p = 0.9`?
+
+# %% nbgrader={"grade": false, "grade_id": "ex09_3_min_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def min_p_filter(probs, min_p):
+    ### BEGIN SOLUTION
+    bar = min_p * probs.max(dim=-1, keepdim=True).values  # (..., 1): one bar per distribution
+    kept = torch.where(probs >= bar, probs, 0.0)
+    return kept / kept.sum(-1, keepdim=True)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex09_3_min_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _min_p_reference(q, min_p):
+    """The same rule in log space: log q_i >= log q_max + log min_p."""
+    logq = q.log()
+    keep = logq >= logq.amax(-1, keepdim=True) + math.log(min_p)
+    return torch.softmax(torch.where(keep, logq, -math.inf), dim=-1)
+
+
+_gm = torch.Generator().manual_seed(9)
+_scaled = torch.softmax(torch.randn(4, 60, generator=_gm) * torch.tensor([[0.5], [1.0], [3.0], [6.0]]), -1)
+passed = check_function("09.3 min_p_filter", min_p_filter, _min_p_reference,
+                        [(probs, 0.1), (torch.softmax(logits_sure, -1), 0.1), (probs, 1.0), (_scaled, 0.2),
+                         (_scaled[None].expand(2, 4, 60), 0.05)],
+                        labels=["the hesitant distribution after 'created the', min_p = 0.1",
+                                "the sure distribution after the running example, min_p = 0.1",
+                                "min_p = 1.0: only the favourite (and exact ties) survive",
+                                "a batch of 4 distributions of very different sharpness, min_p = 0.2",
+                                "the same batch with a second batch dimension, (2, 4, 60), min_p = 0.05"],
+                        hint="the bar is relative, not absolute, and each distribution in a batch has its own "
+                             "favourite; a token exactly at the bar stays; the result must sum to 1 per distribution")
+
+# %%
+try:
+    for name, z in [("hesitant", logits), ("sure", logits_sure)]:
+        q = torch.softmax(z, -1)
+        print(f"{name:8s}: min-p 0.1 keeps {int((min_p_filter(q, 0.1) > 0).sum()):3d} tokens, "
+              f"top-p 0.9 keeps {int((mm.sampling_probs(z, temperature=1.0, top_p=0.9) > 0).sum()):3d}")
+except NotImplementedError:
+    print("this cell uses your min_p_filter: solve exercise 09.3 first")
 
 # %% [markdown]
 # ## 4. Seeds and reproducibility

@@ -14,7 +14,16 @@
 
 # %% [markdown]
 # # 10 · Training a tiny Mistral on the CPU
-#
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("10")
+plt.show()
+
+# %% [markdown]
 # Everything so far ran on random weights, or on the real 7B that needs a GPU. Here we **train** a
 # Mistral ourselves: the same architecture as the 7B (grouped-query attention, a sliding window shorter
 # than the context, RoPE, SwiGLU, RMSNorm), shrunk to a few million parameters, on a text small enough
@@ -26,8 +35,8 @@
 #   next-token-prediction examples, with the shapes at every step.
 # - The training loop: cross-entropy on the next token, **AdamW**, a **warmup + cosine** learning-rate
 #   schedule, gradient clipping. You write it from scratch and check it against `minimistral.train`.
-# - How to tell whether a model learnt anything: **held-out perplexity**, beside a unigram and a bigram
-#   baseline and beside the same network with random weights.
+# - How to tell whether a model learnt anything: **held-out perplexity**, beside unigram and bigram baselines
+#   (and what makes a baseline fair), beside the same network with random weights, and per character.
 # - What the shipped model writes, greedily and with sampling, and how much its loss falls as it sees
 #   more context (up to its sliding window).
 #
@@ -294,38 +303,107 @@ print(f"{tiny.num_params():,} parameters")
 # %% [markdown]
 # ### Held-out perplexity against baselines
 #
-# Is 5 million parameters better than counting? Two baselines, both counted on the training chapters
-# with add-one smoothing so no token gets probability zero:
+# Is 5 million parameters better than counting? A baseline is only worth beating if it is a fair one, so we
+# count on the training chapters and give the counting models their best shot:
 #
 # - **unigram**: $p(y_t) \propto \text{count}(y_t) + 1$, ignoring all context;
-# - **bigram**: $p(y_t \mid y_{t-1}) \propto \text{count}(y_{t-1}, y_t) + 1$, one token of context.
+# - **bigram, add-one**: $p(y_t \mid y_{t-1}) \propto \text{count}(y_{t-1}, y_t) + 1$. Easy to write (exercise 10.2),
+#   but a poor baseline: with 4,096 possible next tokens, adding one to every count hands most of the probability
+#   of a rare previous token to pairs never seen;
+# - **bigram, add-k** with a small $k$, and the **interpolated bigram**
+#   $p = \lambda\, p_{\text{bigram}}(y_t \mid y_{t-1}) + (1 - \lambda)\, p_{\text{unigram}}(y_t)$, the classic fix.
+#   $k$ and $\lambda$ are chosen on held-out tokens *after* the ones we score, so the choice does not peek at the
+#   test.
 #
 # All are scored on the same 8,192 held-out tokens (every target once; the transformer reads them in
 # windows of 256). The random model is the shipped architecture before training.
 
 # %%
 eval_ids = heldout_ids[:8193]
-base = corpus.ngram_perplexities(train_ids, eval_ids, tok.vocab_size)
+tune_ids = heldout_ids[8192:]  # the rest of the held-out chapters: for choosing k and lambda only
+V = tok.vocab_size
+uni_counts = torch.bincount(train_ids, minlength=V).double()  # (V,)
+bi_counts = torch.bincount(train_ids[:-1] * V + train_ids[1:], minlength=V * V).double().view(V, V)  # (V, V)
+p_uni = (uni_counts + 1) / (uni_counts.sum() + V)  # add-one unigram
+
+
+def ppl(p_next, ids):
+    """Perplexity of ids[1:], each predicted from the token before it with the (V, V) table p_next."""
+    return math.exp(-p_next[ids[:-1], ids[1:]].log().mean().item())
+
+
+def add_k(k):
+    return (bi_counts + k) / (bi_counts.sum(1, keepdim=True) + k * V)
+
+
+def interpolated(lam):
+    rows = bi_counts.sum(1, keepdim=True)
+    return lam * bi_counts / rows.clamp_min(1) + (1 - lam) * p_uni  # rows never seen fall back on the unigram
+
+
+best_k = min([1.0, 0.1, 0.03, 0.01, 0.003, 0.001], key=lambda k: ppl(add_k(k), tune_ids))
+best_lam = min([0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95], key=lambda lam: ppl(interpolated(lam), tune_ids))
+print(f"chosen on the {tune_ids.numel() - 1:,} tuning tokens: k = {best_k}, lambda = {best_lam}")
+
+base = corpus.ngram_perplexities(train_ids, eval_ids, tok.vocab_size)  # the add-one models, from the library
 random_model = mm.Transformer(tiny.args).init_weights("normal", std=0.02, seed=0).eval()
 table = {
     "random weights (same shape)": math.exp(evaluate(random_model, eval_ids, seq_len=256)),
     "unigram (add-one)": base["unigram"],
     "bigram (add-one)": base["bigram"],
+    f"bigram (add-{best_k})": ppl(add_k(best_k), eval_ids),
+    f"bigram interpolated (lambda {best_lam})": ppl(interpolated(best_lam), eval_ids),
     "tiny Mistral (shipped)": math.exp(evaluate(tiny, eval_ids, seq_len=256)),
 }
-print(f"{'model':30s} {'held-out perplexity':>20s}")
-for name, ppl in table.items():
-    print(f"{name:30s} {ppl:20.1f}")
-assert table["tiny Mistral (shipped)"] < 0.5 * min(base.values())
+assert abs(ppl(add_k(1.0), eval_ids) - base["bigram"]) < 1e-6 * base["bigram"]  # our add-one == the library's
+print(f"{'model':36s} {'held-out perplexity':>20s}")
+for name, value in table.items():
+    print(f"{name:36s} {value:20.1f}")
+fair = min(v for n, v in table.items() if n.startswith("bigram"))
+print(f"\nthe model's lead over the best bigram: {fair / table['tiny Mistral (shipped)']:.2f}x "
+      f"(over the add-one bigram: {base['bigram'] / table['tiny Mistral (shipped)']:.1f}x)")
+assert table["tiny Mistral (shipped)"] < 0.5 * fair
+
+# %% [markdown]
+# Against the add-one bigram the model looks seven times better; against a properly smoothed bigram, about
+# **2.5 times**. That is the honest figure: a small transformer that reads up to 256 tokens of context
+# predicts the next token as if choosing among about 22 candidates, where the best bigram model chooses among
+# about 54.
+#
+# ### Why 21.8 here and 29.95 in the README?
+#
+# `data/README.md`, the README and `training_log.json` report a held-out perplexity of **29.95**; this
+# notebook measures **21.8**. Same model, same code (`evaluate`), different text: the stored figure scores
+# **all** 59 held-out chapters (49,604 targets), this notebook only the first 8,192 tokens, to stay fast. Those
+# are the first eight held-out chapters, all from the first five books (narrative and law, the most
+# repetitive part of the Bible); the held-out set goes on through the Psalms, the prophets and Paul's letters.
+# The counting models show the same slope, chunk by chunk:
+
+# %%
+import json
+
+stored = json.loads((corpus.TINY_MODEL_PATH / "training_log.json").read_text())
+print(f"training_log.json: held-out perplexity {stored['heldout_perplexity']} on all {heldout_ids.numel() - 1:,} "
+      f"held-out targets; the interpolated bigram there: {ppl(interpolated(best_lam), heldout_ids):.1f} "
+      f"(its lambda was chosen on most of these tokens, which can only flatter it)")
+starts = list(range(0, heldout_ids.numel() - 1, 8192))
+print("interpolated bigram, 8,192-token slices of the held-out chapters in order:",
+      ", ".join(f"{ppl(interpolated(best_lam), heldout_ids[s:s + 8193]):.0f}" for s in starts))
 
 # %% [markdown]
 # ### How much does context help?
 #
 # The loss at position $t$ of a window is the model's surprise at the next token after reading $t+1$
-# tokens. With one token of context it knows as much as the bigram model, and does about as well. The loss falls fast as the context grows, then flattens: most of what a small model can use sits
-# in the last few dozen tokens. It was trained with a **sliding window of 128**: past position 127 each
-# query still sees exactly 128 keys, so the curve cannot fall further there. We average over every
-# window of 256 in the held-out chapters.
+# tokens. With one token of context it knows what a bigram model knows, yet does worse than the fair one
+# (about 4.9 nats against 4.2): the bigram table stores every pair's statistics exactly, where 5 million
+# parameters shared by every context cannot. From a few tokens of context on it is well ahead. The loss
+# falls fast as the context grows, then flattens: most of what a small model can use sits in the last few dozen
+# tokens. It was trained with a **sliding window of 128**: past position 127 no query *sees* more than 128 keys.
+# That does not cap what it can *use*: as notebook 05 showed, each layer passes information up to 127 positions
+# further back, so after 4 layers the last position can draw on $4 \times 127 = 508$ tokens, more than the
+# whole 256-token window. Past 128 the curve can still fall, but only through that indirect route, and how
+# much it falls there measures how much the model uses it. We average over every window of 256 in the
+# held-out chapters.
 
 # %%
 with torch.no_grad():
@@ -334,16 +412,17 @@ with torch.no_grad():
     ys = heldout_ids[1: n * 256 + 1].view(n, 256)  # (n, 256)
     per_pos = torch.cat([F.cross_entropy(tiny(xb).transpose(1, 2), yb, reduction="none")
                          for xb, yb in zip(xs.split(32), ys.split(32))]).mean(0)  # (256,)
-print(f"{n} windows of 256 tokens; mean held-out loss by tokens of context:")
-bins = [(1, 1), (2, 4), (5, 16), (17, 64), (65, 128), (129, 256)]  # tokens of context = position + 1
+print(f"{n} windows of 256 tokens (all held-out chapters); mean held-out loss by tokens of context:")
+bins = [(1, 1), (2, 4), (5, 16), (17, 64), (65, 128), (129, 192), (193, 256)]  # tokens of context = position + 1
 binned = [per_pos[lo - 1: hi].mean().item() for lo, hi in bins]
 for (lo, hi), v in zip(bins, binned):
     print(f"  {lo:3d} to {hi:3d} tokens: {v:.2f} nats")
-plt.figure(figsize=(6, 3))
+plt.figure(figsize=(7, 3.6))
 context = torch.arange(1, 257)
 plt.plot(context, per_pos, alpha=0.3, label="each position")
 plt.plot([math.sqrt(lo * hi) for lo, hi in bins], binned, "o-", label="mean over a bin")
-plt.axhline(math.log(base["bigram"]), color="gray", ls="--", lw=1, label="bigram baseline")
+plt.axhline(math.log(ppl(interpolated(best_lam), heldout_ids)), color="gray", ls="--", lw=1,
+            label="interpolated bigram")
 plt.axvline(tiny.args.sliding_window, color="red", ls=":", lw=1, label="sliding window (128)")
 plt.xscale("log")
 plt.xlabel("tokens of context (position + 1)")
@@ -353,6 +432,10 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
+# Measured: 3.37 nats with 65 to 128 tokens of context, 3.36 with 129 to 192 and 3.36 with 193 to 256. Past the
+# window the curve is flat to within 0.01 nats: the indirect route beyond 128 tokens exists, but this small
+# model gains next to nothing from it on this text.
+#
 # ### What it writes
 #
 # `mm.generate` with the rolling KV cache of notebook 08, greedy (temperature 0) and sampled
@@ -408,6 +491,49 @@ _ = check_function("10.2 bigram_ppl", my_bigram_ppl, bigram_reference,
                rtol=1e-6)
 
 # %% [markdown]
+# ### Exercise 10.3: perplexities that can be compared
+#
+# Per-token perplexity depends on the tokenizer: cut the same text into more, smaller pieces and each piece
+# becomes easier to guess, so the perplexity per token falls although the model knows no more. To compare models
+# with different tokenizers (the suggestion at the end: retrain with 1,024 pieces), measure per **character**
+# instead. Write `bits_per_char(loss, n_tokens, n_chars)`: given a mean loss in **nats per token** over
+# `n_tokens` predicted tokens that together spell `n_chars` characters, return the total surprise in **bits**
+# divided by the characters. Then use it below: what per-token perplexity would a model need to match ours if
+# its tokenizer cut the same text into pieces half as long?
+
+# %% nbgrader={"grade": false, "grade_id": "ex10_3_bits_per_char-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+def bits_per_char(loss, n_tokens, n_chars):
+    ### BEGIN SOLUTION
+    return loss * n_tokens / n_chars / math.log(2)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex10_3_bits_per_char-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _bpc_reference(loss, n_tokens, n_chars):
+    return math.log2(math.exp(loss)) * n_tokens / n_chars  # log2 of the perplexity = bits per token
+
+
+_ = check_function("10.3 bits_per_char", bits_per_char, _bpc_reference,
+                   cases=[(math.log(2), 1, 1), (3.08, 8192, 33000), (3.40, 49604, 200_000), (1.0, 10, 40), (0.5, 300, 100)],
+                   labels=["one token of one character, loss ln 2 nats", "3.08 nats per token, 8,192 tokens, 33,000 characters",
+                           "3.40 nats per token, 49,604 tokens, 200,000 characters", "loss 1 nat, 4 characters per token",
+                           "loss 0.5 nats, 3 tokens per character"],
+                   hint="follow the units of every factor: from nats to bits, from per token to per character (is there more "
+                        "than one token per character, or fewer?)", rtol=1e-9)
+
+# %%
+eval_text = tok.decode(eval_ids[1:].tolist())  # what the 8,192 predicted tokens spell out
+loss_eval = math.log(table["tiny Mistral (shipped)"])
+print(f"{eval_ids.numel() - 1:,} tokens spell {len(eval_text):,} characters ({len(eval_text) / (eval_ids.numel() - 1):.2f} per token)")
+try:
+    bpc = bits_per_char(loss_eval, eval_ids.numel() - 1, len(eval_text))
+    print(f"the shipped model: {loss_eval:.3f} nats per token = {bpc:.3f} bits per character")
+    print(f"a tokenizer with pieces half as long (twice the tokens) matches it at a per-token perplexity of "
+          f"{2 ** (bpc * len(eval_text) / (2 * (eval_ids.numel() - 1))):.1f}, not {table['tiny Mistral (shipped)']:.1f}")
+except NotImplementedError:
+    print("the rest of this cell uses your bits_per_char: solve exercise 10.3 first")
+
+# %% [markdown]
 # ## Summary
 #
 # - A language model's data pipeline: a corpus, split into train and held-out **before** anything is
@@ -416,8 +542,12 @@ _ = check_function("10.2 bigram_ppl", my_bigram_ppl, bigram_reference,
 # - The loop is short: cross-entropy on the next token, backward, clip, AdamW with warmup + cosine.
 #   With a seed on the CPU it is deterministic.
 # - An untrained model's perplexity is about the vocabulary size. The shipped 5M-parameter Mistral,
-#   after about half an hour on one CPU core, is far below a unigram and a bigram model on chapters it
-#   never saw, and its loss keeps falling as its context grows towards the sliding window.
+#   after about half an hour on one CPU core, is about 2.5 times below a well-smoothed bigram model on chapters
+#   it never saw (7 times below an add-one bigram, which is not a fair baseline), and its loss falls as its
+#   context grows towards the sliding window.
+# - 21.8 (this notebook: the first 8,192 held-out tokens, from the first five books) and 29.95 (README: all
+#   59 held-out chapters) are the same model on easier and on all held-out text.
+# - Perplexities per token only compare models that share a tokenizer; bits per character do not need to.
 #
 # ## What's next
 #
