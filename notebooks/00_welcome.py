@@ -59,11 +59,17 @@
 # **Exercises** are functions you complete. The solution is already in the cell, between
 # `### BEGIN SOLUTION` and `### END SOLUTION`; to practise, replace it with your own code (or with
 # `raise NotImplementedError`) and run the check in the next cell. It prints one line:
-# `[PASS]`, `[FAIL]` with a hint, or `[TODO]`. A check never stops the notebook.
+# `[PASS]`, `[FAIL]` with a hint, or `[TODO]`. After a `[FAIL]` or `[TODO]` line the check raises an
+# error, so *Run All* stops at the first exercise still to do (that is how nbgrader scores it); set
+# `MINIMISTRAL_CHECKS_RAISE=0` before starting JupyterLab to have checks only print. A solution must not
+# call the library's own version of what the exercise asks you to write (the function the check compares
+# against); the library's other pieces and torch are fine. Solution cells come collapsed: click the bar
+# on their left to open one.
 #
-# **Instructors**: `python -m minimistral.labs student --out student/` writes a student edition of the
-# notebooks with every solution replaced by a stub, and `python -m minimistral.labs grade submissions/`
-# runs submitted notebooks and tabulates their checks.
+# **Instructors**: `python -m minimistral.labs student --bundle --out student/` writes the student
+# bundle (the notebooks with every solution replaced by a stub, with the library and its data, no solved
+# notebook), and `python -m minimistral.labs grade submissions/` grades submitted notebooks against your
+# own check cells, each in a sandbox (see `notebooks/INSTRUCTORS.md`).
 
 # %% [markdown]
 # ## The model on one page
@@ -354,7 +360,7 @@ print(model.output)
 # MLP and its two RMSNorms) of any `ModelArgs`. Use the formula above; remember that `wk` and `wv`
 # have `n_kv_heads * head_dim` rows and that `head_dim` need not be `dim // n_heads`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex00_1_params_per_layer-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex00_1_params_per_layer-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def params_per_layer(args: mm.ModelArgs) -> int:
     ### BEGIN SOLUTION
     d, h = args.dim, args.head_dim
@@ -405,7 +411,7 @@ assert args.n_layers * per_layer + rest == args.num_params()
 # some have `head_dim` different from `dim // n_heads`. Think about what a rolling buffer keeps when the
 # sequence is shorter than the window, and what it keeps when there is no window at all.
 
-# %% nbgrader={"grade": false, "grade_id": "ex00_2_serving_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex00_2_serving_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def serving_bytes(params: dict, batch_size: int, seq_len: int, bytes_per_number: int) -> int:
     ### BEGIN SOLUTION
     d, L, h, F, V = (params[k] for k in ("dim", "n_layers", "head_dim", "hidden_dim", "vocab_size"))

@@ -491,7 +491,7 @@ for s in compare:
 # `["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]`, return the text they spell (here `"🦙"`). Read the two hex
 # digits of each piece, collect the bytes, decode them as UTF-8.
 
-# %% nbgrader={"grade": false, "grade_id": "ex01_1_decode_byte_pieces-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex01_1_decode_byte_pieces-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def decode_byte_pieces(pieces: list[str]) -> str:
     ### BEGIN SOLUTION
     return bytes(int(p[3:5], 16) for p in pieces).decode("utf-8")
@@ -516,7 +516,7 @@ _ = check_function(
 # Without calling the tokenizer, return the token ids that byte fallback gives a character missing from
 # the vocabulary (such as 🦙 or 𝔘). Remember where the 256 byte pieces sit in the vocabulary.
 
-# %% nbgrader={"grade": false, "grade_id": "ex01_2_byte_fallback_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex01_2_byte_fallback_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def byte_fallback_ids(char: str) -> list[int]:
     ### BEGIN SOLUTION
     return [b + 3 for b in char.encode("utf-8")]
@@ -539,7 +539,7 @@ _ = check_function(
 # what `▁` stands for, what `encode` adds at the very start of a text, what the control tokens are, and how
 # characters outside the vocabulary were written. Try your function on `"Привет 🦙"` before running the check.
 
-# %% nbgrader={"grade": false, "grade_id": "ex01_3_decode_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex01_3_decode_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def decode_ids(ids: list[int]) -> str:
     ### BEGIN SOLUTION
     out, pending = [], bytearray()  # pending: consecutive byte pieces, decoded together

@@ -422,7 +422,7 @@ print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", 
 # `(dim,)`. The result has `x`'s shape and dtype. The check runs it on several shapes and dtypes,
 # including bf16 input and a large fp16 input. A warm-up: the formula is above; 02.3 asks for more.
 
-# %% nbgrader={"grade": false, "grade_id": "ex02_1_rms_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex02_1_rms_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     xf = x.float()
@@ -449,7 +449,7 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
 # Implement LayerNorm with gain and bias over the last dimension (biased variance, as
 # `torch.nn.functional.layer_norm`). Count the reductions you need compared with `my_rms_norm`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex02_2_layer_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex02_2_layer_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     mu = x.mean(-1, keepdim=True)
@@ -476,7 +476,7 @@ _ = check_function("02.2 layer_norm", my_layer_norm,
 # call autograd: derive it from the one-hot form $\mathbf{h} = \mathbf{e}_i^\top E$ at the top of this
 # notebook. Then think about the running example, where `▁there` and `▁light` occur twice.
 
-# %% nbgrader={"grade": false, "grade_id": "ex02_3_embedding_grad-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex02_3_embedding_grad-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def embedding_grad(ids: torch.Tensor, grad_out: torch.Tensor, vocab_size: int) -> torch.Tensor:
     ### BEGIN SOLUTION
     dim = grad_out.shape[-1]

@@ -483,7 +483,7 @@ display(widgets.VBox([position_slider, theta_slider, explorer_out]))
 # Return the angle of every (position, pair): a float32 tensor of shape `(len(positions), head_dim // 2)`
 # with entry $[t, i] = \text{positions}[t] \cdot \theta^{-2i/\text{head\_dim}}$.
 
-# %% nbgrader={"grade": false, "grade_id": "ex03_1_rope_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex03_1_rope_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def rope_angles_exercise(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
     ### BEGIN SOLUTION
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
@@ -507,7 +507,7 @@ _ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=
 # numbers this time (`torch.view_as_complex`, `torch.polar`, `torch.view_as_real`), or real arithmetic if
 # you prefer. Return the same shape and dtype as `x`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex03_2_rope_interleaved-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex03_2_rope_interleaved-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # (B, T, H, D/2)
@@ -537,7 +537,7 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
 # inequality is more instructive), and return an `int`. Pairs from this index on barely move within
 # `n_tokens` tokens: they carry position information only across longer distances.
 
-# %% nbgrader={"grade": false, "grade_id": "ex03_3_first_slow_pair-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex03_3_first_slow_pair-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def first_slow_pair(head_dim: int, theta: float, n_tokens: float) -> int:
     ### BEGIN SOLUTION
     # period_i = 2 pi theta^(2i/d) > n  <=>  i > d/2 * log(n / (2 pi)) / log(theta)

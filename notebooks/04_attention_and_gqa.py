@@ -475,7 +475,7 @@ print(f"weights of the whole model in bf16: {args7b.weight_bytes('bfloat16') / G
 # **04.1** Write `repeat_kv(x, n_rep)`: `(B, K, S, D) -> (B, K*n_rep, S, D)`, each K/V head repeated
 # `n_rep` times *next to itself* (so that query head `h` reads K/V head `h // n_rep`).
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_1_repeat_kv-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex04_1_repeat_kv-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_repeat_kv(x, n_rep):
     ### BEGIN SOLUTION
     B, K, S, D = x.shape
@@ -494,7 +494,7 @@ _ = check_function("04.1 repeat_kv", my_repeat_kv, repeat_kv,
 # **04.2** Write causal attention for **one** head: `q, k, v` of shape `(T, D)` in, `(T, D)` out. Scale,
 # mask the future with $-\infty$, softmax over keys, weighted sum of values. No library attention calls.
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_2_causal_attention-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex04_2_causal_attention-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_causal_attention(q, k, v):
     ### BEGIN SOLUTION
     T, D = q.shape
@@ -520,7 +520,7 @@ _ = check_function("04.2 causal_attention", my_causal_attention, reference_causa
 # **04.3** The KV cache in bytes of a model with `n_layers` layers, `n_kv_heads` K/V heads of size
 # `head_dim`, holding `seq_len` tokens, each number taking `bytes_per_value` bytes (batch 1, full cache).
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_3_kv_cache_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex04_3_kv_cache_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
     ### BEGIN SOLUTION
     return 2 * n_layers * n_kv_heads * head_dim * seq_len * bytes_per_value
@@ -547,7 +547,7 @@ _ = check_function("04.3 kv_cache_bytes", my_kv_cache_bytes, reference_kv_cache_
 # `view`/`reshape` of `q` and broadcasting in `@` or `einsum` are the tools. Think about which axis of a
 # reshaped `q` must line up with `k`'s head axis.
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_4_gqa_no_copy-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex04_4_gqa_no_copy-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def gqa_attention(q, k, v):
     ### BEGIN SOLUTION
     B, H, T, D = q.shape

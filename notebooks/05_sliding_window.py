@@ -466,7 +466,7 @@ mm.viz.mask_explorer(max_len=32)
 # $j$; `window=None` means plain causal. Checked against the library on sizes that include $W = 1$ (each
 # token sees only itself), $W \ge T$ (no different from causal) and `None`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_1_sliding_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex05_1_sliding_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_sliding_window_mask(seq_len, window):
     ### BEGIN SOLUTION
     i = torch.arange(seq_len)[:, None]
@@ -489,7 +489,7 @@ _ = check_function("05.1 sliding_window_mask", my_sliding_window_mask, sliding_w
 # position $j$ can influence position $i$ after `n_layers` layers of window `window`. The check compares
 # with a brute-force computation on the actual masks.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_2_max_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex05_2_max_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_max_reach(window, n_layers):
     ### BEGIN SOLUTION
     return n_layers * (window - 1)
@@ -519,7 +519,7 @@ _ = check_function("05.2 max_reach", my_max_reach, brute_force_reach,
 # `window` (or `None`: causal). Notebook 08 needs exactly this. Nothing above builds a non-square mask: work
 # out which key each query's window starts and ends at.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_3_cache_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex05_3_cache_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def cache_window_mask(n_new, start, window):
     ### BEGIN SOLUTION
     i = torch.arange(start, start + n_new)[:, None]  # (n_new, 1): absolute query positions
@@ -551,7 +551,7 @@ _ = check_function("05.3 cache_window_mask", cache_window_mask, reference_cache_
 # **last** position $i$ = `seq_len - 1` at the top of the stack. Section 3 did it for equal windows; here
 # layers differ, and a sequence is finite.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_4_mixed_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex05_4_mixed_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def mixed_reach(windows, seq_len):
     ### BEGIN SOLUTION
     if any(w is None for w in windows):

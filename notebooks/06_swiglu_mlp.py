@@ -436,7 +436,7 @@ for n, a_ in gate_in.items():
 # **06.1** Write the SwiGLU MLP as a function of the input and the three weights, in `nn.Linear` layout
 # (`w1`, `w3`: `(hidden, dim)`, `w2`: `(dim, hidden)`). Use `torch.sigmoid` for SiLU, not `F.silu`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex06_1_swiglu-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex06_1_swiglu-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_swiglu(x, w1, w2, w3):
     ### BEGIN SOLUTION
     a = x @ w1.T
@@ -465,7 +465,7 @@ _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
 # plus two edge cases: a width that already is a multiple (dim 96 gives exactly 256, which must stay 256) and
 # `multiple_of=1` (no rounding at all).
 
-# %% nbgrader={"grade": false, "grade_id": "ex06_2_llama_hidden_dim-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex06_2_llama_hidden_dim-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_llama_hidden_dim(dim, multiple_of=256):
     ### BEGIN SOLUTION
     h = int(2 * 4 * dim / 3)
@@ -489,7 +489,7 @@ _ = check_value("06.2 llama_hidden_dim",
 # with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. Work it out
 # on paper first: what inequality must `hidden_dim` satisfy?
 
-# %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_hidden_for_share(args, share, multiple_of=256):
     ### BEGIN SOLUTION
     d = args.dim

@@ -205,7 +205,7 @@ print("MyBlock == mm TransformerBlock: max |diff| =", f"{(ours - lib).abs().max(
 # The check compares with what the library's `TransformerBlock` really adds (captured with forward hooks), on
 # blocks with 1, 2 and 4 query heads per K/V head, with and without a window.
 
-# %% nbgrader={"grade": false, "grade_id": "ex07_1_branch_outputs-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex07_1_branch_outputs-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def branch_outputs(block, x, angles, mask, positions):
     ### BEGIN SOLUTION
     attn_out = block.attention(block.attention_norm(x), angles, mask, positions, positions)
@@ -367,7 +367,7 @@ plt.show()
 # Write `layer_params(args)`, the number of parameters of one block for any `ModelArgs`. Watch out:
 # `head_dim` need not be `dim // n_heads`, and `n_kv_heads` may be anything from 1 to `n_heads`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex07_2_layer_params-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex07_2_layer_params-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def layer_params(args: mm.ModelArgs) -> int:
     ### BEGIN SOLUTION
     attn = args.dim * args.n_heads * args.head_dim * 2 + args.dim * args.n_kv_heads * args.head_dim * 2
@@ -400,7 +400,7 @@ passed = check_function("07.2 layer_params", layer_params, _block_numel,
 # (embeddings, all blocks, final norm, output head unless `tied`). Activations are left out. The check uses
 # configurations that appear nowhere above; work out one by hand first.
 
-# %% nbgrader={"grade": false, "grade_id": "ex07_3_training_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex07_3_training_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def training_bytes(args: mm.ModelArgs, tied: bool) -> int:
     ### BEGIN SOLUTION
     n = args.n_layers * layer_params(args) + args.dim + args.vocab_size * args.dim * (1 if tied else 2)

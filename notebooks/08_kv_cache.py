@@ -283,7 +283,7 @@ print("same slots, same keys, same values as MyRollingCache")
 # (positions $0$ to $n-1$), with $-1$ for a slot never written. Think before you code: after 13
 # tokens with $W = 8$, slot 3 holds 11.
 
-# %% nbgrader={"grade": false, "grade_id": "ex08_1_cached_positions-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex08_1_cached_positions-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def cached_positions(n_tokens: int, window: int) -> list[int]:
     ### BEGIN SOLUTION
     slots = [-1] * window
@@ -391,7 +391,7 @@ for name, d in diffs.items():  # float rounding differs with the order of the su
 # Write `chunked_logits(model, tokens, chunk_size)`: run `tokens` (shape (1, T)) through the model in
 # chunks of `chunk_size` using one cache, and return the logits of all T positions, (1, T, V).
 
-# %% nbgrader={"grade": false, "grade_id": "ex08_2_chunked_logits-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex08_2_chunked_logits-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
 def chunked_logits(model, tokens, chunk_size):
     ### BEGIN SOLUTION
@@ -420,7 +420,7 @@ with torch.no_grad():
 # $i - W < j \le i$). Your `cached_positions` from 08.1 may help. The check tries a chunk with nothing
 # cached, chunks before and after the ring wraps, a single decode step, a chunk longer than the window, and W = 1.
 
-# %% nbgrader={"grade": false, "grade_id": "ex08_3_rolling_chunk_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex08_3_rolling_chunk_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def rolling_chunk_mask(start: int, chunk_len: int, window: int) -> torch.Tensor:
     ### BEGIN SOLUTION
     n_cached = min(start, window)

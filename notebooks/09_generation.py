@@ -126,7 +126,7 @@ print(tok.decode(ids + greedy_ids))
 # then feed back one token at a time, always taking the argmax of the last position's logits. Return
 # the list of the `n_new` new ids. (`model.new_cache()` and `model(tokens, cache=cache)`, notebook 08.)
 
-# %% nbgrader={"grade": false, "grade_id": "ex09_1_greedy_decode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex09_1_greedy_decode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
 def greedy_decode(model, prompt_ids, n_new):
     ### BEGIN SOLUTION
@@ -269,7 +269,7 @@ plt.show()
 # 0.5, 0.3, 0.2 and `p = 0.6`, which tokens stay? With `p = 0.5`? Your answer must keep the vocabulary order
 # of its input.
 
-# %% nbgrader={"grade": false, "grade_id": "ex09_2_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex09_2_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def top_p_filter(probs, p):
     ### BEGIN SOLUTION
     sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -304,7 +304,7 @@ passed = check_function("09.2 top_p_filter", top_p_filter,
 # the vocabulary. Then answer for yourself: for the two prompts above (hesitant and sure), does min-p with
 # `min_p = 0.1` keep more or fewer tokens than top-p with `p = 0.9`?
 
-# %% nbgrader={"grade": false, "grade_id": "ex09_3_min_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex09_3_min_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def min_p_filter(probs, min_p):
     ### BEGIN SOLUTION
     bar = min_p * probs.max(dim=-1, keepdim=True).values  # (..., 1): one bar per distribution

@@ -202,7 +202,7 @@ plt.show()
 # step `warmup_steps - 1` gets the full `cfg.lr`), then the half cosine above, reaching `cfg.min_lr` at
 # step `cfg.steps - 1`. It is checked against `minimistral.train.lr_at`, including a schedule without warmup.
 
-# %% nbgrader={"grade": false, "grade_id": "ex10_1_lr_at-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex10_1_lr_at-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_lr_at(step, cfg):
     ### BEGIN SOLUTION
     if step < cfg.warmup_steps:
@@ -465,7 +465,7 @@ print(f"random weights: {prompts[0]} {soup}")
 # and return the perplexity $\exp\bigl(-\frac{1}{N}\sum_t \log p(y_t \mid y_{t-1})\bigr)$ of
 # `eval_ids[1:]`. Checked against `minimistral.train.corpus.ngram_perplexities`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex10_2_bigram_ppl-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex10_2_bigram_ppl-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_bigram_ppl(train_ids, eval_ids, V):
     ### BEGIN SOLUTION
     counts = torch.ones(V, V, dtype=torch.float64)
@@ -501,7 +501,7 @@ _ = check_function("10.2 bigram_ppl", my_bigram_ppl, bigram_reference,
 # divided by the characters. Then use it below: what per-token perplexity would a model need to match ours if
 # its tokenizer cut the same text into pieces half as long?
 
-# %% nbgrader={"grade": false, "grade_id": "ex10_3_bits_per_char-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex10_3_bits_per_char-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def bits_per_char(loss, n_tokens, n_chars):
     ### BEGIN SOLUTION
     return loss * n_tokens / n_chars / math.log(2)

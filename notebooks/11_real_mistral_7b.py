@@ -218,7 +218,7 @@ print(f"setting: {PLAN.setting()}")
 # bytes per number. The cache is a rolling buffer: it keeps at most `args.sliding_window` tokens per
 # sequence, or all of them when `sliding_window` is None. (Notebooks 07 and 08 have every piece.)
 
-# %% nbgrader={"grade": false, "grade_id": "ex11_1_inference_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex11_1_inference_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def inference_bytes(args: mm.ModelArgs, seq_len: int, batch_size: int, dtype_bytes: int) -> int:
     ### BEGIN SOLUTION
     weights = args.num_params() * dtype_bytes
@@ -368,7 +368,7 @@ print("mean attention on token 0 by layer:", [round(v, 2) for v in sink.tolist()
 # sequence starting at position 0. Return a tensor of shape (heads,): for each head, the attention that
 # queries $1, \dots, T-1$ put on the key just before them, averaged over those queries.
 
-# %% nbgrader={"grade": false, "grade_id": "ex11_2_previous_token_score-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex11_2_previous_token_score-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def previous_token_score(probs: torch.Tensor) -> torch.Tensor:
     ### BEGIN SOLUTION
     return torch.diagonal(probs, offset=-1, dim1=-2, dim2=-1).mean(-1)

@@ -706,7 +706,7 @@ else:
 # the memory-bound ceiling in tokens/s for the whole batch (ignore the arithmetic: assume it stays under the
 # ridge). The check uses the H200's measured copy bandwidth and settings the benchmark never ran.
 
-# %% nbgrader={"grade": false, "grade_id": "ex12_1_decode_ceiling-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex12_1_decode_ceiling-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_decode_ceiling(args, bytes_per_number, bandwidth, batch_size, context):
     ### BEGIN SOLUTION
     kept = context if args.sliding_window is None else min(context, args.sliding_window)

@@ -6,7 +6,22 @@ import math
 import pytest
 import torch
 
-from minimistral.labs.checks import check_function, check_value
+from minimistral.labs.checks import CheckFailed, check_function, check_value
+
+
+@pytest.fixture(autouse=True)
+def _print_only(monkeypatch):
+    """These tests read the verdict lines; a check's default of raising after [FAIL]/[TODO] (what nbgrader
+    scores) is tested once, in test_a_failing_check_raises_by_default."""
+    monkeypatch.setenv("MINIMISTRAL_CHECKS_RAISE", "0")
+
+
+def test_a_failing_check_raises_by_default(monkeypatch, capsys):
+    monkeypatch.delenv("MINIMISTRAL_CHECKS_RAISE")
+    with pytest.raises(CheckFailed, match="99.1 params"):
+        check_function("99.1 params", lambda n, d: 0, ref_params, [(2, 8)])
+    assert capsys.readouterr().out.startswith("[FAIL] 99.1 params: ")
+    assert check_function("99.1 params", ref_params, ref_params, [(2, 8)])  # a pass never raises
 
 
 def verdict(capsys, *args, **kwargs):
