@@ -17,6 +17,15 @@ bookkeeping, and a host synchronisation for every sampled token. Here:
   share one read of their keys and values, and nothing is copied.
 - Prefill through `scaled_dot_product_attention` in chunks of at most W tokens; the first chunk has no cache
   to look at, so it is plain causal attention and runs in the flash kernel.
+- Fused projections (as gpt-fast does at load time): wq/wk/wv become one (H + 2K) * D x dim matrix and w1/w3
+  one 2 * hidden x dim matrix, so a layer reads its weights in 4 matrix products instead of 7. The fusion
+  lives here only: the teaching model keeps its parameter names (save_checkpoint is unchanged); its wq, wk,
+  wv, w1 and w3 become views into the fused matrices, so no weight is held twice.
+- Decode attention split over the key axis (flash-decoding's idea): the W cached values are read as S
+  chunks in parallel, each chunk's probs @ V is a small product, and the S partial outputs are summed. One
+  (n_rep x W) @ (W x D) product has a long reduction and few outputs: a GPU runs it on a few blocks only.
+- Weight-only quantized models (minimistral.quant: int8 per channel, 4-bit group-wise) go through the same
+  step: the quantized linears are fused the same way when their tensors are laid out per output row.
 
 `FastGenerator(model).generate(...)` gives the same tokens as `mm.generate` (tests/test_fast.py proves it).
 On an H200 it decodes Mistral 7B at 184 tokens/s, 65% of the bandwidth ceiling (data/bench_gpu_h200.json).
@@ -24,14 +33,16 @@ On an H200 it decodes Mistral 7B at 184 tokens/s, 65% of the bandwidth ceiling (
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from .attention import attention_mask, repeat_kv
-from .rope import apply_rope_interleaved_real, rope_frequencies
+from .rope import apply_rope_complex, apply_rope_interleaved_real, rope_frequencies
 
 
 def _sdpa(q, k, v, mask):
@@ -42,18 +53,170 @@ def _sdpa(q, k, v, mask):
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None)
 
 
-def _decode_attention(q, k, v, visible):
+def _decode_attention(q, k, v, visible, splits: int = 1):
     """One new query per head. q (B, H, 1, D), k and v (B, K, W, D), visible (W,) bool -> (B, H, 1, D).
 
     The n_rep = H / K query heads of a group are stacked as the rows of one small matrix, so each K/V head
-    is read from memory once for its whole group (repeating K/V as at prefill would copy the cache 4x)."""
+    is read from memory once for its whole group (repeating K/V as at prefill would copy the cache 4x).
+    The softmax is taken over all W slots at once (the scores are tiny: H x W floats), then probs @ V runs as
+    `splits` chunks of W / splits keys, whose partial outputs are summed: the same sum in a different order,
+    with S times more independent work for the GPU."""
     B, H, _, D = q.shape
-    K = k.shape[1]
+    K, W = k.shape[1], k.shape[2]
     qg = q.view(B, K, H // K, D) * (1.0 / math.sqrt(D))  # (B, K, n_rep, D)
     scores = (qg @ k.transpose(-2, -1)).float()  # (B, K, n_rep, W)
     scores = scores.masked_fill(~visible, float("-inf"))  # empty slots and slots outside the window
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    if splits > 1:
+        C = W // splits
+        p = probs.view(B, K, H // K, splits, C).transpose(2, 3)  # (B, K, S, n_rep, C)
+        part = p @ v.view(B, K, splits, C, D)  # (B, K, S, n_rep, D): one small product per chunk
+        return part.sum(2, dtype=torch.float32).to(v.dtype).view(B, H, 1, D)
     return (probs @ v).view(B, H, 1, D)  # (B, K, n_rep, D) -> (B, H, 1, D)
+
+
+def decode_splits(slots: int, chunk: int = 256) -> int:
+    """How many chunks of `chunk` keys the W slots split into (1 when W is small or not a multiple)."""
+    return slots // chunk if slots >= 2 * chunk and slots % chunk == 0 else 1
+
+
+# ---- fused projections ---------------------------------------------------------------------------------------
+def _out_axis(ts: list[torch.Tensor], outs: list[int]):
+    """The axis along which tensors of pieces with `outs` output features stack: its size is out_features in
+    every piece, or (packed layouts, e.g. tiles of 8 rows) the same fraction of it. None if there is none."""
+    shapes = [t.shape for t in ts]
+    if len({len(sh) for sh in shapes}) != 1:
+        return None
+    for exact in (True, False):
+        for ax in range(len(shapes[0])):
+            others = {sh[:ax] + sh[ax + 1:] for sh in shapes}
+            if len(others) != 1:  # every other axis must agree between the pieces
+                continue
+            if exact and all(sh[ax] == n for sh, n in zip(shapes, outs)):
+                return ax
+            if not exact and all(sh[ax] * outs[0] == shapes[0][ax] * n and sh[ax] > 0 for sh, n in zip(shapes, outs)):
+                return ax
+    return None
+
+
+class Fused(nn.Module):
+    """Several linears of the same input computed as one: y = x @ cat(W_i).T, split back into the pieces.
+    `linear` is one module of the same kind as the pieces (nn.Linear or a quantized linear); `sizes` are the
+    pieces' output widths."""
+
+    def __init__(self, linear: nn.Module, sizes: list[int]):
+        super().__init__()
+        self.linear, self.sizes = linear, list(sizes)
+
+    def forward(self, x):
+        return self.linear(x).split(self.sizes, dim=-1)
+
+
+@torch.no_grad()
+def fuse_linears(mods: list[nn.Module]) -> nn.Module:
+    """One module over the concatenated output rows of `mods` (linears of one type and input width, no bias):
+    nn.Linear, or minimistral.quant's Int8Linear / Int4Linear, whose tensors stack along their output axis.
+
+    The fused module is checked on a probe input against the pieces (a layout this code does not know is
+    left unfused, not computed wrong). Then the pieces' tensors that stack along axis 0 (the weights; not
+    the small scale tables) are rebound as views of the fused ones: the weights are not held twice, and the
+    teaching model reads (and saves) the same values under its own names."""
+    first = mods[0]
+    tensors = [dict(list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False))) for m in mods]
+    outs = [getattr(m, "out_features", 0) for m in mods]
+    if (len({type(m) for m in mods}) != 1 or any(list(m.children()) for m in mods) or not all(outs)
+            or any(t.keys() != tensors[0].keys() for t in tensors) or getattr(first, "bias", None) is not None):
+        return _Unfused(mods)
+    axes = {name: _out_axis([t[name] for t in tensors], outs) for name in tensors[0]}
+    if None in axes.values():
+        return _Unfused(mods)
+    fused = copy.copy(first)  # same class and settings; every tensor replaced just below
+    fused._parameters, fused._buffers = dict(fused._parameters), dict(fused._buffers)
+    fused.out_features = sum(outs)
+    whole = {}
+    for name, ax in axes.items():
+        parts = [t[name].detach() for t in tensors]
+        joined = _adjacent(parts) if ax == 0 else None
+        whole[name] = joined if joined is not None else torch.cat(parts, ax)
+        is_param = name in fused._parameters
+        setattr(fused, name, nn.Parameter(whole[name], requires_grad=False) if is_param else whole[name])
+    # the probe: any layout whose rows do not stack as assumed gives different numbers here
+    dtype = getattr(first, "dtype", None) or next(t for t in tensors[0].values() if t.is_floating_point()).dtype
+    device = next(iter(tensors[0].values())).device
+    x = torch.randn(2, first.in_features, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    want, got = torch.cat([m(x) for m in mods], -1).float(), fused(x).float()
+    if not torch.allclose(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()) + 1e-6):
+        return _Unfused(mods)
+    for name, ax in axes.items():  # the originals become views into the fused tensors: one copy in memory
+        if ax != 0:
+            continue
+        for m, piece in zip(mods, whole[name].split([t[name].shape[0] for t in tensors])):
+            if name in m._parameters:
+                m._parameters[name].data = piece
+            else:
+                m._buffers[name] = piece
+    return Fused(fused, outs)
+
+
+def _adjacent(ts):
+    """The pieces seen as one tensor, if they already lie end to end in one storage (fused by an earlier
+    FastGenerator on the same model): a view over them, so fusing twice copies nothing. Else None."""
+    first = ts[0]
+    if not all(t.is_contiguous() and t.untyped_storage().data_ptr() == first.untyped_storage().data_ptr() for t in ts):
+        return None
+    if any(b.storage_offset() != a.storage_offset() + a.numel() for a, b in zip(ts, ts[1:])):
+        return None
+    shape = (sum(t.shape[0] for t in ts), *first.shape[1:])
+    return first.new_empty(0).set_(first.untyped_storage(), first.storage_offset(), shape, first.stride())
+
+
+class _Unfused(nn.Module):
+    def __init__(self, mods):
+        super().__init__()
+        self.mods = nn.ModuleList(mods)
+
+    def forward(self, x):
+        return [m(x) for m in self.mods]
+
+
+class _TeachingLayer(nn.Module):
+    """The teaching block's own modules, unfused (FastGenerator(fuse=False): what fusion adds, measured)."""
+
+    def __init__(self, layer):
+        super().__init__()
+        a = layer.attention
+        self.attention, self.feed_forward = a, layer.feed_forward
+        self.attention_norm, self.ffn_norm, self.wo = layer.attention_norm, layer.ffn_norm, a.wo
+
+    def qkv(self, x, angles, rope):
+        return self.attention.qkv(x, angles, rope=rope)
+
+    def mlp(self, x):
+        return self.feed_forward(x)
+
+
+class FastLayer(nn.Module):
+    """One transformer block as the fast path runs it: the teaching block's norms and wo/w2, fused qkv and w13."""
+
+    def __init__(self, layer):
+        super().__init__()
+        a, f = layer.attention, layer.feed_forward
+        self.n_heads, self.n_kv_heads, self.head_dim = a.n_heads, a.n_kv_heads, a.head_dim
+        self.attention_norm, self.ffn_norm, self.wo, self.w2 = layer.attention_norm, layer.ffn_norm, a.wo, f.w2
+        self.wqkv = fuse_linears([a.wq, a.wk, a.wv])
+        self.w13 = fuse_linears([f.w1, f.w3])
+
+    def qkv(self, x, angles, rope):
+        """x (B, T, dim) -> q (B, H, T, D), k and v (B, K, T, D), RoPE applied to q and k."""
+        B, T, _ = x.shape
+        q, k, v = self.wqkv(x)  # one matrix product
+        q = rope(q.view(B, T, self.n_heads, self.head_dim), angles)
+        k = rope(k.view(B, T, self.n_kv_heads, self.head_dim), angles)
+        return q.transpose(1, 2), k.transpose(1, 2), v.view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
+
+    def mlp(self, x):
+        gate, up = self.w13(x)  # (B, T, hidden) x 2 from one matrix product
+        return self.w2(F.silu(gate) * up)
 
 
 class StaticRollingCache:
@@ -79,19 +242,26 @@ class StaticRollingCache:
 
 
 class FastGenerator:
-    def __init__(self, model, batch_size: int = 1, compile=None, tune: bool = False):
+    def __init__(self, model, batch_size: int = 1, compile=None, tune: bool = False, fuse: bool = True,
+                 kv_splits: Optional[int] = None):
         """compile: None (compile with CUDA graphs on a GPU, not on a CPU), False (eager kernels), True or
         "reduce-overhead" (compile + CUDA graphs), or "default" (fused kernels, launched one by one: the
         benchmark uses it to show what the graphs add).
         tune: let the compiler time several launch configurations of each generated kernel
-        (`coordinate_descent_tuning`, as gpt-fast does); a slower first compile, sometimes faster kernels."""
+        (`coordinate_descent_tuning`, as gpt-fast does); a slower first compile, sometimes faster kernels.
+        fuse: one matrix for wq/wk/wv and one for w1/w3 (the model's own weights become views into them).
+        kv_splits: chunks of the key axis at decode (None: chunks of 256 keys when the cache is long enough)."""
         self.model = model.eval()
         self.args = model.args
-        w = model.output.weight
+        w = model.norm.weight  # stays in the activation dtype when the linears are quantized
         self.device, self.dtype = w.device, w.dtype
         self.cache = StaticRollingCache(self.args, batch_size, self.dtype, self.device)
         self.inv_freq = rope_frequencies(self.args.head_dim, self.args.rope_theta, device=self.device)
         self.window = self.args.sliding_window
+        self.layers = [FastLayer(layer) if fuse else _TeachingLayer(layer) for layer in model.layers]
+        self.kv_splits = decode_splits(self.cache.size) if kv_splits is None else kv_splits
+        if self.cache.size % self.kv_splits:
+            raise ValueError(f"kv_splits={self.kv_splits} does not divide the {self.cache.size} cache slots")
         if compile is None:
             compile = self.device.type == "cuda"
         mode = "reduce-overhead" if compile is True else compile
@@ -131,16 +301,15 @@ class FastGenerator:
         angles = torch.outer(positions.float(), self.inv_freq)
         slots = positions % c.size  # T <= W, so distinct
         h = self.model.tok_embeddings(tokens)
-        for i, layer in enumerate(self.model.layers):
-            attn = layer.attention
-            q, k, v = attn.qkv(layer.attention_norm(h), angles)  # (B, H, T, D), (B, K, T, D) x 2
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(layer.attention_norm(h), angles, apply_rope_complex)  # (B, H, T, D), (B, K, T, D) x 2
             if first:
                 out = _sdpa(q, k, v, None)
             else:
                 out = _sdpa(q, torch.cat([c.k[i], k], 2), torch.cat([c.v[i], v], 2), mask)
             c.k[i][:, :, slots], c.v[i][:, :, slots] = k, v
-            h = h + attn.wo(out.transpose(1, 2).reshape(B, T, -1))
-            h = h + layer.feed_forward(layer.ffn_norm(h))
+            h = h + layer.wo(out.transpose(1, 2).reshape(B, T, -1))
+            h = h + layer.mlp(layer.ffn_norm(h))
         c.slot_positions[slots] = positions
         return self.model.output(self.model.norm(h[:, -1])).float()  # (B, V)
 
@@ -156,14 +325,13 @@ class FastGenerator:
             visible &= c.slot_positions > pos - self.window  # (W,)
         angles = (pos.float() * self.inv_freq)[None, :]  # (1, D/2)
         h = self.model.tok_embeddings(token)  # (B, 1, dim)
-        for i, layer in enumerate(self.model.layers):
-            attn = layer.attention
-            q, k, v = attn.qkv(layer.attention_norm(h), angles, rope=apply_rope_interleaved_real)  # (B, *, 1, D)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.qkv(layer.attention_norm(h), angles, apply_rope_interleaved_real)  # (B, *, 1, D)
             c.k[i].index_copy_(2, slot[None], k)
             c.v[i].index_copy_(2, slot[None], v)
-            out = _decode_attention(q, c.k[i], c.v[i], visible)  # (B, H, 1, D)
-            h = h + attn.wo(out.transpose(1, 2).reshape(B, 1, -1))
-            h = h + layer.feed_forward(layer.ffn_norm(h))
+            out = _decode_attention(q, c.k[i], c.v[i], visible, self.kv_splits)  # (B, H, 1, D)
+            h = h + layer.wo(out.transpose(1, 2).reshape(B, 1, -1))
+            h = h + layer.mlp(layer.ffn_norm(h))
         logits = self.model.output(self.model.norm(h[:, -1])).float()  # (B, V)
         return logits, self._sample(logits, temperature, noise)
 
