@@ -34,6 +34,7 @@ On an H200 it decodes Mistral 7B at 184 tokens/s, 65% of the bandwidth ceiling (
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Optional
 
@@ -195,6 +196,23 @@ class _TeachingLayer(nn.Module):
         return self.feed_forward(x)
 
 
+def _settle_kernel_choices(model, layers, dtype, device):
+    """Quantized linears (minimistral.quant.Int8Linear) ask at every call whether PyTorch has a kernel for the
+    input's device and dtype, through a cached function the compiler cannot trace (it holds a torch.Generator).
+    The answer cannot change during decoding: ask once here, and give each module the answer as a constant."""
+    from . import quant
+
+    mods = [m for layer in layers for m in layer.modules()] + list(model.modules())
+    for m in mods:
+        if isinstance(m, quant.Int8Linear) and "kernel_path" not in m.__dict__:
+            ok = quant.kernel_available("int8", device.type, dtype) and m.use_kernel is not False
+            m.kernel_path = functools.partial(_constant, ok)
+
+
+def _constant(value, *_):
+    return value
+
+
 class FastLayer(nn.Module):
     """One transformer block as the fast path runs it: the teaching block's norms and wo/w2, fused qkv and w13."""
 
@@ -268,6 +286,7 @@ class FastGenerator:
         if mode not in (False, "reduce-overhead", "default"):
             raise ValueError(f"compile must be None, True, False, 'reduce-overhead' or 'default', got {compile!r}")
         if mode:  # the cache is mutated inside the graph: its addresses must stay fixed between replays
+            _settle_kernel_choices(model, self.layers, self.dtype, self.device)
             for t in self.cache.buffers():
                 torch._dynamo.mark_static_address(t)
             if tune:  # torch.compile takes a mode or inductor options, not both: the mode as its option
