@@ -162,3 +162,30 @@ def test_compiled_fused_quantized_step_equals_teaching_path(mode, group, dtype, 
     prompt = _prompt(12)
     fast = FastGenerator(model, compile="default", kv_splits=2)
     assert_same_greedy(model, fast.generate(prompt, 30), prompt, mm.generate(model, prompt, max_new_tokens=30))
+
+
+def test_gpu_benchmark_quantized_rows_on_the_cpu_preset(tmp_path, one_thread):
+    """`python -m minimistral.bench --gpu --quant int8 int4` on the CPU with the tiny preset: the int8 and 4-bit
+    rows are measured with their own weight bytes and ceiling, and their greedy agreement with the bf16 (here
+    float32) fast path; the JSON keys are the ones minimistral.bench.results names."""
+    import json
+
+    from minimistral.bench import main
+    from minimistral.bench import results as R
+
+    out = tmp_path / "bench.json"
+    rc = main(["--gpu", "--device", "cpu", "--preset", "tiny", "--new-tokens", "8", "--long-prompt", "300",
+               "--prefill", "64", "--no-hf", "--no-eager", "--quant", "int8", "int4", "--int4-group", "32",
+               "--json", str(out)])
+    run = json.loads(out.read_text())
+    assert rc == 0 and run[R.ERRORS] == {}
+    rows = run[R.ROWS]
+    assert set(rows) == {R.FAST, R.quant_row("int8"), R.quant_row("int4", 32)}
+    fast, int8, int4 = rows[R.FAST], rows[R.quant_row("int8")], rows[R.quant_row("int4", 32)]
+    assert fast[R.ROW_WEIGHT_BYTES] == run[R.WEIGHT_BYTES]
+    # float32 tiny model: int8 stores ~1/4 of the linear weights' bytes, 4-bit ~1/8 (+ scales); embeddings stay
+    assert fast[R.ROW_WEIGHT_BYTES] > int8[R.ROW_WEIGHT_BYTES] > int4[R.ROW_WEIGHT_BYTES]
+    for row in (int8, int4):
+        assert row[R.decode(R.SHORT)] > 0 and row[R.decode(R.LONG)] > 0 and row[R.prefill(64)] > 0
+        assert 0 <= row[R.AGREEMENT] <= 1 and 0 <= row[R.AGREEMENT_PREFIX] <= 8
+    assert run[R.LADDER][R.RUNG_EAGER][R.RUNG_RATE] > 0
