@@ -3,6 +3,7 @@
 Our parameter names are Mistral's; `convert.py` maps them (and the wq/wk row order) to Hugging Face's.
 
     model = load_checkpoint(folder, device="cuda", dtype=torch.bfloat16)   # either layout, detected
+    model = load_checkpoint(folder, device="cpu", dtype=torch.bfloat16, quantize="int8")  # 7.5 GB for the 7B
     save_checkpoint(model, folder, format="hf")                             # or "consolidated"
     write_random_checkpoint(ModelArgs.mistral_7b(), folder)                 # 14.5 GB of random bf16 weights
 
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from .config import ModelArgs, dtype_name
 from .model import Transformer
 from .convert import from_hf_tensor, hf_name, to_hf_tensor
+from . import device as _device, quant
 
 # ==== checkpoint files on disk ========================================================================
 #
@@ -232,7 +234,8 @@ def check_device_memory(needed_bytes: int, device) -> None:
             "see nvidia-smi) or load in a smaller dtype")
 
 
-def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = True, layout: Optional[str] = None):
+def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = True, layout: Optional[str] = None,
+                    quantize: Optional[str] = None, group_size: int = 128, working: int = 0):
     """Load a Mistral checkpoint folder (Hugging Face or Mistral layout, detected) into a Transformer.
 
     Every tensor goes from the file straight to `device` in `dtype` (None keeps the file's dtype), one at a
@@ -241,7 +244,14 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     system pages them in), except the permuted wq/wk of an HF checkpoint.
     Parameters come back with requires_grad=False (inference); call model.requires_grad_() to train.
     `layout` ("hf" or "consolidated") forces one when a folder holds both. Returns the model in eval mode.
+
+    quantize="int8" or "int4" (with group_size 32, 64 or 128) quantizes the attention and MLP weights tensor by
+    tensor as they stream, on `device` (quant.py says which layers and how): peak memory is the quantized model
+    plus one full-precision tensor. Before reading any weight the memory plan (device.py: weights, one rolling
+    cache, `working` bytes the caller will need beside them) is compared with free memory on the device
+    (available RAM on the CPU); a load that cannot fit raises MemoryError with the figures and a setting that fits.
     """
+    quant.check_mode(quantize, group_size)
     path = Path(path).expanduser()
     if layout not in (None, "hf", "consolidated"):
         raise ValueError(f"layout must be None, 'hf' or 'consolidated', got {layout!r}")
@@ -250,7 +260,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     device, dtype = torch.device(device), _resolve_dtype(dtype)
     itemsize = dtype.itemsize if dtype is not None else None
     needed = sum(math.prod(e.shape) * itemsize if itemsize else e.nbytes for e in entries)
-    check_device_memory(needed, device)
+    _check_load_plan(args, path, device, dtype, quantize, group_size, working)
 
     model = meta_model(args)  # shapes only; every parameter is replaced below
 
@@ -273,8 +283,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
             t = t.to(device).to(dtype or t.dtype)
             if layout == "hf":
                 t = from_hf_tensor(e.ours, t, args)  # rotate-half rows -> interleaved, on the device
-            module_name, _, leaf = e.ours.rpartition(".")
-            setattr(model.get_submodule(module_name), leaf, nn.Parameter(t, requires_grad=False))
+            _place(model, e.ours, t, quantize, group_size)
             bar.update(t.numel() * t.element_size())
     finally:
         bar.close()
@@ -283,7 +292,30 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     left = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if left:
         raise RuntimeError(f"load_checkpoint left tensors on the meta device: {left[:5]}")
+    if quantize:
+        model.quantization = {"mode": quantize, "group_size": group_size if quantize == "int4" else None}
     return model.eval()
+
+
+def _check_load_plan(args, path, device, dtype, quantize, group_size, working) -> None:
+    """Refuse, before any weight is read: a group size that does not divide the layers, a plan that does not
+    fit in free memory (device.check_fits), an activation dtype the device cannot compute in."""
+    if quantize == "int4":
+        quant.check_group_size(args, group_size)
+    act = dtype or getattr(torch, args.dtype)
+    _device.check_fits(args, device, act, quantize, group_size, working, what=f"{path.name}")
+    _device.check_dtype(device, act)
+
+
+def _place(model, name: str, t: torch.Tensor, quantize, group_size) -> None:
+    """Give the model its tensor `name`: as a parameter, or, for a linear layer quantize() replaces, as an
+    Int8Linear / Int4Linear made from it on its device (t itself is dropped by the caller)."""
+    module_name, _, leaf = name.rpartition(".")
+    if quantize and quant.is_quantized_name(name):
+        parent, _, child = module_name.rpartition(".")
+        setattr(model.get_submodule(parent), child, quant.quantize_linear_weight(t, quantize, group_size, t.dtype))
+    else:
+        setattr(model.get_submodule(module_name), leaf, nn.Parameter(t, requires_grad=False))
 
 
 # ---- writing ---------------------------------------------------------------------------------------
@@ -407,6 +439,10 @@ def save_checkpoint(model, path, format: str = "hf", max_shard_size="5GB", overw
     A non-empty folder is refused unless overwrite=True, which replaces the checkpoint files in it.
     dtype: cast the weights (e.g. torch.bfloat16) while writing; None keeps the model's."""
     _check_format(format)
+    if quant.is_quantized(model):  # refused before anything is written
+        raise ValueError("save_checkpoint: this model is quantized (its attention and MLP weights are Int8Linear/"
+                         "Int4Linear modules); checkpoints hold full-precision weights only. Save the model before "
+                         "quantizing it, and quantize when loading: load_checkpoint(path, quantize=...)")
     shard_bytes = parse_size(max_shard_size)
     params = dict(model.named_parameters())
     dtype = _resolve_dtype(dtype) or next(iter(params.values())).dtype

@@ -3,12 +3,15 @@ transformers, each in a fresh process, onto the device in bf16.
 
     python -m minimistral.bench --load                                  # GPU: the 7B (writes 14.5 GB once)
     python -m minimistral.bench --load --device cpu --preset tiny       # a CPU-sized dry run
+    python -m minimistral.bench --load --device cpu --quantize int8 int4 --delete   # the 7B on a CPU, quantized
 
 For each loader it prints the wall-clock seconds of the load call, the peak anonymous host memory of the
 process (RssAnon from /proc/self/status, sampled every 20 ms: heap and copies, not the page cache that
 memory-mapped files use), and the peak GPU memory (torch.cuda.max_memory_allocated). Both processes run
 the same few tokens through their model afterwards, so the table also shows that they loaded the same
-weights. The checkpoint is written once (skipped when --dir already holds it), so both loads read files
+weights. With --quantize, only minimistral loads (quantizing as it streams, activations in bf16), once per
+mode, and each child also decodes a few tokens: the table adds tokens/s and the peak RssAnon while decoding.
+--delete removes the checkpoint afterwards when this run wrote it. The checkpoint is written once (skipped when --dir already holds it), so both loads read files
 the operating system has just cached: the table compares loaders, not disks.
 """
 
@@ -66,7 +69,8 @@ class _PeakSampler(threading.Thread):
 
 # ---- the child: one load in a fresh process ------------------------------------------------------------
 
-def _child(which: str, path: str, device: str, logits_out: str) -> dict:
+def _child(which: str, path: str, device: str, logits_out: str, quantize=None, group_size=128,
+           decode_tokens=0) -> dict:
     import torch
 
     cuda = device.startswith("cuda")
@@ -75,8 +79,13 @@ def _child(which: str, path: str, device: str, logits_out: str) -> dict:
     if which == "ours":
         from ..weights import load_checkpoint
 
+        if quantize:
+            method[0] = f"load_checkpoint(device={device!r}, dtype=bf16, quantize={quantize!r}" + \
+                (f", group_size={group_size})" if quantize == "int4" else ")")
+
         def load():
-            return load_checkpoint(path, device=device, dtype=torch.bfloat16, progress=False)
+            return load_checkpoint(path, device=device, dtype=torch.bfloat16, progress=False, quantize=quantize,
+                                   group_size=group_size)
     else:
         from transformers import MistralForCausalLM
 
@@ -105,9 +114,10 @@ def _child(which: str, path: str, device: str, logits_out: str) -> dict:
     seconds = time.perf_counter() - t0
     peak = sampler.stop()
     gpu_peak = torch.cuda.max_memory_allocated() if cuda else None
-    params = list(model.parameters())
+    params = list(model.parameters()) + list(model.buffers())
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
     n_params = sum(p.numel() for p in params)
+    decode = _decode(model, device, decode_tokens) if decode_tokens else {}
 
     vocab = model.args.vocab_size if which == "ours" else model.config.vocab_size
     tokens = (torch.arange(16, device=device) * 7919 % vocab)[None]  # fixed ids spread over the vocabulary
@@ -116,12 +126,35 @@ def _child(which: str, path: str, device: str, logits_out: str) -> dict:
         logits = (out if which == "ours" else out.logits)[0, -1].float().cpu()
     torch.save(logits, logits_out)
     return {"loader": which, "method": method[0], "seconds": seconds, "rss_anon_before": before, "rss_anon_peak": peak,
-            "gpu_peak": gpu_peak, "dtypes": dtypes, "n_params": n_params}
+            "gpu_peak": gpu_peak, "dtypes": dtypes, "n_params": n_params, "quantize": quantize,
+            "group_size": group_size if quantize == "int4" else None, **decode}
 
 
-def _run_child(which: str, path: Path, device: str, logits_out: str) -> dict:
+def _decode(model, device: str, n: int) -> dict:
+    """Greedy decode: an 8-token prompt through a rolling cache, then n tokens one at a time (timed)."""
+    import torch
+
+    cache = model.new_cache()
+    sampler = _PeakSampler()
+    sampler.start()
+    with torch.no_grad():
+        logits = model(torch.arange(1, 9, device=device)[None] * 101, cache=cache)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            logits = model(logits[:, -1:].argmax(-1), cache=cache)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+    finite = bool(torch.isfinite(logits).all())
+    return {"decode_tokens": n, "decode_seconds": seconds, "tokens_per_s": n / seconds,
+            "rss_anon_peak_decode": sampler.stop(), "logits_finite": finite}
+
+
+def _run_child(which: str, path: Path, device: str, logits_out: str, quantize=None, group_size=128,
+               decode_tokens=0) -> dict:
     cmd = [sys.executable, "-m", "minimistral.bench.load", "--child", which, "--dir", str(path),
-           "--device", device, "--logits-out", logits_out]
+           "--device", device, "--logits-out", logits_out, "--group-size", str(group_size),
+           "--decode-tokens", str(decode_tokens)] + (["--quantize", quantize] if quantize else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"the {which} load failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -172,13 +205,22 @@ def main(argv=None) -> int:
     parser.add_argument("--preset", choices=PRESETS, default="7b")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--no-transformers", action="store_true", help="time minimistral only")
+    parser.add_argument("--quantize", nargs="+", choices=("int8", "int4"), default=None,
+                        help="load with minimistral only, quantized (one fresh process per mode), and decode a few tokens")
+    parser.add_argument("--group-size", type=int, default=128, help="int4 group size (32, 64 or 128)")
+    parser.add_argument("--decode-tokens", type=int, default=None, help="tokens to decode (default 4 with --quantize)")
+    parser.add_argument("--delete", action="store_true", help="delete the checkpoint afterwards if this run wrote it")
     parser.add_argument("--child", choices=("ours", "transformers"), help=argparse.SUPPRESS)
     parser.add_argument("--logits-out", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
 
     if opts.child:
-        print(json.dumps(_child(opts.child, opts.dir, opts.device, opts.logits_out)))
+        q = opts.quantize[0] if opts.quantize else None
+        print(json.dumps(_child(opts.child, opts.dir, opts.device, opts.logits_out, q, opts.group_size,
+                                opts.decode_tokens or 0)))
         return 0
+    if opts.quantize:
+        return _main_quantized(opts)
 
     import torch
 
@@ -233,6 +275,47 @@ def main(argv=None) -> int:
                   "files": [f.name for f in files], "args": args.to_dict(), "device": opts.device,
                   "device_name": device_name, "torch": torch.__version__, "results": results, "summary": summary}
         Path(opts.json).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {opts.json}")
+    return 0
+
+
+def _main_quantized(opts) -> int:
+    """The 7B (or tiny) on one device, quantized as it loads: load time, peak RssAnon, decode tokens/s."""
+    import torch
+
+    args = _preset_args(opts.preset)
+    path = Path(opts.dir or ("/tmp/mm7b" if opts.preset == "7b" else "/tmp/mm-tiny")).expanduser()
+    status = _ensure_checkpoint(args, path, opts.device)
+    n = opts.decode_tokens if opts.decode_tokens is not None else 4
+    results = {}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for mode in opts.quantize:
+                results[mode] = _run_child("ours", path, opts.device, os.path.join(tmp, f"{mode}.pt"), mode,
+                                           opts.group_size, n)
+    finally:
+        if opts.delete and status != "existing":
+            shutil.rmtree(path)
+            print(f"deleted {path}")
+    print(f"quantized load of {path} ({status}; {args.num_params():,} parameters) onto {opts.device} "
+          f"({platform.processor() or platform.machine()}, {os.cpu_count()} cores), activations in bf16, each mode in "
+          f"a fresh process; files in the page cache")
+    header = (f"{'mode':<10}{'load s':>8}{'peak RssAnon load':>19}{'peak RssAnon decode':>21}{'tokens/s':>10}"
+              f"{'peak GPU':>10}  finite")
+    print(header)
+    print("-" * len(header))
+    for mode, r in results.items():
+        label = mode + (f" g{r['group_size']}" if r["group_size"] else "")
+        print(f"{label:<10}{r['seconds']:>8.1f}{_fmt_gb(r['rss_anon_peak']):>19}"
+              f"{_fmt_gb(r['rss_anon_peak_decode']):>21}{r['tokens_per_s']:>10.2f}{_fmt_gb(r['gpu_peak']):>10}"
+              f"  {r['logits_finite']}")
+    if "int8" in results and opts.preset == "7b" and opts.device == "cpu":
+        peak = max(results["int8"]["rss_anon_peak"], results["int8"]["rss_anon_peak_decode"])
+        print(f"int8 7B peak RssAnon {peak / _GB:.2f} GB (target < 9 GB)")
+    if opts.json:
+        Path(opts.json).write_text(json.dumps({"checkpoint": str(path), "checkpoint_status": status,
+                                               "device": opts.device, "torch": torch.__version__,
+                                               "args": args.to_dict(), "results": results}, indent=2) + "\n")
         print(f"wrote {opts.json}")
     return 0
 

@@ -1,0 +1,127 @@
+"""Device and dtype choice, the memory planner (minimistral/device.py), with availability and free memory
+simulated."""
+
+import pytest
+import torch
+
+import minimistral as mm
+from minimistral import device as dev
+from minimistral.device import GB, check_dtype, choose_device, choose_dtype, plan, recommend
+
+SEVEN_B = mm.ModelArgs.mistral_7b()
+
+
+def simulate(monkeypatch, cuda=False, mps=False):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    monkeypatch.delenv("MINIMISTRAL_DEVICE", raising=False)
+
+
+@pytest.mark.parametrize("cuda,mps,expected", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu"),
+                                               (True, False, "cuda")])
+def test_choose_device_order(monkeypatch, cuda, mps, expected):
+    simulate(monkeypatch, cuda, mps)
+    assert choose_device().type == expected
+
+
+def test_choose_device_override(monkeypatch):
+    simulate(monkeypatch, cuda=True, mps=True)
+    assert choose_device("cpu").type == "cpu"
+    monkeypatch.setenv("MINIMISTRAL_DEVICE", "mps")
+    assert choose_device().type == "mps"
+    simulate(monkeypatch, cuda=False, mps=False)
+    with pytest.raises(ValueError, match=r"device 'cuda' was asked for .*no CUDA device.*use 'cpu'"):
+        choose_device("cuda")
+    monkeypatch.setenv("MINIMISTRAL_DEVICE", "mps")
+    with pytest.raises(ValueError, match="no MPS device"):
+        choose_device()
+    with pytest.raises(ValueError, match="'tpu'"):
+        choose_device("tpu")
+
+
+@pytest.mark.parametrize("device,kw,expected", [
+    ("cuda", dict(capability=(9, 0)), torch.bfloat16),  # H100/H200
+    ("cuda", dict(capability=(8, 0)), torch.bfloat16),  # A100
+    ("cuda", dict(capability=(7, 5)), torch.float16),   # T4: no native bf16
+    ("cuda", dict(capability=(7, 0)), torch.float16),   # V100
+    ("mps", dict(mps_bf16=True), torch.bfloat16),        # macOS 14+
+    ("mps", dict(mps_bf16=False), torch.float16),
+    ("cpu", {}, torch.float32),
+])
+def test_choose_dtype(device, kw, expected):
+    assert choose_dtype(device, **kw) == expected
+
+
+def test_dtype_the_device_cannot_compute_in():
+    with pytest.raises(ValueError, match=r"compute capability 7\.5 .*use torch\.float16"):
+        check_dtype("cuda", torch.bfloat16, capability=(7, 5))
+    with pytest.raises(ValueError, match="macOS 14"):
+        check_dtype("mps", torch.bfloat16, mps_bf16=False)
+    with pytest.raises(ValueError, match=r"torch\.int8 is not an activation dtype.*quantize='int8'"):
+        check_dtype("cpu", torch.int8)
+    check_dtype("cuda", torch.float16, capability=(7, 5))
+    check_dtype("cuda", torch.bfloat16, capability=(8, 0))
+    check_dtype("cpu", torch.bfloat16)
+
+
+def test_weights_of_the_7b_by_hand():
+    # 7,241,732,096 parameters: 2 x 131,072,000 in embeddings and head, 65 x 4096 in norms, 6,979,321,856 in
+    # the attention and MLP linears (see test_quant.test_weight_bytes_of_the_7b)
+    emb_head, norms, lin = 2 * 32000 * 4096, 65 * 4096, 6_979_321_856
+    assert emb_head + norms + lin == SEVEN_B.num_params()
+    rows = 32 * (4096 + 1024 + 1024 + 4096 + 14336 + 14336 + 4096)  # output channels of the linears
+    assert dev.weights_bytes(SEVEN_B, torch.bfloat16) == 2 * SEVEN_B.num_params() == 14_483_464_192
+    assert dev.weights_bytes(SEVEN_B, torch.float16) == 14_483_464_192
+    assert dev.weights_bytes(SEVEN_B, torch.bfloat16, "int8") == 2 * (emb_head + norms) + lin + 2 * rows
+    assert dev.weights_bytes(SEVEN_B, torch.bfloat16, "int4", 128) == 2 * (emb_head + norms) + lin // 2 + lin // 128 * 4
+    assert dev.weights_bytes(SEVEN_B, torch.bfloat16, "int4", 32) == 2 * (emb_head + norms) + lin // 2 + lin // 32 * 4
+    # the round figures: 14.5 GB, 7.5 GB, 4.9 GB (g32), 4.2 GB (g128)
+    assert round(dev.weights_bytes(SEVEN_B, torch.bfloat16, "int8") / GB, 1) == 7.5
+    assert round(dev.weights_bytes(SEVEN_B, torch.bfloat16, "int4", 32) / GB, 1) == 4.9
+    assert round(dev.weights_bytes(SEVEN_B, torch.bfloat16, "int4", 128) / GB, 1) == 4.2
+
+
+def test_plan_of_the_7b_by_hand():
+    p = plan(SEVEN_B, torch.bfloat16, "int8", working=2 * 10**9, free=12 * 10**9)
+    # rolling cache at its largest: 4096 slots x 32 layers x (k, v) x 8 KV heads x 128 x 2 bytes = 0.5 GiB
+    assert p.cache == 4096 * 32 * 2 * 8 * 128 * 2 == 2**29
+    assert p.working == 2 * 10**9 and p.margin == 0.5 * GB
+    assert p.total == p.weights + 2**29 + 2 * 10**9 + 0.5 * GB
+    assert p.fits and "fits" in p.describe()
+    small = plan(SEVEN_B, torch.bfloat16, working=0)
+    assert small.working == 32000 * 4096 * 2  # at least one full-precision tensor in flight while loading
+    assert plan(SEVEN_B, torch.bfloat16, "int4", working=0).working == 14336 * 4096 * 12
+    assert not plan(SEVEN_B, torch.bfloat16, free=15 * 10**9).fits  # 14.5 + 0.54 + ... > 15
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("80 GB datacenter GPU (A100/H100)", (torch.bfloat16, None)),
+    ("24 GB consumer GPU (RTX 3090/4090)", (torch.bfloat16, None)),
+    ("16 GB T4 (free Colab)", (torch.float16, "int8")),
+    ("12 GB GPU (RTX 3060)", (torch.bfloat16, "int8")),
+    ("8 GB GPU (RTX 4060)", (torch.bfloat16, "int4")),
+    ("Apple Silicon, 32 GB", (torch.bfloat16, None)),
+    ("Apple Silicon, 16 GB", (torch.bfloat16, "int8")),
+    ("CPU laptop, 16 GB RAM", (torch.bfloat16, "int8")),
+])
+def test_decisions_for_the_device_classes(name, expected):
+    working = 2 * 10**9  # about what notebook 11 draws at once
+    table = dict((c.name, p) for c, p in dev.plan_table(SEVEN_B, working=working))
+    p = table[name]
+    assert (p.dtype, p.quantize) == expected, p.describe()
+    assert p.fits
+
+
+def test_nothing_fits_gives_none():
+    assert recommend(SEVEN_B, "cpu", free=3 * 10**9) is None
+
+
+def test_check_fits_names_the_figures_and_a_setting(monkeypatch):
+    with pytest.raises(MemoryError, match=r"needs 15\.8 GB, 12\.0 GB free on cuda:0 .*quantize='int8'"):
+        dev.check_fits(SEVEN_B, "cuda", torch.bfloat16, free=12 * 10**9, what="Mistral 7B")
+    with pytest.raises(MemoryError, match=r"on cpu .*even 4-bit does not fit"):
+        dev.check_fits(SEVEN_B, "cpu", torch.float32, free=2 * 10**9)
+    monkeypatch.setattr(dev, "host_available", lambda: 9 * 10**9)  # CPU: available RAM is the limit
+    with pytest.raises(MemoryError, match=r"9\.0 GB free on cpu \(of available RAM\).*int8"):
+        dev.check_fits(SEVEN_B, "cpu", torch.bfloat16)
+    assert dev.check_fits(SEVEN_B, "cpu", torch.bfloat16, "int8").fits
