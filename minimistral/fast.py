@@ -216,6 +216,31 @@ def _constant(value, *_):
     return value
 
 
+class Int8Step(nn.Module):
+    """An int8 weight-only linear as gpt-fast writes it for the compiler: y = (x @ q.T) * s, the int8 weight
+    converted inside the product and the per-row scale applied to the output. Inductor turns it into one
+    kernel that reads the int8 weight directly (1 byte per weight); PyTorch's `_weight_int8pack_mm`, what
+    quant.Int8Linear calls, is an opaque kernel to the compiler. Same tensors as the module it wraps."""
+
+    def __init__(self, mod):
+        super().__init__()
+        self.mod = mod
+
+    def forward(self, x):  # (..., K) -> (..., N)
+        return F.linear(x, self.mod.qweight.to(x.dtype)) * self.mod.scales.to(x.dtype)
+
+
+def _int8_steps(layers):
+    """Give each fast layer's int8 linears (fused ones included) the compiler-friendly product above."""
+    from .quant import Int8Linear
+
+    for layer in layers:
+        for owner, name in ((layer, "wo"), (layer, "w2"), (getattr(layer, "wqkv", None), "linear"),
+                            (getattr(layer, "w13", None), "linear")):
+            if owner is not None and isinstance(getattr(owner, name, None), Int8Linear):
+                setattr(owner, name, Int8Step(getattr(owner, name)))
+
+
 class FastLayer(nn.Module):
     """One transformer block as the fast path runs it: the teaching block's norms and wo/w2, fused qkv and w13."""
 
@@ -264,14 +289,17 @@ class StaticRollingCache:
 
 class FastGenerator:
     def __init__(self, model, batch_size: int = 1, compile=None, tune: bool = False, fuse: bool = True,
-                 kv_splits: Optional[int] = None):
+                 kv_splits: Optional[int] = None, int8_matmul: Optional[str] = None):
         """compile: None (compile with CUDA graphs on a GPU, not on a CPU), False (eager kernels), True or
         "reduce-overhead" (compile + CUDA graphs), or "default" (fused kernels, launched one by one: the
         benchmark uses it to show what the graphs add).
         tune: let the compiler time several launch configurations of each generated kernel
         (`coordinate_descent_tuning`, as gpt-fast does); a slower first compile, sometimes faster kernels.
         fuse: one matrix for wq/wk/wv and one for w1/w3 (the model's own weights become views into them).
-        kv_splits: chunks of the key axis at decode (None: chunks of 256 keys when the cache is long enough)."""
+        kv_splits: chunks of the key axis at decode (None: chunks of 256 keys when the cache is long enough).
+        int8_matmul: how int8 weights are multiplied: "module" (quant.Int8Linear's own forward: PyTorch's int8
+        kernel where there is one), "step" (Int8Step: the product the compiler fuses), None ("step" when
+        compiling, "module" otherwise). Only fused layers (fuse=True) use "step"."""
         self.model = model.eval()
         self.args = model.args
         w = model.norm.weight  # stays in the activation dtype when the linears are quantized
@@ -280,6 +308,12 @@ class FastGenerator:
         self.inv_freq = rope_frequencies(self.args.head_dim, self.args.rope_theta, device=self.device)
         self.window = self.args.sliding_window
         self.layers = [FastLayer(layer) if fuse else _TeachingLayer(layer) for layer in model.layers]
+        if int8_matmul not in (None, "module", "step"):
+            raise ValueError(f"int8_matmul must be None, 'module' or 'step', got {int8_matmul!r}")
+        compiling = self.device.type == "cuda" if compile is None else bool(compile)
+        self.int8_matmul = int8_matmul or ("step" if compiling else "module")
+        if self.int8_matmul == "step" and fuse:
+            _int8_steps(self.layers)
         self.kv_splits = decode_splits(self.cache.size) if kv_splits is None else kv_splits
         if self.cache.size % self.kv_splits:
             raise ValueError(f"kv_splits={self.kv_splits} does not divide the {self.cache.size} cache slots")

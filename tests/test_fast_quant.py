@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import minimistral as mm
-from minimistral.fast import FastGenerator, Fused, _Unfused, decode_splits, fuse_linears
+from minimistral.fast import FastGenerator, Fused, Int8Step, _Unfused, decode_splits, fuse_linears
+from minimistral import quant
 from minimistral.quant import Int4Linear, Int8Linear, quantize
 
 needs_cxx = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
@@ -101,6 +102,16 @@ def test_kv_splits_must_divide_the_cache():
 
 
 # ---- every configuration gives the teaching path's greedy tokens ---------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_int8_step_computes_what_the_int8_linear_computes(dtype):
+    """Int8Step scales the output instead of the weight: the same numbers up to rounding."""
+    lin = quant.Int8Linear.from_float(torch.randn(48, 64) * 0.05, dtype)
+    x = torch.randn(3, 5, 64).to(dtype)
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(Int8Step(lin)(x), lin(x), **tol)
+
+
+
 def assert_same_greedy(model, got, prompt, want):
     """got == want, the teaching path's greedy tokens. In bf16 two logits often round to the same number (8 bits
     of mantissa: steps of 0.4%), and then which of the two argmax picks depends on the order of the sums, not on
@@ -142,9 +153,12 @@ def test_greedy_tokens_equal_teaching_path(mode, group, dtype, window, prompt_le
     model = _configured(mode, group, dtype, sliding_window=window, max_seq_len=128 if window is None else 512)
     prompt = _prompt(prompt_len)
     want = mm.generate(model, prompt, max_new_tokens=60)
-    fast = FastGenerator(model, compile=False, kv_splits=4 if window is None else 2)
+    # int8 both ways: PyTorch's kernel (quant.Int8Linear's forward) in float32, the product the compiler fuses
+    # (Int8Step) in bf16
+    how = "module" if dtype == torch.float32 else "step"
+    fast = FastGenerator(model, compile=False, kv_splits=4 if window is None else 2, int8_matmul=how)
     if mode is not None:  # the quantized projections are fused too, in their own storage
-        kind = Int8Linear if mode == "int8" else Int4Linear
+        kind = Int4Linear if mode == "int4" else Int8Step if how == "step" else Int8Linear
         assert isinstance(fast.layers[0].wqkv.linear, kind) and isinstance(fast.layers[0].w13.linear, kind)
     assert len(set(want)) > 5, "degenerate random model: the comparison would prove little"
     assert_same_greedy(model, fast.generate(prompt, max_new_tokens=60), prompt, want)
@@ -152,15 +166,19 @@ def test_greedy_tokens_equal_teaching_path(mode, group, dtype, window, prompt_le
 
 
 @needs_cxx
-@pytest.mark.parametrize("mode,group,dtype", [(None, None, torch.float32), ("int8", None, torch.float32),
-                                              ("int4", 32, torch.bfloat16)])
-def test_compiled_fused_quantized_step_equals_teaching_path(mode, group, dtype, one_thread):
+@pytest.mark.parametrize("mode,group,dtype,how", [(None, None, torch.float32, None), ("int8", None, torch.float32, None),
+                                                  ("int8", None, torch.float32, "module"),
+                                                  ("int4", 32, torch.bfloat16, None)])
+def test_compiled_fused_quantized_step_equals_teaching_path(mode, group, dtype, how, one_thread):
     """The fused (and quantized) decode step traced by torch.compile (fullgraph: any graph break is an error)
     and compiled by inductor on the CPU gives the teaching path's greedy tokens, past the window. On a GPU the
     same step is captured in a CUDA graph: `python -m minimistral.bench --gpu` runs that."""
     model = _configured(mode, group, dtype, sliding_window=8)
     prompt = _prompt(12)
-    fast = FastGenerator(model, compile="default", kv_splits=2)
+    fast = FastGenerator(model, compile="default", kv_splits=2, int8_matmul=how)
+    if mode == "int8":  # compiled: by default the int8 product the compiler fuses (gpt-fast's form)
+        assert fast.int8_matmul == (how or "step")
+        assert isinstance(fast.layers[0].wqkv.linear, Int8Step if how is None else Int8Linear)
     assert_same_greedy(model, fast.generate(prompt, 30), prompt, mm.generate(model, prompt, max_new_tokens=30))
 
 

@@ -202,12 +202,12 @@ class GpuBench:
         self.say(f"measured {name}: {row[R.decode(R.SHORT)]:.1f} tok/s decode")
         return row
 
-    def warmed_generator(self, model=None, compile=None, tune=False, fuse=True):
+    def warmed_generator(self, model=None, compile=None, tune=False, fuse=True, **kw):
         """(a FastGenerator, seconds its first short generation took: compile and CUDA-graph capture)."""
         self.fast = None
         torch._dynamo.reset()  # a fresh compile, timed from nothing (kernels compiled earlier stay on disk)
         compile = self.device.type == "cuda" if compile is None else compile
-        gen = FastGenerator(self.model if model is None else model, compile=compile, tune=tune, fuse=fuse)
+        gen = FastGenerator(self.model if model is None else model, compile=compile, tune=tune, fuse=fuse, **kw)
         t0 = time.perf_counter()
         gen.generate(self.short, 8)
         sync(self.device)
@@ -219,13 +219,13 @@ class GpuBench:
         self.record(R.EAGER, lambda prompt, n: mm.generate(self.model, prompt, max_new_tokens=n),
                     torch.inference_mode()(lambda toks: self.model(toks)))
 
-    def row_fast(self, name=R.FAST, model=None, tune=False, prefill=True):
+    def row_fast(self, name=R.FAST, model=None, tune=False, prefill=True, **kw):
         model = self.model if model is None else model
         baseline = allocated(self.device)
         peak_reset(self.device)
         self.say(f"{name}: compiling the decode step and capturing the CUDA graph ..." if self.device.type == "cuda"
                  else f"{name} (not compiled on a CPU) ...")
-        self.fast, warm = self.warmed_generator(model, tune=tune)
+        self.fast, warm = self.warmed_generator(model, tune=tune, **kw)
         fast = self.fast
         own = model_bytes(model)
         self.rows[name] = {R.COMPILE_WARMUP: warm, R.ROW_WEIGHT_BYTES: own, R.ROW_CEILING: self.bw / own}
@@ -247,14 +247,14 @@ class GpuBench:
             self.say(f"{name}: {row[R.AGREEMENT]:.0%} of {len(tokens)} greedy tokens equal to bf16, "
                      f"the first {row[R.AGREEMENT_PREFIX]} in a row")
 
-    def row_quantized(self, mode):
+    def row_quantized(self, mode, name=None, prefill=True, **kw):
         group = self.opts.int4_group if mode == "int4" else None
-        name = R.quant_row(mode, group)
+        name = name or R.quant_row(mode, group)
         self.fast = None
         self.say(f"quantizing a copy of the model to {name.removeprefix('ours fast, ')} ...")
         qmodel = quantize(copy.deepcopy(self.model), mode, group_size=group or 128)
         try:
-            self.row_fast(name, qmodel)
+            self.row_fast(name, qmodel, prefill=prefill, **kw)
             if self.device.type == "cuda" and not self.opts.no_extras:
                 self.profile_fast(name, self.fast)
         finally:
@@ -405,6 +405,11 @@ def main(argv=None) -> int:
         b.probes()
     if extras:
         b.ladder()
+    if extras and on_gpu and "int8" in opts.quant:  # which int8 product is faster: measured, if time allows
+        if b.left() > 150:
+            b.attempt(R.INT8_KERNEL, lambda: b.row_quantized("int8", R.INT8_KERNEL, prefill=False, int8_matmul="module"))
+        else:
+            b.say(f"skipping the int8 row with PyTorch's kernel: {b.left():.0f} s of the budget left")
     if extras and on_gpu:
         b.attempt(R.TUNED, b.row_tuned)
     b.table()

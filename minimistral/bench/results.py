@@ -33,6 +33,11 @@ def quant_row(mode: str, group_size: Optional[int] = None) -> str:
     return f"ours fast, {mode}" + (f" (groups of {group_size})" if mode == "int4" else "")
 
 
+# the int8 fast path through PyTorch's _weight_int8pack_mm (FastGenerator(int8_matmul="module")) instead of the
+# product the compiler fuses (the default when compiled): measured only when the budget leaves room
+INT8_KERNEL = "ours fast, int8 (PyTorch's int8 kernel)"
+
+
 # ---- inside a row -----------------------------------------------------------------------------------------------
 SHORT, LONG = "16-token prompt", "long prompt"
 
