@@ -356,11 +356,13 @@ measured = {k: v[R.decode(R.SHORT)] for k, v in run[R.ROWS].items()}
 fig, ax = plt.subplots(figsize=(8.5, 3.6))
 ax.bar(list(ceilings), list(ceilings.values()), color="lightgray", edgecolor="gray", label="ceiling (bandwidth / bytes)")
 for i, (name, rate) in enumerate(sorted(measured.items(), key=lambda kv: -kv[1])):
-    ax.axhline(rate, xmin=0.02, xmax=0.23, color=f"C{i}", lw=2, label=f"measured bf16: {name}, {rate:.0f}")
+    ax.axhline(rate, xmin=0.02, xmax=0.23, color=f"C{i}", lw=2, label=f"measured: {name}, {rate:.0f}")
 for i, c in enumerate(ceilings.values()):
     ax.text(i, c, f"{c:.0f}", ha="center", va="bottom", fontsize=9)
 ax.set_ylabel("decode tokens/s, batch 1, H200")
-ax.set_title(f"ceilings from the measured {bw / 1e12:.2f} TB/s; int8/4-bit rates not measured yet")
+quantized_measured = any(R.quant_row("int8") in k or "int4" in k for k in measured)
+ax.set_title(f"ceilings from the measured {bw / 1e12:.2f} TB/s" +
+             ("" if quantized_measured else "; int8/4-bit rates not measured yet"))
 ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.tight_layout()
 plt.show()
