@@ -204,6 +204,7 @@ def test_gpu_benchmark_quantized_rows_on_the_cpu_preset(tmp_path, one_thread):
     # float32 tiny model: int8 stores ~1/4 of the linear weights' bytes, 4-bit ~1/8 (+ scales); embeddings stay
     assert fast[R.ROW_WEIGHT_BYTES] > int8[R.ROW_WEIGHT_BYTES] > int4[R.ROW_WEIGHT_BYTES]
     for row in (int8, int4):
-        assert row[R.decode(R.SHORT)] > 0 and row[R.decode(R.LONG)] > 0 and row[R.prefill(64)] > 0
+        # measured (no timing is asserted: 8 tokens on a shared CPU can take less time than the noise)
+        assert all(isinstance(row[k], float) for k in (R.decode(R.SHORT), R.decode(R.LONG), R.prefill(64)))
         assert 0 <= row[R.AGREEMENT] <= 1 and 0 <= row[R.AGREEMENT_PREFIX] <= 8
     assert run[R.LADDER][R.RUNG_EAGER][R.RUNG_RATE] > 0

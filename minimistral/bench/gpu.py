@@ -343,42 +343,6 @@ class GpuBench:
         self.row_fast(R.TUNED, tune=True, prefill=False)  # prefill is not compiled: it does not change
         self.profile_fast(R.TUNED, self.fast)
 
-    # ---- the table -----------------------------------------------------------------------------------------------
-    def table(self):
-        rows, result, ceiling = self.rows, self.result, self.ceiling
-        names = list(rows)
-        metrics = list(dict.fromkeys(k for r in rows.values() for k in r))
-        print()
-        print(f"{'metric':<56}" + "".join(f"{n[-20:]:>21}" for n in names))
-        for m in metrics:
-            print(f"{m[:55]:<56}" + "".join(f"{rows[n].get(m, float('nan')):>21.4g}" for n in names))
-        print(f"(long prompt: {len(self.long)} tokens; decode: batch 1, {self.opts.new_tokens} new tokens, greedy)")
-        print()
-        print(f"copy bandwidth {self.bw / 1e12:.3f} TB/s -> decode ceiling {ceiling:.1f} tok/s for "
-              f"{self.weight_bytes / 1e9:.2f} GB")
-        for n in names:
-            r = rows[n].get(R.decode(R.SHORT), float("nan"))
-            own = rows[n].get(R.ROW_CEILING)
-            tail = f", {r / own:.0%} of its own ceiling {own:.0f}" if own and own == own else ""
-            print(f"  {n}: {r:.1f} tok/s = {r / ceiling:.0%} of the bf16 ceiling{tail}" if ceiling == ceiling
-                  else f"  {n}: {r:.1f} tok/s")
-        for name, prof in result.get(R.PROFILE, {}).items():
-            print(f"  profile {name}: {prof['wall_ms_per_step']:.2f} ms/step wall, GPU busy "
-                  f"{prof['gpu_busy_ms_per_step']:.2f} ms, {prof['gpu_kernels_per_step']:.0f} kernels, "
-                  f"{prof['host_kernel_launches_per_step']:.0f} host launches, "
-                  f"{prof['host_graph_launches_per_step']:.0f} graph launches per step")
-        if R.SDPA_NEW_SHAPES in result:
-            d = result[R.SDPA_NEW_SHAPES]
-            print(f"  teaching-path decode attention, backend {d['backend']}: " + ", ".join(
-                f"{c['keys']} keys first {c['first_ms']:.2f} ms / again {c['again_ms']:.3f} ms" for c in d["calls"]))
-        for name, r in result.get(R.LADDER, {}).items():
-            print(f"  ladder {name}: {r[R.RUNG_RATE]:.1f} tok/s (warm-up {r[R.RUNG_WARMUP]:.1f} s)")
-        for r in result.get(R.MATMUL_BATCHING, []):
-            print(f"  matmul 14336x4096 by {r['tokens']:>4} tokens: {r['us']:8.1f} us, {r['TB_per_s']:.2f} TB/s, "
-                  f"{r['TFLOP_per_s']:.1f} TFLOP/s")
-        for name, err in result[R.ERRORS].items():
-            print(f"  ERROR in {name}: {err[:300]}")
-
 
 def main(argv=None) -> int:
     opts = parse(argv)
@@ -412,7 +376,7 @@ def main(argv=None) -> int:
             b.say(f"skipping the int8 row with PyTorch's kernel: {b.left():.0f} s of the budget left")
     if extras and on_gpu:
         b.attempt(R.TUNED, b.row_tuned)
-    b.table()
+    R.print_table(b.result)
     b.result[R.SECONDS] = time.perf_counter() - b.t_begin
     b.save()
     print(f"wrote {opts.json} after {b.result[R.SECONDS]:.0f} s")

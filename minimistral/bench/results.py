@@ -73,6 +73,44 @@ RUNG_UNFUSED = "compiled + CUDA graphs, unfused projections"
 RUNG_RATE, RUNG_WARMUP = "decode tok/s", "warm-up, s"
 
 
+def print_table(result: dict) -> None:
+    """The run as `python -m minimistral.bench --gpu` prints it: every row's metrics, then the ceilings,
+    the profiles, the ladder and the matmul sweep."""
+    rows, ceiling, bw = result[ROWS], result[CEILING], result[BANDWIDTH]
+    names = list(rows)
+    metrics = list(dict.fromkeys(k for r in rows.values() for k in r))
+    print()
+    print(f"{'metric':<56}" + "".join(f"{n[-20:]:>21}" for n in names))
+    for m in metrics:
+        print(f"{m[:55]:<56}" + "".join(f"{rows[n].get(m, float('nan')):>21.4g}" for n in names))
+    print(f"(long prompt: {result[LONG_PROMPT_TOKENS]} tokens; decode: batch 1, {result[NEW_TOKENS]} new tokens, greedy)")
+    print()
+    print(f"copy bandwidth {bw / 1e12:.3f} TB/s -> decode ceiling {ceiling:.1f} tok/s for "
+          f"{result[WEIGHT_BYTES] / 1e9:.2f} GB")
+    for n in names:
+        r = rows[n].get(decode(SHORT), float("nan"))
+        own = rows[n].get(ROW_CEILING)
+        tail = f", {r / own:.0%} of its own ceiling {own:.0f}" if own and own == own else ""
+        print(f"  {n}: {r:.1f} tok/s = {r / ceiling:.0%} of the bf16 ceiling{tail}" if ceiling == ceiling
+              else f"  {n}: {r:.1f} tok/s")
+    for name, prof in result.get(PROFILE, {}).items():
+        print(f"  profile {name}: {prof['wall_ms_per_step']:.2f} ms/step wall, GPU busy "
+              f"{prof['gpu_busy_ms_per_step']:.2f} ms, {prof['gpu_kernels_per_step']:.0f} kernels, "
+              f"{prof['host_kernel_launches_per_step']:.0f} host launches, "
+              f"{prof['host_graph_launches_per_step']:.0f} graph launches per step")
+    if SDPA_NEW_SHAPES in result:
+        d = result[SDPA_NEW_SHAPES]
+        print(f"  teaching-path decode attention, backend {d['backend']}: " + ", ".join(
+            f"{c['keys']} keys first {c['first_ms']:.2f} ms / again {c['again_ms']:.3f} ms" for c in d["calls"]))
+    for name, r in result.get(LADDER, {}).items():
+        print(f"  ladder {name}: {r[RUNG_RATE]:.1f} tok/s (warm-up {r[RUNG_WARMUP]:.1f} s)")
+    for r in result.get(MATMUL_BATCHING, []):
+        print(f"  matmul 14336x4096 by {r['tokens']:>4} tokens: {r['us']:8.1f} us, {r['TB_per_s']:.2f} TB/s, "
+              f"{r['TFLOP_per_s']:.1f} TFLOP/s")
+    for name, err in result[ERRORS].items():
+        print(f"  ERROR in {name}: {err[:300]}")
+
+
 def load(name_or_path) -> dict:
     """A stored run: a file name in minimistral's data folder, or any path."""
     path = Path(name_or_path)
