@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # Loaded on first use, so `import minimistral` stays light (viz pulls in matplotlib and ipywidgets).
 _LAZY = {
     "load_checkpoint": "weights", "save_checkpoint": "weights", "write_random_checkpoint": "weights",
-    "quantize": "quant", "quant": None,
+    "quantize": "quant", "quant": None, "device": None,
     "viz": None, "weights": None, "convert": None, "checks": None, "train": None, "corpus": None, "labs": None, "fast": None,
 }
 

@@ -68,6 +68,17 @@ def _check_weight(w: torch.Tensor, what: str = "weight") -> None:
         raise ValueError(f"{what}: the weight holds inf or NaN values; it cannot be quantized")
 
 
+# Quantizing works on blocks of rows, writing into an output allocated first: the float32 temporaries stay small
+# (16 MB), and freeing them leaves no holes under the results that the allocator could not give back. (Whole-
+# tensor temporaries made a quantized load's peak memory larger than the full-precision model.)
+_BLOCK_NUMBERS = 1 << 22
+
+
+def _row_blocks(N: int, K: int, multiple: int = 64):
+    rows = max(multiple, _BLOCK_NUMBERS // max(K, 1) // multiple * multiple)
+    return [slice(r, min(r + rows, N)) for r in range(0, N, rows)]
+
+
 # ---------------------------------------------------------------- int8, one scale per output channel
 
 def quantize_int8(w: torch.Tensor, dtype: Optional[torch.dtype] = None):
@@ -77,8 +88,9 @@ def quantize_int8(w: torch.Tensor, dtype: Optional[torch.dtype] = None):
     lo, hi = torch.aminmax(w, dim=1)  # (N,) each; no |w| temporary
     amax = torch.maximum(-lo.float(), hi.float())
     scales = (amax / 127).clamp(min=1e-10).to(dtype)  # rows of zeros get a tiny scale, and q = 0
-    # In place on one float32 copy: a 7B layer is 58.7M numbers, and every extra temporary costs a pass over it.
-    q = w.to(torch.float32, copy=True).div_(scales.float()[:, None]).round_().clamp_(-127, 127).to(torch.int8)  # (N, K)
+    q = torch.empty(w.shape, dtype=torch.int8, device=w.device)  # (N, K), allocated before any temporary
+    for r in _row_blocks(*w.shape):  # float32 temporaries of a block of rows at a time, modified in place
+        q[r] = w[r].to(torch.float32, copy=True).div_(scales[r].float()[:, None]).round_().clamp_(-127, 127)
     return q, scales
 
 
@@ -114,14 +126,24 @@ def quantize_int4(w: torch.Tensor, group_size: int = 128, dtype: Optional[torch.
         raise ValueError(f"quantize_int4: group_size={group_size} does not divide the input dimension {K} of the "
                          f"weight of shape {(N, K)}: pick a group size in {GROUP_SIZES} that divides {K}")
     dtype = dtype or w.dtype
-    g = w.to(torch.float32, copy=True).reshape(N, K // group_size, group_size)  # (N, G, gs), ours to overwrite
-    lo, hi = torch.aminmax(g, dim=-1)  # (N, G)
-    scales = ((hi - lo) / 15).clamp(min=1e-10).to(dtype)  # stored in the activation dtype, as the kernel reads it
-    zeros = (lo + 8 * scales.float()).to(dtype)  # the value that q = 8 stands for
+    q = torch.empty(N, K, dtype=torch.uint8, device=w.device)
+    sz = torch.empty(K // group_size, N, 2, dtype=dtype, device=w.device)
+    for r in _row_blocks(N, K):
+        q[r] = _quantize_int4_rows(w[r], group_size, sz[:, r])
+    return q, sz
+
+
+def _quantize_int4_rows(w: torch.Tensor, group_size: int, sz_out: torch.Tensor) -> torch.Tensor:
+    """A block of rows (n, K) -> its 4-bit values uint8 (n, K); writes their scales and zeros into sz_out (G, n, 2)."""
+    n, K = w.shape
+    g = w.to(torch.float32, copy=True).reshape(n, K // group_size, group_size)  # (n, G, gs), ours to overwrite
+    lo, hi = torch.aminmax(g, dim=-1)  # (n, G)
+    scales = ((hi - lo) / 15).clamp(min=1e-10).to(sz_out.dtype)  # stored in the activation dtype, as the kernel reads it
+    zeros = (lo + 8 * scales.float()).to(sz_out.dtype)  # the value that q = 8 stands for
+    sz_out[..., 0], sz_out[..., 1] = scales.t(), zeros.t()
     # Round with the stored (rounded) scale and zero, so the dequantized weight is the nearest grid point.
-    q = g.sub_(zeros.float()[..., None]).div_(scales.float()[..., None]).add_(8).round_().clamp_(0, 15).to(torch.uint8)
-    sz = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()  # (G, N, 2)
-    return q.reshape(N, K), sz
+    q = g.sub_(zeros.float()[..., None]).div_(scales.float()[..., None]).add_(8).round_().clamp_(0, 15)
+    return q.to(torch.uint8).reshape(n, K)
 
 
 def dequantize_int4(q: torch.Tensor, scales_and_zeros: torch.Tensor, group_size: int,
@@ -246,18 +268,29 @@ class Int4Linear(nn.Module):
                    use_kernel: Optional[bool] = None) -> "Int4Linear":
         """Quantize on weight's device. use_kernel=None: the kernel's layout where this device has an int4
         kernel for `dtype` (and the shape suits it), True: require it, False: the portable packed layout."""
-        q, sz = quantize_int4(weight.detach(), group_size, dtype)
-        N, K = q.shape
-        dev = weight.device.type
+        weight = weight.detach()
+        _check_weight(weight)
+        check_mode("int4", group_size)
+        N, K = weight.shape
+        if K % group_size or K % 2:
+            quantize_int4(weight, group_size)  # raises the error that names the shape
+        dtype, dev = dtype or weight.dtype, weight.device.type
         # The kernels' shape rules: CPU, N a multiple of 16; CUDA, N of 8 and K of 16 * inner K tiles.
         fits = (dev == "cpu" and N % 16 == 0) or (dev == "cuda" and N % 8 == 0 and K % (16 * _INNER_K_TILES) == 0)
-        ok = fits and kernel_available("int4", dev, sz.dtype)
+        ok = fits and kernel_available("int4", dev, dtype)
         if use_kernel and not ok:
-            raise RuntimeError(f"no int4 kernel for {dev} in {sz.dtype} at shape {(N, K)}: use use_kernel=None")
-        if ok and use_kernel is not False:
-            layout, qw = dev, (_to_cuda_layout(q) if dev == "cuda" else _to_cpu_layout(q))
-        else:
-            layout, qw = "packed", pack_int4(q)
+            raise RuntimeError(f"no int4 kernel for {dev} in {dtype} at shape {(N, K)}: use use_kernel=None")
+        layout = dev if ok and use_kernel is not False else "packed"
+        if layout == "cuda":  # the tiled CUDA layout is made from the whole matrix (GPU memory is pooled anyway)
+            q, sz = quantize_int4(weight, group_size, dtype)
+            return cls(_to_cuda_layout(q), sz, group_size, layout, K, N)
+        # Packed and CPU layouts: a block of rows at a time into outputs allocated first. The CPU layout permutes
+        # within blocks of at most 64 rows, so blocks of a multiple of 64 rows convert independently.
+        qw = torch.empty(N, K // 2, dtype=torch.uint8, device=weight.device)
+        sz = torch.empty(K // group_size, N, 2, dtype=dtype, device=weight.device)
+        for r in _row_blocks(N, K, 64 if N % 64 == 0 else N):
+            q = _quantize_int4_rows(weight[r], group_size, sz[:, r])
+            qw[r] = _to_cpu_layout(q) if layout == "cpu" else pack_int4(q)
         return cls(qw, sz, group_size, layout, K, N)
 
     @property

@@ -13,7 +13,7 @@
 # ---
 
 # %% [markdown]
-# # 11 · The real Mistral 7B on a GPU
+# # 11 · The real Mistral 7B, on the machine you have
 #
 # Everything so far ran on small models. Here the library you built loads the published Mistral 7B
 # v0.1 weights, writes text with them, and shows what the real model does inside: attention maps on a
@@ -22,34 +22,63 @@
 #
 # ## What you will learn
 # - Where the weights come from and how to point this notebook at them.
-# - How much GPU memory the model needs, checked before loading; loading straight onto the GPU.
+# - How much memory the model needs, planned before loading: weights, cache and the working memory of
+#   what this notebook draws, against what your GPU, Mac or laptop has free.
+# - How weight-only quantization (int8, 4-bit groups) shrinks the 7B from 14.5 GB to 7.5 or 4.9 GB,
+#   loaded tensor by tensor so the full-precision model is never in memory.
 # - Generating text with the real model, and how fast it is.
 # - What attention looks like in a trained model: sinks on the first token, previous-token heads.
 # - The rolling cache at work past the window: memory stays flat, slots wrap.
 #
 # ## What you need
 # - Notebooks 07 to 09 (the model, the cache, generation).
-# - **For the real model:** an NVIDIA GPU with at least 16 GB of free memory (the weights are 14.5 GB in
-#   bf16), the weights on a local disk (14.5 GB), a few minutes.
-# - **Without a GPU or without the weights** (a laptop, CI) every cell still runs, in under a minute on a
+# - **For the real model:** the weights on a local disk (14.5 GB) and one of the machines of the table
+#   below. The notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and
+#   the quantization that fit, and says what it picked.
+# - **Without the weights** (CI, or before downloading) every cell still runs, in under a minute on a
 #   CPU, with the small Mistral trained for this course (`data/tiny_mistral`, notebook 10), and says so.
 #   The stored outputs you see in the repository come from that path.
+#
+# ## Which machine runs what
+#
+# The memory plan (`minimistral.device`, section 2) adds the weights at the chosen dtype or quantization,
+# the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
+# long prompt prefilled while two layers' attention is recorded) and a 0.5 GB margin, then takes the
+# first setting that fits: full precision, else int8, else 4-bit in groups of 32, else of 128. Free
+# memory is assumed as in the column below (the planner measures your own machine when you run it):
+#
+# | machine | free memory assumed | setting picked | plan | what runs |
+# |---|---|---|---|---|
+# | 80 GB datacenter GPU (A100, H100) | 84.8 GB | bf16 | 16.0 GB | everything; long prompt in chunks of 1,024 |
+# | 24 GB consumer GPU (RTX 3090, 4090) | 24.7 GB | bf16 | 16.0 GB | everything; chunks of 1,024 |
+# | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | everything; chunks of 1,024 |
+# | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
+# | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
+# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.0 GB | everything; chunks of 1,024 |
+# | Apple Silicon, 16 GB | 11.5 GB (Metal's share) | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
+# | CPU laptop, 16 GB RAM | 10.7 GB available | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly (a few tokens/s, the 5,120-token prompt takes minutes) |
+#
+# The T4 gets fp16 because it has no native bf16 arithmetic (compute capability 7.5); the fp16 range
+# holds the 7B's activations (see `minimistral/device.py`). Free Colab's 12.7 GB of host RAM is no
+# obstacle: the weights stream from the memory-mapped files one tensor at a time. The cell after the
+# imports prints this table from the planner itself.
 #
 # ## 1. Getting the weights
 #
 # **Hugging Face Hub.** The repository `mistralai/Mistral-7B-v0.1` is gated: open its page while logged
-# in, accept the conditions, create an access token, then:
+# in, accept the conditions, create an access token (Settings, Access Tokens, "Read"), then, with the
+# `hf` command that `huggingface_hub` installs:
 #
 # ```bash
-# pip install -U "huggingface_hub[cli]"
-# huggingface-cli login                       # paste the token
-# huggingface-cli download mistralai/Mistral-7B-v0.1 --include "*.safetensors" "*.json" \
-#     --local-dir ~/models/Mistral-7B-v0.1     # config.json, 2 shards and their index: 14.5 GB
+# pip install -U huggingface_hub
+# hf auth login                               # paste the token
+# hf download mistralai/Mistral-7B-v0.1 --include "*.safetensors" --include "*.json" --local-dir ~/models/Mistral-7B-v0.1
 # ```
 #
-# The repository also holds the same weights as PyTorch `.bin` files; `--include` skips them (the loader
-# reads only `.safetensors`). These are in Hugging Face's layout: HF names, and wq/wk rows permuted for
-# rotate-half RoPE (notebook 03); `mm.load_checkpoint` undoes both.
+# That fetches `config.json`, the two weight shards and their index (14.5 GB) and the tokenizer's small
+# JSON files. One `--include` per pattern: the repository also holds the same weights as PyTorch `.bin`
+# files, which the loader does not read and the patterns skip. These are in Hugging Face's layout: HF
+# names, and wq/wk rows permuted for rotate-half RoPE (notebook 03); `mm.load_checkpoint` undoes both.
 #
 # **Mistral's own release.** Mistral AI also published the weights as a tarball in their own layout
 # (`params.json` + `consolidated.00.pth`, the names our model uses, interleaved RoPE pairs); links are in
@@ -62,15 +91,17 @@
 # MINIMISTRAL_CHECKPOINT=~/models/Mistral-7B-v0.1 jupyter lab
 # ```
 #
-# or write the folder into `CHECKPOINT` in the next cell. To run the whole notebook in one go, without
-# opening it:
+# or write the folder into `CHECKPOINT` in the next cell. `MINIMISTRAL_DEVICE=cpu` (or `cuda:1`, `mps`)
+# overrides the device, `MINIMISTRAL_QUANTIZE=int8` (or `none`, `int4`, `int4:128`) the planner's choice of
+# quantization (the loader still refuses what does not fit). To run the whole notebook in one go, without opening it:
 #
 # ```bash
 # MINIMISTRAL_CHECKPOINT=~/models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
-#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_gpu.ipynb --ExecutePreprocessor.timeout=1800
+#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_run.ipynb --ExecutePreprocessor.timeout=3600
 # ```
 
 # %%
+import gc
 import json
 import os
 import time
@@ -81,6 +112,7 @@ import torch
 from matplotlib.ticker import MaxNLocator
 
 import minimistral as mm
+from minimistral import device as planner
 from minimistral import viz
 from minimistral.train import corpus
 from minimistral.labs.checks import check_function
@@ -88,30 +120,52 @@ from minimistral.labs.checks import check_function
 CHECKPOINT = os.environ.get("MINIMISTRAL_CHECKPOINT", "")  # or the folder itself, e.g. "~/models/Mistral-7B-v0.1"
 
 torch.manual_seed(0)
-HAS_GPU = torch.cuda.is_available()
-# MINIMISTRAL_DEVICE=cpu forces the big-model path onto the CPU: only sensible with a small checkpoint
-# (it is how the course's maintainers test this path on machines without a GPU)
-DEVICE = os.environ.get("MINIMISTRAL_DEVICE") or ("cuda" if HAS_GPU else "cpu")
-REAL = bool(CHECKPOINT) and (DEVICE.startswith("cuda") or "MINIMISTRAL_DEVICE" in os.environ)
+REAL = bool(CHECKPOINT)
 if REAL:
     CHECKPOINT = Path(CHECKPOINT).expanduser()
-    DTYPE = torch.bfloat16  # the dtype the weights are published in: 14.5 GB
-    print(f"REAL path: loading {CHECKPOINT} onto {DEVICE} in bfloat16")
+    DEVICE = planner.choose_device()  # CUDA, then MPS, then CPU; MINIMISTRAL_DEVICE overrides
+    print(f"REAL path: {CHECKPOINT} on {DEVICE}")
 else:
-    missing = [why for why, lacking in [("no GPU", not HAS_GPU), ("no checkpoint given", not CHECKPOINT)] if lacking]
-    DEVICE, DTYPE = "cpu", torch.float32
+    DEVICE = torch.device("cpu")
     CHECKPOINT = Path(corpus.TINY_MODEL_PATH)
     torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
-    print(f"CPU path ({' and '.join(missing)}): every cell below runs with the SMALL model trained for this course, "
+    print(f"CPU path (no checkpoint given): every cell below runs with the SMALL model trained for this course, "
           f"data/{CHECKPOINT.name}, NOT with Mistral 7B.")
 
+
+def free_memory():
+    """Give what the previous section held back to the device, before the next one allocates."""
+    gc.collect()
+    if DEVICE.type == "cuda":
+        torch.cuda.empty_cache()
+    elif DEVICE.type == "mps":
+        torch.mps.empty_cache()
+
+
+def sync():
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+    elif DEVICE.type == "mps":
+        torch.mps.synchronize()
+
 # %% [markdown]
-# ## 2. How much memory? Check before loading
+# The planner's table for the 7B on the machines above (simulated free memory, so the same everywhere):
+
+# %%
+seven_b = mm.ModelArgs.mistral_7b()
+print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'plan':>8}  long-prompt chunk")
+for machine, p in planner.plan_table(seven_b):
+    print(f"{machine.name:<36}{machine.free / 1e9:>5.1f} GB  {p.setting():<48}{p.total / 1e9:>5.1f} GB  "
+          f"{planner.picture_chunk(seven_b, p):,}")
+
+# %% [markdown]
+# ## 2. How much memory? Plan before loading
 #
 # A checkpoint's config file says everything about its size, so we can add up the bill before reading
-# a single weight: the weights in bf16, the rolling KV cache for one sequence (at most $W$ tokens), and
-# some room for activations. `mm.load_checkpoint` makes the same check and refuses with the numbers if
-# the GPU cannot hold the weights.
+# a single weight. `planner.recommend` tries the settings from best quality down and returns the first
+# whose plan fits in what the device has free: free GPU memory on CUDA, Metal's share of unified memory
+# on a Mac, available RAM on the CPU. `mm.load_checkpoint` runs the same plan and refuses, with the
+# figures and a setting that fits, where it would not fit; so "fits" here is never contradicted below.
 
 # %%
 def checkpoint_args(folder: Path) -> mm.ModelArgs:
@@ -124,28 +178,37 @@ def checkpoint_args(folder: Path) -> mm.ModelArgs:
                             "Set MINIMISTRAL_CHECKPOINT to the folder that holds the weights")
 
 
-if REAL or (CHECKPOINT / "config.json").is_file():
-    args = checkpoint_args(CHECKPOINT)
-else:  # the small model is not trained yet: a random one of the same shape stands in (see below)
-    args = mm.ModelArgs.tiny(vocab_size=4096, sliding_window=128, hidden_dim=768)
-dtype_name = str(DTYPE).removeprefix("torch.")
-weights = args.weight_bytes(dtype_name)
-cache_bytes = args.kv_cache_bytes(args.max_seq_len, dtype=dtype_name)  # the rolling buffer at its largest
-print(f"model: {args.num_params():,} parameters, {args.n_layers} layers, window {args.sliding_window}")
-print(f"weights in {dtype_name}: {weights / 2**30:.2f} GiB; rolling KV cache, one sequence: {cache_bytes / 2**30:.4f} GiB")
-seven_b = mm.ModelArgs.mistral_7b()
-print(f"(Mistral 7B for comparison: {seven_b.weight_bytes('bfloat16') / 2**30:.2f} GiB of bf16 weights, "
-      f"{seven_b.kv_cache_bytes(32768) / 2**30:.2f} GiB of cache)")
+args = checkpoint_args(CHECKPOINT)
+W = args.sliding_window
+SMALLEST = planner.long_prompt_working(args, planner.picture_chunks(args)[-1])  # the least this notebook draws
+print(f"model: {args.num_params():,} parameters, {args.n_layers} layers, window {W}")
+print(f"weights in bf16: {planner.weights_bytes(args) / 1e9:.3f} GB, int8: "
+      f"{planner.weights_bytes(args, quantize='int8') / 1e9:.3f} GB, 4-bit groups of 32: "
+      f"{planner.weights_bytes(args, quantize='int4', group_size=32) / 1e9:.3f} GB; "
+      f"rolling cache, one sequence: {args.kv_cache_bytes(args.max_seq_len) / 1e9:.4f} GB")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-if DEVICE.startswith("cuda"):
-    free, total = torch.cuda.mem_get_info()
-    need = weights + cache_bytes + 2**30  # + 1 GiB for activations and the allocator's slack
-    print(f"{torch.cuda.get_device_name()}: {free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB; "
-          f"need about {need / 2**30:.1f} GiB -> {'fits' if need <= free else 'DOES NOT FIT: free memory or use a bigger GPU'}")
+FORCE = os.environ.get("MINIMISTRAL_QUANTIZE")  # "none", "int8", "int4" or "int4:128": try a setting yourself
+if FORCE:
+    mode, _, group = FORCE.partition(":")
+    mode = None if mode == "none" else mode
+    dtype = torch.bfloat16 if DEVICE.type == "cpu" and mode else planner.choose_dtype(DEVICE)  # CPU int kernels: bf16
+    PLAN = planner.plan(args, dtype, mode, int(group or 32), working=SMALLEST, free=planner.free_memory(DEVICE)[0])
 else:
-    print("on the CPU: the small model needs", f"{(weights + cache_bytes) / 2**20:.1f} MiB")
+    PLAN = planner.recommend(args, DEVICE, working=SMALLEST)
+if PLAN is None:
+    raise MemoryError(f"{planner.free_memory(DEVICE)[0] / 1e9:.1f} GB free on {DEVICE}: even 4-bit weights do not fit. "
+                      "Close other programs or notebooks, or run on a machine of the table above")
+CHUNK = planner.picture_chunk(args, PLAN)  # the long prompt's chunk (section 6), sized to what is left
+print(f"{DEVICE}: {PLAN.free / 1e9:.1f} GB {planner.free_memory(DEVICE)[1]}")
+print("plan:", PLAN.describe())
+print(f"long prompt in chunks of {CHUNK} tokens (needs {planner.long_prompt_working(args, CHUNK, PLAN.dtype) / 1e9:.2f} GB)")
+
+# %%
+DTYPE, QUANTIZE, GROUP_SIZE = PLAN.dtype, PLAN.quantize, PLAN.group_size
+dtype_name = str(DTYPE).removeprefix("torch.")
+print(f"setting: {PLAN.setting()}")
 
 # %% [markdown]
 # ### Exercise 11.1: the memory bill
@@ -174,33 +237,35 @@ passed = check_function("11.1 inference_bytes", inference_bytes,
                         hint="weights: num_params x bytes; cache: keys and values, per layer, per KV head, per kept token")
 
 # %% [markdown]
-# ## 3. Loading straight onto the device
+# ## 3. Loading straight onto the device, quantized on the way if the plan says so
 #
 # `mm.load_checkpoint` builds the model on the meta device (shapes, no memory), then moves the weights
-# one tensor at a time from the memory-mapped files to the device, in the dtype asked for. No second copy
-# of the model is ever made in host memory, so a 14.5 GB model loads on a machine with less RAM than that.
+# one tensor at a time from the memory-mapped files to the device, in the dtype asked for. With
+# `quantize="int8"` (or `"int4"`) each attention and MLP weight is quantized there as it arrives and its
+# full-precision copy dropped, so the device never holds more than the quantized model plus one tensor.
+# The embeddings, the output head and the norms stay in the activation dtype (`minimistral/quant.py`
+# says why); notebook 13 builds the quantization itself.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+free_memory()
+if DEVICE.type == "cuda":
+    torch.cuda.reset_peak_memory_stats()
 start = time.perf_counter()
-if REAL or (CHECKPOINT / "config.json").is_file():
-    model = mm.load_checkpoint(CHECKPOINT, device=DEVICE, dtype=DTYPE, progress=True)
-else:
-    print("data/tiny_mistral is missing (train it with `python -m minimistral.train`, notebook 10): "
-          "using a RANDOM model of the same shape; the text below will be gibberish")
-    model = mm.Transformer(args).init_weights("normal", std=0.02, seed=0)
-if DEVICE.startswith("cuda"):
-    torch.cuda.synchronize()
+model = mm.load_checkpoint(CHECKPOINT, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE, group_size=GROUP_SIZE,
+                           working=SMALLEST, progress=REAL)
+sync()
 load_s = time.perf_counter() - start
 print(f"loaded in {load_s:.1f} s" + (f"; GPU memory allocated: {torch.cuda.memory_allocated() / 2**30:.2f} GiB"
-                                     if DEVICE.startswith("cuda") else ""))
+                                     if DEVICE.type == "cuda" else ""))
 
 # %%
 model = model.eval()
 tok = mm.Tokenizer.mistral_v1() if REAL else mm.Tokenizer(corpus.TOKENIZER_PATH)
 assert tok.vocab_size == args.vocab_size, f"tokenizer has {tok.vocab_size} entries, the model {args.vocab_size}"
-assert model.num_params() == args.num_params()
-print(f"{model.num_params():,} parameters, {next(model.parameters()).dtype}, tokenizer: {tok}")
+held = sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+assert held == planner.weights_bytes(args, DTYPE, QUANTIZE, GROUP_SIZE), "the plan counted every weight byte"
+print(f"{args.num_params():,} parameters in {held / 1e6:,.1f} MB ({PLAN.setting()}), tokenizer: {tok}")
 
 # %% [markdown]
 # ## 4. Generating text
@@ -347,18 +412,24 @@ print(f"strongest previous-token head: layer {best[0]}, head {best[1]}, score {s
 # %%
 viz.attention_explorer(model, ids, tokenizer=tok)
 
+# %%
+del cap, score, probs  # the short sentence's records: the long prompt below needs the room
+free_memory()
+
 # %% [markdown]
 # ## 6. The cache at work past the window
 #
 # A prompt longer than the window: $W + W/4$ tokens of the King James Bible (5,120 tokens for the 7B,
-# whose window is 4,096), prefilled in chunks of $W/4$ through one rolling cache, then 32 tokens decoded
-# one at a time. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
+# whose window is 4,096), prefilled in chunks through one rolling cache, then 32 tokens decoded one at a
+# time. The chunk size is the planner's (`CHUNK`: $W/4$ where memory allows, else $W/8$ or $W/16$): each
+# chunk's queries see the $W$ cached keys plus their own, and the attention of the last chunk is recorded
+# below. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
 # allocated. A full cache would keep growing with every token; the rolling buffer is allocated once,
 # with its $W$ slots, and never grows.
 
 # %%
-W = args.sliding_window
-n_long, chunk = W + W // 4, W // 4
+last = args.n_layers - 1
+n_long = W + W // 4
 long_ids = tok.encode(corpus.load_text()[: 12 * n_long], bos=True)[:n_long]
 assert len(long_ids) == n_long
 cache = model.new_cache()
@@ -368,19 +439,26 @@ seen, cache_mib, gpu_gib = [], [], []
 def record():
     seen.append(cache.pos)
     cache_mib.append(cache.nbytes / 2**20)
-    if DEVICE.startswith("cuda"):
+    if DEVICE.type == "cuda":
         gpu_gib.append(torch.cuda.memory_allocated() / 2**30)
 
 
 with torch.no_grad():
-    for s in range(0, n_long, chunk):
-        logits = model(torch.tensor([long_ids[s:s + chunk]], device=DEVICE), cache=cache)
+    starts = list(range(0, n_long, CHUNK))
+    for s in starts:
+        piece = torch.tensor([long_ids[s:s + CHUNK]], device=DEVICE)
+        if s == starts[-1]:  # the last chunk: record the first and last layers (float16, kept on the CPU)
+            with viz.capture_attention(model, layers=[0, last], dtype=torch.float16) as cap_long:
+                logits = model(piece, cache=cache)
+        else:
+            logits = model(piece, cache=cache)
         record()
     for _ in range(32):
         logits = model(logits[:, -1:].argmax(-1), cache=cache)  # greedy, one token at a time
         record()
 assert len(set(cache_mib)) == 1, "the rolling cache never grows"
-print(f"{cache.pos:,} tokens through a cache of {cache.size:,} slots; its size stayed {cache_mib[0]:.2f} MiB")
+print(f"{cache.pos:,} tokens through a cache of {cache.size:,} slots in chunks of {CHUNK}; "
+      f"its size stayed {cache_mib[0]:.2f} MiB")
 print("the cache now holds positions", cache.slot_positions.min().item(), "to", cache.slot_positions.max().item())
 
 # %%
@@ -415,29 +493,27 @@ plt.show()
 # %% [markdown]
 # ### How far back do the heads look?
 #
-# One more pass over the same long prompt, this time without a cache, recording the attention of its last
-# $W/4$ queries in the first and the last layer (stored in float16 to keep the record small: for the 7B,
-# $2 \times 32$ heads $\times 1{,}024$ queries $\times 5{,}120$ keys is 0.6 GiB). Averaging each head's attention
-# by distance (query position minus key position) shows how far back it looks. Past distance $W - 1$ every
-# probability is exactly zero: those keys are outside the window, which is what let the cache above keep
-# only $W$ slots.
+# The record of the last chunk: its queries (the last `CHUNK` tokens of the long prompt) against the
+# $W$ cached keys and their own, in the first and the last layer. Averaging each head's attention by
+# distance (query position minus key position) shows how far back it looks. Past distance $W - 1$ every
+# probability is exactly zero: those keys are outside the window, which is what lets the cache keep
+# only $W$ slots. (Recording a whole 5,120-token prompt without the cache would hold every layer's
+# $32 \times 5{,}120 \times 5{,}120$ scores at once, about 7 GB for the 7B: chunks keep it to what the
+# planner allowed.)
 
 # %%
-last = args.n_layers - 1
-# The explicit path of a captured layer holds its whole (heads x T x T) score matrix: about 7 GB for the 7B here.
-if DEVICE.startswith("cuda") and torch.cuda.mem_get_info()[0] < 8 * 2**30:
-    print("Skipped: this needs about 8 GB of free GPU memory beside the model.")
-else:
-    with torch.no_grad(), viz.capture_attention(model, layers=[0, last], queries=slice(-chunk, None),
-                                                dtype=torch.float16) as cap_long:
-        model(torch.tensor([long_ids], device=DEVICE))
-    for layer in (0, last):
-        distance = cap_long.q_positions[layer][:, None] - cap_long.k_positions[layer][None, :]  # (queries, keys)
-        outside = cap_long.probs[layer][0][:, distance >= W]  # (heads, keys out of the window)
-        assert outside.abs().max() == 0, "a query attended beyond the window"
-    print(f"layers 0 and {last}: {chunk} queries each, no attention at all beyond distance W - 1 = {W - 1:,}")
-    fig = viz.plot_attention_distance(cap_long, window=W)
-    plt.show()
+for layer in (0, last):
+    distance = cap_long.q_positions[layer][:, None] - cap_long.k_positions[layer][None, :]  # (queries, keys)
+    outside = cap_long.probs[layer][0][:, distance >= W]  # (heads, keys out of the window)
+    assert outside.numel() > 0 and outside.abs().max() == 0, "a query attended beyond the window"
+print(f"layers 0 and {last}: {CHUNK} queries each against {cap_long.k_positions[0].numel():,} keys, "
+      f"no attention at all beyond distance W - 1 = {W - 1:,}")
+fig = viz.plot_attention_distance(cap_long, window=W)
+plt.show()
+
+# %%
+del cache, cap_long, logits  # section 7 makes caches of its own
+free_memory()
 
 # %% [markdown]
 # ## 7. Tokens per second
@@ -448,15 +524,12 @@ else:
 # a ceiling of a few hundred tokens per second. This teaching model launches about 1,700 small kernels
 # per token from Python, so it lands well below that ceiling: on an H200, 27 tokens/s against a ceiling of
 # 282. Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
-# GPU (`python -m minimistral.bench --gpu` measures both).
+# GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are fewer bytes to read per
+# token (7.5 GB in int8); on a CPU, `python -m minimistral.bench --load --device cpu --quantize int8 int4`
+# measures the 7B's load and decode speed.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-def sync():
-    if DEVICE.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 prompt_ids = long_ids[: min(512, W)]
 with torch.no_grad():
     mm.generate(model, prompt_ids[:8], max_new_tokens=4)  # warm-up: first calls pay for kernel selection
@@ -466,26 +539,30 @@ with torch.no_grad():
     model(torch.tensor([prompt_ids], device=DEVICE), cache=model.new_cache())
     sync()
     prefill_s = time.perf_counter() - start
-n_new = 128
+n_new = 16 if REAL and DEVICE.type == "cpu" else 128  # a 7B on a CPU decodes a few tokens per second
 start = time.perf_counter()
 out = mm.generate(model, prompt_ids[:8], max_new_tokens=n_new, temperature=0.0)
 sync()
 decode_s = time.perf_counter() - start
 n_threads = torch.get_num_threads()
-where = torch.cuda.get_device_name() if DEVICE.startswith("cuda") else f"CPU, {n_threads} thread{'s' * (n_threads > 1)}"
-print(f"{where}, {dtype_name}: prefill {len(prompt_ids)} tokens in {prefill_s * 1000:.0f} ms "
+where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else \
+    ("Apple GPU (MPS)" if DEVICE.type == "mps" else f"CPU, {n_threads} thread{'s' * (n_threads > 1)}")
+print(f"{where}, {PLAN.setting()}: prefill {len(prompt_ids)} tokens in {prefill_s * 1000:.0f} ms "
       f"({len(prompt_ids) / prefill_s:,.0f} tokens/s); decode {n_new} tokens in {decode_s:.2f} s "
       f"({n_new / decode_s:.1f} tokens/s)")
-if DEVICE.startswith("cuda"):
-    print(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+if DEVICE.type == "cuda":
+    print(f"peak GPU memory of the whole notebook: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB "
+          f"(planned: {PLAN.total / 2**30:.2f} GiB with the margin)")
 
 # %% [markdown]
 # ## Summary
 #
 # - The weights come from the Hugging Face Hub (gated; HF layout) or Mistral's release (consolidated
 #   layout); `MINIMISTRAL_CHECKPOINT` or `CHECKPOINT` points the notebook at the folder.
-# - The config tells the memory bill before loading: 13.5 GiB of bf16 weights plus at most 0.5 GiB of
-#   rolling cache per sequence. `mm.load_checkpoint` streams the weights straight to the GPU.
+# - The config tells the memory bill before loading: 14.5 GB of bf16 weights (7.5 GB in int8, 4.9 GB in
+#   4-bit groups of 32) plus 0.54 GB of rolling cache per sequence plus what the notebook draws. The planner
+#   picks the device, the dtype and the quantization that fit; `mm.load_checkpoint` streams (and quantizes)
+#   the weights tensor by tensor and refuses a load that would not fit.
 # - Trained attention is structured: heads park spare attention on the first token (a sink), and some
 #   heads attend to the previous token.
 # - Past the window, the rolling cache's memory stays flat while the slots wrap.

@@ -114,6 +114,20 @@ def test_cpu_kernel_layout_unpacks_exactly(shape):
     assert torch.equal(quant._from_cpu_layout(quant._to_cpu_layout(q), *shape), q)
 
 
+def test_blocks_of_rows_give_the_whole_tensor_result(monkeypatch):
+    """Quantizing (and laying out for the CPU kernel) block by block equals doing the whole matrix at once."""
+    w = torch.randn(320, 128)
+    whole_q8, whole_q4, whole_layout = quantize_int8(w), quantize_int4(w, 32), Int4Linear.from_float(w, 32)
+    monkeypatch.setattr(quant, "_BLOCK_NUMBERS", 64 * 128)  # blocks of 64 rows
+    assert len(quant._row_blocks(320, 128)) == 5
+    for a, b in zip(whole_q8 + whole_q4, quantize_int8(w) + quantize_int4(w, 32)):
+        assert torch.equal(a, b)
+    blocked = Int4Linear.from_float(w, 32)
+    assert torch.equal(blocked.qweight, whole_layout.qweight) and blocked.layout == whole_layout.layout
+    if blocked.layout == "cpu":
+        assert torch.equal(blocked.qweight, quant._to_cpu_layout(whole_q4[0]))  # the kernel's own whole-matrix layout
+
+
 def test_shape_the_kernel_cannot_take_falls_back_to_dequantize():
     w = torch.randn(40, 64)  # the CPU kernel wants a multiple of 16 rows
     lin = Int4Linear.from_float(w, 32)

@@ -7,8 +7,8 @@ JSON in DIR:
      compiled without CUDA graphs, compiled with them); the optional rungs only if its budget leaves room;
   2. `bench --load`: writes a random-weight 7B checkpoint in HF layout (14.5 GB, generated on the GPU) to
      --ckpt, then loads it onto cuda in bf16 with ours and with transformers, each in a fresh process;
-  3. notebook 11 top to bottom against that checkpoint (with nbclient when it is installed, else its
-     jupytext twin as a plain script with a non-interactive matplotlib backend).
+  3. notebook 11 top to bottom against that checkpoint, once in bf16 and once with int8 weights (with nbclient
+     when it is installed, else its jupytext twin as a plain script with a non-interactive matplotlib backend).
 
 With ~10 minutes per command, run the table alone first:
     python -m minimistral.bench.gpu_checks --out OUT --skip load notebook --budget 580
@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for logs, JSON and the executed notebook")
     p.add_argument("--ckpt", default="/tmp/mm7b", help="where the random 7B checkpoint is written")
     p.add_argument("--skip", nargs="*", default=[], choices=["load", "gpu", "notebook"])
+    p.add_argument("--notebook-modes", nargs="*", default=["none", "int8"],
+                   help="MINIMISTRAL_QUANTIZE for each run of notebook 11 (none: the planner's dtype, unquantized)")
     p.add_argument("--budget", type=float, default=900, help="seconds for all steps together; each step gets "
                    "at most its own limit and what is left of the budget")
     opts = p.parse_args(argv)
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     ok = True
-    if "gpu" not in opts.skip:  # first: the table issue 9 asks for
+    if "gpu" not in opts.skip:  # first: the decode/prefill table
         limit = left(570)
         ok &= _step("bench_gpu", [py, "-m", "minimistral.bench", "--gpu", "--budget", str(int(limit) - 40),
                                   "--json", str(out / "bench_gpu_h200.json")], out, limit,
@@ -76,16 +78,17 @@ def main(argv=None) -> int:
     if "notebook" not in opts.skip:
         # run as a script from the repo root: the package must be importable from there too
         path = os.pathsep.join(x for x in (str(ROOT), os.environ.get("PYTHONPATH", "")) if x)
-        env = {"MINIMISTRAL_CHECKPOINT": opts.ckpt, "PYTHONPATH": path}
-        try:
-            import nbclient  # noqa: F401
-            cmd = [py, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
-                   "--ExecutePreprocessor.timeout=600", "notebooks/11_real_mistral_7b.ipynb",
-                   "--output", str((out / "11_gpu.ipynb").resolve())]
-        except ImportError:
-            cmd = [py, "notebooks/11_real_mistral_7b.py"]
-            env["MPLBACKEND"] = "Agg"  # no kernel to show figures in
-        ok &= _step("notebook_11", cmd, out, left(300), env)
+        for mode in opts.notebook_modes:  # bf16 ("none") and int8 weights, each a fresh run
+            env = {"MINIMISTRAL_CHECKPOINT": opts.ckpt, "PYTHONPATH": path, "MINIMISTRAL_QUANTIZE": mode}
+            try:
+                import nbclient  # noqa: F401
+                cmd = [py, "-m", "jupyter", "nbconvert", "--to", "notebook", "--execute",
+                       "--ExecutePreprocessor.timeout=600", "notebooks/11_real_mistral_7b.ipynb",
+                       "--output", str((out / f"11_gpu_{mode}.ipynb").resolve())]
+            except ImportError:
+                cmd = [py, "notebooks/11_real_mistral_7b.py"]
+                env["MPLBACKEND"] = "Agg"  # no kernel to show figures in
+            ok &= _step(f"notebook_11_{mode}", cmd, out, left(300), env)
     return 0 if ok else 1
 
 
