@@ -2,11 +2,17 @@
 
 Runs, each in its own process with its own time limit (and all within --budget seconds), and leaves logs and
 JSON in DIR:
-  1. `bench --gpu`: the decode/prefill table, ours eager, ours fast, transformers, beside the copy ceiling;
+  1. `bench --gpu`: the decode/prefill table, ours eager, ours fast, ours fast in int8 and 4-bit (with their
+     greedy agreement with bf16), transformers, beside the copy ceiling; the decode ladder (eager kernels,
+     compiled without CUDA graphs, compiled with them); the optional rungs only if its budget leaves room;
   2. `bench --load`: writes a random-weight 7B checkpoint in HF layout (14.5 GB, generated on the GPU) to
      --ckpt, then loads it onto cuda in bf16 with ours and with transformers, each in a fresh process;
   3. notebook 11 top to bottom against that checkpoint, once in bf16 and once with int8 weights (with nbclient
      when it is installed, else its jupytext twin as a plain script with a non-interactive matplotlib backend).
+
+With ~10 minutes per command, run the table alone first:
+    python -m minimistral.bench.gpu_checks --out OUT --skip load notebook --budget 580
+(its JSON goes to OUT/bench_gpu_h200.json; copy it to data/ for notebooks 12 and 13).
 
 On a lent machine that lacks the notebook's packages (ipywidgets, IPython, mistral-common, nbclient...), carry
 them as wheels (see the device tool's README) and put them on PYTHONPATH before this command.
@@ -61,8 +67,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     ok = True
-    if "gpu" not in opts.skip:  # first: the decode/prefill table, the run's main result
-        limit = left(540)
+    if "gpu" not in opts.skip:  # first: the decode/prefill table
+        limit = left(570)
         ok &= _step("bench_gpu", [py, "-m", "minimistral.bench", "--gpu", "--budget", str(int(limit) - 40),
                                   "--json", str(out / "bench_gpu_h200.json")], out, limit,
                     {"TORCH_LOGS": "perf_hints,recompiles"})  # says why a CUDA graph was skipped, if one is
