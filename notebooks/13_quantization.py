@@ -381,7 +381,7 @@ for name, c in ceilings.items():
 # **13.1** Quantize a weight matrix with absmax int8, one scale per output row: return `(q, s)` with `q` int8
 # of the same shape and `s` float of shape `(out,)`. Round to the nearest level (do not truncate).
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_1_absmax_int8-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex13_1_absmax_int8-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_absmax_int8(w):
     ### BEGIN SOLUTION
     s = w.abs().amax(dim=1) / 127
@@ -402,7 +402,7 @@ _ = check_function("13.1 absmax_int8", my_absmax_int8, lambda w: quant.quantize_
 # **13.2** Dequantize one group of the library's 4-bit format: `q` holds unsigned values 0..15 (a 1-D tensor of
 # `g` values), `s` and `z` are that group's scale and zero. Return the float weights.
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_2_dequantize_group-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex13_2_dequantize_group-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_dequantize_group(q, s, z):
     ### BEGIN SOLUTION
     return (q.float() - 8) * s + z
@@ -425,7 +425,7 @@ _ = check_function("13.2 dequantize_group", my_dequantize_group, library_group, 
 # **13.3** Pack a `(rows, 2k)` tensor of values in 0..15 into `(rows, k)` bytes, the even-numbered value in the
 # high nibble, and unpack it back. Return `(packed, unpacked)`.
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_3_pack_unpack-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex13_3_pack_unpack-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_pack_unpack(q):
     ### BEGIN SOLUTION
     q = q.to(torch.uint8)
@@ -447,7 +447,7 @@ _ = check_function("13.3 pack_unpack", my_pack_unpack, lambda q: (quant.pack_int
 # `"int8"` (1 byte per weight plus a 2-byte scale per row) or `"int4"` (half a byte per weight plus a 2-byte
 # scale and a 2-byte zero per group of `g` inputs of every row).
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_4_weight_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex13_4_weight_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_weight_bytes(n_out, n_in, mode, g=128):
     ### BEGIN SOLUTION
     if mode is None:
