@@ -1,4 +1,11 @@
-"""minimistral: Mistral 7B built from scratch, one piece per notebook."""
+"""minimistral: Mistral 7B built from scratch, one piece per notebook.
+
+The model core sits at the top of the package, one module per piece, in the order the course builds them:
+config, tokenizer, norm, rope, attention, mlp, model, cache, generate; then checkpoints (convert, weights,
+saving), quantization and device choice (quant, device), and the fast GPU path (fuse, fast). The course's
+tools live in subpackages: viz (pictures and explorers), labs (exercise checks, student edition, grading),
+train (the corpus and the training loop of notebook 10), bench (benchmarks and the GPU checks).
+"""
 
 import importlib
 
@@ -13,9 +20,10 @@ __version__ = "0.1.0"
 
 # Loaded on first use, so `import minimistral` stays light (viz pulls in matplotlib and ipywidgets).
 _LAZY = {
-    "load_checkpoint": "weights", "save_checkpoint": "weights", "write_random_checkpoint": "weights",
+    "load_checkpoint": "weights", "save_checkpoint": "saving", "write_random_checkpoint": "saving",
     "quantize": "quant", "quant": None, "device": None,
-    "viz": None, "weights": None, "convert": None, "checks": None, "train": None, "corpus": None, "labs": None, "fast": None,
+    "weights": None, "saving": None, "convert": None, "fast": None,
+    "viz": None, "labs": None, "train": None, "bench": None,
 }
 
 

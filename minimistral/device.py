@@ -25,7 +25,7 @@ from typing import Optional
 
 import torch
 
-from .quant import GROUP_SIZES, check_mode, weight_bytes
+from .quant import check_mode, weight_bytes
 
 GB = 1e9
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention_mask, repeat_kv
-from .fuse import Fused, Int8Step, _int8_steps, _settle_kernel_choices, _Unfused, fuse_linears  # noqa: F401
+from .fuse import _int8_steps, _settle_kernel_choices, fuse_linears
 from .rope import apply_rope_complex, apply_rope_interleaved_real, rope_frequencies
 
 

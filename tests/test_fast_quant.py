@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 import minimistral as mm
-from minimistral.fast import FastGenerator, Fused, Int8Step, _Unfused, decode_splits, fuse_linears
+from minimistral.fast import FastGenerator, decode_splits
+from minimistral.fuse import Fused, Int8Step, _Unfused, fuse_linears
 from minimistral import quant
 from minimistral.quant import Int4Linear, Int8Linear, quantize
 

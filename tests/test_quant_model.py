@@ -106,16 +106,16 @@ def test_load_that_cannot_fit_is_refused_on_the_cpu(odd_checkpoint, monkeypatch)
 
 PEAK_SCRIPT = textwrap.dedent("""
     import json, sys, time, torch, minimistral as mm
-    from minimistral.bench.load import _PeakSampler, _rss_anon
+    from minimistral.bench.memory import PeakSampler, rss_anon
     from minimistral import quant
 
-    before = _rss_anon()
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    before = rss_anon()
+    sampler = PeakSampler(every=0.002); sampler.start()
     model = mm.load_checkpoint(sys.argv[1], dtype=torch.bfloat16, quantize=sys.argv[2], group_size=32, progress=False)
     time.sleep(0.05)
     load_peak = sampler.stop()
     # control: the full-precision weights held beside it must show up in the same measurement
-    sampler = _PeakSampler(every=0.002); sampler.start()
+    sampler = PeakSampler(every=0.002); sampler.start()
     held = [m.dequantize() for m in model.modules() if isinstance(m, (quant.Int8Linear, quant.Int4Linear))]
     time.sleep(0.05)
     print(json.dumps({"before": before, "load_peak": load_peak, "control_peak": max(load_peak, sampler.stop())}))

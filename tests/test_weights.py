@@ -16,7 +16,8 @@ from transformers import MistralConfig, MistralForCausalLM
 
 import minimistral as mm
 import conftest
-from minimistral.weights import CheckpointError, check_device_memory, parse_size
+from minimistral.saving import parse_size
+from minimistral.weights import CheckpointError, check_device_memory
 
 from oracle import hf_model_from_ours
 
@@ -542,9 +543,9 @@ def test_overwrite_the_folder_a_model_was_loaded_from(single_folder):
 
 def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
     """An interrupted write leaves nothing behind: no half-written folder to mistake for a checkpoint."""
-    from minimistral import weights
+    from minimistral import saving
 
-    real, calls = weights._write_safetensors, []
+    real, calls = saving._write_safetensors, []
 
     def fail_on_second_shard(*a, **k):
         calls.append(a[0])
@@ -552,7 +553,7 @@ def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(weights, "_write_safetensors", fail_on_second_shard)
+    monkeypatch.setattr(saving, "_write_safetensors", fail_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         mm.write_random_checkpoint(small_args(), tmp_path, max_shard_size=20000, progress=False)
     # the write was staged and is swapped in only when complete (issue 18): nothing at all is left

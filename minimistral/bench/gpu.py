@@ -73,20 +73,6 @@ def build_models(preset, device, dtype, with_hf):
     return args, model, hf
 
 
-def build_models(preset, device, dtype, with_hf):
-    args = mm.ModelArgs.mistral_7b() if preset == "7b" else mm.ModelArgs.tiny()
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # build straight in bf16: no float32 copy of 7B parameters on the way
-    try:
-        with torch.device(device):
-            model = mm.Transformer(args).eval()  # built and initialised (uniform +-0.02) on the device
-    finally:
-        torch.set_default_dtype(prev)
-    hf = transformers_twin(model, attn="sdpa", dtype=dtype, device=device) if with_hf else None
-    return args, model, hf
-
-
 def model_bytes(model) -> int:
     """Bytes one decoded token reads: every parameter and buffer (quantized weights, their scales, norms...)."""
     return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])

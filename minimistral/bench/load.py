@@ -108,7 +108,7 @@ def _decode(model, device: str, n: int) -> dict:
     import torch
 
     cache = model.new_cache()
-    sampler = _PeakSampler()
+    sampler = PeakSampler()
     sampler.start()
     with torch.no_grad():
         logits = model(torch.arange(1, 9, device=device)[None] * 101, cache=cache)
@@ -141,7 +141,7 @@ def _ensure_checkpoint(args, path: Path, device: str) -> str:
     import torch
 
     from ..config import ModelArgs
-    from ..weights import write_random_checkpoint
+    from ..saving import write_random_checkpoint
 
     config = path / "config.json"
     if config.is_file():

@@ -13,20 +13,12 @@ cells are never run; edited, deleted or duplicated ones are flagged.
 from __future__ import annotations
 
 import ast
-import contextlib
-import io
-import os
-import random
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
-
-from .exercises import (CHECK_CALL, LabsError, check_ids, defined_names, find_exercises, python_source,
-                        solution_regions)
+from .exercises import LabsError, check_ids, defined_names, python_source, solution_regions
 
 SOLUTION_PREFIX, CELL_PREFIX = "<instructor solution cell ", "<instructor cell "
 

@@ -213,7 +213,7 @@ _COMMAND = "python -m minimistral.train"
 def _save(model: Transformer, out: Path, log: Optional[dict] = None) -> None:
     """The checkpoint in Hugging Face layout (config.json + model.safetensors), through mm.save_checkpoint,
     with the training log in the same atomic swap: a failure leaves `out` as it was."""
-    from ..weights import save_checkpoint
+    from ..saving import save_checkpoint
 
     extra = {LOG_NAME: json.dumps(log, indent=1) + "\n"} if log is not None else None
     save_checkpoint(model, out, format="hf", overwrite=True, progress=False, extra_files=extra)
