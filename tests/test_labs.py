@@ -290,8 +290,8 @@ def test_verdict_line_has_one_writer_and_one_parser(capsys):
         ("FAIL", "03.2 rope", "case 2 of 4 differs"), ("PASS", "03.1 angles", "ok")]
     with checks.collect_verdicts() as sink:  # how the grader reads verdicts: no parsing, no raising
         assert checks.check_value("03.3 z", lambda: 1, 2) is False
-    assert sink == [("FAIL", "03.3 z", "not yet.")]
-    assert checks.parse_verdicts(capsys.readouterr().out) == [("FAIL", "03.3 z", "not yet.")]
+    assert [(tag, ex) for tag, ex, _ in sink] == [("FAIL", "03.3 z")] and sink[0][2].startswith("not yet")
+    assert checks.parse_verdicts(capsys.readouterr().out) == sink  # what it printed is what it reported
 
 
 def test_tag_refuses_a_stale_twin_and_tags_the_others(tmp_path):

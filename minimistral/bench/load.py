@@ -87,7 +87,9 @@ def _child(which: str, path: str, device: str, logits_out: str, quantize=None, g
     seconds = time.perf_counter() - t0
     peak = sampler.stop()
     gpu_peak = torch.cuda.max_memory_allocated() if cuda else None
-    params = list(model.parameters()) + list(model.buffers())
+    # weights: parameters, and buffers (a quantized model keeps its int8/4-bit weights and scales there), but
+    # not transformers' RoPE inv_freq, a float32 table it computes itself
+    params = list(model.parameters()) + [b for n, b in model.named_buffers() if not n.endswith("inv_freq")]
     dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
     n_params = sum(p.numel() for p in params)
     decode = _decode(model, device, decode_tokens) if decode_tokens else {}
