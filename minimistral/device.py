@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 
 from .quant import check_mode, weight_bytes
+from .validate import host_memory_available
 
 GB = 1e9
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -112,15 +113,9 @@ def free_memory(device) -> tuple[int, str]:
 
 
 def host_available() -> int:
-    """MemAvailable (Linux): free RAM plus the caches the kernel can drop."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """MemAvailable (Linux): free RAM plus the caches the kernel can drop; elsewhere the free physical pages."""
+    available = host_memory_available()
+    return available if available is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
 # ---------------------------------------------------------------- the memory plan
