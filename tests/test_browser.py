@@ -233,10 +233,14 @@ def test_explorer_notebook_runs_and_reacts(lab, browser, index):
         _run_all(page)
         page.locator(".widget-output img").first.wait_for(timeout=60_000)
         n_code = page.locator(".jp-CodeCell").count()
-        # every code cell has run: its prompt shows a number, not [*] or [ ]
+        # every code cell has run, once, in a fresh kernel: no prompt shows [*] or [ ], and the highest execution
+        # count is the number of code cells. (A cell whose solution is collapsed, as `labs tag` leaves it, shows
+        # an empty prompt, so counting the numbered prompts would miss it.)
         page.wait_for_function(
-            """n => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')]
-                   .filter(p => /\\[\\d+\\]/.test(p.textContent)).length === n""", arg=n_code, timeout=60_000)
+            """n => { const t = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].map(p => p.textContent);
+                     const counts = t.map(s => /\\[(\\d+)\\]/.exec(s)).filter(m => m).map(m => +m[1]);
+                     return !t.some(s => /\\[[ *]\\]/.test(s)) && Math.max(0, ...counts) === n; }""",
+            arg=n_code, timeout=120_000)
         assert not _errors(page), _errors(page)
 
         explorers = page.locator(".jp-OutputArea-output .widget-vbox")  # each explorer: controls over a picture
