@@ -49,7 +49,8 @@ def fuse_linears(mods: list[nn.Module]) -> nn.Module:
     nn.Linear, or minimistral.quant's Int8Linear / Int4Linear, whose tensors stack along their output axis.
 
     The fused module is checked on a probe input against the pieces (a layout this code does not know is
-    left unfused, not computed wrong). Then the pieces' tensors that stack along axis 0 (the weights; not
+    left unfused, not computed wrong; a kind that can join itself, like Int4Linear.concat, is joined that way
+    instead, as a copy). Then the pieces' tensors that stack along axis 0 (the weights; not
     the small scale tables) are rebound as views of the fused ones: the weights are not held twice, and the
     teaching model reads (and saves) the same values under its own names."""
     first = mods[0]
@@ -71,12 +72,10 @@ def fuse_linears(mods: list[nn.Module]) -> nn.Module:
         whole[name] = joined if joined is not None else torch.cat(parts, ax)
         is_param = name in fused._parameters
         setattr(fused, name, nn.Parameter(whole[name], requires_grad=False) if is_param else whole[name])
-    # the probe: any layout whose rows do not stack as assumed gives different numbers here
-    dtype = getattr(first, "dtype", None) or next(t for t in tensors[0].values() if t.is_floating_point()).dtype
-    device = next(iter(tensors[0].values())).device
-    x = torch.randn(2, first.in_features, generator=torch.Generator().manual_seed(0)).to(device, dtype)
-    want, got = torch.cat([m(x) for m in mods], -1).float(), fused(x).float()
-    if not torch.allclose(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()) + 1e-6):
+    if not _same_products(fused, mods, tensors[0]):  # a layout whose rows do not stack as assumed
+        concat = getattr(type(first), "concat", None)  # a layout that knows how to join itself: a fused copy
+        if concat is not None and _same_products(joined := concat(mods), mods, tensors[0]):
+            return Fused(joined, outs)
         return _Unfused(mods)
     for name, ax in axes.items():  # the originals become views into the fused tensors: one copy in memory
         if ax != 0:
@@ -87,6 +86,15 @@ def fuse_linears(mods: list[nn.Module]) -> nn.Module:
             else:
                 m._buffers[name] = piece
     return Fused(fused, outs)
+
+
+def _same_products(fused: nn.Module, mods: list[nn.Module], tensors: dict) -> bool:
+    """The probe: the fused module's outputs on a random input equal the pieces' outputs side by side."""
+    dtype = getattr(mods[0], "dtype", None) or next(t for t in tensors.values() if t.is_floating_point()).dtype
+    device = next(iter(tensors.values())).device
+    x = torch.randn(2, mods[0].in_features, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    want, got = torch.cat([m(x) for m in mods], -1).float(), fused(x).float()
+    return bool(torch.allclose(got, want, rtol=0.02, atol=0.02 * float(want.abs().max()) + 1e-6))
 
 
 def _adjacent(ts):

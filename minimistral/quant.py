@@ -293,6 +293,24 @@ class Int4Linear(nn.Module):
             qw[r] = _to_cpu_layout(q) if layout == "cpu" else pack_int4(q)
         return cls(qw, sz, group_size, layout, K, N)
 
+    @classmethod
+    def concat(cls, mods: list["Int4Linear"]) -> "Int4Linear":
+        """One Int4Linear computing the output rows of `mods` one after the other, laid out afresh from their
+        4-bit values: a copy. The fast path uses it where the pieces' kernel layouts do not simply stack (the
+        CPU layout permutes rows in blocks as wide as the CPU's vectors: on an AVX-512 machine two 32-row
+        pieces, each laid out alone, are not the layout of their 64 rows together)."""
+        first = mods[0]
+        same = ("layout", "group_size", "in_features", "dtype")
+        for m in mods:
+            if not isinstance(m, Int4Linear) or any(getattr(m, a) != getattr(first, a) for a in same):
+                raise ValueError(f"Int4Linear.concat: the pieces must agree in {', '.join(same)}; got {m!r} "
+                                 f"beside {first!r}")
+        q = torch.cat([m.unpacked() for m in mods])  # (sum of N, K) in [0, 15]
+        sz = torch.cat([m.scales_and_zeros for m in mods], dim=1)  # (K / group_size, sum of N, 2)
+        N, K = q.shape
+        lay = {"cuda": _to_cuda_layout, "cpu": _to_cpu_layout, "packed": pack_int4}[first.layout]
+        return cls(lay(q.to(first.qweight.device)), sz, first.group_size, first.layout, K, N)
+
     @property
     def dtype(self) -> torch.dtype:
         return self.scales_and_zeros.dtype

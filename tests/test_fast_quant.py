@@ -209,3 +209,25 @@ def test_gpu_benchmark_quantized_rows_on_the_cpu_preset(tmp_path, one_thread):
         assert all(isinstance(row[k], float) for k in (R.decode(R.SHORT), R.decode(R.LONG), R.prefill(64)))
         assert 0 <= row[R.AGREEMENT] <= 1 and 0 <= row[R.AGREEMENT_PREFIX] <= 8
     assert run[R.LADDER][R.RUNG_EAGER][R.RUNG_RATE] > 0
+
+
+@pytest.mark.parametrize("use_kernel", [None, False])
+@pytest.mark.parametrize("rows", [(64, 32, 32), (16, 48), (128, 64, 64)])
+def test_int4_pieces_join_whatever_the_cpu_layout(rows, use_kernel):
+    """The CPU's int4 layout permutes rows in blocks as wide as its vectors (32 or 64 rows): pieces laid out
+    alone may not stack. fuse_linears then joins them with Int4Linear.concat; either way the fused product
+    equals the pieces side by side, and the pieces still compute what they did."""
+    gen = torch.Generator().manual_seed(3)
+    mods = [Int4Linear.from_float(torch.randn(n, 64, generator=gen), group_size=32, dtype=torch.bfloat16,
+                                  use_kernel=use_kernel) for n in rows]
+    x = torch.randn(5, 64, generator=gen).to(torch.bfloat16)
+    want = torch.cat([m(x) for m in mods], -1)
+    fused = fuse_linears(mods)
+    assert isinstance(fused, Fused) and isinstance(fused.linear, Int4Linear)
+    assert fused.linear.layout == mods[0].layout
+    torch.testing.assert_close(torch.cat(fused(x), -1), want, atol=0, rtol=0)
+    torch.testing.assert_close(torch.cat([m(x) for m in mods], -1), want, atol=0, rtol=0)
+    joined = Int4Linear.concat(mods)
+    assert torch.equal(joined.unpacked(), torch.cat([m.unpacked() for m in mods]))
+    with pytest.raises(ValueError, match="group_size"):
+        Int4Linear.concat([mods[0], Int4Linear.from_float(torch.randn(16, 64), group_size=64, dtype=torch.bfloat16)])
