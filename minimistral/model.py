@@ -118,6 +118,12 @@ class Transformer(nn.Module):
         if cache is not None and cache.batch_size != B:
             raise ValueError(f"cache was made for batch_size={cache.batch_size} but tokens have batch size {B}: "
                              "make a new one with model.new_cache(batch_size=...)")
+        window = self.args.sliding_window
+        if cache is not None and cache.wraps and (window is None or cache.size < window):
+            # a rolling cache overwrites a slot `size` tokens later; this model still attends to that key
+            raise ValueError(f"this cache rolls over every {cache.size} tokens but the model attends "
+                             + (f"{window} tokens back" if window else "to the whole sequence (no sliding window)")
+                             + ": it was made for a model with another window; make one with model.new_cache()")
 
     def forward(self, tokens: torch.Tensor, cache: Optional[RollingKVCache] = None) -> torch.Tensor:
         """tokens (B, T) -> float logits (B, T, vocab_size). With a cache, tokens continue the sequence

@@ -172,6 +172,26 @@ def test_a_cache_from_another_model_is_refused(other, culprit):
     assert culprit in str(info.value) and "model.new_cache()" in str(info.value)
 
 
+def test_a_cache_from_a_model_with_a_shorter_window_or_none_is_refused():
+    """Same shapes, another window: a cache that rolls over sooner than the model looks back would overwrite
+    keys the model still attends to (silently wrong logits), so it is refused. A longer rolling cache is
+    correct (the mask is built from the positions the slots hold) and is accepted."""
+    short = mm.Transformer(ARGS.replace(sliding_window=4)).eval()
+    for other in (ARGS.replace(sliding_window=8), ARGS.replace(sliding_window=None)):
+        m = mm.Transformer(other).eval()
+        with torch.no_grad(), pytest.raises(ValueError, match="rolls over every 4 tokens") as info:
+            m(torch.tensor([[1, 2]]), cache=short.new_cache())
+        assert ("8 tokens back" if other.sliding_window else "no sliding window") in str(info.value)
+    longer = mm.Transformer(ARGS.replace(sliding_window=8)).eval()
+    m = mm.Transformer(ARGS.replace(sliding_window=4)).eval()
+    m.load_state_dict(longer.state_dict())
+    ids = torch.tensor([list(range(1, 20))])
+    with torch.no_grad():
+        cache = longer.new_cache()
+        got = torch.cat([m(ids[:, :7], cache=cache), m(ids[:, 7:], cache=cache)], 1)
+        torch.testing.assert_close(got, m(ids))
+
+
 def test_a_cache_of_another_dtype_is_refused():
     m = mm.Transformer(ARGS).eval()
     with torch.no_grad(), pytest.raises(ValueError, match=r"torch.bfloat16 on cpu, the model gives keys .* "
