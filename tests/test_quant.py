@@ -88,6 +88,29 @@ def test_int8_linear_kernel_equals_dequantized(device, dtype):
     close(reference.float(), x.float() @ lin.dequantize(torch.float32).t(), dtype)
 
 
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
+def test_int8_cpu_prefill_rows_take_the_matrix_product_and_agree_with_the_kernel(dtype, monkeypatch):
+    """On the CPU a chunk of at least CPU_INT8_KERNEL_MAX_ROWS rows skips the (matrix-vector) int8 kernel for
+    an exact int8 -> dtype copy and one matrix product. Every row equals that row computed alone through the
+    kernel, and the dequantized reference, to the dtype's rounding; just below the threshold the kernel runs."""
+    if not quant.kernel_available("int8", "cpu", dtype):
+        pytest.skip(f"no int8 kernel for cpu {dtype}")
+    lin = Int8Linear.from_float(torch.randn(96, 160), dtype)
+    rows = quant.CPU_INT8_KERNEL_MAX_ROWS
+    x = torch.randn(rows + 5, 160).to(dtype)
+    calls = []
+    kernel = torch.ops.aten._weight_int8pack_mm
+    monkeypatch.setattr(quant.torch.ops.aten, "_weight_int8pack_mm",
+                        lambda *a: calls.append(a[0].shape[0]) or kernel(*a), raising=False)
+    big = lin(x)
+    assert calls == [] and big.shape == (rows + 5, 96) and big.dtype == dtype
+    lin(x[: rows - 1])
+    assert calls == [rows - 1]
+    one_by_one = torch.cat([lin(x[i:i + 1]) for i in range(0, rows + 5, 19)])
+    close(big[::19], one_by_one, dtype)
+    close(big.float(), x.float() @ lin.dequantize(torch.float32).t(), dtype)
+
+
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", CPU_DTYPES)
 @pytest.mark.parametrize("group_size", GROUP_SIZES)
