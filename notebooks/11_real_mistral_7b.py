@@ -56,7 +56,7 @@
 # | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
 # | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.0 GB | everything; chunks of 1,024 |
 # | Apple Silicon, 16 GB | 11.5 GB (Metal's share) | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
-# | CPU laptop, 16 GB RAM | 10.7 GB available | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly: measured on 2 CPU cores in int8, the whole notebook took 14 min (load 54 s, decode 2.6 tokens/s, the 5,120-token prompt 10 min) |
+# | CPU laptop, 16 GB RAM | 10.7 GB available | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly: measured on 2 CPU cores in int8, the whole notebook took 7.5 min (load 49 s, prefill 23 tokens/s, decode 2.8 tokens/s, the 5,120-token prompt 5 min) |
 #
 # The T4 gets fp16 because it has no native bf16 arithmetic (compute capability 7.5); the fp16 range
 # holds the 7B's activations (see `minimistral/device.py`). Free Colab's 12.7 GB of host RAM is no
