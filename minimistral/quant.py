@@ -24,6 +24,9 @@ dtype (`torch.ops.aten._weight_int8pack_mm`; `_weight_int4pack_mm` on CUDA, `_we
 CPU), found by trying each once on a small problem (`kernel_available`); elsewhere (MPS int4, fp16 int4 on CUDA,
 GPUs before compute capability 8.0, ...) they dequantize the weight and call F.linear. Both paths compute the
 same product (tests/test_quant.py checks it for each path and group size).
+One exception on the CPU: PyTorch's int8 kernel there is a matrix-vector kernel, so inputs of
+CPU_INT8_KERNEL_MAX_ROWS rows or more (prefill chunks) take an exact int8 copy in the activation dtype and one
+matrix product instead (the comment above CPU_INT8_KERNEL_MAX_ROWS gives the figures).
 
 Storage: Int8Linear holds `qweight` int8 (N, K) and `scales` (N,) in the activation dtype. Int4Linear holds
 `scales_and_zeros` (K / group_size, N, 2) in the activation dtype and `qweight` in one of three layouts:
@@ -219,7 +222,7 @@ def kernel_available(mode: str, device_type: str, dtype: torch.dtype) -> bool:
 # PyTorch's CPU int8 kernel is a matrix-vector kernel: its time grows with the rows of x. For a 14336 x 4096
 # weight in bf16 on 2 cores (AVX-512) it took 14 ms for 16 rows but 507 ms for 512, where copying the int8
 # weight to bf16 (37 ms) and one bf16 matrix product took 46 and 193 ms; they cross near 64-128 rows. So a
-# CPU prefill chunk of at least this many rows takes the second way (3x faster prefill on the CPU), and
+# CPU prefill chunk of at least this many rows takes the second way (prefill 2.5x faster on the CPU), and
 # decoding (one row) keeps the kernel. The result differs by one more rounding of the activation dtype.
 CPU_INT8_KERNEL_MAX_ROWS = 128
 
