@@ -15,16 +15,13 @@ import torch
 import minimistral as mm
 from minimistral import device as dev
 from minimistral import quant
+from minimistral.bench.memory import LIVE_MEMORY_ENV
 from minimistral.train import corpus, evaluate
 
 EVAL_TOKENS = 4096  # a fixed prefix of the held-out split (every 20th chapter, never trained on)
 SETTINGS = [("fp32", torch.float32, None, 128), ("bf16", torch.bfloat16, None, 128), ("fp16", torch.float16, None, 128),
             ("int8", torch.float32, "int8", 128), ("int4-g32", torch.float32, "int4", 32),
             ("int4-g128", torch.float32, "int4", 128)]
-
-# glibc keeps freed blocks for reuse, so RssAnon can count memory no tensor holds any more; served from
-# mmap (64 KiB and up), every freed tensor goes back to the system and RssAnon is what is alive
-MEASURE_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +140,7 @@ def test_quantized_load_never_holds_the_full_precision_model(tmp_path, mode):
     # deflated: the best of up to three fresh processes is the load's own need
     for _ in range(3):
         out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path), mode], capture_output=True,
-                             text=True, timeout=600, env={**os.environ, **MEASURE_ENV})
+                             text=True, timeout=600, env={**os.environ, **LIVE_MEMORY_ENV})
         assert out.returncode == 0, out.stderr
         r = json.loads(out.stdout.strip().splitlines()[-1])
         load_extra, control_extra = r["load_peak"] - r["before"], r["control_peak"] - r["before"]

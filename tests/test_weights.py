@@ -16,6 +16,7 @@ from transformers import MistralConfig, MistralForCausalLM
 
 import minimistral as mm
 import conftest
+from minimistral.bench.memory import LIVE_MEMORY_ENV
 from minimistral.saving import parse_size
 from minimistral.weights import CheckpointError, check_device_memory
 
@@ -27,10 +28,6 @@ HF_CONFIG = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2, num
                  num_key_value_heads=2, head_dim=32, vocab_size=300, rms_norm_eps=1e-6, rope_theta=5e5,
                  sliding_window=8, max_position_embeddings=128, tie_word_embeddings=False)
 SEQ = 24  # > sliding_window
-
-# glibc keeps freed blocks for reuse, so RssAnon can count memory no tensor holds any more; served from
-# mmap (64 KiB and up), every freed tensor goes back to the system and RssAnon is what is alive
-MEASURE_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def tokens(vocab=300, T=SEQ, B=2):
@@ -303,7 +300,7 @@ def test_bf16_load_peak_host_memory(tmp_path):
     assert model_bytes > 120e6
     mm.write_random_checkpoint(args, tmp_path, format="hf", dtype=torch.bfloat16, progress=False)
     out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT, str(tmp_path)], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, **MEASURE_ENV})
+                         timeout=300, env={**os.environ, **LIVE_MEMORY_ENV})
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["dtypes"] == ["torch.bfloat16"]
@@ -334,7 +331,7 @@ def test_write_random_checkpoint_streams(tmp_path, fmt):
     shape = dict(dim=512, n_layers=8, head_dim=64, hidden_dim=2048, n_heads=8, n_kv_heads=2, vocab_size=32000)
     model_bytes = small_args(**shape).num_params() * 2
     out = subprocess.run([sys.executable, "-c", WRITE_PEAK_SCRIPT, str(tmp_path / "ck"), fmt, json.dumps(shape)],
-                         capture_output=True, text=True, timeout=300, env={**os.environ, **MEASURE_ENV})
+                         capture_output=True, text=True, timeout=300, env={**os.environ, **LIVE_MEMORY_ENV})
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["peak"] - r["before"] < 0.6 * model_bytes, ((r["peak"] - r["before"]) / 1e6, model_bytes / 1e6)

@@ -7,6 +7,11 @@ from __future__ import annotations
 import threading
 import time
 
+# The environment a process measured for a memory bound runs in. glibc keeps freed blocks for reuse, so
+# RssAnon can count memory no tensor holds any more; served from mmap (64 KiB and up), every freed tensor goes
+# back to the system and RssAnon is what is alive. One thread: the same work, whatever the machine.
+LIVE_MEMORY_ENV = {"OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+
 
 def rss_anon() -> int:
     """Anonymous resident memory of this process in bytes (Linux)."""
