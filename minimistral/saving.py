@@ -16,6 +16,8 @@ import re
 import shutil
 import struct
 import tempfile
+import uuid
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -24,10 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import quant
+from .atomic import LOCK_NAME, folder_lock, fsync_dir
 from .config import ModelArgs, dtype_name
 from .convert import hf_name, to_hf_tensor
 from .validate import FLOAT_DTYPES, floating_dtype, nonfinite, resolve_device
-from .weights import HF_CONFIG, HF_INDEX, HF_SINGLE, MISTRAL_PARAMS, MISTRAL_SINGLE, _GB, meta_model
+from .weights import (HF_CONFIG, HF_INDEX, HF_SINGLE, MANIFEST, MISTRAL_PARAMS, MISTRAL_SINGLE, SAVE_KEY, _GB,
+                      meta_model)
 
 _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
@@ -73,24 +77,45 @@ def _write_safetensors(file: Path, items: list, metadata: dict, bar) -> None:
 
 
 _CHECKPOINT_PATTERNS = (HF_CONFIG, HF_SINGLE, HF_INDEX, "model-*-of-*.safetensors", MISTRAL_PARAMS,
-                        "consolidated*.safetensors", "consolidated.*.pth")
-_STAGE_PREFIX = ".saving-"
+                        "consolidated*.safetensors", "consolidated.*.pth", MANIFEST)
+# A save's working folders inside the checkpoint folder, all named after the save's id:
+#   .saving-ID     the new files being written (not yet the checkpoint: a crash rolls back)
+#   .replaced-ID   the old checkpoint's files, moved aside during the swap (restored on a roll-back)
+#   .committed-ID  the complete new files after the commit rename (a crash rolls forward)
+_STAGE_PREFIX, _REPLACED_PREFIX, _COMMITTED_PREFIX = ".saving-", ".replaced-", ".committed-"
+_WORK_PREFIXES = (_STAGE_PREFIX, _REPLACED_PREFIX, _COMMITTED_PREFIX)
+
+
+def _ours(name: str) -> bool:
+    """An entry that a save (running or killed) made: its lock or one of its working folders."""
+    return name == LOCK_NAME or name.startswith(_WORK_PREFIXES)
 
 
 def _prepare_folder(path, overwrite: bool) -> Path:
-    """Refuse a target that is a file, or a non-empty folder without overwrite=True. Touches nothing."""
+    """Refuse a target that is a file, a dangling link, or a non-empty folder without overwrite=True (what
+    a killed save left does not count: the save recovers it). Touches nothing."""
     path = Path(path).expanduser()
+    for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            raise FileNotFoundError(f"{p} is a symbolic link to {os.readlink(p)}, which does not exist: create "
+                                    f"the folder it points to, remove the link, or choose another folder"
+                                    + (f" for the checkpoint {path}" if p != path else ""))
     if path.exists() and not path.is_dir():
         raise FileExistsError(f"{path} is a file, not a folder: choose a folder for the checkpoint")
-    if not overwrite and path.is_dir() and any(path.iterdir()):
-        found = sorted(p.name for p in path.iterdir())
-        more = " ..." if len(found) > 5 else ""
-        raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{more}):"
-                              " pass overwrite=True to replace the checkpoint in it, or choose an empty folder")
+    if not overwrite:
+        _refuse_non_empty(path)
     parent = next((p for p in (path, *path.parents) if p.exists()), None)
     if parent is None or not parent.is_dir():
         raise FileExistsError(f"{path}: {parent} is a file, so no folder can be made there")
     return path
+
+
+def _refuse_non_empty(path: Path) -> None:
+    found = sorted(p.name for p in path.iterdir() if not _ours(p.name)) if path.is_dir() else []
+    if found:
+        more = " ..." if len(found) > 5 else ""
+        raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{more}):"
+                              " pass overwrite=True to replace the checkpoint in it, or choose an empty folder")
 
 
 def _checkpoint_files(path: Path) -> set:
@@ -119,63 +144,177 @@ def _make_folder(path: Path) -> list:
     return created
 
 
+# ---- the swap -------------------------------------------------------------------------------------------
+#
+# Crash-consistent at every instant, under the folder's lock:
+#   1. the new files are complete in .saving-ID, each fsynced, the manifest (written last) too, the folder fsynced
+#   2. mkdir .replaced-ID; the old checkpoint's files move into it, manifest and config first   (fsync)
+#   3. COMMIT: rename .saving-ID -> .committed-ID                                                (fsync)
+#   4. the new files move into the folder, weights first, config then manifest last             (fsync)
+#   5. .replaced-ID is deleted, then .committed-ID                                               (fsync)
+# A crash before 3 leaves .saving-ID: recovery moves the old files back (roll back). A crash after 3 leaves
+# .committed-ID: recovery finishes steps 4 and 5 (roll forward). Every later save and load recovers first.
+
+
+def _order(names) -> list:
+    """Manifest first, then configs, the index, then the weights: the order files leave the folder in (a
+    folder without its manifest and config never claims a whole checkpoint); arrivals go in reverse."""
+    rank = {MANIFEST: 0, HF_CONFIG: 1, MISTRAL_PARAMS: 1, HF_INDEX: 2}
+    return sorted(names, key=lambda n: (rank.get(n, 3), n))
+
+
 def _swap_in(stage: Path, path: Path) -> None:
-    """Move the complete new checkpoint from `stage` into `path`. Renames within one folder cannot fail for
-    lack of space; the config goes last (a folder with a config holds a whole checkpoint), the old config
-    first, so that no moment shows an old config beside new weights. Files the new checkpoint does not have
-    (stale shards, the other layout's files) are removed; everything else in `path` is left alone. The old
-    files are unlinked, not truncated: a model memory-mapped from them keeps its weights."""
-    new = sorted(p.name for p in stage.iterdir())
-    configs = [n for n in new if n in (HF_CONFIG, MISTRAL_PARAMS)]
-    old = _checkpoint_files(path)
-    for name in (HF_CONFIG, MISTRAL_PARAMS):
-        if name in old:
-            (path / name).unlink()
-    for name in new:
-        if name not in configs:
-            os.replace(stage / name, path / name)
-    for name in old - set(new) - {HF_CONFIG, MISTRAL_PARAMS}:
-        (path / name).unlink(missing_ok=True)
-    for name in configs:
-        os.replace(stage / name, path / name)
-    stage.rmdir()
+    """Move the complete new checkpoint from `stage` into `path` (steps 2-5 above). Files the new checkpoint
+    does not have (stale shards, the other layout's files) end up removed; everything else in `path` is left
+    alone. The old files are unlinked, not truncated: a model memory-mapped from them keeps its weights."""
+    sid = stage.name[len(_STAGE_PREFIX):]
+    replaced = path / (_REPLACED_PREFIX + sid)
+    os.mkdir(replaced)
+    fsync_dir(path)
+    new = set(os.listdir(stage))
+    leaving = _checkpoint_files(path) | {n for n in new if (path / n).exists()}
+    for name in _order(leaving):
+        os.replace(path / name, replaced / name)
+    fsync_dir(replaced)
+    fsync_dir(path)
+    committed = path / (_COMMITTED_PREFIX + sid)
+    os.rename(stage, committed)  # the commit point
+    fsync_dir(path)
+    _roll_forward(committed, path)
+
+
+def _roll_forward(committed: Path, path: Path) -> None:
+    for name in reversed(_order(os.listdir(committed))):  # weights first, manifest last
+        os.replace(committed / name, path / name)
+    fsync_dir(path)
+    replaced = path / (_REPLACED_PREFIX + committed.name[len(_COMMITTED_PREFIX):])
+    if replaced.exists():
+        shutil.rmtree(replaced)
+    os.rmdir(committed)
+    fsync_dir(path)
+
+
+def _roll_back(replaced: Path, path: Path) -> None:
+    """Put the old files back from `replaced` (none of their names can be taken: nothing new arrives before
+    the commit) and delete the uncommitted stage."""
+    stage = path / (_STAGE_PREFIX + replaced.name[len(_REPLACED_PREFIX):])
+    if replaced.exists():
+        for name in reversed(_order(os.listdir(replaced))):
+            if (path / name).exists():
+                raise FileExistsError(f"{path / name}: cannot restore the previous checkpoint's {name} from "
+                                      f"{replaced}: the name is taken; move one of the two away by hand")
+            os.replace(replaced / name, path / name)
+        fsync_dir(path)
+        os.rmdir(replaced)
+    if stage.exists():
+        shutil.rmtree(stage)
+    fsync_dir(path)
+
+
+def recover(path) -> list[str]:
+    """Finish or roll back what killed saves left in the checkpoint folder `path` (call it holding the
+    folder's lock): a committed save is completed, an uncommitted one undone. Returns what was done."""
+    path = Path(path)
+    done = []
+    entries = sorted(p.name for p in path.iterdir() if p.name.startswith(_WORK_PREFIXES))
+    for name in entries:
+        if name.startswith(_COMMITTED_PREFIX) and (path / name).exists():
+            _roll_forward(path / name, path)
+            done.append(f"finished the interrupted save {name[len(_COMMITTED_PREFIX):]} (it was complete)")
+    for name in entries:
+        sid = name.split("-", 1)[1] if "-" in name else name
+        if name.startswith(_STAGE_PREFIX) and (path / name).exists():
+            _roll_back(path / (_REPLACED_PREFIX + sid), path)
+            done.append(f"removed the incomplete save {sid} ({name}); the previous checkpoint is in place")
+        elif name.startswith(_REPLACED_PREFIX) and (path / name).exists():
+            _roll_back(path / name, path)
+            done.append(f"restored the previous checkpoint's files from {name}")
+    return done
+
+
+def _recover_and_warn(path: Path) -> None:
+    done = recover(path)
+    if done:
+        warnings.warn(f"{path}: {'; '.join(done)}", stacklevel=3)
+
+
+def _write_text_durable(file: Path, text: str) -> None:
+    with open(file, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _write_manifest(stage: Path, sid: str, format: str) -> None:
+    """The manifest ties the files of one save together: its id (also in every .safetensors header), and
+    each file's size and, for the small JSON files, their hash. Written last, into the stage."""
+    import hashlib
+    files = {}
+    for p in sorted(stage.iterdir()):
+        if any(p.match(pat) for pat in _CHECKPOINT_PATTERNS):
+            files[p.name] = {"bytes": p.stat().st_size}
+            if p.suffix == ".json":
+                files[p.name]["sha256"] = hashlib.sha256(p.read_bytes()).hexdigest()
+    manifest = {"save": sid, "format": format, "files": files}
+    _write_text_durable(stage / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+    fsync_dir(stage)
 
 
 def _write(path: Path, args: ModelArgs, items: list, format: str, shard_bytes: int, dtype, progress: bool, desc: str,
-           extra_files: Optional[dict] = None):
+           extra_files: Optional[dict] = None, overwrite: bool = False):
     """items: (our name, shape, make) in model order, make() -> the tensor in our layout and `dtype`.
-    Everything is written into a hidden staging folder inside `path` (same filesystem, so the final renames
-    are atomic) and swapped in only when complete: a failure at any point (a full disk, a non-finite
-    weight, Ctrl-C) removes the staging folder and leaves `path` exactly as it was.
-    extra_files: {file name: text} written in the same swap (a training log beside its checkpoint)."""
+    Under the folder's lock, what a killed save left is recovered first; everything is then written into a
+    hidden staging folder inside `path` (same filesystem, so the renames are atomic) and swapped in only
+    when complete: a failure before the commit leaves `path` exactly as it was, one after it completes the
+    new checkpoint. extra_files: {file name: text} written in the same swap (a training log beside its
+    checkpoint)."""
     args = args.replace(dtype=dtype_name(dtype))
     total = sum(math.prod(s) for _, s, _ in items) * dtype.itemsize
     _check_disk_space(path, total)
     created = _make_folder(path)
-    stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=path))
     try:
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress)
-        with bar:
-            _write_files(stage, args, items, format, shard_bytes, dtype, total, bar)
-        for name, text in (extra_files or {}).items():
-            (stage / name).write_text(text)
+        with folder_lock(path, what="save"):
+            _recover_and_warn(path)
+            if not overwrite:  # again: a checkpoint may have been completed by the recovery or by another writer
+                _refuse_non_empty(path)
+            sid = uuid.uuid4().hex[:16]
+            stage = path / (_STAGE_PREFIX + sid)
+            os.mkdir(stage)
+            try:
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=not progress)
+                with bar:
+                    _write_files(stage, args, items, format, shard_bytes, dtype, total, bar, sid)
+                for name, text in (extra_files or {}).items():
+                    _write_text_durable(stage / name, text)
+                _write_manifest(stage, sid, format)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+            try:
+                _swap_in(stage, path)
+            except BaseException:
+                try:  # roll back (before the commit) or forward (after it) now, rather than at the next save
+                    recover(path)
+                except Exception:
+                    pass  # the next save or load recovers
+                raise
     except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
         for folder in reversed(created):  # the folders this save made, deepest first
             try:
                 folder.rmdir()
             except OSError:
                 break
         raise
-    _swap_in(stage, path)
     return path
 
 
-def _write_files(folder: Path, args: ModelArgs, items: list, format: str, shard_bytes: int, dtype, total: int, bar):
+def _write_files(folder: Path, args: ModelArgs, items: list, format: str, shard_bytes: int, dtype, total: int, bar,
+                 sid: str = ""):
+    meta = {"format": "pt", SAVE_KEY: sid}  # the save id ties each weights file to its manifest
     if format == "consolidated":
         _write_safetensors(folder / MISTRAL_SINGLE, [(n, s, dtype, make) for n, s, make in items],
-                           {"format": "pt"}, bar)
-        (folder / MISTRAL_PARAMS).write_text(json.dumps(args.to_params_json(), indent=2) + "\n")
+                           meta, bar)
+        _write_text_durable(folder / MISTRAL_PARAMS, json.dumps(args.to_params_json(), indent=2) + "\n")
         return
     # HF names, wq/wk rows permuted; shards filled greedily in model order, as transformers does
     hf_items = [(hf_name(n), s, dtype, (lambda n=n, make=make: to_hf_tensor(n, make(), args)))
@@ -189,16 +328,16 @@ def _write_files(folder: Path, args: ModelArgs, items: list, format: str, shard_
         shards[-1].append(item)
         size += n
     if len(shards) == 1:
-        _write_safetensors(folder / HF_SINGLE, shards[0], {"format": "pt"}, bar)
+        _write_safetensors(folder / HF_SINGLE, shards[0], meta, bar)
     else:
         weight_map = {}
         for i, shard in enumerate(shards):
             name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-            _write_safetensors(folder / name, shard, {"format": "pt"}, bar)
+            _write_safetensors(folder / name, shard, meta, bar)
             weight_map.update({item[0]: name for item in shard})
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (folder / HF_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-    (folder / HF_CONFIG).write_text(json.dumps(args.to_hf_config(), indent=2) + "\n")
+        _write_text_durable(folder / HF_INDEX, json.dumps(index, indent=2) + "\n")
+    _write_text_durable(folder / HF_CONFIG, json.dumps(args.to_hf_config(), indent=2) + "\n")
 
 
 def _check_format(format: str) -> None:
@@ -261,7 +400,7 @@ def save_checkpoint(model, path, format: str = "hf", max_shard_size="5GB", overw
     _check_extra_files(extra_files)
     path = _prepare_folder(path, overwrite)
     items = [(n, tuple(p.shape), (lambda n=n, p=p: _finite(n, p.detach().to(dtype)))) for n, p in weights]
-    return _write(path, model.args, items, format, shard_bytes, dtype, progress, f"saving {path.name}", extra_files)
+    return _write(path, model.args, items, format, shard_bytes, dtype, progress, f"saving {path.name}", extra_files, overwrite)
 
 
 def _finite(name: str, t: torch.Tensor) -> torch.Tensor:
@@ -309,4 +448,4 @@ def write_random_checkpoint(args: ModelArgs, path, format: str = "hf", dtype=tor
         return torch.empty(shape, dtype=dtype, device=device).uniform_(-0.02, 0.02, generator=gen)
 
     items = [(n, s, (lambda n=n, s=s: make(n, s))) for n, s in shapes]
-    return _write(path, args, items, format, shard_bytes, dtype, progress, f"writing {path.name}")
+    return _write(path, args, items, format, shard_bytes, dtype, progress, f"writing {path.name}", overwrite=overwrite)

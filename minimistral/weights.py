@@ -15,6 +15,7 @@ anything is loaded. Writing (save_checkpoint, write_random_checkpoint) lives in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -45,6 +46,9 @@ from .validate import FLOAT_DTYPES, check_host_memory, floating_dtype, nonfinite
 
 HF_CONFIG, HF_SINGLE, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 MISTRAL_PARAMS, MISTRAL_SINGLE, MISTRAL_PTH = "params.json", "consolidated.safetensors", "consolidated.00.pth"
+# Written by save_checkpoint beside the files it ties together (saving.py): the save's id, and each file's
+# size (and hash, for the JSON files); the same id stands in every .safetensors header under SAVE_KEY.
+MANIFEST, SAVE_KEY = "minimistral.manifest.json", "minimistral_save"
 _HF_SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 # buffers some older checkpoints carry; our RoPE angles are computed in every forward, so they are skipped
 _DERIVED_SUFFIXES = ("rotary_emb.inv_freq", "rope.freqs")
@@ -209,7 +213,7 @@ def _detect_layout(path: Path) -> str:
         return "hf"
     if (path / MISTRAL_PARAMS).is_file() and any((path / f).is_file() for f in (MISTRAL_SINGLE, MISTRAL_PTH)):
         return "consolidated"
-    found = sorted(p.name for p in path.iterdir())
+    found = sorted(p.name for p in path.iterdir() if not p.name.startswith((".minimistral.lock", ".saving-")))
     found = ", ".join(found[:8]) + (" ..." if len(found) > 8 else "") if found else "nothing"
     raise CheckpointError(
         f"{path} holds neither a Hugging Face checkpoint ({HF_CONFIG} + {HF_SINGLE} or {HF_INDEX} and shards) "
@@ -242,12 +246,9 @@ def _inspect(path: Path, layout: str):
                                       "shards of a larger model, which this loader does not merge")
             files = [path / MISTRAL_PTH]
 
-    expected = {n: tuple(p.shape) for n, p in meta_model(args).named_parameters()}
-    rename = {hf_name(n) if layout == "hf" else n: n for n in expected}  # name in the file -> ours
-
     pth = None
-    entries, seen = {}, {}
-    for file in files:
+    listings = []
+    for file in files:  # headers only
         if file.suffix == ".pth":
             pth = _load_pth(file)
             listing = [(k, tuple(t.shape), t.numel() * t.element_size()) for k, t in pth.items()]
@@ -255,6 +256,14 @@ def _inspect(path: Path, layout: str):
         else:
             listing = _safetensors_entries(file)
             dtypes = _safetensors_dtypes(file)
+        listings.append((file, listing, dtypes))
+    _check_layer_count(args, config_file, listings)  # before the (meta) model is built: n_layers=10**6 is refused here
+
+    expected = {n: tuple(p.shape) for n, p in meta_model(args).named_parameters()}
+    rename = {hf_name(n) if layout == "hf" else n: n for n in expected}  # name in the file -> ours
+
+    entries, seen = {}, {}
+    for file, listing, dtypes in listings:
         for stored, shape, nbytes in listing:
             if stored.endswith(_DERIVED_SUFFIXES):
                 continue
@@ -286,6 +295,62 @@ def _inspect(path: Path, layout: str):
                 f"{list(shape)}: the config is probably for another model than these weights")
     ordered = [entries[n] for n in expected]  # model order: embeddings, layers, norm, output
     return args, ordered, pth
+
+
+def _check_layer_count(args: ModelArgs, config_file: Path, listings) -> None:
+    """The layers the weight files hold against the config's n_layers, from the tensor names alone, so that a
+    config for a much bigger model is refused at once rather than after building it."""
+    found = {int(m.group(1)) for _, listing, _ in listings for name, _, _ in listing if (m := _LAYER_RE.match(name))}
+    held = max(found) + 1 if found else 0
+    if held < args.n_layers:  # more layers in the files than the config says: the unexpected tensor is named later
+        where = ", ".join(f.name for f, _, _ in listings)
+        raise CheckpointError(f"{config_file}: the config is for another model than these weights (the files hold "
+                              f"{held} layers, {config_file.name} says n_layers={args.n_layers}; read from the "
+                              f"tensor names in {where}): use the config that came with the weights")
+
+
+def _check_manifest(path: Path, files: list) -> None:
+    """Refuse a folder whose files come from different saves: against the manifest when there is one (every
+    file it lists present, of its size and hash, every .safetensors header carrying its save id), and, without
+    one, when the weight files' own save ids differ."""
+    ids = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            with _open_safetensors(f) as h:
+                ids[f] = (h.metadata() or {}).get(SAVE_KEY)
+    manifest_file = path / MANIFEST
+    if not manifest_file.exists():
+        distinct = {i for i in ids.values() if i}
+        if len(distinct) > 1:
+            by = sorted((i, f.name) for f, i in ids.items() if i)
+            raise CheckpointError(f"{path}: the weight files come from different saves ({by[0][1]} from save "
+                                  f"{by[0][0]}, {by[-1][1]} from save {by[-1][0]}): the folder mixes two checkpoints; "
+                                  "save the model again")
+        return
+    import hashlib
+    manifest = _read_json_object(manifest_file)
+    sid, listed = manifest.get("save"), manifest.get("files")
+    if not isinstance(sid, str) or not isinstance(listed, dict):
+        raise CheckpointError(f"{manifest_file}: has no save id and file list; delete it if the checkpoint was "
+                              "assembled by hand (the files are then loaded without this check)")
+    for name, info in listed.items():
+        f = path / str(name)
+        if not f.is_file():
+            raise CheckpointError(f"{f}: listed in {manifest_file.name} (save {sid}) but missing: the checkpoint is "
+                                  "incomplete; save it again")
+        size = f.stat().st_size
+        if isinstance(info, dict) and info.get("bytes") != size:
+            raise CheckpointError(f"{f}: {size} bytes, but {manifest_file.name} (save {sid}) says {info.get('bytes')}"
+                                  ": the file comes from another save or was changed since; save the checkpoint again")
+        if isinstance(info, dict) and "sha256" in info and hashlib.sha256(f.read_bytes()).hexdigest() != info["sha256"]:
+            raise CheckpointError(f"{f}: its contents are not those of save {sid} ({manifest_file.name} holds their "
+                                  "hash): it comes from another save or was edited; save the checkpoint again, or "
+                                  f"delete {manifest_file.name} if the edit was deliberate")
+    for f, i in ids.items():
+        if f.name not in listed or i != sid:
+            raise CheckpointError(f"{f}: belongs to save {i or '(none: not written by save_checkpoint)'}, but "
+                                  f"{manifest_file.name} is of save {sid}: the folder mixes two checkpoints (two saves "
+                                  "at once, or files copied in by hand); save the model again")
 
 
 def _read_config(config_file: Path, reader) -> ModelArgs:
@@ -378,8 +443,47 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     if layout not in (None, "hf", "consolidated"):
         raise ValueError(f"layout must be None, 'hf' or 'consolidated', got {layout!r}")
     device, dtype = resolve_device(device), _resolve_dtype(dtype)  # before any file is read
+    with _read_lock(path):
+        return _load(path, device, dtype, progress, layout, quantize, group_size, working)
+
+
+@contextlib.contextmanager
+def _read_lock(path: Path):
+    """A shared lock on the folder while it is read (no save can swap files in meanwhile), after finishing or
+    rolling back what a killed save left. A folder this process cannot write to is read without the lock."""
+    from . import saving
+    from .atomic import FolderLocked, folder_lock
+    if not path.is_dir():
+        yield
+        return
+    leftovers = sorted(p.name for p in path.iterdir() if p.name.startswith(saving._WORK_PREFIXES))
+    if leftovers:
+        try:
+            with folder_lock(path, what="load"):
+                saving._recover_and_warn(path)
+        except PermissionError:
+            raise CheckpointError(f"{path}: holds what an interrupted save left ({', '.join(leftovers)}), and this "
+                                  "process may not write there to finish or undo it: load it once as the folder's "
+                                  "owner (or save into it again)") from None
+    lock = folder_lock(path, shared=True, what="load")
+    try:
+        lock.__enter__()
+    except FolderLocked:
+        raise
+    except OSError:  # a read-only folder: nobody can save into it either
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _load(path, device, dtype, progress, layout, quantize, group_size, working):
     layout = layout or _detect_layout(path)
-    args, entries, pth = _inspect(path, layout)
+    args, entries, pth = _inspect(path, layout)  # each file's own problems are named first
+    _check_manifest(path, sorted(p for p in path.iterdir() if p.suffix == ".safetensors" and (
+        p.name in (HF_SINGLE, MISTRAL_SINGLE) or _HF_SHARD_RE.fullmatch(p.name) or p.name.startswith("consolidated"))))
     itemsize = dtype.itemsize if dtype is not None else None
     needed = sum(math.prod(e.shape) * itemsize if itemsize else e.nbytes for e in entries)
     _check_load_plan(args, path, device, dtype, quantize, group_size, working)  # the planner: weights + cache

@@ -48,6 +48,12 @@ def saved(tmp_path):
     return path, snapshot(path)
 
 
+def hand_edited(path: Path):
+    """A folder whose files a test changed by hand: without the save's manifest (which would refuse them as
+    not of that save), the loader's own checks on each file are what the test sees."""
+    (path / weights.MANIFEST).unlink(missing_ok=True)
+
+
 def load(path, **kw):
     return mm.load_checkpoint(path, progress=False, **kw)
 
@@ -171,9 +177,10 @@ def test_overwrite_never_deletes_before_the_new_checkpoint_is_complete(saved, mo
 
     monkeypatch.setattr(saving, "_swap_in", spy)
     mm.save_checkpoint(model(seed=2), path, format="consolidated", overwrite=True, progress=False)
-    assert {k: v for k, v in seen.items() if not k.startswith(".saving-")} == before
-    # after the swap: the new checkpoint, the user's file, nothing stale, no staging folder
-    assert sorted(p.name for p in path.iterdir()) == ["NOTES.md", "consolidated.safetensors", "params.json"]
+    assert {k: v for k, v in seen.items() if not k.startswith((".saving-", ".minimistral.lock"))} == before
+    # after the swap: the new checkpoint, the user's file, nothing stale, no staging folder, no lock
+    assert sorted(p.name for p in path.iterdir()) == ["NOTES.md", "consolidated.safetensors",
+                                                      "minimistral.manifest.json", "params.json"]
     assert (path / "NOTES.md").read_text() == "my notes"
 
 
@@ -248,6 +255,7 @@ def rewrite(path: Path, name: str, fn):
     sd = load_file(file)
     sd[name] = fn(sd[name])
     save_file(sd, file, metadata={"format": "pt"})
+    hand_edited(path)
 
 
 @pytest.mark.parametrize("convert, shown", [
@@ -291,6 +299,7 @@ def edit_config(path: Path, **changes):
     cfg = json.loads((path / "config.json").read_text())
     cfg.update(changes)
     (path / "config.json").write_text(json.dumps(cfg))
+    hand_edited(path)
 
 
 @pytest.fixture
@@ -333,6 +342,7 @@ def test_params_json_nulls_are_refused_naming_the_key(consolidated, key):
     params = json.loads((consolidated / "params.json").read_text())
     params[key] = None
     (consolidated / "params.json").write_text(json.dumps(params))
+    hand_edited(consolidated)
     with pytest.raises(CheckpointError) as info:
         load(consolidated)
     assert f"{key} is null" in str(info.value) and "params.json" in str(info.value)
@@ -342,6 +352,7 @@ def test_params_json_optional_nulls_mean_absent(consolidated):
     params = json.loads((consolidated / "params.json").read_text())
     params.update(head_dim=None, n_kv_heads=2, sliding_window=None, max_seq_len=None)
     (consolidated / "params.json").write_text(json.dumps(params))
+    hand_edited(consolidated)
     got = load(consolidated).args
     assert got.sliding_window is None and got.head_dim == 8 and got.max_seq_len == 32768
 
@@ -349,6 +360,7 @@ def test_params_json_optional_nulls_mean_absent(consolidated):
 @pytest.mark.parametrize("body", ["[1, 2]", '"text"', "42"])
 def test_config_that_is_not_an_object_is_refused(hf, body):
     (hf / "config.json").write_text(body)
+    hand_edited(hf)
     with pytest.raises(CheckpointError, match="config.json: holds a JSON"):
         load(hf)
 
@@ -432,6 +444,7 @@ def test_malformed_device_is_named(consolidated, device):
 def pth_folder(consolidated):
     sd = load_file(consolidated / "consolidated.safetensors")
     (consolidated / "consolidated.safetensors").unlink()
+    hand_edited(consolidated)
     return consolidated, sd
 
 
@@ -467,6 +480,7 @@ def test_index_values_that_are_not_file_names(tmp_path, value):
     key = sorted(index["weight_map"])[3]
     index["weight_map"][key] = value
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    hand_edited(path)
     with pytest.raises(CheckpointError) as info:
         load(path)
     assert f"weight_map[{key!r}]" in str(info.value) and "model.safetensors.index.json" in str(info.value)

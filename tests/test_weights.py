@@ -162,6 +162,7 @@ def test_params_json_without_rope_theta_means_10000(tmp_path):
     params = json.loads((tmp_path / "params.json").read_text())
     del params["rope_theta"]  # Mistral-7B-v0.1's params.json has none; mistral-inference would assume 1e6
     (tmp_path / "params.json").write_text(json.dumps(params))
+    (tmp_path / "minimistral.manifest.json").unlink()  # edited by hand: no longer the save's own file
     assert mm.load_checkpoint(tmp_path, progress=False).args.rope_theta == 10000.0
 
 
@@ -431,6 +432,7 @@ def test_corrupt_pth_names_the_file(tmp_path):
     mm.save_checkpoint(mm.Transformer(small_args()), tmp_path, format="consolidated", progress=False)
     sd = load_file(tmp_path / "consolidated.safetensors")
     (tmp_path / "consolidated.safetensors").unlink()
+    (tmp_path / "minimistral.manifest.json").unlink()  # a .pth put in by hand, not by the save
     torch.save(sd, tmp_path / "consolidated.00.pth")
     assert mm.load_checkpoint(tmp_path, progress=False).output.weight.shape == sd["output.weight"].shape
     data = (tmp_path / "consolidated.00.pth").read_bytes()
@@ -492,7 +494,8 @@ def test_save_into_non_empty_folder_refused_then_overwrite(hf_folder):
     assert snapshot(hf_folder) == before
     (hf_folder / "README.md").write_text("notes")  # not a checkpoint file: kept by overwrite
     mm.save_checkpoint(model, hf_folder, overwrite=True, progress=False)  # single file now
-    assert sorted(p.name for p in hf_folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert sorted(p.name for p in hf_folder.iterdir()) == ["README.md", "config.json", "minimistral.manifest.json",
+                                                           "model.safetensors"]
     assert_same_weights(model, mm.load_checkpoint(hf_folder, progress=False))
 
 
@@ -539,7 +542,8 @@ def test_overwrite_the_folder_a_model_was_loaded_from(single_folder):
         for k, v in model.state_dict().items():
             assert torch.equal(v, saved[k]), k
         assert_same_weights(model, mm.load_checkpoint(single_folder, progress=False, layout=fmt))
-    assert sorted(p.name for p in single_folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in single_folder.iterdir()) == ["config.json", "minimistral.manifest.json",
+                                                               "model.safetensors"]
 
 
 def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
