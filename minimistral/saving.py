@@ -222,13 +222,10 @@ def recover(path) -> list[str]:
             _roll_forward(path / name, path)
             done.append(f"finished the interrupted save {name[len(_COMMITTED_PREFIX):]} (it was complete)")
     for name in entries:
-        sid = name.split("-", 1)[1] if "-" in name else name
-        if name.startswith(_STAGE_PREFIX) and (path / name).exists():
-            _roll_back(path / (_REPLACED_PREFIX + sid), path)
-            done.append(f"removed the incomplete save {sid} ({name}); the previous checkpoint is in place")
-        elif name.startswith(_REPLACED_PREFIX) and (path / name).exists():
-            _roll_back(path / name, path)
-            done.append(f"restored the previous checkpoint's files from {name}")
+        sid = name.split("-", 1)[1]
+        if name.startswith((_STAGE_PREFIX, _REPLACED_PREFIX)) and (path / name).exists():
+            _roll_back(path / (_REPLACED_PREFIX + sid), path)  # removes .saving-ID too
+            done.append(f"removed the incomplete save {sid}; the previous checkpoint, if any, is in place")
     return done
 
 
