@@ -58,6 +58,9 @@ def check_mode(quantize: Optional[str], group_size: int = 128) -> None:
     if quantize is not None and quantize not in MODES:
         raise ValueError(f"quantize={quantize!r} is not a quantization mode: use None (no quantization), "
                          f"'int8' (per-channel, ~2x smaller than bf16) or 'int4' (groups, ~3.5x smaller)")
+    if quantize == "int4" and (isinstance(group_size, bool) or not isinstance(group_size, int)):  # 128.0 == 128
+        raise ValueError(f"group_size={group_size!r} is a {type(group_size).__name__}: the int4 group size is an "
+                         f"integer, one of {GROUP_SIZES}")
     if quantize == "int4" and group_size not in GROUP_SIZES:
         raise ValueError(f"group_size={group_size!r} is not supported for int4: use one of {GROUP_SIZES} "
                          "(smaller groups: more accurate, slightly larger)")

@@ -7,6 +7,8 @@ opens any sentencepiece model, such as the small one trained for the course in d
 
 from __future__ import annotations
 
+import numbers
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Sequence
@@ -66,7 +68,27 @@ class Tokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of the ids; BOS, EOS and other control tokens are dropped."""
-        return self.sp.decode([int(i) for i in ids])
+        return self.sp.decode(self._ids(ids, "decode"))
+
+    def _ids(self, ids, what: str) -> list[int]:
+        """ids as a list of ints in [0, vocab_size); a float (1.9), a bool, text or an id out of range is
+        refused naming its position (int() would silently turn 1.9 into 1)."""
+        torch = sys.modules.get("torch")  # a tensor of ids can only come from an imported torch
+        if torch is not None and isinstance(ids, torch.Tensor):
+            if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool or ids.dim() > 1:
+                raise TypeError(f"{what}: ids is a {ids.dtype} tensor of shape {tuple(ids.shape)}: pass one "
+                                "sequence of integer token ids (a 1-D integer tensor or a list of ints)")
+            ids = ids.reshape(-1).tolist()
+        if isinstance(ids, (str, bytes)):
+            raise TypeError(f"{what}: ids is text ({ids[:20]!r}); pass a list of integer token ids")
+        out = []
+        for k, i in enumerate(ids):
+            if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+                raise TypeError(f"{what}: ids[{k}] is {i!r} ({type(i).__name__}): token ids are integers")
+            if not 0 <= int(i) < self.vocab_size:
+                raise ValueError(f"{what}: ids[{k}] is {int(i)}, outside the vocabulary [0, {self.vocab_size})")
+            out.append(int(i))
+        return out
 
     def id_to_piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
