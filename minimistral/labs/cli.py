@@ -16,6 +16,29 @@ references come from the source notebooks (--source, default the shipped noteboo
 run in a sandbox (own account, private namespace, limits) and only plain data comes back."""
 
 
+# The sandbox accounts are a fixed set, mmgrade0 .. mmgrade{MAX_JOBS * MAX_ALIVE - 1} at most (sandbox.py).
+MAX_JOBS, MAX_ALIVE = 8, 32
+
+
+def _number(kind, lo, hi, zero: bool = False):
+    """An argparse type: a finite `kind` in [lo, hi] (or 0 where zero means 'no limit'); argparse names the flag."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if zero and value == 0:
+            return value
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text} is out of range: use {lo:g} to {hi:g}" + (" (or 0: no limit)"
+                                                                                                if zero else ""))
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m minimistral.labs",
                                 description="Course labs: the student edition, grading, nbgrader metadata.")
@@ -31,15 +54,19 @@ def main(argv=None) -> int:
     g = sub.add_parser("grade", help="grade submissions in sandboxes; RUNS STUDENTS' CODE", description=GRADE_HELP)
     g.add_argument("paths", nargs="+", help="submitted notebooks, or folders searched for *.ipynb")
     g.add_argument("--source", type=Path, help="folder of the instructor's NN_*.ipynb (default: the shipped ones)")
-    g.add_argument("--timeout-cell", type=float, default=120, help="seconds per check and submission (default 120)")
-    g.add_argument("--timeout-notebook", type=float, default=600,
+    g.add_argument("--timeout-cell", type=_number(float, 0.1, 86400), default=120,
+                   help="seconds per check and submission (default 120)")
+    g.add_argument("--timeout-notebook", type=_number(float, 1, 7 * 86400), default=600,
                    help="seconds of sandbox time per submission (default 600)")
-    g.add_argument("--max-output", type=int, default=10_000_000, help="bytes a sandbox may print (default 10 MB)")
-    g.add_argument("--max-memory", type=int, default=4096,
+    g.add_argument("--max-output", type=_number(int, 1000, 10**12), default=10_000_000,
+                   help="bytes a sandbox may print (default 10 MB)")
+    g.add_argument("--max-memory", type=_number(int, 64, 2**24, zero=True), default=4096,
                    help="MiB per sandbox, shared memory included (default 4096; 0 = no limit)")
-    g.add_argument("--max-procs", type=int, default=64, help="processes and threads per sandbox (default 64)")
-    g.add_argument("--jobs", type=int, default=2, help="source notebooks graded at once (default 2)")
-    g.add_argument("--max-alive", type=int, default=12, help="sandboxes alive at once per job (default 12)")
+    g.add_argument("--max-procs", type=_number(int, 4, 100_000), default=64,
+                   help="processes and threads per sandbox (default 64)")
+    g.add_argument("--jobs", type=_number(int, 1, MAX_JOBS), default=2, help="source notebooks graded at once (default 2)")
+    g.add_argument("--max-alive", type=_number(int, 1, MAX_ALIVE), default=12,
+                   help="sandboxes alive at once per job (default 12)")
     g.add_argument("--full", action="store_true",
                    help="run every non-check cell of a submission, not only its definitions (slower)")
     g.add_argument("--hide", type=Path, action="append", default=[],
@@ -56,10 +83,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     try:
         if a.command == "student":
-            from .edition import write_bundle, write_student_edition
+            from .edition import read_notebook, write_bundle, write_student_edition
             notebooks = notebooks_or_default(a.notebooks)
             written = (write_bundle if a.bundle else write_student_edition)(notebooks, a.out, a.force)
-            n = sum(len(find_exercises(nbformat.read(q, 4), str(q))) for q in notebooks)
+            n = sum(len(find_exercises(read_notebook(q), str(q))) for q in notebooks)
             print(f"wrote {len(written)} files/folders to {a.out} ({len(notebooks)} notebooks, {n} exercises)")
             return 0
         if a.command == "tag":
@@ -78,6 +105,9 @@ def main(argv=None) -> int:
             return _grade(a)
     except LabsError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be made or written (permissions, a full disk): one line
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     return 2
 
@@ -98,6 +128,8 @@ def _grade(a) -> int:
             return 2
         print("Grading anyway (--allow-weak-isolation).", file=sys.stderr)
     subs = report.find_submissions(a.paths)
+    if a.csv:
+        report.refuse_csv(a.csv, a.paths, subs, a.source)
     hide, keep = sandbox.visible_paths([NOTEBOOKS_DIR, a.source or NOTEBOOKS_DIR, *a.hide,
                                         *(q.parent for q in subs), *([a.csv.parent] if a.csv else [])])
     jobs = max(1, a.jobs)

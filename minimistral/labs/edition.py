@@ -79,14 +79,67 @@ def local_files(nb, folder: Path) -> list[Path]:
     return found
 
 
-def write_student_edition(notebooks: list[Path], out: Path, force: bool = False) -> list[Path]:
+def read_notebook(path: Path):
+    """A notebook, or LabsError naming the file and what is wrong with it (in one line)."""
+    try:
+        return nbformat.read(path, as_version=4)
+    except (OSError, UnicodeDecodeError) as e:
+        raise LabsError(f"{path}: cannot be read ({e.strerror if isinstance(e, OSError) else e})") from None
+    except Exception as e:  # nbformat's NotJSONError, a JSON error, a validation error
+        what = str(e).split("\n")[0][:160]
+        raise LabsError(f"{path}: not a Jupyter notebook ({type(e).__name__}: {what})") from None
+
+
+def _holds_solutions(nb) -> bool:
+    """A notebook with a solution region that is not the stub: an instructor's (solved) notebook."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        lines = cell.source.split("\n")
+        try:
+            regions = solution_regions(cell.source)
+        except LabsError:
+            return True  # unbalanced markers: not a stub we wrote; leave it alone
+        for b, e, _ in regions:
+            body = [x.strip() for x in lines[b + 1:e] if x.strip()]
+            if body and tuple(body) != STUB:
+                return True
+    return False
+
+
+def refuse_out(notebooks: list[Path], out: Path, flag: str = "--out") -> None:
+    """The student edition never replaces what it reads: refuse a file, a folder of the source notebooks, and
+    any folder holding a solved notebook (with or without --force)."""
+    if out.exists() and not out.is_dir():
+        raise LabsError(f"{flag} {out} is a file; choose a folder for the student edition")
+    target = out.resolve()
+    for path in notebooks:
+        if path.resolve().parent == target:
+            raise LabsError(f"{flag} {out} is the folder of the source notebook {path}: the student edition would "
+                            "replace the solved notebooks by their stubs; choose another folder")
+    if target == NOTEBOOKS_DIR.resolve():
+        raise LabsError(f"{flag} {out} is the course's notebooks folder; choose another folder")
+    if out.is_dir():
+        for q in sorted(out.glob("*.ipynb")):
+            try:
+                nb = nbformat.read(q, as_version=4)
+            except Exception:
+                continue  # not a notebook: --force may replace it (a stubbed file of the same name)
+            if _holds_solutions(nb):
+                raise LabsError(f"{flag} {out} holds {q.name}, a notebook with its solutions (an instructor's "
+                                "notebook); the student edition never writes where solved notebooks are, even "
+                                "with --force: choose another folder")
+
+
+def write_student_edition(notebooks: list[Path], out: Path, force: bool = False, flag: str = "--out") -> list[Path]:
+    refuse_out(notebooks, out, flag)
     if out.exists() and any(out.iterdir()) and not force:
         raise LabsError(f"{out} is not empty; choose an empty folder or pass --force to overwrite files in it")
+    sources = [(path, read_notebook(path)) for path in notebooks]  # every one readable before anything is written
+    students = [(path, nb, student_notebook(nb, str(path))) for path, nb in sources]
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for path in notebooks:
-        nb = nbformat.read(path, as_version=4)
-        student = student_notebook(nb, str(path))
+    for path, nb, student in students:
         target = out / path.name
         nbformat.write(student, target)
         written.append(target)
@@ -111,6 +164,13 @@ def write_bundle(notebooks: list[Path], out: Path, force: bool = False) -> list[
     missing = [n for n in BUNDLE_FILES[:1] + BUNDLE_DIRS if not (root / n).exists()]
     if missing:
         raise LabsError(f"{root}: no {missing[0]} here; build the bundle from a clone of the repository")
+    if out.exists() and not out.is_dir():
+        raise LabsError(f"--out {out} is a file; choose a folder for the bundle")
+    if out.resolve() == root.resolve() or root.resolve() in out.resolve().parents and out.resolve().relative_to(
+            root.resolve()).parts[0] in BUNDLE_DIRS + ("notebooks",):
+        raise LabsError(f"--out {out} is inside the repository the bundle is copied from ({root}); choose a folder "
+                        "outside it")
+    refuse_out(notebooks, out / "notebooks", "--out")
     if out.exists() and any(out.iterdir()) and not force:
         raise LabsError(f"{out} is not empty; choose an empty folder or pass --force to overwrite files in it")
     written = write_student_edition(notebooks, out / "notebooks", force=True)

@@ -114,6 +114,22 @@ def csv_safe(value) -> str:
     return "'" + text if text.startswith(FORMULA_START) else text
 
 
+def refuse_csv(csv_path: Path, paths: list, submissions: list, source=None) -> None:
+    """--csv never writes over an input: a submission, a folder or file named on the command line, a source
+    notebook, or any notebook."""
+    target = Path(csv_path).resolve()
+    if target.is_dir():
+        raise LabsError(f"--csv {csv_path} is a folder; name a .csv file")
+    if target.suffix == ".ipynb":
+        raise LabsError(f"--csv {csv_path} is a notebook's name; name a .csv file (nothing was graded)")
+    inputs = [Path(p).resolve() for p in paths] + [Path(q).resolve() for q in submissions]
+    inputs += [p.resolve() for p in source_notebooks(source).values()] if (Path(source) if source else
+                                                                           NOTEBOOKS_DIR).is_dir() else []
+    if target in inputs:
+        raise LabsError(f"--csv {csv_path} is one of the grader's inputs; the table would replace it: name another "
+                        "file (nothing was graded)")
+
+
 def write_csv(graded: list[Graded], path: Path):
     tmp = Path(path).with_name(Path(path).name + ".part")
     with open(tmp, "w", newline="") as f:
