@@ -75,6 +75,11 @@ def main(argv=None) -> int:
     g.add_argument("--allow-weak-isolation", action="store_true",
                    help="grade even where the sandbox cannot be isolated (not root, no namespaces); UNSAFE")
 
+    sub.add_parser("cleanup", help="remove the grader's sandbox accounts (mmgrade*), cgroups and lock file",
+                   description="Remove what `labs grade` leaves on the machine: the accounts mmgrade0 .. mmgrade255 "
+                   "(whichever exist), the cgroup folders minimistral-grade/ and the lock file. Needs root; "
+                   "refused while a grader runs. The next `labs grade` creates what it needs again.")
+
     t = sub.add_parser("tag", help="nbgrader metadata and collapsed solutions, in notebooks and their .py twins")
     t.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
     t.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file needs tagging")
@@ -103,11 +108,19 @@ def main(argv=None) -> int:
             return 2 if errors else 1 if a.check and changed else 0
         if a.command == "grade":
             return _grade(a)
+        if a.command == "cleanup":
+            from .sandbox import cleanup
+            removed = cleanup()
+            for r in removed:
+                print(f"removed {r}")
+            print(f"removed {len(removed)} item(s)" if removed else "nothing to remove")
+            return 0
     except LabsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except OSError as e:  # a folder that cannot be made or written (permissions, a full disk): one line
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+    except (OSError, RuntimeError) as e:  # a folder that cannot be made or written, a grader running: one line
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"error: {where}{getattr(e, 'strerror', None) or e}", file=sys.stderr)
         return 2
     return 2
 
@@ -134,27 +147,39 @@ def _grade(a) -> int:
                                         *(q.parent for q in subs), *([a.csv.parent] if a.csv else [])])
     jobs = max(1, a.jobs)
     threads = str(max(1, (os.cpu_count() or 1) // jobs))
-    accounts = sandbox.ensure_accounts(jobs * a.max_alive) if iso.root else None
     opts = {"source": a.source, "jobs": jobs, "max_alive": a.max_alive, "full": a.full, "isolation": iso,
-            "accounts": accounts, "hide": hide, "keep": keep, "threads": threads,
+            "accounts": None, "hide": hide, "keep": keep, "threads": threads,
             "timeout_cell": a.timeout_cell, "timeout_notebook": a.timeout_notebook,
             "limits": {"memory_mb": a.max_memory, "nproc": a.max_procs, "max_output": a.max_output,
                        "cpu_s": int(a.timeout_notebook) + 60, "fsize_mb": 256, "tmpfs_mb": 256,
                        "workdir": "/tmp", "env": {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
                                                   "OMP_NUM_THREADS": threads, "MPLBACKEND": "Agg"}}}
-    graded = _one_at_a_time(lambda: report.grade(a.paths, opts))
+
+    def run():
+        # the fixed set of accounts (sandbox.py), made under the lock so that `labs cleanup` cannot race it
+        opts["accounts"] = sandbox.ensure_accounts(jobs * a.max_alive) if iso.root else None
+        return report.grade(a.paths, opts, self_check=True)
+
+    graded, proof = _one_at_a_time(run)
+    failed = report.self_check_failures(proof, keep)
+    if failed:  # the grader could not grade the instructor's own notebook: no grade is worth reporting
+        print("error: the grader could not prove itself: the instructor's own notebook, graded in the same "
+              "sandbox, did not score full marks, so no grade was reported:", file=sys.stderr)
+        for line in failed:
+            print(f"  - {line}", file=sys.stderr)
+        return 3
     report.print_table(graded)
     if a.csv:
         report.write_csv(graded, a.csv)
     return report.summary_exit(graded)
 
 
-LOCK = "/run/lock/minimistral-grade.lock" if os.path.isdir("/run/lock") else "/tmp/minimistral-grade.lock"
 
 
 def _one_at_a_time(fn):
     """Two graders at once would share the sandbox accounts (and kill each other's sandboxes): wait."""
     import fcntl
+    from .sandbox import LOCK
     with open(LOCK, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)

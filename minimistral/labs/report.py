@@ -47,7 +47,10 @@ def match_source(sub: Path, sources: dict[str, Path]) -> Path | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def grade(paths: list[str], opts: dict) -> list[Graded]:
+def grade(paths: list[str], opts: dict, self_check: bool = False):
+    """Grade the submissions in `paths`: a list of Graded. With self_check, each source notebook that has
+    submissions is also graded as a submission of itself, in the same workers and sandboxes, and
+    (graded, proof) is returned, proof holding those self-gradings (see self_check_failures)."""
     from . import runner
     submissions = find_submissions(paths)
     if not submissions:
@@ -62,6 +65,12 @@ def grade(paths: list[str], opts: dict) -> list[Graded]:
                                    f"in {opts.get('source') or NOTEBOOKS_DIR}", [], 0.0)
         else:
             groups.setdefault(src, []).append(str(sub))
+    proof_paths = []
+    if self_check:
+        for src, subs in groups.items():
+            if str(src) not in subs:
+                subs.insert(0, str(src))
+            proof_paths.append(str(src))
     per = opts["max_alive"]
     chunks = [(str(src), subs[k:k + per]) for src, subs in groups.items() for k in range(0, len(subs), per)]
     chunks.sort(key=lambda c: -os.path.getsize(c[0]))  # big notebooks first: better packing over the workers
@@ -74,7 +83,59 @@ def grade(paths: list[str], opts: dict) -> list[Graded]:
         for graded in pool.map(runner.grade_chunk, *zip(*chunks)) if chunks else []:
             for g in graded:
                 out[g.file] = g
-    return [out[str(s)] for s in submissions if str(s) in out]
+    graded = [out[str(s)] for s in submissions if str(s) in out]
+    if self_check:
+        return graded, [out.get(p) or Graded(p, "not run", "the self-check did not run", [], 0.0) for p in proof_paths]
+    return graded
+
+
+PRIVATE_DIRS = ("/tmp", "/var/tmp", "/dev/shm")
+
+
+def unseen_paths(keep: list[str]) -> list[str]:
+    """Folders on this Python's sys.path that a sandbox does not see (under a hidden top-level folder and not
+    kept): a module imported from one works in the grader and fails in the sandbox."""
+    from .sandbox import SYSTEM
+
+    def under(p, folder):
+        return p == folder or p.startswith(folder.rstrip("/") + "/")
+
+    out = []
+    for p in sys.path:
+        if not p or not os.path.isdir(p):
+            continue
+        p = str(Path(p).resolve())
+        if any(under(p, k) or under(k, p) for k in keep):  # kept, or the folder a kept one is in
+            continue
+        top = p.split("/")[1] if p.count("/") >= 1 else ""
+        if top not in SYSTEM or any(under(p, d) for d in PRIVATE_DIRS):
+            out.append(p)
+    return out
+
+
+def self_check_failures(proof: list, keep: list[str]) -> list[str]:
+    """Why the instructor's own notebooks did not score full marks in the sandbox (empty when they did): the
+    failing exercises with their reasons, the sandbox's flags, and the folders the sandbox cannot see."""
+    lines = []
+    for g in proof:
+        bad = [r for r in g.rows if r.result != "pass"]
+        if g.status in ("ok", "flagged") and g.rows and not bad:
+            continue
+        name = Path(g.file).name
+        lines.append(f"{name}: {g.passed}/{len(g.rows)} exercises passed ({g.status})")
+        lines += [f"{name} {r.exercise}: {r.result}: {_short(r.hint, 200)}" for r in bad[:5]]
+        if g.detail:
+            lines.append(f"{name}: {_short(g.detail, 300)}")
+    if lines:
+        unseen = unseen_paths(keep)
+        if unseen:
+            lines.append("the sandbox cannot see these folders on the grader's sys.path (modules there import in the "
+                         f"grader, not in the sandbox): {', '.join(unseen[:5])}; install the packages into the "
+                         "Python environment itself (its site-packages), or run the grader from a checkout outside "
+                         "them")
+        lines.append("fix the cause and grade again; this check guards against grading every student as failing "
+                     "for a reason of the machine's")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------------------------------

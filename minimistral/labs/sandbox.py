@@ -1,10 +1,16 @@
 """The grader's side of a sandbox: accounts, cgroups, the zygote, one Sandbox per submission, and the kill.
 
 What isolation this machine can give is decided once, before grading (`probe`): as root with mount
-namespaces, every submission runs under its own unprivileged account (`mmgrade0`, `mmgrade1`, ... created
-with useradd; raw uids 64000+ when useradd is missing), in a private namespace, under cgroup limits when the
-cgroup file system is writable. Without root or namespaces the grader refuses to grade unless told
-`--allow-weak-isolation`, and says what is missing (the container route in INSTRUCTORS.md gives it back).
+namespaces, every submission runs under its own unprivileged account, in a private namespace, under cgroup
+limits when the cgroup file system is writable.
+
+System state, a fixed set reused by every run: the accounts `mmgrade0` .. `mmgrade255` at most (one per
+sandbox alive at once: --jobs x --max-alive, both capped; created with useradd on first use, raw uids 64000+
+when useradd is missing), the cgroup folders `minimistral-grade/slot0` .. `slot255`, and the lock file
+LOCK. `python -m minimistral.labs cleanup` removes them all (`cleanup` below).
+
+Without root or namespaces the grader refuses to grade unless told `--allow-weak-isolation`, and says what is
+missing (the container route in INSTRUCTORS.md gives it back).
 """
 
 from __future__ import annotations
@@ -26,6 +32,9 @@ from pathlib import Path
 
 CG_NAME = "minimistral-grade"
 UID_BASE = 64000
+ACCOUNT_PREFIX = "mmgrade"
+MAX_SLOTS = 256  # labs/cli.py caps --jobs x --max-alive at this
+LOCK = "/run/lock/minimistral-grade.lock" if os.path.isdir("/run/lock") else "/tmp/minimistral-grade.lock"
 
 
 @dataclass
@@ -93,11 +102,14 @@ def visible_paths(extra_hide) -> tuple[list[str], list[str]]:
     return sorted(h for h in hide if h not in keep), sorted(keep)
 
 
-def ensure_accounts(n: int) -> list[tuple[int, int]]:
-    """(uid, gid) of n unprivileged accounts, one per sandbox alive at once, created with useradd if missing."""
+def ensure_accounts(n: int, prefix: str = ACCOUNT_PREFIX) -> list[tuple[int, int]]:
+    """(uid, gid) of n unprivileged accounts, one per sandbox alive at once, created with useradd if missing:
+    always the same names (prefix0 .. prefix{n-1}), so runs reuse them."""
+    if not 0 < n <= MAX_SLOTS:
+        raise ValueError(f"{n} sandbox accounts asked for; the set is {prefix}0 .. {prefix}{MAX_SLOTS - 1}")
     out = []
     for i in range(n):
-        name = f"mmgrade{i}"
+        name = f"{prefix}{i}"
         try:
             pw = pwd.getpwnam(name)
         except KeyError:
@@ -111,6 +123,43 @@ def ensure_accounts(n: int) -> list[tuple[int, int]]:
             pw = pwd.getpwnam(name)
         out.append((pw.pw_uid, pw.pw_gid))
     return out
+
+
+def cleanup(prefix: str = ACCOUNT_PREFIX, cg_name: str = CG_NAME, lock: str = LOCK) -> list[str]:
+    """Remove what grading leaves on the machine: the sandbox accounts (prefix + a number; their processes are
+    killed first), the cgroup folders `cg_name`, and the lock file. Refused while a grader runs. Returns what
+    was removed."""
+    import fcntl
+    import re
+    if os.geteuid() != 0:
+        raise PermissionError("labs cleanup removes accounts and cgroups: run it as root (as `labs grade` ran)")
+    removed = []
+    with open(lock, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"a `labs grade` is running (it holds {lock}); clean up after it finishes") from None
+        names = sorted((p.pw_name for p in pwd.getpwall() if re.fullmatch(re.escape(prefix) + r"\d+", p.pw_name)),
+                       key=lambda n: int(n[len(prefix):]))
+        for name in names:
+            uid = pwd.getpwnam(name).pw_uid
+            kill_account(uid, [])
+            r = subprocess.run(["userdel", name], capture_output=True, text=True) if shutil.which("userdel") else None
+            if r is None or r.returncode != 0:
+                why = r.stderr.strip() if r is not None else "userdel is not installed"
+                raise RuntimeError(f"could not remove the account {name}: {why}")
+            removed.append(f"account {name}")
+        for root in (f"/sys/fs/cgroup/pids/{cg_name}", f"/sys/fs/cgroup/memory/{cg_name}", f"/sys/fs/cgroup/{cg_name}"):
+            if os.path.isdir(root):
+                for d in sorted(Path(root).iterdir()):
+                    if d.is_dir():
+                        d.rmdir()  # an empty cgroup (its processes were killed) is removed with rmdir
+                os.rmdir(root)
+                removed.append(f"cgroup {root}")
+        if os.path.exists(lock):
+            os.unlink(lock)
+            removed.append(f"lock {lock}")
+    return removed
 
 
 def processes_of(uid: int) -> list[int]:

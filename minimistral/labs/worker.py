@@ -93,9 +93,20 @@ def confine(cfg: dict):
         except OSError:
             pass
         mb = cfg["tmpfs_mb"]
-        for target in ("/tmp", "/var/tmp", "/dev/shm"):
+        # Python and the library may live under /tmp (a scratch virtual environment): hold each kept folder
+        # under a private folder by a file descriptor, and bind it back over the new tmpfs, read-only
+        private = ("/tmp", "/var/tmp", "/dev/shm")
+        held = [(k, os.open(k, os.O_RDONLY | os.O_DIRECTORY)) for k in sorted(set(cfg.get("keep", [])))
+                if os.path.isdir(k) and any(_under(k, t) for t in private)]
+        held = [(k, fd) for k, fd in held if not any(_under(k, o) and k != o for o, _ in held)]  # outermost only
+        for target in private:
             if os.path.isdir(target):
                 _mount(libc, "tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, f"size={mb}m,mode=1777")
+        for k, fd in held:
+            os.makedirs(k, mode=0o755, exist_ok=True)
+            _mount(libc, f"/proc/self/fd/{fd}", k, None, MS_BIND | MS_REC)
+            _mount(libc, None, k, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+            os.close(fd)
         _hide(libc, cfg.get("hide", []), cfg.get("keep", []))
     work = cfg["workdir"]
     os.makedirs(work, exist_ok=True)
