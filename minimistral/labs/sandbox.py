@@ -134,6 +134,7 @@ def cleanup(prefix: str = ACCOUNT_PREFIX, cg_name: str = CG_NAME, lock: str = LO
     if os.geteuid() != 0:
         raise PermissionError("labs cleanup removes accounts and cgroups: run it as root (as `labs grade` ran)")
     removed = []
+    existed = os.path.exists(lock)
     with open(lock, "a") as f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,8 +157,8 @@ def cleanup(prefix: str = ACCOUNT_PREFIX, cg_name: str = CG_NAME, lock: str = LO
                         d.rmdir()  # an empty cgroup (its processes were killed) is removed with rmdir
                 os.rmdir(root)
                 removed.append(f"cgroup {root}")
-        if os.path.exists(lock):
-            os.unlink(lock)
+        os.unlink(lock)
+        if existed:
             removed.append(f"lock {lock}")
     return removed
 
