@@ -1,8 +1,12 @@
 """Writing checkpoints (notebook 11): `save_checkpoint` and `write_random_checkpoint`, atomically.
 
-Every save checks everything it can first (dtypes, devices, shapes, finite weights, disk space), writes the
-files into a hidden staging folder beside the old checkpoint, and swaps them in only when complete: a failure at
-any point leaves the folder byte-identical. Tensors stream one at a time to the file; the model is never copied.
+Every save checks everything it can first (dtypes, devices, shapes, finite weights, disk space), takes the
+folder's lock (a second writer is refused, naming the holder), writes the files into a hidden staging folder
+beside the old checkpoint, each flushed to disk, with a manifest that ties them together (the save's id, also in
+every .safetensors header, and each file's size), and swaps them in by a journalled swap (see "the swap"
+below): a failure before the commit leaves the folder byte-identical, a crash at any instant leaves what the
+next save or load turns back into the old checkpoint or the new one. Tensors stream one at a time to the file;
+the model is never copied.
 The reading side, and the file names of both layouts, are in weights.py.
 """
 

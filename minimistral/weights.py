@@ -10,7 +10,9 @@ Our parameter names are Mistral's; `convert.py` maps them (and the wq/wk row ord
 Loading builds the model on the meta device and assigns each tensor straight from the (memory-mapped)
 file to the device in the target dtype, one at a time; writing streams tensor by tensor too. Broken
 folders raise CheckpointError (or FileNotFoundError) naming the file, key or shape at fault, before
-anything is loaded. Writing (save_checkpoint, write_random_checkpoint) lives in saving.py.
+anything is loaded; so does a folder that mixes the files of two saves (the manifest save_checkpoint writes).
+A load holds the folder's lock shared (no save swaps files in meanwhile) and first finishes or rolls back
+what a killed save left. Writing (save_checkpoint, write_random_checkpoint) lives in saving.py.
 """
 
 from __future__ import annotations
