@@ -403,9 +403,9 @@ def settings(checkpoint="", device="", quantize="", environ=None) -> Settings:
     if values["checkpoint"]:
         folder = Path(values["checkpoint"]).expanduser()
         if not folder.is_dir():
-            raise FileNotFoundError(f"{sources['checkpoint']}={values['checkpoint']!r}: no such folder. Give the folder "
-                                    "that holds the weights and config.json (or params.json), or '' for the small "
-                                    "course model")
+            raise FileNotFoundError(f"{sources['checkpoint']}={values['checkpoint']!r}: no such folder. Give the "
+                                    "folder that holds the weights and config.json (or params.json), or '' for the "
+                                    "small course model")
     if values["device"]:
         dev = parse_device(values["device"], sources["device"])
     else:

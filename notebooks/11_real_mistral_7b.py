@@ -167,7 +167,7 @@ torch.manual_seed(0)
 # notebook. On Windows write the folder as a raw string, `r"C:\Users\you\models\Mistral-7B-v0.1"`.
 
 # %%
-CHECKPOINT = ""   # the weights' folder, e.g. "~/models/Mistral-7B-v0.1"; Colab: "/content/Mistral-7B-v0.1"; "": small model
+CHECKPOINT = ""   # the weights' folder: "~/models/Mistral-7B-v0.1", on Colab "/content/Mistral-7B-v0.1"; "": small model
 DEVICE = ""       # "": the first of CUDA, MPS, CPU; or "cuda", "cuda:1", "mps", "cpu"
 QUANTIZE = ""     # "": the planner's choice; or "none", "int8", "int4", "int4:128"
 DOWNLOAD = False  # True: first download the weights from the Hugging Face Hub into CHECKPOINT (14.5 GB)
@@ -190,16 +190,15 @@ if DOWNLOAD:  # off unless you set it: never runs in CI or offline
 SETTINGS = planner.settings(CHECKPOINT, DEVICE, QUANTIZE)  # environment variables override; bad values refused
 print(SETTINGS.describe())
 REAL = SETTINGS.checkpoint is not None
-DEVICE = SETTINGS.device
+DEVICE = SETTINGS.device  # a torch.device from here on
+FOLDER = SETTINGS.checkpoint if REAL else Path(corpus.TINY_MODEL_PATH)  # what the cells below load
 if REAL:
-    CHECKPOINT = SETTINGS.checkpoint
-    print(f"REAL path: {CHECKPOINT} on {DEVICE}")
+    print(f"REAL path: {FOLDER} on {DEVICE}")
 else:
-    CHECKPOINT = Path(corpus.TINY_MODEL_PATH)
     if DEVICE.type == "cpu":
         torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
     print(f"Small-model path (no checkpoint given): every cell below runs with the SMALL model trained for this "
-          f"course, data/{CHECKPOINT.name}, NOT with Mistral 7B.")
+          f"course, data/{FOLDER.name}, NOT with Mistral 7B.")
 
 
 def free_memory():
@@ -218,7 +217,7 @@ def sync():
         torch.mps.synchronize()
 
 # %% [markdown]
-# The planner's table for the 7B on the machines above (simulated free memory, so the same everywhere):
+# The planner's table for the 7B on the machines above (their assumed free memory, so the same everywhere):
 
 # %%
 seven_b = mm.ModelArgs.mistral_7b()
@@ -248,7 +247,7 @@ def checkpoint_args(folder: Path) -> mm.ModelArgs:
                             "Set CHECKPOINT (or MINIMISTRAL_CHECKPOINT) to the folder that holds the weights")
 
 
-args = checkpoint_args(CHECKPOINT)
+args = checkpoint_args(FOLDER)
 W = args.sliding_window
 SMALLEST = planner.long_prompt_working(args, planner.picture_chunks(args)[-1])  # the least this notebook draws
 print(f"model: {args.num_params():,} parameters, {args.n_layers} layers, window {W}")
@@ -318,7 +317,7 @@ _no_window = seven_b.replace(sliding_window=None)
 _names = {4: "float32", 2: "bfloat16", 1: "int8"}
 _cases = [(seven_b, 80 * 10**9, _bf16_7b, 32768, 2), (_no_window, 80 * 10**9, _bf16_7b, 32768, 2),
           (seven_b, int(14.5 * 2**30), _int8_7b, 1000, 2), (seven_b, 12 * 10**9, _bf16_7b, 100, 2),
-          (seven_b, _bf16_7b + 7 * 2**29, _bf16_7b, 4096, 2), (seven_b, _bf16_7b + 7 * 2**29 - 1, _bf16_7b, 5000, 2),
+          (seven_b, _bf16_7b + 7 * 2**29, _bf16_7b, 32768, 2), (seven_b, _bf16_7b + 7 * 2**29 - 1, _bf16_7b, 5000, 2),
           (mm.ModelArgs.tiny(), 10**6, 2 * 10**5, 300, 4), (mm.ModelArgs.tiny(sliding_window=None), 10**6, 0, 50, 1)]
 _want = {(id(c[0]),) + c[1:]: planner.max_batch_size(*c[:4], _names[c[4]]) for c in _cases}  # before any answer runs
 passed = check_function(
@@ -328,8 +327,8 @@ passed = check_function(
     lambda *case: _want[(id(case[0]),) + case[1:]], _cases,
     labels=["7B bf16 on 80 GB, 32,768-token conversations", "the same model without a sliding window",
             "T4: int8 weights, 1,000-token conversations", "bf16 weights that do not fit in 12 GB",
-            "exactly 7 windows of room", "one byte less than 7 windows of room", "tiny model, float32 cache",
-            "tiny model without a window, int8 cache"],
+            "exactly 7 windows of room, 32,768-token conversations", "one byte less than 7 windows, 5,000 tokens",
+            "tiny model, float32 cache", "tiny model without a window, int8 cache"],
     hint="per sequence the cache keeps, in every layer, one key and one value vector per KV head for each token "
          "it holds; how many tokens does a rolling buffer hold? The answer is a whole number of sequences")
 
@@ -357,7 +356,7 @@ free_memory()
 if DEVICE.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 start = time.perf_counter()
-model = mm.load_checkpoint(CHECKPOINT, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE, group_size=GROUP_SIZE,
+model = mm.load_checkpoint(FOLDER, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE, group_size=GROUP_SIZE,
                            working=SMALLEST, progress=REAL)
 sync()
 load_s = time.perf_counter() - start
@@ -376,7 +375,7 @@ print(f"{args.num_params():,} parameters in {held / 1e6:,.1f} MB ({PLAN.setting(
 # ## 4. Generating text
 #
 # Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has read it
-# many times; the small one was trained on nothing else.
+# many times; the small one was trained on nothing but the King James Bible.
 
 # %%
 PROMPT = "In the beginning God created the heaven and the earth. And the earth was"
@@ -414,7 +413,8 @@ L, H = args.n_layers, args.n_heads
 
 # %% [markdown]
 # First, all the query heads of one middle layer, grouped by the KV head they share (GQA, notebook 04).
-# Each map is lower-triangular (causal); the bright column at the left is the first token.
+# Each map is lower-triangular (causal); the left column is the first token, `<s>`. In the stored picture
+# (the small model) it is bright mostly for the first few queries, which have few keys to choose from.
 
 # %%
 fig = viz.plot_head_grid(cap, layer=L // 2, tokens=labels)
@@ -505,9 +505,9 @@ free_memory()
 #
 # A prompt longer than the window: $W + W/4$ tokens of the King James Bible (5,120 tokens for the 7B,
 # whose window is 4,096), prefilled in chunks through one rolling cache, then 32 tokens decoded one at a
-# time. The chunk size is the planner's (`CHUNK`: $W/4$ where memory allows, else $W/8$ or $W/16$): each
-# chunk's queries see the $W$ cached keys plus their own, and the attention of the last chunk is recorded
-# below. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
+# time. The chunk size is the planner's (`CHUNK`: $W/4$ where memory allows, else $W/8$ or $W/16$): once
+# the cache is full, a chunk's queries see its $W$ cached keys plus their own, and the attention of the
+# last chunk is recorded below. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
 # allocated. A full cache would keep growing with every token; the rolling buffer is allocated once,
 # with its $W$ slots, and never grows.
 

@@ -92,7 +92,7 @@ def test_windows_laptop_reaches_a_plan(monkeypatch, seven_b_folder):
     calls = simulate_platform(monkeypatch, "win32", 16 * GiB, 10 * GiB)
     ns = run_plan_cells(monkeypatch)
     assert calls, "the plan read host memory through psutil"
-    assert ns["REAL"] and ns["DEVICE"] == torch.device("cpu") and ns["CHECKPOINT"] == seven_b_folder
+    assert ns["REAL"] and ns["DEVICE"] == torch.device("cpu") and ns["FOLDER"] == seven_b_folder
     plan = ns["PLAN"]
     assert plan.free == 10 * GiB and plan.fits
     assert (plan.dtype, plan.quantize) == (torch.bfloat16, "int8"), plan.describe()
