@@ -119,12 +119,12 @@
 # the `mistral-inference` README. Unpack it and point `CHECKPOINT` at the folder: the loader detects the
 # layout.
 #
-# **On Colab** (free T4): choose Runtime, Change runtime type, T4 GPU. Put the course on the runtime
-# (upload or clone this repository into `/content/minimistral`) and install it with
-# `%pip install -q -e /content/minimistral` (Colab's PyTorch already has CUDA), then open this notebook
-# from that folder. Add your token as a secret named `HF_TOKEN` (the key icon on the left; allow this
-# notebook to read it), or run `from huggingface_hub import notebook_login; notebook_login()` in a cell
-# and paste it. Then set `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` below: the
+# **On Colab** (free T4): open this notebook in Colab (File, Upload notebook) and choose Runtime, Change
+# runtime type, T4 GPU. Put the course's repository on the runtime (clone or upload it into
+# `/content/minimistral`), run `%pip install -q -e /content/minimistral` in a cell (Colab's PyTorch
+# already has CUDA), then Runtime, Restart session, so that Python sees the new package. Add your token as
+# a secret named `HF_TOKEN` (the key icon on the left; allow this notebook to read it), or run
+# `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` below: the
 # weights go onto the runtime's own disk (wiped when the runtime ends), and the planner picks the T4's
 # setting from the table (fp16, int8).
 #
@@ -675,11 +675,13 @@ free_memory()
 # token) and **decode** (one token per forward pass). At batch 1, each decoded token reads every weight
 # once, so decode speed is bounded by memory bandwidth: 14.5 GB per token on a GPU reading ~3 to 5 TB/s is
 # a ceiling of a few hundred tokens per second. This teaching model launches about 1,700 small kernels
-# per token from Python, so it lands well below that ceiling: on an H200, 27 tokens/s against a ceiling of
-# 282. Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
+# per token from Python, so it lands well below that ceiling: on an H200 (the 7B's shapes, random bf16
+# weights: speed does not depend on the values), 27 tokens/s against a ceiling of 282. Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
 # GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are fewer bytes to read per
-# token (7.5 GB in int8); on a CPU, `python -m minimistral.bench --load --device cpu --quantize int8 int4`
-# measures the 7B's load and decode speed.
+# token (7.5 GB in int8) where a kernel reads them as they are stored, not where each weight is
+# dequantized first (the T4, see the table's notes). On a CPU,
+# `python -m minimistral.bench --load --device cpu --quantize int8 int4` measures the 7B's load and decode
+# speed.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
