@@ -11,22 +11,33 @@ The memory plan of a model (`plan`) adds what must be resident at once:
   cache     the rolling KV cache of `batch_size` sequences at its largest (sliding_window slots);
   working   the caller's working memory (activations, attention pictures), at least what loading needs: one
             full-precision tensor and the float32 copy quantizing it makes;
-and compares it with what the device has free: free GPU memory on CUDA, the share of unified memory Metal lets
-the GPU use on MPS (torch.mps.recommended_max_memory), available RAM on the CPU. `load_checkpoint` refuses a
-load whose plan does not fit, with the figure and the setting that would.
+  mapped    on the CPU and on Apple's unified memory, the checkpoint's memory-mapped pages of the tensor being
+            copied, which sit in the same RAM as its copy (pages already copied are clean file cache that the
+            system drops when it needs the room, without swapping);
+and compares it with what the device has free: free GPU memory on CUDA; on MPS the smaller of the RAM the
+system has available (psutil: what other apps hold is subtracted) and the share of unified memory Metal lets
+the GPU use (torch.mps.recommended_max_memory) less what Metal holds; available RAM on the CPU (psutil, on
+Linux, macOS and Windows alike). `load_checkpoint` refuses a load whose plan does not fit, with the figure and
+the setting that would.
+
+Notebook 11's settings (`settings()`): the checkpoint folder, the device and the quantization, set in a cell,
+each overridden by an environment variable when one is set (MINIMISTRAL_CHECKPOINT, MINIMISTRAL_DEVICE,
+MINIMISTRAL_QUANTIZE); a value that is not understood is refused with the name of the variable or setting.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 from typing import Optional
 
 import torch
 
-from .quant import check_mode, weight_bytes
-from .validate import host_memory_available
+from . import validate as _validate
+from .quant import GROUP_SIZES, check_mode, weight_bytes
 
 GB = 1e9
 COMPUTE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -35,27 +46,45 @@ MARGIN = 0.5 * GB  # allocator fragmentation, the Python process itself (at most
 
 # ---------------------------------------------------------------- device and dtype
 
+DEVICE_ENV, CHECKPOINT_ENV, QUANTIZE_ENV = "MINIMISTRAL_DEVICE", "MINIMISTRAL_CHECKPOINT", "MINIMISTRAL_QUANTIZE"
+_DEVICE_NAME = re.compile(r"(cpu|mps|cuda(:\d+)?)")
+
+
+def parse_device(value, source: str = "device") -> torch.device:
+    """'cuda', 'cuda:N', 'mps', 'cpu' (or a torch.device) -> torch.device, refusing anything else and any device
+    this machine does not have, with `source` (the variable or argument it came from) named in the message."""
+    if isinstance(value, torch.device):
+        value = str(value)
+    if not isinstance(value, str) or not _DEVICE_NAME.fullmatch(value):
+        hint = f" (lower case: {value.strip().lower()!r})" if isinstance(value, str) and \
+            _DEVICE_NAME.fullmatch(value.strip().lower()) else ""
+        raise ValueError(f"{source}={value!r} is not a device this course runs on: use 'cuda', 'cuda:N' (N a GPU "
+                         f"index), 'mps' or 'cpu'{hint}, or leave it unset to pick what is available")
+    device = torch.device(value)
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[device.type]:
+        raise ValueError(f"{source}={value!r}, but PyTorch sees no {device.type.upper()} device here: use 'cpu', "
+                         "or leave it unset to pick what is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise ValueError(f"{source}={value!r}, but this machine has {n} CUDA device(s): use 'cuda:0' to "
+                         f"'cuda:{n - 1}'")
+    return device
+
+
 def choose_device(prefer=None) -> torch.device:
     """prefer (or the MINIMISTRAL_DEVICE variable): "cuda", "cuda:1", "mps", "cpu"; else the first available of
-    CUDA, MPS, CPU. Asking for a device that is not there is an error, not a silent fallback."""
-    prefer = prefer or os.environ.get("MINIMISTRAL_DEVICE") or None
-    if prefer is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(prefer)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device {prefer!r} is not a device name: use 'cuda', 'cuda:N', 'mps' or 'cpu'") from None
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if device.type not in available:
-        raise ValueError(f"device {prefer!r}: this course runs on 'cuda', 'mps' or 'cpu'")
-    if not available[device.type]:
-        raise ValueError(f"device {prefer!r} was asked for (prefer= or MINIMISTRAL_DEVICE) but PyTorch sees no "
-                         f"{device.type.upper()} device here: use 'cpu', or leave it unset to pick what is available")
-    return device
+    CUDA, MPS, CPU. Asking for a device that is not there is an error naming where the request came from, not a
+    silent fallback."""
+    if prefer is not None and prefer != "":
+        return parse_device(prefer, "prefer")
+    if os.environ.get(DEVICE_ENV):
+        return parse_device(os.environ[DEVICE_ENV], DEVICE_ENV)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
 
 
 def cuda_capability(device=None) -> tuple:
@@ -106,16 +135,19 @@ def free_memory(device) -> tuple[int, str]:
     if device.type == "cuda":
         free, total = torch.cuda.mem_get_info(device.index if device.index is not None else torch.cuda.current_device())
         return free, f"free on {device.type}:{device.index or 0} (of {total / GB:.1f} GB)"
-    if device.type == "mps":
-        limit = torch.mps.recommended_max_memory()
-        return limit - torch.mps.driver_allocated_memory(), "of unified memory Metal lets the GPU use"
+    if device.type == "mps":  # unified memory: the GPU's share and everything else come out of the same RAM
+        metal = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+        host = host_available()
+        if host < metal:
+            return host, (f"of RAM available (psutil; other apps hold the rest; Metal alone would allow "
+                          f"{metal / GB:.1f} GB)")
+        return metal, f"of unified memory Metal lets the GPU use ({host / GB:.1f} GB of RAM available)"
     return host_available(), "of available RAM"
 
 
 def host_available() -> int:
-    """MemAvailable (Linux): free RAM plus the caches the kernel can drop; elsewhere the free physical pages."""
-    available = host_memory_available()
-    return available if available is not None else os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Available host RAM (validate.host_memory_available: psutil, the same figure on Linux, macOS and Windows)."""
+    return _validate.host_memory_available()
 
 
 # ---------------------------------------------------------------- the memory plan
@@ -130,10 +162,11 @@ class Plan:
     working: int
     margin: int = int(MARGIN)
     free: Optional[int] = field(default=None)
+    mapped: int = 0  # unified memory (MPS): the file pages of the tensor being copied, beside its copy
 
     @property
     def total(self) -> int:
-        return self.weights + self.cache + self.working + self.margin
+        return self.weights + self.cache + self.working + self.mapped + self.margin
 
     @property
     def fits(self) -> bool:
@@ -145,8 +178,9 @@ class Plan:
 
     def describe(self) -> str:
         free = "" if self.free is None else f" vs {self.free / GB:.1f} GB free: {'fits' if self.fits else 'DOES NOT FIT'}"
+        mapped = f" + mapped file {self.mapped / GB:.2f}" if self.mapped else ""
         return (f"{self.setting()}: weights {self.weights / GB:.2f} + cache {self.cache / GB:.2f} + working "
-                f"{self.working / GB:.2f} + margin {self.margin / GB:.1f} = {self.total / GB:.2f} GB{free}")
+                f"{self.working / GB:.2f}{mapped} + margin {self.margin / GB:.1f} = {self.total / GB:.2f} GB{free}")
 
 
 def weights_bytes(args, dtype=torch.bfloat16, quantize: Optional[str] = None, group_size: int = 128) -> int:
@@ -168,16 +202,32 @@ def load_working_bytes(args, dtype=torch.bfloat16, quantize: Optional[str] = Non
     return max(largest, args.hidden_dim * args.dim * (dtype.itemsize + per_number))
 
 
+def mapped_bytes(args, file_itemsize: int = 2) -> int:
+    """The checkpoint's pages of its largest tensor (bf16 files: 2 bytes a number), memory-mapped while it is
+    copied. On the CPU a load in the file's dtype uses those pages as the tensor itself (no copy: counted once,
+    in load_working_bytes); on Apple's unified memory the GPU's copy and the mapped pages share the RAM."""
+    return max(args.vocab_size * args.dim, args.hidden_dim * args.dim) * file_itemsize
+
+
 def plan(args, dtype=torch.bfloat16, quantize: Optional[str] = None, group_size: int = 128, batch_size: int = 1,
-         working: int = 0, free: Optional[int] = None) -> Plan:
+         working: int = 0, free: Optional[int] = None, unified: bool = False) -> Plan:
     """The memory bill of running `args` in `dtype` (quantized or not), with `working` bytes for activations
-    and pictures beside the weights and one rolling cache per sequence."""
+    and pictures beside the weights and one rolling cache per sequence. unified: the device shares the host's
+    RAM (Apple's MPS), so the mapped file pages of the tensor being loaded count too."""
     check_mode(quantize, group_size)
     cache = args.kv_cache_bytes(args.max_seq_len, batch_size, str(dtype).removeprefix("torch."))
     working = max(int(working), load_working_bytes(args, dtype, quantize))
     weights = weights_bytes(args, dtype, quantize, group_size)
-    margin = int(min(MARGIN, 0.1 * (weights + cache + working)))  # a small model needs no half-gigabyte of slack
-    return Plan(dtype, quantize, group_size if quantize == "int4" else 128, weights, cache, working, margin, free)
+    mapped = mapped_bytes(args) if unified else 0
+    margin = int(min(MARGIN, 0.1 * (weights + cache + working + mapped)))  # a small model needs no 0.5 GB of slack
+    return Plan(dtype, quantize, group_size if quantize == "int4" else 128, weights, cache, working, margin, free,
+                mapped)
+
+
+def max_batch_size(args, free: int, weights: int, seq_len: int, dtype="bfloat16") -> int:
+    """How many sequences of `seq_len` tokens fit at once beside `weights` bytes of weights in `free` bytes, each
+    with its own rolling cache in `dtype` (activations and margin not counted); 0 when the weights alone do not."""
+    return max(0, (int(free) - int(weights)) // args.kv_cache_bytes(seq_len, 1, dtype))
 
 
 def candidates(dtype: torch.dtype, device_type: str):
@@ -199,7 +249,7 @@ def recommend(args, device=None, free: Optional[int] = None, dtype: Optional[tor
     dtype = dtype or choose_dtype(device, capability, mps_bf16)
     free = free_memory(device)[0] if free is None else free
     for d, q, g in candidates(dtype, device.type):
-        p = plan(args, d, q, g, batch_size, working, free)
+        p = plan(args, d, q, g, batch_size, working, free, unified=device.type == "mps")
         if p.fits:
             return p
     return None
@@ -210,7 +260,7 @@ def check_fits(args, device, dtype, quantize=None, group_size=128, working: int 
     """Raise MemoryError, with the figures and a setting that would fit, when the plan exceeds free memory."""
     device = torch.device(device)
     free_now, where = free_memory(device) if free is None else (free, "free")
-    p = plan(args, dtype, quantize, group_size, working=working, free=free_now)
+    p = plan(args, dtype, quantize, group_size, working=working, free=free_now, unified=device.type == "mps")
     if p.fits:
         return p
     better = recommend(args, device, free_now, dtype, working=working)
@@ -240,8 +290,11 @@ DEVICE_CLASSES = [
     DeviceClass("16 GB T4 (free Colab)", "cuda", int(14.5 * 2**30), (7, 5), note="14.5 GiB usable, no native bf16"),
     DeviceClass("12 GB GPU (RTX 3060)", "cuda", int(11 * 2**30), (8, 6), note="11 GiB free"),
     DeviceClass("8 GB GPU (RTX 4060)", "cuda", int(7.3 * 2**30), (8, 9), note="7.3 GiB free"),
-    DeviceClass("Apple Silicon, 32 GB", "mps", int(21.3 * 2**30), mps_bf16=True, note="Metal's limit ~2/3 of RAM"),
-    DeviceClass("Apple Silicon, 16 GB", "mps", int(10.7 * 2**30), mps_bf16=True, note="Metal's limit ~2/3 of RAM"),
+    # Apple: the smaller of Metal's limit (about 2/3 of RAM) and the RAM available beside macOS and a browser
+    DeviceClass("Apple Silicon, 32 GB", "mps", int(21.3 * 2**30), mps_bf16=True,
+                note="Metal's limit, 21.3 GiB (about 2/3 of RAM), below the ~26 GiB available"),
+    DeviceClass("Apple Silicon, 16 GB", "mps", int(10 * 2**30), mps_bf16=True,
+                note="10 GiB available beside macOS and a browser, below Metal's 10.7 GiB"),
     DeviceClass("CPU laptop, 16 GB RAM", "cpu", int(10 * 2**30), note="10 GiB available beside the OS and browser"),
 ]
 
@@ -292,3 +345,87 @@ def picture_chunk(args, p: Plan) -> int:
         if p.weights + p.cache + p.margin + long_prompt_working(args, chunk, p.dtype) <= (p.free or 0):
             return chunk
     return picture_chunks(args)[-1]
+
+
+# ---------------------------------------------------------------- notebook 11's settings
+
+@dataclass(frozen=True)
+class Settings:
+    checkpoint: Optional[Path]  # None: no weights given (the notebook runs the small course model)
+    device: torch.device
+    quantize: Optional[str]     # "auto": the planner decides; None: no quantization; "int8"; "int4"
+    group_size: int
+    sources: dict               # setting -> what set it: "MINIMISTRAL_DEVICE", "DEVICE" (the cell) or "default"
+
+    def describe(self) -> str:
+        q = {"auto": "the planner's choice", None: "none"}.get(self.quantize, self.quantize)
+        q += f" (groups of {self.group_size})" if self.quantize == "int4" else ""
+        where = {"default": "default", "CHECKPOINT": "set in the cell", "DEVICE": "set in the cell",
+                 "QUANTIZE": "set in the cell"}
+        return "\n".join(f"{k + ':':<12}{v}  ({where.get(self.sources[k], 'set by ' + self.sources[k])})" for k, v in
+                         [("checkpoint", self.checkpoint or "none: the small course model"), ("device", self.device),
+                          ("quantize", q)])
+
+
+def parse_quantize(value: str, source: str = "quantize") -> tuple[Optional[str], int]:
+    """"" or "auto" (the planner decides), "none", "int8", "int4", "int4:G" (G in 32, 64, 128) -> (mode, group_size);
+    anything else is refused with `source` named."""
+    text = value.strip().lower()
+    if text in ("", "auto"):
+        return "auto", 32
+    mode, colon, group = text.partition(":")
+    if mode == "none" and not colon:
+        return None, 128
+    if mode == "int8" and not colon:
+        return "int8", 128
+    if mode == "int4" and (not colon or group in {str(g) for g in GROUP_SIZES}):
+        return "int4", int(group or 32)
+    raise ValueError(f"{source}={value!r} is not a quantization setting: use 'none', 'int8', 'int4' (groups of 32) "
+                     f"or 'int4:G' with G one of {', '.join(map(str, GROUP_SIZES))}; '' or 'auto' lets the planner "
+                     "choose")
+
+
+def settings(checkpoint="", device="", quantize="", environ=None) -> Settings:
+    """Notebook 11's settings: the values written in its cell, each replaced by its environment variable when that
+    is set and not empty (MINIMISTRAL_CHECKPOINT, MINIMISTRAL_DEVICE, MINIMISTRAL_QUANTIZE), so a batch run can
+    set them without editing the notebook. Without a checkpoint the device defaults to the CPU (the small model
+    needs no GPU); with one, to the first available of CUDA, MPS, CPU. Every value is checked here, and an error
+    names the variable or the cell's setting it came from."""
+    env = os.environ if environ is None else environ
+    values, sources = {}, {}
+    for key, cell, var in [("checkpoint", checkpoint, CHECKPOINT_ENV), ("device", device, DEVICE_ENV),
+                           ("quantize", quantize, QUANTIZE_ENV)]:
+        if env.get(var):
+            values[key], sources[key] = env[var], var
+        else:
+            values[key], sources[key] = str(cell or ""), key.upper() if cell else "default"
+    folder = None
+    if values["checkpoint"]:
+        folder = Path(values["checkpoint"]).expanduser()
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{sources['checkpoint']}={values['checkpoint']!r}: no such folder. Give the "
+                                    "folder that holds the weights and config.json (or params.json), or '' for the "
+                                    "small course model")
+    if values["device"]:
+        dev = parse_device(values["device"], sources["device"])
+    else:
+        dev = choose_device("cpu" if folder is None else None)
+    mode, group = parse_quantize(values["quantize"], sources["quantize"])
+    return Settings(folder, dev, mode, group, sources)
+
+
+def choose_plan(args, device, quantize="auto", group_size: int = 32, working: int = 0,
+                free: Optional[int] = None) -> Plan:
+    """The plan notebook 11 loads with: recommend()'s where quantize is "auto" (MemoryError, with the figures,
+    where nothing fits), else the forced setting's plan (on the CPU a quantized model computes in bf16, as
+    candidates() explains), which may not fit: load_checkpoint then refuses it with a setting that would."""
+    device = torch.device(device)
+    free = free_memory(device)[0] if free is None else free
+    if quantize == "auto":
+        p = recommend(args, device, free, working=working)
+        if p is None:
+            raise MemoryError(f"{free / GB:.1f} GB free on {device}: even 4-bit weights do not fit. Close other "
+                              "programs or notebooks, or run on a machine of notebook 11's table")
+        return p
+    dtype = torch.bfloat16 if device.type == "cpu" and quantize else choose_dtype(device)
+    return plan(args, dtype, quantize, group_size, working=working, free=free, unified=device.type == "mps")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import psutil
 import torch
 
 from .config import dtype_name
@@ -57,28 +58,23 @@ def resolve_device(device) -> torch.device:
     return d
 
 
-def host_memory_available() -> Optional[int]:
-    """Bytes of host memory available to a new allocation without swapping (MemAvailable in
-    /proc/meminfo: free memory plus the page cache the kernel can drop), or None off Linux."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+def host_memory_available() -> int:
+    """Bytes of host memory a new allocation can get without swapping, as psutil counts it on every system:
+    MemAvailable on Linux (free memory plus the page cache the kernel can drop), free plus inactive pages on
+    macOS, the available physical memory on Windows. What other programs hold is already subtracted.
+    The one reader of host memory in the library (the planner and the loader's check both call it)."""
+    return int(psutil.virtual_memory().available)
 
 
 def check_host_memory(needed_bytes: int, what: str = "loading the weights") -> None:
     """Raise MemoryError, with the numbers, when the host has less available memory than needed_bytes
     (a CPU load that does not fit fails half-way from the allocator, or drives the machine into swap)."""
     free = host_memory_available()
-    if free is not None and needed_bytes > free:
+    if needed_bytes > free:
         raise MemoryError(
             f"{what} needs {needed_bytes / _GB:.1f} GB of host memory, {free / _GB:.1f} GB available "
-            "(MemAvailable in /proc/meminfo): close other programs or models, load in the file's own dtype "
-            "(dtype=None: memory-mapped from the file, no copy), or load onto a GPU")
+            "(psutil's available memory: MemAvailable on Linux): close other programs or models, load in the file's "
+            "own dtype (dtype=None: memory-mapped from the file, no copy), or load onto a GPU")
 
 
 def nonfinite(t: torch.Tensor) -> Optional[str]:

@@ -17,17 +17,17 @@
 #
 # Everything so far ran on small models. Here the library you built loads the published Mistral 7B
 # v0.1 weights, writes text with them, and shows what the real model does inside: attention maps on a
-# real sentence, the first-token "attention sink", heads that look at the previous token, and the
-# rolling KV cache holding its memory flat on a prompt longer than the 4,096-token window.
+# real sentence, how much attention lands on the first token, heads that look at the previous token, and
+# the rolling KV cache holding its memory flat on a prompt longer than the 4,096-token window.
 #
 # ## What you will learn
-# - Where the weights come from and how to point this notebook at them.
+# - Where the weights come from and how to point this notebook at them (on Linux, macOS, Windows or Colab).
 # - How much memory the model needs, planned before loading: weights, cache and the working memory of
 #   what this notebook draws, against what your GPU, Mac or laptop has free.
 # - How weight-only quantization (int8, 4-bit groups) shrinks the 7B from 14.5 GB to 7.5 or 4.9 GB,
-#   loaded tensor by tensor so the full-precision model is never in memory.
+#   loaded tensor by tensor so the full-precision model is never in memory, and what that costs in speed.
 # - Generating text with the real model, and how fast it is.
-# - What attention looks like in a trained model: sinks on the first token, previous-token heads.
+# - What attention looks like in a trained model: the first token, previous-token heads, distance.
 # - The rolling cache at work past the window: memory stays flat, slots wrap.
 #
 # ## What you need
@@ -35,17 +35,20 @@
 # - **For the real model:** the weights on a local disk (14.5 GB) and one of the machines of the table
 #   below. The notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and
 #   the quantization that fit, and says what it picked.
-# - **Without the weights** (CI, or before downloading) every cell still runs, in under a minute on a
-#   CPU, with the small Mistral trained for this course (`data/tiny_mistral`, notebook 10), and says so.
-#   The stored outputs you see in the repository come from that path.
+# - **Without the weights** (CI, or before downloading) every cell still runs, in about a minute on a
+#   CPU, with the small Mistral trained for this course (`data/tiny_mistral`: 4 layers, 8 heads, a
+#   128-token window, notebook 10), and says so. **Every stored output and picture you see in the
+#   repository comes from that small model, not from the 7B**: run the notebook with the weights to see
+#   the 7B's.
 #
 # ## Which machine runs what
 #
 # The memory plan (`minimistral.device`, section 2) adds the weights at the chosen dtype or quantization,
 # the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
-# long prompt prefilled while two layers' attention is recorded) and a 0.5 GB margin, then takes the
-# first setting that fits: full precision, else int8, else 4-bit in groups of 32, else of 128. Free
-# memory is assumed as in the column below (the planner measures your own machine when you run it):
+# long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
+# of the tensor being loaded, and a 0.5 GB margin, then takes the first setting that fits: full precision,
+# else int8, else 4-bit in groups of 32, else of 128. The free memory below is *assumed* for each class of
+# machine, not measured on one (when you run the notebook the planner measures yours):
 #
 # | machine | free memory assumed | setting picked | plan | what runs |
 # |---|---|---|---|---|
@@ -54,49 +57,86 @@
 # | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | everything; chunks of 1,024 |
 # | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
 # | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
-# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.0 GB | everything; chunks of 1,024 |
-# | Apple Silicon, 16 GB | 11.5 GB (Metal's share) | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
-# | CPU laptop, 16 GB RAM | 10.7 GB available | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly: measured on 2 CPU cores in int8, the whole notebook took 7.5 min (load 49 s, prefill 23 tokens/s, decode 2.8 tokens/s, the 5,120-token prompt 5 min) |
+# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.3 GB | everything; chunks of 1,024 |
+# | Apple Silicon, 16 GB | 10.7 GB (RAM left beside macOS and a browser) | bf16, int8 | 9.3 GB | everything; chunks of 512 |
+# | CPU laptop, 16 GB RAM | 10.7 GB (the same) | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly (below) |
 #
-# The T4 gets fp16 because it has no native bf16 arithmetic (compute capability 7.5); the fp16 range
-# holds the 7B's activations (see `minimistral/device.py`). Free Colab's 12.7 GB of host RAM is no
-# obstacle: the weights stream from the memory-mapped files one tensor at a time. The cell after the
-# imports prints this table from the planner itself.
+# On a Mac the GPU and every other program share one RAM, so the planner takes the smaller of two
+# figures: the RAM the system has available (psutil's count, which subtracts what other apps hold) and
+# the share Metal lets the GPU use (`torch.mps.recommended_max_memory()`, about 2/3 of RAM) less what
+# Metal already holds. Loading reads the checkpoint through a memory map, and those pages sit in the same
+# RAM: the plan counts the pages of the tensor being copied (0.26 GB for the 7B's largest); pages already
+# copied are clean file cache that macOS drops when it needs the room, without swapping. No Mac run of
+# this notebook has been measured for this course: the Mac rows are the planner's arithmetic.
 #
-# ## 1. Getting the weights
+# **The CPU row's speed** was measured on this project's 2-core Linux *server* (not a laptop), on a
+# checkpoint of the 7B's shape filled with *random* weights (the real ones were not available there):
+# int8 loaded in 47 s and decoded 3.1 tokens/s (`data/bench_load_cpu_7b.json`,
+# `python -m minimistral.bench --load --device cpu --quantize int8 int4`), and one run of this whole
+# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt. A laptop's cores and memory
+# differ: expect minutes, not seconds, per section.
 #
-# **Hugging Face Hub.** The repository `mistralai/Mistral-7B-v0.1` is gated: open its page while logged
-# in, accept the conditions, create an access token (Settings, Access Tokens, "Read"), then, with the
-# `hf` command that `huggingface_hub` installs:
+# **The T4** computes in fp16: it has no native bf16 arithmetic (compute capability 7.5). fp16 stops at
+# 65,504 where bf16 reaches 3e38; `tests/test_device.py` runs two layers of the 7B's shape in fp16 with a
+# planted activation of 2,000 and finds them finite and within 2% of float32, but on random weights: the
+# real weights in fp16 were not tried here. The T4's int8 buys room, not speed. fp16 weights would need a
+# 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB); but below compute capability 8.0
+# no int8 matrix kernel tuned for the GPU runs: where `quant.kernel_available` finds no int8 kernel for
+# CUDA in fp16, `Int8Linear` dequantizes each weight before `F.linear` (`quant.dequantize_int8`: the int8
+# weight to float32, times the scales, to fp16), which reads and writes about 21 bytes per weight per
+# decoded token where fp16 weights would be read once, 2 bytes. Counted from the code, not timed: no GPU
+# was lent while this version was written; on a T4, section 7 prints what you get. 4-bit fits too
+# (6.6 GB) and has no fp16 kernel on CUDA either. Free Colab's 12.7 GB of host RAM is no obstacle: the
+# weights stream from the memory-mapped files one tensor at a time. The cell after the imports prints the
+# table from the planner itself.
+#
+# ## 1. Getting the weights, and telling the notebook where they are
+#
+# The repository `mistralai/Mistral-7B-v0.1` on the Hugging Face Hub is gated: open its page while logged
+# in, accept the conditions, and create an access token (Settings, Access Tokens, "Read"). Then either:
+#
+# **From this notebook, on any system (Colab too):** write the folder into `CHECKPOINT` in the settings
+# cell below, set `DOWNLOAD = True`, and run it: `huggingface_hub.snapshot_download` fetches
+# `config.json`, the two weight shards and their index (14.5 GB) and the tokenizer's small JSON files. It
+# finds your token where `hf auth login` or `huggingface_hub.notebook_login()` saved it, in the
+# environment variable `HF_TOKEN`, or in Colab's secret `HF_TOKEN`.
+#
+# **From a terminal** (bash, zsh, PowerShell or cmd alike), with the `hf` command that `huggingface_hub`
+# installs:
 #
 # ```bash
 # pip install -U huggingface_hub
 # hf auth login                               # paste the token
-# hf download mistralai/Mistral-7B-v0.1 --include "*.safetensors" --include "*.json" --local-dir ~/models/Mistral-7B-v0.1
+# hf download mistralai/Mistral-7B-v0.1 --include "*.safetensors" --include "*.json" --local-dir models/Mistral-7B-v0.1
 # ```
 #
-# That fetches `config.json`, the two weight shards and their index (14.5 GB) and the tokenizer's small
-# JSON files. One `--include` per pattern: the repository also holds the same weights as PyTorch `.bin`
-# files, which the loader does not read and the patterns skip. These are in Hugging Face's layout: HF
-# names, and wq/wk rows permuted for rotate-half RoPE (notebook 03); `mm.load_checkpoint` undoes both.
+# One `--include` per pattern: the repository also holds the same weights as PyTorch `.bin` files, which
+# the loader does not read and the patterns skip. These are in Hugging Face's layout: HF names, and wq/wk
+# rows permuted for rotate-half RoPE (notebook 03); `mm.load_checkpoint` undoes both.
 #
 # **Mistral's own release.** Mistral AI also published the weights as a tarball in their own layout
 # (`params.json` + `consolidated.00.pth`, the names our model uses, interleaved RoPE pairs); links are in
-# the `mistral-inference` README. Unpack it and point the notebook at the folder: the loader detects
-# the layout.
+# the `mistral-inference` README. Unpack it and point `CHECKPOINT` at the folder: the loader detects the
+# layout.
 #
-# **Pointing the notebook at them:** set an environment variable before starting Jupyter,
+# **On Colab** (free T4): open this notebook in Colab (File, Upload notebook) and choose Runtime, Change
+# runtime type, T4 GPU. Put the course's repository on the runtime (clone or upload it into
+# `/content/minimistral`), run `%pip install -q -e /content/minimistral` in a cell (Colab's PyTorch
+# already has CUDA), then Runtime, Restart session, so that Python sees the new package. Add your token as
+# a secret named `HF_TOKEN` (the key icon on the left; allow this notebook to read it), or run
+# `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` below: the
+# weights go onto the runtime's own disk (wiped when the runtime ends), and the planner picks the T4's
+# setting from the table (fp16, int8).
+#
+# **Environment variables** override the cell, for a batch run or a lab machine set up once:
+# `MINIMISTRAL_CHECKPOINT`, `MINIMISTRAL_DEVICE` (`cuda`, `cuda:1`, `mps`, `cpu`) and
+# `MINIMISTRAL_QUANTIZE` (`none`, `int8`, `int4`, `int4:128`), set before Jupyter starts:
+# `MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter lab` in bash or zsh,
+# `$env:MINIMISTRAL_CHECKPOINT = "models\Mistral-7B-v0.1"; jupyter lab` in PowerShell. To run the whole
+# notebook in one go, without opening it:
 #
 # ```bash
-# MINIMISTRAL_CHECKPOINT=~/models/Mistral-7B-v0.1 jupyter lab
-# ```
-#
-# or write the folder into `CHECKPOINT` in the next cell. `MINIMISTRAL_DEVICE=cpu` (or `cuda:1`, `mps`)
-# overrides the device, `MINIMISTRAL_QUANTIZE=int8` (or `none`, `int4`, `int4:128`) the planner's choice of
-# quantization (the loader still refuses what does not fit). To run the whole notebook in one go, without opening it:
-#
-# ```bash
-# MINIMISTRAL_CHECKPOINT=~/models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
+# MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
 #     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_run.ipynb --ExecutePreprocessor.timeout=3600
 # ```
 
@@ -118,20 +158,47 @@ from minimistral import viz
 from minimistral.train import corpus
 from minimistral.labs.checks import check_function
 
-CHECKPOINT = os.environ.get("MINIMISTRAL_CHECKPOINT", "")  # or the folder itself, e.g. "~/models/Mistral-7B-v0.1"
-
 torch.manual_seed(0)
-REAL = bool(CHECKPOINT)
+
+# %% [markdown]
+# ### Your settings
+#
+# Edit these three (and `DOWNLOAD`), then run the cells below. An empty value leaves the choice to the
+# notebook. On Windows write the folder as a raw string, `r"C:\Users\you\models\Mistral-7B-v0.1"`.
+
+# %%
+CHECKPOINT = ""   # the weights' folder: "~/models/Mistral-7B-v0.1", on Colab "/content/Mistral-7B-v0.1"; "": small model
+DEVICE = ""       # "": the first of CUDA, MPS, CPU; or "cuda", "cuda:1", "mps", "cpu"
+QUANTIZE = ""     # "": the planner's choice; or "none", "int8", "int4", "int4:128"
+DOWNLOAD = False  # True: first download the weights from the Hugging Face Hub into CHECKPOINT (14.5 GB)
+
+# %%
+if DOWNLOAD:  # off unless you set it: never runs in CI or offline
+    target = os.environ.get(planner.CHECKPOINT_ENV) or CHECKPOINT
+    if os.environ.get("CI") or os.environ.get("HF_HUB_OFFLINE"):
+        raise RuntimeError("DOWNLOAD = True in a CI or offline run (CI or HF_HUB_OFFLINE is set): download "
+                           "with `hf download` where there is a network, then set CHECKPOINT")
+    if not target:
+        raise ValueError("DOWNLOAD = True needs CHECKPOINT, the folder to download into, "
+                         "e.g. '/content/Mistral-7B-v0.1'")
+    from huggingface_hub import snapshot_download
+
+    snapshot_download("mistralai/Mistral-7B-v0.1", allow_patterns=["*.safetensors", "*.json"],
+                      local_dir=os.path.expanduser(target))
+
+# %%
+SETTINGS = planner.settings(CHECKPOINT, DEVICE, QUANTIZE)  # environment variables override; bad values refused
+print(SETTINGS.describe())
+REAL = SETTINGS.checkpoint is not None
+DEVICE = SETTINGS.device  # a torch.device from here on
+FOLDER = SETTINGS.checkpoint if REAL else Path(corpus.TINY_MODEL_PATH)  # what the cells below load
 if REAL:
-    CHECKPOINT = Path(CHECKPOINT).expanduser()
-    DEVICE = planner.choose_device()  # CUDA, then MPS, then CPU; MINIMISTRAL_DEVICE overrides
-    print(f"REAL path: {CHECKPOINT} on {DEVICE}")
+    print(f"REAL path: {FOLDER} on {DEVICE}")
 else:
-    DEVICE = torch.device("cpu")
-    CHECKPOINT = Path(corpus.TINY_MODEL_PATH)
-    torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
-    print(f"CPU path (no checkpoint given): every cell below runs with the SMALL model trained for this course, "
-          f"data/{CHECKPOINT.name}, NOT with Mistral 7B.")
+    if DEVICE.type == "cpu":
+        torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
+    print(f"Small-model path (no checkpoint given): every cell below runs with the SMALL model trained for this "
+          f"course, data/{FOLDER.name}, NOT with Mistral 7B.")
 
 
 def free_memory():
@@ -150,7 +217,7 @@ def sync():
         torch.mps.synchronize()
 
 # %% [markdown]
-# The planner's table for the 7B on the machines above (simulated free memory, so the same everywhere):
+# The planner's table for the 7B on the machines above (their assumed free memory, so the same everywhere):
 
 # %%
 seven_b = mm.ModelArgs.mistral_7b()
@@ -164,9 +231,10 @@ for machine, p in planner.plan_table(seven_b):
 #
 # A checkpoint's config file says everything about its size, so we can add up the bill before reading
 # a single weight. `planner.recommend` tries the settings from best quality down and returns the first
-# whose plan fits in what the device has free: free GPU memory on CUDA, Metal's share of unified memory
-# on a Mac, available RAM on the CPU. `mm.load_checkpoint` runs the same plan and refuses, with the
-# figures and a setting that fits, where it would not fit; so "fits" here is never contradicted below.
+# whose plan fits in what the device has free: free GPU memory on CUDA; on a Mac the smaller of the RAM
+# available and Metal's share; available RAM on the CPU (both read with `psutil`, the same way on Linux,
+# macOS and Windows). `mm.load_checkpoint` runs the same plan and refuses, with the figures and a setting
+# that fits, where it would not fit; so "fits" here is never contradicted below.
 
 # %%
 def checkpoint_args(folder: Path) -> mm.ModelArgs:
@@ -176,10 +244,10 @@ def checkpoint_args(folder: Path) -> mm.ModelArgs:
     if (folder / "params.json").is_file():
         return mm.ModelArgs.from_params_json(json.loads((folder / "params.json").read_text()))
     raise FileNotFoundError(f"{folder} has neither config.json nor params.json: is it a Mistral checkpoint folder? "
-                            "Set MINIMISTRAL_CHECKPOINT to the folder that holds the weights")
+                            "Set CHECKPOINT (or MINIMISTRAL_CHECKPOINT) to the folder that holds the weights")
 
 
-args = checkpoint_args(CHECKPOINT)
+args = checkpoint_args(FOLDER)
 W = args.sliding_window
 SMALLEST = planner.long_prompt_working(args, planner.picture_chunks(args)[-1])  # the least this notebook draws
 print(f"model: {args.num_params():,} parameters, {args.n_layers} layers, window {W}")
@@ -190,17 +258,9 @@ print(f"weights in bf16: {planner.weights_bytes(args) / 1e9:.3f} GB, int8: "
 
 # %%
 # NBVAL_IGNORE_OUTPUT
-FORCE = os.environ.get("MINIMISTRAL_QUANTIZE")  # "none", "int8", "int4" or "int4:128": try a setting yourself
-if FORCE:
-    mode, _, group = FORCE.partition(":")
-    mode = None if mode == "none" else mode
-    dtype = torch.bfloat16 if DEVICE.type == "cpu" and mode else planner.choose_dtype(DEVICE)  # CPU int kernels: bf16
-    PLAN = planner.plan(args, dtype, mode, int(group or 32), working=SMALLEST, free=planner.free_memory(DEVICE)[0])
-else:
-    PLAN = planner.recommend(args, DEVICE, working=SMALLEST)
-if PLAN is None:
-    raise MemoryError(f"{planner.free_memory(DEVICE)[0] / 1e9:.1f} GB free on {DEVICE}: even 4-bit weights do not fit. "
-                      "Close other programs or notebooks, or run on a machine of the table above")
+# QUANTIZE "" lets the planner choose (MemoryError, with the figures, if even 4-bit does not fit); a forced
+# setting is planned as asked, and the loader refuses it below if it does not fit
+PLAN = planner.choose_plan(args, DEVICE, SETTINGS.quantize, SETTINGS.group_size, working=SMALLEST)
 CHUNK = planner.picture_chunk(args, PLAN)  # the long prompt's chunk (section 6), sized to what is left
 print(f"{DEVICE}: {PLAN.free / 1e9:.1f} GB {planner.free_memory(DEVICE)[1]}")
 print("plan:", PLAN.describe())
@@ -212,30 +272,73 @@ dtype_name = str(DTYPE).removeprefix("torch.")
 print(f"setting: {PLAN.setting()}")
 
 # %% [markdown]
-# ### Exercise 11.1: the memory bill
+# ### Exercise 11.1: how many conversations fit?
 #
-# Write `inference_bytes(args, seq_len, batch_size, dtype_bytes)`: the bytes to hold the weights plus
-# the KV cache of `batch_size` sequences of `seq_len` tokens, everything in a dtype of `dtype_bytes`
-# bytes per number. The cache is a rolling buffer: it keeps at most `args.sliding_window` tokens per
-# sequence, or all of them when `sliding_window` is None. (Notebooks 07 and 08 have every piece.)
+# The plan above is for one sequence. A server answers many at once, each with its own rolling cache,
+# and the weights are shared. Write `sequences_that_fit(args, free_bytes, weight_bytes, seq_len, dtype_bytes)`:
+# how many sequences of `seq_len` tokens can run at once in `free_bytes` of memory that also holds
+# `weight_bytes` of weights (in whatever format), when every number in the caches takes `dtype_bytes`
+# bytes? Ignore activations and the margin; return a Python `int`, 0 when the weights alone do not fit.
+# Work out a cache's size per sequence yourself, from what notebooks 04 and 08 taught about what a
+# cache stores and how many tokens a rolling buffer keeps (`args.sliding_window`, or `None`: no window).
+# The check refuses calls to the library's own cache arithmetic (`args.kv_cache_bytes` and friends).
 
-# %% nbgrader={"grade": false, "grade_id": "ex11_1_inference_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def inference_bytes(args: mm.ModelArgs, seq_len: int, batch_size: int, dtype_bytes: int) -> int:
+# %% nbgrader={"grade": false, "grade_id": "ex11_1_sequences_that_fit-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def sequences_that_fit(args: mm.ModelArgs, free_bytes: int, weight_bytes: int, seq_len: int, dtype_bytes: int) -> int:
     ### BEGIN SOLUTION
-    weights = args.num_params() * dtype_bytes
     kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)
-    cache = batch_size * kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes
-    return weights + cache
+    per_sequence = kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes  # K and V
+    return max(0, (free_bytes - weight_bytes) // per_sequence)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex11_1_inference_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# %% nbgrader={"grade": true, "grade_id": "ex11_1_sequences_that_fit-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _library_refused(fn, owners):
+    """fn, with the library's cache and weight arithmetic raising while it runs (restored afterwards)."""
+    def wrapped(*case):
+        saved = [(owner, name, getattr(owner, name)) for owner, names in owners for name in names]
+
+        def refuse(name):
+            def f(*a, **k):
+                raise RuntimeError(f"{name} is the library's own answer: compute it yourself")
+            return f
+        try:
+            for owner, name, _ in saved:
+                setattr(owner, name, refuse(name))
+            return fn(*case)
+        finally:
+            for owner, name, value in saved:
+                setattr(owner, name, value)
+    return wrapped
+
+
+_bf16_7b, _int8_7b = planner.weights_bytes(seven_b), planner.weights_bytes(seven_b, torch.float16, "int8")
+_no_window = seven_b.replace(sliding_window=None)
 _names = {4: "float32", 2: "bfloat16", 1: "int8"}
-passed = check_function("11.1 inference_bytes", inference_bytes,
-                        lambda a, n, b, nb: a.weight_bytes(_names[nb]) + a.kv_cache_bytes(n, b, _names[nb]),
-                        [(seven_b, 4096, 1, 2), (seven_b, 32768, 1, 2), (seven_b, 100, 8, 2), (seven_b, 32768, 8, 1),
-                         (mm.ModelArgs.tiny(), 1000, 2, 4), (mm.ModelArgs.tiny(sliding_window=None), 1000, 3, 4)],
-                        hint="weights: num_params x bytes; cache: keys and values, per layer, per KV head, per kept token")
+_cases = [(seven_b, 80 * 10**9, _bf16_7b, 32768, 2), (_no_window, 80 * 10**9, _bf16_7b, 32768, 2),
+          (seven_b, int(14.5 * 2**30), _int8_7b, 1000, 2), (seven_b, 12 * 10**9, _bf16_7b, 100, 2),
+          (seven_b, _bf16_7b + 7 * 2**29, _bf16_7b, 32768, 2), (seven_b, _bf16_7b + 7 * 2**29 - 1, _bf16_7b, 5000, 2),
+          (mm.ModelArgs.tiny(), 10**6, 2 * 10**5, 300, 4), (mm.ModelArgs.tiny(sliding_window=None), 10**6, 0, 50, 1)]
+_want = {(id(c[0]),) + c[1:]: planner.max_batch_size(*c[:4], _names[c[4]]) for c in _cases}  # before any answer runs
+passed = check_function(
+    "11.1 sequences_that_fit",
+    _library_refused(sequences_that_fit, [(mm.ModelArgs, ["kv_cache_bytes", "kv_bytes_per_token", "cache_slots"]),
+                                          (planner, ["max_batch_size", "plan", "recommend"])]),
+    lambda *case: _want[(id(case[0]),) + case[1:]], _cases,
+    labels=["7B bf16 on 80 GB, 32,768-token conversations", "the same model without a sliding window",
+            "T4: int8 weights, 1,000-token conversations", "bf16 weights that do not fit in 12 GB",
+            "exactly 7 windows of room, 32,768-token conversations", "one byte less than 7 windows, 5,000 tokens",
+            "tiny model, float32 cache", "tiny model without a window, int8 cache"],
+    hint="per sequence the cache keeps, in every layer, one key and one value vector per KV head for each token "
+         "it holds; how many tokens does a rolling buffer hold? The answer is a whole number of sequences")
+
+# %% [markdown]
+# The library's version (`planner.max_batch_size`) on the case that motivates the sliding window: long
+# conversations on one 80 GB GPU beside the bf16 7B.
+
+# %%
+print(f"80 GB, bf16 7B, 32,768-token conversations: {planner.max_batch_size(seven_b, 80 * 10**9, _bf16_7b, 32768)} "
+      f"with the rolling cache, {planner.max_batch_size(_no_window, 80 * 10**9, _bf16_7b, 32768)} with a full one")
 
 # %% [markdown]
 # ## 3. Loading straight onto the device, quantized on the way if the plan says so
@@ -253,7 +356,7 @@ free_memory()
 if DEVICE.type == "cuda":
     torch.cuda.reset_peak_memory_stats()
 start = time.perf_counter()
-model = mm.load_checkpoint(CHECKPOINT, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE, group_size=GROUP_SIZE,
+model = mm.load_checkpoint(FOLDER, device=DEVICE, dtype=DTYPE, quantize=QUANTIZE, group_size=GROUP_SIZE,
                            working=SMALLEST, progress=REAL)
 sync()
 load_s = time.perf_counter() - start
@@ -272,7 +375,7 @@ print(f"{args.num_params():,} parameters in {held / 1e6:,.1f} MB ({PLAN.setting(
 # ## 4. Generating text
 #
 # Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has read it
-# many times; the small one was trained on nothing else.
+# many times; the small one was trained on nothing but the King James Bible.
 
 # %%
 PROMPT = "In the beginning God created the heaven and the earth. And the earth was"
@@ -310,7 +413,8 @@ L, H = args.n_layers, args.n_heads
 
 # %% [markdown]
 # First, all the query heads of one middle layer, grouped by the KV head they share (GQA, notebook 04).
-# Each map is lower-triangular (causal); the bright column at the left is the first token.
+# Each map is lower-triangular (causal); the left column is the first token, `<s>`. In the stored picture
+# (the small model) it is bright mostly for the first few queries, which have few keys to choose from.
 
 # %%
 fig = viz.plot_head_grid(cap, layer=L // 2, tokens=labels)
@@ -320,8 +424,9 @@ plt.show()
 # Layers and heads side by side: rows are layers from the first to the last, columns a few heads (one per
 # KV group). In large trained models the first layers spread their attention or look at nearby tokens,
 # while many heads of later layers pile it onto the first token (Xiao et al., 2023, show this for
-# Llama-2 and other models). The small model, 4 layers trained for minutes, has sharper and less regular
-# heads: many single out one earlier word.
+# Llama-2 and other models). The stored pictures are the small model's (4 layers, trained for minutes):
+# its heads are less regular, and several single out one earlier word for many queries in a row (the
+# bright vertical stripes).
 
 # %%
 show_layers = sorted(set([0, 1, L // 2, L - 1]))
@@ -345,10 +450,12 @@ plt.show()
 # Softmax must hand out a total of 1. A head that has nothing useful to read still has to put its
 # attention somewhere, and trained models learn to park it on the first token (the BOS token `<s>`),
 # whose value vector carries little: an **attention sink** (Xiao et al., 2023, "Efficient Streaming
-# Language Models with Attention Sinks"). The figure shows, for each layer and head, the mean attention
-# that queries put on position 0, against what spreading it evenly would give. On the real 7B most
-# layers sit far to the right of the even line; the small model stays close to it: sinks are a habit
-# of large models trained on long texts.
+# Language Models with Attention Sinks"). In Llama-2-7B they found that beyond the bottom two layers the
+# model attends heavily to the first token in every layer and head. The figure shows, for each layer and
+# head, the mean attention that queries put on position 0, against what spreading it evenly would give.
+# The stored figure is the small model's, and it has no sink to speak of: its layers sit near the even
+# line. Run the notebook with the weights to see whether Mistral 7B's layers sit far to its right, as
+# Llama-2's do.
 
 # %%
 fig = viz.plot_attention_sinks(cap)
@@ -361,33 +468,9 @@ print("mean attention on token 0 by layer:", [round(v, 2) for v in sink.tolist()
 # ### Heads that look at the previous token
 #
 # Some heads put most of their attention on the token right before the query: the building block of
-# "induction heads", which copy what followed an earlier occurrence of the current token.
-#
-# ### Exercise 11.2: a previous-token score
-#
-# Write `previous_token_score(probs)`: `probs` has shape (heads, T, T), one causal map per head for a
-# sequence starting at position 0. Return a tensor of shape (heads,): for each head, the attention that
-# queries $1, \dots, T-1$ put on the key just before them, averaged over those queries.
-
-# %% nbgrader={"grade": false, "grade_id": "ex11_2_previous_token_score-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def previous_token_score(probs: torch.Tensor) -> torch.Tensor:
-    ### BEGIN SOLUTION
-    return torch.diagonal(probs, offset=-1, dim1=-2, dim2=-1).mean(-1)
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex11_2_previous_token_score-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def _previous_token_loop(probs):
-    H_, T_, _ = probs.shape
-    return torch.tensor([sum(probs[h, i, i - 1].item() for i in range(1, T_)) / (T_ - 1) for h in range(H_)])
-
-
-_g = torch.Generator().manual_seed(0)
-_maps = [torch.softmax(torch.randn(h, t, t, generator=_g).masked_fill(~mm.causal_mask(t), float("-inf")), -1)
-         for h, t in [(4, 6), (1, 2), (8, 13)]]
-passed = check_function("11.2 previous_token_score", previous_token_score, _previous_token_loop,
-                        [(m,) for m in _maps] + [(cap.probs[0][0].float().cpu(),)],
-                        hint="probs[h, i, i - 1] for i = 1..T-1 is the diagonal just below the main one")
+# "induction heads" (Olsson et al., 2022), which copy what followed an earlier occurrence of the current
+# token. The sentence starts at position 0 and its keys are in order, so the key just before query $i$ is
+# column $i - 1$, and a head's previous-token score is the mean of the diagonal just below the main one.
 
 # %%
 score = torch.stack([torch.diagonal(cap.probs[l][0].float(), offset=-1, dim1=-2, dim2=-1).mean(-1)
@@ -422,9 +505,9 @@ free_memory()
 #
 # A prompt longer than the window: $W + W/4$ tokens of the King James Bible (5,120 tokens for the 7B,
 # whose window is 4,096), prefilled in chunks through one rolling cache, then 32 tokens decoded one at a
-# time. The chunk size is the planner's (`CHUNK`: $W/4$ where memory allows, else $W/8$ or $W/16$): each
-# chunk's queries see the $W$ cached keys plus their own, and the attention of the last chunk is recorded
-# below. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
+# time. The chunk size is the planner's (`CHUNK`: $W/4$ where memory allows, else $W/8$ or $W/16$): once
+# the cache is full, a chunk's queries see its $W$ cached keys plus their own, and the attention of the
+# last chunk is recorded below. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
 # allocated. A full cache would keep growing with every token; the rolling buffer is allocated once,
 # with its $W$ slots, and never grows.
 
@@ -502,6 +585,75 @@ plt.show()
 # $32 \times 5{,}120 \times 5{,}120$ scores at once, about 7 GB for the 7B: chunks keep it to what the
 # planner allowed.)
 
+# %% [markdown]
+# ### Exercise 11.2: attention at a distance, read from a cache
+#
+# In the long prompt's record neither shortcut of the previous-token score holds: its queries are the
+# last chunk of the prompt, at positions far from 0, and its keys come in the cache's slot order (position
+# $p$ sits in slot $p \bmod W$; in this record the ring has just filled, but once it wraps the newest
+# positions sit left of the oldest, as the slot picture above shows) followed by the chunk's own. `cap_long.attention(layer, head)` returns a map with the
+# absolute position of each of its rows (`q_pos`) and columns (`k_pos`).
+#
+# Write `attention_at_distance(probs, q_pos, k_pos, d)`: `probs` has shape (heads, queries, keys), one map
+# per head whose row $r$ belongs to the query at position `q_pos[r]` and column $c$ to the key at
+# position `k_pos[c]` (any order). Return a float32 tensor of shape (heads,): for each head, the attention
+# its queries put on the key exactly `d` positions before them, averaged over the queries that have such
+# a key in the map. (`d = 1` is the previous-token score; the curves of the figure below are this at every
+# distance.) The check refuses the library's `_distance_profile`, which draws that figure.
+
+# %% nbgrader={"grade": false, "grade_id": "ex11_2_attention_at_distance-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def attention_at_distance(probs: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor, d: int) -> torch.Tensor:
+    ### BEGIN SOLUTION
+    match = (q_pos[:, None] - k_pos[None, :]) == d  # (queries, keys): the key d back, where it is in the map
+    has = match.any(1)  # (queries,)
+    picked = (probs.float() * match).sum(-1)  # (heads, queries)
+    return picked[:, has].mean(-1)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex11_2_attention_at_distance-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.viz import plots as _plots
+
+
+def _at_distance_reference(probs, q_pos, k_pos, d):  # the figure's own curves, read at distance d
+    out = []
+    for h in range(probs.shape[0]):
+        dist, mean = _plots._distance_profile(probs[h], q_pos, k_pos)
+        out.append(float(mean[list(dist).index(d)]))
+    return torch.tensor(out)
+
+
+def _causal_maps(heads, q_pos, k_pos, window, seed):
+    """Random attention maps over keys in any order: key visible iff q - window < k <= q."""
+    visible = (k_pos[None, :] <= q_pos[:, None]) & (k_pos[None, :] > q_pos[:, None] - window)
+    scores = torch.randn(heads, len(q_pos), len(k_pos), generator=torch.Generator().manual_seed(seed))
+    return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
+
+
+_slots = torch.tensor([5, 6, 2, 3, 4, 7, 8, 9])  # a 5-slot rolling cache after position 6, then a chunk 7..9
+_q = torch.tensor([7, 8, 9])
+_short = torch.arange(6)
+_long = [(cap_long.probs[lay][0].float().clone(), cap_long.q_positions[lay].clone(), cap_long.k_positions[lay].clone())
+         for lay in (0, last)]  # copies: the figure below reads the record
+_cases = [(_causal_maps(4, _short, _short, 99, 1), _short, _short, 1),
+          (_causal_maps(2, _short, _short, 99, 2), _short, _short, 3),
+          (_causal_maps(3, _q, _slots, 5, 3), _q, _slots, 1),
+          (_causal_maps(3, _q, _slots, 5, 4), _q, _slots, 4),
+          (_causal_maps(1, _q, _slots, 5, 5), _q, _slots, 0),
+          (*_long[0], 1), (*_long[1], W - 1), (*_long[1], 7)]
+_expected = {(id(case[0]), case[3]): _at_distance_reference(*case) for case in _cases}  # before any answer runs
+passed = check_function(
+    "11.2 attention_at_distance",
+    _library_refused(attention_at_distance, [(_plots, ["_distance_profile", "plot_attention_distance"])]),
+    lambda probs, q_pos, k_pos, d: _expected[(id(probs), d)], _cases,
+    labels=["6 tokens from position 0, previous token", "6 tokens from position 0, distance 3",
+            "a chunk at positions 7-9 over a 5-slot cache (keys in slot order), previous token",
+            "the same, distance 4 (the window's edge)", "the same, distance 0 (each query itself)",
+            "this notebook's long-prompt record, layer 0, previous token",
+            f"the record's last layer, distance W - 1 = {W - 1}", "the record's last layer, distance 7"],
+    hint="column c of the map is the key at position k_pos[c], not at position c; and a query counts only if "
+         "its key d back is one of the columns")
+
 # %%
 for layer in (0, last):
     distance = cap_long.q_positions[layer][:, None] - cap_long.k_positions[layer][None, :]  # (queries, keys)
@@ -523,11 +675,13 @@ free_memory()
 # token) and **decode** (one token per forward pass). At batch 1, each decoded token reads every weight
 # once, so decode speed is bounded by memory bandwidth: 14.5 GB per token on a GPU reading ~3 to 5 TB/s is
 # a ceiling of a few hundred tokens per second. This teaching model launches about 1,700 small kernels
-# per token from Python, so it lands well below that ceiling: on an H200, 27 tokens/s against a ceiling of
-# 282. Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
+# per token from Python, so it lands well below that ceiling: on an H200 (the 7B's shapes, random bf16
+# weights: speed does not depend on the values), 27 tokens/s against a ceiling of 282. Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
 # GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are fewer bytes to read per
-# token (7.5 GB in int8); on a CPU, `python -m minimistral.bench --load --device cpu --quantize int8 int4`
-# measures the 7B's load and decode speed.
+# token (7.5 GB in int8) where a kernel reads them as they are stored, not where each weight is
+# dequantized first (the T4, see the table's notes). On a CPU,
+# `python -m minimistral.bench --load --device cpu --quantize int8 int4` measures the 7B's load and decode
+# speed.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -559,13 +713,16 @@ if DEVICE.type == "cuda":
 # ## Summary
 #
 # - The weights come from the Hugging Face Hub (gated; HF layout) or Mistral's release (consolidated
-#   layout); `MINIMISTRAL_CHECKPOINT` or `CHECKPOINT` points the notebook at the folder.
+#   layout); `CHECKPOINT` in the settings cell (or `MINIMISTRAL_CHECKPOINT`) points the notebook at the
+#   folder, on any system; on Colab the settings cell downloads them onto the runtime's disk.
 # - The config tells the memory bill before loading: 14.5 GB of bf16 weights (7.5 GB in int8, 4.9 GB in
 #   4-bit groups of 32) plus 0.54 GB of rolling cache per sequence plus what the notebook draws. The planner
 #   picks the device, the dtype and the quantization that fit; `mm.load_checkpoint` streams (and quantizes)
 #   the weights tensor by tensor and refuses a load that would not fit.
-# - Trained attention is structured: heads park spare attention on the first token (a sink), and some
-#   heads attend to the previous token.
+# - Trained attention is structured: some heads attend to the previous token, others to one earlier
+#   word; large trained models park spare attention on the first token (a sink: Xiao et al. show it in
+#   Llama-2), which the small model of the stored outputs does not do. Mistral 7B's run shows whether it does.
+# - Reading attention from a cache means reading positions, not indices: keys sit in slot order.
 # - Past the window, the rolling cache's memory stays flat while the slots wrap.
 # - Decoding at batch 1 is bound by memory bandwidth; the teaching model is far from that bound.
 #

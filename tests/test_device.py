@@ -30,13 +30,119 @@ def test_choose_device_override(monkeypatch):
     monkeypatch.setenv("MINIMISTRAL_DEVICE", "mps")
     assert choose_device().type == "mps"
     simulate(monkeypatch, cuda=False, mps=False)
-    with pytest.raises(ValueError, match=r"device 'cuda' was asked for .*no CUDA device.*use 'cpu'"):
+    with pytest.raises(ValueError, match=r"prefer='cuda', but PyTorch sees no CUDA device here: use 'cpu'"):
         choose_device("cuda")
     monkeypatch.setenv("MINIMISTRAL_DEVICE", "mps")
-    with pytest.raises(ValueError, match="no MPS device"):
+    with pytest.raises(ValueError, match="MINIMISTRAL_DEVICE='mps', but PyTorch sees no MPS device"):
         choose_device()
-    with pytest.raises(ValueError, match="'tpu'"):
+    with pytest.raises(ValueError, match="prefer='tpu' is not a device"):
         choose_device("tpu")
+
+
+@pytest.mark.parametrize("value,why", [
+    ("CPU", r"lower case: 'cpu'"), ("Cuda", r"lower case: 'cuda'"), ("cpu:3", "is not a device"),
+    ("mps:1", "is not a device"), (" cuda", r"lower case: 'cuda'"), ("gpu", "is not a device"),
+    ("cuda:-1", "is not a device"), ("cuda:4", r"has 2 CUDA device\(s\): use 'cuda:0' to 'cuda:1'"),
+])
+def test_bad_device_variable_is_named(monkeypatch, value, why):
+    simulate(monkeypatch, cuda=True, mps=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("MINIMISTRAL_DEVICE", value)
+    with pytest.raises(ValueError, match=rf"^MINIMISTRAL_DEVICE={value!r}.*{why}"):
+        choose_device()
+    monkeypatch.setenv("MINIMISTRAL_DEVICE", "cuda:1")
+    assert choose_device() == torch.device("cuda:1")
+
+
+@pytest.mark.parametrize("value", ["int4:abc", "int8:32", "int4:48", "int4:128.0", "fp8", "int4:", "8"])
+def test_bad_quantize_variable_is_named(value):
+    with pytest.raises(ValueError, match=rf"^MINIMISTRAL_QUANTIZE={value!r} is not a quantization setting"):
+        dev.settings(environ={"MINIMISTRAL_QUANTIZE": value})
+
+
+def test_settings_cell_and_environment(monkeypatch, tmp_path):
+    simulate(monkeypatch, cuda=False, mps=False)
+    s = dev.settings(environ={})
+    assert (s.checkpoint, s.device, s.quantize) == (None, torch.device("cpu"), "auto")
+    s = dev.settings(str(tmp_path), "cpu", "int4:64", environ={})
+    assert (s.checkpoint, s.quantize, s.group_size) == (tmp_path, "int4", 64)
+    assert s.sources == {"checkpoint": "CHECKPOINT", "device": "DEVICE", "quantize": "QUANTIZE"}
+    s = dev.settings("", "", "int8", environ={"MINIMISTRAL_CHECKPOINT": str(tmp_path), "MINIMISTRAL_QUANTIZE": "none"})
+    assert (s.checkpoint, s.quantize) == (tmp_path, None) and s.sources["quantize"] == "MINIMISTRAL_QUANTIZE"
+    assert "set by MINIMISTRAL_QUANTIZE" in s.describe() and "set in the cell" not in s.describe()
+    with pytest.raises(FileNotFoundError, match=r"^MINIMISTRAL_CHECKPOINT='.*nowhere': no such folder"):
+        dev.settings(environ={"MINIMISTRAL_CHECKPOINT": str(tmp_path / "nowhere")})
+    with pytest.raises(FileNotFoundError, match=r"^CHECKPOINT='.*nowhere': no such folder"):
+        dev.settings(str(tmp_path / "nowhere"), environ={})
+    with pytest.raises(ValueError, match=r"^DEVICE='mps', but PyTorch sees no MPS device"):
+        dev.settings(device="mps", environ={})
+
+
+def test_host_memory_is_psutils(monkeypatch):
+    """One reader, on every system: psutil's available memory, not /proc or os.sysconf."""
+    import collections
+
+    import psutil
+
+    from minimistral import validate
+    mem = collections.namedtuple("svmem", "total available")(16 * 2**30, 7 * 2**30 + 5)
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: mem)
+    assert validate.host_memory_available() == dev.host_available() == 7 * 2**30 + 5
+    assert dev.free_memory("cpu") == (7 * 2**30 + 5, "of available RAM")
+    with pytest.raises(MemoryError, match=r"needs 8\.0 GB of host memory, 7\.5 GB available"):
+        validate.check_host_memory(8 * 10**9)
+
+
+def test_mps_free_memory_is_the_smaller_of_ram_and_metal(monkeypatch):
+    monkeypatch.setattr(torch.mps, "recommended_max_memory", lambda: 11 * 10**9)
+    monkeypatch.setattr(torch.mps, "driver_allocated_memory", lambda: 10**9)
+    monkeypatch.setattr(dev, "host_available", lambda: 6 * 10**9)
+    free, what = dev.free_memory("mps")
+    assert free == 6 * 10**9 and "other apps" in what and "Metal alone would allow 10.0 GB" in what
+    monkeypatch.setattr(dev, "host_available", lambda: 20 * 10**9)
+    free, what = dev.free_memory("mps")
+    assert free == 10 * 10**9 and "Metal" in what and "20.0 GB of RAM available" in what
+
+
+def test_unified_plan_counts_the_mapped_tensor():
+    cuda = plan(SEVEN_B, torch.bfloat16, "int8", working=0)
+    mps = plan(SEVEN_B, torch.bfloat16, "int8", working=0, unified=True)
+    assert cuda.mapped == 0 and mps.mapped == 32000 * 4096 * 2  # the embedding's pages in the bf16 file
+    assert mps.total == cuda.total + mps.mapped and "mapped file 0.26" in mps.describe()
+    assert recommend(SEVEN_B, "mps", free=cuda.total + 1, mps_bf16=True, working=0).quantize == "int4"
+
+
+def test_max_batch_size_by_hand():
+    w = dev.weights_bytes(SEVEN_B)
+    per_window = 4096 * 32 * 2 * 8 * 128 * 2  # tokens kept x layers x (k, v) x KV heads x head_dim x bytes
+    assert dev.max_batch_size(SEVEN_B, w + 7 * per_window, w, 32768) == 7
+    assert dev.max_batch_size(SEVEN_B, w + 7 * per_window - 1, w, 5000) == 6
+    assert dev.max_batch_size(SEVEN_B, w + 100 * 2**20, w, 100) == 100 * 2**20 // (100 * per_window // 4096)
+    assert dev.max_batch_size(SEVEN_B.replace(sliding_window=None), w + 7 * per_window, w, 32768) == 0
+    assert dev.max_batch_size(SEVEN_B, w - 1, w, 10) == 0
+
+
+def test_live_memory_without_proc(monkeypatch):
+    """bench.memory: RssAnon where Linux has it, psutil's RSS where there is no /proc."""
+    import builtins
+
+    import psutil
+
+    from minimistral.bench import memory
+    real_open = builtins.open
+
+    def no_proc(file, *a, **k):
+        if str(file) == "/proc/self/status":  # psutil itself reads /proc on Linux: only our reader is refused
+            raise FileNotFoundError(file)
+        return real_open(file, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_proc)
+    with pytest.raises(FileNotFoundError):
+        memory.rss_anon()
+    assert memory.live_memory() == pytest.approx(psutil.Process().memory_info().rss, rel=0.2)
+    sampler = memory.PeakSampler(every=0.001)
+    sampler.start()
+    assert sampler.stop() > 0
 
 
 @pytest.mark.parametrize("device,kw,expected", [

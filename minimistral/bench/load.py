@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .memory import PeakSampler, rss_anon
+from .memory import PeakSampler, live_memory
 
 PRESETS = ("7b", "tiny")
 _GB = 1e9
@@ -77,7 +77,7 @@ def _child(which: str, path: str, device: str, logits_out: str, quantize=None, g
         torch.zeros(1, device=device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    before = rss_anon()
+    before = live_memory()
     sampler = PeakSampler()
     sampler.start()
     t0 = time.perf_counter()
