@@ -106,20 +106,3 @@ def check_logits(logits: torch.Tensor, where: str) -> None:
             f"non-finite logits {where} (batch row {row}: {what}): the model's weights or activations are "
             "not finite (NaN/inf weights, or an overflow in float16: try bfloat16 or float32)")
 
-
-def quantize_setting(value: str, variable: str = "MINIMISTRAL_QUANTIZE", default_group: int = 32):
-    """A quantization setting as text ("none", "int8", "int4" or "int4:G", from an environment variable)
-    -> (mode or None, group size). Anything else raises ValueError naming the variable and its value."""
-    from .quant import GROUP_SIZES, MODES
-    mode, sep, group = str(value).strip().partition(":")
-    mode = mode.lower()
-    hint = f"use none, int8, int4 or int4:G with G in {GROUP_SIZES}"
-    if mode not in ("none", *MODES):
-        raise ValueError(f"{variable}={value!r}: {mode!r} is not a quantization mode; {hint}")
-    if sep and mode != "int4":
-        raise ValueError(f"{variable}={value!r}: only int4 takes a group size after ':'; {hint}")
-    if not sep:
-        return (None if mode == "none" else mode), default_group
-    if not group.strip().isdigit() or int(group) not in GROUP_SIZES:
-        raise ValueError(f"{variable}={value!r}: the group size {group!r} is not one of {GROUP_SIZES}; {hint}")
-    return mode, int(group)
