@@ -38,7 +38,8 @@ DISPLAY_PRIORITY = ["text/html", "text/markdown", "image/svg+xml", "text/latex",
                     "text/plain"]
 WIDGET_NOTE = ("<div class=\"mm-widget-note\">An interactive widget is here in the notebook: open it in JupyterLab "
                "to use it (a static page has no kernel to drive it).</div>")
-NOTEBOOK_NAME = re.compile(r"^(\d\d)_[A-Za-z0-9_]+$")
+EXPLORER_NOTE = ("<div class=\"mm-widget-note\">Above: the first picture of an explorer ({}). In JupyterLab its sliders "
+                 "redraw it.</div>")
 
 
 @dataclass
@@ -124,6 +125,8 @@ def rewrite_links(markdown: str, folder: Path, pages: dict[Path, str]) -> str:
         if "://" in target or target.startswith(("#", "mailto:", "data:")):
             return m.group(0)
         path, _, frag = target.partition("#")
+        if path in pages.values():  # already a page of the site
+            return m.group(0)
         page = pages.get((folder / path).resolve())
         if page is None:
             return f"{pre}#{post}" if pre.startswith("]") else m.group(0)  # dropped below
@@ -145,14 +148,19 @@ def _static_outputs(cell) -> int:
     pictures, outputs = 0, []
     for out in cell.get("outputs", []):
         data = out.get("data")
+        caption = None
         if data is not None and WIDGET_VIEW in data:
             del data[WIDGET_VIEW]
             if not any(t in data for t in IMAGE_TYPES):
                 out = nbformat.v4.new_output("display_data", data={"text/html": WIDGET_NOTE,
                                                                    "text/plain": "(interactive widget)"})
+            else:  # an explorer: its stored first picture, and what it does in JupyterLab
+                caption = nbformat.v4.new_output("display_data", data={
+                    "text/html": EXPLORER_NOTE.format(html.escape(data.get("text/plain", "an explorer"))),
+                    "text/plain": "(explorer)"})
         if data is not None and any(t in out.get("data", {}) for t in IMAGE_TYPES):
             pictures += 1
-        outputs.append(out)
+        outputs += [out] + ([caption] if caption else [])
     cell.outputs = outputs
     return pictures
 
@@ -269,6 +277,19 @@ MathJax.Hub.Queue(function () { document.body.setAttribute("data-math", "done");
 {%- endif -%}
 {% endblock input_group %}
 {%- block data_widget_view scoped -%}{%- endblock data_widget_view -%}
+{#- The course's own code, highlighted by pygments (which escapes it): no second pass through an HTML cleaner -#}
+{% block input %}
+<div class="jp-CodeMirrorEditor jp-Editor jp-InputArea-editor" data-type="inline">
+     <div class="cm-editor cm-s-jupyter">
+{{ cell.source | highlight_code(metadata=cell.metadata) }}
+     </div>
+</div>
+{%- endblock input %}
+{% block data_png scoped %}
+<div class="jp-RenderedImage jp-OutputArea-output {{ extra_class }}">
+<img alt="a figure drawn by the code above" src="data:image/png;base64,{{ output.data['image/png'] | escape_html }}">
+</div>
+{%- endblock data_png %}
 """
 
 SITE_CSS = """
@@ -287,6 +308,8 @@ details.mm-fold[open] > summary { margin-bottom: 0.3em; }
 .mm-widget-note { padding: 0.5em 0.8em; background: #eef4fb; border-left: 3px solid #7a9cc6;
   font-family: var(--jp-ui-font-family); font-size: 13px; }
 .jp-RenderedImage img { max-width: 100%; height: auto; }
+.jp-RenderedMarkdown a code { color: var(--jp-content-link-color, #1a5fb4); }
+.jp-RenderedMarkdown pre { background: #f5f5f5; padding: 0.5em 0.8em; border-radius: 3px; overflow-x: auto; }
 """
 
 LAB_CSS_EXTRA = """
@@ -304,7 +327,22 @@ a.anchor-link { display: none; }
 def _exporter():
     import jinja2
     from nbconvert import HTMLExporter
-    exporter = HTMLExporter(template_name="lab", extra_loaders=[jinja2.DictLoader({"mm_site.html.j2": TEMPLATE})],
+    from nbconvert.exporters.templateexporter import TemplateExporter
+    from nbconvert.filters.highlight import Highlight2HTML
+
+    class SiteExporter(HTMLExporter):
+        """HTMLExporter without its last step, which re-parses each page with BeautifulSoup to add alt texts
+        (a third of the build time): the template above writes them."""
+
+        def from_notebook_node(self, nb, resources=None, **kw):
+            lang = nb.metadata.get("language_info", {})
+            self.register_filter("highlight_code", Highlight2HTML(
+                pygments_lexer=lang.get("pygments_lexer", lang.get("name")), parent=self))
+            return TemplateExporter.from_notebook_node(self, nb, resources, **kw)
+
+    from traitlets.config import Config
+    priority = Config({"NbConvertBase": {"display_data_priority": DISPLAY_PRIORITY}})  # no widget type
+    exporter = SiteExporter(config=priority, template_name="lab", extra_loaders=[jinja2.DictLoader({"mm_site.html.j2": TEMPLATE})],
                             template_file="mm_site.html.j2")
     exporter.exclude_input_prompt = False
     return exporter
