@@ -149,10 +149,10 @@ def test_every_page_in_chromium(sites, browser, edition):
     try:
         for k, page_info in enumerate(built.pages):
             name = page_info.name
-            failed, outside, errors = [], [], []
+            failed, outside, errors = {}, [], []  # failed: url -> why (a 404 also fails the request: once)
             page = ctx.new_page()
-            page.on("requestfailed", lambda r: failed.append(f"{r.url} ({r.failure})"))
-            page.on("response", lambda r: r.status >= 400 and failed.append(f"{r.url} (HTTP {r.status})"))
+            page.on("requestfailed", lambda r: failed.setdefault(r.url, r.failure))
+            page.on("response", lambda r: r.status >= 400 and failed.setdefault(r.url, f"HTTP {r.status}"))
             page.on("request", lambda r: r.url.startswith(("http:", "https:")) and not r.url.startswith(base)
                     and outside.append(r.url))
             page.on("console", lambda m: m.type == "error" and errors.append(m.text))
@@ -172,7 +172,7 @@ def test_every_page_in_chromium(sites, browser, edition):
             if info["rendered"] != stored or info["images"] != stored:
                 mine.append(f"{info['rendered']} of {info['images']} pictures rendered, {stored} stored")
             if failed:
-                mine.append(f"failed requests: {failed[:3]}")
+                mine.append(f"failed requests: {list(failed.items())[:3]}")
             if outside:
                 mine.append(f"requests to other hosts: {outside[:3]}")
             if errors:

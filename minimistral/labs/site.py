@@ -308,6 +308,9 @@ details.mm-fold[open] > summary { margin-bottom: 0.3em; }
 .mm-widget-note { padding: 0.5em 0.8em; background: #eef4fb; border-left: 3px solid #7a9cc6;
   font-family: var(--jp-ui-font-family); font-size: 13px; }
 .jp-RenderedImage img { max-width: 100%; height: auto; }
+/* MathJax's hidden MathML for screen readers asks for TeX web fonts (\\mathcal, \\mathbb) that the MathJax
+   package does not ship: a plain font there, so no request fails; the visible maths uses STIX-Web */
+.MJX_Assistive_MathML, .MJX_Assistive_MathML * { font-family: serif !important; }
 .jp-RenderedMarkdown a code { color: var(--jp-content-link-color, #1a5fb4); }
 .jp-RenderedMarkdown pre { background: #f5f5f5; padding: 0.5em 0.8em; border-radius: 3px; overflow-x: auto; }
 """
