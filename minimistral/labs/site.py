@@ -38,8 +38,8 @@ DISPLAY_PRIORITY = ["text/html", "text/markdown", "image/svg+xml", "text/latex",
                     "text/plain"]
 WIDGET_NOTE = ("<div class=\"mm-widget-note\">An interactive widget is here in the notebook: open it in JupyterLab "
                "to use it (a static page has no kernel to drive it).</div>")
-EXPLORER_NOTE = ("<div class=\"mm-widget-note\">Above: the first picture of an explorer ({}). In JupyterLab its sliders "
-                 "redraw it.</div>")
+EXPLORER_NOTE = ("<div class=\"mm-widget-note\"><b>Explorer</b>: {}. This page shows its first picture; in JupyterLab "
+                 "its controls redraw it.</div>")
 
 
 @dataclass
@@ -142,6 +142,15 @@ def _code_names(markdown: str, stems: set[str]) -> str:
                   markdown)
 
 
+TEXT_IN_MATH = re.compile(r"\\text\{([^{}]*)\}")
+
+
+def _text_escapes(markdown: str) -> str:
+    """`\\text{head\\_dim}` shows its backslash under MathJax 2 (which does not read escapes in text mode;
+    JupyterLab's MathJax 3 does): the site writes `\\text{head_dim}`."""
+    return TEXT_IN_MATH.sub(lambda m: "\\text{" + re.sub(r"\\([_%&#$])", r"\1", m.group(1)) + "}", markdown)
+
+
 def _static_outputs(cell) -> int:
     """Drop the widget views (a static page cannot run them); keep an explorer's stored picture, and put a
     note where a widget left nothing to see. Returns the number of pictures left in the cell."""
@@ -198,7 +207,7 @@ def prepare_notebook(path: Path, solutions: bool, pages: dict[Path, str], stems:
     pictures = 0
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            cell.source = rewrite_links(_code_names(cell.source, stems), path.parent, pages)
+            cell.source = _text_escapes(rewrite_links(_code_names(cell.source, stems), path.parent, pages))
             pictures += len(re.findall(r"!\[[^\]]*\]\(|<img\b", cell.source))
         elif cell.cell_type == "code":
             pictures += _static_outputs(cell)
@@ -304,6 +313,7 @@ SITE_CSS = """
 main { max-width: 1100px; margin: 0 auto; padding: 1em 1.2em 2em; }
 details.mm-fold > summary { cursor: pointer; color: #8a5a00; font-family: var(--jp-ui-font-family);
   font-size: 13px; padding: 0.3em 0.6em; background: #fff7e0; border: 1px solid #f0d58c; border-radius: 3px; }
+details.mm-fold > summary { margin-left: calc(var(--jp-cell-prompt-width, 64px) + 4px); }
 details.mm-fold[open] > summary { margin-bottom: 0.3em; }
 .mm-widget-note { padding: 0.5em 0.8em; background: #eef4fb; border-left: 3px solid #7a9cc6;
   font-family: var(--jp-ui-font-family); font-size: 13px; }
