@@ -240,3 +240,48 @@ def test_explorer_without_ipywidgets_is_a_static_picture(monkeypatch):
     w = viz.explorer(_draw_showing, "clock", position=(3, 0, 10))
     assert isinstance(w, viz.StaticExplorer) and w._repr_mimebundle_()["image/png"]
     assert not plt.get_fignums()
+
+
+PNG_1PX = ("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==")
+
+
+def test_links_pictures_and_widgets_of_a_small_course(tmp_path):
+    """A course of two notebooks written here: links between them become page links, a link to a file the site
+    does not carry becomes text, a picture beside a notebook travels with it, and a widget shows its PNG or a note."""
+    import base64
+    folder = tmp_path / "course"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "d.png").write_bytes(base64.b64decode(PNG_1PX))
+    one = nbformat.v4.new_notebook()
+    one.cells = [
+        nbformat.v4.new_markdown_cell("# 01 · One\n\nNext: [two](02_two.ipynb#Part-2), the [code](../lib.py), "
+                                      "a picture ![diagram](img/d.png) and $x^2$."),
+        nbformat.v4.new_code_cell("show()", outputs=[
+            nbformat.v4.new_output("display_data", data={"image/png": PNG_1PX, "text/plain": "<Figure>"}),
+            nbformat.v4.new_output("display_data", data={  # an explorer: widget view and its first picture
+                "application/vnd.jupyter.widget-view+json": {"model_id": "a", "version_major": 2,
+                                                             "version_minor": 0},
+                "image/png": PNG_1PX, "text/plain": "mask explorer (seq_len=4)"}),
+            nbformat.v4.new_output("display_data", data={  # a bare widget: nothing to show without a kernel
+                "application/vnd.jupyter.widget-view+json": {"model_id": "b", "version_major": 2,
+                                                             "version_minor": 0},
+                "text/plain": "VBox(children=(IntSlider(value=1),))"})])]
+    one.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    two = nbformat.v4.new_notebook()
+    two.cells = [nbformat.v4.new_markdown_cell("# 02 · Two\n\n## Part 2\n\nBack to [one](01_one.ipynb).")]
+    nbformat.write(one, folder / "01_one.ipynb")
+    nbformat.write(two, folder / "02_two.ipynb")
+    readme = tmp_path / "README.md"
+    readme.write_text("# A course\n\n| nb |\n|---|\n| `01_one` |\n")
+    built = build_site(tmp_path / "out", [folder / "01_one.ipynb", folder / "02_two.ipynb"], readme, None)
+    pages = _pages(built)
+    assert [p.name for p in built.pages] == ["index.html", "01_one.html", "02_two.html"]
+    assert 'href="01_one.html"' in pages["index.html"] and 'href="02_two.html"' in pages["index.html"]
+    page = pages["01_one.html"]
+    assert 'href="02_two.html#Part-2"' in page and "lib.py" not in page.replace("the code", "")
+    assert 'src="img/d.png"' in page and (built.out / "img" / "d.png").read_bytes()[:4] == b"\x89PNG"
+    assert page.count("<img ") == 3  # the markdown picture, the figure, the explorer's picture
+    assert "mask explorer (seq_len=4)" in page and "VBox(children" not in page
+    assert page.count('class="mm-widget-note"') == 2 and WIDGET_STATE not in page
+    assert 'href="01_one.html"' in pages["02_two.html"]
+    assert json.loads((built.out / MARKER).read_text())["pages"][1]["pictures"] == 3

@@ -51,6 +51,7 @@ class Page:
     nb: object = None              # the notebook as rendered (stubbed in the public edition)
     pictures: int = 0              # stored pictures the page must show
     solutions: list = field(default_factory=list)  # solution lines (instructor edition: folded)
+    files: list = field(default_factory=list)      # pictures beside the notebook that its markdown shows
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -116,16 +117,17 @@ def link_map(notebooks: list[Path], readme: Path | None, instructors: Path | Non
 MD_LINK = re.compile(r"(\]\()([^)\s]+)(\))|(\bhref=[\"'])([^\"']+)([\"'])")
 
 
-def rewrite_links(markdown: str, folder: Path, pages: dict[Path, str]) -> str:
-    """Links to the course's files become links to their pages; a relative link to any other file of the
-    repository (which the site does not carry) keeps its text and loses its target."""
+def rewrite_links(markdown: str, folder: Path, pages: dict[Path, str], files: frozenset = frozenset()) -> str:
+    """Links to the course's files become links to their pages; `files` (pictures beside a notebook) travel
+    with the site under the same relative path; a relative link to any other file of the repository (which
+    the site does not carry) keeps its text and loses its target."""
     def one(m):
         pre, target, post = (m.group(1), m.group(2), m.group(3)) if m.group(1) else (m.group(4), m.group(5),
                                                                                      m.group(6))
         if "://" in target or target.startswith(("#", "mailto:", "data:")):
             return m.group(0)
         path, _, frag = target.partition("#")
-        if path in pages.values():  # already a page of the site
+        if path in pages.values() or (folder / path).resolve() in files:  # a page, or a file the site carries
             return m.group(0)
         page = pages.get((folder / path).resolve())
         if page is None:
@@ -187,7 +189,7 @@ def solution_lines(nb, where: str) -> list[str]:
 
 
 def prepare_notebook(path: Path, solutions: bool, pages: dict[Path, str], stems: set[str]) -> Page:
-    from .edition import student_notebook
+    from .edition import local_files, student_notebook
     where = str(path)
     try:
         nb = nbformat.read(path, as_version=4)
@@ -205,9 +207,10 @@ def prepare_notebook(path: Path, solutions: bool, pages: dict[Path, str], stems:
                 cell.source = "\n".join(s for s in cell.source.split("\n") if s.strip() not in (BEGIN, END))
     nb.metadata.pop("widgets", None)  # widget state: only a live kernel (or a CDN renderer) could use it
     pictures = 0
+    files = frozenset(local_files(nb, path.parent))  # pictures the markdown shows from beside the notebook
     for i, cell in enumerate(nb.cells):
         if cell.cell_type == "markdown":
-            cell.source = _text_escapes(rewrite_links(_code_names(cell.source, stems), path.parent, pages))
+            cell.source = _text_escapes(rewrite_links(_code_names(cell.source, stems), path.parent, pages, files))
             pictures += len(re.findall(r"!\[[^\]]*\]\(|<img\b", cell.source))
         elif cell.cell_type == "code":
             pictures += _static_outputs(cell)
@@ -217,7 +220,7 @@ def prepare_notebook(path: Path, solutions: bool, pages: dict[Path, str], stems:
                 cell.metadata["mm_fold"] = "Code (click to show)"
     title = next((line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown"
                   for line in c.source.split("\n") if line.startswith("# ")), path.stem)
-    return Page(page_name(path.stem), title, path, nb, pictures, hidden)
+    return Page(page_name(path.stem), title, path, nb, pictures, hidden, sorted(files))
 
 
 def markdown_page(path: Path, name: str, pages: dict[Path, str], stems: set[str], extra: str = "") -> Page:
@@ -450,6 +453,10 @@ def build_site(out: Path, notebooks: list[Path], readme: Path | None, instructor
             except Exception as e:
                 raise LabsError(f"{page.source}: could not be rendered ({type(e).__name__}: {e})") from e
             (work / page.name).write_text(body, encoding="utf-8")
+            for extra in page.files:  # same path relative to the page as beside the notebook
+                dest = work / extra.relative_to(page.source.parent.resolve())
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(extra, dest)
         manifest = {"edition": "instructor" if solutions else "public",
                     "pages": [{"page": p.name, "title": p.title, "source": p.source.name, "pictures": p.pictures}
                               for p in pages]}
