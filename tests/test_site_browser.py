@@ -131,6 +131,7 @@ def _link_problems(page: str, links: list[str], site: Path, ids_of) -> list[str]
 
 @pytest.mark.parametrize("edition", ["public", "instructor"])
 def test_every_page_in_chromium(sites, browser, edition):
+    from playwright.sync_api import Error as PlaywrightError
     built = sites[edition]
     site = built.out
     want = _expected(solutions=edition == "instructor")
@@ -158,10 +159,15 @@ def test_every_page_in_chromium(sites, browser, edition):
             page.on("console", lambda m: m.type == "error" and errors.append(m.text))
             page.on("pageerror", lambda e: errors.append(str(e)))
             t0 = time.perf_counter()
-            page.goto(base + name, wait_until="load")
-            page.wait_for_selector("body[data-math=done]", timeout=60_000)
-            page.wait_for_load_state("networkidle")
-            info = page.evaluate(PAGE_JS)
+            try:  # generous limits: a busy 2-core machine typesets a page of formulas in seconds, not ms
+                page.goto(base + name, wait_until="load", timeout=120_000)
+                page.wait_for_selector("body[data-math=done]", state="attached", timeout=120_000)
+                page.evaluate("() => document.fonts.ready.then(() => true)")  # MathJax's web fonts in
+                info = page.evaluate(PAGE_JS)
+            except PlaywrightError as e:
+                problems.append(f"{edition}/{name}: did not finish loading ({str(e).splitlines()[0]})")
+                page.close()
+                continue
             seconds = time.perf_counter() - t0
             stored = want[name]["pictures"] if name in want else page_info.pictures
             shot = SHOTS / f"{edition}_{name.replace('.html', '.png')}"
