@@ -50,7 +50,6 @@ class Page:
     source: Path
     nb: object = None              # the notebook as rendered (stubbed in the public edition)
     pictures: int = 0              # stored pictures the page must show
-    solutions: list = field(default_factory=list)  # solution lines (instructor edition: folded)
     files: list = field(default_factory=list)      # pictures beside the notebook that its markdown shows
 
 
@@ -195,7 +194,6 @@ def prepare_notebook(path: Path, solutions: bool, pages: dict[Path, str], stems:
         nb = nbformat.read(path, as_version=4)
     except Exception as e:  # nbformat raises several kinds for a broken file
         raise LabsError(f"{path}: not a readable notebook ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-    hidden = solution_lines(nb, where)
     fold = set()
     if solutions:
         fold = {i for ex in find_exercises(nb, where) for i in ex.solution_cells}
@@ -220,7 +218,7 @@ def prepare_notebook(path: Path, solutions: bool, pages: dict[Path, str], stems:
                 cell.metadata["mm_fold"] = "Code (click to show)"
     title = next((line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown"
                   for line in c.source.split("\n") if line.startswith("# ")), path.stem)
-    return Page(page_name(path.stem), title, path, nb, pictures, hidden, sorted(files))
+    return Page(page_name(path.stem), title, path, nb, pictures, sorted(files))
 
 
 def markdown_page(path: Path, name: str, pages: dict[Path, str], stems: set[str], extra: str = "") -> Page:
@@ -358,8 +356,8 @@ def _exporter():
 
     from traitlets.config import Config
     priority = Config({"NbConvertBase": {"display_data_priority": DISPLAY_PRIORITY}})  # no widget type
-    exporter = SiteExporter(config=priority, template_name="lab", extra_loaders=[jinja2.DictLoader({"mm_site.html.j2": TEMPLATE})],
-                            template_file="mm_site.html.j2")
+    exporter = SiteExporter(config=priority, template_name="lab", template_file="mm_site.html.j2",
+                            extra_loaders=[jinja2.DictLoader({"mm_site.html.j2": TEMPLATE})])
     exporter.exclude_input_prompt = False
     return exporter
 
