@@ -1,4 +1,4 @@
-"""`python -m minimistral.labs student|grade|tag`: the command line."""
+"""`python -m minimistral.labs student|grade|tag|site`: the command line."""
 
 from __future__ import annotations
 
@@ -85,6 +85,12 @@ def main(argv=None) -> int:
     t.add_argument("--check", action="store_true", help="change nothing; exit 1 if a file needs tagging")
     t.add_argument("--no-py", action="store_true", help="leave the .py twins alone")
 
+    w = sub.add_parser("site", help="the course as a static website, from the notebooks' stored outputs")
+    w.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_*.ipynb")
+    w.add_argument("--out", required=True, type=Path, help="a new or empty folder, or a site built before")
+    w.add_argument("--solutions", action="store_true", help="instructor edition: solutions folded under a click")
+    w.add_argument("--force", action="store_true", help="add the site's files to a non-empty folder")
+
     a = p.parse_args(argv)
     try:
         if a.command == "student":
@@ -114,6 +120,14 @@ def main(argv=None) -> int:
             for r in removed:
                 print(f"removed {r}")
             print(f"removed {len(removed)} item(s)" if removed else "nothing to remove")
+            return 0
+        if a.command == "site":
+            from .site import build_site, default_inputs
+            notebooks, readme, instructors = default_inputs()
+            built = build_site(a.out, notebooks_or_default(a.notebooks) if a.notebooks else notebooks, readme,
+                               instructors, solutions=a.solutions, force=a.force)
+            print(f"wrote {len(built.pages)} pages to {a.out} ({'instructor' if a.solutions else 'public'} edition, "
+                  f"{built.bytes / 1e6:.1f} MB, {built.seconds:.1f} s); open {a.out / 'index.html'}")
             return 0
     except LabsError as e:
         print(f"error: {e}", file=sys.stderr)

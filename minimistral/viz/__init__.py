@@ -21,7 +21,8 @@ _LAZY = {  # name -> module that defines it
                      "plot_attention_distance", "plot_attention_sinks", "plot_token_probs"], "plots"),
     **dict.fromkeys(["plot_window_mask", "plot_receptive_field", "plot_cache_slots", "plot_cache_memory"],
                     "cache_plots"),
-    **dict.fromkeys(["StaticExplorer", "attention_explorer", "cache_explorer", "mask_explorer"], "explorers"),
+    **dict.fromkeys(["StaticExplorer", "attention_explorer", "cache_explorer", "mask_explorer", "explorer"],
+                    "explorers"),
 }
 __all__ = ["GiB", "AttentionCapture", "capture_attention", "capture_bytes", "check_capture_size", *_LAZY]
 

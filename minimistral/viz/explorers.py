@@ -1,4 +1,7 @@
-"""Explorers: ipywidgets boxes with sliders whose picture redraws when a slider moves (notebooks 05, 08, 11).
+"""Explorers: ipywidgets boxes with sliders whose picture redraws when a slider moves (notebooks 03, 05, 08, 11).
+
+`explorer(draw, name, **controls)` makes one over any drawing function of a notebook's own; `mask_explorer`,
+`cache_explorer` and `attention_explorer` are the library's.
 
 Their first picture is also part of the cell's output as a plain PNG, so a notebook saved after running
 shows it where widgets cannot be drawn (GitHub, nbviewer, an untrusted notebook); in a live JupyterLab the
@@ -172,6 +175,68 @@ def cache_explorer(window: int = 8, n_tokens: int = 24):
         widgets.jslink((play, "value"), (step, "value"))
     return _explorer_class()("cache explorer", {"_play": play, "tokens": step}, draw,
                              f": W={window}, {n_tokens} tokens; press play or move the slider in JupyterLab")
+
+
+def _control(name, spec):
+    """A slider from (value, lo, hi) or (value, lo, hi, step): integers give an IntSlider, any float a
+    FloatSlider; a list or tuple of strings gives buttons (first one chosen); an ipywidgets control stays."""
+    widgets = _widgets()
+    if hasattr(spec, "value"):  # an ipywidgets control, or one of our stand-ins
+        return spec
+    if isinstance(spec, (list, tuple)) and spec and all(isinstance(v, str) for v in spec):
+        return (widgets.ToggleButtons(options=list(spec), value=spec[0], description=name)
+                if widgets else _Fixed(spec[0]))
+    if not (isinstance(spec, tuple) and len(spec) in (3, 4) and all(isinstance(v, (int, float)) for v in spec)):
+        raise TypeError(f"explorer control {name}={spec!r}: give (value, lo, hi), (value, lo, hi, step), a list of "
+                        "option strings, or an ipywidgets control")
+    value, lo, hi, *step = spec
+    if not lo <= value <= hi:
+        raise ValueError(f"explorer control {name}: value {value} is outside [{lo}, {hi}]")
+    if widgets is None:
+        return _Fixed(value)
+    if all(isinstance(v, int) for v in spec):
+        return widgets.IntSlider(value=value, min=lo, max=hi, step=step[0] if step else 1, description=name,
+                                 continuous_update=False, style={"description_width": "initial"})
+    return widgets.FloatSlider(value=value, min=lo, max=hi, step=step[0] if step else (hi - lo) / 100,
+                               description=name, continuous_update=False, style={"description_width": "initial"})
+
+
+def _figure_of(draw):
+    """Wrap a drawing function so that it returns its Figure. One written for a notebook may instead draw on
+    pyplot's figure and call plt.show(): while it runs, show() does nothing, and the figure it made is taken
+    (so the explorer, not the inline backend, shows it, once)."""
+    def figure(**values):
+        before = set(plt.get_fignums())
+        show, plt.show = plt.show, (lambda *a, **k: None)
+        try:
+            fig = draw(**values)
+        finally:
+            plt.show = show
+        made = [plt.figure(n) for n in plt.get_fignums() if n not in before]
+        if fig is None:
+            if not made:
+                raise ValueError(f"{getattr(draw, '__name__', 'draw')} returned no Figure and drew none")
+            fig = made[-1]
+        for other in made:
+            if other is not fig:
+                plt.close(other)
+        return fig
+    return figure
+
+
+def explorer(draw, name: str = "explorer", note: str = "; move the sliders in JupyterLab", **controls):
+    """Sliders over any drawing function: `draw(**values)` is called with one keyword per control and returns a
+    matplotlib Figure (or draws one and calls plt.show()). Like the library's explorers, its first picture is
+    also a plain PNG in the cell's output, so a saved notebook and the course website show it.
+
+        explorer(draw_clock, "RoPE clock", position=(100, 0, 4096), log10_theta=(4.0, 2.0, 6.0, 0.5))
+    """
+    if not callable(draw):
+        raise TypeError(f"explorer: draw must be a function returning a Figure, not {type(draw).__name__}")
+    if not controls:
+        raise ValueError("explorer: give at least one control, e.g. position=(100, 0, 4096)")
+    built = {k: _control(k, v) for k, v in controls.items()}
+    return _explorer_class()(name, built, _figure_of(draw), note)
 
 
 def mask_explorer(max_len: int = 32):
