@@ -2,6 +2,7 @@
 says how the result's form or value is off, and never prints the expected value."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -342,3 +343,42 @@ def test_every_automatic_description_is_a_label(capsys):
     import minimistral as mm
     ok, out = verdict(capsys, "99.24 args", lambda a: a.dim + 1, lambda a: a.dim, [(mm.ModelArgs.tiny(),)])
     assert not ok and "case 1 of 1 (a=ModelArgs(" in out and "dim=" in out  # not a bare class name
+
+
+def test_the_grader_sees_what_the_notebook_sees(tmp_path, monkeypatch):
+    """`labs grade` runs the student's function in its sandbox: copies and forbidden operations are watched
+    there too, so a notebook's own check and the grade agree (and each says why in the same words)."""
+    pytest.importorskip("nbformat")
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    from test_labs import read_csv, run_labs
+    from minimistral.labs import sandbox
+    if not sandbox.probe().full:
+        pytest.skip("the grader needs its isolation (root, namespaces) here")
+    monkeypatch.setenv("MINIMISTRAL_CHECKS_RAISE", "1")
+
+    def nb(body):
+        cells = [new_code_cell("import torch\nimport torch.nn.functional as F\n"
+                               "from minimistral.labs.checks import check_function, case"),
+                 new_code_cell("def my_silu(x):\n    ### BEGIN SOLUTION\n" + body + "\n    ### END SOLUTION"),
+                 new_code_cell('_ = check_function("97.1 silu", my_silu, lambda x: x * torch.sigmoid(x), cases=[\n'
+                               '    case(torch.linspace(-4, 4, 9), label="  nine points")],\n'
+                               '    forbid=["torch.nn.functional.silu"])')]
+        n = new_notebook(cells=cells)
+        n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        return n
+    (tmp_path / "source").mkdir()
+    nbformat.write(nb("    return x * torch.sigmoid(x)"), tmp_path / "source" / "97_silu.ipynb")
+    bodies = {"honest": "    return x * torch.sigmoid(x)", "library": "    return F.silu(x)",
+              "mutates": "    return x.mul_(torch.sigmoid(x.clone()))"}
+    for name, body in bodies.items():
+        (tmp_path / name).mkdir()
+        nbformat.write(nb(body), tmp_path / name / "97_silu.ipynb")
+    csv = tmp_path / "grades.csv"
+    r = run_labs("grade", *[tmp_path / n / "97_silu.ipynb" for n in bodies], "--source", tmp_path / "source",
+                 "--jobs", "1", "--csv", csv)
+    rows = {Path(row["file"]).parent.name: row for row in read_csv(csv)}
+    assert rows["honest"]["result"] == "pass", r.stdout + r.stderr
+    assert rows["library"]["result"] == "fail" and "uses torch.nn.functional.silu" in rows["library"]["hint"]
+    assert rows["mutates"]["result"] == "fail" and "changed its input 'x' in place" in rows["mutates"]["hint"]
+    assert "(  nine points)" in rows["mutates"]["hint"]  # the label, verbatim, through the grader too
