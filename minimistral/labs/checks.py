@@ -353,10 +353,11 @@ def case(*args, label: str) -> Case:
 # originals, so an answer that writes into its input neither changes what it is compared with nor goes unseen.
 # `forbid` names what the exercise does not allow, by dotted name: torch functions and Tensor methods
 # ("torch.stack", "torch.Tensor.expand", "torch.nn.functional.silu"), the library's own functions
-# ("minimistral.norm.rms_norm"), and ADVANCED_INDEXING (indexing a tensor with a tensor or a list). They are
-# detected while the student's function runs: torch's through a TorchFunctionMode, the library's by replacing
-# every binding of them (in minimistral's modules and in the function's globals) with a recording wrapper for
-# the call's duration. Calls made by the library itself (the student calling an allowed library function that
+# ("minimistral.norm.rms_norm"), other Python functions and methods ("sentencepiece.SentencePieceProcessor.decode"),
+# and ADVANCED_INDEXING (indexing a tensor with a tensor or a list). They are detected while the student's
+# function runs: torch's (names starting with "torch.") through a TorchFunctionMode, the others by replacing
+# every binding of them (on their class or module, in minimistral's modules, in the function's globals and
+# closures) with a recording wrapper for the call's duration. Calls made by the library itself (the student calling an allowed library function that
 # uses a forbidden one inside) do not count. In the grader the function is a proxy for the student's code in a
 # sandbox: the same `run_student` runs there (labs/worker.py) and sends back what it saw.
 
@@ -439,8 +440,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             advanced = True
             continue
         obj = _resolve(name)
-        if getattr(obj, "__module__", "") and str(getattr(obj, "__module__", "")).startswith("minimistral") \
-                and callable(obj) and hasattr(obj, "__code__"):
+        if not name.startswith("torch.") and callable(obj):  # Python-level: replace its bindings
             library[name] = obj
         else:
             rules.setdefault(obj, name)  # one object under two names: the first, the one the text uses
