@@ -155,7 +155,7 @@ def _how_far(got: float, want: float) -> str:
             return f"{word}, by a factor of 2 or more"
         if ratio < 1.01:
             return f"slightly {word} (within 1 %)"
-    elif want != 0 and (got > 0) != (want > 0):
+    elif want != 0 and got != 0 and (got > 0) != (want > 0):
         return f"{word} (even its sign is wrong)"
     return word
 
