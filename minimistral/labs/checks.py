@@ -168,7 +168,8 @@ def _index(flat: int, shape) -> tuple:
     return tuple(reversed(idx))
 
 
-def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: Optional[float], rtol: Optional[float]) -> Optional[str]:
+def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: Optional[float],
+                     rtol: Optional[float]) -> Optional[str]:
     atol, rtol = tolerance(want.dtype, atol, rtol)
     if got.shape != want.shape:
         return f"returned shape {tuple(got.shape)}, expected shape {tuple(want.shape)}"
@@ -357,8 +358,8 @@ def case(*args, label: str) -> Case:
 # and ADVANCED_INDEXING (indexing a tensor with a tensor or a list). They are detected while the student's
 # function runs: torch's (names starting with "torch.") through a TorchFunctionMode, the others by replacing
 # every binding of them (on their class or module, in minimistral's modules, in the function's globals and
-# closures) with a recording wrapper for the call's duration. Calls made by the library itself (the student calling an allowed library function that
-# uses a forbidden one inside) do not count. In the grader the function is a proxy for the student's code in a
+# closures) with a recording wrapper for the call's duration. Calls made by the library itself (the student
+# calling an allowed library function that uses a forbidden one inside) do not count. In the grader the function is a proxy for the student's code in a
 # sandbox: the same `run_student` runs there (labs/worker.py) and sends back what it saw.
 
 ADVANCED_INDEXING = "advanced indexing"
@@ -367,7 +368,8 @@ NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.rep
              "torch.broadcast_tensors", "torch.stack", "torch.cat", "torch.concat", "torch.index_select",
              "torch.Tensor.index_select", "torch.gather", "torch.Tensor.gather", "torch.take", "torch.tile",
              "torch.Tensor.tile", ADVANCED_INDEXING)
-LIBRARY_ATTENTION = ("torch.nn.functional.scaled_dot_product_attention", "torch._C._nn.scaled_dot_product_attention",
+LIBRARY_ATTENTION = ("torch.nn.functional.scaled_dot_product_attention",
+                     "torch._C._nn.scaled_dot_product_attention",
                      "torch.nn.functional.multi_head_attention_forward", "torch.nn.MultiheadAttention.forward")
 _LIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../minimistral
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
