@@ -484,29 +484,39 @@ theta_slider.observe(_redraw, names="value")
 display(widgets.VBox([position_slider, theta_slider, explorer_out]))
 
 # %% [markdown]
-# ## Exercise 03.1: RoPE angles
+# ## Exercise 03.1: which θ made these angles?
 #
-# Return the angle of every (position, pair): a float32 tensor of shape `(len(positions), head_dim // 2)`
-# with entry $[t, i] = \text{positions}[t] \cdot \theta^{-2i/\text{head\_dim}}$.
+# A checkpoint arrives without its config, but someone saved the RoPE angle table its code used: `angles`, a
+# float32 tensor of shape `(len(positions), head_dim // 2)` built by the formula above for the given
+# `positions` and an unknown $\theta$. Write `theta_from_angles(angles, positions)`: return that $\theta$ as a
+# Python float (within 0.01 %). This is the question notebook 11 must answer right for v0.1, whose
+# `params.json` has no `rope_theta`. Look at how one row changes from pair to pair; not every row helps.
 
-# %% nbgrader={"grade": false, "grade_id": "ex03_1_rope_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def rope_angles_exercise(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+# %% nbgrader={"grade": false, "grade_id": "ex03_1_theta_from_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def theta_from_angles(angles: torch.Tensor, positions: torch.Tensor) -> float:
     ### BEGIN SOLUTION
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    return torch.outer(positions.float(), freqs)
+    head_dim = 2 * angles.shape[1]
+    row = angles[positions != 0][0].double()  # position 0 is all zeros: no information
+    # angles[t, i] = p * theta^(-2i/d), so pair 0 over pair 1 is theta^(2/d)
+    return float((row[0] / row[1]) ** (head_dim / 2))
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex03_1_rope_angles-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-_ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=[
-    case(torch.arange(8), 16, 10000.0, label="positions 0-7, head_dim 16"),
-    case(torch.arange(4096), 128, 10000.0, label="Mistral 7B's heads, positions 0-4,095"),
-    case(torch.tensor([0]), 2, 10000.0, label="a single pair, position 0"),
-    case(torch.tensor([5, 4096, 32767]), 128, 1e6, label="later Mistral models' theta, far positions"),
-    case(torch.tensor([3, 1, 2]), 8, 500.0, label="positions out of order, theta 500"),
-], forbid=["minimistral.rope.rope_angles", "minimistral.rope.rope_frequencies"],
-   hint="check your table against the formula where it is easy: what should row 0 (position 0) and column 0 "
-        "(pair 0) hold? Then look at the last column, and at the dtype")
+# %% nbgrader={"grade": true, "grade_id": "ex03_1_theta_from_angles-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def angle_table(positions, head_dim, theta):  # a case: the table and its positions, the theta kept aside
+    angles = rope_angles(torch.tensor(positions), head_dim, theta)
+    known_theta[id(angles)] = theta
+    return case(angles, torch.tensor(positions), label=f"head_dim {head_dim}, positions {positions[:4]}"
+                f"{'...' if len(positions) > 4 else ''}, an unknown theta")
+
+
+known_theta = {}
+theta_cases = [angle_table(list(range(8)), 128, 10000.0), angle_table([5, 4096], 128, 1e6),
+               angle_table([0, 3, 1], 8, 500.0), angle_table([7], 4, 20.0), angle_table([0, 2], 64, 250000.0)]
+_ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, positions: known_theta[id(angles)],
+                   cases=theta_cases, forbid=["minimistral.rope.rope_angles", "minimistral.rope.rope_frequencies"],
+                   hint="write angles[t, i] / angles[t, i + 1] with the formula: what is left of position and pair? "
+                        "Then solve for theta; and check which rows carry no information at all")
 
 # %% [markdown]
 # ## Exercise 03.2: rotate interleaved pairs

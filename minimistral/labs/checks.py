@@ -442,10 +442,10 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             advanced = True
             continue
         obj = _resolve(name)
-        if not name.startswith("torch.") and callable(obj):  # Python-level: replace its bindings
-            library[name] = obj
-        else:
+        if name.startswith("torch."):
             rules.setdefault(obj, name)  # one object under two names: the first, the one the text uses
+        if not name.startswith("torch.") and callable(obj) or hasattr(obj, "__code__"):
+            library[name] = obj  # Python-level (torch.func.grad, say, which no TorchFunctionMode sees): rebind it
     saved = []  # (restore function, ...) in the order they were applied
 
     def wrap(obj, name):
@@ -470,7 +470,8 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             w = wrap(obj, name)
             owner, attr = name.rsplit(".", 1)
             owner = _resolve(owner)
-            if isinstance(owner, type) and vars(owner).get(attr) is obj:  # a method: replace it on its class
+            if (isinstance(owner, type) and vars(owner).get(attr) is obj   # a method: replace it on its class
+                    or inspect.ismodule(owner) and getattr(owner, attr, None) is obj):  # a module's function
                 saved.append((setattr, owner, attr, obj))
                 setattr(owner, attr, w)
             spaces = [vars(m) for n, m in list(sys.modules.items()) if n.split(".")[0] == "minimistral" and m]
