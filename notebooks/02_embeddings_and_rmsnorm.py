@@ -454,35 +454,44 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
         "above changes dtype")
 
 # %% [markdown]
-# ## Exercise 02.2: LayerNorm, for contrast
+# ## Exercise 02.2: RMSNorm's gradient, by hand
 #
-# Implement LayerNorm with gain and bias over the last dimension (biased variance, as
-# `torch.nn.functional.layer_norm`), with means and arithmetic only: `layer_norm`, `var` and `std` are off
-# limits (the check watches for them). Count the reductions you need compared with `my_rms_norm`.
+# Training sends gradients back through every norm. Take RMSNorm with gain 1, $\mathbf{y} = r\,\mathbf{x}$ with
+# $r = (\frac{1}{d}\sum_j x_j^2 + \epsilon)^{-1/2}$, and the gradient `grad_out` $= \partial L/\partial \mathbf{y}$ (same
+# shape as `x`, `(..., dim)`). Return $\partial L/\partial \mathbf{x}$ in `x`'s shape and dtype, without autograd
+# (the check watches for `backward`, `torch.autograd.grad` and `torch.func`): differentiate by hand. Careful:
+# $r$ depends on **every** entry of $\mathbf{x}$. Then look at what your formula gives for the zero vector, and
+# what part of it is orthogonal to $\mathbf{x}$.
 
-# %% nbgrader={"grade": false, "grade_id": "ex02_2_layer_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+# %% nbgrader={"grade": false, "grade_id": "ex02_2_rms_norm_grad-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def rms_norm_grad(x: torch.Tensor, grad_out: torch.Tensor, eps: float) -> torch.Tensor:
     ### BEGIN SOLUTION
-    mu = x.mean(-1, keepdim=True)
-    var = (x - mu).pow(2).mean(-1, keepdim=True)
-    return (x - mu) / torch.sqrt(var + eps) * weight + bias
+    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+    # dy_i/dx_k = r δ_ik - x_i x_k r^3 / d: the direct term, and the change of r through the mean
+    return r * grad_out - x * r.pow(3) * (grad_out * x).mean(-1, keepdim=True)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex02_2_layer_norm-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-_ = check_function("02.2 layer_norm", my_layer_norm,
-                   lambda x, w, b, eps: F.layer_norm(x, (x.shape[-1],), w, b, eps), cases=[
-    case(torch.randn(4, 8, generator=gen), torch.ones(8), torch.zeros(8), 1e-5, label="unit-scale rows"),
-    case(torch.randn(2, 3, 32, generator=gen) * 10 + 5, torch.randn(32, generator=gen), torch.randn(32, generator=gen),
-         1e-5, label="rows of mean 5 and spread 10, random gain and bias"),
-    case(torch.full((2, 16), 3.0), torch.ones(16), torch.zeros(16), 1e-5, label="constant rows: variance 0"),
-    case(torch.randn(3, 16, generator=gen) * 3e-3, torch.ones(16), torch.full((16,), 0.5), 1e-5,
-         label="entries about 0.003: the variance is as small as eps"),
-], forbid=["torch.nn.functional.layer_norm", "torch.layer_norm", "torch.nn.functional.group_norm",
-           "torch.var", "torch.Tensor.var", "torch.var_mean", "torch.std", "torch.Tensor.std"],
-   hint="two statistics over the last dimension, each kept broadcastable against x; check how "
-        "torch.nn.functional.layer_norm defines the variance (n or n - 1 in the denominator?), and where eps "
-        "goes")
+# %% nbgrader={"grade": true, "grade_id": "ex02_2_rms_norm_grad-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def autograd_rms_norm_grad(x, grad_out, eps):  # the reference: torch's RMSNorm in float64, and autograd
+    x64 = x.detach().double().requires_grad_(True)
+    F.rms_norm(x64, (x.shape[-1],), eps=eps).backward(grad_out.double())
+    return x64.grad.to(x.dtype)
+
+
+_ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, cases=[
+    case(torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen), 1e-5, label="four rows of 8"),
+    case(torch.randn(2, 3, 16, generator=gen, dtype=torch.float64), torch.randn(2, 3, 16, generator=gen,
+         dtype=torch.float64), 1e-6, label="a float64 batch of (2, 3) rows"),
+    case(torch.zeros(2, 8), torch.randn(2, 8, generator=gen), 1e-5, label="zero rows: only eps is left"),
+    case(torch.randn(3, 16, generator=gen) * 3e-3, torch.randn(3, 16, generator=gen), 1e-5,
+         label="entries about 0.003: the mean square is as small as eps"),
+    case(torch.randn(2, 32, generator=gen) * 50, torch.ones(2, 32), 1e-5, label="large rows, grad_out all ones"),
+], forbid=["torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad", "torch.func.grad",
+           "torch.func.vjp", "torch.func.jacrev", "torch.autograd.functional.vjp",
+           "torch.autograd.functional.jacobian"],
+   hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "
+        "mean of squares); then contract with grad_out. Check your formula on a zero row first")
 
 # %% [markdown]
 # ## Exercise 02.3: the embedding's gradient
