@@ -569,6 +569,8 @@ _ = check_function("05.3 cache_window_mask", cache_window_mask, reference_cache_
                    labels=["one new token at position 10, W = 4", "3 new tokens after 5 cached, W = 4",
                            "no cache (start 0): the square mask", "2 new tokens after 7, no window",
                            "W = 1: each token sees itself only", "window longer than everything so far"],
+                   forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask",
+                           "minimistral.attention.causal_mask"],
                    hint="write the query positions and the key positions as numbers first (which is the first "
                         "query's position?); then the same two conditions as for the square mask")
 
