@@ -197,8 +197,8 @@ class Session:
         if "exc" in reply:
             if reply["exc"] == "MemoryError":
                 self.sandbox.flag(f"memory-limit: {name} ran out of memory")
-            if reply["exc"] == "NameError" and f"'{name}'" in str(reply.get("msg")):
-                self.missing_name = True
+            if reply["exc"] == "NameError":  # the function, or a global it reads (a tokenizer built by a
+                self.missing_name = True       # cell that computes), was skipped: the runner retries in full
             raise _student_exception(str(reply["exc"]), str(reply.get("msg", "")))
         if isinstance(reply.get("library"), list):
             self.library.update(map(str, reply["library"]))
