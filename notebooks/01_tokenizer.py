@@ -515,28 +515,38 @@ _ = check_function(
          "own, when one character may take up to four of them?")
 
 # %% [markdown]
-# ## Exercise 01.2: byte-fallback ids
+# ## Exercise 01.2: what byte fallback costs a text
 #
-# Without calling the tokenizer, return the token ids that byte fallback gives a character missing from
-# the vocabulary (such as 🦙 or 𝔘). Remember where the 256 byte pieces sit in the vocabulary.
+# Write `byte_fallback_cost(text)`: how many of the tokens `encode` gives `text` are byte pieces, **without
+# encoding it**. You may look pieces up with `tok.piece_to_id` (it returns `tok.unk_id` for a piece the
+# vocabulary lacks), but not call `tok.encode` or sentencepiece's encoder (the check watches). Use what this
+# notebook showed: which characters fall back to bytes, how many pieces one such character becomes, and how a
+# space is written inside pieces.
 
-# %% nbgrader={"grade": false, "grade_id": "ex01_2_byte_fallback_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def byte_fallback_ids(char: str) -> list[int]:
+# %% nbgrader={"grade": false, "grade_id": "ex01_2_byte_fallback_cost-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def byte_fallback_cost(text: str) -> int:
     ### BEGIN SOLUTION
-    return [b + 3 for b in char.encode("utf-8")]
+    # a character missing from the vocabulary becomes one byte piece per UTF-8 byte; spaces are written '▁'
+    return sum(len(c.encode("utf-8")) for c in text.replace(" ", "▁") if tok.piece_to_id(c) == tok.unk_id)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex01_2_byte_fallback_ids-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# %% nbgrader={"grade": true, "grade_id": "ex01_2_byte_fallback_cost-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def byte_pieces_after_encoding(text):  # the reference: encode, then count the byte pieces
+    return sum(tok.is_byte(i) for i in tok.encode(text, bos=False))
+
+
 _ = check_function(
-    "01.2 byte_fallback_ids", byte_fallback_ids, lambda c: tok.encode(c, bos=False)[1:],  # [1:] drops the '▁'
-    cases=[case(c, label=f"{c!r}, {len(c.encode())} UTF-8 bytes") for c in ("🦙", "𝔘", "ꙮ", "ʬ", "🧬")],
-    forbid=["minimistral.tokenizer.Tokenizer.encode", "minimistral.tokenizer.Tokenizer.piece_to_id",
+    "01.2 byte_fallback_cost", byte_fallback_cost, byte_pieces_after_encoding,
+    cases=[case(t, label=repr(t)) for t in ("Привет 🦙", "☕ and 🦙", "naïve café", "x = 𝔘 + ж",
+                                            "line one\n\tline two", "plain ascii text", "ꙮ ʬ 🧬", "")],
+    forbid=["minimistral.tokenizer.Tokenizer.encode", "minimistral.tokenizer.Tokenizer.pieces",
             "sentencepiece.SentencePieceProcessor.encode", "sentencepiece.SentencePieceProcessor.Encode",
             "sentencepiece.SentencePieceProcessor.EncodeAsIds", "sentencepiece.SentencePieceProcessor.encode_as_ids",
-            "sentencepiece.SentencePieceProcessor.piece_to_id", "sentencepiece.SentencePieceProcessor.PieceToId"],
-    hint="look back at the listing of ids at the top: where do the 256 byte pieces start? A character "
-         "becomes one piece per UTF-8 byte")
+            "sentencepiece.SentencePieceProcessor.EncodeAsPieces",
+            "sentencepiece.SentencePieceProcessor.encode_as_pieces"],
+    hint="which characters become byte pieces, and how many pieces does one of them become? Count bytes, not "
+         "characters; and mind how a space looks inside the vocabulary")
 
 # %% [markdown]
 # ## Exercise 01.3: decode from scratch
