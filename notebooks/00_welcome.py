@@ -48,9 +48,11 @@
 # | **07 the full model** | the pre-norm block, 32 of them, checked against Hugging Face transformers | `model.py` |
 # | **08 KV cache** | Mistral's rolling-buffer cache: memory that stays flat past the window | `cache.py` |
 # | **09 generation** | greedy decoding, temperature, top-p, seeds | `generate.py` |
-# | **10 training a tiny Mistral** | the same architecture, small, trained on the CPU | `train.py` |
-# | **11 the real Mistral 7B on a GPU** | loading the checkpoint, generating, attention maps, the cache at work | `weights.py`, `viz.py` |
-# | **12 making it fast** | measuring and speeding up inference | `fast.py`, `bench*.py` |
+# | **10 training a tiny Mistral** | the same architecture, small, trained on the CPU | `train/` |
+# | **11 the real Mistral 7B on a GPU** | loading the checkpoint, generating, attention maps, the cache at work | `weights.py`, `viz/` |
+# | **12 making it fast** | measuring and speeding up inference | `fast.py`, `bench/` |
+# | **13 quantization** | fitting the 7B in less memory: weight-only int8 and 4-bit, their error and speed | `quant.py` |
+# | **14 make it yours (LoRA, chat)** | fine-tuning with LoRA and QLoRA from scratch, the instruction format, chat | `lora` |
 #
 # **How to use the notebooks.** Run them top to bottom (*Run → Run All Cells*). Each one builds its
 # piece from scratch, checks it against the library with `torch.testing.assert_close`, and then uses
@@ -76,7 +78,9 @@
 #
 # Before any code, the whole architecture, drawn by code from the same `ModelArgs` the library builds
 # (so every shape on it is exact). On the left the whole model, on the right one of its 32 blocks opened up.
-# Each later notebook starts with a strip showing which piece of this picture it builds.
+# Notebooks 01-10 start with a strip of the course's steps with their own lit up; the pieces of this
+# picture that each one builds are named in its title and drawn again where it builds them
+# (`mm.viz.model_diagram(highlight="03")` colours one notebook's pieces).
 
 # %%
 import matplotlib.pyplot as plt
@@ -372,7 +376,7 @@ def params_per_layer(args: mm.ModelArgs) -> int:
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex00_1_params_per_layer-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import case, check_function
 from minimistral.model import TransformerBlock
 
 
@@ -382,12 +386,14 @@ def block_params(args):  # the reference: count the parameters of a real block, 
 
 
 _ = check_function("00.1 params_per_layer", params_per_layer, block_params, cases=[
-    (mm.ModelArgs.mistral_7b(),),
-    (mm.ModelArgs.tiny(),),
-    (mm.ModelArgs.tiny(n_kv_heads=8),),  # plain multi-head attention
-    (mm.ModelArgs.tiny(n_kv_heads=1),),  # multi-query attention
-    (mm.ModelArgs(dim=96, n_layers=1, head_dim=64, hidden_dim=200, n_heads=4, n_kv_heads=2, vocab_size=10),),
-], hint="count wq, wk, wv, wo, w1, w2, w3 and the two norm weights; wk and wv are (n_kv_heads*head_dim, dim)")
+    case(mm.ModelArgs.mistral_7b(), label="Mistral 7B"),
+    case(mm.ModelArgs.tiny(), label="the tiny model: dim 256, 8 query and 2 K/V heads of 32"),
+    case(mm.ModelArgs.tiny(n_kv_heads=8), label="tiny with 8 K/V heads: plain multi-head attention"),
+    case(mm.ModelArgs.tiny(n_kv_heads=1), label="tiny with 1 K/V head: multi-query attention"),
+    case(mm.ModelArgs(dim=96, n_layers=1, head_dim=64, hidden_dim=200, n_heads=4, n_kv_heads=2, vocab_size=10),
+         label="dim 96 with 4 heads of 64 (head_dim != dim // n_heads)"),
+], forbid=["minimistral.config.ModelArgs.num_params", "minimistral.config.ModelArgs.params_by_component"],
+   hint="count wq, wk, wv, wo, w1, w2, w3 and the two norm weights; wk and wv are (n_kv_heads*head_dim, dim)")
 
 # %% [markdown]
 # With the library's count of one block, the whole model adds up:
@@ -441,14 +447,19 @@ _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes,
     (config(5120, 40, 128, 14336, 32, 8, 131072, None), 8, 8192, 2),
     (config(3072, 28, 128, 8192, 24, 8, 128256, 8192), 16, 100, 4),
     (config(2048, 24, 64, 5632, 32, 1, 50000, 2048), 4, 10000, 1),
+    (config(1024, 6, 96, 2816, 16, 4, 8000, None), 2, 3000, 2),
     (config(256, 4, 32, 768, 8, 2, 4096, 128), 3, 1000, 4),
 ], labels=[
     "Mistral 7B, one 32,768-token sequence, 2 bytes",
     "40 layers of dim 5,120, no window, 8 sequences of 8,192 tokens, 2 bytes",
-    "dim 3,072 with 24 heads of 128 (head_dim != dim // n_heads), window 8,192, 16 prompts of 100 tokens, 4 bytes",
+    "dim 3,072 with 24 heads of 128, 8 K/V heads, window 8,192, 16 prompts of 100 tokens, 4 bytes",
     "multi-query (1 K/V head), window 2,048, 4 sequences of 10,000 tokens, 1 byte",
+    "dim 1,024 with 16 heads of 96 (head_dim != dim // n_heads), no window, 2 sequences of 3,000 tokens, 2 bytes",
     "the course's tiny model, window 128, 3 sequences of 1,000 tokens, 4 bytes",
-], hint="weights: every layer, plus an embedding table and a separate output head; cache: what one token "
+], forbid=["minimistral.config.ModelArgs.num_params", "minimistral.config.ModelArgs.params_by_component",
+           "minimistral.config.ModelArgs.weight_bytes", "minimistral.config.ModelArgs.kv_bytes_per_token",
+           "minimistral.config.ModelArgs.kv_cache_bytes"],
+   hint="weights: every layer, plus an embedding table and a separate output head; cache: what one token "
         "costs in each layer, times the tokens the rolling buffer keeps, times the sequences")
 
 # %% [markdown]

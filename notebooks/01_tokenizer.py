@@ -58,7 +58,7 @@ import sentencepiece as spm
 from IPython.display import HTML, display
 
 import minimistral as mm
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import case, check_function
 
 # %% [markdown]
 # ## The real Mistral v1 tokenizer
@@ -349,7 +349,8 @@ plt.show()
 # The same message costs 1.7 times as many tokens in Chinese as in English here, 1.5 times in German, 1.9 in
 # French and 2.0 in Russian: a 4,096-token window holds about half as much Russian as English. Per character
 # the picture is different (Chinese 1.41 tokens per character against 0.23 for English) but it compares
-# unequal things. Digits cost one token each, and each emoji outside the vocabulary costs four byte tokens.
+# unequal things. Digits cost one token each, and each character outside the vocabulary costs one byte token
+# per UTF-8 byte: four for 🦙, three for ☕.
 
 # %% [markdown]
 # ## Training a small tokenizer with Mistral's options
@@ -488,8 +489,8 @@ for s in compare:
 # ## Exercise 01.1: decode byte pieces
 #
 # Complete `decode_byte_pieces(pieces)`: given a list of byte-fallback pieces such as
-# `["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]`, return the text they spell (here `"🦙"`). Read the two hex
-# digits of each piece, collect the bytes, decode them as UTF-8.
+# `["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]`, return the text they spell (here `"🦙"`), without the tokenizer.
+# A warm-up: the check includes texts of several characters of different byte lengths.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_1_decode_byte_pieces-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def decode_byte_pieces(pieces: list[str]) -> str:
@@ -505,30 +506,47 @@ def as_byte_pieces(text):  # the pieces byte fallback would produce for every ch
 
 _ = check_function(
     "01.1 decode_byte_pieces", decode_byte_pieces, lambda pieces: tok.decode([tok.piece_to_id(p) for p in pieces]),
-    cases=[(as_byte_pieces("🦙"),), (as_byte_pieces("A"),), (as_byte_pieces("\n"),), ([],),
-           (as_byte_pieces("é, ж, 中 and 𝔘"),), (as_byte_pieces(" leading space"),)],
+    cases=[case(as_byte_pieces(t), label=f"the byte pieces of {t!r}")
+           for t in ("🦙", "A", "\n", "", "é, ж, 中 and 𝔘", " leading space", "trailing space ")],
+    forbid=["minimistral.tokenizer.Tokenizer.decode", "minimistral.tokenizer.Tokenizer.piece_to_id",
+            "sentencepiece.SentencePieceProcessor.decode", "sentencepiece.SentencePieceProcessor.Decode",
+            "sentencepiece.SentencePieceProcessor.DecodePieces", "sentencepiece.SentencePieceProcessor.decode_pieces"],
     hint="in which base are the two digits of '<0xNN>' written? And can each byte be turned into text on its "
          "own, when one character may take up to four of them?")
 
 # %% [markdown]
-# ## Exercise 01.2: byte-fallback ids
+# ## Exercise 01.2: what byte fallback costs a text
 #
-# Without calling the tokenizer, return the token ids that byte fallback gives a character missing from
-# the vocabulary (such as 🦙 or 𝔘). Remember where the 256 byte pieces sit in the vocabulary.
+# Write `byte_fallback_cost(text)`: how many of the tokens `encode` gives `text` are byte pieces, **without
+# encoding it**. You may look pieces up with `tok.piece_to_id` (it returns `tok.unk_id` for a piece the
+# vocabulary lacks), but not call `tok.encode` or sentencepiece's encoder (the check watches). Use what this
+# notebook showed: which characters fall back to bytes, how many pieces one such character becomes, and how a
+# space is written inside pieces.
 
-# %% nbgrader={"grade": false, "grade_id": "ex01_2_byte_fallback_ids-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def byte_fallback_ids(char: str) -> list[int]:
+# %% nbgrader={"grade": false, "grade_id": "ex01_2_byte_fallback_cost-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def byte_fallback_cost(text: str) -> int:
     ### BEGIN SOLUTION
-    return [b + 3 for b in char.encode("utf-8")]
+    # a character missing from the vocabulary becomes one byte piece per UTF-8 byte; spaces are written '▁'
+    return sum(len(c.encode("utf-8")) for c in text.replace(" ", "▁") if tok.piece_to_id(c) == tok.unk_id)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex01_2_byte_fallback_ids-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# %% nbgrader={"grade": true, "grade_id": "ex01_2_byte_fallback_cost-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def byte_pieces_after_encoding(text):  # the reference: encode, then count the byte pieces
+    return sum(tok.is_byte(i) for i in tok.encode(text, bos=False))
+
+
 _ = check_function(
-    "01.2 byte_fallback_ids", byte_fallback_ids, lambda c: tok.encode(c, bos=False)[1:],  # [1:] drops the '▁'
-    cases=[("🦙",), ("𝔘",), ("ꙮ",), ("ʬ",), ("🧬",)],  # 4, 4, 3, 2 and 4 UTF-8 bytes
-    hint="look back at the listing of ids at the top: where do the 256 byte pieces start? A character "
-         "becomes one piece per UTF-8 byte")
+    "01.2 byte_fallback_cost", byte_fallback_cost, byte_pieces_after_encoding,
+    cases=[case(t, label=repr(t)) for t in ("Привет 🦙", "☕ and 🦙", "naïve café", "x = 𝔘 + ж",
+                                            "line one\n\tline two", "plain ascii text", "ꙮ ʬ 🧬", "")],
+    forbid=["minimistral.tokenizer.Tokenizer.encode", "minimistral.tokenizer.Tokenizer.pieces",
+            "sentencepiece.SentencePieceProcessor.encode", "sentencepiece.SentencePieceProcessor.Encode",
+            "sentencepiece.SentencePieceProcessor.EncodeAsIds", "sentencepiece.SentencePieceProcessor.encode_as_ids",
+            "sentencepiece.SentencePieceProcessor.EncodeAsPieces",
+            "sentencepiece.SentencePieceProcessor.encode_as_pieces"],
+    hint="which characters become byte pieces, and how many pieces does one of them become? Count bytes, not "
+         "characters; and mind how a space looks inside the vocabulary")
 
 # %% [markdown]
 # ## Exercise 01.3: decode from scratch
@@ -562,13 +580,17 @@ def decode_ids(ids: list[int]) -> str:
 
 # %% nbgrader={"grade": true, "grade_id": "ex01_3_decode_ids-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 decode_texts = ["Hello world", "  two leading spaces", "🦙 and 😀", "x = 𝔘 + ж", "The year 2024 🦙!",
-                RUNNING_EXAMPLE, "a  b   c"]
+                RUNNING_EXAMPLE, "a  b   c", "ends with a space ", "ends with a newline\n", " "]
 _ = check_function(
     "01.3 decode_ids", decode_ids, tok.decode,
     cases=[(tok.encode(t, bos=True, eos=n % 2 == 0),) for n, t in enumerate(decode_texts)],
     labels=[f"the ids of {t!r}, BOS{' and EOS' if n % 2 == 0 else ''} included" for n, t in enumerate(decode_texts)],
+    forbid=["minimistral.tokenizer.Tokenizer.decode", "sentencepiece.SentencePieceProcessor.decode",
+            "sentencepiece.SentencePieceProcessor.Decode", "sentencepiece.SentencePieceProcessor.DecodeIds",
+            "sentencepiece.SentencePieceProcessor.decode_ids", "sentencepiece.SentencePieceProcessor.DecodePieces",
+            "sentencepiece.SentencePieceProcessor.decode_pieces"],
     hint="check three things: which ids are not text at all, how a run of byte pieces becomes characters, and "
-         "which single space encode invented")
+         "which single space encode invented (and which spaces it did not)")
 
 # %% [markdown]
 # ## Summary
@@ -580,7 +602,7 @@ _ = check_function(
 # - Prompts start with BOS (id 1); EOS (id 2) ends a document and stops generation.
 # - The same two sentences cost 22 tokens in English, 1.5 to 2.0 times as many in the other languages
 #   (38 in Chinese: 1.7x); per character the comparison misleads. Digits are one token each and an emoji
-#   outside the vocabulary four.
+#   outside the vocabulary one per UTF-8 byte (🦙 four, ☕ three).
 # - The running example, `"And God said, Let there be light: and there was light."`, is 14 pieces in both
 #   Mistral's tokenizer and the tiny model's 4,096-piece one.
 # - A tokenizer trained with the same options on a few paragraphs learns the same kind of pieces, only

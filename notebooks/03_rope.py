@@ -56,7 +56,7 @@ import torch
 from IPython.display import display
 
 import minimistral as mm
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import case, check_function
 from minimistral.rope import (apply_rope_complex, apply_rope_rotate_half, permute_to_interleaved,
                               permute_to_rotate_half, rope_angles, rope_frequencies)
 
@@ -318,8 +318,8 @@ plt.show()
 #
 # The RoPE paper (section 3.4.3) shows that RoPE has **long-term decay**, and this is easy to misread as
 # "scores fall with distance". What it proves is a *bound*. Write the score as a sum over the 64 pairs,
-# $\mathrm{Re}\sum_i h_i\, e^{\mathrm{i}\, r\omega_i}$ with $h_i$ the product of the query's and key's pair $i$ (as
-# complex numbers) and $r$ the distance. Summation by parts gives
+# $\mathrm{Re}\sum_i h_i\, e^{\mathrm{i}\, r\omega_i}$ with $h_i = q_i \overline{k_i}$, the query's pair $i$ times
+# the complex conjugate of the key's pair $i$ (each pair read as a complex number), and $r$ the distance. Summation by parts gives
 #
 # $$
 # |\text{score}(r)| \le \Big(\max_i |h_{i+1} - h_i|\Big) \sum_{j=1}^{d/2} |S_j(r)|,
@@ -327,7 +327,9 @@ plt.show()
 # $$
 #
 # and the paper plots the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$, which does shrink with $r$.
-# Three different curves, all scaled to 1 at distance 0:
+# Three different curves, in two units: the bound divided by its value at distance 0 (so it starts at 1),
+# and two scores divided by head_dim (the ones-vector score happens to be 1 at distance 0 in that unit; the
+# random one is 0 there):
 #
 # - **the paper's bound** (the figure in the paper): how large the score *can* be, for queries and keys
 #   whose pair products $h_i$ change slowly from pair to pair;
@@ -367,7 +369,7 @@ ax.axhline(0, color="grey", lw=0.6)
 ax.set_xscale("symlog", linthresh=10)
 ax.set_xlim(0, 4096)
 ax.set_xlabel("relative distance |m - n| (tokens, log scale past 10)")
-ax.set_ylabel("relative to distance 0 (score / head_dim)")
+ax.set_ylabel("bound / bound at 0 (red);\nscore / head_dim (blue, green)")
 ax.set_title("long-term decay is a bound: random vectors score 0 on average at every distance")
 ax.legend(fontsize=9, loc="upper right")
 ax.spines[["top", "right"]].set_visible(False)
@@ -381,7 +383,8 @@ plt.show()
 # our sentence. The query of the final `.` compares itself with every key. **Without** RoPE the score only
 # sees the token: the two `▁there` keys (positions 6 and 11) and the two `▁light` keys (8 and 13) come from
 # identical embeddings and get identical scores. **With** RoPE each key is rotated by its own position, so
-# the same word at two places scores differently: that is all the model knows about order.
+# the same word at two places scores differently. RoPE is the only position signal the model is given
+# (a causal decoder could still infer some order without it, from how many earlier tokens each one sees).
 
 # %%
 from minimistral.train import corpus
@@ -421,10 +424,12 @@ ax.legend(fontsize=9)
 ax.spines[["top", "right"]].set_visible(False)
 plt.tight_layout()
 plt.show()
-#
+
+# %% [markdown]
 # ## Explore: position and θ
 #
-# Each of the 64 pairs is a clock hand. Drag the position to watch the fast hands (red, inner) spin and
+# Each of the 64 pairs is a clock hand. A token's angle at position $p$ is also the angle between two
+# tokens $p$ apart, so the slider is both a position (left) and a distance (right). Drag the position to watch the fast hands (red, inner) spin and
 # the slow ones (purple, outer) barely move; change $\theta$ to see how the base sets the range of speeds
 # and the decay curve (Mistral 7B v0.1 uses $10^4$; later Mistral models use $10^6$ for longer contexts).
 # The picture below is the first state; the sliders need a running kernel.
@@ -442,13 +447,14 @@ def draw_clock(position=100, log10_theta=4.0):
         ax1.plot([a, a], [0, r], color="grey", lw=0.6)
     ax1.set_yticklabels([])
     ax1.set_xlabel("radius = pair index: fast pairs (red) inside, slow pairs (purple) outside", fontsize=9)
-    ax1.set_title(f"angle of each pair at position {position}, θ = 1e{log10_theta:g}", fontsize=10)
+    ax1.set_title(f"angle of each pair at position {position} (= between two tokens {position} apart), "
+                  f"θ = 1e{log10_theta:g}", fontsize=10)
     ax2 = fig.add_subplot(1, 2, 2)
     d = torch.arange(0, 4097)
     ph = torch.polar(torch.ones(len(d), head_dim // 2, dtype=torch.float64), d[:, None].double() * fr.double()[None, :])
     bound = ph.cumsum(-1).abs().mean(-1)  # the RoPE paper's relative upper bound
     ax2.plot(d, bound / bound[0], color="#C44E52", lw=1.5)
-    ax2.axvline(position, color="#C44E52", ls=":", lw=1, label=f"distance {position}")
+    ax2.axvline(position, color="#C44E52", ls=":", lw=1, label=f"distance {position} (= the slider's position)")
     ax2.legend(fontsize=9, loc="upper right")
     ax2.set_xscale("symlog", linthresh=10)
     ax2.set_ylim(0, 1.05)
@@ -478,27 +484,39 @@ theta_slider.observe(_redraw, names="value")
 display(widgets.VBox([position_slider, theta_slider, explorer_out]))
 
 # %% [markdown]
-# ## Exercise 03.1: RoPE angles
+# ## Exercise 03.1: which θ made these angles?
 #
-# Return the angle of every (position, pair): a float32 tensor of shape `(len(positions), head_dim // 2)`
-# with entry $[t, i] = \text{positions}[t] \cdot \theta^{-2i/\text{head\_dim}}$.
+# A checkpoint arrives without its config, but someone saved the RoPE angle table its code used: `angles`, a
+# float32 tensor of shape `(len(positions), head_dim // 2)` built by the formula above for the given
+# `positions` and an unknown $\theta$. Write `theta_from_angles(angles, positions)`: return that $\theta$ as a
+# Python float (within 0.01 %). This is the question notebook 11 must answer right for v0.1, whose
+# `params.json` has no `rope_theta`. Look at how one row changes from pair to pair; not every row helps.
 
-# %% nbgrader={"grade": false, "grade_id": "ex03_1_rope_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def rope_angles_exercise(positions: torch.Tensor, head_dim: int, theta: float) -> torch.Tensor:
+# %% nbgrader={"grade": false, "grade_id": "ex03_1_theta_from_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def theta_from_angles(angles: torch.Tensor, positions: torch.Tensor) -> float:
     ### BEGIN SOLUTION
-    freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2).float() / head_dim))
-    return torch.outer(positions.float(), freqs)
+    head_dim = 2 * angles.shape[1]
+    row = angles[positions != 0][0].double()  # position 0 is all zeros: no information
+    # angles[t, i] = p * theta^(-2i/d), so pair 0 over pair 1 is theta^(2/d)
+    return float((row[0] / row[1]) ** (head_dim / 2))
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex03_1_rope_angles-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-_ = check_function("03.1 rope_angles", rope_angles_exercise, rope_angles, cases=[
-    (torch.arange(8), 16, 10000.0),
-    (torch.arange(4096), 128, 10000.0),
-    (torch.tensor([0]), 2, 10000.0),  # a single pair, position 0
-    (torch.tensor([5, 4096, 32767]), 128, 1e6),  # later Mistral models' theta, far positions
-], hint="check your table against the formula where it is easy: what should row 0 (position 0) and column 0 "
-        "(pair 0) hold? Then look at the last column, and at the dtype")
+# %% nbgrader={"grade": true, "grade_id": "ex03_1_theta_from_angles-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def angle_table(positions, head_dim, theta):  # a case: the table and its positions, the theta kept aside
+    angles = rope_angles(torch.tensor(positions), head_dim, theta)
+    known_theta[id(angles)] = theta
+    return case(angles, torch.tensor(positions), label=f"head_dim {head_dim}, positions {positions[:4]}"
+                f"{'...' if len(positions) > 4 else ''}, an unknown theta")
+
+
+known_theta = {}
+theta_cases = [angle_table(list(range(8)), 128, 10000.0), angle_table([5, 4096], 128, 1e6),
+               angle_table([0, 3, 1], 8, 500.0), angle_table([7], 4, 20.0), angle_table([0, 2], 64, 250000.0)]
+_ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, positions: known_theta[id(angles)],
+                   cases=theta_cases, forbid=["minimistral.rope.rope_angles", "minimistral.rope.rope_frequencies"],
+                   hint="write angles[t, i] / angles[t, i + 1] with the formula: what is left of position and pair? "
+                        "Then solve for theta; and check which rows carry no information at all")
 
 # %% [markdown]
 # ## Exercise 03.2: rotate interleaved pairs
@@ -519,13 +537,19 @@ def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
 # %% nbgrader={"grade": true, "grade_id": "ex03_2_rope_interleaved-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 gen = torch.Generator().manual_seed(3)
 _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, cases=[
-    (torch.randn(1, 4, 1, 8, generator=gen), rope_angles(torch.arange(4), 8)),
-    (torch.randn(2, 6, 4, 128, generator=gen), rope_angles(torch.arange(100, 106), 128)),  # later positions
-    (torch.randn(1, 3, 2, 2, generator=gen), rope_angles(torch.arange(3), 2)),  # head_dim 2: one pair
-    (torch.randn(1, 5, 8, 64, generator=gen).bfloat16(), rope_angles(torch.arange(5), 64)),  # bf16 in, bf16 out
-], atol=1e-2, rtol=1e-2,
+    case(torch.randn(1, 4, 1, 8, generator=gen), rope_angles(torch.arange(4), 8), label="4 positions, one head of 8"),
+    case(torch.randn(2, 6, 4, 128, generator=gen), rope_angles(torch.arange(100, 106), 128),
+         label="batch 2, 4 heads of 128, positions 100-105"),
+    case(torch.randn(1, 3, 2, 2, generator=gen), rope_angles(torch.arange(3), 2), label="head_dim 2: one pair"),
+    case(torch.randn(1, 5, 8, 64, generator=gen).bfloat16(), rope_angles(torch.arange(5), 64),
+         label="bf16 in, bf16 out, positions 0-4"),
+    case(torch.randn(1, 4, 2, 128, generator=gen).bfloat16(), rope_angles(torch.arange(4093, 4097), 128),
+         label="bf16 at positions 4,093-4,096: angles in the thousands"),
+], forbid=["minimistral.rope.apply_rope_complex", "minimistral.rope.apply_rope_interleaved_real",
+           "minimistral.rope.apply_rope_rotate_half"],
    hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
-        "the output keeps the pairs interleaved, and x's dtype")
+        "the output keeps the pairs interleaved, and x's dtype. If only the far bf16 case fails: how far apart "
+        "are neighbouring bf16 numbers near 4,000, and what does that do to a sine?")
 
 # %% [markdown]
 # ## Exercise 03.3: which pairs are slow?
@@ -554,10 +578,11 @@ def slow_pair_by_counting(head_dim, theta, n_tokens):  # the reference: look at 
 
 _ = check_function("03.3 first_slow_pair", first_slow_pair, slow_pair_by_counting, cases=[
     (128, 10000.0, 4000), (128, 1e6, 4000), (64, 10000.0, 100), (128, 10000.0, 3),
-    (128, 10000.0, 1e6), (32, 10000.0, 1.001 * 2 * math.pi * 10000.0 ** 0.5),
+    (128, 10000.0, 1e6), (32, 10000.0, 1.001 * 2 * math.pi * 10000.0 ** 0.5), (8, 16.0, 2 * math.pi * 4),
 ], labels=["Mistral 7B's heads, 4,000 tokens", "theta 1e6 (later Mistral models), 4,000 tokens",
            "head_dim 64, 100 tokens", "3 tokens: faster than any pair", "a million tokens: slower than any pair",
-           "head_dim 32, n_tokens just above the period of pair 8"],
+           "head_dim 32, n_tokens just above the period of pair 8",
+           "head_dim 8, theta 16: n_tokens exactly the period of pair 2 (8π)"],
    hint="write pair i's period as a function of i and solve 'period > n_tokens' for i; mind the two ends of the "
         "range and whether a period equal to n_tokens counts")
 

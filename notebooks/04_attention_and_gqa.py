@@ -56,7 +56,7 @@ from matplotlib.patches import FancyBboxPatch
 
 import minimistral as mm
 from minimistral.attention import attention_explicit, attention_sdpa, causal_mask, repeat_kv
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import LIBRARY_ATTENTION, NO_COPIES, case, check_function
 from minimistral.train import corpus
 
 torch.manual_seed(0)
@@ -257,7 +257,7 @@ for layer, ph in recorded.items():  # what each head does on average, over the q
           + "  |  <s> " + " ".join(f"{x:.2f}" for x in first.tolist()))
 
 # %%
-chosen = [(1, 5, "previous-token head"), (2, 1, "repeated word: back to its earlier copy"),
+chosen = [(1, 5, "previous-token head"), (2, 1, "repeated words: the earlier copy, or what followed it"),
           (3, 0, "parks on <s> or the last punctuation")]
 fig, axes = plt.subplots(1, 3, figsize=(15, 5.4), layout="constrained")
 for ax, (layer, head, job) in zip(axes, chosen):
@@ -269,6 +269,12 @@ for ax, (layer, head, job) in zip(axes, chosen):
 axes[0].set_ylabel("query (attending)")
 fig.colorbar(im, ax=axes, fraction=0.02, label="probability")
 plt.show()
+for layer, head, _ in chosen:  # the two keys each later query gives the most, as numbers
+    print(f"layer {layer}, head {head}:")
+    for row in range(9, len(labels)):
+        top = recorded[layer][head][row].topk(2)
+        print(f"   query {row:2d} {labels[row]:<7} -> " + ", ".join(
+            f"{labels[j]} ({j}) {v:.2f}" for v, j in zip(top.values.tolist(), top.indices.tolist())))
 
 # %% [markdown]
 # Reading the three heads (row = query, column = key, each row sums to 1, nothing above the diagonal):
@@ -276,12 +282,15 @@ plt.show()
 # - **Layer 1, head 5** puts most of each row on the diagonal just below the main one: every token looks at
 #   the token right before it (0.81 of the mass on average, printed above). Such heads let the next layer
 #   know which word came before.
-# - **Layer 2, head 1**: the second `▁light` (row 13) puts most of its attention on the first one
-#   (column 8), and so does `▁was` (row 12), the word just before it; the second `▁there` (row 11) gives the
-#   first `▁there` (column 6) more than any other word except `<s>`. Only RoPE (notebook 03) lets a head
-#   tell the two copies apart.
-# - **Layer 3, head 0**: the first rows go to `<s>`, later rows mostly to the latest punctuation mark (`,` at
-#   position 4, then `:` at 9). When a head has nothing useful to fetch, softmax still has to put its
+# - **Layer 2, head 1**: the second `▁light` (row 13) puts 0.81 of its attention on the first one
+#   (column 8), and the second `▁there` (row 11) gives the first `▁there` (column 6) more than any other word
+#   except `<s>`. `▁was` (row 12) puts 0.81 on the first `▁light` too: the token that *followed* the earlier
+#   `▁there`, which is also the word `▁was` should predict next (`there was light`). That is the pattern
+#   of an induction head (find where the context repeated before, look at what came next), here in a
+#   4-layer model. Only RoPE (notebook 03) lets a head tell the two copies apart.
+# - **Layer 3, head 0**: the first rows go to `<s>`; after the `:` (position 9), the rows of `▁and`, `▁there`,
+#   `▁was` and `▁light` put 0.47 to 0.75 on it, the latest punctuation mark. The final `.` does not: it puts
+#   0.48 on the earlier `,` (position 4) and 0.30 on `<s>` (the numbers are printed below the picture). When a head has nothing useful to fetch, softmax still has to put its
 #   probability somewhere, and trained models commonly park it on the first token or on frequent markers
 #   ("attention sinks"; notebook 11 looks for them in the real 7B).
 #
@@ -484,67 +493,113 @@ def my_repeat_kv(x, n_rep):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex04_1_repeat_kv-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+g1 = torch.Generator().manual_seed(41)
 _ = check_function("04.1 repeat_kv", my_repeat_kv, repeat_kv,
-               cases=[(torch.randn(1, 2, 3, 4), 4), (torch.randn(2, 8, 5, 16), 1), (torch.randn(1, 1, 2, 4), 8),
-                      (torch.randn(3, 4, 1, 2), 2)],
+               cases=[case(torch.randn(1, 2, 3, 4, generator=g1), 4, label="2 K/V heads, each read by 4 query heads"),
+                      case(torch.randn(2, 8, 5, 16, generator=g1), 1, label="n_rep 1: plain multi-head, nothing to repeat"),
+                      case(torch.randn(1, 1, 2, 4, generator=g1), 8, label="1 K/V head for 8 query heads (multi-query)"),
+                      case(torch.randn(3, 4, 1, 2, generator=g1), 2, label="batch 3, 4 K/V heads, a single position")],
+               forbid=["minimistral.attention.repeat_kv"],
                hint="which K/V head must query head h read? Compare the head order your function gives with "
                     "the two orders printed in section 4")
 
 # %% [markdown]
-# **04.2** Write causal attention for **one** head: `q, k, v` of shape `(T, D)` in, `(T, D)` out. Scale,
-# mask the future with $-\infty$, softmax over keys, weighted sum of values. No library attention calls.
+# **04.2 A left-padded batch.** To generate for several prompts at once, servers pad the shorter prompts on
+# the **left** so that every prompt ends at the last position. Write causal attention for one head over such a
+# batch: `q, k, v` of shape `(B, T, D)`, and `lengths` `(B,)`, where sequence `b` occupies its last
+# `lengths[b]` positions and the positions before are padding. A real token must attend neither to padding nor
+# to its future, and give exactly what the unpadded sequence alone would give; a padding row (a query that is
+# padding) must return zeros. Scale, mask, softmax over keys, weighted sum of values, with no library
+# attention (the check watches for `scaled_dot_product_attention` and the library's `attention_explicit`).
+# Think about what softmax does with a row that has nothing left to attend to.
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_2_causal_attention-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_causal_attention(q, k, v):
+# %% nbgrader={"grade": false, "grade_id": "ex04_2_padded_attention-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_padded_attention(q, k, v, lengths):
     ### BEGIN SOLUTION
-    T, D = q.shape
-    scores = q @ k.T / math.sqrt(D)  # (T, T)
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)  # True above the diagonal
-    return torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ v
+    B, T, D = q.shape
+    pos = torch.arange(T)
+    real = pos[None, :] >= (T - lengths)[:, None]  # (B, T): True for real tokens
+    visible = (pos[None, :] <= pos[:, None])[None] & real[:, None, :] & real[:, :, None]  # (B, T, T)
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(~visible, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # padding rows: all -inf -> nan -> 0
+    return probs @ v
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex04_2_causal_attention-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def reference_causal_attention(q, k, v):
-    return attention_explicit(q[None, None], k[None, None], v[None, None], causal_mask(q.shape[0]))[0][0, 0]
+# %% nbgrader={"grade": true, "grade_id": "ex04_2_padded_attention-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def reference_padded_attention(q, k, v, lengths):  # each sequence alone, unpadded, through the library
+    out = torch.zeros_like(q)
+    for b, n in enumerate(lengths.tolist()):
+        if n:
+            qb, kb, vb = (t[b, -n:][None, None] for t in (q, k, v))
+            out[b, -n:] = attention_explicit(qb, kb, vb, causal_mask(n))[0][0, 0]
+    return out
 
 
-_ = check_function("04.2 causal_attention", my_causal_attention, reference_causal_attention,
-               cases=[(torch.randn(1, 4), torch.randn(1, 4), torch.randn(1, 4)),
-                      (torch.randn(5, 8), torch.randn(5, 8), torch.randn(5, 8)),
-                      (10 * torch.randn(7, 3), 10 * torch.randn(7, 3), torch.randn(7, 3))],
-               hint="each row of probabilities belongs to one query and must sum to 1 over the keys it may "
-                    "see; check the scale against the head size, and which entries your mask removes")
+g2 = torch.Generator().manual_seed(42)
+
+
+def padded_case(B, T, D, lengths, label, scale=1.0):
+    return case(scale * torch.randn(B, T, D, generator=g2), scale * torch.randn(B, T, D, generator=g2),
+                torch.randn(B, T, D, generator=g2), torch.tensor(lengths), label=label)
+
+
+_ = check_function("04.2 padded_attention", my_padded_attention, reference_padded_attention, cases=[
+    padded_case(1, 5, 8, [5], "one sequence, no padding: plain causal attention"),
+    padded_case(2, 6, 8, [6, 3], "two prompts of 6 and 3 tokens"),
+    padded_case(3, 4, 16, [1, 4, 2], "three prompts, one of a single token"),
+    padded_case(2, 7, 3, [7, 5], "large scores: the scale matters", scale=10.0),
+    padded_case(2, 3, 4, [3, 0], "an empty prompt: all padding"),
+], forbid=LIBRARY_ATTENTION + ("minimistral.attention.attention_explicit", "minimistral.attention.attention_sdpa"),
+   hint="build one (B, T, T) mask from two conditions: not the future, and not padding (on the key side and on "
+        "the query side); check the scale against the head size; what does softmax give for a row of -inf only?")
 
 # %% [markdown]
-# **04.3** The KV cache in bytes of a model with `n_layers` layers, `n_kv_heads` K/V heads of size
-# `head_dim`, holding `seq_len` tokens, each number taking `bytes_per_value` bytes (batch 1, full cache).
+# **04.3 How many users fit?** A GPU has `memory` bytes, and the weights take `weight_bytes` of them. Each
+# sequence being served keeps a full KV cache (no window) of `seq_len` tokens, for a model with `n_layers`
+# layers and `n_kv_heads` K/V heads of size `head_dim`, each number in `bytes_per_value` bytes. Return the
+# largest number of sequences that fit at once, an `int` (0 when not even one does). Nothing above computes
+# this: work out from section 3 what one token costs in one layer, then budget.
 
-# %% nbgrader={"grade": false, "grade_id": "ex04_3_kv_cache_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
+# %% nbgrader={"grade": false, "grade_id": "ex04_3_max_batch-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_max_batch(memory, weight_bytes, n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
     ### BEGIN SOLUTION
-    return 2 * n_layers * n_kv_heads * head_dim * seq_len * bytes_per_value
+    per_sequence = 2 * n_layers * n_kv_heads * head_dim * seq_len * bytes_per_value  # keys and values
+    return max(0, (memory - weight_bytes) // per_sequence)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex04_3_kv_cache_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def reference_kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
+# %% nbgrader={"grade": true, "grade_id": "ex04_3_max_batch-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def reference_max_batch(memory, weight_bytes, n_layers, n_kv_heads, head_dim, seq_len, bytes_per_value):
     a = mm.ModelArgs(n_layers=n_layers, n_heads=32, n_kv_heads=n_kv_heads, head_dim=head_dim)
-    return a.kv_cache_bytes(seq_len, dtype={4: "float32", 2: "bfloat16", 1: "int8"}[bytes_per_value], rolling=False)
+    dtype = {4: "float32", 2: "bfloat16", 1: "int8"}[bytes_per_value]
+    batch = 0
+    while weight_bytes + a.kv_cache_bytes(seq_len, batch + 1, dtype=dtype, rolling=False) <= memory:
+        batch += 1
+    return batch
 
 
-_ = check_function("04.3 kv_cache_bytes", my_kv_cache_bytes, reference_kv_cache_bytes,
-               cases=[(32, 8, 128, 1, 2), (32, 8, 128, 32768, 2), (32, 32, 128, 4096, 2), (32, 1, 128, 4096, 4),
-                      (2, 2, 16, 10, 1)],
-               hint="what exactly does the cache store for one token in one layer? Count the vectors, then "
-                    "their numbers, then their bytes")
+W7 = args7b.weight_bytes("bfloat16")
+_ = check_function("04.3 max_batch", my_max_batch, reference_max_batch, cases=[
+    case(80 * 10**9, W7, 32, 8, 128, 4096, 2, label="an 80 GB GPU, Mistral 7B in bf16, 4,096 tokens each"),
+    case(24 * 2**30, W7, 32, 8, 128, 32768, 2, label="a 24 GiB GPU, 32,768 tokens each"),
+    case(16 * 10**9, W7, 32, 8, 128, 32768, 2, label="a 16 GB GPU: not even one 32,768-token sequence"),
+    case(80 * 10**9, W7, 32, 32, 128, 4096, 2, label="80 GB, 32 K/V heads (multi-head attention)"),
+    case(40 * 10**9, W7 // 2, 32, 8, 128, 8192, 1, label="40 GB, int8 weights and an int8 cache, 8,192 tokens"),
+    case(10 * 10**9, W7, 32, 8, 128, 100, 2, label="weights larger than the memory"),
+    case(10**6, 0, 2, 2, 16, 10, 4, label="a toy: 1 MB, 2 layers, 2 heads of 16, 10 tokens, fp32"),
+], forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.kv_bytes_per_token"],
+   hint="what does the cache store for one token in one layer? Count the vectors, then their numbers, then their "
+        "bytes; then how many whole sequences fit in what the weights leave, and never fewer than none")
 
 # %% [markdown]
 # **04.4 Grouped-query attention without copies.** `repeat_kv` materialises every K/V head `n_rep` times
 # (section 4). Write causal GQA that does not: `q` of shape `(B, H, T, D)`, `k` and `v` of shape
 # `(B, K, T, D)` with `H` a multiple of `K`, out `(B, H, T, D)`, where query head `h` reads K/V head
-# `h // (H // K)`. You may not use `repeat`, `repeat_interleave` or `expand` (the check disables them);
-# `view`/`reshape` of `q` and broadcasting in `@` or `einsum` are the tools. Think about which axis of a
+# `h // (H // K)`. Nothing may copy K/V heads: no `repeat`, `repeat_interleave`, `expand`, `expand_as`,
+# `broadcast_to`, `stack`, `cat`, `index_select`, `gather`, indexing with a tensor or a list, `repeat_kv`, and
+# no library attention (`scaled_dot_product_attention`, with or without `enable_gqa`): the check watches for
+# each while your function runs. `view`/`reshape` of `q` and broadcasting in `@` or `einsum` are the tools. Think about which axis of a
 # reshaped `q` must line up with `k`'s head axis.
 
 # %% nbgrader={"grade": false, "grade_id": "ex04_4_gqa_no_copy-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -561,28 +616,12 @@ def gqa_attention(q, k, v):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex04_4_gqa_no_copy-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def without_copies(fn):
-    """fn with torch's head-copying helpers disabled while it runs."""
-    def refuse(*args, **kwargs):
-        raise RuntimeError("repeat, repeat_interleave and expand are disabled in 04.4: group the query heads instead")
-
-    def run(*args):
-        saved = torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.expand
-        torch.Tensor.repeat = torch.Tensor.repeat_interleave = torch.repeat_interleave = torch.Tensor.expand = refuse
-        try:
-            return fn(*args)
-        finally:
-            torch.Tensor.repeat, torch.Tensor.repeat_interleave, torch.repeat_interleave, torch.Tensor.expand = saved
-    run.__signature__ = __import__("inspect").signature(fn)
-    return run
-
-
 def reference_gqa(q, k, v):
     return attention_explicit(q, k, v, causal_mask(q.shape[2]))[0]
 
 
 g4 = torch.Generator().manual_seed(44)
-_ = check_function("04.4 gqa_no_copy", without_copies(gqa_attention), reference_gqa, cases=[
+_ = check_function("04.4 gqa_no_copy", gqa_attention, reference_gqa, cases=[
     (torch.randn(1, 8, 5, 16, generator=g4), torch.randn(1, 2, 5, 16, generator=g4), torch.randn(1, 2, 5, 16, generator=g4)),
     (torch.randn(2, 6, 4, 8, generator=g4), torch.randn(2, 3, 4, 8, generator=g4), torch.randn(2, 3, 4, 8, generator=g4)),
     (torch.randn(1, 4, 3, 8, generator=g4), torch.randn(1, 4, 3, 8, generator=g4), torch.randn(1, 4, 3, 8, generator=g4)),
@@ -590,6 +629,7 @@ _ = check_function("04.4 gqa_no_copy", without_copies(gqa_attention), reference_
     (torch.randn(1, 4, 1, 8, generator=g4), torch.randn(1, 2, 1, 8, generator=g4), torch.randn(1, 2, 1, 8, generator=g4)),
 ], labels=["8 query heads over 2 K/V heads", "batch 2, 6 query heads over 3 K/V heads (groups of 2)",
            "4 over 4: plain multi-head", "4 over 1: multi-query", "a single token"],
+   forbid=NO_COPIES + LIBRARY_ATTENTION + ("minimistral.attention.repeat_kv",),
    hint="number the query heads of one group r = 0..n_rep-1 and the groups g = 0..K-1: which of (g, r) must "
         "be the outer axis when you reshape q's H axis, so that the group axis meets k's head axis?")
 

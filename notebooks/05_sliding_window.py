@@ -52,7 +52,7 @@ from matplotlib.colors import ListedColormap
 
 import minimistral as mm
 from minimistral.attention import attention_explicit, attention_mask, sliding_window_mask
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import case, check_function
 from minimistral.train import corpus
 
 torch.manual_seed(0)
@@ -273,10 +273,10 @@ print(f"so a token can be influenced by inputs at positions i - {(W7 - 1) * L7:,
 # %% [markdown]
 # Either way it is an upper bound on what the architecture *allows*: information has to be relayed through
 # every layer to get that far, and nothing says the trained model does it well. Nor can a sequence reach it
-# in practice. The paper's Table 1 gives a context length of **8,192** tokens (the context the model was
-# built and trained for): within such a sequence nothing lies more than 8,191 positions back, one
+# in practice. The paper's Table 1 gives a context length (`context_len`) of **8,192** tokens; it does not say
+# whether that is also the length the model was trained on. Within such a sequence nothing lies more than 8,191 positions back, one
 # sixteenth of the bound, only two windows. The released configuration allows 32,768 positions
-# (`max_seq_len`), a quarter of the bound, beyond that training context. The picture of the bound grows in
+# (`max_seq_len`), a quarter of the bound, beyond that context length. The picture of the bound grows in
 # straight lines, one window per layer: `mm.viz.plot_receptive_field(4096, 32)` draws it (section 6).
 
 # %% [markdown]
@@ -398,8 +398,8 @@ for T_ in (1024, 4096, 8192, 16384, 32768):
           f"{a.kv_cache_bytes(T_, rolling=False) / 2**30:>7.2f} GiB {a.kv_cache_bytes(T_) / 2**30:>5.2f} GiB")
 
 # %% [markdown]
-# At the paper's training context of 8,192 tokens the window cuts a whole prompt's attention work by a
-# third (ratio 1.33); at the configured limit of 32,768 tokens by about 4.3x. For each *new* token generated at
+# At the paper's context length of 8,192 tokens the window cuts a whole prompt's attention work by a
+# quarter (from 17.59 to 13.20 TFLOPs: the full cost is 1.33 times the windowed one); at the configured limit of 32,768 tokens by about 4.3x. For each *new* token generated at
 # position $T$ it cuts the attention work by $T/W$ (2x at 8,192, 8x at 32,768), and the cache by the same factor.
 
 # %%
@@ -462,54 +462,82 @@ mm.viz.mask_explorer(max_len=32)
 # %% [markdown]
 # ## Exercises
 #
-# **05.1** Build the sliding-window mask: `(seq_len, seq_len)` bool, True where query $i$ may attend key
-# $j$; `window=None` means plain causal. Checked against the library on sizes that include $W = 1$ (each
-# token sees only itself), $W \ge T$ (no different from causal) and `None`.
+# **05.1 The mask over any positions.** Section 2 built the square mask of a sequence that starts at 0. The
+# rolling cache of notebook 08 needs more: its W slots hold keys **out of order** (the token at position $p$
+# sits in slot $p \bmod W$, so after 6 tokens with $W = 4$ the slots hold positions `[4, 5, 2, 3]`), and slots
+# not written yet hold the position `-1`. Write `my_attention_mask(q_positions, k_positions, window)`: for
+# query positions `(Tq,)` and key positions `(Tk,)` (int tensors), return the `(Tq, Tk)` bool mask, True where
+# the query may attend the key under Mistral's rule; `window=None` means plain causal. Work from the rule
+# itself (which positions may a query at position $i$ see?), not from the row and column numbers.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_1_sliding_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_sliding_window_mask(seq_len, window):
+# %% nbgrader={"grade": false, "grade_id": "ex05_1_attention_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_attention_mask(q_positions, k_positions, window):
     ### BEGIN SOLUTION
-    i = torch.arange(seq_len)[:, None]
-    j = torch.arange(seq_len)[None, :]
-    visible = j <= i
+    i = q_positions[:, None]  # (Tq, 1)
+    j = k_positions[None, :]  # (1, Tk)
+    visible = (j <= i) & (j >= 0)  # no future key, no empty slot
     if window is not None:
         visible = visible & (j > i - window)
     return visible
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex05_1_sliding_window_mask-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-_ = check_function("05.1 sliding_window_mask", my_sliding_window_mask, sliding_window_mask,
-                   cases=[(8, 3), (16, 4), (6, 1), (5, 5), (5, 9), (7, None), (1, 1), (40, 39)],
-                   hint="count the True entries of each row of your mask and compare with what section 2 says "
-                        "a row must hold; check the dtype, and the case window=None")
+# %% nbgrader={"grade": true, "grade_id": "ex05_1_attention_mask-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def mask_by_rule(q_positions, k_positions, window):  # the reference: one (query, key) pair at a time
+    out = torch.zeros(len(q_positions), len(k_positions), dtype=torch.bool)
+    for a, i in enumerate(q_positions.tolist()):
+        for b, j in enumerate(k_positions.tolist()):
+            out[a, b] = 0 <= j <= i and (window is None or i - j < window)
+    return out
+
+
+P = torch.tensor
+_ = check_function("05.1 attention_mask", my_attention_mask, mask_by_rule, cases=[
+    case(torch.arange(8), torch.arange(8), 3, label="the square mask of 8 tokens, W = 3"),
+    case(P([5]), P([4, 5, 2, 3]), 4, label="one query at 5, a full rolling buffer of W = 4 holding 4, 5, 2, 3"),
+    case(P([1]), P([0, 1, -1, -1]), 4, label="query at 1, buffer of 4 with two empty slots (-1)"),
+    case(P([6, 7]), P([4, 5, 6, 7]), 4, label="two queries (6, 7) over a buffer that holds them too"),
+    case(P([0, 1, 2]), P([0, 1, 2, -1, -1]), None, label="no window, empty slots at the end"),
+    case(P([9, 10]), P([8, 9, 10, 7]), 1, label="W = 1: each query sees only itself"),
+    case(torch.arange(3, 6), torch.arange(6), 2, label="queries 3-5 after 3 cached tokens, W = 2"),
+], forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask",
+           "minimistral.attention.causal_mask"],
+   hint="compare positions, not indices: a query at position i sees key positions j with j <= i and fewer than "
+        "window positions back, and a slot that holds -1 holds no key at all")
 
 # %% [markdown]
-# **05.2** How far back can information travel? Return the largest distance $i - j$ such that the input at
-# position $j$ can influence position $i$ after `n_layers` layers of window `window`. The check compares
-# with a brute-force computation on the actual masks.
+# **05.2 Asking a kernel for Mistral's window.** FlashAttention's `flash_attn_func(q, k, v, causal=False,
+# window_size=(left, right))` lets the query at position $i$ attend the key at position $j$ when
+# $i - \text{left} \le j \le i + \text{right}$, where `-1` on a side means no limit there. Write
+# `my_flash_window(window)`: the `(left, right)` tuple of ints that gives exactly Mistral's mask for a window
+# `window`, or plain causal attention for `window=None`. Early reference code and some kernels were off by one
+# here; the check compares the masks your tuple produces with Mistral's.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_2_max_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_max_reach(window, n_layers):
+# %% nbgrader={"grade": false, "grade_id": "ex05_2_flash_window-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_flash_window(window):
     ### BEGIN SOLUTION
-    return n_layers * (window - 1)
+    return (-1, 0) if window is None else (window - 1, 0)  # W keys: itself and W - 1 before it
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex05_2_max_reach-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def brute_force_reach(window, n_layers):
-    T = n_layers * window + 2
-    step = sliding_window_mask(T, window).int()
-    reach = torch.eye(T, dtype=torch.int)
-    for _ in range(n_layers):
-        reach = ((step @ reach) > 0).int()
-    return T - 1 - reach[-1].nonzero().min().item()
+# %% nbgrader={"grade": true, "grade_id": "ex05_2_flash_window-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def flash_mask(seq_len, window_size):  # FlashAttention's rule, written out
+    left, right = window_size
+    i, j = torch.arange(seq_len)[:, None], torch.arange(seq_len)[None, :]
+    return ((j >= i - left) | (left < 0)) & ((j <= i + right) | (right < 0))
 
 
-_ = check_function("05.2 max_reach", my_max_reach, brute_force_reach,
-                   cases=[(4, 1), (4, 3), (1, 5), (2, 10), (16, 4), (7, 7)],
-                   hint="how many positions back can ONE layer move information, given that the W keys a query "
-                        "sees include itself? Then stack the layers")
+def flash_window_by_search(window):  # the reference: the one tuple whose mask is Mistral's on 40 tokens
+    found = [(lt, rt) for lt in range(-1, 40) for rt in range(-1, 40)
+             if torch.equal(flash_mask(40, (lt, rt)), sliding_window_mask(40, window))]
+    return found[0]
+
+
+_ = check_function("05.2 flash_window", my_flash_window, flash_window_by_search,
+                   cases=[case(4, label="W = 4"), case(1, label="W = 1: each token sees itself only"),
+                          case(16, label="W = 16"), case(None, label="no window: plain causal")],
+                   hint="count the keys a query sees under each rule, itself included; and what must the right "
+                        "side be so that no query sees its future?")
 
 # %% [markdown]
 # **05.3 The mask when a cache holds the past.** When generating, the model processes `n_new` new tokens
@@ -541,6 +569,8 @@ _ = check_function("05.3 cache_window_mask", cache_window_mask, reference_cache_
                    labels=["one new token at position 10, W = 4", "3 new tokens after 5 cached, W = 4",
                            "no cache (start 0): the square mask", "2 new tokens after 7, no window",
                            "W = 1: each token sees itself only", "window longer than everything so far"],
+                   forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask",
+                           "minimistral.attention.causal_mask"],
                    hint="write the query positions and the key positions as numbers first (which is the first "
                         "query's position?); then the same two conditions as for the square mask")
 
@@ -585,8 +615,8 @@ _ = check_function("05.4 mixed_reach", mixed_reach, brute_force_mixed,
 # - `>=` instead of `>` (or `triu(diagonal=-W)`) gives W + 1 keys; it shipped in real code. A test must count
 #   keys per row on a sequence longer than the window.
 # - Stacked layers relay information: at most $L(W-1)$ positions back after $L$ layers, 131,040 for the 7B
-#   (the paper's "approximately 131K" is $W \times L$ = 131,072), far more than the 8,192-token context the
-#   model was trained for.
+#   (the paper's "approximately 131K" is $W \times L$ = 131,072), far more than the 8,192-token context length of
+#   the paper's Table 1.
 # - In the trained tiny model most attention stays within a few tokens of the query, and the window's edge
 #   gets a fraction of a percent; yet the same weights without the window attend mostly to distances they
 #   never saw in training and predict worse. A model needs the window it was trained with.

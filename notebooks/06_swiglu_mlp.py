@@ -51,9 +51,10 @@ import math
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from matplotlib.colors import TwoSlopeNorm
 
 import minimistral as mm
-from minimistral.labs.checks import check_function, check_value
+from minimistral.labs.checks import case, check_function, check_value
 from minimistral.mlp import FeedForward
 
 torch.manual_seed(0)
@@ -240,12 +241,17 @@ print(f"8/3 x {d} = {8 * d / 3:.2f}")
 h = int(2 * 4 * d / 3)
 print(f"LLaMA: int(2 * 4 * {d} / 3) = {h}, rounded up to a multiple of 256 = {256 * math.ceil(h / 256)}")
 print(f"Mistral 7B: hidden_dim = {mm.ModelArgs.mistral_7b().hidden_dim} = {14336 / d} x {d} = {14336 // 256} x 256")
+h2 = int(1.3 * h)  # LLaMA 2's code: ffn_dim_multiplier scales the truncated 8/3 d, truncates again, then rounds up
+print(f"LLaMA 2's rule, ffn_dim_multiplier 1.3: int(1.3 x {h}) = {h2}, rounded up to a multiple of 256 = "
+      f"{256 * math.ceil(h2 / 256)}")
 
 # %% [markdown]
 # Mistral 7B uses 14,336 = 3.5 × 4096: a **wider** MLP than the equal-parameter rule, by a factor
 # $14336 / 10922.67 = 1.3125$. The Mistral 7B paper lists the value in its table of hyper-parameters and
-# does not explain the choice. What one can say is what it costs and that it is not unique: LLaMA 2 70B uses the
-# same ratio (dim 8192, hidden 28,672 = 3.5 × 8192). Each layer's MLP has 176.2 M parameters instead of 134.2 M
+# does not explain the choice, but the number is exactly what LLaMA 2's code gives with `ffn_dim_multiplier`
+# 1.3 (the setting of LLaMA 2 70B): $\lfloor 1.3 \times 10{,}922 \rfloor = 14{,}198$, rounded up to a multiple of 256,
+# is $56 \times 256 = 14{,}336$ (printed above). LLaMA 2 70B itself has the same ratio (dim 8192, hidden 28,672
+# = 3.5 × 8192). Each layer's MLP has 176.2 M parameters instead of 134.2 M
 # for a 4× two-matrix MLP of the same width $d$:
 
 # %%
@@ -400,7 +406,8 @@ ax_r.legend(loc="center left", fontsize=9)
 layer = 3
 g3 = silu(gate_in[layer])  # (T, hidden)
 units = g3.std(0).argsort(descending=True)[:40]  # the 40 units that vary most along the sentence
-im = axes[1].imshow(g3[:, units].T, aspect="auto", cmap="RdBu_r", vmin=-3, vmax=3)
+# two slopes: the dip (down to -0.28) gets half the colour scale, so slightly negative gates show as blue
+im = axes[1].imshow(g3[:, units].T, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(vmin=-0.3, vcenter=0.0, vmax=3.0))
 axes[1].set_xticks(range(len(labels)), labels, rotation=60, fontsize=9)
 axes[1].set_ylabel(f"40 of layer {layer}'s {g3.shape[1]} hidden units")
 axes[1].set_yticks([])
@@ -424,8 +431,8 @@ for n, a_ in gate_in.items():
 # - Most gate inputs are **negative**, and almost all of those sit in SiLU's dip between −4 and 0, not far out
 #   where SiLU is flat at zero. So most units pass a small, *negative* multiple of their value (the dip is
 #   down to −0.28): the trained model does use the part of the curve where SiLU differs from ReLU.
-# - Only a few percent of the gates are wide open (SiLU > 1) for a given token, and *which* ones changes from
-#   token to token: each token switches on its own small set of units.
+# - A minority of the gates is wide open (SiLU > 1) for a given token: 12% in layer 0, 4% to 9% in the layers
+#   above (the table), and *which* ones changes from token to token: each token switches on its own small set of units.
 # - The same word gives similar gate patterns where it recurs: cosine similarity 0.85 to 0.98 between the two
 #   "light"s, 0.64 to 0.89 between the two "there"s, against about 0.1 between "light" and "there". The two
 #   "there"s drift apart after the first layer: attention has mixed in their different contexts ("Let there
@@ -457,28 +464,53 @@ cases = [(torch.randn(*shape_x, dim_, generator=gen), torch.randn(h_, dim_, gene
           torch.randn(dim_, h_, generator=gen) * 0.3, torch.randn(h_, dim_, generator=gen) * 0.3)
          for shape_x, dim_, h_ in [((3,), 4, 6), ((2, 5), 8, 12), ((1, 1, 1), 2, 1), ((2, 3), 16, 40)]]
 _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
+                   labels=["one token of dim 4, hidden 6", "a (2, 5) batch of tokens, dim 8, hidden 12",
+                           "dim 2, a single hidden unit", "a (2, 3) batch, dim 16, hidden 40"],
+                   forbid=["torch.nn.functional.silu", "torch._C._nn.silu", "torch.nn.functional.glu",
+                           "minimistral.mlp.FeedForward.forward"],
                    hint="SiLU goes on the w1 (gate) projection only; multiply elementwise by the w3 projection, then w2")
 
 # %% [markdown]
-# **06.2** The LLaMA rule for the hidden width: `int(2 * 4 * dim / 3)`, rounded **up** to a multiple of
-# `multiple_of`. The check uses the published widths of LLaMA 7B, 13B, 33B and 65B (dim 4096, 5120, 6656, 8192),
-# plus two edge cases: a width that already is a multiple (dim 96 gives exactly 256, which must stay 256) and
-# `multiple_of=1` (no rounding at all).
+# **06.2** LLaMA 2 added one knob to the rule of section 4: a multiplier $m$ (`ffn_dim_multiplier`) scales
+# the truncated $\lfloor 8d/3 \rfloor$ and truncates again, before the rounding up to a multiple of `multiple_of`.
+# Mistral 7B's 14,336 is what $m = 1.3$ gives (section 4), but 1.3 is not the only multiplier that gives it.
+# Write `my_multiplier_range(dim, multiple_of, hidden)`: the smallest and the largest multiplier for which the
+# rule gives exactly `hidden`, as a tuple `(k_min, k_max)` of **hundredths** ($m = k/100$, with
+# $100 \le k \le 300$), or `None` when no such multiplier gives `hidden`. Work in integers: $\lfloor m n \rfloor$ is
+# `k * n // 100`. Then read off how much freedom a published width leaves about the multiplier behind it.
 
-# %% nbgrader={"grade": false, "grade_id": "ex06_2_llama_hidden_dim-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_llama_hidden_dim(dim, multiple_of=256):
+# %% nbgrader={"grade": false, "grade_id": "ex06_2_multiplier_range-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_multiplier_range(dim, multiple_of, hidden):
     ### BEGIN SOLUTION
-    h = int(2 * 4 * dim / 3)
-    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+    n = 8 * dim // 3  # the truncated 8/3 d
+    ks = [k for k in range(100, 301) if multiple_of * -(-(k * n // 100) // multiple_of) == hidden]  # round up
+    return (ks[0], ks[-1]) if ks else None
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex06_2_llama_hidden_dim-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-_ = check_value("06.2 llama_hidden_dim",
-                lambda: [my_llama_hidden_dim(dm) for dm in (4096, 5120, 6656, 8192, 96)]
-                + [my_llama_hidden_dim(4096, multiple_of=1)],
-                [11008, 13824, 17920, 22016, 256, 10922],
-                hint="truncate first, then round UP to the multiple; a value already on a multiple must not move")
+# %% nbgrader={"grade": true, "grade_id": "ex06_2_multiplier_range-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def llama2_hidden_dim(dim, multiple_of, k):  # LLaMA 2's FeedForward, with the multiplier in hundredths
+    h = int(2 * (4 * dim) / 3)
+    h = int(k / 100 * h) if k % 100 else h * (k // 100)
+    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+
+
+def multiplier_range_by_search(dim, multiple_of, hidden):
+    ks = [k for k in range(100, 301) if llama2_hidden_dim(dim, multiple_of, k) == hidden]
+    return (min(ks), max(ks)) if ks else None
+
+
+_ = check_function("06.2 multiplier_range", my_multiplier_range, multiplier_range_by_search, cases=[
+    case(4096, 256, 14336, label="Mistral 7B: dim 4,096, multiples of 256, hidden 14,336"),
+    case(8192, 4096, 28672, label="LLaMA 2 70B: dim 8,192, multiples of 4,096, hidden 28,672"),
+    case(4096, 256, 11008, label="LLaMA 7B's 11,008: the smallest multiplier allowed already gives it"),
+    case(256, 32, 896, label="the tiny model: dim 256, multiples of 32, hidden 896"),
+    case(4096, 1, 14307, label="multiple_of 1: no rounding up"),
+    case(4096, 256, 14000, label="hidden 14,000: not a multiple of 256"),
+    case(4096, 256, 24576, label="hidden 24,576: a multiplier above 2"),
+    case(4096, 256, 40960, label="hidden 40,960: beyond the largest multiplier"),
+], hint="the rule only moves in steps; for each candidate multiplier the width follows from the rule, or "
+        "bound k from the two inequalities that rounding up to a multiple gives. Keep both truncations")
 
 # %% [markdown]
 # **06.3** Turn section 5 around. A designer wants the MLP to hold at least a given share of each layer's
@@ -531,7 +563,7 @@ _ = check_function("06.3 hidden_for_share", my_hidden_for_share, _share_referenc
 # - SwiGLU: $W_2(\mathrm{SiLU}(W_1 x) \odot W_3 x)$; the gate decides how much, the value what. Our version equals
 #   `minimistral.mlp.FeedForward`; $W_1$ and $W_3$ must not be swapped.
 # - 8/3·d keeps a 4× MLP's parameter count (10,922.67 for d = 4096; LLaMA rounds to 11,008). Mistral 7B uses a
-#   wider 14,336 = 3.5·d; the reason is not published.
+#   wider 14,336 = 3.5·d: exactly LLaMA 2's rule with `ffn_dim_multiplier` 1.3 (the paper does not say why).
 # - The MLP holds 176,160,768 of each layer's 218,112,000 parameters (80.8%), 77.8% of the whole model, and does
 #   about 79% of the FLOPs per token at short context, 69% at 4096 keys and beyond (thanks to the window).
 # - In the trained tiny model, most gate inputs sit in SiLU's negative dip, and each token opens its own few units.

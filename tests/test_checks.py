@@ -2,6 +2,7 @@
 says how the result's form or value is off, and never prints the expected value."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -138,3 +139,246 @@ def test_zeros_and_wrong_rows_are_named(capsys):
     ok, out = verdict(capsys, "99.11 rows", overwrite,
                       lambda ids: torch.zeros(5, 2).index_add_(0, ids, torch.ones(len(ids), 2)), [(torch.tensor([1, 1, 3]),)])
     assert "2 of 10 entries differ, in 1 of 5 rows (the largest error at index (1, 0), every wrong entry too low)" in out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each class of wrong answer that used to pass (issue 22), on synthetic functions, against outside references
+# (torch's own rms_norm, silu, attention and a float64 rotation).
+
+import torch.nn.functional as F  # noqa: E402
+
+from minimistral.labs import checks  # noqa: E402
+from minimistral.labs.checks import NO_COPIES, case  # noqa: E402
+
+
+def torch_rms_norm(x, w, eps):  # the reference: torch's, in float32, cast back as Mistral does
+    return F.rms_norm(x.float(), (x.shape[-1],), eps=eps).type_as(x) * w
+
+
+def good_rms_norm(x, w, eps):
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * w
+
+
+def test_an_answer_that_changes_its_input_is_told_so_by_name(capsys):
+    def in_place(x, w, eps):  # right values, but written into the caller's tensor
+        return x.mul_(torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)).mul_(w)
+    x = torch.randn(3, 8)
+    before = x.clone()
+    ok, out = verdict(capsys, "99.12 rms_norm", in_place, torch_rms_norm, [(x, torch.ones(8), 1e-5)])
+    assert not ok and "changed its input 'x' in place" in out
+    assert torch.equal(x, before)  # the caller's tensor is untouched: the student got a copy
+
+    def wrong_sign_rope(x, angles):  # rotates the wrong way AND overwrites x: used to compare x with itself
+        c, s = angles.cos(), angles.sin()
+        a, b = x[..., 0::2].clone(), x[..., 1::2].clone()
+        x[..., 0::2], x[..., 1::2] = a * c + b * s, b * c - a * s
+        return x
+
+    def rope(x, angles):
+        c, s = angles.cos(), angles.sin()
+        a, b = x[..., 0::2], x[..., 1::2]
+        return torch.stack([a * c - b * s, a * s + b * c], -1).flatten(-2)
+
+    def mutating_reference(x, angles):  # a reference that reads x after the student ran on it
+        return rope(x, angles)
+    ok, out = verdict(capsys, "99.13 rope", wrong_sign_rope, mutating_reference,
+                      [(torch.randn(4, 8), torch.rand(4, 4) * 6)])
+    assert not ok and "changed its input 'x' in place" in out
+    ok, out = verdict(capsys, "99.13 rope", rope, mutating_reference, [(torch.randn(4, 8), torch.rand(4, 4) * 6)])
+    assert ok
+
+
+def test_eps_outside_the_square_root_fails_where_the_mean_square_is_near_eps(capsys):
+    def eps_outside(x, w, eps):
+        return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w
+    gen = torch.Generator().manual_seed(0)
+    ordinary = case(torch.randn(4, 16, generator=gen), torch.ones(16), 1e-5, label="unit-scale rows")
+    tiny = case(torch.randn(4, 16, generator=gen) * 3e-3, torch.ones(16), 1e-5, label="mean square near eps")
+    assert verdict(capsys, "99.14 rms_norm", eps_outside, torch_rms_norm, [ordinary])[0]  # where it cannot show
+    ok, out = verdict(capsys, "99.14 rms_norm", eps_outside, torch_rms_norm, [ordinary, tiny])
+    assert not ok and "case 2 of 2 (mean square near eps)" in out
+    assert verdict(capsys, "99.14 rms_norm", good_rms_norm, torch_rms_norm, [ordinary, tiny])[0]
+
+
+def test_a_rope_computed_in_bf16_fails_where_a_correct_bf16_answer_passes(capsys):
+    def rope_f64(x, positions):  # the reference: float64 throughout, rounded once to x's dtype
+        d = x.shape[-1]
+        ang = positions.double()[:, None] * 10000.0 ** (-torch.arange(0, d, 2).double() / d)
+        z = torch.view_as_complex(x.double().reshape(*x.shape[:-1], -1, 2)) * torch.polar(torch.ones_like(ang), ang)
+        return torch.view_as_real(z).flatten(-2).to(x.dtype)
+
+    def upcast(x, positions):  # float32 inside, bf16 out: correct
+        d = x.shape[-1]
+        ang = positions.float()[:, None] * 10000.0 ** (-torch.arange(0, d, 2).float() / d)
+        z = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2)) * torch.polar(torch.ones_like(ang), ang)
+        return torch.view_as_real(z).flatten(-2).type_as(x)
+
+    def bf16_only(x, positions):  # the same formula with every step in x's dtype
+        d = x.shape[-1]
+        ang = positions.to(x.dtype)[:, None] * 10000.0 ** (-torch.arange(0, d, 2).to(x.dtype) / d)
+        a, b = x[..., 0::2], x[..., 1::2]
+        c, s = ang.cos(), ang.sin()
+        return torch.stack([a * c - b * s, a * s + b * c], -1).flatten(-2)
+    gen = torch.Generator().manual_seed(1)
+    cases = [case(torch.randn(6, 64, generator=gen).bfloat16(), torch.arange(6), label="bf16, positions 0-5"),
+             case(torch.randn(6, 64, generator=gen).bfloat16(), torch.arange(4090, 4096), label="bf16, positions 4090-4095")]
+    assert verdict(capsys, "99.15 rope", upcast, rope_f64, cases)[0]
+    ok, out = verdict(capsys, "99.15 rope", bf16_only, rope_f64, cases)
+    assert not ok and "case 2 of 2 (bf16, positions 4090-4095)" in out
+    # fp16: a correct answer passes, squares taken in fp16 overflow
+    big = [case(torch.randn(2, 256, generator=gen).half() * 300, torch.ones(256).half(), 1e-5, label="fp16, entries ~300")]
+    assert verdict(capsys, "99.16 rms_norm", good_rms_norm, torch_rms_norm, big)[0]
+    ok, out = verdict(capsys, "99.16 rms_norm", lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w,
+                      torch_rms_norm, big)
+    assert not ok and "(fp16, entries ~300)" in out
+
+
+def test_calling_the_librarys_own_version_fails_in_the_notebook(capsys):
+    from minimistral import norm
+    from minimistral.norm import rms_norm
+    forbid = ["minimistral.norm.rms_norm", "minimistral.norm.RMSNorm.forward"]
+    cases = [(torch.randn(2, 8), torch.ones(8), 1e-5)]
+    for cheat in (lambda x, w, eps: rms_norm(x, w, eps), lambda x, w, eps: norm.rms_norm(x, w, eps),
+                  lambda x, w, eps: norm.RMSNorm(8, eps)(x) * w):
+        ok, out = verdict(capsys, "99.17 rms_norm", cheat, torch_rms_norm, cases, forbid=forbid)
+        assert not ok and "the library's own version" in out and "calls minimistral.norm." in out, out
+    assert verdict(capsys, "99.17 rms_norm", good_rms_norm, torch_rms_norm, cases, forbid=forbid)[0]
+    assert norm.rms_norm is rms_norm and "recorded" not in norm.RMSNorm.forward.__code__.co_name  # restored
+    with pytest.raises(ValueError, match="names nothing importable"):
+        check_function("99.17 rms_norm", good_rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_nrom"])
+
+
+def test_forbidden_operations_are_seen_while_the_answer_runs(capsys):
+    def silu_by_hand(x):
+        return x * torch.sigmoid(x)
+    for cheat in (F.silu, lambda x: torch.nn.SiLU()(x), lambda x: torch._C._nn.silu(x)):
+        ok, out = verdict(capsys, "99.18 silu", cheat, lambda x: x * torch.sigmoid(x.double()).float(),
+                          [(torch.randn(3, 4),)], forbid=["torch.nn.functional.silu", "torch._C._nn.silu"])
+        assert not ok and "which this exercise does not allow" in out and "silu" in out, out
+    assert verdict(capsys, "99.18 silu", silu_by_hand, lambda x: x * torch.sigmoid(x.double()).float(),
+                   [(torch.randn(3, 4),)], forbid=["torch.nn.functional.silu", "torch._C._nn.silu"])[0]
+
+    # grouped-query attention without copying K/V heads: each way of copying them is named
+    def reference(q, k, v):
+        return F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(q.shape[1] // k.shape[1], 1),
+                                              v.double().repeat_interleave(q.shape[1] // k.shape[1], 1),
+                                              is_causal=True).float()
+
+    def grouped(q, k, v):  # the allowed way: reshape q, broadcast in @
+        B, H, T, D = q.shape
+        K = k.shape[1]
+        s = q.view(B, K, H // K, T, D) @ k[:, :, None].transpose(-2, -1) / D ** 0.5
+        s = s.masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1), float("-inf"))
+        return (s.softmax(-1) @ v[:, :, None]).reshape(B, H, T, D)
+
+    def via(copy):
+        def gqa(q, k, v):
+            n = q.shape[1] // k.shape[1]
+            kk, vv = copy(k, n), copy(v, n)
+            s = (q @ kk.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(
+                torch.ones(q.shape[2], q.shape[2], dtype=torch.bool).triu(1), float("-inf"))
+            return s.softmax(-1) @ vv
+        return gqa
+    index = lambda n, K: torch.arange(K * n) // n  # noqa: E731 -- K/V head of each query head
+    copies = {
+        "advanced indexing": via(lambda t, n: t[:, index(n, t.shape[1])]),
+        "torch.stack": via(lambda t, n: torch.stack([t] * n, 2).flatten(1, 2)),
+        "torch.Tensor.index_select": via(lambda t, n: t.index_select(1, index(n, t.shape[1]))),
+        "torch.broadcast_to": via(lambda t, n: torch.broadcast_to(t[:, :, None], (t.shape[0], t.shape[1], n, *t.shape[2:])).flatten(1, 2)),
+        "torch.Tensor.expand_as": via(lambda t, n: t[:, :, None].expand_as(torch.empty(t.shape[0], t.shape[1], n, *t.shape[2:])).flatten(1, 2)),
+        "torch.nn.functional.scaled_dot_product_attention":
+            lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True),
+    }
+    g = torch.Generator().manual_seed(4)
+    cases = [(torch.randn(1, 8, 5, 16, generator=g), torch.randn(1, 2, 5, 16, generator=g),
+              torch.randn(1, 2, 5, 16, generator=g))]
+    forbid = NO_COPIES + checks.LIBRARY_ATTENTION
+    assert verdict(capsys, "99.19 gqa", grouped, reference, cases, forbid=forbid)[0]
+    for name, cheat in copies.items():
+        assert verdict(capsys, "99.19 gqa", cheat, reference, cases)[0], name  # right values: only the rule fails
+        ok, out = verdict(capsys, "99.19 gqa", cheat, reference, cases, forbid=forbid)
+        assert not ok and f"it uses {name}, which this exercise does not allow" in out, (name, out)
+
+    # the library's own use of a forbidden operation, inside an allowed library function, does not count
+    from minimistral.attention import repeat_kv
+    ok, out = verdict(capsys, "99.20 kv", lambda k: repeat_kv(k, 2), lambda k: k.repeat_interleave(2, 1),
+                      [(torch.randn(1, 2, 3, 4),)], forbid=["torch.Tensor.expand", "torch.Tensor.repeat_interleave"])
+    assert ok, out
+
+
+def test_labels_are_kept_verbatim_and_cases_can_carry_them(capsys):
+    ok, out = verdict(capsys, "99.21 text", lambda s: s.strip(), lambda s: s,
+                      [case("  two leading spaces", label="'  two leading spaces'")])
+    assert not ok and "case 1 of 1 ('  two leading spaces')" in out
+    ok, out = verdict(capsys, "99.21 text", lambda s: s.rstrip(), lambda s: s, [("a  b   c\n",)])
+    assert "(s='a  b   c\\n')" in out  # the automatic description, also verbatim
+    assert checks.verdict_line("[FAIL]", "99.21 text", "line one\n  line two") == "[FAIL] 99.21 text: line one line two"
+    with checks.collect_verdicts() as sink:
+        check_function("99.21 text", lambda s: s.strip(), lambda s: s, [case("   three", label="'   three'")])
+    assert "('   three')" in sink[0][2] and checks.parse_verdicts(capsys.readouterr().out) == sink
+
+
+def test_half_a_percent_off_fails_at_the_default_tolerances(capsys):
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(5))
+    for dtype, rounding in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        xd = x.to(dtype)
+        ok, out = verdict(capsys, "99.22 scale", lambda t: t * 1.005, lambda t: t.clone(), [(xd,)])
+        assert not ok and "times a constant larger than 1" in out
+        ok, _ = verdict(capsys, "99.22 scale", lambda t: t * (1 + rounding), lambda t: t.clone(), [(xd,)])
+        assert ok  # differences the size of the dtype's rounding pass
+    ok, out = verdict(capsys, "99.22 scale", lambda t: t * 1.05, lambda t: t.clone(), [(x.bfloat16(),)])
+    assert not ok  # 5 % is beyond bf16's two ulps
+    ok, out = verdict(capsys, "99.23 number", lambda: 3.0 * 1.005, 3.0, _fn=check_value)
+    assert not ok and "slightly too high" in out
+    ok, out = verdict(capsys, "99.23 number", lambda: 3.0 * 1.00015, 3.0, _fn=check_value)
+    assert not ok  # check_value is stricter still: 0.015 % off fails
+    ok, out = verdict(capsys, "99.23 number", lambda a: a * 1.005, lambda a: a * 1.0, [(2.5,)])
+    assert not ok and "slightly too high" in out
+    ok, out = verdict(capsys, "99.23 number", lambda a: a * (1 - 0.005), lambda a: a * 1.0, [(1e-7,)])
+    assert not ok and "slightly too low" in out
+
+
+def test_every_automatic_description_is_a_label(capsys):
+    import minimistral as mm
+    ok, out = verdict(capsys, "99.24 args", lambda a: a.dim + 1, lambda a: a.dim, [(mm.ModelArgs.tiny(),)])
+    assert not ok and "case 1 of 1 (a=ModelArgs(" in out and "dim=" in out  # not a bare class name
+
+
+def test_the_grader_sees_what_the_notebook_sees(tmp_path, monkeypatch):
+    """`labs grade` runs the student's function in its sandbox: copies and forbidden operations are watched
+    there too, so a notebook's own check and the grade agree (and each says why in the same words)."""
+    pytest.importorskip("nbformat")
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+    from test_labs import read_csv, run_labs
+    from minimistral.labs import sandbox
+    if not sandbox.probe().full:
+        pytest.skip("the grader needs its isolation (root, namespaces) here")
+    monkeypatch.setenv("MINIMISTRAL_CHECKS_RAISE", "1")
+
+    def nb(body):
+        cells = [new_code_cell("import torch\nimport torch.nn.functional as F\n"
+                               "from minimistral.labs.checks import check_function, case"),
+                 new_code_cell("def my_silu(x):\n    ### BEGIN SOLUTION\n" + body + "\n    ### END SOLUTION"),
+                 new_code_cell('_ = check_function("97.1 silu", my_silu, lambda x: x * torch.sigmoid(x), cases=[\n'
+                               '    case(torch.linspace(-4, 4, 9), label="  nine points")],\n'
+                               '    forbid=["torch.nn.functional.silu"])')]
+        n = new_notebook(cells=cells)
+        n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        return n
+    (tmp_path / "source").mkdir()
+    nbformat.write(nb("    return x * torch.sigmoid(x)"), tmp_path / "source" / "97_silu.ipynb")
+    bodies = {"honest": "    return x * torch.sigmoid(x)", "library": "    return F.silu(x)",
+              "mutates": "    return x.mul_(torch.sigmoid(x.clone()))"}
+    for name, body in bodies.items():
+        (tmp_path / name).mkdir()
+        nbformat.write(nb(body), tmp_path / name / "97_silu.ipynb")
+    csv = tmp_path / "grades.csv"
+    r = run_labs("grade", *[tmp_path / n / "97_silu.ipynb" for n in bodies], "--source", tmp_path / "source",
+                 "--jobs", "1", "--csv", csv)
+    rows = {Path(row["file"]).parent.name: row for row in read_csv(csv)}
+    assert rows["honest"]["result"] == "pass", r.stdout + r.stderr
+    assert rows["library"]["result"] == "fail" and "uses torch.nn.functional.silu" in rows["library"]["hint"]
+    assert rows["mutates"]["result"] == "fail" and "changed its input 'x' in place" in rows["mutates"]["hint"]
+    assert "(  nine points)" in rows["mutates"]["hint"]  # the label, verbatim, through the grader too

@@ -22,14 +22,20 @@ its own process and collects the verdicts through `collect_verdicts`.
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
+import functools
+import importlib
 import inspect
 import math
 import numbers
 import os
 import re
+import sys
 from typing import Any, Callable, Iterable, Optional
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 PASS, FAIL, TODO = "[PASS]", "[FAIL]", "[TODO]"
 VERDICT = re.compile(r"^\[(PASS|FAIL|TODO)\] (\d\d\.\d+ [^:\n]+): ?(.*)$", re.M)
@@ -40,9 +46,15 @@ class CheckFailed(AssertionError):
     """A check's verdict was [FAIL] or [TODO]; the line above the traceback says why."""
 
 
+def _one_line(message) -> str:
+    """`message` on one line: line breaks (and the blanks around them) become one space; every other character,
+    runs of spaces inside a case's label included, is kept as it is."""
+    return re.sub(r"[ \t]*[\r\n\f\v]+[ \t]*", " ", str(message)).strip("\r\n\f\v")
+
+
 def verdict_line(tag: str, exercise: str, message: str) -> str:
     """The one writer of the verdict format: `[PASS] 02.1 rms_norm: message` (one line)."""
-    return f"{tag} {exercise}: {' '.join(str(message).split())}"
+    return f"{tag} {exercise}: {_one_line(message)}"
 
 
 def parse_verdicts(text: str) -> list[tuple[str, str, str]]:
@@ -70,7 +82,7 @@ def collect_verdicts():
 def _report(tag: str, exercise: str, message: str) -> bool:
     print(verdict_line(tag, exercise, message))
     if _sinks:
-        _sinks[-1].append((tag.strip("[]"), exercise, " ".join(str(message).split())))
+        _sinks[-1].append((tag.strip("[]"), exercise, _one_line(message)))
         return tag == PASS
     if tag != PASS and raises():
         raise CheckFailed(f"{exercise}: {message}")
@@ -78,6 +90,25 @@ def _report(tag: str, exercise: str, message: str) -> bool:
 
 
 # ---- comparing an answer with the reference ------------------------------------------------------------------
+# Per-dtype tolerances (atol relative to the reference's largest magnitude, rtol to each entry), chosen so that
+# a correct answer computed in float32 and rounded once to the dtype passes (rounding at a different step than
+# the reference may move an entry by an ulp or two), and an answer that skips the float32 upcast fails on the
+# cases built to show it (long RoPE positions in bf16, fp16 squares that overflow). Everything else held to
+# float32's; 0.5 % off fails in float32 and float64, for tensors and for numbers alike.
+TOLERANCES = {
+    torch.float64: (1e-10, 1e-7), torch.complex128: (1e-10, 1e-7),
+    torch.float32: (1e-5, 1e-4), torch.complex64: (1e-5, 1e-4),
+    torch.bfloat16: (2.0 ** -8, 2.0 ** -6),  # bf16 keeps 8 significant bits: 2 ulps at most
+    torch.float16: (2.0 ** -11, 2.0 ** -9),  # fp16 keeps 11
+}
+NUMBER_TOLERANCE = (1e-5, 1e-4)  # a Python number or 0-d tensor compared with a number: (atol + rtol) x |expected|
+
+
+def tolerance(dtype: torch.dtype, atol: Optional[float] = None, rtol: Optional[float] = None) -> tuple:
+    """(atol, rtol) for a reference of this dtype: the given ones, or the dtype's own from TOLERANCES."""
+    a, r = TOLERANCES.get(dtype, TOLERANCES[torch.float32])
+    return (a if atol is None else atol), (r if rtol is None else rtol)
+
 # `_mismatch(got, want)` returns None when they agree, otherwise one sentence saying how the answer differs in
 # form (type, length, shape, dtype) or in value (which entries, too high or too low, by roughly how much) but
 # never the expected value itself. Tolerances are relative to the size of the reference: a tensor's entries may
@@ -124,7 +155,7 @@ def _how_far(got: float, want: float) -> str:
             return f"{word}, by a factor of 2 or more"
         if ratio < 1.01:
             return f"slightly {word} (within 1 %)"
-    elif want != 0 and (got > 0) != (want > 0):
+    elif want != 0 and got != 0 and (got > 0) != (want > 0):
         return f"{word} (even its sign is wrong)"
     return word
 
@@ -137,7 +168,9 @@ def _index(flat: int, shape) -> tuple:
     return tuple(reversed(idx))
 
 
-def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: float) -> Optional[str]:
+def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: Optional[float],
+                     rtol: Optional[float]) -> Optional[str]:
+    atol, rtol = tolerance(want.dtype, atol, rtol)
     if got.shape != want.shape:
         return f"returned shape {tuple(got.shape)}, expected shape {tuple(want.shape)}"
     if got.dtype != want.dtype:
@@ -192,8 +225,9 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: float, rtol: f
     return msg
 
 
-def _mismatch(got, want, atol: float, rtol: float) -> Optional[str]:
-    """None when `got` matches `want`; otherwise how it differs, without giving `want` away."""
+def _mismatch(got, want, atol: Optional[float] = None, rtol: Optional[float] = None) -> Optional[str]:
+    """None when `got` matches `want`; otherwise how it differs, without giving `want` away. A tolerance left
+    at None is the dtype's own (TOLERANCES) for a tensor, NUMBER_TOLERANCE for a number."""
     if isinstance(want, torch.Tensor):
         if not isinstance(got, torch.Tensor):
             return f"returned {_form(got)}, expected a tensor of shape {tuple(want.shape)} and dtype {want.dtype}"
@@ -231,6 +265,8 @@ def _mismatch(got, want, atol: float, rtol: float) -> Optional[str]:
         if got_n is None:
             return f"returned {_form(got)}, expected a number (a float)"
         got_n, want_f = float(got_n), float(want)
+        atol = NUMBER_TOLERANCE[0] if atol is None else atol
+        rtol = NUMBER_TOLERANCE[1] if rtol is None else rtol
         if math.isnan(got_n) and not math.isnan(want_f):
             return "the number is nan"
         if got_n == want_f or abs(got_n - want_f) <= (atol + rtol) * abs(want_f) or (want_f == 0 and abs(got_n) <= atol):
@@ -267,40 +303,299 @@ def _input(x) -> str:
     if isinstance(x, (list, tuple)):
         r = repr(x)
         return r if len(r) <= 40 else f"{type(x).__name__} of {len(x)}"
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):  # a config: its fields, as many as fit
+        parts, out = [f"{f.name}={getattr(x, f.name)!r}" for f in dataclasses.fields(x)], []
+        for p in parts:
+            if len(", ".join(out + [p])) > 100:
+                out.append("...")
+                break
+            out.append(p)
+        return f"{type(x).__name__}({', '.join(out)})"
     r = repr(x)
     return r if len(r) <= 60 and "\n" not in r else type(x).__name__
 
 
-def _describe_case(fn: Callable, case: tuple) -> str:
-    try:
-        params = [p.name for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        params = []
+def _param_names(*fns: Callable) -> list:
+    """The positional parameter names of the first of `fns` that has a readable signature (the student's
+    function, else the reference: in the grader the student's is a proxy without one)."""
+    for fn in fns:
+        try:
+            params = [p.name for p in inspect.signature(fn).parameters.values()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        except (TypeError, ValueError):
+            continue
+        if params:
+            return params
+    return []
+
+
+def _describe_case(fn: Callable, case: tuple, reference: Optional[Callable] = None) -> str:
+    params = _param_names(fn, *([reference] if reference is not None else []))
     names = params if len(params) >= len(case) else [None] * len(case)
     return ", ".join(_input(x) if name is None else f"{name}={_input(x)}" for name, x in zip(names, case))
 
 
+# ---- declaring cases -------------------------------------------------------------------------------------------
+
+class Case(tuple):
+    """One case's arguments with the label its [FAIL] line shows verbatim: `case(x, w, 1e-5, label="...")`."""
+    label: Optional[str] = None
+
+
+def case(*args, label: str) -> Case:
+    """The arguments of one case and what it tests, side by side in the check cell."""
+    c = Case(args)
+    c.label = label
+    return c
+
+
+# ---- running the student's function ---------------------------------------------------------------------------
+# The student's function gets its own deep copies of a case's arguments; the reference gets the untouched
+# originals, so an answer that writes into its input neither changes what it is compared with nor goes unseen.
+# `forbid` names what the exercise does not allow, by dotted name: torch functions and Tensor methods
+# ("torch.stack", "torch.Tensor.expand", "torch.nn.functional.silu"), the library's own functions
+# ("minimistral.norm.rms_norm"), other Python functions and methods ("sentencepiece.SentencePieceProcessor.decode"),
+# and ADVANCED_INDEXING (indexing a tensor with a tensor or a list). They are detected while the student's
+# function runs: torch's (names starting with "torch.") through a TorchFunctionMode, the others by replacing
+# every binding of them (on their class or module, in minimistral's modules, in the function's globals and
+# closures) with a recording wrapper for the call's duration. Calls made by the library itself (the student
+# calling an allowed library function that uses a forbidden one inside) do not count. In the grader the function is a proxy for the student's code in a
+# sandbox: the same `run_student` runs there (labs/worker.py) and sends back what it saw.
+
+ADVANCED_INDEXING = "advanced indexing"
+NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.repeat_interleave",
+             "torch.Tensor.expand", "torch.Tensor.expand_as", "torch.broadcast_to", "torch.Tensor.broadcast_to",
+             "torch.broadcast_tensors", "torch.stack", "torch.cat", "torch.concat", "torch.index_select",
+             "torch.Tensor.index_select", "torch.gather", "torch.Tensor.gather", "torch.take", "torch.tile",
+             "torch.Tensor.tile", ADVANCED_INDEXING)
+LIBRARY_ATTENTION = ("torch.nn.functional.scaled_dot_product_attention",
+                     "torch._C._nn.scaled_dot_product_attention",
+                     "torch.nn.functional.multi_head_attention_forward", "torch.nn.MultiheadAttention.forward")
+_LIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../minimistral
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+
+
+def _resolve(name: str):
+    """The object a dotted name stands for: the longest importable module prefix, then attributes."""
+    parts = name.split(".")
+    for k in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:k]))
+        except ImportError:
+            continue
+        for attr in parts[k:]:
+            if not hasattr(obj, attr):
+                raise ValueError(f"forbid: {name!r} names nothing importable ({'.'.join(parts[:k])} has no "
+                                 f"{attr!r}; write it as a dotted path, e.g. 'torch.nn.functional.silu')")
+            obj = getattr(obj, attr)
+        return obj
+    raise ValueError(f"forbid: {name!r} names nothing importable (write it as a dotted path, e.g. "
+                     "'torch.nn.functional.silu')")
+
+
+def _called_by_library() -> bool:
+    """Whether the nearest caller outside torch and this file is the library's own code (not the student's)."""
+    f = sys._getframe(2)
+    here = os.path.abspath(__file__)
+    while f is not None:
+        name = f.f_code.co_filename
+        if name != here and not name.startswith(_TORCH_DIR) and not name.startswith("<frozen"):
+            return name.startswith(_LIB_DIR) and not name.startswith(os.path.join(_LIB_DIR, "labs"))
+        f = f.f_back
+    return False
+
+
+def _advanced(index) -> bool:
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, list) or isinstance(i, torch.Tensor) and (i.ndim > 0 or i.dtype == torch.bool)
+               for i in items)
+
+
+class _TorchWatch(TorchFunctionMode):
+    def __init__(self, rules: dict, advanced: bool, used: list):
+        super().__init__()
+        self.rules, self.advanced, self.used = rules, advanced, used
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        try:
+            name = self.rules.get(func)
+        except TypeError:  # an unhashable callable: not one of ours
+            name = None
+        if name is None and self.advanced and func is torch.Tensor.__getitem__ and len(args) > 1 \
+                and _advanced(args[1]):
+            name = ADVANCED_INDEXING
+        if name is not None and not _called_by_library():
+            self.used.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+@contextlib.contextmanager
+def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Optional[Callable] = None):
+    """Within this block, record (into the yielded list, by name) every use of what `forbid` names: the
+    library's functions through every binding of them (minimistral's modules, their classes, `globals_`, and
+    the closures of `student` and of what it wraps)."""
+    used: list = []
+    rules, library = {}, {}  # object -> name; name -> library function
+    advanced = False
+    for name in forbid:
+        if name == ADVANCED_INDEXING:
+            advanced = True
+            continue
+        obj = _resolve(name)
+        if name.startswith("torch."):
+            rules.setdefault(obj, name)  # one object under two names: the first, the one the text uses
+        if not name.startswith("torch.") and callable(obj) or hasattr(obj, "__code__"):
+            library[name] = obj  # Python-level (torch.func.grad, say, which no TorchFunctionMode sees): rebind it
+    saved = []  # (restore function, ...) in the order they were applied
+
+    def wrap(obj, name):
+        @functools.wraps(obj)
+        def recorded(*args, **kwargs):
+            if not _called_by_library():
+                used.append(name)
+            return obj(*args, **kwargs)
+        return recorded
+
+    def bindings(fn, seen):  # the student's function, and functions it wraps or closes over: their closures
+        if fn is None or id(fn) in seen:
+            return []
+        seen.add(id(fn))
+        cells = [c for c in (getattr(fn, "__closure__", None) or ())]
+        inner = [getattr(fn, "__wrapped__", None)] + [c.cell_contents for c in cells
+                                                       if _has_contents(c) and callable(c.cell_contents)]
+        return cells + [c for f in inner for c in bindings(f, seen)]
+    cells = bindings(student, set())
+    try:
+        for name, obj in library.items():
+            w = wrap(obj, name)
+            owner, attr = name.rsplit(".", 1)
+            owner = _resolve(owner)
+            if (isinstance(owner, type) and vars(owner).get(attr) is obj   # a method: replace it on its class
+                    or inspect.ismodule(owner) and getattr(owner, attr, None) is obj):  # a module's function
+                saved.append((setattr, owner, attr, obj))
+                setattr(owner, attr, w)
+            spaces = [vars(m) for n, m in list(sys.modules.items()) if n.split(".")[0] == "minimistral" and m]
+            spaces += [globals_] if globals_ is not None else []
+            for ns in spaces:
+                for key, value in list(ns.items()):
+                    if value is obj:
+                        saved.append((dict.__setitem__, ns, key, value))
+                        ns[key] = w
+            for c in cells:
+                if _has_contents(c) and c.cell_contents is obj:
+                    saved.append((setattr, c, "cell_contents", obj))
+                    c.cell_contents = w
+        with _TorchWatch(rules, advanced, used):
+            yield used
+    finally:
+        for restore, *args in reversed(saved):
+            restore(*args)
+
+
+def _has_contents(cell) -> bool:
+    try:
+        cell.cell_contents
+        return True
+    except ValueError:  # an empty cell
+        return False
+
+
+def _same(a, b) -> bool:
+    """Whether an argument is still what it was (tensors bit for bit, NaNs included)."""
+    try:
+        if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+                and a.dtype == b.dtype and bool(torch.equal(a, b) or (a.is_floating_point()
+                                                                      and torch.equal(a.isnan(), b.isnan())
+                                                                      and torch.equal(a.nan_to_num(), b.nan_to_num())))
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+        same = a == b
+        return bool(same.all()) if hasattr(same, "all") else bool(same)
+    except Exception:  # something that cannot be compared is taken as unchanged
+        return True
+
+
+def _own_copy(x):
+    try:
+        return copy.deepcopy(x), True
+    except Exception:  # an object that cannot be copied (a tokenizer, say) is shared, and not watched
+        return x, False
+
+
+def run_student(student: Callable, case: tuple, forbid: Iterable[str] = ()) -> tuple:
+    """Call `student` on its own copies of `case` while watching `forbid`. Returns (result, seen), where seen
+    is {"used": names of forbidden things it used, "mutated": indices of the arguments it changed}."""
+    copies = [_own_copy(x) for x in case]
+    args = tuple(c for c, _ in copies)
+    forbid = tuple(forbid)
+    if forbid:
+        with watching(forbid, getattr(student, "__globals__", None), student) as used:
+            result = student(*args)
+    else:
+        used, result = [], student(*args)
+    mutated = [i for i, ((c, copied), x) in enumerate(zip(copies, case)) if copied and not _same(c, x)]
+    return result, {"used": sorted(set(used)), "mutated": mutated}
+
+
+def _call_student(student: Callable, case: tuple, forbid: tuple) -> tuple:
+    remote = getattr(student, "run_checked", None)  # the grader's proxy: the function runs in a sandbox
+    if remote is not None:
+        result, seen = remote(tuple(case), list(forbid))
+        seen = seen if isinstance(seen, dict) else {}
+        return result, {"used": [str(u) for u in seen.get("used", [])],
+                        "mutated": [int(i) for i in seen.get("mutated", []) if isinstance(i, int)]}
+    return run_student(student, case, forbid)
+
+
+def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
+    if seen["used"]:
+        own = [u for u in seen["used"] if u.startswith("minimistral.")]
+        what = ", ".join(seen["used"])
+        if own:
+            return f"it calls {what}, the library's own version (not allowed: the exercise is to write it)"
+        return f"it uses {what}, which this exercise does not allow"
+    if seen["mutated"]:
+        which = ", ".join(repr(names[i]) if i < len(names) else f"argument {i + 1}" for i in seen["mutated"])
+        return (f"it changed its input {which} in place (the caller's tensor is not yours to change: "
+                "compute a new result, e.g. out-of-place operations instead of `+=`, `mul_` or slice assignment)")
+    return None
+
+
 def check_function(exercise: str, student: Callable, reference: Callable, cases: Iterable[tuple],
-                   hint: str = "", atol: float = 1e-5, rtol: float = 1e-4,
-                   labels: Optional[Iterable[str]] = None) -> bool:
-    """Call `student(*case)` and `reference(*case)` on every case and compare the results (type, length, shape
-    and dtype first, then the values, with tolerances relative to the reference's size).
-    On a mismatch, print which case failed (its description from `labels`, else its arguments' shapes and
-    values), how the result differs and the hint, never the expected value."""
+                   hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
+                   labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = ()) -> bool:
+    """Call `student` and `reference` on every case and compare the results (type, length, shape and dtype
+    first, then the values, with tolerances relative to the reference's size: `atol`/`rtol` when given, else
+    the reference dtype's own, TOLERANCES). The student's function runs on its own deep copies of the
+    arguments, the reference on the originals; changing an argument in place, or using what `forbid` names
+    (see `watching`), fails the case. A case may be a `case(..., label=...)`, or `labels` gives every case's.
+    On a mismatch, print which case failed (its label verbatim, else its arguments' shapes and values), how
+    the result differs and the hint, never the expected value."""
     cases = list(cases)
     labels = list(labels) if labels is not None else None
+    forbid = tuple(forbid)
     if labels is not None and len(labels) != len(cases):
         raise ValueError(f"{exercise}: {len(labels)} labels for {len(cases)} cases")
-    for n, case in enumerate(cases, 1):
-        what = f"case {n} of {len(cases)} ({labels[n - 1] if labels else _describe_case(student, case)})"
+    for name in forbid:
+        if name != ADVANCED_INDEXING:
+            _resolve(name)  # a misspelt rule is the author's error, not the student's
+    names = _param_names(student, reference)
+    for n, args in enumerate(cases, 1):
+        label = labels[n - 1] if labels else getattr(args, "label", None)
+        what = f"case {n} of {len(cases)} ({label if label is not None else _describe_case(student, args, reference)})"
         try:
-            got = student(*case)
+            got, seen = _call_student(student, tuple(args), forbid)
         except NotImplementedError:
             return _report(TODO, exercise, "not implemented yet")
         except Exception as e:  # a student's bug must not stop the notebook
             return _report(FAIL, exercise, f"{what} raised {type(e).__name__}: {e}. {hint}".strip())
-        want = reference(*case)
+        broken = _rule_broken(seen, names, tuple(args))
+        if broken is not None:
+            return _report(FAIL, exercise, f"{what}: {broken}. {hint}".strip())
+        want = reference(*args)
         why = _mismatch(got, want, atol, rtol)
         if why is not None:
             return _report(FAIL, exercise, f"{what}: {why}. {hint}".strip())
@@ -308,15 +603,18 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
 
 
 def check_value(exercise: str, answer: Callable[[], Any], expected: Any, hint: str = "", atol: float = 1e-6,
-                rtol: float = 1e-6, check: Optional[Callable[[Any], bool]] = None) -> bool:
+                rtol: float = 1e-6, check: Optional[Callable[[Any], bool]] = None, forbid: Iterable[str] = ()) -> bool:
     """Call the student's zero-argument `answer()` and compare its result with `expected` as check_function does
-    (or, when `check` is given, pass the result to `check(result) -> bool`)."""
+    (or, when `check` is given, pass the result to `check(result) -> bool`); `forbid` as in check_function."""
     try:
-        value = answer()
+        value, seen = _call_student(answer, (), tuple(forbid))
     except NotImplementedError:
         return _report(TODO, exercise, "not implemented yet")
     except Exception as e:
         return _report(FAIL, exercise, f"raised {type(e).__name__}: {e}. {hint}".strip())
+    broken = _rule_broken(seen, [], ())
+    if broken is not None:
+        return _report(FAIL, exercise, f"not yet: {broken}. {hint}".strip())
     if check is not None:
         return _report(PASS, exercise, "correct") if check(value) else _report(FAIL, exercise, f"not yet. {hint}".strip())
     why = _mismatch(value, expected, atol, rtol)

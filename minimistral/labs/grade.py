@@ -159,6 +159,11 @@ class Proxy:
     def __call__(self, *args, **kwargs):
         return self.session.call(self.__name__, args, kwargs)
 
+    def run_checked(self, args, forbid):
+        """(result, seen) of labs/checks.py's run_student, run in the sandbox: the student's function on its own
+        copies, watched for `forbid`, as the in-notebook check runs it."""
+        return self.session.call(self.__name__, args, {}, watch=list(forbid))
+
     def __repr__(self):
         return f"<the submission's {self.__name__}>"
 
@@ -175,7 +180,7 @@ class Session:
         self.cells = None
         self.full = opts["full"]
 
-    def call(self, name, args, kwargs):
+    def call(self, name, args, kwargs, watch=None):
         from .sandbox import SandboxDied
         left = self.deadline - time.monotonic()
         if left <= 0:
@@ -183,16 +188,20 @@ class Session:
         if self.sandbox.busy > self.opts["timeout_notebook"]:
             raise TimeoutError(f"the submission used its {self.opts['timeout_notebook']:g} s")
         try:
-            reply = self.sandbox.request({"op": "call", "name": name, "args": list(args), "kwargs": dict(kwargs)},
-                                         min(left, self.opts["timeout_notebook"] - self.sandbox.busy + 1))
+            msg = {"op": "call", "name": name, "args": list(args), "kwargs": dict(kwargs)}
+            if watch is not None:
+                msg["watch"] = list(watch)
+            reply = self.sandbox.request(msg, min(left, self.opts["timeout_notebook"] - self.sandbox.busy + 1))
         except SandboxDied as e:
             raise RuntimeError(str(e)) from None
         if "exc" in reply:
             if reply["exc"] == "MemoryError":
                 self.sandbox.flag(f"memory-limit: {name} ran out of memory")
-            if reply["exc"] == "NameError" and f"'{name}'" in str(reply.get("msg")):
-                self.missing_name = True
+            if reply["exc"] == "NameError":  # the function, or a global it reads (a tokenizer built by a
+                self.missing_name = True       # cell that computes), was skipped: the runner retries in full
             raise _student_exception(str(reply["exc"]), str(reply.get("msg", "")))
         if isinstance(reply.get("library"), list):
             self.library.update(map(str, reply["library"]))
+        if watch is not None:
+            return reply.get("value"), reply.get("watched") or {}
         return reply.get("value")

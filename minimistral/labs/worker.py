@@ -247,13 +247,20 @@ def serve(sock: socket.socket):
                 own[0] = True
                 sys.setprofile(tracer)
                 own[0] = False
+                watched = None
                 try:
-                    value = fn(*msg["args"], **msg["kwargs"])
+                    if msg.get("watch") is not None:  # a check's call: on copies, watched (labs/checks.py)
+                        from .checks import run_student
+                        value, watched = run_student(fn, tuple(msg["args"]), [str(w) for w in msg["watch"]])
+                    else:
+                        value = fn(*msg["args"], **msg["kwargs"])
                 finally:
                     own[0] = True
                     sys.setprofile(None)
                     own[0] = False
                 reply = {"value": value, "library": sorted(tracer.seen[CELL_PREFIX])}
+                if watched is not None:
+                    reply["watched"] = watched
         except BaseException as e:  # noqa: BLE001 -- KeyboardInterrupt (the grader's SIGINT) included
             own[0] = True
             sys.setprofile(None)

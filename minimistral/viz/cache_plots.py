@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from matplotlib import colors as mcolors
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from ..config import dtype_name
 from .capture import GiB
@@ -37,6 +38,8 @@ def plot_window_mask(seq_len: int, window: Optional[int]):
         ax.tick_params(which="minor", length=0)
     ax.set_xlabel("key position j")
     ax.set_ylabel("query position i")
+    for axis in (ax.xaxis, ax.yaxis):  # positions are integers: never a tick at 2.5
+        axis.set_major_locator(MaxNLocator(integer=True))
     rule = "j <= i" if window is None else f"i - {window} < j <= i"
     ax.set_title(f"{'causal' if window is None else 'sliding-window'} mask: blue = visible ({rule})", fontsize=10)
     counts = mask.sum(1)

@@ -211,7 +211,7 @@ def model_diagram(args: Optional[ModelArgs] = None, highlight=None):
 def you_are_here(notebook, steps: dict = STEPS):
     """A one-line strip of Parts I-II with `notebook` ("03" or 3) lit, earlier steps ticked off."""
     key = _notebook_key(notebook)
-    fig, ax = plt.subplots(figsize=(12, 1.0), dpi=_DPI)
+    fig, ax = plt.subplots(figsize=(1.3 * len(steps), 1.0), dpi=_DPI)  # 1.3 in a step: its bold label fits
     ax.set_xlim(0, len(steps)), ax.set_ylim(0, 1), ax.axis("off")
     for i, (nb, label) in enumerate(steps.items()):
         here, done = nb == key, nb < key
