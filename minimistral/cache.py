@@ -24,10 +24,11 @@ class RollingKVCache:
                  dtype=torch.float32, device=None, wraps: bool = True, static: bool = False):
         """wraps=False: the cache holds positions 0 .. size-1 and refuses more (a model without a sliding
         window, or a cache shorter than the window, must not overwrite keys that are still visible).
-        static=True: the form torch.compile wants (minimistral.fast): every read covers all `size` slots (empty
+        static=True: the form torch.compile wants (minimistral.fast): one new token reads all `size` slots (empty
         ones are masked by their position -1), so a decode step always has the same shapes, and each layer has a
         buffer of its own, so a compiled step writes a new key in place (a write into a slice of one stacked
-        tensor made the compiler copy the whole cache around it)."""
+        tensor made the compiler copy the whole cache around it). Its `pos` counts prefill chunks only: the
+        driver keeps the decode position on the device."""
         for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
                             ("head_dim", head_dim), ("size", size)):
             check_int(value, f"RollingKVCache: {name}")
@@ -83,10 +84,6 @@ class RollingKVCache:
     def slot(self, position: int) -> int:
         return position % self.size
 
-    def _read_len(self, T: int) -> int:
-        """How many slots a chunk of T tokens reads before its own keys: the filled ones (static: all of them)."""
-        return self.size if self.static else self.n_filled
-
     def key_positions(self, positions: torch.Tensor) -> torch.Tensor:
         """Absolute positions of the keys a chunk at `positions` attends over: cached slots, then the chunk.
         One token in a static cache is written first and attends over the slots alone (see `update`)."""
@@ -97,7 +94,7 @@ class RollingKVCache:
         if self.static and len(positions) == 1:
             self.slot_positions.index_copy_(0, positions % self.size, positions)
             return self.slot_positions  # (W,)
-        return torch.cat([self.slot_positions[: self._read_len(len(positions))], positions])
+        return torch.cat([self.slot_positions[: self.n_filled], positions])
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor):
         """Return this layer's cached keys/values followed by the new ones, (B, K, n_filled + T, D),
@@ -110,7 +107,7 @@ class RollingKVCache:
             self.k[layer].index_copy_(2, slots, k)
             self.v[layer].index_copy_(2, slots, v)
             return self.k[layer], self.v[layer]  # (B, K, W, D)
-        n = self._read_len(k.shape[2])
+        n = self.n_filled
         k_all = torch.cat([self.k[layer][:, :, :n], k], dim=2)
         v_all = torch.cat([self.v[layer][:, :, :n], v], dim=2)
         self.k[layer].index_copy_(2, slots, k[:, :, -keep:])
@@ -121,7 +118,7 @@ class RollingKVCache:
         """Record that every layer has stored the chunk at `positions`."""
         keep = min(len(positions), self.size)
         self.slot_positions.index_copy_(0, positions[-keep:] % self.size, positions[-keep:])
-        if not self.static:  # a static cache's position lives with its driver, on the device (no host value)
+        if not (self.static and len(positions) == 1):  # a compiled step keeps no host value (it would recompile)
             self.pos += len(positions)
 
     def reset(self) -> None:
