@@ -52,7 +52,9 @@ class RollingKVCache:
         seq_len (the most tokens the sequence will reach: prompt + new tokens) no more than that. A model
         without a window asked for one token no longer allocates its whole context (4 GiB for a v0.2 7B)."""
         check_int(batch_size, "batch_size")
-        check_int(seq_len, "seq_len (prompt + new tokens)", none_ok=True, high=args.max_seq_len)
+        check_int(seq_len, "seq_len (prompt + new tokens)", none_ok=True)
+        if seq_len is not None and seq_len > args.max_seq_len:
+            raise ValueError(f"seq_len={seq_len} exceeds the model's max_seq_len={args.max_seq_len}")
         size = args.cache_slots(seq_len)
         wraps = args.sliding_window is not None and size >= args.sliding_window
         return cls(args.n_layers, batch_size, args.n_kv_heads, args.head_dim, size, dtype, device, wraps, static)
@@ -60,16 +62,19 @@ class RollingKVCache:
     def check_for(self, args, batch_size: int, dtype, device) -> None:
         """Refuse, before anything is written, a cache made for another model (layers, heads, head size), batch,
         dtype or device: the model checks a cache once per forward, where a cache from outside comes in."""
-        k = self.k[0]
-        B, K, _, D = k.shape
-        if (self.n_layers, K, D, k.dtype, k.device) != (args.n_layers, args.n_kv_heads, args.head_dim, dtype, device):
-            raise ValueError(
-                f"this cache was made for another model, dtype or device: it holds {self.n_layers} layers x {K} heads "
-                f"x {D} in {k.dtype} on {k.device}, the model has {args.n_layers} x {args.n_kv_heads} x "
-                f"{args.head_dim} in {dtype} on {device}: make one with model.new_cache()")
+        B, K, _, D = self.k[0].shape
         if B != batch_size:
             raise ValueError(f"cache was made for batch_size={B} but tokens have batch size {batch_size}: "
                              "make a new one with model.new_cache(batch_size=...)")
+        if self.n_layers < args.n_layers:
+            raise ValueError(f"layer {self.n_layers} does not exist in this cache of {self.n_layers} layers: it was "
+                             "made for another model; make one with model.new_cache()")
+        k = self.k[0]
+        if (K, D, k.dtype, k.device) != (args.n_kv_heads, args.head_dim, dtype, device):
+            raise ValueError(
+                f"this cache was made for another model, batch, dtype or device: it holds {B} x {K} heads x {D} "
+                f"{k.dtype} on {k.device}, the model gives keys of shape {(B, args.n_kv_heads, 'T', args.head_dim)} "
+                f"(batch, heads, tokens, head_dim), {dtype} on {device}: make one with model.new_cache()")
 
     @property
     def nbytes(self) -> int:
