@@ -1,12 +1,8 @@
 """Generation (notebook 09): prefill the prompt in chunks, then decode one token at a time from the cache.
 
-Sampling turns the last position's logits into a token: temperature 0 takes the argmax (greedy);
-otherwise logits / temperature go through a softmax, top-k keeps the k likeliest tokens, top-p keeps
-the smallest set whose probability reaches p, and one token is drawn from what is left.
-
-Inputs are checked at the door: a prompt is one sequence of integer token ids (a list or a 1-D tensor),
-and logits that are not finite stop generation with an error saying where they appeared, instead of
-turning into token 0.
+Sampling: temperature 0 takes the argmax (greedy); otherwise softmax(logits / temperature), top-k, top-p, one
+draw. Every argument is checked at the door (`check_request`, shared with minimistral.fast), and non-finite
+logits stop generation with an error saying where they appeared, instead of turning into token 0.
 """
 
 from __future__ import annotations

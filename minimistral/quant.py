@@ -170,11 +170,9 @@ def kernel_available(mode: str, device_type: str, dtype: torch.dtype) -> bool:
 
 # ---------------------------------------------------------------- the quantized linear layers
 
-# PyTorch's CPU int8 kernel is a matrix-vector kernel: its time grows with the rows of x. For a 14336 x 4096
-# weight in bf16 on 2 cores (AVX-512) it took 14 ms for 16 rows but 507 ms for 512, where copying the int8
-# weight to bf16 (37 ms) and one bf16 matrix product took 46 and 193 ms; they cross near 64-128 rows. So a
-# CPU prefill chunk of at least this many rows takes the second way (prefill 2.5x faster on the CPU), and
-# decoding (one row) keeps the kernel. The result differs by one more rounding of the activation dtype.
+# PyTorch's CPU int8 kernel is a matrix-vector kernel: its time grows with the rows of x, and near 64-128 rows
+# the dequantized weight and one matrix product overtake it (a 14336 x 4096 bf16 weight on 2 cores: 507 ms for
+# 512 rows against 46 + 193 ms). So CPU prefill chunks of this many rows or more take that way; decode keeps it.
 CPU_INT8_KERNEL_MAX_ROWS = 128
 
 
