@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .rope import apply_rope_complex
+from .fuse import fuse_into
+from .rope import apply_rope_complex, apply_rope_interleaved_real
 
 
 def attention_mask(q_positions: torch.Tensor, k_positions: torch.Tensor, window: Optional[int]) -> torch.Tensor:
@@ -68,8 +69,9 @@ DECODE_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, S
 
 
 def attention_sdpa(q, k, v, mask):
-    """The same through PyTorch's fused kernel (GQA handled inside by enable_gqa)."""
-    decoding_on_gpu = q.is_cuda and q.shape[2] == 1
+    """The same through PyTorch's fused kernel (GQA handled inside by enable_gqa). Compiled (minimistral.fast),
+    the key length is fixed, so the plan problem above does not arise and PyTorch chooses."""
+    decoding_on_gpu = q.is_cuda and q.shape[2] == 1 and not torch.compiler.is_compiling()
     with sdpa_kernel(DECODE_BACKENDS) if decoding_on_gpu else nullcontext():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=q.shape[1] != k.shape[1])
 
@@ -88,13 +90,21 @@ class Attention(nn.Module):
         self.use_sdpa = True  # False: the explicit path everywhere
         self.recorder = None  # a callable(layer_idx, probs, q_positions, k_positions) forces the explicit path
 
-    def qkv(self, x, angles, rope=apply_rope_complex):
-        """x (B, T, dim) -> q (B, H, T, D), k and v (B, K, T, D), with RoPE applied to q and k.
-        `rope`: apply_rope_complex, or the same rotation in real arithmetic (rope.apply_rope_interleaved_real)."""
+    def fuse(self) -> None:
+        """wq, wk, wv -> one wqkv (minimistral.fuse): one matrix product instead of three."""
+        fuse_into(self, "wqkv", ("wq", "wk", "wv"))
+
+    def qkv(self, x, angles):
+        """x (B, T, dim) -> q (B, H, T, D), k and v (B, K, T, D), with RoPE applied to q and k."""
         B, T, _ = x.shape
-        q = self.wq(x).view(B, T, self.n_heads, self.head_dim)  # (B, T, H, D)
-        k = self.wk(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
-        v = self.wv(x).view(B, T, self.n_kv_heads, self.head_dim)  # (B, T, K, D)
+        H, K, D = self.n_heads, self.n_kv_heads, self.head_dim
+        if "wqkv" in self._modules:  # fused (Transformer.fuse)
+            q, k, v = self.wqkv(x).split([H * D, K * D, K * D], dim=-1)
+        else:
+            q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        q, k, v = q.view(B, T, H, D), k.view(B, T, K, D), v.view(B, T, K, D)
+        # the same rotation; torch.compile cannot generate code for complex numbers, so compiled it is real
+        rope = apply_rope_interleaved_real if torch.compiler.is_compiling() else apply_rope_complex
         q, k = rope(q, angles), rope(k, angles)  # keys rotated before caching
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H or K, T, D)
 

@@ -1,12 +1,8 @@
 """Generation (notebook 09): prefill the prompt in chunks, then decode one token at a time from the cache.
 
-Sampling turns the last position's logits into a token: temperature 0 takes the argmax (greedy);
-otherwise logits / temperature go through a softmax, top-k keeps the k likeliest tokens, top-p keeps
-the smallest set whose probability reaches p, and one token is drawn from what is left.
-
-Inputs are checked at the door: a prompt is one sequence of integer token ids (a list or a 1-D tensor),
-and logits that are not finite stop generation with an error saying where they appeared, instead of
-turning into token 0.
+Sampling: temperature 0 takes the argmax (greedy); otherwise softmax(logits / temperature), top-k, top-p, one
+draw. Every argument is checked at the door (`check_request`, shared with minimistral.fast), and non-finite
+logits stop generation with an error saying where they appeared, instead of turning into token 0.
 """
 
 from __future__ import annotations
@@ -17,7 +13,7 @@ from typing import Iterator, Optional, Sequence
 
 import torch
 
-from .validate import check_logits
+from .validate import check_int, check_logits
 
 
 def _is_number(x) -> bool:
@@ -29,17 +25,12 @@ def _check_sampling(temperature, top_p, top_k):
         raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
     if not (_is_number(top_p) and 0 < top_p <= 1):
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an integer >= 1, got {top_k!r}")
+    check_int(top_k, "top_k", none_ok=True)
 
 
-def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
-                   top_p: float = 1.0) -> torch.Tensor:
-    """logits (..., V) -> the distribution a token is drawn from, (..., V), after temperature, top-k, top-p."""
-    _check_sampling(temperature, top_p, top_k)
-    check_logits(logits, "given to sampling_probs")
-    if temperature == 0:
-        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+def filtered_probs(logits: torch.Tensor, temperature, top_k: Optional[int] = None, top_p: float = 1.0):
+    """softmax(logits / temperature) after top-k and top-p, (..., V), unchecked, with no host synchronisation
+    (the fast path samples from it on the device). temperature: a number > 0 or a tensor."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if top_k is not None and top_k < probs.shape[-1]:
         kth = probs.topk(top_k, dim=-1).values[..., -1:]
@@ -52,6 +43,16 @@ def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Option
     return probs / probs.sum(-1, keepdim=True)
 
 
+def sampling_probs(logits: torch.Tensor, temperature: float = 1.0, top_k: Optional[int] = None,
+                   top_p: float = 1.0) -> torch.Tensor:
+    """logits (..., V) -> the distribution a token is drawn from, (..., V), after temperature, top-k, top-p."""
+    _check_sampling(temperature, top_p, top_k)
+    check_logits(logits, "given to sampling_probs")
+    if temperature == 0:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    return filtered_probs(logits, temperature, top_k, top_p)
+
+
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[int] = None, top_p: float = 1.0,
                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """logits (B, V) -> next token ids (B,). NaN or +inf logits (or a row that is -inf everywhere) raise
@@ -62,10 +63,13 @@ def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k: Optional[
         raise ValueError(f"logits must be a floating tensor of shape (batch, vocab), got {got}")
     _check_sampling(temperature, top_p, top_k)
     check_logits(logits, "given to sample_next")
+    return _draw(logits, temperature, top_k, top_p, generator)
+
+
+def _draw(logits, temperature, top_k, top_p, generator):  # sample_next, for logits already checked
     if temperature == 0:
         return logits.argmax(-1)
-    probs = sampling_probs(logits, temperature, top_k, top_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return torch.multinomial(filtered_probs(logits, temperature, top_k, top_p), 1, generator=generator).squeeze(-1)
 
 
 _INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
@@ -108,15 +112,20 @@ def _prompt_list(prompt_ids, vocab_size: Optional[int] = None) -> list[int]:
     return prompt
 
 
-def _check_generation(args, chunk_size, seed, eos_id) -> int:
-    """Check chunk_size, seed and eos_id against the model; return the chunk size to prefill with."""
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not -2**63 <= seed < 2**64):
-        raise ValueError(f"seed must be None or an integer (a 64-bit seed), got {seed!r}")
+def check_request(args, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed, eos_id, chunk_size):
+    """Every argument of a generation checked against the model, before any work: (prompt as a list, chunk size
+    to prefill with). `mm.generate` and minimistral.fast's `generate` both call it."""
+    prompt = _prompt_list(prompt_ids, args.vocab_size)
+    _check_sampling(temperature, top_p, top_k)
+    check_int(max_new_tokens, "max_new_tokens", low=0)
+    if len(prompt) + max_new_tokens > args.max_seq_len:
+        raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
+                         f"max_seq_len={args.max_seq_len}: shorten the prompt or ask for fewer tokens")
+    check_int(chunk_size, "chunk_size", none_ok=True)
+    check_int(seed, "seed", low=-2**63, high=2**64 - 1, none_ok=True)
     if eos_id is not None and (not _is_id(eos_id) or not 0 <= int(eos_id) < args.vocab_size):
         raise ValueError(f"eos_id must be None or a token id in [0, {args.vocab_size}), got {eos_id!r}")
-    return chunk_size or args.sliding_window or 4096
+    return prompt, chunk_size or args.sliding_window or 4096
 
 
 @torch.inference_mode()
@@ -124,15 +133,8 @@ def generate_stream(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, 
                     top_p: float = 1.0, top_k: Optional[int] = None, seed: Optional[int] = None,
                     eos_id: Optional[int] = None, chunk_size: Optional[int] = None) -> Iterator[int]:
     """Yield new token ids one by one (stops after eos_id, which is yielded, or max_new_tokens)."""
-    args = model.args
-    prompt = _prompt_list(prompt_ids, args.vocab_size)
-    _check_sampling(temperature, top_p, top_k)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
-    if len(prompt) + max_new_tokens > args.max_seq_len:
-        raise ValueError(f"prompt ({len(prompt)} tokens) + max_new_tokens ({max_new_tokens}) exceeds the model's "
-                         f"max_seq_len={args.max_seq_len}: shorten the prompt or ask for fewer tokens")
-    chunk_size = _check_generation(args, chunk_size, seed, eos_id)
+    prompt, chunk_size = check_request(model.args, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed,
+                                       eos_id, chunk_size)
     if max_new_tokens == 0:
         return
     device = next(model.parameters()).device
@@ -148,8 +150,8 @@ def generate_stream(model, prompt_ids: Sequence[int], max_new_tokens: int = 32, 
         logits = model(tokens[:, start:start + chunk_size], cache=cache)
     for i in range(max_new_tokens):
         where = "after the prompt" if i == 0 else f"at decode step {i}"
-        check_logits(logits[:, -1], f"{where} (predicting position {len(prompt) + i})")
-        next_id = sample_next(logits[:, -1], temperature, top_k, top_p, generator)  # (1,)
+        check_logits(logits[:, -1], f"{where} (predicting position {len(prompt) + i})")  # once per step
+        next_id = _draw(logits[:, -1], temperature, top_k, top_p, generator)  # (1,)
         token = int(next_id)
         yield token
         if token == eos_id or i == max_new_tokens - 1:

@@ -88,12 +88,24 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def new_cache(self, batch_size: int = 1, dtype=None, device=None, seq_len: Optional[int] = None) -> RollingKVCache:
+    def new_cache(self, batch_size: int = 1, dtype=None, device=None, seq_len: Optional[int] = None,
+                  static: bool = False) -> RollingKVCache:
         """An empty rolling cache for this model, in the model's dtype and on its device by default.
         seq_len: the most tokens the sequence will reach (prompt + new tokens); the cache then has no more
-        slots than that (None: the window's, or max_seq_len without a window)."""
-        w = self.output.weight
-        return RollingKVCache.from_args(self.args, batch_size, dtype or w.dtype, device or w.device, seq_len)
+        slots than that (None: the window's, or max_seq_len without a window). static: fixed shapes for
+        torch.compile (RollingKVCache)."""
+        w = self.norm.weight  # the activation dtype, also when the linears are quantized
+        return RollingKVCache.from_args(self.args, batch_size, dtype or w.dtype, device or w.device, seq_len, static)
+
+    @torch.no_grad()
+    def fuse(self) -> "Transformer":
+        """Fuse each block's wq/wk/wv into one wqkv and w1/w3 into one w13 (float or quantized linears): a layer
+        then reads its weights in 4 matrix products instead of 7. In place, idempotent; the state dict keeps
+        the names wq, wk, wv, w1, w3 (hooks split and join the fused weights), so saving is unchanged."""
+        for layer in self.layers:
+            layer.attention.fuse()
+            layer.feed_forward.fuse()
+        return self
 
     def set_attention_impl(self, impl: str) -> None:
         """'sdpa' (fast, default) or 'explicit' (scores and softmax written out)."""
@@ -109,15 +121,17 @@ class Transformer(nn.Module):
         B, T = tokens.shape
         if B == 0 or T == 0:
             raise ValueError(f"tokens has shape {(B, T)}: give at least one sequence of at least one token")
+        if cache is not None and cache.static:
+            raise ValueError("a static cache (new_cache(static=True)) is driven by minimistral.fast, which tracks its "
+                             "positions on the device: use model.new_cache() here")
         start = cache.pos if cache is not None else 0
         if start == 0:  # at the door only: reading min/max waits for the device, too costly on every decode step
             check_vocab(tokens, self.args.vocab_size)
         if start + T > self.args.max_seq_len:
             raise ValueError(f"sequence of {start + T} tokens ({start} cached + {T} new) exceeds "
                              f"max_seq_len={self.args.max_seq_len}")
-        if cache is not None and cache.batch_size != B:
-            raise ValueError(f"cache was made for batch_size={cache.batch_size} but tokens have batch size {B}: "
-                             "make a new one with model.new_cache(batch_size=...)")
+        if cache is not None:
+            cache.check_for(self.args, B, self.norm.weight.dtype, self.norm.weight.device)
         window = self.args.sliding_window
         if cache is not None and cache.wraps and (window is None or cache.size < window):
             # a rolling cache overwrites a slot `size` tokens later; this model still attends to that key
@@ -131,9 +145,14 @@ class Transformer(nn.Module):
         when a sequence starts (no cache, or an empty one); later chunks are trusted (`generate` checks
         the whole prompt first, and sampled ids are in range by construction)."""
         self._check_input(tokens, cache)
-        B, T = tokens.shape
         start = cache.pos if cache is not None else 0
-        positions = torch.arange(start, start + T, device=tokens.device)  # (T,) absolute positions
+        return self.forward_at(tokens, torch.arange(start, start + tokens.shape[1], device=tokens.device), cache)
+
+    def forward_at(self, tokens: torch.Tensor, positions: torch.Tensor,
+                   cache: Optional[RollingKVCache] = None) -> torch.Tensor:
+        """The forward pass itself, unchecked: tokens (B, T) at absolute `positions` (T,), a tensor on the device
+        (so a compiled decode step takes its position as an input, not as a constant). `forward` checks its
+        inputs at the door and calls this; minimistral.fast compiles it."""
         k_positions = cache.key_positions(positions) if cache is not None else positions  # (S,)
         mask = attention_mask(positions, k_positions, self.args.sliding_window)  # (T, S), shared by all layers
         angles = rope_angles(positions, self.args.head_dim, self.args.rope_theta)  # (T, head_dim/2)

@@ -1,39 +1,13 @@
 """Weight-only quantization: int8 per output channel, 4-bit in groups (used by notebook 11, taught in 13).
 
-Decoding one token reads every weight once, so its speed and its memory are those of the weights.
-Storing them in fewer bits (and computing in the activation dtype) is the lever that fits the 7B on a
-16 GB laptop or a free T4: 7.5 GB in int8, 4.9 GB in 4-bit groups of 32 (4.2 GB in groups of 128),
-instead of 14.5 GB in bf16 (embeddings and output head stay in bf16 in all three).
-
-- int8, symmetric, one scale per output channel (row of W):
-      s[n] = max_k |W[n, k]| / 127,   q = round(W / s) in [-127, 127],   W ~ q * s
-- 4-bit ("int4"), asymmetric, one scale and one zero per group of `group_size` inputs (32, 64 or 128):
-      s = (max - min) / 15,  q = round((W - min) / s) in [0, 15],  W ~ (q - 8) * s + z  with  z = min + 8 s
-  This is the convention of PyTorch's int4 kernels ("tinygemm"); two 4-bit values are packed per byte.
-
-Which layers: every linear layer of attention (wq, wk, wv, wo) and of the MLP (w1, w2, w3): 97% of the 7B's
-weights. What stays in the activation dtype, and why:
-- the token embeddings: a lookup reads one row per token, not the whole matrix, so quantizing saves memory
-  (0.26 GB in bf16) but no time, and every later layer would inherit its rounding;
-- the output head: its logits are what sampling, perplexity and the course's probability pictures read
-  directly; kept exact it costs 0.26 GB (bf16) on the 7B;
-- the RMSNorm weights: 4,096 numbers each.
-
-Computing: `Int8Linear` / `Int4Linear` call PyTorch's own kernels where the device has one for the activation
-dtype (`torch.ops.aten._weight_int8pack_mm`; `_weight_int4pack_mm` on CUDA, `_weight_int4pack_mm_for_cpu` on the
-CPU), found by trying each once on a small problem (`kernel_available`); elsewhere (MPS int4, fp16 int4 on CUDA,
-GPUs before compute capability 8.0, ...) they dequantize the weight and call F.linear. Both paths compute the
-same product (tests/test_quant.py checks it for each path and group size).
-One exception on the CPU: PyTorch's int8 kernel there is a matrix-vector kernel, so inputs of
-CPU_INT8_KERNEL_MAX_ROWS rows or more (prefill chunks) take an exact int8 copy in the activation dtype and one
-matrix product instead (the comment above CPU_INT8_KERNEL_MAX_ROWS gives the figures).
-
-Storage: Int8Linear holds `qweight` int8 (N, K) and `scales` (N,) in the activation dtype. Int4Linear holds
-`scales_and_zeros` (K / group_size, N, 2) in the activation dtype and `qweight` in one of three layouts:
-"packed" (uint8 (N, K/2), byte = q[2i] << 4 | q[2i+1], the portable form), or the layout PyTorch's kernel wants
-on "cpu" (depends on the CPU's vector width) or "cuda". The kernel layouts are made on the device that computes;
-an Int4Linear is not moved between devices (quantize again there, or load with `load_checkpoint(device=...)`).
-Quantized models are not saved: `save_checkpoint` refuses them (quantize again when loading; it is fast).
+Decoding one token reads every weight once, so storing the attention and MLP weights in fewer bits (97% of the
+7B's) makes it both smaller and faster; embeddings, output head and norms stay in the activation dtype.
+- int8, symmetric, one scale per output row:  s = max|W[n]| / 127,  q = round(W / s) in [-127, 127].
+- 4-bit, asymmetric, a scale and a zero per group of inputs: W ~ (q - 8) * s + z, q in [0, 15], two per byte;
+  the convention of PyTorch's int4 kernels ("tinygemm"), whose layouts are made on the device that computes.
+`Int8Linear` / `Int4Linear` compute with PyTorch's kernel where the device has one for the activation dtype
+(`kernel_available`, decided when the module is made or moved), else with the dequantized weight.
+Figures (sizes, the CPU int8 crossover) are in data/ and the README; quantized models are not saved.
 """
 
 from __future__ import annotations
@@ -169,30 +143,6 @@ def _to_cuda_layout(q: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._convert_weight_to_int4pack(pack_int4(q), _INNER_K_TILES)
 
 
-def _cpu_layout_sources(N: int, K: int) -> torch.Tensor:
-    """For each nibble of _convert_weight_to_int4pack_for_cpu's output (low nibble first), the flat index of the
-    (N, K) value it holds. The layout depends on the CPU's vector width, but it only moves 4-bit values around:
-    convert the base-16 digits of each position's own index, and where each digit lands tells the source."""
-    idx = torch.arange(N * K, dtype=torch.int64)
-    src = torch.zeros(N * K, dtype=torch.int64)
-    for j in range(max(1, math.ceil(math.log(N * K, 16)))):
-        moved = _to_cpu_layout(((idx >> (4 * j)) & 15).view(N, K)).view(-1)  # (N * K / 2,) bytes
-        src |= torch.stack([moved & 15, moved >> 4], -1).view(-1).to(torch.int64) << (4 * j)
-    return src
-
-
-def _from_cpu_layout(kw: torch.Tensor, N: int, K: int) -> torch.Tensor:
-    """Undo _convert_weight_to_int4pack_for_cpu: uint8 (N, K) in [0, 15]. The layout works on blocks of at most
-    64 rows (one vector width), so a 64-row probe gives the permutation of every block."""
-    rows = 64 if N % 64 == 0 else N
-    src = _cpu_layout_sources(rows, K)  # (rows * K,)
-    flat = kw.cpu().view(N // rows, rows * K // 2)
-    nibbles = torch.stack([flat & 15, flat >> 4], -1).view(N // rows, rows * K)
-    q = torch.empty(N // rows, rows * K, dtype=torch.uint8)
-    q[:, src] = nibbles
-    return q.view(N, K)
-
-
 # ---------------------------------------------------------------- which kernels this device has
 
 @lru_cache(maxsize=None)
@@ -222,23 +172,36 @@ def kernel_available(mode: str, device_type: str, dtype: torch.dtype) -> bool:
 
 # ---------------------------------------------------------------- the quantized linear layers
 
-# PyTorch's CPU int8 kernel is a matrix-vector kernel: its time grows with the rows of x. For a 14336 x 4096
-# weight in bf16 on 2 cores (AVX-512) it took 14 ms for 16 rows but 507 ms for 512, where copying the int8
-# weight to bf16 (37 ms) and one bf16 matrix product took 46 and 193 ms; they cross near 64-128 rows. So a
-# CPU prefill chunk of at least this many rows takes the second way (prefill 2.5x faster on the CPU), and
-# decoding (one row) keeps the kernel. The result differs by one more rounding of the activation dtype.
+# PyTorch's CPU int8 kernel is a matrix-vector kernel: its time grows with the rows of x, and near 64-128 rows
+# the dequantized weight and one matrix product overtake it (a 14336 x 4096 bf16 weight on 2 cores: 507 ms for
+# 512 rows against 46 + 193 ms). So CPU prefill chunks of this many rows or more take that way; decode keeps it.
 CPU_INT8_KERNEL_MAX_ROWS = 128
 
 
 class Int8Linear(nn.Module):
     """y = x @ W^T with W stored as int8 rows and one scale per row. Computes in the activation dtype."""
 
-    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor):
+    def __init__(self, qweight: torch.Tensor, scales: torch.Tensor, use_kernel: Optional[bool] = None):
+        """use_kernel: None, PyTorch's int8 kernel where this device has one for the scales' dtype; True, require
+        it; False, never. Decided here, and again when the module is moved (`kernel`, a plain bool)."""
         super().__init__()
         self.out_features, self.in_features = qweight.shape
         self.register_buffer("qweight", qweight)  # int8 (N, K)
         self.register_buffer("scales", scales)  # (N,) activation dtype
-        self.use_kernel: Optional[bool] = None  # None: PyTorch's kernel where available; False: always dequantize
+        self.use_kernel = use_kernel
+        self._choose_kernel()
+
+    def _choose_kernel(self) -> None:
+        device, dtype = self.qweight.device.type, self.scales.dtype
+        ok = device != "meta" and self.use_kernel is not False and kernel_available("int8", device, dtype)
+        if self.use_kernel and not ok:
+            raise RuntimeError(f"no int8 kernel for {device} in {dtype}: use use_kernel=None to dequantize")
+        self.kernel = ok
+
+    def _apply(self, fn, recurse=True):  # .to(device, dtype): the kernel choice follows the new device
+        out = super()._apply(fn, recurse)
+        self._choose_kernel()
+        return out
 
     @classmethod
     def from_float(cls, weight: torch.Tensor, dtype: Optional[torch.dtype] = None) -> "Int8Linear":
@@ -249,28 +212,22 @@ class Int8Linear(nn.Module):
         return self.scales.dtype
 
     def dequantize(self, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        return dequantize_int8(self.qweight, self.scales, dtype or self.dtype)
-
-    def kernel_path(self, x: torch.Tensor) -> bool:
-        ok = kernel_available("int8", x.device.type, x.dtype)
-        if self.use_kernel and not ok:
-            raise RuntimeError(f"no int8 kernel for {x.device.type} in {x.dtype}: set use_kernel=None to dequantize")
-        return ok and self.use_kernel is not False
+        """The weight (N, K) in `dtype`, the scale inside: q * s is a weight's own value, never out of range."""
+        dtype = dtype or self.dtype
+        return self.qweight.to(dtype) * self.scales.to(dtype)[:, None]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        if not self.kernel_path(x):
-            return F.linear(x, self.dequantize(x.dtype))
+        """PyTorch's int8 kernel (it scales inside), except in three cases that take the dequantized weight and
+        one matrix product: no kernel here; compiled (minimistral.fast: the compiler fuses the conversion into
+        the product, reading 1 byte per weight, where the kernel is opaque to it); and CPU chunks of
+        CPU_INT8_KERNEL_MAX_ROWS rows or more, where the CPU kernel, a matrix-vector one, is slower."""
         x2d = x.reshape(-1, self.in_features)  # (M, K)
-        if x.device.type == "cpu" and x2d.shape[0] >= CPU_INT8_KERNEL_MAX_ROWS:  # a prefill chunk
-            return self.converted_product(x)
-        y = torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self.scales.to(x.dtype))
+        big_cpu_chunk = x.device.type == "cpu" and x2d.shape[0] >= CPU_INT8_KERNEL_MAX_ROWS
+        if self.kernel and not big_cpu_chunk and not torch.compiler.is_compiling():
+            y = torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self.scales.to(x.dtype))
+        else:
+            y = F.linear(x2d, self.dequantize(x.dtype))
         return y.view(*x.shape[:-1], self.out_features)
-
-    def converted_product(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
-        """y = (x @ q.T) * s: the int8 weight converted to x's dtype (exact, |q| <= 127) inside one ordinary
-        matrix product, the scales applied to the output. Faster than the CPU kernel for many rows, and the
-        form the compiler fuses (fuse.Int8Step)."""
-        return F.linear(x, self.qweight.to(x.dtype)) * self.scales.to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 per channel, {self.dtype}"
@@ -317,16 +274,14 @@ class Int4Linear(nn.Module):
         return cls(qw, sz, group_size, layout, K, N)
 
     @classmethod
-    def concat(cls, mods: list["Int4Linear"]) -> "Int4Linear":
+    def cat(cls, mods: list["Int4Linear"]) -> "Int4Linear":
         """One Int4Linear computing the output rows of `mods` one after the other, laid out afresh from their
-        4-bit values: a copy. The fast path uses it where the pieces' kernel layouts do not simply stack (the
-        CPU layout permutes rows in blocks as wide as the CPU's vectors: on an AVX-512 machine two 32-row
-        pieces, each laid out alone, are not the layout of their 64 rows together)."""
+        4-bit values (a kernel layout is made for one whole matrix: pieces laid out alone do not stack)."""
         first = mods[0]
         same = ("layout", "group_size", "in_features", "dtype")
         for m in mods:
             if not isinstance(m, Int4Linear) or any(getattr(m, a) != getattr(first, a) for a in same):
-                raise ValueError(f"Int4Linear.concat: the pieces must agree in {', '.join(same)}; got {m!r} "
+                raise ValueError(f"Int4Linear.cat: the pieces must agree in {', '.join(same)}; got {m!r} "
                                  f"beside {first!r}")
         q = torch.cat([m.unpacked() for m in mods])  # (sum of N, K) in [0, 15]
         sz = torch.cat([m.scales_and_zeros for m in mods], dim=1)  # (K / group_size, sum of N, 2)
@@ -339,16 +294,16 @@ class Int4Linear(nn.Module):
         return self.scales_and_zeros.dtype
 
     def unpacked(self) -> torch.Tensor:
-        """The 4-bit values as uint8 (N, K) in [0, 15], whatever the layout."""
-        N, K = self.out_features, self.in_features
+        """The 4-bit values as uint8 (N, K) in [0, 15], whatever the layout. A kernel layout is not read directly:
+        the kernel multiplies the identity (giving W itself, column block by column block, in float32 where it
+        can), and q = (W - z) / s + 8 undoes the arithmetic exactly."""
         if self.layout == "packed":
             return unpack_int4(self.qweight)
-        if self.layout == "cpu":
-            return _from_cpu_layout(self.qweight, N, K)
-        # CUDA's tiled layout: multiply by the identity, a block of inputs at a time, and undo the arithmetic.
+        dev = self.qweight.device
+        dtype = torch.float32 if kernel_available("int4", dev.type, torch.float32) else self.dtype
         cols = []
-        for start in range(0, K, 1024):
-            eye = torch.eye(K, device=self.qweight.device, dtype=self.dtype)[start:start + 1024]
+        for start in range(0, self.in_features, 1024):
+            eye = torch.eye(self.in_features, device=dev, dtype=dtype)[start:start + 1024]
             cols.append(self._kernel(eye).float().t())  # (N, block) = W[:, block]
         w = torch.cat(cols, dim=1)
         s = self.scales_and_zeros[..., 0].float().t().repeat_interleave(self.group_size, 1)
@@ -410,20 +365,22 @@ def check_group_size(args, group_size: int) -> None:
 @torch.no_grad()
 def quantize(model: nn.Module, mode: str, group_size: int = 128) -> nn.Module:
     """Replace the attention and MLP linear layers of a Transformer in memory by quantized ones, in place, on the
-    device the model is on, computing in the model's dtype. Returns the model. Refuses a quantized model."""
+    device the model is on, computing in the model's dtype. Returns the model. Refuses a quantized model. Every
+    weight is checked before any layer is replaced: a refusal leaves the model as it was."""
     check_mode(mode, group_size)
     if is_quantized(model):
         raise ValueError("this model is already quantized: quantize the full-precision model (load it again "
                          "without quantize=..., or with the mode you want)")
     if mode == "int4":
-        check_group_size(model.args, group_size)  # every layer checked before any is replaced
-    for layer in model.layers:
-        for path in QUANTIZED_LINEARS:
-            parent_name, child = path.split(".")
-            parent = getattr(layer, parent_name)
-            lin = getattr(parent, child)
-            setattr(parent, child, quantize_linear_weight(lin.weight, mode, group_size, lin.weight.dtype))
-            del lin
+        check_group_size(model.args, group_size)
+    targets = [(parent, name, lin, f"layers.{i}.{part}.{name}.weight")  # fused linears (wqkv, w13) included
+               for i, layer in enumerate(model.layers) for part in ("attention", "feed_forward")
+               for parent in [getattr(layer, part)] for name, lin in parent.named_children()
+               if isinstance(lin, nn.Linear)]
+    for _, _, lin, key in targets:
+        _check_weight(lin.weight, key)
+    for parent, name, lin, _ in targets:
+        setattr(parent, name, quantize_linear_weight(lin.weight, mode, group_size, lin.weight.dtype))
     model.quantization = {"mode": mode, "group_size": group_size if mode == "int4" else None}
     return model
 

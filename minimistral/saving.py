@@ -355,7 +355,8 @@ def _model_weights(model) -> list:
     if not isinstance(model, nn.Module) or not isinstance(args, ModelArgs):
         raise TypeError(f"save_checkpoint needs a minimistral Transformer (with .args), got {type(model).__name__}")
     expected = [(n, tuple(p.shape)) for n, p in meta_model(args).named_parameters()]
-    names = {n for n, _ in model.named_parameters(remove_duplicate=False)}
+    state = model.state_dict(keep_vars=True)  # a fused model (Transformer.fuse) gives its weights under these names
+    names = set(state)
     extra = sorted(names - {n for n, _ in expected})
     if extra:
         raise ValueError(f"cannot save: the model has parameters a Mistral checkpoint has no place for "
@@ -363,7 +364,7 @@ def _model_weights(model) -> list:
     out = []
     for name, shape in expected:
         try:
-            p = model.get_parameter(name)
+            p = state[name] if name in state else model.get_parameter(name)
         except AttributeError:
             raise ValueError(f"cannot save: the model has no parameter {name!r} (a quantized or modified model?); "
                              "save a plain float Transformer") from None

@@ -21,6 +21,15 @@ FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 _GB = 1e9
 
 
+def check_int(value, name: str, low: int = 1, none_ok: bool = False, high: Optional[int] = None) -> None:
+    """ValueError naming `name` unless value is an int in [low, high] (bools refused), or None where none_ok."""
+    if value is None and none_ok:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an integer {bound}, got {value!r}")
+
+
 def floating_dtype(dtype, what: str = "dtype") -> Optional[torch.dtype]:
     """torch.bfloat16, "bf16", "float32"... -> the torch dtype; None stays None. Anything the model
     cannot compute in (integers, bool, float8, complex, int4) raises ValueError naming it."""
@@ -93,16 +102,26 @@ def nonfinite(t: torch.Tensor) -> Optional[str]:
     return f"{n_nan} NaN and {n_bad - n_nan} infinite value(s), the first at index {first}"
 
 
+def bad_logit_rows(rows: torch.Tensor) -> torch.Tensor:
+    """rows (B, V) -> bool (B,) on the same device, True where no token can be chosen: a NaN or +inf, or -inf
+    everywhere. No host synchronisation: the fast path collects these and looks once, at the end."""
+    return torch.isnan(rows).any(-1) | torch.isposinf(rows).any(-1) | torch.isneginf(rows).all(-1)
+
+
 def check_logits(logits: torch.Tensor, where: str) -> None:
     """Raise FloatingPointError when logits (B, V) hold a NaN or +inf, or a row is -inf everywhere:
     no token can be chosen from them (argmax would silently return 0)."""
     rows = logits.reshape(-1, logits.shape[-1]) if logits.dim() else logits.reshape(1, 1)  # (B, V)
-    bad_rows = torch.isnan(rows).any(-1) | torch.isposinf(rows).any(-1) | torch.isneginf(rows).all(-1)
+    bad_rows = bad_logit_rows(rows)
     if bool(bad_rows.any()):
         row = int(bad_rows.nonzero()[0, 0])
         r = rows[row]
         what = "-inf for every token" if bool(torch.isneginf(r).all()) else nonfinite(r)
-        raise FloatingPointError(
-            f"non-finite logits {where} (batch row {row}: {what}): the model's weights or activations are "
-            "not finite (NaN/inf weights, or an overflow in float16: try bfloat16 or float32)")
+        raise logits_error(where, f"batch row {row}: {what}")
+
+
+def logits_error(where: str, what: str) -> FloatingPointError:
+    return FloatingPointError(
+        f"non-finite logits {where} ({what}): the model's weights or activations are "
+        "not finite (NaN/inf weights, or an overflow in float16: try bfloat16 or float32)")
 

@@ -27,7 +27,8 @@
 # - **Where eager time goes**: over a thousand small operations per token, each a separate GPU kernel
 #   launch. You will count them, then read a real profile.
 # - What **`torch.compile`** (fusing operations) and **CUDA graphs** (replaying a whole step with one launch)
-#   remove, how `minimistral.fast` is arranged so they can, and a bug only the profile revealed.
+#   remove, and what the model must look like so they can: `minimistral.fast` is **the same model, compiled**,
+#   not a second one. Plus a bug only the profile revealed.
 # - How to read the benchmark table: ours (eager and fast) beside Hugging Face transformers, same run.
 # - The **roofline** with measured points, and how the speed-up splits between fusion and CUDA graphs.
 # - With a GPU: your own bandwidth, your own ceiling, and the fast path's rungs and profile, measured live.
@@ -347,31 +348,36 @@ plt.show()
 # - **CUDA graphs** record the whole sequence of kernels once and *replay* it with a single launch. The
 #   price: every replay must have the same shapes and the same memory addresses.
 #
-# That price shapes `minimistral.fast`:
+# That price shapes how the model is run, not what it is. `minimistral.fast` holds no model of its own: it
+# drives the teaching model's own `forward_at` (the block, attention and the rolling buffer, each written once in
+# `model.py`, `attention.py`, `cache.py`) and adds only what compiling needs:
 #
-# | teaching path (`model.py`, `cache.py`) | fast path (`fast.py`) |
+# | run eagerly: `model(tokens, cache)` | compiled: `FastGenerator(model)`, the same forward |
 # |---|---|
-# | cache grows as `torch.cat` of the filled slots: shapes change every step | all W slots, always; empty or stale slots masked out: shapes never change |
-# | current position is a Python `int` | current position is a tensor on the device, updated in place |
-# | sampled token goes back to Python (`int(token)`) every step: a host synchronisation | token stays on the device; sampling uses the Gumbel-max trick; one transfer at the end |
-# | changing shapes: `torch.compile` must recompile or treat them as dynamic, and no CUDA graph can be captured | `torch.compile(mode="reduce-overhead")` captures a CUDA graph once |
-# | attention over the filled slots through `scaled_dot_product_attention` | one small matrix product per K/V head over all W slots: the 4 query heads of a group share one read of their keys |
-# | RoPE with complex numbers | the same rotation in real arithmetic (`apply_rope_interleaved_real`): the compiler cannot generate code for complex tensors |
+# | `model.new_cache()` reads the filled slots (`torch.cat`): shapes change every step | `model.new_cache(static=True)` reads all W slots, empty or stale ones masked out; a single new token is written first, then attends over the slots (it overwrites the key at p - W, which it does not see): shapes never change, nothing is copied |
+# | current position: a Python `int` (`cache.pos`) | a tensor on the device, passed to `model.forward_at(tokens, positions, cache)` |
+# | the sampled token goes back to Python every step: a host synchronisation | the token stays on the device (Gumbel-max sampling); the logits are checked on the device; one transfer at the end |
+# | `wq`, `wk`, `wv` and `w1`, `w3`: five matrix products | `model.fuse()`: one `wqkv`, one `w13` (the state dict keeps the five names) |
+# | RoPE with complex numbers | the same rotation in real arithmetic when compiling: the compiler cannot generate code for complex tensors |
 #
-# The Gumbel-max trick samples from $\mathrm{softmax}(z/T)$ without a data-dependent shape:
-# $\arg\max_i (z_i/T + g_i)$ with $g_i = -\log(-\log u_i)$, $u_i \sim U(0, 1)$.
-# The two paths are different code, so they share one test suite (`tests/test_fast.py`): the same logits
-# within $10^{-4}$ and identical greedy tokens for 100+ steps past the window. Here is the same check on a
-# small model:
+# Everything else, the norms, the attention call (`scaled_dot_product_attention`), the MLP, the output head, is
+# literally the same code. The Gumbel-max trick samples from $\mathrm{softmax}(z/T)$ without a data-dependent
+# shape: $\arg\max_i (z_i/T + g_i)$ with $g_i = -\log(-\log u_i)$, $u_i \sim U(0, 1)$.
+# Fixed shapes are still a different route through the same code, so a test suite (`tests/test_fast.py`) proves
+# the two routes agree: the same logits within $10^{-4}$ and identical greedy tokens for 100+ steps past the
+# window, in float32, bf16, int8 and 4-bit. Here is the same check on a small model:
 
 # %%
 model = mm.Transformer(mm.ModelArgs.tiny(n_layers=2, sliding_window=16)).eval()
 prompt = torch.randint(3, 32000, (10,)).tolist()
 teaching = mm.generate(model, prompt, max_new_tokens=60)
-fast = FastGenerator(model, compile=False).generate(prompt, max_new_tokens=60)
+fg = FastGenerator(model, compile=False)  # fuses the model's projections, in place, and makes a static cache
+fast = fg.generate(prompt, max_new_tokens=60)
 print(f"first tokens: {teaching[:8]}")
 print(f"identical greedy tokens for {len(teaching)} steps (window 16): {teaching == fast}")
-assert teaching == fast
+print("layer 0's attention now holds:", [name for name, _ in model.layers[0].attention.named_children()])
+print("its state dict still says:    ", [k.split(".")[-2] for k in model.state_dict() if ".0.attention." in k])
+assert teaching == fast == mm.generate(model, prompt, max_new_tokens=60)  # the fused model, eagerly: the same
 
 # %% [markdown]
 # ### Splitting the gain: fusion, then CUDA graphs (an estimate)
@@ -427,7 +433,7 @@ plt.show()
 #
 # The first H200 run of the fast path decoded at 68 tokens/s, a quarter of the ceiling, although it was
 # compiled and replayed as one CUDA graph. The profile told why: the GPU was *busy* for 14 ms per step, more
-# than twice as long as the eager step's kernels. At that time `StaticRollingCache` kept every layer's keys
+# than twice as long as the eager step's kernels. At that time the static cache kept every layer's keys
 # in one tensor of shape (32 layers, 1, 8, 4096, 128), and each layer wrote its new key into a slice of it.
 # `torch.compile` turns an in-place write into a slice of a graph input into "build the updated tensor,
 # then copy it back", so each of those writes copied a whole 268 MB buffer: 64 copies per token. The fix is
@@ -523,8 +529,9 @@ plt.show()
 #   transformers: 5 to 7 times faster. The tuned compile gains 3% more but takes 125 s to compile instead of
 #   52 s, so it is off by default (`FastGenerator(model, tune=True)` turns it on). What is left: the matrix
 #   products run at about 3.2 TB/s, not the 4.1 of a copy (the small ones, such as the 8 MB `wk` and `wv`,
-#   much slower), and the step still runs about 680 kernels. Fusing `wq`, `wk`, `wv` into one matrix and `w1`, `w3` into another would
-#   give fewer, larger products; that is the next step, not taken here.
+#   much slower), and the step still runs about 680 kernels. The stored run predates the fused projections
+#   (`model.fuse()`: `wq`, `wk`, `wv` as one matrix and `w1`, `w3` as another, now on by default): fewer, larger
+#   products; the next run of the benchmark measures what they add.
 # - **A long prompt costs no more per token than a short one, because the short one already pays for the
 #   whole window.** With 6,000 tokens of context the fast path decodes as fast as with 16: it attends over all
 #   W = 4,096 slots at every step (empty ones masked out), so that CUDA graphs see one fixed shape. With a
@@ -532,9 +539,10 @@ plt.show()
 #   which lowers its ceiling from 282 to 272 tokens/s. The sliding window keeps the cost flat however long the
 #   conversation grows; a cache that grew with the text would be faster on short prompts only.
 # - **Prefill** is arithmetic-bound (thousands of tokens per product, section 2), so at 2,048 tokens all
-#   three are within 7% of each other. At 8,192 the fast path leads transformers by about 19%: it attends in
-#   chunks of W with only the keys each chunk can see, and its first chunk, with no cache to look at, runs as
-#   plain causal attention in the flash kernel. At 512 tokens transformers' fixed cost per call still shows.
+#   three are within 7% of each other. At 8,192 the stored fast path led transformers by about 19%: it attended
+#   in chunks of W with only the keys each chunk can see, its first chunk in the flash kernel (it now prefills
+#   through the model's own forward, with a mask, as `mm.generate` does). At 512 tokens transformers' fixed
+#   cost per call still shows.
 # - **Eager is launch-bound**, as section 3 measured, and the two eager implementations are close: ours
 #   ahead with a long prompt, transformers with a short one. The host's speed decides, and it varies from
 #   machine to machine: the first H200 run (the one with the cache bug, stored beside this one) measured 41
@@ -671,6 +679,7 @@ else:
           f"-> ceiling {ceiling_live:.0f} tokens/s")
     prompt_live = list(range(3, 19))  # 16 tokens
     rungs = {"teaching path (mm.generate)": lambda n: mm.generate(live, prompt_live, max_new_tokens=n)}
+    # (the first FastGenerator fuses `live` in place: the teaching path below then runs with fused projections too)
     for label, mode in [("fast path, eager kernels", False), ("fast path, compiled, no graphs", "default"),
                         ("fast path, compiled + CUDA graph", True)]:
         fg = FastGenerator(live, compile=mode)
@@ -761,7 +770,8 @@ except NotImplementedError:
 #   20%); at about 20 µs of CPU time per launch the GPU waits most of the step.
 # - `torch.compile` fuses operations and a CUDA graph replays the whole step with one launch, but only when
 #   shapes and addresses are fixed: hence a static rolling cache, a device-side position, on-device sampling,
-#   and one cache buffer per layer. Measured: 184 tokens/s, 65% of the ceiling, 5 to 7 times the eager
+#   and one cache buffer per layer, all of it in the teaching model itself (`new_cache(static=True)`,
+#   `forward_at`, `fuse`): `minimistral.fast` compiles that model, it is not a second one. Measured: 184 tokens/s, 65% of the ceiling, 5 to 7 times the eager
 #   implementations, after a 52 s compile; as fast with a 6,000-token prompt as with 16 tokens, because it
 #   always reads all 4,096 cache slots. How the gain splits between fusion and graph replay is estimated until
 #   the benchmark measures the middle rung (or you do, in section 5).
@@ -770,8 +780,7 @@ except NotImplementedError:
 #
 # ## What's next
 #
-# You have built, checked and sped up Mistral 7B. Ideas to go further: fuse `wq`, `wk`, `wv` (and `w1`, `w3`)
-# into single matrices so each step runs fewer, larger products; quantise the weights to int8 or int4
+# You have built, checked and sped up Mistral 7B. Ideas to go further: quantise the weights to int8 or int4
 # (fewer bytes per token raises the ceiling directly), batch several prompts through `minimistral.fast`, or try
 # speculative decoding: a small draft model proposes a few tokens and the 7B checks them all in one pass, one
 # read of its weights for several tokens. The draft must share the 7B's tokenizer, so notebook 10's model, with

@@ -1,4 +1,5 @@
-"""The fast path (minimistral/fast.py) equals the teaching path: logits and greedy tokens, far past the window."""
+"""The fast path (minimistral/fast.py: the teaching model fused, with a static cache, compiled) equals the teaching
+path: logits and greedy tokens, far past the window; its generate refuses what mm.generate refuses."""
 
 import shutil
 
@@ -7,7 +8,7 @@ import torch
 
 import minimistral as mm
 from conftest import small_model
-from minimistral.fast import FastGenerator
+from minimistral.fast import FastGenerator, sample_on_device
 
 
 def _model(max_seq_len=512, **kw):
@@ -37,7 +38,8 @@ def test_decode_logits_equal_teaching_path_past_the_window(window, n_heads, n_kv
     with torch.inference_mode():
         want = model(tokens)  # (1, 60, V): one full pass with the band mask
         for p in range(5, 60):
-            logits, _ = fast._decode_step(tokens[:, p:p + 1], torch.tensor(p), torch.tensor(0.0), torch.zeros(1, 300))
+            logits, _, bad = fast._step(tokens[:, p:p + 1], torch.tensor(p), torch.tensor(0.0), torch.zeros(1, 300))
+            assert not bad.any()
             torch.testing.assert_close(logits, want[:, p], atol=1e-4, rtol=0)
 
 
@@ -64,12 +66,41 @@ def test_sampling_is_seeded_and_spreads():
     assert len(set(a)) > 10, f"40 draws at temperature 1 from a near-flat distribution gave only {len(set(a))} ids"
 
 
+@pytest.mark.parametrize("call,match", [
+    (dict(prompt_ids="hello"), "is text"), (dict(prompt_ids=[1, 2.0]), r"prompt_ids\[1\]"),
+    (dict(prompt_ids=[1, 300]), "outside the vocabulary"), (dict(max_new_tokens=True), "max_new_tokens"),
+    (dict(temperature=-1.0), "temperature"), (dict(top_p=0.0), "top_p"), (dict(top_k=0), "top_k"),
+    (dict(seed=1.5), "seed"), (dict(eos_id=300), "eos_id"), (dict(chunk_size=0), "chunk_size"),
+    (dict(max_new_tokens=600), "exceeds the model's max_seq_len")])
+def test_generate_refuses_what_mm_generate_refuses(call, match):
+    """One check code for both: the same bad argument gives the same error from each."""
+    model = _model(sliding_window=8)
+    kw = dict(prompt_ids=[1, 2, 3], max_new_tokens=4) | call
+    fast = FastGenerator(model, compile=False)
+    with pytest.raises(ValueError, match=match) as theirs:
+        mm.generate(model, **kw)
+    with pytest.raises(ValueError, match=match) as ours:
+        fast.generate(**kw)
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_nonfinite_logits_are_named_once_at_the_end():
+    """The decode step checks its logits on the device (no host wait per token); generate names the first bad step."""
+    model = _model(sliding_window=8)
+    with torch.no_grad():
+        model.output.weight[7] = float("nan")
+    with pytest.raises(FloatingPointError, match="non-finite logits after the prompt"):
+        FastGenerator(model, compile=False).generate([1, 2, 3], 5)
+    with pytest.raises(FloatingPointError, match="non-finite logits after the prompt"):
+        mm.generate(model, [1, 2, 3], 5)
+
+
 def test_gumbel_max_samples_from_the_softmax():
     torch.manual_seed(0)
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
     n = 20000
     u = torch.rand(n, 4).clamp_(1e-20, 1.0)
-    draws = FastGenerator._sample(logits.expand(n, 4), torch.tensor(1.0), -torch.log(-torch.log(u)))
+    draws = sample_on_device(logits.expand(n, 4), torch.tensor(1.0), -torch.log(-torch.log(u)))
     freq = torch.bincount(draws.flatten(), minlength=4).float() / n
     torch.testing.assert_close(freq, torch.softmax(logits, -1)[0], atol=0.015, rtol=0)
 
@@ -129,7 +160,7 @@ def test_compiled_decode_step_writes_the_cache_in_place(one_thread):
         fast = FastGenerator(model, compile="default")
         with torch.inference_mode():
             fast.prefill(torch.tensor([[1, 2, 3]]))
-            fast._decode(torch.tensor([[4]]), torch.tensor(3), torch.tensor(0.0), torch.zeros(1, 300))
+            fast._decode(torch.tensor([[4]]), torch.tensor(3), torch.tensor(0.0), torch.zeros(1, 300), None, 1.0)
     assert len(graphs) == 1, f"expected one compiled graph for the decode step, got {len(graphs)}"
     graph = graphs[0]
     inputs = {n for n in graph.nodes if n.op == "placeholder"}

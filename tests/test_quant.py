@@ -79,9 +79,9 @@ def test_int8_linear_kernel_equals_dequantized(device, dtype):
     w = torch.randn(96, 160, device=device)
     lin = Int8Linear.from_float(w, dtype)
     x = torch.randn(2, 5, 160, device=device, dtype=dtype)
-    lin.use_kernel = True
+    assert lin.kernel  # chosen once, when the module is made
     kernel = lin(x)
-    lin.use_kernel = False
+    lin.kernel = False
     reference = lin(x)
     assert kernel.shape == (2, 5, 96) and kernel.dtype == dtype
     close(kernel, reference, dtype)
@@ -129,12 +129,35 @@ def test_int4_linear_kernel_equals_dequantized(device, dtype, group_size):
     close(fast(x), reference, dtype)
 
 
+@pytest.mark.parametrize("dtype", CPU_DTYPES)
 @pytest.mark.parametrize("shape", [(64, 128), (192, 96), (48, 64)])  # one block, several blocks, not a block
-def test_cpu_kernel_layout_unpacks_exactly(shape):
-    if not quant.kernel_available("int4", "cpu", torch.float32):
+def test_cpu_kernel_layout_unpacks_exactly(shape, dtype):
+    """The 4-bit values come back from the kernel's own product with the identity, whatever its layout."""
+    if not quant.kernel_available("int4", "cpu", dtype):
         pytest.skip("no int4 CPU kernel")
-    q = torch.randint(0, 16, shape, dtype=torch.uint8)
-    assert torch.equal(quant._from_cpu_layout(quant._to_cpu_layout(q), *shape), q)
+    w = torch.randn(shape) * 0.02 + 1.0  # narrow groups far from zero: the hardest case to undo exactly
+    lin = Int4Linear.from_float(w, 32, dtype)
+    assert lin.layout == "cpu"
+    assert torch.equal(lin.unpacked(), quantize_int4(w, 32, dtype)[0])
+
+
+@pytest.mark.parametrize("use_kernel", [None, False])
+def test_int8_fp16_product_never_overflows(use_kernel):
+    """float16 tops out at 65504. A true output of ~1,000 from weights ~1e-3: (x @ q.T) alone would be ~1,000 / s
+    (s ~ 1e-5), far past it; the scale goes inside the product, so every path gives the dequantized reference.
+    Rows: one (decode), and CPU_INT8_KERNEL_MAX_ROWS (the CPU prefill branch)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.rand(32, 256, generator=gen) * 1e-3  # all positive: the sums add up
+    lin = Int8Linear(*quantize_int8(w, torch.float16), use_kernel=use_kernel)
+    for rows in (1, quant.CPU_INT8_KERNEL_MAX_ROWS):
+        x = torch.full((rows, 256), 8.0, dtype=torch.float16)
+        want = x.float() @ lin.dequantize(torch.float32).t()  # ~1.0 * 256 * 8 * 0.5e-3 ~ 1, exact in float32
+        want_big = (x.float() * 1000) @ lin.dequantize(torch.float32).t()  # ~1,000: fits float16, x @ q.T does not
+        assert float((x.float() * 1000 @ lin.qweight.float().t()).abs().max()) > 65504  # the old intermediate
+        for inp, ref in ((x, want), (x * 1000, want_big)):
+            got = lin(inp)
+            assert torch.isfinite(got).all(), f"{rows} rows, use_kernel={use_kernel}: overflow"
+            torch.testing.assert_close(got.float(), ref, rtol=2e-3, atol=1e-3)
 
 
 def test_blocks_of_rows_give_the_whole_tensor_result(monkeypatch):

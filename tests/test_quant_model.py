@@ -149,3 +149,21 @@ def test_quantized_load_never_holds_the_full_precision_model(tmp_path, mode):
             break
     assert load_extra < quantized + one_tensor + 24e6, (load_extra / 1e6, quantized / 1e6, model_bytes / 1e6)
     assert load_extra < 0.75 * model_bytes
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantize_refusing_one_weight_leaves_the_model_whole(mode):
+    """An inf in the last layer's w2: quantize names it and changes nothing (not a model half int8, half float
+    that could be neither quantized again nor saved); once the weight is fixed, the same model quantizes."""
+    model = mm.Transformer(mm.ModelArgs.tiny(n_layers=3, vocab_size=300)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.layers[2].feed_forward.w2.weight.data[3, 5] = float("inf")
+    with pytest.raises(ValueError, match=r"layers\.2\.feed_forward\.w2\.weight.*inf or NaN"):
+        quant.quantize(model, mode, group_size=32)
+    assert not quant.is_quantized(model) and not hasattr(model, "quantization")
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before if k != "layers.2.feed_forward.w2.weight")
+    model.layers[2].feed_forward.w2.weight.data[3, 5] = 0.0
+    quant.quantize(model, mode, group_size=32)
+    assert quant.is_quantized(model) and model.quantization["mode"] == mode

@@ -278,8 +278,8 @@ class GpuBench:
             gen.prefill(torch.tensor([self.short], device=device))  # start=0: a new sequence
             pos, temp = torch.tensor(len(self.short), device=device), torch.tensor(0.0, device=device)
             noise = torch.zeros((1, self.args.vocab_size), device=device)
-            self.result.setdefault(R.PROFILE, {})[name] = kernel_profile(lambda: gen._decode(one, pos, temp, noise),
-                                                                         device)
+            self.result.setdefault(R.PROFILE, {})[name] = kernel_profile(
+                lambda: gen._decode(one, pos, temp, noise, None, 1.0), device)  # as generate calls it: no recompile
 
     def profile_hf(self):
         hf = self.hf
@@ -303,7 +303,11 @@ class GpuBench:
 
     # ---- the ladder: eager kernels -> fused (compile) -> one launch (CUDA graphs), same static cache -------------
     def rung(self, name, compile_mode, fuse=True):
-        gen, warm = self.warmed_generator(compile=compile_mode, fuse=fuse)  # drops the fast path measured above
+        model = None
+        if not fuse:  # the fast path fused self.model in place: the same model again, with its own random weights
+            self.fast = None
+            model = build_models(self.opts.preset, self.device, self.dtype, with_hf=False)[1]
+        gen, warm = self.warmed_generator(model, compile=compile_mode, fuse=fuse)  # drops the fast path above
         rate, _, _ = decode_rate(lambda n: gen.generate(self.short, n), self.opts.new_tokens, self.device)
         self.result.setdefault(R.LADDER, {})[name] = {R.RUNG_RATE: rate, R.RUNG_WARMUP: warm}
         if self.device.type == "cuda":
@@ -355,11 +359,6 @@ def main(argv=None) -> int:
         b.probes()
     if extras:
         b.ladder()
-    if extras and on_gpu and "int8" in opts.quant:  # which int8 product is faster: measured, if time allows
-        if b.left() > 150:
-            b.attempt(R.INT8_KERNEL, lambda: b.row_quantized("int8", R.INT8_KERNEL, prefill=False, int8_matmul="module"))
-        else:
-            b.say(f"skipping the int8 row with PyTorch's kernel: {b.left():.0f} s of the budget left")
     if extras and on_gpu:
         b.attempt(R.TUNED, b.row_tuned)
     R.print_table(b.result)
