@@ -342,8 +342,9 @@ def _as_python_int(fn):
             _state["todo"] = True
             raise
         if type(got) is not int:
-            raise TypeError(f"returned {type(got).__module__}.{type(got).__name__} {got!r}: the exercise asks "
-                            "for a Python int, a whole number of sequences")
+            _state["case"] = None  # the message says it all: no hint
+            raise TypeError(f"returned a {type(got).__module__}.{type(got).__name__}: the exercise asks for a "
+                            "Python int, a whole number of sequences")
         return got
     return wrapped
 
@@ -729,6 +730,7 @@ def _untouched(fn):
             raise
         for name, now, before in zip(["probs", "q_pos", "k_pos"], (probs, q_pos, k_pos), _pristine[n]):
             if now.shape != before.shape or now.dtype != before.dtype or not torch.equal(now, before):
+                _state["case"] = None  # the message says it all: no hint
                 raise RuntimeError(f"attention_at_distance changed its argument `{name}` in place: it belongs to "
                                    "the caller (the figure below reads the record), so leave it as it came")
         return got
