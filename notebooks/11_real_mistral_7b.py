@@ -33,62 +33,14 @@
 # ## What you need
 # - Notebooks 07 to 09 (the model, the cache, generation).
 # - **For the real model:** the weights on a local disk (14.5 GB) and one of the machines of the table
-#   below. The notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and
-#   the quantization that fit, and says what it picked.
+#   in Appendix A at the end (datacenter or consumer GPU, free Colab T4, Apple Silicon, CPU laptop). The
+#   notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and the
+#   quantization that fit, and says what it picked.
 # - **Without the weights** (CI, or before downloading) every cell still runs, in about a minute on a
 #   CPU, with the small Mistral trained for this course (`data/tiny_mistral`: 4 layers, 8 heads, a
 #   128-token window, notebook 10), and says so. **Every stored output and picture you see in the
 #   repository comes from that small model, not from the 7B**: run the notebook with the weights to see
 #   the 7B's.
-#
-# ## Which machine runs what
-#
-# The memory plan (`minimistral.device`, section 2) adds the weights at the chosen dtype or quantization,
-# the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
-# long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
-# of the tensor being loaded, and a 0.5 GB margin, then takes the first setting that fits: full precision,
-# else int8, else 4-bit in groups of 32, else of 128. The free memory below is *assumed* for each class of
-# machine, not measured on one (when you run the notebook the planner measures yours):
-#
-# | machine | free memory assumed | setting picked | plan | what runs |
-# |---|---|---|---|---|
-# | 80 GB datacenter GPU (A100, H100) | 84.8 GB | bf16 | 16.0 GB | everything; long prompt in chunks of 1,024 |
-# | 24 GB consumer GPU (RTX 3090, 4090) | 24.7 GB | bf16 | 16.0 GB | everything; chunks of 1,024 |
-# | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | everything; chunks of 1,024 |
-# | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
-# | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
-# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.3 GB | everything; chunks of 1,024 |
-# | Apple Silicon, 16 GB | 10.7 GB (RAM left beside macOS and a browser) | bf16, int8 | 9.3 GB | everything; chunks of 512 |
-# | CPU laptop, 16 GB RAM | 10.7 GB (the same) | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly (below) |
-#
-# On a Mac the GPU and every other program share one RAM, so the planner takes the smaller of two
-# figures: the RAM the system has available (psutil's count, which subtracts what other apps hold) and
-# the share Metal lets the GPU use (`torch.mps.recommended_max_memory()`, about 2/3 of RAM) less what
-# Metal already holds. Loading reads the checkpoint through a memory map, and those pages sit in the same
-# RAM: the plan counts the pages of the tensor being copied (0.26 GB for the 7B's largest); pages already
-# copied are clean file cache that macOS drops when it needs the room, without swapping. No Mac run of
-# this notebook has been measured for this course: the Mac rows are the planner's arithmetic.
-#
-# **The CPU row's speed** was measured on this project's 2-core Linux *server* (not a laptop), on a
-# checkpoint of the 7B's shape filled with *random* weights (the real ones were not available there):
-# int8 loaded in 47 s and decoded 3.1 tokens/s (`data/bench_load_cpu_7b.json`,
-# `python -m minimistral.bench --load --device cpu --quantize int8 int4`), and one run of this whole
-# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt. A laptop's cores and memory
-# differ: expect minutes, not seconds, per section.
-#
-# **The T4** computes in fp16: it has no native bf16 arithmetic (compute capability 7.5). fp16 stops at
-# 65,504 where bf16 reaches 3e38; `tests/test_device.py` runs two layers of the 7B's shape in fp16 with a
-# planted activation of 2,000 and finds them finite and within 2% of float32, but on random weights: the
-# real weights in fp16 were not tried here. The T4's int8 buys room, not speed. fp16 weights would need a
-# 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB); but below compute capability 8.0
-# no int8 matrix kernel tuned for the GPU runs: where `quant.kernel_available` finds no int8 kernel for
-# CUDA in fp16, `Int8Linear` dequantizes each weight before `F.linear` (`quant.dequantize_int8`: the int8
-# weight to float32, times the scales, to fp16), which reads and writes about 21 bytes per weight per
-# decoded token where fp16 weights would be read once, 2 bytes. Counted from the code, not timed: no GPU
-# was lent while this version was written; on a T4, section 7 prints what you get. 4-bit fits too
-# (6.6 GB) and has no fp16 kernel on CUDA either. Free Colab's 12.7 GB of host RAM is no obstacle: the
-# weights stream from the memory-mapped files one tensor at a time. The cell after the imports prints the
-# table from the planner itself.
 #
 # ## 1. Getting the weights, and telling the notebook where they are
 #
@@ -97,9 +49,10 @@
 #
 # **From this notebook, on any system (Colab too):** write the folder into `CHECKPOINT` in the settings
 # cell below, set `DOWNLOAD = True`, and run it: `huggingface_hub.snapshot_download` fetches
-# `config.json`, the two weight shards and their index (14.5 GB) and the tokenizer's small JSON files. It
-# finds your token where `hf auth login` or `huggingface_hub.notebook_login()` saved it, in the
-# environment variable `HF_TOKEN`, or in Colab's secret `HF_TOKEN`.
+# `config.json`, the two weight shards and their index (14.5 GB) and the tokenizer's small JSON files.
+# It finds your token where `hf auth login` or `huggingface_hub.notebook_login()` saved it, in the
+# environment variable `HF_TOKEN`, or in Colab's secret `HF_TOKEN`. (Colab's steps, and environment
+# variables for a batch run, are in Appendix B at the end.)
 #
 # **From a terminal** (bash, zsh, PowerShell or cmd alike), with the `hf` command that `huggingface_hub`
 # installs:
@@ -119,27 +72,6 @@
 # the `mistral-inference` README. Unpack it and point `CHECKPOINT` at the folder: the loader detects the
 # layout.
 #
-# **On Colab** (free T4): open this notebook in Colab (File, Upload notebook) and choose Runtime, Change
-# runtime type, T4 GPU. Put the course's repository on the runtime (clone or upload it into
-# `/content/minimistral`), run `%pip install -q -e /content/minimistral` in a cell (Colab's PyTorch
-# already has CUDA), then Runtime, Restart session, so that Python sees the new package. Add your token as
-# a secret named `HF_TOKEN` (the key icon on the left; allow this notebook to read it), or run
-# `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` below: the
-# weights go onto the runtime's own disk (wiped when the runtime ends), and the planner picks the T4's
-# setting from the table (fp16, int8).
-#
-# **Environment variables** override the cell, for a batch run or a lab machine set up once:
-# `MINIMISTRAL_CHECKPOINT`, `MINIMISTRAL_DEVICE` (`cuda`, `cuda:1`, `mps`, `cpu`) and
-# `MINIMISTRAL_QUANTIZE` (`none`, `int8`, `int4`, `int4:128`), set before Jupyter starts:
-# `MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter lab` in bash or zsh,
-# `$env:MINIMISTRAL_CHECKPOINT = "models\Mistral-7B-v0.1"; jupyter lab` in PowerShell. To run the whole
-# notebook in one go, without opening it:
-#
-# ```bash
-# MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
-#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_run.ipynb --ExecutePreprocessor.timeout=3600
-# ```
-
 # %%
 import gc
 import json
@@ -217,16 +149,6 @@ def sync():
         torch.mps.synchronize()
 
 # %% [markdown]
-# The planner's table for the 7B on the machines above (their assumed free memory, so the same everywhere):
-
-# %%
-seven_b = mm.ModelArgs.mistral_7b()
-print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'plan':>8}  long-prompt chunk")
-for machine, p in planner.plan_table(seven_b):
-    print(f"{machine.name:<36}{machine.free / 1e9:>5.1f} GB  {p.setting():<48}{p.total / 1e9:>5.1f} GB  "
-          f"{planner.picture_chunk(seven_b, p):,}")
-
-# %% [markdown]
 # ## 2. How much memory? Plan before loading
 #
 # A checkpoint's config file says everything about its size, so we can add up the bill before reading
@@ -248,6 +170,7 @@ def checkpoint_args(folder: Path) -> mm.ModelArgs:
 
 
 args = checkpoint_args(FOLDER)
+seven_b = mm.ModelArgs.mistral_7b()  # the 7B's shapes, whatever was loaded: for exercise 11.1 and Appendix A
 W = args.sliding_window
 SMALLEST = planner.long_prompt_working(args, planner.picture_chunks(args)[-1])  # the least this notebook draws
 print(f"model: {args.num_params():,} parameters, {args.n_layers} layers, window {W}")
@@ -648,7 +571,7 @@ plt.show()
 # last chunk of the prompt, at positions far from 0, and its keys come in the cache's slot order (position
 # $p$ sits in slot $p \bmod W$) followed by the chunk's own. Whether the ring has wrapped when the last chunk
 # starts depends on `CHUNK`: with chunks of $W/4$ (the stored run's 32, or 1,024 for the 7B) it starts at
-# position $W$ and the ring has just filled; with chunks of 512 (the 8 GB GPU, 16 GB Mac and CPU laptop rows)
+# position $W$ and the ring has just filled; with chunks of 512 (Appendix A: 8 GB GPU, 16 GB Mac, CPU laptop)
 # it starts at 4,608 and the ring has already wrapped by 512, so the newest positions sit left of the oldest,
 # as the slot picture above shows. Your function must not care which. `cap_long.attention(layer, head)` returns a map with the
 # absolute position of each of its rows (`q_pos`) and columns (`k_pos`).
@@ -779,7 +702,7 @@ free_memory()
 # *measured* copy bandwidth of 4.08 TB/s gives (`data/bench_gpu_h200.json`). Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
 # GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are fewer bytes to read per
 # token (7.5 GB in int8) where a kernel reads them as they are stored, not where each weight is
-# dequantized first (the T4, see the table's notes). On a CPU,
+# dequantized first (the T4, see Appendix A). On a CPU,
 # `python -m minimistral.bench --load --device cpu --quantize int8 int4` measures the 7B's load and decode
 # speed.
 
@@ -821,7 +744,8 @@ if DEVICE.type == "cuda":
 #   the weights tensor by tensor and refuses a load that would not fit.
 # - Trained attention is structured: some heads attend to the previous token, others to one earlier
 #   word; large trained models park spare attention on the first token (a sink: Xiao et al. show it in
-#   Llama-2), which the small model of the stored outputs does not do. Mistral 7B's run shows whether it does.
+#   Llama-2). The small model of the stored outputs does so only in a few heads, not layer-wide; Mistral
+#   7B's run shows whether it does.
 # - Reading attention from a cache means reading positions, not indices: keys sit in slot order.
 # - Past the window, the rolling cache's memory stays flat while the slots wrap.
 # - Decoding at batch 1 is bound by memory bandwidth; the teaching model is far from that bound.
@@ -831,3 +755,87 @@ if DEVICE.type == "cuda":
 # You have built Mistral 7B from its pieces and run the real one. From here: `minimistral.fast`
 # (static cache, CUDA graphs) for speed, `python -m minimistral.bench --gpu` to measure it, and the
 # exercises of every notebook to check you can rebuild each piece without looking.
+
+# %% [markdown]
+# ## Appendix A. Which machine runs what
+#
+# The memory plan (`minimistral.device`, section 2) adds the weights at the chosen dtype or quantization,
+# the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
+# long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
+# of the tensor being loaded, and a 0.5 GB margin, then takes the first setting that fits: full precision,
+# else int8, else 4-bit in groups of 32, else of 128. The free memory below is *assumed* for each class of
+# machine, not measured on one (when you run the notebook the planner measures yours):
+#
+# | machine | free memory assumed | setting picked | plan | what runs |
+# |---|---|---|---|---|
+# | 80 GB datacenter GPU (A100, H100) | 84.8 GB | bf16 | 16.0 GB | everything; long prompt in chunks of 1,024 |
+# | 24 GB consumer GPU (RTX 3090, 4090) | 24.7 GB | bf16 | 16.0 GB | everything; chunks of 1,024 |
+# | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | everything; chunks of 1,024 |
+# | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
+# | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
+# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.3 GB | everything; chunks of 1,024 |
+# | Apple Silicon, 16 GB | 10.7 GB (RAM left beside macOS and a browser) | bf16, int8 | 9.3 GB | everything; chunks of 512 |
+# | CPU laptop, 16 GB RAM | 10.7 GB (the same) | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly (below) |
+#
+# On a Mac the GPU and every other program share one RAM, so the planner takes the smaller of two
+# figures: the RAM the system has available (psutil's count, which subtracts what other apps hold) and
+# the share Metal lets the GPU use (`torch.mps.recommended_max_memory()`, about 2/3 of RAM) less what
+# Metal already holds. Loading reads the checkpoint through a memory map, and those pages sit in the same
+# RAM: the plan counts the pages of the tensor being copied (0.26 GB for the 7B's largest); pages already
+# copied are clean file cache that macOS drops when it needs the room, without swapping. No Mac run of
+# this notebook has been measured for this course: the Mac rows are the planner's arithmetic.
+#
+# **The CPU row's speed** was measured on this project's 2-core Linux *server* (not a laptop), on a
+# checkpoint of the 7B's shape filled with *random* weights (the real ones were not available there):
+# int8 loaded in 47 s and decoded 3.1 tokens/s (`data/bench_load_cpu_7b.json`,
+# `python -m minimistral.bench --load --device cpu --quantize int8 int4`), and one run of this whole
+# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt. A laptop's cores and memory
+# differ: expect minutes, not seconds, per section.
+#
+# **The T4** computes in fp16: it has no native bf16 arithmetic (compute capability 7.5). fp16 stops at
+# 65,504 where bf16 reaches 3e38; `tests/test_device.py` runs two layers of the 7B's shape in fp16 with a
+# planted activation of 2,000 and finds them finite and within 2% of float32, but on random weights: the
+# real weights in fp16 were not tried here. The T4's int8 buys room, not speed. fp16 weights would need a
+# 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB); but below compute capability 8.0
+# no int8 matrix kernel tuned for the GPU runs: where `quant.kernel_available` finds no int8 kernel for
+# CUDA in fp16, `Int8Linear` dequantizes each weight before `F.linear` (`quant.dequantize_int8`: the int8
+# weight to float32, times the scales, to fp16), which reads and writes about 21 bytes per weight per
+# decoded token where fp16 weights would be read once, 2 bytes. Counted from the code, not timed: no GPU
+# was lent while this version was written; on a T4, section 7 prints what you get. 4-bit fits too
+# (6.6 GB) and has no fp16 kernel on CUDA either. Free Colab's 12.7 GB of host RAM is no obstacle: the
+# weights stream from the memory-mapped files one tensor at a time. The cell below prints the table
+# from the planner itself.
+
+# %% [markdown]
+# The planner's own table for the 7B on these machines (their assumed free memory, so the same everywhere):
+
+# %%
+print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'plan':>8}  long-prompt chunk")
+for machine, p in planner.plan_table(seven_b):
+    print(f"{machine.name:<36}{machine.free / 1e9:>5.1f} GB  {p.setting():<48}{p.total / 1e9:>5.1f} GB  "
+          f"{planner.picture_chunk(seven_b, p):,}")
+
+# %% [markdown]
+# ## Appendix B. Colab, and running without opening the notebook
+#
+# **On Colab** (free T4): open this notebook in Colab (File, Upload notebook) and choose Runtime, Change
+# runtime type, T4 GPU. Put the course's repository on the runtime (clone or upload it into
+# `/content/minimistral`), run `%pip install -q -e /content/minimistral` in a cell (Colab's PyTorch
+# already has CUDA), then Runtime, Restart session, so that Python sees the new package. Add your token as
+# a secret named `HF_TOKEN` (the key icon on the left; allow this notebook to read it), or run
+# `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set
+# `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` in the settings cell (section 1): the
+# weights go onto the runtime's own disk (wiped when the runtime ends), and the planner picks the T4's
+# setting from the table (fp16, int8).
+#
+# **Environment variables** override the cell, for a batch run or a lab machine set up once:
+# `MINIMISTRAL_CHECKPOINT`, `MINIMISTRAL_DEVICE` (`cuda`, `cuda:1`, `mps`, `cpu`) and
+# `MINIMISTRAL_QUANTIZE` (`none`, `int8`, `int4`, `int4:128`), set before Jupyter starts:
+# `MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter lab` in bash or zsh,
+# `$env:MINIMISTRAL_CHECKPOINT = "models\Mistral-7B-v0.1"; jupyter lab` in PowerShell. To run the whole
+# notebook in one go, without opening it:
+#
+# ```bash
+# MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
+#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_run.ipynb --ExecutePreprocessor.timeout=3600
+# ```
