@@ -804,10 +804,8 @@ if DEVICE.type == "cuda":
 # was lent while this version was written; on a T4, section 7 prints what you get. 4-bit fits too
 # (6.6 GB) and has no fp16 kernel on CUDA either. Free Colab's 12.7 GB of host RAM is no obstacle: the
 # weights stream from the memory-mapped files one tensor at a time. The cell below prints the table
-# from the planner itself.
-
-# %% [markdown]
-# The planner's own table for the 7B on these machines (their assumed free memory, so the same everywhere):
+# from the planner itself, for the 7B on these machines (their assumed free memory, so the same
+# everywhere):
 
 # %%
 print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'plan':>8}  long-prompt chunk")
