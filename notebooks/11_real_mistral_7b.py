@@ -252,13 +252,14 @@ _hints = ["one sequence's cache keeps, in every layer, a key and a value vector 
           "one byte less than 7 caches of room: can the 7th sequence still run?",
           "the tiny model has its own layers, KV heads and head size: read them from args",
           "sliding_window is None and the cache is int8 (dtype_bytes 1)"]
-_state = {"case": None, "todo": False}
+_state = {"case": None, "todo": False, "calls": 0}
 
 
 def _as_python_int(fn):
     """fn, refusing anything but a Python int (a tensor or a float is not a count), and noting the case."""
     def wrapped(*case):
-        _state["case"] = next(i for i, c in enumerate(_cases) if c is case or c == case)
+        _state["case"] = _state["calls"]  # the cases run in order, once each (the arguments may be copies)
+        _state["calls"] += 1
         try:
             got = fn(*case)
         except NotImplementedError:
@@ -639,13 +640,14 @@ _hints = ["row r is the query at position q_pos[r]; a query counts only if its k
           "this record is float16 (about 3 significant digits, largest 65,504), as recorded; the answer is float32",
           "this record is float16, and most of its keys are cached ones in slot order",
           "this record is float16, and most of its keys are cached ones in slot order"]
-_state = {"case": None, "todo": False}
+_state = {"case": None, "todo": False, "calls": 0}
 
 
 def _untouched(fn):
     """fn, noting the case, and refusing an answer that changed its arguments in place."""
     def wrapped(probs, q_pos, k_pos, d):
-        n = _state["case"] = next(i for i, c in enumerate(_cases) if c[0] is probs)
+        n = _state["case"] = _state["calls"]  # the cases run in order, once each (the arguments may be copies)
+        _state["calls"] += 1
         try:
             got = fn(probs, q_pos, k_pos, d)
         except NotImplementedError:
