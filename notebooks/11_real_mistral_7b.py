@@ -33,62 +33,14 @@
 # ## What you need
 # - Notebooks 07 to 09 (the model, the cache, generation).
 # - **For the real model:** the weights on a local disk (14.5 GB) and one of the machines of the table
-#   below. The notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and
-#   the quantization that fit, and says what it picked.
+#   in Appendix A at the end (datacenter or consumer GPU, free Colab T4, Apple Silicon, CPU laptop). The
+#   notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and the
+#   quantization that fit, and says what it picked.
 # - **Without the weights** (CI, or before downloading) every cell still runs, in about a minute on a
 #   CPU, with the small Mistral trained for this course (`data/tiny_mistral`: 4 layers, 8 heads, a
 #   128-token window, notebook 10), and says so. **Every stored output and picture you see in the
 #   repository comes from that small model, not from the 7B**: run the notebook with the weights to see
 #   the 7B's.
-#
-# ## Which machine runs what
-#
-# The memory plan (`minimistral.device`, section 2) adds the weights at the chosen dtype or quantization,
-# the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
-# long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
-# of the tensor being loaded, and a 0.5 GB margin, then takes the first setting that fits: full precision,
-# else int8, else 4-bit in groups of 32, else of 128. The free memory below is *assumed* for each class of
-# machine, not measured on one (when you run the notebook the planner measures yours):
-#
-# | machine | free memory assumed | setting picked | plan | what runs |
-# |---|---|---|---|---|
-# | 80 GB datacenter GPU (A100, H100) | 84.8 GB | bf16 | 16.0 GB | everything; long prompt in chunks of 1,024 |
-# | 24 GB consumer GPU (RTX 3090, 4090) | 24.7 GB | bf16 | 16.0 GB | everything; chunks of 1,024 |
-# | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | everything; chunks of 1,024 |
-# | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
-# | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
-# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.3 GB | everything; chunks of 1,024 |
-# | Apple Silicon, 16 GB | 10.7 GB (RAM left beside macOS and a browser) | bf16, int8 | 9.3 GB | everything; chunks of 512 |
-# | CPU laptop, 16 GB RAM | 10.7 GB (the same) | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly (below) |
-#
-# On a Mac the GPU and every other program share one RAM, so the planner takes the smaller of two
-# figures: the RAM the system has available (psutil's count, which subtracts what other apps hold) and
-# the share Metal lets the GPU use (`torch.mps.recommended_max_memory()`, about 2/3 of RAM) less what
-# Metal already holds. Loading reads the checkpoint through a memory map, and those pages sit in the same
-# RAM: the plan counts the pages of the tensor being copied (0.26 GB for the 7B's largest); pages already
-# copied are clean file cache that macOS drops when it needs the room, without swapping. No Mac run of
-# this notebook has been measured for this course: the Mac rows are the planner's arithmetic.
-#
-# **The CPU row's speed** was measured on this project's 2-core Linux *server* (not a laptop), on a
-# checkpoint of the 7B's shape filled with *random* weights (the real ones were not available there):
-# int8 loaded in 47 s and decoded 3.1 tokens/s (`data/bench_load_cpu_7b.json`,
-# `python -m minimistral.bench --load --device cpu --quantize int8 int4`), and one run of this whole
-# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt. A laptop's cores and memory
-# differ: expect minutes, not seconds, per section.
-#
-# **The T4** computes in fp16: it has no native bf16 arithmetic (compute capability 7.5). fp16 stops at
-# 65,504 where bf16 reaches 3e38; `tests/test_device.py` runs two layers of the 7B's shape in fp16 with a
-# planted activation of 2,000 and finds them finite and within 2% of float32, but on random weights: the
-# real weights in fp16 were not tried here. The T4's int8 buys room, not speed. fp16 weights would need a
-# 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB); but below compute capability 8.0
-# no int8 matrix kernel tuned for the GPU runs: where `quant.kernel_available` finds no int8 kernel for
-# CUDA in fp16, `Int8Linear` dequantizes each weight before `F.linear` (`quant.dequantize_int8`: the int8
-# weight to float32, times the scales, to fp16), which reads and writes about 21 bytes per weight per
-# decoded token where fp16 weights would be read once, 2 bytes. Counted from the code, not timed: no GPU
-# was lent while this version was written; on a T4, section 7 prints what you get. 4-bit fits too
-# (6.6 GB) and has no fp16 kernel on CUDA either. Free Colab's 12.7 GB of host RAM is no obstacle: the
-# weights stream from the memory-mapped files one tensor at a time. The cell after the imports prints the
-# table from the planner itself.
 #
 # ## 1. Getting the weights, and telling the notebook where they are
 #
@@ -97,9 +49,10 @@
 #
 # **From this notebook, on any system (Colab too):** write the folder into `CHECKPOINT` in the settings
 # cell below, set `DOWNLOAD = True`, and run it: `huggingface_hub.snapshot_download` fetches
-# `config.json`, the two weight shards and their index (14.5 GB) and the tokenizer's small JSON files. It
-# finds your token where `hf auth login` or `huggingface_hub.notebook_login()` saved it, in the
-# environment variable `HF_TOKEN`, or in Colab's secret `HF_TOKEN`.
+# `config.json`, the two weight shards and their index (14.5 GB) and the tokenizer's small JSON files.
+# It finds your token where `hf auth login` or `huggingface_hub.notebook_login()` saved it, in the
+# environment variable `HF_TOKEN`, or in Colab's secret `HF_TOKEN`. (Colab's steps, and environment
+# variables for a batch run, are in Appendix B at the end.)
 #
 # **From a terminal** (bash, zsh, PowerShell or cmd alike), with the `hf` command that `huggingface_hub`
 # installs:
@@ -119,27 +72,6 @@
 # the `mistral-inference` README. Unpack it and point `CHECKPOINT` at the folder: the loader detects the
 # layout.
 #
-# **On Colab** (free T4): open this notebook in Colab (File, Upload notebook) and choose Runtime, Change
-# runtime type, T4 GPU. Put the course's repository on the runtime (clone or upload it into
-# `/content/minimistral`), run `%pip install -q -e /content/minimistral` in a cell (Colab's PyTorch
-# already has CUDA), then Runtime, Restart session, so that Python sees the new package. Add your token as
-# a secret named `HF_TOKEN` (the key icon on the left; allow this notebook to read it), or run
-# `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` below: the
-# weights go onto the runtime's own disk (wiped when the runtime ends), and the planner picks the T4's
-# setting from the table (fp16, int8).
-#
-# **Environment variables** override the cell, for a batch run or a lab machine set up once:
-# `MINIMISTRAL_CHECKPOINT`, `MINIMISTRAL_DEVICE` (`cuda`, `cuda:1`, `mps`, `cpu`) and
-# `MINIMISTRAL_QUANTIZE` (`none`, `int8`, `int4`, `int4:128`), set before Jupyter starts:
-# `MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter lab` in bash or zsh,
-# `$env:MINIMISTRAL_CHECKPOINT = "models\Mistral-7B-v0.1"; jupyter lab` in PowerShell. To run the whole
-# notebook in one go, without opening it:
-#
-# ```bash
-# MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
-#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_run.ipynb --ExecutePreprocessor.timeout=3600
-# ```
-
 # %%
 import gc
 import json
@@ -217,16 +149,6 @@ def sync():
         torch.mps.synchronize()
 
 # %% [markdown]
-# The planner's table for the 7B on the machines above (their assumed free memory, so the same everywhere):
-
-# %%
-seven_b = mm.ModelArgs.mistral_7b()
-print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'plan':>8}  long-prompt chunk")
-for machine, p in planner.plan_table(seven_b):
-    print(f"{machine.name:<36}{machine.free / 1e9:>5.1f} GB  {p.setting():<48}{p.total / 1e9:>5.1f} GB  "
-          f"{planner.picture_chunk(seven_b, p):,}")
-
-# %% [markdown]
 # ## 2. How much memory? Plan before loading
 #
 # A checkpoint's config file says everything about its size, so we can add up the bill before reading
@@ -248,6 +170,7 @@ def checkpoint_args(folder: Path) -> mm.ModelArgs:
 
 
 args = checkpoint_args(FOLDER)
+seven_b = mm.ModelArgs.mistral_7b()  # the 7B's shapes, whatever was loaded: for exercise 11.1 and Appendix A
 W = args.sliding_window
 SMALLEST = planner.long_prompt_working(args, planner.picture_chunks(args)[-1])  # the least this notebook draws
 print(f"model: {args.num_params():,} parameters, {args.n_layers} layers, window {W}")
@@ -319,18 +242,52 @@ _cases = [(seven_b, 80 * 10**9, _bf16_7b, 32768, 2), (_no_window, 80 * 10**9, _b
           (seven_b, int(14.5 * 2**30), _int8_7b, 1000, 2), (seven_b, 12 * 10**9, _bf16_7b, 100, 2),
           (seven_b, _bf16_7b + 7 * 2**29, _bf16_7b, 32768, 2), (seven_b, _bf16_7b + 7 * 2**29 - 1, _bf16_7b, 5000, 2),
           (mm.ModelArgs.tiny(), 10**6, 2 * 10**5, 300, 4), (mm.ModelArgs.tiny(sliding_window=None), 10**6, 0, 50, 1)]
-_want = {(id(c[0]),) + c[1:]: planner.max_batch_size(*c[:4], _names[c[4]]) for c in _cases}  # before any answer runs
-passed = check_function(
-    "11.1 sequences_that_fit",
-    _library_refused(sequences_that_fit, [(mm.ModelArgs, ["kv_cache_bytes", "kv_bytes_per_token", "cache_slots"]),
-                                          (planner, ["max_batch_size", "plan", "recommend"])]),
-    lambda *case: _want[(id(case[0]),) + case[1:]], _cases,
-    labels=["7B bf16 on 80 GB, 32,768-token conversations", "the same model without a sliding window",
-            "T4: int8 weights, 1,000-token conversations", "bf16 weights that do not fit in 12 GB",
-            "exactly 7 windows of room, 32,768-token conversations", "one byte less than 7 windows, 5,000 tokens",
-            "tiny model, float32 cache", "tiny model without a window, int8 cache"],
-    hint="per sequence the cache keeps, in every layer, one key and one value vector per KV head for each token "
-         "it holds; how many tokens does a rolling buffer hold? The answer is a whole number of sequences")
+_want = [planner.max_batch_size(*c[:4], _names[c[4]]) for c in _cases]  # before any answer runs
+_hints = ["one sequence's cache keeps, in every layer, a key and a value vector per KV head for each token it "
+          "holds; how many tokens does a rolling buffer hold?",
+          "sliding_window is None here: what does the cache keep then?",
+          "the cache's numbers take dtype_bytes each, whatever format the weights are stored in",
+          "here the weights alone take more than free_bytes",
+          "the room left is exactly 7 caches: count whole sequences, and check the boundary",
+          "one byte less than 7 caches of room: can the 7th sequence still run?",
+          "the tiny model has its own layers, KV heads and head size: read them from args",
+          "sliding_window is None and the cache is int8 (dtype_bytes 1)"]
+_state = {"case": None, "todo": False, "calls": 0}
+
+
+def _as_python_int(fn):
+    """fn, refusing anything but a Python int (a tensor or a float is not a count), and noting the case."""
+    def wrapped(*case):
+        _state["case"] = _state["calls"]  # the cases run in order, once each (the arguments may be copies)
+        _state["calls"] += 1
+        try:
+            got = fn(*case)
+        except NotImplementedError:
+            _state["todo"] = True
+            raise
+        if type(got) is not int:
+            _state["case"] = None  # the message says it all: no hint
+            raise TypeError(f"returned a {type(got).__module__}.{type(got).__name__}: the exercise asks for a "
+                            "Python int, a whole number of sequences")
+        return got
+    return wrapped
+
+
+passed = False
+try:
+    passed = check_function(
+        "11.1 sequences_that_fit",
+        _as_python_int(_library_refused(sequences_that_fit,
+                                        [(mm.ModelArgs, ["kv_cache_bytes", "kv_bytes_per_token", "cache_slots"]),
+                                         (planner, ["max_batch_size", "plan", "recommend"])])),
+        lambda *case: _want[_state["case"]], _cases,
+        labels=["7B bf16 on 80 GB, 32,768-token conversations", "the same model without a sliding window",
+                "T4: int8 weights, 1,000-token conversations", "bf16 weights that do not fit in 12 GB",
+                "exactly 7 windows of room, 32,768-token conversations", "one byte less than 7 windows, 5,000 tokens",
+                "tiny model, float32 cache", "tiny model without a window, int8 cache"])
+finally:  # a hint only after a failure, and only the failed case's
+    if not passed and not _state["todo"] and _state["case"] is not None:
+        print("hint:", _hints[_state["case"]])
 
 # %% [markdown]
 # The library's version (`planner.max_batch_size`) on the case that motivates the sliding window: long
@@ -413,11 +370,15 @@ L, H = args.n_layers, args.n_heads
 
 # %% [markdown]
 # First, all the query heads of one middle layer, grouped by the KV head they share (GQA, notebook 04).
-# Each map is lower-triangular (causal); the left column is the first token, `<s>`. In the stored picture
-# (the small model) it is bright mostly for the first few queries, which have few keys to choose from.
+# Each map is lower-triangular (causal); the left column is the first token, `<s>`. Early queries have few
+# keys to choose from, so that column is bright at the top of every map. In the stored picture (the small
+# model, layer 2) heads 0, 1 and 2 keep it: averaged over queries 1 to 14 they put 0.31, 0.35 and 0.37 on
+# `<s>`, about twice the 0.17 of even spreading, and in heads 1 and 2 the column stays bright down to the
+# last rows. The colour scale is a square root (a `PowerNorm`, gamma 0.5), not linear: the middle of the
+# bar is a quarter of its top, so faint weights stay visible and a mid colour means less than it looks.
 
 # %%
-fig = viz.plot_head_grid(cap, layer=L // 2, tokens=labels)
+fig = viz.plot_head_grid(cap, layer=L // 2, tokens=labels, across=4)  # 4 maps a row: labels stay readable
 plt.show()
 
 # %% [markdown]
@@ -448,13 +409,16 @@ plt.show()
 # ### Attention sinks
 #
 # Softmax must hand out a total of 1. A head that has nothing useful to read still has to put its
-# attention somewhere, and trained models learn to park it on the first token (the BOS token `<s>`),
-# whose value vector carries little: an **attention sink** (Xiao et al., 2023, "Efficient Streaming
-# Language Models with Attention Sinks"). In Llama-2-7B they found that beyond the bottom two layers the
+# attention somewhere, and trained models learn to park it on the first token (the BOS token `<s>`): an
+# **attention sink** (Xiao et al., 2023, "Efficient Streaming Language Models with Attention Sinks"). Their
+# explanation is position, not content: the first token is visible to every later query, so it is where
+# spare attention gets trained to go. In Llama-2-7B they found that beyond the bottom two layers the
 # model attends heavily to the first token in every layer and head. The figure shows, for each layer and
 # head, the mean attention that queries put on position 0, against what spreading it evenly would give.
-# The stored figure is the small model's, and it has no sink to speak of: its layers sit near the even
-# line. Run the notebook with the weights to see whether Mistral 7B's layers sit far to its right, as
+# The stored figure is the small model's. Its *layer means* sit near the even line (printed below the
+# figure), so it has no sink to speak of layer-wide; but 5 of its 32 heads (layer 2's heads 0 to 2, layer
+# 3's heads 0 and 5) put 0.31 to 0.37 on `<s>`, about twice the even share, and the heatmap shows them. Run
+# the notebook with the weights to see whether Mistral 7B's layers sit far to the right of the line, as
 # Llama-2's do.
 
 # %%
@@ -462,7 +426,10 @@ fig = viz.plot_attention_sinks(cap)
 plt.show()
 sink = torch.stack([cap.probs[l][0, :, 1:, 0].float().mean() for l in range(L)])  # mean over heads and queries
 even = (1 / torch.arange(2, len(ids) + 1).float()).mean()  # query i sees i + 1 keys (all within the window here)
-print("mean attention on token 0 by layer:", [round(v, 2) for v in sink.tolist()], f"(even spreading: {even:.2f})")
+print("layer means of the attention on token 0:", [round(v, 2) for v in sink.tolist()], f"(even spreading: {even:.2f})")
+per_head = torch.stack([cap.probs[l][0, :, 1:, 0].float().mean(-1) for l in range(L)])  # (layers, heads)
+strong = [(l, h, round(per_head[l, h].item(), 2)) for l, h in (per_head >= 1.8 * even).nonzero().tolist()]
+print(f"{len(strong)} of {L * H} heads put at least 1.8 times the even share on it (layer, head, mean):", strong)
 
 # %% [markdown]
 # ### Heads that look at the previous token
@@ -471,6 +438,12 @@ print("mean attention on token 0 by layer:", [round(v, 2) for v in sink.tolist()
 # "induction heads" (Olsson et al., 2022), which copy what followed an earlier occurrence of the current
 # token. The sentence starts at position 0 and its keys are in order, so the key just before query $i$ is
 # column $i - 1$, and a head's previous-token score is the mean of the diagonal just below the main one.
+#
+# What is chance? Query $i$ sees $i + 1$ keys, so a head that spread its attention evenly would already put
+# $1/(i+1)$ on the previous token: 0.17 on average over this sentence's 14 queries (the dashed line on the
+# colour bar). In the stored run (the small model) most heads score 0.10 to 0.30, which is chance, not a
+# previous-token head; layer 1's head 5 (0.81) stands out, then layer 1's head 7 (0.52) and layer 3's
+# heads 2 and 7 (0.47, 0.44). The printout below the figure gives the figures for your run.
 
 # %%
 score = torch.stack([torch.diagonal(cap.probs[l][0].float(), offset=-1, dim1=-2, dim2=-1).mean(-1)
@@ -478,8 +451,12 @@ score = torch.stack([torch.diagonal(cap.probs[l][0].float(), offset=-1, dim1=-2,
 best = divmod(int(score.argmax()), H)
 fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.3 * L + 2.5), layout="constrained",
                               gridspec_kw={"width_ratios": [max(H, 8) / 8, 1.4]})
+chance = (1 / torch.arange(2, len(ids) + 1).float()).mean().item()  # query i spread evenly over its i + 1 keys
 im = ax.imshow(score, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-fig.colorbar(im, ax=ax, label="mean attention on the previous token")
+bar = fig.colorbar(im, ax=ax, label="mean attention on the previous token")
+bar.ax.axhline(chance, color="white", ls="--", lw=2)
+bar.ax.text(-0.3, chance, f"chance {chance:.2f}", transform=bar.ax.get_yaxis_transform(), ha="right",
+            va="center", fontsize=8)
 ax.set_xlabel("head")
 ax.set_ylabel("layer")
 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -488,6 +465,8 @@ ax.set_title("previous-token score of every head")
 probs, q_pos, k_pos = cap.attention(*best)
 viz.plot_attention(probs, tokens=labels, ax=ax2, title=f"layer {best[0]}, head {best[1]}: the strongest")
 plt.show()
+above = [(l, h, round(score[l, h].item(), 2)) for l, h in (score >= 2.5 * chance).nonzero().tolist()]
+print(f"chance (even spreading): {chance:.2f}; heads at 2.5 times chance or more (layer, head, score): {above}")
 print(f"strongest previous-token head: layer {best[0]}, head {best[1]}, score {score.max().item():.2f}")
 
 # %% [markdown]
@@ -581,17 +560,21 @@ plt.show()
 # $W$ cached keys and their own, in the first and the last layer. Averaging each head's attention by
 # distance (query position minus key position) shows how far back it looks. Past distance $W - 1$ every
 # probability is exactly zero: those keys are outside the window, which is what lets the cache keep
-# only $W$ slots. (Recording a whole 5,120-token prompt without the cache would hold every layer's
-# $32 \times 5{,}120 \times 5{,}120$ scores at once, about 7 GB for the 7B: chunks keep it to what the
-# planner allowed.)
+# only $W$ slots. Chunking is what keeps this record affordable: prefilling the 7B's 5,120-token prompt in
+# one pass while recording two layers would hold, by the planner's count (`planner.capture_bytes`), 11.7 GB
+# of scores, softmax and records (all 32 layers' fp16 maps alone would be 53.7 GB); a chunk of 1,024 queries
+# against 5,120 keys needs 2.3 GB, one of 512 needs 1.1 GB.
 
 # %% [markdown]
 # ### Exercise 11.2: attention at a distance, read from a cache
 #
 # In the long prompt's record neither shortcut of the previous-token score holds: its queries are the
 # last chunk of the prompt, at positions far from 0, and its keys come in the cache's slot order (position
-# $p$ sits in slot $p \bmod W$; in this record the ring has just filled, but once it wraps the newest
-# positions sit left of the oldest, as the slot picture above shows) followed by the chunk's own. `cap_long.attention(layer, head)` returns a map with the
+# $p$ sits in slot $p \bmod W$) followed by the chunk's own. Whether the ring has wrapped when the last chunk
+# starts depends on `CHUNK`: with chunks of $W/4$ (the stored run's 32, or 1,024 for the 7B) it starts at
+# position $W$ and the ring has just filled; with chunks of 512 (Appendix A: 8 GB GPU, 16 GB Mac, CPU laptop)
+# it starts at 4,608 and the ring has already wrapped by 512, so the newest positions sit left of the oldest,
+# as the slot picture above shows. Your function must not care which. `cap_long.attention(layer, head)` returns a map with the
 # absolute position of each of its rows (`q_pos`) and columns (`k_pos`).
 #
 # Write `attention_at_distance(probs, q_pos, k_pos, d)`: `probs` has shape (heads, queries, keys), one map
@@ -618,7 +601,7 @@ from minimistral.viz import plots as _plots
 def _at_distance_reference(probs, q_pos, k_pos, d):  # the figure's own curves, read at distance d
     out = []
     for h in range(probs.shape[0]):
-        dist, mean = _plots._distance_profile(probs[h], q_pos, k_pos)
+        dist, mean = _plots._distance_profile(probs[h].float(), q_pos, k_pos)
         out.append(float(mean[list(dist).index(d)]))
     return torch.tensor(out)
 
@@ -633,32 +616,73 @@ def _causal_maps(heads, q_pos, k_pos, window, seed):
 _slots = torch.tensor([5, 6, 2, 3, 4, 7, 8, 9])  # a 5-slot rolling cache after position 6, then a chunk 7..9
 _q = torch.tensor([7, 8, 9])
 _short = torch.arange(6)
-_long = [(cap_long.probs[lay][0].float().clone(), cap_long.q_positions[lay].clone(), cap_long.k_positions[lay].clone())
-         for lay in (0, last)]  # copies: the figure below reads the record
-_cases = [(_causal_maps(4, _short, _short, 99, 1), _short, _short, 1),
-          (_causal_maps(2, _short, _short, 99, 2), _short, _short, 3),
-          (_causal_maps(3, _q, _slots, 5, 3), _q, _slots, 1),
-          (_causal_maps(3, _q, _slots, 5, 4), _q, _slots, 4),
-          (_causal_maps(1, _q, _slots, 5, 5), _q, _slots, 0),
-          (*_long[0], 1), (*_long[1], W - 1), (*_long[1], 7)]
-_expected = {(id(case[0]), case[3]): _at_distance_reference(*case) for case in _cases}  # before any answer runs
-passed = check_function(
-    "11.2 attention_at_distance",
-    _library_refused(attention_at_distance, [(_plots, ["_distance_profile", "plot_attention_distance"])]),
-    lambda probs, q_pos, k_pos, d: _expected[(id(probs), d)], _cases,
-    labels=["6 tokens from position 0, previous token", "6 tokens from position 0, distance 3",
-            "a chunk at positions 7-9 over a 5-slot cache (keys in slot order), previous token",
-            "the same, distance 4 (the window's edge)", "the same, distance 0 (each query itself)",
-            "this notebook's long-prompt record, layer 0, previous token",
-            f"the record's last layer, distance W - 1 = {W - 1}", "the record's last layer, distance 7"],
-    hint="column c of the map is the key at position k_pos[c], not at position c; and a query counts only if "
-         "its key d back is one of the columns")
+
+
+def _record(layer, d):  # a fresh copy of the long prompt's record, still float16 as recorded
+    assert cap_long.probs[layer].dtype == torch.float16
+    return (cap_long.probs[layer][0].clone(), cap_long.q_positions[layer].clone(),
+            cap_long.k_positions[layer].clone(), d)
+
+
+_cases = [(_causal_maps(4, _short, _short, 99, 1), _short.clone(), _short.clone(), 1),
+          (_causal_maps(2, _short, _short, 99, 2), _short.clone(), _short.clone(), 3),
+          (_causal_maps(3, _q, _slots, 5, 3), _q.clone(), _slots.clone(), 1),
+          (_causal_maps(3, _q, _slots, 5, 4), _q.clone(), _slots.clone(), 4),
+          (_causal_maps(1, _q, _slots, 5, 5), _q.clone(), _slots.clone(), 0),
+          _record(0, 1), _record(last, W - 1), _record(last, 7)]  # every case its own tensors
+_expected = [_at_distance_reference(*case) for case in _cases]  # before any answer runs
+_pristine = [tuple(x.clone() for x in case[:3]) for case in _cases]
+_hints = ["row r is the query at position q_pos[r]; a query counts only if its key d back is one of the columns",
+          "row r is the query at position q_pos[r]; a query counts only if its key d back is one of the columns",
+          "column c of the map is the key at position k_pos[c], not at position c",
+          "column c of the map is the key at position k_pos[c], not at position c; which queries have a key 4 back?",
+          "distance 0 is each query's own key: where is it among the columns?",
+          "this record is float16 (about 3 significant digits, largest 65,504), as recorded; the answer is float32",
+          "this record is float16, and most of its keys are cached ones in slot order",
+          "this record is float16, and most of its keys are cached ones in slot order"]
+_state = {"case": None, "todo": False, "calls": 0}
+
+
+def _untouched(fn):
+    """fn, noting the case, and refusing an answer that changed its arguments in place."""
+    def wrapped(probs, q_pos, k_pos, d):
+        n = _state["case"] = _state["calls"]  # the cases run in order, once each (the arguments may be copies)
+        _state["calls"] += 1
+        try:
+            got = fn(probs, q_pos, k_pos, d)
+        except NotImplementedError:
+            _state["todo"] = True
+            raise
+        for name, now, before in zip(["probs", "q_pos", "k_pos"], (probs, q_pos, k_pos), _pristine[n]):
+            if now.shape != before.shape or now.dtype != before.dtype or not torch.equal(now, before):
+                _state["case"] = None  # the message says it all: no hint
+                raise RuntimeError(f"attention_at_distance changed its argument `{name}` in place: it belongs to "
+                                   "the caller (the figure below reads the record), so leave it as it came")
+        return got
+    return wrapped
+
+
+passed = False
+try:
+    passed = check_function(
+        "11.2 attention_at_distance",
+        _untouched(_library_refused(attention_at_distance, [(_plots, ["_distance_profile", "plot_attention_distance"])])),
+        lambda *case: _expected[_state["case"]], _cases,
+        labels=["6 tokens from position 0, previous token", "6 tokens from position 0, distance 3",
+                "a chunk at positions 7-9 over a 5-slot cache (keys in slot order), previous token",
+                "the same, distance 4 (the window's edge)", "the same, distance 0 (each query itself)",
+                "this notebook's long-prompt record (float16), layer 0, previous token",
+                f"the record's last layer, distance W - 1 = {W - 1}", "the record's last layer, distance 7"])
+finally:  # a hint only after a failure, and only the failed case's
+    if not passed and not _state["todo"] and _state["case"] is not None:
+        print("hint:", _hints[_state["case"]])
 
 # %%
-for layer in (0, last):
-    distance = cap_long.q_positions[layer][:, None] - cap_long.k_positions[layer][None, :]  # (queries, keys)
-    outside = cap_long.probs[layer][0][:, distance >= W]  # (heads, keys out of the window)
-    assert outside.numel() > 0 and outside.abs().max() == 0, "a query attended beyond the window"
+for layer in (0, last):  # the figure's own profiles: a mean of probabilities is 0 only if all of them are
+    for h in range(H):
+        dist, mean = _plots._distance_profile(cap_long.probs[layer][0, h].float(), cap_long.q_positions[layer],
+                                              cap_long.k_positions[layer])
+        assert (dist >= W).any() and (mean[dist >= W] == 0).all(), "a query attended beyond the window"
 print(f"layers 0 and {last}: {CHUNK} queries each against {cap_long.k_positions[0].numel():,} keys, "
       f"no attention at all beyond distance W - 1 = {W - 1:,}")
 fig = viz.plot_attention_distance(cap_long, window=W)
@@ -674,12 +698,13 @@ free_memory()
 # Two numbers matter: **prefill** (the prompt, many tokens per forward pass: compute-bound, fast per
 # token) and **decode** (one token per forward pass). At batch 1, each decoded token reads every weight
 # once, so decode speed is bounded by memory bandwidth: 14.5 GB per token on a GPU reading ~3 to 5 TB/s is
-# a ceiling of a few hundred tokens per second. This teaching model launches about 1,700 small kernels
-# per token from Python, so it lands well below that ceiling: on an H200 (the 7B's shapes, random bf16
-# weights: speed does not depend on the values), 27 tokens/s against a ceiling of 282. Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
+# a ceiling of a few hundred tokens per second (an H200's 4.8 TB/s on paper would give 331). This
+# teaching model launches about 1,700 small kernels per token from Python, so it lands well below that ceiling: on an H200 (the 7B's shapes, random bf16
+# weights: speed does not depend on the values), 27 tokens/s against a ceiling of 282, the one its
+# *measured* copy bandwidth of 4.08 TB/s gives (`data/bench_gpu_h200.json`). Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
 # GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are fewer bytes to read per
 # token (7.5 GB in int8) where a kernel reads them as they are stored, not where each weight is
-# dequantized first (the T4, see the table's notes). On a CPU,
+# dequantized first (the T4, see Appendix A). On a CPU,
 # `python -m minimistral.bench --load --device cpu --quantize int8 int4` measures the 7B's load and decode
 # speed.
 
@@ -721,7 +746,8 @@ if DEVICE.type == "cuda":
 #   the weights tensor by tensor and refuses a load that would not fit.
 # - Trained attention is structured: some heads attend to the previous token, others to one earlier
 #   word; large trained models park spare attention on the first token (a sink: Xiao et al. show it in
-#   Llama-2), which the small model of the stored outputs does not do. Mistral 7B's run shows whether it does.
+#   Llama-2). The small model of the stored outputs does so only in a few heads, not layer-wide; Mistral
+#   7B's run shows whether it does.
 # - Reading attention from a cache means reading positions, not indices: keys sit in slot order.
 # - Past the window, the rolling cache's memory stays flat while the slots wrap.
 # - Decoding at batch 1 is bound by memory bandwidth; the teaching model is far from that bound.
@@ -731,3 +757,85 @@ if DEVICE.type == "cuda":
 # You have built Mistral 7B from its pieces and run the real one. From here: `minimistral.fast`
 # (static cache, CUDA graphs) for speed, `python -m minimistral.bench --gpu` to measure it, and the
 # exercises of every notebook to check you can rebuild each piece without looking.
+
+# %% [markdown]
+# ## Appendix A. Which machine runs what
+#
+# The memory plan (`minimistral.device`, section 2) adds the weights at the chosen dtype or quantization,
+# the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
+# long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
+# of the tensor being loaded, and a 0.5 GB margin, then takes the first setting that fits: full precision,
+# else int8, else 4-bit in groups of 32, else of 128. The free memory below is *assumed* for each class of
+# machine, not measured on one (when you run the notebook the planner measures yours):
+#
+# | machine | free memory assumed | setting picked | plan | what runs |
+# |---|---|---|---|---|
+# | 80 GB datacenter GPU (A100, H100) | 84.8 GB | bf16 | 16.0 GB | everything; long prompt in chunks of 1,024 |
+# | 24 GB consumer GPU (RTX 3090, 4090) | 24.7 GB | bf16 | 16.0 GB | everything; chunks of 1,024 |
+# | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | everything; chunks of 1,024 |
+# | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
+# | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
+# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.3 GB | everything; chunks of 1,024 |
+# | Apple Silicon, 16 GB | 10.7 GB (RAM left beside macOS and a browser) | bf16, int8 | 9.3 GB | everything; chunks of 512 |
+# | CPU laptop, 16 GB RAM | 10.7 GB (the same) | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly (below) |
+#
+# On a Mac the GPU and every other program share one RAM, so the planner takes the smaller of two
+# figures: the RAM the system has available (psutil's count, which subtracts what other apps hold) and
+# the share Metal lets the GPU use (`torch.mps.recommended_max_memory()`, about 2/3 of RAM) less what
+# Metal already holds. Loading reads the checkpoint through a memory map, and those pages sit in the same
+# RAM: the plan counts the pages of the tensor being copied (0.26 GB for the 7B's largest); pages already
+# copied are clean file cache that macOS drops when it needs the room, without swapping. No Mac run of
+# this notebook has been measured for this course: the Mac rows are the planner's arithmetic.
+#
+# **The CPU row's speed** was measured on this project's 2-core Linux *server* (not a laptop), on a
+# checkpoint of the 7B's shape filled with *random* weights (the real ones were not available there):
+# int8 loaded in 47 s and decoded 3.1 tokens/s (`data/bench_load_cpu_7b.json`,
+# `python -m minimistral.bench --load --device cpu --quantize int8 int4`), and one run of this whole
+# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt. A laptop's cores and memory
+# differ: expect minutes, not seconds, per section.
+#
+# **The T4** computes in fp16: it has no native bf16 arithmetic (compute capability 7.5). fp16 stops at
+# 65,504 where bf16 reaches 3e38; `tests/test_device.py` runs two layers of the 7B's shape in fp16 with a
+# planted activation of 2,000 and finds them finite and within 2% of float32, but on random weights: the
+# real weights in fp16 were not tried here. The T4's int8 buys room, not speed. fp16 weights would need a
+# 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB); but below compute capability 8.0
+# no int8 matrix kernel tuned for the GPU runs: where `quant.kernel_available` finds no int8 kernel for
+# CUDA in fp16, `Int8Linear` dequantizes each weight before `F.linear` (`quant.dequantize_int8`: the int8
+# weight to float32, times the scales, to fp16), which reads and writes about 21 bytes per weight per
+# decoded token where fp16 weights would be read once, 2 bytes. Counted from the code, not timed: no GPU
+# was lent while this version was written; on a T4, section 7 prints what you get. 4-bit fits too
+# (6.6 GB) and has no fp16 kernel on CUDA either. Free Colab's 12.7 GB of host RAM is no obstacle: the
+# weights stream from the memory-mapped files one tensor at a time. The cell below prints the table
+# from the planner itself, for the 7B on these machines (their assumed free memory, so the same
+# everywhere):
+
+# %%
+print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'plan':>8}  long-prompt chunk")
+for machine, p in planner.plan_table(seven_b):
+    print(f"{machine.name:<36}{machine.free / 1e9:>5.1f} GB  {p.setting():<48}{p.total / 1e9:>5.1f} GB  "
+          f"{planner.picture_chunk(seven_b, p):,}")
+
+# %% [markdown]
+# ## Appendix B. Colab, and running without opening the notebook
+#
+# **On Colab** (free T4): open this notebook in Colab (File, Upload notebook) and choose Runtime, Change
+# runtime type, T4 GPU. Put the course's repository on the runtime (clone or upload it into
+# `/content/minimistral`), run `%pip install -q -e /content/minimistral` in a cell (Colab's PyTorch
+# already has CUDA), then Runtime, Restart session, so that Python sees the new package. Add your token as
+# a secret named `HF_TOKEN` (the key icon on the left; allow this notebook to read it), or run
+# `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set
+# `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` in the settings cell (section 1): the
+# weights go onto the runtime's own disk (wiped when the runtime ends), and the planner picks the T4's
+# setting from the table (fp16, int8).
+#
+# **Environment variables** override the cell, for a batch run or a lab machine set up once:
+# `MINIMISTRAL_CHECKPOINT`, `MINIMISTRAL_DEVICE` (`cuda`, `cuda:1`, `mps`, `cpu`) and
+# `MINIMISTRAL_QUANTIZE` (`none`, `int8`, `int4`, `int4:128`), set before Jupyter starts:
+# `MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter lab` in bash or zsh,
+# `$env:MINIMISTRAL_CHECKPOINT = "models\Mistral-7B-v0.1"; jupyter lab` in PowerShell. To run the whole
+# notebook in one go, without opening it:
+#
+# ```bash
+# MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
+#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_run.ipynb --ExecutePreprocessor.timeout=3600
+# ```

@@ -134,21 +134,25 @@ def _head_groups(heads, n_rep):
     return groups
 
 
-def plot_head_grid(capture: AttentionCapture, layer: int, tokens=None, n_kv_heads=None, batch: int = 0):
+def plot_head_grid(capture: AttentionCapture, layer: int, tokens=None, n_kv_heads=None, batch: int = 0,
+                   across: int = 8):
     """Every captured head of one layer; the query heads that share a key/value head sit side by side
-    in one shaded panel (grouped-query attention: for Mistral 7B, 8 groups of 4)."""
+    in one shaded panel (grouped-query attention: for Mistral 7B, 8 groups of 4). `across`: about how many
+    maps per row (fewer gives larger maps and token labels). The colour scale is a square root."""
+    _check_int("across", across)
     n_kv = n_kv_heads or capture.n_kv_heads
     if capture.n_heads % n_kv:
         raise ValueError(f"n_kv_heads={n_kv} does not divide the {capture.n_heads} query heads")
     n_rep = capture.n_heads // n_kv
     groups = _head_groups(capture.heads, n_rep)
     width = max(len(g) for g in groups.values())
-    per_row = max(1, min(len(groups), 8 // width))  # about 8 maps across
+    per_row = max(1, min(len(groups), across // width))  # about `across` maps across
     n_rows = math.ceil(len(groups) / per_row)
     maps = {h: capture.attention(layer, h, batch) for h in capture.heads}
     vmax = max(float(m[0].max()) for m in maps.values())
     norm = _attention_norm(vmax)
-    panel = 1.9
+    panel = 1.9 if across >= 8 else 2.6  # fewer maps across: larger maps, readable labels
+    label_size = 5 if across >= 8 else 7
     fig = plt.figure(figsize=(panel * width * per_row + 1.2, panel * n_rows + 0.9), layout="constrained")
     left, right = fig.subfigures(1, 2, width_ratios=[panel * width * per_row, 0.9], wspace=0.01)
     sub = left.subfigures(n_rows, per_row, squeeze=False, wspace=0.03, hspace=0.03)
@@ -171,12 +175,12 @@ def plot_head_grid(capture: AttentionCapture, layer: int, tokens=None, n_kv_head
             ax.set_xticks([])
             ax.set_yticks([])
             if labels and n // per_row == n_rows - 1:
-                _label_axis(ax, "x", tokens, k_pos.tolist(), fontsize=5)
+                _label_axis(ax, "x", tokens, k_pos.tolist(), fontsize=label_size)
             if labels and i == 0 and n % per_row == 0:
-                _label_axis(ax, "y", tokens, q_pos.tolist(), fontsize=5)
+                _label_axis(ax, "y", tokens, q_pos.tolist(), fontsize=label_size)
             axes.append(ax)
     cax = right.add_axes((0.15, 0.1, 0.2, 0.8))  # a subfigure of its own: colorbars cannot span subfigures
-    fig.colorbar(im, cax=cax, label="attention probability")
+    fig.colorbar(im, cax=cax, label="attention probability (square-root scale)")
     fig.suptitle(f"Layer {layer}: {len(capture.heads)} query heads grouped by the key/value head they share "
                  f"(queries down, keys across; grey = masked)", fontsize=11)
     return fig
@@ -274,7 +278,9 @@ def plot_attention_sinks(capture: AttentionCapture, batch: int = 0):
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, min(0.2 * len(layers) + 2.8, 9)), layout="constrained",
                                   gridspec_kw={"width_ratios": [3, 1.2]})
     im = ax.imshow(mass, cmap="magma", vmin=0, vmax=max(mass.max(), 1e-9), aspect="auto")
-    fig.colorbar(im, ax=ax, label="mean attention on token 0", fraction=0.05, pad=0.02)
+    # below the heatmap: on its right the label would read as the "by layer" panel's axis
+    fig.colorbar(im, ax=ax, location="bottom", label="mean attention on token 0", fraction=0.06, pad=0.02,
+                 shrink=0.6)
     if mass.size <= 64:  # few enough cells to print the numbers
         for (i, j), v in np.ndenumerate(mass):
             ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
@@ -294,7 +300,7 @@ def plot_attention_sinks(capture: AttentionCapture, batch: int = 0):
     ax2.set_xlabel("attention on token 0")
     ax2.set_xlim(0, max(1e-9, mass.max(), max(uniform)) * 1.1)
     ax2.grid(alpha=0.3)
-    ax2.legend(fontsize=8, loc="lower right")
+    ax2.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the axes, off the data
     ax2.set_title("by layer", fontsize=10)
     fig.suptitle("Attention sinks: how much attention lands on the first token", fontsize=11)
     return fig
