@@ -448,7 +448,8 @@ class Capstone:
                     None)
 
     def report(self) -> str:
-        rows = [f"Your Mistral: pieces read from {self.folder}, weights from {self.checkpoint}", ""]
+        rows = [f"Your Mistral: pieces read from the saved notebooks in {self.folder.name}/, weights from "
+                f"{self.checkpoint}", ""]
         rows.append(f"{'piece':45s} {'from':6s} {'in the model':13s} compared with the library's")
         for f in self.found.values():
             p = f.piece
