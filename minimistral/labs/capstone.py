@@ -466,7 +466,10 @@ class Capstone:
                         f"(exercise {first.piece.exercise}, {first.piece.name} in {first.piece.notebook}_*.ipynb): "
                         f"{first.detail}. Everything after it inherits the difference.")
         else:
-            rows.append("Every piece of yours agrees with the library's.")
+            mine = sum(f.used == "yours" for f in self.found.values())
+            rows.append("None of the pieces is yours yet." if mine == 0 else
+                        "Every piece of yours agrees with the library's." if mine == len(self.found) else
+                        f"Every piece of yours ({mine} of {len(self.found)}) agrees with the library's.")
         fallback = [f.piece.exercise for f in self.found.values() if f.used != "yours"]
         if fallback:
             rows.append(f"The library stands in for {', '.join(fallback)}: solve "
