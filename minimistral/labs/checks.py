@@ -345,7 +345,7 @@ class ModelProbe(torch.nn.Module):
         self.model, self.args = model, model.args
         self.chunks, self.decode = None if chunks is None else [int(c) for c in chunks], decode
         self.calls: list = []
-        self.cache_id = None
+        self.cache = None  # the first call's cache, held (an id() alone could be reused by a later object)
 
     def new_cache(self, *args, **kwargs):
         return self.model.new_cache(*args, **kwargs)
@@ -357,9 +357,9 @@ class ModelProbe(torch.nn.Module):
         if cache is None:
             raise ProcedureError(f"{where}, no cache) passed no cache: every call must continue one cache, "
                                  "so that no token is computed twice")
-        if self.cache_id is None:
-            self.cache_id = id(cache)
-        elif id(cache) != self.cache_id:
+        if self.cache is None:
+            self.cache = cache
+        elif cache is not self.cache:
             raise ProcedureError(f"{where}) passed a different cache from call 1's: a new cache forgets every "
                                  "token before it")
         pos = int(cache.pos)
