@@ -591,10 +591,11 @@ plt.show()
 #   ":", "And" at the start of a verse.
 # - Some guesses need context from further back, which attention has to bring in: "be" after "Let there"
 #   becomes the favourite only after block 1, "said" after "God" only after block 2.
-# - Later is not always surer: the last block *lowers* the probability of "and" after ":" (0.69 after block 2,
-#   0.20 at the output) and spreads it over alternatives ("for", "and", ...). Averaged over the sentence, the real
-#   next token gets 0.12, 0.17, 0.17 and 0.14 after blocks 0 to 3. Intermediate layers were never trained to be
-#   read through the output head: the logit lens is a reading aid, not the model's prediction.
+# - Later is not always surer: the last block *lowers* the probability of "and" after ":" (0.69 after block 1,
+#   0.62 after block 2, 0.20 at the output) and spreads it over alternatives ("for", "and", ...). Averaged over
+#   the sentence, the real next token gets 0.12, 0.17, 0.17 and 0.14 after blocks 0 to 3. Intermediate layers
+#   were never trained to be read through the output head: the logit lens is a reading aid, not the model's
+#   prediction.
 
 # %% [markdown]
 # ## 6. The same logits as transformers' `MistralForCausalLM`

@@ -51,7 +51,7 @@ import torch
 import minimistral as mm
 from minimistral import viz
 from minimistral.attention import attention_explicit
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import ModelProbe, check_function
 from minimistral.rope import apply_rope_complex, rope_angles
 
 torch.manual_seed(0)
@@ -74,10 +74,11 @@ n = torch.arange(0, 2001)
 naive = n * P + n * (n - 1) // 2  # token-positions processed, summed over the n steps
 cached = P + n
 fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.plot(n, naive / 1e6, label="no cache: recompute the whole prefix every step", color="#c0504d", lw=2)
-ax.plot(n, cached / 1e6, label="KV cache: each token passes through the model once", color="#3b75af", lw=2)
+ax.plot(n, naive, label="no cache: recompute the whole prefix every step", color="#c0504d", lw=2)
+ax.plot(n, cached, label="KV cache: each token passes through the model once", color="#3b75af", lw=2)
+ax.set_yscale("log")  # on a linear axis the cached line would sit flat on zero
 ax.set_xlabel("tokens generated after a 100-token prompt")
-ax.set_ylabel("token-positions processed (millions)")
+ax.set_ylabel("token-positions processed (log scale)")
 ax.set_title("Generation cost: quadratic without a cache, linear with one")
 ax.legend()
 ax.grid(alpha=0.3)
@@ -303,7 +304,8 @@ def _library_positions(n_tokens, window):
 
 passed = check_function("08.1 cached_positions", cached_positions, _library_positions,
                         [(13, 8), (0, 8), (5, 8), (8, 8), (16, 8), (100, 7), (3, 1), (4096 * 3 + 5, 4096)],
-                        hint="token p lives in slot p % window, and only the last `window` tokens survive")
+                        hint="follow the ring by hand for W = 4 and 6 tokens: where did token 4 go, and what did it "
+                             "push out? Then ask which tokens can still be in the ring after n")
 
 # %% [markdown]
 # ## 4. The cache inside the model
@@ -361,52 +363,54 @@ with torch.no_grad():
     one_pass = model(long_prompt)  # (1, 100, V), no cache at all
 
 
+# %% [markdown]
+# ### Exercise 08.2: prefill in chunks of any sizes
+#
+# Write `prefill_logits(model, tokens, sizes)`: `tokens` of shape (1, T) and `sizes` a list of chunk lengths that
+# add up to T (ragged: `[3, 40, 1, 33, 23]` is fine). Give the model the chunks in that order, one chunk per call,
+# and return the logits of all T positions, (1, T, V). The check hands your function a model that watches its
+# calls: it refuses a call that does not continue the sequence the earlier calls started, or that carries another
+# number of tokens than its chunk. The cell after the check tries five chunkings with your function.
+
+# %% nbgrader={"grade": false, "grade_id": "ex08_2_prefill_logits-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
-def prefill_chunks(model, tokens, sizes):
-    cache, out, start = model.new_cache(), [], 0
+def prefill_logits(model, tokens, sizes):
+    ### BEGIN SOLUTION
+    cache, out, start = model.new_cache(batch_size=tokens.shape[0]), [], 0
     for size in sizes:
-        out.append(model(tokens[:, start:start + size], cache=cache))
+        out.append(model(tokens[:, start:start + size], cache=cache))  # (1, size, V)
         start += size
-    assert start == tokens.shape[1]
-    return torch.cat(out, dim=1)
+    return torch.cat(out, dim=1)  # (1, T, V)
+    ### END SOLUTION
 
 
+# %% nbgrader={"grade": true, "grade_id": "ex08_2_prefill_logits-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+_chunkings = [[40], [1] * 12, [16, 16, 16, 2], [17, 17, 11], [3, 40, 1, 6], [64]]
+_lengths = [40, 12, 50, 45, 50, 64]
+with torch.no_grad():
+    check_function("08.2 prefill_logits", prefill_logits, lambda m, t, sizes: m.model(t),
+                   [(ModelProbe(model, chunks=c), long_prompt[:, :n], c) for c, n in zip(_chunkings, _lengths)],
+                   labels=["one chunk of 40", "12 chunks of 1 token", "chunks of 16 = W, the last of 2",
+                           "chunks of 17, past the window", "ragged chunks 3, 40, 1, 6", "one chunk of 64, four windows"],
+                   hint="what must a call hand the model so that the tokens of earlier chunks still count? Check the "
+                        "returned shape against (1, T, V)")
+
+# %%
 chunkings = {"one chunk of 100": [100], "chunks of 16 (= W)": [16] * 6 + [4], "chunks of 7": [7] * 14 + [2],
              "one token at a time": [1] * 100, "ragged: 3, 40, 1, 33, 23": [3, 40, 1, 33, 23]}
 diffs = {}
-for name, sizes in chunkings.items():
-    chunked = prefill_chunks(model, long_prompt, sizes)
-    torch.testing.assert_close(chunked, one_pass, atol=1e-4, rtol=1e-4)
-    diffs[name] = (chunked - one_pass).abs().max().item()
-    print(f"{name:26s} same logits as one pass (max |diff| < 1e-4: {diffs[name] < 1e-4})")
+try:
+    for name, sizes in chunkings.items():
+        chunked = prefill_logits(model, long_prompt, sizes)  # yours, from exercise 08.2
+        diffs[name] = (chunked - one_pass).abs().max().item()
+        print(f"{name:26s} same logits as one pass (max |diff| < 1e-4: {diffs[name] < 1e-4})")
+except NotImplementedError:
+    print("this cell runs your prefill_logits: solve exercise 08.2 first")
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 for name, d in diffs.items():  # float rounding differs with the order of the sums; tiny, but not always 0
     print(f"{name:26s} max |diff| = {d:.1e}")
-
-# %% [markdown]
-# ### Exercise 08.2: prefill in chunks
-#
-# Write `chunked_logits(model, tokens, chunk_size)`: run `tokens` (shape (1, T)) through the model in
-# chunks of `chunk_size` using one cache, and return the logits of all T positions, (1, T, V).
-
-# %% nbgrader={"grade": false, "grade_id": "ex08_2_chunked_logits-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-@torch.no_grad()
-def chunked_logits(model, tokens, chunk_size):
-    ### BEGIN SOLUTION
-    cache = model.new_cache(batch_size=tokens.shape[0])
-    return torch.cat([model(tokens[:, s:s + chunk_size], cache=cache)
-                      for s in range(0, tokens.shape[1], chunk_size)], dim=1)
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex08_2_chunked_logits-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-with torch.no_grad():
-    check_function("08.2 chunked_logits", chunked_logits, lambda m, t, c: m(t),
-                   [(model, long_prompt[:, :40], 40), (model, long_prompt[:, :40], 1), (model, long_prompt[:, :50], 16),
-                    (model, long_prompt[:, :50], 17), (model, long_prompt[:, :45], 64)],
-                   hint="one cache for the whole sequence; the last chunk may be shorter; concatenate along dim 1")
 
 # %% [markdown]
 # ### Exercise 08.3: the mask of a chunk that meets the rolling cache

@@ -53,7 +53,7 @@ import torch
 import minimistral as mm
 from minimistral import viz
 from minimistral.train import corpus
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import ModelProbe, check_function
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
@@ -122,13 +122,16 @@ print(tok.decode(ids + greedy_ids))
 # %% [markdown]
 # ### Exercise 09.1: the decoding loop
 #
-# Write `greedy_decode(model, prompt_ids, n_new)` with a KV cache: prefill the whole prompt in one call,
-# then feed back one token at a time, always taking the argmax of the last position's logits. Return
-# the list of the `n_new` new ids. (`model.new_cache()` and `model(tokens, cache=cache)`, notebook 08.)
+# `mm.generate` above did the work; now write its greedy loop yourself, with the KV cache of notebook 08
+# (`model.new_cache()`, `model(tokens, cache=cache)`): `greedy_decode(model, prompt_ids, n_new, eos_id=None)`
+# returns the list of new ids, at most `n_new` of them, and stops right after the model produces `eos_id` (that
+# id is the last one in the list; `None`: never stop early). The model must never compute a position twice:
+# the check hands your function a model that watches every call and refuses one that recomputes what the cache
+# already holds, or that starts a second cache.
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_1_greedy_decode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
-def greedy_decode(model, prompt_ids, n_new):
+def greedy_decode(model, prompt_ids, n_new, eos_id=None):
     ### BEGIN SOLUTION
     cache = model.new_cache()
     logits = model(torch.tensor([prompt_ids]), cache=cache)
@@ -136,16 +139,27 @@ def greedy_decode(model, prompt_ids, n_new):
     for _ in range(n_new):
         next_id = int(logits[0, -1].argmax())
         new.append(next_id)
+        if next_id == eos_id or len(new) == n_new:
+            break
         logits = model(torch.tensor([[next_id]]), cache=cache)
     return new
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex09_1_greedy_decode-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+_and = tok.encode("And", bos=True)
+_seq = mm.generate(model, _and, max_new_tokens=20, temperature=0.0)
+_stop = next(t for i, t in enumerate(_seq) if i >= 5 and t not in _seq[:i])  # first reached after 5 steps or more
 passed = check_function("09.1 greedy_decode", greedy_decode,
-                        lambda m, p, n: mm.generate(m, p, max_new_tokens=n, temperature=0.0),
-                        [(model, ids, 12), (model, [tok.bos_id], 5), (model, ids, 1), (model, tok.encode("And", bos=True), 20)],
-                        hint="take logits[0, -1].argmax() and feed that single token back as a (1, 1) tensor with the same cache")
+                        lambda m, p, n, eos=None: mm.generate(m.model, p, max_new_tokens=n, temperature=0.0, eos_id=eos),
+                        [(ModelProbe(model, decode=True), ids, 12), (ModelProbe(model, decode=True), [tok.bos_id], 5),
+                         (ModelProbe(model, decode=True), ids, 1), (ModelProbe(model, decode=True), _and, 20, _stop),
+                         (ModelProbe(model, decode=True), _and, 20, tok.eos_id)],
+                        labels=["12 tokens after the 'created the' prompt", "5 tokens after <s> alone",
+                                "a single new token", "eos_id = a token greedy decoding first reaches after 5 steps or more",
+                                "eos_id that never comes within 20 tokens"],
+                        hint="after each call, what does the cache already hold, and what is the one thing the model "
+                             "has not seen yet? The list ends with eos_id when it stops early")
 
 # %% [markdown]
 # ## 3. Sampling, and the three knobs that shape it
@@ -222,6 +236,8 @@ for ax, (title, kw) in zip(axes.flat, panels):
 axes[0, 0].legend(fontsize=9)
 for ax in axes[1]:
     ax.set_xlabel(f"the {n_show} likeliest tokens, in order")
+for ax in axes[:, 0]:
+    ax.set_ylabel("probability")
 fig.tight_layout()
 plt.show()
 
@@ -261,7 +277,42 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ### Exercise 09.2: top-p filtering
+# ### Exercise 09.2: a temperature for each row
+#
+# A server samples many requests in one batch, each with its own temperature, and "temperature 0" means greedy
+# for that request. Write `temperature_probs(logits, temperatures)`: `logits` of shape `(B, V)`, `temperatures` a
+# list of `B` numbers $\ge 0$; return the `(B, V)` float32 distributions each row is drawn from, where a row at
+# temperature 0 puts all its probability on its largest logit (the first one, on a tie). Where in the pipeline
+# from logits to probabilities does a temperature act, and what must every row of your answer sum to?
+
+# %% nbgrader={"grade": false, "grade_id": "ex09_2_temperature_probs-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def temperature_probs(logits, temperatures):
+    ### BEGIN SOLUTION
+    t = torch.tensor([float(x) for x in temperatures])[:, None]  # (B, 1)
+    greedy = torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()  # (B, V)
+    scaled = torch.softmax(logits.float() / torch.where(t > 0, t, 1.0), dim=-1)  # (B, V)
+    return torch.where(t > 0, scaled, greedy)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex09_2_temperature_probs-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _temperature_reference(z, temps):
+    return torch.stack([mm.sampling_probs(row, temperature=float(t)) for row, t in zip(z, temps)])
+
+
+_gt = torch.Generator().manual_seed(11)
+_rows = torch.randn(4, 30, generator=_gt) * 3
+passed = check_function("09.2 temperature_probs", temperature_probs, _temperature_reference,
+                        [(logits[None], [0.7]), (logits[None], [1.6]), (_rows, [0.5, 1.0, 2.0, 0.25]),
+                         (_rows, [0.0, 1.0, 0.0, 3.0]), (torch.tensor([[1.0, 3.0, 3.0, -2.0]]), [0.0])],
+                        labels=["the trained model's logits after 'created the', T = 0.7", "the same, T = 1.6",
+                                "4 rows, each at its own temperature", "4 rows, two of them greedy (T = 0)",
+                                "a greedy row with a tie for the largest logit"],
+                        hint="a temperature rescales the logits, not the probabilities; each row has its own, so line "
+                             "the temperatures up with the rows; no division by zero may reach a greedy row")
+
+# %% [markdown]
+# ### Exercise 09.3: top-p filtering
 #
 # Write `top_p_filter(probs, p)`: given probabilities (last dimension = vocabulary, any batch dims in
 # front), keep the smallest set of likeliest tokens whose total probability reaches `p`, zero the rest,
@@ -269,7 +320,7 @@ plt.show()
 # 0.5, 0.3, 0.2 and `p = 0.6`, which tokens stay? With `p = 0.5`? Your answer must keep the vocabulary order
 # of its input.
 
-# %% nbgrader={"grade": false, "grade_id": "ex09_2_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+# %% nbgrader={"grade": false, "grade_id": "ex09_3_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def top_p_filter(probs, p):
     ### BEGIN SOLUTION
     sorted_p, order = probs.sort(dim=-1, descending=True)
@@ -280,10 +331,10 @@ def top_p_filter(probs, p):
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex09_2_top_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# %% nbgrader={"grade": true, "grade_id": "ex09_3_top_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _g = torch.Generator().manual_seed(5)
 _batch = torch.randn(3, 50, generator=_g) * 2
-passed = check_function("09.2 top_p_filter", top_p_filter,
+passed = check_function("09.3 top_p_filter", top_p_filter,
                         lambda q, p: mm.sampling_probs(q.log(), temperature=1.0, top_p=p),
                         [(probs, 0.9), (probs, 0.5), (probs, 1e-6), (probs, 1.0), (torch.softmax(_batch, -1), 0.7),
                          (torch.softmax(_batch * 5, -1), 0.95)],
@@ -295,7 +346,7 @@ passed = check_function("09.2 top_p_filter", top_p_filter,
                              "stays even when it alone exceeds p; the output is in vocabulary order and sums to 1")
 
 # %% [markdown]
-# ### Exercise 09.3: a rule of your own, min-p
+# ### Exercise 09.4: a rule of your own, min-p
 #
 # Top-p's cut depends on the whole tail: a long tail of tiny probabilities can drag many poor tokens into the
 # set. **Min-p** sampling (used by llama.cpp and vLLM) sets the bar relative to the favourite instead: keep every
@@ -304,7 +355,7 @@ passed = check_function("09.2 top_p_filter", top_p_filter,
 # the vocabulary. Then answer for yourself: for the two prompts above (hesitant and sure), does min-p with
 # `min_p = 0.1` keep more or fewer tokens than top-p with `p = 0.9`?
 
-# %% nbgrader={"grade": false, "grade_id": "ex09_3_min_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+# %% nbgrader={"grade": false, "grade_id": "ex09_4_min_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def min_p_filter(probs, min_p):
     ### BEGIN SOLUTION
     bar = min_p * probs.max(dim=-1, keepdim=True).values  # (..., 1): one bar per distribution
@@ -313,7 +364,7 @@ def min_p_filter(probs, min_p):
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex09_3_min_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# %% nbgrader={"grade": true, "grade_id": "ex09_4_min_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 def _min_p_reference(q, min_p):
     """The same rule in log space: log q_i >= log q_max + log min_p."""
     logq = q.log()
@@ -323,7 +374,7 @@ def _min_p_reference(q, min_p):
 
 _gm = torch.Generator().manual_seed(9)
 _scaled = torch.softmax(torch.randn(4, 60, generator=_gm) * torch.tensor([[0.5], [1.0], [3.0], [6.0]]), -1)
-passed = check_function("09.3 min_p_filter", min_p_filter, _min_p_reference,
+passed = check_function("09.4 min_p_filter", min_p_filter, _min_p_reference,
                         [(probs, 0.1), (torch.softmax(logits_sure, -1), 0.1), (probs, 1.0), (_scaled, 0.2),
                          (_scaled[None].expand(2, 4, 60), 0.05)],
                         labels=["the hesitant distribution after 'created the', min_p = 0.1",
@@ -341,7 +392,7 @@ try:
         print(f"{name:8s}: min-p 0.1 keeps {int((min_p_filter(q, 0.1) > 0).sum()):3d} tokens, "
               f"top-p 0.9 keeps {int((mm.sampling_probs(z, temperature=1.0, top_p=0.9) > 0).sum()):3d}")
 except NotImplementedError:
-    print("this cell uses your min_p_filter: solve exercise 09.3 first")
+    print("this cell uses your min_p_filter: solve exercise 09.4 first")
 
 # %% [markdown]
 # ## 4. Seeds and reproducibility

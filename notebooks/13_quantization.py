@@ -22,18 +22,19 @@
 #
 # ## What you will learn
 # - Why the **weights dominate the bytes per token**, and what that means for memory and speed.
-# - **absmax int8, one scale per output channel**, built by hand, then checked against `minimistral.quant`.
-# - **4-bit in groups** (a scale and a zero for every 32 to 128 inputs), and how **two 4-bit values share a
-#   byte**.
+# - **absmax int8, one scale per output channel**, as `minimistral.quant` does it, then per group by hand (13.1).
+# - **4-bit in groups** (a scale and a zero for every 32 to 128 inputs), built by hand, and how **two 4-bit values
+#   share a byte** (two layouts: the library's, and llama.cpp's in exercise 13.3).
 # - The **error**, seen: histograms of weight errors, the error of every layer, and the held-out perplexity of
 #   the course's small trained model at every setting from float32 down to 4 bits.
-# - What **outliers** do to one scale per tensor, and why per-channel and per-group scales cope.
+# - What **outliers** do to one scale per tensor, and why per-channel and per-group scales cope; the
+#   **activation** outliers of large models, and what GPTQ, AWQ and NF4 do about the error.
 # - The **memory table** of Mistral 7B at each setting and what each lets you run (T4, 8 to 12 GB GPU, Mac,
 #   CPU laptop), and the **roofline shift**: half the bytes, twice the ceiling.
 #
 # ## What you need
-# - A laptop CPU, about 1 GB of RAM, well under a minute. No GPU: the GPU figures come from the stored run of
-#   `python -m minimistral.bench --gpu` in `data/`.
+# - A CPU, about 1 GB of RAM and a few minutes.
+#   No GPU: the GPU figures come from the stored run of `python -m minimistral.bench --gpu` in `data/`.
 # - Notebooks 06 (the MLP), 10 (the small trained model), 11 (the memory planner) and 12 (the roofline).
 
 # %%
@@ -85,19 +86,9 @@ for context in (16, 1024, 4096):
 # one scale, which can then be applied after the dot product, to the output, once.
 
 # %%
-def absmax_int8(w):
-    """w (out, in) float -> (q int8 (out, in), s (out,)): w ~ q * s[:, None]."""
-    s = w.abs().amax(dim=1) / 127  # (out,): one scale per output channel (row)
-    q = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, s
-
-
 model, tok = corpus.load_tiny_model()  # the small Mistral trained in notebook 10 (float32)
 w = model.layers[1].feed_forward.w1.weight.detach()  # (768, 256)
-q, s = absmax_int8(w)
-q_lib, s_lib = quant.quantize_int8(w)
-torch.testing.assert_close(q, q_lib, rtol=0, atol=0)  # the library does exactly this
-torch.testing.assert_close(s, s_lib)
+q, s = quant.quantize_int8(w)  # q (768, 256) int8, s (768,): one scale per output channel (row)
 err = (q.float() * s[:, None] - w)
 print(f"w1 of layer 1: {tuple(w.shape)}, int8 values in [{int(q.min())}, {int(q.max())}]")
 print(f"largest error {err.abs().max():.2e} <= half the largest scale {s.max() / 2:.2e}; "
@@ -106,10 +97,12 @@ print(f"largest error {err.abs().max():.2e} <= half the largest scale {s.max() /
 # %% [markdown]
 # ## 3. 4-bit in groups, two values to a byte
 #
-# Sixteen levels are too few for a whole row of 256 or 14,336 weights: one scale per row would leave most
-# weights on one or two levels. So 4-bit quantization gives a scale to every **group** of `g` consecutive
-# inputs (32, 64 or 128), and, since 16 levels are precious, it uses them all from the group's minimum to
-# its maximum (asymmetric): `s = (max - min) / 15`, `q = round((w - min) / s)` in `[0, 15]`.
+# Sixteen levels are few for a whole row of 4,096 or 14,336 weights. With one scale per row, the levels must span
+# the row's whole range, which its most extreme weights set; the longer the row, the more extreme they are, and
+# the coarser the step for every other weight (measured below, after the quantizer). So 4-bit quantization gives a
+# scale to every **group** of `g` consecutive inputs (32, 64 or 128), and, since 16 levels are precious, it uses
+# them all from the group's minimum to its maximum (asymmetric): `s = (max - min) / 15`, `q = round((w - min) / s)`
+# in `[0, 15]`.
 #
 # The library stores the values as unsigned nibbles 0..15 and writes the dequantization as
 # `w ~ (q - 8) * s + z` with `z = min + 8 s` (the convention of PyTorch's int4 kernels: `q - 8` is a signed
@@ -141,6 +134,30 @@ print(f"4-bit, groups of 32: relative error of the matrix {err4.norm() / w.norm(
       f"(int8 above: {err.norm() / w.norm():.4f})")
 
 # %% [markdown]
+# One group per row (`g` = the row's length) against groups of 32, on the same matrix and on rows of Gaussian
+# weights as long as the 7B's: the share of each group's weights on its two busiest levels, the number of levels in
+# use, and the error. Either way the levels are well used (about a third of the weights on the two busiest, nearly
+# all 16 levels in use); what groups buy is a finer step: the error falls by about 30% on the small model's rows of
+# 256, and by almost half on Gaussian rows of 4,096.
+
+# %%
+def level_stats(ww, g):
+    qq, ss, zz = group_int4(ww, g)
+    counts = torch.stack([torch.bincount(r.long(), minlength=16) for r in qq.reshape(-1, g)]).float()  # (groups, 16)
+    top2 = (counts.topk(2, dim=1).values.sum(1) / g).mean().item()
+    used = (counts > 0).sum(1).float().mean().item()
+    rel = ((dequant_int4(qq, ss, zz, g) - ww).norm() / ww.norm()).item()
+    return top2, used, rel
+
+
+gauss = torch.randn(64, 4096, generator=torch.Generator().manual_seed(0))
+for label, ww in (("w1 of layer 1, rows of 256", w), ("Gaussian rows of 4,096", gauss)):
+    for g in (ww.shape[1], 32):
+        top2, used, rel = level_stats(ww, g)
+        print(f"{label:27s} {'one group per row' if g == ww.shape[1] else 'groups of 32':17s}: {top2:5.1%} on the "
+              f"two busiest levels, {used:4.1f} of 16 levels used, relative error {rel:.3f}")
+
+# %% [markdown]
 # A byte holds two nibbles. The library puts the even-numbered value in the high half:
 # `byte = q[2i] << 4 | q[2i + 1]`, and unpacks with a shift and a mask. Done in `uint8`: in a signed int8,
 # `15 << 4 = 240` would not fit.
@@ -162,7 +179,7 @@ assert torch.equal(packed, quant.pack_int4(row)) and torch.equal(quant.unpack_in
 # Each quantizer replaces a weight by the nearest point of its grid. The histograms show the error of every
 # weight of one matrix, in units of the matrix's own standard deviation: int8 errors are spread evenly over a
 # narrow band (± half a step of each row), 4-bit errors over a band more than ten times wider, narrower with
-# smaller groups.
+# smaller groups. The bins are 0.00125 standard deviations wide, so even int8's band spans many of them.
 
 # %%
 def fake_quant(w, mode, g=128):
@@ -177,7 +194,7 @@ settings = [("int8", None), ("int4", 128), ("int4", 32)]
 fig, ax = plt.subplots(figsize=(8, 3.2))
 for mode, g in settings:
     e = ((fake_quant(w, mode, g or 128) - w) / w.std()).flatten()
-    ax.hist(e.numpy(), bins=120, range=(-0.5, 0.5), histtype="step", lw=1.4,
+    ax.hist(e.numpy(), bins=800, range=(-0.5, 0.5), histtype="step", lw=1.2,  # bins far narrower than int8's band
             label=f"{mode}" + (f", groups of {g}" if g else ", per channel") + f" (rms {e.pow(2).mean().sqrt():.3f})")
 ax.set_xlabel("error of a weight / standard deviation of the matrix")
 ax.set_ylabel("weights")
@@ -252,14 +269,18 @@ for name, bits, mode, g, dtype in rows:
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.6))
+base = ppl["float32"][1]
 for name, (bits, p) in ppl.items():
-    ax.scatter(bits, p, s=30, color="tab:red" if name.startswith("int4") else "tab:blue")
-    ax.annotate(name, (bits, p), textcoords="offset points", xytext=(4, 4), fontsize=9)
+    change = 100 * (p / base - 1)
+    ax.scatter(bits, change, s=30, color="tab:red" if name.startswith("int4") else "tab:blue")
+    ax.annotate(name, (bits, change), textcoords="offset points", xytext=(4, -12 if name == "fp16" else 4), fontsize=9)
+ax.axhline(0, color="gray", lw=0.8)
+ax.set_ylim(-5, 5)  # a change of a few percent would show; the measured ones are smaller
 ax.set_xscale("log", base=2)
 ax.set_xticks([4, 8, 16, 32], ["4", "8", "16", "32"])
 ax.set_xlabel("bits per weight of the linear layers (scales included)")
-ax.set_ylabel("held-out perplexity")
-ax.set_title("the small model: perplexity against bits per weight")
+ax.set_ylabel("held-out perplexity,\n% change from float32")
+ax.set_title(f"the small model on 1,024 held-out tokens (float32: {base:.2f})")
 plt.tight_layout()
 plt.show()
 
@@ -319,6 +340,42 @@ for label, r in results.items():
 # round to one or two levels), while per-channel int8 and 4-bit groups barely notice: only the outlier's own
 # row (or group) pays.
 #
+# **Activation outliers.** The outliers that made 8-bit inference hard are not in the weights but in the
+# **activations**: Dettmers et al. (LLM.int8(), 2022) found that from about 6.7 billion parameters on, a handful of
+# hidden-state dimensions carry values far larger than all the others, in most layers and most tokens. Quantizing
+# the activations to int8 with one scale per token then crushes every other dimension; LLM.int8() computes those
+# few dimensions in 16 bits. Weight-only quantization, as here, sidesteps the problem: the activations stay in
+# bf16 or fp16, only the weights are rounded. Our small model shows the same kind of unevenness, on a smaller
+# scale: the largest value each hidden dimension of its residual stream reaches on held-out text (the input of the
+# last block's MLP norm):
+
+# %%
+seen = []
+hook = model.layers[-1].ffn_norm.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+with torch.no_grad():
+    model(heldout[:1024].view(4, 256))
+hook.remove()
+peak = seen[0].abs().flatten(0, 1).amax(0)  # (dim,): the largest |value| of each hidden dimension
+order = peak.argsort(descending=True)
+print(f"largest |value| per hidden dimension: median {peak.median():.2f}; the top three dimensions "
+      f"{', '.join(f'#{int(i)}: {peak[i]:.1f}' for i in order[:3])} ({peak[order[0]] / peak.median():.1f}x the median)")
+fig, ax = plt.subplots(figsize=(8, 2.8))
+ax.bar(range(len(peak)), peak.numpy(), width=1.0, color="tab:gray")
+ax.set_xlabel("hidden dimension of the residual stream")
+ax.set_ylabel("largest |activation|")
+ax.set_title("the small model, last block, 1,024 held-out tokens")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Three well-known methods lower the error of 4-bit weights further, and the course does not implement them:
+# **GPTQ** (Frantar et al., 2022) rounds the weights of a row one at a time and adjusts the ones not yet rounded
+# to cancel the error, using second-order statistics of the layer's inputs on calibration text; **AWQ** (Lin et
+# al., 2023) finds the few input channels whose activations are large, and scales their weights up before
+# rounding (and the activations down) so that they lose less precision; **NF4** (Dettmers et al., QLoRA, 2023)
+# places the 16 levels at the quantiles of a normal distribution instead of evenly, since trained weights are
+# close to normal. Notebook 14's QLoRA uses this notebook's plain 4-bit groups.
+#
 # ## 6. The 7B at each setting, and what runs where
 #
 # The memory of Mistral 7B's weights at each setting (`minimistral.device`, the planner of notebook 11,
@@ -345,20 +402,31 @@ for cls, p in planner.plan_table(args):
 # ## 7. The roofline shift
 #
 # At batch 1 a token costs one read of the weights, so the ceiling of notebook 12 is
-# `bandwidth / bytes of weights`: halve the bytes, double the ceiling. With the copy bandwidth measured on the
-# H200 in the stored run, the ceilings, and the measured bf16 rows beside them:
+# `bandwidth / bytes of weights`: halve the bytes, double the ceiling. The fast path also reads its whole rolling
+# cache at every step (4,096 slots of 128 KiB: 0.54 GB in bf16), which quantizing the weights does not shrink, so
+# the smaller the weights, the more that cache costs. With the copy bandwidth measured on the H200 in the stored
+# run, both ceilings, and the measured bf16 rows beside them:
 
 # %%
 run = R.load("bench_gpu_h200.json")
 bw = run[R.BANDWIDTH]
+cache_bytes = args.sliding_window * args.kv_bytes_per_token("bfloat16")  # the rolling cache, read in full every step
 ceilings = {name: bw / planner.weights_bytes(args, dt, mode, g) for name, dt, mode, g in table}
+with_cache = {name: bw / (planner.weights_bytes(args, dt, mode, g) + cache_bytes) for name, dt, mode, g in table}
+short = {"bf16": "bf16", "int8": "int8", "int4, groups of 128": "int4 g128", "int4, groups of 32": "int4 g32"}
 measured = {k: v[R.decode(R.SHORT)] for k, v in run[R.ROWS].items()}
 fig, ax = plt.subplots(figsize=(8.5, 3.6))
-ax.bar(list(ceilings), list(ceilings.values()), color="lightgray", edgecolor="gray", label="ceiling (bandwidth / bytes)")
+xs = range(len(ceilings))
+ax.bar([x - 0.2 for x in xs], list(ceilings.values()), width=0.4, color="lightgray", edgecolor="gray",
+       label="ceiling, weights only")
+ax.bar([x + 0.2 for x in xs], list(with_cache.values()), width=0.4, color="darkgray", edgecolor="gray",
+       label=f"ceiling, weights + the {cache_bytes / 1e9:.2f} GB cache")
+ax.set_xticks(list(xs), [short[n] for n in ceilings])
 for i, (name, rate) in enumerate(sorted(measured.items(), key=lambda kv: -kv[1])):
     ax.axhline(rate, xmin=0.02, xmax=0.23, color=f"C{i}", lw=2, label=f"measured: {name}, {rate:.0f}")
-for i, c in enumerate(ceilings.values()):
-    ax.text(i, c, f"{c:.0f}", ha="center", va="bottom", fontsize=9)
+for i, (c, cc) in enumerate(zip(ceilings.values(), with_cache.values())):
+    ax.text(i - 0.2, c, f"{c:.0f}", ha="center", va="bottom", fontsize=8)
+    ax.text(i + 0.2, cc, f"{cc:.0f}", ha="center", va="bottom", fontsize=8)
 ax.set_ylabel("decode tokens/s, batch 1, H200")
 quantized_measured = any(R.quant_row("int8") in k or "int4" in k for k in measured)
 ax.set_title(f"ceilings from the measured {bw / 1e12:.2f} TB/s" +
@@ -367,10 +435,11 @@ ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.tight_layout()
 plt.show()
 for name, c in ceilings.items():
-    print(f"{name:<22} ceiling {c:6.0f} tokens/s")
+    print(f"{name:<22} ceiling {c:6.0f} tokens/s from the weights alone, {with_cache[name]:6.0f} with the cache")
 
 # %% [markdown]
-# The stored run measured bf16 only: our fast path at 184 tokens/s, 65% of its 282 ceiling. The quantized
+# The stored run measured bf16 only: our fast path at 184 tokens/s, 65% of its 282 ceiling from the weights alone
+# (68% of the 272 that counts the cache). The quantized
 # rows of `python -m minimistral.bench --gpu` (the fast path with `mm.quantize`'s weights) are still to be
 # measured on a GPU; until then, only their ceilings are drawn. Reaching them takes kernels that read the
 # small weights at full bandwidth and dequantize in registers, which is what `_weight_int8pack_mm` and
@@ -378,25 +447,38 @@ for name, c in ceilings.items():
 #
 # ## Exercises
 #
-# **13.1** Quantize a weight matrix with absmax int8, one scale per output row: return `(q, s)` with `q` int8
-# of the same shape and `s` float of shape `(out,)`. Round to the nearest level (do not truncate).
+# **13.1** Section 2 gave each output row one int8 scale. Give one to every **group** of `g` consecutive inputs of
+# each row instead (finer scales, as 4-bit does, at the price of more of them): write
+# `my_int8_groups(w, g)` returning `(q, s)`, `q` int8 of `w`'s shape with values in `[-127, 127]` and `s` of shape
+# `(out, in / g)`, such that `q * s` (each scale repeated over its group) approximates `w` with the absmax rule of
+# section 2. Round to the nearest level.
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_1_absmax_int8-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_absmax_int8(w):
+# %% nbgrader={"grade": false, "grade_id": "ex13_1_int8_groups-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_int8_groups(w, g):
     ### BEGIN SOLUTION
-    s = w.abs().amax(dim=1) / 127
-    q = torch.round(w / s[:, None]).clamp(-127, 127).to(torch.int8)
-    return q, s
+    rows, cols = w.shape
+    blocks = w.view(rows, cols // g, g)  # (out, groups, g): a group per block
+    scale = blocks.abs().amax(dim=-1) / 127  # (out, groups)
+    levels = torch.round(blocks / scale[..., None]).clamp(-127, 127)
+    return levels.to(torch.int8).view(rows, cols), scale
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex13_1_absmax_int8-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# %% nbgrader={"grade": true, "grade_id": "ex13_1_int8_groups-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.labs import references
+
 gen = torch.Generator().manual_seed(13)
-cases = [(torch.tensor([[1.0, 0.7, -0.6, -0.35]]),),  # 0.7 * 127 = 88.9: rounding gives 89, truncation 88
-         (torch.tensor([[0.1, -0.2], [4.0, 1.3], [-3.0, 0.01]]),),  # rows of very different sizes, 3 x 2
-         (torch.randn(5, 16, generator=gen),), (torch.randn(32, 8, generator=gen) * 0.02,)]
-_ = check_function("13.1 absmax_int8", my_absmax_int8, lambda w: quant.quantize_int8(w), cases=cases,
-                   hint="the scale is the largest |w| of each ROW over 127 (amax along dim 1); use torch.round")
+_spike = torch.randn(4, 64, generator=gen) * 0.02
+_spike[2, 5] = 0.8  # one outlier: only its own group's scale may grow
+cases = [(torch.tensor([[1.0, 0.7, -0.6, -0.35]]), 4),  # 0.7 * 127 = 88.9: rounding gives 89, truncation 88
+         (torch.tensor([[0.1, -0.2, 4.0, 1.3], [-3.0, 0.01, 0.5, 0.25]]), 2),  # groups of very different sizes
+         (torch.randn(5, 16, generator=gen), 16), (torch.randn(6, 32, generator=gen), 8), (_spike, 16)]
+_ = check_function("13.1 int8_groups", my_int8_groups, references.int8_groups, cases=cases,
+                   labels=["one row, one group: rounding, not truncation", "2 rows of 2 groups of 2, of different sizes",
+                           "g = the whole row: section 2's quantizer", "6 rows of 4 groups of 8",
+                           "an outlier in row 2, groups of 16"],
+                   hint="which weights share a scale? Give them an axis of their own (a reshape), and take the "
+                        "absmax over that axis only; the scales' shape says how many groups there are")
 
 # %% [markdown]
 # **13.2** Dequantize one group of the library's 4-bit format: `q` holds unsigned values 0..15 (a 1-D tensor of
@@ -422,69 +504,85 @@ _ = check_function("13.2 dequantize_group", my_dequantize_group, library_group, 
                    hint="q is stored unsigned: q - 8 is the signed level in [-8, 7]; then scale, then add the zero")
 
 # %% [markdown]
-# **13.3** Pack a `(rows, 2k)` tensor of values in 0..15 into `(rows, k)` bytes, the even-numbered value in the
-# high nibble, and unpack it back. Return `(packed, unpacked)`.
+# **13.3** llama.cpp's 4-bit blocks (`Q4_0`) pack their nibbles another way than the library: in a block of `2k`
+# values, byte `j` holds value `j` in its **low** nibble and value `j + k` in its **high** nibble. Write
+# `my_unpack_halves(packed)`: a `(rows, k)` uint8 tensor of such bytes (one block per row) in, the `(rows, 2k)`
+# uint8 values in their original order out. Work out first, with the three values of a byte at hand, which
+# shift and which mask give each nibble.
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_3_pack_unpack-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_pack_unpack(q):
+# %% nbgrader={"grade": false, "grade_id": "ex13_3_unpack_halves-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_unpack_halves(packed):
     ### BEGIN SOLUTION
-    q = q.to(torch.uint8)
-    packed = (q[:, 0::2] << 4) | q[:, 1::2]
-    unpacked = torch.stack([packed >> 4, packed & 15], dim=-1).reshape(q.shape[0], -1)
-    return packed, unpacked
+    low, high = packed & 15, packed >> 4  # values j and j + k
+    return torch.cat([low, high], dim=1)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex13_3_pack_unpack-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-cases = [(torch.tensor([[1, 2, 15, 0]], dtype=torch.uint8),),  # 15 in a high nibble: 240 needs uint8
-         (torch.tensor([[15, 15], [8, 7], [0, 9]], dtype=torch.uint8),),
-         (torch.randint(0, 16, (4, 12), generator=gen, dtype=torch.uint8),)]
-_ = check_function("13.3 pack_unpack", my_pack_unpack, lambda q: (quant.pack_int4(q), quant.unpack_int4(quant.pack_int4(q))),
-                   cases=cases, hint="byte = q[2i] << 4 | q[2i+1], in uint8; unpack with >> 4 and & 15, then interleave")
+# %% nbgrader={"grade": true, "grade_id": "ex13_3_unpack_halves-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+cases = [(torch.tensor([[0x2F, 0x0A]], dtype=torch.uint8),),  # values 15, 10 (low nibbles), then 2, 0 (high)
+         (torch.tensor([[0xF0], [0x0F], [0x87]], dtype=torch.uint8),),  # a high nibble of 15 needs uint8
+         (torch.randint(0, 256, (4, 16), generator=gen, dtype=torch.uint8),)]
+_ = check_function("13.3 unpack_halves", my_unpack_halves, references.unpack_halves, cases=cases,
+                   labels=["one block of 4 values in 2 bytes", "3 blocks of 2 values: nibbles 15 and 0",
+                           "4 blocks of 32 values"],
+                   hint="each byte gives two values: which one is the low nibble, and where does it belong in the "
+                        "row? The first half of the output comes from one nibble of every byte")
 
 # %% [markdown]
-# **13.4** Predict the bytes of one `(n_out, n_in)` linear weight stored with `mode` = `None` (2 bytes per weight),
-# `"int8"` (1 byte per weight plus a 2-byte scale per row) or `"int4"` (half a byte per weight plus a 2-byte
-# scale and a 2-byte zero per group of `g` inputs of every row).
+# **13.4** Predict the bytes of the weights of a whole model, `my_model_bytes(args, mode, g)`, as the planner of
+# notebook 11 counts them: every linear layer of attention and of the MLP stored with `mode` (`None`: 2 bytes per
+# weight; `"int8"`: 1 byte per weight and a 2-byte scale per output row; `"int4"`: half a byte per weight and a
+# 2-byte scale and a 2-byte zero per group of `g` inputs of every row), and everything else (the embedding table,
+# the output head, the norms) in 2 bytes. Exercise 07.2 counted what a layer holds.
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_4_weight_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_weight_bytes(n_out, n_in, mode, g=128):
+# %% nbgrader={"grade": false, "grade_id": "ex13_4_model_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_model_bytes(args, mode, g=128):
     ### BEGIN SOLUTION
-    if mode is None:
-        return 2 * n_out * n_in
-    if mode == "int8":
-        return n_out * n_in + 2 * n_out
-    return n_out * n_in // 2 + 4 * n_out * (n_in // g)
+    d, h, hd = args.dim, args.hidden_dim, args.head_dim
+    shapes = [(args.n_heads * hd, d), (args.n_kv_heads * hd, d), (args.n_kv_heads * hd, d), (d, args.n_heads * hd),
+              (h, d), (h, d), (d, h)]  # wq, wk, wv, wo, w1, w3, w2: (out, in)
+    def linear(n_out, n_in):
+        if mode is None:
+            return 2 * n_out * n_in
+        if mode == "int4":
+            return n_out * n_in // 2 + 4 * n_out * (n_in // g)  # nibbles, then a scale and a zero per group
+        return n_out * n_in + 2 * n_out  # int8: bytes, then a scale per row
+    per_layer = sum(linear(o, i) for o, i in shapes) + 2 * 2 * d  # + the two norms
+    return args.n_layers * per_layer + 2 * (2 * args.vocab_size * d) + 2 * d  # + embedding, head, final norm
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex13_4_weight_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-cases = [(4096, 4096, None), (14336, 4096, "int8"), (4096, 14336, "int8"), (4096, 4096, "int4", 128),
-         (14336, 4096, "int4", 32), (1024, 4096, "int4", 64)]
-_ = check_function("13.4 weight_bytes", my_weight_bytes, lambda n, k, m, g=128: quant.weight_bytes(n, k, m, g),
-                   cases=cases, hint="int8 has one scale per output ROW (n_out of them); int4 has n_in / g groups "
-                   "in every row, each with a scale and a zero of 2 bytes")
+# %% nbgrader={"grade": true, "grade_id": "ex13_4_model_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+_small = mm.ModelArgs(dim=256, n_layers=2, head_dim=32, hidden_dim=512, n_heads=8, n_kv_heads=2, vocab_size=1000)
+cases = [(args, None), (args, "int8"), (args, "int4", 128), (args, "int4", 32), (_small, "int8"), (_small, "int4", 64)]
+_ = check_function("13.4 model_bytes", my_model_bytes,
+                   lambda a, m, g=128: planner.weights_bytes(a, torch.bfloat16, m, g), cases=cases,
+                   labels=["Mistral 7B in bf16", "Mistral 7B, int8", "Mistral 7B, int4 groups of 128",
+                           "Mistral 7B, int4 groups of 32", "a small model with 4 query heads per K/V head, int8",
+                           "the same, int4 groups of 64"],
+                   hint="list the seven matrices of a layer with their (out, in) shapes, with GQA's smaller wk and wv; "
+                        "scales belong to rows, zeros to groups; the embedding and head are not quantized")
 
 # %% [markdown]
 # ## Checking against the library
 #
-# The quantizers built by hand in sections 2 and 3, applied to every linear layer of the small model, give
-# the weights `mm.quantize` gives, and the model they make computes the same logits:
+# The 4-bit quantizer built by hand in section 3, applied to every linear layer of the small model, gives the
+# weights the library's quantizer gives, and the model they make computes the logits of `mm.quantize`'s 4-bit model:
 
 # %%
 hand = copy.deepcopy(model)
-lib = quant.quantize(copy.deepcopy(model), "int8")
+lib = quant.quantize(copy.deepcopy(model), "int4", 32)
 with torch.no_grad():
-    for lh, ll in zip(hand.layers, lib.layers):
+    for lh in hand.layers:
         for n in names:
-            part = "attention" if n in ("wq", "wk", "wv", "wo") else "feed_forward"
-            mh, ml = getattr(getattr(lh, part), n), getattr(getattr(ll, part), n)
-            q_, s_ = absmax_int8(mh.weight)
-            torch.testing.assert_close(q_, ml.qweight, rtol=0, atol=0)
-            mh.weight.copy_(q_.float() * s_[:, None])
+            mh = getattr(lh.attention if n in ("wq", "wk", "wv", "wo") else lh.feed_forward, n)
+            q_, s_, z_ = group_int4(mh.weight, 32)
+            q_lib_, _ = quant.quantize_int4(mh.weight, group_size=32)
+            torch.testing.assert_close(q_, q_lib_, rtol=0, atol=0)
+            mh.weight.copy_(dequant_int4(q_, s_, z_, 32))
 with torch.inference_mode():
-    torch.testing.assert_close(hand(x), lib(x), atol=1e-4, rtol=1e-4)
-print("by-hand int8 = minimistral.quant int8, weights and logits")
+    torch.testing.assert_close(hand(x), lib(x), atol=2e-4, rtol=1e-4)
+print("by-hand 4-bit, groups of 32 = minimistral.quant int4: the same levels and logits")
 
 # %% [markdown]
 # ## Summary
@@ -494,8 +592,11 @@ print("by-hand int8 = minimistral.quant int8, weights and logits")
 # - **int8 absmax per channel**: `s = max|row| / 127`, `q = round(w / s)`; the small model's perplexity does
 #   not change. **4-bit in groups**: a scale and a zero per 32 to 128 inputs, two values per byte; a small,
 #   visible cost, smaller with smaller groups.
-# - Scales must be local: one outlier ruins a per-tensor scale but only its own row or group otherwise.
+# - Scales must be local: one outlier ruins a per-tensor scale but only its own row or group otherwise. The
+#   activation outliers of large models are why weight-only quantization keeps the activations in 16 bits;
+#   GPTQ, AWQ and NF4 lower the 4-bit error further.
 # - Mistral 7B: 14.5 GB in bf16, 7.5 GB in int8, 4.2 to 4.9 GB in 4-bit: a T4, a 12 GB GPU or a 16 GB laptop
-#   runs it in int8, an 8 GB GPU in 4-bit. On the H200 the ceiling goes from 282 tokens/s (bf16) to 544 (int8)
-#   and 836 to 965 (4-bit); the quantized rates themselves are still to be measured by
+#   runs it in int8, an 8 GB GPU in 4-bit. On the H200 the ceiling from the weights alone goes from 282 tokens/s
+#   (bf16) to 544 (int8) and 836 to 965 (4-bit); counting the 0.54 GB rolling cache the fast path also reads at
+#   every step, from 272 to 508 and 753 to 856. The quantized rates themselves are still to be measured by
 #   `python -m minimistral.bench --gpu`.

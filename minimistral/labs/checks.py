@@ -619,3 +619,55 @@ def check_value(exercise: str, answer: Callable[[], Any], expected: Any, hint: s
         return _report(PASS, exercise, "correct") if check(value) else _report(FAIL, exercise, f"not yet. {hint}".strip())
     why = _mismatch(value, expected, atol, rtol)
     return _report(PASS, exercise, "correct") if why is None else _report(FAIL, exercise, f"not yet: {why}. {hint}".strip())
+
+
+# ---- observing a procedure: how a function calls a model --------------------------------------------------------
+# Some exercises ask for a procedure (prefill in chunks, decode with the cache) whose result equals a simpler,
+# wrong one's (`return model(tokens)` gives the same logits as chunked prefill). Their checks hand the function a
+# ModelProbe instead of the model: it behaves as the model, and refuses, by raising ProcedureError with what it saw,
+# the first call that breaks the procedure. The refusal is the check's [FAIL] message. The probe travels to the
+# grader's sandbox like a model (labs/codec.py lets this one class through), so grading sees the same refusals.
+
+
+class ProcedureError(RuntimeError):
+    """A function called a ModelProbe in a way its exercise rules out; the message says which call and why."""
+
+
+class ModelProbe(torch.nn.Module):
+    """`model` (an mm.Transformer), watched. Every call must pass a cache, the same one each time (from
+    probe.new_cache()). chunks=[c1, c2, ...]: call k carries exactly c_k tokens, and there are no more calls.
+    decode=True: once the cache holds tokens, each call carries exactly one. `calls` lists (tokens, cache position)."""
+
+    def __init__(self, model, chunks: Optional[list] = None, decode: bool = False):
+        super().__init__()
+        self.model, self.args = model, model.args
+        self.chunks, self.decode = None if chunks is None else [int(c) for c in chunks], decode
+        self.calls: list = []
+        self.cache = None  # the first call's cache, held (an id() alone could be reused by a later object)
+
+    def new_cache(self, *args, **kwargs):
+        return self.model.new_cache(*args, **kwargs)
+
+    def forward(self, tokens, cache=None):
+        T = int(tokens.shape[-1])
+        n = len(self.calls) + 1
+        where = f"call {n} to the model ({T} token{'s' if T != 1 else ''}"
+        if cache is None:
+            raise ProcedureError(f"{where}, no cache) passed no cache: every call must continue one cache, "
+                                 "so that no token is computed twice")
+        if self.cache is None:
+            self.cache = cache
+        elif cache is not self.cache:
+            raise ProcedureError(f"{where}) passed a different cache from call 1's: a new cache forgets every "
+                                 "token before it")
+        pos = int(cache.pos)
+        if self.chunks is not None and n > len(self.chunks):
+            raise ProcedureError(f"{where}) came after all {len(self.chunks)} chunks were given: one call per chunk")
+        if self.chunks is not None and T != self.chunks[n - 1]:
+            raise ProcedureError(f"{where}) should have carried chunk {n}, of {self.chunks[n - 1]} "
+                                 f"token{'s' if self.chunks[n - 1] != 1 else ''}")
+        if self.decode and pos > 0 and T != 1:
+            raise ProcedureError(f"{where}) came after the cache already held {pos} tokens: once the prompt is "
+                                 "in the cache, a decoding step gives the model only what it has not seen")
+        self.calls.append((T, pos))
+        return self.model(tokens, cache=cache)

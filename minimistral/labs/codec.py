@@ -19,6 +19,9 @@ import torch
 from torch import nn
 
 MAX_MESSAGE = 1 << 31  # 2 GiB: a reply larger than this is refused (and the sandbox is stopped)
+# The one class of the labs that travels: checks hand it to a student's function in place of a model (a plain
+# module; nothing runs when it is rebuilt, and the grader never calls one a sandbox sends back).
+TRAVELLING = {"minimistral.labs.checks:ModelProbe"}
 _NN_INTERNAL = None
 
 
@@ -37,7 +40,7 @@ def _allowed(module: str) -> bool:
 
 def _load_class(path: str):
     module, _, qualname = path.partition(":")
-    if not _allowed(module):
+    if not _allowed(module) and path not in TRAVELLING:
         raise CodecError(f"class {path} is not one the grader rebuilds")
     obj = importlib.import_module(module)
     for part in qualname.split("."):
@@ -92,7 +95,7 @@ def encode(obj) -> bytes:
                 return {"__ndarray__": tensor(torch.from_numpy(np.ascontiguousarray(x)))}
             return enc(x.item(), depth)  # a numpy scalar
         cls = type(x)
-        if not _allowed(cls.__module__):
+        if not _allowed(cls.__module__) and _class_path(cls) not in TRAVELLING:
             raise CodecError(f"cannot send a {cls.__module__}.{cls.__qualname__} between the grader and the "
                              "sandbox (only plain data, tensors and minimistral's own objects travel)")
         if isinstance(x, nn.Module):

@@ -148,6 +148,14 @@ def load_tiny_model(path=TINY_MODEL_PATH, dtype=torch.float32):
 
 
 # ---- baselines -------------------------------------------------------------------------------------------
+def bits_per_char(loss: float, n_tokens: int, n_chars: int) -> float:
+    """A mean loss in nats per token over n_tokens tokens that spell n_chars characters, in bits per character:
+    the measure that compares models with different tokenizers (per-token perplexity does not)."""
+    import math
+    total_bits = loss * n_tokens / math.log(2)  # nats -> bits, summed over the tokens
+    return total_bits / n_chars
+
+
 def ngram_perplexities(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> dict:
     """Held-out perplexity per token of a unigram and a bigram model with add-one (Laplace) smoothing,
     counted on train_ids. Predicts eval_ids[1:] (each from the token before it, for the bigram), the same

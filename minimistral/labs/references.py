@@ -1,0 +1,34 @@
+"""References for exercise checks that the library has no single function for, composed from the library's own
+pieces. They live here, not in the notebooks' check cells, so that no visible cell holds an answer."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import quant
+
+
+def int8_groups(w: torch.Tensor, g: int):
+    """13.1: absmax int8 with one scale per group of g consecutive inputs of every row.
+    w (N, K) -> (q int8 (N, K), scales (N, K / g))."""
+    N, K = w.shape
+    q, s = quant.quantize_int8(w.reshape(N * K // g, g))  # every group is a row of its own
+    return q.reshape(N, K), s.reshape(N, K // g)
+
+
+def unpack_halves(packed: torch.Tensor) -> torch.Tensor:
+    """13.3: bytes whose low nibble holds value j and high nibble value j + k (a Q4_0-style block) -> (N, 2k)."""
+    u = quant.unpack_int4(packed)  # (N, 2k): byte j's high nibble at 2j, its low nibble at 2j + 1
+    return torch.cat([u[:, 1::2], u[:, 0::2]], dim=1)
+
+
+def trigram_add_one_ppl(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
+    """10.3: held-out perplexity of an add-one trigram model, p(c | a, b) = (n(a, b, c) + 1) / (n(a, b) + V), where
+    n(a, b) counts the pairs of train_ids that a third token follows; scores eval_ids[2:]. Counted the slow way."""
+    import math
+    from collections import Counter
+    t, e = train_ids.tolist(), eval_ids.tolist()
+    triples = Counter(zip(t, t[1:], t[2:]))
+    contexts = Counter(zip(t, t[1:-1]))
+    logp = [math.log((triples[(a, b, c)] + 1) / (contexts[(a, b)] + vocab_size)) for a, b, c in zip(e, e[1:], e[2:])]
+    return math.exp(-sum(logp) / len(logp))

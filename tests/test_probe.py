@@ -1,0 +1,70 @@
+"""ModelProbe (labs/checks.py): the model a check hands to a procedure exercise (08.2, 09.1), which refuses the first
+call that breaks the procedure. Wrong procedures whose results equal the right one's must be refused; right ones
+must pass untouched; the probe must travel to the grader's sandbox (labs/codec.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import minimistral as mm
+from minimistral.labs import codec
+from minimistral.labs.checks import ModelProbe, ProcedureError
+
+
+@pytest.fixture(scope="module")
+def model():
+    return mm.Transformer(mm.ModelArgs.tiny(vocab_size=97, sliding_window=8)).init_weights("normal", seed=0).eval()
+
+
+TOKENS = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(0))
+
+
+@torch.no_grad()
+def chunked(m, sizes, fresh_cache=False):
+    cache, out, start = m.new_cache(), [], 0
+    for size in sizes:
+        out.append(m(TOKENS[:, start:start + size], cache=m.new_cache() if fresh_cache else cache))
+        start += size
+    return torch.cat(out, dim=1)
+
+
+def test_right_chunking_passes_and_equals_the_model(model):
+    probe = ModelProbe(model, chunks=[5, 5, 2])
+    torch.testing.assert_close(chunked(probe, [5, 5, 2]), model(TOKENS), atol=1e-4, rtol=1e-4)
+    assert probe.calls == [(5, 0), (5, 5), (2, 10)]
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda p: p(TOKENS), "passed no cache"),                                   # return model(tokens)
+    (lambda p: [p(TOKENS[:, :e]) for e in (5, 10, 12)], "passed no cache"),     # a growing prefix, no cache
+    (lambda p: chunked(p, [5, 5, 2], fresh_cache=True), "a different cache"),    # a new cache per chunk
+    (lambda p: chunked(p, [12]), "should have carried chunk 1, of 5 tokens"),    # the chunking ignored
+    (lambda p: chunked(p, [1] * 12), "should have carried chunk 1, of 5 tokens"),
+    (lambda p: chunked(p, [5, 5, 1, 1]), "should have carried chunk 3, of 2 tokens"),
+])
+def test_wrong_chunkings_are_refused_by_name(model, wrong, words):
+    with pytest.raises(ProcedureError, match=words):
+        with torch.no_grad():
+            wrong(ModelProbe(model, chunks=[5, 5, 2]))
+
+
+@torch.no_grad()
+def test_decoding_must_feed_one_token_once_the_prompt_is_cached(model):
+    probe = ModelProbe(model, decode=True)
+    cache = probe.new_cache()
+    probe(TOKENS[:, :6], cache=cache)  # the prompt, in one call
+    probe(TOKENS[:, 6:7], cache=cache)  # one new token: fine
+    with pytest.raises(ProcedureError, match="already held 7 tokens"):
+        probe(TOKENS[:, :8], cache=cache)  # the whole sequence again, through the cache
+    with pytest.raises(ProcedureError, match="passed no cache"):
+        ModelProbe(model, decode=True)(TOKENS)  # a decoder that never uses the cache
+
+
+def test_the_probe_travels_to_the_sandbox(model):
+    back = codec.decode(codec.encode(ModelProbe(model, chunks=[3, 2])))
+    assert isinstance(back, ModelProbe) and back.chunks == [3, 2] and back.calls == []
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(back, [3, 2])[:, :5], model(TOKENS[:, :5]), atol=1e-4, rtol=1e-4)
+    with pytest.raises(codec.CodecError):  # the exception is for this one class, not the labs at large
+        codec._load_class("minimistral.labs.checks:CheckFailed")
