@@ -39,8 +39,8 @@ class Piece:
 
 # In the order the forward pass (then generation) first uses them: the first one that differs is the one to fix.
 PIECES = (
-    Piece("rope_angles", "03", "rope_angles_exercise", "03.1", "RoPE angles"),
-    Piece("window_mask", "05", "my_sliding_window_mask", "05.1", "sliding-window mask"),
+    Piece("rope_angles", "03", "my_angles", "03 (built in the text)", "RoPE angles"),
+    Piece("window_mask", "05", "my_attention_mask", "05.1", "sliding-window mask over positions"),
     Piece("rms_norm", "02", "my_rms_norm", "02.1", "RMSNorm"),
     Piece("rope", "03", "rope_exercise", "03.2", "RoPE rotation of q and k"),
     Piece("repeat_kv", "04", "my_repeat_kv", "04.1", "GQA: K/V heads for every query head"),
@@ -65,9 +65,9 @@ def _lib_rms_norm(x, weight, eps):
     return n(x)
 
 
-def _lib_window_mask(seq_len, window):
-    from ..attention import sliding_window_mask
-    return sliding_window_mask(seq_len, window)
+def _lib_window_mask(q_positions, k_positions, window):
+    from ..attention import attention_mask
+    return attention_mask(q_positions, k_positions, window)
 
 
 def _lib_swiglu(x, w1, w2, w3):
@@ -327,7 +327,7 @@ class YourMistral(nn.Module):
         positions = torch.arange(start, start + T)  # (T,)
         angles = self.pieces["rope_angles"](positions, a.head_dim, a.rope_theta)  # (T, D/2)
         if cache is None:
-            mask = self.pieces["window_mask"](T, a.sliding_window)  # (T, T)
+            mask = self.pieces["window_mask"](positions, positions, a.sliding_window)  # (T, T)
         else:
             mask = self.pieces["cache_mask"](start, T, cache.window)  # (T, min(start, W) + T)
         h = self.lib.tok_embeddings(tokens)  # (B, T, dim)
@@ -411,7 +411,8 @@ def _trials(lib, tokens) -> dict[str, list[tuple]]:
     mask = attention_mask(pos, pos, a.sliding_window)
     return {
         "rope_angles": [(pos, a.head_dim, a.rope_theta), (torch.arange(W - 3, W + 5), a.head_dim, a.rope_theta)],
-        "window_mask": [(T, a.sliding_window), (min(W + 9, 2 * W), a.sliding_window), (7, 3)],
+        "window_mask": [(pos, pos, a.sliding_window), (torch.arange(min(W + 9, 2 * W)),) * 2 + (a.sliding_window,),
+                        (torch.arange(7), torch.arange(7), 3)],
         "rms_norm": [(x0, lib.layers[0].attention_norm.weight, lib.layers[0].attention_norm.eps),
                      (ins[f"layers.{last}.ffn_norm"][0], lib.layers[last].ffn_norm.weight, lib.layers[last].ffn_norm.eps),
                      (ins["norm"][0], lib.norm.weight, lib.norm.eps)],
