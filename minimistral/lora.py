@@ -245,12 +245,13 @@ def peft_config(model: nn.Module, base_model_name_or_path: Optional[str] = None)
 
 
 def save_adapter(model: nn.Module, path, overwrite: bool = False, base_model_name_or_path: Optional[str] = None,
-                 dtype: Optional[torch.dtype] = None) -> Path:
+                 dtype: Optional[torch.dtype] = None, extra_files: Optional[dict] = None) -> Path:
     """Write the adapter as PEFT does (adapter_config.json + adapter_model.safetensors) into folder `path`.
     A folder holding other files is refused unless overwrite=True, which replaces only these two. Atomic as
     checkpoints are (saving.py): both files are checked and written into a hidden staging folder inside `path`,
     then renamed in, the config last (a folder with a config holds a whole adapter); a failure leaves `path`
-    as it was. dtype: the stored dtype (default: the adapter's own)."""
+    as it was. dtype: the stored dtype (default: the adapter's own). extra_files: {file name: text} written in
+    the same swap (the training log beside its adapter)."""
     from safetensors.torch import save as st_save
 
     from .saving import _STAGE_PREFIX, _make_folder, _prepare_folder
@@ -266,7 +267,7 @@ def save_adapter(model: nn.Module, path, overwrite: bool = False, base_model_nam
         raise ValueError(f"cannot save the adapter: {bad} holds inf or NaN values (did training diverge?)")
     path = _prepare_folder(path, overwrite)
     if overwrite and path.is_dir():
-        others = sorted(p.name for p in path.iterdir() if p.name not in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)
+        others = sorted(p.name for p in path.iterdir() if p.name not in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, *(extra_files or {}))
                         and not p.name.startswith(_STAGE_PREFIX))
         if others and not (path / ADAPTER_CONFIG).is_file():
             raise FileExistsError(f"{path} holds files that are not an adapter ({', '.join(others[:5])}): "
@@ -275,6 +276,8 @@ def save_adapter(model: nn.Module, path, overwrite: bool = False, base_model_nam
     stage = Path(tempfile.mkdtemp(prefix=_STAGE_PREFIX, dir=path))
     try:
         atomic_write_bytes(stage / ADAPTER_WEIGHTS, st_save(tensors, metadata={"format": "pt"}))
+        for name, text in (extra_files or {}).items():
+            atomic_write_text(stage / name, text)
         atomic_write_text(stage / ADAPTER_CONFIG, json.dumps(peft_config(model, base_model_name_or_path), indent=2) + "\n")
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
@@ -286,6 +289,8 @@ def save_adapter(model: nn.Module, path, overwrite: bool = False, base_model_nam
         raise
     (path / ADAPTER_CONFIG).unlink(missing_ok=True)  # no moment shows the old config beside new weights
     os.replace(stage / ADAPTER_WEIGHTS, path / ADAPTER_WEIGHTS)
+    for name in extra_files or {}:
+        os.replace(stage / name, path / name)
     os.replace(stage / ADAPTER_CONFIG, path / ADAPTER_CONFIG)
     stage.rmdir()
     return path
