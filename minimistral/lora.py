@@ -160,6 +160,28 @@ def apply_lora(model: nn.Module, rank: int = 8, alpha: float = 16, targets: Sequ
     return model
 
 
+@torch.no_grad()
+def quantize_base(model: nn.Module, mode: str = "int4", group_size: int = 64) -> nn.Module:
+    """QLoRA's frozen base: quantize the projections of a float Transformer in place, int4 in the portable
+    packed layout (minimistral.quant's `use_kernel=False`). Its dequantize is a cheap unpacking, which the
+    backward pass needs at every step (dx = dy W); the CPU kernel's layout would have to be unshuffled each time."""
+    from . import quant
+
+    quant.check_mode(mode, group_size)
+    if mode == "int4":
+        quant.check_group_size(model.args, group_size)
+    for layer in model.layers:
+        for path in quant.QUANTIZED_LINEARS:
+            parent_name, child = path.split(".")
+            parent = getattr(layer, parent_name)
+            w = getattr(parent, child).weight
+            new = (quant.Int8Linear.from_float(w) if mode == "int8"
+                   else quant.Int4Linear.from_float(w, group_size, use_kernel=False))
+            setattr(parent, child, new)
+    model.quantization = {"mode": mode, "group_size": group_size if mode == "int4" else None}
+    return model
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
     """(numbers that train, numbers in the model). A quantized layer's int8 / 4-bit values count once each
     (buffers, not parameters)."""

@@ -51,6 +51,8 @@
 # | **10 training a tiny Mistral** | the same architecture, small, trained on the CPU | `train.py` |
 # | **11 the real Mistral 7B on a GPU** | loading the checkpoint, generating, attention maps, the cache at work | `weights.py`, `viz.py` |
 # | **12 making it fast** | measuring and speeding up inference | `fast.py`, `bench*.py` |
+# | **13 fitting the 7B in less memory** | int8 and 4-bit weights, their error, what fits where | `quant.py` |
+# | **14 make it yours** (Part IV) | LoRA and QLoRA by hand, the Instruct chat format, instruction tuning, chat | `lora.py`, `chat.py` |
 #
 # **How to use the notebooks.** Run them top to bottom (*Run → Run All Cells*). Each one builds its
 # piece from scratch, checks it against the library with `torch.testing.assert_close`, and then uses

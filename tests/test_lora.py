@@ -2,6 +2,7 @@
 same logits, adapters peft saves load in ours; a zero adapter changes nothing; merge / unmerge; QLoRA trains
 only A and B; the memory planner's activations against what autograd saves; the files' refusals."""
 
+import copy
 import json
 import math
 
@@ -255,3 +256,16 @@ def test_refusals(tmp_path):
         lora.load_adapter(small_model(), tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
         lora.load_adapter(small_model(), tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantize_base_computes_what_quant_quantize_computes(mode):
+    """QLoRA's base in the portable layout gives the logits of mm.quantize's (kernel layout where there is one)."""
+    model = small_model(dim=64, hidden_dim=192)
+    x = tokens(model.args)
+    with torch.no_grad():
+        want = quant.quantize(copy.deepcopy(model), mode, group_size=32)(x)
+        got = lora.quantize_base(copy.deepcopy(model), mode, group_size=32)(x)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="group_size"):
+        lora.quantize_base(copy.deepcopy(model), "int4", group_size=48)

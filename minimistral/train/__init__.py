@@ -368,7 +368,9 @@ def main_lora(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list) -> 
     from ..weights import load_checkpoint
 
     tok = Tokenizer(corpus.TOKENIZER_PATH)
-    model = load_checkpoint(base, progress=False, quantize=a.quantize, group_size=a.group_size)
+    model = load_checkpoint(base, progress=False)
+    if a.quantize:  # QLoRA: the frozen base in int8 / 4-bit (the portable layout: backward dequantizes it)
+        lora.quantize_base(model, a.quantize, a.group_size)
     if model.args.vocab_size != tok.vocab_size:
         p.error(f"--base {base} has vocab_size {model.args.vocab_size}, the course tokenizer {tok.vocab_size}: "
                 "LoRA tuning here needs a model trained on the course corpus")

@@ -148,6 +148,7 @@ def tune(model, examples: list, cfg: TuneConfig = TuneConfig(), progress: bool =
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has nothing to train: apply_lora (or unfreeze parameters) first")
+    device = params[0].device
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     model.train()
@@ -160,7 +161,8 @@ def tune(model, examples: list, cfg: TuneConfig = TuneConfig(), progress: bool =
             group["lr"] = lr
         idx = torch.randint(0, len(examples), (cfg.batch_size,), generator=g).tolist()
         x, y = collate([examples[i] for i in idx])
-        logits = model(x)  # (B, T, V)
+        logits = model(x.to(device))  # (B, T, V)
+        y = y.to(device)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"tuning diverged: the loss is {loss.item()} at step {step} (learning rate "
@@ -190,9 +192,11 @@ def choice_logprobs(model, tok, pairs: list, books=BOOKS) -> torch.Tensor:
         examples = encode_examples(tok, [(p, book) for p, _ in pairs])
         for s in range(0, len(examples), 32):
             x, y = collate(examples[s:s + 32])
-            logp = torch.log_softmax(model(x), -1)  # (B, T, V)
+            device = next(model.parameters()).device
+            x, y = x.to(device), y.to(device)
+            logp = torch.log_softmax(model(x).float(), -1)  # (B, T, V)
             picked = logp.gather(-1, y.clamp(min=0)[..., None])[..., 0] * (y >= 0)
-            out[s:s + len(x), j] = picked.sum(1)
+            out[s:s + len(x), j] = picked.sum(1).cpu()
     return out
 
 
