@@ -380,8 +380,9 @@ print(conversation[-1])
 # %%
 CHECKPOINT = os.environ.get("MINIMISTRAL_CHECKPOINT", "")
 if CHECKPOINT and torch.cuda.is_available():
-    big = mm.load_checkpoint(Path(CHECKPOINT).expanduser(), device="cuda", dtype=torch.bfloat16, quantize="int4",
-                             group_size=64)
+    big = mm.load_checkpoint(Path(CHECKPOINT).expanduser(), device="cuda", dtype=torch.bfloat16)
+    lora.quantize_base(big, "int4", group_size=64)  # QLoRA's base: packed 4-bit, dequantized in the backward pass
+    torch.cuda.empty_cache()
     lora.apply_lora(big, rank=8, alpha=16, targets=ALL, dtype=torch.float32)
     real_tok = mm.Tokenizer.mistral_v1()
     examples = instruct.encode_examples(real_tok, train_pairs)

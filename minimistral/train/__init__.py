@@ -391,7 +391,8 @@ def main_lora(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list) -> 
     print(f"tuned {cfg.steps} steps in {history['seconds']:.0f} s; held-out ({len(test_pairs)} prompts) choice "
           f"accuracy {before['choice_accuracy']:.3f} -> {after['choice_accuracy']:.3f}, exact match "
           f"{after['exact_match']:.3f}", flush=True)
-    log = {"command": f"{_COMMAND} " + " ".join(argv), "base": str(base), "quantize": a.quantize,
+    log = {"command": f"{_COMMAND} " + " ".join(argv), "base": str(a.base) if a.base else "data/tiny_mistral",
+           "quantize": a.quantize,
            "lora": {"rank": a.lora, "alpha": alpha, "targets": list(targets)}, "tune_config": dataclasses.asdict(cfg),
            "examples": len(train_pairs), "heldout_prompts": len(test_pairs), "seconds": round(history["seconds"], 1),
            "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
