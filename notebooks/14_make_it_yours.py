@@ -57,7 +57,7 @@ from minimistral.labs.checks import check_function, check_value
 from minimistral.train import corpus, instruct
 
 torch.manual_seed(0)
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1)  # a small model: one thread, and no waiting on a second core that is busy
 plt.rcParams.update({"figure.dpi": 110, "font.size": 10})
 GB = 1e9
 
@@ -115,7 +115,7 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Full fine-tuning needs 130 GB: more than one 80 GB GPU, before any batching. LoRA brings it to the bf16 model
+# Full fine-tuning needs 119 GB: more than one 80 GB GPU, before any batching. LoRA brings it to the bf16 model
 # itself plus activations (about 18 GB), and QLoRA to about 8 GB, a free T4's territory. The adapter's own
 # training state is a rounding error: r=8 on all seven projections is 21 million numbers, 0.3% of the model.
 #
@@ -218,14 +218,14 @@ print(" ".join(f"[{tok.id_to_piece(i)}]" if m else tok.id_to_piece(i) for i, m i
 # **The task.** A sentence of 8 to 24 words from one of five books of distinct voices (Genesis, Psalms,
 # Proverbs, Matthew, Revelation); the answer is the book's name. Training sentences come from the training
 # chapters; the held-out prompts come from the held-out chapters (every 20th, notebook 10's split), which
-# neither the base model nor the adapter has seen. Two measures on 60 held-out prompts (12 per book):
+# neither the base model nor the adapter has seen. Two measures on 30 held-out prompts (6 per book):
 # - **choice accuracy**: of the five names, the one the model finds most likely as the answer; fair to the base
 #   model, which has never seen the format; chance is 20%;
 # - **exact match**: the greedy answer, up to EOS, is exactly the name.
 
 # %%
 train_pairs = instruct.balanced(data["train"], 200, seed=0)  # what the shipped adapters trained on
-test_pairs = instruct.balanced(data["heldout"], 12, seed=1)
+test_pairs = instruct.balanced(data["heldout"], 6, seed=1)
 base = instruct.evaluate_task(model, tok, test_pairs)
 print(f"base model: choice accuracy {base['choice_accuracy']:.2f}, exact match {base['exact_match']:.2f}")
 for (p, b), a in list(zip(test_pairs, base["answers"]))[:3]:
@@ -233,17 +233,17 @@ for (p, b), a in list(zip(test_pairs, base["answers"]))[:3]:
 
 # %% [markdown]
 # The base model continues the passage instead of answering. Now a short live run: rank 8 on all seven
-# projections, 30 steps of 8 examples, AdamW on `A` and `B` only, the loss on the answers only
+# projections, 10 steps of 8 examples, AdamW on `A` and `B` only, the loss on the answers only
 # (`instruct.tune`; the loop is notebook 10's, with `ignore_index=-100` where the target is not an answer).
+# Ten steps teach the format (the loss falls fast from its start, where the model has never seen an answer
+# follow `[/INST]`); telling the books apart takes the shipped run's 400.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
 live = lora.apply_lora(copy.deepcopy(model), rank=8, alpha=16, targets=ALL, seed=0)
 history = instruct.tune(live, instruct.encode_examples(tok, train_pairs),
-                        instruct.TuneConfig(steps=30, batch_size=8, warmup_steps=5))
-live_acc = instruct.evaluate_task(live, tok, test_pairs, generate_answers=False)["choice_accuracy"]
-print(f"30 steps in {history['seconds']:.1f} s: loss {history['loss'][0]:.2f} -> {history['loss'][-1]:.2f}, "
-      f"held-out choice accuracy {base['choice_accuracy']:.2f} -> {live_acc:.2f}")
+                        instruct.TuneConfig(steps=10, batch_size=8, warmup_steps=3))
+print(f"10 steps in {history['seconds']:.1f} s; loss on the answers:", " ".join(f"{v:.2f}" for v in history["loss"]))
 
 # %% [markdown]
 # The shipped adapter is the same run continued to 400 steps (`python -m minimistral.train --lora 8
@@ -287,7 +287,7 @@ plt.show()
 # model's choice):
 
 # %%
-scores = instruct.choice_logprobs(tuned, tok, test_pairs)
+scores = after["scores"]  # (prompts, 5): log-probability of each name as the answer
 conf = torch.zeros(5, 5, dtype=torch.long)
 for (_, b), j in zip(test_pairs, scores.argmax(1).tolist()):
     conf[instruct.BOOKS.index(b), j] += 1
@@ -516,7 +516,7 @@ print("by-hand LoRA model = minimistral.lora adapted model, logits")
 # %% [markdown]
 # ## Summary
 #
-# - Full fine-tuning of the 7B holds about 130 GB (16 bytes a parameter for weights, master copy, gradients and
+# - Full fine-tuning of the 7B holds about 119 GB (16 bytes a parameter for weights, master copy, gradients and
 #   AdamW, plus activations): no single 80 GB GPU. LoRA leaves the bf16 model plus activations (18 GB at 512
 #   tokens); QLoRA about 8 GB.
 # - **LoRA**: `y = W x + (alpha / r) B A x`, `W` frozen, `B = 0` at the start (the model is unchanged, bit for bit),

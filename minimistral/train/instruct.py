@@ -201,10 +201,11 @@ def choice_logprobs(model, tok, pairs: list, books=BOOKS) -> torch.Tensor:
 
 
 def evaluate_task(model, tok, pairs: list, books=BOOKS, generate_answers: bool = True) -> dict:
-    """{"exact_match": fraction, "choice_accuracy": fraction, "answers": [...]} on (passage, book) pairs."""
+    """{"exact_match": fraction, "choice_accuracy": fraction, "answers": [...], "scores": choice_logprobs} on
+    (passage, book) pairs."""
     truth = torch.tensor([books.index(b) for _, b in pairs])
-    choice = float((choice_logprobs(model, tok, pairs, books).argmax(1) == truth).float().mean())
-    out = {"choice_accuracy": choice}
+    scores = choice_logprobs(model, tok, pairs, books)
+    out = {"choice_accuracy": float((scores.argmax(1) == truth).float().mean()), "scores": scores}
     if generate_answers:
         answers = [answer(model, tok, p) for p, _ in pairs]
         out["answers"] = answers
