@@ -90,6 +90,34 @@ class Tokenizer:
             out.append(int(i))
         return out
 
+    def encode_chat(self, messages, answer_mask: bool = False):
+        """A conversation in Mistral-7B-Instruct-v0.1's format, token-identical to mistral-common's
+        encode_chat_completion with its v1 tokenizer (tests/test_chat.py):
+
+            <s>[INST] {system}\n\n{user 1} [/INST]{answer 1}</s>[INST] {user 2} [/INST]
+
+        Each user turn is the text "[INST] {content} [/INST]" encoded as one piece of text (sentencepiece adds
+        its leading space), each answer is its text followed by EOS, BOS comes once. v0.1 has no system role:
+        system messages (all before the first answer) are joined by a blank line and put in front of the first
+        user message. The conversation alternates user and assistant, starting with a user; ending with a user
+        gives the prompt for the next answer, ending with an answer gives a whole training example.
+        messages: [{"role": "system" | "user" | "assistant", "content": str}, ...].
+        answer_mask=True returns (ids, mask) with mask[i] True on the answers' tokens and their EOS: the
+        tokens instruction tuning computes its loss on."""
+        turns, system = _chat_turns(messages)
+        ids, mask = [self.bos_id], [False]
+        for i, (role, content) in enumerate(turns):
+            if role == "user":
+                text = f"{system}\n\n{content}" if i == 0 and system else content
+                piece = self.sp.encode(f"[INST] {text} [/INST]")
+                ids += piece
+                mask += [False] * len(piece)
+            else:
+                piece = self.sp.encode(content) + [self.eos_id]
+                ids += piece
+                mask += [True] * len(piece)
+        return (ids, mask) if answer_mask else ids
+
     def id_to_piece(self, i: int) -> str:
         return self.sp.id_to_piece(int(i))
 
@@ -105,3 +133,41 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.path.name}, vocab_size={self.vocab_size})"
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _chat_turns(messages) -> tuple[list, str]:
+    """Check a conversation; return its user / assistant turns [(role, content), ...] and the system prompt
+    (the system messages joined by a blank line, "" without any). Errors name the message at fault."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise ValueError("encode_chat takes a non-empty list of messages such as "
+                         "[{'role': 'user', 'content': 'Hello'}]")
+    turns, system = [], []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or set(m) - {"role", "content"} or "role" not in m or "content" not in m:
+            raise ValueError(f"messages[{i}] = {m!r}: each message is a dict with exactly the keys 'role' and "
+                             "'content'")
+        role, content = m["role"], m["content"]
+        if role not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}] has role {role!r}: use one of {CHAT_ROLES}")
+        if not isinstance(content, str):
+            raise ValueError(f"messages[{i}] ({role}) has content of type {type(content).__name__}: "
+                             "Mistral-7B-Instruct-v0.1 takes text only (a str)")
+        if role == "system":
+            if any(r == "assistant" for r, _ in turns):
+                raise ValueError(f"messages[{i}] is a system message after an answer: v0.1 has no system role, "
+                                 "its system prompt goes before the first user message; move it to the start")
+            system.append(content)
+            continue
+        expected = "user" if not turns or turns[-1][0] == "assistant" else "assistant"
+        if role != expected:
+            what = "the first turn" if not turns else f"messages[{i}] follows a {turns[-1][0]} message"
+            raise ValueError(f"messages[{i}] is a {role} message but {what} must be a {expected} message: "
+                             "the conversation alternates user and assistant, starting with the user (join "
+                             "consecutive messages of one role into one)")
+        turns.append((role, content))
+    if not turns:
+        raise ValueError("the conversation has only system messages: add a user message")
+    return turns, "\n\n".join(system)

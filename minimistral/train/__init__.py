@@ -301,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     p.add_argument("--report", action="store_true", help="do not train: measure the checkpoint in --out")
+    g = p.add_argument_group("LoRA instruction tuning (notebook 14): --lora RANK tunes an adapter on the book-naming "
+                             "task of minimistral.train.instruct and saves it in PEFT's format in --out")
+    g.add_argument("--lora", type=int, default=None, metavar="RANK", help="the adapter's rank (turns LoRA on)")
+    g.add_argument("--lora-alpha", type=float, default=None, help="the update is scaled by alpha / rank "
+                   "(default: 2 x rank)")
+    g.add_argument("--lora-targets", default="wq,wk,wv,wo,w1,w2,w3", help="projections to adapt, comma-separated")
+    g.add_argument("--base", type=Path, default=None, help="the frozen base checkpoint (default: data/tiny_mistral)")
+    g.add_argument("--quantize", default=None, help="QLoRA: the base in 'int8' or 'int4' (groups of --group-size)")
+    g.add_argument("--group-size", type=int, default=128)
+    g.add_argument("--per-book", type=int, default=200, help="training examples per book")
     return p
 
 
@@ -309,10 +319,100 @@ def model_args(a: argparse.Namespace, vocab_size: int) -> ModelArgs:
     return ModelArgs.course(vocab_size=vocab_size, **{name: getattr(a, name) for name in MODEL_FLAGS})
 
 
+def _given(argv) -> set:
+    """The long flags written on the command line (argparse's namespace cannot tell a default from a choice)."""
+    return {t[2:].split("=")[0].replace("-", "_") for t in argv if t.startswith("--")}
+
+
+def main_lora(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list) -> None:
+    """--lora RANK: tune a LoRA adapter on the frozen --base for the book-naming task; save it (PEFT's format,
+    with training_log.json) in --out. The same refusals as training: every setting is checked before the data is
+    read, --out must be new, empty or this command's, and a diverged adapter is not saved."""
+    from . import corpus, instruct
+    from .. import lora, quant
+
+    given = _given(argv)
+    pretraining_only = sorted(given & ({*MODEL_FLAGS} | {"min_lr", "beta1", "beta2", "grad_clip", "init_std",
+                                                         "bf16", "seq_len", "eval_every", "report"}))
+    if pretraining_only:
+        p.error(f"--lora: --{pretraining_only[0].replace('_', '-')} applies to pre-training, not to LoRA tuning "
+                "(the base's shape comes from --base)")
+    if a.lora < 1:
+        p.error(f"--lora must be a rank >= 1, got {a.lora}")
+    alpha = a.lora_alpha if a.lora_alpha is not None else 2.0 * a.lora
+    targets = tuple(t.strip() for t in a.lora_targets.split(",") if t.strip())
+    try:
+        lora._check_lora_args(a.lora, alpha, targets, 0.0)
+        quant.check_mode(a.quantize, a.group_size)
+        d = instruct.TuneConfig()
+        cfg = instruct.TuneConfig(**{k: getattr(a, k) if k in given else getattr(d, k)
+                                     for k in ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "seed")})
+        cfg.check()
+    except ValueError as e:
+        p.error(str(e).replace("LoRA alpha", "--lora-alpha").replace("LoRA targets", "--lora-targets")
+                .replace("TuneConfig.", "--").replace("_", "-"))
+    if a.per_book < 1:
+        p.error(f"--per-book must be >= 1, got {a.per_book}")
+    if a.out is None:
+        p.error("--out is required: the folder to write the adapter into")
+    base = a.base or corpus.TINY_MODEL_PATH
+    if not Path(base).is_dir():
+        p.error(f"--base {base} is not a checkpoint folder")
+    refusal = out_refusal(a.out)
+    if refusal:
+        p.error(refusal)
+    if Path(a.out).expanduser().resolve() == Path(base).expanduser().resolve():
+        p.error(f"--out {a.out} is the base checkpoint's folder: write the adapter beside it, not over it")
+
+    from ..tokenizer import Tokenizer
+    from ..weights import load_checkpoint
+
+    tok = Tokenizer(corpus.TOKENIZER_PATH)
+    model = load_checkpoint(base, progress=False)
+    if a.quantize:  # QLoRA: the frozen base in int8 / 4-bit (the portable layout: backward dequantizes it)
+        lora.quantize_base(model, a.quantize, a.group_size)
+    if model.args.vocab_size != tok.vocab_size:
+        p.error(f"--base {base} has vocab_size {model.args.vocab_size}, the course tokenizer {tok.vocab_size}: "
+                "LoRA tuning here needs a model trained on the course corpus")
+    data = instruct.passages()
+    train_pairs = instruct.balanced(data["train"], a.per_book, seed=cfg.seed)
+    test_pairs = instruct.balanced(data["heldout"], 15, seed=1)
+    before = instruct.evaluate_task(model, tok, test_pairs, generate_answers=False)
+    lora.apply_lora(model, a.lora, alpha, targets, seed=cfg.seed)
+    trainable, total = lora.trainable_parameters(model)
+    print(f"LoRA rank {a.lora}, alpha {alpha:g} on {', '.join(targets)}: {trainable:,} trainable of {total:,}; "
+          f"{len(train_pairs)} examples, {cfg}", flush=True)
+    try:
+        history = instruct.tune(model, instruct.encode_examples(tok, train_pairs), cfg, progress=True)
+    except FloatingPointError as e:
+        print(f"error: {e}; nothing was saved to {a.out}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    after = instruct.evaluate_task(model, tok, test_pairs)
+    print(f"tuned {cfg.steps} steps in {history['seconds']:.0f} s; held-out ({len(test_pairs)} prompts) choice "
+          f"accuracy {before['choice_accuracy']:.3f} -> {after['choice_accuracy']:.3f}, exact match "
+          f"{after['exact_match']:.3f}", flush=True)
+    log = {"command": f"{_COMMAND} " + " ".join(argv), "base": str(a.base) if a.base else "data/tiny_mistral",
+           "quantize": a.quantize,
+           "lora": {"rank": a.lora, "alpha": alpha, "targets": list(targets)}, "tune_config": dataclasses.asdict(cfg),
+           "examples": len(train_pairs), "heldout_prompts": len(test_pairs), "seconds": round(history["seconds"], 1),
+           "torch_threads": torch.get_num_threads(), "torch_version": torch.__version__,
+           "heldout_choice_accuracy_before": round(before["choice_accuracy"], 4),
+           "heldout_choice_accuracy": round(after["choice_accuracy"], 4),
+           "heldout_exact_match": round(after["exact_match"], 4),
+           "loss_every_10_steps": [round(x, 4) for x in history["loss"][::10]]}
+    try:
+        lora.save_adapter(model, a.out, overwrite=True, extra_files={LOG_NAME: json.dumps(log, indent=1) + "\n"})
+    except (ValueError, FileExistsError) as e:
+        print(f"error: {e}; nothing was saved to {a.out}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
+    print(f"saved {a.out}", flush=True)
+
+
 def main(argv=None):
     from . import corpus
 
     p = build_parser()
+    argv = list(argv if argv is not None else sys.argv[1:])
     a = p.parse_args(argv)
     if a.threads < 0:
         p.error(f"--threads must be >= 0 (0 = torch's default), got {a.threads}")
@@ -320,6 +420,11 @@ def main(argv=None):
         p.error(f"--eval-every must be >= 0 (0 = only at the end), got {a.eval_every}")
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.lora is not None:
+        return main_lora(p, a, argv)
+    lora_only = sorted(_given(argv) & {"lora_alpha", "lora_targets", "base", "quantize", "group_size", "per_book"})
+    if lora_only:
+        p.error(f"--{lora_only[0].replace('_', '-')} needs --lora RANK (it belongs to LoRA tuning)")
     if a.report:
         path = a.out or corpus.TINY_MODEL_PATH
         if not Path(path).is_dir():

@@ -51,6 +51,7 @@ PIECES = {
     "08": {"wk", "wv", "attn"},
     "09": {"head", "logits"},
     "10": {"logits", "loss"},
+    "14": {"wq", "wk", "wv", "wo", "w1", "w2", "w3", "loss"},  # Part IV: LoRA adapts the projections
 }
 
 _FONT = 9.5            # every label at >= 9 points
@@ -68,7 +69,7 @@ def _notebook_key(notebook) -> str:
     key = f"{int(notebook):02d}" if isinstance(notebook, int) or str(notebook).isdigit() else str(notebook)[:2]
     if key not in PIECES:
         raise ValueError(f"notebook {notebook!r}: expected one of {', '.join(sorted(PIECES))} "
-                         f"(the notebooks of Parts I-II)")
+                         f"(the notebooks of Parts I-II, and 14 for the diagram)")
     return key
 
 
