@@ -1,6 +1,6 @@
 """Weight-only quantization: int8 per output channel, 4-bit in groups (used by notebook 11, taught in 13).
 
-Decoding one token reads every weight once, so storing the attention and MLP weights in fewer bits (97% of the
+Decoding one token reads every weight once, so storing the attention and MLP weights in fewer bits (96.4% of the
 7B's) makes it both smaller and faster; embeddings, output head and norms stay in the activation dtype.
 - int8, symmetric, one scale per output row:  s = max|W[n]| / 127,  q = round(W / s) in [-127, 127].
 - 4-bit, asymmetric, a scale and a zero per group of inputs: W ~ (q - 8) * s + z, q in [0, 15], two per byte;

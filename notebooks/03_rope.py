@@ -51,9 +51,7 @@ plt.show()
 # %%
 import math
 
-import ipywidgets as widgets
 import torch
-from IPython.display import display
 
 import minimistral as mm
 from minimistral.labs.checks import case, check_function
@@ -465,23 +463,7 @@ def draw_clock(position=100, log10_theta=4.0):
     plt.show()
 
 
-draw_clock(100, 4.0)
-
-# %%
-position_slider = widgets.IntSlider(value=100, min=0, max=4096, step=1, description="position")
-theta_slider = widgets.FloatSlider(value=4.0, min=2.0, max=6.0, step=0.5, description="log10 θ")
-explorer_out = widgets.Output()  # stays empty until a slider moves: the picture above is the first state
-
-
-def _redraw(_change):
-    with explorer_out:
-        explorer_out.clear_output(wait=True)
-        draw_clock(position_slider.value, theta_slider.value)
-
-
-position_slider.observe(_redraw, names="value")
-theta_slider.observe(_redraw, names="value")
-display(widgets.VBox([position_slider, theta_slider, explorer_out]))
+mm.viz.explorer(draw_clock, "RoPE clock", position=(100, 0, 4096), log10_theta=(4.0, 2.0, 6.0, 0.5))
 
 # %% [markdown]
 # ## Exercise 03.1: which θ made these angles?

@@ -43,8 +43,8 @@ plt.show()
 #   run as a model on the trained weights and compared with the library's, piece by piece.
 #
 # ## What you need
-# - A CPU, under 1 GB of RAM, and a few minutes, most of them the short live training run (292 to 329 s in two
-#   runs on the shared 2-core server that stored these outputs, busy with other jobs at the time). No GPU,
+# - A CPU, under 1 GB of RAM, and a minute or two. The short live training run took 8 s on an idle 2-core
+#   server, and 292 to 329 s on the same server when other jobs shared its two cores. No GPU,
 #   no network: the corpus, the tokenizer and the trained model are in `data/`.
 # - Before this: **09 generation and sampling** (and 07 for the model itself).
 
@@ -307,8 +307,8 @@ except NotImplementedError:
 # %% [markdown]
 # ## 8 · A short live run
 #
-# Now 60 steps of the library's loop (292 to 329 s on the busy 2-core server that stored these outputs; the bar
-# shows the loss as it goes):
+# Now 60 steps of the library's loop (8 s on an idle 2-core server, minutes when other jobs share the cores; the
+# bar shows the loss as it goes):
 # 60 batches of 8 × 128 tokens, a sixteenth of the book. Your numbers may differ in the last digits from
 # the stored ones: floating-point sums run in a different order on different CPUs.
 

@@ -39,7 +39,7 @@ class Piece:
 
 # In the order the forward pass (then generation) first uses them: the first one that differs is the one to fix.
 PIECES = (
-    Piece("rope_angles", "03", "my_angles", "03 (built in the text)", "RoPE angles"),
+    Piece("rope_angles", "03", "my_angles", "03", "RoPE angles (notebook 03's my_angles)"),
     Piece("window_mask", "05", "my_attention_mask", "05.1", "sliding-window mask over positions"),
     Piece("rms_norm", "02", "my_rms_norm", "02.1", "RMSNorm"),
     Piece("rope", "03", "rope_exercise", "03.2", "RoPE rotation of q and k"),
