@@ -214,6 +214,7 @@ def _draw_showing(position=3, theta=1.0):  # the way notebooks write them: draw,
 
 @pytest.mark.parametrize("draw", [_draw_returning, _draw_showing])
 def test_explorer_stores_its_first_picture_and_redraws(draw):
+    plt.close("all")  # figures other tests left open are not this explorer's
     w = viz.explorer(draw, "my explorer", position=(3, 0, 10), theta=(1.0, 0.5, 2.0, 0.5))
     bundle = w._repr_mimebundle_()
     assert "application/vnd.jupyter.widget-view+json" in bundle and bundle["image/png"]
@@ -238,6 +239,7 @@ def test_explorer_refuses_bad_controls():
 
 def test_explorer_without_ipywidgets_is_a_static_picture(monkeypatch):
     monkeypatch.setitem(sys.modules, "ipywidgets", None)
+    plt.close("all")  # figures other tests left open are not this explorer's
     w = viz.explorer(_draw_showing, "clock", position=(3, 0, 10))
     assert isinstance(w, viz.StaticExplorer) and w._repr_mimebundle_()["image/png"]
     assert not plt.get_fignums()
