@@ -5,9 +5,9 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.7
+#       jupytext_version: 1.19.6
 #   kernelspec:
-#     display_name: Python 3 (ipykernel)
+#     display_name: Python 3
 #     language: python
 #     name: python3
 # ---
@@ -120,8 +120,8 @@ plt.show()
 # itself plus activations (17.6 GB at rank 8: a 24 GB GPU is enough), and QLoRA to 7.6 GB, which fits a free
 # 16 GB T4. The QLoRA paper's recipe is 4-bit NF4 weights, double quantization (the scales quantized too) and
 # paged optimizer states; ours is the simpler int4 groups of notebook 13, so its figures are an estimate of the
-# same idea, not of that exact recipe. The adapter's own
-# training state is a rounding error: r=8 on all seven projections is 21 million numbers, 0.3% of the model.
+# same idea, not of that exact recipe. The adapter's own training state is a rounding error: r=8 on all seven
+# projections is 21 million numbers, 0.3% of the model.
 #
 # ## 2. LoRA by hand
 #
@@ -444,7 +444,7 @@ else:
 # every layer gets an adapter on each projection named in `targets` (among `wq, wk, wv, wo, w1, w2, w3`).
 # Not every projection is `dim x dim`.
 
-# %% jupyter={"source_hidden": true} nbgrader={"grade": false, "grade_id": "ex14_1_lora_trainable-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex14_1_lora_trainable-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_lora_trainable(args, rank, targets):
     ### BEGIN SOLUTION
     q, kv = args.n_heads * args.head_dim, args.n_kv_heads * args.head_dim
@@ -473,7 +473,7 @@ _ = check_function("14.1 lora_trainable", my_lora_trainable,
 # and the targets `y` (the next token at each position, or `-100` where that next token is not part of an
 # answer), so that `F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)` is the answer-only loss.
 
-# %% jupyter={"source_hidden": true} nbgrader={"grade": false, "grade_id": "ex14_2_answer_labels-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex14_2_answer_labels-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_answer_labels(ids, mask):
     ### BEGIN SOLUTION
     ids_t = torch.tensor(ids)
@@ -506,7 +506,7 @@ _ = check_function("14.2 answer_labels", my_answer_labels, library_labels, cases
 # the gradients autograd gives `lora.LoRALinear`, whose `W` receives none. Before you start: what is `dA` when
 # `B = 0`, as at the first step of training?
 
-# %% jupyter={"source_hidden": true} nbgrader={"grade": false, "grade_id": "ex14_3_lora_grads-solution", "locked": false, "schema_version": 3, "solution": true, "task": false}
+# %% nbgrader={"grade": false, "grade_id": "ex14_3_lora_grads-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_lora_grads(W, A, B, scaling, x, y):
     ### BEGIN SOLUTION
     y_hat = x @ W.T + scaling * (x @ A.T) @ B.T  # (n, out)
