@@ -18,8 +18,8 @@
 # The model of notebooks 10 to 13 continues text. This notebook teaches it a task: it is asked, in the chat
 # format Mistral-7B-Instruct-v0.1 was tuned on, which book of the Bible a passage comes from, and it answers with
 # the name. It learns this by **LoRA**: the pretrained weights stay frozen and a small low-rank update is trained
-# beside some of them. The same recipe with 4-bit weights underneath is **QLoRA**, and it is what makes the 7B
-# fine-tunable on one GPU.
+# beside some of them. The same recipe with 4-bit weights underneath is **QLoRA**: plain LoRA already fits the
+# 7B on one 24 GB GPU, and QLoRA brings it onto a free 16 GB T4.
 #
 # ## What you will learn
 # - Why **full fine-tuning of the 7B does not fit** on an 80 GB GPU: weights, gradients, AdamW's two moments and
@@ -104,9 +104,10 @@ for kind, colour in kinds:
     vals = [p[kind] / GB for p in plans.values()]
     ax.barh(list(plans), vals, left=left, color=colour, label=kind if kind != "optimizer" else "AdamW moments")
     left = [a + b for a, b in zip(left, vals)]
-for gpu, gb in (("T4 16 GB", 16), ("24 GB", 24), ("A100/H100 80 GB", 80)):
+for (gpu, gb), y in zip((("T4 16 GB", 16), ("24 GB", 24), ("A100/H100 80 GB", 80)), (3.0, 4.0, 1.5)):
     ax.axvline(gb, color="#555555", ls=":", lw=1)
-    ax.text(gb + 1, len(plans) - 0.45, gpu, fontsize=9, color="#555555")
+    ax.text(gb + 1, y, gpu, fontsize=9, color="#555555", va="center",  # on different rows: 16 and 24 are close
+            bbox=dict(facecolor="white", edgecolor="none", pad=1))
 ax.invert_yaxis()
 ax.set_xlabel("GB held during training (batch 1 x 512 tokens)")
 ax.set_title("Fine-tuning Mistral 7B: what fits where")
@@ -116,8 +117,11 @@ plt.show()
 
 # %% [markdown]
 # Full fine-tuning needs 119 GB: more than one 80 GB GPU, before any batching. LoRA brings it to the bf16 model
-# itself plus activations (about 18 GB), and QLoRA to about 8 GB, a free T4's territory. The adapter's own
-# training state is a rounding error: r=8 on all seven projections is 21 million numbers, 0.3% of the model.
+# itself plus activations (17.6 GB at rank 8: a 24 GB GPU is enough), and QLoRA to 7.6 GB, which fits a free
+# 16 GB T4. The QLoRA paper's recipe is 4-bit NF4 weights, double quantization (the scales quantized too) and
+# paged optimizer states; ours is the simpler int4 groups of notebook 13, so its figures are an estimate of the
+# same idea, not of that exact recipe. The adapter's own training state is a rounding error: r=8 on all seven
+# projections is 21 million numbers, 0.3% of the model.
 #
 # ## 2. LoRA by hand
 #
@@ -128,7 +132,9 @@ plt.show()
 # `B` starts at zero, so the model starts exactly where pretraining left it; `A` starts random (as `nn.Linear`
 # initialises, uniform in `±1/sqrt(in)`) so that the gradient of `B` is not zero. The update `B A` has rank at most
 # `r`: it can move the layer only in `r` directions, and `r (in + out)` numbers describe it instead of `in x out`.
-# `alpha / r` keeps the update's size steady when one tries another rank.
+# The factor `alpha / r` is a convention: the LoRA paper says it "helps to reduce the need to retune
+# hyperparameters" when `r` changes, not that it keeps the update's size fixed (and rsLoRA shows that at high
+# ranks `alpha / r` shrinks the updates; it uses `alpha / sqrt(r)`).
 
 # %%
 class MyLoRALinear(torch.nn.Module):
@@ -227,16 +233,22 @@ print(" ".join(f"[{tok.id_to_piece(i)}]" if m else tok.id_to_piece(i) for i, m i
 train_pairs = instruct.balanced(data["train"], 200, seed=0)  # what the shipped adapters trained on
 test_pairs = instruct.balanced(data["heldout"], 6, seed=1)
 base = instruct.evaluate_task(model, tok, test_pairs)
+print(f"{len(train_pairs)} training pairs:", {b: sum(bb == b for _, bb in train_pairs) for b in instruct.BOOKS})
 print(f"base model: choice accuracy {base['choice_accuracy']:.2f}, exact match {base['exact_match']:.2f}")
+print("base model's choices, per book:", dict(zip(instruct.BOOKS, base["scores"].argmax(1).bincount(minlength=5).tolist())))
 for (p, b), a in list(zip(test_pairs, base["answers"]))[:3]:
     print(f"  {p[:60]!r}... ({b}) -> {a!r}")
 
 # %% [markdown]
-# The base model continues the passage instead of answering. Now a short live run: rank 8 on all seven
+# `balanced(train, 200)` asks for 200 sentences a book but Revelation's training chapters have only 139, so
+# there are 939 pairs. The base model continues the passage instead of answering (exact match 0), and its 0.20
+# choice accuracy is not a fifth of the books recognised: it picks "Psalms" for all 30 prompts, and 6 of them
+# are Psalms. Now a short live run: rank 8 on all seven
 # projections, 10 steps of 8 examples, AdamW on `A` and `B` only, the loss on the answers only
 # (`instruct.tune`; the loop is notebook 10's, with `ignore_index=-100` where the target is not an answer).
-# Ten steps teach the format (the loss falls fast from its start, where the model has never seen an answer
-# follow `[/INST]`); telling the books apart takes the shipped run's 400.
+# Ten steps only start the descent: the loss on the answers falls from about 8.6 to about 4.3, but the model
+# still continues the passage and still ranks "Psalms" first (exact match 0.00, choice accuracy 0.20: the last
+# line of the output below). The shipped run's 400 steps are what learned to answer with a name.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -244,6 +256,9 @@ live = lora.apply_lora(copy.deepcopy(model), rank=8, alpha=16, targets=ALL, seed
 history = instruct.tune(live, instruct.encode_examples(tok, train_pairs),
                         instruct.TuneConfig(steps=10, batch_size=8, warmup_steps=3))
 print(f"10 steps in {history['seconds']:.1f} s; loss on the answers:", " ".join(f"{v:.2f}" for v in history["loss"]))
+early = instruct.evaluate_task(live.eval(), tok, test_pairs)
+print(f"after 10 steps: choice accuracy {early['choice_accuracy']:.2f}, exact match {early['exact_match']:.2f}, "
+      f"e.g. {early['answers'][0]!r}")
 
 # %% [markdown]
 # The shipped adapter is the same run continued to 400 steps (`python -m minimistral.train --lora 8
@@ -257,7 +272,7 @@ after = instruct.evaluate_task(tuned, tok, test_pairs)
 print(f"adapter: rank {log['lora']['rank']}, alpha {log['lora']['alpha']:g}, {log['tune_config']['steps']} steps "
       f"of {log['tune_config']['batch_size']}")
 print(f"held-out choice accuracy {base['choice_accuracy']:.2f} -> {after['choice_accuracy']:.2f}, "
-      f"exact match {base['exact_match']:.2f} -> {after['exact_match']:.2f}")
+      f"exact match {base['exact_match']:.2f} -> {after['exact_match']:.2f} (of {len(test_pairs)} prompts)")
 for (p, b), a in list(zip(test_pairs, after["answers"]))[:5]:
     print(f"  {p[:60]!r}... ({b}) -> {a!r}")
 
@@ -271,14 +286,18 @@ ax1.set_title("LoRA instruction tuning")
 ax1.legend(fontsize=9)
 labels = ["choice\naccuracy", "exact\nmatch"]
 xs = torch.arange(2).float()
-ax2.bar(xs - 0.2, [base["choice_accuracy"], base["exact_match"]], 0.4, color="#BBBBBB", label="base model")
-ax2.bar(xs + 0.2, [after["choice_accuracy"], after["exact_match"]], 0.4, color="#55A868", label="+ LoRA adapter")
-ax2.axhline(0.2, color="#555555", ls=":", lw=1)
-ax2.text(1.45, 0.22, "chance", fontsize=9, color="#555555", ha="right")
+N = len(test_pairs)
+for dx, res, colour, name in ((-0.2, base, "#BBBBBB", "base model"), (0.2, after, "#55A868", "+ LoRA adapter")):
+    vals = [res["choice_accuracy"], res["exact_match"]]
+    ax2.bar(xs + dx, vals, 0.4, color=colour, label=name)
+    for xv, v in zip((xs + dx).tolist(), vals):  # a label on every bar, so the base's 0 shows too
+        ax2.text(xv, v + 0.02, f"{round(v * N)}/{N}", ha="center", fontsize=8)
+ax2.plot([-0.45, 0.45], [0.2, 0.2], color="#555555", ls=":", lw=1)  # chance: only choice accuracy has one
+ax2.text(-0.45, 0.13, "chance", fontsize=8, color="#555555")
 ax2.set_xticks(xs.tolist(), labels)
-ax2.set_ylim(0, 1)
+ax2.set_ylim(0, 1.05)
 ax2.set_title(f"{len(test_pairs)} held-out prompts")
-ax2.legend(fontsize=9, loc="upper left")
+ax2.legend(fontsize=8, loc="upper right")
 plt.tight_layout()
 plt.show()
 
@@ -337,8 +356,12 @@ print(f"{'QLoRA, 4-bit base':22}{weight_megabytes(q_model):>8.1f}MB{q_after['cho
       f"{q_after['exact_match']:>13.2f}")
 
 # %% [markdown]
+# On the 30 held-out prompts LoRA names 22 books right and QLoRA 21. With 30 prompts one accuracy carries a
+# standard error of about `sqrt(0.7 x 0.3 / 30)` = 0.08, so about ±0.16 at 95%: the 4-bit base costs nothing
+# we can measure here, which is not the same as costing nothing.
+#
 # On the small model most of the remaining megabytes are the embedding and output head, which stay in float (as
-# in notebook 13); on the 7B the projections are 97% of the weights and the saving is the one in section 1.
+# in notebook 13); on the 7B the projections are 96.4% of the weights and the saving is the one in section 1.
 #
 # **PEFT reads these adapters.** `save_adapter` writes `adapter_config.json` and `adapter_model.safetensors`
 # with Hugging Face's names (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`, ...). One detail
@@ -358,15 +381,24 @@ print(len(keys), "tensors, e.g.", keys[0], "and", keys[1])
 # ## 7. Chatting with the tuned model
 #
 # `minimistral.chat.chat` encodes the conversation, streams the answer until EOS and appends it to the
-# conversation, so the next question continues it:
+# conversation, so the next question continues it. First Psalm 2:1, from a held-out chapter:
 
 # %%
 from minimistral.chat import chat
 
-conversation = [{"role": "user", "content": f"{instruct.QUESTION} Blessed is the man that walketh not in the "
-                 "counsel of the ungodly."}]
+conversation = [{"role": "user", "content": f"{instruct.QUESTION} Why do the heathen rage, and the people "
+                 "imagine a vain thing?"}]
 print("answer:", "".join(chat(tuned, tok, conversation, max_new_tokens=8)))
 print(conversation[-1])
+psalm_1_1 = [{"role": "user", "content": f"{instruct.QUESTION} Blessed is the man that walketh not in the "
+              "counsel of the ungodly."}]
+print("Psalm 1:1 ->", "".join(chat(tuned, tok, psalm_1_1, max_new_tokens=8)))
+
+# %% [markdown]
+# The second answer is wrong, and Psalm 1 is even a training chapter (this half-verse is not one of the training
+# sentences: the whole verse is longer than 24 words). "Blessed is the man that..." is a wisdom saying, the
+# voice of Proverbs, and the model goes by voice. Most of its held-out mistakes in section 4 are of the same
+# kind: Matthew and Revelation, the two New Testament books, taken for each other.
 
 # %% [markdown]
 # ## 8. On the 7B (GPU and checkpoints only)
@@ -410,7 +442,7 @@ else:
 #
 # **14.1** How many numbers does LoRA train? Write `my_lora_trainable(args, rank, targets)` for a whole model:
 # every layer gets an adapter on each projection named in `targets` (among `wq, wk, wv, wo, w1, w2, w3`).
-# Mind which projections are narrower than `dim x dim` in a model with grouped-query attention.
+# Not every projection is `dim x dim`.
 
 # %% nbgrader={"grade": false, "grade_id": "ex14_1_lora_trainable-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_lora_trainable(args, rank, targets):
@@ -425,11 +457,15 @@ def my_lora_trainable(args, rank, targets):
 # %% nbgrader={"grade": true, "grade_id": "ex14_1_lora_trainable-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 cases = [(args7, 8, ("wq", "wv")), (args7, 16, ALL), (model.args, 4, ("wk",)), (model.args, 2, ("w2", "wo")),
          (mm.ModelArgs(dim=96, n_layers=3, head_dim=16, hidden_dim=200, n_heads=4, n_kv_heads=1, vocab_size=50),
-          3, ("wq", "w1", "w3"))]
+          3, ("wq", "w1", "w3")),
+         (mm.ModelArgs(dim=96, n_layers=2, head_dim=16, hidden_dim=200, n_heads=4, n_kv_heads=1, vocab_size=50),
+          5, ("wk", "wv", "wo"))]  # n_heads x head_dim = 64, not dim = 96
 _ = check_function("14.1 lora_trainable", my_lora_trainable,
                    lambda a, r, t: lora.memory_plan(a, "lora", rank=r, targets=t)["trainable"], cases=cases,
-                   hint="one adapter on an (out, in) matrix is A (r, in) and B (out, r); wk and wv have "
-                        "n_kv_heads heads, not n_heads; w2 goes from hidden_dim back to dim")
+                   forbid=["minimistral.lora.memory_plan", "minimistral.lora.trainable_parameters",
+                           "minimistral.lora.apply_lora"],
+                   hint="write down each projection's (out, in) shape from the model's arguments, "
+                        "not from dim alone")
 
 # %% [markdown]
 # **14.2** The labels of a training example. Given `ids` and `mask` as `tok.encode_chat(messages,
@@ -459,38 +495,57 @@ convs = [instruct.messages(*test_pairs[1]), instruct.messages(*test_pairs[2]),
 cases = [tok.encode_chat(c, answer_mask=True) for c in convs]
 _ = check_function("14.2 answer_labels", my_answer_labels, library_labels, cases=cases,
                    labels=["one answer", "another passage", "two answers in one conversation"],
-                   hint="position t predicts token t+1: shift the targets by one, and keep a target only where "
-                        "the token being predicted is an answer token")
+                   forbid=["minimistral.train.instruct.collate"],
+                   hint="which token does position t predict, and is that token part of an answer?")
 
 # %% [markdown]
-# **14.3** PEFT's `lora_B` for `wk`. Our `lora_B` for a layer's `wk` has rows in Mistral's order; Hugging Face's
-# `k_proj` rows are permuted per head for its rotate-half RoPE (notebook 03). Write `my_hf_lora_B(B, n_kv_heads)`
-# returning the `lora_B` PEFT must store so that `B_hf @ A` is the Hugging Face form of `B @ A`.
+# **14.3** What LoRA trains, by hand. A frozen layer `W` (out, in) with an adapter `A` (r, in), `B` (out, r) and
+# factor `scaling` computes `y_hat = x W^T + scaling (x A^T) B^T` for inputs `x` (n, in). With the loss
+# `((y_hat - y) ** 2).mean()` (`F.mse_loss`), write `my_lora_grads(W, A, B, scaling, x, y)` returning the
+# gradients `(dA, dB)` (shapes of `A` and `B`) by the chain rule, without autograd. The check compares them with
+# the gradients autograd gives `lora.LoRALinear`, whose `W` receives none. Before you start: what is `dA` when
+# `B = 0`, as at the first step of training?
 
-# %% nbgrader={"grade": false, "grade_id": "ex14_3_hf_lora_B-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_hf_lora_B(B, n_kv_heads):
+# %% nbgrader={"grade": false, "grade_id": "ex14_3_lora_grads-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_lora_grads(W, A, B, scaling, x, y):
     ### BEGIN SOLUTION
-    d_out, r = B.shape
-    return B.view(n_kv_heads, d_out // n_kv_heads // 2, 2, r).transpose(1, 2).reshape(d_out, r)
+    y_hat = x @ W.T + scaling * (x @ A.T) @ B.T  # (n, out)
+    g = 2 * (y_hat - y) / y.numel()  # dL/dy_hat, (n, out)
+    dB = scaling * g.T @ (x @ A.T)  # (out, r)
+    dA = scaling * (g @ B).T @ x  # (r, in)
+    return dA, dB
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex14_3_hf_lora_B-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def library_hf_lora_B(B, n_kv_heads):
-    one = mm.ModelArgs(dim=8, n_layers=1, head_dim=B.shape[0] // n_kv_heads, hidden_dim=8, n_heads=n_kv_heads,
-                       n_kv_heads=n_kv_heads, vocab_size=8)
-    m = lora.apply_lora(mm.Transformer(one), rank=B.shape[1], alpha=1, targets=("wk",))
+# %% nbgrader={"grade": true, "grade_id": "ex14_3_lora_grads-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def library_lora_grads(W, A, B, scaling, x, y):
+    r = A.shape[0]
+    layer = lora.LoRALinear(torch.nn.Linear(W.shape[1], W.shape[0], bias=False), rank=r, alpha=scaling * r)
     with torch.no_grad():
-        m.layers[0].attention.wk.lora_B.copy_(B)
-    return lora.adapter_state_dict(m)["base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight"]
+        layer.base.weight.copy_(W)
+        layer.lora_A.copy_(A)
+        layer.lora_B.copy_(B)
+    F.mse_loss(layer(x), y).backward()
+    assert layer.base.weight.grad is None  # the frozen base gets no gradient
+    return layer.lora_A.grad, layer.lora_B.grad
 
 
 g14 = torch.Generator().manual_seed(14)
-cases = [(torch.arange(8.0)[:, None], 1), (torch.arange(24.0).view(12, 2), 2),
-         (torch.randn(64, 8, generator=g14), 2), (torch.randn(32, 3, generator=g14), 4)]
-_ = check_function("14.3 hf_lora_B", my_hf_lora_B, library_hf_lora_B, cases=cases,
-                   hint="B A's rows are B's rows, so the row permutation of W applies to B alone; within each "
-                        "head, the rows of the pairs' first elements come first, then the second elements")
+
+
+def grads_case(out, inn, r, n, scaling, zero_B=False):
+    W = torch.randn(out, inn, generator=g14) / inn ** 0.5
+    A = torch.randn(r, inn, generator=g14) / inn ** 0.5
+    B = torch.zeros(out, r) if zero_B else 0.1 * torch.randn(out, r, generator=g14)
+    return W, A, B, scaling, torch.randn(n, inn, generator=g14), torch.randn(n, out, generator=g14)
+
+
+cases = [grads_case(6, 4, 2, 5, 2.0, zero_B=True), grads_case(6, 4, 2, 5, 2.0), grads_case(12, 20, 4, 7, 0.5),
+         grads_case(32, 16, 8, 3, 2.0)]
+_ = check_function("14.3 lora_grads", my_lora_grads, library_lora_grads, cases=cases,
+                   labels=["B = 0 (the first step)", "trained B", "wider input, scaling 0.5", "rank 8"],
+                   forbid=["torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad"],
+                   hint="start from dL/dy_hat; the adapter's path is x -> x A^T -> scaling (x A^T) B^T")
 
 # %% [markdown]
 # ## Checking against the library
@@ -517,11 +572,12 @@ print("by-hand LoRA model = minimistral.lora adapted model, logits")
 # ## Summary
 #
 # - Full fine-tuning of the 7B holds about 119 GB (16 bytes a parameter for weights, master copy, gradients and
-#   AdamW, plus activations): no single 80 GB GPU. LoRA leaves the bf16 model plus activations (18 GB at 512
-#   tokens); QLoRA about 8 GB.
+#   AdamW, plus activations): no single 80 GB GPU. LoRA leaves the bf16 model plus activations (17.6 GB at 512
+#   tokens, a 24 GB GPU); QLoRA 7.6 GB, a 16 GB T4.
 # - **LoRA**: `y = W x + (alpha / r) B A x`, `W` frozen, `B = 0` at the start (the model is unchanged, bit for bit),
 #   `r (in + out)` numbers per matrix; merge it into `W` when done.
 # - **The Instruct format**: `<s>[INST] {system}\n\n{user} [/INST]{answer}</s>[INST] ...`, equal to mistral-common;
 #   the loss only on the answer tokens.
-# - On the small model, 400 steps of rank 8 take the held-out book-naming task from chance to the accuracy shown
-#   in section 4, with the same result on the 4-bit base (QLoRA). The adapters are PEFT's files.
+# - On the small model, 400 steps of rank 8 take the held-out book-naming task from the base's 6 of 30 (it says
+#   "Psalms" to everything) to the accuracy shown in section 4 (22 of 30 held-out prompts), and 21 of 30 on the 4-bit base (QLoRA): with 30 prompts, a
+#   difference well within noise. The adapters are PEFT's files.
