@@ -120,12 +120,19 @@ def folder_lock(folder, shared: bool = False, what: str = "save"):
     if fcntl is None:
         yield from _exclusive_file_lock(lock, what)
         return
+    # A reader that leaves takes the lock exclusively for an instant to remove the file (below), so a reader
+    # arriving then is retried for a moment instead of being refused; a writer is refused at once.
+    tries = 50 if shared else 1
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
+            tries -= 1
+            if tries > 0:
+                time.sleep(0.01)
+                continue
             raise FolderLocked(f"{folder} is locked by a checkpoint save in progress ({_holder(lock)}, lock file "
                                f"{lock}): wait for it to finish, then {what} again. The lock is released when "
                                "that process ends, even if it is killed") from None

@@ -359,3 +359,27 @@ def test_the_checkpoint_swap_fsyncs_every_file_before_the_commit_and_the_folder_
     # the manifest arrives last, the config just before it
     arrivals = [Path(e[2]).name for e in rec.events if e[0] == "rename" and e[1].startswith(committed + "/")]
     assert arrivals[-2:] == ["config.json", MANIFEST]
+
+
+def test_readers_never_refuse_each_other(tmp_path):
+    """Any number of readers share a folder's lock. A reader that leaves holds it exclusively for an instant to
+    remove the lock file; a reader arriving in that instant waits for it instead of being refused as if a save
+    were in progress."""
+    import threading
+    from minimistral.atomic import FolderLocked, folder_lock
+    refused = []
+
+    def read_many():
+        for _ in range(300):
+            try:
+                with folder_lock(tmp_path, shared=True, what="load"):
+                    pass
+            except FolderLocked as e:
+                refused.append(str(e))
+
+    threads = [threading.Thread(target=read_many) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not refused, f"{len(refused)} of 1200 reads refused, e.g. {refused[0]}"
