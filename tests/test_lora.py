@@ -189,6 +189,8 @@ def test_memory_plan_for_the_7b():
         lora.memory_plan(args, "half")
 
 
+@pytest.mark.skipif(tuple(int(x) for x in torch.__version__.split("+")[0].split(".")[:2]) < (2, 13),
+                    reason="which tensors autograd saves changes between PyTorch releases (2.6 saves about 15% fewer here); the planner's count is calibrated on the pinned 2.13")
 @pytest.mark.parametrize("method,targets", [("full", ()), ("lora", ("wq", "wv")), ("lora", ALL),
                                             ("lora", ("wo", "w2"))])
 def test_activation_count_against_autograd(method, targets):

@@ -338,6 +338,15 @@ a.anchor-link { display: none; }
 """
 
 
+def _nbconvert_template_dirs() -> list:
+    """nbconvert's own templates sit under the prefix it was installed into, which jupyter's search path misses
+    in a virtual environment layered over another (`venv --system-site-packages`)."""
+    import nbconvert
+    prefix = Path(nbconvert.__file__).resolve().parents[4]  # <prefix>/lib/pythonX.Y/site-packages/nbconvert
+    found = prefix / "share" / "jupyter" / "nbconvert" / "templates"
+    return [str(found)] if found.is_dir() else []
+
+
 def _exporter():
     import jinja2
     from nbconvert import HTMLExporter
@@ -357,6 +366,8 @@ def _exporter():
     from traitlets.config import Config
     priority = Config({"NbConvertBase": {"display_data_priority": DISPLAY_PRIORITY}})  # no widget type
     exporter = SiteExporter(config=priority, template_name="lab", template_file="mm_site.html.j2",
+                            extra_template_basedirs=_nbconvert_template_dirs(),
+                            extra_template_paths=_nbconvert_template_dirs(),
                             extra_loaders=[jinja2.DictLoader({"mm_site.html.j2": TEMPLATE})])
     exporter.exclude_input_prompt = False
     return exporter
