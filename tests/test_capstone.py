@@ -83,7 +83,7 @@ def test_the_learners_model_still_writes(learner):
 
 
 def test_shipped_edition_matches_transformers():
-    from tests.oracle import hf_model_from_ours
+    from oracle import hf_model_from_ours
     cap = capstone.your_mistral(NOTEBOOKS_DIR)
     solved = [f for f in cap.found.values() if f.source == "yours"]
     assert len(solved) == len(capstone.PIECES) and cap.first_difference is None, cap.report()
