@@ -90,7 +90,7 @@ _STAGE_PREFIX, _REPLACED_PREFIX, _COMMITTED_PREFIX = ".saving-", ".replaced-", "
 _WORK_PREFIXES = (_STAGE_PREFIX, _REPLACED_PREFIX, _COMMITTED_PREFIX)
 
 
-def _ours(name: str) -> bool:
+def save_work_entry(name: str) -> bool:
     """An entry that a save (running or killed) made: its lock or one of its working folders."""
     return name == LOCK_NAME or name.startswith(_WORK_PREFIXES)
 
@@ -115,7 +115,7 @@ def _prepare_folder(path, overwrite: bool) -> Path:
 
 
 def _refuse_non_empty(path: Path) -> None:
-    found = sorted(p.name for p in path.iterdir() if not _ours(p.name)) if path.is_dir() else []
+    found = sorted(p.name for p in path.iterdir() if not save_work_entry(p.name)) if path.is_dir() else []
     if found:
         more = " ..." if len(found) > 5 else ""
         raise FileExistsError(f"{path} is not empty (holds {', '.join(found[:5])}{more}):"

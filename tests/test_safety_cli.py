@@ -81,6 +81,18 @@ def test_out_refusal_allows_new_empty_and_own_folders(tmp_path):
     assert out_refusal(corpus.TINY_MODEL_PATH) is None  # data/README's recipe retrains the shipped model in place
 
 
+def test_out_refusal_ignores_what_a_killed_save_left(tmp_path):
+    # A save killed mid-way leaves its lock and working folders; they are not the user's files, and the
+    # next save recovers them, so an otherwise empty folder may still be written ...
+    (tmp_path / ".minimistral.lock").write_text("")
+    (tmp_path / ".saving-1234").mkdir()
+    assert out_refusal(tmp_path) is None
+    # ... but the user's own file beside them is still protected, and named without the save's leftovers.
+    (tmp_path / "notes.txt").write_text("mine")
+    refusal = out_refusal(tmp_path)
+    assert "notes.txt" in refusal and ".saving-1234" not in refusal and ".minimistral.lock" not in refusal
+
+
 def test_diverging_run_exits_1_and_keeps_the_previous_checkpoint(tmp_path, capsys):
     out = tmp_path / "run"
     train_main(["--out", str(out), "--steps", "2", *SMALL])  # a good run: the CLI's own checkpoint

@@ -223,13 +223,16 @@ def out_refusal(out: Path) -> Optional[str]:
     """Why `--out` may not be written, or None when it may: it does not exist yet, is an empty folder, or
     holds a checkpoint this command wrote (its training_log.json says so). A folder of the user's own files,
     another model's checkpoint among them, is never replaced."""
+    from ..saving import save_work_entry
+
     out = Path(out).expanduser()
     if not out.exists():
         parent = next(p for p in out.parents if p.exists())
         return None if parent.is_dir() else f"--out {out}: {parent} is a file"
     if not out.is_dir():
         return f"--out {out} is a file: give a folder for the checkpoint"
-    names = sorted(p.name for p in out.iterdir())
+    # A killed save's lock and working folders are not the user's files: the next save recovers them.
+    names = sorted(p.name for p in out.iterdir() if not save_work_entry(p.name))
     if not names:
         return None
     try:
