@@ -1,3 +1,7 @@
+import os
+import shutil
+from pathlib import Path
+
 import matplotlib
 
 # Draw off-screen in this process only. (Not via os.environ["MPLBACKEND"]: the notebook kernels that
@@ -45,3 +49,34 @@ def small_model(args=None, seed: int = 0, std: float = 0.1, method: str = "norma
 
     args = args if args is not None else small_args(**overrides)
     return mm.Transformer(args).init_weights(method, std=std, seed=seed).eval()
+
+
+# ---- headless Chromium for the browser tests (test_browser.py: the explorers; test_site_browser.py: the site) ----
+
+CHROMIUM = os.environ.get("MINIMISTRAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+def chromium_skip_reason():
+    """Why the browser tests cannot run here, or None."""
+    if not Path(CHROMIUM).exists():
+        return f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (or set MINIMISTRAL_CHROMIUM)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "the playwright package is missing: pip install playwright (no 'playwright install' needed)"
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium (Debian's, not a download) for every browser test of the session."""
+    reason = chromium_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

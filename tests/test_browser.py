@@ -20,13 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import chromium_skip_reason
+
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[1]
 SHOTS = ROOT / "screenshots"
-CHROMIUM = os.environ.get("MINIMISTRAL_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-quic"]
 TOKEN = "minimistral-browser-test"
 
 # The course notebooks with explorers, as stored (opened first, then re-run), and one notebook written here for
@@ -50,16 +49,6 @@ OWN_NOTEBOOKS = {
         ("code", "mm.viz.attention_explorer(model, ids, tokenizer=tok)"),
     ],
 }
-
-
-def _skip_reason():
-    if not Path(CHROMIUM).exists():
-        return f"Chromium not found at {CHROMIUM}: apt-get install -y chromium (or set MINIMISTRAL_CHROMIUM)"
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "the playwright package is missing: pip install playwright (no 'playwright install' needed)"
-    return None
 
 
 def _write_notebook(path: Path, cells):
@@ -98,7 +87,7 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    reason = _skip_reason()
+    reason = chromium_skip_reason()
     if reason:
         pytest.skip(reason)
     root = tmp_path_factory.mktemp("lab")
@@ -138,15 +127,6 @@ def lab(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
-
-
-@pytest.fixture(scope="module")
-def browser(lab):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _errors(page) -> list[str]:

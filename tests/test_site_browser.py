@@ -27,7 +27,7 @@ from minimistral.labs.edition import student_notebook
 from minimistral.labs.exercises import BEGIN, default_notebooks, find_exercises
 from minimistral.labs.site import build_site, default_inputs, solution_lines
 
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _skip_reason
+from conftest import chromium_skip_reason
 
 pytestmark = pytest.mark.browser
 
@@ -87,7 +87,7 @@ class _Quiet(http.server.SimpleHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory):
-    reason = _skip_reason()
+    reason = chromium_skip_reason()
     if reason:
         pytest.skip(reason)
     notebooks, readme, instructors = default_inputs()
@@ -98,15 +98,6 @@ def sites(tmp_path_factory):
         b = built[edition]
         print(f"\n{edition} edition: {len(b.pages)} pages, {b.bytes / 1e6:.1f} MB, built in {b.seconds:.1f} s")
     return built
-
-
-@pytest.fixture(scope="module")
-def browser(sites):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def _serve(folder: Path):
