@@ -381,3 +381,24 @@ def test_csv_escapes_formulas(tmp_path):
     row = read_csv(tmp_path / "g.csv")[0]
     assert row["file"].startswith("'=") and row["hint"] == "'@SUM(1)" and row["flags"] == "'+cmd"
     assert row["result"] == "fail" and row["seconds"] == "0.5"
+
+
+@pytest.mark.parametrize("event, args, flagged", [
+    ("os.remove", ("/tmp/za1o1vjt", -1), False),  # tempfile's cleanup in the sandbox's private /tmp
+    ("shutil.rmtree", ("/tmp/minimistral_spm_x", None), False),
+    ("os.rename", ("/tmp/a", "/tmp/b", -1, -1), False),
+    ("os.remove", ("/home/student/notebook.ipynb", -1), True),
+    ("os.rename", ("/tmp/a", "/etc/passwd", -1, -1), True),  # out of /tmp: flagged
+    ("shutil.rmtree", ("/tmp/../home", None), True),  # a path that only looks like /tmp
+    ("os.kill", (-1, 9), True),
+    ("open", ("/tmp/scratch.txt", "w", 0), False),
+    ("open", ("/srv/planted.txt", "w", 0), True),
+    ("open", ("/course/01_tokenizer.ipynb", "r", 0), True),
+])
+def test_audit_rule_lets_a_notebook_clean_its_own_tmp_files(event, args, flagged):
+    from minimistral.labs.worker import audit_entry
+
+    entry = audit_entry(event, args)
+    assert (entry is not None) == flagged, entry
+    if flagged:
+        assert entry.startswith(event.split(".")[0])

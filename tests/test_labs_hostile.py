@@ -259,3 +259,4 @@ def test_grader_refuses_without_isolation(tmp_path, monkeypatch):
     r = run_labs("grade", src, "--source", tmp_path)
     assert r.returncode == 2 and "not running as root" in r.stderr and "container" in r.stderr
     assert "Nothing was graded" in r.stderr
+

@@ -21,6 +21,7 @@ import resource
 import signal
 import socket
 import sys
+from typing import Optional
 
 CLONE_NEWNS, CLONE_NEWNET = 0x00020000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
@@ -176,6 +177,35 @@ def _by_student() -> bool:
     return False
 
 
+FILE_EVENTS = ("shutil.rmtree", "os.remove", "os.rename")
+
+
+def _under_tmp(path) -> bool:
+    try:
+        return os.path.realpath(os.fsdecode(path)).startswith("/tmp/")
+    except (TypeError, ValueError):
+        return False
+
+
+def audit_entry(event: str, args) -> Optional[str]:
+    """What a grader should see of one audit event raised by the submission's code, or None for a harmless one.
+    Writing, renaming and deleting under /tmp (the sandbox's own private tmpfs: a notebook's
+    `tempfile.TemporaryDirectory()` cleaning up, say) is harmless; reading a notebook or another process's
+    command line, writing elsewhere or to /dev/shm, and every process, network or tracing event are not."""
+    if event in FILE_EVENTS:
+        paths = [a for a in args if isinstance(a, (str, bytes, os.PathLike))]
+        if paths and all(_under_tmp(p) for p in paths):
+            return None
+    if event.startswith(AUDITED):
+        return f"{event} {str(args)[:120]}"
+    if event == "open":
+        path, mode = str(args[0]), str(args[1]) if len(args) > 1 else "r"
+        if path.endswith(".ipynb") or "/proc/" in path and path.endswith(("cmdline", "environ")) or (
+                path.startswith("/dev/shm") or any(c in mode for c in "wax+") and not path.startswith("/tmp")):
+            return f"open {path[:120]} {mode}"
+    return None
+
+
 def _library_snapshot() -> dict:
     """id() of every public function and class of the loaded minimistral modules, and of their methods."""
     snap = {}
@@ -214,13 +244,9 @@ def serve(sock: socket.socket):
             own[0] = False
 
     def record(event, args):
-        if event.startswith(AUDITED) and len(audit) < 50:
-            audit.append(f"{event} {str(args)[:120]}")
-        elif event == "open" and len(audit) < 50:
-            path, mode = str(args[0]), str(args[1]) if len(args) > 1 else "r"
-            if path.endswith(".ipynb") or "/proc/" in path and path.endswith(("cmdline", "environ")) or (
-                    path.startswith("/dev/shm") or any(c in mode for c in "wax+") and not path.startswith("/tmp")):
-                audit.append(f"open {path[:120]} {mode}")
+        entry = audit_entry(event, args)
+        if entry and len(audit) < 50:
+            audit.append(entry)
     sys.addaudithook(hook)
     ns = {"__name__": "__main__", "__builtins__": __builtins__}
     before = _library_snapshot()
