@@ -4,7 +4,8 @@ The model core sits at the top of the package, one module per piece, in the orde
 config, tokenizer, norm, rope, attention, mlp, model, cache, generate; then checkpoints (convert, weights,
 saving), quantization and device choice (quant, device), and the fast GPU path (fuse, fast). The course's
 tools live in subpackages: viz (pictures and explorers), labs (exercise checks, student edition, grading),
-train (the corpus and the training loop of notebook 10), bench (benchmarks and the GPU checks).
+train (the corpus and the training loop of notebook 10), lora (LoRA and QLoRA, notebook 14), planner (notebook
+11's memory planner), bench (benchmarks and the GPU checks).
 """
 
 import importlib
@@ -23,7 +24,7 @@ _LAZY = {
     "load_checkpoint": "weights", "save_checkpoint": "saving", "write_random_checkpoint": "saving",
     "quantize": "quant", "quant": None, "device": None,
     "weights": None, "saving": None, "convert": None, "fast": None,
-    "viz": None, "labs": None, "train": None, "bench": None,
+    "viz": None, "labs": None, "train": None, "bench": None, "lora": None, "planner": None,
 }
 
 

@@ -20,11 +20,13 @@ from .validate import bad_logit_rows, logits_error
 
 def sample_on_device(logits, temperature, noise, top_k: Optional[int] = None, top_p: float = 1.0):
     """logits (B, V), temperature () tensor, noise (B, V) Gumbel draws -> next token (B, 1), no host round trip.
-    Greedy when temperature == 0, else the Gumbel-max trick: argmax(log p + g), g = -log(-log u), is a draw
-    from p (softmax(logits / t) after top-k and top-p) with no data-dependent shapes."""
+    Greedy when temperature == 0, else the Gumbel-max trick: argmax(logits / t + g), g = -log(-log u), is a draw
+    from softmax(logits / t) with no data-dependent shapes; top-k and top-p mask the tokens they filter out."""
     greedy = logits.argmax(-1, keepdim=True)
-    probs = filtered_probs(logits, temperature.clamp_min(1e-6), top_k, top_p)  # (B, V)
-    sampled = (probs.log() + noise).argmax(-1, keepdim=True)  # log 0 = -inf: a token filtered out is never drawn
+    scaled = logits.float() / temperature.clamp_min(1e-6)  # (B, V); log softmax differs by a constant per row
+    if top_k is not None or top_p < 1.0:
+        scaled = scaled.masked_fill(filtered_probs(scaled, 1.0, top_k, top_p) == 0, float("-inf"))
+    sampled = (scaled + noise).argmax(-1, keepdim=True)
     return torch.where(temperature > 0, sampled, greedy)
 
 

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import struct
-import tempfile
 import uuid
 import warnings
 from pathlib import Path

@@ -62,6 +62,9 @@ def resolve_device(device) -> torch.device:
         if d.index is not None and d.index >= torch.cuda.device_count():
             raise RuntimeError(f"device {str(d)!r} was requested but this machine has {torch.cuda.device_count()} "
                                f"CUDA device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    elif d.type == "cpu" and d.index not in (None, 0):
+        raise ValueError(f"device {str(d)!r}: PyTorch has one CPU device, 'cpu' (or 'cpu:0'), whose threads "
+                         "torch.set_num_threads sets: pass device='cpu'")
     elif d.type == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError("device 'mps' was requested but Apple's MPS backend is not available here: pass device='cpu'")
     return d
@@ -104,8 +107,9 @@ def nonfinite(t: torch.Tensor) -> Optional[str]:
 
 def bad_logit_rows(rows: torch.Tensor) -> torch.Tensor:
     """rows (B, V) -> bool (B,) on the same device, True where no token can be chosen: a NaN or +inf, or -inf
-    everywhere. No host synchronisation: the fast path collects these and looks once, at the end."""
-    return torch.isnan(rows).any(-1) | torch.isposinf(rows).any(-1) | torch.isneginf(rows).all(-1)
+    everywhere. No host synchronisation: the fast path collects these and looks once, at the end. One pass: the
+    row's max is NaN if any value is (max propagates NaN), +inf if one is, -inf if all are."""
+    return ~torch.isfinite(rows.amax(-1))
 
 
 def check_logits(logits: torch.Tensor, where: str) -> None:

@@ -52,7 +52,7 @@
 # | **11 the real Mistral 7B on a GPU** | loading the checkpoint, generating, attention maps, the cache at work | `weights.py`, `viz/` |
 # | **12 making it fast** | measuring and speeding up inference | `fast.py`, `bench/` |
 # | **13 quantization** | fitting the 7B in less memory: weight-only int8 and 4-bit, their error and speed | `quant.py` |
-# | **14 make it yours** (Part IV) | LoRA and QLoRA by hand, the Instruct chat format, instruction tuning, chat | `lora.py`, `chat.py` |
+# | **14 make it yours** (Part IV) | LoRA and QLoRA by hand, the Instruct chat format, instruction tuning, chat | `lora/`, `chat.py` |
 #
 # **How to use the notebooks.** Run them top to bottom (*Run → Run All Cells*). Each one builds its
 # piece from scratch, checks it against the library with `torch.testing.assert_close`, and then uses

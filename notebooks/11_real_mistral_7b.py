@@ -85,7 +85,7 @@ from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
 import minimistral as mm
-from minimistral import device as planner
+from minimistral import planner
 from minimistral import viz
 from minimistral.train import corpus
 from minimistral.labs.checks import check_function
@@ -761,7 +761,7 @@ if DEVICE.type == "cuda":
 # %% [markdown]
 # ## Appendix A. Which machine runs what
 #
-# The memory plan (`minimistral.device`, section 2) adds the weights at the chosen dtype or quantization,
+# The memory plan (`minimistral.planner`, section 2) adds the weights at the chosen dtype or quantization,
 # the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
 # long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
 # of the tensor being loaded, and a 0.5 GB margin, then takes the first setting that fits: full precision,

@@ -45,7 +45,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import minimistral as mm
-from minimistral import device as planner
+from minimistral import planner
 from minimistral import quant
 from minimistral.bench import results as R
 from minimistral.labs.checks import case, check_function, check_value
@@ -402,7 +402,7 @@ plt.show()
 #
 # ## 6. The 7B at each setting, and what runs where
 #
-# The memory of Mistral 7B's weights at each setting (`minimistral.device`, the planner of notebook 11,
+# The memory of Mistral 7B's weights at each setting (`minimistral.planner`, the planner of notebook 11,
 # computes the same numbers when it loads a checkpoint): the linears shrink, the embeddings, the output
 # head and the norms stay in the activation dtype.
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import minimistral as mm
-from minimistral import device as dev
+from minimistral import device as dev, planner
 from minimistral.device import GB, check_dtype, choose_device, choose_dtype, plan, recommend
 
 SEVEN_B = mm.ModelArgs.mistral_7b()
@@ -57,25 +57,25 @@ def test_bad_device_variable_is_named(monkeypatch, value, why):
 @pytest.mark.parametrize("value", ["int4:abc", "int8:32", "int4:48", "int4:128.0", "fp8", "int4:", "8"])
 def test_bad_quantize_variable_is_named(value):
     with pytest.raises(ValueError, match=rf"^MINIMISTRAL_QUANTIZE={value!r} is not a quantization setting"):
-        dev.settings(environ={"MINIMISTRAL_QUANTIZE": value})
+        planner.settings(environ={"MINIMISTRAL_QUANTIZE": value})
 
 
 def test_settings_cell_and_environment(monkeypatch, tmp_path):
     simulate(monkeypatch, cuda=False, mps=False)
-    s = dev.settings(environ={})
+    s = planner.settings(environ={})
     assert (s.checkpoint, s.device, s.quantize) == (None, torch.device("cpu"), "auto")
-    s = dev.settings(str(tmp_path), "cpu", "int4:64", environ={})
+    s = planner.settings(str(tmp_path), "cpu", "int4:64", environ={})
     assert (s.checkpoint, s.quantize, s.group_size) == (tmp_path, "int4", 64)
     assert s.sources == {"checkpoint": "CHECKPOINT", "device": "DEVICE", "quantize": "QUANTIZE"}
-    s = dev.settings("", "", "int8", environ={"MINIMISTRAL_CHECKPOINT": str(tmp_path), "MINIMISTRAL_QUANTIZE": "none"})
+    s = planner.settings("", "", "int8", environ={"MINIMISTRAL_CHECKPOINT": str(tmp_path), "MINIMISTRAL_QUANTIZE": "none"})
     assert (s.checkpoint, s.quantize) == (tmp_path, None) and s.sources["quantize"] == "MINIMISTRAL_QUANTIZE"
     assert "set by MINIMISTRAL_QUANTIZE" in s.describe() and "set in the cell" not in s.describe()
     with pytest.raises(FileNotFoundError, match=r"^MINIMISTRAL_CHECKPOINT='.*nowhere': no such folder"):
-        dev.settings(environ={"MINIMISTRAL_CHECKPOINT": str(tmp_path / "nowhere")})
+        planner.settings(environ={"MINIMISTRAL_CHECKPOINT": str(tmp_path / "nowhere")})
     with pytest.raises(FileNotFoundError, match=r"^CHECKPOINT='.*nowhere': no such folder"):
-        dev.settings(str(tmp_path / "nowhere"), environ={})
+        planner.settings(str(tmp_path / "nowhere"), environ={})
     with pytest.raises(ValueError, match=r"^DEVICE='mps', but PyTorch sees no MPS device"):
-        dev.settings(device="mps", environ={})
+        planner.settings(device="mps", environ={})
 
 
 def test_host_memory_is_psutils(monkeypatch):
@@ -115,11 +115,11 @@ def test_unified_plan_counts_the_mapped_tensor():
 def test_max_batch_size_by_hand():
     w = dev.weights_bytes(SEVEN_B)
     per_window = 4096 * 32 * 2 * 8 * 128 * 2  # tokens kept x layers x (k, v) x KV heads x head_dim x bytes
-    assert dev.max_batch_size(SEVEN_B, w + 7 * per_window, w, 32768) == 7
-    assert dev.max_batch_size(SEVEN_B, w + 7 * per_window - 1, w, 5000) == 6
-    assert dev.max_batch_size(SEVEN_B, w + 100 * 2**20, w, 100) == 100 * 2**20 // (100 * per_window // 4096)
-    assert dev.max_batch_size(SEVEN_B.replace(sliding_window=None), w + 7 * per_window, w, 32768) == 0
-    assert dev.max_batch_size(SEVEN_B, w - 1, w, 10) == 0
+    assert planner.max_batch_size(SEVEN_B, w + 7 * per_window, w, 32768) == 7
+    assert planner.max_batch_size(SEVEN_B, w + 7 * per_window - 1, w, 5000) == 6
+    assert planner.max_batch_size(SEVEN_B, w + 100 * 2**20, w, 100) == 100 * 2**20 // (100 * per_window // 4096)
+    assert planner.max_batch_size(SEVEN_B.replace(sliding_window=None), w + 7 * per_window, w, 32768) == 0
+    assert planner.max_batch_size(SEVEN_B, w - 1, w, 10) == 0
 
 
 def test_live_memory_without_proc(monkeypatch):
@@ -211,7 +211,7 @@ def test_plan_of_the_7b_by_hand():
     ("CPU laptop, 16 GB RAM", (torch.bfloat16, "int8")),
 ])
 def test_decisions_for_the_device_classes(name, expected):
-    table = dict((c.name, p) for c, p in dev.plan_table(SEVEN_B))  # working: notebook 11's long-prompt step
+    table = dict((c.name, p) for c, p in planner.plan_table(SEVEN_B))  # working: notebook 11's long-prompt step
     p = table[name]
     assert (p.dtype, p.quantize) == expected, p.describe()
     assert p.fits
@@ -236,16 +236,16 @@ def test_long_prompt_working_by_hand():
     # chunk of 256 queries against 4096 + 256 keys, 32 heads, bf16: the explicit path holds scores, masked copy,
     # probabilities (2 bytes each) and the float32 softmax; two layers are recorded in float16
     n = 32 * 256 * 4352
-    assert dev.capture_bytes(SEVEN_B, 256, 4352) == n * (3 * 2 + 4) + 2 * n * 2
-    assert dev.long_prompt_working(SEVEN_B, 256) == n * 14
-    assert dev.picture_chunks(SEVEN_B) == [1024, 512, 256]
+    assert planner.capture_bytes(SEVEN_B, 256, 4352) == n * (3 * 2 + 4) + 2 * n * 2
+    assert planner.long_prompt_working(SEVEN_B, 256) == n * 14
+    assert planner.picture_chunks(SEVEN_B) == [1024, 512, 256]
 
 
 @pytest.mark.parametrize("name,chunk", [("80 GB datacenter GPU (A100/H100)", 1024), ("16 GB T4 (free Colab)", 1024),
                                         ("8 GB GPU (RTX 4060)", 512), ("CPU laptop, 16 GB RAM", 512)])
 def test_pictures_are_sized_to_what_is_left(name, chunk):
-    p = dict((c.name, p) for c, p in dev.plan_table(SEVEN_B))[name]
-    assert dev.picture_chunk(SEVEN_B, p) == chunk
+    p = dict((c.name, p) for c, p in planner.plan_table(SEVEN_B))[name]
+    assert planner.picture_chunk(SEVEN_B, p) == chunk
 
 
 @pytest.mark.slow

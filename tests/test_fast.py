@@ -105,6 +105,20 @@ def test_gumbel_max_samples_from_the_softmax():
     torch.testing.assert_close(freq, torch.softmax(logits, -1)[0], atol=0.015, rtol=0)
 
 
+@pytest.mark.parametrize("filters", [dict(top_k=2), dict(top_p=0.8)])
+def test_gumbel_max_samples_from_the_filtered_softmax(filters):
+    """top-k / top-p on the device: the filtered tokens are never drawn, the kept ones as mm.sampling_probs says."""
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0]])
+    n = 20000
+    u = torch.rand(n, 4).clamp_(1e-20, 1.0)
+    draws = sample_on_device(logits.expand(n, 4), torch.tensor(1.0), -torch.log(-torch.log(u)), **filters)
+    freq = torch.bincount(draws.flatten(), minlength=4).float() / n
+    want = mm.sampling_probs(logits, 1.0, **filters)[0]
+    assert freq[want == 0].sum() == 0
+    torch.testing.assert_close(freq, want, atol=0.015, rtol=0)
+
+
 @pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="torch.compile on the CPU needs a C++ compiler")
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import minimistral as mm
-from minimistral import device as dev
+from minimistral import device as dev, planner
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "11_real_mistral_7b.py"
 
@@ -61,15 +61,15 @@ def test_flags_and_commands_are_in_the_cli_help():
 def test_hardware_table_is_the_planners():
     """Each row of the markdown table: the setting, the plan's total and the chunk the planner gives."""
     rows = [line for line in NOTEBOOK.read_text().splitlines() if line.startswith("# | ") and " GB | " in line]
-    table = {c.name: p for c, p in dev.plan_table(mm.ModelArgs.mistral_7b())}
+    table = {c.name: p for c, p in planner.plan_table(mm.ModelArgs.mistral_7b())}
     assert len(rows) == len(table) == 8
     for (name, p), row in zip(table.items(), rows):
         cells = [c.strip() for c in row[2:].strip("|").split("|")]
-        assert cells[1].startswith(f"{dev.DEVICE_CLASSES[list(table).index(name)].free / 1e9:.1f} GB"), (row, name)
+        assert cells[1].startswith(f"{planner.DEVICE_CLASSES[list(table).index(name)].free / 1e9:.1f} GB"), (row, name)
         expected = {torch.bfloat16: "bf16", torch.float16: "fp16"}[p.dtype]
         assert cells[2].startswith(expected), (row, p.setting())
         q = {None: "", "int8": "int8", "int4": f"int4 groups of {p.group_size}"}[p.quantize]
         assert q in cells[2] and (p.quantize is not None or "int" not in cells[2]), (row, p.setting())
         assert cells[3] == f"{p.total / 1e9:.1f} GB", (row, p.describe())
-        chunk = dev.picture_chunk(mm.ModelArgs.mistral_7b(), p)
+        chunk = planner.picture_chunk(mm.ModelArgs.mistral_7b(), p)
         assert f"{chunk:,}" in cells[4], (row, chunk)

@@ -21,7 +21,7 @@ import matplotlib.pyplot  # noqa: E402,F401  the notebook's imports, made before
 import tqdm.auto  # noqa: E402,F401           looks for fonts where the platform says they are)
 
 import minimistral as mm
-from minimistral import device as dev
+from minimistral import device as dev, planner
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "11_real_mistral_7b.py"
 GiB = 2**30
@@ -40,9 +40,9 @@ def seven_b_folder(tmp_path, monkeypatch):
     folder = tmp_path / "Mistral-7B-v0.1"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(mm.ModelArgs.mistral_7b().to_hf_config()))
-    for var in (dev.CHECKPOINT_ENV, dev.DEVICE_ENV, dev.QUANTIZE_ENV, "CI"):
+    for var in (planner.CHECKPOINT_ENV, dev.DEVICE_ENV, planner.QUANTIZE_ENV, "CI"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv(dev.CHECKPOINT_ENV, str(folder))
+    monkeypatch.setenv(planner.CHECKPOINT_ENV, str(folder))
     return folder
 
 
@@ -103,7 +103,7 @@ def test_windows_with_a_forced_setting_and_a_cell_device(monkeypatch, seven_b_fo
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     simulate_platform(monkeypatch, "win32", 32 * GiB, 20 * GiB)
-    monkeypatch.setenv(dev.QUANTIZE_ENV, "int4:128")
+    monkeypatch.setenv(planner.QUANTIZE_ENV, "int4:128")
     plan = run_plan_cells(monkeypatch)["PLAN"]
     assert (plan.dtype, plan.quantize, plan.group_size) == (torch.bfloat16, "int4", 128)
 
@@ -155,7 +155,7 @@ def test_download_cell_is_off_and_refuses_ci(monkeypatch, seven_b_folder):
     settings = next(src for src in cells if src.lstrip().startswith("CHECKPOINT = "))
     download = next(src for src in cells if src.lstrip().startswith("if DOWNLOAD:"))
     assert "DOWNLOAD = False" in settings
-    ns = {"os": os, "planner": dev}
+    ns = {"os": os, "planner": planner}
     exec(settings, ns)
     exec(download, ns)  # does nothing
     ns["DOWNLOAD"] = True

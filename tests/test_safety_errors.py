@@ -1,4 +1,4 @@
-"""Issue 26, every raw error named: a float int4 group size, a bad MINIMISTRAL_QUANTIZE (device.py's parser), a config for a model
+"""Issue 26, every raw error named: a float int4 group size, a bad MINIMISTRAL_QUANTIZE (the planner's parser), a config for a model
 far bigger than its weight files (refused before the model is built), non-integer token ids; and RoPE's
 default theta pinned (notebook 07 calls rope_angles without theta)."""
 
@@ -41,14 +41,14 @@ def test_int4_group_size_must_be_an_int(tmp_path, group):
     ("int8:64", "'int8:64'"), ("int3", "'int3'"),
 ])
 def test_a_bad_quantize_variable_is_named(value, culprit):
-    """MINIMISTRAL_QUANTIZE is read by device.settings (notebook 11's settings cell): before, int4:abc gave a
+    """MINIMISTRAL_QUANTIZE is read by planner.settings (notebook 11's settings cell): before, int4:abc gave a
     bare "invalid literal for int()"."""
-    from minimistral import device
+    from minimistral import planner
     with pytest.raises(ValueError) as info:
-        device.settings(environ={"MINIMISTRAL_QUANTIZE": value})
+        planner.settings(environ={"MINIMISTRAL_QUANTIZE": value})
     msg = str(info.value)
     assert msg.startswith(f"MINIMISTRAL_QUANTIZE={value!r}") and culprit in msg and "invalid literal" not in msg
-    assert device.settings(environ={"MINIMISTRAL_QUANTIZE": "int4:64"}).group_size == 64
+    assert planner.settings(environ={"MINIMISTRAL_QUANTIZE": "int4:64"}).group_size == 64
 
 
 def test_a_config_with_a_million_layers_is_refused_at_once(tmp_path):

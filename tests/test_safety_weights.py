@@ -433,6 +433,15 @@ def test_cuda_index_beyond_the_devices(consolidated, monkeypatch):
         load(consolidated, device="cuda:3")
 
 
+@pytest.mark.parametrize("device", ["cpu:3", "cpu:1"])
+def test_cpu_index_other_than_0_is_refused(consolidated, device):
+    """PyTorch accepts torch.device("cpu:3") and computes on the one CPU device anyway: refused by name."""
+    with pytest.raises(ValueError, match=rf"device '{device}': PyTorch has one CPU device, 'cpu'"):
+        load(consolidated, device=device)
+    from minimistral.validate import resolve_device
+    assert resolve_device("cpu:0") == torch.device("cpu:0") and resolve_device("cpu") == torch.device("cpu")
+
+
 @pytest.mark.parametrize("device", ["gpu", 3.5, "cuda:x"])
 def test_malformed_device_is_named(consolidated, device):
     with pytest.raises(ValueError, match="device must be"):

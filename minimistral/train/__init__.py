@@ -345,7 +345,7 @@ def main_lora(p: argparse.ArgumentParser, a: argparse.Namespace, argv: list) -> 
     alpha = a.lora_alpha if a.lora_alpha is not None else 2.0 * a.lora
     targets = tuple(t.strip() for t in a.lora_targets.split(",") if t.strip())
     try:
-        lora._check_lora_args(a.lora, alpha, targets, 0.0)
+        lora.layers._check_lora_args(a.lora, alpha, targets, 0.0)
         quant.check_mode(a.quantize, a.group_size)
         d = instruct.TuneConfig()
         cfg = instruct.TuneConfig(**{k: getattr(a, k) if k in given else getattr(d, k)
