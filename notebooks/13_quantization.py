@@ -611,7 +611,7 @@ _ = check_function("13.4 model_bytes", my_model_bytes,
                            "the same, int4 groups of 64"],
                    hint="list the seven matrices of a layer with their (out, in) shapes, with GQA's smaller wk and wv; "
                         "scales belong to rows, zeros to groups; the embedding and head are not quantized",
-                   forbid=["minimistral.device.weights_bytes", "minimistral.device.plan_table",
+                   forbid=["minimistral.device.weights_bytes", "minimistral.planner.plan_table",
                            "minimistral.config.ModelArgs.weight_bytes"])
 
 # %% [markdown]
