@@ -34,8 +34,8 @@ plt.show()
 # ## What you will learn
 # - How Mistral's tokenizer splits text: pieces and ids, the `▁` that marks a space, digits one by one,
 #   byte fallback for rare characters, and the BOS/EOS control tokens.
-# - How BPE encodes: apply the learned merges, best-ranked first. We write the encoder from scratch in
-#   twenty lines and check it against sentencepiece, then check the library against **mistral-common**,
+# - How BPE encodes: apply the learned merges, best-ranked first. You write the encoder's merge step
+#   (exercise 01.1) and check it against sentencepiece, then we check the library against **mistral-common**,
 #   Mistral's own tokenizer package.
 # - How many tokens the same sentence costs in English, French, German, Russian and Chinese, and what code,
 #   numbers and emoji cost.
@@ -267,7 +267,7 @@ two_pieces = [sp.id_to_piece(i) for i in special for k in range(1, len(sp.id_to_
 print(f"special pieces that are two pieces glued together: {len(two_pieces)} of {len(special)}")
 
 # %% [markdown]
-# Our twenty lines against sentencepiece's C++ on the notebook's own mix of languages, code, whitespace and
+# Our twenty-odd lines against sentencepiece's C++ on the notebook's own mix of languages, code, whitespace and
 # rare characters (the texts the library's tests also use):
 
 # %%
