@@ -90,7 +90,8 @@ for i in [0, 1, 2, 3, 4, 13, 258, 259, 260, 28705, 31999]:
 # the middle of it ("… Hello") become the same piece.
 
 # %%
-def show(text, tokenizer=tok):
+def show(text, tokenizer=None):
+    tokenizer = tok if tokenizer is None else tokenizer
     ids = tokenizer.encode(text, bos=False)
     print(f"{text!r}  ->  {len(ids)} tokens")
     print("   " + " ".join(f"{tokenizer.id_to_piece(i)}|{i}" for i in ids))
@@ -309,8 +310,9 @@ print(f"mm.Tokenizer == mistral-common on all {len(sentences)} sentences (bos, a
 PALETTE = ["#fde2e4", "#e2ece9", "#dfe7fd", "#fff1c1", "#e8dff5", "#d7f0d2", "#fcdcc5", "#d8eefe"]
 
 
-def render_tokens(text: str, tokenizer=tok) -> str:
+def render_tokens(text: str, tokenizer=None) -> str:
     """HTML of the tokens of `text`: one coloured box per token, piece on top, id below."""
+    tokenizer = tok if tokenizer is None else tokenizer
     ids = tokenizer.encode(text, bos=True)
     boxes = []
     for n, i in enumerate(ids):
