@@ -480,9 +480,11 @@ print("longest pieces:", sorted(learned, key=len)[-6:])
 # BPE training is short enough to write out. Split the text into words (each starting with `▁`), count
 # every adjacent pair of symbols, weighted by how often its word occurs, merge the most frequent pair
 # everywhere, and repeat. Three of Mistral's options restrict which pieces may form: no piece mixes
-# letters with punctuation (`split_by_unicode_script`), none contains an ASCII digit (`split_digits`:
-# sentencepiece tests `0`-`9` only, so Mistral's vocabulary does hold `².`), none is longer than 16 characters. Ties go to the shorter piece, then to the alphabetically first. With
-# those rules our loop finds exactly sentencepiece's merges, in the same order.
+# letters with punctuation (`split_by_unicode_script`), none contains an ASCII digit (`split_digits`; the
+# superscript `²` is not held apart: Mistral's vocabulary has the piece `².`, id 20110, the only multi-character
+# piece with a character Python's `isdigit` accepts), none is longer than 16 characters. Ties go to the shorter
+# piece, then to the alphabetically first. With those rules our loop finds exactly sentencepiece's merges, in
+# the same order.
 
 # %%
 from collections import Counter
