@@ -80,7 +80,7 @@
 # (so every shape on it is exact). On the left the whole model, on the right one of its 32 blocks opened up.
 # Notebooks 01-10 start with a strip of the course's steps with their own lit up; the pieces of this
 # picture that each one builds are named in its title and drawn again where it builds them
-# (`mm.viz.model_diagram(highlight="03")` colours one notebook's pieces).
+# (`mm.viz.model_diagram(mm.ModelArgs.mistral_7b(), highlight="03")` colours one notebook's pieces).
 
 # %%
 import matplotlib.pyplot as plt
@@ -164,7 +164,7 @@ meaning = {
     "norm_eps": "epsilon inside RMSNorm",
     "sliding_window": "keys each query attends to (itself included)",
     "rope_theta": "base of the rotary position frequencies",
-    "max_seq_len": "positions the released config allows (the paper trained on 8,192)",
+    "max_seq_len": "positions the released config allows (the paper's context_len: 8,192)",
     "dtype": "dtype the weights are published in",
 }
 print(f"{'field':<15} {'value':>10}   meaning")
@@ -182,10 +182,10 @@ for field, value in args.to_dict().items():
 #   code does not require this; `head_dim` is its own field.)
 #
 # One number needs care: `max_seq_len` = 32,768 is what the released configuration allows (Hugging Face's
-# `max_position_embeddings`), not the context the model was trained for: the Mistral 7B paper's Table 1
-# lists `context_len` = **8,192** tokens. Positions beyond that are not covered by the paper's training
-# setup, so nothing guarantees the model uses them well. The 32,768-token figures below are about memory, which the
-# config allows, not about quality.
+# `max_position_embeddings`), not a context the paper reports training on: the Mistral 7B paper's Table 1
+# lists `context_len` = **8,192** tokens among the model's parameters (it does not state a training sequence
+# length in words). Nothing in the paper shows the model using positions beyond that well. The 32,768-token
+# figures below are about memory, which the config allows, not about quality.
 #
 # Two traps for anyone loading v0.1 with other tools, both pinned by the library's tests: Hugging
 # Face's `MistralConfig` defaults to `rms_norm_eps=1e-6` (v0.1 uses `1e-5`), and `mistral-inference`
@@ -283,10 +283,11 @@ for seq_len in [4096, 32768]:
     print(f"{seq_len:>7,} " + " ".join(f"{b / GiB:>8.2f} GiB" for b in row))
 
 # %% [markdown]
-# At 32,768 tokens (the configured limit, four times the paper's 8,192-token training context) a full GQA
+# At 32,768 tokens (the configured limit, four times the paper's `context_len` of 8,192) a full GQA
 # cache takes 4 GiB per sequence; the rolling buffer keeps it at 0.5 GiB, **8× less**, and MHA would need
-# 16 GiB, more than the weights themselves. At the training context of 8,192 tokens the rolling buffer saves
-# 2×, not 8×.
+# 16 GiB, more than the weights themselves. At the paper's 8,192 tokens the rolling buffer saves
+# 2×, not 8×: the dotted line at 8,192 in the right panel below. Up to 4,096 tokens the green and orange
+# lines are the same line (the buffer is not full yet), so only the green one shows there.
 
 # %%
 seq = torch.arange(0, 32769, 256)
@@ -306,9 +307,11 @@ ax1.set_title("weights")
 for (label, ys), color in zip(curves.items(), ["#C44E52", "#DD8452", "#55A868"]):
     ax2.plot(seq.numpy(), ys, label=label, color=color, lw=2)
 ax2.axhline(args.weight_bytes("bfloat16") / GiB, color="#4C72B0", ls="--", lw=1)
-ax2.text(300, args.weight_bytes("bfloat16") / GiB + 0.3, "the weights in bf16: 13.5 GiB", color="#4C72B0", fontsize=9)
+ax2.text(15000, args.weight_bytes("bfloat16") / GiB + 0.3, "the weights in bf16: 13.5 GiB", color="#4C72B0", fontsize=9)
 ax2.axvline(args.sliding_window, color="grey", ls=":", lw=1)
-ax2.text(args.sliding_window + 300, 15.5, "window W = 4,096", color="grey", fontsize=8)
+ax2.text(args.sliding_window - 300, 14.6, "window\nW = 4,096", color="grey", fontsize=8, ha="right")
+ax2.axvline(8192, color="black", ls=":", lw=1)
+ax2.text(8192 + 300, 10.5, "paper's context_len\n8,192: rolling saves 2x", color="black", fontsize=8)
 ax2.set_xlabel("tokens in the sequence")
 ax2.set_ylabel("GiB (bf16, batch 1)")
 ax2.set_title("KV cache")
@@ -326,11 +329,14 @@ plt.show()
 # `with torch.device("meta"):` runs all of its constructor code, creates every layer with its real
 # shape, and allocates nothing: the fastest way to check that a configuration gives the model you meant.
 #
-# One detail makes this fast. `nn.Linear` and `nn.Embedding` fill themselves with random numbers when they
-# are created, and on the meta device PyTorch routes that fill through Python reference code whose first
-# call imports its compiler (`torch._dynamo`): seconds of work that produce nothing. `mm.Transformer`
-# skips PyTorch's default fills (see `skip_random_init` in `model.py`): on a real device it sets every
-# weight itself afterwards with `init_weights`, and on the meta device there is nothing to set.
+# One detail makes this fast. `nn.Embedding` fills its table with random numbers (`normal_`) when it is
+# created, and on the meta device PyTorch routes that fill through Python reference code whose first call
+# imports its compiler, `torch._dynamo`: in a fresh process, `nn.Embedding(32000, 4096)` under
+# `torch.device("meta")` took 8 s on one of our machines and 15 s on another, to produce nothing
+# (`nn.Linear(4096, 4096)` took 0.002 s and imported nothing: its fill is cheap on meta). So
+# `Transformer.__init__` in `model.py` builds the embedding from an empty table
+# (`nn.Embedding.from_pretrained(torch.empty(...))`), which draws nothing; on a real device it then sets
+# every weight itself with `init_weights`. The cell below checks that the build left the compiler unimported.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -338,6 +344,11 @@ start = time.perf_counter()
 with torch.device("meta"):
     model = mm.Transformer(args)
 print(f"built in {time.perf_counter() - start:.3f} s")
+
+# %%
+import sys
+
+print("torch._dynamo imported by the build:", "torch._dynamo" in sys.modules)
 
 # %%
 n = sum(p.numel() for p in model.parameters())
@@ -358,51 +369,104 @@ print(model.norm)
 print(model.output)
 
 # %% [markdown]
-# ## Exercise 00.1: parameters of one layer
+# ## Does the arithmetic match real memory?
 #
-# Complete `params_per_layer(args)`: the number of parameters in **one** transformer block (attention,
-# MLP and its two RMSNorms) of any `ModelArgs`. Use the formula above; remember that `wk` and `wv`
-# have `n_kv_heads * head_dim` rows and that `head_dim` need not be `dim // n_heads`.
+# The formulas above are only bookkeeping until they meet real tensors. Build the course's tiny model
+# (`ModelArgs.tiny()`: 4 layers of width 256, the 32,000-piece vocabulary) for real, in float32, and add up the
+# bytes its weights occupy; then allocate a rolling KV cache for 2 sequences of 1,000 tokens with
+# `model.new_cache` and add up the bytes of its key and value tensors.
 
-# %% nbgrader={"grade": false, "grade_id": "ex00_1_params_per_layer-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def params_per_layer(args: mm.ModelArgs) -> int:
+# %%
+tiny = mm.Transformer(mm.ModelArgs.tiny())  # real float32 tensors this time (about 80 MB)
+held = sum(p.numel() * p.element_size() for p in tiny.parameters())
+print(f"weights: {held:,} bytes allocated, weight_bytes('float32') says {tiny.args.weight_bytes('float32'):,}")
+cache = tiny.new_cache(batch_size=2, seq_len=1000)
+held_kv = cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
+predicted_kv = tiny.args.kv_cache_bytes(1000, batch_size=2, dtype="float32")
+print(f"KV cache: keys {tuple(cache.k.shape)} + values, {held_kv:,} bytes allocated; kv_cache_bytes says {predicted_kv:,}")
+assert held == tiny.args.weight_bytes("float32") and held_kv == predicted_kv
+del tiny, cache
+
+# %% [markdown]
+# Both agree to the byte. The cache's shape shows why it is small: (layers, batch, K/V heads, **slots**,
+# head_dim), with only `sliding_window` = 64 slots for a 1,000-token sequence: the rolling buffer at work.
+
+# %% [markdown]
+# ## Exercise 00.1: a model Mistral did not build
+#
+# Other models of the same family change two details. Qwen2, for instance, gives the query, key and value
+# projections a **bias** (a learned vector added to the product: `x @ wq.T + bq`), and its small versions
+# **tie** the output head to the embedding table: the head *is* the embedding matrix, used a second time, so
+# it is stored once.
+#
+# Complete `variant_params(args, qkv_bias, tied)`: the total number of parameters of the whole model
+# described by `args`, when `wq`, `wk` and `wv` carry a bias (`qkv_bias=True`) and/or the output head is tied
+# to the embeddings (`tied=True`). `wo` and the MLP keep no bias. The library cannot build this variant (the
+# check forbids building the library's blocks and counting them), so work it out from the shapes above.
+
+# %% nbgrader={"grade": false, "grade_id": "ex00_1_variant_params-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def variant_params(args: mm.ModelArgs, qkv_bias: bool, tied: bool) -> int:
     ### BEGIN SOLUTION
-    d, h = args.dim, args.head_dim
-    attention = d * args.n_heads * h * 2 + d * args.n_kv_heads * h * 2  # wq, wo + wk, wv
-    mlp = 3 * d * args.hidden_dim  # w1, w2, w3
-    norms = 2 * d  # attention_norm, ffn_norm
-    return attention + mlp + norms
+    d, h, H, K = args.dim, args.head_dim, args.n_heads, args.n_kv_heads
+    layer = 2 * d * H * h + 2 * d * K * h + 3 * d * args.hidden_dim + 2 * d  # wq wo, wk wv, w1 w2 w3, norms
+    if qkv_bias:
+        layer += H * h + 2 * K * h  # one number per output row of wq, wk and wv
+    head = 0 if tied else args.vocab_size * d  # a tied head is the embedding table itself
+    return args.n_layers * layer + args.vocab_size * d + head + d  # + the final norm
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex00_1_params_per_layer-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+# %% nbgrader={"grade": true, "grade_id": "ex00_1_variant_params-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from torch import nn
+
 from minimistral.labs.checks import case, check_function
-from minimistral.model import TransformerBlock
 
 
-def block_params(args):  # the reference: count the parameters of a real block, built on the meta device
+def built_and_counted(args, qkv_bias, tied):  # the reference: build the variant on the meta device, count it
     with torch.device("meta"):
-        return sum(p.numel() for p in TransformerBlock(args, 0).parameters())
+        model = mm.Transformer(args)
+        for layer in model.layers if qkv_bias else []:
+            for name in ("wq", "wk", "wv"):
+                old = getattr(layer.attention, name)
+                setattr(layer.attention, name, nn.Linear(old.in_features, old.out_features, bias=True))
+        if tied:
+            model.output.weight = model.tok_embeddings.weight
+    return sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
 
 
-_ = check_function("00.1 params_per_layer", params_per_layer, block_params, cases=[
-    case(mm.ModelArgs.mistral_7b(), label="Mistral 7B"),
-    case(mm.ModelArgs.tiny(), label="the tiny model: dim 256, 8 query and 2 K/V heads of 32"),
-    case(mm.ModelArgs.tiny(n_kv_heads=8), label="tiny with 8 K/V heads: plain multi-head attention"),
-    case(mm.ModelArgs.tiny(n_kv_heads=1), label="tiny with 1 K/V head: multi-query attention"),
-    case(mm.ModelArgs(dim=96, n_layers=1, head_dim=64, hidden_dim=200, n_heads=4, n_kv_heads=2, vocab_size=10),
-         label="dim 96 with 4 heads of 64 (head_dim != dim // n_heads)"),
-], forbid=["minimistral.config.ModelArgs.num_params", "minimistral.config.ModelArgs.params_by_component"],
-   hint="count wq, wk, wv, wo, w1, w2, w3 and the two norm weights; wk and wv are (n_kv_heads*head_dim, dim)")
+qwen_shapes = mm.ModelArgs(dim=896, n_layers=24, head_dim=64, hidden_dim=4864, n_heads=14, n_kv_heads=2,
+                           vocab_size=151936)
+_ = check_function("00.1 variant_params", variant_params, built_and_counted, cases=[
+    case(mm.ModelArgs.mistral_7b(), False, False, label="Mistral 7B as it is: no bias, separate head"),
+    case(mm.ModelArgs.mistral_7b(), True, False, label="Mistral 7B with biases on wq, wk, wv"),
+    case(mm.ModelArgs.mistral_7b(), False, True, label="Mistral 7B with its head tied to the embeddings"),
+    case(mm.ModelArgs.tiny(), True, True, label="the tiny model (8 query and 2 K/V heads of 32), biases and tied"),
+    case(mm.ModelArgs(dim=96, n_layers=3, head_dim=64, hidden_dim=200, n_heads=4, n_kv_heads=2, vocab_size=10),
+         True, False, label="dim 96 with 4 query heads of 64 (n_heads * head_dim != dim), 2 K/V heads, biases"),
+    case(mm.ModelArgs.tiny(n_kv_heads=1, n_layers=2), True, False, label="multi-query (1 K/V head), biases"),
+    case(qwen_shapes, True, True, label="Qwen2.5-0.5B's shapes: dim 896, 24 layers, 14 heads over 2, biases, tied"),
+], forbid=["minimistral.config.ModelArgs.num_params", "minimistral.config.ModelArgs.params_by_component",
+           "minimistral.config.ModelArgs.weight_bytes", "minimistral.model.Transformer.__init__",
+           "minimistral.model.TransformerBlock.__init__", "minimistral.attention.Attention.__init__",
+           "minimistral.mlp.FeedForward.__init__"],
+   hint="how many numbers does a bias add to a matrix, and which size of that matrix sets it? "
+        "And how many tables does a tied model store?")
 
 # %% [markdown]
-# With the library's count of one block, the whole model adds up:
+# What the two details cost or save at Mistral's size, counted by building the variants:
 
 # %%
-per_layer = block_params(args)
-rest = 2 * args.vocab_size * args.dim + args.dim  # embeddings + output head + final norm
-print(f"{args.n_layers} x {per_layer:,} + {rest:,} = {args.n_layers * per_layer + rest:,}")
-assert args.n_layers * per_layer + rest == args.num_params()
+base = built_and_counted(args, False, False)
+for qkv_bias, tied in [(True, False), (False, True)]:
+    what = "biases on wq, wk, wv" if qkv_bias else "head tied to the embeddings"
+    print(f"{what:<28} {built_and_counted(args, qkv_bias, tied) - base:>+14,} parameters")
+print(f"Qwen2.5-0.5B's shapes, biases and tied: {built_and_counted(qwen_shapes, True, True):,} parameters")
+
+# %% [markdown]
+# Biases are almost free (196,608 numbers in a 7B model); tying saves a whole 131-million-number matrix,
+# which matters more the smaller the model: in Qwen2.5-0.5B the 151,936-piece embedding table is 136 million of
+# its 494 million parameters. (`transformers`' `Qwen2ForCausalLM` built with those shapes on the meta device
+# counts the same 494,032,768.)
 
 # %% [markdown]
 # ## Exercise 00.2: the memory bill of a config nobody printed
@@ -458,7 +522,8 @@ _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes,
     "the course's tiny model, window 128, 3 sequences of 1,000 tokens, 4 bytes",
 ], forbid=["minimistral.config.ModelArgs.num_params", "minimistral.config.ModelArgs.params_by_component",
            "minimistral.config.ModelArgs.weight_bytes", "minimistral.config.ModelArgs.kv_bytes_per_token",
-           "minimistral.config.ModelArgs.kv_cache_bytes"],
+           "minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.model.Transformer.__init__",
+           "minimistral.model.TransformerBlock.__init__"],
    hint="weights: every layer, plus an embedding table and a separate output head; cache: what one token "
         "costs in each layer, times the tokens the rolling buffer keeps, times the sequences")
 
@@ -469,10 +534,12 @@ _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes,
 # - Its 7,241,732,096 parameters are 78 % MLP, 19 % attention, 3.6 % embeddings and output head.
 # - In bf16 the weights take 14.48 GB (13.49 GiB); the KV cache costs 128 KiB per token thanks to
 #   GQA (MHA: 512 KiB), and the rolling buffer caps it at 0.5 GiB per sequence.
-# - The model was trained on 8,192-token sequences; its config allows 32,768 positions.
+# - The paper's Table 1 lists `context_len` = 8,192; the released config allows 32,768 positions. The
+#   formulas match real tensors to the byte (the tiny model's weights and KV cache).
 # - The residual stream is the per-token vector that runs through all 32 blocks; each block reads it
 #   through an RMSNorm and adds its attention and MLP outputs back to it.
-# - The meta device builds the whole model with its true shapes and no memory.
+# - The meta device builds the whole model with its true shapes and no memory; a bias on q, k, v or a tied
+#   head (other models of the family) changes the count in ways you can now work out.
 #
 # ## What's next
 # **01 tokenizer**: how text becomes the token ids the model reads, on Mistral's own tokenizer.

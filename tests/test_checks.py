@@ -189,6 +189,23 @@ def test_an_answer_that_changes_its_input_is_told_so_by_name(capsys):
     assert ok
 
 
+def test_the_in_place_message_names_an_argument_not_a_tensor(capsys):
+    """A dict, a list or a config changed in place is reported as the caller's argument (not 'tensor')."""
+    def pops(params):  # right count, but removes a key from the caller's dict
+        params.pop("extra")
+        return len(params) + 1
+
+    def appends(ids):
+        ids.append(0)
+        return len(ids) - 1
+
+    for student, arg in [(pops, {"a": 1, "extra": 2}), (appends, [1, 2, 3])]:
+        before = repr(arg)
+        ok, out = verdict(capsys, "99.15 count", student, len, [(arg,)])
+        assert not ok and "in place (the caller's argument is not yours to change" in out and "tensor" not in out
+        assert repr(arg) == before  # the caller's object is untouched: the student got a copy
+
+
 def test_eps_outside_the_square_root_fails_where_the_mean_square_is_near_eps(capsys):
     def eps_outside(x, w, eps):
         return x / (x.pow(2).mean(-1, keepdim=True).sqrt() + eps) * w

@@ -35,3 +35,9 @@ def test_strip_lights_one_step_and_rejects_unknown_notebooks():
     with pytest.raises(ValueError, match="notebook '13'"):
         you_are_here("13")
     assert set(STEPS) <= set(PIECES)
+
+
+def test_map_names_are_reachable_from_the_package():
+    """notebook 00 points at mm.viz.model_diagram; the package docstring promises every public name."""
+    assert mm.viz.model_diagram is model_diagram and mm.viz.you_are_here is you_are_here
+    assert {"model_diagram", "you_are_here"} <= set(mm.viz.__all__)

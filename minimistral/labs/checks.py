@@ -563,7 +563,7 @@ def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
         return f"it uses {what}, which this exercise does not allow"
     if seen["mutated"]:
         which = ", ".join(repr(names[i]) if i < len(names) else f"argument {i + 1}" for i in seen["mutated"])
-        return (f"it changed its input {which} in place (the caller's tensor is not yours to change: "
+        return (f"it changed its input {which} in place (the caller's argument is not yours to change: "
                 "compute a new result, e.g. out-of-place operations instead of `+=`, `mul_` or slice assignment)")
     return None
 

@@ -7,6 +7,7 @@ One module per job:
 - `plots.py`: static pictures of attention and token probabilities (each returns a matplotlib Figure).
 - `cache_plots.py`: static pictures of the sliding window and the rolling KV cache.
 - `explorers.py`: ipywidgets explorers (sliders over a picture), and their static fallback.
+- `map.py`: the course map: the model diagram (notebook 00) and the "you are here" strip.
 
 Every public name is reachable from here (`mm.viz.plot_attention(...)`, `from minimistral import viz`).
 The picture modules load on first use, so capturing attention does not import matplotlib.
@@ -23,6 +24,7 @@ _LAZY = {  # name -> module that defines it
                     "cache_plots"),
     **dict.fromkeys(["StaticExplorer", "attention_explorer", "cache_explorer", "mask_explorer", "explorer"],
                     "explorers"),
+    **dict.fromkeys(["model_diagram", "you_are_here"], "map"),
 }
 __all__ = ["GiB", "AttentionCapture", "capture_attention", "capture_bytes", "check_capture_size", *_LAZY]
 
@@ -30,7 +32,7 @@ __all__ = ["GiB", "AttentionCapture", "capture_attention", "capture_bytes", "che
 def __getattr__(name):
     if name in _LAZY:
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name in ("plots", "cache_plots", "explorers"):
+    if name in ("plots", "cache_plots", "explorers", "map"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'minimistral.viz' has no attribute {name!r}")
 
