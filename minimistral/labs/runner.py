@@ -210,8 +210,9 @@ def _check_one(s: Session, code, ns, ids, names, rng, forbidden) -> dict:
         got, err = _verdicts(code, ns, ids, None)
         seconds = round(time.monotonic() - t0, 2)
         if s.missing_name and not s.full and attempt == 0:  # a definition needs a cell that computes something
-            s.full = True
+            s.full = True  # run the whole notebook instead: planned, so not counted (or flagged) as a restart
             s.sandbox.kill()
+            s.errors += _start(s)
             continue
         rows = {}
         for x in ids:
