@@ -567,8 +567,11 @@ def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
         return f"it uses {what}, which this exercise does not allow"
     if seen["mutated"]:
         which = ", ".join(repr(names[i]) if i < len(names) else f"argument {i + 1}" for i in seen["mutated"])
-        return (f"it changed its input {which} in place (the caller's tensor is not yours to change: "
-                "compute a new result, e.g. out-of-place operations instead of `+=`, `mul_` or slice assignment)")
+        if all(i < len(case) and isinstance(case[i], torch.Tensor) for i in seen["mutated"]):
+            return (f"it changed its input {which} in place (the caller's tensor is not yours to change: "
+                    "compute a new result, e.g. out-of-place operations instead of `+=`, `mul_` or slice assignment)")
+        return (f"it changed its input {which} in place (the caller's data is not yours to change: build new "
+                "lists or tensors instead of `append`, `extend`, `+=` or item assignment)")
     return None
 
 
