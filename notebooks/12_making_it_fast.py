@@ -19,8 +19,17 @@
 # implementation falls far short of that, and what closes most of the gap. The GPU figures come from one
 # stored run of `python -m minimistral.bench --gpu` on an NVIDIA H200, shipped with the course in `data/`.
 #
+# **Which code that run measured.** The run dates from 2026-11-30 (commit 987737a, "bench --gpu: full warm-up
+# for the growing-cache rows"). Three changes came after it, and no GPU run has measured them yet:
+# (1) `attention_sdpa` no longer lets cuDNN take single-query decode calls on a GPU (section 4 says why);
+# (2) the model checks the token ids (a host synchronisation) only on a sequence's first call, no longer at
+# every decode step; (3) the fast path now drives the teaching model itself, with fused projections
+# (`model.fuse()`, section 3). Every GPU number below (tokens/s, kernels per step, milliseconds) is that
+# earlier code's, measured; where the notebook reasons about the effect of a later change, it says it is an
+# estimate. The CPU cells run today's code.
+#
 # ## What you will learn
-# - The **roofline of decoding**: at batch 1, every new token reads all 14.5 GB of weights once, so memory
+# - The **roofline of decoding**: at batch 1, every new token reads the 14.5 GB of weights once, so memory
 #   bandwidth, not arithmetic, sets the speed limit. You will compute that limit.
 # - **Arithmetic intensity**: why batch 1 leaves a GPU's arithmetic units idle and how batching changes it,
 #   shown with a measured matrix product.
@@ -66,7 +75,10 @@ print(f"stored run: {run['device']}, {run['date']}, torch {run['torch']}, transf
 # ## 1. The roofline of decoding
 #
 # Generating one token at batch size 1 multiplies a single vector by every weight matrix of the model.
-# Each weight is read from GPU memory once and used for one multiply-add. For Mistral 7B in bf16:
+# Each weight is read from GPU memory once and used for one multiply-add. (All but the embedding table: a step
+# reads only the one row of its token. We count the table anyway, as everyone quoting "14.5 GB per token" does;
+# it is 262 MB, 1.8% of the bytes, and leaving it out would raise the ceilings below by that much, e.g. from 282
+# to 287 tokens/s.) For Mistral 7B in bf16:
 #
 # $$\text{bytes per token} \approx 2 \times 7{,}241{,}732{,}096 = 14.48\ \text{GB}, \qquad
 #   \text{tokens/s} \le \frac{\text{memory bandwidth}}{\text{bytes per token}}.$$
@@ -182,7 +194,7 @@ for r in sweep:
 # the weights and of the KV cache read once: intensity just under 1).
 
 # %%
-flops_token = 2 * args7b.num_params()  # FLOPs of one decode step at batch 1 (attention's share is < 1% here)
+flops_token = 2 * args7b.num_params()  # FLOPs of one decode step at batch 1, attention's left out (see below)
 kv_full = args7b.kv_cache_bytes(args7b.sliding_window)  # the fast path reads all W slots at every step
 kv_short = args7b.kv_cache_bytes(16 + run["new_tokens"] // 2)  # the teaching path reads the filled slots only
 decode_points = {  # name: (bytes per step, tokens/s measured with the 16-token prompt)
@@ -201,8 +213,9 @@ ai_mm = [r["TFLOP_per_s"] / r["TB_per_s"] for r in sweep]
 ax.loglog(ai_mm, [r["TFLOP_per_s"] for r in sweep], "o-", color="tab:orange", ms=5,
           label="(M x 4096) @ (4096 x 14336), M = 1 ... 2048, measured")
 for r, x_ in zip(sweep, ai_mm):
-    if r["tokens"] in (1, 16, 128, 2048):
-        ax.annotate(f"M = {r['tokens']}", (x_, r["TFLOP_per_s"]), xytext=(6, -12), textcoords="offset points", fontsize=9)
+    if r["tokens"] in (1, 16, 128, 2048):  # M = 1 sits on the decode points: its label goes up and left
+        ax.annotate(f"M = {r['tokens']}", (x_, r["TFLOP_per_s"]), xytext=(-52, 14) if r["tokens"] == 1 else (6, -12),
+                    textcoords="offset points", fontsize=9, arrowprops=dict(arrowstyle="-", lw=0.6) if r["tokens"] == 1 else None)
 for (name, (nbytes, rate)), marker in zip(decode_points.items(), "s^D"):
     ax.loglog(flops_token / nbytes, flops_token * rate / 1e12, marker, ms=8, ls="none",
               label=f"decode step, {name}: {flops_token * rate / 1e12:.2f} TFLOP/s")
@@ -218,8 +231,16 @@ plt.show()
 for name, (nbytes, rate) in decode_points.items():
     print(f"{name:>13}: intensity {flops_token / nbytes:.2f} FLOP/byte, {flops_token * rate / 1e12:.2f} TFLOP/s = "
           f"{flops_token * rate / (flops_token / nbytes * measured_bw):.0%} of the memory roof at that intensity")
+a = args7b
+for name, keys in (("eager paths", 16 + run["new_tokens"] // 2), ("fast path", a.sliding_window)):
+    attn = 2 * 2 * a.n_layers * a.n_heads * a.head_dim * keys  # q.k and p.v, a multiply-add each, per key
+    print(f"attention's FLOPs left out, {name} ({keys:,} keys): {attn / 1e9:.2f} GFLOP, {attn / flops_token:.1%} of the weights' {flops_token / 1e9:.1f}")
 
 # %% [markdown]
+# The decode points count only the weights' FLOPs. Attention adds little for the eager paths (they attend over
+# the ~144 filled slots), but about 15% for the fast path, which attends over all 4,096 slots: its diamond would
+# sit that much higher and further right, still far left of the ridge.
+#
 # Every decode step sits at the far left, where only the slanted memory roof matters; the compute roof is about
 # 200 times higher there: decoding one token at a time cannot use the arithmetic. The fast path gets to about
 # two thirds of its roof; the eager implementations reach only a tenth or so, not because they move more bytes
@@ -277,11 +298,13 @@ print(f"one decode step of a 4-layer model: {sum(counts.values())} kernel-launch
 print("most frequent:", ", ".join(f"{k} x{v}" for k, v in counts.most_common(8)))
 
 # %% [markdown]
-# Among them are `min` and `max`: the model's input check, `int(tokens.min())`, which on a GPU also makes
-# the CPU wait for the GPU to finish everything queued before it, every step.
+# Not among them: `min` and `max`. The model checks that the token ids fit the vocabulary
+# (`int(tokens.min())`, which on a GPU makes the CPU wait for the GPU to finish everything queued before it)
+# only on a sequence's first call, the prompt; decode steps skip it. (The stored H200 run predates that change:
+# its eager steps still paid that wait every step.)
 #
 # Most of those operations repeat once per layer. Counting a 1-layer and a 2-layer model separates the
-# per-layer part from the fixed part (input check, positions, mask and RoPE angles, embedding, final norm and
+# per-layer part from the fixed part (positions, mask and RoPE angles, embedding, final norm and
 # output head), and gives the count for Mistral 7B's 32 layers, whose layers run the same code:
 
 # %%
@@ -363,9 +386,11 @@ plt.show()
 # Everything else, the norms, the attention call (`scaled_dot_product_attention`), the MLP, the output head, is
 # literally the same code. The Gumbel-max trick samples from $\mathrm{softmax}(z/T)$ without a data-dependent
 # shape: $\arg\max_i (z_i/T + g_i)$ with $g_i = -\log(-\log u_i)$, $u_i \sim U(0, 1)$.
-# Fixed shapes are still a different route through the same code, so a test suite (`tests/test_fast.py`) proves
-# the two routes agree: the same logits within $10^{-4}$ and identical greedy tokens for 100+ steps past the
-# window, in float32, bf16, int8 and 4-bit. Here is the same check on a small model:
+# Fixed shapes are still a different route through the same code, so tests prove the two routes agree. In
+# float32 (`tests/test_fast.py`): the same logits within $10^{-4}$ and identical greedy tokens for 120 steps, past
+# the window. In bf16, int8 and 4-bit (`tests/test_fast_quant.py`): identical greedy tokens for 60 steps, except
+# where the teaching path's two best logits are within two bf16 rounding steps of each other (an exact tie in
+# bf16: either token is right). Here is the float32 check on a small model:
 
 # %%
 model = mm.Transformer(mm.ModelArgs.tiny(n_layers=2, sliding_window=16)).eval()
@@ -385,7 +410,7 @@ assert teaching == fast == mm.generate(model, prompt, max_new_tokens=60)  # the 
 # From 37 ms per eager step to 5.7 ms compiled: how much of that is **fusion** (fewer, bigger kernels) and how
 # much **CUDA-graph replay** (no CPU launch per kernel)? The clean measurement is the middle rung of a ladder,
 # the step compiled *without* CUDA graphs (`FastGenerator(model, compile="default")`). The stored H200 run does
-# not have that rung yet, so what follows is an **estimate**, from numbers that were measured: the compiled
+# not have that rung (it did not fit the run's time budget), so what follows is an **estimate**, from numbers that were measured: the compiled
 # step runs 681 kernels and keeps the GPU busy 5.2 ms; launched one by one from the CPU, each kernel costs some
 # CPU time $c$. For eager code $c$ was about 22 µs (Python, PyTorch's dispatcher, the driver); compiled code
 # launches its generated kernels from a thinner wrapper, so its $c$ is lower, but by how much was not measured:
@@ -408,25 +433,35 @@ for label, mid in (("if launches are cheap (5 µs)", lo), ("if launches cost wha
     fusion, graphs = eager_p["wall_ms_per_step"] / mid, mid / fast_p["wall_ms_per_step"]
     print(f"  {label:38s}: fusion {fusion:4.1f}x, CUDA graphs {graphs:4.1f}x (together {total:.1f}x)")
 
-fig, ax = plt.subplots(figsize=(8.5, 2.8), dpi=100)
-ax.barh(["eager\n(measured)"], [eager_p["wall_ms_per_step"]], color="tab:grey")
-ax.barh(["compiled, no graphs\n(ESTIMATE)"], [hi], color="white", edgecolor="tab:blue", hatch="//", lw=1.2)
-ax.barh(["compiled, no graphs\n(ESTIMATE)"], [lo], color="tab:blue", alpha=0.35)
-ax.barh(["compiled + CUDA graph\n(measured)"], [fast_p["wall_ms_per_step"]], color="tab:green")
-ax.text(hi + 0.4, 1, f"somewhere in {lo:.1f} to {hi:.1f} ms: not measured yet", va="center", fontsize=9)
-ax.axvline(weight_bytes / measured_bw * 1e3, color="tab:red", ls="--", lw=1, label="reading the weights once")
-ax.invert_yaxis()
-ax.set_xlabel("milliseconds per decode step (Mistral 7B, batch 1, H200)")
-ax.set_title("Where the 6.5x comes from: fusion, then graph replay (middle rung estimated)", fontsize=10)
-ax.legend(fontsize=9, loc="lower right")
+c_us = torch.linspace(0, 25, 101)  # CPU microseconds per launch of a compiled kernel: the unmeasured number
+step_ms = torch.clamp(fast_p["gpu_kernels_per_step"] * c_us / 1e3, min=fast_p["wall_ms_per_step"])
+c_cross = fast_p["wall_ms_per_step"] / fast_p["gpu_kernels_per_step"] * 1e3  # where launching starts to cost
+fig, ax = plt.subplots(figsize=(8.5, 3.4), dpi=100)
+ax.plot(c_us, step_ms, color="tab:blue", lw=2, label=f"compiled, no graphs: max(graph's step, {fast_p['gpu_kernels_per_step']:.0f} launches x c)  (model)")
+ax.axhline(eager_p["wall_ms_per_step"], color="tab:grey", ls="-", lw=1.5, label=f"eager, measured: {eager_p['wall_ms_per_step']:.1f} ms")
+ax.axhline(fast_p["wall_ms_per_step"], color="tab:green", ls="-", lw=1.5,
+           label=f"compiled + CUDA graph, measured: {fast_p['wall_ms_per_step']:.1f} ms")
+ax.axvspan(0, 5, color="tab:blue", alpha=0.08)
+ax.text(0.3, 29, "optimistic\nlaunches", fontsize=8, color="tab:blue")
+ax.axvline(c_eager * 1e3, color="tab:grey", ls=":", lw=1)
+ax.text(c_eager * 1e3 + 0.3, 29, f"eager's {c_eager * 1e3:.0f} µs", fontsize=8, color="tab:grey")
+ax.annotate(f"graphs start to pay\nabove {c_cross:.1f} µs", (c_cross, fast_p["wall_ms_per_step"]), xytext=(c_cross + 1, 11),
+            fontsize=8, arrowprops=dict(arrowstyle="->", lw=0.8))
+ax.set_xlim(0, 25)
+ax.set_ylim(0, eager_p["wall_ms_per_step"] * 1.12)
+ax.set_xlabel("CPU microseconds to launch one compiled kernel (c; not measured on the H200)")
+ax.set_ylabel("ms per decode step")
+ax.set_title("What CUDA graphs add depends on the cost of a launch (Mistral 7B, H200, code of 2026-11-30)", fontsize=10)
+ax.legend(fontsize=8, loc="center right")
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The split hangs on the one number not measured. If compiled kernels launch cheaply (5 µs), fusion alone would
-# already reach the graph's 5.7 ms and the graph would add nothing; if a launch costs what an eager one does,
-# fusion gives about 2.4x and the graph another 2.6x. Section 5 measures the middle rung live when you have a
-# GPU, and the benchmark's ladder will store it.
+# The split hangs on the one number not measured. Below about 8 µs per launch, fusion alone would already reach
+# the graph's 5.7 ms and the graph would add nothing; if a launch costs what an eager one does, fusion gives about
+# 2.4x and the graph another 2.6x. The grey line is the measured eager step, the green one the measured step with
+# the graph; the blue line between them is a model, not a measurement. Section 5 measures the middle rung live
+# when you have a GPU.
 
 # %% [markdown]
 # ### A bug only the profile showed
@@ -503,6 +538,11 @@ long = [rows[c]["decode tok/s (long prompt)"] for c in cols]
 ax1.bar(x - 0.2, short, 0.4, label="16-token prompt")
 ax1.bar(x + 0.2, long, 0.4, label=f"{run['long_prompt_tokens']:,}-token prompt")
 ax1.axhline(ceiling, color="tab:red", ls="--", label=f"ceiling {ceiling:.0f} tokens/s")
+full_ceiling = measured_bw / (weight_bytes + kv_full)  # the fast path reads all 4,096 cache slots at every step
+for i, c in enumerate(cols):
+    if c.startswith("ours fast"):
+        ax1.hlines(full_ceiling, i - 0.45, i + 0.45, color="tab:red", ls=":", lw=1.5,
+                   label=f"its ceiling with all slots read, {full_ceiling:.0f}" if i == cols.index("ours fast") else None)
 ax1.set_xticks(x.tolist(), [c.replace(", ", ",\n") for c in cols], fontsize=9)
 ax1.set_ylabel("decode tokens/s, batch 1")
 ax1.set_ylim(0, ceiling * 1.35)
@@ -531,7 +571,7 @@ plt.show()
 #   products run at about 3.2 TB/s, not the 4.1 of a copy (the small ones, such as the 8 MB `wk` and `wv`,
 #   much slower), and the step still runs about 680 kernels. The stored run predates the fused projections
 #   (`model.fuse()`: `wq`, `wk`, `wv` as one matrix and `w1`, `w3` as another, now on by default): fewer, larger
-#   products; the next run of the benchmark measures what they add.
+#   products, whose effect on these figures is unmeasured (change (3) of the note at the top).
 # - **A long prompt costs no more per token than a short one, because the short one already pays for the
 #   whole window.** With 6,000 tokens of context the fast path decodes as fast as with 16: it attends over all
 #   W = 4,096 slots at every step (empty ones masked out), so that CUDA graphs see one fixed shape. With a
@@ -551,7 +591,7 @@ plt.show()
 # ### The first generation is slower: plans per shape
 #
 # The row "first run" is the very first 256-token generation after loading: 9 tokens/s for both eager
-# implementations, three to four times slower than every later run. The fast path does not have this problem. The
+# implementations, three to four and a half times slower than their later runs. The fast path does not have this problem. The
 # benchmark found why: for one query against a growing cache, PyTorch picked cuDNN's attention kernel, and
 # cuDNN builds an execution plan for every new key length. A growing cache has a new length at every token.
 
@@ -565,8 +605,8 @@ for c in probe["calls"]:
 # About 64 ms the first time a length appears (843 ms for the very first call, which also sets cuDNN up),
 # 0.15 ms after that. Static shapes, which CUDA graphs need anyway, avoid the cost entirely. For the teaching
 # path, `attention_sdpa` now sends single-query calls on a GPU to the other fused kernels, which need no plan
-# (see `minimistral/attention.py`). That change came after this run: its effect has not been measured yet,
-# and the next run of the benchmark will show it in the "first run" row and in this probe.
+# (see `minimistral/attention.py`). That is change (1) of the note at the top: it came after the stored run, so
+# the "first run" row above is the old code's, and how much of its slowness the change removes is unmeasured.
 #
 # %% [markdown]
 # ## 5. A live measurement on this machine
@@ -604,6 +644,7 @@ ax.set_xscale("log", base=2)
 ax.set_xticks(sizes, [str(b) for b in sizes])
 ax.set_xlabel("batch size")
 ax.set_ylabel("tokens/s (all sequences)")
+ax.set_ylim(0, None)
 ax.set_title("Small model (ModelArgs.tiny()), eager decode on this machine, 1 thread", fontsize=10)
 plt.show()
 print(", ".join(f"batch {b}: {r:.0f} tok/s" for b, r in zip(sizes, rates)))
@@ -663,8 +704,9 @@ def profile_step(generate, n_new=16):
 
 
 if not torch.cuda.is_available():
-    print("No CUDA GPU here: the live GPU lab is skipped. The stored H200 figures above are what it would measure "
-          "(on a free Colab T4 it runs too, at about a fifth of the H200's bandwidth).")
+    print("No CUDA GPU here: the live GPU lab is skipped. The stored H200 figures above are what it measures on an "
+          "H200 (a free Colab T4, with 320 GB/s on its datasheet, has about a fifteenth of the H200's 4.8 TB/s; "
+          "this cell has not been tried on one).")
 else:
     dev = torch.device("cuda")
     args_live = args7b.replace(n_layers=4)
@@ -711,7 +753,7 @@ else:
 # `context` tokens already in their cache, on a GPU whose copies move `bandwidth` bytes per second. One decode step
 # reads every weight once (shared by the batch) and **each** sequence's cache (every layer's keys and values of the
 # tokens its rolling buffer holds), and produces one token per sequence. Weights and cache are stored with
-# `bytes_per_number` bytes each. Write `my_decode_ceiling(args, bytes_per_number, bandwidth, batch_size, context)`:
+# `bytes_per_number` bytes each; count every parameter as read, the embedding table included, as section 1 does. Write `my_decode_ceiling(args, bytes_per_number, bandwidth, batch_size, context)`:
 # the memory-bound ceiling in tokens/s for the whole batch (ignore the arithmetic: assume it stays under the
 # ridge). The check uses the H200's measured copy bandwidth and settings the benchmark never ran.
 
@@ -742,6 +784,7 @@ _ = check_function(
             "the same model without a sliding window, bf16, 16 users with 16,000 tokens each"],
     hint="list the bytes one step reads: what is shared by the batch, what each sequence adds, and how many tokens "
          "a rolling buffer can hold; then how many tokens one step yields",
+    forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes"],
     rtol=1e-9,
 )
 
@@ -758,6 +801,69 @@ except NotImplementedError:
 # step) outweigh the weights (14.5 GB), and per-user speed falls to under half the single-user ceiling.
 
 # %% [markdown]
+# ## Exercise 12.2: batching a launch-bound step
+#
+# 12.1's ceiling assumes the GPU never waits. Section 3's profile says the eager step does little else: the CPU
+# issues `launches` kernels per step, each costing it `us_per_launch` microseconds, while the GPU runs what it has
+# been given. A batch changes only one side of that: each kernel works on the whole batch, so the number of
+# launches per step does not grow with `batch_size`, while the bytes the GPU must read do (exactly as in 12.1).
+# Write `my_eager_rate(args, bytes_per_number, bandwidth, batch_size, context, launches, us_per_launch)`: the
+# decode rate in tokens/s for the whole batch, taking the GPU's time per step as the time to read its bytes at
+# `bandwidth` (ignore the arithmetic, and kernels slower than a copy). You may call your `my_decode_ceiling`.
+
+# %% nbgrader={"grade": false, "grade_id": "ex12_2_eager_rate-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_eager_rate(args, bytes_per_number, bandwidth, batch_size, context, launches, us_per_launch):
+    ### BEGIN SOLUTION
+    gpu_s = batch_size / my_decode_ceiling(args, bytes_per_number, bandwidth, batch_size, context)  # s per step
+    cpu_s = launches * us_per_launch * 1e-6  # one launch per kernel, whatever the batch
+    return batch_size / max(gpu_s, cpu_s)  # CPU and GPU overlap: the slower side sets the pace
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex12_2_eager_rate-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _eager_reference(a, nbytes, bw, batch, context, launches, us):
+    dtype = {1: "int8", 2: "bfloat16", 4: "float32"}[nbytes]
+    memory_s = (a.weight_bytes(dtype) + a.kv_cache_bytes(context, batch_size=batch, dtype=dtype, rolling=True)) / bw
+    return batch / max(memory_s, launches * us * 1e-6)
+
+
+_ = check_function(
+    "12.2 eager_rate", my_eager_rate, _eager_reference,
+    cases=[(args7b, 2, _h200, 1, 144, 1666, 22.0), (args7b, 2, _h200, 32, 2_000, 1666, 22.0),
+           (args7b, 2, _h200, 1, 16, 681, 5.0), (args7b, 1, _h200, 64, 4_096, 681, 8.0),
+           (args7b, 2, _h200, 48, 20_000, 681, 3.0),
+           (args7b.replace(sliding_window=None), 2, _h200, 8, 16_000, 1666, 10.0)],
+    labels=["the eager teaching path: 1 user, 1,666 launches at 22 µs", "32 users, 2,000 tokens each, same launches",
+            "1 user, 681 launches at 5 µs", "int8, 64 users with full windows, 681 launches at 8 µs",
+            "48 users with 20,000 tokens of context, 681 launches at 3 µs",
+            "no sliding window, 8 users with 16,000 tokens, 1,666 launches at 10 µs"],
+    hint="a step has a CPU side and a GPU side, and they run at the same time: which of them grows with the batch, "
+         "and which one decides how long the step lasts?",
+    forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes"],
+    rtol=1e-9,
+)
+
+# %%
+c_us = eager_p["wall_ms_per_step"] * 1e3 / eager_p["host_kernel_launches_per_step"]  # the H200 host's, measured
+try:
+    print(f"the eager teaching path as measured: {eager_p['host_kernel_launches_per_step']:,.0f} launches at {c_us:.0f} µs; "
+          f"full windows (4,096 tokens each)")
+    for batch in (1, 8, 32, 128, 512):
+        eager_rate = my_eager_rate(args7b, 2, measured_bw, batch, 4096, eager_p["host_kernel_launches_per_step"], c_us)
+        graph_rate = my_decode_ceiling(args7b, 2, measured_bw, batch, 4096)  # one launch: the memory ceiling
+        print(f"  batch {batch:>3}: eager {eager_rate:6.0f} tokens/s, ceiling {graph_rate:6.0f}: "
+              f"the ceiling is {graph_rate / eager_rate:4.1f}x eager")
+except NotImplementedError:
+    print("this cell uses your my_decode_ceiling and my_eager_rate: solve exercises 12.1 and 12.2 first")
+
+# %% [markdown]
+# A model, not a measurement (it ignores the arithmetic, which past the ridge point of section 2 would bind
+# first with short contexts, and kernels slower than a copy), but it shows where launch overhead matters: a
+# launch-bound step gets more sequences for free, since the launches it waits on do not grow with the batch. The
+# ceiling's lead over eager shrinks as the batch grows, and at about 250 users with full windows the cache reads
+# outlast the launches and the two meet. Removing launches (CUDA graphs) matters most for a single user.
+
+# %% [markdown]
 # ## Summary
 #
 # - Batch-1 decoding is **memory-bound**: tokens/s ≤ bandwidth / bytes of weights. For Mistral 7B in bf16 on
@@ -771,10 +877,11 @@ except NotImplementedError:
 # - `torch.compile` fuses operations and a CUDA graph replays the whole step with one launch, but only when
 #   shapes and addresses are fixed: hence a static rolling cache, a device-side position, on-device sampling,
 #   and one cache buffer per layer, all of it in the teaching model itself (`new_cache(static=True)`,
-#   `forward_at`, `fuse`): `minimistral.fast` compiles that model, it is not a second one. Measured: 184 tokens/s, 65% of the ceiling, 5 to 7 times the eager
+#   `forward_at`, `fuse`): `minimistral.fast` compiles that model, it is not a second one. Measured on the
+#   code of 2026-11-30 (before the fused projections): 184 tokens/s, 65% of the ceiling, 5 to 7 times the eager
 #   implementations, after a 52 s compile; as fast with a 6,000-token prompt as with 16 tokens, because it
-#   always reads all 4,096 cache slots. How the gain splits between fusion and graph replay is estimated until
-#   the benchmark measures the middle rung (or you do, in section 5).
+#   always reads all 4,096 cache slots. How the gain splits between fusion and graph replay depends on one
+#   unmeasured number, the CPU cost of launching a compiled kernel (section 3; section 5 measures it live on a GPU).
 # - The roofline puts every decode step at an intensity of about 1 FLOP/byte, where only bandwidth matters.
 # - Shapes that change cost in subtler ways too: cuDNN's attention paid 64 ms for every new key length.
 #

@@ -34,7 +34,7 @@
 #   model: memory and accuracy beside LoRA. Adapters saved here load in Hugging Face's `peft`.
 #
 # ## What you need
-# - A laptop CPU, about 1 GB of RAM, about a minute. The adapters trained by
+# - A laptop CPU, about 1 GB of RAM, a minute or two. The adapters trained by
 #   `python -m minimistral.train --lora 8` (LoRA, and QLoRA on 4-bit weights) ship in `data/`; a short live run
 #   beside them shows the training itself.
 # - Notebooks 10 (the small trained model and its training loop), 11 (loading, the memory planner) and 13 (4-bit
@@ -74,7 +74,9 @@ GB = 1e9
 # | the gradients, bf16 | 2 | one per weight |
 # | AdamW's two moments, float32 | 8 | running mean of the gradient and of its square |
 #
-# 16 bytes a parameter, 116 GB, before a single activation. The activations are what the backward pass needs
+# 16 bytes a parameter, 116 GB, before a single activation. (This is plain mixed precision on one GPU. 8-bit
+# optimizer states, moving them to CPU memory, or sharding them over several GPUs all shrink it; none of that
+# is needed for LoRA.) The activations are what the backward pass needs
 # from the forward pass (each norm's input, q, k, v, the MLP's hidden values...), per token and per layer.
 # `lora.memory_plan` counts all of it (its activation count is checked against what autograd really keeps, in
 # `tests/test_lora.py`). LoRA freezes the base: no gradients, no moments for it; only the adapter's few million
@@ -210,7 +212,9 @@ print("".join(real.id_to_piece(i) for i in ours))
 # %% [markdown]
 # The same format works with the course's small tokenizer (it simply spells `[INST]` with several pieces). A
 # training example of our task, with the tokens the loss is computed on in brackets: only the answer and its
-# EOS. The prompt is given at inference time, so its tokens teach the adapter nothing it will be asked for; this is
+# EOS. With this tokenizer "Genesis" is four pieces (`▁G en es is`), so an example has five target tokens, most
+# of them easy once the name has begun: the loss, averaged over those tokens, can fall a long way while choosing
+# the book is still hard. The prompt is given at inference time, so its tokens teach the adapter nothing it will be asked for; this is
 # the usual choice (Raschka makes it optional, and Shi et al. 2024, "Instruction Tuning With Loss Over
 # Instructions", find a loss on the prompt can help on some tasks).
 
@@ -226,16 +230,19 @@ print(" ".join(f"[{tok.id_to_piece(i)}]" if m else tok.id_to_piece(i) for i, m i
 # **The task.** A sentence of 8 to 24 words from one of five books of distinct voices (Genesis, Psalms,
 # Proverbs, Matthew, Revelation); the answer is the book's name. Training sentences come from the training
 # chapters; the held-out prompts come from the held-out chapters (every 20th, notebook 10's split), which
-# neither the base model nor the adapter has seen. Two measures on 30 held-out prompts (6 per book):
+# neither the base model nor the adapter has seen. Two measures on 66 held-out prompts, the set the training log
+# scores: 15 per book, except Revelation, whose held-out chapters hold only 6 sentences of 8 to 24 words:
 # - **choice accuracy**: of the five names, the one the model finds most likely as the answer; fair to the base
 #   model, which has never seen the format; chance is 20%;
 # - **exact match**: the greedy answer, up to EOS, is exactly the name.
 
 # %%
 train_pairs = instruct.balanced(data["train"], 200, seed=0)  # what the shipped adapters trained on
-test_pairs = instruct.balanced(data["heldout"], 6, seed=1)
+test_pairs = instruct.balanced(data["heldout"], 15, seed=1)  # the training log's 66 held-out prompts
+N = len(test_pairs)
 base = instruct.evaluate_task(model, tok, test_pairs)
 print(f"{len(train_pairs)} training pairs:", {b: sum(bb == b for _, bb in train_pairs) for b in instruct.BOOKS})
+print(f"{len(test_pairs)} held-out prompts:", {b: sum(bb == b for _, bb in test_pairs) for b in instruct.BOOKS})
 print(f"base model: choice accuracy {base['choice_accuracy']:.2f}, exact match {base['exact_match']:.2f}")
 print("base model's choices, per book:", dict(zip(instruct.BOOKS, base["scores"].argmax(1).bincount(minlength=5).tolist())))
 for (p, b), a in list(zip(test_pairs, base["answers"]))[:3]:
@@ -243,14 +250,14 @@ for (p, b), a in list(zip(test_pairs, base["answers"]))[:3]:
 
 # %% [markdown]
 # `balanced(train, 200)` asks for 200 sentences a book but Revelation's training chapters have only 139, so
-# there are 939 pairs. The base model continues the passage instead of answering (exact match 0), and its 0.20
-# choice accuracy is not a fifth of the books recognised: it picks "Psalms" for all 30 prompts, and 6 of them
+# there are 939 pairs. The base model continues the passage instead of answering (exact match 0), and its 0.23
+# choice accuracy is not a fifth of the books recognised: it picks "Psalms" for all 66 prompts, and 15 of them
 # are Psalms. Now a short live run: rank 8 on all seven
 # projections, 10 steps of 8 examples, AdamW on `A` and `B` only, the loss on the answers only
 # (`instruct.tune`; the loop is notebook 10's, with `ignore_index=-100` where the target is not an answer).
 # Ten steps only start the descent: the loss on the answers falls from about 8.6 to about 4.3, but the model
-# still continues the passage and still ranks "Psalms" first (exact match 0.00, choice accuracy 0.20: the last
-# line of the output below). The shipped run's 400 steps are what learned to answer with a name.
+# still continues the passage, and its choice accuracy is still the base's (exact match 0.00, choice accuracy
+# 0.23: the last line of the output below). The shipped run's 400 steps are what learned to answer with a name.
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -281,27 +288,14 @@ for (p, b), a in list(zip(test_pairs, after["answers"]))[:5]:
     print(f"  {p[:60]!r}... ({b}) -> {a!r}")
 
 # %%
-fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4), gridspec_kw=dict(width_ratios=[1.4, 1]))
+fig, ax1 = plt.subplots(figsize=(6.5, 3.2))
 losses = log["loss_every_10_steps"]
 ax1.plot([10 * i for i in range(len(losses))], losses, color="#4C72B0", label="shipped run (400 steps)")
 ax1.set_xlabel("step")
 ax1.set_ylabel("loss on answer tokens (nats)")
-ax1.set_title("LoRA instruction tuning")
+ax1.set_title("LoRA instruction tuning: the loss (accuracies in section 6)")
+ax1.set_ylim(0, None)
 ax1.legend(fontsize=9)
-labels = ["choice\naccuracy", "exact\nmatch"]
-xs = torch.arange(2).float()
-N = len(test_pairs)
-for dx, res, colour, name in ((-0.2, base, "#BBBBBB", "base model"), (0.2, after, "#55A868", "+ LoRA adapter")):
-    vals = [res["choice_accuracy"], res["exact_match"]]
-    ax2.bar(xs + dx, vals, 0.4, color=colour, label=name)
-    for xv, v in zip((xs + dx).tolist(), vals):  # a label on every bar, so the base's 0 shows too
-        ax2.text(xv, v + 0.02, f"{round(v * N)}/{N}", ha="center", fontsize=8)
-ax2.plot([-0.45, 0.45], [0.2, 0.2], color="#555555", ls=":", lw=1)  # chance: only choice accuracy has one
-ax2.text(-0.45, 0.13, "chance", fontsize=8, color="#555555")
-ax2.set_xticks(xs.tolist(), labels)
-ax2.set_ylim(0, 1.05)
-ax2.set_title(f"{len(test_pairs)} held-out prompts")
-ax2.legend(fontsize=8, loc="upper right")
 plt.tight_layout()
 plt.show()
 
@@ -317,6 +311,10 @@ for (_, b), j in zip(test_pairs, scores.argmax(1).tolist()):
 print(f"{'':11}" + "".join(f"{b[:7]:>8}" for b in instruct.BOOKS))
 for b, row in zip(instruct.BOOKS, conf.tolist()):
     print(f"{b:11}" + "".join(f"{v:>8}" for v in row))
+mistakes = int(conf.sum() - conf.trace())
+m, r = instruct.BOOKS.index("Matthew"), instruct.BOOKS.index("Revelation")
+print(f"{mistakes} mistakes of {N}; Matthew and Revelation taken for each other: {int(conf[m, r] + conf[r, m])}")
+print("right per book:", ", ".join(f"{b} {int(conf[i, i])}/{int(conf[i].sum())}" for i, b in enumerate(instruct.BOOKS)))
 
 # %% [markdown]
 # ## 5. Merging
@@ -359,10 +357,46 @@ print(f"{'LoRA, float32 base':22}{weight_megabytes(tuned):>8.1f}MB{after['choice
 print(f"{'QLoRA, 4-bit base':22}{weight_megabytes(q_model):>8.1f}MB{q_after['choice_accuracy']:>13.2f}"
       f"{q_after['exact_match']:>13.2f}")
 
+# %%
+def wilson(k, n, z=1.96):
+    """95% interval of a fraction k/n (Wilson's: stays inside [0, 1], sensible at 0/n and n/n)."""
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return mid - half, mid + half
+
+
+results = {"base model": (base, "#BBBBBB"), "10 live steps": (early, "#A6C8E0"),
+           "LoRA, 400 steps": (after, "#55A868"), "QLoRA, 4-bit base": (q_after, "#8172B2")}
+fig, ax = plt.subplots(figsize=(9, 3.6))
+for k, (name, (res, colour)) in enumerate(results.items()):
+    vals = [res["choice_accuracy"], res["exact_match"]]
+    xs = [m + (k - 1.5) * 0.2 for m in range(2)]
+    hits = [round(v * N) for v in vals]
+    lo_hi = [wilson(h, N) for h in hits]
+    ax.bar(xs, vals, 0.2, color=colour, label=name,
+           yerr=[[v - lo for v, (lo, _) in zip(vals, lo_hi)], [hi - v for v, (_, hi) in zip(vals, lo_hi)]],
+           capsize=3, error_kw=dict(lw=0.8, ecolor="#333333"))
+    for xv, v, h, (_, hi) in zip(xs, vals, hits, lo_hi):  # a label on every bar, so a 0 shows too
+        ax.text(xv, hi + 0.02, f"{h}", ha="center", fontsize=8)
+ax.plot([-0.45, 0.45], [0.2, 0.2], color="#555555", ls=":", lw=1)  # chance: only choice accuracy has one
+ax.text(-0.45, 0.13, "chance", fontsize=8, color="#555555")
+ax.set_xticks([0, 1], ["choice accuracy", "exact match"])
+ax.set_ylim(0, 1.1)
+ax.set_ylabel(f"fraction of {N} held-out prompts")
+ax.set_title(f"{N} held-out prompts: right answers (count on each bar) with 95% intervals")
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+plt.tight_layout()
+plt.show()
+for name, (res, _) in results.items():
+    k = round(res["exact_match"] * N)
+    print(f"{name:18} exact match {k}/{N} = {k / N:.2f}, 95% interval {wilson(k, N)[0]:.2f} to {wilson(k, N)[1]:.2f}")
+
 # %% [markdown]
-# On the 30 held-out prompts LoRA names 22 books right and QLoRA 21. With 30 prompts one accuracy carries a
-# standard error of about `sqrt(0.7 x 0.3 / 30)` = 0.08, so about ±0.16 at 95%: the 4-bit base costs nothing
-# we can measure here, which is not the same as costing nothing.
+# On the 66 held-out prompts LoRA names 54 books exactly right and QLoRA 53. With 66 prompts an accuracy near 0.8
+# has a standard error of about `sqrt(0.8 x 0.2 / 66)` = 0.05, so its 95% interval (the black bars, Wilson's, which
+# stay inside [0, 1]) spans about ±0.09: the two intervals overlap almost entirely. The 4-bit base costs nothing
+# we can measure here, which is not the same as costing nothing. The ten live steps of section 4 have not moved
+# either measure yet.
 #
 # On the small model most of the remaining megabytes are the embedding and output head, which stay in float (as
 # in notebook 13); on the 7B the projections are 96.4% of the weights and the saving is the one in section 1.
@@ -400,12 +434,28 @@ print("Psalm 1:1 ->", "".join(chat(tuned, tok, psalm_1_1, max_new_tokens=8)))
 
 # %% [markdown]
 # The second answer is wrong, and Psalm 1 is even a training chapter (this half-verse is not one of the training
-# sentences: the whole verse is longer than 24 words). Why Proverbs is not clear from the data: "Blessed" opens 25
-# Psalms training sentences and one of Proverbs, though "walketh" leans the other way (10 Proverbs sentences, 3
-# Psalms). A small model's answer to one sentence is weak evidence; the held-out set of section 4 is the measure.
-# There, half of the 8 mistakes (4) are Matthew and Revelation, the two New Testament books, taken for each other,
-# and Revelation, with only 139 training sentences, is right on 2 of its 6 prompts. (The training log beside the
-# adapter scores a larger held-out set of 66 prompts: 0.82 exact match.)
+# sentences: the whole verse is longer than 24 words). What did the adapter see? It trained on the 939 pairs of
+# `train_pairs`, not on all 4,000 sentences of the training chapters (the base model read those, in pretraining).
+# Count the two words that stand out, in both:
+
+# %%
+from collections import Counter
+
+for word, test in (("opening with 'Blessed'", lambda s: s.startswith("Blessed")),
+                   ("containing 'walketh'", lambda s: "walketh" in s.split())):
+    for name, pairs in (("the adapter's 939 training pairs", train_pairs), ("all 4,000 training sentences", data["train"])):
+        counts = Counter(b for s_, b in pairs if test(s_))
+        print(f"sentences {word:22} in {name:32}: " + ", ".join(f"{b} {counts[b]}" for b in instruct.BOOKS))
+
+# %% [markdown]
+# Over all the training chapters, which the base model read in pretraining, "Blessed" is a Psalms opening (25
+# Psalms, 9 Matthew, the Beatitudes, and 1 Proverbs) and "walketh" a weaker Proverbs word (10 against 3 Psalms).
+# In the 939 pairs the adapter learned from, "Blessed" opens only 6 sentences (3 Psalms, 2 Matthew, 1
+# Revelation), while "walketh" occurs in 6 Proverbs sentences and no Psalms one: in its own training data the
+# wrong answer has the clearer cue. Still, a small model's answer to one sentence is weak evidence; the held-out
+# set of section 4 is the measure. There, 12 of the 66 choices are wrong, and 6 of those are Matthew and
+# Revelation, the two New Testament books, taken for each other. Revelation, with only 139 training sentences,
+# is right on 2 of its 6 prompts; Proverbs on all 15.
 
 # %% [markdown]
 # ## 8. On the 7B (GPU and checkpoints only)
@@ -449,7 +499,8 @@ else:
 #
 # **14.1** How many numbers does LoRA train? Write `my_lora_trainable(args, rank, targets)` for a whole model:
 # every layer gets an adapter on each projection named in `targets` (among `wq, wk, wv, wo, w1, w2, w3`).
-# Not every projection is `dim x dim`.
+# Not every projection is `dim x dim`. Work the shapes out from `args` (building a model and reading its layers
+# is a fine way to check your answer afterwards, but the check does not accept it as the answer).
 
 # %% nbgrader={"grade": false, "grade_id": "ex14_1_lora_trainable-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_lora_trainable(args, rank, targets):
@@ -470,40 +521,55 @@ cases = [(args7, 8, ("wq", "wv")), (args7, 16, ALL), (model.args, 4, ("wk",)), (
 _ = check_function("14.1 lora_trainable", my_lora_trainable,
                    lambda a, r, t: lora.memory_plan(a, "lora", rank=r, targets=t)["trainable"], cases=cases,
                    forbid=["minimistral.lora.memory_plan", "minimistral.lora.trainable_parameters",
-                           "minimistral.lora.apply_lora"],
+                           "minimistral.lora.apply_lora", "minimistral.model.Transformer"],
                    hint="write down each projection's (out, in) shape from the model's arguments, "
                         "not from dim alone")
 
 # %% [markdown]
-# **14.2** The labels of a training example. Given `ids` and `mask` as `tok.encode_chat(messages,
-# answer_mask=True)` returns them, return `(x, y)`: the model's input `x` (a LongTensor, every token but the last)
-# and the targets `y` (the next token at each position, or `-100` where that next token is not part of an
-# answer), so that `F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)` is the answer-only loss.
+# **14.2** A batch of training examples. `instruct.tune` trains on batches of examples of different lengths.
+# Given `examples`, a list of `(ids, mask)` pairs as `tok.encode_chat(messages, answer_mask=True)` returns them,
+# and a `pad_id`, write `my_collate(examples, pad_id)` returning `(x, y)`, two LongTensors of shape `(B, T)`,
+# where `B` is the number of examples and `T` is the longest example's length minus one:
+# - row `i` of `x` is example `i`'s input, every token but its last, then `pad_id` up to length `T` (padding on
+#   the right, so every example starts at position 0, as it does when the model is used);
+# - `y[i, t]` is the token the model should predict at position `t` when that token is part of an answer (the
+#   answer's pieces and its EOS), and `-100` everywhere else, the prompt and the padding,
+#
+# so that `F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=-100)` is the answer-only loss of the
+# whole batch. Before you start: the batch has no attention mask. Why can padding on the right not change the
+# logits at the real tokens' positions, when padding on the left would?
 
-# %% nbgrader={"grade": false, "grade_id": "ex14_2_answer_labels-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_answer_labels(ids, mask):
+# %% nbgrader={"grade": false, "grade_id": "ex14_2_collate-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_collate(examples, pad_id):
     ### BEGIN SOLUTION
-    ids_t = torch.tensor(ids)
-    y = ids_t[1:].clone()
-    y[~torch.tensor(mask[1:])] = -100
-    return ids_t[:-1], y
+    T = max(len(ids) for ids, _ in examples) - 1
+    x = torch.full((len(examples), T), pad_id, dtype=torch.long)
+    y = torch.full((len(examples), T), -100, dtype=torch.long)
+    for i, (ids, mask) in enumerate(examples):
+        n = len(ids) - 1
+        x[i, :n] = torch.tensor(ids[:-1])
+        y[i, :n] = torch.where(torch.tensor(mask[1:]), torch.tensor(ids[1:]), -100)
+    return x, y
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex14_2_answer_labels-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def library_labels(ids, mask):
-    x_, y_ = instruct.collate([(ids, mask)])
-    return x_[0], y_[0]
+# %% nbgrader={"grade": true, "grade_id": "ex14_2_collate-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def library_collate(examples, pad_id):
+    return instruct.collate(examples, pad_id=pad_id)
 
 
-convs = [instruct.messages(*test_pairs[1]), instruct.messages(*test_pairs[2]),
-         [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Moses"},
-          {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Joshua"}]]
-cases = [tok.encode_chat(c, answer_mask=True) for c in convs]
-_ = check_function("14.2 answer_labels", my_answer_labels, library_labels, cases=cases,
-                   labels=["one answer", "another passage", "two answers in one conversation"],
+two_answers = [{"role": "user", "content": "Who?"}, {"role": "assistant", "content": "Moses"},
+               {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Joshua"}]
+enc = [tok.encode_chat(c, answer_mask=True) for c in
+       [instruct.messages(*test_pairs[1]), instruct.messages(*test_pairs[2]), two_answers,
+        instruct.messages("Jesus wept.", "Matthew")]]
+cases = [([enc[0], enc[1], enc[3]], 0), ([enc[2]], 0), ([enc[3], enc[2], enc[0]], 7), ([enc[1], enc[1]], 2)]
+_ = check_function("14.2 collate", my_collate, library_collate, cases=cases,
+                   labels=["three passages of different lengths", "one conversation with two answers",
+                           "the shortest first, pad_id 7", "two examples of the same length, pad_id 2"],
                    forbid=["minimistral.train.instruct.collate"],
-                   hint="which token does position t predict, and is that token part of an answer?")
+                   hint="which token does position t predict, is that token part of an answer, and what is there "
+                        "to predict past an example's end?")
 
 # %% [markdown]
 # **14.3** What LoRA trains, by hand. A frozen layer `W` (out, in) with an adapter `A` (r, in), `B` (out, r) and
@@ -586,6 +652,6 @@ print("by-hand LoRA model = minimistral.lora adapted model, logits")
 # - **The Instruct format**: `<s>[INST] {system}\n\n{user} [/INST] {answer}</s>[INST] ...` as text; the tokens (as
 #   printed in section 3, e.g. `[/INST]`, `▁Genesis`, `</s>`, `▁[`...) are what must equal mistral-common's, and do;
 #   the loss only on the answer tokens.
-# - On the small model, 400 steps of rank 8 take the held-out book-naming task from the base's 6 of 30 (it says
-#   "Psalms" to everything) to the accuracy shown in section 4 (22 of 30 held-out prompts), and 21 of 30 on the 4-bit base (QLoRA): with 30 prompts, a
-#   difference well within noise. The adapters are PEFT's files.
+# - On the small model, 400 steps of rank 8 take the held-out book-naming task from the base's 15 of 66 (it says
+#   "Psalms" to everything, and 15 are Psalms) to 54 of 66 named exactly, and 53 of 66 on the 4-bit base (QLoRA):
+#   95% intervals of about ±0.09 each, so a difference well within noise. The adapters are PEFT's files.

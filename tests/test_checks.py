@@ -73,6 +73,27 @@ def test_float_tolerance_is_relative_to_the_size_of_the_quantity(capsys):
     assert not ok and "times a constant larger than 1" in out and "(3, 4) float32 tensor" in out
 
 
+def test_a_mutated_list_is_named_as_data_not_as_a_tensor(capsys):
+    def pads_in_place(rows):  # right result, but it lengthens the caller's lists
+        for r in rows:
+            r.extend([0] * (3 - len(r)))
+        return torch.tensor(rows)
+    ok, out = verdict(capsys, "99.3 pad", pads_in_place, lambda rows: torch.tensor([r + [0] * (3 - len(r)) for r in rows]),
+                      [([[1, 2], [3]],)])
+    assert not ok and "changed its input" in out and "caller's argument" in out and "caller's tensor" not in out
+
+
+def test_a_flipped_sign_is_reported_as_a_sign_not_as_a_scale_factor(capsys):
+    ref = lambda x: 2 * x  # noqa: E731
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
+    ok, out = verdict(capsys, "99.3 sign", lambda x: -2 * x, ref, [(x,)])
+    assert not ok and "opposite sign" in out and "scaled too" not in out and "constant smaller" not in out
+    ok, out = verdict(capsys, "99.3 sign", lambda x: -x, ref, [(x,)])      # flipped and halved
+    assert not ok and "opposite sign" in out and "scaled too" in out
+    ok, out = verdict(capsys, "99.3 sign", lambda x: x, ref, [(x,)])       # halved, sign right
+    assert not ok and "times a constant smaller than 1" in out and "opposite sign" not in out
+
+
 def test_tensors_compare_shape_dtype_then_values(capsys):
     def ref(x):
         return x.cumsum(-1)

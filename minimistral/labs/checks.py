@@ -217,8 +217,12 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: Optional[float
     c = (wf.conj() @ gf) / (wf.conj() @ wf) if float((wf.abs() ** 2).sum()) > 0 else None
     if c is not None and not want.is_complex() and abs(float(c)) > 1e-3 and float((gf - c * wf).abs().max()) <= atol * scale + 1e-3 * scale \
             and abs(float(c) - 1) > 1e-3:
-        msg += f"; the result is the expected one times a constant {'larger' if abs(float(c)) > 1 else 'smaller'}" \
-               f" than 1 (a missing or extra scale factor?)"
+        if float(c) < 0:  # a flipped sign is not a scale factor: say so
+            msg += "; the result has the opposite sign of the expected one" + \
+                   ("" if abs(abs(float(c)) - 1) <= 1e-3 else ", and is scaled too") + " (a sign flipped somewhere?)"
+        else:
+            msg += f"; the result is the expected one times a constant {'larger' if float(c) > 1 else 'smaller'}" \
+                   f" than 1 (a missing or extra scale factor?)"
     elif not want.is_complex() and want.numel() > 1 and torch.allclose(gf.sort().values, wf.sort().values,
                                                                       atol=atol * scale, rtol=rtol):
         msg += "; the right numbers in the wrong places (an axis, an order or a transpose?)"
@@ -563,8 +567,11 @@ def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
         return f"it uses {what}, which this exercise does not allow"
     if seen["mutated"]:
         which = ", ".join(repr(names[i]) if i < len(names) else f"argument {i + 1}" for i in seen["mutated"])
-        return (f"it changed its input {which} in place (the caller's argument is not yours to change: "
-                "compute a new result, e.g. out-of-place operations instead of `+=`, `mul_` or slice assignment)")
+        if all(i < len(case) and isinstance(case[i], torch.Tensor) for i in seen["mutated"]):
+            return (f"it changed its input {which} in place (the caller's tensor is not yours to change: "
+                    "compute a new result, e.g. out-of-place operations instead of `+=`, `mul_` or slice assignment)")
+        return (f"it changed its input {which} in place (the caller's argument is not yours to change: build a new "
+                "list, dict or object instead of `append`, `extend`, `pop`, `+=` or item assignment)")
     return None
 
 
