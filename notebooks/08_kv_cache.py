@@ -82,9 +82,9 @@ ax.plot(n, naive, label="no cache: recompute the whole sequence every step", col
 ax.plot(n, cached, label="KV cache: each token passes through the model once", color="#3b75af", lw=2)
 guide = torch.tensor([200.0, 2000.0])
 ax.plot(guide, 0.5 * guide**2 * 2.5, color="grey", ls="--", lw=1)  # slope-2 and slope-1 guides, offset to sit beside the curves
-ax.text(520, 0.5 * 520**2 * 4, "slope 2", color="grey", fontsize=9)
+ax.text(330, 0.5 * 330**2 * 2.5 * 2, "slope 2", color="grey", fontsize=9, ha="right")
 ax.plot(guide, guide * 0.35, color="grey", ls="--", lw=1)
-ax.text(520, 520 * 0.2, "slope 1", color="grey", fontsize=9)
+ax.text(700, 700 * 0.35 * 0.45, "slope 1", color="grey", fontsize=9)
 ax.set_xscale("log")
 ax.set_yscale("log")  # log-log: a power law n^k is a straight line of slope k
 ax.set_xlabel("tokens generated after a 100-token prompt (log scale)")
