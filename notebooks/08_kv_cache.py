@@ -33,8 +33,9 @@ plt.show()
 # - Why generation without a cache costs $O(n^2)$ token-passes and with one $O(n)$.
 # - What a cache holds and what it costs: 128 KiB per token for Mistral 7B in bf16, 4 GiB at 32k tokens
 #   for a full cache, 0.5 GiB for the rolling buffer (allocated in full from the first token).
-# - The rolling buffer: token $p$ goes to slot $p \bmod W$; keys are stored **after** RoPE, so the
-#   order of the slots does not matter.
+# - The rolling buffer: token $p$ goes to slot $p \bmod W$. The order of the slots does not matter, because
+#   attention is a sum over keys and the mask is built from positions; keys are stored **after** RoPE, so no
+#   slot ever needs rotating again when it is read.
 # - Chunked prefill, why every chunking gives the same logits, and the non-square mask a chunk needs.
 # - That cached decoding equals a full recompute, even far past the window.
 #
@@ -66,21 +67,30 @@ torch.set_num_threads(1)  # the models here are small: one thread is fastest, an
 # value at layer $\ell$ depend only on the tokens up to it (causal attention). So we keep them.
 #
 # With a prompt of $P$ tokens and $n$ new tokens, the naive loop pushes
-# $\sum_{t=P}^{P+n-1} t \approx nP + n^2/2$ token-positions through the model; with a cache, $P + n$.
+# $\sum_{t=P}^{P+n-1} t \approx nP + n^2/2$ token-positions through the model; with a cache, $P + n - 1$
+# (the prompt once, then each new token once, except the last one, which is never fed back). On log-log axes a
+# power law is a straight line whose slope is its exponent: once $n$ outgrows the prompt, the naive count climbs
+# with slope 2 and the cached one with slope 1.
 
 # %%
 P = 100
-n = torch.arange(0, 2001)
-naive = n * P + n * (n - 1) // 2  # token-positions processed, summed over the n steps
-cached = P + n
-fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.plot(n, naive, label="no cache: recompute the whole prefix every step", color="#c0504d", lw=2)
+n = torch.arange(1, 2001)  # tokens generated, from the first
+naive = n * P + n * (n - 1) // 2  # sum of t for t = P .. P+n-1: the whole sequence at every step
+cached = P + n - 1  # the prompt once, then every new token but the last once
+fig, ax = plt.subplots(figsize=(7, 3.8))
+ax.plot(n, naive, label="no cache: recompute the whole sequence every step", color="#c0504d", lw=2)
 ax.plot(n, cached, label="KV cache: each token passes through the model once", color="#3b75af", lw=2)
-ax.set_yscale("log")  # on a linear axis the cached line would sit flat on zero
-ax.set_xlabel("tokens generated after a 100-token prompt")
+guide = torch.tensor([200.0, 2000.0])
+ax.plot(guide, 0.5 * guide**2 * 2.5, color="grey", ls="--", lw=1)  # slope-2 and slope-1 guides, offset to sit beside the curves
+ax.text(330, 0.5 * 330**2 * 2.5 * 2, "slope 2", color="grey", fontsize=9, ha="right")
+ax.plot(guide, guide * 0.35, color="grey", ls="--", lw=1)
+ax.text(700, 700 * 0.35 * 0.45, "slope 1", color="grey", fontsize=9)
+ax.set_xscale("log")
+ax.set_yscale("log")  # log-log: a power law n^k is a straight line of slope k
+ax.set_xlabel("tokens generated after a 100-token prompt (log scale)")
 ax.set_ylabel("token-positions processed (log scale)")
 ax.set_title("Generation cost: quadratic without a cache, linear with one")
-ax.legend()
+ax.legend(loc="upper left", fontsize=9)
 ax.grid(alpha=0.3)
 fig.tight_layout()
 plt.show()
@@ -119,7 +129,7 @@ print("first 12:", fast[:12])
 
 # %%
 positions_naive = sum(range(prompt.shape[1], prompt.shape[1] + 80))  # token-positions the naive loop pushes through
-positions_cached = prompt.shape[1] + 80
+positions_cached = prompt.shape[1] + 80 - 1  # the last new token is never fed back
 print(f"token-positions: {positions_naive:,} without the cache, {positions_cached} with it "
       f"({positions_naive / positions_cached:.1f}x fewer)")
 
@@ -129,11 +139,12 @@ print(f"without cache {t_slow:.2f} s, with cache {t_fast:.2f} s ({t_slow / t_fas
 
 # %% [markdown]
 # The cache saves far less *time* than it saves token-positions: a few times faster here, not the ~48x the
-# count promises (and nothing like the 1047x of 2,000 tokens). Counting token-positions assumes that a forward
+# count promises (and nothing like the 1048x of 2,000 tokens). Counting token-positions assumes that a forward
 # pass over $t$ tokens costs $t$ times a pass over one. On a small model it does not: each call pays a fixed
 # cost (Python, one dispatch per operation, reading every weight matrix once) whatever the number of tokens,
-# and a matrix product over 100 rows is barely slower than over 1, because the hardware does the extra rows
-# in parallel (notebook 12 measures the same effect on a GPU). Time one forward pass at a few lengths:
+# and the hardware works on many rows of a matrix product at once, so a forward pass over 100 tokens costs a few
+# times a pass over 1 token, not 100 times (notebook 12 measures the same effect on a GPU). Time one forward pass
+# at a few lengths:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -206,20 +217,21 @@ plt.show()
 viz.cache_explorer(window=8, n_tokens=24)
 
 # %% [markdown]
-# ### Why the slot order does not matter: keys are stored after RoPE
+# ### Why the slot order does not matter, and why keys are stored after RoPE
 #
 # In slot order, the cache above holds positions `8 9 10 11 12 5 6 7`: not sorted. Does attention care?
 #
 # Attention for one query is $\sum_j \mathrm{softmax}_j(q \cdot k_j / \sqrt{d})\, v_j$: a **sum over
 # keys**, which gives the same answer in any order, as long as each key stays paired with its value and
-# the mask is right. Two things make that true here:
+# the mask is right. And the mask is right because **it is built from the positions the slots hold**
+# (`slot_positions`), not from slot indices; empty slots hold position $-1$ and are never visible. Those two
+# facts, a sum and a mask from positions, are what make the order irrelevant.
 #
-# 1. **Keys are rotated by RoPE before they are stored.** The rotation encodes the key's position
-#    $j$ into the vector itself, so $q_i \cdot k_j$ already depends on $i - j$ whichever slot $k_j$ sits
-#    in. Had we stored keys *before* RoPE, reading them would need each slot's position to rotate it
-#    (every step, every layer); stored after, a slot is just a vector.
-# 2. **The mask is built from the positions the slots hold** (`slot_positions`), not from slot indices.
-#    Empty slots hold position $-1$ and are never visible.
+# A separate choice makes the reads cheap: **keys are rotated by RoPE before they are stored.** The rotation
+# writes the key's position $j$ into the vector itself, so $q_i \cdot k_j$ depends on $i - j$ whatever slot $k_j$
+# sits in. Keys stored *before* RoPE would work too (the slots' positions say how to rotate each one), but every
+# read, at every step and in every layer, would have to rotate all $W$ of them again; stored after, a slot is just
+# a vector.
 #
 # Let us build a one-layer, one-head rolling cache from scratch and check it against plain
 # sliding-window attention over the whole sequence.
@@ -277,12 +289,13 @@ print(lib_cache)
 print("same slots, same keys, same values as MyRollingCache")
 
 # %% [markdown]
-# ### Exercise 08.1: what does the cache hold after $n$ tokens?
+# ### Exercise 08.1 (the warm-up): what does the cache hold after $n$ tokens?
 #
 # Write `cached_positions(n_tokens, window)`: the list of length `window` giving, for slots
 # $0, 1, \dots, W-1$, the absolute position each slot holds after `n_tokens` tokens were written
 # (positions $0$ to $n-1$), with $-1$ for a slot never written. Think before you code: after 13
-# tokens with $W = 8$, slot 3 holds 11.
+# tokens with $W = 8$, slot 3 holds 11. The check refuses the library's cache (`RollingKVCache`'s `advance` and
+# `update`): the point is to know the ring's arithmetic, not to ask the ring.
 
 # %% nbgrader={"grade": false, "grade_id": "ex08_1_cached_positions-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def cached_positions(n_tokens: int, window: int) -> list[int]:
@@ -304,6 +317,8 @@ def _library_positions(n_tokens, window):
 
 passed = check_function("08.1 cached_positions", cached_positions, _library_positions,
                         [(13, 8), (0, 8), (5, 8), (8, 8), (16, 8), (100, 7), (3, 1), (4096 * 3 + 5, 4096)],
+                        forbid=["minimistral.cache.RollingKVCache.advance", "minimistral.cache.RollingKVCache.update",
+                                "minimistral.cache.RollingKVCache.key_positions"],
                         hint="follow the ring by hand for W = 4 and 6 tokens: where did token 4 go, and what did it "
                              "push out? Then ask which tokens can still be in the ring after n")
 
@@ -370,7 +385,8 @@ with torch.no_grad():
 # add up to T (ragged: `[3, 40, 1, 33, 23]` is fine). Give the model the chunks in that order, one chunk per call,
 # and return the logits of all T positions, (1, T, V). The check hands your function a model that watches its
 # calls: it refuses a call that does not continue the sequence the earlier calls started, or that carries another
-# number of tokens than its chunk. The cell after the check tries five chunkings with your function.
+# number of tokens than its chunk, and it does not hand out the model inside it. The cell after the check tries
+# five chunkings with your function.
 
 # %% nbgrader={"grade": false, "grade_id": "ex08_2_prefill_logits-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
@@ -388,7 +404,7 @@ def prefill_logits(model, tokens, sizes):
 _chunkings = [[40], [1] * 12, [16, 16, 16, 2], [17, 17, 11], [3, 40, 1, 6], [64]]
 _lengths = [40, 12, 50, 45, 50, 64]
 with torch.no_grad():
-    check_function("08.2 prefill_logits", prefill_logits, lambda m, t, sizes: m.model(t),
+    _ = check_function("08.2 prefill_logits", prefill_logits, lambda m, t, sizes: model(t),
                    [(ModelProbe(model, chunks=c), long_prompt[:, :n], c) for c, n in zip(_chunkings, _lengths)],
                    labels=["one chunk of 40", "12 chunks of 1 token", "chunks of 16 = W, the last of 2",
                            "chunks of 17, past the window", "ragged chunks 3, 40, 1, 6", "one chunk of 64, four windows"],
@@ -421,7 +437,8 @@ for name, d in diffs.items():  # float rounding differs with the order of the su
 # `start` tokens; exercise 08.1 says which position each slot holds), then the chunk's own keys, in order.
 # Write `rolling_chunk_mask(start, chunk_len, window)`: the boolean mask of shape
 # `(chunk_len, min(start, window) + chunk_len)`, True where that query may see that key (Mistral's rule:
-# $i - W < j \le i$). Your `cached_positions` from 08.1 may help. The check tries a chunk with nothing
+# $i - W < j \le i$). Your `cached_positions` from 08.1 may help; the library's masks and its cache's
+# `key_positions` are refused. The check tries a chunk with nothing
 # cached, chunks before and after the ring wraps, a single decode step, a chunk longer than the window, and W = 1.
 
 # %% nbgrader={"grade": false, "grade_id": "ex08_3_rolling_chunk_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -443,12 +460,15 @@ def _library_chunk_mask(start, chunk_len, window):
     return mm.attention_mask(positions, c.key_positions(positions), window)
 
 
-check_function("08.3 rolling_chunk_mask", rolling_chunk_mask, _library_chunk_mask,
+_ = check_function("08.3 rolling_chunk_mask", rolling_chunk_mask, _library_chunk_mask,
                [(0, 5, 4), (3, 2, 8), (13, 1, 8), (13, 5, 8), (20, 12, 8), (6, 3, 1)],
                labels=["nothing cached: 5 tokens from position 0, W = 4", "3 cached, ring not full: 2 new tokens, W = 8",
                        "one decode step at position 13 after the ring wrapped, W = 8",
                        "a 5-token chunk at position 13 after the ring wrapped, W = 8",
                        "a 12-token chunk, longer than W = 8, at position 20", "W = 1: 3 new tokens at position 6"],
+               forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask",
+                       "minimistral.attention.causal_mask", "minimistral.cache.RollingKVCache.key_positions",
+                       "minimistral.cache.RollingKVCache.advance", "minimistral.cache.RollingKVCache.update"],
                hint="build the positions of the keys first, in the order the cache hands them over, then compare "
                     "every query position with every key position; watch the window's edge and the mask's width")
 
@@ -504,9 +524,10 @@ full_gib = lengths * per_tok / 2**30
 allocated_gib = torch.full_like(full_gib, W7 * per_tok / 2**30)  # RollingKVCache: W slots from the start
 filled_gib = torch.clamp(lengths, max=W7) * per_tok / 2**30  # slots that hold a token
 fig, ax = plt.subplots(figsize=(8, 4.2), dpi=100)
-ax.plot(lengths, full_gib, color="#c0504d", lw=2, label="a cache that keeps every token (grows 128 KiB per token)")
+ax.plot(lengths, filled_gib, color="#e69f00", lw=7, alpha=0.55, solid_capstyle="butt",
+        label="rolling buffer: slots holding a token (under the red line up to W)")
+ax.plot(lengths, full_gib, color="#c0504d", lw=1.8, label="a cache that keeps every token (grows 128 KiB per token)")
 ax.plot(lengths, allocated_gib, color="#3b75af", lw=2.5, label="rolling buffer: memory allocated (all W slots, from token 1)")
-ax.plot(lengths, filled_gib, color="#e69f00", lw=2.5, ls="--", zorder=3, label="rolling buffer: slots holding a token")
 ax.axvline(W7, color="grey", ls=":", lw=1)
 ax.text(W7 + 300, 1.1, f"W = {W7:,}: the ring is full\nand starts to overwrite", fontsize=9, color="grey")
 ax.annotate(f"{full_gib[-1].item():.1f} GiB", (lengths[-1].item(), full_gib[-1].item()), xytext=(-50, -4),
@@ -533,7 +554,7 @@ print(f"allocated by mm.RollingKVCache for the 7B: {W7 * per_tok:,} bytes whatev
 #
 # ## Summary
 #
-# - Without a cache, generating $n$ tokens costs $\sim n^2/2$ token-passes; with one, $n$.
+# - Without a cache, generating $n$ tokens costs $\sim n^2/2$ token-passes; with one, about $n$.
 # - A cache holds one key and one value per layer, KV head and token: 131,072 bytes per token for
 #   Mistral 7B in bf16, 0.5 GiB at 4,096 tokens and 4 GiB at 32,768 for a full cache.
 # - The rolling buffer keeps only $W$ slots: token $p$ goes to slot $p \bmod W$, overwriting the token
@@ -542,8 +563,8 @@ print(f"allocated by mm.RollingKVCache for the 7B: {W7 * per_tok:,} bytes whatev
 # - The cost that remains: the teaching cache hands attention a `torch.cat` copy of the filled slots at every
 #   step; and a forward over many tokens costs far less than its token count says, so the cache's measured
 #   speed-up is much smaller than its count of token-positions saved.
-# - Keys are stored after RoPE and the mask comes from the positions the slots hold, so slot order is
-#   irrelevant.
+# - Attention is a sum over keys and the mask comes from the positions the slots hold, so slot order is
+#   irrelevant; keys are stored after RoPE, so no read has to rotate them again.
 # - Any chunking of the prefill gives the same logits; cached decoding equals a full recompute, far
 #   past the window.
 #

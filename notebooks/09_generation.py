@@ -127,7 +127,8 @@ print(tok.decode(ids + greedy_ids))
 # returns the list of new ids, at most `n_new` of them, and stops right after the model produces `eos_id` (that
 # id is the last one in the list; `None`: never stop early). The model must never compute a position twice:
 # the check hands your function a model that watches every call and refuses one that recomputes what the cache
-# already holds, or that starts a second cache.
+# already holds, or that starts a second cache; it also refuses the library's own loops (`mm.generate` and
+# `mm.generate_stream`).
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_1_greedy_decode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
@@ -151,13 +152,15 @@ _and = tok.encode("And", bos=True)
 _seq = mm.generate(model, _and, max_new_tokens=20, temperature=0.0)
 _stop = next(t for i, t in enumerate(_seq) if i >= 5 and t not in _seq[:i])  # first reached after 5 steps or more
 passed = check_function("09.1 greedy_decode", greedy_decode,
-                        lambda m, p, n, eos=None: mm.generate(m.model, p, max_new_tokens=n, temperature=0.0, eos_id=eos),
+                        lambda m, p, n, eos=None: mm.generate(model, p, max_new_tokens=n, temperature=0.0, eos_id=eos),
                         [(ModelProbe(model, decode=True), ids, 12), (ModelProbe(model, decode=True), [tok.bos_id], 5),
                          (ModelProbe(model, decode=True), ids, 1), (ModelProbe(model, decode=True), _and, 20, _stop),
                          (ModelProbe(model, decode=True), _and, 20, tok.eos_id)],
                         labels=["12 tokens after the 'created the' prompt", "5 tokens after <s> alone",
                                 "a single new token", "eos_id = a token greedy decoding first reaches after 5 steps or more",
                                 "eos_id that never comes within 20 tokens"],
+                        forbid=["minimistral.generate.generate", "minimistral.generate.generate_stream",
+                                "minimistral.generate.stream_text", "minimistral.generate.sample_next"],
                         hint="after each call, what does the cache already hold, and what is the one thing the model "
                              "has not seen yet? The list ends with eos_id when it stops early")
 
@@ -218,7 +221,10 @@ print("temperature and top-k match mm.sampling_probs")
 # %% [markdown]
 # The picture: the 40 likeliest tokens in order, the original distribution as outlines, what each knob
 # leaves in colour (renormalised, so after a cut the kept bars grow). The top-p panel uses $p = 0.5$ so that
-# its cut falls inside the 40 bars drawn; the usual $p = 0.9$ is measured just after.
+# its cut falls inside the 40 bars drawn; the usual $p = 0.9$ is measured just after. At temperature 1.5 every
+# bar drawn shrinks: flattening takes probability from the favourites and hands it to the 4,056 tokens beyond
+# the 40 on screen (they hold 56 % of the mass at $T = 1$, 27 % at $T = 1.5$), which is why each panel says how
+# much of the mass its 40 bars hold.
 
 # %%
 n_show = 40
@@ -232,6 +238,8 @@ for ax, (title, kw) in zip(axes.flat, panels):
     ax.bar(range(n_show), probs[order], fill=False, edgecolor="#555555", lw=0.8, label="original (T = 1)")
     kept = int((q > 0).sum())
     ax.set_title(f"{title}: {kept:,} tokens can be drawn", fontsize=10)
+    ax.text(0.98, 0.93, f"mass in these {n_show} bars: {q[order].sum().item():.0%} (T = 1: {probs[order].sum().item():.0%})",
+            transform=ax.transAxes, ha="right", va="top", fontsize=9)
     ax.set_ylim(0, max(probs[order].max(), q[order].max()).item() * 1.1)
 axes[0, 0].legend(fontsize=9)
 for ax in axes[1]:
@@ -243,7 +251,7 @@ plt.show()
 
 # %% [markdown]
 # How many tokens does top-p keep? It depends on how sure the model is, which is the point of it. After
-# "created the" the model hesitates between hundreds of nouns; after the course's running example, a complete
+# "created the" the model hesitates between hundreds of continuations; after the course's running example, a complete
 # verse ending in a full stop, it is nearly certain what comes next (a new verse starts):
 
 # %%
@@ -282,7 +290,8 @@ plt.show()
 # A server samples many requests in one batch, each with its own temperature, and "temperature 0" means greedy
 # for that request. Write `temperature_probs(logits, temperatures)`: `logits` of shape `(B, V)`, `temperatures` a
 # list of `B` numbers $\ge 0$; return the `(B, V)` float32 distributions each row is drawn from, where a row at
-# temperature 0 puts all its probability on its largest logit (the first one, on a tie). Where in the pipeline
+# temperature 0 puts all its probability on its largest logit (the first one, on a tie). Logits may come in
+# bfloat16, as a real model's do; the check tries that too, and refuses `mm.sampling_probs`. Where in the pipeline
 # from logits to probabilities does a temperature act, and what must every row of your answer sum to?
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_2_temperature_probs-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -304,10 +313,15 @@ _gt = torch.Generator().manual_seed(11)
 _rows = torch.randn(4, 30, generator=_gt) * 3
 passed = check_function("09.2 temperature_probs", temperature_probs, _temperature_reference,
                         [(logits[None], [0.7]), (logits[None], [1.6]), (_rows, [0.5, 1.0, 2.0, 0.25]),
-                         (_rows, [0.0, 1.0, 0.0, 3.0]), (torch.tensor([[1.0, 3.0, 3.0, -2.0]]), [0.0])],
+                         (_rows, [0.0, 1.0, 0.0, 3.0]), (torch.tensor([[1.0, 3.0, 3.0, -2.0]]), [0.0]),
+                         (logits[None].bfloat16(), [0.7]), (_rows.bfloat16(), [0.0, 0.5, 1.0, 0.0])],
                         labels=["the trained model's logits after 'created the', T = 0.7", "the same, T = 1.6",
                                 "4 rows, each at its own temperature", "4 rows, two of them greedy (T = 0)",
-                                "a greedy row with a tie for the largest logit"],
+                                "a greedy row with a tie for the largest logit",
+                                "the trained model's logits in bfloat16, T = 0.7 (the answer is float32)",
+                                "4 rows in bfloat16, two of them greedy"],
+                        forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
+                                "minimistral.generate.sample_next"],
                         hint="a temperature rescales the logits, not the probabilities; each row has its own, so line "
                              "the temperatures up with the rows; no division by zero may reach a greedy row")
 
@@ -317,8 +331,8 @@ passed = check_function("09.2 temperature_probs", temperature_probs, _temperatur
 # Write `top_p_filter(probs, p)`: given probabilities (last dimension = vocabulary, any batch dims in
 # front), keep the smallest set of likeliest tokens whose total probability reaches `p`, zero the rest,
 # and renormalise. The likeliest token is always kept. Before you code, decide on paper: with probabilities
-# 0.5, 0.3, 0.2 and `p = 0.6`, which tokens stay? With `p = 0.5`? Your answer must keep the vocabulary order
-# of its input.
+# 0.5, 0.3, 0.2 and `p = 0.6`, which tokens stay? With `p = 0.5`? (The check asks the second question too.) Your
+# answer must keep the vocabulary order of its input, and may not call `mm.sampling_probs`.
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_3_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def top_p_filter(probs, p):
@@ -336,12 +350,17 @@ _g = torch.Generator().manual_seed(5)
 _batch = torch.randn(3, 50, generator=_g) * 2
 passed = check_function("09.3 top_p_filter", top_p_filter,
                         lambda q, p: mm.sampling_probs(q.log(), temperature=1.0, top_p=p),
-                        [(probs, 0.9), (probs, 0.5), (probs, 1e-6), (probs, 1.0), (torch.softmax(_batch, -1), 0.7),
+                        [(torch.tensor([0.5, 0.3, 0.2]), 0.5), (torch.tensor([0.125, 0.5, 0.25, 0.125]), 0.75),
+                         (probs, 0.9), (probs, 0.5), (probs, 1e-6), (probs, 1.0), (torch.softmax(_batch, -1), 0.7),
                          (torch.softmax(_batch * 5, -1), 0.95)],
-                        labels=["the trained model's distribution, p = 0.9", "the same, p = 0.5",
+                        labels=["the paper question: 0.5, 0.3, 0.2 with p = 0.5 (the running total hits p exactly)",
+                                "0.125, 0.5, 0.25, 0.125 with p = 0.75 (again exactly on p, out of order)",
+                                "the trained model's distribution, p = 0.9", "the same, p = 0.5",
                                 "the same, p = 1e-6 (only the likeliest token)", "the same, p = 1.0 (nothing cut)",
                                 "a batch of 3 random distributions over 50 tokens, p = 0.7",
                                 "a batch of 3 sharp distributions over 50 tokens, p = 0.95"],
+                        forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
+                                "minimistral.generate.sample_next"],
                         hint="the token that makes the running total reach p belongs to the set; the likeliest token "
                              "stays even when it alone exceeds p; the output is in vocabulary order and sums to 1")
 
@@ -382,6 +401,7 @@ passed = check_function("09.4 min_p_filter", min_p_filter, _min_p_reference,
                                 "min_p = 1.0: only the favourite (and exact ties) survive",
                                 "a batch of 4 distributions of very different sharpness, min_p = 0.2",
                                 "the same batch with a second batch dimension, (2, 4, 60), min_p = 0.05"],
+                        forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs"],
                         hint="the bar is relative, not absolute, and each distribution in a batch has its own "
                              "favourite; a token exactly at the bar stays; the result must sum to 1 per distribution")
 
@@ -420,16 +440,20 @@ for seed in [0, 1, 2]:
 # id as soon as it is sampled. Printing a token's piece directly would be wrong for byte-fallback
 # tokens (a multi-byte character such as "é" arrives as several byte tokens) and for sentencepiece's `▁`
 # spaces, so we decode everything so far and print only what is new, holding back a half-finished
-# character (the decoder shows it as "\ufffd", the replacement character) until its last byte arrives.
+# character (the decoder shows it as "\ufffd", the replacement character) until its last byte arrives. "What is
+# new" starts after the *decoded* prompt, `len(tok.decode(ids))`: decoding need not give the prompt back
+# character for character (sentencepiece drops a leading space, for one), so `len(prompt)` could cut in the
+# wrong place.
 
 # %%
 def stream(model, tok, prompt, **kw):
     ids = tok.encode(prompt, bos=True)
+    head = len(tok.decode(ids))  # where the new text starts in what the decoder gives back
     new, shown, text = [], "", ""
     print(prompt, end="", flush=True)
     for token in mm.generate_stream(model, ids, **kw):
         new.append(token)
-        text = tok.decode(ids + new)[len(prompt):]
+        text = tok.decode(ids + new)[head:]
         if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest of its bytes
             continue
         print(text[len(shown):], end="", flush=True)  # only what appeared since the last token
@@ -449,8 +473,8 @@ assert streamed == mm.generate(model, tok.encode("And the LORD said unto Moses,"
 # %%
 pieces = list(mm.stream_text(model, tok, "And the LORD said unto Moses,", max_new_tokens=40, temperature=0.7,
                              top_p=0.9, seed=3))
-assert "".join(pieces) == tok.decode(tok.encode("And the LORD said unto Moses,", bos=True) + streamed)[
-    len("And the LORD said unto Moses,"):]
+_ids = tok.encode("And the LORD said unto Moses,", bos=True)
+assert "".join(pieces) == tok.decode(_ids + streamed)[len(tok.decode(_ids)):]
 print(f"{len(pieces)} pieces, the same text as above")
 
 # %% [markdown]

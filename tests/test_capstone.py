@@ -99,3 +99,15 @@ def test_shipped_edition_matches_transformers():
     chunked = torch.cat([cap.model(tokens[:, s:s + 50], cache=cache) for s in range(0, W + 72, 50)], dim=1)
     torch.testing.assert_close(chunked, ref, atol=1e-4, rtol=1e-4)
     assert cap.greedy["yours"] == cap.greedy["library"]
+
+
+def test_find_checkpoint_says_why_there_is_none(tmp_path, monkeypatch):
+    assert capstone.find_checkpoint("") == (None, "no 7B checkpoint here (MINIMISTRAL_CHECKPOINT is not set)")
+    folder, why = capstone.find_checkpoint(str(tmp_path / "missing"))
+    assert folder is None and "is set, but there is no such folder" in why and str(tmp_path / "missing") in why
+    (tmp_path / "notebooks" / "models" / "m7b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "notebooks")  # a kernel runs in the notebook's folder
+    assert capstone.find_checkpoint("models/m7b") == ((tmp_path / "notebooks" / "models" / "m7b").resolve(), "")
+    folder, why = capstone.find_checkpoint("models/other")  # relative: the notebook's folder, then the repository's
+    assert folder is None and str(tmp_path / "notebooks" / "models" / "other") in why
+    assert str(capstone.Path(capstone.__file__).resolve().parents[2] / "models" / "other") in why

@@ -68,3 +68,11 @@ def test_the_probe_travels_to_the_sandbox(model):
         torch.testing.assert_close(chunked(back, [3, 2])[:, :5], model(TOKENS[:, :5]), atol=1e-4, rtol=1e-4)
     with pytest.raises(codec.CodecError):  # the exception is for this one class, not the labs at large
         codec._load_class("minimistral.labs.checks:CheckFailed")
+
+
+def test_the_watched_model_is_not_handed_out(model):
+    probe = ModelProbe(model, chunks=[12])
+    with pytest.raises(ProcedureError, match="reached for the model inside"):
+        probe.model(TOKENS)  # going around the probe through its attribute
+    with torch.no_grad():  # the probe still works as the model after the refusal
+        torch.testing.assert_close(chunked(probe, [12]), model(TOKENS), atol=1e-4, rtol=1e-4)

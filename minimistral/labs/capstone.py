@@ -573,3 +573,20 @@ def your_mistral(folder=None, checkpoint=None, prompt: str = "And God said, Let 
 
 def _first_diff(a, b) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def find_checkpoint(value: str, source: str = "MINIMISTRAL_CHECKPOINT") -> tuple[Optional[Path], str]:
+    """(the checkpoint folder, "") or (None, a sentence saying why there is none). A relative path is read as
+    notebook 11 reads it: from the kernel's working folder (Jupyter starts it in the notebook's folder), then from
+    the repository's root, where notebook 11's `hf download ... --local-dir models/...` puts the weights."""
+    if not value:
+        return None, f"no 7B checkpoint here ({source} is not set)"
+    given = Path(value).expanduser()
+    root = Path(__file__).resolve().parents[2]
+    bases = [Path.cwd()] + ([root] if (root / "notebooks").is_dir() and root != Path.cwd().resolve() else [])
+    tried = [given] if given.is_absolute() else [(base / given).resolve() for base in bases]
+    for folder in tried:
+        if folder.is_dir():
+            return folder, ""
+    return None, (f"{source}={value!r} is set, but there is no such folder: tried {' and '.join(map(str, tried))}. "
+                  "Give the absolute path of the folder that holds the weights and config.json (or params.json)")

@@ -647,17 +647,23 @@ class ProcedureError(RuntimeError):
 class ModelProbe(torch.nn.Module):
     """`model` (an mm.Transformer), watched. Every call must pass a cache, the same one each time (from
     probe.new_cache()). chunks=[c1, c2, ...]: call k carries exactly c_k tokens, and there are no more calls.
-    decode=True: once the cache holds tokens, each call carries exactly one. `calls` lists (tokens, cache position)."""
+    decode=True: once the cache holds tokens, each call carries exactly one. `calls` lists (tokens, cache position).
+    The watched model is not handed out: `probe.model` raises, so a function cannot go around the probe through it."""
 
     def __init__(self, model, chunks: Optional[list] = None, decode: bool = False):
         super().__init__()
-        self.model, self.args = model, model.args
+        self._watched, self.args = model, model.args
         self.chunks, self.decode = None if chunks is None else [int(c) for c in chunks], decode
         self.calls: list = []
         self.cache = None  # the first call's cache, held (an id() alone could be reused by a later object)
 
+    @property
+    def model(self):
+        raise ProcedureError("the function reached for the model inside the one the check handed it: call that "
+                             "model itself, model(tokens, cache=cache), so that every call is seen")
+
     def new_cache(self, *args, **kwargs):
-        return self.model.new_cache(*args, **kwargs)
+        return self._watched.new_cache(*args, **kwargs)
 
     def forward(self, tokens, cache=None):
         T = int(tokens.shape[-1])
@@ -681,4 +687,4 @@ class ModelProbe(torch.nn.Module):
             raise ProcedureError(f"{where}) came after the cache already held {pos} tokens: once the prompt is "
                                  "in the cache, a decoding step gives the model only what it has not seen")
         self.calls.append((T, pos))
-        return self.model(tokens, cache=cache)
+        return self._watched(tokens, cache=cache)
