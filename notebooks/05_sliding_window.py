@@ -581,15 +581,21 @@ def prefill_loses_nothing(seq_len, chunk, window, slots):  # simulate the rollin
     held = torch.full((slots,), -1)  # the position each slot holds, -1: empty
     for start in range(0, seq_len, chunk):
         q_pos = torch.arange(start, min(start + chunk, seq_len))
-        held[q_pos % slots] = q_pos  # write the chunk (a chunk longer than the cache overwrites itself)
-        seen = attention_mask(q_pos, held, window).sum(-1)  # keys each query finds in the cache
-        if not torch.equal(seen, q_pos + 1 if window is None else (q_pos + 1).clamp(max=window)):
+        held[q_pos[-slots:] % slots] = q_pos[-slots:]  # write the chunk (a longer chunk overwrites its own start)
+        in_cache = torch.zeros(seq_len + 1, dtype=torch.long)  # in_cache[p + 1] = 1: position p is held
+        in_cache[held[held >= 0] + 1] = 1
+        upto = in_cache.cumsum(0)  # upto[p + 1]: how many of positions 0 .. p are held
+        oldest = (q_pos - (seq_len if window is None else window - 1)).clamp(min=0)  # query i may see oldest .. i
+        if not torch.equal(upto[q_pos + 1] - upto[oldest], q_pos - oldest + 1):  # all of them must be held
             return False
     return True
 
 
 def slots_by_simulation(seq_len, chunk, window):  # the reference: the smallest cache that loses nothing
-    lo, hi = 1, seq_len  # a cache as long as the prompt always works; fewer slots never hold more
+    hi = 1  # a cache as long as the prompt always works, and fewer slots never hold more: search
+    while hi < seq_len and not prefill_loses_nothing(seq_len, chunk, window, hi):
+        hi *= 2
+    lo, hi = hi // 2 + 1, min(hi, seq_len)
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if prefill_loses_nothing(seq_len, chunk, window, mid) else (mid + 1, hi)
@@ -605,7 +611,7 @@ _ = check_function("05.3 prefill_cache_slots", prefill_cache_slots, slots_by_sim
     case(10, 4, 16, label="a window longer than the prompt"),
     case(10, 4, None, label="no window"),
     case(7, 10, 4, label="one chunk longer than the prompt"),
-    case(32768, 512, 4096, label="Mistral 7B: 32,768 tokens in chunks of 512, W = 4096"),
+    case(8192, 512, 4096, label="Mistral 7B: 8,192 tokens in chunks of 512, W = 4096"),
 ], forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask"],
    hint="for one chunk, which is the oldest key any of its queries may see, and which is the newest key the "
         "cache has just received? Then compare the chunks: is the first one like the others?")
