@@ -444,7 +444,7 @@ for ax in axes:
     bottom = ax.get_ylim()[0]
     ax.text(W7 * 1.1, bottom * 3, "W", color="tab:green")
     ax.text(a.max_seq_len * 1.1, bottom * 3, "32k", color="black")
-axes[2].legend(fontsize=8, loc="lower right")
+axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.9))  # below the weights' line
 plt.tight_layout()
 plt.show()
 
