@@ -127,9 +127,10 @@ plt.show()
 #   (October 2023) changed it to `-sliding_window + 1`, calling the old one "a bug that was in Mistral's
 #   windowed attention". Later issues (#29623 in 2024, #39408 in 2025) found the attention backends of
 #   the library disagreeing by one key again.
-# - FlashAttention's `window_size=(left, right)` is inclusive: query $i$ attends to keys in
-#   $[i - \text{left},\, i + \text{right}]$, so `window_size=(W, 0)` admits W + 1 keys and Mistral's window
-#   needs `(W - 1, 0)`. Other projects fixed exactly this in their own code (for example zml PR #763).
+# - FlashAttention's `window_size=(left, right)` counts inclusively: query $i$ attends to keys in
+#   $[i - \text{left},\, i + \text{right}]$, both ends included. Passing Mistral's W there without thinking
+#   is the same off-by-one, and other projects fixed exactly that in their own code (for example zml PR #763);
+#   exercise 05.2 asks you for the right arguments.
 #
 # Two easy ways to write the W + 1 version:
 
@@ -399,8 +400,15 @@ for T_ in (1024, 4096, 8192, 16384, 32768):
 
 # %% [markdown]
 # At the paper's context length of 8,192 tokens the window cuts a whole prompt's attention work by a
-# quarter (from 17.59 to 13.20 TFLOPs: the full cost is 1.33 times the windowed one); at the configured limit of 32,768 tokens by about 4.3x. For each *new* token generated at
-# position $T$ it cuts the attention work by $T/W$ (2x at 8,192, 8x at 32,768), and the cache by the same factor.
+# quarter (from 17.59 to 13.20 TFLOPs: the full cost is 1.33 times the windowed one); at the configured limit
+# of 32,768 tokens by about 4.3x. A *new* token generated at position $T$ sees $T + 1$ keys without the window
+# and $W$ with it, so the window cuts its attention work by $(T + 1)/W$ (about 2x at 8,192, 8x at 32,768),
+# and the cache by the same factor.
+#
+# The middle panel below shows why that matters more than it sounds. For one new token, the weights' matmuls
+# cost a fixed 14.2 GFLOPs (2 FLOPs per parameter); full attention costs 524,288 FLOPs per key, so it
+# overtakes all the weights' matmuls together at about 27,000 tokens, and keeps growing. With the window it
+# stops at 2.1 GFLOPs, 15 % of the matmuls, however long the text.
 
 # %%
 Ts = torch.logspace(6, 17, 45, base=2).round().long().tolist()  # 64 .. 131,072 tokens
@@ -424,14 +432,19 @@ ax.loglog(Ts, [a.kv_cache_bytes(t) / 2**30 for t in Ts], color="tab:blue", label
 ax.axhline(a.weight_bytes() / 2**30, color="tab:red", ls="--", lw=1, label="all weights (bf16)")
 ax.set_title("KV cache, GiB (bf16, batch 1)")
 ax.set_ylabel("GiB")
+crossover = matmul_flops / flops_per_entry  # the length at which full attention costs as much as the matmuls
+axes[1].plot([crossover], [matmul_flops / 1e9], "o", color="tab:purple", ms=5)
+axes[1].annotate(f"≈{crossover / 1000:.0f}k tokens", (crossover, matmul_flops / 1e9), xytext=(4, -14),
+                 textcoords="offset points", fontsize=8, color="tab:purple")
 for ax in axes:
     ax.axvline(W7, color="tab:green", ls=":", lw=1)
     ax.axvline(a.max_seq_len, color="black", ls=":", lw=0.8)
     ax.set_xlabel("sequence length T (tokens)")
     ax.legend(fontsize=8, loc="upper left")
-axes[2].legend(fontsize=8, loc="lower right")
-axes[0].text(W7 * 1.1, axes[0].get_ylim()[0] * 3, "W", color="tab:green")
-axes[0].text(a.max_seq_len * 1.1, axes[0].get_ylim()[0] * 3, "32k", color="black")
+    bottom = ax.get_ylim()[0]
+    ax.text(W7 * 1.1, bottom * 3, "W", color="tab:green")
+    ax.text(a.max_seq_len * 1.1, bottom * 3, "32k", color="black")
+axes[2].legend(fontsize=8, loc="upper left", bbox_to_anchor=(0, 0.9))  # below the weights' line
 plt.tight_layout()
 plt.show()
 
@@ -442,8 +455,8 @@ plt.show()
 #   boolean mask still compute all $T \times T$ scores and then discard most of them. The savings in
 #   work need a kernel that skips the blocks outside the band (FlashAttention's `window_size`, xFormers'
 #   local attention); the savings in memory need the rolling cache (notebook 08).
-# - Below $T = W$ nothing changes at all: for prompts under 4096 tokens Mistral 7B's attention is plain
-#   causal attention.
+# - Up to $T = W$ nothing changes at all: for prompts of up to 4096 tokens Mistral 7B's attention is plain
+#   causal attention (the table's ratio is 1.00 at 4,096).
 #
 # ## 6. The same pictures from the library
 #
@@ -462,7 +475,7 @@ mm.viz.mask_explorer(max_len=32)
 # %% [markdown]
 # ## Exercises
 #
-# **05.1 The mask over any positions.** Section 2 built the square mask of a sequence that starts at 0. The
+# **05.1 (warm-up) The mask over any positions.** Section 1 built the square mask of a sequence that starts at 0. The
 # rolling cache of notebook 08 needs more: its W slots hold keys **out of order** (the token at position $p$
 # sits in slot $p \bmod W$, so after 6 tokens with $W = 4$ the slots hold positions `[4, 5, 2, 3]`), and slots
 # not written yet hold the position `-1`. Write `my_attention_mask(q_positions, k_positions, window)`: for
@@ -510,8 +523,9 @@ _ = check_function("05.1 attention_mask", my_attention_mask, mask_by_rule, cases
 # window_size=(left, right))` lets the query at position $i$ attend the key at position $j$ when
 # $i - \text{left} \le j \le i + \text{right}$, where `-1` on a side means no limit there. Write
 # `my_flash_window(window)`: the `(left, right)` tuple of ints that gives exactly Mistral's mask for a window
-# `window`, or plain causal attention for `window=None`. Early reference code and some kernels were off by one
-# here; the check compares the masks your tuple produces with Mistral's.
+# `window`, or plain causal attention for `window=None`; write `-1` for a side that needs no limit (a large
+# number would work in the kernel too, but `-1` is its convention, and the check expects it). Early reference
+# code and some kernels were off by one here; the check compares the masks your tuple produces with Mistral's.
 
 # %% nbgrader={"grade": false, "grade_id": "ex05_2_flash_window-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_flash_window(window):
@@ -540,72 +554,102 @@ _ = check_function("05.2 flash_window", my_flash_window, flash_window_by_search,
                         "side be so that no query sees its future?")
 
 # %% [markdown]
-# **05.3 The mask when a cache holds the past.** When generating, the model processes `n_new` new tokens
-# whose positions start at `start` (everything before is in the KV cache, here kept in full, not rolled),
-# so the queries are positions `start .. start + n_new - 1` and the keys are positions `0 .. start + n_new - 1`.
-# Return the `(n_new, start + n_new)` bool mask, True where the query may attend the key, for a window
-# `window` (or `None`: causal). Notebook 08 needs exactly this. Nothing above builds a non-square mask: work
-# out which key each query's window starts and ends at.
+# **05.3 How many slots does chunked prefill need?** A long prompt is not run through the model in one go
+# but in chunks: positions `0 .. chunk-1`, then `chunk .. 2*chunk-1`, and so on (the last chunk may be
+# shorter), with a rolling cache of `S` slots (the token at position $p$ goes to slot $p \bmod S$, replacing
+# what was there). For each chunk, its keys and values are first written into the cache, then its queries
+# attend to whatever the cache holds, under Mistral's window rule (05.1). Write
+# `prefill_cache_slots(seq_len, chunk, window)`: the smallest `S` for which no query of any chunk loses a key
+# it may see, so that chunked prefill gives exactly what one pass over the whole prompt gives (`window=None`:
+# causal). Generation, one token at a time, needs W slots; a chunk is more than one token, and the first
+# chunks start near position 0.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_3_cache_window_mask-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def cache_window_mask(n_new, start, window):
+# %% nbgrader={"grade": false, "grade_id": "ex05_3_prefill_cache_slots-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def prefill_cache_slots(seq_len, chunk, window):
     ### BEGIN SOLUTION
-    i = torch.arange(start, start + n_new)[:, None]  # (n_new, 1): absolute query positions
-    j = torch.arange(start + n_new)[None, :]  # (1, start + n_new): every key position
-    visible = j <= i
-    if window is not None:
-        visible = visible & (j > i - window)
-    return visible
+    need = 0
+    for start in range(0, seq_len, chunk):
+        end = min(start + chunk, seq_len)  # the chunk is positions start .. end - 1
+        oldest = 0 if window is None else max(0, start - window + 1)  # the oldest key its first query may see
+        need = max(need, end - oldest)  # the cache must hold oldest .. end - 1 at once
+    return need
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex05_3_cache_window_mask-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def reference_cache_mask(n_new, start, window):
-    return attention_mask(torch.arange(start, start + n_new), torch.arange(start + n_new), window)
+# %% nbgrader={"grade": true, "grade_id": "ex05_3_prefill_cache_slots-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def prefill_loses_nothing(seq_len, chunk, window, slots):  # simulate the rolling cache, chunk by chunk
+    held = torch.full((slots,), -1)  # the position each slot holds, -1: empty
+    for start in range(0, seq_len, chunk):
+        q_pos = torch.arange(start, min(start + chunk, seq_len))
+        held[q_pos[-slots:] % slots] = q_pos[-slots:]  # write the chunk (a longer chunk overwrites its own start)
+        in_cache = torch.zeros(seq_len + 1, dtype=torch.long)  # in_cache[p + 1] = 1: position p is held
+        in_cache[held[held >= 0] + 1] = 1
+        upto = in_cache.cumsum(0)  # upto[p + 1]: how many of positions 0 .. p are held
+        oldest = (q_pos - (seq_len if window is None else window - 1)).clamp(min=0)  # query i may see oldest .. i
+        if not torch.equal(upto[q_pos + 1] - upto[oldest], q_pos - oldest + 1):  # all of them must be held
+            return False
+    return True
 
 
-_ = check_function("05.3 cache_window_mask", cache_window_mask, reference_cache_mask,
-                   cases=[(1, 10, 4), (3, 5, 4), (4, 0, 3), (2, 7, None), (5, 20, 1), (3, 2, 8)],
-                   labels=["one new token at position 10, W = 4", "3 new tokens after 5 cached, W = 4",
-                           "no cache (start 0): the square mask", "2 new tokens after 7, no window",
-                           "W = 1: each token sees itself only", "window longer than everything so far"],
-                   forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask",
-                           "minimistral.attention.causal_mask"],
-                   hint="write the query positions and the key positions as numbers first (which is the first "
-                        "query's position?); then the same two conditions as for the square mask")
+def slots_by_simulation(seq_len, chunk, window):  # the reference: the smallest cache that loses nothing
+    hi = 1  # a cache as long as the prompt always works, and fewer slots never hold more: search
+    while hi < seq_len and not prefill_loses_nothing(seq_len, chunk, window, hi):
+        hi *= 2
+    lo, hi = hi // 2 + 1, min(hi, seq_len)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if prefill_loses_nothing(seq_len, chunk, window, mid) else (mid + 1, hi)
+    return lo
+
+
+_ = check_function("05.3 prefill_cache_slots", prefill_cache_slots, slots_by_simulation, cases=[
+    case(20, 1, 4, label="chunks of 1 token (generation), W = 4"),
+    case(20, 3, 4, label="chunks of 3, W = 4, 20 tokens"),
+    case(10, 8, 4, label="chunks of 8, W = 4, 10 tokens: a long first chunk, a short last one"),
+    case(12, 5, 3, label="chunks of 5, W = 3, 12 tokens"),
+    case(9, 4, 1, label="W = 1: each query sees only itself"),
+    case(10, 4, 16, label="a window longer than the prompt"),
+    case(10, 4, None, label="no window"),
+    case(7, 10, 4, label="one chunk longer than the prompt"),
+    case(8192, 512, 4096, label="Mistral 7B: 8,192 tokens in chunks of 512, W = 4096"),
+], forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask"],
+   hint="for one chunk, which is the oldest key any of its queries may see, and which is the newest key the "
+        "cache has just received? Then compare the chunks: is the first one like the others?")
 
 # %% [markdown]
 # **05.4 A mixed stack.** Some later models alternate windowed layers with global (full causal) ones.
 # `windows` lists each layer's window, bottom to top, `None` for a global layer. For a sequence of `seq_len`
-# tokens, return the largest distance $i - j$ such that the input at position $j$ can influence the
-# **last** position $i$ = `seq_len - 1` at the top of the stack. Section 3 did it for equal windows; here
-# layers differ, and a sequence is finite.
+# tokens, return a `(seq_len,)` int64 tensor whose entry `i` is the earliest input position `j` that can
+# influence position `i` at the top of the stack. Section 3 followed only the last position through equal
+# windows; here every position counts, the layers differ, and the sequence has a beginning.
 
-# %% nbgrader={"grade": false, "grade_id": "ex05_4_mixed_reach-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def mixed_reach(windows, seq_len):
+# %% nbgrader={"grade": false, "grade_id": "ex05_4_earliest_input-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def earliest_input(windows, seq_len):
     ### BEGIN SOLUTION
+    positions = torch.arange(seq_len)
     if any(w is None for w in windows):
-        return seq_len - 1  # one global layer reaches every earlier position
-    return min(seq_len - 1, sum(w - 1 for w in windows))
+        return torch.zeros(seq_len, dtype=torch.long)  # one global layer reaches back to position 0
+    return (positions - sum(w - 1 for w in windows)).clamp(min=0)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex05_4_mixed_reach-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def brute_force_mixed(windows, seq_len):
+# %% nbgrader={"grade": true, "grade_id": "ex05_4_earliest_input-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def earliest_by_brute_force(windows, seq_len):  # which inputs reach which positions, layer by layer (section 3)
     reach = torch.eye(seq_len, dtype=torch.int)
     for w in windows:
         reach = ((sliding_window_mask(seq_len, w).int() @ reach) > 0).int()
-    return seq_len - 1 - reach[-1].nonzero().min().item()
+    return torch.tensor([row.nonzero().min().item() for row in reach])
 
 
-_ = check_function("05.4 mixed_reach", mixed_reach, brute_force_mixed,
+_ = check_function("05.4 earliest_input", earliest_input, earliest_by_brute_force,
                    cases=[([4, 4, 4], 40), ([2, 8, 3], 40), ([4, None, 4], 50), ([16, 16], 10), ([1, 1, 5], 30),
-                          ([3, 5, 7, 9], 12)],
+                          ([3, 5, 7, 9], 12), ([1], 5)],
                    labels=["three layers of W = 4, 40 tokens", "windows 2, 8, 3", "a global layer in the middle",
                            "windows longer than the sequence", "two layers of W = 1, then 5",
-                           "reach longer than the sequence"],
-                   hint="follow the last token down the stack: how far back can each layer carry it, what does a "
-                        "global layer do, and what can never be exceeded in a finite sequence?")
+                           "reach longer than the sequence", "one layer of W = 1"],
+                   forbid=["minimistral.attention.sliding_window_mask", "minimistral.attention.attention_mask"],
+                   hint="follow one position down the stack: after each layer, how far back can its earliest "
+                        "input be?")
 
 # %% [markdown]
 # ## Summary

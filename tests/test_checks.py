@@ -420,3 +420,53 @@ def test_the_grader_sees_what_the_notebook_sees(tmp_path, monkeypatch):
     assert rows["library"]["result"] == "fail" and "uses torch.nn.functional.silu" in rows["library"]["hint"]
     assert rows["mutates"]["result"] == "fail" and "changed its input 'x' in place" in rows["mutates"]["hint"]
     assert "(  nine points)" in rows["mutates"]["hint"]  # the label, verbatim, through the grader too
+
+
+def test_an_enlarged_copy_of_one_input_is_seen_however_it_is_written(capsys):
+    # GQA without copying K/V heads: a copy made by arithmetic (no copying method named) is still a copy
+    def reference(q, k, v):
+        n = q.shape[1] // k.shape[1]
+        return F.scaled_dot_product_attention(q.double(), k.double().repeat_interleave(n, 1),
+                                              v.double().repeat_interleave(n, 1), is_causal=True).float()
+
+    def attend(q, k, v):
+        T = q.shape[-2]
+        s = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).masked_fill(torch.ones(T, T, dtype=torch.bool).triu(1),
+                                                                      float("-inf"))
+        return s.softmax(-1) @ v
+
+    def grouped(q, k, v):  # allowed: q reshaped, k and v broadcast inside @
+        B, H, T, D = q.shape
+        K = k.shape[1]
+        return attend(q.view(B, K, H // K, T, D), k[:, :, None], v[:, :, None]).reshape(B, H, T, D)
+
+    def per_group(q, k, v):  # allowed: one group at a time, written into a fresh output
+        B, H, T, D = q.shape
+        K = k.shape[1]
+        n = H // K
+        out = torch.empty_like(q)
+        for g in range(K):
+            out[:, g * n:(g + 1) * n] = attend(q[:, g * n:(g + 1) * n], k[:, g:g + 1], v[:, g:g + 1])
+        return out
+
+    def one_hot(q, k, v):
+        H, K = q.shape[1], k.shape[1]
+        sel = (torch.arange(H)[:, None] // (H // K) == torch.arange(K)).float()
+        return attend(q, torch.einsum("hk,bksd->bhsd", sel, k), torch.einsum("hk,bksd->bhsd", sel, v))
+
+    def plus_zeros(q, k, v):
+        B, H, T, D = q.shape
+        K = k.shape[1]
+        grow = lambda t: (t[:, :, None] + torch.zeros(B, K, H // K, T, D)).reshape(B, H, T, D)  # noqa: E731
+        return attend(q, grow(k), grow(v))
+    g = torch.Generator().manual_seed(5)
+    cases = [case(torch.randn(1, 8, 5, 16, generator=g), torch.randn(1, 2, 5, 16, generator=g),
+                  torch.randn(1, 2, 5, 16, generator=g), label="8 query heads over 2 K/V heads")]
+    forbid = (checks.ENLARGED_COPY,)
+    for right in (grouped, per_group):
+        ok, out = verdict(capsys, "99.21 gqa", right, reference, cases, forbid=forbid)
+        assert ok, (right.__name__, out)
+    for cheat in (one_hot, plus_zeros):
+        assert verdict(capsys, "99.21 gqa", cheat, reference, cases)[0]  # right values: only the rule fails
+        ok, out = verdict(capsys, "99.21 gqa", cheat, reference, cases, forbid=forbid)
+        assert not ok and "it uses an enlarged copy of 'k', an enlarged copy of 'v'" in out, (cheat.__name__, out)

@@ -367,6 +367,11 @@ def case(*args, label: str) -> Case:
 # sandbox: the same `run_student` runs there (labs/worker.py) and sends back what it saw.
 
 ADVANCED_INDEXING = "advanced indexing"
+# A copy however it is written (a one-hot einsum, `x[:, :, None] + zeros`, `x * ones`): any torch operation whose
+# tensor inputs come from ONE argument of the student's function alone (and from nothing else but fresh tensors)
+# and whose result has more elements than that argument. Mixing two arguments (q with k in `@`) never counts.
+ENLARGED_COPY = "an enlarged copy"
+_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY)
 NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.repeat_interleave",
              "torch.Tensor.expand", "torch.Tensor.expand_as", "torch.broadcast_to", "torch.Tensor.broadcast_to",
              "torch.broadcast_tensors", "torch.stack", "torch.cat", "torch.concat", "torch.index_select",
@@ -415,10 +420,50 @@ def _advanced(index) -> bool:
                for i in items)
 
 
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, (list, tuple)):
+        for x in obj:
+            yield from _tensors(x)
+    elif isinstance(obj, dict):
+        for x in obj.values():
+            yield from _tensors(x)
+
+
+class _Origins:
+    """Which of the student's arguments each tensor made during the call derives from (ENLARGED_COPY)."""
+
+    def __init__(self, inputs: tuple):
+        self.origin, self.size, self.keep = {}, {}, []  # keep: every tagged tensor, so no id() is reused
+        for i, x in enumerate(inputs):
+            if isinstance(x, torch.Tensor):
+                self.size[i] = x.numel()
+                self._tag(x, frozenset((i,)))
+
+    def _tag(self, t, src):
+        self.origin[id(t)] = self.origin.get(id(t), frozenset()) | src
+        self.keep.append(t)
+
+    def enlarged(self, args, kwargs, result) -> Optional[int]:
+        """The argument index a result enlarges, when it comes from that argument alone; None otherwise."""
+        src = frozenset().union(*(self.origin.get(id(t), frozenset()) for t in _tensors((args, kwargs))))
+        if not src:
+            return None
+        out = list(_tensors(result))
+        for t in out:
+            self._tag(t, src)
+        if len(src) == 1:
+            (i,) = src
+            if any(t.numel() > self.size[i] for t in out):
+                return i
+        return None
+
+
 class _TorchWatch(TorchFunctionMode):
-    def __init__(self, rules: dict, advanced: bool, used: list):
+    def __init__(self, rules: dict, advanced: bool, used: list, origins: Optional[_Origins] = None):
         super().__init__()
-        self.rules, self.advanced, self.used = rules, advanced, used
+        self.rules, self.advanced, self.used, self.origins = rules, advanced, used, origins
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         try:
@@ -430,20 +475,29 @@ class _TorchWatch(TorchFunctionMode):
             name = ADVANCED_INDEXING
         if name is not None and not _called_by_library():
             self.used.append(name)
-        return func(*args, **(kwargs or {}))
+        result = func(*args, **(kwargs or {}))
+        if self.origins is not None:
+            i = self.origins.enlarged(args, kwargs, result)
+            if i is not None and not _called_by_library():
+                self.used.append(f"{ENLARGED_COPY} of argument {i + 1}")
+        return result
 
 
 @contextlib.contextmanager
-def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Optional[Callable] = None):
+def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Optional[Callable] = None,
+             inputs: tuple = ()):
     """Within this block, record (into the yielded list, by name) every use of what `forbid` names: the
     library's functions through every binding of them (minimistral's modules, their classes, `globals_`, and
-    the closures of `student` and of what it wraps)."""
+    the closures of `student` and of what it wraps). ENLARGED_COPY watches the tensors among `inputs`."""
     used: list = []
     rules, library = {}, {}  # object -> name; name -> library function
-    advanced = False
+    advanced, origins = False, None
     for name in forbid:
         if name == ADVANCED_INDEXING:
             advanced = True
+            continue
+        if name == ENLARGED_COPY:
+            origins = _Origins(tuple(inputs))
             continue
         obj = _resolve(name)
         if name.startswith("torch."):
@@ -489,7 +543,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
                 if _has_contents(c) and c.cell_contents is obj:
                     saved.append((setattr, c, "cell_contents", obj))
                     c.cell_contents = w
-        with _TorchWatch(rules, advanced, used):
+        with _TorchWatch(rules, advanced, used, origins):
             yield used
     finally:
         for restore, *args in reversed(saved):
@@ -540,7 +594,7 @@ def run_student(student: Callable, case: tuple, forbid: Iterable[str] = ()) -> t
     args = tuple(c for c, _ in copies)
     forbid = tuple(forbid)
     if forbid:
-        with watching(forbid, getattr(student, "__globals__", None), student) as used:
+        with watching(forbid, getattr(student, "__globals__", None), student, args) as used:
             result = student(*args)
     else:
         used, result = [], student(*args)
@@ -561,10 +615,13 @@ def _call_student(student: Callable, case: tuple, forbid: tuple) -> tuple:
 def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
     if seen["used"]:
         own = [u for u in seen["used"] if u.startswith("minimistral.")]
-        what = ", ".join(seen["used"])
         if own:
-            return f"it calls {what}, the library's own version (not allowed: the exercise is to write it)"
-        return f"it uses {what}, which this exercise does not allow"
+            return f"it calls {', '.join(own)}, the library's own version (not allowed: the exercise is to write it)"
+        name = lambda m: repr(names[int(m.group(1)) - 1]) if int(m.group(1)) <= len(names) else m.group(0)  # noqa: E731
+        what = ", ".join(re.sub(r"(?<=of )argument (\d+)", name, u) for u in seen["used"])
+        grown = " (a tensor made from that input alone, with more elements than the input: a copy, however " \
+                "it is written)" if any(u.startswith(ENLARGED_COPY) for u in seen["used"]) else ""
+        return f"it uses {what}, which this exercise does not allow{grown}"
     if seen["mutated"]:
         which = ", ".join(repr(names[i]) if i < len(names) else f"argument {i + 1}" for i in seen["mutated"])
         if all(i < len(case) and isinstance(case[i], torch.Tensor) for i in seen["mutated"]):
@@ -591,7 +648,7 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     if labels is not None and len(labels) != len(cases):
         raise ValueError(f"{exercise}: {len(labels)} labels for {len(cases)} cases")
     for name in forbid:
-        if name != ADVANCED_INDEXING:
+        if name not in _SPECIAL:
             _resolve(name)  # a misspelt rule is the author's error, not the student's
     names = _param_names(student, reference)
     for n, args in enumerate(cases, 1):
