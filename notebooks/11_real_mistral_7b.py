@@ -226,7 +226,7 @@ print(f"setting: {PLAN.setting()}")
 # and the weights are shared. Write `sequences_that_fit(args, free_bytes, weight_bytes, seq_len, dtype_bytes)`:
 # how many sequences of `seq_len` tokens can run at once in `free_bytes` of memory that also holds
 # `weight_bytes` of weights (in whatever format), when every number in the caches takes `dtype_bytes`
-# bytes? Ignore activations and the margin; return a Python `int`, 0 when the weights alone do not fit.
+# bytes? Ignore activations and the margin; return an `int`, 0 when the weights alone do not fit.
 # Work out a cache's size per sequence yourself, from what notebooks 04 and 08 taught about what a
 # cache stores and how many tokens a rolling buffer keeps (`args.sliding_window`, or `None`: no window).
 # The check refuses calls to the library's own cache arithmetic (`args.kv_cache_bytes` and friends).
@@ -254,6 +254,8 @@ check_function(
           hint=_many + "; how many tokens does a rolling buffer hold?"),
      case(_no_window, 80 * 10**9, _bf16_7b, 32768, 2, label="the same model without a sliding window",
           hint="sliding_window is None here: what does the cache keep then?"),
+     case(seven_b, _bf16_7b + 31 * 2**27, _bf16_7b, 32768, 2, label="room for 7.75 windows, 32,768-token conversations",
+          hint="the room left holds 7 caches and three quarters of another: can a quarter-empty cache run?"),
      case(seven_b, int(14.5 * 2**30), _int8_7b, 1000, 2, label="T4: int8 weights, 1,000-token conversations",
           hint="1,000 tokens is shorter than the window: how many slots does one of these conversations fill?"),
      case(seven_b, int(14.5 * 2**30), _int8_7b, 32768, 1, label="the same T4, 32,768 tokens, an int8 cache",
