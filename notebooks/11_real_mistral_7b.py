@@ -47,11 +47,9 @@
 #   in Appendix A at the end (datacenter or consumer GPU, free Colab T4, Apple Silicon, CPU laptop). The
 #   notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and the
 #   quantization that fit, and says what it picked.
-# - **Without the weights** (CI, or before downloading) every cell still runs, in about a minute on a
+# - **Without the weights** (CI, or before downloading) every cell still runs, in a minute or two on a
 #   CPU, with the small Mistral trained for this course (`data/tiny_mistral`: 4 layers, 8 heads, a
-#   128-token window, notebook 10), and says so. **Every stored output and picture you see in the
-#   repository comes from that small model, not from the 7B**: run the notebook with the weights to see
-#   the 7B's.
+#   128-token window, notebook 10), and says so (the box above).
 #
 # ## 1. Getting the weights, and telling the notebook where they are
 #
@@ -318,8 +316,9 @@ print(f"{args.num_params():,} parameters in {held / 1e6:,.1f} MB ({PLAN.setting(
 # %% [markdown]
 # ## 4. Generating text
 #
-# Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has read it
-# many times; the small one was trained on nothing but the King James Bible.
+# Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has very
+# likely met it in training (an expectation: Mistral AI has not published its training data); the small
+# one was trained on nothing but the King James Bible.
 
 # %%
 PROMPT = "In the beginning God created the heaven and the earth. And the earth was"
@@ -773,7 +772,8 @@ if DEVICE.type == "cuda":
 # checkpoint of the 7B's shape filled with *random* weights (the real ones were not available there):
 # int8 loaded in 47 s and decoded 3.1 tokens/s (`data/bench_load_cpu_7b.json`,
 # `python -m minimistral.bench --load --device cpu --quantize int8 int4`), and one run of this whole
-# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt. A laptop's cores and memory
+# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt (one timing, noted by hand, not
+# stored in `data/`). A laptop's cores and memory
 # differ: expect minutes, not seconds, per section.
 #
 # **The T4** computes in fp16: it has no native bf16 arithmetic (compute capability 7.5). fp16 stops at
