@@ -269,7 +269,6 @@ check_function(
           hint="the tiny model has its own layers, KV heads and head size: read them from args"),
      case(_tiny.replace(sliding_window=None), 10**6, 0, 50, 1, label="tiny model without a window, int8 cache",
           hint="sliding_window is None and each number takes one byte")],
-    hint="the answer is a whole number of sequences, an int",
     forbid=["minimistral.ModelArgs.kv_cache_bytes", "minimistral.ModelArgs.kv_bytes_per_token",
             "minimistral.ModelArgs.cache_slots", f"{planner.__name__}.max_batch_size", f"{planner.__name__}.plan",
             f"{planner.__name__}.recommend"])
@@ -643,7 +642,6 @@ check_function(
      _record(last, W - 1, f"the record's last layer, distance W - 1 = {W - 1}",
              "the record's keys are cached ones in slot order, then the chunk's own"),
      _record(last, 7, "the record's last layer, distance 7", _fp16)],
-    hint="the answer is a float32 tensor with one number per head",
     forbid=["minimistral.viz.plots._distance_profile", "minimistral.viz.plots.plot_attention_distance"])
 
 # %%
