@@ -154,9 +154,10 @@ def kernel_available(mode: str, device_type: str, dtype: torch.dtype) -> bool:
         return False
     gen = torch.Generator().manual_seed(0)
     w = torch.randint(-1, 2, (64, 256), generator=gen)  # (N, K) integers: the weight itself
-    x = torch.randint(-1, 2, (3, 256), generator=gen).to(device_type, dtype)
-    want = x.float() @ w.to(device_type, torch.float32).t()  # exact: integers below 2^8
-    try:
+    x = torch.randint(-1, 2, (3, 256), generator=gen)
+    try:  # a device PyTorch was not built for (or cannot reach) has no kernel either
+        x = x.to(device_type, dtype)
+        want = x.float() @ w.to(device_type, torch.float32).t()  # exact: integers below 2^8
         if mode == "int8":
             ones = torch.ones(64, dtype=dtype, device=device_type)
             y = torch.ops.aten._weight_int8pack_mm(x, w.to(device_type, torch.int8), ones)

@@ -16,9 +16,20 @@
 # # 11 · The real Mistral 7B, on the machine you have
 #
 # Everything so far ran on small models. Here the library you built loads the published Mistral 7B
-# v0.1 weights, writes text with them, and shows what the real model does inside: attention maps on a
+# v0.1 weights, writes text with them, and looks inside whatever model it loaded: attention maps on a
 # real sentence, how much attention lands on the first token, heads that look at the previous token, and
-# the rolling KV cache holding its memory flat on a prompt longer than the 4,096-token window.
+# the rolling KV cache holding its memory flat on a prompt longer than the window.
+#
+# > **Without a GPU or the weights, what you will and will not see.** Every cell runs, on the small
+# > model trained for this course (`data/tiny_mistral`), and every stored output and picture in the
+# > repository is that small model's. You **will** see: the memory plan of the real 7B (exact arithmetic
+# > from its config, for your machine and for the machines of Appendix A), both exercises, and each step
+# > of loading, generating, attention pictures and the rolling cache, done on the small model. You will
+# > **not** see the 7B's text, its attention maps, its attention sinks or its speed on your machine. The
+# > only measurements of the 7B in this notebook are stored benchmark runs, each cited where it is used
+# > (`data/bench_gpu_h200.json`, `data/bench_load_cpu_7b.json`, both on random weights of the 7B's shape);
+# > every other sentence about the 7B is marked as an expectation (what the papers report, or what the
+# > arithmetic predicts).
 #
 # ## What you will learn
 # - Where the weights come from and how to point this notebook at them (on Linux, macOS, Windows or Colab).
@@ -36,11 +47,9 @@
 #   in Appendix A at the end (datacenter or consumer GPU, free Colab T4, Apple Silicon, CPU laptop). The
 #   notebook picks the device (CUDA, then Apple's MPS, then the CPU), the activation dtype and the
 #   quantization that fit, and says what it picked.
-# - **Without the weights** (CI, or before downloading) every cell still runs, in about a minute on a
+# - **Without the weights** (CI, or before downloading) every cell still runs, in a minute or two on a
 #   CPU, with the small Mistral trained for this course (`data/tiny_mistral`: 4 layers, 8 heads, a
-#   128-token window, notebook 10), and says so. **Every stored output and picture you see in the
-#   repository comes from that small model, not from the 7B**: run the notebook with the weights to see
-#   the 7B's.
+#   128-token window, notebook 10), and says so (the box above).
 #
 # ## 1. Getting the weights, and telling the notebook where they are
 #
@@ -54,14 +63,21 @@
 # environment variable `HF_TOKEN`, or in Colab's secret `HF_TOKEN`. (Colab's steps, and environment
 # variables for a batch run, are in Appendix B at the end.)
 #
-# **From a terminal** (bash, zsh, PowerShell or cmd alike), with the `hf` command that `huggingface_hub`
-# installs:
+# **From a terminal** (bash, zsh, PowerShell or cmd: the three lines are the same in each), with the `hf`
+# command that `huggingface_hub` installs, in the course's folder (the one that holds `notebooks/`). The
+# second line asks for the token; paste it.
 #
-# ```bash
+# ```
 # pip install -U huggingface_hub
-# hf auth login                               # paste the token
+# hf auth login
 # hf download mistralai/Mistral-7B-v0.1 --include "*.safetensors" --include "*.json" --local-dir models/Mistral-7B-v0.1
 # ```
+#
+# Then set `CHECKPOINT = "models/Mistral-7B-v0.1"` below. A notebook's kernel runs in the notebook's own
+# folder and cannot know where you typed a command, so a relative path is looked for first there, then in
+# the course's folder; the settings cell prints the absolute folder it found and which of the two it used,
+# and if neither holds it, the error names both paths it tried. An absolute path
+# (`"/home/you/models/Mistral-7B-v0.1"`, `r"C:\Users\you\models\Mistral-7B-v0.1"`) always works.
 #
 # One `--include` per pattern: the repository also holds the same weights as PyTorch `.bin` files, which
 # the loader does not read and the patterns skip. These are in Hugging Face's layout: HF names, and wq/wk
@@ -96,10 +112,11 @@ torch.manual_seed(0)
 # ### Your settings
 #
 # Edit these three (and `DOWNLOAD`), then run the cells below. An empty value leaves the choice to the
-# notebook. On Windows write the folder as a raw string, `r"C:\Users\you\models\Mistral-7B-v0.1"`.
+# notebook. On Windows write the folder as a raw string, `r"C:\Users\you\models\Mistral-7B-v0.1"`. A
+# relative folder is read from this notebook's folder, then from the course's folder (section 1).
 
 # %%
-CHECKPOINT = ""   # the weights' folder: "~/models/Mistral-7B-v0.1", on Colab "/content/Mistral-7B-v0.1"; "": small model
+CHECKPOINT = ""   # the weights' folder: "models/Mistral-7B-v0.1", "~/models/...", on Colab "/content/Mistral-7B-v0.1"; "": small model
 DEVICE = ""       # "": the first of CUDA, MPS, CPU; or "cuda", "cuda:1", "mps", "cpu"
 QUANTIZE = ""     # "": the planner's choice; or "none", "int8", "int4", "int4:128"
 DOWNLOAD = False  # True: first download the weights from the Hugging Face Hub into CHECKPOINT (14.5 GB)
@@ -115,8 +132,10 @@ if DOWNLOAD:  # off unless you set it: never runs in CI or offline
                          "e.g. '/content/Mistral-7B-v0.1'")
     from huggingface_hub import snapshot_download
 
+    target, found = planner.resolve_checkpoint(target, must_exist=False)  # a relative one: see section 1
+    print(f"downloading into {target}" + (f" ({found})" if found else ""))
     snapshot_download("mistralai/Mistral-7B-v0.1", allow_patterns=["*.safetensors", "*.json"],
-                      local_dir=os.path.expanduser(target))
+                      local_dir=str(target))
 
 # %%
 SETTINGS = planner.settings(CHECKPOINT, DEVICE, QUANTIZE)  # environment variables override; bad values refused
@@ -188,6 +207,10 @@ CHUNK = planner.picture_chunk(args, PLAN)  # the long prompt's chunk (section 6)
 print(f"{DEVICE}: {PLAN.free / 1e9:.1f} GB {planner.free_memory(DEVICE)[1]}")
 print("plan:", PLAN.describe())
 print(f"long prompt in chunks of {CHUNK} tokens (needs {planner.long_prompt_working(args, CHUNK, PLAN.dtype) / 1e9:.2f} GB)")
+if PLAN.quantize:  # a kernel that reads the stored bytes, or dequantize each weight first (Appendix A)
+    kernel = mm.quant.kernel_available(PLAN.quantize, DEVICE.type, PLAN.dtype)
+    print(f"{PLAN.quantize} kernel for {DEVICE.type} in {str(PLAN.dtype).removeprefix('torch.')}: "
+          + ("yes, weights are read as stored" if kernel else "none here, each weight is dequantized before F.linear"))
 
 # %%
 DTYPE, QUANTIZE, GROUP_SIZE = PLAN.dtype, PLAN.quantize, PLAN.group_size
@@ -201,7 +224,7 @@ print(f"setting: {PLAN.setting()}")
 # and the weights are shared. Write `sequences_that_fit(args, free_bytes, weight_bytes, seq_len, dtype_bytes)`:
 # how many sequences of `seq_len` tokens can run at once in `free_bytes` of memory that also holds
 # `weight_bytes` of weights (in whatever format), when every number in the caches takes `dtype_bytes`
-# bytes? Ignore activations and the margin; return a Python `int`, 0 when the weights alone do not fit.
+# bytes? Ignore activations and the margin; return an `int`, 0 when the weights alone do not fit.
 # Work out a cache's size per sequence yourself, from what notebooks 04 and 08 taught about what a
 # cache stores and how many tokens a rolling buffer keeps (`args.sliding_window`, or `None`: no window).
 # The check refuses calls to the library's own cache arithmetic (`args.kv_cache_bytes` and friends).
@@ -216,78 +239,39 @@ def sequences_that_fit(args: mm.ModelArgs, free_bytes: int, weight_bytes: int, s
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex11_1_sequences_that_fit-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def _library_refused(fn, owners):
-    """fn, with the library's cache and weight arithmetic raising while it runs (restored afterwards)."""
-    def wrapped(*case):
-        saved = [(owner, name, getattr(owner, name)) for owner, names in owners for name in names]
-
-        def refuse(name):
-            def f(*a, **k):
-                raise RuntimeError(f"{name} is the library's own answer: compute it yourself")
-            return f
-        try:
-            for owner, name, _ in saved:
-                setattr(owner, name, refuse(name))
-            return fn(*case)
-        finally:
-            for owner, name, value in saved:
-                setattr(owner, name, value)
-    return wrapped
-
+from minimistral.labs.checks import case
 
 _bf16_7b, _int8_7b = planner.weights_bytes(seven_b), planner.weights_bytes(seven_b, torch.float16, "int8")
 _no_window = seven_b.replace(sliding_window=None)
-_names = {4: "float32", 2: "bfloat16", 1: "int8"}
-_cases = [(seven_b, 80 * 10**9, _bf16_7b, 32768, 2), (_no_window, 80 * 10**9, _bf16_7b, 32768, 2),
-          (seven_b, int(14.5 * 2**30), _int8_7b, 1000, 2), (seven_b, 12 * 10**9, _bf16_7b, 100, 2),
-          (seven_b, _bf16_7b + 7 * 2**29, _bf16_7b, 32768, 2), (seven_b, _bf16_7b + 7 * 2**29 - 1, _bf16_7b, 5000, 2),
-          (mm.ModelArgs.tiny(), 10**6, 2 * 10**5, 300, 4), (mm.ModelArgs.tiny(sliding_window=None), 10**6, 0, 50, 1)]
-_want = [planner.max_batch_size(*c[:4], _names[c[4]]) for c in _cases]  # before any answer runs
-_hints = ["one sequence's cache keeps, in every layer, a key and a value vector per KV head for each token it "
-          "holds; how many tokens does a rolling buffer hold?",
-          "sliding_window is None here: what does the cache keep then?",
-          "the cache's numbers take dtype_bytes each, whatever format the weights are stored in",
-          "here the weights alone take more than free_bytes",
-          "the room left is exactly 7 caches: count whole sequences, and check the boundary",
-          "one byte less than 7 caches of room: can the 7th sequence still run?",
-          "the tiny model has its own layers, KV heads and head size: read them from args",
-          "sliding_window is None and the cache is int8 (dtype_bytes 1)"]
-_state = {"case": None, "todo": False, "calls": 0}
-
-
-def _as_python_int(fn):
-    """fn, refusing anything but a Python int (a tensor or a float is not a count), and noting the case."""
-    def wrapped(*case):
-        _state["case"] = _state["calls"]  # the cases run in order, once each (the arguments may be copies)
-        _state["calls"] += 1
-        try:
-            got = fn(*case)
-        except NotImplementedError:
-            _state["todo"] = True
-            raise
-        if type(got) is not int:
-            _state["case"] = None  # the message says it all: no hint
-            raise TypeError(f"returned a {type(got).__module__}.{type(got).__name__}: the exercise asks for a "
-                            "Python int, a whole number of sequences")
-        return got
-    return wrapped
-
-
-passed = False
-try:
-    passed = check_function(
-        "11.1 sequences_that_fit",
-        _as_python_int(_library_refused(sequences_that_fit,
-                                        [(mm.ModelArgs, ["kv_cache_bytes", "kv_bytes_per_token", "cache_slots"]),
-                                         (planner, ["max_batch_size", "plan", "recommend"])])),
-        lambda *case: _want[_state["case"]], _cases,
-        labels=["7B bf16 on 80 GB, 32,768-token conversations", "the same model without a sliding window",
-                "T4: int8 weights, 1,000-token conversations", "bf16 weights that do not fit in 12 GB",
-                "exactly 7 windows of room, 32,768-token conversations", "one byte less than 7 windows, 5,000 tokens",
-                "tiny model, float32 cache", "tiny model without a window, int8 cache"])
-finally:  # a hint only after a failure, and only the failed case's
-    if not passed and not _state["todo"] and _state["case"] is not None:
-        print("hint:", _hints[_state["case"]])
+_tiny = mm.ModelArgs.tiny()
+_many = "one sequence's cache keeps, in every layer, a key and a value vector per KV head for each token it holds"
+check_function(
+    "11.1 sequences_that_fit", sequences_that_fit,
+    lambda a, free, weights, n, b: planner.max_batch_size(a, free, weights, n, {4: "float32", 2: "bfloat16", 1: "int8"}[b]),
+    [case(seven_b, 80 * 10**9, _bf16_7b, 32768, 2, label="7B bf16 on 80 GB, 32,768-token conversations",
+          hint=_many + "; how many tokens does a rolling buffer hold?"),
+     case(_no_window, 80 * 10**9, _bf16_7b, 32768, 2, label="the same model without a sliding window",
+          hint="sliding_window is None here: what does the cache keep then?"),
+     case(seven_b, _bf16_7b + 31 * 2**27, _bf16_7b, 32768, 2, label="room for 7.75 windows, 32,768-token conversations",
+          hint="the room left holds 7 caches and three quarters of another: can a quarter-empty cache run?"),
+     case(seven_b, int(14.5 * 2**30), _int8_7b, 1000, 2, label="T4: int8 weights, 1,000-token conversations",
+          hint="1,000 tokens is shorter than the window: how many slots does one of these conversations fill?"),
+     case(seven_b, int(14.5 * 2**30), _int8_7b, 32768, 1, label="the same T4, 32,768 tokens, an int8 cache",
+          hint="only dtype_bytes differs from a 2-byte cache: the cache's numbers take dtype_bytes each, "
+               "whatever format the weights are stored in"),
+     case(seven_b, 12 * 10**9, _bf16_7b, 100, 2, label="bf16 weights that do not fit in 12 GB",
+          hint="here the weights alone take more than free_bytes"),
+     case(seven_b, _bf16_7b + 7 * 2**29, _bf16_7b, 32768, 2, label="exactly 7 windows of room, 32,768-token conversations",
+          hint="the room left is exactly 7 caches: count whole sequences, and check the boundary"),
+     case(seven_b, _bf16_7b + 7 * 2**29 - 1, _bf16_7b, 5000, 2, label="one byte less than 7 windows, 5,000 tokens",
+          hint="one byte less than 7 caches of room: can the 7th sequence still run?"),
+     case(_tiny, 10**6, 2 * 10**5, 300, 4, label="tiny model, float32 cache",
+          hint="the tiny model has its own layers, KV heads and head size: read them from args"),
+     case(_tiny.replace(sliding_window=None), 10**6, 0, 50, 1, label="tiny model without a window, int8 cache",
+          hint="sliding_window is None and each number takes one byte")],
+    forbid=["minimistral.ModelArgs.kv_cache_bytes", "minimistral.ModelArgs.kv_bytes_per_token",
+            "minimistral.ModelArgs.cache_slots", f"{planner.__name__}.max_batch_size", f"{planner.__name__}.plan",
+            f"{planner.__name__}.recommend"])
 
 # %% [markdown]
 # The library's version (`planner.max_batch_size`) on the case that motivates the sliding window: long
@@ -331,8 +315,9 @@ print(f"{args.num_params():,} parameters in {held / 1e6:,.1f} MB ({PLAN.setting(
 # %% [markdown]
 # ## 4. Generating text
 #
-# Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has read it
-# many times; the small one was trained on nothing but the King James Bible.
+# Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has very
+# likely met it in training (an expectation: Mistral AI has not published its training data); the small
+# one was trained on nothing but the King James Bible.
 
 # %%
 PROMPT = "In the beginning God created the heaven and the earth. And the earth was"
@@ -372,14 +357,19 @@ L, H = args.n_layers, args.n_heads
 # First, all the query heads of one middle layer, grouped by the KV head they share (GQA, notebook 04).
 # Each map is lower-triangular (causal); the left column is the first token, `<s>`. Early queries have few
 # keys to choose from, so that column is bright at the top of every map. In the stored picture (the small
-# model, layer 2) heads 0, 1 and 2 keep it: averaged over queries 1 to 14 they put 0.31, 0.35 and 0.37 on
-# `<s>`, about twice the 0.17 of even spreading, and in heads 1 and 2 the column stays bright down to the
-# last rows. The colour scale is a square root (a `PowerNorm`, gamma 0.5), not linear: the middle of the
+# model, layer 2) heads 0, 1 and 2 keep more of it than the others: averaged over queries 1 to 14 they put
+# 0.31, 0.35 and 0.37 on `<s>`, about twice the 0.17 of even spreading (printed below the figure). Lower
+# down the column comes and goes rather than staying bright: in all three the third-last query puts
+# almost nothing on `<s>`, and only head 1's last query goes back to it strongly. The colour scale is a square root (a `PowerNorm`, gamma 0.5), not linear: the middle of the
 # bar is a quarter of its top, so faint weights stay visible and a mid colour means less than it looks.
 
 # %%
 fig = viz.plot_head_grid(cap, layer=L // 2, tokens=labels, across=4)  # 4 maps a row: labels stay readable
 plt.show()
+on_first = cap.probs[L // 2][0, :, 1:, 0].float()  # (heads, queries 1..): attention on position 0
+print(f"layer {L // 2}, mean attention on <s> over queries 1-{len(ids) - 1}, by head:",
+      [round(v, 2) for v in on_first.mean(-1).tolist()])
+print("the last 4 queries' attention on <s>, heads 0-2:", [[round(v, 2) for v in row] for row in on_first[:3, -4:].tolist()])
 
 # %% [markdown]
 # Layers and heads side by side: rows are layers from the first to the last, columns a few heads (one per
@@ -397,11 +387,13 @@ fig, axes = plt.subplots(len(show_layers), len(show_heads), figsize=(3.0 * len(s
 for r, layer in enumerate(show_layers):
     for c, head in enumerate(show_heads):
         probs, q_pos, k_pos = cap.attention(layer, head)
-        viz.plot_attention(probs, ax=axes[r, c], title=f"layer {layer}, head {head}")
-        axes[r, c].set_xlabel("")
-        axes[r, c].set_ylabel("")
-        axes[r, c].xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes[r, c].yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax = axes[r, c]
+        im = ax.imshow(probs.float(), cmap="viridis", vmin=0, vmax=1)  # one scale for all: one colour bar
+        ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+        ticks = range(0, len(ids), 2) if len(ids) <= 24 else []  # every other token, where they stay readable
+        ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
+        ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
+fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability")
 fig.suptitle(f"{len(show_layers)} layers x {len(show_heads)} heads on {len(ids)} tokens (rows: queries, columns: keys)")
 plt.show()
 
@@ -455,8 +447,8 @@ chance = (1 / torch.arange(2, len(ids) + 1).float()).mean().item()  # query i sp
 im = ax.imshow(score, cmap="viridis", vmin=0, vmax=1, aspect="auto")
 bar = fig.colorbar(im, ax=ax, label="mean attention on the previous token")
 bar.ax.axhline(chance, color="white", ls="--", lw=2)
-bar.ax.text(-0.3, chance, f"chance {chance:.2f}", transform=bar.ax.get_yaxis_transform(), ha="right",
-            va="center", fontsize=8)
+bar.ax.set_yticks(sorted(set([0, 0.25, 0.5, 0.75, 1, round(chance, 2)])))
+bar.ax.set_yticklabels([f"chance {t:.2f}" if t == round(chance, 2) else f"{t:g}" for t in bar.ax.get_yticks()])
 ax.set_xlabel("head")
 ax.set_ylabel("layer")
 ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -488,7 +480,8 @@ free_memory()
 # the cache is full, a chunk's queries see its $W$ cached keys plus their own, and the attention of the
 # last chunk is recorded below. After each call we record the tokens seen, the cache's bytes and, on a GPU, the memory
 # allocated. A full cache would keep growing with every token; the rolling buffer is allocated once,
-# with its $W$ slots, and never grows.
+# with its $W$ slots, and never grows. Before $W$ tokens a full cache would be the smaller one: the ring
+# pays for its $W$ slots up front (the red line starts below the blue).
 
 # %%
 last = args.n_layers - 1
@@ -530,7 +523,8 @@ fig, ax = plt.subplots(figsize=(7.5, 3.8))
 ax.plot(seen, full_mib, "--", color="#c0504d", label="a full cache would hold (every token)")
 ax.plot(seen, cache_mib, "o-", ms=3, color="#3b75af", label="our rolling cache, measured (cache.nbytes)")
 ax.axvline(W, color="grey", ls=":")
-ax.text(W, ax.get_ylim()[1] * 0.95, f" W = {W:,}", color="grey", va="top")
+ax.annotate(f"W = {W:,}", (W, 0.95), xycoords=("data", "axes fraction"), xytext=(4, 0),
+            textcoords="offset points", color="grey", va="top")
 if gpu_gib:
     ax2 = ax.twinx()
     ax2.plot(seen, gpu_gib, color="black", lw=1, label="GPU memory allocated (GiB)")
@@ -613,69 +607,42 @@ def _causal_maps(heads, q_pos, k_pos, window, seed):
     return torch.softmax(scores.masked_fill(~visible, float("-inf")), -1)
 
 
-_slots = torch.tensor([5, 6, 2, 3, 4, 7, 8, 9])  # a 5-slot rolling cache after position 6, then a chunk 7..9
-_q = torch.tensor([7, 8, 9])
-_short = torch.arange(6)
-
-
-def _record(layer, d):  # a fresh copy of the long prompt's record, still float16 as recorded
+def _record(layer, d, label, hint):  # the long prompt's record, still float16 as recorded
     assert cap_long.probs[layer].dtype == torch.float16
-    return (cap_long.probs[layer][0].clone(), cap_long.q_positions[layer].clone(),
-            cap_long.k_positions[layer].clone(), d)
+    return case(cap_long.probs[layer][0], cap_long.q_positions[layer], cap_long.k_positions[layer], d,
+                label=label, hint=hint)
 
 
-_cases = [(_causal_maps(4, _short, _short, 99, 1), _short.clone(), _short.clone(), 1),
-          (_causal_maps(2, _short, _short, 99, 2), _short.clone(), _short.clone(), 3),
-          (_causal_maps(3, _q, _slots, 5, 3), _q.clone(), _slots.clone(), 1),
-          (_causal_maps(3, _q, _slots, 5, 4), _q.clone(), _slots.clone(), 4),
-          (_causal_maps(1, _q, _slots, 5, 5), _q.clone(), _slots.clone(), 0),
-          _record(0, 1), _record(last, W - 1), _record(last, 7)]  # every case its own tensors
-_expected = [_at_distance_reference(*case) for case in _cases]  # before any answer runs
-_pristine = [tuple(x.clone() for x in case[:3]) for case in _cases]
-_hints = ["row r is the query at position q_pos[r]; a query counts only if its key d back is one of the columns",
-          "row r is the query at position q_pos[r]; a query counts only if its key d back is one of the columns",
-          "column c of the map is the key at position k_pos[c], not at position c",
-          "column c of the map is the key at position k_pos[c], not at position c; which queries have a key 4 back?",
-          "distance 0 is each query's own key: where is it among the columns?",
-          "this record is float16 (about 3 significant digits, largest 65,504), as recorded; the answer is float32",
-          "this record is float16, and most of its keys are cached ones in slot order",
-          "this record is float16, and most of its keys are cached ones in slot order"]
-_state = {"case": None, "todo": False, "calls": 0}
-
-
-def _untouched(fn):
-    """fn, noting the case, and refusing an answer that changed its arguments in place."""
-    def wrapped(probs, q_pos, k_pos, d):
-        n = _state["case"] = _state["calls"]  # the cases run in order, once each (the arguments may be copies)
-        _state["calls"] += 1
-        try:
-            got = fn(probs, q_pos, k_pos, d)
-        except NotImplementedError:
-            _state["todo"] = True
-            raise
-        for name, now, before in zip(["probs", "q_pos", "k_pos"], (probs, q_pos, k_pos), _pristine[n]):
-            if now.shape != before.shape or now.dtype != before.dtype or not torch.equal(now, before):
-                _state["case"] = None  # the message says it all: no hint
-                raise RuntimeError(f"attention_at_distance changed its argument `{name}` in place: it belongs to "
-                                   "the caller (the figure below reads the record), so leave it as it came")
-        return got
-    return wrapped
-
-
-passed = False
-try:
-    passed = check_function(
-        "11.2 attention_at_distance",
-        _untouched(_library_refused(attention_at_distance, [(_plots, ["_distance_profile", "plot_attention_distance"])])),
-        lambda *case: _expected[_state["case"]], _cases,
-        labels=["6 tokens from position 0, previous token", "6 tokens from position 0, distance 3",
-                "a chunk at positions 7-9 over a 5-slot cache (keys in slot order), previous token",
-                "the same, distance 4 (the window's edge)", "the same, distance 0 (each query itself)",
-                "this notebook's long-prompt record (float16), layer 0, previous token",
-                f"the record's last layer, distance W - 1 = {W - 1}", "the record's last layer, distance 7"])
-finally:  # a hint only after a failure, and only the failed case's
-    if not passed and not _state["todo"] and _state["case"] is not None:
-        print("hint:", _hints[_state["case"]])
+_short, _q = torch.arange(6), torch.tensor([7, 8, 9])
+_slots = torch.tensor([5, 6, 2, 3, 4, 7, 8, 9])  # a 5-slot rolling cache after position 6, then a chunk 7..9
+_q_mixed = torch.tensor([9, 7, 8])  # the same chunk's rows in another order
+_gappy, _q_gap = torch.tensor([0, 2, 3, 5, 6]), torch.tensor([3, 5, 6])  # positions 1 and 4 absent
+_rows = "row r is the query at position q_pos[r]; a query counts only if its key d back is one of the columns"
+_cols = "column c of the map is the key at position k_pos[c], not at position c"
+_fp16 = "this record is float16 (about 3 significant digits), as recorded: in which dtype does your arithmetic run?"
+check_function(
+    "11.2 attention_at_distance", attention_at_distance, _at_distance_reference,
+    [case(_causal_maps(4, _short, _short, 99, 1), _short, _short, 1, label="6 tokens from position 0, previous token",
+          hint=_rows),
+     case(_causal_maps(2, _short, _short, 99, 2), _short, _short, 3, label="6 tokens from position 0, distance 3",
+          hint=_rows),
+     case(_causal_maps(3, _q, _slots, 5, 3), _q, _slots, 1,
+          label="a chunk at positions 7-9 over a 5-slot cache (keys in slot order), previous token", hint=_cols),
+     case(_causal_maps(3, _q, _slots, 5, 4), _q, _slots, 4, label="the same, distance 4 (the window's edge)",
+          hint=_cols + "; which queries have a key 4 back?"),
+     case(_causal_maps(1, _q, _slots, 5, 5), _q, _slots, 0, label="the same, distance 0 (each query itself)",
+          hint="distance 0 is each query's own key: where is it among the columns?"),
+     case(_causal_maps(3, _q_mixed, _slots, 5, 6), _q_mixed, _slots, 2,
+          label="the same chunk with its rows in the order 9, 7, 8, distance 2",
+          hint="row r is the query at position q_pos[r], whatever order the rows come in"),
+     case(_causal_maps(2, _q_gap, _gappy, 99, 7), _q_gap, _gappy, 1,
+          label="keys at positions 0, 2, 3, 5, 6 (1 and 4 absent), queries 3, 5, 6, previous token",
+          hint="the positions need not be consecutive: a query whose key d back is absent does not count"),
+     _record(0, 1, "this notebook's long-prompt record (float16), layer 0, previous token", _fp16),
+     _record(last, W - 1, f"the record's last layer, distance W - 1 = {W - 1}",
+             "the record's keys are cached ones in slot order, then the chunk's own"),
+     _record(last, 7, "the record's last layer, distance 7", _fp16)],
+    forbid=["minimistral.viz.plots._distance_profile", "minimistral.viz.plots.plot_attention_distance"])
 
 # %%
 for layer in (0, last):  # the figure's own profiles: a mean of probabilities is 0 only if all of them are
@@ -699,12 +666,14 @@ free_memory()
 # token) and **decode** (one token per forward pass). At batch 1, each decoded token reads every weight
 # once, so decode speed is bounded by memory bandwidth: 14.5 GB per token on a GPU reading ~3 to 5 TB/s is
 # a ceiling of a few hundred tokens per second (an H200's 4.8 TB/s on paper would give 331). This
-# teaching model launches about 1,700 small kernels per token from Python, so it lands well below that ceiling: on an H200 (the 7B's shapes, random bf16
-# weights: speed does not depend on the values), 27 tokens/s against a ceiling of 282, the one its
-# *measured* copy bandwidth of 4.08 TB/s gives (`data/bench_gpu_h200.json`). Notebook 12 profiles where the time goes, and `minimistral.fast` reaches 184 tokens/s on the same
-# GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are fewer bytes to read per
-# token (7.5 GB in int8) where a kernel reads them as they are stored, not where each weight is
-# dequantized first (the T4, see Appendix A). On a CPU,
+# teaching model lands well below that ceiling. Measured on an H200 (`data/bench_gpu_h200.json`; the 7B's
+# shapes with random bf16 weights: speed does not depend on the values), it decodes 27 tokens/s against a
+# ceiling of 282, the one the H200's *measured* copy bandwidth of 4.08 TB/s gives; the same file's
+# profile of one decode step shows why: Python launches 1,664 kernels per token, and the GPU is busy for
+# 6.3 ms of each 36.8 ms step. Notebook 12 takes that profile apart, and `minimistral.fast` reaches 184
+# tokens/s on the same GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are
+# fewer bytes to read per token (7.5 GB in int8) where a kernel reads them as they are stored, not where
+# each weight is dequantized first (the T4, see Appendix A). On a CPU,
 # `python -m minimistral.bench --load --device cpu --quantize int8 int4` measures the 7B's load and decode
 # speed.
 
@@ -754,7 +723,8 @@ if DEVICE.type == "cuda":
 #
 # ## What's next
 #
-# You have built Mistral 7B from its pieces and run the real one. From here: `minimistral.fast`
+# You have built Mistral 7B from its pieces, and run the real one wherever you had its weights and the
+# memory (else the same cells on the small model). From here: `minimistral.fast`
 # (static cache, CUDA graphs) for speed, `python -m minimistral.bench --gpu` to measure it, and the
 # exercises of every notebook to check you can rebuild each piece without looking.
 
@@ -787,11 +757,21 @@ if DEVICE.type == "cuda":
 # copied are clean file cache that macOS drops when it needs the room, without swapping. No Mac run of
 # this notebook has been measured for this course: the Mac rows are the planner's arithmetic.
 #
+# **What int8 does on a 16 GB Mac.** That row's plan is bf16 activations with int8 weights (bf16 weights
+# would make it a 16.3 GB plan). How fast it decodes depends on PyTorch, not on the plan: `Int8Linear`
+# (`minimistral/quant.py`) calls PyTorch's int8 kernel, `torch.ops.aten._weight_int8pack_mm`, where
+# `quant.kernel_available("int8", "mps", torch.bfloat16)` finds one that works on this Mac, and then
+# reads 1 byte per weight. Where it finds none, the layer dequantizes each weight to bf16 before
+# `F.linear`: the answer is the same, but each decoded token then moves about 9 bytes per weight
+# (the int8 read, the bf16 copy written, read and scaled into another, which `F.linear` reads), against 2
+# for bf16 weights. The plan cell (section 2) prints which of the two your machine takes.
+#
 # **The CPU row's speed** was measured on this project's 2-core Linux *server* (not a laptop), on a
 # checkpoint of the 7B's shape filled with *random* weights (the real ones were not available there):
 # int8 loaded in 47 s and decoded 3.1 tokens/s (`data/bench_load_cpu_7b.json`,
 # `python -m minimistral.bench --load --device cpu --quantize int8 int4`), and one run of this whole
-# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt. A laptop's cores and memory
+# notebook in int8 took 7.5 min, 5 of them for the 5,120-token prompt (one timing, noted by hand, not
+# stored in `data/`). A laptop's cores and memory
 # differ: expect minutes, not seconds, per section.
 #
 # **The T4** computes in fp16: it has no native bf16 arithmetic (compute capability 7.5). fp16 stops at
@@ -800,10 +780,13 @@ if DEVICE.type == "cuda":
 # real weights in fp16 were not tried here. The T4's int8 buys room, not speed. fp16 weights would need a
 # 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB); but below compute capability 8.0
 # no int8 matrix kernel tuned for the GPU runs: where `quant.kernel_available` finds no int8 kernel for
-# CUDA in fp16, `Int8Linear` dequantizes each weight before `F.linear` (`quant.dequantize_int8`: the int8
-# weight to float32, times the scales, to fp16), which reads and writes about 21 bytes per weight per
-# decoded token where fp16 weights would be read once, 2 bytes. Counted from the code, not timed: no GPU
-# was lent while this version was written; on a T4, section 7 prints what you get. 4-bit fits too
+# CUDA in fp16, `Int8Linear.forward` dequantizes each weight before `F.linear` (`Int8Linear.dequantize`:
+# the int8 weight to fp16, times its row's scale), which moves about 9 bytes per weight per decoded token
+# (1 read, 2 written, 2 read and 2 written by the scaling, 2 read by `F.linear`) where fp16 weights would
+# be read once, 2 bytes. Counted from the code, not timed: no GPU was lent while this version was written;
+# on a T4, section 7 prints what you get. An expectation from that count: 7.0 G weights in the linears
+# times 9 bytes is 63 GB per token, so the T4's 320 GB/s allows at most about 5 tokens/s, and Python's
+# overhead takes some of that; a few tokens per second is normal there, not a bug. 4-bit fits too
 # (6.6 GB) and has no fp16 kernel on CUDA either. Free Colab's 12.7 GB of host RAM is no obstacle: the
 # weights stream from the memory-mapped files one tensor at a time. The cell below prints the table
 # from the planner itself, for the 7B on these machines (their assumed free memory, so the same
@@ -820,22 +803,54 @@ for machine, p in planner.plan_table(seven_b):
 #
 # **On Colab** (free T4): open this notebook in Colab (File, Upload notebook) and choose Runtime, Change
 # runtime type, T4 GPU. Put the course's repository on the runtime (clone or upload it into
-# `/content/minimistral`), run `%pip install -q -e /content/minimistral` in a cell (Colab's PyTorch
-# already has CUDA), then Runtime, Restart session, so that Python sees the new package. Add your token as
-# a secret named `HF_TOKEN` (the key icon on the left; allow this notebook to read it), or run
+# `/content/minimistral`), then install it with these two lines in a cell:
+#
+# ```
+# %pip install -q --no-deps -e /content/minimistral
+# %pip install -q safetensors sentencepiece einops mistral-common
+# ```
+#
+# `--no-deps` matters: the package's full list of requirements includes JupyterLab and the Jupyter tools
+# that build the course's website, and Colab runs its own front end on Jupyter packages it pins; a plain
+# `%pip install -e` would replace them (pip's conflict warnings, and a front end that may misbehave after
+# the restart). The first line installs the course's package alone (`pip install --dry-run --no-deps -e .`
+# reports exactly that, "Would install minimistral-0.1.0"); the second adds the libraries it needs that
+# Colab does not preinstall (its PyTorch with CUDA, NumPy, Matplotlib, ipywidgets, tqdm, psutil and
+# nbformat are used as they are). Not tried on Colab itself for this version. Then Runtime, Restart
+# session, so that Python sees the new package. Add your token as a secret named `HF_TOKEN` (the key icon
+# on the left; allow this notebook to read it), or run
 # `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set
 # `CHECKPOINT = "/content/Mistral-7B-v0.1"` and `DOWNLOAD = True` in the settings cell (section 1): the
 # weights go onto the runtime's own disk (wiped when the runtime ends), and the planner picks the T4's
-# setting from the table (fp16, int8).
+# setting from the table (fp16, int8; a few tokens per second, Appendix A).
 #
 # **Environment variables** override the cell, for a batch run or a lab machine set up once:
 # `MINIMISTRAL_CHECKPOINT`, `MINIMISTRAL_DEVICE` (`cuda`, `cuda:1`, `mps`, `cpu`) and
-# `MINIMISTRAL_QUANTIZE` (`none`, `int8`, `int4`, `int4:128`), set before Jupyter starts:
-# `MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter lab` in bash or zsh,
-# `$env:MINIMISTRAL_CHECKPOINT = "models\Mistral-7B-v0.1"; jupyter lab` in PowerShell. To run the whole
-# notebook in one go, without opening it:
+# `MINIMISTRAL_QUANTIZE` (`none`, `int8`, `int4`, `int4:128`). Set them in the terminal that then starts
+# Jupyter, with an absolute path (a relative one is read as in section 1: from the notebook's folder,
+# then the course's folder, never from the folder you typed the command in). In bash or zsh, one line:
 #
-# ```bash
-# MINIMISTRAL_CHECKPOINT=models/Mistral-7B-v0.1 jupyter nbconvert --to notebook --execute \
-#     notebooks/11_real_mistral_7b.ipynb --output /tmp/11_run.ipynb --ExecutePreprocessor.timeout=3600
+# ```
+# MINIMISTRAL_CHECKPOINT=$HOME/models/Mistral-7B-v0.1 jupyter lab
+# ```
+#
+# In Windows' cmd, two lines (no quotes, no spaces around `=`):
+#
+# ```
+# set MINIMISTRAL_CHECKPOINT=C:\Users\you\models\Mistral-7B-v0.1
+# jupyter lab
+# ```
+#
+# In PowerShell:
+#
+# ```
+# $env:MINIMISTRAL_CHECKPOINT = "C:\Users\you\models\Mistral-7B-v0.1"; jupyter lab
+# ```
+#
+# To run the whole notebook in one go without opening it, set the variable the same way and replace
+# `jupyter lab` with this (one line, in the course's folder; the result is written beside the notebook,
+# as `notebooks/11_run.ipynb`):
+#
+# ```
+# jupyter nbconvert --to notebook --execute notebooks/11_real_mistral_7b.ipynb --output 11_run --ExecutePreprocessor.timeout=3600
 # ```

@@ -470,3 +470,16 @@ def test_an_enlarged_copy_of_one_input_is_seen_however_it_is_written(capsys):
         assert verdict(capsys, "99.21 gqa", cheat, reference, cases)[0]  # right values: only the rule fails
         ok, out = verdict(capsys, "99.21 gqa", cheat, reference, cases, forbid=forbid)
         assert not ok and "it uses an enlarged copy of 'k', an enlarged copy of 'v'" in out, (cheat.__name__, out)
+
+
+def test_a_case_hint_replaces_the_general_one_for_a_wrong_value_only(capsys):
+    cases = [case(3, label="three", hint="count from one"), case(4, label="four", hint="four is even")]
+    ok, out = verdict(capsys, "99.22 count", lambda n: n + (n == 4), lambda n: n, cases, hint="general")
+    assert not ok and "case 2 of 2 (four)" in out and "four is even" in out
+    assert "general" not in out and "count from one" not in out
+    ok, out = verdict(capsys, "99.22 count", lambda n: n / 1, lambda n: n, cases, hint="general")
+    assert not ok and "expected an int" in out and "general" in out and "count from one" not in out
+    ok, out = verdict(capsys, "99.22 count", lambda n: 1 // (n - 3), lambda n: n, cases)
+    assert not ok and "ZeroDivisionError" in out and "count from one" in out
+    ok, out = verdict(capsys, "99.22 count", lambda n: n, lambda n: n, cases, hint="general")
+    assert ok and "count from one" not in out and "general" not in out

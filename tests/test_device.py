@@ -78,6 +78,36 @@ def test_settings_cell_and_environment(monkeypatch, tmp_path):
         planner.settings(device="mps", environ={})
 
 
+def test_relative_checkpoint_is_read_from_the_notebook_folder_then_the_repository(monkeypatch, tmp_path):
+    """Jupyter starts a kernel in the notebook's folder: `--local-dir models/X` typed in the repository's root is
+    found there too, the describe() line says which folder was used, and a miss names every path tried."""
+    simulate(monkeypatch, cuda=False, mps=False)
+    repo, notebooks = tmp_path / "repo", tmp_path / "repo" / "notebooks"
+    (repo / "models" / "M7").mkdir(parents=True)
+    notebooks.mkdir()
+    monkeypatch.setattr(planner, "repository_root", lambda: repo)
+    monkeypatch.chdir(notebooks)
+    s = planner.settings("models/M7", environ={})
+    assert s.checkpoint == repo / "models" / "M7" and s.checkpoint.is_absolute()
+    assert "found in the repository's root" in s.describe()
+    (notebooks / "models" / "M7").mkdir(parents=True)  # the notebook's folder comes first
+    s = planner.settings("", environ={"MINIMISTRAL_CHECKPOINT": "models/M7"})
+    assert s.checkpoint == notebooks / "models" / "M7" and "the kernel's working folder" in s.describe()
+    assert planner.settings(str(repo / "models" / "M7"), environ={}).found == ""  # absolute: nothing to say
+    with pytest.raises(FileNotFoundError) as e:
+        planner.settings("", environ={"MINIMISTRAL_CHECKPOINT": "models/Nowhere"})
+    assert str(e.value).startswith("MINIMISTRAL_CHECKPOINT='models/Nowhere': no such folder")
+    assert str(notebooks / "models" / "Nowhere") in str(e.value) and str(repo / "models" / "Nowhere") in str(e.value)
+    assert "absolute path" in str(e.value)
+    target, found = planner.resolve_checkpoint("models/New", must_exist=False)  # a download target: the repository's
+    assert target == repo / "models" / "New" and not target.exists() and "placed under the repository's root" in found
+
+
+def test_repository_root_is_this_checkout():
+    root = planner.repository_root()
+    assert root is not None and (root / "minimistral").is_dir() and (root / "notebooks").is_dir()
+
+
 def test_host_memory_is_psutils(monkeypatch):
     """One reader, on every system: psutil's available memory, not /proc or os.sysconf."""
     import collections

@@ -1,6 +1,7 @@
-"""Notebook 11's exercise checks catch the wrong answers they are meant to catch (a tensor or float where a
-Python int is asked, no float32 upcast of a float16 record, an answer that changes its input in place) and
-print a hint only after a failure. The notebook's cells run in one namespace on the small-model path."""
+"""Notebook 11's exercise checks (check_function with per-case hints and forbid=) catch the wrong answers they are
+meant to catch (a float where an int is asked, rounding, no float32 upcast of a float16 record, an answer that
+changes its input in place, rows out of order, gaps in the key positions, the library's own arithmetic) with the
+failed case's hint only. The notebook's cells run in one namespace on the small-model path."""
 
 import re
 from pathlib import Path
@@ -57,33 +58,54 @@ def run_check(notebook, capsys, exercise: str, body: str) -> str:
 
 FIT = ("    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)\n"
        "    per_sequence = kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes\n")
+HINTS_11_1 = ["rolling buffer", "sliding_window is None here", "three quarters", "shorter than the window",
+              "only dtype_bytes differs", "weights alone", "exactly 7 caches", "7th sequence", "tiny model has its own",
+              "each number takes one byte"]
+
+
+def hints_shown(out: str, hints) -> list:
+    return [h for h in hints if h in out]
 
 
 def test_11_1_passes_without_a_hint(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit",
                     FIT + "    return max(0, (free_bytes - weight_bytes) // per_sequence)\n")
-    assert "[PASS] 11.1" in out and "hint" not in out
+    assert "[PASS] 11.1" in out and not hints_shown(out, HINTS_11_1)
 
 
-@pytest.mark.parametrize("ret", ["torch.tensor(max(0, (free_bytes - weight_bytes) // per_sequence))",
+@pytest.mark.parametrize("ret", ["torch.tensor((free_bytes - weight_bytes) / per_sequence)",
                                  "max(0, (free_bytes - weight_bytes) / per_sequence)"])
-def test_11_1_wants_a_python_int_without_giving_the_fix(notebook, capsys, ret):
+def test_11_1_wants_an_int_without_a_case_hint(notebook, capsys, ret):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", FIT + f"    return {ret}\n")
-    assert "[FAIL] 11.1" in out and "Python int" in out
-    assert "//" not in out and "int()" not in out and "hint" not in out
+    assert "[FAIL] 11.1" in out and "expected an int" in out and not hints_shown(out, HINTS_11_1)
 
 
-def test_11_1_hint_only_for_the_failed_case(notebook, capsys):
-    no_window = ("    per_sequence = seq_len * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes\n"
-                 "    return max(0, (free_bytes - weight_bytes) // per_sequence)\n")
-    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", no_window)
-    assert "[FAIL] 11.1" in out and "case 1 of 8" in out
-    assert out.count("hint:") == 1 and "rolling buffer" in out
+@pytest.mark.parametrize("body, case, hint", [
+    ("    per_sequence = seq_len * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes\n"
+     "    return max(0, (free_bytes - weight_bytes) // per_sequence)\n", 1, "rolling buffer"),
+    (FIT + "    return max(0, round((free_bytes - weight_bytes) / per_sequence))\n", 3, "three quarters"),
+    ("    kept = args.sliding_window or seq_len\n"
+     "    return max(0, (free_bytes - weight_bytes) // (kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim"
+     " * dtype_bytes))\n", 4, "shorter than the window"),
+    (FIT.replace("* dtype_bytes", "* 2") + "    return max(0, (free_bytes - weight_bytes) // per_sequence)\n", 5,
+     "only dtype_bytes differs"),
+    (FIT + "    return (free_bytes - weight_bytes) // per_sequence\n", 6, "weights alone")])
+def test_11_1_names_the_case_with_its_own_hint_only(notebook, capsys, body, case, hint):
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", body)
+    assert "[FAIL] 11.1" in out and f"case {case} of 10" in out
+    assert hints_shown(out, HINTS_11_1) == [hint]
+
+
+@pytest.mark.parametrize("call", ["args.kv_cache_bytes(seq_len, 1, 'bfloat16')", "planner.max_batch_size(args, "
+                                  "free_bytes, weight_bytes, seq_len)"])
+def test_11_1_refuses_the_library(notebook, capsys, call):
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", f"    return {call}\n")
+    assert "[FAIL] 11.1" in out and "the library's own version" in out
 
 
 def test_11_1_todo_has_no_hint(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", "    raise NotImplementedError\n")
-    assert "[TODO] 11.1" in out and "hint" not in out
+    assert "[TODO] 11.1" in out and not hints_shown(out, HINTS_11_1)
 
 
 DIST = "    match = (q_pos[:, None] - k_pos[None, :]) == d\n    has = match.any(1)\n"
@@ -92,26 +114,42 @@ DIST = "    match = (q_pos[:, None] - k_pos[None, :]) == d\n    has = match.any(
 def test_11_2_passes(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    return (probs.float() * match).sum(-1)[:, has].mean(-1)\n")
-    assert "[PASS] 11.2" in out and "hint" not in out
+    assert "[PASS] 11.2" in out
 
 
 def test_11_2_float16_record_needs_the_upcast(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    return (probs * match).sum(-1)[:, has].mean(-1)\n")
-    assert "[FAIL] 11.2" in out and "case 6 of 8" in out and "float16" in out
+    assert "[FAIL] 11.2" in out and "case 8 of 10" in out and "float16" in out and "slot order" not in out
+    out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
+                    DIST + "    return (probs * match).sum(-1)[:, has].mean(-1).float()\n")  # too late
+    assert "[FAIL] 11.2" in out and "case 8 of 10" in out and "in which dtype" in out
 
 
 def test_11_2_in_place_change_is_named(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    probs = probs.float() if probs.dtype != torch.float32 else probs\n"
                            "    probs.mul_(match)\n    return probs.sum(-1)[:, has].mean(-1)\n")
-    assert "[FAIL] 11.2" in out and "case 1 of 8" in out and "changed its argument `probs` in place" in out
-    assert "hint" not in out
+    assert "[FAIL] 11.2" in out and "case 1 of 10" in out and "changed its input 'probs' in place" in out
 
 
-def test_11_2_index_is_not_position(notebook, capsys):
-    out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
-                    "    k = torch.arange(probs.shape[-1])\n    q = k[-probs.shape[-2]:]\n"
-                    "    match = (q[:, None] - k[None, :]) == d\n    has = match.any(1)\n"
-                    "    return (probs.float() * match).sum(-1)[:, has].mean(-1)\n")
-    assert "[FAIL] 11.2" in out and "case 3 of 8" in out and "k_pos[c]" in out
+@pytest.mark.parametrize("body, case, words", [
+    ("    k = torch.arange(probs.shape[-1])\n    q = k[-probs.shape[-2]:]\n"
+     "    match = (q[:, None] - k[None, :]) == d\n    has = match.any(1)\n"
+     "    return (probs.float() * match).sum(-1)[:, has].mean(-1)\n", 3, "k_pos[c]"),
+    # the review's two passes: keys sorted, queries taken to be the last rows in order
+    ("    T, Q = probs.shape[-1], probs.shape[-2]\n    p = probs.float()[..., torch.argsort(k_pos)]\n"
+     "    qi = torch.arange(T - Q, T)\n    match = (qi[:, None] - torch.arange(T)[None, :]) == d\n"
+     "    has = match.any(1)\n    return (p * match).sum(-1)[:, has].mean(-1)\n", 6, "whatever order"),
+    ("    order = torch.argsort(k_pos)\n    p = probs.float()[..., order]\n"
+     "    off = int(q_pos[0] - k_pos[order][0])\n"
+     "    return torch.diagonal(p, offset=off - d, dim1=-2, dim2=-1).mean(-1)\n", 6, "whatever order"),
+    ("    k = torch.arange(int(k_pos.min()), int(k_pos.min()) + len(k_pos))[torch.argsort(torch.argsort(k_pos))]\n"
+     "    match = (q_pos[:, None] - k[None, :]) == d\n    has = match.any(1)\n"
+     "    return (probs.float() * match).sum(-1)[:, has].mean(-1)\n", 7, "need not be consecutive"),
+    ("    from minimistral.viz import plots\n"
+     "    return torch.tensor([float(plots._distance_profile(probs[h].float(), q_pos, k_pos)[1][d]) for h in "
+     "range(probs.shape[0])])\n", 1, "the library's own version")])
+def test_11_2_reads_positions_not_order(notebook, capsys, body, case, words):
+    out = run_check(notebook, capsys, "ex11_2_attention_at_distance", body)
+    assert "[FAIL] 11.2" in out and f"case {case} of 10" in out and words in out

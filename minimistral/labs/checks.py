@@ -344,12 +344,15 @@ def _describe_case(fn: Callable, case: tuple, reference: Optional[Callable] = No
 class Case(tuple):
     """One case's arguments with the label its [FAIL] line shows verbatim: `case(x, w, 1e-5, label="...")`."""
     label: Optional[str] = None
+    hint: str = ""
 
 
-def case(*args, label: str) -> Case:
-    """The arguments of one case and what it tests, side by side in the check cell."""
+def case(*args, label: str, hint: str = "") -> Case:
+    """The arguments of one case and what it tests, side by side in the check cell. hint: shown, in place of
+    check_function's own, when this case's value is wrong or it raises (not when the result has the wrong
+    type, shape or dtype, or a rule is broken: those messages say it all, and check_function's hint is shown)."""
     c = Case(args)
-    c.label = label
+    c.label, c.hint = label, hint
     return c
 
 
@@ -659,14 +662,16 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         except NotImplementedError:
             return _report(TODO, exercise, "not implemented yet")
         except Exception as e:  # a student's bug must not stop the notebook
-            return _report(FAIL, exercise, f"{what} raised {type(e).__name__}: {e}. {hint}".strip())
+            return _report(FAIL, exercise, f"{what} raised {type(e).__name__}: {e}. "
+                                           f"{getattr(args, 'hint', '') or hint}".strip())
         broken = _rule_broken(seen, names, tuple(args))
         if broken is not None:
             return _report(FAIL, exercise, f"{what}: {broken}. {hint}".strip())
         want = reference(*args)
         why = _mismatch(got, want, atol, rtol)
-        if why is not None:
-            return _report(FAIL, exercise, f"{what}: {why}. {hint}".strip())
+        if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
+            why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
+            return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())
     return _report(PASS, exercise, f"matches the library on {len(cases)} cases")
 
 

@@ -7,6 +7,7 @@ its names are given here too, so a notebook reads the whole planner as `planner.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -116,15 +117,17 @@ class Settings:
     quantize: Optional[str]     # "auto": the planner decides; None: no quantization; "int8"; "int4"
     group_size: int
     sources: dict               # setting -> what set it: "MINIMISTRAL_DEVICE", "DEVICE" (the cell) or "default"
+    found: str = ""             # how a relative checkpoint path was read ("" for an absolute one)
 
     def describe(self) -> str:
         q = {"auto": "the planner's choice", None: "none"}.get(self.quantize, self.quantize)
         q += f" (groups of {self.group_size})" if self.quantize == "int4" else ""
         where = {"default": "default", "CHECKPOINT": "set in the cell", "DEVICE": "set in the cell",
                  "QUANTIZE": "set in the cell"}
-        return "\n".join(f"{k + ':':<12}{v}  ({where.get(self.sources[k], 'set by ' + self.sources[k])})" for k, v in
-                         [("checkpoint", self.checkpoint or "none: the small course model"), ("device", self.device),
-                          ("quantize", q)])
+        lines = [f"{k + ':':<12}{v}  ({where.get(self.sources[k], 'set by ' + self.sources[k])})" for k, v in
+                 [("checkpoint", self.checkpoint or "none: the small course model"), ("device", self.device),
+                  ("quantize", q)]]
+        return "\n".join(lines[:1] + [f"{'':<12}{self.found}"] * bool(self.found) + lines[1:])
 
 
 def parse_quantize(value: str, source: str = "quantize") -> tuple[Optional[str], int]:
@@ -145,12 +148,49 @@ def parse_quantize(value: str, source: str = "quantize") -> tuple[Optional[str],
                      "choose")
 
 
+def repository_root() -> Optional[Path]:
+    """The course repository this package runs from (an editable install or a clone on the path), or None for a
+    package installed elsewhere: the folder above the `minimistral` package, if it holds notebooks/."""
+    root = Path(sys.modules[__name__.partition(".")[0]].__file__).resolve().parent.parent
+    return root if (root / "notebooks").is_dir() else None
+
+
+def resolve_checkpoint(value: str, source: str = "CHECKPOINT", must_exist: bool = True) -> tuple[Path, str]:
+    """(the checkpoint folder as an absolute path, how a relative `value` was read: "" for an absolute one).
+
+    A kernel cannot know the folder a command was typed in: Jupyter starts it in the notebook's folder. So a
+    relative path is tried against the kernel's working folder (the notebook's), then against the repository's
+    root (where the README's `hf download ... --local-dir models/...` puts it), and the first that exists is
+    taken. must_exist=False (a download target): a path found nowhere is placed under the repository's root
+    (else the working folder). Not found with must_exist: FileNotFoundError naming every path tried."""
+    given = Path(value).expanduser()
+    if given.is_absolute():
+        if must_exist and not given.is_dir():
+            raise FileNotFoundError(f"{source}={value!r}: no such folder. Give the folder that holds the weights "
+                                    "and config.json (or params.json), or '' for the small course model")
+        return given, ""
+    root = repository_root()
+    tried = [(Path.cwd(), "the kernel's working folder (the notebook's)")]
+    tried += [(root, "the repository's root")] if root is not None and root != Path.cwd().resolve() else []
+    for base, what in tried:
+        if (base / given).is_dir():
+            return (base / given).resolve(), f"{value!r} is relative: found in {what}, {base}"
+    if not must_exist:
+        base, what = tried[-1]
+        return (base / given).resolve(), f"{value!r} is relative: placed under {what}, {base}"
+    raise FileNotFoundError(
+        f"{source}={value!r}: no such folder. A relative path is read from the kernel, which cannot know where you "
+        f"typed a command; tried {' and '.join(str((b / given).resolve()) for b, _ in tried)}. Give the absolute path "
+        "of the folder that holds the weights and config.json (or params.json), or '' for the small course model")
+
+
 def settings(checkpoint="", device="", quantize="", environ=None) -> Settings:
     """Notebook 11's settings: the values written in its cell, each replaced by its environment variable when that
     is set and not empty (MINIMISTRAL_CHECKPOINT, MINIMISTRAL_DEVICE, MINIMISTRAL_QUANTIZE), so a batch run can
     set them without editing the notebook. Without a checkpoint the device defaults to the CPU (the small model
-    needs no GPU); with one, to the first available of CUDA, MPS, CPU. Every value is checked here, and an error
-    names the variable or the cell's setting it came from."""
+    needs no GPU); with one, to the first available of CUDA, MPS, CPU. A relative checkpoint path is read as
+    resolve_checkpoint says (the notebook's folder, then the repository's root) and `found` says which. Every value
+    is checked here, and an error names the variable or the cell's setting it came from."""
     env = os.environ if environ is None else environ
     values, sources = {}, {}
     for key, cell, var in [("checkpoint", checkpoint, CHECKPOINT_ENV), ("device", device, DEVICE_ENV),
@@ -159,19 +199,15 @@ def settings(checkpoint="", device="", quantize="", environ=None) -> Settings:
             values[key], sources[key] = env[var], var
         else:
             values[key], sources[key] = str(cell or ""), key.upper() if cell else "default"
-    folder = None
+    folder, found = None, ""
     if values["checkpoint"]:
-        folder = Path(values["checkpoint"]).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(f"{sources['checkpoint']}={values['checkpoint']!r}: no such folder. Give the "
-                                    "folder that holds the weights and config.json (or params.json), or '' for the "
-                                    "small course model")
+        folder, found = resolve_checkpoint(values["checkpoint"], sources["checkpoint"])
     if values["device"]:
         dev = parse_device(values["device"], sources["device"])
     else:
         dev = choose_device("cpu" if folder is None else None)
     mode, group = parse_quantize(values["quantize"], sources["quantize"])
-    return Settings(folder, dev, mode, group, sources)
+    return Settings(folder, dev, mode, group, sources, found)
 
 
 def choose_plan(args, device, quantize="auto", group_size: int = 32, working: int = 0,

@@ -234,8 +234,8 @@ def plot_attention_distance(capture: AttentionCapture, window=None, layers=None,
         if window is not None and window - 1 <= d_max:
             ax.axvline(window - 1, color="crimson", ls="--", lw=1.2)
             ax.axvspan(window - 0.5, d_max + 0.5, color="crimson", alpha=0.07)
-            ax.text(window - 1, 0.97, f" window edge: W-1 = {window - 1}", transform=ax.get_xaxis_transform(),
-                    color="crimson", fontsize=8, va="top")
+            ax.text(window - 1, 0.5, f"window edge: W-1 = {window - 1} ", transform=ax.get_xaxis_transform(),
+                    color="crimson", fontsize=8, rotation=90, ha="right", va="center")  # inside its panel
         ax.set_title(f"layer {layer}", fontsize=10)
         ax.set_xlabel("distance back (query pos - key pos)")
         ax.grid(alpha=0.3)
@@ -243,11 +243,11 @@ def plot_attention_distance(capture: AttentionCapture, window=None, layers=None,
     for ax in axes[:, 0]:
         ax.set_ylabel("mean attention")
     if len(capture.heads) <= 8:
-        axes.flat[0].legend(fontsize=7, loc="center right")
+        axes.flat[0].legend(fontsize=7, loc="upper center")  # over the long tail, clear of the window edge
     else:  # one entry per KV group
         groups = sorted(set(h // n_rep for h in capture.heads))
         handles = [matplotlib.lines.Line2D([], [], color=_head_colour(g * n_rep, n_rep)) for g in groups]
-        axes.flat[0].legend(handles, [f"KV group {g}" for g in groups], fontsize=7, loc="center right",
+        axes.flat[0].legend(handles, [f"KV group {g}" for g in groups], fontsize=7, loc="upper center",
                             ncols=2 if len(groups) > 4 else 1)
     fig.suptitle("How far back each head looks (one colour per KV group)", fontsize=11)
     return fig
