@@ -512,7 +512,8 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
            "torch.func.grad_and_value", "torch.func.vjp", "torch.func.jacrev", "torch.func.jvp", "torch.func.jacfwd",
            "torch.func.hessian", "torch.func.linearize", "torch.autograd.functional.vjp",
            "torch.autograd.functional.jvp", "torch.autograd.functional.jacobian", "torch.autograd.functional.hvp",
-           "torch.autograd.functional.vhp", "torch.autograd.forward_ad.make_dual"],
+           "torch.autograd.functional.vhp", "torch.autograd.forward_ad.make_dual",
+           "torch.ops.aten._fused_rms_norm_backward"],
    hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "
         "mean of squares); then contract with grad_out. Check your formula on a zero row first. If only the "
         "float64 case fails, are you computing in a lower precision than x?")

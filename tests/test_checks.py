@@ -96,6 +96,8 @@ def test_float_tolerance_is_relative_to_the_size_of_the_quantity(capsys):
     ref = lambda x: x * 1e-6  # noqa: E731
     ok, out = verdict(capsys, "99.3 small", lambda x: x * 1.1e-6, ref, [(torch.randn(3, 4),)])
     assert not ok and "times a constant larger than 1" in out and "(3, 4) float32 tensor" in out
+    ok, out = verdict(capsys, "99.3 small", lambda x: x * -1e-6, ref, [(torch.randn(3, 4),)])
+    assert not ok and "times a negative constant (a flipped sign?)" in out and "smaller than 1" not in out
 
 
 def test_tensors_compare_shape_dtype_then_values(capsys):

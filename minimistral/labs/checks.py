@@ -217,8 +217,9 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: Optional[float
     c = (wf.conj() @ gf) / (wf.conj() @ wf) if float((wf.abs() ** 2).sum()) > 0 else None
     if c is not None and not want.is_complex() and abs(float(c)) > 1e-3 and float((gf - c * wf).abs().max()) <= atol * scale + 1e-3 * scale \
             and abs(float(c) - 1) > 1e-3:
-        msg += f"; the result is the expected one times a constant {'larger' if abs(float(c)) > 1 else 'smaller'}" \
-               f" than 1 (a missing or extra scale factor?)"
+        msg += "; the result is the expected one times a negative constant (a flipped sign?)" if float(c) < 0 else \
+            f"; the result is the expected one times a constant {'larger' if abs(float(c)) > 1 else 'smaller'}" \
+            f" than 1 (a missing or extra scale factor?)"
     elif not want.is_complex() and want.numel() > 1 and torch.allclose(gf.sort().values, wf.sort().values,
                                                                       atol=atol * scale, rtol=rtol):
         msg += "; the right numbers in the wrong places (an axis, an order or a transpose?)"
