@@ -105,13 +105,16 @@ for ax in axes:
     ax.set_aspect("equal")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
-# same relative distance (n - m = 2), different absolute positions: same angle between q and k
-for (m, n), color in zip([(0, 2), (3, 5), (6, 8)], ["#4C72B0", "#DD8452", "#55A868"]):
+# same relative distance (n - m = 1), different absolute positions: same angle between q and k
+for (m, n), color in zip([(0, 1), (4, 5), (8, 9)], ["#4C72B0", "#DD8452", "#55A868"]):
     qm, kn = rotate(q2, m * omega), rotate(k2, n * omega)
     for v, style in [(qm, "-"), (kn, "--")]:
         axes[1].annotate("", xy=v.tolist(), xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=color, lw=2, ls=style))
+    a_q, a_k = math.atan2(qm[1], qm[0]), math.atan2(kn[1], kn[0])
+    arc = torch.linspace(a_q, a_q + (a_k - a_q) % (2 * math.pi), 30)  # the angle from q to k, drawn as an arc
+    axes[1].plot(0.45 * torch.cos(arc), 0.45 * torch.sin(arc), color=color, lw=2.5)
     axes[1].plot([], [], color=color, label=f"q at m={m}, k at n={n}: q·k = {float(qm @ kn):.4f}")
-axes[1].set_title("same n - m, same dot product (q solid, k dashed)", fontsize=10)
+axes[1].set_title("same n - m, same angle (arc), same dot product\n(q solid, k dashed)", fontsize=10)
 axes[1].legend(fontsize=9, loc="lower left")
 plt.tight_layout()
 plt.show()
@@ -156,7 +159,7 @@ for i in [0, 1, 8, 16, 32, 48, 63]:
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.3]})
 pos_short = torch.linspace(0, 64, 641)  # drawn as continuous curves; positions are the integers
 for i, color in zip([0, 8, 16, 32, 48], ["#C44E52", "#DD8452", "#55A868", "#4C72B0", "#8172B2"]):
-    ax1.plot(pos_short, torch.cos(pos_short * freqs[i]), color=color, lw=1.5, label=f"pair {i}: period {2 * math.pi / freqs[i].item():.0f}")
+    ax1.plot(pos_short, torch.cos(pos_short * freqs[i]), color=color, lw=1.5, label=f"pair {i}: period {2 * math.pi / freqs[i].item():.1f}")
 ax1.set_xlabel("position m")
 ax1.set_ylabel("cos(m ω_i)")
 ax1.set_title("each pair turns at its own speed")
@@ -303,7 +306,8 @@ print("e.g. S[0, 5], S[20, 25], S[58, 63] =", [round(S[m, m + 5].item(), 4) for 
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 4.6))
-im = ax.imshow(S.numpy(), cmap="RdBu_r", origin="upper")
+lim = float(S.abs().max())
+im = ax.imshow(S.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, origin="upper")  # white = 0
 ax.set_xlabel("key position n")
 ax.set_ylabel("query position m")
 ax.set_title("score(q at m, k at n): constant along diagonals")
@@ -316,29 +320,35 @@ plt.show()
 #
 # The RoPE paper (section 3.4.3) shows that RoPE has **long-term decay**, and this is easy to misread as
 # "scores fall with distance". What it proves is a *bound*. Write the score as a sum over the 64 pairs,
-# $\mathrm{Re}\sum_i h_i\, e^{\mathrm{i}\, r\omega_i}$ with $h_i = q_i \overline{k_i}$, the query's pair $i$ times
-# the complex conjugate of the key's pair $i$ (each pair read as a complex number), and $r$ the distance. Summation by parts gives
+# $\mathrm{Re}\sum_{i=0}^{d/2-1} h_i\, e^{\mathrm{i}\, r\omega_i}$ with $h_i = q_i \overline{k_i}$, the query's pair $i$ times
+# the complex conjugate of the key's pair $i$ (each pair read as a complex number), and $r$ the distance.
+# Summation by parts, with the paper's conventions $S_0 = 0$ and $h_{d/2} = 0$, gives
 #
 # $$
-# |\text{score}(r)| \le \Big(\max_i |h_{i+1} - h_i|\Big) \sum_{j=1}^{d/2} |S_j(r)|,
-# \qquad S_j(r) = \sum_{k=0}^{j-1} e^{\mathrm{i}\, r\,\omega_k},
+# |\text{score}(r)| \le \Big(\max_{0 \le i < d/2} |h_{i+1} - h_i|\Big) \sum_{j=1}^{d/2} |S_j(r)|,
+# \qquad S_j(r) = \sum_{k=0}^{j-1} e^{\mathrm{i}\, r\,\omega_k} .
 # $$
 #
-# and the paper plots the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$, which does shrink with $r$.
-# Three different curves, in two units: the bound divided by its value at distance 0 (so it starts at 1),
-# and two scores divided by head_dim (the ones-vector score happens to be 1 at distance 0 in that unit; the
-# random one is 0 there):
+# Because $h_{d/2} = 0$, the maximum includes $|h_{d/2-1}|$, the size of the last pair's product: the bound is
+# never 0 for a nonzero score. The first factor depends on the vectors, the second only on the distance, and the
+# paper plots that second factor as the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$, which does shrink
+# with $r$. The figure keeps the two kinds of curve apart:
 #
-# - **the paper's bound** (the figure in the paper): how large the score *can* be, for queries and keys
-#   whose pair products $h_i$ change slowly from pair to pair;
-# - **q = k = all ones**, one such pair of vectors: its score is $\frac{1}{64}\sum_i \cos(r\omega_i)$, which
-#   fades and wobbles, and even goes negative;
-# - **random q and k**: the expected score is **0 at every distance**, distance 0 included, since rotating
-#   a random key gives another random key. Their spread (the band, ± one standard deviation over 2,000 pairs)
-#   does not change with distance either.
+# - **left, the paper's relative bound**, divided by its value at distance 0 (32.5) so that it starts at 1. For
+#   a given pair of vectors, the bound on $|\text{score}(r)|$ is this curve times a constant fixed by the vectors
+#   (for q = k = all ones it is 32.5 times the actual score at distance 0): it says how fast the *largest
+#   possible* score can fall, not what any score does.
+# - **right, actual scores**, divided by head_dim:
+#   - **q = k = all ones**: $\frac{1}{64}\sum_i \cos(r\omega_i)$, 1 at distance 0, which fades and wobbles, and even
+#     goes negative;
+#   - **aligned random vectors** (k = q + noise of the same size): on average they score exactly the same
+#     curve, since $\mathbb{E}\,|q_i|^2 = 2$ for every pair: similar vectors score highest when close;
+#   - **independent random q and k**: the expected score is 0 at every distance, distance 0 included. That holds
+#     for any rotation (rotating a random key gives another random key), so it says nothing about RoPE
+#     itself; the band (± one standard deviation over 2,000 pairs) does not change with distance either.
 #
-# So RoPE does not make far tokens score lower in general; it makes *aligned* (similar) vectors score
-# highest when close. Trained queries and keys can use the slow pairs to attend far away.
+# So RoPE does not make far tokens score lower in general; it makes *aligned* vectors score highest when
+# close. Trained queries and keys can use the slow pairs to attend far away.
 
 # %%
 dist = torch.arange(0, 4097)
@@ -346,31 +356,49 @@ freqs_d = rope_frequencies(head_dim, args.rope_theta).double()  # (64,)
 phases = torch.polar(torch.ones(len(dist), head_dim // 2, dtype=torch.float64), dist[:, None].double() * freqs_d)
 paper_bound = phases.cumsum(-1).abs().mean(-1)  # (1/(d/2)) sum_j |S_j(r)|
 ones_score = phases.real.mean(-1)  # q = k = ones: score / head_dim = mean_i cos(r w_i)
+print(f"relative bound at distance 0: {paper_bound[0]:.1f};  q = k = ones at distance 10: score / head_dim "
+      f"{ones_score[10]:.2f}, its bound {2 * phases[10].cumsum(-1).abs().sum() / head_dim:.2f}")
 gen_rand = torch.Generator().manual_seed(30)
 qs = torch.randn(2000, head_dim, generator=gen_rand)
 ks = torch.randn(2000, head_dim, generator=gen_rand)
+ks_aligned = qs + torch.randn(2000, head_dim, generator=gen_rand)  # k = q + noise
 sample = torch.tensor([0, 1, 2, 3, 5, 8, 13, 20, 30, 50, 80, 130, 200, 300, 500, 800, 1300, 2000, 3000, 4096])
-k_rot = apply_rope_complex(ks[:, None, None, :].expand(2000, len(sample), 1, head_dim).contiguous(),
-                           rope_angles(sample, head_dim, args.rope_theta))[:, :, 0]  # (2000, 20, 128)
-rand_scores = torch.einsum("nd,nsd->ns", qs, k_rot) / head_dim  # q at 0, k at distance r
-mean, std = rand_scores.mean(0), rand_scores.std(0)
-print(f"random q, k: mean score / head_dim over 2,000 pairs, at distances 0..4096: "
-      f"between {mean.min():.2f} and {mean.max():.2f}; standard deviation {std.min():.2f} to {std.max():.2f}")
+ang_s = rope_angles(sample, head_dim, args.rope_theta)  # (20, 64)
 
-fig, ax = plt.subplots(figsize=(10, 4.2))
-ax.plot(dist, (paper_bound / paper_bound[0]).numpy(), color="#C44E52", lw=2, label="the paper's relative upper bound")
-ax.plot(dist, ones_score.numpy(), color="#4C72B0", lw=1, label="q = k = ones")
-ax.fill_between(sample.numpy(), (mean - std).numpy(), (mean + std).numpy(), color="#55A868", alpha=0.25,
-                label="random q, k: ± one standard deviation")
-ax.plot(sample.numpy(), mean.numpy(), color="#55A868", lw=2, marker="o", ms=4, label="random q, k: mean score")
-ax.axhline(0, color="grey", lw=0.6)
-ax.set_xscale("symlog", linthresh=10)
-ax.set_xlim(0, 4096)
-ax.set_xlabel("relative distance |m - n| (tokens, log scale past 10)")
-ax.set_ylabel("bound / bound at 0 (red);\nscore / head_dim (blue, green)")
-ax.set_title("long-term decay is a bound: random vectors score 0 on average at every distance")
-ax.legend(fontsize=9, loc="upper right")
-ax.spines[["top", "right"]].set_visible(False)
+
+def scores_at(q, k):  # q at position 0, k at each sampled distance: (2000, 20) scores / head_dim
+    k_rot = apply_rope_complex(k[:, None, None, :].expand(len(k), len(sample), 1, head_dim).contiguous(), ang_s)
+    return torch.einsum("nd,nsd->ns", q, k_rot[:, :, 0]) / head_dim
+
+
+rand_scores, aligned_scores = scores_at(qs, ks), scores_at(qs, ks_aligned)
+mean, std = rand_scores.mean(0), rand_scores.std(0)
+print(f"independent random q, k: mean score / head_dim at distances 0..4096 at most {mean.abs().max():.3f} from 0; "
+      f"standard deviation {std.min():.2f} to {std.max():.2f}")
+gap = (aligned_scores.mean(0) - ones_score[sample].float()).abs().max()
+print(f"aligned q, k = q + noise: mean score / head_dim {aligned_scores.mean(0)[0]:.2f} at distance 0, "
+      f"{aligned_scores.mean(0)[-1]:.2f} at 4096; at most {gap:.2f} from the ones curve")
+
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
+ax1.plot(dist, (paper_bound / paper_bound[0]).numpy(), color="#C44E52", lw=2)
+ax1.set_ylim(0, 1.05)
+ax1.set_ylabel("relative bound / its value at 0")
+ax1.set_title("the paper's relative upper bound\n(a bound on |score|, up to a factor set by q and k)", fontsize=10)
+ax2.plot(dist, ones_score.numpy(), color="#4C72B0", lw=1, label="q = k = ones")
+ax2.plot(sample.numpy(), aligned_scores.mean(0).numpy(), color="#8172B2", lw=0, marker="s", ms=5,
+         label="aligned random q, k = q + noise: mean")
+ax2.fill_between(sample.numpy(), (mean - std).numpy(), (mean + std).numpy(), color="#55A868", alpha=0.25,
+                 label="independent random q, k: ± one standard deviation")
+ax2.plot(sample.numpy(), mean.numpy(), color="#55A868", lw=2, marker="o", ms=4, label="independent random q, k: mean")
+ax2.axhline(0, color="grey", lw=0.6)
+ax2.set_ylabel("score / head_dim")
+ax2.set_title("actual scores: aligned vectors fall with distance, independent ones are 0 on average", fontsize=10)
+ax2.legend(fontsize=8, loc="upper right")
+for ax in (ax1, ax2):
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlim(0, 4096)
+    ax.set_xlabel("relative distance |m - n| (tokens, log scale past 10)")
+    ax.spines[["top", "right"]].set_visible(False)
 plt.tight_layout()
 plt.show()
 
@@ -399,29 +427,48 @@ with torch.no_grad():
     k_ex = attn0.wk(h0).view(1, T_ex, a.n_kv_heads, a.head_dim)  # (1, T, 2, 32)
     ang_ex = rope_angles(torch.arange(T_ex), a.head_dim, a.rope_theta)
     q_rot, k_rot_ex = apply_rope_complex(q_ex, ang_ex), apply_rope_complex(k_ex, ang_ex)
-head = 6
-group = head // (a.n_heads // a.n_kv_heads)  # the K/V head this query head reads (notebook 04)
-plain = (k_ex[0, :, group] @ q_ex[0, -1, head] / a.head_dim**0.5).numpy()  # (T,)
-rotated = (k_rot_ex[0, :, group] @ q_rot[0, -1, head] / a.head_dim**0.5).numpy()
-print(f"head {head}, query '.': the two '▁there' keys score {plain[6]:.2f} and {plain[11]:.2f} without RoPE, "
-      f"{rotated[6]:.2f} and {rotated[11]:.2f} with it")
+per_head = []  # (head, scores without RoPE, with RoPE, attention weights with RoPE) for the final '.'
+for head in range(a.n_heads):
+    group = head // (a.n_heads // a.n_kv_heads)  # the K/V head this query head reads (notebook 04)
+    plain = k_ex[0, :, group] @ q_ex[0, -1, head] / a.head_dim**0.5  # (T,)
+    rotated = k_rot_ex[0, :, group] @ q_rot[0, -1, head] / a.head_dim**0.5  # (T,)
+    per_head.append((head, plain, rotated, rotated.softmax(-1)))
+print("attention of the final '.' (with RoPE) on the two copies of each repeated word, per head of layer 0:")
+print("head   ▁there 6  ▁there 11   ▁light 8  ▁light 13")
+for head, _, _, w in per_head:
+    print(f"{head:>4}   {w[6]:8.3f}  {w[11]:9.3f}   {w[8]:8.3f}  {w[13]:9.3f}")
+head, plain, rotated, weights = per_head[3]  # the head where the copies differ most
+plain_w = plain.softmax(-1)
+print(f"head {head}: the two '▁there' keys score {plain[6]:.2f} and {plain[11]:.2f} without RoPE, "
+      f"{rotated[6]:.2f} and {rotated[11]:.2f} with it; the two '▁light' keys {plain[8]:.2f}, {plain[13]:.2f} and "
+      f"{rotated[8]:.2f}, {rotated[13]:.2f}")
 
-fig, ax = plt.subplots(figsize=(10, 3.8))
+fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(10, 6.4), sharex=True)
 xs = torch.arange(T_ex).numpy()
-for pair, colour in (((6, 11), "#DD8452"), ((8, 13), "#55A868")):
-    for p in pair:
-        ax.axvspan(p - 0.45, p + 0.45, color=colour, alpha=0.15, lw=0)
-ax.bar(xs - 0.2, plain, width=0.4, color="#999999", label="without RoPE")
-ax.bar(xs + 0.2, rotated, width=0.4, color="#4C72B0", label="with RoPE (the model)")
-ax.set_xticks(xs, [f"{lab}\n{n}" for n, lab in enumerate(labels)], fontsize=9)
-ax.axhline(0, color="grey", lw=0.6)
-ax.set_ylabel("score q·k / √32")
-ax.set_title(f"tiny model, layer 0, head {head}: the query of the final '.' against every key "
-             "(repeated words shaded)", fontsize=10)
-ax.legend(fontsize=9)
-ax.spines[["top", "right"]].set_visible(False)
+for ax, (left, right, what) in zip((ax1, ax2), [(plain, rotated, "score q·k / √32"),
+                                                 (plain_w, weights, "attention weight (softmax)")]):
+    for pair, colour in (((6, 11), "#DD8452"), ((8, 13), "#55A868")):
+        for p in pair:
+            ax.axvspan(p - 0.45, p + 0.45, color=colour, alpha=0.15, lw=0)
+    ax.bar(xs - 0.2, left.numpy(), width=0.4, color="#999999", label="without RoPE")
+    ax.bar(xs + 0.2, right.numpy(), width=0.4, color="#4C72B0", label="with RoPE (the model)")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.set_ylabel(what)
+    ax.spines[["top", "right"]].set_visible(False)
+ax2.set_xticks(xs, [f"{lab}\n{n}" for n, lab in enumerate(labels)], fontsize=9)
+ax1.set_title(f"tiny model, layer 0, head {head}: the query of the final '.' against every key "
+              "(repeated words shaded)", fontsize=10)
+ax1.legend(fontsize=9)
 plt.tight_layout()
 plt.show()
+
+# %% [markdown]
+# Without RoPE the two copies of a word get the same bar, in scores and in attention weights. With RoPE, in
+# head 3 the second `▁there` gets about half as much attention again as the first, and the first `▁light`
+# nearly twice as much as the second (the table above; in other heads the copies differ less, in head 6 by only
+# about 10 %). Every other bar moves too
+# (`▁Let` most), since every key sits at its own distance from the query; the repeated words are where
+# position is the *only* thing that differs.
 
 # %% [markdown]
 # ## Explore: position and θ
@@ -458,7 +505,7 @@ def draw_clock(position=100, log10_theta=4.0):
     ax2.set_ylim(0, 1.05)
     ax2.set_xlim(0, 4096)
     ax2.set_xlabel("relative distance (tokens)")
-    ax2.set_title("the paper's bound on |score| against distance (1 at 0)", fontsize=10)
+    ax2.set_title("the paper's relative bound against distance (1 at 0)", fontsize=10)
     plt.tight_layout()
     plt.show()
 
@@ -470,8 +517,8 @@ mm.viz.explorer(draw_clock, "RoPE clock", position=(100, 0, 4096), log10_theta=(
 #
 # A checkpoint arrives without its config, but someone saved the RoPE angle table its code used: `angles`, a
 # float32 tensor of shape `(len(positions), head_dim // 2)` built by the formula above for the given
-# `positions` and an unknown $\theta$. Write `theta_from_angles(angles, positions)`: return that $\theta$ as a
-# Python float (within 0.01 %). This is the question notebook 11 must answer right for v0.1, whose
+# `positions` (in any order) and an unknown $\theta$. Write `theta_from_angles(angles, positions)`: return that
+# $\theta$ as a number (within 0.01 %). This is the question notebook 11 must answer right for v0.1, whose
 # `params.json` has no `rope_theta`. Look at how one row changes from pair to pair; not every row helps.
 
 # %% nbgrader={"grade": false, "grade_id": "ex03_1_theta_from_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -494,18 +541,23 @@ def angle_table(positions, head_dim, theta):  # a case: the table and its positi
 
 known_theta = {}
 theta_cases = [angle_table(list(range(8)), 128, 10000.0), angle_table([5, 4096], 128, 1e6),
-               angle_table([0, 3, 1], 8, 500.0), angle_table([7], 4, 20.0), angle_table([0, 2], 64, 250000.0)]
+               angle_table([0, 3, 1], 8, 500.0), angle_table([7], 4, 20.0), angle_table([0, 2], 64, 250000.0),
+               angle_table([4, 0], 16, 300.0), angle_table([9, 0, 2], 32, 5e5)]
 _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, positions: known_theta[id(angles)],
                    cases=theta_cases, forbid=["minimistral.rope.rope_angles", "minimistral.rope.rope_frequencies"],
-                   hint="write angles[t, i] / angles[t, i + 1] with the formula: what is left of position and pair? "
-                        "Then solve for theta; and check which rows carry no information at all")
+                   hint="by the formula, how does one row change from one pair to the next, and what does that "
+                        "change depend on? Then solve for theta; and check which rows carry no information at all, "
+                        "wherever they sit")
 
 # %% [markdown]
-# ## Exercise 03.2: rotate interleaved pairs
+# ## Exercise 03.2: rotate interleaved pairs, as complex numbers
 #
-# Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape `(T, D/2)`, using complex
-# numbers this time (`torch.view_as_complex`, `torch.polar`, `torch.view_as_real`), or real arithmetic if
-# you prefer. Return the same shape and dtype as `x`.
+# This is the notebook's warm-up. Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape
+# `(T, D/2)`, the way Mistral's code does: as complex numbers (`torch.view_as_complex`, `torch.polar`,
+# `torch.view_as_real`, described in the section on Mistral's layout). `my_rope_interleaved` above did it with
+# real arithmetic; here the check does not allow `cos` and `sin`, so the rotation has to be a complex product.
+# Return the same shape and dtype as `x` (bf16 included). The capstone at the end of notebook 10 builds a model
+# from your exercises, this function included.
 
 # %% nbgrader={"grade": false, "grade_id": "ex03_2_rope_interleaved-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def rope_exercise(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
@@ -528,7 +580,7 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
     case(torch.randn(1, 4, 2, 128, generator=gen).bfloat16(), rope_angles(torch.arange(4093, 4097), 128),
          label="bf16 at positions 4,093-4,096: angles in the thousands"),
 ], forbid=["minimistral.rope.apply_rope_complex", "minimistral.rope.apply_rope_interleaved_real",
-           "minimistral.rope.apply_rope_rotate_half"],
+           "minimistral.rope.apply_rope_rotate_half", "torch.cos", "torch.sin", "torch.Tensor.cos", "torch.Tensor.sin"],
    hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
         "the output keeps the pairs interleaved, and x's dtype. If only the far bf16 case fails: how far apart "
         "are neighbouring bf16 numbers near 4,000, and what does that do to a sine?")
@@ -553,18 +605,16 @@ def first_slow_pair(head_dim: int, theta: float, n_tokens: float) -> int:
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex03_3_first_slow_pair-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def slow_pair_by_counting(head_dim, theta, n_tokens):  # the reference: look at every pair's period
-    periods = 2 * math.pi / rope_frequencies(head_dim, theta).double()
-    return int((periods <= n_tokens).sum())  # periods grow with i, so this counts the fast pairs
+from minimistral.labs import references
 
-
-_ = check_function("03.3 first_slow_pair", first_slow_pair, slow_pair_by_counting, cases=[
+_ = check_function("03.3 first_slow_pair", first_slow_pair, references.slow_pair_by_counting, cases=[
     (128, 10000.0, 4000), (128, 1e6, 4000), (64, 10000.0, 100), (128, 10000.0, 3),
     (128, 10000.0, 1e6), (32, 10000.0, 1.001 * 2 * math.pi * 10000.0 ** 0.5), (8, 16.0, 2 * math.pi * 4),
 ], labels=["Mistral 7B's heads, 4,000 tokens", "theta 1e6 (later Mistral models), 4,000 tokens",
            "head_dim 64, 100 tokens", "3 tokens: faster than any pair", "a million tokens: slower than any pair",
            "head_dim 32, n_tokens just above the period of pair 8",
            "head_dim 8, theta 16: n_tokens exactly the period of pair 2 (8π)"],
+   forbid=["minimistral.labs.references.slow_pair_by_counting"],
    hint="write pair i's period as a function of i and solve 'period > n_tokens' for i; mind the two ends of the "
         "range and whether a period equal to n_tokens counts")
 
@@ -574,9 +624,10 @@ _ = check_function("03.3 first_slow_pair", first_slow_pair, slow_pair_by_countin
 #   $\theta = 10^4$ for Mistral 7B v0.1: periods from 6.3 to about 54,000 tokens.
 # - Rotations preserve length, and the dot product of a rotated query and key depends only on $m - n$:
 #   relative position without any parameter. We saw the Toeplitz score matrix and asserted it.
-# - In the trained model, RoPE is what lets attention tell the running example's two `light`s apart.
-# - "Long-term decay" is the RoPE paper's upper bound on the score, which shrinks with distance; for random
-#   queries and keys the expected score is 0 at every distance.
+# - In the trained model, RoPE is what lets attention tell the running example's two `light`s (and two `there`s)
+#   apart: in layer 0, head 3 the copies get attention weights differing by a factor of about 1.5 to 1.7.
+# - "Long-term decay" is the RoPE paper's upper bound on the score, which shrinks with distance; aligned queries
+#   and keys score less on average as they move apart, independent random ones score 0 on average at every distance.
 # - Mistral rotates interleaved pairs $(x_{2i}, x_{2i+1})$ as complex numbers; Hugging Face rotates
 #   $(x_i, x_{i+64})$ ("rotate-half") and compensates by permuting the rows of `wq` and `wk` per head.
 #   Both give identical scores; the library's loader handles the permutation.

@@ -39,12 +39,37 @@ def ref_params(n_layers, d):
 
 def test_right_answers_pass_and_stubs_are_todo(capsys):
     ok, out = verdict(capsys, "99.1 params", lambda n, d: n * (4 * d * d + 2 * d), ref_params, [(2, 8), (1, 3)])
-    assert ok and out == "[PASS] 99.1 params: matches the library on 2 cases"
+    assert ok and out == "[PASS] 99.1 params: matches the reference ref_params on 2 cases"
 
     def stub(n, d):
         raise NotImplementedError
     ok, out = verdict(capsys, "99.1 params", stub, ref_params, [(2, 8)])
     assert not ok and out == "[TODO] 99.1 params: not implemented yet"
+
+
+def test_a_pass_line_names_what_the_answer_was_compared_with(capsys):
+    """"matches the library" only when the reference is the library's own code; a brute-force reference written
+    in the notebook or check cell is named as such."""
+    from minimistral.labs import references
+    from minimistral.labs.checks import compared_with
+    from minimistral.norm import rms_norm
+    from minimistral.tokenizer import Tokenizer
+    x, w = torch.randn(2, 8), torch.ones(8)
+    ok, out = verdict(capsys, "99.5 norm", rms_norm, rms_norm, [(x, w, 1e-5)])
+    assert ok and out == "[PASS] 99.5 norm: matches the library's rms_norm on 1 case"
+    ok, out = verdict(capsys, "99.5 silu", lambda x: x * torch.sigmoid(x), torch.nn.functional.silu, [(x,), (w,)])
+    assert ok and out == "[PASS] 99.5 silu: matches torch's silu on 2 cases"
+
+    def brute_force(x):
+        return x.sum(-1)
+    ok, out = verdict(capsys, "99.5 sum", brute_force, brute_force, [(x,)])
+    assert ok and out == "[PASS] 99.5 sum: matches the reference brute_force on 1 case"
+    ok, out = verdict(capsys, "99.5 sum", brute_force, lambda x: x.sum(-1), [(x,)])
+    assert ok and out == "[PASS] 99.5 sum: matches the reference on 1 case"
+    ok, out = verdict(capsys, "99.5 halves", references.unpack_halves, references.unpack_halves,
+                      [(torch.tensor([[0x21]], dtype=torch.uint8),)])
+    assert ok and out == "[PASS] 99.5 halves: matches the course's reference unpack_halves on 1 case"
+    assert compared_with(Tokenizer.decode) == "the library's Tokenizer.decode"
 
 
 def test_numbers_say_too_high_or_too_low_and_name_the_case(capsys):
@@ -71,6 +96,8 @@ def test_float_tolerance_is_relative_to_the_size_of_the_quantity(capsys):
     ref = lambda x: x * 1e-6  # noqa: E731
     ok, out = verdict(capsys, "99.3 small", lambda x: x * 1.1e-6, ref, [(torch.randn(3, 4),)])
     assert not ok and "times a constant larger than 1" in out and "(3, 4) float32 tensor" in out
+    ok, out = verdict(capsys, "99.3 small", lambda x: x * -1e-6, ref, [(torch.randn(3, 4),)])
+    assert not ok and "the opposite sign of the expected one" in out and "smaller than 1" not in out
 
 
 def test_a_mutated_list_is_named_as_data_not_as_a_tensor(capsys):

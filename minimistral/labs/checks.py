@@ -3,7 +3,7 @@
 Every exercise ends with one call here. It prints exactly one verdict line that starts with a fixed tag,
 so people read it at a glance:
 
-    [PASS] 02.1 rms_norm: matches the library on 5 cases
+    [PASS] 02.1 rms_norm: matches the library's rms_norm on 6 cases
     [FAIL] 02.1 rms_norm: <a hint that does not give the answer away>
     [TODO] 02.1 rms_norm: not implemented yet
 
@@ -672,7 +672,26 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
             why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
             return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())
-    return _report(PASS, exercise, f"matches the library on {len(cases)} cases")
+    return _report(PASS, exercise, f"matches {compared_with(reference)} on {len(cases)} case{'s' if len(cases) != 1 else ''}")
+
+
+def compared_with(reference: Callable) -> str:
+    """What a [PASS] line says the answer was compared with: "the library's rms_norm" for minimistral's own
+    code (labs/references.py: "the course's reference ..."), "torch's ..." for PyTorch's, else "the reference
+    NAME" (a function written in the notebook or check cell), or just "the reference" for a lambda."""
+    fn = getattr(reference, "__func__", reference)
+    module = getattr(fn, "__module__", None) or ""
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or ""
+    name = getattr(fn, "__name__", "") if "<locals>" in name else name
+    if not name or name.startswith("<"):
+        return "the reference"
+    if module == "minimistral.labs.references":
+        return f"the course's reference {name}"
+    if module.split(".")[0] == "minimistral" and not module.startswith("minimistral.labs"):
+        return f"the library's {name}"
+    if module.split(".")[0] == "torch":
+        return f"torch's {name}"
+    return f"the reference {name}"
 
 
 def check_value(exercise: str, answer: Callable[[], Any], expected: Any, hint: str = "", atol: float = 1e-6,

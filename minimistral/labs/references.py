@@ -32,3 +32,12 @@ def trigram_add_one_ppl(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_s
     contexts = Counter(zip(t, t[1:-1]))
     logp = [math.log((triples[(a, b, c)] + 1) / (contexts[(a, b)] + vocab_size)) for a, b, c in zip(e, e[1:], e[2:])]
     return math.exp(-sum(logp) / len(logp))
+
+
+def slow_pair_by_counting(head_dim: int, theta: float, n_tokens: float) -> int:
+    """03.3: the first RoPE pair whose period 2 pi / omega_i exceeds n_tokens (head_dim // 2 if none), found by
+    computing every pair's period."""
+    import math
+    from ..rope import rope_frequencies
+    periods = 2 * math.pi / rope_frequencies(head_dim, theta).double()
+    return int((periods <= n_tokens).sum())  # periods grow with i, so this counts the fast pairs
