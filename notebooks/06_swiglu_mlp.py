@@ -536,9 +536,9 @@ _ = check_function("06.2 multiplier_range", my_multiplier_range, multiplier_rang
 # **smallest** `hidden_dim` that is a multiple of `multiple_of` and makes the MLP's share of one layer
 # (attention + MLP + the two RMSNorms) at least `share`, for any `ModelArgs` (all other fields as given).
 # The check uses configurations nobody printed in this notebook, some with `head_dim != dim // n_heads` and
-# with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. `share` may
-# be a float or an exact `fractions.Fraction`; one case gives a share that is reached *exactly* at a multiple
-# of `multiple_of`, so float rounding or an off-by-one at the boundary shows. Work it out on paper first: what
+# with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. One case
+# gives a share that is reached *exactly* at a multiple of `multiple_of`, so an off-by-one at the boundary or
+# a float rounding shows. Work it out on paper first: what
 # inequality must `hidden_dim` satisfy, and can you solve it without leaving exact arithmetic?
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -568,13 +568,13 @@ _share_cases = [(mm.ModelArgs.mistral_7b(), 0.75, 256), (mm.ModelArgs.mistral_7b
                 (mm.ModelArgs.tiny(n_kv_heads=1, head_dim=48), 0.7, 1), (mm.ModelArgs.tiny(), 0.6, 1),
                 (mm.ModelArgs(dim=5120, n_layers=40, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
                               vocab_size=131072), 0.85, 128),
-                (mm.ModelArgs.tiny(), Fraction(3 * 256 * 640, 3 * 256 * 640 + 2 * 256 * 256 + 2 * 256 * 64 + 512), 32)]
+                (mm.ModelArgs.tiny(), 0.75, 2)]  # MLP = 3 x (the rest) exactly at hidden 642, a multiple of 2
 _ = check_function("06.3 hidden_for_share", my_hidden_for_share, _share_reference, cases=_share_cases,
                    labels=["Mistral 7B's shapes, share 0.75, multiples of 256", "Mistral 7B's shapes, share 0.9, multiples of 256",
                            "tiny preset with 1 K/V head of 48 (head_dim != dim // n_heads), share 0.7, multiple_of=1",
                            "ModelArgs.tiny(): dim 256, 8 query and 2 K/V heads of 32, share 0.6, multiple_of=1",
                            "dim 5,120, 32 query heads of 128 (head_dim != dim // n_heads), 8 K/V heads, share 0.85, multiples of 128",
-                           "ModelArgs.tiny(), an exact Fraction share reached exactly at a multiple of 32"],
+                           "ModelArgs.tiny(), share 0.75, multiple_of=2: the share is reached exactly at a multiple"],
                    hint="write the MLP's share as a function of hidden_dim, with each attention matrix at its real "
                         "shape; 'at least' includes equality, and a float loses the exact boundary")
 
