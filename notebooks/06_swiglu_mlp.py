@@ -539,7 +539,7 @@ _ = check_function("06.2 multiplier_range", my_multiplier_range, multiplier_rang
 # with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. One case
 # gives a share that is reached *exactly* at a multiple of `multiple_of`, so an off-by-one at the boundary or
 # a float rounding shows. Work it out on paper first: what
-# inequality must `hidden_dim` satisfy, and can you solve it without leaving exact arithmetic?
+# inequality must `hidden_dim` satisfy, and can you solve it without leaving exact arithmetic (`fractions`)?
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_hidden_for_share(args, share, multiple_of=256):
@@ -576,7 +576,7 @@ _ = check_function("06.3 hidden_for_share", my_hidden_for_share, _share_referenc
                            "dim 5,120, 32 query heads of 128 (head_dim != dim // n_heads), 8 K/V heads, share 0.85, multiples of 128",
                            "ModelArgs.tiny(), share 0.75, multiple_of=2: the share is reached exactly at a multiple"],
                    hint="write the MLP's share as a function of hidden_dim, with each attention matrix at its real "
-                        "shape; 'at least' includes equality, and a float loses the exact boundary")
+                        "shape; 'at least' includes equality")
 
 # %% [markdown]
 # ## Summary
