@@ -373,6 +373,10 @@ ADVANCED_INDEXING = "advanced indexing"
 # A copy however it is written (a one-hot einsum, `x[:, :, None] + zeros`, `x * ones`): any torch operation whose
 # tensor inputs come from ONE argument of the student's function alone (and from nothing else but fresh tensors)
 # and whose result has more elements than that argument. Mixing two arguments (q with k in `@`) never counts.
+# Fresh means made by a factory, which takes no values from an argument (`torch.zeros`, `ones_like(q)`,
+# `q.new_empty`). A write (`buf[i] = x`, `buf[i].copy_(x)`) of values from one argument alone into a buffer with
+# more elements than that argument counts too, whatever the buffer held before. Other in-place operations
+# (`add_`, `masked_fill_`) count as ordinary ones: their result comes from what the buffer held and the values.
 ENLARGED_COPY = "an enlarged copy"
 _SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY)
 NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.repeat_interleave",
@@ -448,9 +452,27 @@ class _Origins:
         self.origin[id(t)] = self.origin.get(id(t), frozenset()) | src
         self.keep.append(t)
 
-    def enlarged(self, args, kwargs, result) -> Optional[int]:
-        """The argument index a result enlarges, when it comes from that argument alone; None otherwise."""
-        src = frozenset().union(*(self.origin.get(id(t), frozenset()) for t in _tensors((args, kwargs))))
+    def _src(self, obj):
+        return frozenset().union(*(self.origin.get(id(t), frozenset()) for t in _tensors(obj)))
+
+    def enlarged(self, func, args, kwargs, result) -> Optional[int]:
+        """The argument index a result (or a write) enlarges, when it comes from that argument alone; else None."""
+        if func in _FACTORIES:
+            return None  # shape and dtype only: a fresh tensor
+        if func in _WRITES and args and isinstance(args[0], torch.Tensor):  # values written over part of args[0]
+            dest = args[0]
+            values = args[2:] if func is torch.Tensor.__setitem__ else (args[1:], kwargs)
+            src = self._src(values)
+            if src:
+                for t in (dest, dest._base):
+                    if t is not None:
+                        self._tag(t, src)
+            if len(src) == 1:
+                (i,) = src
+                if (dest._base if dest._base is not None else dest).numel() > self.size[i]:
+                    return i
+            return None
+        src = self._src((args, kwargs))
         if not src:
             return None
         out = list(_tensors(result))
@@ -461,6 +483,12 @@ class _Origins:
             if any(t.numel() > self.size[i] for t in out):
                 return i
         return None
+
+
+_FACTORIES = {torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like, torch.rand_like,
+              torch.randn_like, torch.randint_like, torch.Tensor.new_empty, torch.Tensor.new_zeros,
+              torch.Tensor.new_ones, torch.Tensor.new_full}
+_WRITES = {torch.Tensor.__setitem__, torch.Tensor.copy_}
 
 
 class _TorchWatch(TorchFunctionMode):
@@ -480,7 +508,7 @@ class _TorchWatch(TorchFunctionMode):
             self.used.append(name)
         result = func(*args, **(kwargs or {}))
         if self.origins is not None:
-            i = self.origins.enlarged(args, kwargs, result)
+            i = self.origins.enlarged(func, args, kwargs, result)
             if i is not None and not _called_by_library():
                 self.used.append(f"{ENLARGED_COPY} of argument {i + 1}")
         return result
