@@ -314,6 +314,36 @@ def test_calling_the_librarys_own_version_fails_in_the_notebook(capsys):
         check_function("99.17 rms_norm", good_rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_nrom"])
 
 
+def test_a_forbidden_function_is_seen_under_every_alias_of_its_class_or_module(capsys, monkeypatch):
+    # sentencepiece's Tokenize/tokenize/encode are Encode itself: forbidding one name must forbid them all
+    import sys
+    import types
+    lib = types.ModuleType("aliased_lib")
+
+    class Counter:
+        def Count(self, s):
+            return len(s)
+        count = Tally = Count
+        def other(self, s):  # not an alias: stays allowed
+            return len(s)
+
+    def total(xs):
+        return sum(xs)
+    lib.Counter, lib.total, lib.add_up = Counter, total, total
+    monkeypatch.setitem(sys.modules, "aliased_lib", lib)
+    forbid = ["aliased_lib.Counter.Count", "aliased_lib.total"]
+    cases = [("abc", [1, 2]), ("", [])]
+    right = lambda s, xs: len(s) + sum(xs)  # noqa: E731
+    cheats = {"Count": lambda s, xs: Counter().Count(s) + sum(xs), "count": lambda s, xs: Counter().count(s) + sum(xs),
+              "Tally": lambda s, xs: Counter().Tally(s) + sum(xs), "add_up": lambda s, xs: len(s) + lib.add_up(xs)}
+    for alias, cheat in cheats.items():
+        ok, out = verdict(capsys, "99.21 aliases", cheat, right, cases, forbid=forbid)
+        assert not ok and "which this exercise does not allow" in out and alias in out, (alias, out)
+    assert verdict(capsys, "99.21 aliases", lambda s, xs: Counter().other(s) + sum(xs), right, cases,
+                   forbid=forbid)[0]
+    assert Counter.count is Counter.Tally is Counter.__dict__["Count"] and lib.add_up is lib.total is total  # restored
+
+
 def test_forbidden_operations_are_seen_while_the_answer_runs(capsys):
     def silu_by_hand(x):
         return x * torch.sigmoid(x)

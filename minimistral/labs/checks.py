@@ -561,8 +561,10 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             owner = _resolve(owner)
             if (isinstance(owner, type) and vars(owner).get(attr) is obj   # a method: replace it on its class
                     or inspect.ismodule(owner) and getattr(owner, attr, None) is obj):  # a module's function
-                saved.append((setattr, owner, attr, obj))
-                setattr(owner, attr, w)
+                # and every alias of it there, under its own name (sentencepiece's Tokenize is Encode itself)
+                for key in [k for k, v in list(vars(owner).items()) if v is obj]:
+                    saved.append((setattr, owner, key, obj))
+                    setattr(owner, key, w if key == attr else wrap(obj, f"{name.rsplit('.', 1)[0]}.{key}"))
             spaces = [vars(m) for n, m in list(sys.modules.items()) if n.split(".")[0] == "minimistral" and m]
             spaces += [globals_] if globals_ is not None else []
             for ns in spaces:
