@@ -758,13 +758,15 @@ class ProcedureError(RuntimeError):
 class ModelProbe(torch.nn.Module):
     """`model` (an mm.Transformer), watched. Every call must pass a cache, the same one each time (from
     probe.new_cache()). chunks=[c1, c2, ...]: call k carries exactly c_k tokens, and there are no more calls.
-    decode=True: once the cache holds tokens, each call carries exactly one. `calls` lists (tokens, cache position).
-    The watched model is not handed out: `probe.model` raises, so a function cannot go around the probe through it."""
+    decode=True: once the cache holds tokens, each call carries exactly one. positions=N: the calls carry N tokens in
+    all, no more (a decoder's N: the prompt plus one per new token but the last, which is never fed back; fewer
+    cannot give the right tokens). `calls` lists (tokens, cache position). The watched model is not handed out: `probe.model` raises, so a function cannot go around the probe through it."""
 
-    def __init__(self, model, chunks: Optional[list] = None, decode: bool = False):
+    def __init__(self, model, chunks: Optional[list] = None, decode: bool = False, positions: Optional[int] = None):
         super().__init__()
         self._watched, self.args = model, model.args
         self.chunks, self.decode = None if chunks is None else [int(c) for c in chunks], decode
+        self.positions = None if positions is None else int(positions)
         self.calls: list = []
         self.cache = None  # the first call's cache, held (an id() alone could be reused by a later object)
 
@@ -797,5 +799,10 @@ class ModelProbe(torch.nn.Module):
         if self.decode and pos > 0 and T != 1:
             raise ProcedureError(f"{where}) came after the cache already held {pos} tokens: once the prompt is "
                                  "in the cache, a decoding step gives the model only what it has not seen")
+        fed = sum(t for t, _ in self.calls)
+        if self.positions is not None and fed + T > self.positions:
+            raise ProcedureError(f"{where}) came after {fed} tokens had gone through the model, and this case needs "
+                                 f"{self.positions} in all: the last new token never needs to go through the model "
+                                 "(nothing is sampled after it)")
         self.calls.append((T, pos))
         return self._watched(tokens, cache=cache)
