@@ -44,8 +44,9 @@ plt.show()
 #   run as a model on the trained weights and compared with the library's, piece by piece.
 #
 # ## What you need
-# - A CPU, under 1 GB of RAM, and a minute or two. The short live training run took 8 s on an idle 2-core
-#   server; on a machine whose cores are busy with other jobs it can take minutes. No GPU, no network: the
+# - A CPU, under 1 GB of RAM, and a few minutes. The short live training run of section 8 is the slowest
+#   cell: the time printed under it was measured on a shared 2-core server whose cores were busy with other
+#   jobs, so an idle machine will be faster. No GPU, no network: the
 #   corpus, the tokenizer and the trained model are in `data/`.
 # - Before this: **09 generation and sampling** (and 07 for the model itself).
 
@@ -347,8 +348,8 @@ except NotImplementedError:
 # %% [markdown]
 # ## 8 · A short live run
 #
-# Now 60 steps of the library's loop (8 s on an idle 2-core server, minutes when other jobs share the cores; the
-# bar shows the loss as it goes):
+# Now 60 steps of the library's loop (the time printed below was measured on a shared 2-core server busy with
+# other jobs; an idle machine is faster; the bar shows the loss as it goes):
 # 60 batches of 8 × 128 tokens, a sixteenth of the book. Your numbers may differ in the last digits from
 # the stored ones: floating-point sums run in a different order on different CPUs.
 
@@ -538,8 +539,9 @@ plt.show()
 # (temperature 0.8, top-p 0.95, a fixed seed). Greedy decoding of a small model often falls into a loop
 # ("and of the Father, and of the Father, ..."): always taking the likeliest token keeps it on the
 # likeliest path. Sampling breaks the loops, at the price of some nonsense. The words, the spelling and
-# the grammar are the King James Bible's, learnt from scratch in half an hour on one CPU core. The random
-# model, for comparison, writes token soup.
+# the grammar are mostly the King James Bible's (a made-up word such as "procent" slips through now and
+# then), learnt from scratch in half an hour on one CPU core. The random model, for comparison, writes
+# token soup.
 
 # %%
 prompts = ["And the LORD said unto Moses,", "In the beginning", "Blessed are the"]
@@ -592,11 +594,14 @@ _ = check_function("10.3 trigram_ppl", my_trigram_ppl, references.trigram_add_on
                cases=[(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0]), 2),
                       (torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.tensor([1, 2, 0, 2, 1]), 3),
                       (torch.randint(0, 20, (400,), generator=g), torch.randint(0, 20, (80,), generator=g), 20),
-                      (train_ids[:20000], heldout_ids[:2000], tok.vocab_size)],
+                      (train_ids[:20000], heldout_ids[:2000], tok.vocab_size),
+                      (torch.tensor([5, 1500, 7, 6, 500, 7, 5, 1500, 9]), torch.tensor([6, 500, 9, 5, 1500, 7]), 4096)],
                labels=["a pair that ends the training text", "triples seen and never seen", "400 random tokens over 20",
-                       "20,000 training tokens of the book, 2,000 held-out ones"],
+                       "20,000 training tokens of the book, 2,000 held-out ones",
+                       "keys that collide unless their base is V (ids above 1,000, V = 4,096)"],
                hint="which pairs may count as a context, given that the last pair of the training text has nothing "
-                    "after it? Give every triple and every pair one integer key, then count matching keys",
+                    "after it? Give every triple and every pair one integer key (two different "
+                    "triples must never share a key), then count matching keys",
                forbid=["minimistral.labs.references.trigram_add_one_ppl"], rtol=1e-6)
 
 # %%

@@ -38,7 +38,8 @@
 # - How weight-only quantization (int8, 4-bit groups) shrinks the 7B from 14.5 GB to 7.5 or 4.9 GB,
 #   loaded tensor by tensor so the full-precision model is never in memory, and what that costs in speed.
 # - Generating text with the real model, and how fast it is.
-# - What attention looks like in a trained model: the first token, previous-token heads, distance.
+# - What attention looks like in a trained model: previous-token heads, distance, and the first token as an
+#   attention sink (expected in the 7B; the small model of the stored outputs shows none).
 # - The rolling cache at work past the window: memory stays flat, slots wrap.
 #
 # ## What you need
@@ -97,6 +98,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
+from matplotlib.colors import PowerNorm
 from matplotlib.ticker import MaxNLocator
 from tqdm.auto import tqdm
 
@@ -317,7 +319,10 @@ print(f"{args.num_params():,} parameters in {held / 1e6:,.1f} MB ({PLAN.setting(
 #
 # Greedy decoding of a famous opening, streamed as it comes (notebook 09). The real model has very
 # likely met it in training (an expectation: Mistral AI has not published its training data); the small
-# one was trained on nothing but the King James Bible.
+# one was trained on nothing but the King James Bible. The verse goes on "without form, and void": the
+# question is which model continues it that way. The small model of the stored output does not (it writes
+# "kindled" and loops), although Genesis 1 is in its training text, which its 1,500 steps cover about
+# three times over; the 7B is expected to.
 
 # %%
 PROMPT = "In the beginning God created the heaven and the earth. And the earth was"
@@ -377,10 +382,11 @@ print("the last 4 queries' attention on <s>, heads 0-2:", [[round(v, 2) for v in
 # while many heads of later layers pile it onto the first token (Xiao et al., 2023, show this for
 # Llama-2 and other models). The stored pictures are the small model's (4 layers, trained for minutes):
 # its heads are less regular, and several single out one earlier word for many queries in a row (the
-# bright vertical stripes).
+# bright vertical stripes). The colour scale is the same square root as above, from 0 to 1 in every map.
 
 # %%
 show_layers = sorted(set([0, 1, L // 2, L - 1]))
+sqrt_scale = PowerNorm(gamma=0.5, vmin=0, vmax=1)  # the square-root scale of the figure above
 show_heads = list(range(0, H, args.n_heads // args.n_kv_heads))[:4]
 fig, axes = plt.subplots(len(show_layers), len(show_heads), figsize=(3.0 * len(show_heads), 2.6 * len(show_layers)),
                          layout="constrained", squeeze=False)  # a 2-D grid even with one KV head
@@ -388,30 +394,33 @@ for r, layer in enumerate(show_layers):
     for c, head in enumerate(show_heads):
         probs, q_pos, k_pos = cap.attention(layer, head)
         ax = axes[r, c]
-        im = ax.imshow(probs.float(), cmap="viridis", vmin=0, vmax=1)  # one scale for all: one colour bar
+        im = ax.imshow(probs.float(), cmap="viridis", norm=sqrt_scale)  # one scale for all: one colour bar
         ax.set_title(f"layer {layer}, head {head}", fontsize=9)
         ticks = range(0, len(ids), 2) if len(ids) <= 24 else []  # every other token, where they stay readable
         ax.set_xticks(list(ticks), [labels[i] for i in ticks], rotation=90, fontsize=6)
         ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
-fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability")
+fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability (square-root scale)")
 fig.suptitle(f"{len(show_layers)} layers x {len(show_heads)} heads on {len(ids)} tokens (rows: queries, columns: keys)")
 plt.show()
 
 # %% [markdown]
-# ### Attention sinks
+# ### Attention sinks: none in the small model, expected in the 7B
 #
 # Softmax must hand out a total of 1. A head that has nothing useful to read still has to put its
-# attention somewhere, and trained models learn to park it on the first token (the BOS token `<s>`): an
-# **attention sink** (Xiao et al., 2023, "Efficient Streaming Language Models with Attention Sinks"). Their
-# explanation is position, not content: the first token is visible to every later query, so it is where
-# spare attention gets trained to go. In Llama-2-7B they found that beyond the bottom two layers the
+# attention somewhere, and large trained models learn to park it on the first token (the BOS token `<s>`):
+# an **attention sink** (Xiao et al., 2023, "Efficient Streaming Language Models with Attention Sinks").
+# Their explanation is position, not content: the first token is visible to every later query, so it is
+# where spare attention gets trained to go. In Llama-2-7B they found that beyond the bottom two layers the
 # model attends heavily to the first token in every layer and head. The figure shows, for each layer and
 # head, the mean attention that queries put on position 0, against what spreading it evenly would give.
-# The stored figure is the small model's. Its *layer means* sit near the even line (printed below the
-# figure), so it has no sink to speak of layer-wide; but 5 of its 32 heads (layer 2's heads 0 to 2, layer
-# 3's heads 0 and 5) put 0.31 to 0.37 on `<s>`, about twice the even share, and the heatmap shows them. Run
-# the notebook with the weights to see whether Mistral 7B's layers sit far to the right of the line, as
-# Llama-2's do.
+#
+# **The stored figure is the small model's, and it shows no attention sink.** Its layer means (printed
+# below the figure: 0.12 to 0.20) sit on the 0.17 of even spreading. Only 5 of its 32 heads (layer 2's
+# heads 0 to 2, layer 3's heads 0 and 5) put more on `<s>`, 0.31 to 0.37: about twice the even share,
+# under two fifths of their attention. **What the 7B is expected to show** (an expectation from Xiao et
+# al.'s Llama-2-7B, a model close in size and design, not a measurement of Mistral 7B): beyond its
+# first two layers, layer means far to the right of the even line. Run the notebook with the weights to
+# see whether it does.
 
 # %%
 fig = viz.plot_attention_sinks(cap)
@@ -445,7 +454,8 @@ fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.3 * L + 2.5), layout="constra
                               gridspec_kw={"width_ratios": [max(H, 8) / 8, 1.4]})
 chance = (1 / torch.arange(2, len(ids) + 1).float()).mean().item()  # query i spread evenly over its i + 1 keys
 im = ax.imshow(score, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-bar = fig.colorbar(im, ax=ax, label="mean attention on the previous token")
+bar = fig.colorbar(im, ax=ax, label="mean attention on the previous token", pad=0.02)
+bar.ax.yaxis.set_label_position("left")  # its label beside its own bar, not beside the right map's y-label
 bar.ax.axhline(chance, color="white", ls="--", lw=2)
 bar.ax.set_yticks(sorted(set([0, 0.25, 0.5, 0.75, 1, round(chance, 2)])))
 bar.ax.set_yticklabels([f"chance {t:.2f}" if t == round(chance, 2) else f"{t:g}" for t in bar.ax.get_yticks()])
@@ -557,7 +567,7 @@ plt.show()
 # only $W$ slots. Chunking is what keeps this record affordable: prefilling the 7B's 5,120-token prompt in
 # one pass while recording two layers would hold, by the planner's count (`planner.capture_bytes`), 11.7 GB
 # of scores, softmax and records (all 32 layers' fp16 maps alone would be 53.7 GB); a chunk of 1,024 queries
-# against 5,120 keys needs 2.3 GB, one of 512 needs 1.1 GB.
+# against 5,120 keys needs 2.3 GB, one of 512 needs 1.2 GB.
 
 # %% [markdown]
 # ### Exercise 11.2: attention at a distance, read from a cache
@@ -715,8 +725,9 @@ if DEVICE.type == "cuda":
 #   the weights tensor by tensor and refuses a load that would not fit.
 # - Trained attention is structured: some heads attend to the previous token, others to one earlier
 #   word; large trained models park spare attention on the first token (a sink: Xiao et al. show it in
-#   Llama-2). The small model of the stored outputs does so only in a few heads, not layer-wide; Mistral
-#   7B's run shows whether it does.
+#   Llama-2-7B). The small model of the stored outputs shows no sink: its layer means sit at the even
+#   share, and a few heads take about twice it. Mistral 7B is expected to show one; its run shows
+#   whether it does.
 # - Reading attention from a cache means reading positions, not indices: keys sit in slot order.
 # - Past the window, the rolling cache's memory stays flat while the slots wrap.
 # - Decoding at batch 1 is bound by memory bandwidth; the teaching model is far from that bound.
@@ -734,9 +745,11 @@ if DEVICE.type == "cuda":
 # The memory plan (`minimistral.planner`, section 2) adds the weights at the chosen dtype or quantization,
 # the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
 # long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
-# of the tensor being loaded, and a 0.5 GB margin, then takes the first setting that fits: full precision,
-# else int8, else 4-bit in groups of 32, else of 128. The free memory below is *assumed* for each class of
-# machine, not measured on one (when you run the notebook the planner measures yours):
+# of the tensor being loaded, and a margin of 0.5 GB, or 10 % of the rest of the plan when that is less
+# (the small model's plan line in section 2 prints "margin 0.0": a tenth of its 0.03 GB, rounded to one
+# decimal), then takes the first setting that fits: full precision, else int8, else 4-bit in groups of
+# 32, else of 128. The free memory below is *assumed* for each class of machine, not measured on one
+# (when you run the notebook the planner measures yours):
 #
 # | machine | free memory assumed | setting picked | plan | what runs |
 # |---|---|---|---|---|

@@ -118,7 +118,7 @@ def plot_attention(probs_2d, tokens=None, ax=None, title=None, q_positions=None,
     else:
         fig = ax.figure
     im = _attention_image(ax, probs, _attention_norm(probs.max()))
-    fig.colorbar(im, ax=ax, label="attention probability", shrink=0.9)
+    fig.colorbar(im, ax=ax, label="attention probability (square-root scale)", shrink=0.9)
     _label_axis(ax, "x", tokens, k_pos)
     _label_axis(ax, "y", tokens, q_pos)
     ax.set_xlabel("key (attended to)")
