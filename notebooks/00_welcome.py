@@ -105,6 +105,8 @@ plt.show()
 # - Attention is the only place where tokens exchange information. Queries and keys get their positions
 #   by rotation (RoPE, 03: on q and k only, never on v); 32 query heads share 8 key/value heads (GQA, 04);
 #   the mask lets a token see itself and at most the 4,095 tokens before it (the sliding window, 05).
+#   The paper's "between $i - W$ and $i$" reads as $W + 1$ positions; the released code attends to $W$,
+#   the token itself included, and so does this course.
 # - The MLP (SwiGLU, 06) works on each token separately and holds most of the parameters.
 # - After the last block a final RMSNorm and the output head turn the stream into one score per
 #   vocabulary entry: the logits for the next token (07), which generation samples from (09).
@@ -286,11 +288,12 @@ for seq_len in [4096, 32768]:
 # At 32,768 tokens (the configured limit, four times the paper's `context_len` of 8,192) a full GQA
 # cache takes 4 GiB per sequence; the rolling buffer keeps it at 0.5 GiB, **8× less**, and MHA would need
 # 16 GiB, more than the weights themselves. At the paper's 8,192 tokens the rolling buffer saves
-# 2×, not 8×: the dotted line at 8,192 in the right panel below. Up to 4,096 tokens the green and orange
-# lines are the same line (the buffer is not full yet), so only the green one shows there.
+# 2×, not 8×: the dotted line at 8,192 in the right panel below (its axis is logarithmic, so equal ratios are
+# equal gaps). Up to 4,096 tokens the green and orange lines are the same line (the buffer is not full yet), so
+# only the green one shows there.
 
 # %%
-seq = torch.arange(0, 32769, 256)
+seq = torch.arange(256, 32769, 256)
 curves = {
     "MHA (32 K/V heads), full cache": [mha.kv_cache_bytes(int(n), rolling=False) / GiB for n in seq],
     "GQA (8 K/V heads), full cache": [args.kv_cache_bytes(int(n), rolling=False) / GiB for n in seq],
@@ -306,16 +309,24 @@ ax1.set_ylabel("GiB")
 ax1.set_title("weights")
 for (label, ys), color in zip(curves.items(), ["#C44E52", "#DD8452", "#55A868"]):
     ax2.plot(seq.numpy(), ys, label=label, color=color, lw=2)
+ax2.set_yscale("log")  # a log axis: the 2x and 8x of the rolling buffer are equal-looking gaps, not slivers
+ax2.set_ylim(0.02, 80)
 ax2.axhline(args.weight_bytes("bfloat16") / GiB, color="#4C72B0", ls="--", lw=1)
-ax2.text(15000, args.weight_bytes("bfloat16") / GiB + 0.3, "the weights in bf16: 13.5 GiB", color="#4C72B0", fontsize=9)
+ax2.text(12500, args.weight_bytes("bfloat16") / GiB * 1.2, "the weights in bf16: 13.5 GiB", color="#4C72B0",
+         fontsize=9)
 ax2.axvline(args.sliding_window, color="grey", ls=":", lw=1)
-ax2.text(args.sliding_window - 300, 14.6, "window\nW = 4,096", color="grey", fontsize=8, ha="right")
+ax2.text(args.sliding_window - 300, 24, "window\nW = 4,096", color="grey", fontsize=8, ha="right")
 ax2.axvline(8192, color="black", ls=":", lw=1)
-ax2.text(8192 + 300, 10.5, "paper's context_len\n8,192: rolling saves 2x", color="black", fontsize=8)
+ax2.text(8192 + 300, 0.045, "paper's context_len 8,192:\nrolling saves 2x", color="black", fontsize=8)
+for n in (8192, 32768):  # the values the prose quotes, at the two lengths it quotes them
+    for rolling, color in ((False, "#DD8452"), (True, "#55A868")):
+        y = args.kv_cache_bytes(n, rolling=rolling) / GiB
+        ax2.plot([n], [y], "o", color=color, ms=4)
+        ax2.text(n - 250, y * (1.25 if not rolling else 0.62), f"{y:.1f}", color=color, fontsize=8, ha="right")
 ax2.set_xlabel("tokens in the sequence")
-ax2.set_ylabel("GiB (bf16, batch 1)")
+ax2.set_ylabel("GiB (bf16, batch 1, log scale)")
 ax2.set_title("KV cache")
-ax2.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1, 0.28))
+ax2.legend(fontsize=8, loc="lower right")
 for ax in (ax1, ax2):
     ax.spines[["top", "right"]].set_visible(False)
 plt.tight_layout()
@@ -372,9 +383,11 @@ print(model.output)
 # ## Does the arithmetic match real memory?
 #
 # The formulas above are only bookkeeping until they meet real tensors. Build the course's tiny model
-# (`ModelArgs.tiny()`: 4 layers of width 256, the 32,000-piece vocabulary) for real, in float32, and add up the
-# bytes its weights occupy; then allocate a rolling KV cache for 2 sequences of 1,000 tokens with
-# `model.new_cache` and add up the bytes of its key and value tensors.
+# (`ModelArgs.tiny()`: 4 layers of width 256, the 32,000-piece vocabulary, window 64) for real, in float32, and
+# add up the bytes its weights occupy; then allocate a rolling KV cache for 2 sequences of 1,000 tokens with
+# `model.new_cache` and add up the bytes of its key and value tensors. (`tiny()` is `ModelArgs.course()`, the
+# model notebook 10 trains with its own 4,096-piece vocabulary and a window of 128, given Mistral's 32,000-piece
+# vocabulary, an MLP of width 896 and a window of 64.)
 
 # %%
 tiny = mm.Transformer(mm.ModelArgs.tiny())  # real float32 tensors this time (about 80 MB)
@@ -519,13 +532,14 @@ _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes,
     "dim 3,072 with 24 heads of 128, 8 K/V heads, window 8,192, 16 prompts of 100 tokens, 4 bytes",
     "multi-query (1 K/V head), window 2,048, 4 sequences of 10,000 tokens, 1 byte",
     "dim 1,024 with 16 heads of 96 (head_dim != dim // n_heads), no window, 2 sequences of 3,000 tokens, 2 bytes",
-    "the course's tiny model, window 128, 3 sequences of 1,000 tokens, 4 bytes",
+    "the course model (ModelArgs.course(), trained in 10: vocabulary 4,096, window 128), 3 sequences of "
+    "1,000 tokens, 4 bytes",
 ], forbid=["minimistral.config.ModelArgs.num_params", "minimistral.config.ModelArgs.params_by_component",
            "minimistral.config.ModelArgs.weight_bytes", "minimistral.config.ModelArgs.kv_bytes_per_token",
            "minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.model.Transformer.__init__",
            "minimistral.model.TransformerBlock.__init__"],
-   hint="weights: every layer, plus an embedding table and a separate output head; cache: what one token "
-        "costs in each layer, times the tokens the rolling buffer keeps, times the sequences")
+   hint="which weights come once per layer and which only once in the whole model? How many tokens does the "
+        "cache hold when the sequence is shorter than the window, longer than it, and when there is no window?")
 
 # %% [markdown]
 # ## Summary

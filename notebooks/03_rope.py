@@ -41,7 +41,7 @@ plt.show()
 #   numerically to give identical attention scores.
 # - The relative-position property, seen as a heatmap constant along its diagonals, and asserted.
 # - What RoPE changes for the running example in the trained tiny model: without it, the two `light`s
-#   and the two `there`s are indistinguishable to attention.
+#   and the two `there`s are indistinguishable to attention in the first layer.
 # - What the "long-term decay" of the RoPE paper is (a bound, not the score of typical vectors).
 #
 # ## What you need
@@ -437,7 +437,7 @@ print("attention of the final '.' (with RoPE) on the two copies of each repeated
 print("head   ▁there 6  ▁there 11   ▁light 8  ▁light 13")
 for head, _, _, w in per_head:
     print(f"{head:>4}   {w[6]:8.3f}  {w[11]:9.3f}   {w[8]:8.3f}  {w[13]:9.3f}")
-head, plain, rotated, weights = per_head[3]  # the head where the copies differ most
+head, plain, rotated, weights = per_head[3]  # the only head where both pairs differ by 1.5x or more
 plain_w = plain.softmax(-1)
 print(f"head {head}: the two '▁there' keys score {plain[6]:.2f} and {plain[11]:.2f} without RoPE, "
       f"{rotated[6]:.2f} and {rotated[11]:.2f} with it; the two '▁light' keys {plain[8]:.2f}, {plain[13]:.2f} and "
@@ -465,8 +465,9 @@ plt.show()
 # %% [markdown]
 # Without RoPE the two copies of a word get the same bar, in scores and in attention weights. With RoPE, in
 # head 3 the second `▁there` gets about half as much attention again as the first, and the first `▁light`
-# nearly twice as much as the second (the table above; in other heads the copies differ less, in head 6 by only
-# about 10 %). Every other bar moves too
+# nearly twice as much as the second (the table above). Head 3 is the only head where both pairs differ by half
+# or more: head 0 separates the two `▁light`s almost as strongly (0.111 against 0.065) but not the two `▁there`s,
+# and in head 6 both pairs differ by only about 10 %. Every other bar moves too
 # (`▁Let` most), since every key sits at its own distance from the query; the repeated words are where
 # position is the *only* thing that differs.
 
@@ -555,7 +556,8 @@ _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, p
 # This is the notebook's warm-up. Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape
 # `(T, D/2)`, the way Mistral's code does: as complex numbers (`torch.view_as_complex`, `torch.polar`,
 # `torch.view_as_real`, described in the section on Mistral's layout). `my_rope_interleaved` above did it with
-# real arithmetic; here the check does not allow `cos` and `sin`, so the rotation has to be a complex product.
+# real arithmetic; here the check does not allow `cos` and `sin`: write the rotation as a complex product. (The
+# check cannot stop you reading cos and sin off `torch.polar`'s result, but that is the real arithmetic again.)
 # Return the same shape and dtype as `x` (bf16 included). The capstone at the end of notebook 10 builds a model
 # from your exercises, this function included.
 

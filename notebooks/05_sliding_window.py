@@ -114,7 +114,7 @@ plt.show()
 # ## 2. The off-by-one that shipped: W + 1 keys
 #
 # "Attend to the previous W tokens" is ambiguous: W including the query, or W before it? Mistral's
-# model answers it through its KV cache: the rolling buffer has **W slots**, so while generating, a
+# reference code answers it through its KV cache: the rolling buffer has **W slots**, so while generating, a
 # query sees itself and the W − 1 tokens before it. The mask used when a whole prompt is processed at
 # once must agree, or prefill and token-by-token generation compute different things.
 #
@@ -260,8 +260,8 @@ plt.show()
 # the layer below, that recursively information can travel up to $W \times k$ tokens after $k$ layers, and
 # that with $W = 4096$ the last layer has "a theoretical attention span of approximately 131K tokens". That
 # figure is $W \times n_\text{layers} = 4096 \times 32 = 131{,}072$: it counts a hop as $W$ positions,
-# which is the inclusive reading (W + 1 keys). With exactly W keys, as the model's rolling cache
-# implements, a hop spans at most $W - 1$ positions:
+# which matches the inclusive reading (W + 1 keys). With exactly W keys, as the reference code's rolling
+# cache implements, a hop spans at most $W - 1$ positions:
 
 # %%
 a = mm.ModelArgs.mistral_7b()
@@ -522,7 +522,8 @@ _ = check_function("05.1 attention_mask", my_attention_mask, mask_by_rule, cases
 # **05.2 Asking a kernel for Mistral's window.** FlashAttention's `flash_attn_func(q, k, v, causal=False,
 # window_size=(left, right))` lets the query at position $i$ attend the key at position $j$ when
 # $i - \text{left} \le j \le i + \text{right}$, where `-1` on a side means no limit there. Write
-# `my_flash_window(window)`: the `(left, right)` tuple of ints that gives exactly Mistral's mask for a window
+# `my_flash_window(window)`: the `(left, right)` pair of ints (a tuple; the check accepts a list too, since
+# only the two numbers matter) that gives exactly Mistral's mask for a window
 # `window`, or plain causal attention for `window=None`; write `-1` for a side that needs no limit (a large
 # number would work in the kernel too, but `-1` is its convention, and the check expects it). Early reference
 # code and some kernels were off by one here; the check compares the masks your tuple produces with Mistral's.

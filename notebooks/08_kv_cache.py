@@ -100,7 +100,9 @@ print(f"2,000 new tokens: {int(naive[-1]):,} token-positions without a cache, {i
 # %% [markdown]
 # Let us see it on the CPU preset model with a window of 16 (so that we go far past it). The naive loop
 # re-runs the model over the whole sequence at every step; `mm.generate` keeps a cache. Greedy decoding
-# (always the likeliest token) makes both deterministic, so they must produce the same tokens.
+# (always the likeliest token) makes both deterministic, so they should produce the same tokens, up to float
+# rounding: the two paths add in different orders (section 5 measures differences of a few 1e-6), which could
+# flip the pick only where two top logits are that close.
 
 # %%
 args = mm.ModelArgs.tiny(sliding_window=16, vocab_size=512)
@@ -142,9 +144,9 @@ print(f"without cache {t_slow:.2f} s, with cache {t_fast:.2f} s ({t_slow / t_fas
 # count promises (and nothing like the 1048x of 2,000 tokens). Counting token-positions assumes that a forward
 # pass over $t$ tokens costs $t$ times a pass over one. On a small model it does not: each call pays a fixed
 # cost (Python, one dispatch per operation, reading every weight matrix once) whatever the number of tokens,
-# and the hardware works on many rows of a matrix product at once, so a forward pass over 100 tokens costs a few
-# times a pass over 1 token, not 100 times (notebook 12 measures the same effect on a GPU). Time one forward pass
-# at a few lengths:
+# and the hardware works on many rows of a matrix product at once, so a forward pass over 100 tokens costs under
+# 10 times a pass over 1 token here (4x to 8x in our runs; the ratio depends on the machine and its load), not
+# 100 times (notebook 12 measures the same effect on a GPU). Time one forward pass at a few lengths:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -524,10 +526,10 @@ full_gib = lengths * per_tok / 2**30
 allocated_gib = torch.full_like(full_gib, W7 * per_tok / 2**30)  # RollingKVCache: W slots from the start
 filled_gib = torch.clamp(lengths, max=W7) * per_tok / 2**30  # slots that hold a token
 fig, ax = plt.subplots(figsize=(8, 4.2), dpi=100)
-ax.plot(lengths, filled_gib, color="#e69f00", lw=7, alpha=0.55, solid_capstyle="butt",
-        label="rolling buffer: slots holding a token (under the red line up to W)")
 ax.plot(lengths, full_gib, color="#c0504d", lw=1.8, label="a cache that keeps every token (grows 128 KiB per token)")
 ax.plot(lengths, allocated_gib, color="#3b75af", lw=2.5, label="rolling buffer: memory allocated (all W slots, from token 1)")
+ax.plot(lengths, filled_gib, color="#e69f00", lw=3, ls=(0, (3, 2)), zorder=3,  # dashed on top: it runs along both
+        label="rolling buffer: slots holding a token (on the red line up to W, then on the blue)")
 ax.axvline(W7, color="grey", ls=":", lw=1)
 ax.text(W7 + 300, 1.1, f"W = {W7:,}: the ring is full\nand starts to overwrite", fontsize=9, color="grey")
 ax.annotate(f"{full_gib[-1].item():.1f} GiB", (lengths[-1].item(), full_gib[-1].item()), xytext=(-50, -4),

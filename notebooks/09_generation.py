@@ -127,8 +127,8 @@ print(tok.decode(ids + greedy_ids))
 # returns the list of new ids, at most `n_new` of them, and stops right after the model produces `eos_id` (that
 # id is the last one in the list; `None`: never stop early). The model must never compute a position twice:
 # the check hands your function a model that watches every call and refuses one that recomputes what the cache
-# already holds, or that starts a second cache; it also refuses the library's own loops (`mm.generate` and
-# `mm.generate_stream`).
+# already holds, that starts a second cache, or that feeds in a token after which nothing more is sampled; it also
+# refuses the library's own loops (`mm.generate` and `mm.generate_stream`).
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_1_greedy_decode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
@@ -151,11 +151,13 @@ def greedy_decode(model, prompt_ids, n_new, eos_id=None):
 _and = tok.encode("And", bos=True)
 _seq = mm.generate(model, _and, max_new_tokens=20, temperature=0.0)
 _stop = next(t for i, t in enumerate(_seq) if i >= 5 and t not in _seq[:i])  # first reached after 5 steps or more
-passed = check_function("09.1 greedy_decode", greedy_decode,
-                        lambda m, p, n, eos=None: mm.generate(model, p, max_new_tokens=n, temperature=0.0, eos_id=eos),
-                        [(ModelProbe(model, decode=True), ids, 12), (ModelProbe(model, decode=True), [tok.bos_id], 5),
-                         (ModelProbe(model, decode=True), ids, 1), (ModelProbe(model, decode=True), _and, 20, _stop),
-                         (ModelProbe(model, decode=True), _and, 20, tok.eos_id)],
+_greedy = lambda m, p, n, eos=None: mm.generate(model, p, max_new_tokens=n, temperature=0.0, eos_id=eos)  # noqa: E731
+_probe = lambda p, n, eos=None: ModelProbe(model, decode=True,  # noqa: E731
+                                           positions=len(p) + len(_greedy(model, p, n, eos)) - 1)  # last id: never fed
+passed = check_function("09.1 greedy_decode", greedy_decode, _greedy,
+                        [(_probe(ids, 12), ids, 12), (_probe([tok.bos_id], 5), [tok.bos_id], 5),
+                         (_probe(ids, 1), ids, 1), (_probe(_and, 20, _stop), _and, 20, _stop),
+                         (_probe(_and, 20, tok.eos_id), _and, 20, tok.eos_id)],
                         labels=["12 tokens after the 'created the' prompt", "5 tokens after <s> alone",
                                 "a single new token", "eos_id = a token greedy decoding first reaches after 5 steps or more",
                                 "eos_id that never comes within 20 tokens"],
@@ -223,8 +225,8 @@ print("temperature and top-k match mm.sampling_probs")
 # leaves in colour (renormalised, so after a cut the kept bars grow). The top-p panel uses $p = 0.5$ so that
 # its cut falls inside the 40 bars drawn; the usual $p = 0.9$ is measured just after. At temperature 1.5 every
 # bar drawn shrinks: flattening takes probability from the favourites and hands it to the 4,056 tokens beyond
-# the 40 on screen (they hold 56 % of the mass at $T = 1$, 27 % at $T = 1.5$), which is why each panel says how
-# much of the mass its 40 bars hold.
+# the 40 on screen (the 40 bars hold 56 % of the mass at $T = 1$ but only 27 % at $T = 1.5$, so the other 4,056
+# go from 44 % to 73 %), which is why each panel says how much of the mass its 40 bars hold.
 
 # %%
 n_show = 40
@@ -352,17 +354,20 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
                         lambda q, p: mm.sampling_probs(q.log(), temperature=1.0, top_p=p),
                         [(torch.tensor([0.5, 0.3, 0.2]), 0.5), (torch.tensor([0.125, 0.5, 0.25, 0.125]), 0.75),
                          (probs, 0.9), (probs, 0.5), (probs, 1e-6), (probs, 1.0), (torch.softmax(_batch, -1), 0.7),
-                         (torch.softmax(_batch * 5, -1), 0.95)],
+                         (torch.softmax(_batch * 5, -1), 0.95), (torch.tensor([0.4, 0.3, 0.3]), 0.5)],
                         labels=["the paper question: 0.5, 0.3, 0.2 with p = 0.5 (the running total hits p exactly)",
                                 "0.125, 0.5, 0.25, 0.125 with p = 0.75 (again exactly on p, out of order)",
                                 "the trained model's distribution, p = 0.9", "the same, p = 0.5",
                                 "the same, p = 1e-6 (only the likeliest token)", "the same, p = 1.0 (nothing cut)",
                                 "a batch of 3 random distributions over 50 tokens, p = 0.7",
-                                "a batch of 3 sharp distributions over 50 tokens, p = 0.95"],
+                                "a batch of 3 sharp distributions over 50 tokens, p = 0.95",
+                                "a tie at the cut: 0.4, 0.3, 0.3 with p = 0.5 (the smallest set keeps only one of the "
+                                "0.3s, the first, where a descending sort puts it)"],
                         forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
                                 "minimistral.generate.sample_next"],
-                        hint="the token that makes the running total reach p belongs to the set; the likeliest token "
-                             "stays even when it alone exceeds p; the output is in vocabulary order and sums to 1")
+                        hint="work down the tokens from the likeliest, keeping a running total, and use your answer "
+                             "to the paper question to decide which token closes the set; the likeliest token stays "
+                             "even when it alone exceeds p; the output is in vocabulary order and sums to 1")
 
 # %% [markdown]
 # ### Exercise 09.4: a rule of your own, min-p
@@ -441,8 +446,10 @@ for seed in [0, 1, 2]:
 # tokens (a multi-byte character such as "é" arrives as several byte tokens) and for sentencepiece's `▁`
 # spaces, so we decode everything so far and print only what is new, holding back a half-finished
 # character (the decoder shows it as "\ufffd", the replacement character) until its last byte arrives. "What is
-# new" starts after the *decoded* prompt, `len(tok.decode(ids))`: decoding need not give the prompt back
-# character for character (sentencepiece drops a leading space, for one), so `len(prompt)` could cut in the
+# new" starts after the *decoded* prompt, `len(tok.decode(ids))`, not after `len(prompt)`. The course tokenizer
+# gives back every prompt we tried character for character (a leading space, doubled spaces, a tab, "ﬁ", "é" in
+# both Unicode forms, an emoji: the cell below asserts it), but tokenizers that normalise text do not (NFKC turns
+# "ﬁ" into "fi", one character into two; some collapse runs of spaces), and with them `len(prompt)` would cut in the
 # wrong place.
 
 # %%
@@ -462,6 +469,8 @@ def stream(model, tok, prompt, **kw):
     return new
 
 
+for _s in [" hello", "a  b", "x\ty", "\ufb01ne", "caf\u00e9", "cafe\u0301", "\U0001F600"]:
+    assert tok.decode(tok.encode(_s, bos=True)) == _s, _s  # this tokenizer gives the text back as it was
 streamed = stream(model, tok, "And the LORD said unto Moses,", max_new_tokens=40, temperature=0.7, top_p=0.9, seed=3)
 assert streamed == mm.generate(model, tok.encode("And the LORD said unto Moses,", bos=True), max_new_tokens=40,
                                temperature=0.7, top_p=0.9, seed=3)

@@ -409,8 +409,9 @@ assert teaching == fast == mm.generate(model, prompt, max_new_tokens=60)  # the 
 #
 # From 37 ms per eager step to 5.7 ms compiled: how much of that is **fusion** (fewer, bigger kernels) and how
 # much **CUDA-graph replay** (no CPU launch per kernel)? The clean measurement is the middle rung of a ladder,
-# the step compiled *without* CUDA graphs (`FastGenerator(model, compile="default")`). The stored H200 run does
-# not have that rung (it did not fit the run's time budget), so what follows is an **estimate**, from numbers that were measured: the compiled
+# the step compiled *without* CUDA graphs (`FastGenerator(model, compile="default")`). The stored H200 run of
+# today's code does not have that rung (it did not fit the run's time budget), so what follows is an **estimate**,
+# from numbers that were measured (and a bound from the first run's code, below the figure): the compiled
 # step runs 681 kernels and keeps the GPU busy 5.2 ms; launched one by one from the CPU, each kernel costs some
 # CPU time $c$. For eager code $c$ was about 22 µs (Python, PyTorch's dispatcher, the driver); compiled code
 # launches its generated kernels from a thinner wrapper, so its $c$ is lower, but by how much was not measured:
@@ -429,11 +430,21 @@ print(f"compiled, no CUDA graphs, ESTIMATED:  {lo:5.1f} to {hi:.1f} ms per step 
       f"({fast_p['gpu_kernels_per_step']:.0f} launches at 5 to {c_eager * 1e3:.0f} µs; never below the graph's step)")
 print(f"compiled + CUDA graph, measured:      {fast_p['wall_ms_per_step']:5.1f} ms per step (1 graph launch)")
 total = eager_p["wall_ms_per_step"] / fast_p["wall_ms_per_step"]
-for label, mid in (("if launches are cheap (5 µs)", lo), ("if launches cost what eager ones do", hi)):
+# The first run's code (the stacked cache of the next section) did record the middle rung: its launches cost at
+# most the whole step over their number, and at least the GPU's busy time over it (else the GPU would never wait).
+rung = before_fix["profile"]["compiled, no CUDA graphs"]
+c_lo = rung["gpu_busy_ms_per_step"] / rung["host_kernel_launches_per_step"]  # ms per launch
+c_hi = rung["wall_ms_per_step"] / rung["host_kernel_launches_per_step"]
+print(f"first run's code, compiled without graphs, measured: {rung['host_kernel_launches_per_step']:.0f} launches in "
+      f"{rung['wall_ms_per_step']:.2f} ms, GPU busy {rung['gpu_busy_ms_per_step']:.2f} ms: "
+      f"{c_lo * 1e3:.1f} to {c_hi * 1e3:.1f} µs per launch")
+mid_c = (c_lo + c_hi) / 2
+for label, mid in (("if launches are cheap (5 µs)", lo), (f"at the first run's {mid_c * 1e3:.0f} µs", max(
+        fast_p["wall_ms_per_step"], fast_p["gpu_kernels_per_step"] * mid_c)), ("if launches cost what eager ones do", hi)):
     fusion, graphs = eager_p["wall_ms_per_step"] / mid, mid / fast_p["wall_ms_per_step"]
     print(f"  {label:38s}: fusion {fusion:4.1f}x, CUDA graphs {graphs:4.1f}x (together {total:.1f}x)")
 
-c_us = torch.linspace(0, 25, 101)  # CPU microseconds per launch of a compiled kernel: the unmeasured number
+c_us = torch.linspace(0, 25, 101)  # CPU microseconds per launch of a compiled kernel (today's code: not measured)
 step_ms = torch.clamp(fast_p["gpu_kernels_per_step"] * c_us / 1e3, min=fast_p["wall_ms_per_step"])
 c_cross = fast_p["wall_ms_per_step"] / fast_p["gpu_kernels_per_step"] * 1e3  # where launching starts to cost
 fig, ax = plt.subplots(figsize=(8.5, 3.4), dpi=100)
@@ -442,6 +453,8 @@ ax.axhline(eager_p["wall_ms_per_step"], color="tab:grey", ls="-", lw=1.5, label=
 ax.axhline(fast_p["wall_ms_per_step"], color="tab:green", ls="-", lw=1.5,
            label=f"compiled + CUDA graph, measured: {fast_p['wall_ms_per_step']:.1f} ms")
 ax.axvspan(0, 5, color="tab:blue", alpha=0.08)
+ax.axvspan(c_lo * 1e3, c_hi * 1e3, color="tab:orange", alpha=0.25,
+           label=f"a compiled launch on the first run's code, measured: {c_lo * 1e3:.0f} to {c_hi * 1e3:.0f} µs")
 ax.text(0.3, 29, "optimistic\nlaunches", fontsize=8, color="tab:blue")
 ax.axvline(c_eager * 1e3, color="tab:grey", ls=":", lw=1)
 ax.text(c_eager * 1e3 + 0.3, 29, f"eager's {c_eager * 1e3:.0f} µs", fontsize=8, color="tab:grey")
@@ -449,7 +462,7 @@ ax.annotate(f"graphs start to pay\nabove {c_cross:.1f} µs", (c_cross, fast_p["w
             fontsize=8, arrowprops=dict(arrowstyle="->", lw=0.8))
 ax.set_xlim(0, 25)
 ax.set_ylim(0, eager_p["wall_ms_per_step"] * 1.12)
-ax.set_xlabel("CPU microseconds to launch one compiled kernel (c; not measured on the H200)")
+ax.set_xlabel("CPU microseconds to launch one compiled kernel (c; today's code not measured)")
 ax.set_ylabel("ms per decode step")
 ax.set_title("What CUDA graphs add depends on the cost of a launch (Mistral 7B, H200, code of 2026-11-30)", fontsize=10)
 ax.legend(fontsize=8, loc="center right")
@@ -457,11 +470,12 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The split hangs on the one number not measured. Below about 8 µs per launch, fusion alone would already reach
-# the graph's 5.7 ms and the graph would add nothing; if a launch costs what an eager one does, fusion gives about
-# 2.4x and the graph another 2.6x. The grey line is the measured eager step, the green one the measured step with
-# the graph; the blue line between them is a model, not a measurement. Section 5 measures the middle rung live
-# when you have a GPU.
+# The split hangs on the cost of a launch. Below about 8 µs, fusion alone would already reach the graph's 5.7 ms and
+# the graph would add nothing; if a launch costs what an eager one does, fusion gives about 2.4x and the graph another
+# 2.6x. The first run's code, which ran that rung, launched its compiled kernels at 16 to 21 µs each (orange band):
+# on that evidence the graph is worth a factor of two or more, not nothing. The grey line is the measured eager step,
+# the green one the measured step with the graph; the blue line between them is a model, and today's code may launch
+# a little faster or slower than the first run's. Section 5 measures the middle rung live when you have a GPU.
 
 # %% [markdown]
 # ### A bug only the profile showed
@@ -591,7 +605,7 @@ plt.show()
 # ### The first generation is slower: plans per shape
 #
 # The row "first run" is the very first 256-token generation after loading: 9 tokens/s for both eager
-# implementations, three to four and a half times slower than their later runs. The fast path does not have this problem. The
+# implementations, 3.0 and 4.3 times slower than their later runs. The fast path does not have this problem. The
 # benchmark found why: for one query against a growing cache, PyTorch picked cuDNN's attention kernel, and
 # cuDNN builds an execution plan for every new key length. A growing cache has a new length at every token.
 
@@ -784,7 +798,8 @@ _ = check_function(
             "the same model without a sliding window, bf16, 16 users with 16,000 tokens each"],
     hint="list the bytes one step reads: what is shared by the batch, what each sequence adds, and how many tokens "
          "a rolling buffer can hold; then how many tokens one step yields",
-    forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes"],
+    forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes",
+            "minimistral.config.ModelArgs.kv_bytes_per_token", "minimistral.device.weights_bytes"],
     rtol=1e-9,
 )
 
@@ -839,7 +854,8 @@ _ = check_function(
             "no sliding window, 8 users with 16,000 tokens, 1,666 launches at 10 µs"],
     hint="a step has a CPU side and a GPU side, and they run at the same time: which of them grows with the batch, "
          "and which one decides how long the step lasts?",
-    forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes"],
+    forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes",
+            "minimistral.config.ModelArgs.kv_bytes_per_token", "minimistral.device.weights_bytes"],
     rtol=1e-9,
 )
 
@@ -880,8 +896,9 @@ except NotImplementedError:
 #   `forward_at`, `fuse`): `minimistral.fast` compiles that model, it is not a second one. Measured on the
 #   code of 2026-11-30 (before the fused projections): 184 tokens/s, 65% of the ceiling, 5 to 7 times the eager
 #   implementations, after a 52 s compile; as fast with a 6,000-token prompt as with 16 tokens, because it
-#   always reads all 4,096 cache slots. How the gain splits between fusion and graph replay depends on one
-#   unmeasured number, the CPU cost of launching a compiled kernel (section 3; section 5 measures it live on a GPU).
+#   always reads all 4,096 cache slots. How the gain splits between fusion and graph replay depends on the CPU
+#   cost of launching a compiled kernel: 16 to 21 µs on the first run's code, where the graph is worth about a
+#   factor of two (section 3; section 5 measures today's code live on a GPU).
 # - The roofline puts every decode step at an intensity of about 1 FLOP/byte, where only bandwidth matters.
 # - Shapes that change cost in subtler ways too: cuDNN's attention paid 64 ms for every new key length.
 #

@@ -315,6 +315,36 @@ def test_calling_the_librarys_own_version_fails_in_the_notebook(capsys):
         check_function("99.17 rms_norm", good_rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_nrom"])
 
 
+def test_a_forbidden_function_is_seen_under_every_alias_of_its_class_or_module(capsys, monkeypatch):
+    # sentencepiece's Tokenize/tokenize/encode are Encode itself: forbidding one name must forbid them all
+    import sys
+    import types
+    lib = types.ModuleType("aliased_lib")
+
+    class Counter:
+        def Count(self, s):
+            return len(s)
+        count = Tally = Count
+        def other(self, s):  # not an alias: stays allowed
+            return len(s)
+
+    def total(xs):
+        return sum(xs)
+    lib.Counter, lib.total, lib.add_up = Counter, total, total
+    monkeypatch.setitem(sys.modules, "aliased_lib", lib)
+    forbid = ["aliased_lib.Counter.Count", "aliased_lib.total"]
+    cases = [("abc", [1, 2]), ("", [])]
+    right = lambda s, xs: len(s) + sum(xs)  # noqa: E731
+    cheats = {"Count": lambda s, xs: Counter().Count(s) + sum(xs), "count": lambda s, xs: Counter().count(s) + sum(xs),
+              "Tally": lambda s, xs: Counter().Tally(s) + sum(xs), "add_up": lambda s, xs: len(s) + lib.add_up(xs)}
+    for alias, cheat in cheats.items():
+        ok, out = verdict(capsys, "99.21 aliases", cheat, right, cases, forbid=forbid)
+        assert not ok and "which this exercise does not allow" in out and alias in out, (alias, out)
+    assert verdict(capsys, "99.21 aliases", lambda s, xs: Counter().other(s) + sum(xs), right, cases,
+                   forbid=forbid)[0]
+    assert Counter.count is Counter.Tally is Counter.__dict__["Count"] and lib.add_up is lib.total is total  # restored
+
+
 def test_forbidden_operations_are_seen_while_the_answer_runs(capsys):
     def silu_by_hand(x):
         return x * torch.sigmoid(x)
@@ -487,14 +517,42 @@ def test_an_enlarged_copy_of_one_input_is_seen_however_it_is_written(capsys):
         K = k.shape[1]
         grow = lambda t: (t[:, :, None] + torch.zeros(B, K, H // K, T, D)).reshape(B, H, T, D)  # noqa: E731
         return attend(q, grow(k), grow(v))
+    def per_head(q, k, v):  # allowed: one query head at a time against its group's K/V head, no copy
+        H, K = q.shape[1], k.shape[1]
+        out = torch.empty_like(q)
+        for h in range(H):
+            out[:, h] = attend(q[:, h], k[:, h // (H // K)], v[:, h // (H // K)])
+        return out
+
+    def times_ones_like_q(q, k, v):  # the ones are shaped from q, but hold nothing of it
+        B, H, T, D = q.shape
+        K = k.shape[1]
+        grow = lambda t: (t[:, :, None] * torch.ones_like(q.view(B, K, H // K, T, D))).reshape(B, H, T, D)  # noqa: E731
+        return attend(q, grow(k), grow(v))
+
+    def slice_assigned(q, k, v):  # a fresh buffer filled head by head
+        H, K = q.shape[1], k.shape[1]
+        kk, vv = torch.empty_like(q), torch.empty_like(q)
+        for h in range(H):
+            kk[:, h] = k[:, h // (H // K)]
+            vv[:, h] = v[:, h // (H // K)]
+        return attend(q, kk, vv)
+
+    def over_a_clone(q, k, v):  # a buffer that held q, overwritten head by head through copy_
+        H, K = q.shape[1], k.shape[1]
+        kk, vv = q.clone(), q.clone()
+        for h in range(H):
+            kk[:, h].copy_(k[:, h // (H // K)])
+            vv[:, h].copy_(v[:, h // (H // K)])
+        return attend(q, kk, vv)
     g = torch.Generator().manual_seed(5)
     cases = [case(torch.randn(1, 8, 5, 16, generator=g), torch.randn(1, 2, 5, 16, generator=g),
                   torch.randn(1, 2, 5, 16, generator=g), label="8 query heads over 2 K/V heads")]
     forbid = (checks.ENLARGED_COPY,)
-    for right in (grouped, per_group):
+    for right in (grouped, per_group, per_head):
         ok, out = verdict(capsys, "99.21 gqa", right, reference, cases, forbid=forbid)
         assert ok, (right.__name__, out)
-    for cheat in (one_hot, plus_zeros):
+    for cheat in (one_hot, plus_zeros, times_ones_like_q, slice_assigned, over_a_clone):
         assert verdict(capsys, "99.21 gqa", cheat, reference, cases)[0]  # right values: only the rule fails
         ok, out = verdict(capsys, "99.21 gqa", cheat, reference, cases, forbid=forbid)
         assert not ok and "it uses an enlarged copy of 'k', an enlarged copy of 'v'" in out, (cheat.__name__, out)

@@ -61,6 +61,28 @@ def test_decoding_must_feed_one_token_once_the_prompt_is_cached(model):
         ModelProbe(model, decode=True)(TOKENS)  # a decoder that never uses the cache
 
 
+@torch.no_grad()
+def test_a_decoder_may_not_feed_its_last_token_back(model):
+    def decode(probe, n_new, feed_last):  # greedy: the prompt TOKENS[:, :6], then one token per step
+        cache, new = probe.new_cache(), []
+        logits = probe(TOKENS[:, :6], cache=cache)
+        for _ in range(n_new):
+            new.append(int(logits[0, -1].argmax()))
+            if len(new) < n_new or feed_last:
+                logits = probe(torch.tensor([new[-1:]]), cache=cache)
+        return new
+
+    right = ModelProbe(model, decode=True, positions=6 + 4 - 1)
+    assert decode(right, 4, feed_last=False) == decode(ModelProbe(model, decode=True), 4, feed_last=True)
+    assert sum(t for t, _ in right.calls) == 9
+    with pytest.raises(ProcedureError, match="last new token never needs to go through the model"):
+        decode(ModelProbe(model, decode=True, positions=6 + 4 - 1), 4, feed_last=True)
+    with pytest.raises(ProcedureError, match="call 2 to the model"):  # one new token: the prompt is all it needs
+        decode(ModelProbe(model, decode=True, positions=6), 1, feed_last=True)
+    back = codec.decode(codec.encode(ModelProbe(model, decode=True, positions=9)))
+    assert back.positions == 9  # the grader's sandbox sees the same limit
+
+
 def test_the_probe_travels_to_the_sandbox(model):
     back = codec.decode(codec.encode(ModelProbe(model, chunks=[3, 2])))
     assert isinstance(back, ModelProbe) and back.chunks == [3, 2] and back.calls == []

@@ -375,6 +375,10 @@ ADVANCED_INDEXING = "advanced indexing"
 # A copy however it is written (a one-hot einsum, `x[:, :, None] + zeros`, `x * ones`): any torch operation whose
 # tensor inputs come from ONE argument of the student's function alone (and from nothing else but fresh tensors)
 # and whose result has more elements than that argument. Mixing two arguments (q with k in `@`) never counts.
+# Fresh means made by a factory, which takes no values from an argument (`torch.zeros`, `ones_like(q)`,
+# `q.new_empty`). A write (`buf[i] = x`, `buf[i].copy_(x)`) of values from one argument alone into a buffer with
+# more elements than that argument counts too, whatever the buffer held before. Other in-place operations
+# (`add_`, `masked_fill_`) count as ordinary ones: their result comes from what the buffer held and the values.
 ENLARGED_COPY = "an enlarged copy"
 _SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY)
 NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.repeat_interleave",
@@ -451,9 +455,27 @@ class _Origins:
         self.origin[id(t)] = self.origin.get(id(t), frozenset()) | src
         self.keep.append(t)
 
-    def enlarged(self, args, kwargs, result) -> Optional[int]:
-        """The argument index a result enlarges, when it comes from that argument alone; None otherwise."""
-        src = frozenset().union(*(self.origin.get(id(t), frozenset()) for t in _tensors((args, kwargs))))
+    def _src(self, obj):
+        return frozenset().union(*(self.origin.get(id(t), frozenset()) for t in _tensors(obj)))
+
+    def enlarged(self, func, args, kwargs, result) -> Optional[int]:
+        """The argument index a result (or a write) enlarges, when it comes from that argument alone; else None."""
+        if func in _FACTORIES:
+            return None  # shape and dtype only: a fresh tensor
+        if func in _WRITES and args and isinstance(args[0], torch.Tensor):  # values written over part of args[0]
+            dest = args[0]
+            values = args[2:] if func is torch.Tensor.__setitem__ else (args[1:], kwargs)
+            src = self._src(values)
+            if src:
+                for t in (dest, dest._base):
+                    if t is not None:
+                        self._tag(t, src)
+            if len(src) == 1:
+                (i,) = src
+                if (dest._base if dest._base is not None else dest).numel() > self.size[i]:
+                    return i
+            return None
+        src = self._src((args, kwargs))
         if not src:
             return None
         out = list(_tensors(result))
@@ -464,6 +486,12 @@ class _Origins:
             if any(t.numel() > self.size[i] for t in out):
                 return i
         return None
+
+
+_FACTORIES = {torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_like, torch.rand_like,
+              torch.randn_like, torch.randint_like, torch.Tensor.new_empty, torch.Tensor.new_zeros,
+              torch.Tensor.new_ones, torch.Tensor.new_full}
+_WRITES = {torch.Tensor.__setitem__, torch.Tensor.copy_}
 
 
 class _TorchWatch(TorchFunctionMode):
@@ -483,7 +511,7 @@ class _TorchWatch(TorchFunctionMode):
             self.used.append(name)
         result = func(*args, **(kwargs or {}))
         if self.origins is not None:
-            i = self.origins.enlarged(args, kwargs, result)
+            i = self.origins.enlarged(func, args, kwargs, result)
             if i is not None and not _called_by_library():
                 self.used.append(f"{ENLARGED_COPY} of argument {i + 1}")
         return result
@@ -536,8 +564,10 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             owner = _resolve(owner)
             if (isinstance(owner, type) and vars(owner).get(attr) is obj   # a method: replace it on its class
                     or inspect.ismodule(owner) and getattr(owner, attr, None) is obj):  # a module's function
-                saved.append((setattr, owner, attr, obj))
-                setattr(owner, attr, w)
+                # and every alias of it there, under its own name (sentencepiece's Tokenize is Encode itself)
+                for key in [k for k, v in list(vars(owner).items()) if v is obj]:
+                    saved.append((setattr, owner, key, obj))
+                    setattr(owner, key, w if key == attr else wrap(obj, f"{name.rsplit('.', 1)[0]}.{key}"))
             spaces = [vars(m) for n, m in list(sys.modules.items()) if n.split(".")[0] == "minimistral" and m]
             spaces += [globals_] if globals_ is not None else []
             for ns in spaces:
@@ -783,13 +813,15 @@ class ProcedureError(RuntimeError):
 class ModelProbe(torch.nn.Module):
     """`model` (an mm.Transformer), watched. Every call must pass a cache, the same one each time (from
     probe.new_cache()). chunks=[c1, c2, ...]: call k carries exactly c_k tokens, and there are no more calls.
-    decode=True: once the cache holds tokens, each call carries exactly one. `calls` lists (tokens, cache position).
-    The watched model is not handed out: `probe.model` raises, so a function cannot go around the probe through it."""
+    decode=True: once the cache holds tokens, each call carries exactly one. positions=N: the calls carry N tokens in
+    all, no more (a decoder's N: the prompt plus one per new token but the last, which is never fed back; fewer
+    cannot give the right tokens). `calls` lists (tokens, cache position). The watched model is not handed out: `probe.model` raises, so a function cannot go around the probe through it."""
 
-    def __init__(self, model, chunks: Optional[list] = None, decode: bool = False):
+    def __init__(self, model, chunks: Optional[list] = None, decode: bool = False, positions: Optional[int] = None):
         super().__init__()
         self._watched, self.args = model, model.args
         self.chunks, self.decode = None if chunks is None else [int(c) for c in chunks], decode
+        self.positions = None if positions is None else int(positions)
         self.calls: list = []
         self.cache = None  # the first call's cache, held (an id() alone could be reused by a later object)
 
@@ -822,5 +854,10 @@ class ModelProbe(torch.nn.Module):
         if self.decode and pos > 0 and T != 1:
             raise ProcedureError(f"{where}) came after the cache already held {pos} tokens: once the prompt is "
                                  "in the cache, a decoding step gives the model only what it has not seen")
+        fed = sum(t for t, _ in self.calls)
+        if self.positions is not None and fed + T > self.positions:
+            raise ProcedureError(f"{where}) came after {fed} tokens had gone through the model, and this case needs "
+                                 f"{self.positions} in all: the last new token never needs to go through the model "
+                                 "(nothing is sampled after it)")
         self.calls.append((T, pos))
         return self._watched(tokens, cache=cache)

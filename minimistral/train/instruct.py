@@ -3,7 +3,7 @@
 The task, made from the KJV text itself: a passage in, the name of its book out, in Mistral-7B-Instruct-v0.1's
 chat format:
 
-    <s>[INST] Which book is this from? And the LORD said unto Moses, ... [/INST]Exodus</s>
+    <s>[INST] Which book is this from? And the LORD said unto Moses, ... [/INST] Exodus</s>
 
 BOOKS are five books of distinct voices (law and story, song, proverb, gospel, apocalypse). Passages are the
 corpus's sentences of 8 to 24 words. Training examples come from the training chapters only; the held-out
