@@ -448,7 +448,7 @@ for n, a_ in gate_in.items():
 #   above (the table; the 40 random units in the heatmap agree), and *which* ones changes from token to token: each token switches on its own small set of units.
 # - The same word gives similar gate patterns where it recurs: cosine similarity 0.85 to 0.98 between the two
 #   "light"s, 0.64 to 0.89 between the two "there"s, against about 0.1 between "light" and "there". The two
-#   "there"s drift apart after the first layer: attention has mixed in their different contexts ("Let there
+#   "there"s drift further apart from layer 1 on: attention has mixed in their different contexts ("Let there
 #   be" against "and there was"), and the MLP reads the stream, not the word.
 #
 # ## Exercises
@@ -485,7 +485,7 @@ _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
                            "torch.ops.aten.silu", "torch.ops.aten.silu.default", "torch.ops.aten.silu_",
                            "torch.ops.aten.silu_.default", "minimistral.mlp.FeedForward.forward"],
                    hint="which of the two hidden-size projections goes through the nonlinearity, and which stays "
-                        "linear? Section 2's table of gate and value says which weight plays which role")
+                        "linear? Section 3's table of gate and value says which weight plays which role")
 
 # %% [markdown]
 # **06.2** LLaMA 2 added one knob to the rule of section 4: a multiplier $m$ (`ffn_dim_multiplier`) scales
@@ -494,7 +494,9 @@ _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
 # Write `my_multiplier_range(dim, multiple_of, hidden)`: the smallest and the largest multiplier for which the
 # rule gives exactly `hidden`, as a tuple `(k_min, k_max)` of **hundredths** ($m = k/100$, with
 # $100 \le k \le 300$), or `None` when no such multiplier gives `hidden`. Work in integers: $\lfloor m n \rfloor$ is
-# `k * n // 100`. Then read off how much freedom a published width leaves about the multiplier behind it.
+# `k * n // 100` (LLaMA 2's own code computes the float `int(k / 100 * n)`, and so does the check's reference;
+# the two differ by one for a few k, e.g. k = 140 at dim 8,192, but give the same answer on every case of the
+# check). Then read off how much freedom a published width leaves about the multiplier behind it.
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_2_multiplier_range-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_multiplier_range(dim, multiple_of, hidden):
@@ -536,9 +538,11 @@ _ = check_function("06.2 multiplier_range", my_multiplier_range, multiplier_rang
 # **smallest** `hidden_dim` that is a multiple of `multiple_of` and makes the MLP's share of one layer
 # (attention + MLP + the two RMSNorms) at least `share`, for any `ModelArgs` (all other fields as given).
 # The check uses configurations nobody printed in this notebook, some with `head_dim != dim // n_heads` and
-# with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. One case
-# gives a share that is reached *exactly* at a multiple of `multiple_of`, so an off-by-one at the boundary or
-# a float rounding shows. Work it out on paper first: what
+# with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. `share` means
+# the decimal as written: 0.8 is 4/5 exactly, which `Fraction(str(share))` reads (`Fraction(0.8)` is the float's
+# binary value, a hair above 4/5). Two cases reach their share *exactly* at a multiple of `multiple_of`: one
+# (share 0.75) shows an off-by-one at the boundary, the other (share 0.8) a closed form solved in floats, which lands one
+# unit above it. Work it out on paper first: what
 # inequality must `hidden_dim` satisfy, and can you solve it without leaving exact arithmetic (`fractions`)?
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -546,7 +550,7 @@ def my_hidden_for_share(args, share, multiple_of=256):
     ### BEGIN SOLUTION
     d = args.dim
     rest = 2 * d * args.n_heads * args.head_dim + 2 * d * args.n_kv_heads * args.head_dim + 2 * d
-    s = Fraction(share)  # exact: a float's own binary value, or the Fraction given
+    s = Fraction(str(share))  # exact: the decimal as written (0.8 is 4/5), or the Fraction given
     h_min = s * rest / (3 * d * (1 - s))  # 3 d h / (3 d h + rest) >= s, solved for h, still exact
     return multiple_of * math.ceil(h_min / multiple_of)  # ceil of a Fraction is exact too
     ### END SOLUTION
@@ -558,7 +562,7 @@ def _share_reference(args, share, multiple_of=256):
     from minimistral.model import TransformerBlock
     with torch.device("meta"):
         rest = sum(p.numel() for n, p in TransformerBlock(args, 0).named_parameters() if "feed_forward" not in n)
-    h, share = multiple_of, Fraction(share)  # compare exactly
+    h, share = multiple_of, Fraction(str(share))  # compare exactly, with the decimal as written (0.8 is 4/5)
     while 3 * args.dim * h < share * (3 * args.dim * h + rest):
         h += multiple_of
     return h
@@ -568,13 +572,16 @@ _share_cases = [(mm.ModelArgs.mistral_7b(), 0.75, 256), (mm.ModelArgs.mistral_7b
                 (mm.ModelArgs.tiny(n_kv_heads=1, head_dim=48), 0.7, 1), (mm.ModelArgs.tiny(), 0.6, 1),
                 (mm.ModelArgs(dim=5120, n_layers=40, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
                               vocab_size=131072), 0.85, 128),
-                (mm.ModelArgs.tiny(), 0.75, 2)]  # MLP = 3 x (the rest) exactly at hidden 642, a multiple of 2
+                (mm.ModelArgs.tiny(), 0.75, 2),  # MLP = 3 x (the rest) exactly at hidden 642, a multiple of 2
+                (mm.ModelArgs.tiny(dim=64, n_heads=8, n_kv_heads=2, head_dim=32), 0.8, 1)]  # 4/5 exactly at 856
 _ = check_function("06.3 hidden_for_share", my_hidden_for_share, _share_reference, cases=_share_cases,
                    labels=["Mistral 7B's shapes, share 0.75, multiples of 256", "Mistral 7B's shapes, share 0.9, multiples of 256",
                            "tiny preset with 1 K/V head of 48 (head_dim != dim // n_heads), share 0.7, multiple_of=1",
                            "ModelArgs.tiny(): dim 256, 8 query and 2 K/V heads of 32, share 0.6, multiple_of=1",
                            "dim 5,120, 32 query heads of 128 (head_dim != dim // n_heads), 8 K/V heads, share 0.85, multiples of 128",
-                           "ModelArgs.tiny(), share 0.75, multiple_of=2: the share is reached exactly at a multiple"],
+                           "ModelArgs.tiny(), share 0.75, multiple_of=2: the share is reached exactly at a multiple",
+                           "dim 64, 8 query and 2 K/V heads of 32, share 0.8 (4/5 exactly), multiple_of=1: the share "
+                           "is reached exactly, where float arithmetic lands one above"],
                    hint="write the MLP's share as a function of hidden_dim, with each attention matrix at its real "
                         "shape; 'at least' includes equality")
 

@@ -372,7 +372,8 @@ plt.show()
 # `layer_params(args, qkv_bias=False)`, the number of parameters of one block for any `ModelArgs`, with those
 # three biases when `qkv_bias` is true. Watch out: `head_dim` need not be `dim // n_heads`, and `n_kv_heads`
 # may be anything from 1 to `n_heads`. `ModelArgs.num_params()` and `params_by_component()` are refused by
-# the check: count it yourself.
+# the check, and so is building the library's modules (`TransformerBlock`, `Attention`, `FeedForward`, even on
+# the meta device) to count theirs: count it yourself.
 
 # %% nbgrader={"grade": false, "grade_id": "ex07_2_layer_params-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def layer_params(args: mm.ModelArgs, qkv_bias: bool = False) -> int:
@@ -407,7 +408,9 @@ passed = check_function("07.2 layer_params", layer_params, _block_numel,
                                 "Qwen2.5-0.5B's shapes (dim 896, 14 query / 2 K/V heads of 64, hidden 4,864), with biases",
                                 "dim 96, 6 query heads of 40, 3 K/V heads, hidden 200, with biases"],
                         forbid=["minimistral.config.ModelArgs.num_params",
-                                "minimistral.config.ModelArgs.params_by_component"],
+                                "minimistral.config.ModelArgs.params_by_component",
+                                "minimistral.model.Transformer.__init__", "minimistral.model.TransformerBlock.__init__",
+                                "minimistral.attention.Attention.__init__", "minimistral.mlp.FeedForward.__init__"],
                         hint="list every weight matrix and vector of a block with its shape; a bias belongs to one "
                              "linear layer: which of its two sizes does it have?")
 
@@ -426,7 +429,8 @@ passed = check_function("07.2 layer_params", layer_params, _block_numel,
 #
 # Write `training_bytes(args, tied, optimizer)`, with `optimizer` either `"adamw"` or `"adafactor"`: the bytes
 # of weights, gradients and optimizer state for the whole model (embeddings, all blocks, final norm, output head
-# unless `tied`). Activations are left out. `ModelArgs.num_params()` and `params_by_component()` are refused.
+# unless `tied`). Activations are left out. `ModelArgs.num_params()` and `params_by_component()` are refused, and
+# so is building the library's `Transformer` (or its blocks) to walk its parameters.
 # The check uses configurations that appear nowhere above; work out one by hand first.
 
 # %% nbgrader={"grade": false, "grade_id": "ex07_3_training_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -478,7 +482,9 @@ _ = check_function("07.3 training_bytes", training_bytes, _training_bytes_refere
                            "ModelArgs.tiny() (untied), Adafactor",
                            "Mistral 7B (untied), Adafactor"],
                    forbid=["minimistral.config.ModelArgs.num_params",
-                           "minimistral.config.ModelArgs.params_by_component"],
+                           "minimistral.config.ModelArgs.params_by_component",
+                           "minimistral.model.Transformer.__init__", "minimistral.model.TransformerBlock.__init__",
+                           "minimistral.attention.Attention.__init__", "minimistral.mlp.FeedForward.__init__"],
                    hint="weights and gradients depend only on the parameter count; the optimizer state depends on "
                         "the shape of each tensor, so list every matrix and vector of the model with its shape")
 
@@ -529,8 +535,9 @@ print("the block changed the residual stream by a relative", f"{((y - x).norm() 
 del big_block, y  # give the 0.87 GB back
 
 # %% [markdown]
-# Each weight takes part in one multiply-add per token, so a forward pass costs about
-# $2 \times 7.24 \times 10^9 \approx 14.5$ GFLOP per token. That, and reading 14.5 GB of bf16 weights
+# Every weight except the embedding table (a lookup, no arithmetic) takes part in one multiply-add per token,
+# so a forward pass costs about $2 \times (7.24 - 0.13) \times 10^9 \approx 14.2$ GFLOP per token, plus the
+# attention scores (notebook 06 counts them). That, and reading 14.5 GB of bf16 weights
 # for every generated token, is why notebook 11 takes the real model to a GPU.
 #
 # ## 5. The CPU preset end to end
@@ -562,7 +569,9 @@ print("logits          ", tuple(logits.shape), logits.dtype)
 # ### The running example's residual stream, layer by layer
 #
 # Random weights tell us shapes, not meaning. The course ships a small Mistral trained on the King James Bible
-# (`data/tiny_mistral`, notebook 10: dim 256, 4 layers, its own 4,096-piece tokenizer). We push the running
+# (`data/tiny_mistral`, notebook 10: dim 256, 4 layers, its own 4,096-piece tokenizer). The running example,
+# Genesis 1:3, is in that model's *training* data: what the lens reads below is a sentence the model has seen,
+# not a held-out one. We push the running
 # example through it with our own loop over the layers, keep the residual stream after the embedding and after
 # every block, and look at it two ways:
 #
@@ -702,12 +711,16 @@ for n in range(trained.args.n_layers):
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))
 xs_ = torch.arange(trained.args.n_layers)
-ax.bar(xs_ - 0.2, [ablation[n, "attention"] for n in range(len(xs_))], width=0.4, color="#6c8ebf", label="attention removed")
-ax.bar(xs_ + 0.2, [ablation[n, "feed_forward"] for n in range(len(xs_))], width=0.4, color="#82b366", label="MLP removed")
+for shift, branch, colour, what in [(-0.2, "attention", "#6c8ebf", "attention removed"),
+                                    (0.2, "feed_forward", "#82b366", "MLP removed")]:
+    bars = ax.bar(xs_ + shift, [ablation[n, branch] for n in range(len(xs_))], width=0.4, color=colour, label=what)
+    ax.bar_label(bars, fmt="+%.2f", fontsize=8, padding=1)  # the small costs stay readable next to the big one
+ax.set_yscale("log")  # one bar is ~15x the others: a log axis shows both
+ax.set_ylim(0.02, 12)
 ax.set_xticks(xs_.tolist(), [f"block {n}" for n in range(len(xs_))])
-ax.set_ylabel("increase in held-out loss (nats)")
+ax.set_ylabel("increase in held-out loss\n(nats, log scale)")
 ax.set_title(f"Trained tiny model: one branch removed at a time (intact loss {intact:.2f})", fontsize=10)
-ax.legend()
+ax.legend(loc="upper right")
 fig.tight_layout()
 plt.show()
 
@@ -775,7 +788,7 @@ if MistralForCausalLM is not None:
 # - The model is an embedding table, 32 such blocks, a final RMSNorm and an untied output head.
 # - 7,241,732,096 parameters: 131,072,000 in the embeddings, 218,112,000 per layer (41,943,040
 #   attention + 176,160,768 MLP + 8,192 norms), 4,096 in the final norm and 131,072,000 in the head.
-# - One real-sized layer runs on a CPU; the full model needs 14.5 GB in bf16 and ~14.5 GFLOP per token.
+# - One real-sized layer runs on a CPU; the full model needs 14.5 GB in bf16 and ~14.2 GFLOP per token.
 # - Our model gives transformers' logits to within 1e-4 on the same weights.
 # - In the trained tiny model the first block writes most of the stream (the embeddings are small); read
 #   through the output head, the stream already guesses easy continuations after one block, and the guesses

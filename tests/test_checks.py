@@ -2,6 +2,7 @@
 says how the result's form or value is off, and never prints the expected value."""
 
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,11 +79,11 @@ def test_numbers_say_too_high_or_too_low_and_name_the_case(capsys):
     assert not ok
     assert "case 1 of 2 (n_layers=2, d=8)" in out and "too low" in out and out.endswith("count the norms")
     assert str(ref_params(2, 8)) not in out                               # the answer is not given away
-    ok, out = verdict(capsys, "99.1 params", lambda n, d: 2 * ref_params(n, d), ref_params, [(2, 8)])
+    ok, out = verdict(capsys, "99.1 params", lambda n, d: 2 * n * (4 * d * d + 2 * d), ref_params, [(2, 8)])
     assert "too high, by a factor of 2 or more" in out
-    ok, out = verdict(capsys, "99.1 params", lambda n, d: ref_params(n, d) / 1, ref_params, [(2, 8)])
+    ok, out = verdict(capsys, "99.1 params", lambda n, d: n * (4 * d * d + 2 * d) / 1, ref_params, [(2, 8)])
     assert "returned a float, expected an int" in out                     # a missing cast
-    ok, out = verdict(capsys, "99.1 params", lambda n, d: ref_params(n, d) + 1, ref_params, [(2, 8)],
+    ok, out = verdict(capsys, "99.1 params", lambda n, d: n * (4 * d * d + 2 * d) + 1, ref_params, [(2, 8)],
                       labels=["two layers of width 8"])
     assert "case 1 of 1 (two layers of width 8)" in out and "too low" not in out and "too high" in out
 
@@ -152,7 +153,7 @@ def test_masks_name_the_first_wrong_entry(capsys):
         return (j <= i) & (j >= i - w)
     ok, out = verdict(capsys, "99.5 mask", off_by_one, ref, [(8, 3)])
     assert not ok and "case 1 of 1 (t=8, w=3)" in out and "entries are wrong, the first at index (3, 0) (yours is True there)" in out
-    ok, out = verdict(capsys, "99.5 mask", lambda t, w: ref(t, w).float(), ref, [(8, 3)])
+    ok, out = verdict(capsys, "99.5 mask", lambda t, w: off_by_one(t, w - 1).float(), ref, [(8, 3)])
     assert "returned dtype torch.float32, expected torch.bool" in out
 
 
@@ -568,3 +569,38 @@ def test_a_case_hint_replaces_the_general_one_for_a_wrong_value_only(capsys):
     assert not ok and "ZeroDivisionError" in out and "count from one" in out
     ok, out = verdict(capsys, "99.22 count", lambda n: n, lambda n: n, cases, hint="general")
     assert ok and "count from one" not in out and "general" not in out
+
+
+def test_an_answer_that_calls_its_own_reference_fails(capsys):
+    """The reference sits in plain view in the check cell: an answer that returns its result, under any name, is
+    no answer. A lambda reference is the function it calls (`lambda t: tok.encode(t)` is `tok.encode`)."""
+    def cheat(n, d):
+        return ref_params(n, d)
+    alias = ref_params
+
+    def cheat_by_alias(n, d):
+        return alias(n, d) + 0
+    for wrong in (cheat, cheat_by_alias):
+        ok, out = verdict(capsys, "99.30 params", wrong, ref_params, [(2, 8)])
+        assert not ok and "it calls ref_params, the very reference it is compared with" in out, out
+    ok, out = verdict(capsys, "99.30 params", lambda n, d: n * (4 * d * d + 2 * d), ref_params, [(2, 8)])
+    assert ok, out
+
+    from minimistral.norm import rms_norm
+    x, w = torch.randn(2, 8), torch.ones(8)
+    ok, out = verdict(capsys, "99.30 norm", lambda x, w, eps: rms_norm(x, w, eps),
+                      lambda x, w, eps: rms_norm(x, w, eps), [(x, w, 1e-5)])
+    assert not ok and "it calls rms_norm, the very reference" in out, out
+    ok, out = verdict(capsys, "99.30 norm", lambda x, w, eps: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w,
+                      lambda x, w, eps: rms_norm(x, w, eps), [(x, w, 1e-5)])
+    assert ok, out
+    # the library calling the reference inside (RMSNorm.forward calls rms_norm) is not the answer calling it
+    from minimistral.norm import RMSNorm
+
+    def through_the_module(x, w, eps):
+        norm = RMSNorm(x.shape[-1], eps)
+        norm.weight.data.copy_(w)
+        return norm(x).detach()
+    ok, out = verdict(capsys, "99.30 norm", through_the_module, lambda x, w, eps: rms_norm(x, w, eps), [(x, w, 1e-5)])
+    assert ok, out
+    assert sys.getprofile() is None  # and the watch is gone after the check

@@ -21,9 +21,11 @@ its own process and collects the verdicts through `collect_verdicts`.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import copy
 import dataclasses
+import dis
 import functools
 import importlib
 import inspect
@@ -409,9 +411,10 @@ def _resolve(name: str):
                      "'torch.nn.functional.silu')")
 
 
-def _called_by_library() -> bool:
-    """Whether the nearest caller outside torch and this file is the library's own code (not the student's)."""
-    f = sys._getframe(2)
+def _called_by_library(frame=None) -> bool:
+    """Whether the nearest caller outside torch and this file is the library's own code (not the student's);
+    from `frame` upward when it is given."""
+    f = sys._getframe(2) if frame is None else frame
     here = os.path.abspath(__file__)
     while f is not None:
         name = f.f_code.co_filename
@@ -665,6 +668,54 @@ def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
     return None
 
 
+def _reference_codes(reference: Callable) -> dict:
+    """{code object: name} of what calling the reference amounts to: the reference's own function, or, for a
+    lambda, the Python function its body calls first (`lambda t: tok.encode(t, bos=False)` is `tok.encode`)."""
+    fn = getattr(reference, "__func__", reference)
+    if getattr(fn, "__name__", None) == "<lambda>" and hasattr(fn, "__code__"):
+        cells = dict(zip(fn.__code__.co_freevars, fn.__closure__ or ()))
+        obj, fn = None, None
+        for ins in dis.get_instructions(reference):
+            if ins.opname in ("RESUME", "COPY_FREE_VARS", "MAKE_CELL", "PUSH_NULL", "NOP", "CACHE"):
+                continue
+            if obj is None and ins.opname in ("LOAD_GLOBAL", "LOAD_DEREF", "LOAD_NAME"):
+                name = ins.argval
+                cell = cells.get(name)
+                obj = cell.cell_contents if cell is not None and _has_contents(cell) else \
+                    reference.__globals__.get(name, getattr(builtins, name, None))
+            elif obj is not None and ins.opname in ("LOAD_ATTR", "LOAD_METHOD"):
+                obj = getattr(obj, ins.argval, None)
+            else:
+                break
+        fn = getattr(obj, "__func__", obj)
+    code = getattr(fn, "__code__", None)
+    if code is None or getattr(fn, "__name__", None) == "<lambda>":
+        return {}
+    return {code: getattr(fn, "__qualname__", None) or fn.__name__}
+
+
+@contextlib.contextmanager
+def _refusing_reference(reference: Callable):
+    """Within this block, record (into the yielded list) every call to the reference (`_reference_codes`) made
+    by code other than the library's, whatever name the student reaches it by: an answer that returns the
+    reference's own result is no answer (the reference passed as the answer itself is not watched: this file calls
+    it). Seen through sys.setprofile, so no binding is replaced."""
+    codes, seen = _reference_codes(reference), []
+    codes = codes if sys.getprofile() is None else {}  # a profiler already running is left alone
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code in codes and frame.f_back is not None \
+                and frame.f_back.f_code.co_filename != __file__ and not _called_by_library(frame.f_back):
+            seen.append(codes[frame.f_code])
+    if codes:
+        sys.setprofile(hook)
+    try:
+        yield seen
+    finally:
+        if codes:
+            sys.setprofile(None)
+
+
 def check_function(exercise: str, student: Callable, reference: Callable, cases: Iterable[tuple],
                    hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
                    labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = ()) -> bool:
@@ -688,12 +739,16 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         label = labels[n - 1] if labels else getattr(args, "label", None)
         what = f"case {n} of {len(cases)} ({label if label is not None else _describe_case(student, args, reference)})"
         try:
-            got, seen = _call_student(student, tuple(args), forbid)
+            with _refusing_reference(reference) as called:
+                got, seen = _call_student(student, tuple(args), forbid)
         except NotImplementedError:
             return _report(TODO, exercise, "not implemented yet")
         except Exception as e:  # a student's bug must not stop the notebook
             return _report(FAIL, exercise, f"{what} raised {type(e).__name__}: {e}. "
                                            f"{getattr(args, 'hint', '') or hint}".strip())
+        if called:
+            return _report(FAIL, exercise, f"{what}: it calls {called[0]}, the very reference it is compared with "
+                                           f"(not allowed: the exercise is to write it). {hint}".strip())
         broken = _rule_broken(seen, names, tuple(args))
         if broken is not None:
             return _report(FAIL, exercise, f"{what}: {broken}. {hint}".strip())
