@@ -32,9 +32,21 @@ def test_strip_lights_one_step_and_rejects_unknown_notebooks():
     assert bold == ["03 RoPE"]
     assert fig.dpi >= 100
     plt.close(fig)
-    with pytest.raises(ValueError, match="notebook '13'"):
-        you_are_here("13")
-    assert set(STEPS) <= set(PIECES)
+    with pytest.raises(ValueError, match="notebook '15'"):
+        you_are_here("15")
+    assert set(PIECES) <= set(STEPS)
+
+
+def test_strip_shows_the_whole_course():
+    """Every notebook 00-14 is on the strip, in order, with the ones before the lit one ticked off."""
+    fig = you_are_here("12")
+    boxes = [t.get_text().split()[0] for t in fig.axes[0].texts if t.get_text()[:2].isdigit()]
+    assert boxes == [f"{n:02d}" for n in range(15)]
+    titles = [t.get_text() for t in fig.axes[0].texts if t.get_text().startswith("Part")]
+    assert [t.split(" ·")[0] for t in titles] == ["Part I", "Part II", "Part III", "Part IV"]
+    faces = [p.get_facecolor() for p in fig.axes[0].patches]
+    assert faces[12] != faces[11] and faces[11] == faces[0] and faces[13] == faces[14] != faces[0]
+    plt.close(fig)
 
 
 def test_map_names_are_reachable_from_the_package():

@@ -8,8 +8,8 @@ tiny model the notebooks train). Two pictures:
   wq/wk/wv, RoPE on q and k only (never v), grouped-query attention with the sliding-window mask, wo, the
   first residual add, RMSNorm, SwiGLU (w1, w3, SiLU, x, w2), the second residual add. `highlight="03"`
   (a notebook number) colours the pieces that notebook builds and greys the rest.
-- `you_are_here("03")`: a one-line strip of the course's Parts I-II with that notebook's piece lit up,
-  for the top of notebooks 01-10.
+- `you_are_here("03")`: the whole course (Parts I-IV, notebooks 00-14) as a two-row strip with that
+  notebook lit up and the ones before it ticked off, for the top of notebooks 01-14.
 
 Both return a matplotlib Figure (the notebooks call `plt.show()`); nothing here picks a backend, so the
 module works headless (tests select Agg) as well as inline in JupyterLab.
@@ -24,19 +24,15 @@ from matplotlib.patches import FancyBboxPatch
 
 from ..config import ModelArgs
 
-# The notebooks of Parts I-II and the piece each one builds (the strip's labels).
-STEPS = {
-    "01": "tokenizer",
-    "02": "embedding\n& RMSNorm",
-    "03": "RoPE",
-    "04": "attention\n& GQA",
-    "05": "sliding\nwindow",
-    "06": "SwiGLU\nMLP",
-    "07": "block &\nfull model",
-    "08": "KV cache",
-    "09": "generation",
-    "10": "training",
+# Every notebook of the course, part by part, with what it builds (the strip's labels).
+PARTS = {
+    "Part I · the pieces": {"00": "welcome\n& tour", "01": "tokenizer", "02": "embedding\n& RMSNorm",
+                            "03": "RoPE", "04": "attention\n& GQA", "05": "sliding\nwindow", "06": "SwiGLU\nMLP"},
+    "Part II · the model": {"07": "block &\nfull model", "08": "KV cache", "09": "generation", "10": "training"},
+    "Part III · the real 7B": {"11": "real\nMistral 7B", "12": "making\nit fast", "13": "int8 &\n4-bit"},
+    "Part IV · yours": {"14": "LoRA\n& chat"},
 }
+STEPS = {nb: label for part in PARTS.values() for nb, label in part.items()}
 
 # Which boxes of the diagram each notebook builds (keys of the boxes drawn below).
 PIECES = {
@@ -65,11 +61,10 @@ _LIT = "#FFD966"       # highlighted pieces
 _DIM = "#F7F7F7"       # pieces of other notebooks when a highlight is asked for
 
 
-def _notebook_key(notebook) -> str:
+def _notebook_key(notebook, known: dict = PIECES, what: str = "the notebooks whose pieces the diagram draws") -> str:
     key = f"{int(notebook):02d}" if isinstance(notebook, int) or str(notebook).isdigit() else str(notebook)[:2]
-    if key not in PIECES:
-        raise ValueError(f"notebook {notebook!r}: expected one of {', '.join(sorted(PIECES))} "
-                         f"(the notebooks of Parts I-II, and 14 for the diagram)")
+    if key not in known:
+        raise ValueError(f"notebook {notebook!r}: expected one of {', '.join(sorted(known))} ({what})")
     return key
 
 
@@ -209,24 +204,31 @@ def model_diagram(args: Optional[ModelArgs] = None, highlight=None):
     return fig
 
 
-def you_are_here(notebook, steps: dict = STEPS):
-    """A one-line strip of Parts I-II with `notebook` ("03" or 3) lit, earlier steps ticked off."""
-    key = _notebook_key(notebook)
-    fig, ax = plt.subplots(figsize=(1.3 * len(steps), 1.0), dpi=_DPI)  # 1.3 in a step: its bold label fits
-    ax.set_xlim(0, len(steps)), ax.set_ylim(0, 1), ax.axis("off")
-    for i, (nb, label) in enumerate(steps.items()):
-        here, done = nb == key, nb < key
-        face = _LIT if here else ("#DDE8F5" if done else "white")
-        edge = "#B8860B" if here else ("#7A9CC6" if done else "#BBBBBB")
-        ax.add_patch(FancyBboxPatch((i + 0.06, 0.1), 0.88, 0.8, boxstyle="round,pad=0.0,rounding_size=0.12",
-                                    facecolor=face, edgecolor=edge, linewidth=2 if here else 1))
-        ax.text(i + 0.5, 0.5, f"{nb} {label}", ha="center", va="center", fontsize=9.5,
-                weight="bold" if here else "normal", color="#222222" if here or done else "#777777")
-        if i:
-            ax.annotate("", xy=(i + 0.06, 0.5), xytext=(i - 0.06, 0.5),
-                        arrowprops=dict(arrowstyle="-|>", color="#999999", lw=1))
+def you_are_here(notebook, parts: dict = PARTS):
+    """The whole course as a strip, two rows of parts, with `notebook` ("03" or 3) lit and earlier ones ticked off."""
+    key = _notebook_key(notebook, STEPS, "the course's notebooks")
+    rows = [list(parts.items())[:1], list(parts.items())[1:]]          # Part I; Parts II-IV
+    width = max(sum(len(p) for _, p in row) for row in rows)
+    fig, ax = plt.subplots(figsize=(1.3 * width, 2.3), dpi=_DPI)     # 1.3 in a step: its bold label fits
+    ax.set_xlim(0, width), ax.set_ylim(0, 2.3), ax.axis("off")
+    for r, row in enumerate(rows):
+        y, i = 1.2 - 1.15 * r, 0                                       # bottom of this row's boxes
+        for title, steps in row:
+            ax.text(i + 0.08, y + 0.86, title, ha="left", va="bottom", fontsize=9, color="#555555", style="italic")
+            for nb, label in steps.items():
+                here, done = nb == key, nb < key
+                face = _LIT if here else ("#DDE8F5" if done else "white")
+                edge = "#B8860B" if here else ("#7A9CC6" if done else "#BBBBBB")
+                ax.add_patch(FancyBboxPatch((i + 0.06, y), 0.88, 0.8, boxstyle="round,pad=0.0,rounding_size=0.12",
+                                            facecolor=face, edgecolor=edge, linewidth=2 if here else 1))
+                ax.text(i + 0.5, y + 0.4, f"{nb} {label}", ha="center", va="center", fontsize=9.5,
+                        weight="bold" if here else "normal", color="#222222" if here or done else "#777777")
+                if i:                                          # an arrow from the step before, within a row
+                    ax.annotate("", xy=(i + 0.06, y + 0.4), xytext=(i - 0.06, y + 0.4),
+                                arrowprops=dict(arrowstyle="-|>", color="#999999", lw=1))
+                i += 1
     if key != "00":
-        ax.text(len(steps) - 0.02, 1.0, f"you are here: notebook {key}", ha="right", va="bottom", fontsize=9,
+        ax.text(width - 0.02, 2.28, f"you are here: notebook {key}", ha="right", va="top", fontsize=9,
                 color="#B8860B")
-    fig.subplots_adjust(left=0.005, right=0.995, top=0.82, bottom=0.02)
+    fig.subplots_adjust(left=0.005, right=0.995, top=0.99, bottom=0.01)
     return fig
