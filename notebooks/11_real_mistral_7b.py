@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 11 · The real Mistral 7B, on the machine you have
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("11")
+plt.show()
+
+# %% [markdown]
 #
 # Everything so far ran on small models. Here the library you built loads the published Mistral 7B
 # v0.1 weights, writes text with them, and looks inside whatever model it loaded: attention maps on a
