@@ -12,12 +12,11 @@ file to the device in the target dtype, one at a time; writing streams tensor by
 folders raise CheckpointError (or FileNotFoundError) naming the file, key or shape at fault, before
 anything is loaded; so does a folder that mixes the files of two saves (the manifest save_checkpoint writes).
 A load holds the folder's lock shared (no save swaps files in meanwhile) and first finishes or rolls back
-what a killed save left. Writing (save_checkpoint, write_random_checkpoint) lives in saving.py.
+what a killed save left. Writing (save_checkpoint, write_random_checkpoint) lives in storage/checkpoints.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -48,7 +47,7 @@ from .validate import FLOAT_DTYPES, check_host_memory, floating_dtype, nonfinite
 
 HF_CONFIG, HF_SINGLE, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 MISTRAL_PARAMS, MISTRAL_SINGLE, MISTRAL_PTH = "params.json", "consolidated.safetensors", "consolidated.00.pth"
-# Written by save_checkpoint beside the files it ties together (saving.py): the save's id, and each file's
+# Written by save_checkpoint beside the files it ties together (storage/checkpoints.py): the save's id, and each file's
 # size (and hash, for the JSON files); the same id stands in every .safetensors header under SAVE_KEY.
 MANIFEST, SAVE_KEY = "minimistral.manifest.json", "minimistral_save"
 _HF_SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
@@ -445,40 +444,9 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     if layout not in (None, "hf", "consolidated"):
         raise ValueError(f"layout must be None, 'hf' or 'consolidated', got {layout!r}")
     device, dtype = resolve_device(device), _resolve_dtype(dtype)  # before any file is read
-    with _read_lock(path):
+    from .storage.checkpoints import read_lock  # the folder's lock and a killed save's recovery
+    with read_lock(path):
         return _load(path, device, dtype, progress, layout, quantize, group_size, working)
-
-
-@contextlib.contextmanager
-def _read_lock(path: Path):
-    """A shared lock on the folder while it is read (no save can swap files in meanwhile), after finishing or
-    rolling back what a killed save left. A folder this process cannot write to is read without the lock."""
-    from . import saving
-    from .atomic import FolderLocked, folder_lock
-    if not path.is_dir():
-        yield
-        return
-    leftovers = sorted(p.name for p in path.iterdir() if p.name.startswith(saving._WORK_PREFIXES))
-    if leftovers:
-        try:
-            with folder_lock(path, what="load"):
-                saving._recover_and_warn(path)
-        except PermissionError:
-            raise CheckpointError(f"{path}: holds what an interrupted save left ({', '.join(leftovers)}), and this "
-                                  "process may not write there to finish or undo it: load it once as the folder's "
-                                  "owner (or save into it again)") from None
-    lock = folder_lock(path, shared=True, what="load")
-    try:
-        lock.__enter__()
-    except FolderLocked:
-        raise
-    except OSError:  # a read-only folder: nobody can save into it either
-        yield
-        return
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _load(path, device, dtype, progress, layout, quantize, group_size, working):

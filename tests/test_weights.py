@@ -17,7 +17,7 @@ from transformers import MistralConfig, MistralForCausalLM
 import minimistral as mm
 import conftest
 from minimistral.bench.memory import LIVE_MEMORY_ENV
-from minimistral.saving import parse_size
+from minimistral.storage.checkpoints import parse_size
 from minimistral.weights import CheckpointError, check_device_memory
 
 from oracle import hf_model_from_ours
@@ -548,9 +548,9 @@ def test_overwrite_the_folder_a_model_was_loaded_from(single_folder):
 
 def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
     """An interrupted write leaves nothing behind: no half-written folder to mistake for a checkpoint."""
-    from minimistral import saving
+    from minimistral.storage import checkpoints
 
-    real, calls = saving._write_safetensors, []
+    real, calls = checkpoints._write_safetensors, []
 
     def fail_on_second_shard(*a, **k):
         calls.append(a[0])
@@ -558,7 +558,7 @@ def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(saving, "_write_safetensors", fail_on_second_shard)
+    monkeypatch.setattr(checkpoints, "_write_safetensors", fail_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         mm.write_random_checkpoint(small_args(), tmp_path, max_shard_size=20000, progress=False)
     # the write was staged and is swapped in only when complete (issue 18): nothing at all is left
