@@ -1,18 +1,11 @@
 """Checkpoints: Mistral's consolidated layout and Hugging Face's layout (notebook 11).
 
-Our parameter names are Mistral's; `convert.py` maps them (and the wq/wk row order) to Hugging Face's.
-
     model = load_checkpoint(folder, device="cuda", dtype=torch.bfloat16)   # either layout, detected
-    model = load_checkpoint(folder, device="cpu", dtype=torch.bfloat16, quantize="int8")  # 7.5 GB for the 7B
-    save_checkpoint(model, folder, format="hf")                             # or "consolidated"
-    write_random_checkpoint(ModelArgs.mistral_7b(), folder)                 # 14.5 GB of random bf16 weights
 
-Loading builds the model on the meta device and assigns each tensor straight from the (memory-mapped)
-file to the device in the target dtype, one at a time; writing streams tensor by tensor too. Broken
-folders raise CheckpointError (or FileNotFoundError) naming the file, key or shape at fault, before
-anything is loaded; so does a folder that mixes the files of two saves (the manifest save_checkpoint writes).
-A load holds the folder's lock shared (no save swaps files in meanwhile) and first finishes or rolls back
-what a killed save left. Writing (save_checkpoint, write_random_checkpoint) lives in storage/checkpoints.py.
+Loading builds the model on the meta device and assigns each tensor straight from the (memory-mapped) file to
+the device in the target dtype, one at a time. Broken folders, or one that mixes the files of two saves, raise
+CheckpointError (or FileNotFoundError) naming the file, key or shape at fault before anything is loaded.
+Writing (save_checkpoint, write_random_checkpoint) lives in storage/checkpoints.py.
 """
 
 from __future__ import annotations
@@ -41,9 +34,6 @@ from .validate import FLOAT_DTYPES, check_host_memory, floating_dtype, nonfinite
 #   Hugging Face: config.json + model.safetensors, or model-00001-of-0000N.safetensors ... with
 #                 model.safetensors.index.json {"metadata": {"total_size": bytes}, "weight_map": {name: file}}
 #   Mistral:      params.json + consolidated.safetensors (or consolidated.00.pth, a torch pickle)
-#
-# Loading builds the model on the meta device (shapes only, no memory) and then gives each parameter its
-# real tensor, one at a time, read from the file straight into the target device and dtype.
 
 HF_CONFIG, HF_SINGLE, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 MISTRAL_PARAMS, MISTRAL_SINGLE, MISTRAL_PTH = "params.json", "consolidated.safetensors", "consolidated.00.pth"
@@ -56,8 +46,7 @@ _DERIVED_SUFFIXES = ("rotary_emb.inv_freq", "rope.freqs")
 _GB = 1e9
 
 
-_ST_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_ST_FLOAT = set(_ST_TORCH)  # the dtypes the loader reads
+_ST_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}  # read
 _ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
              "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -77,18 +66,14 @@ class _Entry:
 
 
 def _read_json_object(file: Path) -> dict:
-    data = _read_json(file)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: cannot be read as JSON ({e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: holds a JSON {type(data).__name__}, not an object of settings: "
                               "is it the right file? fetch or write it again")
     return data
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{file}: cannot be read as JSON ({e})") from None
 
 
 def _open_safetensors(file: Path):
@@ -112,24 +97,21 @@ def _refuse_dtype(file: Path, key: str, dtype: str) -> None:
         "bitsandbytes, FP8) that needs its own dequantization; casting them to float would give wrong weights")
 
 
-def _safetensors_entries(file: Path) -> list[tuple[str, tuple, int]]:
-    """(name, shape, bytes) of every tensor in a .safetensors file, from its header alone. Only floating
-    dtypes are accepted (an int8 or float8 weight is quantized, and a plain cast would silently ruin it)."""
-    out = []
+def _safetensors_entries(file: Path) -> tuple[list[tuple[str, tuple, int]], dict]:
+    """(name, shape, bytes) of every tensor in a .safetensors file and {name: torch dtype} of the floating ones,
+    from its header alone. Only floating dtypes are accepted (an int8 or float8 weight is quantized, and a plain
+    cast would silently ruin it)."""
+    out, dtypes = [], {}
     with _open_safetensors(file) as f:
         for key in f.keys():
             s = f.get_slice(key)
             shape, dtype = tuple(s.get_shape()), s.get_dtype()
-            if dtype not in _ST_FLOAT and not key.endswith(_DERIVED_SUFFIXES):
+            if dtype not in _ST_TORCH and not key.endswith(_DERIVED_SUFFIXES):
                 _refuse_dtype(file, key, dtype)
             out.append((key, shape, math.prod(shape) * _ST_BYTES.get(dtype, 0)))
-    return out
-
-
-def _safetensors_dtypes(file: Path) -> dict:
-    """{name: torch dtype} of the floating tensors of a .safetensors file, from its header."""
-    with _open_safetensors(file) as f:
-        return {k: _ST_TORCH[d] for k in f.keys() if (d := f.get_slice(k).get_dtype()) in _ST_TORCH}
+            if dtype in _ST_TORCH:
+                dtypes[key] = _ST_TORCH[dtype]
+    return out, dtypes
 
 
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict", "weights")
@@ -255,8 +237,7 @@ def _inspect(path: Path, layout: str):
             listing = [(k, tuple(t.shape), t.numel() * t.element_size()) for k, t in pth.items()]
             dtypes = {k: t.dtype for k, t in pth.items()}
         else:
-            listing = _safetensors_entries(file)
-            dtypes = _safetensors_dtypes(file)
+            listing, dtypes = _safetensors_entries(file)
         listings.append((file, listing, dtypes))
     _check_layer_count(args, config_file, listings)  # before the (meta) model is built: n_layers=10**6 is refused here
 
@@ -404,10 +385,6 @@ def _check_loaded(t: torch.Tensor, e: "_Entry", dtype) -> None:
                               f"computes NaN (greedy decoding then returns token 0 forever); {hint}")
 
 
-def _resolve_dtype(dtype):
-    return floating_dtype(dtype)
-
-
 def check_device_memory(needed_bytes: int, device) -> None:
     """Raise MemoryError, with the numbers, when a CUDA device has less free memory than needed_bytes."""
     device = torch.device(device)
@@ -443,7 +420,7 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     path = Path(path).expanduser()
     if layout not in (None, "hf", "consolidated"):
         raise ValueError(f"layout must be None, 'hf' or 'consolidated', got {layout!r}")
-    device, dtype = resolve_device(device), _resolve_dtype(dtype)  # before any file is read
+    device, dtype = resolve_device(device), floating_dtype(dtype)  # before any file is read
     from .storage.checkpoints import read_lock  # the folder's lock and a killed save's recovery
     with read_lock(path):
         return _load(path, device, dtype, progress, layout, quantize, group_size, working)
