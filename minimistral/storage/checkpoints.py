@@ -33,7 +33,7 @@ from .. import quant
 from ..config import ModelArgs, dtype_name
 from ..convert import hf_name, to_hf_tensor
 from ..validate import FLOAT_DTYPES, floating_dtype, nonfinite, resolve_device
-from ..weights import (HF_CONFIG, HF_INDEX, HF_SINGLE, MANIFEST, MISTRAL_PARAMS, MISTRAL_SINGLE, SAVE_KEY, _GB,
+from ..weights import (HF_CONFIG, HF_INDEX, HF_SINGLE, MANIFEST, MISTRAL_PARAMS, MISTRAL_SINGLE, SAVE_KEY,
                        CheckpointError, meta_model)
 from .atomic import LOCK_NAME, FolderLocked, folder_lock, fsync_dir
 
@@ -41,6 +41,7 @@ _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", 
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
               torch.bool: "BOOL"}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
+_GB = 1e9
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
