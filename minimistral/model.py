@@ -4,7 +4,7 @@
     out = h + feed_forward(ffn_norm(h))         # HF: post_attention_layernorm (it comes *before* the MLP)
 
 Parameter names follow Mistral's own checkpoints (tok_embeddings, layers.N.attention.wq, ...), so a
-consolidated state dict loads as is; `weights.py` maps the Hugging Face names.
+consolidated state dict loads as is; `convert.py` maps the Hugging Face names.
 """
 
 from __future__ import annotations
