@@ -1,11 +1,11 @@
 """minimistral: Mistral 7B built from scratch, one piece per notebook.
 
 The model core sits at the top of the package, one module per piece, in the order the course builds them:
-config, tokenizer, norm, rope, attention, mlp, model, cache, generate; then checkpoints (convert, weights,
-saving), quantization and device choice (quant, device), and the fast GPU path (fuse, fast). The course's
-tools live in subpackages: viz (pictures and explorers), labs (exercise checks, student edition, grading),
-train (the corpus and the training loop of notebook 10), lora (LoRA and QLoRA, notebook 14), planner (notebook
-11's memory planner), bench (benchmarks and the GPU checks).
+config, tokenizer, norm, rope, attention, mlp, model, cache, generate; then loading checkpoints (convert,
+weights), quantization and device choice (quant, device), and the fast GPU path (fuse, fast). The course's
+tools live in subpackages: storage (writing checkpoints and files without loss), viz (pictures and explorers),
+labs (exercise checks, student edition, grading), train (the corpus and the training loop of notebook 10), lora
+(LoRA and QLoRA, notebook 14), planner (notebook 11's memory planner), bench (benchmarks and the GPU checks).
 """
 
 import importlib
@@ -21,9 +21,9 @@ __version__ = "0.1.0"
 
 # Loaded on first use, so `import minimistral` stays light (viz pulls in matplotlib and ipywidgets).
 _LAZY = {
-    "load_checkpoint": "weights", "save_checkpoint": "saving", "write_random_checkpoint": "saving",
+    "load_checkpoint": "weights", "save_checkpoint": "storage.checkpoints", "write_random_checkpoint": "storage.checkpoints",
     "quantize": "quant", "quant": None, "device": None,
-    "weights": None, "saving": None, "convert": None, "fast": None,
+    "weights": None, "storage": None, "convert": None, "fast": None,
     "viz": None, "labs": None, "train": None, "bench": None, "lora": None, "planner": None,
 }
 

@@ -1,10 +1,8 @@
 """Model configuration: the numbers that define Mistral 7B (notebook 00 and 07).
 
-`ModelArgs` is a plain dataclass. `ModelArgs.mistral_7b()` gives the real model's card; `ModelArgs.course()`
-is the CPU-sized Mistral the course trains and ships (data/tiny_mistral), and `ModelArgs.tiny()` the same
-shape at the real tokenizer's vocabulary, for random-weight experiments and tests.
-The readers at the bottom turn a checkpoint's own config file (Hugging Face `config.json` or Mistral
-`params.json`) into `ModelArgs` without inheriting a library default that differs from the model's.
+`ModelArgs` is a plain dataclass with presets (`mistral_7b()`, `course()`, `tiny()`); the readers at the bottom
+turn a checkpoint's config file (HF `config.json`, Mistral `params.json`) into `ModelArgs` without inheriting a
+library default that differs from the model's.
 """
 
 from __future__ import annotations

@@ -3,24 +3,10 @@
     device = choose_device()              # CUDA, then Apple's MPS, then the CPU; MINIMISTRAL_DEVICE or prefer= overrides
     dtype = choose_dtype(device)          # bf16 on GPUs that compute in it natively, fp16 on older NVIDIA, fp32 on CPU
     setting = recommend(args, device)     # the first of full precision / int8 / int4 whose plan fits in free memory
-    print(setting.plan.describe())
 
-The memory plan of a model (`plan`) adds what must be resident at once:
-  weights   at the activation dtype, or quantized (quant.weight_bytes: int8 + a scale per row, 4-bit + a scale
-            and a zero per group; embeddings, output head and norms stay in the activation dtype);
-  cache     the rolling KV cache of `batch_size` sequences at its largest (sliding_window slots);
-  working   the caller's working memory (activations, attention pictures), at least what loading needs: one
-            full-precision tensor and the float32 copy quantizing it makes;
-  mapped    on the CPU and on Apple's unified memory, the checkpoint's memory-mapped pages of the tensor being
-            copied, which sit in the same RAM as its copy (pages already copied are clean file cache that the
-            system drops when it needs the room, without swapping);
-and compares it with what the device has free: free GPU memory on CUDA; on MPS the smaller of the RAM the
-system has available (psutil: what other apps hold is subtracted) and the share of unified memory Metal lets
-the GPU use (torch.mps.recommended_max_memory) less what Metal holds; available RAM on the CPU (psutil, on
-Linux, macOS and Windows alike). `load_checkpoint` refuses a load whose plan does not fit, with the figure and
-the setting that would.
-
-Notebook 11's table of machines and its settings cell live in minimistral.planner.
+A memory `plan` adds what must be resident at once (weights, the rolling cache at its largest, working memory,
+on unified memory the mapped file pages) and compares it with what the device has free; `load_checkpoint`
+refuses a load whose plan does not fit. Notebook 11's table of machines lives in minimistral.planner.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Generation (notebook 09): prefill the prompt in chunks, then decode one token at a time from the cache.
 
 Sampling: temperature 0 takes the argmax (greedy); otherwise softmax(logits / temperature), top-k, top-p, one
-draw. Every argument is checked at the door (`check_request`, shared with minimistral.fast), and non-finite
-logits stop generation with an error saying where they appeared, instead of turning into token 0.
+draw. Every argument is checked at the door (`check_request`, shared with minimistral.fast); non-finite logits
+stop generation with an error saying where they appeared.
 """
 
 from __future__ import annotations

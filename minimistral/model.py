@@ -4,7 +4,7 @@
     out = h + feed_forward(ffn_norm(h))         # HF: post_attention_layernorm (it comes *before* the MLP)
 
 Parameter names follow Mistral's own checkpoints (tok_embeddings, layers.N.attention.wq, ...), so a
-consolidated state dict loads as is; `weights.py` maps the Hugging Face names.
+consolidated state dict loads as is; `convert.py` maps the Hugging Face names.
 """
 
 from __future__ import annotations
@@ -52,10 +52,9 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         device = torch.empty(0).device  # the default device: "meta" inside `with torch.device("meta")`
-        # Build on the meta device (shapes only, nothing allocated or drawn), then allocate on the real
-        # device and fill every value once, with init_weights. PyTorch's own per-layer fills would be
-        # overwritten anyway, and would draw from the random generator (seeded builds must not depend on
-        # them). The embedding is made from an empty table: its default normal_ fill is slow on meta.
+        # Build on the meta device (shapes only), then allocate and fill every value once, with init_weights:
+        # PyTorch's per-layer fills would draw from the random generator (seeded builds must not depend on them).
+        # The embedding is made from an empty table: its default normal_ fill is slow on meta.
         with torch.device("meta"):
             self.tok_embeddings = nn.Embedding.from_pretrained(torch.empty(args.vocab_size, args.dim), freeze=False)
             self.layers = nn.ModuleList(TransformerBlock(args, i) for i in range(args.n_layers))

@@ -1,14 +1,6 @@
-"""Where the course's data lives: the tokenizer and corpus of notebook 10, the trained tiny Mistral, the
-benchmark results of notebook 12.
-
-In the repository it is the top-level data/ folder; an installed package (a wheel, `pip install .`) carries
-the same files as `minimistral/data/` (pyproject.toml maps one onto the other). The first of these that
-exists is used:
-
-1. the folder named by the environment variable MINIMISTRAL_DATA (your own copy, a shared read-only
-   folder on a JupyterHub);
-2. `data/` inside the installed package;
-3. `data/` beside the package in a checkout (an editable install, or the repository on PYTHONPATH).
+"""Where the course's data lives (the corpus and tokenizer of notebook 10, the trained tiny Mistral, the
+benchmark results): the first that exists of the folder MINIMISTRAL_DATA names, `minimistral/data/` in an
+installed package (pyproject.toml maps the repository's data/ there), and data/ beside the package in a checkout.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Checks at the door, shared by the loader, the writer and generation: a dtype the model can compute in,
-a device that exists, weights and logits that are finite, host memory that suffices.
-
-Each check raises with a message that names the value at fault and says what to do, before any work
-is done with it (a NaN weight otherwise turns every greedy token into 0, an int8 cast turns every
-weight into 0, a CUDA request on a CPU-only machine fails deep inside PyTorch).
+a device that exists, weights and logits that are finite, host memory that suffices. Each raises naming the
+value at fault and what to do, before any work is done with it.
 """
 
 from __future__ import annotations
@@ -71,10 +68,8 @@ def resolve_device(device) -> torch.device:
 
 
 def host_memory_available() -> int:
-    """Bytes of host memory a new allocation can get without swapping, as psutil counts it on every system:
-    MemAvailable on Linux (free memory plus the page cache the kernel can drop), free plus inactive pages on
-    macOS, the available physical memory on Windows. What other programs hold is already subtracted.
-    The one reader of host memory in the library (the planner and the loader's check both call it)."""
+    """Bytes of host memory a new allocation can get without swapping (psutil's available memory: MemAvailable
+    on Linux); the one reader of host memory in the library."""
     return int(psutil.virtual_memory().available)
 
 
@@ -90,10 +85,8 @@ def check_host_memory(needed_bytes: int, what: str = "loading the weights") -> N
 
 
 def nonfinite(t: torch.Tensor) -> Optional[str]:
-    """None when every value of t is finite, else what is wrong ('2 NaN and 1 infinite value(s), the
-    first at index [3, 7]'). One reduction in the common case: a finite sum proves every value finite;
-    only when it is not (a real NaN/inf, or a float16 sum that overflowed) is the tensor checked value
-    by value."""
+    """None when every value of t is finite, else what is wrong ('2 NaN and 1 infinite value(s), the first at
+    index [3, 7]'). A finite sum proves every value finite; only otherwise is t checked value by value."""
     if not t.is_floating_point() or t.numel() == 0 or math.isfinite(float(t.sum())):
         return None
     bad = ~torch.isfinite(t)

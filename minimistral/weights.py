@@ -1,23 +1,15 @@
 """Checkpoints: Mistral's consolidated layout and Hugging Face's layout (notebook 11).
 
-Our parameter names are Mistral's; `convert.py` maps them (and the wq/wk row order) to Hugging Face's.
-
     model = load_checkpoint(folder, device="cuda", dtype=torch.bfloat16)   # either layout, detected
-    model = load_checkpoint(folder, device="cpu", dtype=torch.bfloat16, quantize="int8")  # 7.5 GB for the 7B
-    save_checkpoint(model, folder, format="hf")                             # or "consolidated"
-    write_random_checkpoint(ModelArgs.mistral_7b(), folder)                 # 14.5 GB of random bf16 weights
 
-Loading builds the model on the meta device and assigns each tensor straight from the (memory-mapped)
-file to the device in the target dtype, one at a time; writing streams tensor by tensor too. Broken
-folders raise CheckpointError (or FileNotFoundError) naming the file, key or shape at fault, before
-anything is loaded; so does a folder that mixes the files of two saves (the manifest save_checkpoint writes).
-A load holds the folder's lock shared (no save swaps files in meanwhile) and first finishes or rolls back
-what a killed save left. Writing (save_checkpoint, write_random_checkpoint) lives in saving.py.
+Loading builds the model on the meta device and assigns each tensor straight from the (memory-mapped) file to
+the device in the target dtype, one at a time. Broken folders, or one that mixes the files of two saves, raise
+CheckpointError (or FileNotFoundError) naming the file, key or shape at fault before anything is loaded.
+Writing (save_checkpoint, write_random_checkpoint) lives in storage/checkpoints.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -42,23 +34,18 @@ from .validate import FLOAT_DTYPES, check_host_memory, floating_dtype, nonfinite
 #   Hugging Face: config.json + model.safetensors, or model-00001-of-0000N.safetensors ... with
 #                 model.safetensors.index.json {"metadata": {"total_size": bytes}, "weight_map": {name: file}}
 #   Mistral:      params.json + consolidated.safetensors (or consolidated.00.pth, a torch pickle)
-#
-# Loading builds the model on the meta device (shapes only, no memory) and then gives each parameter its
-# real tensor, one at a time, read from the file straight into the target device and dtype.
 
 HF_CONFIG, HF_SINGLE, HF_INDEX = "config.json", "model.safetensors", "model.safetensors.index.json"
 MISTRAL_PARAMS, MISTRAL_SINGLE, MISTRAL_PTH = "params.json", "consolidated.safetensors", "consolidated.00.pth"
-# Written by save_checkpoint beside the files it ties together (saving.py): the save's id, and each file's
+# Written by save_checkpoint beside the files it ties together (storage/checkpoints.py): the save's id, and each file's
 # size (and hash, for the JSON files); the same id stands in every .safetensors header under SAVE_KEY.
 MANIFEST, SAVE_KEY = "minimistral.manifest.json", "minimistral_save"
 _HF_SHARD_RE = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 # buffers some older checkpoints carry; our RoPE angles are computed in every forward, so they are skipped
 _DERIVED_SUFFIXES = ("rotary_emb.inv_freq", "rope.freqs")
-_GB = 1e9
 
 
-_ST_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-_ST_FLOAT = set(_ST_TORCH)  # the dtypes the loader reads
+_ST_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}  # read
 _ST_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
              "U16": 2, "U32": 4, "U64": 8, "F8_E4M3": 1, "F8_E5M2": 1}
 
@@ -78,18 +65,14 @@ class _Entry:
 
 
 def _read_json_object(file: Path) -> dict:
-    data = _read_json(file)
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: cannot be read as JSON ({e})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{file}: holds a JSON {type(data).__name__}, not an object of settings: "
                               "is it the right file? fetch or write it again")
     return data
-
-
-def _read_json(file: Path) -> dict:
-    try:
-        return json.loads(file.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{file}: cannot be read as JSON ({e})") from None
 
 
 def _open_safetensors(file: Path):
@@ -113,24 +96,21 @@ def _refuse_dtype(file: Path, key: str, dtype: str) -> None:
         "bitsandbytes, FP8) that needs its own dequantization; casting them to float would give wrong weights")
 
 
-def _safetensors_entries(file: Path) -> list[tuple[str, tuple, int]]:
-    """(name, shape, bytes) of every tensor in a .safetensors file, from its header alone. Only floating
-    dtypes are accepted (an int8 or float8 weight is quantized, and a plain cast would silently ruin it)."""
-    out = []
+def _safetensors_entries(file: Path) -> tuple[list[tuple[str, tuple, int]], dict]:
+    """(name, shape, bytes) of every tensor in a .safetensors file and {name: torch dtype} of the floating ones,
+    from its header alone. Only floating dtypes are accepted (an int8 or float8 weight is quantized, and a plain
+    cast would silently ruin it)."""
+    out, dtypes = [], {}
     with _open_safetensors(file) as f:
         for key in f.keys():
             s = f.get_slice(key)
             shape, dtype = tuple(s.get_shape()), s.get_dtype()
-            if dtype not in _ST_FLOAT and not key.endswith(_DERIVED_SUFFIXES):
+            if dtype not in _ST_TORCH and not key.endswith(_DERIVED_SUFFIXES):
                 _refuse_dtype(file, key, dtype)
             out.append((key, shape, math.prod(shape) * _ST_BYTES.get(dtype, 0)))
-    return out
-
-
-def _safetensors_dtypes(file: Path) -> dict:
-    """{name: torch dtype} of the floating tensors of a .safetensors file, from its header."""
-    with _open_safetensors(file) as f:
-        return {k: _ST_TORCH[d] for k in f.keys() if (d := f.get_slice(k).get_dtype()) in _ST_TORCH}
+            if dtype in _ST_TORCH:
+                dtypes[key] = _ST_TORCH[dtype]
+    return out, dtypes
 
 
 _WRAPPER_KEYS = ("model", "state_dict", "module", "model_state_dict", "weights")
@@ -256,8 +236,7 @@ def _inspect(path: Path, layout: str):
             listing = [(k, tuple(t.shape), t.numel() * t.element_size()) for k, t in pth.items()]
             dtypes = {k: t.dtype for k, t in pth.items()}
         else:
-            listing = _safetensors_entries(file)
-            dtypes = _safetensors_dtypes(file)
+            listing, dtypes = _safetensors_entries(file)
         listings.append((file, listing, dtypes))
     _check_layer_count(args, config_file, listings)  # before the (meta) model is built: n_layers=10**6 is refused here
 
@@ -405,24 +384,6 @@ def _check_loaded(t: torch.Tensor, e: "_Entry", dtype) -> None:
                               f"computes NaN (greedy decoding then returns token 0 forever); {hint}")
 
 
-def _resolve_dtype(dtype):
-    return floating_dtype(dtype)
-
-
-def check_device_memory(needed_bytes: int, device) -> None:
-    """Raise MemoryError, with the numbers, when a CUDA device has less free memory than needed_bytes."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    free, total = torch.cuda.mem_get_info(index)
-    if needed_bytes > free:
-        raise MemoryError(
-            f"loading the weights needs {needed_bytes / _GB:.1f} GB, {free / _GB:.1f} GB free on cuda:{index} "
-            f"(of {total / _GB:.1f} GB): free GPU memory (other models in this kernel, other processes: "
-            "see nvidia-smi) or load in a smaller dtype")
-
-
 def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = True, layout: Optional[str] = None,
                     quantize: Optional[str] = None, group_size: int = 128, working: int = 0):
     """Load a Mistral checkpoint folder (Hugging Face or Mistral layout, detected) into a Transformer.
@@ -444,41 +405,10 @@ def load_checkpoint(path, device="cpu", dtype=torch.float32, progress: bool = Tr
     path = Path(path).expanduser()
     if layout not in (None, "hf", "consolidated"):
         raise ValueError(f"layout must be None, 'hf' or 'consolidated', got {layout!r}")
-    device, dtype = resolve_device(device), _resolve_dtype(dtype)  # before any file is read
-    with _read_lock(path):
+    device, dtype = resolve_device(device), floating_dtype(dtype)  # before any file is read
+    from .storage.checkpoints import read_lock  # the folder's lock and a killed save's recovery
+    with read_lock(path):
         return _load(path, device, dtype, progress, layout, quantize, group_size, working)
-
-
-@contextlib.contextmanager
-def _read_lock(path: Path):
-    """A shared lock on the folder while it is read (no save can swap files in meanwhile), after finishing or
-    rolling back what a killed save left. A folder this process cannot write to is read without the lock."""
-    from . import saving
-    from .atomic import FolderLocked, folder_lock
-    if not path.is_dir():
-        yield
-        return
-    leftovers = sorted(p.name for p in path.iterdir() if p.name.startswith(saving._WORK_PREFIXES))
-    if leftovers:
-        try:
-            with folder_lock(path, what="load"):
-                saving._recover_and_warn(path)
-        except PermissionError:
-            raise CheckpointError(f"{path}: holds what an interrupted save left ({', '.join(leftovers)}), and this "
-                                  "process may not write there to finish or undo it: load it once as the folder's "
-                                  "owner (or save into it again)") from None
-    lock = folder_lock(path, shared=True, what="load")
-    try:
-        lock.__enter__()
-    except FolderLocked:
-        raise
-    except OSError:  # a read-only folder: nobody can save into it either
-        yield
-        return
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _load(path, device, dtype, progress, layout, quantize, group_size, working):
@@ -489,10 +419,8 @@ def _load(path, device, dtype, progress, layout, quantize, group_size, working):
     itemsize = dtype.itemsize if dtype is not None else None
     needed = sum(math.prod(e.shape) * itemsize if itemsize else e.nbytes for e in entries)
     _check_load_plan(args, path, device, dtype, quantize, group_size, working)  # the planner: weights + cache
-    if not quantize:  # the exact bytes this load allocates (a quantized load's are the planner's to count)
-        check_device_memory(needed, device)
-        if device.type == "cpu":
-            check_host_memory(_host_bytes(entries, dtype, layout))
+    if not quantize and device.type == "cpu":  # the host bytes a CPU load allocates, file pages not counted
+        check_host_memory(_host_bytes(entries, dtype, layout))
 
     model = meta_model(args)  # shapes only; every parameter is replaced below
 

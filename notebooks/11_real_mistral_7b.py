@@ -575,7 +575,7 @@ plt.show()
 # distance (query position minus key position) shows how far back it looks. Past distance $W - 1$ every
 # probability is exactly zero: those keys are outside the window, which is what lets the cache keep
 # only $W$ slots. Chunking is what keeps this record affordable: prefilling the 7B's 5,120-token prompt in
-# one pass while recording two layers would hold, by the planner's count (`planner.capture_bytes`), 11.7 GB
+# one pass while recording two layers would hold, by the planner's count (`planner.capture_working_bytes`), 11.7 GB
 # of scores, softmax and records (all 32 layers' fp16 maps alone would be 53.7 GB); a chunk of 1,024 queries
 # against 5,120 keys needs 2.3 GB, one of 512 needs 1.2 GB.
 

@@ -2,7 +2,7 @@
 
     hf = hf_model_from_ours(model)   # same weights, eager attention, float32, eval mode
 
-The HF model is `minimistral.convert.transformers_twin`: built from our ModelArgs through `args.to_hf_config()`
+The HF model is `minimistral.bench.twin.transformers_twin`: built from our ModelArgs through `args.to_hf_config()`
 (so a config mistake shows up as a logit mismatch), filled with our weights under HF names (wq/wk rows permuted
 for rotate-half RoPE). Eager attention is the plain softmax(QK^T)V reference.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from transformers import MistralForCausalLM
 
-from minimistral.convert import transformers_twin
+from minimistral.bench.twin import transformers_twin
 
 
 def hf_model_from_ours(model) -> MistralForCausalLM:

@@ -266,7 +266,7 @@ def test_long_prompt_working_by_hand():
     # chunk of 256 queries against 4096 + 256 keys, 32 heads, bf16: the explicit path holds scores, masked copy,
     # probabilities (2 bytes each) and the float32 softmax; two layers are recorded in float16
     n = 32 * 256 * 4352
-    assert planner.capture_bytes(SEVEN_B, 256, 4352) == n * (3 * 2 + 4) + 2 * n * 2
+    assert planner.capture_working_bytes(SEVEN_B, 256, 4352) == n * (3 * 2 + 4) + 2 * n * 2
     assert planner.long_prompt_working(SEVEN_B, 256) == n * 14
     assert planner.picture_chunks(SEVEN_B) == [1024, 512, 256]
 

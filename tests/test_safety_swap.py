@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import minimistral as mm
-from minimistral import atomic, saving
-from minimistral.atomic import FolderLocked, folder_lock
+from minimistral.storage import atomic, checkpoints
+from minimistral.storage.atomic import FolderLocked, folder_lock
 from minimistral.weights import MANIFEST, CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -213,13 +213,13 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
 def test_two_writers_racing_never_mix_their_files(tmp_path, monkeypatch):
     """Two processes save different models into one folder at the same instant, in a loop (bounded: ~4 s):
     each either succeeds or is refused naming the other; the folder always loads as one of the two whole."""
-    real = saving._write_safetensors
+    real = checkpoints._write_safetensors
 
     def slow(*a, **k):  # widen the window in which both are saving
         time.sleep(0.002)
         return real(*a, **k)
 
-    monkeypatch.setattr(saving, "_write_safetensors", slow)
+    monkeypatch.setattr(checkpoints, "_write_safetensors", slow)
     path = tmp_path / "ckpt"
     models = {1: model(1), 2: model(2)}
     rounds = refused = 0
@@ -366,7 +366,7 @@ def test_readers_never_refuse_each_other(tmp_path):
     remove the lock file; a reader arriving in that instant waits for it instead of being refused as if a save
     were in progress."""
     import threading
-    from minimistral.atomic import FolderLocked, folder_lock
+    from minimistral.storage.atomic import FolderLocked, folder_lock
     refused = []
 
     def read_many():

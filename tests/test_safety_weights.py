@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import minimistral as mm
-from minimistral import saving, validate, weights
+from minimistral import validate, weights
+from minimistral.storage import checkpoints
 from minimistral.weights import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -91,7 +92,7 @@ def test_meta_device_model_is_refused_before_writing(saved):
 def test_disk_full_mid_write_leaves_the_old_checkpoint(saved, monkeypatch, fail_at):
     """A full disk simulated by a write that stops part-way with ENOSPC."""
     path, before = saved
-    real, calls = saving._write_safetensors, []
+    real, calls = checkpoints._write_safetensors, []
 
     def full_disk(file, *a, **k):
         calls.append(file)
@@ -100,7 +101,7 @@ def test_disk_full_mid_write_leaves_the_old_checkpoint(saved, monkeypatch, fail_
             raise OSError(errno.ENOSPC, "No space left on device", str(file))
         return real(file, *a, **k)
 
-    monkeypatch.setattr(saving, "_write_safetensors", full_disk)
+    monkeypatch.setattr(checkpoints, "_write_safetensors", full_disk)
     with pytest.raises(OSError, match="No space left"):
         mm.save_checkpoint(model(seed=2), path, overwrite=True, max_shard_size=20000, progress=False)
     assert snapshot(path) == before  # no partial file, no staging folder, old shards and index intact
@@ -108,17 +109,17 @@ def test_disk_full_mid_write_leaves_the_old_checkpoint(saved, monkeypatch, fail_
 
 
 def test_ctrl_c_mid_write_into_a_new_folder_leaves_nothing(tmp_path, monkeypatch):
-    real = saving._write_safetensors
+    real = checkpoints._write_safetensors
 
     def interrupted(file, *a, **k):
         file.write_bytes(b"partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(saving, "_write_safetensors", interrupted)
+    monkeypatch.setattr(checkpoints, "_write_safetensors", interrupted)
     with pytest.raises(KeyboardInterrupt):
         mm.save_checkpoint(model(), tmp_path / "a" / "b", progress=False)
     assert list(tmp_path.iterdir()) == []  # the folders it made are gone too
-    monkeypatch.setattr(saving, "_write_safetensors", real)
+    monkeypatch.setattr(checkpoints, "_write_safetensors", real)
 
 
 def test_not_enough_disk_is_refused_up_front(saved, monkeypatch):
@@ -157,7 +158,7 @@ def test_real_full_filesystem_leaves_the_old_checkpoint(small_tmpfs, monkeypatch
     with pytest.raises(OSError, match="saving needs"):
         mm.save_checkpoint(bigger, path, overwrite=True, progress=False)
     assert snapshot(path) == before
-    monkeypatch.setattr(saving, "_check_disk_space", lambda *a: None)
+    monkeypatch.setattr(checkpoints, "_check_disk_space", lambda *a: None)
     with pytest.raises(OSError) as info:
         mm.save_checkpoint(bigger, path, overwrite=True, progress=False)
     assert info.value.errno == errno.ENOSPC
@@ -169,13 +170,13 @@ def test_overwrite_never_deletes_before_the_new_checkpoint_is_complete(saved, mo
     """Watch the folder at the moment the new weights are complete: the old checkpoint is still all there."""
     path, before = saved
     seen = {}
-    real = saving._swap_in
+    real = checkpoints._swap_in
 
     def spy(stage, target):
         seen.update(snapshot(target))
         return real(stage, target)
 
-    monkeypatch.setattr(saving, "_swap_in", spy)
+    monkeypatch.setattr(checkpoints, "_swap_in", spy)
     mm.save_checkpoint(model(seed=2), path, format="consolidated", overwrite=True, progress=False)
     assert {k: v for k, v in seen.items() if not k.startswith((".saving-", ".minimistral.lock"))} == before
     # after the swap: the new checkpoint, the user's file, nothing stale, no staging folder, no lock
@@ -505,7 +506,7 @@ def test_index_that_is_not_an_object(tmp_path):
 
 
 def test_atomic_write_helpers_leave_the_old_file_on_failure(tmp_path):
-    from minimistral.atomic import atomic_open, atomic_write_text
+    from minimistral.storage.atomic import atomic_open, atomic_write_text
 
     f = tmp_path / "log.json"
     atomic_write_text(f, "old")

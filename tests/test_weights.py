@@ -17,8 +17,8 @@ from transformers import MistralConfig, MistralForCausalLM
 import minimistral as mm
 import conftest
 from minimistral.bench.memory import LIVE_MEMORY_ENV
-from minimistral.saving import parse_size
-from minimistral.weights import CheckpointError, check_device_memory
+from minimistral.storage.checkpoints import parse_size
+from minimistral.weights import CheckpointError
 
 from oracle import hf_model_from_ours
 
@@ -359,10 +359,9 @@ def test_gpu_memory_is_checked_before_loading(tmp_path, monkeypatch):
     with pytest.raises(MemoryError, match=r"needs 0\.0 GB, 0\.0 GB free on cuda:0"):
         mm.load_checkpoint(tmp_path, device="cuda:0", dtype=torch.bfloat16, progress=False)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index=None: (int(11.2e9), int(16e9)))
-    with pytest.raises(MemoryError, match=r"needs 14\.5 GB, 11\.2 GB free on cuda:1"):
-        check_device_memory(mm.ModelArgs.mistral_7b().weight_bytes("bfloat16"), "cuda:1")
-    check_device_memory(10**9, "cuda:0")  # enough: no error
-    check_device_memory(10**20, "cpu")  # not a GPU: nothing to check
+    with pytest.raises(MemoryError, match=r"needs 1[56]\.\d GB, 11\.2 GB free on cuda:1"):  # 14.5 GB of weights + cache
+        mm.device.check_fits(mm.ModelArgs.mistral_7b(), "cuda:1", torch.bfloat16)
+    mm.device.check_fits(args, "cuda:0", torch.bfloat16)  # enough: no error
 
 
 def test_parse_size():
@@ -548,9 +547,9 @@ def test_overwrite_the_folder_a_model_was_loaded_from(single_folder):
 
 def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
     """An interrupted write leaves nothing behind: no half-written folder to mistake for a checkpoint."""
-    from minimistral import saving
+    from minimistral.storage import checkpoints
 
-    real, calls = saving._write_safetensors, []
+    real, calls = checkpoints._write_safetensors, []
 
     def fail_on_second_shard(*a, **k):
         calls.append(a[0])
@@ -558,7 +557,7 @@ def test_interrupted_write_leaves_no_config(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **k)
 
-    monkeypatch.setattr(saving, "_write_safetensors", fail_on_second_shard)
+    monkeypatch.setattr(checkpoints, "_write_safetensors", fail_on_second_shard)
     with pytest.raises(KeyboardInterrupt):
         mm.write_random_checkpoint(small_args(), tmp_path, max_shard_size=20000, progress=False)
     # the write was staged and is swapped in only when complete (issue 18): nothing at all is left

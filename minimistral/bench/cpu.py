@@ -3,7 +3,7 @@
     python -m minimistral.bench --cpu [--new-tokens 128] [--prefill 256 1024] [--repeats 3] [--attn sdpa]
 
 The model is the CPU preset `ModelArgs.tiny()` with random weights, copied into transformers through
-`convert.transformers_twin`. Both run in float32 on the same threads (torch.get_num_threads()).
+`bench.twin.transformers_twin`. Both run in float32 on the same threads (torch.get_num_threads()).
 - decode: a 16-token prompt, then 128 new tokens greedy; ours through `mm.generate`, theirs through
   `generate(do_sample=False)`. Tokens/s counts the new tokens over the whole call (prefill included).
 - prefill: one forward pass over T tokens, no grad, no cache on either side.
@@ -24,7 +24,7 @@ import torch
 from ..config import ModelArgs
 from ..generate import generate
 from ..model import Transformer
-from ..convert import transformers_twin
+from .twin import transformers_twin
 
 
 def best_times(fns, repeats: int) -> list[float]:

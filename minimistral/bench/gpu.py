@@ -29,7 +29,7 @@ import traceback
 import torch
 
 import minimistral as mm
-from minimistral.convert import transformers_twin
+from minimistral.bench.twin import transformers_twin
 from minimistral.fast import FastGenerator
 from minimistral.quant import quantize
 

@@ -143,7 +143,7 @@ def _ensure_checkpoint(args, path: Path, device: str) -> str:
     import torch
 
     from ..config import ModelArgs
-    from ..saving import write_random_checkpoint
+    from ..storage.checkpoints import write_random_checkpoint
 
     config = path / "config.json"
     if config.is_file():

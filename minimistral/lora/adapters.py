@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..atomic import atomic_write_bytes, atomic_write_text
+from ..storage.atomic import atomic_write_bytes, atomic_write_text
 from ..convert import from_hf_tensor, to_hf_tensor
 from .layers import TARGETS, _check_lora_args, apply_lora, lora_layers
 
@@ -55,13 +55,13 @@ def save_adapter(model: nn.Module, path, overwrite: bool = False, base_model_nam
                  dtype: Optional[torch.dtype] = None, extra_files: Optional[dict] = None) -> Path:
     """Write the adapter as PEFT does (adapter_config.json + adapter_model.safetensors) into folder `path`.
     A folder holding other files is refused unless overwrite=True, which replaces only these two. Atomic as
-    checkpoints are (saving.py): both files are checked and written into a hidden staging folder inside `path`,
+    checkpoints are (storage/checkpoints.py): both files are checked and written into a hidden staging folder inside `path`,
     then renamed in, the config last (a folder with a config holds a whole adapter); a failure leaves `path`
     as it was. dtype: the stored dtype (default: the adapter's own). extra_files: {file name: text} written in
     the same swap (the training log beside its adapter)."""
     from safetensors.torch import save as st_save
 
-    from ..saving import _STAGE_PREFIX, _make_folder, _prepare_folder
+    from ..storage.checkpoints import _STAGE_PREFIX, _make_folder, _prepare_folder
 
     if not lora_layers(model):
         raise ValueError("this model has no LoRA adapter to save: apply_lora (and train) first")

@@ -17,11 +17,12 @@ import torch
 from ..device import (DEVICE_ENV, GB, Plan, check_fits, choose_device, choose_dtype, free_memory, load_working_bytes,
                       mapped_bytes, parse_device, plan, recommend, weights_bytes)
 from ..quant import GROUP_SIZES
+from ..viz.capture import capture_bytes
 
 CHECKPOINT_ENV, QUANTIZE_ENV = "MINIMISTRAL_CHECKPOINT", "MINIMISTRAL_QUANTIZE"
 
 __all__ = ["CHECKPOINT_ENV", "DEVICE_CLASSES", "DEVICE_ENV", "GB", "QUANTIZE_ENV", "DeviceClass", "Plan", "Settings",
-           "capture_bytes", "check_fits", "choose_device", "choose_dtype", "choose_plan", "free_memory",
+           "capture_working_bytes", "check_fits", "choose_device", "choose_dtype", "choose_plan", "free_memory",
            "load_working_bytes", "long_prompt_working", "mapped_bytes", "max_batch_size", "parse_device",
            "parse_quantize", "picture_chunk", "picture_chunks", "plan", "plan_table", "prefill_bytes", "recommend",
            "settings", "weights_bytes"]
@@ -80,18 +81,19 @@ def prefill_bytes(args, tokens: int, dtype=torch.bfloat16, keys: Optional[int] =
             + args.n_heads * tokens * keys * 4)
 
 
-def capture_bytes(args, queries: int, keys: int, dtype=torch.bfloat16, layers: int = 2) -> int:
-    """Recording attention: a captured layer's explicit path holds its (heads, queries, keys) scores, the
-    masked copy, the float32 softmax and the probabilities at once; the records are float16."""
+def capture_working_bytes(args, queries: int, keys: int, dtype=torch.bfloat16, layers: int = 2) -> int:
+    """Working memory of recording attention: a captured layer's explicit path holds its (heads, queries, keys)
+    scores, the masked copy, the float32 softmax and the probabilities at once, beside the float16 records
+    themselves (viz.capture_bytes: what the capture stores)."""
     n = args.n_heads * queries * keys
-    return n * (3 * dtype.itemsize + 4) + layers * n * 2
+    return n * (3 * dtype.itemsize + 4) + capture_bytes(layers, args.n_heads, queries, keys, dtype=torch.float16)
 
 
 def long_prompt_working(args, chunk: int, dtype=torch.bfloat16, captured_layers: int = 2) -> int:
     """Notebook 11's largest step: a chunk of a long prompt prefilled through a full rolling cache (window +
     chunk keys) while the attention of `captured_layers` layers is recorded."""
     keys = (args.sliding_window or args.max_seq_len) + chunk
-    return max(prefill_bytes(args, chunk, dtype, keys), capture_bytes(args, chunk, keys, dtype, captured_layers))
+    return max(prefill_bytes(args, chunk, dtype, keys), capture_working_bytes(args, chunk, keys, dtype, captured_layers))
 
 
 def picture_chunks(args) -> list[int]:

@@ -213,7 +213,7 @@ _COMMAND = "python -m minimistral.train"
 def _save(model: Transformer, out: Path, log: Optional[dict] = None) -> None:
     """The checkpoint in Hugging Face layout (config.json + model.safetensors), through mm.save_checkpoint,
     with the training log in the same atomic swap: a failure leaves `out` as it was."""
-    from ..saving import save_checkpoint
+    from ..storage.checkpoints import save_checkpoint
 
     extra = {LOG_NAME: json.dumps(log, indent=1) + "\n"} if log is not None else None
     save_checkpoint(model, out, format="hf", overwrite=True, progress=False, extra_files=extra)
@@ -223,7 +223,7 @@ def out_refusal(out: Path) -> Optional[str]:
     """Why `--out` may not be written, or None when it may: it does not exist yet, is an empty folder, or
     holds a checkpoint this command wrote (its training_log.json says so). A folder of the user's own files,
     another model's checkpoint among them, is never replaced."""
-    from ..saving import save_work_entry
+    from ..storage.checkpoints import save_work_entry
 
     out = Path(out).expanduser()
     if not out.exists():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_open, atomic_write_bytes
+from ..storage.atomic import atomic_open, atomic_write_bytes
 from ..paths import data_dir
 
 DATA_DIR = data_dir()  # data/ of the checkout or of the installed package (see minimistral/paths.py)

@@ -21,6 +21,7 @@ import shutil
 import struct
 import uuid
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -28,18 +29,19 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import quant
-from .atomic import LOCK_NAME, folder_lock, fsync_dir
-from .config import ModelArgs, dtype_name
-from .convert import hf_name, to_hf_tensor
-from .validate import FLOAT_DTYPES, floating_dtype, nonfinite, resolve_device
-from .weights import (HF_CONFIG, HF_INDEX, HF_SINGLE, MANIFEST, MISTRAL_PARAMS, MISTRAL_SINGLE, SAVE_KEY, _GB,
-                      meta_model)
+from .. import quant
+from ..config import ModelArgs, dtype_name
+from ..convert import hf_name, to_hf_tensor
+from ..validate import FLOAT_DTYPES, floating_dtype, nonfinite, resolve_device
+from ..weights import (HF_CONFIG, HF_INDEX, HF_SINGLE, MANIFEST, MISTRAL_PARAMS, MISTRAL_SINGLE, SAVE_KEY,
+                       CheckpointError, meta_model)
+from .atomic import LOCK_NAME, FolderLocked, folder_lock, fsync_dir
 
 _ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
               torch.bool: "BOOL"}
 _SIZE_RE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([KMG]i?B|B)?\s*", re.IGNORECASE)
+_GB = 1e9
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
@@ -236,6 +238,36 @@ def _recover_and_warn(path: Path) -> None:
     done = recover(path)
     if done:
         warnings.warn(f"{path}: {'; '.join(done)}", stacklevel=3)
+
+
+@contextmanager
+def read_lock(path: Path):
+    """A shared lock on the folder while it is read (no save can swap files in meanwhile), after finishing or
+    rolling back what a killed save left. A folder this process cannot write to is read without the lock."""
+    if not path.is_dir():
+        yield
+        return
+    leftovers = sorted(p.name for p in path.iterdir() if p.name.startswith(_WORK_PREFIXES))
+    if leftovers:
+        try:
+            with folder_lock(path, what="load"):
+                _recover_and_warn(path)
+        except PermissionError:
+            raise CheckpointError(f"{path}: holds what an interrupted save left ({', '.join(leftovers)}), and this "
+                                  "process may not write there to finish or undo it: load it once as the folder's "
+                                  "owner (or save into it again)") from None
+    lock = folder_lock(path, shared=True, what="load")
+    try:
+        lock.__enter__()
+    except FolderLocked:
+        raise
+    except OSError:  # a read-only folder: nobody can save into it either
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _write_text_durable(file: Path, text: str) -> None:
