@@ -98,3 +98,20 @@ def test_the_watched_model_is_not_handed_out(model):
         probe.model(TOKENS)  # going around the probe through its attribute
     with torch.no_grad():  # the probe still works as the model after the refusal
         torch.testing.assert_close(chunked(probe, [12]), model(TOKENS), atol=1e-4, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_a_budgeted_prefill_must_take_the_longest_chunk_that_fits(model):
+    # W = 8, budget 30: at position 0, 5 x 5 = 25 fits and 6 x 6 does not; at 5, 2 x (5 + 2) = 14 fits, 3 x 8 = 24
+    # fits, 4 x 9 = 36 does not; at 8, 2 x 10 = 20 fits, 3 x 11 does not; 12 tokens: [5, 3, 2, 2]
+    right = ModelProbe(model, max_scores=30, length=12)
+    torch.testing.assert_close(chunked(right, [5, 3, 2, 2]), model(TOKENS), atol=1e-4, rtol=1e-4)
+    assert right.calls == [(5, 0), (3, 5), (2, 8), (2, 10)]
+    with pytest.raises(ProcedureError, match="36 scores, over the budget of 30"):
+        chunked(ModelProbe(model, max_scores=30, length=12), [6, 6])
+    with pytest.raises(ProcedureError, match="shorter than the budget of 30 scores allows"):
+        chunked(ModelProbe(model, max_scores=30, length=12), [4, 4, 4])
+    with pytest.raises(ProcedureError, match=r"call 2 .* 4 queries against 9 keys"):  # the cached keys forgotten
+        chunked(ModelProbe(model, max_scores=30, length=12), [5, 4, 3])
+    with pytest.raises(ProcedureError, match="passed no cache"):
+        ModelProbe(model, max_scores=30, length=12)(TOKENS[:, :5])

@@ -815,13 +815,19 @@ class ModelProbe(torch.nn.Module):
     probe.new_cache()). chunks=[c1, c2, ...]: call k carries exactly c_k tokens, and there are no more calls.
     decode=True: once the cache holds tokens, each call carries exactly one. positions=N: the calls carry N tokens in
     all, no more (a decoder's N: the prompt plus one per new token but the last, which is never fed back; fewer
-    cannot give the right tokens). `calls` lists (tokens, cache position). The watched model is not handed out: `probe.model` raises, so a function cannot go around the probe through it."""
+    cannot give the right tokens). max_scores=B with length=N: a prefill of N tokens under a budget of B attention
+    scores per head: a call of T tokens at cache position p scores T queries against min(p, W) + T keys (the filled
+    slots, then its own), and T x that may not exceed B; nor may T be shorter than the longest chunk that fits, unless
+    it is all that is left (the fewest calls). `calls` lists (tokens, cache position). The watched model is not handed
+    out: `probe.model` raises, so a function cannot go around the probe through it."""
 
-    def __init__(self, model, chunks: Optional[list] = None, decode: bool = False, positions: Optional[int] = None):
+    def __init__(self, model, chunks: Optional[list] = None, decode: bool = False, positions: Optional[int] = None,
+                 max_scores: Optional[int] = None, length: Optional[int] = None):
         super().__init__()
         self._watched, self.args = model, model.args
         self.chunks, self.decode = None if chunks is None else [int(c) for c in chunks], decode
         self.positions = None if positions is None else int(positions)
+        self.max_scores, self.length = None if max_scores is None else int(max_scores), length
         self.calls: list = []
         self.cache = None  # the first call's cache, held (an id() alone could be reused by a later object)
 
@@ -859,5 +865,18 @@ class ModelProbe(torch.nn.Module):
             raise ProcedureError(f"{where}) came after {fed} tokens had gone through the model, and this case needs "
                                  f"{self.positions} in all: the last new token never needs to go through the model "
                                  "(nothing is sampled after it)")
+        if self.max_scores is not None:
+            self._within_budget(where, T, pos)
         self.calls.append((T, pos))
         return self._watched(tokens, cache=cache)
+
+    def _within_budget(self, where: str, T: int, pos: int):
+        W, B = self.args.sliding_window, self.max_scores
+        cached = pos if W is None else min(pos, W)
+        if T * (cached + T) > B:
+            raise ProcedureError(f"{where}, {cached} keys cached) scores {T} queries against {cached + T} keys: "
+                                 f"{T * (cached + T):,} scores, over the budget of {B:,}")
+        left = None if self.length is None else int(self.length) - pos
+        if left is not None and T < left and (T + 1) * (cached + T + 1) <= B:
+            raise ProcedureError(f"{where}, {cached} keys cached) is shorter than the budget of {B:,} scores allows, "
+                                 "and more tokens were left: each chunk should be as long as the budget lets it be")
