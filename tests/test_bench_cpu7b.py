@@ -106,3 +106,17 @@ def test_bench_dispatches_cpu7b(capsys):
 
     assert main([]) == 2
     assert "--cpu7b" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("setting,op", [("int8", "_weight_int8pack_mm"), ("int4-g32", "_weight_int4pack_mm_for_cpu")])
+def test_profile_counts_each_quantized_linear_once_a_step(setting, op):
+    args = mm.ModelArgs.tiny(n_layers=2, vocab_size=320)
+    torch.manual_seed(0)
+    model = mm.Transformer(args).to(torch.bfloat16).eval()
+    mode, group = cpu7b.OURS[setting]
+    quant.quantize(model, mode, group_size=group or 128)
+    prof = cpu7b.profile_decode(model, steps=2)
+    assert prof["quantized_calls_per_step"] == 7 * args.n_layers  # wq wk wv wo w1 w2 w3, every layer
+    assert any(op in k for k, _, _ in prof["top_ops"])
+    assert prof["shares_ms"]["quantized matvecs"] > 0 and prof["shares_ms"]["output head (bf16 mm)"] > 0
+    assert "quantized matvecs" in cpu7b.format_profile(setting, prof)

@@ -4,6 +4,7 @@ ceiling, one program after the other on the same random-weight checkpoint and th
     python -m minimistral.bench --cpu7b                          # the 7B (writes /tmp/mm7b, 14.5 GB, once)
     python -m minimistral.bench --cpu7b --preset tiny --prefill 64 --decode-tokens 8   # a dry run, seconds
     python -m minimistral.bench --cpu7b --json data/bench_cpu_7b.json --rounds 2
+    python -m minimistral.bench --cpu7b --profile --profile-layers 2 --decode-tokens 4   # where a step's time goes
 
 Decoding one token reads every weight once, so its speed is bounded by memory bandwidth. The benchmark:
 - measures the bandwidth: `dst.copy_(src)` on buffers far larger than the caches, best of several, counting the
@@ -261,6 +262,84 @@ def convert(checkpoint: Path, llama_cpp_dir, out_dir: Path, tokenizer) -> dict:
     return {"Q8_0": q8, "Q4_0": q4}
 
 
+# ---- the profile -------------------------------------------------------------------------------------------
+
+def profile_decode(model, steps: int = 4) -> dict:
+    """torch.profiler over `steps` greedy decode steps of a (quantized) model after an 8-token prompt: the mean
+    step in ms split into the quantized matrix-vector products (PyTorch's int8/4-bit kernels), the output head
+    (the step's one bf16 matrix product, aten::mm), the other float work (norms, RoPE, attention over the cache,
+    casts) and the rest of the wall time (Python and dispatch: what no operator's own time covers)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    vocab = model.args.vocab_size
+    cache = model.new_cache(seq_len=8 + 2 * steps + 1)
+    with torch.no_grad():
+        logits = model(torch.arange(1, 9)[None] * 101 % vocab, cache=cache)
+        token = logits[:, -1:].argmax(-1)
+        model(token, cache=cache)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            model(token, cache=cache)
+        wall = (time.perf_counter() - t0) / steps * 1e3
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                model(token, cache=cache)
+            profiled = (time.perf_counter() - t0) / steps * 1e3
+    ops = [(e.key, e.self_cpu_time_total / 1e3 / steps, e.count / steps) for e in prof.key_averages()]
+    quantized = [o for o in ops if "int8pack" in o[0] or "int4pack" in o[0]]
+    head = [o for o in ops if o[0] == "aten::mm"]
+    in_ops = sum(o[1] for o in ops)
+    shares = {"quantized matvecs": sum(o[1] for o in quantized), "output head (bf16 mm)": sum(o[1] for o in head)}
+    shares["other float work"] = in_ops - sum(shares.values())
+    shares["python and dispatch"] = max(profiled - in_ops, 0.0)
+    return {"step_ms": wall, "profiled_step_ms": profiled, "shares_ms": shares,
+            "quantized_calls_per_step": sum(o[2] for o in quantized),
+            "top_ops": sorted(ops, key=lambda o: -o[1])[:12]}
+
+
+def format_profile(name: str, prof: dict) -> str:
+    total = sum(prof["shares_ms"].values())
+    lines = [f"{name}: {prof['step_ms']:.1f} ms a step ({prof['profiled_step_ms']:.1f} ms profiled)"]
+    lines += [f"  {k:<26}{v:9.2f} ms {v / total:7.1%}" for k, v in prof["shares_ms"].items()]
+    lines += ["  top operators (own ms a step, calls a step):"]
+    lines += [f"    {k:<44}{ms:8.2f}{n:6.0f}" for k, ms, n in prof["top_ops"][:8]]
+    return "\n".join(lines)
+
+
+def _main_profile(opts, args) -> int:
+    """--profile: ours only, in this process, on the preset with --profile-layers layers (random weights)."""
+    import torch
+
+    from ..model import Transformer
+    from ..quant import quantize
+
+    torch.set_num_threads(opts.threads)
+    if opts.profile_layers:
+        args = args.replace(n_layers=opts.profile_layers)
+    out = {}
+    for setting in [s for s in opts.settings if s in OURS]:
+        torch.manual_seed(0)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            model = Transformer(args).eval()
+        finally:
+            torch.set_default_dtype(default)
+        mode, group = OURS[setting]
+        quantize(model, mode, group_size=group or 128)
+        out[setting] = profile_decode(model, opts.decode_tokens)
+        out[setting]["load_average"] = load_average()
+        print(format_profile(f"{setting}, {args.n_layers} layers of the {opts.preset} shape, {opts.threads} threads, "
+                             f"load average {out[setting]['load_average']}", out[setting]))
+        del model
+    if opts.json:
+        Path(opts.json).expanduser().write_text(json.dumps({"profile": out, "n_layers": args.n_layers,
+                                                            "machine": machine()}, indent=1) + "\n")
+    return 0
+
+
 # ---- the table ------------------------------------------------------------------------------------------------
 
 def add_ceiling(row: dict, bandwidth_gb_s: float, read_bytes: int) -> dict:
@@ -319,6 +398,10 @@ def main(argv=None) -> int:
     parser.add_argument("--tokenizer", default=str(Path(__file__).resolve().parents[2] / "data" / "tokenizer.model"),
                         help="tokenizer.model copied beside the checkpoint for the GGUF converter")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile ours instead: --decode-tokens steps in this process, random weights, no checkpoint")
+    parser.add_argument("--profile-layers", type=positive_int, default=None,
+                        help="with --profile: this many layers of the preset's shape (the 7B's 32 need ~8 GB)")
     parser.add_argument("--child", choices=("ours", "llama"), help=argparse.SUPPRESS)
     parser.add_argument("--setting", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -332,6 +415,8 @@ def main(argv=None) -> int:
     from .load import _ensure_checkpoint, _preset_args
 
     args = _preset_args(opts.preset)
+    if opts.profile:
+        return _main_profile(opts, args)
     path = Path(opts.dir or ("/tmp/mm7b" if opts.preset == "7b" else "/tmp/mm-tiny")).expanduser()
     status = _ensure_checkpoint(args, path, "cpu")
     ours = [s for s in opts.settings if s in OURS]
