@@ -3,15 +3,17 @@
     python -m minimistral.bench --cpu     # CPU preset: decode and prefill tokens/s
     python -m minimistral.bench --load    # GPU: write a random 7B checkpoint, load it, time and memory
     python -m minimistral.bench --gpu     # GPU: the 7B decode/prefill table (eager, fast, transformers)
+    python -m minimistral.bench --cpu7b   # CPU: the 7B int8 / 4-bit beside llama.cpp and the bandwidth ceiling
 
-Each mode lives in its own module (cpu, load, gpu); this file only dispatches.
+Each mode lives in its own module (cpu, load, gpu, cpu7b); this file only dispatches.
 """
 
 import argparse
 import importlib
 import sys
 
-MODES = {"cpu": "minimistral.bench.cpu", "load": "minimistral.bench.load", "gpu": "minimistral.bench.gpu"}
+MODES = {"cpu": "minimistral.bench.cpu", "load": "minimistral.bench.load", "gpu": "minimistral.bench.gpu",
+         "cpu7b": "minimistral.bench.cpu7b"}
 
 
 def main(argv=None):
