@@ -232,25 +232,32 @@ torch.testing.assert_close(o, attention_explicit(qh, kh, vh, causal_mask(T))[0])
 print("multi-head from scratch == attention_explicit")
 
 # %% [markdown]
+# Note the merge is **not** `o.reshape(B, T, H*D)` without the transpose: that would interleave tokens
+# and heads. The shapes still fit, the numbers are wrong; only a comparison with a reference catches it:
+
+# %%
+wrong_merge = o.reshape(B, T, H * D)  # no transpose: row t mixes pieces of several tokens' heads
+print("same shape:", wrong_merge.shape == merged.shape, "| same numbers:", torch.allclose(wrong_merge, merged))
+assert not torch.allclose(wrong_merge, merged)
+
+# %% [markdown]
 # ### Real heads: the running example in the trained tiny model
 #
 # Random weights give heads with nothing to read. The tiny model the course ships (`data/tiny_mistral`:
 # 4 layers of 8 query heads over 2 K/V heads, trained on the King James Bible) has heads that learned
-# jobs. We run our sentence through it and record every head's probabilities: each attention layer calls
-# `recorder(layer, probs, q_positions, k_positions)` when one is set, with `probs` of shape `(B, H, T, S)`.
+# jobs. We run our sentence through it and record every head's probabilities with the library's
+# `mm.viz.capture_attention`: inside its `with` block, each attention layer hands it `probs` of shape
+# `(B, H, T, S)`, kept in `cap.probs[layer]` (it can also pick layers, heads and query rows, and refuses
+# captures too large for memory).
 
 # %%
 RUNNING_EXAMPLE = "And God said, Let there be light: and there was light."
 tiny, kjv = corpus.load_tiny_model()
 example_ids = kjv.encode(RUNNING_EXAMPLE, bos=True)
 labels = [kjv.id_to_piece(i) for i in example_ids]
-recorded = {}
-for block in tiny.layers:
-    block.attention.recorder = lambda layer, probs, q_pos, k_pos: recorded.__setitem__(layer, probs[0].detach())
-with torch.no_grad():
+with mm.viz.capture_attention(tiny) as cap, torch.no_grad():
     tiny(torch.tensor([example_ids]))
-for block in tiny.layers:
-    block.attention.recorder = None
+recorded = {layer: p[0] for layer, p in cap.probs.items()}  # layer -> (heads, queries, keys)
 print("recorded:", {layer: tuple(p.shape) for layer, p in recorded.items()}, " (heads, queries, keys)")
 for layer, ph in recorded.items():  # what each head does on average, over the queries that can do it
     prev = torch.diagonal(ph, -1, dim1=-2, dim2=-1).mean(-1)  # mass on the previous token
@@ -293,7 +300,8 @@ for layer, head, _ in chosen:  # the two keys each later query gives the most, a
 #   the pattern found in larger models (find where the current token occurred before, attend to the token
 #   that came *after* it)? For `▁there` (11) that would be `▁be` (7), and the head gives it almost nothing.
 #   The cell below tests it properly, on a phrase repeated twice.
-# - **Layer 3, head 0**: the first rows go to `<s>`; after the `:` (position 9), the rows of `▁and`, `▁there`,
+# - **Layer 3, head 0**: the first rows (up to the `,`) go mostly to `<s>`; the rows after the `,` (`▁Let`
+#   to `▁light`, positions 5-8) put 0.45 to 0.83 on that `,` (position 4); after the `:` (position 9), the rows of `▁and`, `▁there`,
 #   `▁was` and `▁light` put 0.47 to 0.75 on it, the latest punctuation mark. The final `.` does not: it puts
 #   0.48 on the earlier `,` (position 4) and 0.30 on `<s>` (the numbers are printed below the picture). When a head has nothing useful to fetch, softmax still has to put its
 #   probability somewhere, and trained models commonly park it on the first token or on frequent markers
@@ -302,22 +310,18 @@ for layer, head, _ in chosen:  # the two keys each later query gives the most, a
 # Heads 0-3 of a layer read the same keys and values (K/V head 0) and heads 4-7 the other (section 4): the
 # grouping shares what the heads *read*, not where they look.
 #
-# **Looking for an induction head.** Feed a phrase twice. While reading the second copy, an induction head
+# **Looking for an induction head.** Feed a phrase twice (an invented one, in KJV style). While reading the second copy, an induction head
 # attends from each token to the token that followed the same token in the first copy (it predicts that the
 # phrase repeats); a duplicate-token head attends to the same token in the first copy. Average both over
 # the second copy, for all 32 heads, and compare with an even spread over the keys:
 
 # %%
-once = kjv.encode("And the sons of Noah went forth out of the ark", bos=True)
+once = kjv.encode("And the sons of Noah went forth out of the ark", bos=True)  # KJV style, not a verse
 twice = once + once[1:]  # <s>, the phrase, the phrase again
 n = len(once) - 1  # tokens in the phrase; the second copy is at positions n + 1 .. 2n
-rep_probs = {}
-for block in tiny.layers:
-    block.attention.recorder = lambda layer, probs, q_pos, k_pos: rep_probs.__setitem__(layer, probs[0].detach())
-with torch.no_grad():
+with mm.viz.capture_attention(tiny) as cap, torch.no_grad():
     tiny(torch.tensor([twice]))
-for block in tiny.layers:
-    block.attention.recorder = None
+rep_probs = {layer: p[0] for layer, p in cap.probs.items()}
 second = torch.arange(n + 1, 2 * n)  # queries in the second copy, except its last token
 induction = torch.stack([p[:, second, second - n + 1].mean(-1) for p in rep_probs.values()])  # (layers, heads)
 duplicate = torch.stack([p[:, second, second - n].mean(-1) for p in rep_probs.values()])
@@ -334,10 +338,6 @@ print(f"layer 2, head 1: induction {induction[2, 1]:.2f}, duplicate-token {dupli
 # than an even spread (the best, 0.061, against 0.059). Layer 2, head 1 gives the phrase's repeats 0.02: what it did with `▁light`
 # in our sentence belongs to that sentence, not to a general copying mechanism. A 4-layer model is small; so
 # this course names the patterns it measures, not mechanisms it cannot show.
-
-# %% [markdown]
-# Note the merge is **not** `o.reshape(B, T, H*D)` without the transpose: that would interleave tokens
-# and heads. The shapes would still fit, the numbers would be wrong; a test against a reference catches it.
 
 # %% [markdown]
 # ## 4. Grouped-query attention (GQA)
@@ -701,6 +701,54 @@ _ = check_function("04.4 gqa_no_copy", gqa_attention, reference_gqa, cases=[
                                            "minimistral.attention.Attention.forward"),
    hint="number the query heads of one group r = 0..n_rep-1 and the groups g = 0..K-1: which of (g, r) must "
         "be the outer axis when you reshape q's H axis, so that the group axis meets k's head axis?")
+
+# %% [markdown]
+# **04.5 An induction detector for any text.** Section 3 looked for induction heads on a phrase fed twice,
+# where every token of the second copy has its earlier copy exactly `n` positions back. In ordinary text a
+# token recurs at irregular distances, some tokens occur many times, and most queries have no earlier copy
+# at all. Write `induction_scores(model, ids)` for a list of token ids (starting with `<s>`, with at least one
+# repeated token): a `(n_layers, n_heads)` float32 tensor whose entry is that head's mean attention, over every
+# query $i$ whose token occurred before, on the key **right after the latest earlier occurrence** of that token
+# (position $j + 1$, where $j < i$ is the last position with `ids[j] == ids[i]`). Record the attention as
+# section 3 did; leave the model unchanged.
+
+# %% nbgrader={"grade": false, "grade_id": "ex04_5_induction_scores-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def induction_scores(model, ids):
+    ### BEGIN SOLUTION
+    with mm.viz.capture_attention(model) as cap, torch.no_grad():
+        model(torch.tensor([ids]))
+    ids_t = torch.tensor(ids)
+    same = (ids_t[:, None] == ids_t[None, :]).tril(-1)  # (T, T): key j < i holds query i's token
+    has_earlier = same.any(-1)
+    latest = torch.where(same, torch.arange(len(ids)), -1).max(-1).values  # (T,) last earlier copy, -1: none
+    rows = has_earlier.nonzero().flatten()
+    return torch.stack([cap.probs[layer][0][:, rows, latest[rows] + 1].mean(-1)
+                        for layer in range(model.args.n_layers)])
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex04_5_induction_scores-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def induction_by_loop(model, ids):  # the reference: walk the text once, remembering where each token was last
+    with mm.viz.capture_attention(model) as cap_ref, torch.no_grad():
+        model(torch.tensor([ids]))
+    last_seen, queries, targets = {}, [], []
+    for i, token in enumerate(ids):
+        if token in last_seen:
+            queries.append(i)
+            targets.append(last_seen[token] + 1)
+        last_seen[token] = i
+    return torch.stack([torch.stack([cap_ref.probs[layer][0, h, queries, targets].mean() for h in range(model.args.n_heads)])
+                        for layer in range(model.args.n_layers)])
+
+
+random_half = torch.randint(3, kjv.vocab_size, (24,), generator=torch.Generator().manual_seed(45)).tolist()
+_ = check_function("04.5 induction_scores", induction_scores, induction_by_loop, cases=[
+    case(tiny, twice, label="section 3's phrase fed twice (its second copy has 'the' and 'of' twice)"),
+    case(tiny, kjv.encode(corpus.chapters(corpus.load_text())[0], bos=True)[:160],
+         label="the first 160 tokens of Genesis 1"),
+    case(tiny, [kjv.bos_id] + random_half + random_half, label="24 random tokens, then the same 24 again"),
+], hint="for each query, which earlier positions hold the same token, and which one of them counts? Which "
+        "queries have none, and should they enter the mean?")
 
 # %% [markdown]
 # ## Summary

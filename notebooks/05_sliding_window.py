@@ -129,8 +129,9 @@ plt.show()
 #   the library disagreeing by one key again.
 # - FlashAttention's `window_size=(left, right)` counts inclusively: query $i$ attends to keys in
 #   $[i - \text{left},\, i + \text{right}]$, both ends included. Passing Mistral's W there without thinking
-#   is the same off-by-one, and other projects fixed exactly that in their own code (for example zml PR #763);
-#   exercise 05.2 asks you for the right arguments.
+#   is the same off-by-one, and other projects fixed exactly that in their own code (for example zml PR #763):
+#   for one sequence from position 0, Mistral's window W is `window_size=(W - 1, 0)`. Exercise 05.2 asks for
+#   the arguments when the queries are a later chunk.
 #
 # Two easy ways to write the W + 1 version:
 
@@ -285,8 +286,8 @@ print(f"so a token can be influenced by inputs at positions i - {(W7 - 1) * L7:,
 #
 # What does a trained model do inside its window? The tiny Mistral (`data/tiny_mistral`) has a window of
 # W = 128 over 4 layers. Our running example is verse 3 of Genesis 1, so we feed it the whole chapter,
-# 992 tokens, with the running example inside it (positions printed below), and record every head's attention (the recorder
-# of notebook 04). For the running example itself the window does not bite yet: every token of it sees all
+# 992 tokens, with the running example inside it (positions printed below), and record every head's
+# attention with `mm.viz.capture_attention`, as in notebook 04. For the running example itself the window does not bite yet: every token of it sees all
 # keys back to `<s>`. From position 128 on it does.
 
 # %%
@@ -300,15 +301,10 @@ Wt, Tc = tiny.args.sliding_window, len(chapter_ids)
 print(f"Genesis 1: {Tc} tokens; the running example at positions {start}..{start + 13}; window W = {Wt}")
 
 
-def record(model, ids):
-    probs = {}
-    for block in model.layers:
-        block.attention.recorder = lambda layer, p, q_pos, k_pos: probs.__setitem__(layer, p[0].detach())
-    with torch.no_grad():
+def record(model, ids):  # every head's probabilities (H, T, T) by layer, and the logits
+    with mm.viz.capture_attention(model) as cap, torch.no_grad():
         logits = model(torch.tensor([ids]))
-    for block in model.layers:
-        block.attention.recorder = None
-    return probs, logits
+    return {layer: p[0] for layer, p in cap.probs.items()}, logits
 
 
 windowed, logits_w = record(tiny, chapter_ids)
@@ -366,8 +362,8 @@ print(f"next-token loss on Genesis 1: {loss_w:.2f} with the window, {loss_f:.2f}
 # query ever saw a key that far back, and its scores at such distances (RoPE angles it never met) carry no
 # learned meaning: the sharp near-field pattern above is drowned. The loss gets worse, on text the model was trained
 # on. The little mass at the window's edge did not mean the window could be dropped: **a model trained with a
-# window needs that window at inference**, exactly the same one (a W + 1 mask is a small version of the same
-# mistake).
+# window needs that window at inference**, not a longer one, since a longer one shows it distances it never
+# saw (a W + 1 mask is a small version of the same mistake). What a *shorter* window costs is exercise 05.5.
 
 # %% [markdown]
 # ## 5. What the window saves
@@ -519,40 +515,60 @@ _ = check_function("05.1 attention_mask", my_attention_mask, mask_by_rule, cases
         "window positions back, and a slot that holds -1 holds no key at all")
 
 # %% [markdown]
-# **05.2 Asking a kernel for Mistral's window.** FlashAttention's `flash_attn_func(q, k, v, causal=False,
-# window_size=(left, right))` lets the query at position $i$ attend the key at position $j$ when
-# $i - \text{left} \le j \le i + \text{right}$, where `-1` on a side means no limit there. Write
-# `my_flash_window(window)`: the `(left, right)` pair of ints (a tuple; the check accepts a list too, since
-# only the two numbers matter) that gives exactly Mistral's mask for a window
-# `window`, or plain causal attention for `window=None`; write `-1` for a side that needs no limit (a large
-# number would work in the kernel too, but `-1` is its convention, and the check expects it). Early reference
-# code and some kernels were off by one here; the check compares the masks your tuple produces with Mistral's.
+# **05.2 A kernel's window for a chunk against a cache.** FlashAttention's `flash_attn_func(q, k, v,
+# causal=False, window_size=(left, right))` knows nothing of positions: it numbers queries and keys by their
+# **rows** in `q` and `k`. When there are fewer query rows than key rows it aligns them at the **bottom
+# right**: with `n_q` query rows and `n_k` key rows, query row $a$ stands where key row $a + n_k - n_q$ is, and
+# it attends key row $b$ when
+#
+# $$a + n_k - n_q - \text{left} \;\le\; b \;\le\; a + n_k - n_q + \text{right},$$
+#
+# where a negative number on a side means no limit there. Section 2 used it on one sequence starting at 0
+# (`n_q = n_k`). Write `my_flash_window(window, q_start, n_q, k_start, n_k)`: the `(left, right)` pair of
+# ints (a tuple or a list) that makes the kernel compute exactly Mistral's mask (05.1's rule, `window=None`:
+# causal) for `n_q` queries at positions `q_start, q_start + 1, ...` against `n_k` keys at positions
+# `k_start, k_start + 1, ...`. The keys can be a chunk with the cached keys before it, or, in kernels that
+# split the work, only the cached part (the chunk's own keys are then handled by a second call, and the two
+# results merged). The check builds the kernel's mask from your pair, by the rule above, and compares it
+# with the library's `attention_mask` for the same positions.
 
 # %% nbgrader={"grade": false, "grade_id": "ex05_2_flash_window-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_flash_window(window):
+def my_flash_window(window, q_start, n_q, k_start, n_k):
     ### BEGIN SOLUTION
-    return (-1, 0) if window is None else (window - 1, 0)  # W keys: itself and W - 1 before it
+    shift = (q_start - k_start) - (n_k - n_q)  # a query's position minus that of the key row it stands on
+    if window is None:
+        return (-1, shift)
+    return (window - 1 - shift, shift)  # keys i - W + 1 .. i, in key rows
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex05_2_flash_window-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def flash_mask(seq_len, window_size):  # FlashAttention's rule, written out
-    left, right = window_size
-    i, j = torch.arange(seq_len)[:, None], torch.arange(seq_len)[None, :]
-    return ((j >= i - left) | (left < 0)) & ((j <= i + right) | (right < 0))
+def kernel_mask(window, q_start, n_q, k_start, n_k):  # the kernel's mask for the pair my_flash_window returns
+    pair = my_flash_window(window, q_start, n_q, k_start, n_k)
+    if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and all(isinstance(x, int) for x in pair)):
+        raise TypeError(f"my_flash_window returned {pair!r}: expected a (left, right) pair of Python ints")
+    left, right = pair
+    a, b = torch.arange(n_q)[:, None], torch.arange(n_k)[None, :]  # query rows, key rows
+    centre = a + n_k - n_q  # bottom-right alignment
+    return ((b >= centre - left) | (left < 0)) & ((b <= centre + right) | (right < 0))
 
 
-def flash_window_by_search(window):  # the reference: the one tuple whose mask is Mistral's on 40 tokens
-    found = [(lt, rt) for lt in range(-1, 40) for rt in range(-1, 40)
-             if torch.equal(flash_mask(40, (lt, rt)), sliding_window_mask(40, window))]
-    return found[0]
+def mistral_mask(window, q_start, n_q, k_start, n_k):  # the reference: the library's mask over those positions
+    return attention_mask(torch.arange(q_start, q_start + n_q), torch.arange(k_start, k_start + n_k), window)
 
 
-_ = check_function("05.2 flash_window", my_flash_window, flash_window_by_search,
-                   cases=[case(4, label="W = 4"), case(1, label="W = 1: each token sees itself only"),
-                          case(16, label="W = 16"), case(None, label="no window: plain causal")],
-                   hint="count the keys a query sees under each rule, itself included; and what must the right "
-                        "side be so that no query sees its future?")
+_ = check_function("05.2 flash_window", kernel_mask, mistral_mask, cases=[
+    case(4, 0, 12, 0, 12, label="one sequence of 12 tokens from position 0, W = 4"),
+    case(4, 8, 4, 5, 7, label="a chunk at positions 8-11, keys 5-11 (3 cached, then the chunk), W = 4"),
+    case(6, 20, 1, 15, 6, label="one new token at 20, keys 15-20, W = 6"),
+    case(8, 30, 3, 23, 7, label="a chunk at 30-32 against the cached keys 23-29 only, W = 8"),
+    case(16, 40, 5, 36, 4, label="a chunk at 40-44 against the cached keys 36-39 only, W = 16"),
+    case(None, 10, 4, 0, 14, label="no window: a chunk at 10-13 after 10 cached keys"),
+    case(None, 6, 2, 0, 6, label="no window: a chunk at 6-7 against the cached keys 0-5 only"),
+], forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask",
+           "minimistral.attention.causal_mask"],
+   hint="a query row and the key row it stands on need not hold the same position: by how many positions do "
+        "they differ? Then count the keys, itself included, that a query may see under Mistral's rule")
 
 # %% [markdown]
 # **05.3 How many slots does chunked prefill need?** A long prompt is not run through the model in one go
@@ -651,6 +667,60 @@ _ = check_function("05.4 earliest_input", earliest_input, earliest_by_brute_forc
                    forbid=["minimistral.attention.sliding_window_mask", "minimistral.attention.attention_mask"],
                    hint="follow one position down the stack: after each layer, how far back can its earliest "
                         "input be?")
+
+# %% [markdown]
+# **05.5 How small a window will do?** Section 4 took the tiny model's window away and the loss went up. Go
+# the other way: a *shorter* window than the one it was trained with. Write
+# `smallest_window(model, ids, candidates, tolerance)`: among the windows in `candidates` (ints, in any
+# order), the smallest whose next-token loss on the token ids `ids` (a list starting with `<s>`, as in
+# section 4) is at most the loss with the model's own window plus `tolerance`. Leave `model` unchanged:
+# the same weights, a different `sliding_window` (section 4 did it for `None`). The check runs it on the
+# first 320 tokens of Genesis 1, so every window of 128 or less bites; it takes a few seconds.
+
+# %% nbgrader={"grade": false, "grade_id": "ex05_5_smallest_window-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def smallest_window(model, ids, candidates, tolerance):
+    ### BEGIN SOLUTION
+    tokens, targets = torch.tensor([ids]), torch.tensor(ids[1:])
+
+    def loss(window):
+        m = mm.Transformer(model.args.replace(sliding_window=window))
+        m.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            return F.cross_entropy(m(tokens)[0, :-1], targets).item()  # position t predicts token t + 1
+
+    limit = loss(model.args.sliding_window) + tolerance
+    return min(w for w in candidates if loss(w) <= limit)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex05_5_smallest_window-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+_losses = {}  # (window, number of tokens) -> loss, so the reference runs each window once
+
+
+def window_loss(model, ids, window):  # the library's model, with its mask for `window`
+    key = (window, len(ids), ids[-1])
+    if key not in _losses:
+        m = mm.Transformer(model.args.replace(sliding_window=window))
+        m.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            _losses[key] = F.cross_entropy(m(torch.tensor([ids]))[0, :-1], torch.tensor(ids[1:])).item()
+    return _losses[key]
+
+
+def smallest_by_scan(model, ids, candidates, tolerance):  # the reference: every candidate, smallest first
+    limit = window_loss(model, ids, model.args.sliding_window) + tolerance
+    return next(w for w in sorted(candidates) if window_loss(model, ids, w) <= limit)
+
+
+first_320 = chapter_ids[:320]
+_ = check_function("05.5 smallest_window", smallest_window, smallest_by_scan, cases=[
+    case(tiny, first_320, [8, 16, 32, 48, 64, 96, 128], 0.05, label="windows 8 to 128, within 0.05"),
+    case(tiny, first_320, [128, 96, 64, 48, 32, 16, 8], 0.1, label="the same windows, largest first, within 0.1"),
+    case(tiny, first_320, [192, 8, 96, 16, 128], 0.0, label="windows 8 to 192, no worse than the trained one"),
+    case(tiny, first_320, [192, 128], 0.0, label="the trained window itself, or a longer one, no worse than it"),
+], hint="compute one loss per window with the same weights, and compare each with the trained window's loss; "
+        "which of the windows that pass is the answer?")
+
 
 # %% [markdown]
 # ## Summary
