@@ -78,8 +78,8 @@
 #
 # Before any code, the whole architecture, drawn by code from the same `ModelArgs` the library builds
 # (so every shape on it is exact). On the left the whole model, on the right one of its 32 blocks opened up.
-# Notebooks 01-10 start with a strip of the course's steps with their own lit up; the pieces of this
-# picture that each one builds are named in its title and drawn again where it builds them
+# Notebooks 01-14 start with a strip of the whole course (Parts I-IV) with their own lit up; the pieces of
+# this picture that each one builds are named in its title and drawn again where it builds them
 # (`mm.viz.model_diagram(mm.ModelArgs.mistral_7b(), highlight="03")` colours one notebook's pieces).
 
 # %%
