@@ -392,7 +392,8 @@ ax2.fill_between(sample.numpy(), (mean - std).numpy(), (mean + std).numpy(), col
 ax2.plot(sample.numpy(), mean.numpy(), color="#55A868", lw=2, marker="o", ms=4, label="independent random q, k: mean")
 ax2.axhline(0, color="grey", lw=0.6)
 ax2.set_ylabel("score / head_dim")
-ax2.set_title("actual scores: aligned vectors fall with distance, independent ones are 0 on average", fontsize=10)
+ax2.set_title("actual scores: aligned vectors fall with distance (then wobble near 0),\n"
+              "independent ones are 0 on average", fontsize=10)
 ax2.legend(fontsize=8, loc="upper right")
 for ax in (ax1, ax2):
     ax.set_xscale("symlog", linthresh=10)
