@@ -252,8 +252,7 @@ _ = check_function(
             "sentencepiece.SentencePieceProcessor.EncodeAsIds", "sentencepiece.SentencePieceProcessor.encode_as_ids",
             "sentencepiece.SentencePieceProcessor.EncodeAsPieces",
             "sentencepiece.SentencePieceProcessor.encode_as_pieces"],
-    hint="which of the ids piece_to_id can return are not pieces BPE builds? Which of two equally good pairs "
-         "does sentencepiece take? And is a merge judged by its score or by its id?")
+    hint="which ids can piece_to_id return that are not merges?")
 
 # %% [markdown]
 # With `trace=True` you can watch the merges happen, best-scoring first (not left to right). Sentencepiece
@@ -340,7 +339,7 @@ display(widgets.VBox([text_box, token_view]))
 # %% [markdown]
 # ## What a sentence costs, language by language
 #
-# Mistral has not published what its tokenizer was trained on, but the vocabulary shows it: more than
+# Mistral has not published what its tokenizer was trained on, but the vocabulary hints at it: more than
 # nine in ten merges are plain ASCII (counted below). What matters for the model's budget (the window,
 # the cache, the compute) is **tokens per message**, so we compare the *same two sentences* translated into
 # each language. Tokens per character would mislead: a Chinese character carries far more meaning than a
@@ -559,29 +558,48 @@ for s in compare:
 #
 # Complete `decode_byte_pieces(pieces)`: given a list of byte-fallback pieces such as
 # `["<0xF0>", "<0x9F>", "<0xA6>", "<0x99>"]`, return the text they spell (here `"🦙"`), without the tokenizer.
-# A warm-up: the check includes texts of several characters of different byte lengths.
+# One twist: a model writes its answer one token at a time (notebook 09), so the pieces that have arrived so
+# far may end partway through a character, e.g. `["<0x61>", "<0xF0>", "<0x9F>"]`: `a`, then two of 🦙's four
+# bytes. Return the text of the complete characters only (here `"a"`); the rest waits for the next tokens.
+# A warm-up: the check includes texts of several characters of different byte lengths, whole and cut.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_2_decode_byte_pieces-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def decode_byte_pieces(pieces: list[str]) -> str:
     ### BEGIN SOLUTION
-    return bytes(int(p[3:5], 16) for p in pieces).decode("utf-8")
+    data = bytes(int(p[3:5], 16) for p in pieces)  # '<0xNN>': two hexadecimal digits
+    for cut in range(4):  # a character takes at most 4 bytes: at most 3 of a cut one can have arrived
+        try:
+            return data[: len(data) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+    raise ValueError(f"not UTF-8, even without its last 3 bytes: {data!r}")
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex01_2_decode_byte_pieces-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def as_byte_pieces(text):  # the pieces byte fallback would produce for every character of `text`
-    return [f"<0x{b:02X}>" for b in text.encode("utf-8")]
+def as_byte_pieces(text, cut=0):  # the byte pieces of every character of `text`, without the last `cut`
+    pieces = [f"<0x{b:02X}>" for b in text.encode("utf-8")]
+    return pieces[: len(pieces) - cut]
+
+
+def complete_characters(pieces):  # the reference: the tokenizer's decode writes '\ufffd' for each cut byte
+    return tok.decode([tok.piece_to_id(p) for p in pieces]).rstrip("\ufffd")
 
 
 _ = check_function(
-    "01.2 decode_byte_pieces", decode_byte_pieces, lambda pieces: tok.decode([tok.piece_to_id(p) for p in pieces]),
+    "01.2 decode_byte_pieces", decode_byte_pieces, complete_characters,
     cases=[case(as_byte_pieces(t), label=f"the byte pieces of {t!r}")
-           for t in ("🦙", "A", "\n", "", "é, ж, 中 and 𝔘", "aé🦙", " leading space", "trailing space ")],
+           for t in ("🦙", "A", "\n", "", "é, ж, 中 and 𝔘", "aé🦙", " leading space", "trailing space ")]
+    + [case(as_byte_pieces(t, cut), label=f"the byte pieces of {t!r} but its last {cut} (a character is cut)")
+       for t, cut in (("aé🦙", 1), ("aé🦙", 3), ("x中", 2), ("ж", 1), ("🦙🦙", 2))],
     forbid=["minimistral.tokenizer.Tokenizer.decode", "minimistral.tokenizer.Tokenizer.piece_to_id",
             "sentencepiece.SentencePieceProcessor.decode", "sentencepiece.SentencePieceProcessor.Decode",
-            "sentencepiece.SentencePieceProcessor.DecodePieces", "sentencepiece.SentencePieceProcessor.decode_pieces"],
-    hint="in which base are the two digits of '<0xNN>' written? And can each byte be turned into text on its "
-         "own, when one character may take up to four of them?")
+            "sentencepiece.SentencePieceProcessor.DecodePieces", "sentencepiece.SentencePieceProcessor.decode_pieces",
+            "sentencepiece.SentencePieceProcessor.DecodeIds", "sentencepiece.SentencePieceProcessor.decode_ids",
+            "sentencepiece.SentencePieceProcessor.piece_to_id", "sentencepiece.SentencePieceProcessor.PieceToId"],
+    hint="in which base are the two digits of '<0xNN>' written? Can each byte be turned into text on its own, "
+         "when one character may take up to four of them? And what does UTF-8 decoding make of the first bytes "
+         "of a character whose last bytes have not arrived?")
 
 # %% [markdown]
 # ## Exercise 01.3: what byte fallback costs a text

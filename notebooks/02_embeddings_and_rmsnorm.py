@@ -124,10 +124,15 @@ ax1.set_yticks(range(len(labels)), labels, fontsize=9)
 ax1.set_xlabel("embedding dimension 0-31 (of 256 in the tiny model; 4,096 in the 7B)")
 ax1.set_title("the running example's rows: the repeated ▁there and ▁light rows are identical", fontsize=10)
 fig.colorbar(im, ax=ax1, fraction=0.03)
-im2 = ax2.imshow(cosine.numpy(), cmap="RdBu_r", vmin=-1, vmax=1)  # white = orthogonal, blue = opposite
+# a token against itself (the diagonal, and the repeated ▁there/▁light) is 1 by definition: grey it out, so
+# that the colour scale is spent on the pairs of different tokens
+same = cosine > 0.9999
+cmap = plt.get_cmap("RdBu_r").copy()
+cmap.set_bad("0.8")
+im2 = ax2.imshow(cosine.masked_fill(same, float("nan")).numpy(), cmap=cmap, vmin=-0.6, vmax=0.6)
 ax2.set_xticks(range(len(labels)), labels, rotation=90, fontsize=9)
 ax2.set_yticks(range(len(labels)), labels, fontsize=9)
-ax2.set_title("cosine similarity between them (white: orthogonal)", fontsize=10)
+ax2.set_title("cosine similarity between them (white: orthogonal;\ngrey: a token against itself)", fontsize=10)
 fig.colorbar(im2, ax=ax2, fraction=0.046)
 plt.tight_layout()
 plt.show()
@@ -440,7 +445,8 @@ print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", 
 #
 # Implement Mistral's RMSNorm as a function: `x` of any shape `(..., dim)` and dtype, `weight` of shape
 # `(dim,)`. The result has `x`'s shape and dtype. The check runs it on several shapes and dtypes,
-# including bf16 input and a large fp16 input, and does not allow the library's or PyTorch's own RMSNorm
+# including bf16 input and a large fp16 input, which it compares bit for bit with the library (as the cell
+# above compared `MyRMSNorm`), and does not allow the library's or PyTorch's own RMSNorm
 # (`F.rms_norm`, `torch.rms_norm`, the `aten` kernels). This is the notebook's warm-up: the formula is above;
 # 02.2 and 02.3 ask for more.
 
@@ -454,6 +460,9 @@ def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tens
 
 # %% nbgrader={"grade": true, "grade_id": "ex02_1_rms_norm-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 gen = torch.Generator().manual_seed(2)
+LOW_PRECISION_HINT = ("this case is compared bit for bit, like MyRMSNorm and the library above: in which dtype "
+                      "does each step of your formula run, what is 300 squared in fp16, and at which step does "
+                      "the reference code above change dtype?")
 _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
     case(torch.randn(4, 8, generator=gen), torch.ones(8), 1e-5, label="unit-scale rows, gain 1"),
     case(torch.randn(2, 3, 16, generator=gen), torch.randn(16, generator=gen), 1e-6,
@@ -462,24 +471,24 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
     case(torch.randn(2, 16, generator=gen) * 3e-3, torch.full((16,), 2.0), 1e-5,
          label="entries about 0.003: the mean square is as small as eps"),
     case(torch.randn(2, 5, 64, generator=gen).bfloat16() * 50, torch.randn(64, generator=gen).bfloat16(), 1e-5,
-         label="bf16 in, bf16 out (checks the dtype)"),
-    case(torch.randn(1, 4096, generator=gen).half() * 300, torch.ones(4096).half(), 1e-5,
-         label="fp16 entries about 300: their squares overflow fp16"),
+         label="bf16 in, bf16 out, bit for bit", atol=0, rtol=0, hint=LOW_PRECISION_HINT),
+    case(torch.randn(1, 4096, generator=gen).half() * 300, torch.randn(4096, generator=gen).half(), 1e-5,
+         label="fp16 entries about 300 (their squares overflow fp16), bit for bit", atol=0, rtol=0,
+         hint=LOW_PRECISION_HINT),
     case(torch.randn(2, 8, generator=gen) * 0.1, torch.ones(8), 0.1,
          label="a large eps (0.1) on small rows: is eps the argument?"),
 ], forbid=["minimistral.norm.rms_norm", "minimistral.norm.RMSNorm.forward", "torch.nn.functional.rms_norm",
            "torch.rms_norm", "torch.ops.aten.rms_norm", "torch.ops.aten.rms_norm.default", "torch._fused_rms_norm",
            "torch.ops.aten._fused_rms_norm", "torch.ops.aten._fused_rms_norm.default"],
-   hint="which dimension does the mean run over, and is it a mean of squares? If only the low-precision cases "
-        "fail, ask in which dtype each step of your formula runs, what 300 squared is in fp16, and at which step "
-        "the reference code above changes dtype")
+   hint="which dimension does the mean run over, and is it a mean of squares?")
 
 # %% [markdown]
 # ## Exercise 02.2: RMSNorm's gradient, by hand
 #
 # Training sends gradients back through every norm. Take RMSNorm with gain 1, $\mathbf{y} = r\,\mathbf{x}$ with
 # $r = (\frac{1}{d}\sum_j x_j^2 + \epsilon)^{-1/2}$, and the gradient `grad_out` $= \partial L/\partial \mathbf{y}$ (same
-# shape as `x`, `(..., dim)`). Return $\partial L/\partial \mathbf{x}$ in `x`'s shape and dtype, without autograd
+# shape as `x`, `(..., dim)`). Return $\partial L/\partial \mathbf{x}$ in `x`'s shape and dtype, computed like
+# the forward: in float32 at least, cast back at the end (the check includes bf16 and fp16 inputs), without autograd
 # in either direction (the check watches for `backward`, `torch.autograd.grad`, `torch.func` and forward-mode
 # `jvp`): differentiate by hand. Careful:
 # $r$ depends on **every** entry of $\mathbf{x}$. Then look at what your formula gives for the zero vector, and
@@ -488,9 +497,11 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
 # %% nbgrader={"grade": false, "grade_id": "ex02_2_rms_norm_grad-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def rms_norm_grad(x: torch.Tensor, grad_out: torch.Tensor, eps: float) -> torch.Tensor:
     ### BEGIN SOLUTION
-    r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+    wide = torch.promote_types(x.dtype, torch.float32)  # float32 at least, as in the forward
+    xf, gf = x.to(wide), grad_out.to(wide)
+    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
     # dy_i/dx_k = r δ_ik - x_i x_k r^3 / d: the direct term, and the change of r through the mean
-    return r * grad_out - x * r.pow(3) * (grad_out * x).mean(-1, keepdim=True)
+    return (r * gf - xf * r.pow(3) * (gf * xf).mean(-1, keepdim=True)).to(x.dtype)
     ### END SOLUTION
 
 
@@ -511,6 +522,8 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
     case(torch.randn(2, 32, generator=gen) * 50, torch.ones(2, 32), 1e-5, label="large rows, grad_out all ones"),
     case(torch.randn(3, 64, generator=gen).bfloat16(), torch.randn(3, 64, generator=gen).bfloat16(), 1e-5,
          label="bf16 in, bf16 out"),
+    case(torch.randn(2, 64, generator=gen).half() * 300, torch.randn(2, 64, generator=gen).half(), 1e-5,
+         label="fp16 entries about 300: their squares overflow fp16"),
 ], forbid=["torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad", "torch.func.grad",
            "torch.func.grad_and_value", "torch.func.vjp", "torch.func.jacrev", "torch.func.jvp", "torch.func.jacfwd",
            "torch.func.hessian", "torch.func.linearize", "torch.autograd.functional.vjp",
@@ -519,7 +532,8 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
            "torch.ops.aten._fused_rms_norm_backward"],
    hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "
         "mean of squares); then contract with grad_out. Check your formula on a zero row first. If only the "
-        "float64 case fails, are you computing in a lower precision than x?")
+        "float64 case fails, are you computing in a lower precision than x? If only the fp16 case fails, what is "
+        "300 squared in fp16?")
 
 # %% [markdown]
 # ## Exercise 02.3: the embedding's gradient
@@ -528,7 +542,7 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
 # gradient `grad_out` of the loss with respect to the looked-up vectors (shape `(B, T, dim)`), return the
 # gradient with respect to the whole table: a `(vocab_size, dim)` tensor in `grad_out`'s dtype. Do not
 # call autograd: derive it from the one-hot form $\mathbf{h} = \mathbf{e}_i^\top E$ at the top of this
-# notebook. Then think about the running example, where `▁there` and `▁light` occur twice.
+# notebook.
 
 # %% nbgrader={"grade": false, "grade_id": "ex02_3_embedding_grad-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def embedding_grad(ids: torch.Tensor, grad_out: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -562,8 +576,7 @@ _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_gra
            "torch.autograd.forward_ad.make_dual",
            "torch.ops.aten.embedding_backward", "torch.ops.aten.embedding_backward.default",
            "torch.ops.aten.embedding_dense_backward", "torch.ops.aten.embedding_dense_backward.default"],
-   hint="which rows of the table did the forward pass read, and how many times each? Think of the gradient "
-        "of the one-hot product, and of what should happen to a row read twice")
+   hint="how many times was each row of the table read? Work it out from the one-hot product")
 
 # %% [markdown]
 # ## Summary

@@ -92,7 +92,7 @@ def rotate(v, alpha):  # v: (2,), alpha: float -> (2,)
 
 q2, k2 = torch.tensor([1.0, 0.3]), torch.tensor([0.6, 0.8])
 omega = 0.5  # radians per position
-fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+fig, axes = plt.subplots(1, 2, figsize=(10, 5.3))
 cmap = plt.get_cmap("viridis")
 for pos in range(8):
     r = rotate(q2, pos * omega)
@@ -115,7 +115,7 @@ for (m, n), color in zip([(0, 1), (4, 5), (8, 9)], ["#4C72B0", "#DD8452", "#55A8
     axes[1].plot(0.45 * torch.cos(arc), 0.45 * torch.sin(arc), color=color, lw=2.5)
     axes[1].plot([], [], color=color, label=f"q at m={m}, k at n={n}: q·k = {float(qm @ kn):.4f}")
 axes[1].set_title("same n - m, same angle (arc), same dot product\n(q solid, k dashed)", fontsize=10)
-axes[1].legend(fontsize=9, loc="lower left")
+axes[1].legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.04))  # below the axes: no arrow hidden
 plt.tight_layout()
 plt.show()
 
@@ -392,7 +392,8 @@ ax2.fill_between(sample.numpy(), (mean - std).numpy(), (mean + std).numpy(), col
 ax2.plot(sample.numpy(), mean.numpy(), color="#55A868", lw=2, marker="o", ms=4, label="independent random q, k: mean")
 ax2.axhline(0, color="grey", lw=0.6)
 ax2.set_ylabel("score / head_dim")
-ax2.set_title("actual scores: aligned vectors fall with distance, independent ones are 0 on average", fontsize=10)
+ax2.set_title("actual scores: aligned vectors fall with distance (then wobble near 0),\n"
+              "independent ones are 0 on average", fontsize=10)
 ax2.legend(fontsize=8, loc="upper right")
 for ax in (ax1, ax2):
     ax.set_xscale("symlog", linthresh=10)
@@ -465,10 +466,10 @@ plt.show()
 # %% [markdown]
 # Without RoPE the two copies of a word get the same bar, in scores and in attention weights. With RoPE, in
 # head 3 the second `▁there` gets about half as much attention again as the first, and the first `▁light`
-# nearly twice as much as the second (the table above). Head 3 is the only head where both pairs differ by half
+# about 1.7 times as much as the second (the table above). Head 3 is the only head where both pairs differ by half
 # or more: head 0 separates the two `▁light`s almost as strongly (0.111 against 0.065) but not the two `▁there`s,
 # and in head 6 both pairs differ by only about 10 %. Every other bar moves too
-# (`▁Let` most), since every key sits at its own distance from the query; the repeated words are where
+# (in score, `▁Let` most), since every key sits at its own distance from the query; the repeated words are where
 # position is the *only* thing that differs.
 
 # %% [markdown]
@@ -519,7 +520,8 @@ mm.viz.explorer(draw_clock, "RoPE clock", position=(100, 0, 4096), log10_theta=(
 # A checkpoint arrives without its config, but someone saved the RoPE angle table its code used: `angles`, a
 # float32 tensor of shape `(len(positions), head_dim // 2)` built by the formula above for the given
 # `positions` (in any order) and an unknown $\theta$. Write `theta_from_angles(angles, positions)`: return that
-# $\theta$ as a number (within 0.01 %). This is the question notebook 11 must answer right for v0.1, whose
+# $\theta$ as a number (a Python float; a 0-d tensor is accepted too), within 0.01 %, for any $\theta$ (the check
+# draws one at random). This is the question notebook 11 must answer right for v0.1, whose
 # `params.json` has no `rope_theta`. Look at how one row changes from pair to pair; not every row helps.
 
 # %% nbgrader={"grade": false, "grade_id": "ex03_1_theta_from_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -543,12 +545,12 @@ def angle_table(positions, head_dim, theta):  # a case: the table and its positi
 known_theta = {}
 theta_cases = [angle_table(list(range(8)), 128, 10000.0), angle_table([5, 4096], 128, 1e6),
                angle_table([0, 3, 1], 8, 500.0), angle_table([7], 4, 20.0), angle_table([0, 2], 64, 250000.0),
-               angle_table([4, 0], 16, 300.0), angle_table([9, 0, 2], 32, 5e5)]
+               angle_table([4, 0], 16, 300.0), angle_table([9, 0, 2], 32, 5e5),
+               angle_table([0, 6, 3], 64, 10 ** (2 + 4 * torch.rand(1, generator=torch.Generator().manual_seed(31)).item()))]
 _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, positions: known_theta[id(angles)],
                    cases=theta_cases, forbid=["minimistral.rope.rope_angles", "minimistral.rope.rope_frequencies"],
                    hint="by the formula, how does one row change from one pair to the next, and what does that "
-                        "change depend on? Then solve for theta; and check which rows carry no information at all, "
-                        "wherever they sit")
+                        "change depend on? Then solve for theta; and check which rows carry no information at all")
 
 # %% [markdown]
 # ## Exercise 03.2: rotate interleaved pairs, as complex numbers
@@ -556,9 +558,10 @@ _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, p
 # This is the notebook's warm-up. Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape
 # `(T, D/2)`, the way Mistral's code does: as complex numbers (`torch.view_as_complex`, `torch.polar`,
 # `torch.view_as_real`, described in the section on Mistral's layout). `my_rope_interleaved` above did it with
-# real arithmetic; here the check does not allow `cos` and `sin`: write the rotation as a complex product. (The
-# check cannot stop you reading cos and sin off `torch.polar`'s result, but that is the real arithmetic again.)
-# Return the same shape and dtype as `x` (bf16 included). The capstone at the end of notebook 10 builds a model
+# real arithmetic; here the check does not allow torch's or NumPy's `cos` and `sin`: write the rotation as a
+# complex product. (The check cannot stop you reading cos and sin off `torch.polar`'s result, but that is the real
+# arithmetic again.) Return the same shape and dtype as `x`. In bf16 the check wants Mistral's result bit for
+# bit: work out in which dtype the rotation must meet `x`, and when to round. The capstone at the end of notebook 10 builds a model
 # from your exercises, this function included.
 
 # %% nbgrader={"grade": false, "grade_id": "ex03_2_rope_interleaved-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -579,10 +582,16 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
     case(torch.randn(1, 3, 2, 2, generator=gen), rope_angles(torch.arange(3), 2), label="head_dim 2: one pair"),
     case(torch.randn(1, 5, 8, 64, generator=gen).bfloat16(), rope_angles(torch.arange(5), 64),
          label="bf16 in, bf16 out, positions 0-4"),
+    case(torch.randn(2, 16, 4, 128, generator=gen).bfloat16(), rope_angles(torch.arange(300, 316), 128),
+         label="bf16, positions 300-315, bit for bit", atol=0, rtol=0,
+         hint="this case is compared bit for bit with Mistral's code: in which dtype is the rotation factor when "
+              "it meets x, and how many times is the result rounded to bf16?"),
     case(torch.randn(1, 4, 2, 128, generator=gen).bfloat16(), rope_angles(torch.arange(4093, 4097), 128),
          label="bf16 at positions 4,093-4,096: angles in the thousands"),
 ], forbid=["minimistral.rope.apply_rope_complex", "minimistral.rope.apply_rope_interleaved_real",
-           "minimistral.rope.apply_rope_rotate_half", "torch.cos", "torch.sin", "torch.Tensor.cos", "torch.Tensor.sin"],
+           "minimistral.rope.apply_rope_rotate_half", "torch.cos", "torch.sin", "torch.Tensor.cos", "torch.Tensor.sin",
+           "torch.Tensor.cos_", "torch.Tensor.sin_", "torch.cos_", "torch.sin_", "torch.ops.aten.cos",
+           "torch.ops.aten.sin", "torch.ops.aten.cos.default", "torch.ops.aten.sin.default", "numpy.cos", "numpy.sin"],
    hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
         "the output keeps the pairs interleaved, and x's dtype. If only the far bf16 case fails: how far apart "
         "are neighbouring bf16 numbers near 4,000, and what does that do to a sine?")

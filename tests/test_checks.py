@@ -604,3 +604,17 @@ def test_an_answer_that_calls_its_own_reference_fails(capsys):
     ok, out = verdict(capsys, "99.30 norm", through_the_module, lambda x, w, eps: rms_norm(x, w, eps), [(x, w, 1e-5)])
     assert ok, out
     assert sys.getprofile() is None  # and the watch is gone after the check
+
+
+def test_a_case_can_ask_for_bit_for_bit_while_the_others_keep_the_dtype_tolerance(capsys):
+    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(7))
+    one_ulp_off = lambda t: torch.nextafter(t, torch.full_like(t, float("inf")))  # noqa: E731
+    bf = x.bfloat16()
+    ok, _ = verdict(capsys, "99.24 exact", one_ulp_off, lambda t: t.clone(), [case(bf, label="bf16")])
+    assert ok  # one ulp is within bf16's own tolerance
+    ok, out = verdict(capsys, "99.24 exact", one_ulp_off, lambda t: t.clone(),
+                      [case(bf, label="bf16, tolerant"), case(bf, label="bf16, exact", atol=0, rtol=0)])
+    assert not ok and "case 2 of 2 (bf16, exact)" in out
+    ok, _ = verdict(capsys, "99.24 exact", lambda t: t.clone(), lambda t: t.clone(),
+                    [case(bf, label="bf16, exact", atol=0, rtol=0)])
+    assert ok

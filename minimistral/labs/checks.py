@@ -347,14 +347,17 @@ class Case(tuple):
     """One case's arguments with the label its [FAIL] line shows verbatim: `case(x, w, 1e-5, label="...")`."""
     label: Optional[str] = None
     hint: str = ""
+    atol: Optional[float] = None  # this case's own tolerances, in place of check_function's (0, 0: bit for bit)
+    rtol: Optional[float] = None
 
 
-def case(*args, label: str, hint: str = "") -> Case:
+def case(*args, label: str, hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None) -> Case:
     """The arguments of one case and what it tests, side by side in the check cell. hint: shown, in place of
     check_function's own, when this case's value is wrong or it raises (not when the result has the wrong
-    type, shape or dtype, or a rule is broken: those messages say it all, and check_function's hint is shown)."""
+    type, shape or dtype, or a rule is broken: those messages say it all, and check_function's hint is shown).
+    atol/rtol: this case's tolerances, in place of check_function's (atol=0, rtol=0 asks for bit-for-bit)."""
     c = Case(args)
-    c.label, c.hint = label, hint
+    c.label, c.hint, c.atol, c.rtol = label, hint, atol, rtol
     return c
 
 
@@ -753,7 +756,8 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         if broken is not None:
             return _report(FAIL, exercise, f"{what}: {broken}. {hint}".strip())
         want = reference(*args)
-        why = _mismatch(got, want, atol, rtol)
+        case_atol, case_rtol = getattr(args, "atol", None), getattr(args, "rtol", None)
+        why = _mismatch(got, want, atol if case_atol is None else case_atol, rtol if case_rtol is None else case_rtol)
         if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
             why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
             return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())
