@@ -436,9 +436,17 @@ try:
         for T in (0.7, 1.0, 1.5):
             n_min_p = int(min_p_filter(z, 0.1, T).isfinite().sum())
             n_top_p = int((mm.sampling_probs(z, temperature=T, top_p=0.9) > 0).sum())
-            print(f"{name:8s} T = {T}: min-p 0.1 keeps {n_min_p:3d} tokens, top-p 0.9 keeps {n_top_p:4d}")
+            print(f"{name:8s} T = {T}: tokens kept by min-p 0.1: {n_min_p:3d}, by top-p 0.9: {n_top_p:4d}")
 except NotImplementedError:
     print("this cell uses your min_p_filter: solve exercise 09.4 first")
+
+# %% [markdown]
+# Min-p 0.1 never keeps more tokens than top-p 0.9 here, and mostly far fewer; both sets grow with the temperature
+# (min-p's bar on the unscaled logits is $z_{\max} + T \ln(\texttt{min\_p})$, lower when $T$ is higher). The
+# difference is how much. Heating the sure prompt to $T = 1.5$ barely moves min-p (2 tokens, then 3) while top-p
+# jumps from 4 to 874: flattening hands enough mass to the long tail that top-p must take hundreds of tail tokens
+# to reach 0.9, whereas min-p's bar stays tied to the favourite. This is the min-p paper's argument for sampling at
+# high temperatures.
 
 # %% [markdown]
 # ## 4. Seeds and reproducibility
@@ -519,6 +527,8 @@ print(f"{len(pieces)} pieces, the same text as above")
 # - Sampling draws from the distribution; temperature sharpens or flattens it, top-k keeps the $k$
 #   likeliest tokens, top-p the smallest set holding probability $p$. All three are
 #   `mm.sampling_probs(logits, temperature, top_k, top_p)`.
+# - Min-p keeps the tokens within a factor `min_p` of the favourite, after the temperature; on logits that bar is
+#   the largest scaled logit plus $\ln$ `min_p`, with no softmax needed, and a dropped token's logit becomes $-\infty$.
 # - A seeded generator makes sampling reproducible; `mm.generate_stream` yields tokens as they come.
 #
 # ## What's next
