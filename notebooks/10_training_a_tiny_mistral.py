@@ -45,10 +45,10 @@ plt.show()
 #   run as a model on the trained weights and compared with the library's, piece by piece.
 #
 # ## What you need
-# - A CPU, under 1 GB of RAM, and a few minutes. The short live training run of section 8 is the slowest
-#   cell: the time printed under it was measured on a shared 2-core server whose cores were busy with other
-#   jobs, so an idle machine will be faster. No GPU, no network: the
-#   corpus, the tokenizer and the trained model are in `data/`.
+# - A CPU, under 1 GB of RAM, and a few minutes. The slowest cells are the short live training run of section 8
+#   and the loss-by-context curve of section 9, about a minute or two each on a shared 2-core server whose cores
+#   were busy with other jobs (the time printed under the live run was measured there); an idle machine is faster.
+#   No GPU, no network: the corpus, the tokenizer and the trained model are in `data/`.
 # - Before this: **09 generation and sampling** (and 07 for the model itself).
 
 # %%
