@@ -277,7 +277,7 @@ try:
     ax.plot(wsd, label="warmup-stable-decay, decay 300 (yours)")
     ax.set_xlabel("step")
     ax.set_ylabel("learning rate")
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.1, 0.0))  # clear of the warmup and the cosine tail
     fig.tight_layout()
     plt.show()
     print(f"sum of the rates over the run: cosine {sum(lr_at(s, cfg) for s in range(cfg.steps)):.3f}, "
