@@ -53,7 +53,7 @@ import torch
 import minimistral as mm
 from minimistral import viz
 from minimistral.train import corpus
-from minimistral.labs.checks import ModelProbe, check_function
+from minimistral.labs.checks import ModelProbe, case, check_function
 
 torch.manual_seed(0)
 torch.set_num_threads(1)  # a small model: one thread is fastest, and polite on shared machines
@@ -196,8 +196,9 @@ print(f"largest |frequency - probability| over the vocabulary: {(freq - probs).a
 # - **Temperature** $T$: $p = \mathrm{softmax}(z / T)$. $T < 1$ sharpens (towards greedy as $T \to 0$),
 #   $T > 1$ flattens (towards uniform).
 # - **Top-k**: keep the $k$ likeliest tokens, set the rest to zero, renormalise.
-# - **Top-p** (nucleus sampling): keep the smallest set of likeliest tokens whose probabilities add up
-#   to at least $p$, renormalise. Unlike top-k it adapts: few tokens when the model is sure, many when not.
+# - **Top-p** (nucleus sampling; Holtzman et al., 2019, *The Curious Case of Neural Text Degeneration*): keep the
+#   smallest set of likeliest tokens whose probabilities add up to at least $p$, renormalise. Unlike top-k it
+#   adapts: few tokens when the model is sure, many when not.
 #
 # They compose in that order: temperature, then top-k, then top-p. Here are temperature and top-k from
 # scratch, checked against the library's `mm.sampling_probs`:
@@ -370,54 +371,82 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
                              "even when it alone exceeds p; the output is in vocabulary order and sums to 1")
 
 # %% [markdown]
-# ### Exercise 09.4: a rule of your own, min-p
+# ### Exercise 09.4: min-p, on the logits
 #
 # Top-p's cut depends on the whole tail: a long tail of tiny probabilities can drag many poor tokens into the
-# set. **Min-p** sampling (used by llama.cpp and vLLM) sets the bar relative to the favourite instead: keep every
-# token whose probability is at least `min_p` times the **largest** probability of its distribution, zero the
-# rest, renormalise. Write `min_p_filter(probs, min_p)` for probabilities with any batch dimensions in front of
-# the vocabulary. Then answer for yourself: for the two prompts above (hesitant and sure), does min-p with
-# `min_p = 0.1` keep more or fewer tokens than top-p with `p = 0.9`?
+# set. **Min-p** sampling (Nguyen et al., 2024, *Turning Up the Heat: Min-p Sampling for Creative and Coherent LLM
+# Outputs*; used by llama.cpp, vLLM and Hugging Face `transformers`) sets the bar relative to the favourite instead:
+# keep every token whose probability is at least `min_p` times the **largest** probability of its distribution.
+#
+# A server applies it to the logits, not to probabilities: at every step, for every request, to rows of 32,000
+# or more scores, and the filters pass logits on to each other, with $-\infty$ for a token dropped (so that a
+# softmax at the very end gives it probability 0; this is how `transformers`' logits warpers work). Write
+# `min_p_filter(logits, min_p, temperature)`: `logits` of shape `(..., V)` in any float dtype, $0 \le$ `min_p`
+# $\le 1$, `temperature` $> 0$; return float32 logits for the distribution `softmax(logits / temperature)` after
+# min-p: the scaled logits where a token is kept, $-\infty$ where it is dropped. The rule needs no normaliser, and
+# your answer may use **no softmax and no exponential** (the check refuses them, and `mm.sampling_probs`): work out
+# on paper what "$p_i \ge$ `min_p` $\cdot\, p_{\max}$" says about the logits. Then, for the two prompts above
+# (hesitant and sure), does min-p with `min_p = 0.1` keep more or fewer tokens than top-p with `p = 0.9`? And does
+# the temperature change which tokens min-p keeps? (Top-k's set never changes with it.)
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_4_min_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def min_p_filter(probs, min_p):
+def min_p_filter(logits, min_p, temperature):
     ### BEGIN SOLUTION
-    bar = min_p * probs.max(dim=-1, keepdim=True).values  # (..., 1): one bar per distribution
-    kept = torch.where(probs >= bar, probs, 0.0)
-    return kept / kept.sum(-1, keepdim=True)
+    z = logits.float() / temperature  # (..., V)
+    bar = z.amax(-1, keepdim=True) + torch.tensor(min_p).log()  # (..., 1): log p_i - log p_max >= log min_p
+    return torch.where(z >= bar, z, -torch.inf)
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex09_4_min_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def _min_p_reference(q, min_p):
-    """The same rule in log space: log q_i >= log q_max + log min_p."""
-    logq = q.log()
-    keep = logq >= logq.amax(-1, keepdim=True) + math.log(min_p)
-    return torch.softmax(torch.where(keep, logq, -math.inf), dim=-1)
-
+from minimistral.labs import references
 
 _gm = torch.Generator().manual_seed(9)
-_scaled = torch.softmax(torch.randn(4, 60, generator=_gm) * torch.tensor([[0.5], [1.0], [3.0], [6.0]]), -1)
-passed = check_function("09.4 min_p_filter", min_p_filter, _min_p_reference,
-                        [(probs, 0.1), (torch.softmax(logits_sure, -1), 0.1), (probs, 1.0), (_scaled, 0.2),
-                         (_scaled[None].expand(2, 4, 60), 0.05)],
-                        labels=["the hesitant distribution after 'created the', min_p = 0.1",
-                                "the sure distribution after the running example, min_p = 0.1",
-                                "min_p = 1.0: only the favourite (and exact ties) survive",
-                                "a batch of 4 distributions of very different sharpness, min_p = 0.2",
-                                "the same batch with a second batch dimension, (2, 4, 60), min_p = 0.05"],
-                        forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs"],
-                        hint="the bar is relative, not absolute, and each distribution in a batch has its own "
-                             "favourite; a token exactly at the bar stays; the result must sum to 1 per distribution")
+_rows = torch.randn(4, 60, generator=_gm) * torch.tensor([[0.5], [1.0], [3.0], [6.0]])  # from flat to sharp
+_banned = _rows[:2].clone()
+_banned[:, ::3] = -math.inf  # tokens an earlier filter already dropped
+_exp = ["torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax", "torch.log_softmax",
+        "torch.Tensor.log_softmax", "torch.nn.functional.log_softmax", "torch.exp", "torch.Tensor.exp",
+        "torch.Tensor.exp_", "torch.exp2", "torch.logsumexp", "torch.Tensor.logsumexp", "torch.sigmoid"]
+passed = check_function("09.4 min_p_filter", min_p_filter, references.min_p_logits, [
+    case(logits, 0.1, 1.0, label="the hesitant logits after 'created the', min_p = 0.1, T = 1"),
+    case(logits_sure, 0.1, 1.0, label="the sure logits after the running example, min_p = 0.1, T = 1"),
+    case(logits, 0.1, 0.7, label="the hesitant logits, min_p = 0.1, T = 0.7",
+         hint="min-p acts on the distribution after the temperature: where does the temperature enter your bar?"),
+    case(logits, 0.1, 1.5, label="the hesitant logits, min_p = 0.1, T = 1.5",
+         hint="min-p acts on the distribution after the temperature: where does the temperature enter your bar?"),
+    case(logits.bfloat16(), 0.05, 0.8, label="the hesitant logits in bfloat16, min_p = 0.05, T = 0.8 (the answer "
+                                             "is float32)"),
+    case(_rows, 0.2, 1.0, label="4 rows from flat to sharp, min_p = 0.2: each row has its own favourite"),
+    case(_rows[None].expand(2, 4, 60), 0.05, 2.0, label="the same rows with a second batch dimension, (2, 4, 60), "
+                                                        "min_p = 0.05, T = 2"),
+    case(torch.tensor([[2.0, 5.0, 5.0, 1.0]]), 1.0, 1.0, label="min_p = 1.0 with a tie for the largest logit: only "
+                                                               "the two favourites stay"),
+    case(_banned, 0.3, 1.2, label="2 rows where an earlier filter already set every third logit to -inf"),
+    case(logits, 0.0, 1.0, label="min_p = 0: the filter is off, nothing is dropped",
+         hint="min_p = 0 means nothing is dropped: what is your bar then, and can your code compute it?")],
+    forbid=_exp + ["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
+                   "minimistral.generate.sample_next"],
+    hint="write p_i >= min_p * p_max with each p as a softmax of the scaled logits, and see what the normaliser does; "
+         "a token exactly at the bar stays; a dropped token's logit is -inf, a kept one's is its scaled logit")
 
 # %%
 try:
     for name, z in [("hesitant", logits), ("sure", logits_sure)]:
-        q = torch.softmax(z, -1)
-        print(f"{name:8s}: min-p 0.1 keeps {int((min_p_filter(q, 0.1) > 0).sum()):3d} tokens, "
-              f"top-p 0.9 keeps {int((mm.sampling_probs(z, temperature=1.0, top_p=0.9) > 0).sum()):3d}")
+        for T in (0.7, 1.0, 1.5):
+            n_min_p = int(min_p_filter(z, 0.1, T).isfinite().sum())
+            n_top_p = int((mm.sampling_probs(z, temperature=T, top_p=0.9) > 0).sum())
+            print(f"{name:8s} T = {T}: tokens kept by min-p 0.1: {n_min_p:3d}, by top-p 0.9: {n_top_p:4d}")
 except NotImplementedError:
     print("this cell uses your min_p_filter: solve exercise 09.4 first")
+
+# %% [markdown]
+# Min-p 0.1 never keeps more tokens than top-p 0.9 here, and mostly far fewer; both sets grow with the temperature
+# (min-p's bar on the unscaled logits is $z_{\max} + T \ln(\texttt{min\_p})$, lower when $T$ is higher). The
+# difference is how much. Heating the sure prompt to $T = 1.5$ barely moves min-p (2 tokens, then 3) while top-p
+# jumps from 4 to 874: flattening hands enough mass to the long tail that top-p must take hundreds of tail tokens
+# to reach 0.9, whereas min-p's bar stays tied to the favourite. This is the min-p paper's argument for sampling at
+# high temperatures.
 
 # %% [markdown]
 # ## 4. Seeds and reproducibility
@@ -498,6 +527,8 @@ print(f"{len(pieces)} pieces, the same text as above")
 # - Sampling draws from the distribution; temperature sharpens or flattens it, top-k keeps the $k$
 #   likeliest tokens, top-p the smallest set holding probability $p$. All three are
 #   `mm.sampling_probs(logits, temperature, top_k, top_p)`.
+# - Min-p keeps the tokens within a factor `min_p` of the favourite, after the temperature; on logits that bar is
+#   the largest scaled logit plus $\ln$ `min_p`, with no softmax needed, and a dropped token's logit becomes $-\infty$.
 # - A seeded generator makes sampling reproducible; `mm.generate_stream` yields tokens as they come.
 #
 # ## What's next

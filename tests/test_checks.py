@@ -141,6 +141,20 @@ def test_tensors_compare_shape_dtype_then_values(capsys):
     assert "entries differ" in out
 
 
+def test_an_expected_infinity_has_no_tolerance(capsys):
+    def ref(z):  # a logits filter: -inf for a dropped token
+        return torch.where(z >= z.amax(-1, keepdim=True) - 1.0, z, -torch.inf)
+    z = torch.tensor([[0.0, 2.0, 1.5, -3.0], [1.0, 0.2, 0.9, 5.0]])
+    ok, out = verdict(capsys, "99.4 drop", ref, ref, [(z,)])
+    assert ok
+    ok, out = verdict(capsys, "99.4 drop", lambda z: torch.where(z >= z.amax(-1, keepdim=True) - 1.0, z, 0.0), ref,
+                      [(z,)])  # 0 where -inf belongs: |0 - (-inf)| is not within any relative tolerance of inf
+    assert not ok and "should be infinite" in out
+    ok, out = verdict(capsys, "99.4 drop", lambda z: torch.where(z >= z.amax(-1, keepdim=True) - 1.0, z, torch.inf),
+                      ref, [(z,)])  # the wrong infinity
+    assert not ok and "should be infinite" in out
+
+
 def test_masks_name_the_first_wrong_entry(capsys):
     def ref(t, w):
         i = torch.arange(t)[:, None]

@@ -197,7 +197,8 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: Optional[float
     scale = float(w.abs().max()) if torch.isfinite(w).all() else 1.0
     scale = scale if scale > 0 else 1.0
     err = (g - w).abs()
-    wrong = ~(err <= atol * scale + rtol * w.abs()) & ~((g == w) | (g.isnan() & w.isnan()))
+    inf_missed = w.isinf() & (g != w)  # an infinite entry (a -inf logit: a dropped token) has no tolerance
+    wrong = (~(err <= atol * scale + rtol * w.abs()) & ~((g == w) | (g.isnan() & w.isnan()))) | inf_missed
     if not wrong.any():
         return None
     n = int(wrong.sum())
@@ -215,6 +216,9 @@ def _tensor_mismatch(got: torch.Tensor, want: torch.Tensor, atol: Optional[float
         if (diff > 0).all() or (diff < 0).all():
             msg += f", every wrong entry {'too high' if bool(diff[0] > 0) else 'too low'}"
     msg += ")"
+    if inf_missed.any():
+        msg += f"; {int(inf_missed.sum())} of them should be infinite, of the expected sign, and are not"
+        return msg
     wf, gf = w.flatten(), g.flatten()
     c = (wf.conj() @ gf) / (wf.conj() @ wf) if float((wf.abs() ** 2).sum()) > 0 else None
     if c is not None and not want.is_complex() and abs(float(c)) > 1e-3 and float((gf - c * wf).abs().max()) <= atol * scale + 1e-3 * scale \

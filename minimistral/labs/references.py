@@ -41,3 +41,25 @@ def slow_pair_by_counting(head_dim: int, theta: float, n_tokens: float) -> int:
     from ..rope import rope_frequencies
     periods = 2 * math.pi / rope_frequencies(head_dim, theta).double()
     return int((periods <= n_tokens).sum())  # periods grow with i, so this counts the fast pairs
+
+
+def min_p_logits(logits: torch.Tensor, min_p: float, temperature: float) -> torch.Tensor:
+    """09.4: min-p after temperature, as logits to sample from: float32 logits / temperature, with -inf for every
+    token whose probability softmax(logits / temperature) is below min_p times its row's largest. Computed in
+    probability space, in float64 (the rule as Hugging Face's TemperatureLogitsWarper + MinPLogitsWarper state it)."""
+    scaled = logits.float() / temperature  # (..., V)
+    q = torch.softmax(logits.double() / temperature, dim=-1)  # (..., V)
+    keep = q >= min_p * q.amax(-1, keepdim=True)
+    return torch.where(keep, scaled, -torch.inf)
+
+
+def wsd_lr(step: int, cfg, decay: int) -> float:
+    """10.1: warmup-stable-decay. Warmup as lr_at's (steps 0 .. W-1 rise in equal steps, W-1 at cfg.lr); then cfg.lr;
+    the last `decay` steps fall in equal steps, the last one (cfg.steps - 1) at cfg.min_lr. Built as the whole table."""
+    stable = cfg.steps - cfg.warmup_steps - decay
+    if stable < 0 or decay < 0:
+        raise ValueError(f"wsd_lr: warmup_steps ({cfg.warmup_steps}) + decay ({decay}) must be at most steps "
+                         f"({cfg.steps}), and decay >= 0")
+    up = [cfg.lr * (i + 1) / cfg.warmup_steps for i in range(cfg.warmup_steps)]
+    down = [cfg.lr + (cfg.min_lr - cfg.lr) * (i + 1) / decay for i in range(decay)]
+    return (up + [cfg.lr] * stable + down)[step]
