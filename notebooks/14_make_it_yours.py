@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 14 · Make it yours: LoRA, QLoRA and the Instruct format
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("14")
+plt.show()
+
+# %% [markdown]
 #
 # The model of notebooks 10 to 13 continues text. This notebook teaches it a task: it is asked, in the chat
 # format Mistral-7B-Instruct-v0.1 was tuned on, which book of the Bible a passage comes from, and it answers with
