@@ -876,7 +876,15 @@ def one_quiet_thread():
         torch.set_num_threads(threads)
 
 
-def profile_decode_step(args, steps=1, tries=3):
+def plain_rows(averages):
+    """A profile's `key_averages()` as plain data: one dict per operation name with the table's columns (times in
+    microseconds, summed over the calls, kept to the profiler's nanosecond), which anything, the grader included,
+    can read and send."""
+    return [{"key": e.key, "count": int(e.count), "self_cpu_time_total": round(float(e.self_cpu_time_total), 3),
+             "cpu_time_total": round(float(e.cpu_time_total), 3)} for e in averages]
+
+
+def profile_averages(args, steps=1, tries=3):
     """`key_averages()` of `steps` decode steps of a random model with `args`, after a prompt and one warm-up step;
     of `tries` such profiles, the fastest (a busy machine only ever adds time, often to one random operation)."""
     torch.manual_seed(0)
@@ -896,23 +904,33 @@ def profile_decode_step(args, steps=1, tries=3):
     return best[1]
 
 
+def profile_decode_step(args, steps=1, tries=3):
+    """The same profile as `profile_averages`, as `plain_rows`: a list of dicts, one per operation name."""
+    return plain_rows(profile_averages(args, steps, tries))
+
+
 small_args = mm.ModelArgs.tiny(n_layers=2, vocab_size=4096)
-print(profile_decode_step(small_args).table(sort_by="self_cpu_time_total", row_limit=8))
+small_averages = profile_averages(small_args)
+print(small_averages.table(sort_by="self_cpu_time_total", row_limit=8))
+print("the same rows as plain dicts (the first two, by self CPU time):")
+for row in sorted(plain_rows(small_averages), key=lambda r: -r["self_cpu_time_total"])[:2]:
+    print(" ", row)
 
 # %% [markdown]
-# Write `my_matmul_share(averages)`: given the `key_averages()` of any profile, return the share (a fraction, not a
+# Write `my_matmul_share(averages)`: given any profile as `plain_rows` gives it, return the share (a fraction, not a
 # percentage) of the step's CPU time spent in the matrix products themselves, the operations `aten::mm`,
 # `aten::bmm` and `aten::addmm`, where the step's CPU time is the "Self CPU time total" printed under the table.
-# `averages` is a list with one entry per operation name, each with the table's columns as attributes: `.key` (the
-# name), `.count`, `.self_cpu_time_total` and `.cpu_time_total` (microseconds, summed over the calls).
+# `averages` is a list of dicts, one per operation name, each with the table's columns as keys: `"key"` (the
+# name), `"count"`, `"self_cpu_time_total"` and `"cpu_time_total"` (microseconds, summed over the calls), as in
+# the two rows printed above. `profile_decode_step(args)` returns one.
 # The cell after the check then uses it to ask the question of section 3 on a CPU: as the model grows, when do the
 # products, which must read every weight, outweigh the per-operation overhead that a compiled step removes?
 
 # %% nbgrader={"grade": false, "grade_id": "ex12_2_matmul_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_matmul_share(averages):
     ### BEGIN SOLUTION
-    total = sum(e.self_cpu_time_total for e in averages)  # self times add up without counting anything twice
-    products = sum(e.self_cpu_time_total for e in averages if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+    total = sum(e["self_cpu_time_total"] for e in averages)  # self times add up without counting anything twice
+    products = sum(e["self_cpu_time_total"] for e in averages if e["key"] in ("aten::mm", "aten::bmm", "aten::addmm"))
     return products / total
     ### END SOLUTION
 
@@ -922,13 +940,13 @@ from minimistral.labs import references as _refs
 
 
 def _profiled(fn, repeat=3):
-    """`key_averages()` of `repeat` calls of fn() after one warm-up call."""
+    """`plain_rows` of the profile of `repeat` calls of fn() after one warm-up call."""
     with one_quiet_thread():
         fn()
         with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(repeat):
                 fn()
-    return prof.key_averages()
+    return plain_rows(prof.key_averages())
 
 
 _g = torch.Generator().manual_seed(12)

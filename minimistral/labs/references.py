@@ -44,9 +44,10 @@ def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
 
 def matmul_share(averages) -> float:
     """12.2: the share of the self CPU time of all recorded operations that the matrix products themselves took
-    (aten::mm, aten::bmm, aten::addmm), from a profile's `key_averages()`."""
-    total = sum(e.self_cpu_time_total for e in averages)
-    products = sum(e.self_cpu_time_total for e in averages if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+    (aten::mm, aten::bmm, aten::addmm), from a profile's `key_averages()` as plain dicts (keys "key", "count",
+    "self_cpu_time_total", "cpu_time_total")."""
+    total = sum(e["self_cpu_time_total"] for e in averages)
+    products = sum(e["self_cpu_time_total"] for e in averages if e["key"] in ("aten::mm", "aten::bmm", "aten::addmm"))
     return products / total
 
 
