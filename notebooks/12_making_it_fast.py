@@ -34,7 +34,7 @@
 # - **Arithmetic intensity**: why batch 1 leaves a GPU's arithmetic units idle and how batching changes it,
 #   shown with a measured matrix product.
 # - **Where eager time goes**: over a thousand small operations per token, each a separate GPU kernel
-#   launch. You will count them, then read a real profile.
+#   launch. You will count them, read a real profile, and take one yourself (exercise 12.2).
 # - What **`torch.compile`** (fusing operations) and **CUDA graphs** (replaying a whole step with one launch)
 #   remove, and what the model must look like so they can: `minimistral.fast` is **the same model, compiled**,
 #   not a second one. Plus a bug only the profile revealed.
@@ -59,7 +59,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import minimistral as mm
 from minimistral.train import corpus
-from minimistral.labs.checks import check_function
+from minimistral.labs.checks import case, check_function
 from minimistral.fast import FastGenerator
 
 torch.manual_seed(0)
@@ -361,7 +361,9 @@ plt.show()
 # the CPU spends about 20 µs per launch (Python, PyTorch's dispatcher and the driver), and for most of the
 # step the GPU waits. The teaching path and transformers are both
 # *launch-bound*. (Our static-cache path run eagerly is even slower: it computes attention over all 4,096
-# slots with extra masking operations, so it launches more kernels. It exists to be compiled.)
+# slots with extra masking operations and launches 2,140 kernels against 1,664. At the teaching path's 22 µs each
+# those would take 47 ms; the step takes 66, so each of its launches also costs the CPU more, about 31 µs, for
+# reasons this profile does not show. It exists to be compiled.)
 
 # %% [markdown]
 # When the CPU cannot issue kernels as fast as the GPU runs them, the GPU waits. Two tools remove the wait:
@@ -475,7 +477,8 @@ plt.show()
 # 2.6x. The first run's code, which ran that rung, launched its compiled kernels at 16 to 21 µs each (orange band):
 # on that evidence the graph is worth a factor of two or more, not nothing. The grey line is the measured eager step,
 # the green one the measured step with the graph; the blue line between them is a model, and today's code may launch
-# a little faster or slower than the first run's. Section 5 measures the middle rung live when you have a GPU.
+# a little faster or slower than the first run's. Section 5 measures the middle rung live when you have a GPU (on
+# a model whose projections the fast path has fused, so its eager rung is not the unfused teaching path above).
 
 # %% [markdown]
 # ### A bug only the profile showed
@@ -627,7 +630,8 @@ for c in probe["calls"]:
 #
 # Finally, a small measurement you can run anywhere: decode speed of the small CPU model as the batch grows,
 # eager teaching path. On a CPU the effect is weaker than on a GPU (a CPU has far less arithmetic to spare
-# per byte), but the per-sequence cost still drops as sequences share each read of the weights. It runs on
+# per byte), but the cost per token (the step's time divided by the tokens it yields) still drops as sequences
+# share each read of the weights. It runs on
 # one thread, so that other programs competing for the cores disturb it less. The numbers depend on your
 # machine, so the test suite ignores this cell's output.
 
@@ -653,11 +657,11 @@ for b in sizes:
         rates.append(4 * b / best)
 torch.set_num_threads(threads)  # back to what it was
 fig, ax = plt.subplots(figsize=(6, 3))
-ax.plot(sizes, rates, "o-")
+ax.plot(sizes, [1e3 / r for r in rates], "o-")  # the step's time shared by the batch's tokens
 ax.set_xscale("log", base=2)
 ax.set_xticks(sizes, [str(b) for b in sizes])
 ax.set_xlabel("batch size")
-ax.set_ylabel("tokens/s (all sequences)")
+ax.set_ylabel("ms per token\n(step time / batch size)")
 ax.set_ylim(0, None)
 ax.set_title("Small model (ModelArgs.tiny()), eager decode on this machine, 1 thread", fontsize=10)
 plt.show()
@@ -816,61 +820,22 @@ except NotImplementedError:
 # step) outweigh the weights (14.5 GB), and per-user speed falls to under half the single-user ceiling.
 
 # %% [markdown]
-# ## Exercise 12.2: batching a launch-bound step
+# ### Batching a launch-bound step
 #
-# 12.1's ceiling assumes the GPU never waits. Section 3's profile says the eager step does little else: the CPU
-# issues `launches` kernels per step, each costing it `us_per_launch` microseconds, while the GPU runs what it has
-# been given. A batch changes only one side of that: each kernel works on the whole batch, so the number of
-# launches per step does not grow with `batch_size`, while the bytes the GPU must read do (exactly as in 12.1).
-# Write `my_eager_rate(args, bytes_per_number, bandwidth, batch_size, context, launches, us_per_launch)`: the
-# decode rate in tokens/s for the whole batch, taking the GPU's time per step as the time to read its bytes at
-# `bandwidth` (ignore the arithmetic, and kernels slower than a copy). You may call your `my_decode_ceiling`.
-
-# %% nbgrader={"grade": false, "grade_id": "ex12_2_eager_rate-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_eager_rate(args, bytes_per_number, bandwidth, batch_size, context, launches, us_per_launch):
-    ### BEGIN SOLUTION
-    gpu_s = batch_size / my_decode_ceiling(args, bytes_per_number, bandwidth, batch_size, context)  # s per step
-    cpu_s = launches * us_per_launch * 1e-6  # one launch per kernel, whatever the batch
-    return batch_size / max(gpu_s, cpu_s)  # CPU and GPU overlap: the slower side sets the pace
-    ### END SOLUTION
-
-
-# %% nbgrader={"grade": true, "grade_id": "ex12_2_eager_rate-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def _eager_reference(a, nbytes, bw, batch, context, launches, us):
-    dtype = {1: "int8", 2: "bfloat16", 4: "float32"}[nbytes]
-    memory_s = (a.weight_bytes(dtype) + a.kv_cache_bytes(context, batch_size=batch, dtype=dtype, rolling=True)) / bw
-    return batch / max(memory_s, launches * us * 1e-6)
-
-
-_ = check_function(
-    "12.2 eager_rate", my_eager_rate, _eager_reference,
-    cases=[(args7b, 2, _h200, 1, 144, 1666, 22.0), (args7b, 2, _h200, 32, 2_000, 1666, 22.0),
-           (args7b, 2, _h200, 1, 16, 681, 5.0), (args7b, 1, _h200, 64, 4_096, 681, 8.0),
-           (args7b, 2, _h200, 48, 20_000, 681, 3.0),
-           (args7b.replace(sliding_window=None), 2, _h200, 8, 16_000, 1666, 10.0)],
-    labels=["the eager teaching path: 1 user, 1,666 launches at 22 µs", "32 users, 2,000 tokens each, same launches",
-            "1 user, 681 launches at 5 µs", "int8, 64 users with full windows, 681 launches at 8 µs",
-            "48 users with 20,000 tokens of context, 681 launches at 3 µs",
-            "no sliding window, 8 users with 16,000 tokens, 1,666 launches at 10 µs"],
-    hint="a step has a CPU side and a GPU side, and they run at the same time: which of them grows with the batch, "
-         "and which one decides how long the step lasts?",
-    forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes",
-            "minimistral.config.ModelArgs.kv_bytes_per_token", "minimistral.device.weights_bytes"],
-    rtol=1e-9,
-)
+# 12.1's ceiling assumes the GPU never waits. Section 3's profile says the eager step does little else. A batch
+# changes only one side of that: each kernel works on the whole batch, so the launches per step do not grow with the
+# batch, while the bytes the GPU must read do. Since CPU and GPU overlap, a step lasts the longer of the two:
 
 # %%
 c_us = eager_p["wall_ms_per_step"] * 1e3 / eager_p["host_kernel_launches_per_step"]  # the H200 host's, measured
-try:
-    print(f"the eager teaching path as measured: {eager_p['host_kernel_launches_per_step']:,.0f} launches at {c_us:.0f} µs; "
-          f"full windows (4,096 tokens each)")
-    for batch in (1, 8, 32, 128, 512):
-        eager_rate = my_eager_rate(args7b, 2, measured_bw, batch, 4096, eager_p["host_kernel_launches_per_step"], c_us)
-        graph_rate = my_decode_ceiling(args7b, 2, measured_bw, batch, 4096)  # one launch: the memory ceiling
-        print(f"  batch {batch:>3}: eager {eager_rate:6.0f} tokens/s, ceiling {graph_rate:6.0f}: "
-              f"the ceiling is {graph_rate / eager_rate:4.1f}x eager")
-except NotImplementedError:
-    print("this cell uses your my_decode_ceiling and my_eager_rate: solve exercises 12.1 and 12.2 first")
+launch_s = eager_p["host_kernel_launches_per_step"] * c_us * 1e-6  # CPU seconds per step, whatever the batch
+print(f"the eager teaching path as measured: {eager_p['host_kernel_launches_per_step']:,.0f} launches at {c_us:.0f} µs; "
+      f"full windows (4,096 tokens each)")
+for batch in (1, 8, 32, 128, 256, 512):
+    read_s = (weight_bytes + args7b.kv_cache_bytes(4096, batch_size=batch, rolling=True)) / measured_bw
+    eager_rate, graph_rate = batch / max(read_s, launch_s), batch / read_s  # graph: one launch, memory only
+    print(f"  batch {batch:>3}: eager {eager_rate:6.0f} tokens/s, ceiling {graph_rate:6.0f}: "
+          f"the ceiling is {graph_rate / eager_rate:4.1f}x eager")
 
 # %% [markdown]
 # A model, not a measurement (it ignores the arithmetic, which past the ridge point of section 2 would bind
@@ -878,6 +843,147 @@ except NotImplementedError:
 # launch-bound step gets more sequences for free, since the launches it waits on do not grow with the batch. The
 # ceiling's lead over eager shrinks as the batch grows, and at about 250 users with full windows the cache reads
 # outlast the launches and the two meet. Removing launches (CUDA graphs) matters most for a single user.
+
+# %% [markdown]
+# ## Exercise 12.2: reading a profile
+#
+# Section 3's verdict, "launch-bound", came from a profile: how much of a step the real work takes. You can take
+# the same kind of profile on a CPU. Here is one decode step of a 2-layer model of the small model's width in
+# `torch.profiler`'s table (times in this machine's CPU time, so they change from run to run). An operation that
+# calls others (`aten::linear` calls `aten::matmul`, which calls `aten::mm`) has two times: its **self** time, spent
+# in its own code, and its **total** time, which includes everything it called.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import contextlib
+import os
+
+from torch.profiler import ProfilerActivity, profile as torch_profile
+
+
+@contextlib.contextmanager
+def one_quiet_thread():
+    """One thread (as in section 5: a busy machine disturbs it less), and the profiler's own start/stop lines, which
+    its C++ side writes straight to the process's stderr, hidden."""
+    threads, saved, devnull = torch.get_num_threads(), os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    torch.set_num_threads(1)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved), os.close(devnull)
+        torch.set_num_threads(threads)
+
+
+def plain_rows(averages):
+    """A profile's `key_averages()` as plain data: one dict per operation name with the table's columns (times in
+    microseconds, summed over the calls, kept to the profiler's nanosecond), which anything, the grader included,
+    can read and send."""
+    return [{"key": e.key, "count": int(e.count), "self_cpu_time_total": round(float(e.self_cpu_time_total), 3),
+             "cpu_time_total": round(float(e.cpu_time_total), 3)} for e in averages]
+
+
+def profile_averages(args, steps=1, tries=3):
+    """`key_averages()` of `steps` decode steps of a random model with `args`, after a prompt and one warm-up step;
+    of `tries` such profiles, the fastest (a busy machine only ever adds time, often to one random operation)."""
+    torch.manual_seed(0)
+    m = mm.Transformer(args).eval()
+    best = None
+    with torch.inference_mode(), one_quiet_thread():
+        for _ in range(tries):
+            cache = m.new_cache(1)
+            m(torch.tensor([[1, 2, 3, 4]]), cache=cache)
+            m(torch.tensor([[5]]), cache=cache)  # warm-up: the first call of a kernel pays for setting it up
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(steps):
+                    m(torch.tensor([[6]]), cache=cache)
+            averages = prof.key_averages()
+            total = sum(e.self_cpu_time_total for e in averages)
+            best = (total, averages) if best is None or total < best[0] else best
+    return best[1]
+
+
+def profile_decode_step(args, steps=1, tries=3):
+    """The same profile as `profile_averages`, as `plain_rows`: a list of dicts, one per operation name."""
+    return plain_rows(profile_averages(args, steps, tries))
+
+
+small_args = mm.ModelArgs.tiny(n_layers=2, vocab_size=4096)
+small_averages = profile_averages(small_args)
+print(small_averages.table(sort_by="self_cpu_time_total", row_limit=8))
+print("the same rows as plain dicts (the first two, by self CPU time):")
+for row in sorted(plain_rows(small_averages), key=lambda r: -r["self_cpu_time_total"])[:2]:
+    print(" ", row)
+
+# %% [markdown]
+# Write `my_matmul_share(averages)`: given any profile as `plain_rows` gives it, return the share (a fraction, not a
+# percentage) of the step's CPU time spent in the matrix products themselves, the operations `aten::mm`,
+# `aten::bmm` and `aten::addmm`, where the step's CPU time is the "Self CPU time total" printed under the table.
+# `averages` is a list of dicts, one per operation name, each with the table's columns as keys: `"key"` (the
+# name), `"count"`, `"self_cpu_time_total"` and `"cpu_time_total"` (microseconds, summed over the calls), as in
+# the two rows printed above. `profile_decode_step(args)` returns one.
+# The cell after the check then uses it to ask the question of section 3 on a CPU: as the model grows, when do the
+# products, which must read every weight, outweigh the per-operation overhead that a compiled step removes?
+
+# %% nbgrader={"grade": false, "grade_id": "ex12_2_matmul_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_matmul_share(averages):
+    ### BEGIN SOLUTION
+    total = sum(e["self_cpu_time_total"] for e in averages)  # self times add up without counting anything twice
+    products = sum(e["self_cpu_time_total"] for e in averages if e["key"] in ("aten::mm", "aten::bmm", "aten::addmm"))
+    return products / total
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex12_2_matmul_share-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.labs import references as _refs
+
+
+def _profiled(fn, repeat=3):
+    """`plain_rows` of the profile of `repeat` calls of fn() after one warm-up call."""
+    with one_quiet_thread():
+        fn()
+        with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(repeat):
+                fn()
+    return plain_rows(prof.key_averages())
+
+
+_g = torch.Generator().manual_seed(12)
+_x, _w, _b = torch.randn(64, 256, generator=_g), torch.randn(512, 256, generator=_g), torch.randn(512, generator=_g)
+_bx, _by = torch.randn(8, 64, 64, generator=_g), torch.randn(8, 64, 64, generator=_g)
+_ = check_function(
+    "12.2 matmul_share", my_matmul_share, _refs.matmul_share,
+    cases=[case(profile_decode_step(small_args), label="one decode step of the 2-layer model above"),
+           case(_profiled(lambda: torch.nn.functional.linear(_x, _w, _b).relu().sum()),
+                label="a linear layer with a bias, then relu and a sum"),
+           case(_profiled(lambda: (torch.bmm(_bx, _by).softmax(-1) * 2).mean()),
+                label="a batched product, then softmax, a multiply and a mean"),
+           case(_profiled(lambda: (_x @ _w.t() + _b).tanh() @ _w), label="x @ w.T + b, tanh, another product"),
+           case(profile_decode_step(mm.ModelArgs.tiny(n_layers=1, dim=512, hidden_dim=1024, vocab_size=4096), steps=3),
+                label="3 decode steps of a wider 1-layer model")],
+    hint="the table has two columns of time per operation: which one adds up to the whole without counting an "
+         "operation twice? And which operations' names call a matrix product without being one?",
+    forbid=["minimistral.labs.references.matmul_share"],
+    rtol=1e-9,
+)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+try:
+    print("share of a decode step's CPU time in the matrix products, 2 layers, vocabulary 4,096 (this machine):")
+    for dim in (64, 512, 2048):
+        a_ = mm.ModelArgs.tiny(n_layers=2, dim=dim, hidden_dim=3 * dim, n_heads=max(dim // 64, 1),
+                               n_kv_heads=max(dim // 256, 1), vocab_size=4096)
+        print(f"  width {dim:>5}: {my_matmul_share(profile_decode_step(a_, steps=5, tries=5)):5.1%}")
+except NotImplementedError:
+    print("this cell uses your my_matmul_share: solve exercise 12.2 first")
+
+# %% [markdown]
+# At the smallest width most of a step is not the products but the many small operations around them, each
+# with a fixed cost: the CPU's version of section 3's launch-bound eager step. As the width grows the products,
+# which read every weight, take over, and the step becomes what section 1 predicts, a read of the weights. A
+# compiled step attacks the first kind of time, fewer bytes per weight (notebook 13) the second.
 
 # %% [markdown]
 # ## Summary

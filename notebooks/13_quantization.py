@@ -24,7 +24,7 @@
 # - Why the **weights dominate the bytes per token**, and what that means for memory and speed.
 # - **absmax int8, one scale per output channel**, as `minimistral.quant` does it, then per group by hand (13.1).
 # - **4-bit in groups** (a scale and a zero for every 32 to 128 inputs), built by hand, and how **two 4-bit values
-#   share a byte** (two layouts: the library's, and llama.cpp's in exercise 13.3).
+#   share a byte**; then, in exercises 13.2 and 13.3, a real file format built differently: llama.cpp's `Q4_0`.
 # - The **error**, seen: histograms of weight errors, the error of every layer, and the held-out perplexity of
 #   the course's small trained model at every setting from float32 down to 4 bits.
 # - What **outliers** do to one scale per tensor, and why per-channel and per-group scales cope; the
@@ -429,7 +429,8 @@ for cls, p in planner.plan_table(args):
 # ## 7. The roofline shift
 #
 # At batch 1 a token costs one read of the weights, so the ceiling of notebook 12 is
-# `bandwidth / bytes of weights`: halve the bytes, double the ceiling. The fast path also reads its whole rolling
+# `bandwidth / bytes of weights`: halve the bytes, double the ceiling (nearly: int8 keeps the embedding and the
+# head in bf16 and adds its scales, so it reads 52% of bf16's bytes and raises the ceiling 1.93 times). The fast path also reads its whole rolling
 # cache at every step (4,096 slots of 128 KiB: 0.54 GB in bf16), which quantizing the weights does not shrink, so
 # the smaller the weights, the more that cache costs. With the copy bandwidth measured on the H200 in the stored
 # run, both ceilings, and the measured bf16 rows beside them:
@@ -511,74 +512,92 @@ _ = check_function("13.1 int8_groups", my_int8_groups, references.int8_groups, c
                            "minimistral.labs.references.int8_groups"])
 
 # %% [markdown]
-# **13.2** Undo the library's whole 4-bit format. A quantized `(out, in)` matrix is stored as `packed`, uint8
-# `(out, in / 2)` with two values per byte as section 3 packs them, and `scales_and_zeros` of shape
-# `(in / g, out, 2)` (groups first, in the activation dtype: bf16 for the 7B), where `scales_and_zeros[j, n]` is the
-# `(s, z)` of group `j` of row `n`. Write `my_dequantize_packed(packed, scales_and_zeros, g)` returning the
-# float32 weight `(out, in)` that the model computes with. Work one row of two groups by hand first: which byte holds
-# weight `k`, which half of it, and which `(s, z)` applies.
+# **13.2** llama.cpp stores 4-bit weights in another format than the library's, `Q4_0`: blocks of 32 consecutive
+# weights, each block 18 bytes. Bytes 0 and 1 are the block's scale `d` as a float16 (little-endian, as every
+# current CPU and GPU stores it); bytes 2 to 17 hold the 32 values `q` in `[0, 15]`, two to a byte, but not in the
+# library's order: byte `2 + j` holds value `j` in its **low** nibble and value `j + 16` in its **high** nibble.
+# There is no zero: the weight is `(q - 8) * d`. Write `my_dequantize_q4_0(blocks)`: a `(n, 18)` uint8 tensor of
+# blocks in, the `n * 32` float32 weights out, in their original order. Decode case 1's block by hand first.
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_2_dequantize_packed-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_dequantize_packed(packed, scales_and_zeros, g):
+# %% nbgrader={"grade": false, "grade_id": "ex13_2_dequantize_q4_0-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_dequantize_q4_0(blocks):
     ### BEGIN SOLUTION
-    rows = packed.shape[0]
-    q = torch.stack([packed >> 4, packed & 15], dim=-1).reshape(rows, -1)  # (out, in): high nibble first
-    s = scales_and_zeros[..., 0].float().t().repeat_interleave(g, dim=1)  # (out, in): each group's scale
-    z = scales_and_zeros[..., 1].float().t().repeat_interleave(g, dim=1)
-    return (q.float() - 8) * s + z
+    d = blocks[:, :2].contiguous().view(torch.float16).float()  # (n, 1): two bytes read as one float16
+    nib = blocks[:, 2:]  # (n, 16)
+    q = torch.cat([nib & 15, nib >> 4], dim=1).float()  # (n, 32): values 0..15 from the low nibbles, 16..31 high
+    return ((q - 8) * d).flatten()
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex13_2_dequantize_packed-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def stored(w, g, dtype=torch.float32):
-    """(packed, scales_and_zeros, g) as the library stores w (section 3's quantizer, so any group size)."""
-    q_, s_, z_ = group_int4(w, g)
-    return quant.pack_int4(q_), torch.stack([s_, z_], -1).transpose(0, 1).to(dtype), g
+# %% nbgrader={"grade": true, "grade_id": "ex13_2_dequantize_q4_0-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.labs import references as _refs
 
 
-def dequantize_packed(packed, sz, g):
-    return quant.dequantize_int4(quant.unpack_int4(packed), sz, g)
+def _q4_0_case(n, scale=1.0, seed=0):
+    """n random Q4_0 blocks: bytes a quantizer could write (a finite float16 scale, any nibbles)."""
+    g = torch.Generator().manual_seed(seed)
+    d = (torch.randn(n, 1, generator=g) * scale).to(torch.float16).view(torch.uint8)  # (n, 2)
+    return torch.cat([d, torch.randint(0, 256, (n, 16), generator=g, dtype=torch.uint8)], dim=1)
 
 
-_hand_sz = torch.tensor([[[0.5, 0.0]], [[0.25, 1.0]]])  # (2 groups, 1 row, 2): group 1 has its own s and z
-cases = [case(torch.tensor([[0x08, 0xF0, 0x3C, 0x87]], dtype=torch.uint8), _hand_sz, 4,
-              label="1 row of 8 weights, 2 groups of 4 with their own (s, z)"),
-         case(*stored(torch.randn(2, 8, generator=gen), 4), label="2 rows of 2 groups of 4"),
-         case(*stored(torch.randn(3, 16, generator=gen), 4), label="3 rows of 4 groups of 4"),
-         case(*stored(torch.randn(5, 64, generator=gen) * 0.02, 32, torch.bfloat16),
-              label="5 rows of 2 groups of 32, scales and zeros in bf16 as the 7B stores them"),
-         case(*stored(torch.randn(4, 256, generator=gen) * 0.02, 128), label="4 rows of 2 groups of 128")]
-_ = check_function("13.2 dequantize_packed", my_dequantize_packed, dequantize_packed, cases=cases,
-                   hint="check the order of the two values in a byte (section 3), and which axis of "
-                        "scales_and_zeros counts groups and which rows",
+_one = torch.tensor([[0x00, 0x3C] + [0x8F, 0x08, 0x80] + [0x88] * 13], dtype=torch.uint8)  # d = 1.0 (fp16 0x3C00)
+cases = [case(_one, label="one block, d = 1.0: bytes 0x00 0x3C, then 0x8F 0x08 0x80 and thirteen 0x88"),
+         case(torch.cat([_one[:, :2], torch.full((1, 16), 0xF0, dtype=torch.uint8)], 1),
+              label="one block, d = 1.0, every byte 0xF0: low nibbles 0, high nibbles 15"),
+         case(_q4_0_case(3, 0.01, 1), label="3 blocks with small scales, as a trained model's"),
+         case(_q4_0_case(4, -0.02, 2), label="4 blocks, some with negative scales (llama.cpp's quantizer writes those)"),
+         case(_q4_0_case(16, 1.0, 3), label="16 blocks, 512 weights")]
+_ = check_function("13.2 dequantize_q4_0", my_dequantize_q4_0, _refs.dequantize_q4_0, cases=cases,
+                   hint="split a block into its two parts first; which two positions of the block does byte 2 + j "
+                        "feed, and what number do bytes 0 and 1 make when read together?",
                    forbid=["minimistral.quant.dequantize_int4", "minimistral.quant.unpack_int4",
-                           "minimistral.quant.Int4Linear"])
+                           "minimistral.labs.references.dequantize_q4_0", "minimistral.labs.references.unpack_halves"])
 
 # %% [markdown]
-# **13.3** llama.cpp's 4-bit blocks (`Q4_0`) pack their nibbles another way than the library: in a block of `2k`
-# values, byte `j` holds value `j` in its **low** nibble and value `j + k` in its **high** nibble. Write
-# `my_unpack_halves(packed)`: a `(rows, k)` uint8 tensor of such bytes (one block per row) in, the `(rows, 2k)`
-# uint8 values in their original order out. Work out first, with the three values of a byte at hand, which
-# shift and which mask give each nibble.
+# **13.3** Now write the other direction, `my_quantize_q4_0(w)`: `n * 32` float32 weights in, the `(n, 18)` uint8
+# blocks of 13.2 out, byte for byte what llama.cpp writes. Its rule is not section 3's min-max rule: per block, take
+# the weight of largest magnitude **with its sign**, `m`, set `d = m / -8` and `q = min(15, floor(w / d + 8.5))`
+# (a block of zeros gets `d = 0` and every `q = 8`). Then `m` itself is stored exactly (`q = 0`), and a weight of
+# the opposite sign as large as `m` would need `q = 16`: work out what it gets instead, and how large the error
+# of a Q4_0 weight can be (compare section 2's `s / 2`). The scale is stored in float16.
 
-# %% nbgrader={"grade": false, "grade_id": "ex13_3_unpack_halves-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_unpack_halves(packed):
+# %% nbgrader={"grade": false, "grade_id": "ex13_3_quantize_q4_0-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_quantize_q4_0(w):
     ### BEGIN SOLUTION
-    low, high = packed & 15, packed >> 4  # values j and j + k
-    return torch.cat([low, high], dim=1)
+    x = w.float().reshape(-1, 32)  # (n, 32): one block per row
+    m = x.gather(1, x.abs().argmax(dim=1, keepdim=True))  # (n, 1): the largest magnitude, sign kept
+    d = m / -8
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)  # a block of zeros: every q = 8
+    q = torch.clamp(torch.floor(x * inv + 8.5), max=15).to(torch.uint8)  # (n, 32)
+    nibbles = q[:, :16] | (q[:, 16:] << 4)  # byte j: value j low, value j + 16 high
+    return torch.cat([d.to(torch.float16).view(torch.uint8), nibbles], dim=1)  # (n, 2 + 16)
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex13_3_unpack_halves-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-cases = [(torch.tensor([[0x2F, 0x0A]], dtype=torch.uint8),),  # values 15, 10 (low nibbles), then 2, 0 (high)
-         (torch.tensor([[0xF0], [0x0F], [0x87]], dtype=torch.uint8),),  # a high nibble of 15 needs uint8
-         (torch.randint(0, 256, (4, 16), generator=gen, dtype=torch.uint8),)]
-_ = check_function("13.3 unpack_halves", my_unpack_halves, references.unpack_halves, cases=cases,
-                   forbid=["minimistral.quant.unpack_int4", "minimistral.labs.references.unpack_halves"],
-                   labels=["one block of 4 values in 2 bytes", "3 blocks of 2 values: nibbles 15 and 0",
-                           "4 blocks of 32 values"],
-                   hint="decode case 1's two bytes by hand first: which two values does each byte hold, and at "
-                        "which positions of the block do they belong?")
+# %% nbgrader={"grade": true, "grade_id": "ex13_3_quantize_q4_0-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+_ramp = torch.linspace(-1, 1, 32)  # a block whose extremes are opposite: -1 is stored exactly, +1 is not
+_pos = torch.linspace(-0.5, 2.0, 32)  # the largest weight positive: d < 0
+_ties = torch.tensor([-1.0] + [(k + 0.5) / 8 for k in range(-8, 7)] + [k / 8 for k in range(-8, 8)])  # w / d = k + 0.5
+_mixed = torch.randn(2 * 32, generator=gen) * 0.02
+_mixed[40] = -0.5  # an outlier in block 1: its scale grows, block 0's does not
+cases = [case(_ramp, label="one block, a ramp from -1 to 1"),
+         case(_pos, label="one block from -0.5 to 2.0: the largest weight is positive"),
+         case(_ties, label="one block with d = 0.125 and weights halfway between two levels"),
+         case(_mixed, label="2 blocks of small Gaussian weights, an outlier of -0.5 in the second"),
+         case(torch.randn(8 * 32, generator=gen) * 0.02, label="8 blocks of Gaussian weights, std 0.02"),
+         case(model.layers[0].feed_forward.w2.weight.detach().flatten()[:64 * 32].clone(),
+              label="the first 2,048 weights of the small model's w2 of layer 0")]
+_ = check_function("13.3 quantize_q4_0", my_quantize_q4_0, _refs.quantize_q4_0, cases=cases,
+                   hint="bytes 0-1 are d's float16 bits; the sign of d matters; then check q of the weight opposite "
+                        "the largest one, and which value goes in which nibble",
+                   forbid=["minimistral.quant.quantize_int4", "minimistral.quant.pack_int4",
+                           "minimistral.labs.references.quantize_q4_0"])
+
+# %% [markdown]
+# The weight opposite `m` gets `q = 15`, i.e. `7 d`, not `8 d`: its error is a whole step `|d|`, twice the `s / 2`
+# of section 2's rounding. That is the price of a symmetric grid with no zero: 18 bytes for 32 weights, 4.5 bits
+# per weight, against section 3's 5 bits for groups of 32 with a scale and a zero. Newer llama.cpp formats
+# (`Q4_K`) also store a minimum per block, as section 3 does.
 
 # %% [markdown]
 # **13.4** Predict the bytes of the weights of a whole model, `my_model_bytes(args, mode, g)`, as the planner of

@@ -17,9 +17,38 @@ def int8_groups(w: torch.Tensor, g: int):
 
 
 def unpack_halves(packed: torch.Tensor) -> torch.Tensor:
-    """13.3: bytes whose low nibble holds value j and high nibble value j + k (a Q4_0-style block) -> (N, 2k)."""
+    """Bytes whose low nibble holds value j and high nibble value j + k (a Q4_0-style block) -> (N, 2k)."""
     u = quant.unpack_int4(packed)  # (N, 2k): byte j's high nibble at 2j, its low nibble at 2j + 1
     return torch.cat([u[:, 1::2], u[:, 0::2]], dim=1)
+
+
+def dequantize_q4_0(blocks: torch.Tensor) -> torch.Tensor:
+    """13.2: llama.cpp's Q4_0 blocks, uint8 (n, 18) (a little-endian fp16 scale d, then 16 bytes: byte j holds
+    value j in its low nibble and value j + 16 in its high one) -> the float32 weights (n * 32,) = (q - 8) * d."""
+    d = blocks[:, :2].contiguous().view(torch.float16).float()  # (n, 1)
+    q = unpack_halves(blocks[:, 2:]).float()  # (n, 32)
+    return ((q - 8) * d).flatten()
+
+
+def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
+    """13.3: float weights (n * 32,) -> Q4_0 blocks uint8 (n, 18), as llama.cpp's quantize_row_q4_0_ref:
+    d = (the block's weight of largest magnitude, sign kept) / -8, q = min(15, floor(w / d + 8.5))."""
+    x = w.float().reshape(-1, 32)
+    m = x.gather(1, x.abs().argmax(1, keepdim=True))  # (n, 1): signed, the first of equal magnitudes
+    d = m / -8
+    inv = torch.where(d == 0, torch.zeros_like(d), 1 / d)
+    q = torch.clamp(torch.floor(x * inv + 8.5), max=15).to(torch.uint8)  # (n, 32)
+    nibbles = q[:, :16] | (q[:, 16:] << 4)  # byte j: value j low, value j + 16 high
+    return torch.cat([d.to(torch.float16).view(torch.uint8), nibbles], dim=1)
+
+
+def matmul_share(averages) -> float:
+    """12.2: the share of the self CPU time of all recorded operations that the matrix products themselves took
+    (aten::mm, aten::bmm, aten::addmm), from a profile's `key_averages()` as plain dicts (keys "key", "count",
+    "self_cpu_time_total", "cpu_time_total")."""
+    total = sum(e["self_cpu_time_total"] for e in averages)
+    products = sum(e["self_cpu_time_total"] for e in averages if e["key"] in ("aten::mm", "aten::bmm", "aten::addmm"))
+    return products / total
 
 
 def trigram_add_one_ppl(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_size: int) -> float:
