@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 12 · Making it fast
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("12")
+plt.show()
+
+# %% [markdown]
 #
 # Notebook 11 ran the real Mistral 7B. This one asks how fast it *can* run, why a straightforward
 # implementation falls far short of that, and what closes most of the gap. The GPU figures come from one

@@ -14,6 +14,16 @@
 
 # %% [markdown]
 # # 13 · Fitting the 7B in less memory
+
+# %%
+import matplotlib.pyplot as plt
+
+from minimistral.viz.map import you_are_here
+
+you_are_here("13")
+plt.show()
+
+# %% [markdown]
 #
 # Notebook 12 showed that decoding one token at batch 1 reads every weight once, so the bytes of the weights
 # set both the memory a model needs and the fastest it can decode. This notebook makes those bytes smaller:
