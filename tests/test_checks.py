@@ -632,3 +632,25 @@ def test_a_case_can_ask_for_bit_for_bit_while_the_others_keep_the_dtype_toleranc
     ok, _ = verdict(capsys, "99.24 exact", lambda t: t.clone(), lambda t: t.clone(),
                     [case(bf, label="bf16, exact", atol=0, rtol=0)])
     assert ok
+
+
+def test_through_the_library_counts_a_forbidden_call_the_library_makes_for_the_student(capsys):
+    """By default the library may use a forbidden op for the student (the model's forward); with THROUGH_LIBRARY
+    an answer reaching it through a library function fails (01.1: tok.encode_chat reaching sentencepiece)."""
+    from minimistral.labs.checks import THROUGH_LIBRARY
+    from minimistral.mlp import FeedForward
+    ff = FeedForward(8, 16)
+
+    def reference(x):
+        return ff.w2(ff.w1(x) * torch.sigmoid(ff.w1(x)) * ff.w3(x))
+
+    def through_library(x):  # FeedForward.forward calls F.silu: the student never writes it
+        return ff(x)
+
+    cases = [(torch.randn(2, 8),)]
+    forbid = ["torch.nn.functional.silu"]
+    assert verdict(capsys, "99.30 swiglu", through_library, reference, cases, forbid=forbid)[0]  # the default
+    ok, out = verdict(capsys, "99.30 swiglu", through_library, reference, cases, forbid=forbid + [THROUGH_LIBRARY])
+    assert not ok and "torch.nn.functional.silu" in out, out
+    written_out = lambda x: ff.w2(torch.sigmoid(ff.w1(x)) * ff.w1(x) * ff.w3(x))  # noqa: E731
+    assert verdict(capsys, "99.30 swiglu", written_out, reference, cases, forbid=forbid + [THROUGH_LIBRARY])[0]

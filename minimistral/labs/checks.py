@@ -387,7 +387,11 @@ ADVANCED_INDEXING = "advanced indexing"
 # more elements than that argument counts too, whatever the buffer held before. Other in-place operations
 # (`add_`, `masked_fill_`) count as ordinary ones: their result comes from what the buffer held and the values.
 ENLARGED_COPY = "an enlarged copy"
-_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY)
+# By default a forbidden function the library calls for the student (the model's forward using SDPA) is allowed:
+# the exercise may call the model. With THROUGH_LIBRARY in `forbid`, a use through any library function counts too
+# (for exercises that need none: `tok.encode_chat(...)` reaching sentencepiece's encode must fail 01.1).
+THROUGH_LIBRARY = "through the library"
+_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY, THROUGH_LIBRARY)
 NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.repeat_interleave",
              "torch.Tensor.expand", "torch.Tensor.expand_as", "torch.broadcast_to", "torch.Tensor.broadcast_to",
              "torch.broadcast_tensors", "torch.stack", "torch.cat", "torch.concat", "torch.index_select",
@@ -502,9 +506,10 @@ _WRITES = {torch.Tensor.__setitem__, torch.Tensor.copy_}
 
 
 class _TorchWatch(TorchFunctionMode):
-    def __init__(self, rules: dict, advanced: bool, used: list, origins: Optional[_Origins] = None):
+    def __init__(self, rules: dict, advanced: bool, used: list, origins: Optional[_Origins] = None,
+                 strict: bool = False):
         super().__init__()
-        self.rules, self.advanced, self.used, self.origins = rules, advanced, used, origins
+        self.rules, self.advanced, self.used, self.origins, self.strict = rules, advanced, used, origins, strict
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         try:
@@ -514,7 +519,7 @@ class _TorchWatch(TorchFunctionMode):
         if name is None and self.advanced and func is torch.Tensor.__getitem__ and len(args) > 1 \
                 and _advanced(args[1]):
             name = ADVANCED_INDEXING
-        if name is not None and not _called_by_library():
+        if name is not None and (self.strict or not _called_by_library()):
             self.used.append(name)
         result = func(*args, **(kwargs or {}))
         if self.origins is not None:
@@ -532,8 +537,10 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
     the closures of `student` and of what it wraps). ENLARGED_COPY watches the tensors among `inputs`."""
     used: list = []
     rules, library = {}, {}  # object -> name; name -> library function
-    advanced, origins = False, None
+    advanced, origins, strict = False, None, THROUGH_LIBRARY in forbid
     for name in forbid:
+        if name == THROUGH_LIBRARY:
+            continue
         if name == ADVANCED_INDEXING:
             advanced = True
             continue
@@ -550,7 +557,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
     def wrap(obj, name):
         @functools.wraps(obj)
         def recorded(*args, **kwargs):
-            if not _called_by_library():
+            if strict or not _called_by_library():
                 used.append(name)
             return obj(*args, **kwargs)
         return recorded
@@ -586,7 +593,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
                 if _has_contents(c) and c.cell_contents is obj:
                     saved.append((setattr, c, "cell_contents", obj))
                     c.cell_contents = w
-        with _TorchWatch(rules, advanced, used, origins):
+        with _TorchWatch(rules, advanced, used, origins, strict):
             yield used
     finally:
         for restore, *args in reversed(saved):
