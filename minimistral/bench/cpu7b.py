@@ -371,18 +371,10 @@ def format_table(rows: list[dict], bandwidth: dict) -> str:
     return "\n".join(lines)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def main(argv=None) -> int:
     import torch
+
+    from .cpu import positive_int
 
     parser = argparse.ArgumentParser(prog="python -m minimistral.bench --cpu7b", description=__doc__.split("\n")[0])
     parser.add_argument("--preset", choices=("7b", "tiny"), default="7b")
