@@ -545,7 +545,7 @@ def angle_table(positions, head_dim, theta):  # a case: the table and its positi
 known_theta = {}
 theta_cases = [angle_table(list(range(8)), 128, 10000.0), angle_table([5, 4096], 128, 1e6),
                angle_table([0, 3, 1], 8, 500.0), angle_table([7], 4, 20.0), angle_table([0, 2], 64, 250000.0),
-               angle_table([4, 0], 16, 300.0), angle_table([9, 0, 2], 32, 5e5),
+               angle_table([4, 0], 16, 300.0), angle_table([9, 0, 2], 32, 5e5), angle_table([0, 1, 5], 16, 12.5),
                angle_table([0, 6, 3], 64, 10 ** (2 + 4 * torch.rand(1, generator=torch.Generator().manual_seed(31)).item()))]
 _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, positions: known_theta[id(angles)],
                    cases=theta_cases, forbid=["minimistral.rope.rope_angles", "minimistral.rope.rope_frequencies"],
@@ -621,10 +621,12 @@ from minimistral.labs import references
 _ = check_function("03.3 first_slow_pair", first_slow_pair, references.slow_pair_by_counting, cases=[
     (128, 10000.0, 4000), (128, 1e6, 4000), (64, 10000.0, 100), (128, 10000.0, 3),
     (128, 10000.0, 1e6), (32, 10000.0, 1.001 * 2 * math.pi * 10000.0 ** 0.5), (8, 16.0, 2 * math.pi * 4),
+    (128, 10000.0, 6.0),
 ], labels=["Mistral 7B's heads, 4,000 tokens", "theta 1e6 (later Mistral models), 4,000 tokens",
            "head_dim 64, 100 tokens", "3 tokens: faster than any pair", "a million tokens: slower than any pair",
            "head_dim 32, n_tokens just above the period of pair 8",
-           "head_dim 8, theta 16: n_tokens exactly the period of pair 2 (8π)"],
+           "head_dim 8, theta 16: n_tokens exactly the period of pair 2 (8π)",
+           "6 tokens: just under the fastest period, 2π"],
    forbid=["minimistral.labs.references.slow_pair_by_counting"],
    hint="write pair i's period as a function of i and solve 'period > n_tokens' for i; mind the two ends of the "
         "range and whether a period equal to n_tokens counts")
