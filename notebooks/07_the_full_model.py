@@ -60,7 +60,7 @@ from minimistral.norm import RMSNorm
 from minimistral.rope import rope_angles
 
 torch.manual_seed(0)
-torch.set_num_threads(1)  # one thread: fastest for the small models, polite on shared machines, enough for one 7B layer
+torch.set_num_threads(1)  # one thread: polite on shared machines, enough for the small models and one 7B layer
 
 # %% [markdown]
 # ## 1. The block: two residual branches, each behind its own norm
@@ -246,7 +246,7 @@ def _block_case(seed, n_heads, n_kv_heads, window, T, parallel):
 
 
 class _ParallelBlock(nn.Module):
-    """A parallel block over a library block's modules: out = x + attention(attention_norm(x)) + MLP(ffn_norm(x))."""
+    """A parallel block over the same modules as a library block (section 5 rewires the trained model this way)."""
 
     def __init__(self, b):
         super().__init__()
@@ -406,8 +406,9 @@ plt.show()
 #
 # ### Exercise 07.2: Mixtral's total and active parameters
 #
-# Mistral AI's next model, **Mixtral 8x7B** (Jiang et al. 2024), keeps this model and changes one thing in every
-# block: the single MLP becomes `n_experts` MLPs ("experts", each a SwiGLU MLP of Mistral's shape with its own
+# Mistral AI's next model, **Mixtral 8x7B** (Jiang et al. 2024), keeps this model and changes one thing that holds
+# parameters in every block (it also drops the sliding window and raises `rope_theta` to 1e6; neither holds
+# parameters): the single MLP becomes `n_experts` MLPs ("experts", each a SwiGLU MLP of Mistral's shape with its own
 # w1, w3, w2) plus a **router**, a linear layer without bias from `dim` to `n_experts` scores. For every token the
 # router picks the `top_k` best-scoring experts; only those run, and their outputs are mixed. Attention, the two
 # norms per block, the embeddings, the final norm and the untied output head are as in Mistral.
@@ -491,7 +492,10 @@ passed = check_function("07.2 moe_params", moe_params, _moe_numel, _moe_cases,
 # of weights, gradients and optimizer state for the whole model (embeddings, all blocks, final norm, output head
 # unless `tied`). Activations are left out. `ModelArgs.num_params()` and `params_by_component()` are refused, and
 # so is building the library's `Transformer` (or its blocks) to walk its parameters.
-# The check uses configurations that appear nowhere above; work out one by hand first.
+# Count the library's tensors, as listed in section 3 (some codebases fuse w1 and w3, or wq, wk and wv, into one
+# matrix; this one does not, and Adafactor factors each matrix separately). The check uses configurations mostly
+# new to you (the shapes of Llama 3.2 1B and Gemma 3 270M, beside the tiny model and the 7B); work out one by
+# hand first.
 
 # %% nbgrader={"grade": false, "grade_id": "ex07_3_training_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def training_bytes(args: mm.ModelArgs, tied: bool, optimizer: str = "adamw") -> int:
@@ -597,8 +601,9 @@ del big_block, y  # give the 0.87 GB back
 # %% [markdown]
 # Every weight except the embedding table (a lookup, no arithmetic) takes part in one multiply-add per token,
 # so a forward pass costs about $2 \times (7.24 - 0.13) \times 10^9 \approx 14.2$ GFLOP per token, plus the
-# attention scores (notebook 06 counts them). That, and reading 14.5 GB of bf16 weights
-# for every generated token, is why notebook 11 takes the real model to a GPU.
+# attention scores (notebook 06 counts them). That, and reading 14.5 GB (13.5 GiB) of bf16 weights
+# for every generated token, is why notebook 11 takes the real model to a GPU. (The GFLOP/s printed above is
+# one thread's, the setting at the top of this notebook, not what the whole CPU can do.)
 #
 # ## 5. The CPU preset end to end
 #
@@ -774,7 +779,7 @@ for shift, branch, colour, what in [(-0.2, "attention", "#6c8ebf", "attention re
                                     (0.2, "feed_forward", "#82b366", "MLP removed")]:
     bars = ax.bar(xs_ + shift, [ablation[n, branch] for n in range(len(xs_))], width=0.4, color=colour, label=what)
     ax.bar_label(bars, fmt="+%.2f", fontsize=8, padding=1)  # the small costs stay readable next to the big one
-ax.set_yscale("log")  # one bar is ~15x the others: a log axis shows both
+ax.set_yscale("log")  # one bar is 15x to 80x the others: a log axis shows both
 ax.set_ylim(0.02, 12)
 ax.set_xticks(xs_.tolist(), [f"block {n}" for n in range(len(xs_))])
 ax.set_ylabel("increase in held-out loss\n(nats, log scale)")
@@ -890,9 +895,11 @@ if MistralForCausalLM is not None:
 # - The model is an embedding table, 32 such blocks, a final RMSNorm and an untied output head.
 # - 7,241,732,096 parameters: 131,072,000 in the embeddings, 218,112,000 per layer (41,943,040
 #   attention + 176,160,768 MLP + 8,192 norms), 4,096 in the final norm and 131,072,000 in the head.
-# - One real-sized layer runs on a CPU; the full model needs 14.5 GB in bf16 and ~14.2 GFLOP per token.
+# - One real-sized layer runs on a CPU; the full model needs 14.5 GB (13.5 GiB) in bf16 and ~14.2 GFLOP per
+#   token.
 # - Our model gives transformers' logits to within 1e-4 on the same weights.
-# - In the trained tiny model the first block writes most of the stream (the embeddings are small); read
+# - In the trained tiny model the first block writes the largest share of the stream, about half of it (the
+#   embeddings are small); read
 #   through the output head, the stream already guesses easy continuations after one block, and the guesses
 #   that need context further back appear in later blocks.
 # - Knocking out one branch at a time: block 0's MLP costs 4.1 nats of held-out loss, every other branch

@@ -30,7 +30,7 @@ plt.show()
 # **rolling buffer**.
 #
 # ## What you will learn
-# - Why generation without a cache costs $O(n^2)$ token-passes and with one $O(n)$.
+# - Why generation without a cache costs $O(n^2)$ token-passes (once $n$ outgrows the prompt) and with one $O(n)$.
 # - What a cache holds and what it costs: 128 KiB per token for Mistral 7B in bf16, 4 GiB at 32k tokens
 #   for a full cache, 0.5 GiB for the rolling buffer (allocated in full from the first token).
 # - The rolling buffer: token $p$ goes to slot $p \bmod W$. The order of the slots does not matter, because
@@ -197,8 +197,9 @@ for seq_len in [4096, 32768]:
     print(f"{seq_len:>6,} tokens: full cache {full / 2**30:.2f} GiB, rolling buffer {rolling / 2**30:.2f} GiB")
 
 # %% [markdown]
-# A full cache for one 32k-token sequence costs 4 GiB, on top of 13.5 GiB of weights; a batch of 8
-# would need 32 GiB. Mistral 7B's window makes this unnecessary: a query at position $i$ only looks at
+# A full cache for one 32k-token sequence costs 4 GiB, on top of 14.5 GB (13.5 GiB) of weights; a batch of 8
+# would need 32 GiB. Mistral 7B v0.1's window makes this unnecessary (the model `ModelArgs.mistral_7b()`
+# describes; v0.2 and v0.3 dropped the window, and their cache does grow to 4 GiB at 32k): a query at position $i$ only looks at
 # keys $j$ with $i - W < j \le i$ (notebook 05), so once a token is $W$ positions old **no later query
 # will ever read it again**. The cache needs only the last $W = 4096$ tokens.
 #
@@ -213,7 +214,7 @@ for seq_len in [4096, 32768]:
 #
 # Below, a cache with $W = 8$ after 13 tokens: positions 5 to 12 are cached; 8 to 12 went into slots 0
 # to 4 after the ring wrapped, over tokens 0 to 4. Slide through the tokens to watch it fill and wrap
-# (in JupyterLab; the picture below is its first state).
+# (in JupyterLab; the picture below is its state after 5 tokens, where the slider starts).
 
 # %%
 fig = viz.plot_cache_slots(None, pos=13, window=8)
@@ -582,7 +583,8 @@ print(f"allocated by mm.RollingKVCache for the 7B: {W7 * per_tok:,} bytes whatev
 #
 # ## Summary
 #
-# - Without a cache, generating $n$ tokens costs $\sim n^2/2$ token-passes; with one, about $n$.
+# - Without a cache, generating $n$ tokens after a $P$-token prompt costs $\sim nP + n^2/2$ token-passes
+#   (quadratic once $n$ outgrows the prompt); with one, about $P + n$.
 # - A cache holds one key and one value per layer, KV head and token: 131,072 bytes per token for
 #   Mistral 7B in bf16, 0.5 GiB at 4,096 tokens and 4 GiB at 32,768 for a full cache.
 # - The rolling buffer keeps only $W$ slots: token $p$ goes to slot $p \bmod W$, overwriting the token

@@ -359,6 +359,23 @@ def test_a_forbidden_function_is_seen_under_every_alias_of_its_class_or_module(c
     assert Counter.count is Counter.Tally is Counter.__dict__["Count"] and lib.add_up is lib.total is total  # restored
 
 
+def test_a_forbidden_classmethod_is_seen_and_restored(capsys):
+    # `RollingKVCache.from_args(...).nbytes` on the meta device does 11.1's arithmetic: forbidding the
+    # classmethod must catch it (a bound method is a new object on every lookup), and put it back afterwards
+    from minimistral import ModelArgs
+    from minimistral.cache import RollingKVCache
+    args = ModelArgs.tiny()
+    right = lambda a, n: n * 2 * a.n_layers * a.n_kv_heads * a.head_dim * 4  # noqa: E731 -- float32 K and V
+    cheat = lambda a, n: RollingKVCache.from_args(a, device="meta", seq_len=n).nbytes  # noqa: E731
+    forbid = ["minimistral.cache.RollingKVCache.from_args"]
+    assert verdict(capsys, "99.22 from_args", cheat, right, [(args, 10)])[0]  # the cheat is right, unwatched
+    ok, out = verdict(capsys, "99.22 from_args", cheat, right, [(args, 10)], forbid=forbid)
+    assert not ok and "minimistral.cache.RollingKVCache.from_args" in out, out
+    assert verdict(capsys, "99.22 from_args", right, right, [(args, 10)], forbid=forbid)[0]
+    assert isinstance(vars(RollingKVCache)["from_args"], classmethod)
+    assert RollingKVCache.from_args(args, device="meta", seq_len=10).nbytes == right(args, 10)  # restored
+
+
 def test_forbidden_operations_are_seen_while_the_answer_runs(capsys):
     def silu_by_hand(x):
         return x * torch.sigmoid(x)

@@ -576,7 +576,11 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             w = wrap(obj, name)
             owner, attr = name.rsplit(".", 1)
             owner = _resolve(owner)
-            if (isinstance(owner, type) and vars(owner).get(attr) is obj   # a method: replace it on its class
+            raw = vars(owner).get(attr) if isinstance(owner, type) else None
+            if isinstance(raw, classmethod) and raw.__func__ is getattr(obj, "__func__", None):  # Cls.from_args
+                saved.append((setattr, owner, attr, raw))
+                setattr(owner, attr, classmethod(wrap(raw.__func__, name)))
+            elif (isinstance(owner, type) and vars(owner).get(attr) is obj   # a method: replace it on its class
                     or inspect.ismodule(owner) and getattr(owner, attr, None) is obj):  # a module's function
                 # and every alias of it there, under its own name (sentencepiece's Tokenize is Encode itself)
                 for key in [k for k, v in list(vars(owner).items()) if v is obj]:
