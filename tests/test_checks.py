@@ -23,7 +23,7 @@ def test_a_failing_check_raises_by_default(monkeypatch, capsys):
     with pytest.raises(CheckFailed, match="99.1 params"):
         check_function("99.1 params", lambda n, d: 0, ref_params, [(2, 8)])
     assert capsys.readouterr().out.startswith("[FAIL] 99.1 params: ")
-    assert check_function("99.1 params", ref_params, ref_params, [(2, 8)])  # a pass never raises
+    assert check_function("99.1 params", twin(ref_params), ref_params, [(2, 8)])  # a pass never raises
 
 
 def verdict(capsys, *args, **kwargs):
@@ -32,6 +32,13 @@ def verdict(capsys, *args, **kwargs):
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and out.startswith(("[PASS] ", "[FAIL] ", "[TODO] "))  # one verdict line
     return ok, out.strip()
+
+
+def twin(fn):
+    """The same function under another code object: an answer equal to the reference, not the reference itself."""
+    import types
+    return types.FunctionType(fn.__code__.replace(co_name=fn.__code__.co_name + "_twin"), fn.__globals__,
+                              fn.__name__, fn.__defaults__, fn.__closure__)
 
 
 def ref_params(n_layers, d):
@@ -56,18 +63,18 @@ def test_a_pass_line_names_what_the_answer_was_compared_with(capsys):
     from minimistral.norm import rms_norm
     from minimistral.tokenizer import Tokenizer
     x, w = torch.randn(2, 8), torch.ones(8)
-    ok, out = verdict(capsys, "99.5 norm", rms_norm, rms_norm, [(x, w, 1e-5)])
+    ok, out = verdict(capsys, "99.5 norm", twin(rms_norm), rms_norm, [(x, w, 1e-5)])
     assert ok and out == "[PASS] 99.5 norm: matches the library's rms_norm on 1 case"
     ok, out = verdict(capsys, "99.5 silu", lambda x: x * torch.sigmoid(x), torch.nn.functional.silu, [(x,), (w,)])
     assert ok and out == "[PASS] 99.5 silu: matches torch's silu on 2 cases"
 
     def brute_force(x):
         return x.sum(-1)
-    ok, out = verdict(capsys, "99.5 sum", brute_force, brute_force, [(x,)])
+    ok, out = verdict(capsys, "99.5 sum", twin(brute_force), brute_force, [(x,)])
     assert ok and out == "[PASS] 99.5 sum: matches the reference brute_force on 1 case"
     ok, out = verdict(capsys, "99.5 sum", brute_force, lambda x: x.sum(-1), [(x,)])
     assert ok and out == "[PASS] 99.5 sum: matches the reference on 1 case"
-    ok, out = verdict(capsys, "99.5 halves", references.unpack_halves, references.unpack_halves,
+    ok, out = verdict(capsys, "99.5 halves", twin(references.unpack_halves), references.unpack_halves,
                       [(torch.tensor([[0x21]], dtype=torch.uint8),)])
     assert ok and out == "[PASS] 99.5 halves: matches the course's reference unpack_halves on 1 case"
     assert compared_with(Tokenizer.decode) == "the library's Tokenizer.decode"
@@ -145,7 +152,7 @@ def test_an_expected_infinity_has_no_tolerance(capsys):
     def ref(z):  # a logits filter: -inf for a dropped token
         return torch.where(z >= z.amax(-1, keepdim=True) - 1.0, z, -torch.inf)
     z = torch.tensor([[0.0, 2.0, 1.5, -3.0], [1.0, 0.2, 0.9, 5.0]])
-    ok, out = verdict(capsys, "99.4 drop", ref, ref, [(z,)])
+    ok, out = verdict(capsys, "99.4 drop", twin(ref), ref, [(z,)])
     assert ok
     ok, out = verdict(capsys, "99.4 drop", lambda z: torch.where(z >= z.amax(-1, keepdim=True) - 1.0, z, 0.0), ref,
                       [(z,)])  # 0 where -inf belongs: |0 - (-inf)| is not within any relative tolerance of inf
@@ -371,7 +378,7 @@ def test_a_forbidden_classmethod_is_seen_and_restored(capsys):
     assert verdict(capsys, "99.22 from_args", cheat, right, [(args, 10)])[0]  # the cheat is right, unwatched
     ok, out = verdict(capsys, "99.22 from_args", cheat, right, [(args, 10)], forbid=forbid)
     assert not ok and "minimistral.cache.RollingKVCache.from_args" in out, out
-    assert verdict(capsys, "99.22 from_args", right, right, [(args, 10)], forbid=forbid)[0]
+    assert verdict(capsys, "99.22 from_args", twin(right), right, [(args, 10)], forbid=forbid)[0]
     assert isinstance(vars(RollingKVCache)["from_args"], classmethod)
     assert RollingKVCache.from_args(args, device="meta", seq_len=10).nbytes == right(args, 10)  # restored
 
@@ -671,3 +678,18 @@ def test_through_the_library_counts_a_forbidden_call_the_library_makes_for_the_s
     assert not ok and "torch.nn.functional.silu" in out, out
     written_out = lambda x: ff.w2(torch.sigmoid(ff.w1(x)) * ff.w1(x) * ff.w3(x))  # noqa: E731
     assert verdict(capsys, "99.30 swiglu", written_out, reference, cases, forbid=forbid + [THROUGH_LIBRARY])[0]
+
+
+def test_the_reference_or_a_forbidden_function_imported_as_the_answer_fails(capsys):
+    """`from minimistral.labs.references import x as my_x` is the reference itself: no call watch sees that."""
+    import functools
+
+    from minimistral.norm import rms_norm
+    cases = [(torch.randn(2, 8), torch.ones(8), 1e-5)]
+    ok, out = verdict(capsys, "99.31 rms_norm", torch_rms_norm, torch_rms_norm, cases)
+    assert not ok and "the very reference it is compared with" in out, out
+    wrapped = functools.wraps(torch_rms_norm)(lambda *a: torch_rms_norm(*a))
+    assert not verdict(capsys, "99.31 rms_norm", wrapped, torch_rms_norm, cases)[0]
+    ok, out = verdict(capsys, "99.31 rms_norm", rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_norm"])
+    assert not ok and "it is minimistral.norm.rms_norm, which this exercise does not allow" in out, out
+    assert verdict(capsys, "99.31 rms_norm", good_rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_norm"])[0]

@@ -34,6 +34,7 @@ import numbers
 import os
 import re
 import sys
+import types
 from typing import Any, Callable, Iterable, Optional
 
 import torch
@@ -712,6 +713,35 @@ def _reference_codes(reference: Callable) -> dict:
     return {code: getattr(fn, "__qualname__", None) or fn.__name__}
 
 
+def _code_of(fn) -> Optional[types.CodeType]:
+    """The code object a callable runs (through bound methods, functools.wraps and partial), or None."""
+    for _ in range(10):
+        fn = getattr(fn, "__func__", fn)
+        inner = getattr(fn, "__wrapped__", None) or (fn.func if isinstance(fn, functools.partial) else None)
+        if inner is None:
+            break
+        fn = inner
+    return getattr(fn, "__code__", None)
+
+
+def _is_forbidden_itself(student: Callable, reference: Callable, forbid: tuple) -> Optional[str]:
+    """Why the student's function IS the reference or a forbidden function (imported under the exercise's name,
+    `from ...references import x as my_x`), which no call watch sees; else None."""
+    own = _code_of(student)
+    if own is None:
+        return None
+    refs = dict(_reference_codes(reference))
+    if _code_of(reference) is not None:
+        refs.setdefault(_code_of(reference), getattr(reference, "__qualname__", "the reference"))
+    same = [c for c in refs if c is own]  # identity: an equal function written out by the student is an answer
+    if same:
+        return f"it is {refs[same[0]]}, the very reference it is compared with (not allowed: the exercise is to write it)"
+    for name in forbid:
+        if name not in _SPECIAL and _code_of(_resolve(name)) is own:
+            return f"it is {name}, which this exercise does not allow"
+    return None
+
+
 @contextlib.contextmanager
 def _refusing_reference(reference: Callable):
     """Within this block, record (into the yielded list) every call to the reference (`_reference_codes`) made
@@ -753,6 +783,9 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         if name not in _SPECIAL:
             _resolve(name)  # a misspelt rule is the author's error, not the student's
     names = _param_names(student, reference)
+    itself = _is_forbidden_itself(student, reference, forbid)
+    if itself is not None:
+        return _report(FAIL, exercise, f"{itself}. {hint}".strip())
     for n, args in enumerate(cases, 1):
         label = labels[n - 1] if labels else getattr(args, "label", None)
         what = f"case {n} of {len(cases)} ({label if label is not None else _describe_case(student, args, reference)})"
