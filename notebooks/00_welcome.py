@@ -290,7 +290,8 @@ for seq_len in [4096, 32768]:
 # %% [markdown]
 # At 32,768 tokens (the configured limit, four times the paper's `context_len` of 8,192) a full GQA
 # cache takes 4 GiB per sequence; the rolling buffer keeps it at 0.5 GiB, **8× less**, and MHA would need
-# 16 GiB, more than the weights themselves. At the paper's 8,192 tokens the rolling buffer saves
+# 16 GiB, more than the weights themselves (it passes them at 27,625 tokens, the red × in the right
+# panel below). At the paper's 8,192 tokens the rolling buffer saves
 # 2×, not 8×: the dotted line at 8,192 in the right panel below (its axis is logarithmic, so equal ratios are
 # equal gaps). Up to 4,096 tokens the green and orange lines are the same line (the buffer is not full yet), so
 # only the green one shows there.
@@ -326,6 +327,14 @@ for n in (8192, 32768):  # the values the prose quotes, at the two lengths it qu
         y = args.kv_cache_bytes(n, rolling=rolling) / GiB
         ax2.plot([n], [y], "o", color=color, ms=4)
         ax2.text(n - 250, y * (1.25 if not rolling else 0.62), f"{y:.1f}", color=color, fontsize=8, ha="right")
+y = mha.kv_cache_bytes(32768, rolling=False) / GiB  # MHA's 16 GiB, and where it passes the weights
+ax2.plot([32768], [y], "o", color="#C44E52", ms=4)
+ax2.text(32768 - 250, y * 1.25, f"{y:.0f}", color="#C44E52", fontsize=8, ha="right")
+cross = args.weight_bytes("bfloat16") / mha.kv_bytes_per_token()
+ax2.plot([cross], [args.weight_bytes("bfloat16") / GiB], "x", color="#C44E52", ms=6)
+ax2.annotate(f"MHA passes the weights\nat {cross:,.0f} tokens", xy=(cross, args.weight_bytes("bfloat16") / GiB),
+             xytext=(16000, 4.0), color="#C44E52", fontsize=8, ha="center", va="center",
+             arrowprops=dict(arrowstyle="->", color="#C44E52", lw=0.8))
 ax2.set_xlabel("tokens in the sequence")
 ax2.set_ylabel("GiB (bf16, batch 1, log scale)")
 ax2.set_title("KV cache")

@@ -182,7 +182,7 @@ print("hidden = gate * value:", [round(h, 3) for h in (gate * value).tolist()])
 
 # %% [markdown]
 # Unit 0's gate is wide open (SiLU(2) = 1.76) and passes its value −1 amplified to −1.76; unit 1's gate is
-# shut (SiLU(−4) = −0.07) and lets almost nothing of its value 1 through; unit 2's gate is half open
+# shut (SiLU(−4) = −0.07) and passes only a small negative leak, −0.07 of its value 1; unit 2's gate is half open
 # (SiLU(1) = 0.73) and passes 1.46 of its value 2.
 #
 # ## 3. SwiGLU from scratch, against the library
