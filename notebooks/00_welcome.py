@@ -97,7 +97,7 @@ plt.show()
 # - The tokenizer turns text into ids (notebook 01); the embedding table turns each id into a vector of
 #   `dim` = 4,096 numbers (02).
 # - **The residual stream** is that vector as it travels up the model: one `(dim,)` vector per token, the
-#   thick blue line on the right. No block replaces it. Each block *reads* it (through an RMSNorm, 02),
+#   thick blue line in the right-hand panel. No block replaces it. Each block *reads* it (through an RMSNorm, 02),
 #   computes something, and *adds* its result back: `x = x + attention(norm(x))`, then
 #   `x = x + mlp(norm(x))`, the two ⊕ on the line. So after block $\ell$ the stream holds the embedding plus
 #   the sum of everything blocks $1..\ell$ wrote into it, and every block can read what any earlier one
@@ -105,8 +105,10 @@ plt.show()
 # - Attention is the only place where tokens exchange information. Queries and keys get their positions
 #   by rotation (RoPE, 03: on q and k only, never on v); 32 query heads share 8 key/value heads (GQA, 04);
 #   the mask lets a token see itself and at most the 4,095 tokens before it (the sliding window, 05).
-#   The paper's "between $i - W$ and $i$" reads as $W + 1$ positions; the released code attends to $W$,
-#   the token itself included, and so does this course.
+#   The paper's "between $i - W$ and $i$" reads as $W + 1$ positions, and so does the prompt mask of the
+#   one-file reference released with v0.1 (`torch.triu(mask, diagonal=-sliding_window)`); its rolling cache
+#   of $W$ slots, and mistral-inference's later code, give $W$, the token itself included. This course uses
+#   $W$ (notebook 05 pins it).
 # - The MLP (SwiGLU, 06) works on each token separately and holds most of the parameters.
 # - After the last block a final RMSNorm and the output head turn the stream into one score per
 #   vocabulary entry: the logits for the next token (07), which generation samples from (09).
@@ -186,8 +188,9 @@ for field, value in args.to_dict().items():
 # One number needs care: `max_seq_len` = 32,768 is what the released configuration allows (Hugging Face's
 # `max_position_embeddings`), not a context the paper reports training on: the Mistral 7B paper's Table 1
 # lists `context_len` = **8,192** tokens among the model's parameters (it does not state a training sequence
-# length in words). Nothing in the paper shows the model using positions beyond that well. The 32,768-token
-# figures below are about memory, which the config allows, not about quality.
+# length in words). Its rolling-buffer paragraph does claim that on a 32k-token sequence the buffer cuts the
+# cache memory 8× "without impacting the model quality", but the paper shows no measurement of quality at
+# 32k. The 32,768-token figures below are about memory, which the config allows, not about quality.
 #
 # Two traps for anyone loading v0.1 with other tools, both pinned by the library's tests: Hugging
 # Face's `MistralConfig` defaults to `rms_norm_eps=1e-6` (v0.1 uses `1e-5`), and `mistral-inference`
@@ -287,7 +290,8 @@ for seq_len in [4096, 32768]:
 # %% [markdown]
 # At 32,768 tokens (the configured limit, four times the paper's `context_len` of 8,192) a full GQA
 # cache takes 4 GiB per sequence; the rolling buffer keeps it at 0.5 GiB, **8× less**, and MHA would need
-# 16 GiB, more than the weights themselves. At the paper's 8,192 tokens the rolling buffer saves
+# 16 GiB, more than the weights themselves (it passes them at 27,625 tokens, the red × in the right
+# panel below). At the paper's 8,192 tokens the rolling buffer saves
 # 2×, not 8×: the dotted line at 8,192 in the right panel below (its axis is logarithmic, so equal ratios are
 # equal gaps). Up to 4,096 tokens the green and orange lines are the same line (the buffer is not full yet), so
 # only the green one shows there.
@@ -323,6 +327,14 @@ for n in (8192, 32768):  # the values the prose quotes, at the two lengths it qu
         y = args.kv_cache_bytes(n, rolling=rolling) / GiB
         ax2.plot([n], [y], "o", color=color, ms=4)
         ax2.text(n - 250, y * (1.25 if not rolling else 0.62), f"{y:.1f}", color=color, fontsize=8, ha="right")
+y = mha.kv_cache_bytes(32768, rolling=False) / GiB  # MHA's 16 GiB, and where it passes the weights
+ax2.plot([32768], [y], "o", color="#C44E52", ms=4)
+ax2.text(32768 - 250, y * 1.25, f"{y:.0f}", color="#C44E52", fontsize=8, ha="right")
+cross = args.weight_bytes("bfloat16") / mha.kv_bytes_per_token()
+ax2.plot([cross], [args.weight_bytes("bfloat16") / GiB], "x", color="#C44E52", ms=6)
+ax2.annotate(f"MHA passes the weights\nat {cross:,.0f} tokens", xy=(cross, args.weight_bytes("bfloat16") / GiB),
+             xytext=(16000, 4.0), color="#C44E52", fontsize=8, ha="center", va="center",
+             arrowprops=dict(arrowstyle="->", color="#C44E52", lw=0.8))
 ax2.set_xlabel("tokens in the sequence")
 ax2.set_ylabel("GiB (bf16, batch 1, log scale)")
 ax2.set_title("KV cache")
@@ -407,7 +419,7 @@ del tiny, cache
 # %% [markdown]
 # ## Exercise 00.1: a model Mistral did not build
 #
-# Other models of the same family change two details. Qwen2, for instance, gives the query, key and value
+# Other decoders built like Mistral change two details. Qwen2, for instance, gives the query, key and value
 # projections a **bias** (a learned vector added to the product: `x @ wq.T + bq`), and its small versions
 # **tie** the output head to the embedding table: the head *is* the embedding matrix, used a second time, so
 # it is stored once.
@@ -456,13 +468,21 @@ def built_and_counted(args, qkv_bias, tied):  # the reference: build the variant
 qwen_shapes = mm.ModelArgs(dim=896, n_layers=24, head_dim=64, hidden_dim=4864, n_heads=14, n_kv_heads=2,
                            vocab_size=151936)
 _ = check_function("00.1 variant_params", variant_params, built_and_counted, cases=[
-    case(mm.ModelArgs.mistral_7b(), False, False, label="Mistral 7B as it is: no bias, separate head"),
-    case(mm.ModelArgs.mistral_7b(), True, False, label="Mistral 7B with biases on wq, wk, wv"),
-    case(mm.ModelArgs.mistral_7b(), False, True, label="Mistral 7B with its head tied to the embeddings"),
-    case(mm.ModelArgs.tiny(), True, True, label="the tiny model (8 query and 2 K/V heads of 32), biases and tied"),
+    case(mm.ModelArgs.mistral_7b(), False, False, label="Mistral 7B as it is: no bias, separate head",
+         hint="no bias and no tie here: count each matrix of a layer from its shapes, the two RMSNorms of every "
+              "layer, and the final norm"),
+    case(mm.ModelArgs.mistral_7b(), True, False, label="Mistral 7B with biases on wq, wk, wv",
+         hint="how many numbers does a bias add to a matrix, and which size of that matrix sets it?"),
+    case(mm.ModelArgs.mistral_7b(), False, True, label="Mistral 7B with its head tied to the embeddings",
+         hint="how many vocab_size x dim tables does a tied model store?"),
+    case(mm.ModelArgs.tiny(), True, True, label="the tiny model (8 query and 2 K/V heads of 32), biases and tied",
+         hint="both details at once: do the biases of wk and wv follow n_kv_heads, and is the shared table "
+              "counted once?"),
     case(mm.ModelArgs(dim=96, n_layers=3, head_dim=64, hidden_dim=200, n_heads=4, n_kv_heads=2, vocab_size=10),
-         True, False, label="dim 96 with 4 query heads of 64 (n_heads * head_dim != dim), 2 K/V heads, biases"),
-    case(mm.ModelArgs.tiny(n_kv_heads=1, n_layers=2), True, False, label="multi-query (1 K/V head), biases"),
+         True, False, label="dim 96 with 4 query heads of 64 (n_heads * head_dim != dim), 2 K/V heads, biases",
+         hint="here n_heads * head_dim is not dim: write wq, wo and the bias of wq from n_heads and head_dim"),
+    case(mm.ModelArgs.tiny(n_kv_heads=1, n_layers=2), True, False, label="multi-query (1 K/V head), biases",
+         hint="with one K/V head, how wide are wk and wv, and their biases?"),
     case(qwen_shapes, True, True, label="Qwen2.5-0.5B's shapes: dim 896, 24 layers, 14 heads over 2, biases, tied"),
 ], forbid=LIBRARY_COUNTING + ["minimistral.attention.Attention.__init__", "minimistral.mlp.FeedForward.__init__"],
    hint="how many numbers does a bias add to a matrix, and which size of that matrix sets it? "
@@ -523,22 +543,34 @@ def config(dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, vocab_size,
 
 
 _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes, cases=[
-    (config(4096, 32, 128, 14336, 32, 8, 32000, 4096), 1, 32768, 2),
-    (config(5120, 40, 128, 14336, 32, 8, 131072, None), 8, 8192, 2),
-    (config(3072, 28, 128, 8192, 24, 8, 128256, 8192), 16, 100, 4),
-    (config(2048, 24, 64, 5632, 32, 1, 50000, 2048), 4, 10000, 1),
-    (config(1024, 6, 96, 2816, 16, 4, 8000, None), 2, 3000, 2),
-    (config(256, 4, 32, 768, 8, 2, 4096, 128), 3, 1000, 4),
-], labels=[
-    "Mistral 7B, one 32,768-token sequence, 2 bytes",
-    "40 layers of dim 5,120, no window, 8 sequences of 8,192 tokens, 2 bytes",
-    "dim 3,072 with 24 heads of 128, 8 K/V heads, window 8,192, 16 prompts of 100 tokens, 4 bytes",
-    "multi-query (1 K/V head), window 2,048, 4 sequences of 10,000 tokens, 1 byte",
-    "dim 1,024 with 16 heads of 96 (head_dim != dim // n_heads), no window, 2 sequences of 3,000 tokens, 2 bytes",
-    "the course model (ModelArgs.course(), trained in 10: vocabulary 4,096, window 128), 3 sequences of "
-    "1,000 tokens, 4 bytes",
+    case(config(4096, 32, 128, 14336, 32, 8, 32000, 4096), 1, 32768, 2,
+         label="Mistral 7B, one 32,768-token sequence, 2 bytes",
+         hint="the sequence is longer than the window: how many tokens does the rolling buffer hold? And which "
+              "weights come once per layer, which once in the whole model?"),
+    case(config(5120, 40, 128, 14336, 32, 8, 131072, None), 8, 8192, 2,
+         label="40 layers of dim 5,120, no window, 8 sequences of 8,192 tokens, 2 bytes",
+         hint="no window: how many tokens of each sequence does the cache hold? And n_heads * head_dim is not dim "
+              "here: write the attention sizes from n_heads, n_kv_heads and head_dim"),
+    case(config(3072, 28, 128, 8192, 24, 8, 128256, 8192), 16, 100, 4,
+         label="dim 3,072 with 24 heads of 128, 8 K/V heads, window 8,192, 16 prompts of 100 tokens, 4 bytes",
+         hint="the prompts are shorter than the window: does the buffer hold more tokens than there are? And "
+              "does every number, cached ones included, take bytes_per_number bytes?"),
+    case(config(2048, 24, 64, 5632, 32, 1, 50000, 2048), 4, 10000, 1,
+         label="multi-query (1 K/V head), window 2,048, 4 sequences of 10,000 tokens, 1 byte",
+         hint="one K/V head: how wide are wk, wv and each cached key and value?"),
+    case(config(1024, 6, 96, 2816, 16, 4, 8000, None), 2, 3000, 2,
+         label="dim 1,024 with 16 heads of 96 (head_dim != dim // n_heads), no window, 2 sequences of 3,000 "
+               "tokens, 2 bytes",
+         hint="head_dim is not dim // n_heads here: write every attention size from n_heads, n_kv_heads and head_dim"),
+    case(config(256, 4, 32, 768, 8, 2, 4096, 128), 3, 1000, 4,
+         label="the course model (ModelArgs.course(), trained in 10: vocabulary 4,096, window 128), 3 sequences of "
+               "1,000 tokens, 4 bytes"),
+    case(config(5120, 40, 128, 14336, 32, 8, 131072, None), 1, 131072, 2,
+         label="40 layers of dim 5,120, no window, one sequence of 131,072 tokens, 2 bytes",
+         hint="no window, and a sequence longer than any context length in this notebook: does anything in "
+              "params cap the cache?"),
 ], forbid=LIBRARY_COUNTING + ["minimistral.config.ModelArgs.kv_bytes_per_token",
-                              "minimistral.config.ModelArgs.kv_cache_bytes"],
+                              "minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.cache_slots"],
    hint="which weights come once per layer and which only once in the whole model? How many tokens does the "
         "cache hold when the sequence is shorter than the window, longer than it, and when there is no window?")
 
@@ -546,7 +578,7 @@ _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes,
 # ## Summary
 # - Mistral 7B is 32 pre-norm blocks of width 4096, with 32 query heads over 8 key/value heads, a
 #   SwiGLU MLP of width 14336, RoPE with $\theta = 10^4$, and a sliding window of 4096 tokens.
-# - Its 7,241,732,096 parameters are 78 % MLP, 19 % attention, 3.6 % embeddings and output head.
+# - Its 7,241,732,096 parameters are 77.8 % MLP, 18.5 % attention, 3.6 % embeddings and output head.
 # - In bf16 the weights take 14.48 GB (13.49 GiB); the KV cache costs 128 KiB per token thanks to
 #   GQA (MHA: 512 KiB), and the rolling buffer caps it at 0.5 GiB per sequence.
 # - The paper's Table 1 lists `context_len` = 8,192; the released config allows 32,768 positions. The
@@ -554,7 +586,7 @@ _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes,
 # - The residual stream is the per-token vector that runs through all 32 blocks; each block reads it
 #   through an RMSNorm and adds its attention and MLP outputs back to it.
 # - The meta device builds the whole model with its true shapes and no memory; a bias on q, k, v or a tied
-#   head (other models of the family) changes the count in ways you can now work out.
+#   head (other Llama-style models) changes the count in ways you can now work out.
 #
 # ## What's next
 # **01 tokenizer**: how text becomes the token ids the model reads, on Mistral's own tokenizer.

@@ -182,7 +182,7 @@ print("hidden = gate * value:", [round(h, 3) for h in (gate * value).tolist()])
 
 # %% [markdown]
 # Unit 0's gate is wide open (SiLU(2) = 1.76) and passes its value −1 amplified to −1.76; unit 1's gate is
-# shut (SiLU(−4) = −0.07) and lets almost nothing of its value 1 through; unit 2's gate is half open
+# shut (SiLU(−4) = −0.07) and passes only a small negative leak, −0.07 of its value 1; unit 2's gate is half open
 # (SiLU(1) = 0.73) and passes 1.46 of its value 2.
 #
 # ## 3. SwiGLU from scratch, against the library
@@ -347,7 +347,8 @@ axes[0].text(a.sliding_window + 80, 18.5, "W = 4096", color="tab:green")
 axes[0].set_xlabel("context length (keys the new token attends to)")
 axes[0].set_ylabel("GFLOPs per new token")
 axes[0].set_title("Mistral 7B: arithmetic per generated token")
-axes[0].legend(loc="upper left", fontsize=9, framealpha=0.95)
+axes[0].set_ylim(0, 26)  # head room above the stack, so the legend covers no data
+axes[0].legend(loc="upper left", fontsize=9, ncol=2)
 axes[1].plot(contexts, [100 * t["MLP"] / sum(t.values()) for t in table], color="tab:blue", label="with the window")
 axes[1].plot(contexts, [100 * t["MLP"] / sum(t.values()) for t in no_window], color="black", ls="--",
              label="without the window")
@@ -475,17 +476,25 @@ def library_swiglu(x, w1, w2, w3):
 
 
 gen = torch.Generator().manual_seed(6)
-cases = [(torch.randn(*shape_x, dim_, generator=gen), torch.randn(h_, dim_, generator=gen) * 0.3,
-          torch.randn(dim_, h_, generator=gen) * 0.3, torch.randn(h_, dim_, generator=gen) * 0.3)
-         for shape_x, dim_, h_ in [((3,), 4, 6), ((2, 5), 8, 12), ((1, 1, 1), 2, 1), ((2, 3), 16, 40)]]
+swap_hint = ("which of the two hidden-size projections goes through the nonlinearity, and which stays linear? "
+             "Section 3's table of gate and value says which weight plays which role")
+shared = torch.randn(6, 4, generator=gen) * 0.3  # w1 = w3: swapping them changes nothing in this case
+cases = [case(torch.randn(3, 4, generator=gen), shared, torch.randn(4, 6, generator=gen) * 0.3, shared,
+              label="3 tokens of dim 4, hidden 6, with w3 = w1 (so a swap of w1 and w3 changes nothing here)",
+              hint="w1 and w3 are the same matrix here, so the order of the two is not the problem: is your gate "
+                   "SiLU(a) = a * sigmoid(a) of w1's output, multiplied by w3's output, and nothing else?")]
+cases += [case(torch.randn(*shape_x, dim_, generator=gen), torch.randn(h_, dim_, generator=gen) * 0.3,
+               torch.randn(dim_, h_, generator=gen) * 0.3, torch.randn(h_, dim_, generator=gen) * 0.3,
+               label=label, hint=swap_hint)
+          for shape_x, dim_, h_, label in [((3,), 4, 6, "3 tokens of dim 4, hidden 6"),
+                                           ((2, 5), 8, 12, "a (2, 5) batch of tokens, dim 8, hidden 12"),
+                                           ((1, 1, 1), 2, 1, "dim 2, a single hidden unit"),
+                                           ((2, 3), 16, 40, "a (2, 3) batch, dim 16, hidden 40")]]
 _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
-                   labels=["3 tokens of dim 4, hidden 6", "a (2, 5) batch of tokens, dim 8, hidden 12",
-                           "dim 2, a single hidden unit", "a (2, 3) batch, dim 16, hidden 40"],
                    forbid=["torch.nn.functional.silu", "torch._C._nn.silu", "torch.nn.functional.glu",
                            "torch.ops.aten.silu", "torch.ops.aten.silu.default", "torch.ops.aten.silu_",
                            "torch.ops.aten.silu_.default", "minimistral.mlp.FeedForward.forward"],
-                   hint="which of the two hidden-size projections goes through the nonlinearity, and which stays "
-                        "linear? Section 3's table of gate and value says which weight plays which role")
+                   hint=swap_hint)
 
 # %% [markdown]
 # **06.2** LLaMA 2 added one knob to the rule of section 4: a multiplier $m$ (`ffn_dim_multiplier`) scales
@@ -508,18 +517,9 @@ def my_multiplier_range(dim, multiple_of, hidden):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex06_2_multiplier_range-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def llama2_hidden_dim(dim, multiple_of, k):  # LLaMA 2's FeedForward, with the multiplier in hundredths
-    h = int(2 * (4 * dim) / 3)
-    h = int(k / 100 * h) if k % 100 else h * (k // 100)
-    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+from minimistral.labs import references
 
-
-def multiplier_range_by_search(dim, multiple_of, hidden):
-    ks = [k for k in range(100, 301) if llama2_hidden_dim(dim, multiple_of, k) == hidden]
-    return (min(ks), max(ks)) if ks else None
-
-
-_ = check_function("06.2 multiplier_range", my_multiplier_range, multiplier_range_by_search, cases=[
+_ = check_function("06.2 multiplier_range", my_multiplier_range, references.multiplier_range_by_search, cases=[
     case(4096, 256, 14336, label="Mistral 7B: dim 4,096, multiples of 256, hidden 14,336"),
     case(8192, 4096, 28672, label="LLaMA 2 70B: dim 8,192, multiples of 4,096, hidden 28,672"),
     case(4096, 256, 11008, label="LLaMA 7B's 11,008: the smallest multiplier allowed already gives it"),
@@ -529,7 +529,8 @@ _ = check_function("06.2 multiplier_range", my_multiplier_range, multiplier_rang
     case(4096, 256, 14000, label="hidden 14,000: not a multiple of 256"),
     case(4096, 256, 24576, label="hidden 24,576: a multiplier above 2"),
     case(4096, 256, 40960, label="hidden 40,960: beyond the largest multiplier"),
-], hint="both ends of the allowed range of k are allowed. Keep both truncations of the rule; the width only "
+], forbid=["minimistral.labs.references.llama2_hidden_dim"],
+   hint="both ends of the allowed range of k are allowed. Keep both truncations of the rule; the width only "
         "moves in steps of multiple_of, so many k share one width")
 
 # %% [markdown]
@@ -540,9 +541,9 @@ _ = check_function("06.2 multiplier_range", my_multiplier_range, multiplier_rang
 # The check uses configurations nobody printed in this notebook, some with `head_dim != dim // n_heads` and
 # with 1 to 8 K/V heads, and `multiple_of=1` where a few parameters more or less change the answer. `share` means
 # the decimal as written: 0.8 is 4/5 exactly, which `Fraction(str(share))` reads (`Fraction(0.8)` is the float's
-# binary value, a hair above 4/5). Two cases reach their share *exactly* at a multiple of `multiple_of`: one
-# (share 0.75) shows an off-by-one at the boundary, the other (share 0.8) a closed form solved in floats, which lands one
-# unit above it. Work it out on paper first: what
+# binary value, a hair above 4/5). Three cases (shares 0.6, 0.75 and 0.8) reach their share *exactly* at a
+# multiple of `multiple_of`, so "more than" where "at least" is meant fails on them; the 0.8 case also catches a
+# closed form solved in floats, which lands one unit above it. Work it out on paper first: what
 # inequality must `hidden_dim` satisfy, and can you solve it without leaving exact arithmetic (`fractions`)?
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -557,27 +558,17 @@ def my_hidden_for_share(args, share, multiple_of=256):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex06_3_hidden_for_share-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def _share_reference(args, share, multiple_of=256):
-    """Search upwards over multiples of multiple_of, building one real layer's shapes on the meta device."""
-    from minimistral.model import TransformerBlock
-    with torch.device("meta"):
-        rest = sum(p.numel() for n, p in TransformerBlock(args, 0).named_parameters() if "feed_forward" not in n)
-    h, share = multiple_of, Fraction(str(share))  # compare exactly, with the decimal as written (0.8 is 4/5)
-    while 3 * args.dim * h < share * (3 * args.dim * h + rest):
-        h += multiple_of
-    return h
-
-
 _share_cases = [(mm.ModelArgs.mistral_7b(), 0.75, 256), (mm.ModelArgs.mistral_7b(), 0.9, 256),
                 (mm.ModelArgs.tiny(n_kv_heads=1, head_dim=48), 0.7, 1), (mm.ModelArgs.tiny(), 0.6, 1),
                 (mm.ModelArgs(dim=5120, n_layers=40, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
                               vocab_size=131072), 0.85, 128),
                 (mm.ModelArgs.tiny(), 0.75, 2),  # MLP = 3 x (the rest) exactly at hidden 642, a multiple of 2
                 (mm.ModelArgs.tiny(dim=64, n_heads=8, n_kv_heads=2, head_dim=32), 0.8, 1)]  # 4/5 exactly at 856
-_ = check_function("06.3 hidden_for_share", my_hidden_for_share, _share_reference, cases=_share_cases,
+_ = check_function("06.3 hidden_for_share", my_hidden_for_share, references.hidden_for_share_by_search, cases=_share_cases,
                    labels=["Mistral 7B's shapes, share 0.75, multiples of 256", "Mistral 7B's shapes, share 0.9, multiples of 256",
                            "tiny preset with 1 K/V head of 48 (head_dim != dim // n_heads), share 0.7, multiple_of=1",
-                           "ModelArgs.tiny(): dim 256, 8 query and 2 K/V heads of 32, share 0.6, multiple_of=1",
+                           "ModelArgs.tiny(): dim 256, 8 query and 2 K/V heads of 32, share 0.6, multiple_of=1: the share "
+                           "is reached exactly at a whole hidden_dim",
                            "dim 5,120, 32 query heads of 128 (head_dim != dim // n_heads), 8 K/V heads, share 0.85, multiples of 128",
                            "ModelArgs.tiny(), share 0.75, multiple_of=2: the share is reached exactly at a multiple",
                            "dim 64, 8 query and 2 K/V heads of 32, share 0.8 (4/5 exactly), multiple_of=1: the share "

@@ -184,6 +184,10 @@ def test_lists_and_strings(capsys):
     assert "element [0] of 2: the number is slightly too low" in out and "case 1 of 1 (s='é')" in out
     ok, out = verdict(capsys, "99.6 ids", lambda s: list(s.encode())[:1], lambda s: list(s.encode()), [("é",)])
     assert "returned a list of 1, expected 2 elements" in out
+    ok, out = verdict(capsys, "99.6 pair", lambda a: [a, a + 1], lambda a: (a, a + 1), [(3,)])
+    assert not ok and "returned a list of 2, expected a tuple" in out
+    ok, out = verdict(capsys, "99.6 pair", lambda a: (a, a + 1), lambda a: [a, a + 1], [(3,)])
+    assert ok  # a tuple where a list is expected stays fine
     ok, out = verdict(capsys, "99.7 text", lambda: "helo", "hello", _fn=check_value)
     assert "differs from character 3 on, and it is shorter (yours there: 'o')" in out and "hello" not in out
 

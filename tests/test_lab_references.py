@@ -40,3 +40,45 @@ def test_wsd_lr_is_transformers_wsd_one_step_later(steps, warmup, decay, min_lr)
         assert references.wsd_lr(steps - 1, cfg, decay) == pytest.approx(min_lr, abs=1e-15)
     with pytest.raises(ValueError, match="warmup_steps"):
         references.wsd_lr(0, cfg, steps - warmup + 1)
+
+
+@pytest.mark.parametrize("dim,multiple_of,k,published", [
+    (4096, 256, 100, 11008),   # LLaMA 2 7B: intermediate_size in its Hugging Face config
+    (5120, 256, 100, 13824),   # LLaMA 2 13B
+    (8192, 4096, 130, 28672),  # LLaMA 2 70B: ffn_dim_multiplier 1.3, multiple_of 4096
+    (4096, 256, 130, 14336),   # Mistral 7B's published width
+])
+def test_llama2_hidden_dim_gives_the_published_widths(dim, multiple_of, k, published):
+    assert references.llama2_hidden_dim(dim, multiple_of, k) == published
+    lo, hi = references.multiplier_range_by_search(dim, multiple_of, published)
+    assert lo <= k <= hi
+    assert all(references.llama2_hidden_dim(dim, multiple_of, j) == published for j in (lo, hi))
+    assert lo == 100 or references.llama2_hidden_dim(dim, multiple_of, lo - 1) != published
+    assert hi == 300 or references.llama2_hidden_dim(dim, multiple_of, hi + 1) != published
+
+
+@pytest.mark.parametrize("shapes,share,multiple_of", [
+    (dict(hidden_size=4096, num_attention_heads=32, num_key_value_heads=8, head_dim=128), 0.75, 256),
+    (dict(hidden_size=5120, num_attention_heads=32, num_key_value_heads=8, head_dim=128), 0.85, 128),
+    (dict(hidden_size=256, num_attention_heads=8, num_key_value_heads=1, head_dim=48), 0.7, 1),
+    (dict(hidden_size=64, num_attention_heads=8, num_key_value_heads=2, head_dim=32), 0.8, 1),
+])
+def test_hidden_for_share_is_the_smallest_width_transformers_agrees_on(shapes, share, multiple_of):
+    # the share counted on transformers' MistralDecoderLayer (meta device): at the answer, not one step below
+    from fractions import Fraction
+    import minimistral as mm
+    from transformers import MistralConfig
+    from transformers.models.mistral.modeling_mistral import MistralDecoderLayer
+    args = mm.ModelArgs(dim=shapes["hidden_size"], n_layers=1, head_dim=shapes["head_dim"], hidden_dim=1,
+                        n_heads=shapes["num_attention_heads"], n_kv_heads=shapes["num_key_value_heads"], vocab_size=8)
+    h = references.hidden_for_share_by_search(args, share, multiple_of)
+    assert h % multiple_of == 0
+
+    def mlp_share(hidden):
+        with torch.device("meta"):
+            layer = MistralDecoderLayer(MistralConfig(intermediate_size=hidden, **shapes), 0)
+        mlp = sum(p.numel() for p in layer.mlp.parameters())
+        return Fraction(mlp, sum(p.numel() for p in layer.parameters()))
+
+    assert mlp_share(h) >= Fraction(str(share))
+    assert h == multiple_of or mlp_share(h - multiple_of) < Fraction(str(share))

@@ -248,6 +248,8 @@ def _mismatch(got, want, atol: Optional[float] = None, rtol: Optional[float] = N
             return f"returned {_form(got)}, expected a {type(want).__name__} of {len(want)}"
         if len(got) != len(want):
             return f"returned a {type(got).__name__} of {len(got)}, expected {len(want)} elements"
+        if isinstance(want, tuple) and isinstance(got, list):  # an exercise that asks for a tuple gets one
+            return f"returned a list of {len(got)}, expected a tuple: write (a, b), not [a, b]"
         for i, (x, y) in enumerate(zip(got, want)):
             why = _mismatch(x, y, atol, rtol)
             if why is not None:

@@ -92,3 +92,31 @@ def wsd_lr(step: int, cfg, decay: int) -> float:
     up = [cfg.lr * (i + 1) / cfg.warmup_steps for i in range(cfg.warmup_steps)]
     down = [cfg.lr + (cfg.min_lr - cfg.lr) * (i + 1) / decay for i in range(decay)]
     return (up + [cfg.lr] * stable + down)[step]
+
+
+def llama2_hidden_dim(dim: int, multiple_of: int, k: int) -> int:
+    """06.2: LLaMA 2's FeedForward width rule with ffn_dim_multiplier = k / 100, computed as its code does (floats):
+    int(2 * 4 * dim / 3), times the multiplier and truncated, rounded up to a multiple of multiple_of."""
+    h = int(2 * (4 * dim) / 3)
+    h = int(k / 100 * h) if k % 100 else h * (k // 100)
+    return multiple_of * ((h + multiple_of - 1) // multiple_of)
+
+
+def multiplier_range_by_search(dim: int, multiple_of: int, hidden: int):
+    """06.2: (k_min, k_max), the smallest and largest k in 100..300 for which llama2_hidden_dim gives hidden,
+    or None; found by trying every k."""
+    ks = [k for k in range(100, 301) if llama2_hidden_dim(dim, multiple_of, k) == hidden]
+    return (min(ks), max(ks)) if ks else None
+
+
+def hidden_for_share_by_search(args, share, multiple_of: int = 256) -> int:
+    """06.3: the smallest multiple of multiple_of that gives the MLP at least `share` (the decimal as written) of
+    one layer's parameters. Searches upwards, counting one real layer built on the meta device."""
+    from fractions import Fraction
+    from ..model import TransformerBlock
+    with torch.device("meta"):
+        rest = sum(p.numel() for n, p in TransformerBlock(args, 0).named_parameters() if "feed_forward" not in n)
+    h, share = multiple_of, Fraction(str(share))  # compare exactly, with the decimal as written (0.8 is 4/5)
+    while 3 * args.dim * h < share * (3 * args.dim * h + rest):
+        h += multiple_of
+    return h
