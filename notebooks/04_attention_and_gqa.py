@@ -276,7 +276,7 @@ for ax, (layer, head, job) in zip(axes, chosen):
     ax.set_title(f"layer {layer}, head {head}: {job}", fontsize=10)
     ax.set_xlabel("key (attended to)")
 axes[0].set_ylabel("query (attending)")
-fig.colorbar(im, ax=axes, fraction=0.02, label="probability")
+fig.colorbar(im, ax=axes, fraction=0.02, shrink=0.8, pad=0.01, label="probability")
 plt.show()
 for layer, head, _ in chosen:  # the two keys each later query gives the most, as numbers
     print(f"layer {layer}, head {head}:")
@@ -284,13 +284,15 @@ for layer, head, _ in chosen:  # the two keys each later query gives the most, a
         top = recorded[layer][head][row].topk(2)
         print(f"   query {row:2d} {labels[row]:<7} -> " + ", ".join(
             f"{labels[j]} ({j}) {v:.2f}" for v, j in zip(top.values.tolist(), top.indices.tolist())))
+print(f"layer 1, head 5: `,` (4) -> the token before it {recorded[1][5][4, 3]:.2f}; "
+      f"layer 2, head 1: ▁there (11) -> ▁be (7) {recorded[2][1][11, 7]:.2f} (an even spread: {1 / 12:.2f})")
 
 # %% [markdown]
 # Reading the three heads (row = query, column = key, each row sums to 1, nothing above the diagonal):
 #
 # - **Layer 1, head 5** puts most of each row on the diagonal just below the main one: most tokens look at
-#   the token right before it (0.81 of the mass on average, printed above; not all: `:` gives it 0.43, and the
-#   final `.` puts its largest weight on itself). Such heads let the next layer know which word came before.
+#   the token right before it (0.81 of the mass on average, printed above; not all: `:` gives it 0.43, `,` only 0.28 (it spreads over the
+#   tokens before it), and the final `.` puts its largest weight on itself). Such heads let the next layer know which word came before.
 # - **Layer 2, head 1**: the second `▁light` (row 13) puts 0.81 of its attention on the first one
 #   (column 8), and `▁was` (row 12) puts 0.81 there too, on the word it has to predict next
 #   (`there was light`). The second `▁there` (row 11) does not follow the same pattern: its largest weights go
@@ -298,7 +300,8 @@ for layer, head, _ in chosen:  # the two keys each later query gives the most, a
 #   treats them differently: by layer 2 each position's vector also holds what it has attended to so far,
 #   and RoPE (notebook 03) makes the score depend on how far back a key is. Is this an **induction head**,
 #   the pattern found in larger models (find where the current token occurred before, attend to the token
-#   that came *after* it)? For `▁there` (11) that would be `▁be` (7), and the head gives it almost nothing.
+#   that came *after* it)? For `▁there` (11) that would be `▁be` (7), and the head gives it 0.06, less than an even spread over
+#   its 12 keys (0.08).
 #   The cell below tests it properly, on a phrase repeated twice.
 # - **Layer 3, head 0**: the first rows (up to the `,`) go mostly to `<s>`; the rows after the `,` (`▁Let`
 #   to `▁light`, positions 5-8) put 0.45 to 0.83 on that `,` (position 4); after the `:` (position 9), the rows of `▁and`, `▁there`,
@@ -313,7 +316,9 @@ for layer, head, _ in chosen:  # the two keys each later query gives the most, a
 # **Looking for an induction head.** Feed a phrase twice (an invented one, in KJV style). While reading the second copy, an induction head
 # attends from each token to the token that followed the same token in the first copy (it predicts that the
 # phrase repeats); a duplicate-token head attends to the same token in the first copy. Average both over
-# the second copy, for all 32 heads, and compare with an even spread over the keys:
+# the second copy, for all 32 heads, and compare with an even spread over the keys. (`▁the` and `▁of` occur
+# twice inside the phrase, so for them "the same token in the first copy" has two readings; the scores below
+# use the copy exactly one phrase length back.)
 
 # %%
 once = kjv.encode("And the sons of Noah went forth out of the ark", bos=True)  # KJV style, not a verse
@@ -335,7 +340,8 @@ print(f"layer 2, head 1: induction {induction[2, 1]:.2f}, duplicate-token {dupli
 # %% [markdown]
 # No head does either. The best induction score, 0.18, is 3 times an even spread but far from the values near 1
 # that induction heads reach in larger models, and no head gives a repeated token's first copy clearly more
-# than an even spread (the best, 0.061, against 0.059). Layer 2, head 1 gives the phrase's repeats 0.02: what it did with `▁light`
+# than an even spread (the best, 0.061, against 0.059). Layer 2, head 1's duplicate-token score is 0.02 and its induction score 0.09
+# (an even spread: 0.06): what it did with `▁light`
 # in our sentence belongs to that sentence, not to a general copying mechanism. A 4-layer model is small; so
 # this course names the patterns it measures, not mechanisms it cannot show.
 
@@ -375,7 +381,9 @@ print(f"attention parameters per layer: {gqa_params:,} with GQA vs {mha_params:,
 
 
 # %% [markdown]
-# The grouping, drawn: every query head (top) is coloured by the K/V head (bottom) it reads. Multi-head
+# The grouping, drawn: every query head (top) is coloured by the K/V head (bottom) it reads. Every box has
+# the same width, because every head, query or K/V, has the same size (`head_dim` 128); GQA has fewer K/V heads,
+# not smaller ones. Multi-head
 # attention (MHA) and multi-query attention (MQA, Shazeer 2019: one K/V head for all) are the two ends of
 # the same dial; GQA with 8 groups sits between them.
 
@@ -391,16 +399,14 @@ def draw_heads(ax, n_heads, n_kv_heads, title):
         g = h // group
         ax.plot([h, kv_x[g]], [1.0, 0.25], color=colour(g), lw=1.0, alpha=0.8)
         ax.add_patch(FancyBboxPatch((h - w / 2, 1.0), w, 0.35, boxstyle="round,pad=0.02", color=colour(g)))
-    kv_w = max(w, min(n_heads / n_kv_heads * 0.9, 6))
-    for g in range(n_kv_heads):
-        ax.add_patch(FancyBboxPatch((kv_x[g] - kv_w / 2, -0.1), kv_w, 0.35, boxstyle="round,pad=0.02",
-                                    color=colour(g)))
+    for g in range(n_kv_heads):  # as wide as a query box: every K/V head has the full head_dim
+        ax.add_patch(FancyBboxPatch((kv_x[g] - w / 2, -0.1), w, 0.35, boxstyle="round,pad=0.02", color=colour(g)))
         if n_kv_heads <= 8:
-            ax.text(kv_x[g], 0.075, f"K/V {g}", ha="center", va="center", fontsize=8, color="white", weight="bold")
+            ax.text(kv_x[g], -0.3, f"K/V {g}", ha="center", va="center", fontsize=8, color=colour(g), weight="bold")
     ax.text(-1.2, 1.175, "Q", ha="right", va="center", fontsize=10)
     ax.text(-1.2, 0.075, "K,V", ha="right", va="center", fontsize=10)
     ax.set_xlim(-2.5, n_heads + 0.5)
-    ax.set_ylim(-0.2, 1.45)
+    ax.set_ylim(-0.4, 1.45)
     ax.set_title(title, loc="left", fontsize=11)
     ax.axis("off")
 
@@ -512,7 +518,7 @@ print(f"weights of the whole model in bf16: {args7b.weight_bytes('bfloat16') / G
 # At 32,768 tokens (the released configuration's `max_seq_len`; the paper's Table 1 gives a context length of
 # 8,192) a multi-head cache (16 GiB) would be
 # larger than the model's weights (13.5 GiB); GQA brings it to 4 GiB, for every sequence in a batch.
-# Notebook 00 drew these curves against the sequence length, with the rolling buffer of notebook 05. The price is less freedom in the keys and values: the
+# Notebook 00 drew these curves against the sequence length, with the rolling buffer of notebook 08. The price is less freedom in the keys and values: the
 # GQA paper (on T5 models, not Mistral) reports quality close to MHA, a little above MQA, at a decoding
 # speed close to MQA's.
 #
@@ -605,7 +611,7 @@ _ = check_function("04.2 padded_attention", my_padded_attention, reference_padde
 # **04.3 How long can the conversations be?** A GPU has `memory` bytes and the weights take `weight_bytes`.
 # It serves `batch` sequences at once, all of the same length, each with its own KV cache: `n_layers` layers,
 # `n_kv_heads` K/V heads of size `head_dim`, `bytes_per_value` bytes per number. With `window=None` the cache
-# keeps every token; with a window of W it is the rolling buffer of notebook 05, which keeps at most the last
+# keeps every token; with a window of W it is the rolling buffer of notebook 08 (notebook 05 explains the window), which keeps at most the last
 # W tokens of a sequence. The model accepts at most `max_seq_len` tokens. Return the largest sequence length
 # (an `int`, at most `max_seq_len`) for which the weights and all `batch` caches fit in `memory`, or 0 when
 # not even one token per sequence fits. Section 5 gave the cost of one token; here you budget the other
@@ -642,7 +648,9 @@ _ = check_function("04.3 max_context", my_max_context, reference_max_context, ca
     case(80 * 10**9, W7, 8, 32, 8, 128, 2, None, 32768, label="80 GB, Mistral 7B in bf16, 8 sequences, full cache"),
     case(80 * 10**9, W7, 8, 32, 8, 128, 2, 4096, 32768, label="the same with the 4,096-token rolling cache"),
     case(24 * 2**30, W7, 16, 32, 8, 128, 2, 4096, 32768,
-         label="24 GiB, 16 sequences: the rolling cache does not fit whole"),
+         label="24 GiB, 16 sequences: the rolling cache still fits whole"),
+    case(24 * 2**30, W7, 32, 32, 8, 128, 2, 4096, 32768,
+         label="24 GiB, 32 sequences: the rolling cache does not fit whole"),
     case(16 * 10**9, W7, 1, 32, 8, 128, 2, 4096, 32768, label="16 GB, one sequence"),
     case(80 * 10**9, W7, 4, 32, 32, 128, 2, None, 32768, label="80 GB, 32 K/V heads (multi-head), full cache"),
     case(40 * 10**9, W7 // 2, 8, 32, 8, 128, 1, None, 8192, label="40 GB, int8 weights and cache, limit 8,192"),
@@ -651,6 +659,7 @@ _ = check_function("04.3 max_context", my_max_context, reference_max_context, ca
     case(10**6, 0, 1, 2, 2, 16, 4, 1000, 100, label="a toy whose window is longer than its limit"),
     case(4096, 0, 1, 2, 2, 16, 4, 8, 100, label="a toy with room for exactly one window (8 tokens)"),
     case(10**6, 990_000, 2, 2, 2, 16, 4, None, 100, label="a toy with room for 19 tokens in all"),
+    case(10**6, 996_000, 1, 2, 2, 16, 4, 16, 100, label="a toy with room for 7 of its 16-slot window"),
 ], forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.kv_bytes_per_token",
            "minimistral.config.ModelArgs.cache_slots"],
    hint="how many bytes does one more token of length cost, across the whole batch? And once a sequence is "

@@ -118,6 +118,21 @@ def test_a_mutated_list_is_named_as_data_not_as_a_tensor(capsys):
     assert not ok and "changed its input" in out and "caller's argument" in out and "caller's tensor" not in out
 
 
+def test_a_model_whose_config_was_changed_counts_as_mutated(capsys):
+    import minimistral as mm
+    model = mm.Transformer(mm.ModelArgs(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, hidden_dim=32,
+                                        vocab_size=11, sliding_window=4))
+
+    def windowed(m):  # the right number, but the caller's model keeps the window it set
+        m.args.sliding_window = 2
+        return 1.0
+
+    ok, out = verdict(capsys, "99.3 window", windowed, lambda m: 1.0, [(model,)])
+    assert not ok and "changed its input" in out
+    ok, _ = verdict(capsys, "99.3 window", lambda m: 1.0, lambda m: 1.0, [(model,)])
+    assert ok
+
+
 def test_a_flipped_sign_is_reported_as_a_sign_not_as_a_scale_factor(capsys):
     ref = lambda x: 2 * x  # noqa: E731
     x = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))

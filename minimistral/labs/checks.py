@@ -627,8 +627,9 @@ def _same(a, b) -> bool:
             return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
         if isinstance(a, dict) and isinstance(b, dict):
             return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
-        if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):  # a model: its weights and buffers
-            return _same(dict(a.state_dict()), dict(b.state_dict()))
+        if isinstance(a, torch.nn.Module) and isinstance(b, torch.nn.Module):  # a model: its weights and buffers,
+            return _same(getattr(a, "args", None), getattr(b, "args", None)) \
+                and _same(dict(a.state_dict()), dict(b.state_dict()))  # and its config (a window set on it, say)
         if type(a) is type(b) and type(a).__eq__ is object.__eq__:  # equality is identity: it cannot tell a copy
             return True
         same = a == b
