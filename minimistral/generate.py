@@ -36,7 +36,7 @@ def filtered_probs(logits: torch.Tensor, temperature, top_k: Optional[int] = Non
         kth = probs.topk(top_k, dim=-1).values[..., -1:]
         probs = torch.where(probs >= kth, probs, 0.0)
     if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
+        sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)  # a tie keeps vocabulary order
         before = sorted_p.cumsum(-1) - sorted_p  # mass of the tokens ranked above each one
         sorted_p = torch.where(before < top_p * sorted_p.sum(-1, keepdim=True), sorted_p, 0.0)  # first always kept
         probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)

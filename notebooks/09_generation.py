@@ -126,9 +126,9 @@ print(tok.decode(ids + greedy_ids))
 # (`model.new_cache()`, `model(tokens, cache=cache)`): `greedy_decode(model, prompt_ids, n_new, eos_id=None)`
 # returns the list of new ids, at most `n_new` of them, and stops right after the model produces `eos_id` (that
 # id is the last one in the list; `None`: never stop early). The model must never compute a position twice:
-# the check hands your function a model that watches every call and refuses one that recomputes what the cache
-# already holds, that starts a second cache, or that feeds in a token after which nothing more is sampled; it also
-# refuses the library's own loops (`mm.generate` and `mm.generate_stream`).
+# the check hands your function a model that watches every call made to it and refuses one that recomputes what
+# the cache already holds, that starts a second cache, or that feeds in a token after which nothing more is
+# sampled; it also refuses the library's own loops (`mm.generate` and `mm.generate_stream`).
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_1_greedy_decode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 @torch.no_grad()
@@ -156,7 +156,11 @@ _probe = lambda p, n, eos=None: ModelProbe(model, decode=True,  # noqa: E731
                                            positions=len(p) + len(_greedy(model, p, n, eos)) - 1)  # last id: never fed
 passed = check_function("09.1 greedy_decode", greedy_decode, _greedy,
                         [(_probe(ids, 12), ids, 12), (_probe([tok.bos_id], 5), [tok.bos_id], 5),
-                         (_probe(ids, 1), ids, 1), (_probe(_and, 20, _stop), _and, 20, _stop),
+                         (_probe(ids, 1), ids, 1),
+                         case(_probe(_and, 20, _stop), _and, 20, _stop,
+                              label="eos_id = a token greedy decoding first reaches after 5 steps or more",
+                              hint=f"this case's eos_id is produced at new token {_seq.index(_stop) + 1}: the list "
+                                   "should end there, and nothing after it goes through the model"),
                          (_probe(_and, 20, tok.eos_id), _and, 20, tok.eos_id)],
                         labels=["12 tokens after the 'created the' prompt", "5 tokens after <s> alone",
                                 "a single new token", "eos_id = a token greedy decoding first reaches after 5 steps or more",
@@ -340,7 +344,7 @@ passed = check_function("09.2 temperature_probs", temperature_probs, _temperatur
 # %% nbgrader={"grade": false, "grade_id": "ex09_3_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def top_p_filter(probs, p):
     ### BEGIN SOLUTION
-    sorted_p, order = probs.sort(dim=-1, descending=True)
+    sorted_p, order = probs.sort(dim=-1, descending=True, stable=True)  # stable: a tie keeps vocabulary order
     before = sorted_p.cumsum(-1) - sorted_p  # mass ranked above each token
     sorted_p = torch.where(before < p, sorted_p, 0.0)
     kept = torch.zeros_like(probs).scatter(-1, order, sorted_p)
@@ -363,7 +367,7 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
                                 "a batch of 3 random distributions over 50 tokens, p = 0.7",
                                 "a batch of 3 sharp distributions over 50 tokens, p = 0.95",
                                 "a tie at the cut: 0.4, 0.3, 0.3 with p = 0.5 (the smallest set keeps only one of the "
-                                "0.3s, the first, where a descending sort puts it)"],
+                                "0.3s, the first, where a stable descending sort puts it)"],
                         forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
                                 "minimistral.generate.sample_next"],
                         hint="work down the tokens from the likeliest, keeping a running total, and use your answer "
@@ -384,7 +388,8 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
 # `min_p_filter(logits, min_p, temperature)`: `logits` of shape `(..., V)` in any float dtype, $0 \le$ `min_p`
 # $\le 1$, `temperature` $> 0$; return float32 logits for the distribution `softmax(logits / temperature)` after
 # min-p: the scaled logits where a token is kept, $-\infty$ where it is dropped. The rule needs no normaliser, and
-# your answer may use **no softmax and no exponential** (the check refuses them, and `mm.sampling_probs`): work out
+# your answer may use **no softmax, no exponential and no power** (the check refuses them, `math.e ** z` included,
+# and `mm.sampling_probs`): work out
 # on paper what "$p_i \ge$ `min_p` $\cdot\, p_{\max}$" says about the logits. Then, for the two prompts above
 # (hesitant and sure), does min-p with `min_p = 0.1` keep more or fewer tokens than top-p with `p = 0.9`? And does
 # the temperature change which tokens min-p keeps? (Top-k's set never changes with it.)
@@ -407,7 +412,14 @@ _banned = _rows[:2].clone()
 _banned[:, ::3] = -math.inf  # tokens an earlier filter already dropped
 _exp = ["torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax", "torch.log_softmax",
         "torch.Tensor.log_softmax", "torch.nn.functional.log_softmax", "torch.exp", "torch.Tensor.exp",
-        "torch.Tensor.exp_", "torch.exp2", "torch.logsumexp", "torch.Tensor.logsumexp", "torch.sigmoid"]
+        "torch.Tensor.exp_", "torch.exp2", "torch.logsumexp", "torch.Tensor.logsumexp", "torch.sigmoid",
+        "torch.special.softmax", "torch.special.log_softmax", "torch.special.exp2", "torch.special.expm1",
+        "torch.special.expit", "torch.special.logsumexp", "torch.expm1", "torch.Tensor.expm1", "torch.Tensor.expm1_",
+        "torch.Tensor.exp2", "torch.Tensor.sigmoid", "torch.Tensor.sigmoid_", "torch.nn.functional.sigmoid",
+        "torch.nn.functional.softmin", "torch.nn.functional.softplus", "torch.nn.functional.gumbel_softmax",
+        "torch.sinh", "torch.cosh", "torch.tanh", "torch.Tensor.sinh", "torch.Tensor.cosh", "torch.Tensor.tanh",
+        "torch.pow", "torch.Tensor.pow", "torch.Tensor.pow_", "torch.Tensor.__pow__", "torch.Tensor.__rpow__",
+        "torch.Tensor.__ipow__", "torch.float_power", "torch.Tensor.float_power", "torch.ldexp"]  # e ** z is one too
 passed = check_function("09.4 min_p_filter", min_p_filter, references.min_p_logits, [
     case(logits, 0.1, 1.0, label="the hesitant logits after 'created the', min_p = 0.1, T = 1"),
     case(logits_sure, 0.1, 1.0, label="the sure logits after the running example, min_p = 0.1, T = 1"),
@@ -442,8 +454,7 @@ except NotImplementedError:
 
 # %% [markdown]
 # Min-p 0.1 never keeps more tokens than top-p 0.9 here, and mostly far fewer; both sets grow with the temperature
-# (min-p's bar on the unscaled logits is $z_{\max} + T \ln(\texttt{min\_p})$, lower when $T$ is higher). The
-# difference is how much. Heating the sure prompt to $T = 1.5$ barely moves min-p (2 tokens, then 3) while top-p
+# (a higher temperature lowers min-p's bar, measured on the unscaled logits). The difference is how much. Heating the sure prompt to $T = 1.5$ barely moves min-p (2 tokens, then 3) while top-p
 # jumps from 4 to 874: flattening hands enough mass to the long tail that top-p must take hundreds of tail tokens
 # to reach 0.9, whereas min-p's bar stays tied to the favourite. This is the min-p paper's argument for sampling at
 # high temperatures.
@@ -527,8 +538,8 @@ print(f"{len(pieces)} pieces, the same text as above")
 # - Sampling draws from the distribution; temperature sharpens or flattens it, top-k keeps the $k$
 #   likeliest tokens, top-p the smallest set holding probability $p$. All three are
 #   `mm.sampling_probs(logits, temperature, top_k, top_p)`.
-# - Min-p keeps the tokens within a factor `min_p` of the favourite, after the temperature; on logits that bar is
-#   the largest scaled logit plus $\ln$ `min_p`, with no softmax needed, and a dropped token's logit becomes $-\infty$.
+# - Min-p keeps the tokens within a factor `min_p` of the favourite, after the temperature; on logits that bar
+#   needs no softmax (exercise 09.4), and a dropped token's logit becomes $-\infty$.
 # - A seeded generator makes sampling reproducible; `mm.generate_stream` yields tokens as they come.
 #
 # ## What's next

@@ -180,3 +180,10 @@ def test_stream_text_yields_whole_characters_and_the_full_text(monkeypatch):
     assert "".join(pieces) == " llama 🦙 and café"
     assert all("\ufffd" not in p for p in pieces)
     assert len(pieces) < len(continuation)  # the four byte tokens of 🦙 came out as one piece
+
+
+def test_top_p_breaks_ties_in_vocabulary_order():
+    # 1,000 tied tokens: an unstable sort (torch's default) would keep a scattered set; a stable one keeps the first
+    probs = mm.sampling_probs(torch.zeros(1000), temperature=1.0, top_p=0.25)
+    kept = probs.nonzero().flatten()
+    assert 240 <= kept.numel() <= 260 and torch.equal(kept, torch.arange(kept.numel()))

@@ -115,3 +115,18 @@ def test_a_budgeted_prefill_must_take_the_longest_chunk_that_fits(model):
         chunked(ModelProbe(model, max_scores=30, length=12), [5, 4, 3])
     with pytest.raises(ProcedureError, match="passed no cache"):
         ModelProbe(model, max_scores=30, length=12)(TOKENS[:, :5])
+
+
+def test_a_copy_refuses_calls_that_go_around_it(model):
+    import copy
+    probe = copy.deepcopy(ModelProbe(model, chunks=[12]))  # what a check hands the student: its own copy
+    for around in (lambda: probe._watched(TOKENS), lambda: probe._modules["_watched"](TOKENS)):
+        with pytest.raises(ProcedureError, match="going around"):
+            around()
+    with torch.no_grad():  # through the probe it works, and the caller's model is untouched by the guard
+        torch.testing.assert_close(chunked(probe, [12]), model(TOKENS), atol=1e-4, rtol=1e-4)
+    assert not model._forward_pre_hooks
+    again = copy.deepcopy(probe)  # a copy of a copy: one guard, its own
+    assert len(again._watched._forward_pre_hooks) == 1
+    with pytest.raises(ProcedureError, match="going around"):
+        again._watched(TOKENS)

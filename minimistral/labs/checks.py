@@ -874,7 +874,8 @@ class ModelProbe(torch.nn.Module):
     scores per head: a call of T tokens at cache position p scores T queries against min(p, W) + T keys (the filled
     slots, then its own), and T x that may not exceed B; nor may T be shorter than the longest chunk that fits, unless
     it is all that is left (the fewest calls). `calls` lists (tokens, cache position). The watched model is not handed
-    out: `probe.model` raises, so a function cannot go around the probe through it."""
+    out: `probe.model` raises, and in a copy (the one a check hands the student) the watched model refuses every call
+    that does not come through the probe (`probe._watched(...)`, `probe._modules[...]`)."""
 
     def __init__(self, model, chunks: Optional[list] = None, decode: bool = False, positions: Optional[int] = None,
                  max_scores: Optional[int] = None, length: Optional[int] = None):
@@ -885,6 +886,23 @@ class ModelProbe(torch.nn.Module):
         self.max_scores, self.length = None if max_scores is None else int(max_scores), length
         self.calls: list = []
         self.cache = None  # the first call's cache, held (an id() alone could be reused by a later object)
+        self._inside = False  # True only while forward runs the watched model
+
+    def __deepcopy__(self, memo):
+        # The copy's model is the copy's own, so it can be guarded without touching the caller's model; the guard is
+        # a hook, which cannot travel (labs/codec.py), so only copies carry it and the original stays plain.
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        new.__setstate__(copy.deepcopy(self.__dict__, memo))
+        hooks = new._watched._forward_pre_hooks.values()
+        if not any(getattr(h, "__self__", None) is new for h in hooks):
+            new._watched.register_forward_pre_hook(new._refuse_outside)
+        return new
+
+    def _refuse_outside(self, module, args):
+        if not self._inside:
+            raise ProcedureError("the function called the model inside the one the check handed it, going around "
+                                 "it: call that model itself, model(tokens, cache=cache), so that every call is seen")
 
     @property
     def model(self):
@@ -923,7 +941,11 @@ class ModelProbe(torch.nn.Module):
         if self.max_scores is not None:
             self._within_budget(where, T, pos)
         self.calls.append((T, pos))
-        return self._watched(tokens, cache=cache)
+        self._inside = True
+        try:
+            return self._watched(tokens, cache=cache)
+        finally:
+            self._inside = False
 
     def _within_budget(self, where: str, T: int, pos: int):
         W, B = self.args.sliding_window, self.max_scores
