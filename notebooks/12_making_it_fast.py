@@ -177,6 +177,7 @@ ax2.plot(m, [r["TB_per_s"] * 100 for r in sweep], "s--", color="tab:green", labe
 ax2.set_xscale("log", base=2)
 ax2.set_xticks(ticks, [str(t) for t in ticks])
 ax2.set_xlabel("tokens multiplied together (M)")
+ax2.set_ylabel("TFLOP/s, or TB/s x 100")
 ax2.set_title("useful arithmetic grows with M, for free at first", fontsize=10)
 ax2.legend(fontsize=9)
 fig.suptitle(f"(M x 4096) @ (4096 x 14336) in bf16 on the {run['device']}, measured", fontsize=10)
@@ -187,7 +188,7 @@ for r in sweep:
         print(f"M = {r['tokens']:>4}: {r['us']:6.1f} µs, {r['TB_per_s']:.2f} TB/s, {r['TFLOP_per_s']:6.1f} TFLOP/s")
 
 # %% [markdown]
-# One token and 128 tokens cost the same ~35 µs: the product is limited by reading the 117 MB matrix
+# One token and 128 tokens cost about the same, ~35-37 µs: the product is limited by reading the 117 MB matrix
 # (about 3.3 TB/s here, 80% of the copy bandwidth). Past a few hundred tokens the time grows in proportion
 # to $M$, and the arithmetic rate settles near 780 TFLOP/s, the chip's real matrix throughput. That bend is
 # the ridge point, measured rather than read from a datasheet. This is also why **prefill** (all prompt
@@ -252,8 +253,9 @@ for name, keys in (("eager paths", 16 + run["new_tokens"] // 2), ("fast path", a
 # sit that much higher and further right, still far left of the ridge.
 #
 # Every decode step sits at the far left, where only the slanted memory roof matters; the compute roof is about
-# 200 times higher there: decoding one token at a time cannot use the arithmetic. The fast path gets to about
-# two thirds of its roof; the eager implementations reach only a tenth or so, not because they move more bytes
+# 200 times higher there (datasheet roofs, 989 TFLOP/s over 4.8 TB/s at one FLOP a byte; about 190 times with the
+# measured roofs drawn, 782 over 4.08): decoding one token at a time cannot use the arithmetic. The fast path gets
+# to about two thirds of its roof; the eager implementations reach only a tenth or so, not because they move more bytes
 # (their intensity is the same) but because the GPU spends most of each step *waiting*: the next section shows
 # why. The matrix-product sweep climbs the slope as $M$ grows, then bends onto the compute roof.
 #
@@ -459,7 +461,7 @@ for label, mid in (("if launches are cheap (5 µs)", lo), (f"at the first run's 
 c_us = torch.linspace(0, 25, 101)  # CPU microseconds per launch of a compiled kernel (today's code: not measured)
 step_ms = torch.clamp(fast_p["gpu_kernels_per_step"] * c_us / 1e3, min=fast_p["wall_ms_per_step"])
 c_cross = fast_p["wall_ms_per_step"] / fast_p["gpu_kernels_per_step"] * 1e3  # where launching starts to cost
-fig, ax = plt.subplots(figsize=(8.5, 3.4), dpi=100)
+fig, ax = plt.subplots(figsize=(8.5, 4.6), dpi=100)
 ax.plot(c_us, step_ms, color="tab:blue", lw=2, label=f"compiled, no graphs: max(graph's step, {fast_p['gpu_kernels_per_step']:.0f} launches x c)  (model)")
 ax.axhline(eager_p["wall_ms_per_step"], color="tab:grey", ls="-", lw=1.5, label=f"eager, measured: {eager_p['wall_ms_per_step']:.1f} ms")
 ax.axhline(fast_p["wall_ms_per_step"], color="tab:green", ls="-", lw=1.5,
@@ -477,7 +479,7 @@ ax.set_ylim(0, eager_p["wall_ms_per_step"] * 1.12)
 ax.set_xlabel("CPU microseconds to launch one compiled kernel (c; today's code not measured)")
 ax.set_ylabel("ms per decode step")
 ax.set_title("What CUDA graphs add depends on the cost of a launch (Mistral 7B, H200, code of 2026-11-30)", fontsize=10)
-ax.legend(fontsize=8, loc="center right")
+ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)  # below the axes, off the model line
 fig.tight_layout()
 plt.show()
 

@@ -188,13 +188,14 @@ assert torch.equal(packed, quant.pack_int4(row)) and torch.equal(quant.unpack_in
 #
 # ## 4. The error, seen
 #
-# Each quantizer replaces a weight by the nearest point of its grid. The histograms show the error of every
-# weight of one matrix, in units of the matrix's own standard deviation: int8 errors are spread evenly over a
-# narrow band (± half a step of each row), 4-bit errors over a band more than ten times wider, narrower with
-# smaller groups. The bins are 0.00125 standard deviations wide, so even int8's band spans many of them.
-# The tall spike at zero on the 4-bit curves is not luck: the asymmetric grid runs from each group's minimum to its
-# maximum, so those two weights of every group fall exactly on a level (levels 0 and 15) and are stored without
-# error: 2 weights in 32 (6%) with groups of 32, 2 in 128 with groups of 128 (that spike hides under int8's band).
+# Each quantizer replaces a weight by the nearest point of its grid. The histograms show the error of every weight of
+# one matrix, in units of the matrix's own standard deviation (counts on a log scale): int8 errors are spread evenly
+# within each row's `± s / 2` (every row has its own step, so the bands overlap into a trapezoid), 4-bit errors over a
+# band more than ten times wider, narrower with smaller groups. The bins are 0.00125 standard deviations wide, so even
+# int8's band spans many of them. The tall spike at zero on the 4-bit curves is not luck: the asymmetric grid runs from
+# each group's minimum to its maximum, so those two weights of every group fall exactly on a level (levels 0 and 15) and
+# are stored without error: 2 weights in 32 (6%) with groups of 32, 2 in 128 with groups of 128 (that spike hides under
+# int8's band).
 
 # %%
 def fake_quant(w, mode, g=128):
@@ -212,7 +213,8 @@ for mode, g in settings:
     ax.hist(e.numpy(), bins=400, range=(-0.25, 0.25), histtype="step", lw=1.2,  # bins far narrower than int8's band
             label=f"{mode}" + (f", groups of {g}" if g else ", per channel") + f" (rms {e.pow(2).mean().sqrt():.3f})")
 ax.set_xlabel("error of a weight / standard deviation of the matrix")
-ax.set_ylabel("weights")
+ax.set_yscale("log")  # int8's band is ten times taller than the 4-bit curves
+ax.set_ylabel("weights (log scale)")
 ax.set_title("w1 of layer 1 of the small model: quantization error of every weight")
 ax.legend(fontsize=9)
 plt.tight_layout()
@@ -352,11 +354,11 @@ for label, r in results.items():
     print(label, {k: round(v, 4) for k, v in r.items()})
 
 # %% [markdown]
-# With the outlier, one int8 scale per tensor makes every other weight's error about 8 times larger, and the
-# 4-bit per-tensor grid becomes useless (the error is as large as the weights themselves: almost all of them
-# round to one or two levels), while with per-channel int8 the other weights' error grows by about a quarter
-# (0.0074 to 0.0095 of their standard deviation) and with 4-bit groups by 1%: only the outlier's own row (or group)
-# pays in full.
+# With the outlier, one int8 scale per tensor makes every other weight's error about 8 times larger, and
+# the 4-bit per-tensor grid becomes useless (the error is as large as the weights themselves: almost all of them round
+# to one or two levels), while with per-channel int8 the other weights' error grows by 28% (rms error over every weight
+# but the outlier, divided by their standard deviation 0.02: 0.0074 to 0.0095) and with 4-bit groups by 1%: only the
+# outlier's own row (or group) pays in full.
 #
 # **Activation outliers.** The outliers that made 8-bit inference hard are not in the weights but in the
 # **activations**: Dettmers et al. (LLM.int8(), 2022) found that from about 6.7 billion parameters on, a handful of
@@ -567,7 +569,8 @@ _ = check_function("13.2 dequantize_q4_0", my_dequantize_q4_0, _refs.dequantize_
 # **13.3** Now write the other direction, `my_quantize_q4_0(w)`: `n * 32` float32 weights in, the `(n, 18)` uint8
 # blocks of 13.2 out, byte for byte what llama.cpp writes. Its rule is not section 3's min-max rule: per block, take
 # the weight of largest magnitude **with its sign**, `m`, set `d = m / -8` and `q = min(15, floor(w / d + 8.5))`
-# (a block of zeros gets `d = 0` and every `q = 8`). Then `m` itself is stored exactly (`q = 0`), and a weight of
+# (a block of zeros gets `d = m / -8 = -0.0`, stored as the bytes `0x00 0x80`, and every `q = 8`: each nibble byte
+# is `0x88`). Then `m` itself is stored exactly (`q = 0`), and a weight of
 # the opposite sign as large as `m` would need `q = 16`: work out what it gets instead, and how large the error
 # of a Q4_0 weight can be (compare section 2's `s / 2`). The scale is stored in float16.
 
@@ -595,6 +598,8 @@ cases = [case(_ramp, label="one block, a ramp from -1 to 1"),
          case(_ties, label="one block with d = 0.125 and weights halfway between two levels"),
          case(_mixed, label="2 blocks of small Gaussian weights, an outlier of -0.5 in the second"),
          case(torch.randn(8 * 32, generator=gen) * 0.02, label="8 blocks of Gaussian weights, std 0.02"),
+         case(torch.cat([torch.zeros(32), torch.randn(32, generator=torch.Generator().manual_seed(7)) * 0.02]),
+              label="2 blocks, the first all zeros (d = -0.0, nibble bytes 0x88)"),
          case(model.layers[0].feed_forward.w2.weight.detach().flatten()[:64 * 32].clone(),
               label="the first 2,048 weights of the small model's w2 of layer 0")]
 _ = check_function("13.3 quantize_q4_0", my_quantize_q4_0, _refs.quantize_q4_0, cases=cases,
@@ -635,11 +640,15 @@ def my_model_bytes(args, mode, g=128):
 
 # %% nbgrader={"grade": true, "grade_id": "ex13_4_model_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 _small = mm.ModelArgs(dim=256, n_layers=2, head_dim=32, hidden_dim=512, n_heads=8, n_kv_heads=2, vocab_size=1000)
-cases = [(args, None), (args, "int8"), (args, "int4", 128), (args, "int4", 32), (_small, "int8"), (_small, "int4", 64)]
+_wide = mm.ModelArgs(dim=256, n_layers=2, head_dim=48, hidden_dim=512, n_heads=8, n_kv_heads=2, vocab_size=1000)
+cases = [(args, None), (args, "int8"), (args, "int4", 128), (args, "int4", 32), (_small, "int8"), (_small, "int4", 64),
+         (_wide, "int8"), (_wide, "int4", 64)]
 _ = check_function("13.4 model_bytes", my_model_bytes,
                    lambda a, m, g=128: planner.weights_bytes(a, torch.bfloat16, m, g), cases=cases,
                    labels=["Mistral 7B in bf16", "Mistral 7B, int8", "Mistral 7B, int4 groups of 128",
                            "Mistral 7B, int4 groups of 32", "a small model with 4 query heads per K/V head, int8",
+                           "the same, int4 groups of 64",
+                           "a small model whose 8 heads of 48 make 384, not its dim of 256, int8",
                            "the same, int4 groups of 64"],
                    hint="list the seven matrices of a layer with their (out, in) shapes, with GQA's smaller wk and wv; "
                         "int8 keeps one scale per row, int4 a scale and a zero per group of each row; the embedding "

@@ -28,8 +28,9 @@ plt.show()
 # The model of notebooks 10 to 13 continues text. This notebook teaches it a task: it is asked, in the chat
 # format Mistral-7B-Instruct-v0.1 was tuned on, which book of the Bible a passage comes from, and it answers with
 # the name. It learns this by **LoRA**: the pretrained weights stay frozen and a small low-rank update is trained
-# beside some of them. The same recipe with 4-bit weights underneath is **QLoRA**: plain LoRA already fits the
-# 7B on one 24 GB GPU, and QLoRA brings it onto a free 16 GB T4.
+# beside some of them. The same recipe with 4-bit weights underneath is **QLoRA**: by the library planner's count (a
+# count of bytes, not a measurement), plain LoRA already fits the 7B on one 24 GB GPU, and QLoRA brings it within a
+# free 16 GB T4 (which has no bf16: there it would train in fp16, the same bytes, with loss scaling).
 #
 # ## What you will learn
 # - Why **full fine-tuning of the 7B does not fit** on an 80 GB GPU: weights, gradients, AdamW's two moments and
@@ -124,16 +125,17 @@ for (gpu, gb), y in zip((("T4 16 GB", 16), ("24 GB", 24), ("A100/H100 80 GB", 80
             bbox=dict(facecolor="white", edgecolor="none", pad=1))
 ax.invert_yaxis()
 ax.set_xlabel("GB held during training (batch 1 x 512 tokens)")
-ax.set_title("Fine-tuning Mistral 7B: what fits where")
+ax.set_title("Fine-tuning Mistral 7B: what fits where (the planner's count, not measured)")
 ax.legend(loc="lower right", fontsize=9)
 plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Full fine-tuning needs 119 GB: more than one 80 GB GPU, before any batching. LoRA brings it to the bf16 model
-# itself plus activations (17.6 GB at rank 8: a 24 GB GPU is enough), and QLoRA to 7.6 GB, which fits a free
-# 16 GB T4. The QLoRA paper's recipe is 4-bit NF4 weights, double quantization (the scales quantized too) and
-# paged optimizer states; ours is the simpler int4 groups of notebook 13, so its figures are an estimate of the
+# Full fine-tuning needs 119 GB: more than one 80 GB GPU, before any batching. LoRA brings it to the bf16
+# model itself plus activations (17.6 GB at rank 8: by this count a 24 GB GPU is enough), and QLoRA to 7.6 GB, which
+# would fit a free 16 GB T4 (in fp16 there: a T4 has no bf16). These are the planner's counts; nothing here measured a
+# 7B fine-tune's peak memory. The QLoRA paper's recipe is 4-bit NF4 weights, double quantization (the scales quantized
+# too) and paged optimizer states; ours is the simpler int4 groups of notebook 13, so its figures are an estimate of the
 # same idea, not of that exact recipe. The adapter's own training state is a rounding error: r=8 on all seven
 # projections is 21 million numbers, 0.3% of the model.
 #
@@ -310,7 +312,7 @@ ax1.plot([10 * i for i in range(len(losses))], losses, color="#4C72B0",
          label="shipped run (400 steps): one batch of 8, every 10th step")
 ax1.set_xlabel("step")
 ax1.set_ylabel("loss on answer tokens (nats)")
-ax1.set_title("LoRA instruction tuning: the loss (accuracies in section 6)")
+ax1.set_title("LoRA instruction tuning: the loss (accuracies printed above)")
 ax1.set_ylim(0, None)
 ax1.legend(fontsize=9)
 plt.tight_layout()
@@ -394,7 +396,7 @@ plt.show()
 # - **Which rank.** On all seven projections, 100 steps: rank 1 names 26 books, rank 8 45, rank 64
 #   51 (with 1.2 million trainable numbers, eight times rank 8's): more rank bought accuracy at this step count, with
 #   shrinking returns.
-# - **How many steps.** The loss of Fig. 2 is near its floor by step 100, the accuracy is not: rank 8 on all
+# - **How many steps.** The loss curve above is near its floor by step 100, the accuracy is not: rank 8 on all
 #   seven names 45 of 66 after 100 steps and 54 after the shipped 400. (The 100-step run has its own schedule,
 #   warm-up 5 and cosine over 100, so it is not the 400-step run stopped at step 100.)
 
@@ -746,11 +748,10 @@ _ = check_function("14.3 lora_grads", my_lora_grads, library_lora_grads, cases=c
 # (`[{"role": "system" | "user" | "assistant", "content": ...}, ...]`, alternating user and assistant, starting
 # with a user, with at most one system message, at the start) in Mistral-7B-Instruct-v0.1's format, for the real
 # v1 tokenizer, exactly as the model was tuned on them. Section 3 printed the pieces of one conversation and
-# described the format; work out from them which parts are text that the tokenizer encodes (and how much text at
-# a time), which are ids it never writes by itself, and where the system prompt goes. `tok.encode(text,
-# bos=False)`, `tok.bos_id` and `tok.eos_id` are all you need. The check compares your ids with
-# `Tokenizer.encode_chat`, which `tests/test_chat.py` proves equal to mistral-common's, on conversations you have
-# not seen.
+# described the format; work out from them which parts are text that the tokenizer encodes, which are ids it never
+# writes by itself, and where the system prompt goes. `tok.encode(text, bos=False)`, `tok.bos_id` and `tok.eos_id`
+# are all you need. The check compares your ids with `Tokenizer.encode_chat`, which `tests/test_chat.py` proves
+# equal to mistral-common's, on conversations you have not seen.
 
 # %% nbgrader={"grade": false, "grade_id": "ex14_4_encode_chat-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_encode_chat(messages):
@@ -826,7 +827,7 @@ print("by-hand LoRA model = minimistral.lora adapted model, logits")
 #
 # - Full fine-tuning of the 7B holds about 119 GB (16 bytes a parameter for weights, master copy, gradients and
 #   AdamW, plus activations): no single 80 GB GPU. LoRA leaves the bf16 model plus activations (17.6 GB at 512
-#   tokens, a 24 GB GPU); QLoRA 7.6 GB, a 16 GB T4.
+#   tokens, a 24 GB GPU); QLoRA 7.6 GB, a 16 GB T4 in fp16 (the planner's counts, not measured).
 # - **LoRA**: `y = W x + (alpha / r) B A x`, `W` frozen, `B = 0` at the start (the model is unchanged, bit for bit),
 #   `r (in + out)` numbers per matrix; merge it into `W` when done.
 # - **The Instruct format**: `<s>[INST] {system}\n\n{user} [/INST] {answer}</s>[INST] ...` as text; the tokens (as
