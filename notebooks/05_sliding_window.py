@@ -694,33 +694,18 @@ def smallest_window(model, ids, candidates, tolerance):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex05_5_smallest_window-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-_losses = {}  # (window, number of tokens) -> loss, so the reference runs each window once
-
-
-def window_loss(model, ids, window):  # the library's model, with its mask for `window`
-    key = (window, len(ids), ids[-1])
-    if key not in _losses:
-        m = mm.Transformer(model.args.replace(sliding_window=window))
-        m.load_state_dict(model.state_dict())
-        with torch.no_grad():
-            _losses[key] = F.cross_entropy(m(torch.tensor([ids]))[0, :-1], torch.tensor(ids[1:])).item()
-    return _losses[key]
-
-
-def smallest_by_scan(model, ids, candidates, tolerance):  # the reference: every candidate, smallest first
-    limit = window_loss(model, ids, model.args.sliding_window) + tolerance
-    return next(w for w in sorted(candidates) if window_loss(model, ids, w) <= limit)
-
+from minimistral.labs.references import smallest_window_by_scan, window_loss
 
 first_320 = chapter_ids[:320]
-_ = check_function("05.5 smallest_window", smallest_window, smallest_by_scan, cases=[
+_ = check_function("05.5 smallest_window", smallest_window, smallest_window_by_scan, cases=[
     case(tiny, first_320, [8, 16, 32, 48, 64, 96, 128], 0.05, label="windows 8 to 128, within 0.05"),
     case(tiny, first_320, [128, 96, 64, 48, 32, 16, 8], 0.1, label="the same windows, largest first, within 0.1"),
     case(tiny, first_320, [192, 8, 96, 16, 128], 0.0, label="windows 8 to 192, no worse than the trained one"),
     case(tiny, first_320, [192, 128], 0.0, label="the trained window itself, or a longer one, no worse than it"),
     case(tiny, first_320, [8, 16, 32], 0.15, label="only short windows, within 0.15 of the trained one"),
 ], hint="what is each candidate's loss compared with, and would that yardstick change if the trained window "
-        "were not among the candidates? What does the model you were given look like when you return?")
+        "were not among the candidates? What does the model you were given look like when you return?",
+   forbid=["minimistral.labs.references.window_loss"])
 
 # %%
 window_losses = {w: window_loss(tiny, first_320, w) for w in [8, 16, 32, 48, 64, 96, 128, 192, None]}

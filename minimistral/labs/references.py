@@ -120,3 +120,27 @@ def hidden_for_share_by_search(args, share, multiple_of: int = 256) -> int:
     while 3 * args.dim * h < share * (3 * args.dim * h + rest):
         h += multiple_of
     return h
+
+
+# ---- 05.5: the smallest window that keeps the loss -------------------------------------------------------
+_window_losses: dict = {}  # (id of the weights, window, the tokens) -> loss: the check asks for each window once
+
+
+def window_loss(model, ids, window) -> float:
+    """The next-token loss of `model`'s weights on `ids` with the sliding window set to `window` (None: none)."""
+    import torch.nn.functional as F
+
+    from ..model import Transformer
+    key = (id(model), window, tuple(ids))
+    if key not in _window_losses:
+        m = Transformer(model.args.replace(sliding_window=window))
+        m.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            _window_losses[key] = F.cross_entropy(m(torch.tensor([ids]))[0, :-1], torch.tensor(ids[1:])).item()
+    return _window_losses[key]
+
+
+def smallest_window_by_scan(model, ids, candidates, tolerance) -> int:
+    """05.5: every candidate, smallest first; the first whose loss is within `tolerance` of the trained window's."""
+    limit = window_loss(model, ids, model.args.sliding_window) + tolerance
+    return next(w for w in sorted(candidates) if window_loss(model, ids, w) <= limit)
