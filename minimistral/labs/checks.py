@@ -727,20 +727,21 @@ def _code_of(fn) -> Optional[types.CodeType]:
     return getattr(fn, "__code__", None)
 
 
-def _is_forbidden_itself(student: Callable, reference: Callable, forbid: tuple) -> Optional[str]:
+def _is_forbidden_itself(student: Callable, reference: Callable, forbidden: dict) -> Optional[str]:
     """Why the student's function IS the reference or a forbidden function (imported under the exercise's name,
-    `from ...references import x as my_x`), which no call watch sees; else None."""
+    `from ...references import x as my_x`), which no call watch sees; else None. forbidden: {name: object}."""
     own = _code_of(student)
     if own is None:
         return None
     refs = dict(_reference_codes(reference))
-    if _code_of(reference) is not None:
-        refs.setdefault(_code_of(reference), getattr(reference, "__qualname__", "the reference"))
+    ref_code = _code_of(reference)
+    if ref_code is not None:
+        refs.setdefault(ref_code, getattr(reference, "__qualname__", "the reference"))
     same = [c for c in refs if c is own]  # identity: an equal function written out by the student is an answer
     if same:
         return f"it is {refs[same[0]]}, the very reference it is compared with (not allowed: the exercise is to write it)"
-    for name in forbid:
-        if name not in _SPECIAL and _code_of(_resolve(name)) is own:
+    for name, obj in forbidden.items():
+        if _code_of(obj) is own:
             return f"it is {name}, which this exercise does not allow"
     return None
 
@@ -782,11 +783,10 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     forbid = tuple(forbid)
     if labels is not None and len(labels) != len(cases):
         raise ValueError(f"{exercise}: {len(labels)} labels for {len(cases)} cases")
-    for name in forbid:
-        if name not in _SPECIAL:
-            _resolve(name)  # a misspelt rule is the author's error, not the student's
+    # resolving each rule now: a misspelt one is the author's error, not the student's
+    forbidden = {name: _resolve(name) for name in forbid if name not in _SPECIAL}
     names = _param_names(student, reference)
-    itself = _is_forbidden_itself(student, reference, forbid)
+    itself = _is_forbidden_itself(student, reference, forbidden)
     if itself is not None:
         return _report(FAIL, exercise, f"{itself}. {hint}".strip())
     for n, args in enumerate(cases, 1):
