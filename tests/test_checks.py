@@ -712,3 +712,94 @@ def test_the_reference_or_a_forbidden_function_imported_as_the_answer_fails(caps
     ok, out = verdict(capsys, "99.31 rms_norm", rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_norm"])
     assert not ok and "it is minimistral.norm.rms_norm, which this exercise does not allow" in out, out
     assert verdict(capsys, "99.31 rms_norm", good_rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_norm"])[0]
+
+
+def _autograd_embedding_grad(ids, grad_out, vocab_size):  # the reference: autograd
+    table = torch.zeros(vocab_size, grad_out.shape[-1], dtype=grad_out.dtype, requires_grad=True)
+    F.embedding(ids, table).backward(grad_out)
+    return table.grad
+
+
+def test_autograd_is_refused_however_it_is_reached(capsys):
+    """AUTOGRAD: every route to a gradient fails (the public API, the engine's private entry point, an aten backward
+    kernel called directly, forward mode, torch.func), named in the message; a gradient worked out by hand passes."""
+    from minimistral.labs.checks import AUTOGRAD
+    cases = [(torch.tensor([[1, 2, 1]]), torch.randn(1, 3, 4), 5)]
+
+    def by_hand(ids, grad_out, vocab_size):
+        flat = grad_out.reshape(-1, grad_out.shape[-1])
+        return torch.zeros(vocab_size, flat.shape[-1], dtype=flat.dtype).index_add_(0, ids.reshape(-1), flat)
+
+    def public(ids, grad_out, vocab_size):
+        table = torch.zeros(vocab_size, grad_out.shape[-1], requires_grad=True)
+        (g,) = torch.autograd.grad(F.embedding(ids, table), table, grad_out)
+        return g
+
+    def engine(ids, grad_out, vocab_size):  # what .backward() calls, under no public name
+        table = torch.zeros(vocab_size, grad_out.shape[-1])
+        table.requires_grad = True
+        out = F.embedding(ids, table)
+        torch.autograd.Variable._execution_engine.run_backward((out,), (grad_out,), False, False, (), True, True)
+        return table.grad
+
+    def kernel(ids, grad_out, vocab_size):
+        flat = grad_out.reshape(-1, grad_out.shape[-1])
+        return torch.ops.aten.embedding_sparse_backward(flat, ids.reshape(-1), vocab_size, -1, False).to_dense()
+
+    def functional(ids, grad_out, vocab_size):
+        table = torch.zeros(vocab_size, grad_out.shape[-1])
+        return torch.func.vjp(lambda t: F.embedding(ids, t), table)[1](grad_out)[0]
+
+    def forward_mode(ids, grad_out, vocab_size):  # one column of the Jacobian at a time: still autograd
+        import torch.autograd.forward_ad as fwAD
+        table, rows = torch.zeros(vocab_size, grad_out.shape[-1]), []
+        for v in range(vocab_size):
+            with fwAD.dual_level():
+                tangent = torch.zeros_like(table)
+                tangent[v] = 1
+                out = fwAD.unpack_dual(F.embedding(ids, fwAD.make_dual(table, tangent))).tangent
+            rows.append((out * grad_out).sum(dim=(0, 1)))
+        return torch.stack(rows)
+
+    assert verdict(capsys, "99.40 embedding_grad", by_hand, _autograd_embedding_grad, cases, forbid=[AUTOGRAD])[0]
+    for wrong in (public, engine, kernel, functional, forward_mode):
+        assert verdict(capsys, "99.40 embedding_grad", wrong, _autograd_embedding_grad, cases)[0]  # unwatched
+        ok, out = verdict(capsys, "99.40 embedding_grad", wrong, _autograd_embedding_grad, cases, forbid=[AUTOGRAD])
+        assert not ok and "uses autograd" in out, (wrong.__name__, out)
+    assert torch.is_grad_enabled()
+
+
+def test_switching_the_watch_off_is_itself_seen(capsys):
+    """A TorchFunctionMode sees nothing inside torch._C.DisableTorchFunction(): the check watches the switch, by
+    any binding (attribute, a name imported before, a default argument), and leaves torch's own uses alone."""
+    from torch._C import DisableTorchFunction
+
+    def reference(x):
+        return F.rms_norm(x, (x.shape[-1],))
+
+    def by_attribute(x):
+        with torch._C.DisableTorchFunction():
+            return F.rms_norm(x, (x.shape[-1],))
+
+    def by_name(x):
+        with DisableTorchFunction():
+            return F.rms_norm(x, (x.shape[-1],))
+
+    def by_default(x, off=torch._C.DisableTorchFunction):
+        with off():
+            return F.rms_norm(x, (x.shape[-1],))
+
+    def popping_the_mode(x):
+        from torch.overrides import _pop_mode_temporarily
+        with _pop_mode_temporarily():
+            return F.rms_norm(x, (x.shape[-1],))
+
+    forbid = ["torch.nn.functional.rms_norm"]
+    cases = [(torch.randn(2, 8),)]
+    for wrong in (by_attribute, by_name, by_default, popping_the_mode):
+        ok, out = verdict(capsys, "99.41 rms_norm", wrong, reference, cases, forbid=forbid)
+        assert not ok and "switches off the check's watch" in out, (wrong.__name__, out)
+    assert torch._C.DisableTorchFunction is DisableTorchFunction and by_default.__defaults__[0] is DisableTorchFunction
+    by_hand = lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)  # noqa: E731
+    assert verdict(capsys, "99.41 rms_norm", by_hand, reference, cases, forbid=forbid)[0]
+    assert verdict(capsys, "99.41 rms_norm", lambda x: str(x) and by_hand(x), reference, cases, forbid=forbid)[0]

@@ -394,7 +394,16 @@ ENLARGED_COPY = "an enlarged copy"
 # the exercise may call the model. With THROUGH_LIBRARY in `forbid`, a use through any library function counts too
 # (for exercises that need none: `tok.encode_chat(...)` reaching sentencepiece's encode must fail 01.1).
 THROUGH_LIBRARY = "through the library"
-_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY, THROUGH_LIBRARY)
+# Autograd however it is reached (`backward`, `torch.autograd.grad`, `torch.func`, the engine's private entry points,
+# an aten `*_backward` kernel called directly, forward mode): any tensor made during the call that requires grad (no
+# gradient comes back without one), any op named `*backward*`, and forward mode's `_make_dual`. For exercises that
+# ask for a gradient worked out by hand.
+AUTOGRAD = "autograd"
+_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY, THROUGH_LIBRARY, AUTOGRAD)
+# What switches the watch itself off (a TorchFunctionMode sees nothing inside `torch._C.DisableTorchFunction()`):
+# watched whenever anything is forbidden, counted when the student's own code calls it (torch calls it too).
+_BLINDFOLDS = ("torch._C.DisableTorchFunction", "torch._C._pop_torch_function_stack",
+               "torch._C._set_torch_function_state", "torch.overrides._pop_mode", "torch.overrides._pop_mode_temporarily")
 NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.repeat_interleave",
              "torch.Tensor.expand", "torch.Tensor.expand_as", "torch.broadcast_to", "torch.Tensor.broadcast_to",
              "torch.broadcast_tensors", "torch.stack", "torch.cat", "torch.concat", "torch.index_select",
@@ -405,6 +414,7 @@ LIBRARY_ATTENTION = ("torch.nn.functional.scaled_dot_product_attention",
                      "torch.nn.functional.multi_head_attention_forward", "torch.nn.MultiheadAttention.forward")
 _LIB_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # .../minimistral
 _TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_STDLIB_DIR = os.path.dirname(os.path.abspath(contextlib.__file__))
 
 
 def _resolve(name: str):
@@ -508,11 +518,17 @@ _FACTORIES = {torch.empty_like, torch.zeros_like, torch.ones_like, torch.full_li
 _WRITES = {torch.Tensor.__setitem__, torch.Tensor.copy_}
 
 
+def _is_backward_op(func) -> bool:
+    name = getattr(func, "__name__", "") or ""
+    return isinstance(name, str) and ("backward" in name or name.startswith("_make_dual"))
+
+
 class _TorchWatch(TorchFunctionMode):
     def __init__(self, rules: dict, advanced: bool, used: list, origins: Optional[_Origins] = None,
-                 strict: bool = False):
+                 strict: bool = False, autograd: bool = False):
         super().__init__()
         self.rules, self.advanced, self.used, self.origins, self.strict = rules, advanced, used, origins, strict
+        self.autograd = autograd
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         try:
@@ -522,9 +538,13 @@ class _TorchWatch(TorchFunctionMode):
         if name is None and self.advanced and func is torch.Tensor.__getitem__ and len(args) > 1 \
                 and _advanced(args[1]):
             name = ADVANCED_INDEXING
+        if name is None and self.autograd and _is_backward_op(func):
+            name = f"{AUTOGRAD} ({getattr(func, '__name__', func)})"
         if name is not None and (self.strict or not _called_by_library()):
             self.used.append(name)
         result = func(*args, **(kwargs or {}))
+        if self.autograd and any(t.requires_grad for t in _tensors(result)):  # library-made ones too: the student
+            self.used.append(f"{AUTOGRAD} (a tensor that requires grad)")  # gave it what to track
         if self.origins is not None:
             i = self.origins.enlarged(func, args, kwargs, result)
             if i is not None and not _called_by_library():
@@ -540,9 +560,9 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
     the closures of `student` and of what it wraps). ENLARGED_COPY watches the tensors among `inputs`."""
     used: list = []
     rules, library = {}, {}  # object -> name; name -> library function
-    advanced, origins, strict = False, None, THROUGH_LIBRARY in forbid
+    advanced, origins, strict, autograd = False, None, THROUGH_LIBRARY in forbid, AUTOGRAD in forbid
     for name in forbid:
-        if name == THROUGH_LIBRARY:
+        if name in (THROUGH_LIBRARY, AUTOGRAD):
             continue
         if name == ADVANCED_INDEXING:
             advanced = True
@@ -565,6 +585,15 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             return obj(*args, **kwargs)
         return recorded
 
+    def blind(obj, name):  # counted only when the student's own code calls it: torch and contextlib call these too
+        @functools.wraps(obj)
+        def recorded(*args, **kwargs):
+            caller = sys._getframe(1).f_code.co_filename
+            if not caller.startswith((_TORCH_DIR, _STDLIB_DIR, "<frozen")) and caller != __file__:
+                used.append(f"{name} (it switches off the check's watch)")
+            return obj(*args, **kwargs)
+        return recorded
+
     def bindings(fn, seen):  # the student's function, and functions it wraps or closes over: their closures
         if fn is None or id(fn) in seen:
             return []
@@ -574,9 +603,23 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
                                                        if _has_contents(c) and callable(c.cell_contents)]
         return cells + [c for f in inner for c in bindings(f, seen)]
     cells = bindings(student, set())
+    functions = [student] + [getattr(student, "__wrapped__", None)]
+    functions += [c.cell_contents for c in cells if _has_contents(c) and inspect.isfunction(c.cell_contents)]
+    blindfolds = {}
+    for name in _BLINDFOLDS:
+        try:
+            blindfolds[name] = _resolve(name)
+        except ValueError:  # not in this torch
+            continue
     try:
-        for name, obj in library.items():
-            w = wrap(obj, name)
+        for name, obj in list(library.items()) + list(blindfolds.items()):
+            make = blind if name in blindfolds else wrap
+            w = make(obj, name)
+            for fn in functions:  # a default argument holds what it held when the function was defined
+                defaults = getattr(fn, "__defaults__", None) if inspect.isfunction(fn) else None
+                if defaults and any(d is obj for d in defaults):
+                    saved.append((setattr, fn, "__defaults__", defaults))
+                    fn.__defaults__ = tuple(w if d is obj else d for d in defaults)
             owner, attr = name.rsplit(".", 1)
             owner = _resolve(owner)
             raw = vars(owner).get(attr) if isinstance(owner, type) else None
@@ -588,7 +631,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
                 # and every alias of it there, under its own name (sentencepiece's Tokenize is Encode itself)
                 for key in [k for k, v in list(vars(owner).items()) if v is obj]:
                     saved.append((setattr, owner, key, obj))
-                    setattr(owner, key, w if key == attr else wrap(obj, f"{name.rsplit('.', 1)[0]}.{key}"))
+                    setattr(owner, key, w if key == attr else make(obj, f"{name.rsplit('.', 1)[0]}.{key}"))
             spaces = [vars(m) for n, m in list(sys.modules.items()) if n.split(".")[0] == "minimistral" and m]
             spaces += [globals_] if globals_ is not None else []
             for ns in spaces:
@@ -600,7 +643,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
                 if _has_contents(c) and c.cell_contents is obj:
                     saved.append((setattr, c, "cell_contents", obj))
                     c.cell_contents = w
-        with _TorchWatch(rules, advanced, used, origins, strict):
+        with _TorchWatch(rules, advanced, used, origins, strict, autograd):
             yield used
     finally:
         for restore, *args in reversed(saved):
