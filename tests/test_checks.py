@@ -536,6 +536,28 @@ def test_the_grader_sees_what_the_notebook_sees(tmp_path, monkeypatch):
     assert rows["mutates"]["result"] == "fail" and "changed its input 'x' in place" in rows["mutates"]["hint"]
     assert "(  nine points)" in rows["mutates"]["hint"]  # the label, verbatim, through the grader too
 
+    # a reference the library holds, called by the answer in the sandbox (where no profiler can watch for it)
+    check = ('_ = check_function("97.2 slow_pair", my_pair, slow_pair_by_counting, cases=[\n'
+             '    case(128, 10000.0, 5000.0, label="Mistral")])')
+    header = "from minimistral.labs.checks import check_function, case\n" \
+             "from minimistral.labs.references import slow_pair_by_counting"
+    answers = {"honest": "    import math\n    return sum(1 for i in range(d // 2) if 2 * math.pi * t ** (2 * i / d) <= n)",
+               "calls": "    from minimistral.labs import references\n    return references.slow_pair_by_counting(d, t, n)"}
+    for name, body in answers.items():
+        cells = [new_code_cell(header), new_code_cell("def my_pair(d, t, n):\n    ### BEGIN SOLUTION\n" + body +
+                                                      "\n    ### END SOLUTION"), new_code_cell(check)]
+        n = new_notebook(cells=cells)
+        n.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        (tmp_path / f"ref_{name}").mkdir()
+        nbformat.write(n, tmp_path / f"ref_{name}" / "97_pair.ipynb")
+    (tmp_path / "ref_source").mkdir()
+    nbformat.write(nbformat.read(tmp_path / "ref_honest" / "97_pair.ipynb", 4), tmp_path / "ref_source" / "97_pair.ipynb")
+    r = run_labs("grade", *[tmp_path / f"ref_{n}" / "97_pair.ipynb" for n in answers], "--source",
+                 tmp_path / "ref_source", "--jobs", "1", "--csv", csv)
+    rows = {Path(row["file"]).parent.name: row for row in read_csv(csv)}
+    assert rows["ref_honest"]["result"] == "pass", r.stdout + r.stderr
+    assert rows["ref_calls"]["result"] == "fail" and "slow_pair_by_counting" in rows["ref_calls"]["hint"], rows
+
 
 def test_an_enlarged_copy_of_one_input_is_seen_however_it_is_written(capsys):
     # GQA without copying K/V heads: a copy made by arithmetic (no copying method named) is still a copy

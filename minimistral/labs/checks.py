@@ -703,10 +703,24 @@ def run_student(student: Callable, case: tuple, forbid: Iterable[str] = ()) -> t
     return result, {"used": sorted(set(used)), "mutated": mutated}
 
 
-def _call_student(student: Callable, case: tuple, forbid: tuple) -> tuple:
+def _importable_name(fn: Callable) -> Optional[str]:
+    """"minimistral.module.qualname" for a module-level function of the library (labs/references.py's included),
+    else None: what a sandbox can resolve by name."""
+    fn = getattr(fn, "__func__", fn)
+    module, qualname = getattr(fn, "__module__", None) or "", getattr(fn, "__qualname__", None) or ""
+    if module.split(".")[0] != "minimistral" or not qualname or "<" in qualname:
+        return None
+    try:
+        return f"{module}.{qualname}" if _resolve(f"{module}.{qualname}") is fn else None
+    except ValueError:
+        return None
+
+
+def _call_student(student: Callable, case: tuple, forbid: tuple, reference: Optional[Callable] = None) -> tuple:
     remote = getattr(student, "run_checked", None)  # the grader's proxy: the function runs in a sandbox
-    if remote is not None:
-        result, seen = remote(tuple(case), list(forbid))
+    if remote is not None:  # where `_refusing_reference` cannot see: the reference, by name, is forbidden there
+        own = _importable_name(reference) if reference is not None else None
+        result, seen = remote(tuple(case), list(forbid) + ([own] if own and own not in forbid else []))
         seen = seen if isinstance(seen, dict) else {}
         return result, {"used": [str(u) for u in seen.get("used", [])],
                         "mutated": [int(i) for i in seen.get("mutated", []) if isinstance(i, int)]}
@@ -837,7 +851,7 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         what = f"case {n} of {len(cases)} ({label if label is not None else _describe_case(student, args, reference)})"
         try:
             with _refusing_reference(reference) as called:
-                got, seen = _call_student(student, tuple(args), forbid)
+                got, seen = _call_student(student, tuple(args), forbid, reference)
         except NotImplementedError:
             return _report(TODO, exercise, "not implemented yet")
         except Exception as e:  # a student's bug must not stop the notebook
