@@ -67,7 +67,8 @@ from minimistral.labs.checks import THROUGH_LIBRARY, case, check_function
 # Ids 0, 1 and 2 are special: `<unk>` (never produced, thanks to byte fallback), and the control
 # tokens `<s>` (BOS, beginning of sequence) and `</s>` (EOS, end of sequence). Ids 3 to 258 are the 256 bytes
 # `<0x00>` … `<0xFF>`. The other 31,741 are ordinary pieces learned from data: first 28,446
-# multi-character pieces, the **merges**, mostly in the order training found them (ids 259 to 28,704),
+# multi-character pieces, the **merges**, mostly in the order training found them (ids 259 to 28,704; the
+# pieces made only of spaces are the exception, as the BPE section below shows),
 # then the 3,295 single **characters** the merges are built from (ids 28,705 to 31,999, starting with `▁`).
 
 # %%
