@@ -596,7 +596,7 @@ for gpu, budget in [("24 GiB", 24 * GiB), ("80 GiB", 80 * GiB)]:
 # %% [markdown]
 # On an 80 GiB GPU the sliding window and grouped-query attention together serve 133 sequences of 32,768 tokens
 # at once; without the window only 16 fit, and with one K/V head per query head (MHA, whose larger `wk` and `wv`
-# also add 1.5 GiB of weights) only 32. On a 24 GiB card the 13.5 GiB of weights leave room for 21, 2 and 4. The
+# also add 1.5 GiB of weights) only 32. On a 24 GiB card the same three designs serve 21, 2 and 4. The
 # memory section's 8× (window) and 4× (GQA) savings come back here as roughly 8 and 4 times as many users.
 
 # %% [markdown]
