@@ -505,36 +505,36 @@ print(f"Qwen2.5-0.5B's shapes, biases and tied: {built_and_counted(qwen_shapes, 
 # counts the same 494,032,768.)
 
 # %% [markdown]
-# ## Exercise 00.2: the memory bill of a config nobody printed
+# ## Exercise 00.2: how many users fit on one GPU?
 #
 # A colleague sends you a `params.json` (a dict with the keys `dim`, `n_layers`, `head_dim`, `hidden_dim`,
-# `n_heads`, `n_kv_heads`, `vocab_size` and `sliding_window`, which may be `None`: no window) and asks how
-# much GPU memory serving it takes. Complete `serving_bytes(params, batch_size, seq_len, bytes_per_number)`:
-# the bytes for **all the weights** plus a **rolling KV cache** for `batch_size` sequences of `seq_len`
-# tokens each, every number stored in `bytes_per_number` bytes. Return an `int`.
+# `n_heads`, `n_kv_heads`, `vocab_size` and `sliding_window`, which may be `None`: no window) and asks the
+# question a serving team asks first: on a GPU with `gpu_bytes` of memory, how many sequences of `seq_len`
+# tokens can this model serve at once? Complete `max_batch(params, gpu_bytes, seq_len, bytes_per_number)`: the
+# largest batch size whose weights (as in Mistral: no biases, an output head separate from the embedding table)
+# plus rolling KV cache, every number stored in `bytes_per_number` bytes, fit in `gpu_bytes` (a bill exactly
+# equal to the budget fits). Return an `int`, and `0` when not even one sequence fits. (A real server also needs
+# room for activations and the framework's own memory; leave that out here.)
 #
-# Nothing above computes exactly this: the configs in the check are not Mistral 7B, some have no window,
-# some have `head_dim` different from `dim // n_heads`. Think about what a rolling buffer keeps when the
-# sequence is shorter than the window, and what it keeps when there is no window at all.
+# This is the memory section run backwards. Nothing above computes it: the configs in the check are not Mistral
+# 7B, some have no window, some have `head_dim` different from `dim // n_heads`, and some budgets sit exactly on
+# the edge of one more sequence.
 
-# %% nbgrader={"grade": false, "grade_id": "ex00_2_serving_bytes-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def serving_bytes(params: dict, batch_size: int, seq_len: int, bytes_per_number: int) -> int:
+# %% nbgrader={"grade": false, "grade_id": "ex00_2_max_batch-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def max_batch(params: dict, gpu_bytes: int, seq_len: int, bytes_per_number: int) -> int:
     ### BEGIN SOLUTION
     d, L, h, F, V = (params[k] for k in ("dim", "n_layers", "head_dim", "hidden_dim", "vocab_size"))
     H, K, W = params["n_heads"], params["n_kv_heads"], params["sliding_window"]
     per_layer = 2 * d * H * h + 2 * d * K * h + 3 * d * F + 2 * d  # wq wo, wk wv, w1 w2 w3, two norms
-    weights = L * per_layer + 2 * V * d + d  # untied embedding and head, final norm
+    weights = (L * per_layer + 2 * V * d + d) * bytes_per_number  # untied embedding and head, final norm
     kept = seq_len if W is None else min(seq_len, W)  # a rolling buffer never holds more than W tokens
-    cache = batch_size * kept * 2 * L * K * h  # keys and values, per layer, per K/V head
-    return (weights + cache) * bytes_per_number
+    per_sequence = kept * 2 * L * K * h * bytes_per_number  # keys and values, per layer, per K/V head
+    return max(0, (gpu_bytes - weights) // per_sequence)  # floor: a part of a sequence serves no one
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex00_2_serving_bytes-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def reference_serving_bytes(params, batch_size, seq_len, bytes_per_number):
-    a = mm.ModelArgs.from_params_json({**params, "norm_eps": 1e-5})
-    kept = seq_len if a.sliding_window is None else min(seq_len, a.sliding_window)
-    return (a.num_params() + batch_size * kept * a.kv_bytes_per_token("float32") // 4) * bytes_per_number
+# %% nbgrader={"grade": true, "grade_id": "ex00_2_max_batch-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.labs.references import max_batch_by_search
 
 
 def config(dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, vocab_size, sliding_window):
@@ -542,37 +542,62 @@ def config(dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, vocab_size,
                 n_kv_heads=n_kv_heads, vocab_size=vocab_size, sliding_window=sliding_window)
 
 
-_ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes, cases=[
-    case(config(4096, 32, 128, 14336, 32, 8, 32000, 4096), 1, 32768, 2,
-         label="Mistral 7B, one 32,768-token sequence, 2 bytes",
-         hint="the sequence is longer than the window: how many tokens does the rolling buffer hold? And which "
-              "weights come once per layer, which once in the whole model?"),
-    case(config(5120, 40, 128, 14336, 32, 8, 131072, None), 8, 8192, 2,
-         label="40 layers of dim 5,120, no window, 8 sequences of 8,192 tokens, 2 bytes",
-         hint="no window: how many tokens of each sequence does the cache hold? And n_heads * head_dim is not dim "
-              "here: write the attention sizes from n_heads, n_kv_heads and head_dim"),
-    case(config(3072, 28, 128, 8192, 24, 8, 128256, 8192), 16, 100, 4,
-         label="dim 3,072 with 24 heads of 128, 8 K/V heads, window 8,192, 16 prompts of 100 tokens, 4 bytes",
-         hint="the prompts are shorter than the window: does the buffer hold more tokens than there are? And "
-              "does every number, cached ones included, take bytes_per_number bytes?"),
-    case(config(2048, 24, 64, 5632, 32, 1, 50000, 2048), 4, 10000, 1,
-         label="multi-query (1 K/V head), window 2,048, 4 sequences of 10,000 tokens, 1 byte",
+MISTRAL = config(4096, 32, 128, 14336, 32, 8, 32000, 4096)
+NO_WINDOW = config(5120, 40, 128, 14336, 32, 8, 131072, None)  # 40 layers of 5,120, no sliding window
+KEPT = "how many tokens of each sequence does the cache hold here: the sequence is longer than the window"
+_ = check_function("00.2 max_batch", max_batch, max_batch_by_search, cases=[
+    case(MISTRAL, 80 * GiB, 32768, 2, label="Mistral 7B on an 80 GiB GPU, 32,768-token sequences, 2 bytes",
+         hint=KEPT + "? And which weights come once per layer, which once in the whole model?"),
+    case(config(896, 24, 64, 4864, 14, 2, 151936, None), 2 * GiB, 4096, 2,
+         label="Qwen2.5-0.5B's shapes (vocabulary 151,936) with a separate head, no window, 4,096 tokens, 2 GiB",
+         hint="here the vocabulary tables are a large part of the weights: how many are there, and how big?"),
+    case(MISTRAL, 17_167_818_752, 32768, 2,
+         label="Mistral 7B, a budget of exactly its weights plus a whole number of 32,768-token sequences",
+         hint="the bill of the largest batch equals the budget here: does a bill equal to the budget fit?"),
+    case(MISTRAL, 17_167_818_751, 32768, 2, label="the same budget, one byte less",
+         hint="one byte short of one more sequence, so every byte of your bill shows: does a part of a sequence "
+              "count, and does your bill hold every weight (norms included) and exactly the tokens the buffer keeps?"),
+    case(MISTRAL, 24 * GiB, 4096, 4, label="Mistral 7B in float32 on a 24 GiB GPU, 4,096-token sequences",
+         hint="the weights alone do not fit: what is the largest batch then (can it be negative)?"),
+    case(NO_WINDOW, 80 * GiB, 131072, 2, label="no window, 131,072-token sequences, 80 GiB, 2 bytes",
+         hint="no window: does anything in params cap the cache of one sequence?"),
+    case(NO_WINDOW, 40 * GiB, 131072, 2, label="no window, 131,072-token sequences, 40 GiB: weights fit",
+         hint="the weights fit here: do the weights and the cache of one whole sequence?"),
+    case(config(3072, 28, 128, 8192, 24, 8, 128256, 8192), 16 * 10**9, 100, 4,
+         label="dim 3,072 with 24 heads of 128, 8 K/V heads, window 8,192, 100-token prompts, 16 GB, 4 bytes",
+         hint="the prompts are shorter than the window: does the buffer hold more tokens than there are? And does "
+              "every number, cached ones included, take bytes_per_number bytes?"),
+    case(config(2048, 24, 64, 5632, 32, 1, 50000, 2048), 8 * GiB, 10000, 1,
+         label="multi-query (1 K/V head of 64, 32 query heads), window 2,048, 10,000 tokens, 8 GiB, 1 byte",
          hint="one K/V head: how wide are wk, wv and each cached key and value?"),
-    case(config(1024, 6, 96, 2816, 16, 4, 8000, None), 2, 3000, 2,
-         label="dim 1,024 with 16 heads of 96 (head_dim != dim // n_heads), no window, 2 sequences of 3,000 "
-               "tokens, 2 bytes",
-         hint="head_dim is not dim // n_heads here: write every attention size from n_heads, n_kv_heads and head_dim"),
-    case(config(256, 4, 32, 768, 8, 2, 4096, 128), 3, 1000, 4,
-         label="the course model (ModelArgs.course(), trained in 10: vocabulary 4,096, window 128), 3 sequences of "
-               "1,000 tokens, 4 bytes"),
-    case(config(5120, 40, 128, 14336, 32, 8, 131072, None), 1, 131072, 2,
-         label="40 layers of dim 5,120, no window, one sequence of 131,072 tokens, 2 bytes",
-         hint="no window, and a sequence longer than any context length in this notebook: does anything in "
-              "params cap the cache?"),
+    case(config(1024, 6, 96, 2816, 16, 4, 8000, None), 4 * GiB, 3000, 2,
+         label="dim 1,024 with 16 heads of 96 (head_dim != dim // n_heads), no window, 3,000 tokens, 4 GiB",
+         hint="head_dim is not dim // n_heads here: write every attention size from n_heads, n_kv_heads and "
+              "head_dim"),
+    case(config(256, 4, 32, 768, 8, 2, 4096, 128), 1 * GiB, 1000, 4,
+         label="the course model (ModelArgs.course(), trained in 10: vocabulary 4,096, window 128), 1,000 tokens, "
+               "1 GiB, 4 bytes", hint=KEPT + "?"),
 ], forbid=LIBRARY_COUNTING + ["minimistral.config.ModelArgs.kv_bytes_per_token",
                               "minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.cache_slots"],
-   hint="which weights come once per layer and which only once in the whole model? How many tokens does the "
-        "cache hold when the sequence is shorter than the window, longer than it, and when there is no window?")
+   hint="max_batch returns an int: the number of whole sequences, 0 when not one fits")
+
+# %% [markdown]
+# What your function says about Mistral 7B itself, in bf16 with 4,096-token conversations (the window), and what
+# the two memory savers of this notebook are worth in users per GPU:
+
+# %%
+for gpu, budget in [("24 GiB", 24 * GiB), ("80 GiB", 80 * GiB)]:
+    with_gqa = max_batch(MISTRAL, budget, 32768, 2)
+    no_window = max_batch({**MISTRAL, "sliding_window": None}, budget, 32768, 2)
+    mha = max_batch({**MISTRAL, "n_kv_heads": 32}, budget, 32768, 2)
+    print(f"{gpu} GPU, 32,768-token sequences: {with_gqa:>3} with GQA and the window, {no_window:>3} without the window, "
+          f"{mha:>3} with MHA and the window")
+
+# %% [markdown]
+# On an 80 GiB GPU the sliding window and grouped-query attention together serve 133 sequences of 32,768 tokens
+# at once; without the window only 16 fit, and with one K/V head per query head (MHA, whose larger `wk` and `wv`
+# also add 1.5 GiB of weights) only 32. On a 24 GiB card the same three designs serve 21, 2 and 4. The
+# memory section's 8× (window) and 4× (GQA) savings come back here as roughly 8 and 4 times as many users.
 
 # %% [markdown]
 # ## Summary
@@ -587,6 +612,8 @@ _ = check_function("00.2 serving_bytes", serving_bytes, reference_serving_bytes,
 #   through an RMSNorm and adds its attention and MLP outputs back to it.
 # - The meta device builds the whole model with its true shapes and no memory; a bias on q, k, v or a tied
 #   head (other Llama-style models) changes the count in ways you can now work out.
+# - Run backwards, the same arithmetic sizes a server: on an 80 GiB GPU, 133 sequences of 32,768 tokens fit with
+#   the window and GQA, 16 without the window.
 #
 # ## What's next
 # **01 tokenizer**: how text becomes the token ids the model reads, on Mistral's own tokenizer.

@@ -67,7 +67,8 @@ from minimistral.labs.checks import THROUGH_LIBRARY, case, check_function
 # Ids 0, 1 and 2 are special: `<unk>` (never produced, thanks to byte fallback), and the control
 # tokens `<s>` (BOS, beginning of sequence) and `</s>` (EOS, end of sequence). Ids 3 to 258 are the 256 bytes
 # `<0x00>` … `<0xFF>`. The other 31,741 are ordinary pieces learned from data: first 28,446
-# multi-character pieces, the **merges**, mostly in the order training found them (ids 259 to 28,704),
+# multi-character pieces, the **merges**, mostly in the order training found them (ids 259 to 28,704; the
+# pieces made only of spaces are the exception, as the BPE section below shows),
 # then the 3,295 single **characters** the merges are built from (ids 28,705 to 31,999, starting with `▁`).
 
 # %%
@@ -202,10 +203,14 @@ print("every other merge id i scores 259 - i:",
 #
 # Below, `bpe_encode` does steps 1, 2 and 4; step 3's choice is yours. Inside the loop, set `i` to the position
 # of the pair to merge next (`pieces[i]` and `pieces[i + 1]`), or `break` when no pair may merge. You have
-# `sp.piece_to_id` (it returns `tok.unk_id`, 0, for a string that is not a piece), `sp.get_score`,
-# `sp.is_control` and `sp.is_byte`. The check compares your ids with sentencepiece's on texts of many kinds
-# (code, runs of spaces, rare characters, text that looks like a control token) without letting you call its
-# encoder. Try `bpe_encode("lower tokenizer", trace=True)` first: it prints the pieces after every merge.
+# `sp.piece_to_id` (it returns `tok.unk_id`, 0, for a string that is not a piece) and `sp.get_score`.
+# Sentencepiece has one more rule: it never merges two pieces into a control or byte piece (`sp.is_control`,
+# `sp.is_byte`). In Mistral's vocabulary that rule never fires (shown after the exercise), so the check cannot
+# tell whether you wrote it; write it anyway if you want your encoder right for any vocabulary. The check
+# compares your ids with sentencepiece's on texts of many kinds (code, runs of spaces, rare characters, and
+# text such as `<s>` or `<0x41>` that must stay ordinary characters, not become the control or byte id) without
+# letting you call its encoder. On a wrong case it shows the pieces where your ids and sentencepiece's part.
+# Try `bpe_encode("lower tokenizer", trace=True)` first: it prints the pieces after every merge.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_1_bpe_encode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def bpe_encode(text: str, trace: bool = False) -> list[int]:
@@ -238,26 +243,45 @@ def bpe_encode(text: str, trace: bool = False) -> list[int]:
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex01_1_bpe_encode-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-bpe_texts = [
-    "Hello world", "lower tokenizer", "Mistral 7B est un modèle de langage.", "def f(x):\n    return x ** 2\n",
-    "  two leading spaces", "a  b   c      d", "tabs\tand\nnewlines\n\n", "The year 2024 🦙!", "こんにちは世界",
-    "Привет, мир!", "<s> and </s> are not control tokens in text", "<0x41> is text too", "aaaaaaa bbbbbb",
-    "Antidisestablishmentarianism", "",
+BEST_FIRST = "merges go best score first, wherever the pair is: compare bpe_encode(text, trace=True) with tok.pieces(text)"
+WHITESPACE = ("runs of spaces: what score do the pieces made only of '▁' have, so when do they merge? And is your "
+              "choice the best score over the whole list, not the first pair that may merge?")
+NOT_A_PIECE = "a pair whose concatenation is not a piece: what does piece_to_id return for it, and may it merge?"
+bpe_cases = [
+    case("Hello world", label="'Hello world'", hint="which pairs may merge at all (what does piece_to_id return for a "
+                                                     "pair that is not a piece?), and which of them merges first?"),
+    case("lower tokenizer", label="'lower tokenizer'", hint=BEST_FIRST),
+    case("Mistral 7B est un modèle de langage.", label="French with a digit and an accent", hint=NOT_A_PIECE),
+    case("def f(x):\n    return x ** 2\n", label="Python, indented with four spaces", hint=WHITESPACE),
+    case("  two leading spaces", label="'  two leading spaces'", hint=WHITESPACE),
+    case("a  b   c      d", label="runs of 2, 3 and 6 spaces", hint=WHITESPACE),
+    case("tabs\tand\nnewlines\n\n", label="tabs and newlines", hint=NOT_A_PIECE),
+    case("The year 2024 🦙!", label="digits and 🦙 (no piece)", hint=NOT_A_PIECE),
+    case("こんにちは世界", label="Japanese", hint=NOT_A_PIECE),
+    case("Привет, мир!", label="Russian", hint=BEST_FIRST),
+    case("<s> and </s> are not control tokens in text", label="the text '<s>' must stay characters, not id 1",
+         hint=NOT_A_PIECE),
+    case("<0x41> is text too", label="the text '<0x41>' must stay characters, not a byte id", hint=NOT_A_PIECE),
+    case("aaaaaaa bbbbbb", label="equal scores side by side ('aaaaaaa bbbbbb')",
+         hint="several pairs with the same best score: which one does sentencepiece merge first?"),
+    case("Antidisestablishmentarianism", label="a long word, many merges", hint=BEST_FIRST),
+    case("", label="the empty text"),
 ]
 _ = check_function(
-    "01.1 bpe_encode", bpe_encode, lambda text: tok.encode(text, bos=False),
-    cases=[case(t, label=repr(t)) for t in bpe_texts],
+    "01.1 bpe_encode", bpe_encode, lambda text: tok.encode(text, bos=False), cases=bpe_cases,
+    show=lambda ids: [sp.id_to_piece(i) for i in ids],  # a wrong answer is shown as pieces, not as numbers
     forbid=[THROUGH_LIBRARY, "minimistral.tokenizer.Tokenizer.encode", "minimistral.tokenizer.Tokenizer.pieces",
             "sentencepiece.SentencePieceProcessor.encode", "sentencepiece.SentencePieceProcessor.Encode",
             "sentencepiece.SentencePieceProcessor.EncodeAsIds", "sentencepiece.SentencePieceProcessor.encode_as_ids",
             "sentencepiece.SentencePieceProcessor.EncodeAsPieces",
             "sentencepiece.SentencePieceProcessor.encode_as_pieces"],
-    hint="which ids can piece_to_id return that are not merges?")
+    hint="bpe_encode returns a list of ids: inside the loop, set i to the position of the pair to merge, or break")
 
 # %% [markdown]
-# With `trace=True` you can watch the merges happen, best-scoring first (not left to right). Sentencepiece
-# also never merges two pieces into a control or byte piece; in Mistral's vocabulary that rule never fires,
-# because none of those 259 strings (`<s>`, `<0x41>`, ...) is two pieces glued together (checked below).
+# With `trace=True` you can watch the merges happen, best-scoring first (not left to right). The rule that no
+# merge may produce a control or byte piece never fires in Mistral's vocabulary, because none of those 259
+# strings (`<s>`, `<0x41>`, ...) is two pieces glued together (checked below): `<s>` in a text stays the
+# characters `<`, `s`, `>` and whatever pieces they merge into, never the control id 1.
 
 # %%
 print(bpe_encode("lower tokenizer", trace=True))
@@ -344,6 +368,14 @@ display(widgets.VBox([text_box, token_view]))
 # the cache, the compute) is **tokens per message**, so we compare the *same two sentences* translated into
 # each language. Tokens per character would mislead: a Chinese character carries far more meaning than a
 # Latin letter, so Chinese looks six times dearer per character but is much less than that per sentence.
+#
+# **Predict before you run the next cell.** The English message below is 22 tokens, so a 4,096-token window (the
+# span one layer of Mistral attends to) holds 186 copies of it. How many copies of the Russian message does it
+# hold: about 186, about 90, or about 45? And of the Chinese one, whose 27 characters are less than a third of
+# the English 95? Put your guesses in `guess` (copies per window); the table prints them beside the measurement.
+
+# %%
+guess = {"French": None, "German": None, "Russian": None, "Chinese": None}  # yours: copies per 4,096-token window
 
 # %%
 samples = {
@@ -362,10 +394,14 @@ others = {  # not translations: what other kinds of text cost per character
 }
 n_tokens = {name: len(tok.encode(text, bos=False)) for name, text in {**samples, **others}.items()}
 english = n_tokens["English"]
-print(f"{'text':<8} {'chars':>5} {'tokens':>6} {'x English':>9} {'tokens/char':>11}")
+WINDOW = 4096
+print(f"{'text':<8} {'chars':>5} {'tokens':>6} {'x English':>9} {'tokens/char':>11} {'copies/window':>13} {'your guess':>10}")
 for name, text in {**samples, **others}.items():
     vs = f"{n_tokens[name] / english:9.2f}" if name in samples else " " * 9
-    print(f"{name:<8} {len(text):>5} {n_tokens[name]:>6} {vs} {n_tokens[name] / len(text):>11.2f}")
+    copies = f"{WINDOW // n_tokens[name]:>13}" if name in samples else " " * 13
+    yours = guess.get(name)
+    print(f"{name:<8} {len(text):>5} {n_tokens[name]:>6} {vs} {n_tokens[name] / len(text):>11.2f} {copies} "
+          f"{'' if yours is None else yours:>10}")
 merges = [tok.id_to_piece(i) for i in range(259, first_char)]
 ascii_merges = sum(all(c == "▁" or ord(c) < 128 for c in p) for p in merges)
 print(f"merges made only of ASCII characters (and '▁'): {ascii_merges:,} of {len(merges):,} "
@@ -385,6 +421,7 @@ bars = ax1.barh(names, [n_tokens[n] for n in names], color="#4C72B0")
 for bar, n in zip(bars, names):
     ax1.text(bar.get_width() + 0.4, bar.get_y() + bar.get_height() / 2,
              f"{n_tokens[n]}  ({n_tokens[n] / english:.1f}x)", va="center", fontsize=9)
+ax1.axvline(english, color="#888", ls=":", lw=1)  # English's count: the other bars read as multiples of it
 ax1.set_xlim(0, 1.25 * max(n_tokens[n] for n in samples))
 ax1.set_xlabel("tokens for the same two sentences (lower is cheaper)")
 ax1.set_title("Mistral v1 tokenizer: cost of one message")
@@ -396,7 +433,7 @@ ax2.annotate(f"last {last} merges only", (centres[-1], mean_length[-1]), xytext=
              textcoords="offset points", ha="right", fontsize=8, color="#55A868",
              arrowprops=dict(arrowstyle="-", color="#55A868", lw=0.8))
 ax2.set_xlabel("merge id (the order training found the merges)")
-ax2.set_ylabel("mean piece length, per 1,000 merges")
+ax2.set_ylabel("mean length (characters)\nof each block of 1,000 merges")
 ax2.set_ylim(0, 7)
 ax2.set_title(f"{len(merge_lengths):,} merges: later ones are longer")
 for ax in (ax1, ax2):
@@ -406,7 +443,9 @@ plt.show()
 
 # %% [markdown]
 # The same message costs 1.7 times as many tokens in Chinese as in English here, 1.5 times in German, 1.9 in
-# French and 2.0 in Russian: a 4,096-token window holds about half as much Russian as English. Per character
+# French and 2.0 in Russian: a 4,096-token window holds 91 copies of the Russian message against 186 of the
+# English one: half as much meaning per window, and per message twice the KV cache and twice any per-token price.
+# Chinese, with the fewest characters (27), still fits fewer copies (107) than English. Per character
 # the picture is different (Chinese 1.41 tokens per character against 0.23 for English) but it compares
 # unequal things. Digits cost one token each, plus a lone `▁` before a number that follows a space (`▁`, `3`,
 # `.`, `1`, `4`, ...: no piece glues `▁` to a digit), and each character outside the vocabulary costs one byte
@@ -414,9 +453,9 @@ plt.show()
 #
 # On the right, what the merges are: training glues the most frequent pairs first, and those are short
 # (`▁t`, `in`, `er`: the first 1,000 merges average 3.3 characters); whole words come later, as merges of
-# merges (the last 1,000 average 6.0). After about id 10,000 the curve rises much more slowly, from 5.5 to
-# about 6.1 characters per 1,000 merges: past that, a new merge is mostly another whole word of ordinary length,
-# not a longer one. (The last point averages only the final 446 merges.)
+# merges (the last 1,000 average 6.0). After about id 10,000 the curve rises much more slowly: the mean length of
+# a block of 1,000 merges goes from 5.5 to about 6.1 characters. Past that, a new merge is mostly another whole
+# word of ordinary length, not a longer one. (The last point averages only the final 446 merges.)
 
 # %% [markdown]
 # ## Training a small tokenizer with Mistral's options
@@ -486,8 +525,10 @@ print("longest pieces:", sorted(learned, key=len)[-6:])
 #
 # BPE training is short enough to write out. Split the text into words (each starting with `▁`), count
 # every adjacent pair of symbols, weighted by how often its word occurs, merge the most frequent pair
-# everywhere, and repeat. Three of Mistral's options restrict which pieces may form: no piece mixes
-# letters with punctuation (`split_by_unicode_script`), none contains an ASCII digit (`split_digits`; the
+# everywhere, and repeat. Three of Mistral's options restrict which pieces may form: no piece mixes Unicode
+# scripts (`split_by_unicode_script`: Latin, Cyrillic, Han, and the "Common" script of punctuation and symbols
+# stay apart; our `allowed` below simplifies that to letters against non-letters, which is the same rule for
+# this all-English corpus but would let a Latin letter join a Cyrillic one), none contains an ASCII digit (`split_digits`; the
 # superscript `²` is not held apart: Mistral's vocabulary has the piece `².`, id 20110, the only multi-character
 # piece with a character Python's `isdigit` accepts), none is longer than 16 characters. Ties go to the shorter
 # piece, then to the alphabetically first. With those rules our loop finds exactly sentencepiece's merges, in
@@ -500,7 +541,7 @@ from collections import Counter
 def allowed(piece: str) -> bool:
     chars = piece.replace("▁", "")
     return (len(piece) <= 16 and not any(c in "0123456789" for c in chars)
-            and len({c.isalpha() for c in chars}) <= 1)  # letters and non-letters never mix
+            and len({c.isalpha() for c in chars}) <= 1)  # scripts never mix (simplified: letters vs the rest)
 
 
 def train_bpe(text: str, n_merges: int) -> list[str]:

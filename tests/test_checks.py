@@ -825,3 +825,24 @@ def test_switching_the_watch_off_is_itself_seen(capsys):
     by_hand = lambda x: x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + torch.finfo(x.dtype).eps)  # noqa: E731
     assert verdict(capsys, "99.41 rms_norm", by_hand, reference, cases, forbid=forbid)[0]
     assert verdict(capsys, "99.41 rms_norm", lambda x: str(x) and by_hand(x), reference, cases, forbid=forbid)[0]
+
+
+def test_show_tells_where_a_wrong_list_parts_from_the_expected_one(capsys):
+    """01.1: token ids compared as numbers say 'too low, by a factor of 2'; `show` turns them into pieces and
+    says where yours and the expected part. A result `show` cannot read keeps the usual message."""
+    pieces = {1: "▁a", 2: "a", 3: "aa", 4: "▁aa"}
+
+    def show(ids):
+        return [pieces[i] for i in ids]
+
+    def reference(n):
+        return [1, 3, 3][:n]
+
+    cases = [case(3, label="three")]
+    ok, out = verdict(capsys, "99.32 encode", lambda n: [4, 2, 3], reference, cases, show=show)
+    assert not ok and "the first 0 agree, then yours: '▁aa a aa', expected: '▁a aa aa' (3 in all, expected 3)" in out
+    ok, out = verdict(capsys, "99.32 encode", lambda n: [1, 3], reference, cases, show=show)
+    assert not ok and "the first 2 agree, then yours: '(nothing)', expected: 'aa' (2 in all, expected 3)" in out
+    ok, out = verdict(capsys, "99.32 encode", lambda n: [1, 3, 9], reference, cases, show=show)
+    assert not ok and "element [2] of 3: the number is" in out, out  # 9 is no piece: the numbers it is
+    assert verdict(capsys, "99.32 encode", lambda n: [1, 3, 3], reference, cases, show=show)[0]

@@ -82,3 +82,36 @@ def test_hidden_for_share_is_the_smallest_width_transformers_agrees_on(shapes, s
 
     assert mlp_share(h) >= Fraction(str(share))
     assert h == multiple_of or mlp_share(h - multiple_of) < Fraction(str(share))
+
+
+@pytest.mark.parametrize("params,gpu_bytes,seq_len,bytes_per_number", [
+    (dict(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8, vocab_size=32000,
+          sliding_window=4096), 80 * 2**30, 32768, 2),
+    (dict(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8, vocab_size=32000,
+          sliding_window=4096), 24 * 2**30, 4096, 4),  # the weights alone do not fit
+    (dict(dim=1024, n_layers=6, head_dim=96, hidden_dim=2816, n_heads=16, n_kv_heads=4, vocab_size=8000,
+          sliding_window=None), 4 * 2**30, 3000, 2),
+    (dict(dim=256, n_layers=4, head_dim=32, hidden_dim=768, n_heads=8, n_kv_heads=2, vocab_size=4096,
+          sliding_window=128), 2**30, 1000, 4),
+])
+def test_max_batch_is_the_largest_batch_whose_bill_transformers_counts_fits(params, gpu_bytes, seq_len,
+                                                                             bytes_per_number):
+    # the weights counted on transformers' MistralForCausalLM (meta device); each sequence's cache holds the
+    # keys and values of min(seq_len, sliding_window) tokens (all of them without a window) in every layer
+    from transformers import MistralConfig, MistralForCausalLM
+    cfg = MistralConfig(hidden_size=params["dim"], num_hidden_layers=params["n_layers"], head_dim=params["head_dim"],
+                        intermediate_size=params["hidden_dim"], num_attention_heads=params["n_heads"],
+                        num_key_value_heads=params["n_kv_heads"], vocab_size=params["vocab_size"],
+                        sliding_window=params["sliding_window"], tie_word_embeddings=False)
+    with torch.device("meta"):
+        weights = sum(p.numel() for p in MistralForCausalLM(cfg).parameters())
+    kept = seq_len if cfg.sliding_window is None else min(seq_len, cfg.sliding_window)
+    per_sequence = kept * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim
+
+    def bill(batch):
+        return (weights + batch * per_sequence) * bytes_per_number
+
+    b = references.max_batch_by_search(params, gpu_bytes, seq_len, bytes_per_number)
+    assert bill(b + 1) > gpu_bytes
+    assert b == 0 or bill(b) <= gpu_bytes
+    assert references.max_batch_by_search(params, bill(b + 1), seq_len, bytes_per_number) == b + 1  # the edge

@@ -825,16 +825,34 @@ def _refusing_reference(reference: Callable):
             sys.setprofile(None)
 
 
+def _shown_apart(show: Callable, got, want) -> Optional[str]:
+    """Where `got` and `want` part, each shown through `show` (a result -> a list of readable strings, such as
+    the pieces of a list of token ids); None when `show` cannot read `got`."""
+    try:
+        mine, theirs = [str(u) for u in show(got)], [str(u) for u in show(want)]
+    except Exception:
+        return None
+    k = next((i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b), min(len(mine), len(theirs)))
+
+    def stretch(units):
+        return " ".join(units[k:k + 4]) + (" ..." if len(units) > k + 4 else "") if k < len(units) else "(nothing)"
+    return (f"the first {k} agree, then yours: {stretch(mine)!r}, expected: {stretch(theirs)!r} "
+            f"({len(mine)} in all, expected {len(theirs)})")
+
+
 def check_function(exercise: str, student: Callable, reference: Callable, cases: Iterable[tuple],
                    hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
-                   labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = ()) -> bool:
+                   labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = (),
+                   show: Optional[Callable] = None) -> bool:
     """Call `student` and `reference` on every case and compare the results (type, length, shape and dtype
     first, then the values, with tolerances relative to the reference's size: `atol`/`rtol` when given, else
     the reference dtype's own, TOLERANCES). The student's function runs on its own deep copies of the
     arguments, the reference on the originals; changing an argument in place, or using what `forbid` names
     (see `watching`), fails the case. A case may be a `case(..., label=...)`, or `labels` gives every case's.
     On a mismatch, print which case failed (its label verbatim, else its arguments' shapes and values), how
-    the result differs and the hint, never the expected value."""
+    the result differs and the hint, never the expected value; except with `show` (a result -> a list of
+    readable strings), for exercises whose expected values the learner can see anyway (a tokenizer's pieces)
+    and whose numbers say little: then a wrong value is shown as where yours and the expected part."""
     cases = list(cases)
     labels = list(labels) if labels is not None else None
     forbid = tuple(forbid)
@@ -866,6 +884,8 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         want = reference(*args)
         case_atol, case_rtol = getattr(args, "atol", None), getattr(args, "rtol", None)
         why = _mismatch(got, want, atol if case_atol is None else case_atol, rtol if case_rtol is None else case_rtol)
+        if why is not None and show is not None:
+            why = _shown_apart(show, got, want) or why
         if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
             why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
             return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())

@@ -144,3 +144,27 @@ def smallest_window_by_scan(model, ids, candidates, tolerance) -> int:
     """05.5: every candidate, smallest first; the first whose loss is within `tolerance` of the trained window's."""
     limit = window_loss(model, ids, model.args.sliding_window) + tolerance
     return next(w for w in sorted(candidates) if window_loss(model, ids, w) <= limit)
+
+
+def max_batch_by_search(params: dict, gpu_bytes: int, seq_len: int, bytes_per_number: int) -> int:
+    """00.2: the largest batch of seq_len-token sequences whose weights and rolling KV cache (every number in
+    bytes_per_number bytes) fit in gpu_bytes, 0 when not even one does. The bill of a batch comes from the
+    library's ModelArgs (max_seq_len set to seq_len, so that a cache without a window keeps every token); the
+    batch is found by doubling, then bisecting, on whether the bill fits."""
+    from ..config import ModelArgs
+    a = ModelArgs.from_params_json({**params, "norm_eps": 1e-5}).replace(max_seq_len=seq_len)
+
+    def fits(batch: int) -> bool:  # numbers, then bytes: kv_cache_bytes in float32 is 4 bytes a number
+        numbers = a.num_params() + a.kv_cache_bytes(seq_len, batch_size=batch, dtype="float32") // 4
+        return numbers * bytes_per_number <= gpu_bytes
+
+    if not fits(1):
+        return 0
+    lo = 1  # fits(lo) holds; find hi with fits(hi) false, then bisect
+    while fits(2 * lo):
+        lo *= 2
+    hi = 2 * lo
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
