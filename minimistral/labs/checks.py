@@ -394,7 +394,48 @@ ENLARGED_COPY = "an enlarged copy"
 # the exercise may call the model. With THROUGH_LIBRARY in `forbid`, a use through any library function counts too
 # (for exercises that need none: `tok.encode_chat(...)` reaching sentencepiece's encode must fail 01.1).
 THROUGH_LIBRARY = "through the library"
-_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY, THROUGH_LIBRARY)
+# A value read back into Python, which a CUDA graph cannot stop to do mid-replay (12.3): `.item()`, `int(t)`,
+# `.tolist()`, `if t:`, `range(t)`, a slice bound `x[:t]`, a result whose shape depends on the values (`nonzero`,
+# `masked_select`, `unique`, one-argument `where`), and a tensor given where a number or a size belongs
+# (`torch.arange(p + 1)`, `torch.full(shape, t)`, `x.view(t)`), which the host must read first.
+HOST_READ = "a read of a tensor's value into Python"
+_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY, THROUGH_LIBRARY, HOST_READ)
+_HOST_READS = {getattr(torch.Tensor, m): f"torch.Tensor.{m}" for m in (
+    "item", "tolist", "__int__", "__index__", "__bool__", "__float__", "__complex__", "numpy", "nonzero",
+    "masked_select", "unique", "unique_consecutive")}
+_HOST_READS.update({torch.nonzero: "torch.nonzero", torch.masked_select: "torch.masked_select",
+                    torch.unique: "torch.unique", torch.unique_consecutive: "torch.unique_consecutive"})
+_NUMBER_ARGS = {  # function: (index of its first argument that must be a number or a size, its name)
+    getattr(owner, f): (i, f"{prefix}.{f}") for prefix, owner, i, names in (
+        ("torch", torch, 0, ("arange", "range", "linspace", "logspace", "full", "zeros", "ones", "empty", "rand",
+                             "randn", "randint")),
+        ("torch", torch, 1, ("full_like", "reshape", "narrow", "tile", "roll")),
+        ("torch.Tensor", torch.Tensor, 1, ("new_full", "new_zeros", "new_ones", "new_empty", "expand", "repeat",
+                                           "view", "reshape", "narrow", "tile", "roll"))) for f in names}
+
+
+def _host_read(func, args, kwargs) -> Optional[str]:
+    """HOST_READ's name for this call, if it reads a tensor's value into Python; else None."""
+    try:
+        name = _HOST_READS.get(func)
+        first, number_name = _NUMBER_ARGS.get(func, (None, None))
+    except TypeError:  # an unhashable callable
+        return None
+    if name is not None:
+        return f"{name} ({HOST_READ})"
+    if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1:
+        items = args[1] if isinstance(args[1], tuple) else (args[1],)
+        bounds = [b for i in items if isinstance(i, slice) for b in (i.start, i.stop, i.step)]
+        if any(isinstance(b, torch.Tensor) for b in bounds) or any(
+                isinstance(i, torch.Tensor) and i.ndim == 0 and not i.is_floating_point() and i.dtype != torch.bool
+                for i in items):
+            return f"an index or slice bound taken from a tensor ({HOST_READ})"
+    if func is torch.where and len(args) + len(kwargs or {}) == 1:
+        return f"torch.where with one argument ({HOST_READ}: its shape depends on the values)"
+    rest = (list(args[first:]), [v for k, v in (kwargs or {}).items() if k != "out"]) if first is not None else ()
+    if any(True for _ in _tensors(rest)):
+        return f"{number_name} given a tensor where a number belongs ({HOST_READ})"
+    return None
 NO_COPIES = ("torch.Tensor.repeat", "torch.Tensor.repeat_interleave", "torch.repeat_interleave",
              "torch.Tensor.expand", "torch.Tensor.expand_as", "torch.broadcast_to", "torch.Tensor.broadcast_to",
              "torch.broadcast_tensors", "torch.stack", "torch.cat", "torch.concat", "torch.index_select",
@@ -510,9 +551,10 @@ _WRITES = {torch.Tensor.__setitem__, torch.Tensor.copy_}
 
 class _TorchWatch(TorchFunctionMode):
     def __init__(self, rules: dict, advanced: bool, used: list, origins: Optional[_Origins] = None,
-                 strict: bool = False):
+                 strict: bool = False, host: bool = False):
         super().__init__()
         self.rules, self.advanced, self.used, self.origins, self.strict = rules, advanced, used, origins, strict
+        self.host = host
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         try:
@@ -522,6 +564,8 @@ class _TorchWatch(TorchFunctionMode):
         if name is None and self.advanced and func is torch.Tensor.__getitem__ and len(args) > 1 \
                 and _advanced(args[1]):
             name = ADVANCED_INDEXING
+        if name is None and self.host:
+            name = _host_read(func, args, kwargs)
         if name is not None and (self.strict or not _called_by_library()):
             self.used.append(name)
         result = func(*args, **(kwargs or {}))
@@ -540,9 +584,9 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
     the closures of `student` and of what it wraps). ENLARGED_COPY watches the tensors among `inputs`."""
     used: list = []
     rules, library = {}, {}  # object -> name; name -> library function
-    advanced, origins, strict = False, None, THROUGH_LIBRARY in forbid
+    advanced, origins, strict, host = False, None, THROUGH_LIBRARY in forbid, HOST_READ in forbid
     for name in forbid:
-        if name == THROUGH_LIBRARY:
+        if name in (THROUGH_LIBRARY, HOST_READ):
             continue
         if name == ADVANCED_INDEXING:
             advanced = True
@@ -600,7 +644,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
                 if _has_contents(c) and c.cell_contents is obj:
                     saved.append((setattr, c, "cell_contents", obj))
                     c.cell_contents = w
-        with _TorchWatch(rules, advanced, used, origins, strict):
+        with _TorchWatch(rules, advanced, used, origins, strict, host):
             yield used
     finally:
         for restore, *args in reversed(saved):

@@ -144,3 +144,15 @@ def smallest_window_by_scan(model, ids, candidates, tolerance) -> int:
     """05.5: every candidate, smallest first; the first whose loss is within `tolerance` of the trained window's."""
     limit = window_loss(model, ids, model.args.sliding_window) + tolerance
     return next(w for w in sorted(candidates) if window_loss(model, ids, w) <= limit)
+
+
+def slot_positions(positions: torch.Tensor, window: int) -> torch.Tensor:
+    """12.3: positions (B,) long, the position of each sequence's new token -> (B, window) long: the absolute
+    position each slot of a rolling buffer of `window` slots holds once that token is written (the token at p goes
+    to slot p % window, over the one from p - window), -1 for a slot no token has reached. Filled the slow way: every
+    token of the sequence written in turn, as the cache does."""
+    out = torch.full((len(positions), window), -1, dtype=torch.long)
+    for row, p in enumerate(positions.tolist()):
+        for q in range(max(0, p - window + 1), p + 1):  # earlier tokens were all overwritten by these
+            out[row, q % window] = q
+    return out
