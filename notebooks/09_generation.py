@@ -154,7 +154,7 @@ for name, unit in units.items():
 ax.set_xlabel("copy of the phrase in the context")
 ax.set_ylabel("mean probability of\nthe copy's tokens (log)")
 ax.set_xticks(range(1, 11))
-ax.set_title("Each copy of a phrase in the context makes the next one likelier", fontsize=10)
+ax.set_title("A phrase already in the context becomes likelier (the second copy most)", fontsize=10)
 ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes, off the lines
 fig.tight_layout()
 plt.show()
