@@ -120,6 +120,55 @@ greedy_ids = mm.generate(model, ids, max_new_tokens=40, temperature=0.0)
 print(tok.decode(ids + greedy_ids))
 
 # %% [markdown]
+# Why does it get stuck? Put a phrase in the context once, twice, ten times, and ask the model how likely each
+# token of the next copy is (one forward pass over the whole text: the probability it gives every token, given all
+# before it). Xu et al. (2022, *Learning to Break the Loop*) measured this on GPT-2 and called it
+# *self-reinforcement*: the more times a sentence has been repeated, the likelier its next repetition. Here it is on
+# the small model, for the phrase greedy decoding got stuck in, two verse fragments, and three phrases of random
+# tokens:
+
+# %%
+def phrase_probs(unit, repeats=10):
+    """Mean probability the model gives the tokens of `unit` in each of `repeats` copies after the prompt."""
+    seq = ids + unit * repeats
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([seq]))[0].float(), dim=-1)  # (T, V)
+    got = logp[:-1].gather(-1, torch.tensor(seq[1:])[:, None])[:, 0]  # log p of each token given the ones before
+    return got[len(ids) - 1:].exp().view(repeats, len(unit)).mean(-1)  # (repeats,)
+
+
+period = next(n for n in range(1, 20) if greedy_ids[-n:] == greedy_ids[-2 * n:-n])  # the loop's length, in tokens
+units = {"greedy's loop: " + repr(tok.decode(greedy_ids[-period:])): greedy_ids[-period:],
+         "'And it was so.'": tok.encode("And it was so.", bos=False),
+         "'and the LORD spake unto Moses,'": tok.encode("and the LORD spake unto Moses,", bos=False)}
+_gr = torch.Generator().manual_seed(0)
+for n in range(3):
+    units[f"5 random tokens, draw {n + 1}"] = torch.randint(100, tok.vocab_size, (5,), generator=_gr).tolist()
+fig, ax = plt.subplots(figsize=(9, 3.4))
+for name, unit in units.items():
+    pr = phrase_probs(unit)
+    rand = name.startswith("5 random")
+    ax.semilogy(range(1, 11), pr, "x:" if rand else "o-", color="grey" if rand else None, ms=4,
+                label=("5 random tokens (3 draws)" if name.endswith("1") else None) if rand else name)
+    print(f"{name:50s} copy 1: {pr[0]:.3f}, copy 2: {pr[1]:.3f}, copy 10: {pr[-1]:.3f}")
+ax.set_xlabel("copy of the phrase in the context")
+ax.set_ylabel("mean probability of\nthe copy's tokens (log)")
+ax.set_xticks(range(1, 11))
+ax.set_title("A phrase already in the context becomes likelier (the second copy most)", fontsize=10)
+ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside the axes, off the lines
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The second copy of a plausible phrase is 1.4 to nearly 5 times likelier than the first (greedy's loop: 0.147, then 0.388), and
+# later copies stay about there. So once greedy decoding has written a phrase twice, the argmax keeps choosing it
+# (the loop above), and each copy keeps the next one likely: the loop feeds itself. Random phrases rise too (one
+# tenfold, from 0.0001 to 0.001), but they stay hundreds of times less likely than any of the verses: the small
+# model has not learnt to copy just anything, and the gain that lets the argmax take a phrase goes to the ones it
+# already finds plausible (Xu et al. also found the effect strongest for sentences that are likely to begin with).
+# Sampling escapes because it does not always take the likeliest token.
+
+# %% [markdown]
 # ### Exercise 09.1: the decoding loop
 #
 # `mm.generate` above did the work; now write its greedy loop yourself, with the KV cache of notebook 08
@@ -194,8 +243,38 @@ plt.show()
 print(f"largest |frequency - probability| over the vocabulary: {(freq - probs).abs().max().item():.3f}")
 
 # %% [markdown]
-# Plain sampling from a small model wanders off: the long tail of unlikely tokens gets drawn now and
-# then, and one bad token derails the rest. Three knobs reshape the distribution before the draw:
+# Plain sampling from a small model wanders off: the long tail of unlikely tokens gets drawn now and then, and
+# the model must carry on from there. Here is a sample at temperature 1 with nothing cut, with every token that
+# came from the *tail* in [brackets]: a token outside the smallest set of likeliest tokens holding 90% of that
+# step's probability (top-p's set, below). Then the same count over ten seeds:
+
+# %%
+def tail_draws(new_ids, p=0.9):
+    """For each new token: whether it lay outside the smallest set of likeliest tokens holding p at its step."""
+    with torch.no_grad():
+        steps = model(torch.tensor([ids + new_ids]))[0, len(ids) - 1:-1]  # (n, V): the logits each token was drawn from
+    kept = mm.sampling_probs(steps, temperature=1.0, top_p=p) > 0
+    return (~kept[torch.arange(len(new_ids)), torch.tensor(new_ids)]).tolist()
+
+
+def marked(new_ids, tail):
+    text, out = tok.decode(ids), ""
+    for n, is_tail in enumerate(tail):
+        piece = tok.decode(ids + new_ids[:n + 1])[len(text):]  # the new token's text, its space included
+        text += piece
+        out += f" [{piece.strip()}]" if is_tail else piece
+    return out
+
+
+plain = mm.generate(model, ids, max_new_tokens=40, temperature=1.0, seed=0)
+print(f"T = 1, nothing cut, seed 0:{marked(plain, tail_draws(plain))}")
+counts = [sum(tail_draws(mm.generate(model, ids, max_new_tokens=40, temperature=1.0, seed=s))) for s in range(10)]
+print(f"tail tokens in 40 drawn, seeds 0-9: {counts}: {sum(counts)} of 400")
+
+# %% [markdown]
+# A single draw lands in the tail at most one time in ten (the set holds at least 90%), here 33 times in 400, about
+# 8%. But a text is many draws: at 8% each, 40 draws all miss the tail with a chance of $0.92^{40} \approx 4\%$, and
+# none of the ten samples does. Whatever the model writes next is conditioned on the tail token it drew. Three knobs reshape the distribution before the draw:
 #
 # - **Temperature** $T$: $p = \mathrm{softmax}(z / T)$. $T < 1$ sharpens (towards greedy as $T \to 0$),
 #   $T > 1$ flattens (towards uniform).
@@ -534,7 +613,9 @@ print(f"{len(pieces)} pieces, the same text as above")
 # ## Summary
 #
 # - Softmax turns logits into probabilities; subtract the max first.
-# - Greedy takes the argmax: deterministic, and repetitive with small models.
+# - Greedy takes the argmax: deterministic, and repetitive with small models: a phrase already in the context is
+#   likelier the next time (measured in section 2), so a loop feeds itself.
+# - Plain sampling draws from the tail now and then, and a long text almost surely does (measured in section 3).
 # - Sampling draws from the distribution; temperature sharpens or flattens it, top-k keeps the $k$
 #   likeliest tokens, top-p the smallest set holding probability $p$. All three are
 #   `mm.sampling_probs(logits, temperature, top_k, top_p)`.

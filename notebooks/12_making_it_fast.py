@@ -47,7 +47,8 @@ plt.show()
 #   launch. You will count them, read a real profile, and take one yourself (exercise 12.2).
 # - What **`torch.compile`** (fusing operations) and **CUDA graphs** (replaying a whole step with one launch)
 #   remove, and what the model must look like so they can: `minimistral.fast` is **the same model, compiled**,
-#   not a second one. Plus a bug only the profile revealed.
+#   not a second one. Plus a bug only the profile revealed. You will compute a decode step's cache slots on the
+#   device, as a compiled step must (exercise 12.3), and count the graphs the compiler builds when you do not.
 # - How to read the benchmark table: ours (eager and fast) beside Hugging Face transformers, same run.
 # - The **roofline** with measured points, and how the speed-up splits between fusion and CUDA graphs.
 # - With a GPU: your own bandwidth, your own ceiling, and the fast path's rungs and profile, measured live.
@@ -69,7 +70,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import minimistral as mm
 from minimistral.train import corpus
-from minimistral.labs.checks import case, check_function
+from minimistral.labs.checks import HOST_READ, case, check_function
 from minimistral.fast import FastGenerator
 
 torch.manual_seed(0)
@@ -170,7 +171,7 @@ ax1.set_xscale("log", base=2)
 ax1.set_xticks(ticks, [str(t) for t in ticks])
 ax1.set_xlabel("tokens multiplied together (M)")
 ax1.set_ylabel("microseconds per product")
-ax1.set_title("time: flat until M ≈ 128", fontsize=10)
+ax1.set_title("time: about flat (35-37 µs) up to M = 128", fontsize=10)
 ax1.set_ylim(0, None)
 ax2.plot(m, [r["TFLOP_per_s"] for r in sweep], "o-", color="tab:orange", label="arithmetic, TFLOP/s")
 ax2.plot(m, [r["TB_per_s"] * 100 for r in sweep], "s--", color="tab:green", label="memory traffic, TB/s x 100")
@@ -579,7 +580,8 @@ ax1.set_title("decode", fontsize=10)
 ax1.legend(fontsize=9, loc="upper left", ncol=2)
 lengths = [512, 2048, 8192]
 for c, marker in zip(["ours eager", "ours fast", "transformers"], "os^"):
-    ax2.plot(lengths, [rows[c][f"prefill tok/s ({n})"] for n in lengths], marker + "-", label=c)
+    ax2.plot(lengths, [rows[c][f"prefill tok/s ({n})"] for n in lengths], marker + "-",
+             label=c + (" (prefill path since changed)" if c == "ours fast" else ""))
 ax2.set_xscale("log", base=2)
 ax2.set_xticks(lengths, [str(n) for n in lengths])
 ax2.set_xlabel("prompt length (tokens)")
@@ -998,6 +1000,111 @@ except NotImplementedError:
 # compiled step attacks the first kind of time, fewer bytes per weight (notebook 13) the second.
 
 # %% [markdown]
+# ## Exercise 12.3: a step that never changes shape
+#
+# Section 3's table listed what compiling needs: a static cache read whole, and a position that stays on the device.
+# The mask of a decode step comes from the absolute position each of the W slots holds: the new token's key is
+# written to slot $p \bmod W$ (over the key of position $p - W$), then all W slots are read, and a slot no token
+# has reached yet holds $-1$, which the mask hides (`attention_mask(positions, slot_positions, W)`, notebook 05). The
+# library keeps one row of slot positions for a whole batch, updated in place at every step. A server that batches
+# requests which started at different times needs one row per sequence, computed on the device at every step of
+# the graph. Write `my_slot_positions(positions, window)`: `positions` a long tensor of shape `(B,)`, the position
+# of each sequence's new token; return the `(B, window)` long tensor of the position each slot holds once that
+# token is written, $-1$ where no token has been.
+#
+# Exercise 08.1 answered the same question for one sequence with a loop over its tokens, in Python. A CUDA graph
+# replays kernels: it cannot stop to read a value back into Python. So your function may not turn a
+# position into a Python number (`int()`, `.item()`, `.tolist()`, an `if` on a tensor, `range` or a slice bound
+# taken from one: the check refuses them, and `nonzero`, whose shape depends on the values), and the result has
+# the same shape whatever the positions. Before you code: with W = 4, after the token at position 6 is written,
+# which position does each of the four slots hold?
+
+# %% nbgrader={"grade": false, "grade_id": "ex12_3_slot_positions-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def my_slot_positions(positions, window):
+    ### BEGIN SOLUTION
+    slots = torch.arange(window, device=positions.device)  # (W,)
+    p = positions[:, None]  # (B, 1)
+    held = p - (p - slots) % window  # (B, W): the latest position <= p that lands on each slot (floor modulo)
+    return torch.where(held >= 0, held, -1)
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex12_3_slot_positions-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+_ = check_function(
+    "12.3 slot_positions", my_slot_positions, _refs.slot_positions,
+    cases=[case(torch.tensor([0]), 4, label="one sequence, its first token, W = 4"),
+           case(torch.tensor([2]), 4, label="p = 2, W = 4: the buffer not yet full"),
+           case(torch.tensor([3]), 4, label="p = 3, W = 4: the buffer just full"),
+           case(torch.tensor([4]), 4, label="p = 4, W = 4: the first overwrite",
+                hint="which slot did the token at p take, and what did every other slot hold just before?"),
+           case(torch.tensor([6]), 4, label="p = 6, W = 4: the question above"),
+           case(torch.tensor([0, 5, 8, 21]), 8, label="4 sequences at different positions, W = 8"),
+           case(torch.tensor([0, 4095, 4096, 10_000]), 4096, label="Mistral's window, W = 4,096: 4 sequences"),
+           case(torch.tensor([2, 2, 7]), 5, label="3 sequences, W = 5"),
+           case(torch.tensor([0, 7]), 1, label="a window of 1: each token sees only itself")],
+    hint="a slot holds the latest position, no later than p, that lands on it: how far back from p is that, "
+         "whatever the slot? And where is that position not a real token?",
+    forbid=[HOST_READ, "minimistral.labs.references.slot_positions"],
+)
+
+# %% [markdown]
+# Is that the model's own bookkeeping? The library's static cache, driven one token at a time through
+# `forward_at` (the function `minimistral.fast` compiles), past the window twice:
+
+# %%
+try:
+    _m = mm.Transformer(mm.ModelArgs.tiny(n_layers=1, vocab_size=64, sliding_window=4)).eval()
+    _cache = _m.new_cache(static=True)
+    with torch.no_grad():
+        for p in range(12):
+            _m.forward_at(torch.tensor([[p + 3]]), torch.tensor([p]), _cache)
+            assert torch.equal(_cache.slot_positions[None], my_slot_positions(torch.tensor([p]), 4)), p
+    print("positions 0 to 11, window 4: your slots match the static cache after every step")
+except NotImplementedError:
+    print("this cell uses your my_slot_positions: solve exercise 12.3 first")
+
+# %% [markdown]
+# What a host read costs a compiled step: `torch.compile` (here its graph capture alone, `backend="eager"`, which
+# takes a second on a CPU) counts the graphs it builds for six decode steps at positions 0, 3, 4, 9, 100 and 5,000.
+# Your function against one that reads the position into Python and fills the slots in a loop:
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+import logging
+
+import torch._dynamo
+from torch._dynamo.utils import counters
+
+
+def slots_on_the_host(positions, window):  # correct, but reads the position back: int(), then a Python loop
+    p = int(positions[0])
+    held = torch.full((1, window), -1)
+    for q in range(max(0, p - window + 1), p + 1):
+        held[0, q % window] = q
+    return held
+
+
+logging.getLogger("torch._dynamo").setLevel(logging.ERROR)  # the graph-break warnings are what we count
+for name, fn in (("my_slot_positions", my_slot_positions), ("slots_on_the_host", slots_on_the_host)):
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = torch.compile(fn, backend="eager", dynamic=False)
+    try:
+        for p in (0, 3, 4, 9, 100, 5000):
+            compiled(torch.tensor([p]), 8)
+        print(f"{name:>18}: {counters['stats']['unique_graphs']} graph(s) for 6 steps, "
+              f"{sum(counters['graph_break'].values())} graph break(s)")
+    except NotImplementedError:
+        print(f"{name:>18}: solve exercise 12.3 first")
+torch._dynamo.reset()
+
+# %% [markdown]
+# One graph, built once, serves every step of the device-side version: the position is data, the shapes never change.
+# The host version breaks the graph where it reads the position, and its Python loop, whose length and slots come
+# from that number, is traced again for new positions: here (torch 2.13) 7 graphs for the 6 steps, and a CUDA graph
+# could replay none of them. That is why the fast path keeps `cache.pos` out of its decode step (section 3's table).
+
+# %% [markdown]
 # ## Summary
 #
 # - Batch-1 decoding is **memory-bound**: tokens/s ≤ bandwidth / bytes of weights. For Mistral 7B in bf16 on
@@ -1019,6 +1126,8 @@ except NotImplementedError:
 #   factor of two (section 3; section 5 measures today's code live on a GPU).
 # - The roofline puts every decode step at an intensity of about 1 FLOP/byte, where only bandwidth matters.
 # - Shapes that change cost in subtler ways too: cuDNN's attention paid 64 ms for every new key length.
+# - A compiled step reads nothing back into Python: the slot positions of a static cache follow from the position
+#   tensor by arithmetic (exercise 12.3); a host read breaks the graph and is traced again for new positions.
 #
 # ## What's next
 #

@@ -846,3 +846,37 @@ def test_show_tells_where_a_wrong_list_parts_from_the_expected_one(capsys):
     ok, out = verdict(capsys, "99.32 encode", lambda n: [1, 3, 9], reference, cases, show=show)
     assert not ok and "element [2] of 3: the number is" in out, out  # 9 is no piece: the numbers it is
     assert verdict(capsys, "99.32 encode", lambda n: [1, 3, 3], reference, cases, show=show)[0]
+
+
+def test_host_read_refuses_every_way_of_reading_a_position_into_python(capsys):
+    """HOST_READ (12.3): `.item()`, `int()`, `.tolist()`, an `if`, a slice bound, `nonzero`, and a tensor where a
+    number or size belongs (`arange(p + 1)`, `full(shape, p)`) fail; the same result computed on the device passes,
+    and a library function doing a host read for the student does not count."""
+    from minimistral.labs.checks import HOST_READ
+
+    def reference(p, n):
+        return torch.arange(n) + p.sum() * 0
+
+    def device(p, n):
+        return torch.arange(n) + p.sum() * 0
+
+    wrong = {"item": lambda p, n: torch.arange(n) + p.sum().item() * 0,
+             "__int__": lambda p, n: torch.arange(n) + int(p.sum()) * 0,
+             "tolist": lambda p, n: torch.arange(n) + p.tolist()[0] * 0,
+             "__bool__": lambda p, n: torch.arange(n) if p.sum() >= 0 else None,
+             "slice bound": lambda p, n: torch.arange(n + 5)[:p.sum() * 0 + n],
+             "an index": lambda p, n: torch.arange(n) + torch.arange(n)[p.sum() * 0],
+             "__index__": lambda p, n: torch.arange(n) + [0, 1][p.sum() * 0],
+             "nonzero": lambda p, n: torch.arange(n) + p.nonzero().sum() * 0,
+             "torch.arange given a tensor": lambda p, n: torch.arange(p.sum() * 0 + n),
+             "torch.full given a tensor": lambda p, n: torch.arange(n) + torch.full((n,), p.sum()) * 0,
+             "torch.where with one argument": lambda p, n: torch.arange(n) + torch.where(p >= 0)[0].sum() * 0}
+    cases = [(torch.tensor([3, 4]), 6)]
+    for why, fn in wrong.items():
+        assert verdict(capsys, "99.32 slots", fn, reference, cases)[0], why  # allowed without the rule
+        ok, out = verdict(capsys, "99.32 slots", fn, reference, cases, forbid=[HOST_READ])
+        assert not ok and why in out and HOST_READ in out, (why, out)
+    assert verdict(capsys, "99.32 slots", device, reference, cases, forbid=[HOST_READ])[0]
+    from minimistral.labs import references  # a host read the library makes for the student is its own business
+    through = lambda p, n: references.slot_positions(p, n)[0] * 0 + torch.arange(n)  # noqa: E731
+    assert not verdict(capsys, "99.32 slots", through, reference, cases, forbid=[HOST_READ])[0]  # labs/ is not the library

@@ -394,12 +394,55 @@ ENLARGED_COPY = "an enlarged copy"
 # the exercise may call the model. With THROUGH_LIBRARY in `forbid`, a use through any library function counts too
 # (for exercises that need none: `tok.encode_chat(...)` reaching sentencepiece's encode must fail 01.1).
 THROUGH_LIBRARY = "through the library"
+# A value read back into Python, which a CUDA graph cannot stop to do mid-replay (12.3): `.item()`, `int(t)`,
+# `.tolist()`, `if t:`, `range(t)`, a slice bound `x[:t]`, a result whose shape depends on the values (`nonzero`,
+# `masked_select`, `unique`, one-argument `where`), and a tensor given where a number or a size belongs
+# (`torch.arange(p + 1)`, `torch.full(shape, t)`, `x.view(t)`), which the host must read first.
+HOST_READ = "a read of a tensor's value into Python"
+_HOST_READS = {getattr(torch.Tensor, m): f"torch.Tensor.{m}" for m in (
+    "item", "tolist", "__int__", "__index__", "__bool__", "__float__", "__complex__", "numpy", "nonzero",
+    "masked_select", "unique", "unique_consecutive")}
+_HOST_READS.update({torch.nonzero: "torch.nonzero", torch.masked_select: "torch.masked_select",
+                    torch.unique: "torch.unique", torch.unique_consecutive: "torch.unique_consecutive"})
+_NUMBER_ARGS = {  # function: (index of its first argument that must be a number or a size, its name)
+    getattr(owner, f): (i, f"{prefix}.{f}") for prefix, owner, i, names in (
+        ("torch", torch, 0, ("arange", "range", "linspace", "logspace", "full", "zeros", "ones", "empty", "rand",
+                             "randn", "randint")),
+        ("torch", torch, 1, ("full_like", "reshape", "narrow", "tile", "roll")),
+        ("torch.Tensor", torch.Tensor, 1, ("new_full", "new_zeros", "new_ones", "new_empty", "expand", "repeat",
+                                           "view", "reshape", "narrow", "tile", "roll"))) for f in names}
+
+
+def _host_read(func, args, kwargs) -> Optional[str]:
+    """HOST_READ's name for this call, if it reads a tensor's value into Python; else None."""
+    try:
+        name = _HOST_READS.get(func)
+        first, number_name = _NUMBER_ARGS.get(func, (None, None))
+    except TypeError:  # an unhashable callable
+        return None
+    if name is not None:
+        return f"{name} ({HOST_READ})"
+    if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and len(args) > 1:
+        items = args[1] if isinstance(args[1], tuple) else (args[1],)
+        bounds = [b for i in items if isinstance(i, slice) for b in (i.start, i.stop, i.step)]
+        if any(isinstance(b, torch.Tensor) for b in bounds) or any(
+                isinstance(i, torch.Tensor) and i.ndim == 0 and not i.is_floating_point() and i.dtype != torch.bool
+                for i in items):
+            return f"an index or slice bound taken from a tensor ({HOST_READ})"
+    if func is torch.where and len(args) + len(kwargs or {}) == 1:
+        return f"torch.where with one argument ({HOST_READ}: its shape depends on the values)"
+    rest = (list(args[first:]), [v for k, v in (kwargs or {}).items() if k != "out"]) if first is not None else ()
+    if any(True for _ in _tensors(rest)):
+        return f"{number_name} given a tensor where a number belongs ({HOST_READ})"
+    return None
+
+
 # Autograd however it is reached (`backward`, `torch.autograd.grad`, `torch.func`, the engine's private entry points,
 # an aten `*_backward` kernel called directly, forward mode): any tensor made during the call that requires grad (no
 # gradient comes back without one), any op named `*backward*`, and forward mode's `_make_dual`. For exercises that
 # ask for a gradient worked out by hand.
 AUTOGRAD = "autograd"
-_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY, THROUGH_LIBRARY, AUTOGRAD)
+_SPECIAL = (ADVANCED_INDEXING, ENLARGED_COPY, THROUGH_LIBRARY, HOST_READ, AUTOGRAD)
 # What switches the watch itself off (a TorchFunctionMode sees nothing inside `torch._C.DisableTorchFunction()`):
 # watched whenever anything is forbidden, counted when the student's own code calls it (torch calls it too).
 _BLINDFOLDS = ("torch._C.DisableTorchFunction", "torch._C._pop_torch_function_stack",
@@ -525,10 +568,10 @@ def _is_backward_op(func) -> bool:
 
 class _TorchWatch(TorchFunctionMode):
     def __init__(self, rules: dict, advanced: bool, used: list, origins: Optional[_Origins] = None,
-                 strict: bool = False, autograd: bool = False):
+                 strict: bool = False, host: bool = False, autograd: bool = False):
         super().__init__()
         self.rules, self.advanced, self.used, self.origins, self.strict = rules, advanced, used, origins, strict
-        self.autograd = autograd
+        self.host, self.autograd = host, autograd
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         try:
@@ -538,6 +581,8 @@ class _TorchWatch(TorchFunctionMode):
         if name is None and self.advanced and func is torch.Tensor.__getitem__ and len(args) > 1 \
                 and _advanced(args[1]):
             name = ADVANCED_INDEXING
+        if name is None and self.host:
+            name = _host_read(func, args, kwargs)
         if name is None and self.autograd and _is_backward_op(func):
             name = f"{AUTOGRAD} ({getattr(func, '__name__', func)})"
         if name is not None and (self.strict or not _called_by_library()):
@@ -560,9 +605,10 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
     the closures of `student` and of what it wraps). ENLARGED_COPY watches the tensors among `inputs`."""
     used: list = []
     rules, library = {}, {}  # object -> name; name -> library function
-    advanced, origins, strict, autograd = False, None, THROUGH_LIBRARY in forbid, AUTOGRAD in forbid
+    advanced, origins, strict = False, None, THROUGH_LIBRARY in forbid
+    host, autograd = HOST_READ in forbid, AUTOGRAD in forbid
     for name in forbid:
-        if name in (THROUGH_LIBRARY, AUTOGRAD):
+        if name in (THROUGH_LIBRARY, HOST_READ, AUTOGRAD):
             continue
         if name == ADVANCED_INDEXING:
             advanced = True
@@ -643,7 +689,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
                 if _has_contents(c) and c.cell_contents is obj:
                     saved.append((setattr, c, "cell_contents", obj))
                     c.cell_contents = w
-        with _TorchWatch(rules, advanced, used, origins, strict, autograd):
+        with _TorchWatch(rules, advanced, used, origins, strict, host, autograd):
             yield used
     finally:
         for restore, *args in reversed(saved):

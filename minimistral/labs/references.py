@@ -168,3 +168,15 @@ def max_batch_by_search(params: dict, gpu_bytes: int, seq_len: int, bytes_per_nu
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def slot_positions(positions: torch.Tensor, window: int) -> torch.Tensor:
+    """12.3: positions (B,) long, the position of each sequence's new token -> (B, window) long: the absolute
+    position each slot of a rolling buffer of `window` slots holds once that token is written (the token at p goes
+    to slot p % window, over the one from p - window), -1 for a slot no token has reached. Filled the slow way: every
+    token of the sequence written in turn, as the cache does."""
+    out = torch.full((len(positions), window), -1, dtype=torch.long)
+    for row, p in enumerate(positions.tolist()):
+        for q in range(max(0, p - window + 1), p + 1):  # earlier tokens were all overwritten by these
+            out[row, q % window] = q
+    return out
