@@ -220,12 +220,15 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., K) -> (..., N)
         """PyTorch's int8 kernel (it scales inside), except in three cases that take the dequantized weight and
-        one matrix product: no kernel here; compiled (minimistral.fast: the compiler fuses the conversion into
-        the product, reading 1 byte per weight, where the kernel is opaque to it); and CPU chunks of
-        CPU_INT8_KERNEL_MAX_ROWS rows or more, where the CPU kernel, a matrix-vector one, is slower."""
+        one matrix product: no kernel here; compiled on a GPU (minimistral.fast: the compiler fuses the
+        conversion into the product, reading 1 byte per weight, where the kernel is opaque to it; on the CPU it
+        calls a library product on a dequantized copy instead); and CPU chunks of CPU_INT8_KERNEL_MAX_ROWS rows
+        or more, where the CPU kernel, a matrix-vector one, is slower."""
         x2d = x.reshape(-1, self.in_features)  # (M, K)
-        big_cpu_chunk = x.device.type == "cpu" and x2d.shape[0] >= CPU_INT8_KERNEL_MAX_ROWS
-        if self.kernel and not big_cpu_chunk and not torch.compiler.is_compiling():
+        cpu = x.device.type == "cpu"
+        big_cpu_chunk = cpu and x2d.shape[0] >= CPU_INT8_KERNEL_MAX_ROWS
+        compiled_gpu = not cpu and torch.compiler.is_compiling()
+        if self.kernel and not big_cpu_chunk and not compiled_gpu:
             y = torch.ops.aten._weight_int8pack_mm(x2d, self.qweight, self.scales.to(x.dtype))
         else:
             y = F.linear(x2d, self.dequantize(x.dtype))

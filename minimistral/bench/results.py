@@ -34,7 +34,7 @@ def quant_row(mode: str, group_size: Optional[int] = None) -> str:
 
 
 # the int8 fast path through PyTorch's _weight_int8pack_mm instead of the product the compiler fuses: a row of
-# earlier runs (data/), kept readable; compiled, Int8Linear now always takes the product the compiler fuses
+# earlier runs (data/), kept readable; compiled on a GPU, Int8Linear now always takes the product the compiler fuses
 INT8_KERNEL = "ours fast, int8 (PyTorch's int8 kernel)"
 
 
