@@ -36,8 +36,9 @@ plt.show()
 # > from its config, for your machine and for the machines of Appendix A), both exercises, and each step
 # > of loading, generating, attention pictures and the rolling cache, done on the small model. You will
 # > **not** see the 7B's text, its attention maps, its attention sinks or its speed on your machine. The
-# > only measurements of the 7B in this notebook are stored benchmark runs, each cited where it is used
-# > (`data/bench_gpu_h200.json`, `data/bench_load_cpu_7b.json`, both on random weights of the 7B's shape);
+# > measurements of the 7B's shape in this notebook, all on random weights, are two stored benchmark runs
+# > (`data/bench_gpu_h200.json`, `data/bench_load_cpu_7b.json`), the fp16 check of `tests/test_device.py`
+# > and one hand-noted timing of this notebook on a CPU (both in Appendix A), each cited where it is used;
 # > every other sentence about the 7B is marked as an expectation (what the papers report, or what the
 # > arithmetic predicts).
 #
@@ -118,7 +119,7 @@ from minimistral import viz
 from minimistral.train import corpus
 from minimistral.labs.checks import check_function
 
-torch.manual_seed(0)
+_ = torch.manual_seed(0)
 
 # %% [markdown]
 # ### Your settings
@@ -215,10 +216,11 @@ print(f"weights in bf16: {planner.weights_bytes(args) / 1e9:.3f} GB, int8: "
 # QUANTIZE "" lets the planner choose (MemoryError, with the figures, if even 4-bit does not fit); a forced
 # setting is planned as asked, and the loader refuses it below if it does not fit
 PLAN = planner.choose_plan(args, DEVICE, SETTINGS.quantize, SETTINGS.group_size, working=SMALLEST)
-CHUNK = planner.picture_chunk(args, PLAN)  # the long prompt's chunk (section 6), sized to what is left
+CHUNK = planner.picture_chunk(args, PLAN)  # the long prompt's chunk (section 6): the largest whose run fits
+RUN = planner.run_plan(args, PLAN, CHUNK)  # the bill of this run, with that chunk (section 7 compares its peak)
 print(f"{DEVICE}: {PLAN.free / 1e9:.1f} GB {planner.free_memory(DEVICE)[1]}")
-print("plan:", PLAN.describe())
-print(f"long prompt in chunks of {CHUNK} tokens (needs {planner.long_prompt_working(args, CHUNK, PLAN.dtype) / 1e9:.2f} GB)")
+print("plan to pick the setting (smallest chunk):", PLAN.describe())
+print(f"plan of the run (long prompt in chunks of {CHUNK} tokens):", RUN.describe())
 if PLAN.quantize:  # a kernel that reads the stored bytes, or dequantize each weight first (Appendix A)
     kernel = mm.quant.kernel_available(PLAN.quantize, DEVICE.type, PLAN.dtype)
     print(f"{PLAN.quantize} kernel for {DEVICE.type} in {str(PLAN.dtype).removeprefix('torch.')}: "
@@ -239,7 +241,8 @@ print(f"setting: {PLAN.setting()}")
 # bytes? Ignore activations and the margin; return an `int`, 0 when the weights alone do not fit.
 # Work out a cache's size per sequence yourself, from what notebooks 04 and 08 taught about what a
 # cache stores and how many tokens a rolling buffer keeps (`args.sliding_window`, or `None`: no window).
-# The check refuses calls to the library's own cache arithmetic (`args.kv_cache_bytes` and friends).
+# The check refuses calls to the library's own cache arithmetic (`args.kv_cache_bytes` and friends) and
+# building a cache to read its size (`RollingKVCache`, `model.new_cache`).
 
 # %% nbgrader={"grade": false, "grade_id": "ex11_1_sequences_that_fit-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def sequences_that_fit(args: mm.ModelArgs, free_bytes: int, weight_bytes: int, seq_len: int, dtype_bytes: int) -> int:
@@ -257,7 +260,7 @@ _bf16_7b, _int8_7b = planner.weights_bytes(seven_b), planner.weights_bytes(seven
 _no_window = seven_b.replace(sliding_window=None)
 _tiny = mm.ModelArgs.tiny()
 _many = "one sequence's cache keeps, in every layer, a key and a value vector per KV head for each token it holds"
-check_function(
+_ = check_function(
     "11.1 sequences_that_fit", sequences_that_fit,
     lambda a, free, weights, n, b: planner.max_batch_size(a, free, weights, n, {4: "float32", 2: "bfloat16", 1: "int8"}[b]),
     [case(seven_b, 80 * 10**9, _bf16_7b, 32768, 2, label="7B bf16 on 80 GB, 32,768-token conversations",
@@ -283,7 +286,10 @@ check_function(
           hint="sliding_window is None and each number takes one byte")],
     forbid=["minimistral.ModelArgs.kv_cache_bytes", "minimistral.ModelArgs.kv_bytes_per_token",
             "minimistral.ModelArgs.cache_slots", f"{planner.__name__}.max_batch_size", f"{planner.__name__}.plan",
-            f"{planner.__name__}.recommend"])
+            f"{planner.__name__}.recommend", "minimistral.cache.RollingKVCache.from_args",
+            "minimistral.cache.RollingKVCache.__init__", "minimistral.cache.RollingKVCache.nbytes",
+            "minimistral.Transformer.new_cache"],
+    plain_int=True)
 
 # %% [markdown]
 # The library's version (`planner.max_batch_size`) on the case that motivates the sliding window: long
@@ -425,9 +431,10 @@ plt.show()
 # head, the mean attention that queries put on position 0, against what spreading it evenly would give.
 #
 # **The stored figure is the small model's, and it shows no attention sink.** Its layer means (printed
-# below the figure: 0.12 to 0.20) sit on the 0.17 of even spreading. Only 5 of its 32 heads (layer 2's
-# heads 0 to 2, layer 3's heads 0 and 5) put more on `<s>`, 0.31 to 0.37: about twice the even share,
-# under two fifths of their attention. **What the 7B is expected to show** (an expectation from Xiao et
+# below the figure: 0.12 to 0.20) sit on the 0.17 of even spreading. 13 of its 32 heads put more than
+# the even share on `<s>`, but only 5 (layer 2's heads 0 to 2, layer 3's heads 0 and 5) put 1.8 times it
+# or more, 0.31 to 0.37: about twice the even share, under two fifths of their attention. **What the 7B
+# is expected to show** (an expectation from Xiao et
 # al.'s Llama-2-7B, a model close in size and design, not a measurement of Mistral 7B): beyond its
 # first two layers, layer means far to the right of the even line. Run the notebook with the weights to
 # see whether it does.
@@ -440,7 +447,42 @@ even = (1 / torch.arange(2, len(ids) + 1).float()).mean()  # query i sees i + 1 
 print("layer means of the attention on token 0:", [round(v, 2) for v in sink.tolist()], f"(even spreading: {even:.2f})")
 per_head = torch.stack([cap.probs[l][0, :, 1:, 0].float().mean(-1) for l in range(L)])  # (layers, heads)
 strong = [(l, h, round(per_head[l, h].item(), 2)) for l, h in (per_head >= 1.8 * even).nonzero().tolist()]
-print(f"{len(strong)} of {L * H} heads put at least 1.8 times the even share on it (layer, head, mean):", strong)
+print(f"{int((per_head > even).sum())} of {L * H} heads put more than the even share on it; {len(strong)} put at "
+      "least 1.8 times it (layer, head, mean):", strong)
+
+# %% [markdown]
+# **An experiment the figure cannot make: take `<s>` away.** A head that parks spare attention on `<s>`
+# needs `<s>` to be there. The cell below reads held-out chapters (text the small model never trained on)
+# twice: once after `<s>` as usual, once with `<s>` hidden from every query. It prefills `<s>` alone into
+# the cache, then marks its slot empty (position -1: masked, as an empty slot is in notebook 08), so the
+# text's tokens keep their positions and lose only that key. If the model relies on a sink, its loss on
+# the text should rise. In the stored run (the small model) it barely moves, from 3.040 to 3.047 nats per
+# token over 16 chapters of 127 tokens: no sink, and nothing that depends on one, which agrees with the
+# figure. **For the 7B this is an expectation, not a measurement**: Xiao et al. report that Llama-2's
+# perplexity climbs by orders of magnitude once the first tokens leave a window cache, and recovers when
+# the first four are kept. Run this cell with the weights to see what hiding `<s>` costs Mistral 7B.
+
+# %%
+def text_loss(ids: list[int], hide_bos: bool) -> torch.Tensor:
+    """Per-token loss on `ids` read after <s>, or with <s> in the cache but hidden from every query."""
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.tensor([[tok.bos_id]], device=DEVICE), cache=cache)  # <s> at position 0, slot 0
+        if hide_bos:
+            cache.slot_positions[0] = -1  # an empty slot: the mask never shows it (attention_mask, notebook 08)
+        logits = model(torch.tensor([ids], device=DEVICE), cache=cache)  # positions 1 .. len(ids)
+    return torch.nn.functional.cross_entropy(logits[0, :-1].float(), torch.tensor(ids[1:], device=DEVICE),
+                                             reduction="none")
+
+
+_, heldout = corpus.split(corpus.load_text())  # the chapters held out of the small model's training
+n_chapters = 4 if REAL and DEVICE.type == "cpu" else 16  # a 7B on a CPU reads a chapter in tens of seconds
+n_text = min(W - 1, 255)  # one prefill per chapter, all of it within the window
+texts = [tok.encode(ch, bos=False)[:n_text] for ch in heldout[:n_chapters]]
+kept, hidden = (torch.cat([text_loss(ids, hide) for ids in texts]).mean().item() for hide in (False, True))
+print(f"{len(texts)} held-out chapters, {n_text} tokens each: loss {kept:.3f} nats/token after <s>, "
+      f"{hidden:.3f} with <s> hidden ({hidden - kept:+.3f})")
+free_memory()
 
 # %% [markdown]
 # ### Heads that look at the previous token
@@ -577,7 +619,7 @@ plt.show()
 # only $W$ slots. Chunking is what keeps this record affordable: prefilling the 7B's 5,120-token prompt in
 # one pass while recording two layers would hold, by the planner's count (`planner.capture_working_bytes`), 11.7 GB
 # of scores, softmax and records (all 32 layers' fp16 maps alone would be 53.7 GB); a chunk of 1,024 queries
-# against 5,120 keys needs 2.3 GB, one of 512 needs 1.2 GB.
+# against the 4,096 cached keys and its own (5,120) needs 2.3 GB, one of 512 (against 4,608) needs 1.1 GB.
 
 # %% [markdown]
 # ### Exercise 11.2: attention at a distance, read from a cache
@@ -640,7 +682,7 @@ _gappy, _q_gap = torch.tensor([0, 2, 3, 5, 6]), torch.tensor([3, 5, 6])  # posit
 _rows = "row r is the query at position q_pos[r]; a query counts only if its key d back is one of the columns"
 _cols = "column c of the map is the key at position k_pos[c], not at position c"
 _fp16 = "this record is float16 (about 3 significant digits), as recorded: in which dtype does your arithmetic run?"
-check_function(
+_ = check_function(
     "11.2 attention_at_distance", attention_at_distance, _at_distance_reference,
     [case(_causal_maps(4, _short, _short, 99, 1), _short, _short, 1, label="6 tokens from position 0, previous token",
           hint=_rows),
@@ -690,8 +732,11 @@ free_memory()
 # shapes with random bf16 weights: speed does not depend on the values), it decodes 27 tokens/s against a
 # ceiling of 282, the one the H200's *measured* copy bandwidth of 4.08 TB/s gives; the same file's
 # profile of one decode step shows why: Python launches 1,664 kernels per token, and the GPU is busy for
-# 6.3 ms of each 36.8 ms step. Notebook 12 takes that profile apart, and `minimistral.fast` reaches 184
-# tokens/s on the same GPU (`python -m minimistral.bench --gpu` measures both). Quantized weights are
+# 6.3 ms of each 36.8 ms step. In the same run, on the same GPU, `transformers` 5.17's `MistralForCausalLM`
+# (sdpa attention, not compiled) decodes 37 tokens/s after a 16-token prompt: this model, eager, is about
+# 30% slower there (after the 6,000-token prompt the two are level, 31 and 29 tokens/s). Notebook 12 takes
+# that profile apart, and `minimistral.fast` reaches 184 tokens/s on the same GPU
+# (`python -m minimistral.bench --gpu` measures all three). Quantized weights are
 # fewer bytes to read per token (7.5 GB in int8) where a kernel reads them as they are stored, not where
 # each weight is dequantized first (the T4, see Appendix A). On a CPU,
 # `python -m minimistral.bench --load --device cpu --quantize int8 int4` measures the 7B's load and decode
@@ -721,7 +766,7 @@ print(f"{where}, {PLAN.setting()}: prefill {len(prompt_ids)} tokens in {prefill_
       f"({n_new / decode_s:.1f} tokens/s)")
 if DEVICE.type == "cuda":
     print(f"peak GPU memory of the whole notebook: {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB "
-          f"(planned: {PLAN.total / 2**30:.2f} GiB with the margin)")
+          f"(the plan of the run: {RUN.total / 2**30:.2f} GiB with the margin)")
 
 # %% [markdown]
 # ## Summary
@@ -736,8 +781,8 @@ if DEVICE.type == "cuda":
 # - Trained attention is structured: some heads attend to the previous token, others to one earlier
 #   word; large trained models park spare attention on the first token (a sink: Xiao et al. show it in
 #   Llama-2-7B). The small model of the stored outputs shows no sink: its layer means sit at the even
-#   share, and a few heads take about twice it. Mistral 7B is expected to show one; its run shows
-#   whether it does.
+#   share, a few heads take about twice it, and hiding `<s>` moves its held-out loss by under 0.01 nats.
+#   Mistral 7B is expected to show one; its run shows whether it does, and what hiding `<s>` costs it.
 # - Reading attention from a cache means reading positions, not indices: keys sit in slot order.
 # - Past the window, the rolling cache's memory stays flat while the slots wrap.
 # - Decoding at batch 1 is bound by memory bandwidth; the teaching model is far from that bound.
@@ -756,21 +801,26 @@ if DEVICE.type == "cuda":
 # the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
 # long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
 # of the tensor being loaded, and a margin of 0.5 GB, or 10 % of the rest of the plan when that is less
-# (the small model's plan line in section 2 prints "margin 0.0": a tenth of its 0.03 GB, rounded to one
-# decimal), then takes the first setting that fits: full precision, else int8, else 4-bit in groups of
-# 32, else of 128. The free memory below is *assumed* for each class of machine, not measured on one
+# (the small model's plan lines in section 2 print "margin 0.0": a tenth of the rest of its plan, under
+# 0.03 GB, rounded to one decimal). Two bills come out of it. The **plan to pick** is made with the
+# smallest chunk (256 tokens for the 7B): the planner takes the first setting whose bill fits, full
+# precision, else int8, else 4-bit in groups of 32, else of 128. The **plan of the run** is that setting's
+# bill again with the largest chunk (1,024, 512 or 256) whose whole bill still fits
+# (`planner.picture_chunk`, `planner.run_plan`): what this notebook will really hold, the figure section 7
+# compares with the peak it measures on a GPU. Section 2 prints both for your machine. The free memory
+# below is *assumed* for each class of machine, not measured on one
 # (when you run the notebook the planner measures yours):
 #
-# | machine | free memory assumed | setting picked | plan | what runs |
-# |---|---|---|---|---|
-# | 80 GB datacenter GPU (A100, H100) | 84.8 GB | bf16 | 16.0 GB | everything; long prompt in chunks of 1,024 |
-# | 24 GB consumer GPU (RTX 3090, 4090) | 24.7 GB | bf16 | 16.0 GB | everything; chunks of 1,024 |
-# | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | everything; chunks of 1,024 |
-# | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | everything; chunks of 1,024 |
-# | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | everything; chunks of 512 |
-# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.3 GB | everything; chunks of 1,024 |
-# | Apple Silicon, 16 GB | 10.7 GB (RAM left beside macOS and a browser) | bf16, int8 | 9.3 GB | everything; chunks of 512 |
-# | CPU laptop, 16 GB RAM | 10.7 GB (the same) | bf16, int8 | 9.0 GB | everything; chunks of 512; slowly (below) |
+# | machine | free memory assumed | setting picked | plan to pick | plan of the run | what runs |
+# |---|---|---|---|---|---|
+# | 80 GB datacenter GPU (A100, H100) | 84.8 GB | bf16 | 16.0 GB | 17.9 GB | everything; long prompt in chunks of 1,024 |
+# | 24 GB consumer GPU (RTX 3090, 4090) | 24.7 GB | bf16 | 16.0 GB | 17.9 GB | everything; chunks of 1,024 |
+# | 16 GB T4 (free Colab) | 15.6 GB (14.5 GiB) | fp16 activations, int8 weights | 9.0 GB | 10.9 GB | everything; chunks of 1,024 |
+# | 12 GB GPU (RTX 3060) | 11.8 GB | bf16, int8 | 9.0 GB | 10.9 GB | everything; chunks of 1,024 |
+# | 8 GB GPU (RTX 4060) | 7.8 GB | bf16, int4 groups of 32 | 6.6 GB | 7.0 GB | everything; chunks of 512 |
+# | Apple Silicon, 32 GB | 22.9 GB (Metal's share) | bf16 | 16.3 GB | 18.1 GB | everything; chunks of 1,024 |
+# | Apple Silicon, 16 GB | 10.7 GB (RAM left beside macOS and a browser) | bf16, int8 | 9.3 GB | 9.9 GB | everything; chunks of 512 |
+# | CPU laptop, 16 GB RAM | 10.7 GB (the same) | bf16, int8 | 9.0 GB | 9.6 GB | everything; chunks of 512; slowly (below) |
 #
 # On a Mac the GPU and every other program share one RAM, so the planner takes the smaller of two
 # figures: the RAM the system has available (psutil's count, which subtracts what other apps hold) and
@@ -801,7 +851,7 @@ if DEVICE.type == "cuda":
 # 65,504 where bf16 reaches 3e38; `tests/test_device.py` runs two layers of the 7B's shape in fp16 with a
 # planted activation of 2,000 and finds them finite and within 2% of float32, but on random weights: the
 # real weights in fp16 were not tried here. The T4's int8 buys room, not speed. fp16 weights would need a
-# 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB); but below compute capability 8.0
+# 16.0 GB plan against its 15.6 GB, so the planner takes int8 (9.0 GB; 10.9 GB with its chunk of 1,024); but below compute capability 8.0
 # no int8 matrix kernel tuned for the GPU runs: where `quant.kernel_available` finds no int8 kernel for
 # CUDA in fp16, `Int8Linear.forward` dequantizes each weight before `F.linear` (`Int8Linear.dequantize`:
 # the int8 weight to fp16, times its row's scale), which moves about 9 bytes per weight per decoded token
@@ -816,10 +866,12 @@ if DEVICE.type == "cuda":
 # everywhere):
 
 # %%
-print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'plan':>8}  long-prompt chunk")
+print(f"{'machine':<36}{'free':>8}  {'setting':<48}{'to pick':>8}  {'chunk':>5}  {'the run':>8}")
 for machine, p in planner.plan_table(seven_b):
-    print(f"{machine.name:<36}{machine.free / 1e9:>5.1f} GB  {p.setting():<48}{p.total / 1e9:>5.1f} GB  "
-          f"{planner.picture_chunk(seven_b, p):,}")
+    chunk = planner.picture_chunk(seven_b, p)
+    run = planner.run_plan(seven_b, p, chunk)  # the setting's bill with the chunk it runs with
+    print(f"{machine.name:<36}{machine.free / 1e9:>5.1f} GB  {p.setting():<48}{p.total / 1e9:>5.1f} GB  {chunk:>5,}  "
+          f"{run.total / 1e9:>5.1f} GB")
 
 # %% [markdown]
 # ## Appendix B. Colab, and running without opening the notebook

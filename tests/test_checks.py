@@ -880,3 +880,32 @@ def test_host_read_refuses_every_way_of_reading_a_position_into_python(capsys):
     from minimistral.labs import references  # a host read the library makes for the student is its own business
     through = lambda p, n: references.slot_positions(p, n)[0] * 0 + torch.arange(n)  # noqa: E731
     assert not verdict(capsys, "99.32 slots", through, reference, cases, forbid=[HOST_READ])[0]  # labs/ is not the library
+
+
+def test_a_forbidden_property_is_seen_and_restored(capsys):
+    # reading `cache.nbytes` is 11.1's arithmetic done by the library: forbidding the property must catch the read
+    # (a property is neither callable nor has a __code__), leave other attributes alone, and put it back afterwards
+    from minimistral import ModelArgs
+    from minimistral.cache import RollingKVCache
+    args = ModelArgs.tiny()
+    right = lambda a, n: n * 2 * a.n_layers * a.n_kv_heads * a.head_dim * 4  # noqa: E731 -- float32 K and V
+    cache = RollingKVCache.from_args(args, device="meta", seq_len=10)
+    cheat = lambda a, n: cache.nbytes  # noqa: E731
+    forbid = ["minimistral.cache.RollingKVCache.nbytes"]
+    assert verdict(capsys, "99.24 nbytes", cheat, right, [(args, 10)])[0]  # the cheat is right, unwatched
+    ok, out = verdict(capsys, "99.24 nbytes", cheat, right, [(args, 10)], forbid=forbid)
+    assert not ok and "minimistral.cache.RollingKVCache.nbytes" in out, out
+    assert verdict(capsys, "99.24 nbytes", lambda a, n: right(a, cache.size), right, [(args, 10)], forbid=forbid)[0]
+    assert isinstance(vars(RollingKVCache)["nbytes"], property) and cache.nbytes == right(args, 10)  # restored
+
+
+def test_plain_int_refuses_a_zero_d_tensor(capsys):
+    cases = [(7, 2), (9, 4)]
+    ref = lambda a, b: a // b  # noqa: E731
+    tensor = lambda a, b: torch.tensor(a) // b  # noqa: E731
+    assert verdict(capsys, "99.25 plain int", tensor, ref, cases)[0]  # taken as an int by default
+    ok, out = verdict(capsys, "99.25 plain int", tensor, ref, cases, plain_int=True)
+    assert not ok and "case 1 of 2" in out and "() int64 tensor, expected an int" in out and "Python int" in out, out
+    assert verdict(capsys, "99.25 plain int", lambda a, b: int(torch.tensor(a) // b), ref, cases, plain_int=True)[0]
+    ok, out = verdict(capsys, "99.25 plain int", lambda a, b: a / b, ref, cases, plain_int=True)
+    assert not ok and "returned a float, expected an int" in out, out

@@ -297,3 +297,18 @@ def test_7b_layers_stay_finite_in_fp16(one_thread):
     assert torch.isfinite(half).all()
     err = (half - ref).abs().max() / ref.abs().max()
     assert err < 0.02, float(err)
+
+
+@pytest.mark.parametrize("free_gib,quantize,chunk", [(6, "int4", 256), (10.7, "int8", 1024)])
+def test_the_run_with_its_chunk_fits_on_a_mac(free_gib, quantize, chunk):
+    """On unified memory the plan counts the mapped file pages: the chunk is the largest whose whole bill (mapped
+    pages included) fits, so a 16 GB Mac with little free picks a smaller chunk rather than a run that does not fit."""
+    free = int(free_gib * 2**30)
+    p = recommend(SEVEN_B, "mps", free, mps_bf16=True, working=planner.long_prompt_working(SEVEN_B, 256))
+    assert p.quantize == quantize and p.mapped > 0 and p.fits, p.describe()
+    assert planner.picture_chunk(SEVEN_B, p) == chunk
+    run = planner.run_plan(SEVEN_B, p, chunk)
+    assert run.fits and run.mapped == p.mapped and run.working == max(
+        planner.long_prompt_working(SEVEN_B, chunk), dev.load_working_bytes(SEVEN_B, p.dtype, p.quantize))
+    larger = [c for c in planner.picture_chunks(SEVEN_B) if c > chunk]
+    assert not any(planner.run_plan(SEVEN_B, p, c).fits for c in larger)

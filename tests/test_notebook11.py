@@ -59,7 +59,8 @@ def test_flags_and_commands_are_in_the_cli_help():
 
 
 def test_hardware_table_is_the_planners():
-    """Each row of the markdown table: the setting, the plan's total and the chunk the planner gives."""
+    """Each row of the markdown table: the setting, the plan that picked it, the plan of the run with the chunk the
+    planner gives (which fits), and that chunk."""
     rows = [line for line in NOTEBOOK.read_text().splitlines() if line.startswith("# | ") and " GB | " in line]
     table = {c.name: p for c, p in planner.plan_table(mm.ModelArgs.mistral_7b())}
     assert len(rows) == len(table) == 8
@@ -72,4 +73,7 @@ def test_hardware_table_is_the_planners():
         assert q in cells[2] and (p.quantize is not None or "int" not in cells[2]), (row, p.setting())
         assert cells[3] == f"{p.total / 1e9:.1f} GB", (row, p.describe())
         chunk = planner.picture_chunk(mm.ModelArgs.mistral_7b(), p)
-        assert f"{chunk:,}" in cells[4], (row, chunk)
+        run = planner.run_plan(mm.ModelArgs.mistral_7b(), p, chunk)
+        assert run.fits and run.total >= p.total, run.describe()
+        assert cells[4] == f"{run.total / 1e9:.1f} GB", (row, run.describe())
+        assert f"chunks of {chunk:,}" in cells[5], (row, chunk)

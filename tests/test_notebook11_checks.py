@@ -103,6 +103,34 @@ def test_11_1_refuses_the_library(notebook, capsys, call):
     assert "[FAIL] 11.1" in out and "the library's own version" in out
 
 
+@pytest.mark.parametrize("body, name", [
+    # the library's cache built on the meta device does the arithmetic: every way of building one, or reading its
+    # size, is refused
+    ("    from minimistral.cache import RollingKVCache\n"
+     "    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
+     "    c = RollingKVCache.from_args(args, dtype=b, device='meta', seq_len=min(seq_len, args.max_seq_len))\n"
+     "    return max(0, (free_bytes - weight_bytes) // c.nbytes)\n", "RollingKVCache.from_args"),
+    ("    from minimistral.cache import RollingKVCache\n"
+     "    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)\n"
+     "    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
+     "    c = RollingKVCache(args.n_layers, 1, args.n_kv_heads, args.head_dim, kept, b, 'meta')\n"
+     "    return max(0, (free_bytes - weight_bytes) // c.nbytes)\n", "RollingKVCache.__init__"),
+    ("    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
+     "    m = mm.Transformer(args.replace(n_layers=1, vocab_size=2, dim=8, hidden_dim=8, head_dim=args.head_dim))\n"
+     "    c = m.new_cache(dtype=b, device='meta', seq_len=min(seq_len, args.max_seq_len))\n"
+     "    return max(0, (free_bytes - weight_bytes) // (c.nbytes * args.n_layers))\n", "Transformer.new_cache")])
+def test_11_1_refuses_the_librarys_cache(notebook, capsys, body, name):
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", body)
+    assert "[FAIL] 11.1" in out and "the library's own version" in out and name in out, out
+
+
+def test_11_1_refuses_a_zero_d_int_tensor(notebook, capsys):
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit",
+                    FIT + "    return torch.tensor(max(0, (free_bytes - weight_bytes) // per_sequence))\n")
+    assert "[FAIL] 11.1" in out and "expected an int" in out and "not a tensor" in out, out
+    assert not hints_shown(out, HINTS_11_1)
+
+
 def test_11_1_todo_has_no_hint(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", "    raise NotImplementedError\n")
     assert "[TODO] 11.1" in out and not hints_shown(out, HINTS_11_1)

@@ -97,6 +97,17 @@ def test_windows_laptop_reaches_a_plan(monkeypatch, seven_b_folder):
     assert plan.free == 10 * GiB and plan.fits
     assert (plan.dtype, plan.quantize) == (torch.bfloat16, "int8"), plan.describe()
     assert plan == dev.recommend(ns["args"], "cpu", free=10 * GiB, working=ns["SMALLEST"])
+    run_fits(ns)
+
+
+def run_fits(ns):
+    """The plan of the run (the setting with the long prompt's chunk) fits, and that chunk is the largest that does."""
+    args, plan, chunk, run = ns["args"], ns["PLAN"], ns["CHUNK"], ns["RUN"]
+    assert run == planner.run_plan(args, plan, chunk) and run.fits, run.describe()
+    assert (run.dtype, run.quantize, run.group_size, run.mapped) == (plan.dtype, plan.quantize, plan.group_size,
+                                                                       plan.mapped)
+    larger = [c for c in planner.picture_chunks(args) if c > chunk]
+    assert not any(planner.run_plan(args, plan, c).fits for c in larger), (chunk, run.describe())
 
 
 def test_windows_with_a_forced_setting_and_a_cell_device(monkeypatch, seven_b_folder):
@@ -128,6 +139,7 @@ def test_mac_counts_other_apps_and_the_mapped_file(monkeypatch, seven_b_folder, 
     assert plan.mapped == dev.mapped_bytes(ns["args"]) == 32000 * 4096 * 2  # the embedding's mapped pages
     what = dev.free_memory("mps")[1]
     assert ("other apps" in what) == (bound == "available"), what
+    run_fits(ns)  # the mapped pages counted: the 6 GiB Mac's int4 runs with a chunk its memory holds
 
 
 def test_cell_settings_and_their_overrides(monkeypatch, seven_b_folder):

@@ -619,7 +619,7 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
         obj = _resolve(name)
         if name.startswith("torch."):
             rules.setdefault(obj, name)  # one object under two names: the first, the one the text uses
-        if not name.startswith("torch.") and callable(obj) or hasattr(obj, "__code__"):
+        if not name.startswith("torch.") and (callable(obj) or isinstance(obj, property)) or hasattr(obj, "__code__"):
             library[name] = obj  # Python-level (torch.func.grad, say, which no TorchFunctionMode sees): rebind it
     saved = []  # (restore function, ...) in the order they were applied
 
@@ -672,6 +672,11 @@ def watching(forbid: Iterable[str], globals_: Optional[dict] = None, student: Op
             if isinstance(raw, classmethod) and raw.__func__ is getattr(obj, "__func__", None):  # Cls.from_args
                 saved.append((setattr, owner, attr, raw))
                 setattr(owner, attr, classmethod(wrap(raw.__func__, name)))
+            elif isinstance(obj, property):  # a property (cache.nbytes): reading it is the use
+                if raw is obj and obj.fget is not None:
+                    saved.append((setattr, owner, attr, raw))
+                    setattr(owner, attr, property(wrap(obj.fget, name), obj.fset, obj.fdel, obj.__doc__))
+                continue
             elif (isinstance(owner, type) and vars(owner).get(attr) is obj   # a method: replace it on its class
                     or inspect.ismodule(owner) and getattr(owner, attr, None) is obj):  # a module's function
                 # and every alias of it there, under its own name (sentencepiece's Tokenize is Encode itself)
@@ -889,7 +894,7 @@ def _shown_apart(show: Callable, got, want) -> Optional[str]:
 def check_function(exercise: str, student: Callable, reference: Callable, cases: Iterable[tuple],
                    hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
                    labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = (),
-                   show: Optional[Callable] = None) -> bool:
+                   show: Optional[Callable] = None, plain_int: bool = False) -> bool:
     """Call `student` and `reference` on every case and compare the results (type, length, shape and dtype
     first, then the values, with tolerances relative to the reference's size: `atol`/`rtol` when given, else
     the reference dtype's own, TOLERANCES). The student's function runs on its own deep copies of the
@@ -898,7 +903,8 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     On a mismatch, print which case failed (its label verbatim, else its arguments' shapes and values), how
     the result differs and the hint, never the expected value; except with `show` (a result -> a list of
     readable strings), for exercises whose expected values the learner can see anyway (a tokenizer's pieces)
-    and whose numbers say little: then a wrong value is shown as where yours and the expected part."""
+    and whose numbers say little: then a wrong value is shown as where yours and the expected part. plain_int:
+    where the reference returns an int, the answer must be a Python int (a 0-d integer tensor is refused)."""
     cases = list(cases)
     labels = list(labels) if labels is not None else None
     forbid = tuple(forbid)
@@ -932,6 +938,9 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         why = _mismatch(got, want, atol if case_atol is None else case_atol, rtol if case_rtol is None else case_rtol)
         if why is not None and show is not None:
             why = _shown_apart(show, got, want) or why
+        if plain_int and isinstance(want, numbers.Integral) and not isinstance(want, bool) \
+                and isinstance(got, torch.Tensor):
+            why = f"returned {_form(got)}, expected an int (a Python int, as the exercise asks, not a tensor)"
         if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
             why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
             return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())

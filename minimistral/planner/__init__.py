@@ -25,7 +25,7 @@ __all__ = ["CHECKPOINT_ENV", "DEVICE_CLASSES", "DEVICE_ENV", "GB", "QUANTIZE_ENV
            "capture_working_bytes", "check_fits", "choose_device", "choose_dtype", "choose_plan", "free_memory",
            "load_working_bytes", "long_prompt_working", "mapped_bytes", "max_batch_size", "parse_device",
            "parse_quantize", "picture_chunk", "picture_chunks", "plan", "plan_table", "prefill_bytes", "recommend",
-           "settings", "weights_bytes"]
+           "run_plan", "settings", "weights_bytes"]
 
 
 def max_batch_size(args, free: int, weights: int, seq_len: int, dtype="bfloat16") -> int:
@@ -102,10 +102,19 @@ def picture_chunks(args) -> list[int]:
     return [max(1, w // d) for d in (4, 8, 16)]
 
 
+def run_plan(args, p: Plan, chunk: int) -> Plan:
+    """The bill of notebook 11's run at `p`'s setting with long-prompt chunks of `chunk` tokens: `p` planned again
+    with that chunk's step as its working memory (the load's, if larger), its margin and, on unified memory, the
+    mapped file pages (p.mapped > 0) counted as in `p`."""
+    return plan(args, p.dtype, p.quantize, p.group_size, working=long_prompt_working(args, chunk, p.dtype),
+                free=p.free, unified=p.mapped > 0)
+
+
 def picture_chunk(args, p: Plan) -> int:
-    """The largest chunk whose long-prompt step fits beside the plan's weights and cache in its free memory."""
+    """The largest chunk whose run (run_plan: weights, cache, that chunk's step, mapped pages, margin) fits in the
+    plan's free memory; the smallest when none does (what the setting was chosen with)."""
     for chunk in picture_chunks(args):
-        if p.weights + p.cache + p.margin + long_prompt_working(args, chunk, p.dtype) <= (p.free or 0):
+        if run_plan(args, p, chunk).fits:
             return chunk
     return picture_chunks(args)[-1]
 

@@ -218,8 +218,8 @@ def plot_attention_distance(capture: AttentionCapture, window=None, layers=None,
         raise ValueError("the capture holds nothing yet: run the model inside the capture_attention block")
     ncols = min(len(layers), 4)
     nrows = math.ceil(len(layers) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.2 * ncols, 7), 3.3 * nrows), squeeze=False, layout="constrained",
-                             sharey=True)
+    # each panel its own y-scale: a layer that spreads its attention thinly is not flattened by a sharper one
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(4.2 * ncols, 7), 3.3 * nrows), squeeze=False, layout="constrained")
     n_rep = capture.n_rep
     for ax in axes.flat[len(layers):]:
         ax.remove()
@@ -242,13 +242,12 @@ def plot_attention_distance(capture: AttentionCapture, window=None, layers=None,
         ax.set_xlim(-0.5, d_max + 0.5)
     for ax in axes[:, 0]:
         ax.set_ylabel("mean attention")
-    if len(capture.heads) <= 8:
-        axes.flat[0].legend(fontsize=7, loc="upper center")  # over the long tail, clear of the window edge
-    else:  # one entry per KV group
-        groups = sorted(set(h // n_rep for h in capture.heads))
-        handles = [matplotlib.lines.Line2D([], [], color=_head_colour(g * n_rep, n_rep)) for g in groups]
-        axes.flat[0].legend(handles, [f"KV group {g}" for g in groups], fontsize=7, loc="upper center",
-                            ncols=2 if len(groups) > 4 else 1)
+    # one entry per KV group (the heads of a group share a hue), over the long tail, clear of the window edge
+    groups = sorted(set(h // n_rep for h in capture.heads))
+    handles = [matplotlib.lines.Line2D([], [], color=_head_colour(g * n_rep, n_rep)) for g in groups]
+    axes.flat[0].legend(handles, [f"KV group {g} (heads {g * n_rep}-{g * n_rep + n_rep - 1})" if n_rep > 1 else
+                                  f"head {g}" for g in groups], fontsize=7, loc="upper center",
+                        ncols=2 if len(groups) > 4 else 1)
     fig.suptitle("How far back each head looks (one colour per KV group)", fontsize=11)
     return fig
 
