@@ -311,7 +311,7 @@ except NotImplementedError:
 #
 # The check trains fresh models with your loop and with the library's `minimistral.train.train` (which runs every
 # batch whole, and is refused inside yours) from the same start on the same batches, and compares the losses step
-# by step. It watches what your loop feeds the model: a piece of more than `micro` windows fails. `cfg.batch_size`
+# by step. The model it hands your loop refuses a call on more than `micro` windows. `cfg.batch_size`
 # need not be a multiple of `micro`. Work it out on paper first: a batch of 5 windows runs as pieces of 2, 2 and 1;
 # how do the pieces' mean losses make up the batch's mean loss, and so what must each backward pass be given?
 
@@ -340,6 +340,8 @@ def my_train(model, data, cfg, batches, micro):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex10_2_train_loop-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.labs.checks import BatchLimit
+
 _loop_args = mm.ModelArgs(dim=64, n_layers=2, head_dim=16, hidden_dim=128, n_heads=4, n_kv_heads=2,
                           vocab_size=tok.vocab_size, sliding_window=16, max_seq_len=64, dtype="float32")
 _loop_data = train_ids[:40_000]
@@ -352,15 +354,7 @@ def _fresh(cfg):  # a new model and a new batch generator, as train() makes them
 
 def _yours(cfg, micro):
     model, batches = _fresh(cfg)
-    pieces = []  # the number of windows of every forward pass
-    watch = model.register_forward_pre_hook(lambda mod, args: pieces.append(args[0].shape[0]))
-    try:
-        losses = my_train(model, _loop_data, cfg, batches, micro)
-    finally:
-        watch.remove()
-    if pieces and max(pieces) > micro:
-        raise ValueError(f"my_train ran the model on {max(pieces)} windows at once, but micro = {micro} allows at "
-                         f"most {micro}: split each batch into pieces")
+    losses = my_train(BatchLimit(model, micro), _loop_data, cfg, batches, micro)  # refuses a piece over micro windows
     if isinstance(losses, list) and not all(type(v) is float for v in losses):
         raise TypeError(f"my_train returned a list holding {sorted({type(v).__name__ for v in losses})}: the losses "
                         "must be Python floats, one per step")
