@@ -699,10 +699,12 @@ _ = check_function("10.3 trigram_ppl", my_trigram_ppl, references.trigram_add_on
                       (torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.tensor([1, 2, 0, 2, 1]), 3),
                       (torch.randint(0, 20, (400,), generator=g), torch.randint(0, 20, (80,), generator=g), 20),
                       (train_ids[:20000], heldout_ids[:2000], tok.vocab_size),
-                      (torch.tensor([5, 1500, 7, 6, 500, 7, 5, 1500, 9]), torch.tensor([6, 500, 9, 5, 1500, 7]), 4096)],
+                      (torch.tensor([5, 1500, 7, 6, 500, 7, 5, 1500, 9]), torch.tensor([6, 500, 9, 5, 1500, 7]), 4096),
+                      (torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.tensor([0, 0, 5, 1, 2]), 6)],
                labels=["a pair that ends the training text", "triples seen and never seen", "400 random tokens over 20",
                        "20,000 training tokens of the book, 2,000 held-out ones",
-                       "keys that collide unless their base is V (ids above 1,000, V = 4,096)"],
+                       "keys that collide unless their base is V (ids above 1,000, V = 4,096)",
+                       "held-out ids up to 5, training ids only up to 2, V = 6"],
                hint="which pairs may count as a context, given that the last pair of the training text has nothing "
                     "after it? Give every triple and every pair one integer key (two different "
                     "triples must never share a key), then count matching keys",
