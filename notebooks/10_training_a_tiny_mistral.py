@@ -841,6 +841,8 @@ else:
 #   random windows $x$ with targets $y$ shifted by one.
 # - The loop is short: cross-entropy on the next token, backward, clip, AdamW with warmup + cosine.
 #   With a seed on the CPU it is deterministic.
+#   Run in pieces (gradient accumulation), each piece weighted by its share of the batch's tokens, it takes the
+#   same steps as on whole batches.
 # - An untrained model's perplexity is about the vocabulary size. The shipped 5M-parameter Mistral,
 #   after about half an hour on one CPU core, is about 2.5 times below a well-smoothed bigram model on chapters
 #   it never saw (7 times below an add-one bigram, which is not a fair baseline), and its loss falls as its
