@@ -909,3 +909,26 @@ def test_plain_int_refuses_a_zero_d_tensor(capsys):
     assert verdict(capsys, "99.25 plain int", lambda a, b: int(torch.tensor(a) // b), ref, cases, plain_int=True)[0]
     ok, out = verdict(capsys, "99.25 plain int", lambda a, b: a / b, ref, cases, plain_int=True)
     assert not ok and "returned a float, expected an int" in out, out
+
+
+def test_batch_limit_refuses_a_call_on_more_sequences_trains_as_the_model_and_travels():
+    """BatchLimit (10.2): a loop that must run each batch in pieces gets the model wrapped; a call on more sequences
+    than allowed is refused, a call within the limit is the model's own, and the wrapper survives the codec (the
+    grader's sandbox runs its forward)."""
+    import minimistral as mm
+    from minimistral.labs import codec
+    from minimistral.labs.checks import BatchLimit, ProcedureError
+
+    model = mm.Transformer(mm.ModelArgs.tiny(vocab_size=50, n_layers=1)).init_weights("normal", seed=0)
+    tokens = torch.randint(0, 50, (3, 5), generator=torch.Generator().manual_seed(0))
+    limited = BatchLimit(model, 2)
+    assert [p is q for p, q in zip(limited.parameters(), model.parameters())] == [True] * len(list(model.parameters()))
+    with torch.no_grad():
+        torch.testing.assert_close(limited(tokens[:2]), model(tokens[:2]))
+    with pytest.raises(ProcedureError, match="3 sequences at once, but at most 2"):
+        limited(tokens)
+    back = codec.decode(codec.encode(limited))
+    with torch.no_grad():
+        torch.testing.assert_close(back(tokens[2:]), model(tokens[2:]))
+    with pytest.raises(ProcedureError, match="at most 2"):
+        back(tokens)

@@ -1,4 +1,5 @@
 """labs/references.py against outside references: Hugging Face transformers' logits warpers and schedules."""
+import math
 import pytest
 import torch
 
@@ -55,6 +56,40 @@ def test_llama2_hidden_dim_gives_the_published_widths(dim, multiple_of, k, publi
     assert all(references.llama2_hidden_dim(dim, multiple_of, j) == published for j in (lo, hi))
     assert lo == 100 or references.llama2_hidden_dim(dim, multiple_of, lo - 1) != published
     assert hi == 300 or references.llama2_hidden_dim(dim, multiple_of, hi + 1) != published
+
+
+def _rule(dim, multiple_of, k, per=10**9):  # LLaMA 2's rule with the exact multiplier m = k / per
+    h = k * (8 * dim // 3) // per
+    return multiple_of * -(-h // multiple_of)
+
+
+@pytest.mark.parametrize("dim,multiple_of,k,published", [
+    (4096, 256, 100, 11008), (5120, 256, 100, 13824), (8192, 4096, 130, 28672), (4096, 256, 130, 14336)])
+def test_multiplier_range_exact_holds_the_published_multiplier_and_agrees_with_the_search(dim, multiple_of, k,
+                                                                                           published):
+    k_min, k_max = references.multiplier_range_exact(dim, multiple_of, published)
+    assert k_min <= k * 10**7 <= k_max
+    lo, hi = references.multiplier_range_by_search(dim, multiple_of, published)  # hundredths, LLaMA 2's float code
+    inside = [j for j in range(100, 301) if k_min <= j * 10**7 <= k_max]
+    assert (inside[0], inside[-1]) == (lo, hi)
+
+
+@pytest.mark.parametrize("dim,multiple_of,hidden", [
+    (4096, 256, 14336), (4096, 256, 11008), (256, 32, 896), (4096, 1, 14307), (4096, 256, 32768), (64, 8, 96),
+    (4096, 256, 14000), (3, 4, 12), (60_000_005, 1, 250_092_328)])
+def test_multiplier_range_exact_is_tight_against_the_rule(dim, multiple_of, hidden):
+    got = references.multiplier_range_exact(dim, multiple_of, hidden)
+    per = 10**9
+    grid = [per + j * 50_000 for j in range(0, 60_001)]  # m from 1 to 4 in steps of 1/20000
+    hits = [k for k in grid if _rule(dim, multiple_of, k) == hidden]
+    if got is None:
+        assert not hits and (hidden % multiple_of or _rule(dim, multiple_of, per) > hidden)
+        return
+    k_min, k_max = got
+    assert all(k_min <= k <= k_max for k in hits)
+    assert _rule(dim, multiple_of, k_min) == hidden and _rule(dim, multiple_of, k_max) == hidden
+    assert _rule(dim, multiple_of, k_max + 1) != hidden
+    assert k_min == per or _rule(dim, multiple_of, k_min - 1) != hidden
 
 
 @pytest.mark.parametrize("shapes,share,multiple_of", [

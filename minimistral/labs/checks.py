@@ -997,6 +997,22 @@ class ProcedureError(RuntimeError):
     """A function called a ModelProbe in a way its exercise rules out; the message says which call and why."""
 
 
+class BatchLimit(torch.nn.Module):
+    """`model`, refusing (ProcedureError) any call on more than `most` sequences at once: a training loop that must
+    run each batch in pieces (gradient accumulation, 10.2) gets this in place of the model. It trains as the model
+    does (the same parameters, in the same order) and travels to the grader's sandbox like ModelProbe."""
+
+    def __init__(self, model, most: int):
+        super().__init__()
+        self.model, self.args, self.most = model, model.args, int(most)
+
+    def forward(self, tokens, *args, **kwargs):
+        if tokens.shape[0] > self.most:
+            raise ProcedureError(f"the model was called on {tokens.shape[0]} sequences at once, but at most {self.most} "
+                                 f"are allowed here: run each batch in pieces of at most {self.most}")
+        return self.model(tokens, *args, **kwargs)
+
+
 class ModelProbe(torch.nn.Module):
     """`model` (an mm.Transformer), watched. Every call must pass a cache, the same one each time (from
     probe.new_cache()). chunks=[c1, c2, ...]: call k carries exactly c_k tokens, and there are no more calls.

@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 MAX_MESSAGE = 1 << 31  # 2 GiB: a reply larger than this is refused (and the sandbox is stopped)
-# The one class of the labs that travels: checks hand it to a student's function in place of a model (a plain
-# module; nothing runs when it is rebuilt, and the grader never calls one a sandbox sends back).
-TRAVELLING = {"minimistral.labs.checks:ModelProbe"}
+# The classes of the labs that travel: checks hand them to a student's function in place of a model (plain
+# modules; nothing runs when one is rebuilt, and the grader never calls one a sandbox sends back).
+TRAVELLING = {"minimistral.labs.checks:ModelProbe", "minimistral.labs.checks:BatchLimit"}
 _NN_INTERNAL = None
 
 

@@ -109,6 +109,19 @@ def multiplier_range_by_search(dim: int, multiple_of: int, hidden: int):
     return (min(ks), max(ks)) if ks else None
 
 
+def multiplier_range_exact(dim: int, multiple_of: int, hidden: int, per: int = 10**9):
+    """06.2: (k_min, k_max), ints: the multipliers m = k / per >= 1 for which LLaMA 2's rule with an exact m,
+    ceil(floor(m * floor(8 dim / 3)) / multiple_of) * multiple_of, gives hidden are those with k_min <= k <= k_max;
+    None when no m >= 1 does. Closed form in integers: rounding up gives hidden iff hidden - multiple_of + 1 <=
+    floor(m n) <= hidden, i.e. (hidden - multiple_of + 1) per <= k n < (hidden + 1) per."""
+    if hidden % multiple_of:
+        return None
+    n = 8 * dim // 3
+    k_min = max(per, -(-(hidden - multiple_of + 1) * per // n))  # ceil, in integers
+    k_max = -(-(hidden + 1) * per // n) - 1  # the largest k with k n < (hidden + 1) per
+    return (k_min, k_max) if k_min <= k_max else None
+
+
 def hidden_for_share_by_search(args, share, multiple_of: int = 256) -> int:
     """06.3: the smallest multiple of multiple_of that gives the MLP at least `share` (the decimal as written) of
     one layer's parameters. Searches upwards, counting one real layer built on the meta device."""
