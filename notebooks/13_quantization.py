@@ -36,7 +36,7 @@ plt.show()
 # - **4-bit in groups** (a scale and a zero for every 32 to 128 inputs), built by hand, and how **two 4-bit values
 #   share a byte**; then, in exercises 13.2 and 13.3, a real file format built differently: llama.cpp's `Q4_0`.
 # - The **error**, seen: histograms of weight errors, the error of every layer, and the held-out perplexity of
-#   the course's small trained model at every setting from float32 down to 4 bits.
+#   the course's small trained model at every setting from float32 down to 4 bits, and by hand to 3 and 2 bits.
 # - What **outliers** do to one scale per tensor, and why per-channel and per-group scales cope; the
 #   **activation** outliers of large models, and what GPTQ, AWQ and NF4 do about the error.
 # - The **memory table** of Mistral 7B at each setting and what each lets you run (T4, 8 to 12 GB GPU, Mac,
@@ -356,8 +356,8 @@ plt.show()
 # the perplexity rises 4.2% with one group per row, 2.1% with groups of 128 and 1.0% with groups of 32; at 2 bits
 # (4 levels) 18.9%, 14.7% and 6.1%. The coarser the grid, the more it is worth fitting it to a small group's own range.
 # These rows are 256 and 768 inputs long; the 7B's are 4,096 and 14,336, where one group per row is coarser still
-# (section 3). Plain rounding to the nearest level is why 4 bits is where weight-only quantization usually stops;
-# GPTQ and AWQ (end of section 5) were designed to push that cost down.
+# (section 3). For weight-only quantization that rounds each weight to the nearest level, 4 bits is the usual floor;
+# GPTQ and AWQ (end of section 5) were designed to lower the cost at 4 bits and below.
 #
 # ## 5. Outliers: one scale per tensor, per channel, per group
 #
@@ -740,7 +740,8 @@ print("by-hand 4-bit, groups of 32 = minimistral.quant int4: the same levels and
 #   means less memory and a higher ceiling (bandwidth / bytes), in the same proportion.
 # - **int8 absmax per channel**: `s = max|row| / 127`, `q = round(w / s)`; the small model's perplexity does
 #   not change. **4-bit in groups**: a scale and a zero per 32 to 128 inputs, two values per byte; a small,
-#   visible cost, smaller with smaller groups.
+#   visible cost, smaller with smaller groups. Below 4 bits the cost shows (+1% to +19% at 3 and 2 bits on the small
+#   model), and the smaller the groups, the less it is.
 # - Scales must be local: one outlier ruins a per-tensor scale but only its own row or group otherwise. The
 #   activation outliers of large models are why weight-only quantization keeps the activations in 16 bits;
 #   GPTQ, AWQ and NF4 lower the 4-bit error further.
