@@ -36,7 +36,7 @@ plt.show()
 # - **4-bit in groups** (a scale and a zero for every 32 to 128 inputs), built by hand, and how **two 4-bit values
 #   share a byte**; then, in exercises 13.2 and 13.3, a real file format built differently: llama.cpp's `Q4_0`.
 # - The **error**, seen: histograms of weight errors, the error of every layer, and the held-out perplexity of
-#   the course's small trained model at every setting from float32 down to 4 bits.
+#   the course's small trained model at every setting from float32 down to 4 bits, and by hand to 3 and 2 bits.
 # - What **outliers** do to one scale per tensor, and why per-channel and per-group scales cope; the
 #   **activation** outliers of large models, and what GPTQ, AWQ and NF4 do about the error.
 # - The **memory table** of Mistral 7B at each setting and what each lets you run (T4, 8 to 12 GB GPU, Mac,
@@ -309,6 +309,56 @@ plt.show()
 # out lower: differences this small, measured once on the same 1,024 tokens, are too small to rank the two. The small model's scales are float32, so its 4-bit costs
 # `4 + 64 / g` bits per weight; in bf16, as for the 7B, `4 + 32 / g`.
 #
+# So on this model 4 bits cost nothing that matters. Where does the cost start? The library stops at 4 bits, but
+# section 3's min-max rule works for any number of bits `b` (`2^b - 1` steps between a group's minimum and its
+# maximum). Below, the same perplexity at 4, 3 and 2 bits, with one group per row and with groups of 128 and 32:
+
+# %%
+def fake_bits(w, bits, g):
+    """Section 3's asymmetric min-max rule with 2^bits levels per group of g inputs, dequantized."""
+    N, K = w.shape
+    wg = w.reshape(N, K // g, g)  # (out, groups, g)
+    lo, hi = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    s = (hi - lo) / (2 ** bits - 1)
+    return (torch.round((wg - lo) / s) * s + lo).reshape(N, K)
+
+
+def with_bits(bits, g):
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer in m.layers:
+            for mod in (layer.attention.wq, layer.attention.wk, layer.attention.wv, layer.attention.wo,
+                        layer.feed_forward.w1, layer.feed_forward.w2, layer.feed_forward.w3):
+                mod.weight.copy_(fake_bits(mod.weight, bits, g or mod.weight.shape[1]))  # g None: the whole row
+    return m
+
+
+low_bits = {}
+for g in (None, 128, 32):
+    low_bits[g] = [100 * (math.exp(evaluate(with_bits(b, g), heldout, max_tokens=1024)) / base - 1) for b in (4, 3, 2)]
+    print(f"{'one group per row' if g is None else f'groups of {g}':>17}: perplexity change "
+          + ", ".join(f"{b} bits {c:+5.1f}%" for b, c in zip((4, 3, 2), low_bits[g])))
+fig, ax = plt.subplots(figsize=(6.5, 3.3))
+for (g, changes), marker in zip(low_bits.items(), "osD"):
+    ax.plot((4, 3, 2), changes, marker=marker, label="one group per row (256 or 768)" if g is None else f"groups of {g}")
+ax.axhline(0, color="gray", lw=0.8)
+ax.set_xticks([4, 3, 2])
+ax.invert_xaxis()  # fewer bits to the right
+ax.set_xlabel("bits per stored value (scales and zeros not counted)")
+ax.set_ylabel("held-out perplexity,\n% change from float32")
+ax.set_title("below 4 bits the cost shows, and groups matter more")
+ax.legend(fontsize=9)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# At 4 bits every grouping costs under 1%. Below, the cost shows, and the groups start to matter: at 3 bits (8 levels)
+# the perplexity rises 4.2% with one group per row, 2.1% with groups of 128 and 1.0% with groups of 32; at 2 bits
+# (4 levels) 18.9%, 14.7% and 6.1%. The coarser the grid, the more it is worth fitting it to a small group's own range.
+# These rows are 256 and 768 inputs long; the 7B's are 4,096 and 14,336, where one group per row is coarser still
+# (section 3). For weight-only quantization that rounds each weight to the nearest level, 4 bits is the usual floor;
+# GPTQ and AWQ (end of section 5) were designed to lower the cost at 4 bits and below.
+#
 # ## 5. Outliers: one scale per tensor, per channel, per group
 #
 # Real models have a few weights, or whole input channels, far larger than the rest. With one scale for the
@@ -572,7 +622,8 @@ _ = check_function("13.2 dequantize_q4_0", my_dequantize_q4_0, _refs.dequantize_
 # (a block of zeros gets `d = m / -8 = -0.0`, stored as the bytes `0x00 0x80`, and every `q = 8`: each nibble byte
 # is `0x88`). Then `m` itself is stored exactly (`q = 0`), and a weight of
 # the opposite sign as large as `m` would need `q = 16`: work out what it gets instead, and how large the error
-# of a Q4_0 weight can be (compare section 2's `s / 2`). The scale is stored in float16.
+# of a Q4_0 weight can be (compare section 2's `s / 2`). The scale is stored in float16, after the `q` are computed
+# with the float32 `d`, as llama.cpp does.
 
 # %% nbgrader={"grade": false, "grade_id": "ex13_3_quantize_q4_0-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_quantize_q4_0(w):
@@ -593,6 +644,10 @@ _pos = torch.linspace(-0.5, 2.0, 32)  # the largest weight positive: d < 0
 _ties = torch.tensor([-1.0] + [(k + 0.5) / 8 for k in range(-8, 7)] + [k / 8 for k in range(-8, 8)])  # w / d = k + 0.5
 _mixed = torch.randn(2 * 32, generator=gen) * 0.02
 _mixed[40] = -0.5  # an outlier in block 1: its scale grows, block 0's does not
+_d32 = torch.tensor(-1.0003) / -8  # 0.12503750: float16 rounds it to 0.125
+_mid = float(_d32 + _d32.half().float()) / 2  # between the two: w / d is just below k + 0.5 with the float32 d
+_boundary = torch.tensor([-1.0003] + [(k + 0.5) * _mid for k in range(-8, 7)]  # and just above it with the float16 d
+                         + [-(k + 0.5) * _mid for k in range(-8, 8)])
 cases = [case(_ramp, label="one block, a ramp from -1 to 1"),
          case(_pos, label="one block from -0.5 to 2.0: the largest weight is positive"),
          case(_ties, label="one block with d = 0.125 and weights halfway between two levels"),
@@ -600,6 +655,7 @@ cases = [case(_ramp, label="one block, a ramp from -1 to 1"),
          case(torch.randn(8 * 32, generator=gen) * 0.02, label="8 blocks of Gaussian weights, std 0.02"),
          case(torch.cat([torch.zeros(32), torch.randn(32, generator=torch.Generator().manual_seed(7)) * 0.02]),
               label="2 blocks, the first all zeros (d = -0.0, nibble bytes 0x88)"),
+         case(_boundary, label="one block whose d = 1.0003 / 8 is not a float16 number, weights near level boundaries"),
          case(model.layers[0].feed_forward.w2.weight.detach().flatten()[:64 * 32].clone(),
               label="the first 2,048 weights of the small model's w2 of layer 0")]
 _ = check_function("13.3 quantize_q4_0", my_quantize_q4_0, _refs.quantize_q4_0, cases=cases,
@@ -650,9 +706,9 @@ _ = check_function("13.4 model_bytes", my_model_bytes,
                            "the same, int4 groups of 64",
                            "a small model whose 8 heads of 48 make 384, not its dim of 256, int8",
                            "the same, int4 groups of 64"],
-                   hint="list the seven matrices of a layer with their (out, in) shapes, with GQA's smaller wk and wv; "
-                        "int8 keeps one scale per row, int4 a scale and a zero per group of each row; the embedding "
-                        "and head are not quantized",
+                   hint="count matrix by matrix: which matrices does a layer hold, what (out, in) shape does each "
+                        "take from args, and what does the mode add per row or per group? The case's label says "
+                        "which shape of model it is",
                    forbid=["minimistral.device.weights_bytes", "minimistral.planner.plan_table",
                            "minimistral.config.ModelArgs.weight_bytes"])
 
@@ -684,7 +740,8 @@ print("by-hand 4-bit, groups of 32 = minimistral.quant int4: the same levels and
 #   means less memory and a higher ceiling (bandwidth / bytes), in the same proportion.
 # - **int8 absmax per channel**: `s = max|row| / 127`, `q = round(w / s)`; the small model's perplexity does
 #   not change. **4-bit in groups**: a scale and a zero per 32 to 128 inputs, two values per byte; a small,
-#   visible cost, smaller with smaller groups.
+#   visible cost, smaller with smaller groups. Below 4 bits the cost shows (+1% to +19% at 3 and 2 bits on the small
+#   model), and the smaller the groups, the less it is.
 # - Scales must be local: one outlier ruins a per-tensor scale but only its own row or group otherwise. The
 #   activation outliers of large models are why weight-only quantization keeps the activations in 16 bits;
 #   GPTQ, AWQ and NF4 lower the 4-bit error further.

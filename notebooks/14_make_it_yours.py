@@ -231,8 +231,8 @@ print("".join(real.id_to_piece(i) for i in ours))
 # EOS. With this tokenizer "Genesis" is four pieces (`▁G en es is`), so a Genesis example has five target tokens
 # (Matthew too; Psalms, Proverbs and Revelation are three pieces, so four), most of them easy once the name has
 # begun: the loss, averaged over those tokens, can fall a long way while choosing the book is still hard. (The
-# choice accuracy of section 4 sums the log-probabilities of a name's tokens, so a four-token name starts with a
-# small advantage: one fewer term below zero.) The prompt is given at inference time, so its tokens teach the adapter nothing it will be asked
+# choice accuracy of section 4 sums the log-probabilities of a name's pieces and its EOS, so Psalms, Proverbs and
+# Revelation, four terms, start with a small advantage over Genesis and Matthew, five: one fewer term below zero.) The prompt is given at inference time, so its tokens teach the adapter nothing it will be asked
 # for; this is the usual choice (Raschka makes it optional, and Shi et al. 2024, "Instruction Tuning With Loss Over
 # Instructions", find a loss on the prompt can help on some tasks).
 
@@ -270,27 +270,39 @@ for (p, b), a in list(zip(test_pairs, base["answers"]))[:3]:
 # `balanced(train, 200)` asks for 200 sentences a book but Revelation's training chapters have only 139, so
 # there are 939 pairs. The base model continues the passage instead of answering (exact match 0), and its 0.23
 # choice accuracy is not a fifth of the books recognised: it picks "Psalms" for all 66 prompts, and 15 of them
-# are Psalms. Now a short live run: rank 8 on all seven
-# projections, 10 steps of 8 examples, AdamW on `A` and `B` only, the loss on the answers only
-# (`instruct.tune`; the loop is notebook 10's, with `ignore_index=-100` where the target is not an answer).
-# Ten steps only start the descent: the loss on the answers falls from about 8.6 to about 4.3, but the model
-# still continues the passage, and its choice accuracy is still the base's (exact match 0.00, choice accuracy
-# 0.23: the last line of the output below). The shipped run's 400 steps are what learned to answer with a name.
+# are Psalms. Now a short live run: rank 8 on all seven projections, 40 steps of 8 examples (a few seconds), AdamW on
+# `A` and `B` only, the loss on the answers only (`instruct.tune`; the loop is notebook 10's, with `ignore_index=-100`
+# where the target is not an answer).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
+LIVE_STEPS = 40
 live = lora.apply_lora(copy.deepcopy(model), rank=8, alpha=16, targets=ALL, seed=0)
 history = instruct.tune(live, instruct.encode_examples(tok, train_pairs),
-                        instruct.TuneConfig(steps=10, batch_size=8, warmup_steps=3))
-print(f"10 steps in {history['seconds']:.1f} s; loss on the answers:", " ".join(f"{v:.2f}" for v in history["loss"]))
+                        instruct.TuneConfig(steps=LIVE_STEPS, batch_size=8, warmup_steps=3))
+print(f"{LIVE_STEPS} steps in {history['seconds']:.1f} s; loss on the answers, every 5th step:",
+      " ".join(f"{v:.2f}" for v in history["loss"][::5]))
+
+# %%
 early = instruct.evaluate_task(live.eval(), tok, test_pairs)
-print(f"after 10 steps: choice accuracy {early['choice_accuracy']:.2f}, exact match {early['exact_match']:.2f}, "
-      f"e.g. {early['answers'][0]!r}")
+print(f"after {LIVE_STEPS} steps: choice accuracy {early['choice_accuracy']:.2f}, "
+      f"exact match {early['exact_match']:.2f} ({round(early['exact_match'] * N)} of {N})")
+said = {b: sum(a == b for a in early["answers"]) for b in instruct.BOOKS}
+print("greedy answers that are a book's name:", said, "; anything else:", N - sum(said.values()))
+print("right per book:", {b: sum(a == bb == b for a, (_, bb) in zip(early["answers"], test_pairs)) for b in instruct.BOOKS})
+
+# %% [markdown]
+# Forty steps change what the model does: the loss on the answers falls from 8.6 to about 2 (the first output above,
+# drawn below), and every one of the 66 greedy answers is now a book's name, where the base continued the passage. But
+# only two names, Genesis and Psalms: it is right on 13 of the 15 Genesis prompts and 13 of the 15 Psalms ones (exact
+# match 26 of 66, 0.39) and on none of the other three books, and its choice accuracy, 0.30, is still close to chance
+# (0.20). It has learned the format, and that the answer is a name, before learning which name. The shipped run's 400
+# steps are what learned to tell the five books apart.
 
 # %% [markdown]
 # The shipped adapter is the same recipe trained for 400 steps with a longer warm-up (20 steps, then cosine decay
-# over 400: `python -m minimistral.train --lora 8 --out data/lora_books`; its log is beside it), so the ten live
-# steps above, with their 3-step warm-up, are a faster schedule, not its first ten steps. Loading it is
+# over 400: `python -m minimistral.train --lora 8 --out data/lora_books`; its log is beside it), so the 40 live
+# steps above, with their 3-step warm-up and cosine over 40, are a faster schedule, not its first 40 steps. Loading it is
 # `lora.load_adapter`:
 
 # %%
@@ -308,9 +320,12 @@ for (p, b), a in list(zip(test_pairs, after["answers"]))[:5]:
 # %%
 fig, ax1 = plt.subplots(figsize=(6.5, 3.2))
 losses = log["loss_every_10_steps"]
-ax1.plot([10 * i for i in range(len(losses))], losses, color="#4C72B0",
+ax1.plot([10 * i + 1 for i in range(len(losses))], losses, color="#4C72B0",
          label="shipped run (400 steps): one batch of 8, every 10th step")
-ax1.set_xlabel("step")
+ax1.plot(range(1, LIVE_STEPS + 1), history["loss"], color="#DD8452", lw=1,
+         label=f"the live run above ({LIVE_STEPS} steps, faster schedule): every step")
+ax1.set_xscale("log")  # the live run's steps and the shipped run's 400 on one axis
+ax1.set_xlabel("step (log scale)")
 ax1.set_ylabel("loss on answer tokens (nats)")
 ax1.set_title("LoRA instruction tuning: the loss (accuracies printed above)")
 ax1.set_ylim(0, None)
@@ -340,7 +355,7 @@ print("right per book:", ", ".join(f"{b} {int(conf[i, i])}/{int(conf[i].sum())}"
 # takes one training run per choice, minutes each on a CPU: more than this notebook's budget. So the grid below was
 # computed offline by `python -m minimistral.train.lora_grid` (the same recipe and data as the shipped adapter,
 # 100 steps with a 5-step warm-up; `data/lora_grid/` holds its JSON files and commands) and is only read here;
-# the 400-step row is the shipped adapter of above, and the ten-step run of this section is the only training
+# the 400-step row is the shipped adapter of above, and the 40-step run of this section is the only training
 # done live.
 
 # %%
@@ -374,7 +389,7 @@ for j, (key, colour, label) in enumerate((("choice_right", "#4C72B0", "choice ac
             xerr=[[v - lo for v, (lo, _) in zip(vals, lo_hi)], [hi - v for v, (_, hi) in zip(vals, lo_hi)]],
             capsize=2, error_kw=dict(lw=0.8, ecolor="#333333"))
     for y, c, (_, hi) in zip(ys, grid, lo_hi):  # the count on every bar, so a 0 shows too
-        ax.text(hi + 0.01, y, str(c[key]), va="center", fontsize=7)
+        ax.text(hi + 0.025, y, str(c[key]), va="center", fontsize=7)  # clear of the interval's cap
 ax.axvline(0.2, color="#555555", ls=":", lw=1)
 ax.text(0.21, -0.75, "chance (choice accuracy)", fontsize=8, color="#555555", va="center")
 ax.set_yticks(range(len(grid)), [c["name"] for c in grid])
@@ -392,7 +407,11 @@ plt.show()
 # - **Which matrices.** Adapting only `wq` and `wv` (the LoRA paper's main choice) shows nothing in 100 steps:
 #   choice accuracy is 16 of 66 (the base's 15, plus one) and no greedy answer is a name yet, at rank 1 or 8. All seven
 #   projections at rank 1, with fewer trainable numbers (18,944) than `wq, wv` at rank 8 (26,624), already name
-#   26 books. Where the adapter sits matters more here than how many numbers it has.
+#   26 books. Where the adapter sits matters more here than how many numbers it has. (Its choice accuracy, 24, is
+#   below its exact match, as rank 8's 44 is below 45. Re-running that cell and comparing prompt by prompt, the two
+#   measures disagree on 22 of the 66 prompts, 12 one way and 10 the other: on those prompts every name's total
+#   log-probability is below -6.4 nats, no name is likely yet, and the greedy answer, which follows the likeliest
+#   piece at each step, and the choice, which compares whole names, rank them differently. A gap of 2 is noise.)
 # - **Which rank.** On all seven projections, 100 steps: rank 1 names 26 books, rank 8 45, rank 64
 #   51 (with 1.2 million trainable numbers, eight times rank 8's): more rank bought accuracy at this step count, with
 #   shrinking returns.
@@ -469,7 +488,7 @@ print(f"{'QLoRA, 4-bit base':22}{weight_megabytes(q_model):>8.1f}MB{q_after['cho
       f"{q_after['exact_match']:>13.2f}")
 
 # %%
-results = {"base model": (base, "#BBBBBB"), "10 live steps": (early, "#A6C8E0"),
+results = {"base model": (base, "#BBBBBB"), f"{LIVE_STEPS} live steps": (early, "#A6C8E0"),
            "LoRA, 400 steps": (after, "#55A868"), "QLoRA, 4-bit base": (q_after, "#8172B2")}
 fig, ax = plt.subplots(figsize=(9, 3.6))
 for k, (name, (res, colour)) in enumerate(results.items()):
@@ -501,8 +520,8 @@ for name, (res, _) in results.items():
 # has a standard error of about `sqrt(0.8 x 0.2 / 66)` = 0.05, so its 95% interval spans about ±0.10 (1.96 standard
 # errors). The black bars are Wilson's intervals, which stay inside [0, 1] and are lopsided near it: 0.71 to 0.89
 # around LoRA's 0.82, 0.69 to 0.88 around QLoRA's 0.80. The two intervals overlap almost entirely. The 4-bit base costs nothing
-# we can measure here, which is not the same as costing nothing. The ten live steps of section 4 have not moved
-# either measure yet.
+# we can measure here, which is not the same as costing nothing. The 40 live steps of section 4 took exact match from 0
+# to 26 (only Genesis and Psalms answered) and choice accuracy from 15 to 20.
 #
 # On the small model most of the remaining megabytes are the embedding and output head, which stay in float (as
 # in notebook 13); on the 7B the projections are 96.4% of the weights and the saving is the one in section 1.
@@ -833,7 +852,8 @@ print("by-hand LoRA model = minimistral.lora adapted model, logits")
 # - **The Instruct format**: `<s>[INST] {system}\n\n{user} [/INST] {answer}</s>[INST] ...` as text; the tokens (as
 #   printed in section 3, e.g. `[/INST]`, `▁Genesis`, `</s>`, `▁[`...) are what must equal mistral-common's, and do;
 #   the loss only on the answer tokens.
-# - On the small model, 400 steps of rank 8 take the held-out book-naming task from the base's 15 of 66 (it says
+# - On the small model, 40 live steps of rank 8 teach the format (every answer a name, but only Genesis or Psalms:
+#   26 of 66 right); 400 steps take the held-out book-naming task from the base's 15 of 66 (it says
 #   "Psalms" to everything, and 15 are Psalms) to 54 of 66 named exactly, and 53 of 66 on the 4-bit base (QLoRA):
 #   95% intervals of about ±0.10 each (Wilson's: 0.71 to 0.89 and 0.69 to 0.88), so a difference well within noise. The adapters are PEFT's files.
 # - Measured offline (100 steps, one seed): which matrices matter more than how many numbers train (all seven at
