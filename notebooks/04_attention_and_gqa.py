@@ -41,6 +41,8 @@ plt.show()
 #   token; and a test for an induction head, which this small model turns out not to have.
 # - Grouped-query attention exactly as Mistral 7B does it: the projection shapes, which query head reads
 #   which key/value head (diagram), and the memory it saves in the KV cache.
+# - The dial turned on the trained tiny model: its 2 K/V heads copied to 8 (same logits), copied in the wrong
+#   order, or pooled to 1 (the loss, measured).
 # - That our from-scratch attention equals `minimistral`'s and PyTorch's fused
 #   `scaled_dot_product_attention`.
 #
@@ -278,12 +280,11 @@ for ax, (layer, head, job) in zip(axes, chosen):
 axes[0].set_ylabel("query (attending)")
 fig.colorbar(im, ax=axes, fraction=0.02, shrink=0.8, pad=0.01, label="probability")
 plt.show()
-for layer, head, _ in chosen:  # the two keys each later query gives the most, as numbers
-    print(f"layer {layer}, head {head}:")
-    for row in range(9, len(labels)):
-        top = recorded[layer][head][row].topk(2)
-        print(f"   query {row:2d} {labels[row]:<7} -> " + ", ".join(
-            f"{labels[j]} ({j}) {v:.2f}" for v, j in zip(top.values.tolist(), top.indices.tolist())))
+print(f"{'query':<11}" + "".join(f"| {f'layer {layer}, head {head}: top two keys':<32}" for layer, head, _ in chosen))
+for row in range(1, len(labels)):  # the two keys each query gives the most, as numbers
+    tops = [recorded[layer][head][row].topk(min(2, row + 1)) for layer, head, _ in chosen]
+    print(f"{row:2d} {labels[row]:<8}" + "".join("| " + ", ".join(
+        f"{labels[j]}({j}) {v:.2f}" for v, j in zip(t.values.tolist(), t.indices.tolist())).ljust(32) for t in tops))
 print(f"layer 1, head 5: `,` (4) -> the token before it {recorded[1][5][4, 3]:.2f}; "
       f"layer 2, head 1: ▁there (11) -> ▁be (7) {recorded[2][1][11, 7]:.2f} (an even spread: {1 / 12:.2f})")
 
@@ -333,15 +334,15 @@ duplicate = torch.stack([p[:, second, second - n].mean(-1) for p in rep_probs.va
 even = (1 / (second + 1).float()).mean().item()  # each query spread evenly over its keys
 layer_i, head_i = divmod(int(induction.argmax()), induction.shape[1])
 print(f"phrase of {n} tokens, fed twice ({len(twice)} tokens)")
-print(f"strongest induction score: {induction.max():.2f} (layer {layer_i}, head {head_i}); "
-      f"strongest duplicate-token score: {duplicate.max():.2f}; an even spread would give {even:.2f}")
-print(f"layer 2, head 1: induction {induction[2, 1]:.2f}, duplicate-token {duplicate[2, 1]:.2f}")
+print(f"strongest induction score: {induction.max():.3f} (layer {layer_i}, head {head_i}); "
+      f"strongest duplicate-token score: {duplicate.max():.3f}; an even spread would give {even:.3f}")
+print(f"layer 2, head 1: induction {induction[2, 1]:.3f}, duplicate-token {duplicate[2, 1]:.3f}")
 
 # %% [markdown]
-# No head does either. The best induction score, 0.18, is 3 times an even spread but far from the values near 1
-# that induction heads reach in larger models, and no head gives a repeated token's first copy clearly more
-# than an even spread (the best, 0.061, against 0.059). Layer 2, head 1's duplicate-token score is 0.02 and its induction score 0.09
-# (an even spread: 0.06): what it did with `▁light`
+# No head does either. The best induction score, 0.178, is 3 times an even spread (0.059) but far from the values
+# near 1 that induction heads reach in larger models, and no head gives a repeated token's first copy clearly more
+# than an even spread (the best, 0.061, against 0.059). Layer 2, head 1's duplicate-token score is 0.021 and its
+# induction score 0.086 (an even spread: 0.059): what it did with `▁light`
 # in our sentence belongs to that sentence, not to a general copying mechanism. A 4-layer model is small; so
 # this course names the patterns it measures, not mechanisms it cannot show.
 
@@ -489,6 +490,57 @@ for n_kv in (8, 4, 2, 1):
     ref = F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, enable_gqa=True)
     torch.testing.assert_close(attention_explicit(qq, kk, vv, causal_mask(5))[0], ref)
     print(f"8 query heads over {n_kv} K/V head{'s' if n_kv > 1 else ''} (groups of {8 // n_kv}): equal to SDPA")
+
+# %% [markdown]
+# ### The trained model: GQA is multi-head attention with tied K/V heads
+#
+# The dial can be turned on the trained tiny model, keeping its weights. Its 2 K/V heads become 8 by copying
+# each head's rows of $W_k$ and $W_v$ next to themselves (`repeat_interleave` on the weights): a multi-head model
+# whose K/V heads happen to be equal within each group. It must give exactly the same logits. Copied in the
+# tiling order (`repeat`) instead, the same numbers reach the wrong query heads. And to go down to one K/V head
+# (MQA) the GQA paper, converting a multi-head checkpoint, mean-pools the heads of a group and then trains a
+# little more; here we pool (or keep one head) and do not retrain. Loss on the first 256 tokens of Genesis 1:
+
+# %%
+def with_kv_heads(model, n_kv_heads, make_kv):
+    """The same weights, with `make_kv` mapping each layer's K/V heads (K, head_dim, dim) to n_kv_heads of them."""
+    a = model.args
+    other = mm.Transformer(a.replace(n_kv_heads=n_kv_heads))
+    state = dict(model.state_dict())
+    for name, w in model.state_dict().items():
+        if name.endswith(("attention.wk.weight", "attention.wv.weight")):  # (K * head_dim, dim)
+            state[name] = make_kv(w.view(a.n_kv_heads, a.head_dim, a.dim)).reshape(-1, a.dim)
+    other.load_state_dict(state)
+    return other
+
+
+genesis_256 = torch.tensor([kjv.encode(corpus.chapters(corpus.load_text())[0], bos=True)[:256]])
+with torch.no_grad():
+    base_logits = tiny(genesis_256)
+    print(f"{'the tiny model as':<44}{'K/V heads':>10}{'cache/token':>13}{'loss':>7}{'max |Δ logit|':>15}")
+    for name, n_kv, make_kv in [
+        ("trained (GQA, 8 query heads over 2)", 2, lambda w: w),
+        ("MHA: each K/V head copied next to itself", 8, lambda w: w.repeat_interleave(4, dim=0)),
+        ("MHA, copied in the tiling order (repeat)", 8, lambda w: w.repeat(4, 1, 1)),
+        ("MQA: the two K/V heads mean-pooled", 1, lambda w: w.mean(0, keepdim=True)),
+        ("MQA: K/V head 0 kept for all", 1, lambda w: w[:1]),
+        ("MQA: K/V head 1 kept for all", 1, lambda w: w[1:]),
+    ]:
+        variant = with_kv_heads(tiny, n_kv, make_kv)
+        logits = variant(genesis_256)
+        loss = F.cross_entropy(logits[0, :-1], genesis_256[0, 1:]).item()
+        per_token = variant.args.kv_bytes_per_token("float32")
+        print(f"{name:<44}{n_kv:>10}{per_token:>11,} B{loss:>7.3f}"
+              f"{(logits - base_logits).abs().max().item():>15.3f}")
+
+# %% [markdown]
+# Copied next to themselves, 8 K/V heads give the trained model's logits exactly (a difference of 0.000) for
+# 4 times the cache: a GQA model is a multi-head model whose groups share their keys and values. The tiling
+# order raises the loss from 2.854 to 3.312 with every weight in place: the `repeat` bug of section 4, measured.
+# One K/V head for all raises it to between 3.425 and 3.590 without retraining. The GQA paper found mean-pooling
+# the best start for the training it does after converting; without that training, here the mean of the two heads
+# is the worst of the three. The trained model's two K/V heads carry different things, and each query head relies
+# on reading its own.
 
 # %% [markdown]
 # ## 5. The memory GQA saves
@@ -757,7 +809,9 @@ _ = check_function("04.5 induction_scores", induction_scores, induction_by_loop,
          label="the first 160 tokens of Genesis 1"),
     case(tiny, [kjv.bos_id] + random_half + random_half, label="24 random tokens, then the same 24 again"),
 ], hint="for each query, which earlier positions hold the same token, and which one of them counts? Which "
-        "queries have none, and should they enter the mean?")
+        "queries have none, and should they enter the mean?",
+   raised={"IndexError": "a key one past the last position was asked for: for the last query, which "
+                         "position did your 'latest earlier occurrence' pick?"})
 
 # %% [markdown]
 # ## Summary
@@ -769,7 +823,8 @@ _ = check_function("04.5 induction_scores", induction_scores, induction_by_loop,
 #   reshape to merge, then $W_o$ mixes them.
 # - Mistral 7B: 32 query heads, 8 K/V heads of the full head_dim 128; $W_k$, $W_v$ are $4096 \times 1024$;
 #   query head $h$ reads K/V head $\lfloor h/4 \rfloor$ (`repeat_interleave`, not `repeat`, or no copy at all:
-#   group the query heads and broadcast, 04.4).
+#   group the query heads and broadcast, 04.4). On the trained tiny model, 8 K/V heads copied from its 2 give
+#   the same logits; pooled to 1 without retraining, the loss rises from 2.854 to 3.590.
 # - The trained tiny model's heads have jobs: previous token, a repeated word sent back to its first
 #   occurrence (in one sentence; no induction head in this small model), a sink on the first token.
 # - The KV cache is 128 KiB per token in bf16: 4 GiB at 32,768 tokens instead of 16 GiB with MHA.

@@ -40,6 +40,8 @@ plt.show()
 #   chapter that holds our running example).
 # - What the window saves: attention work and KV memory against sequence length (log-log chart), and what
 #   it does not save unless the kernel skips the masked blocks.
+# - How many cache slots a chunked prefill needs (exercise 05.3), then measured on the tiny model: a cache one
+#   slot short moves the logits, and the library's cache needs only W slots because it reads before it writes.
 #
 # ## What you need
 # - Notebook **04 (attention and GQA)** before this one.
@@ -341,7 +343,10 @@ plt.show()
 # not something tested here). Still, the key at the window's edge gets between 0.2 % and 0.7 % on average,
 # less than an even spread over the window would give it (1/W = 0.8 %). It looks as if the window costs
 # nothing. Now take
-# the window away: the same weights, `sliding_window=None`, so every query sees every earlier key.
+# the window away: the same weights, `sliding_window=None`, so every query sees every earlier key. The window
+# is not in the weights: it is a number in the model's configuration, `model.args`, that the model reads each
+# time it builds its mask. Here we build a second model from the changed configuration and load the same weights
+# into it, which costs a tiny model nothing.
 
 # %%
 full = mm.Transformer(tiny.args.replace(sliding_window=None))
@@ -430,8 +435,8 @@ ax.set_title("KV cache, GiB (bf16, batch 1)")
 ax.set_ylabel("GiB")
 crossover = matmul_flops / flops_per_entry  # the length at which full attention costs as much as the matmuls
 axes[1].plot([crossover], [matmul_flops / 1e9], "o", color="tab:purple", ms=5)
-axes[1].annotate(f"≈{crossover / 1000:.0f}k tokens", (crossover, matmul_flops / 1e9), xytext=(4, -14),
-                 textcoords="offset points", fontsize=8, color="tab:purple")
+axes[1].annotate(f"≈{crossover / 1000:.0f}k tokens", (crossover, matmul_flops / 1e9), xytext=(-6, 6),
+                 textcoords="offset points", fontsize=8, color="tab:purple", ha="right")  # left of the 32k line
 for ax in axes:
     ax.axvline(W7, color="tab:green", ls=":", lw=1)
     ax.axvline(a.max_seq_len, color="black", ls=":", lw=0.8)
@@ -463,6 +468,7 @@ plt.show()
 
 # %%
 mm.viz.plot_receptive_field(4096, 32)
+plt.gcf().set_size_inches(9, 5.5)  # 32 bars: the library's default height is for a page, not a notebook cell
 plt.show()
 
 # %%
@@ -511,8 +517,8 @@ _ = check_function("05.1 attention_mask", my_attention_mask, mask_by_rule, cases
     case(torch.arange(3, 6), torch.arange(6), 2, label="queries 3-5 after 3 cached tokens, W = 2"),
 ], forbid=["minimistral.attention.attention_mask", "minimistral.attention.sliding_window_mask",
            "minimistral.attention.causal_mask"],
-   hint="compare positions, not indices: a query at position i sees key positions j with j <= i and fewer than "
-        "window positions back, and a slot that holds -1 holds no key at all")
+   hint="compare positions, not indices: which facts about a query's position and a key's position decide "
+        "whether it may see it, and what does a slot that was never written hold?")
 
 # %% [markdown]
 # **05.2 A kernel's window for a chunk against a cache.** FlashAttention's `flash_attn_func(q, k, v,
@@ -634,6 +640,74 @@ _ = check_function("05.3 prefill_cache_slots", prefill_cache_slots, slots_by_sim
         "cache has just received? Then compare the chunks: is the first one like the others?")
 
 # %% [markdown]
+# **The slots, measured.** 05.3 counted slots for a cache that writes a chunk's keys first and then lets the
+# chunk's queries attend over what the slots hold. Here is such a cache, a small subclass of the library's
+# `RollingKVCache`, on the tiny model (W = 128): the first 320 tokens of Genesis 1 prefilled in chunks of 64,
+# with S slots, against one pass over the whole prompt. The library's own cache is the last line.
+
+# %%
+from minimistral.cache import RollingKVCache
+
+
+class WriteFirstCache(RollingKVCache):
+    """05.3's cache: a chunk's keys go into their slots first; its queries then attend over the slots alone."""
+
+    def key_positions(self, positions):  # (S,) the positions the slots hold once the chunk is written
+        held, keep = self.slot_positions.clone(), min(len(positions), self.size)
+        held[positions[-keep:] % self.size] = positions[-keep:]
+        return held
+
+    def update(self, layer, k, v, positions):  # write, then hand back every slot: (B, K, S, D)
+        keep = min(k.shape[2], self.size)
+        self.k[layer].index_copy_(2, positions[-keep:] % self.size, k[:, :, -keep:])
+        self.v[layer].index_copy_(2, positions[-keep:] % self.size, v[:, :, -keep:])
+        return self.k[layer], self.v[layer]
+
+
+def chunked_logits(model, tokens, chunk, cache):  # prefill `tokens` (1, T) chunk by chunk through one cache
+    with torch.no_grad():
+        return torch.cat([model(tokens[:, s:s + chunk], cache) for s in range(0, tokens.shape[1], chunk)], dim=1)
+
+
+prompt, chunk_len, a = torch.tensor([chapter_ids[:320]]), 64, tiny.args
+with torch.no_grad():
+    one_pass = tiny(prompt)
+needed = slots_by_simulation(prompt.shape[1], chunk_len, a.sliding_window)  # the check's simulation
+caches = {f"write first, {S} slots": WriteFirstCache(a.n_layers, 1, a.n_kv_heads, a.head_dim, S)
+          for S in (a.sliding_window, needed - 1, needed)}
+caches[f"library, {tiny.new_cache().size} slots"] = tiny.new_cache()
+errors = {}
+for name, cache in caches.items():
+    errors[name] = (chunked_logits(tiny, prompt, chunk_len, cache) - one_pass).abs().amax(-1)[0]  # (T,)
+    wrong = (errors[name] > 1e-3).nonzero().flatten()
+    largest = f"{errors[name].max():.1e}" if errors[name].max() > 1e-4 else "below 1e-4"  # rounding, not a lost key
+    print(f"{name:<24} largest |Δ logit| {largest:>10}; positions off by more than 1e-3: {len(wrong):3d}"
+          + (f", the first at {wrong[0].item()}" if len(wrong) else ""))
+
+# %%
+fig, ax = plt.subplots(figsize=(10, 3.6))
+for (name, err), style in zip(errors.items(), ["-", "-", "-", "--"]):
+    ax.semilogy(err.clamp(min=1e-7).numpy(), style, lw=1.3, label=name)
+for s in range(chunk_len, prompt.shape[1], chunk_len):
+    ax.axvline(s, color="0.8", lw=0.8, zorder=0)
+ax.set_xlabel(f"position in the prompt (grey lines: chunk starts, chunks of {chunk_len})")
+ax.set_ylabel("largest |Δ logit| against one pass")
+ax.set_title(f"chunked prefill of the tiny model (W = {a.sliding_window}): how many slots are enough")
+ax.legend(fontsize=9, loc="center left", bbox_to_anchor=(1.01, 0.5))
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# With W = 128 slots every position from 128 on is wrong (a logit off by up to 1.2): from the third chunk on, a
+# chunk's own keys overwrite keys that its first queries may still see. One slot short of what 05.3 counts
+# (190), only the first query of each such chunk loses a key, its oldest, and through the layers above that
+# one lost key moves 87 of the 192 positions by more than 10⁻³. With 191 slots the logits equal one pass's up to
+# rounding (below 10⁻⁴; the figure draws an exact 0 at 10⁻⁷). The library gets the same result from W slots
+# because it reads before it writes: a chunk's queries attend over the cached keys followed by the chunk's own
+# (`RollingKVCache.update` returns both), and only then is the chunk written into its slots. The W + chunk keys
+# exist for one chunk's attention, in a temporary tensor, not in the cache.
+
+# %% [markdown]
 # **05.4 A mixed stack.** Some later models alternate windowed layers with global (full causal) ones.
 # `windows` lists each layer's window, bottom to top, `None` for a global layer. For a sequence of `seq_len`
 # tokens, return a `(seq_len,)` int64 tensor whose entry `i` is the earliest input position `j` that can
@@ -673,22 +747,28 @@ _ = check_function("05.4 earliest_input", earliest_input, earliest_by_brute_forc
 # the other way: a *shorter* window than the one it was trained with. Write
 # `smallest_window(model, ids, candidates, tolerance)`: among the windows in `candidates` (ints, in any
 # order), the smallest whose next-token loss on the token ids `ids` (a list starting with `<s>`, as in
-# section 4) is at most the loss with the model's own window plus `tolerance`. Leave `model` unchanged:
-# the same weights, a different `sliding_window` (section 4 did it for `None`). The check runs it on the
-# first 320 tokens of Genesis 1, so every window of 128 or less bites; it takes a few seconds.
+# section 4) is at most the loss with the model's own window plus `tolerance`. Section 4 built a second model
+# for its one comparison; for the 7B on a 24 GB GPU a second copy of the weights (14.5 GB in bf16) would not fit
+# next to the first, so here you may not: no new `Transformer`, no `load_state_dict`, no `copy.deepcopy` (the
+# check watches for each). Run the model you are given with each window, and when you return, leave it as you
+# found it (the check compares its weights and its `args`). The check runs it on the first 320 tokens of
+# Genesis 1, so every window of 128 or less bites; it takes a few seconds.
 
 # %% nbgrader={"grade": false, "grade_id": "ex05_5_smallest_window-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def smallest_window(model, ids, candidates, tolerance):
     ### BEGIN SOLUTION
     tokens, targets = torch.tensor([ids]), torch.tensor(ids[1:])
+    trained = model.args
 
     def loss(window):
-        m = mm.Transformer(model.args.replace(sliding_window=window))
-        m.load_state_dict(model.state_dict())
-        with torch.no_grad():
-            return F.cross_entropy(m(tokens)[0, :-1], targets).item()  # position t predicts token t + 1
+        model.args = trained.replace(sliding_window=window)  # the mask is built from args at every call
+        try:
+            with torch.no_grad():
+                return F.cross_entropy(model(tokens)[0, :-1], targets).item()  # position t predicts token t + 1
+        finally:
+            model.args = trained  # as it was, even if the call fails
 
-    limit = loss(model.args.sliding_window) + tolerance
+    limit = loss(trained.sliding_window) + tolerance
     return min(w for w in candidates if loss(w) <= limit)
     ### END SOLUTION
 
@@ -704,8 +784,10 @@ _ = check_function("05.5 smallest_window", smallest_window, smallest_window_by_s
     case(tiny, first_320, [192, 128], 0.0, label="the trained window itself, or a longer one, no worse than it"),
     case(tiny, first_320, [8, 16, 32], 0.15, label="only short windows, within 0.15 of the trained one"),
 ], hint="what is each candidate's loss compared with, and would that yardstick change if the trained window "
-        "were not among the candidates? What does the model you were given look like when you return?",
-   forbid=["minimistral.labs.references.window_loss"])
+        "were not among the candidates? Where does the model look up its window when it is called, and what "
+        "must that place hold when you return?",
+   forbid=["minimistral.labs.references.window_loss", "minimistral.model.Transformer.__init__",
+           "torch.nn.Module.load_state_dict", "copy.deepcopy"])
 
 # %%
 window_losses = {w: window_loss(tiny, first_320, w) for w in [8, 16, 32, 48, 64, 96, 128, 192, None]}
@@ -734,6 +816,8 @@ print("  ".join(f"{w}: {x:.3f}" for w, x in window_losses.items()))
 #   never saw in training and predict worse. A model needs the window it was trained with.
 # - The window makes attention work linear in $T$ and caps the KV cache at W tokens (512 MiB in bf16 for
 #   the 7B), if the kernel skips the masked blocks and the cache rolls.
+# - Chunked prefill through a cache that writes first needs more than W slots: on the tiny model, one slot too
+#   few changes 87 of 192 positions. The library's W-slot cache reads the chunk's keys before writing them.
 #
 # ## What's next
 #

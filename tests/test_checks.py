@@ -128,9 +128,28 @@ def test_a_model_whose_config_was_changed_counts_as_mutated(capsys):
         return 1.0
 
     ok, out = verdict(capsys, "99.3 window", windowed, lambda m: 1.0, [(model,)])
-    assert not ok and "changed its input" in out
+    assert not ok and "changed its input" in out and "restore before you return" in out and "list, dict" not in out
     ok, _ = verdict(capsys, "99.3 window", lambda m: 1.0, lambda m: 1.0, [(model,)])
     assert ok
+
+
+def test_a_forbidden_constructor_is_named_as_a_new_object_not_as_the_library_answer(capsys):
+    """05.5 may not build a second model (for the 7B it would not fit): building one is named as such, not as
+    'the library's own version' of the answer."""
+    import minimistral as mm
+    small = mm.ModelArgs(dim=16, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=8, hidden_dim=32, vocab_size=11,
+                         sliding_window=4)
+    model = mm.Transformer(small)
+
+    def rebuilds(m):
+        mm.Transformer(m.args.replace(sliding_window=2))
+        return 1.0
+    forbid = ["minimistral.model.Transformer.__init__"]
+    ok, out = verdict(capsys, "99.4 window", rebuilds, lambda m: 1.0, [(model,)], forbid=forbid)
+    assert not ok and "it uses a new minimistral.model.Transformer" in out and "own version" not in out, out
+    ok, out = verdict(capsys, "99.4 window", lambda m: 1.0, lambda m: 1.0, [(model,)], forbid=forbid)
+    assert ok, out
+    mm.Transformer(small)  # the constructor is itself again after the check
 
 
 def test_a_flipped_sign_is_reported_as_a_sign_not_as_a_scale_factor(capsys):
@@ -648,6 +667,22 @@ def test_a_case_hint_replaces_the_general_one_for_a_wrong_value_only(capsys):
     assert not ok and "ZeroDivisionError" in out and "count from one" in out
     ok, out = verdict(capsys, "99.22 count", lambda n: n, lambda n: n, cases, hint="general")
     assert ok and "count from one" not in out and "general" not in out
+
+
+def test_raised_says_what_an_error_usually_means_in_place_of_the_hint(capsys):
+    """04.5: an answer that counts the query as its own earlier copy indexes one key past the end; the check says
+    what that usually means instead of leaving the learner with a bare IndexError."""
+    means = {"IndexError": "a key past the last one: does a query count as its own earlier copy?"}
+    cases = [case([1, 2, 3], label="three", hint="the case's hint")]
+    ok, out = verdict(capsys, "99.23 next", lambda xs: xs[len(xs)], lambda xs: xs[-1], cases, hint="general",
+                      raised=means)
+    assert not ok and "raised IndexError" in out and "its own earlier copy" in out
+    assert "the case's hint" not in out and "general" not in out
+    ok, out = verdict(capsys, "99.23 next", lambda xs: 1 // 0, lambda xs: xs[-1], cases, hint="general",
+                      raised=means)  # another error: the hints as before
+    assert not ok and "ZeroDivisionError" in out and "the case's hint" in out and "own earlier copy" not in out
+    ok, out = verdict(capsys, "99.23 next", lambda xs: xs[-1], lambda xs: xs[-1], cases, raised=means)
+    assert ok
 
 
 def test_an_answer_that_calls_its_own_reference_fails(capsys):

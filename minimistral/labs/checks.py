@@ -780,11 +780,12 @@ def _call_student(student: Callable, case: tuple, forbid: tuple, reference: Opti
 
 def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
     if seen["used"]:
-        own = [u for u in seen["used"] if u.startswith("minimistral.")]
+        own = [u for u in seen["used"] if u.startswith("minimistral.") and not u.endswith(".__init__")]
         if own:
             return f"it calls {', '.join(own)}, the library's own version (not allowed: the exercise is to write it)"
         name = lambda m: repr(names[int(m.group(1)) - 1]) if int(m.group(1)) <= len(names) else m.group(0)  # noqa: E731
-        what = ", ".join(re.sub(r"(?<=of )argument (\d+)", name, u) for u in seen["used"])
+        what = ", ".join(re.sub(r"(?<=of )argument (\d+)", name, re.sub(r"^(.+)\.__init__$", r"a new \1", u))
+                         for u in seen["used"])  # a forbidden constructor: "a new minimistral.model.Transformer"
         grown = " (a tensor made from that input alone, with more elements than the input: a copy, however " \
                 "it is written)" if any(u.startswith(ENLARGED_COPY) for u in seen["used"]) else ""
         return f"it uses {what}, which this exercise does not allow{grown}"
@@ -793,6 +794,9 @@ def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
         if all(i < len(case) and isinstance(case[i], torch.Tensor) for i in seen["mutated"]):
             return (f"it changed its input {which} in place (the caller's tensor is not yours to change: "
                     "compute a new result, e.g. out-of-place operations instead of `+=`, `mul_` or slice assignment)")
+        if all(i < len(case) and isinstance(case[i], torch.nn.Module) for i in seen["mutated"]):
+            return (f"it changed its input {which} (its weights or its `args`) and did not put it back: whatever "
+                    "you change on the caller's model, restore before you return")
         return (f"it changed its input {which} in place (the caller's argument is not yours to change: build a new "
                 "list, dict or object instead of `append`, `extend`, `pop`, `+=` or item assignment)")
     return None
@@ -894,7 +898,8 @@ def _shown_apart(show: Callable, got, want) -> Optional[str]:
 def check_function(exercise: str, student: Callable, reference: Callable, cases: Iterable[tuple],
                    hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
                    labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = (),
-                   show: Optional[Callable] = None, plain_int: bool = False) -> bool:
+                   show: Optional[Callable] = None, plain_int: bool = False,
+                   raised: Optional[dict] = None) -> bool:
     """Call `student` and `reference` on every case and compare the results (type, length, shape and dtype
     first, then the values, with tolerances relative to the reference's size: `atol`/`rtol` when given, else
     the reference dtype's own, TOLERANCES). The student's function runs on its own deep copies of the
@@ -904,7 +909,9 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     the result differs and the hint, never the expected value; except with `show` (a result -> a list of
     readable strings), for exercises whose expected values the learner can see anyway (a tokenizer's pieces)
     and whose numbers say little: then a wrong value is shown as where yours and the expected part. plain_int:
-    where the reference returns an int, the answer must be a Python int (a 0-d integer tensor is refused)."""
+    where the reference returns an int, the answer must be a Python int (a 0-d integer tensor is refused).
+    `raised` maps an exception's type name ("IndexError") to what that error usually means in this exercise:
+    said instead of the hint when the student's function raises it."""
     cases = list(cases)
     labels = list(labels) if labels is not None else None
     forbid = tuple(forbid)
@@ -925,8 +932,9 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         except NotImplementedError:
             return _report(TODO, exercise, "not implemented yet")
         except Exception as e:  # a student's bug must not stop the notebook
+            meaning = (raised or {}).get(type(e).__name__)  # by name: the grader's sandbox keeps only the name
             return _report(FAIL, exercise, f"{what} raised {type(e).__name__}: {e}. "
-                                           f"{getattr(args, 'hint', '') or hint}".strip())
+                                           f"{meaning or getattr(args, 'hint', '') or hint}".strip())
         if called:
             return _report(FAIL, exercise, f"{what}: it calls {called[0]}, the very reference it is compared with "
                                            f"(not allowed: the exercise is to write it). {hint}".strip())
