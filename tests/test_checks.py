@@ -712,3 +712,21 @@ def test_the_reference_or_a_forbidden_function_imported_as_the_answer_fails(caps
     ok, out = verdict(capsys, "99.31 rms_norm", rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_norm"])
     assert not ok and "it is minimistral.norm.rms_norm, which this exercise does not allow" in out, out
     assert verdict(capsys, "99.31 rms_norm", good_rms_norm, torch_rms_norm, cases, forbid=["minimistral.norm.rms_norm"])[0]
+
+
+def test_a_diagnosis_names_the_kind_of_mistake_on_a_wrong_value_only(capsys):
+    cases = [case(torch.tensor([1.0, 2.0]), label="two numbers")]
+    reference = lambda x: 2 * x + 1  # noqa: E731
+
+    def diagnose(got, want, x):
+        return "only the constant is off" if torch.allclose(got - 2 * x, torch.zeros_like(x)) else None
+
+    ok, out = verdict(capsys, "99.23 affine", lambda x: 2 * x, reference, cases, diagnose=diagnose)
+    assert not ok and "only the constant is off" in out
+    ok, out = verdict(capsys, "99.23 affine", lambda x: 3 * x, reference, cases, diagnose=diagnose)
+    assert not ok and "only the constant is off" not in out  # None: nothing added
+    ok, out = verdict(capsys, "99.23 affine", lambda x: (2 * x + 1)[:1], reference, cases, diagnose=diagnose)
+    assert not ok and "returned shape" in out and "only the constant" not in out  # a wrong form is not diagnosed
+    ok, out = verdict(capsys, "99.23 affine", lambda x: 2 * x, reference, cases, diagnose=lambda *a: 1 / 0)
+    assert not ok and "ZeroDivisionError" not in out  # a broken diagnosis is ignored
+    assert verdict(capsys, "99.23 affine", lambda x: x * 2 + 1, reference, cases, diagnose=diagnose)[0]

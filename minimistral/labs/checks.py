@@ -770,14 +770,17 @@ def _refusing_reference(reference: Callable):
 
 def check_function(exercise: str, student: Callable, reference: Callable, cases: Iterable[tuple],
                    hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
-                   labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = ()) -> bool:
+                   labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = (),
+                   diagnose: Optional[Callable] = None) -> bool:
     """Call `student` and `reference` on every case and compare the results (type, length, shape and dtype
     first, then the values, with tolerances relative to the reference's size: `atol`/`rtol` when given, else
     the reference dtype's own, TOLERANCES). The student's function runs on its own deep copies of the
     arguments, the reference on the originals; changing an argument in place, or using what `forbid` names
     (see `watching`), fails the case. A case may be a `case(..., label=...)`, or `labels` gives every case's.
     On a mismatch, print which case failed (its label verbatim, else its arguments' shapes and values), how
-    the result differs and the hint, never the expected value."""
+    the result differs and the hint, never the expected value. diagnose(got, want, *args), when given, may
+    return a sentence about a wrong value (what kind of mistake it looks like, in words, not the answer); it is
+    added to the message, and an error inside it is ignored."""
     cases = list(cases)
     labels = list(labels) if labels is not None else None
     forbid = tuple(forbid)
@@ -811,6 +814,12 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         why = _mismatch(got, want, atol if case_atol is None else case_atol, rtol if case_rtol is None else case_rtol)
         if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
             why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
+            if diagnose is not None and not why.startswith("returned"):
+                try:
+                    said = diagnose(got, want, *args)
+                except Exception:  # a diagnosis is a courtesy: it never turns a failure into an error
+                    said = None
+                why = f"{why}; {said}" if said else why
             return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())
     return _report(PASS, exercise, f"matches {compared_with(reference)} on {len(cases)} case{'s' if len(cases) != 1 else ''}")
 
