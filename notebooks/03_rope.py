@@ -339,8 +339,8 @@ plt.show()
 # never 0 for a nonzero score. The first factor depends on the vectors, the second only on the distance, and the
 # paper plots that second factor as the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$. It falls over the first
 # hundred tokens or so, to about a third of its value at 0, and then stops falling: past 100 tokens it swings
-# between about 7 % and 36 % of that value, and its peaks near 4,000 tokens are as high as those near 100 (printed
-# below). "Long-term decay" is that first fall of a bound. The figure keeps the two kinds of curve apart:
+# between about 7 % and 36 % of that value, and its peaks past 1,000 tokens are as high as those just past 100
+# (printed below). "Long-term decay" is that first fall of a bound. The figure keeps the two kinds of curve apart:
 #
 # - **left, the paper's relative bound**, divided by its value at distance 0 (32.5) so that it starts at 1. For
 #   a given pair of vectors, the bound on $|\text{score}(r)|$ is this curve times a constant fixed by the vectors
@@ -511,7 +511,8 @@ print("relative bound (head_dim 32):   " + "".join(f"{bound_tiny[r]:8.2f}" for r
       + f"   (from 16 to 127: {bound_tiny[16:].min():.2f} to {bound_tiny[16:].max():.2f})")
 for layer in range(a.n_layers):
     m = by_distance[layer].mean(0)  # (128,): the layer's heads, averaged
-    print(f"layer {layer}, mean attention weight: " + "".join(f"{m[r]:8.4f}" for r in (0, 1, 4, 16, 64, 127)))
+    print(f"layer {layer}, mean attention weight: " + "".join(f"{m[r]:8.4f}" for r in (0, 1, 4, 16, 64, 127))
+          + f"   (distance 1 / distance 64: {m[1] / m[64]:.0f})")
 print(f"even spread: {1 / window:.4f} per key;  share of each head's attention on keys 32 or more tokens back, "
       f"layer by layer: " + "; ".join(f"{by_distance[layer][:, 32:].sum(-1).min():.2f}-{by_distance[layer][:, 32:].sum(-1).max():.2f}"
                                       for layer in range(a.n_layers)))
@@ -546,10 +547,10 @@ plt.show()
 
 # %% [markdown]
 # Left, the bound for the tiny model's 32-dimensional heads: after the first 16 tokens it stops falling and
-# stays between about a quarter and two thirds of its value at 0: at 64 and 127 tokens it still allows 40 to 50 %
+# stays between about a quarter and 60 % of its value at 0: at 64 and 127 tokens it still allows 40 to 50 %
 # of what it allows an adjacent key. Right, what training did with that freedom. In layers 1 to 3 the mean
-# weight falls from 0.10-0.22 on the previous token (distance 1) to about 0.001 at 64 tokens back, a factor of
-# 60 to 270 and far below an even spread: these heads look mostly at the last few tokens. Layer 0's heads do
+# weight falls from 0.10-0.22 on the previous token (distance 1) to 0.0008-0.0016 at 64 tokens back, a factor
+# of 60 to 270 (printed at the end of each row) and far below an even spread: these heads look mostly at the last few tokens. Layer 0's heads do
 # the opposite: past 16 tokens they give every key about the even share, and 59 to 73 % of each head's
 # attention goes to keys 32 or more tokens back. (Layers 1 to 3 also rise a little again near the window's
 # edge, 127 tokens back.) The same rotations allow both shapes: what a head does with distance is learned, not
