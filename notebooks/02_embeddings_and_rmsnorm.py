@@ -37,7 +37,8 @@ plt.show()
 # - What RMSNorm keeps and what it drops from LayerNorm (mean-centering and the bias), and why that is cheaper.
 # - How to build RMSNorm from scratch, and check it against `minimistral` and `torch.nn.RMSNorm`.
 # - Why Mistral computes the norm in float32 even when the model runs in bfloat16, shown with numbers:
-#   fp16 overflows, and a bf16 accumulator silently stops adding.
+#   fp16 overflows, and a bf16 accumulator silently stops adding; and what the trained tiny model's norms actually
+#   receive (one outlier dimension at the full stops, in every layer).
 #
 # ## What you need
 # - A laptop CPU, under 1 GB of RAM, under a minute. No GPU.

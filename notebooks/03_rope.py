@@ -42,7 +42,8 @@ plt.show()
 # - The relative-position property, seen as a heatmap constant along its diagonals, and asserted.
 # - What RoPE changes for the running example in the trained tiny model: without it, the two `light`s
 #   and the two `there`s are indistinguishable to attention in the first layer.
-# - What the "long-term decay" of the RoPE paper is (a bound, not the score of typical vectors).
+# - What the "long-term decay" of the RoPE paper is (a bound, not the score of typical vectors), and what the
+#   trained tiny model's heads actually do with distance.
 #
 # ## What you need
 # - A laptop CPU, under 1 GB of RAM, under a minute. No GPU.
