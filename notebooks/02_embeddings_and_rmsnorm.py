@@ -37,7 +37,8 @@ plt.show()
 # - What RMSNorm keeps and what it drops from LayerNorm (mean-centering and the bias), and why that is cheaper.
 # - How to build RMSNorm from scratch, and check it against `minimistral` and `torch.nn.RMSNorm`.
 # - Why Mistral computes the norm in float32 even when the model runs in bfloat16, shown with numbers:
-#   fp16 overflows, and a bf16 accumulator silently stops adding.
+#   fp16 overflows, and a bf16 accumulator silently stops adding; and what the trained tiny model's norms actually
+#   receive (one outlier dimension at the full stops, in every layer).
 #
 # ## What you need
 # - A laptop CPU, under 1 GB of RAM, under a minute. No GPU.
@@ -146,7 +147,7 @@ for x, y in [("▁be", "▁was"), ("<s>", "."), (",", "▁and"), ("▁And", "▁
 # out in red: `▁be` and `▁was` (two forms of one verb), and `<s>` and `.` (the start of a text and the end of a
 # sentence: after either, a new sentence begins). The one clearly negative pair (blue) is `,` against `▁and`.
 # And `▁And` is nearly orthogonal to `▁and`:
-# the same word, capitalised, is not always a neighbour (the next cell says why).
+# the same word, capitalised, is not always a neighbour (the neighbours below say why).
 #
 # Where training put each token shows best in its **nearest neighbours**: the rows of the whole table
 # with the highest cosine similarity to it. A random table has no neighbours worth the name; the trained
@@ -315,8 +316,8 @@ print(f"torch.nn.RMSNorm in bf16: {int(differ.sum())} of {differ.numel()} entrie
 # ## Why the float32 upcast
 #
 # The model runs in **bfloat16**: 8 exponent bits like float32 (same range, up to $3.4 \times 10^{38}$)
-# but only 8 significant bits, about 2-3 decimal digits. **float16** has more precision (11 bits) but a
-# tiny range: its largest number is 65,504. Two things go wrong when the mean of squares is computed in
+# but only 8 significant bits, about 2.4 decimal digits. **float16** has more precision (11 bits, about 3.3 decimal
+# digits) but a tiny range: its largest number is 65,504. Two things go wrong when the mean of squares is computed in
 # these formats.
 #
 # **1. fp16 overflows.** A residual-stream entry of 256 has a square of 65,536: infinity in fp16. One such
@@ -391,7 +392,7 @@ for name, errs in errors.items():
     color, ls = styles[name]
     ax1.loglog(scales, errs, label=name, color=color, ls=ls, lw=2, marker="o", ms=3)
 ax1.axvline(256 / 4, color="grey", ls=":", lw=1)
-ax1.text(256 / 4 / 1.3, 0.02, "largest entries\n(about 4σ) pass 256:\nx² > 65,504 = inf", fontsize=8, color="grey",
+ax1.text(256 / 4 / 1.3, 0.02, "largest entries\n(about 4σ) pass 256:\nx² ≥ 65,520 rounds to inf", fontsize=8, color="grey",
          ha="right")
 ax1.set_xlabel("scale of the input vector (dim 4096)")
 ax1.set_ylabel("relative error of RMSNorm's output")
@@ -426,6 +427,80 @@ plt.show()
 #
 # The upcast costs almost nothing (one vector per token, a few thousand numbers) and removes all three
 # problems. That is why both Mistral's code and Hugging Face's compute the norm in float32.
+
+# %% [markdown]
+# ## What the trained model's norms actually see
+#
+# The argument above used random vectors. Here is what the tiny model's 9 norms (an `attention_norm` and an
+# `ffn_norm` per layer, and the final `norm`) receive on 512 tokens of Genesis, and the gains they learned. A
+# forward pre-hook on each norm records its input, the residual stream at that point.
+
+# %%
+text_ids = kjv.encode(corpus.load_text()[:6000], bos=True)[:512]  # the first 512 tokens of Genesis
+seen = {}  # norm name -> its input, (1, 512, 256)
+hooks = [m.register_forward_pre_hook(lambda mod, inp, name=name: seen.__setitem__(name, inp[0]))
+         for name, m in tiny.named_modules() if isinstance(m, RMSNorm)]
+with torch.no_grad():
+    tiny(torch.tensor([text_ids]))
+for hk in hooks:
+    hk.remove()
+norm_names = list(seen)
+peak = torch.stack([seen[n][0].abs().max() for n in norm_names])  # (9,): the largest entry each norm sees
+typical = torch.stack([seen[n][0].pow(2).mean().sqrt() for n in norm_names])  # (9,): its RMS
+gains = torch.stack([tiny.get_submodule(n).weight.detach() for n in norm_names])  # (9, 256)
+print("norm                     largest |entry|  in dim  at token      RMS   largest/RMS   gain min..max")
+for i, n in enumerate(norm_names):
+    pos, d = divmod(int(seen[n][0].abs().argmax()), seen[n].shape[-1])
+    print(f"{n:<24} {peak[i]:>15.1f}  {d:>6}  {kjv.id_to_piece(text_ids[pos]):<10} {typical[i]:>6.2f} "
+          f"{peak[i] / typical[i]:>12.1f}   {gains[i].min():.2f}..{gains[i].max():.2f}")
+print(f"the first block makes the stream {typical[2] / typical[1]:.0f} times larger (in RMS); "
+      f"largest entry anywhere: {peak.max():.1f}, its square {peak.max() ** 2:,.0f} (fp16's largest number: 65,504)")
+mid = seen["layers.2.attention_norm"][0]  # (512, 256): the stream halfway up
+stops = torch.tensor([kjv.id_to_piece(i) == "." for i in text_ids])  # (512,): the full stops
+col = mid[:, 214]
+others = mid.clone()
+others[:, 214] = 0
+print(f"halfway up, dimension 214 at the {int(stops.sum())} full stops: {col[stops].min():.1f} to "
+      f"{col[stops].max():.1f}; at the other {int((~stops).sum())} tokens its mean |entry| is "
+      f"{col[~stops].abs().mean():.1f}; the largest entry of any other dimension: {others.abs().max():.1f}")
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1.3, 1]})
+short = [n.replace("layers.", "L").replace(".attention_norm", " attn").replace(".ffn_norm", " ffn") for n in norm_names]
+xs = torch.arange(len(norm_names)).numpy()
+ax1.bar(xs - 0.2, peak.numpy(), width=0.4, color="#C44E52", label="largest |entry|")
+ax1.bar(xs + 0.2, typical.numpy(), width=0.4, color="#4C72B0", label="RMS (a typical entry)")
+ax1.axhline(256, color="grey", ls=":", lw=1)
+ax1.text(len(norm_names) - 0.6, 256 * 1.2, "256: above this an entry's square overflows fp16", fontsize=8,
+         color="grey", ha="right")
+ax1.set_yscale("log")
+ax1.set_ylim(0.01, 5000)
+ax1.set_xticks(xs, short, fontsize=9)
+ax1.set_ylabel("size of the norm's input entries")
+ax1.set_title("what each norm receives (512 tokens of Genesis)", fontsize=10)
+ax1.legend(fontsize=8, loc="upper left", ncol=2)
+ax2.boxplot(gains.T.numpy(), whis=(0, 100), widths=0.5)
+ax2.set_xticks(xs + 1, short, fontsize=9, rotation=45)
+ax2.axhline(1, color="grey", ls=":", lw=1)
+ax2.set_ylabel("learned gain γ (256 per norm)")
+ax2.set_title("the gains: near 1, applied after the float32 step", fontsize=10)
+for ax in (ax1, ax2):
+    ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# The embedding rows are small (the inputs of layer 0's norms have an RMS of 0.05 to 0.06), and the first block
+# makes the stream 65 times larger: every later norm sees an RMS of about 4 to 5 and a largest entry of 36 to
+# 39. That largest entry sits in one dimension, 214, at every later norm, and at punctuation: halfway up, dimension
+# 214 holds −28 to −38 at every full stop, against about 5 on average at other tokens. This is, in
+# miniature, what Sun et al. call *massive activations*: in LLaMA2-7B they sit in two fixed dimensions, at the
+# start token and the first full stop or newline, some 100,000 times larger than typical entries. In this 4-layer
+# model they are mild (other dimensions reach 33 at some tokens), and the largest square, about 1,500, is more
+# than 40 times below fp16's limit: this model would survive fp16 norms without the upcast. The 7B-scale models
+# whose outliers reach the thousands would not, and a kernel cannot know in advance which model it runs: the
+# upcast is the safe default. The gains stay between 0.44 and 1.61 and are applied after the float32 step, so
+# they cannot cause that overflow; they only scale the output, after its rounding to bf16.
 
 # %% [markdown]
 # ## The library from here on
@@ -467,16 +542,21 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
     case(torch.randn(4, 8, generator=gen), torch.ones(8), 1e-5, label="unit-scale rows, gain 1"),
     case(torch.randn(2, 3, 16, generator=gen), torch.randn(16, generator=gen), 1e-6,
          label="a (2, 3, 16) batch, a random gain, eps 1e-6"),
-    case(torch.zeros(3, 8), torch.ones(8), 1e-5, label="all zeros: eps keeps it finite"),
+    case(torch.zeros(3, 8), torch.ones(8), 1e-5, label="all zeros: eps keeps it finite",
+         hint="a row of zeros has a mean square of 0: which term of the formula keeps the result finite, and "
+              "what should a zero row come out as?"),
     case(torch.randn(2, 16, generator=gen) * 3e-3, torch.full((16,), 2.0), 1e-5,
-         label="entries about 0.003: the mean square is as small as eps"),
+         label="entries about 0.003: the mean square is as small as eps",
+         hint="here the mean square is about as small as eps, so exactly where eps enters changes the result: "
+              "compare each step of yours with the formula above (what is eps added to?)"),
     case(torch.randn(2, 5, 64, generator=gen).bfloat16() * 50, torch.randn(64, generator=gen).bfloat16(), 1e-5,
          label="bf16 in, bf16 out, bit for bit", atol=0, rtol=0, hint=LOW_PRECISION_HINT),
     case(torch.randn(1, 4096, generator=gen).half() * 300, torch.randn(4096, generator=gen).half(), 1e-5,
          label="fp16 entries about 300 (their squares overflow fp16), bit for bit", atol=0, rtol=0,
          hint=LOW_PRECISION_HINT),
     case(torch.randn(2, 8, generator=gen) * 0.1, torch.ones(8), 0.1,
-         label="a large eps (0.1) on small rows: is eps the argument?"),
+         label="a large eps (0.1) on small rows: is eps the argument?",
+         hint="eps is 0.1 here, not the usual 1e-5: does your function use the eps it is given?"),
 ], forbid=["minimistral.norm.rms_norm", "minimistral.norm.RMSNorm.forward", "torch.nn.functional.rms_norm",
            "torch.rms_norm", "torch.ops.aten.rms_norm", "torch.ops.aten.rms_norm.default", "torch._fused_rms_norm",
            "torch.ops.aten._fused_rms_norm", "torch.ops.aten._fused_rms_norm.default"],
@@ -506,6 +586,9 @@ def rms_norm_grad(x: torch.Tensor, grad_out: torch.Tensor, eps: float) -> torch.
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex02_2_rms_norm_grad-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.labs import references
+
+
 def autograd_rms_norm_grad(x, grad_out, eps):  # the reference: torch's RMSNorm in float64, and autograd
     x64 = x.detach().double().requires_grad_(True)
     F.rms_norm(x64, (x.shape[-1],), eps=eps).backward(grad_out.double())
@@ -530,53 +613,81 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
            "torch.autograd.functional.jvp", "torch.autograd.functional.jacobian", "torch.autograd.functional.hvp",
            "torch.autograd.functional.vhp", "torch.autograd.forward_ad.make_dual",
            "torch.ops.aten._fused_rms_norm_backward"],
+   diagnose=references.rms_norm_grad_diagnosis,  # on a wrong value: which part of it looks wrong, in words
    hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "
         "mean of squares); then contract with grad_out. Check your formula on a zero row first. If only the "
         "float64 case fails, are you computing in a lower precision than x? If only the fp16 case fails, what is "
         "300 squared in fp16?")
 
 # %% [markdown]
-# ## Exercise 02.3: the embedding's gradient
+# ## Exercise 02.3: the embedding's gradient, tied or not
 #
 # Training changes the table through its gradient. Given the token ids `ids` (shape `(B, T)`) and the
 # gradient `grad_out` of the loss with respect to the looked-up vectors (shape `(B, T, dim)`), return the
-# gradient with respect to the whole table: a `(vocab_size, dim)` tensor in `grad_out`'s dtype. Do not
-# call autograd: derive it from the one-hot form $\mathbf{h} = \mathbf{e}_i^\top E$ at the top of this
-# notebook.
+# gradient with respect to the whole table: a `(vocab_size, dim)` tensor in `grad_out`'s dtype.
+#
+# Mistral keeps its output head separate, but many models (GPT-2, Gemma, the smallest Llama 3.2 models) **tie**
+# it to the embedding: the same table $E$ also turns the final hidden states `final_h` (shape `(B, T, dim)`) into
+# the logits, `logits = final_h @ E.T` (shape `(B, T, vocab_size)`). When `final_h` and `grad_logits` (the
+# loss's gradient with respect to those logits) are given, return the gradient of the tied table instead.
+# Do not call autograd: derive both from the formulas, the one-hot form $\mathbf{h} = \mathbf{e}_i^\top E$ at the
+# top of this notebook and the product that makes the logits.
 
 # %% nbgrader={"grade": false, "grade_id": "ex02_3_embedding_grad-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def embedding_grad(ids: torch.Tensor, grad_out: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def embedding_grad(ids: torch.Tensor, grad_out: torch.Tensor, vocab_size: int,
+                   final_h: torch.Tensor = None, grad_logits: torch.Tensor = None) -> torch.Tensor:
     ### BEGIN SOLUTION
     dim = grad_out.shape[-1]
     grad = torch.zeros(vocab_size, dim, dtype=grad_out.dtype)
     # row i collects the gradient of every position that looked it up: repeated tokens add up
-    return grad.index_add_(0, ids.reshape(-1), grad_out.reshape(-1, dim))
+    grad.index_add_(0, ids.reshape(-1), grad_out.reshape(-1, dim))
+    if final_h is not None:  # tied: logits[b, t, i] = E[i] . final_h[b, t], so every row is read at every position
+        grad += grad_logits.reshape(-1, vocab_size).T @ final_h.reshape(-1, dim)  # (V, B*T) @ (B*T, dim)
+    return grad
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex02_3_embedding_grad-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def autograd_embedding_grad(ids, grad_out, vocab_size):  # the reference: let autograd do it
-    table = torch.zeros(vocab_size, grad_out.shape[-1], dtype=grad_out.dtype, requires_grad=True)
-    F.embedding(ids, table).backward(grad_out)
+def autograd_embedding_grad(ids, grad_out, vocab_size, final_h=None, grad_logits=None):  # the reference: autograd
+    table = torch.randn(vocab_size, grad_out.shape[-1], dtype=grad_out.dtype).requires_grad_(True)
+    outputs, grads = [F.embedding(ids, table)], [grad_out]
+    if final_h is not None:  # the same table as the output head
+        outputs.append(final_h @ table.T)
+        grads.append(grad_logits)
+    torch.autograd.backward(outputs, grads)
     return table.grad
 
 
 g2 = torch.Generator().manual_seed(23)
+REPEAT_HINT = ("two positions read the same row here: work out by hand, from the one-hot product, what row 3's "
+               "gradient must be for ids = [[3, 3]]")
+TIED_HINT = ("the table is used twice here: take the lookup and the head one at a time. For the head, write a "
+             "single logit as a dot product: which row of the table does it read, and at which positions?")
 _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_grad, cases=[
-    (torch.tensor([[5, 2, 7]]), torch.randn(1, 3, 4, generator=g2), 10),
-    (torch.tensor([example_ids]), torch.randn(1, len(example_ids), 8, generator=g2), kjv.vocab_size),
-    (torch.tensor([[1, 1, 1, 1]]), torch.ones(1, 4, 3), 4),
-    (torch.tensor([[3, 0], [0, 3], [9, 9]]), torch.randn(3, 2, 5, generator=g2), 12),
-    (torch.tensor([[4, 2, 4]]), torch.randn(1, 3, 6, generator=g2, dtype=torch.float64), 7),
-], labels=["three different tokens", "the running example (two tokens repeat)", "one token four times",
-           "a batch of 3 sequences with repeats", "float64 gradients"],
-   forbid=["torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad", "torch.func.grad",
+    case(torch.tensor([[5, 2, 7]]), torch.randn(1, 3, 4, generator=g2), 10, label="three different tokens"),
+    case(torch.tensor([example_ids]), torch.randn(1, len(example_ids), 8, generator=g2), kjv.vocab_size,
+         label="the running example (two tokens repeat)", hint=REPEAT_HINT),
+    case(torch.tensor([[1, 1, 1, 1]]), torch.ones(1, 4, 3), 4, label="one token four times", hint=REPEAT_HINT),
+    case(torch.tensor([[3, 0], [0, 3], [9, 9]]), torch.randn(3, 2, 5, generator=g2), 12,
+         label="a batch of 3 sequences with repeats", hint=REPEAT_HINT),
+    case(torch.tensor([[4, 2, 4]]), torch.randn(1, 3, 6, generator=g2, dtype=torch.float64), 7,
+         label="float64 gradients"),
+    case(torch.tensor([[5, 2, 7]]), torch.randn(1, 3, 4, generator=g2), 10, torch.randn(1, 3, 4, generator=g2),
+         torch.randn(1, 3, 10, generator=g2), label="tied head: three different tokens", hint=TIED_HINT),
+    case(torch.tensor([[3, 0, 3], [1, 1, 2]]), torch.randn(2, 3, 5, generator=g2), 6,
+         torch.randn(2, 3, 5, generator=g2), torch.randn(2, 3, 6, generator=g2),
+         label="tied head: a batch of 2 with repeats", hint=TIED_HINT),
+    case(torch.tensor([[0, 4], [4, 1]]), torch.randn(2, 2, 3, generator=g2, dtype=torch.float64), 5,
+         torch.randn(2, 2, 3, generator=g2, dtype=torch.float64), torch.randn(2, 2, 5, generator=g2, dtype=torch.float64),
+         label="tied head, float64", hint=TIED_HINT),
+], forbid=["torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad", "torch.func.grad",
            "torch.func.grad_and_value", "torch.func.vjp", "torch.func.jacrev", "torch.func.jvp", "torch.func.jacfwd",
            "torch.autograd.functional.vjp", "torch.autograd.functional.jvp", "torch.autograd.functional.jacobian",
            "torch.autograd.forward_ad.make_dual",
            "torch.ops.aten.embedding_backward", "torch.ops.aten.embedding_backward.default",
            "torch.ops.aten.embedding_dense_backward", "torch.ops.aten.embedding_dense_backward.default"],
-   hint="how many times was each row of the table read? Work it out from the one-hot product")
+   hint="start from one position: which rows of the table did its looked-up vector (and, when tied, its logits) "
+        "depend on, and how?")
 
 # %% [markdown]
 # ## Summary
@@ -587,8 +698,8 @@ _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_gra
 #   instead of $2d$; it keeps each vector's direction and fixes its RMS to 1 (times the gain).
 # - Mistral computes it in float32 and casts back before the gain. Without that, fp16 overflows once
 #   entries reach 256, and bf16 loses precision, badly so if a kernel accumulates in bf16.
-# - The gradient of a lookup goes back to the rows that were read, summed over every position that read
-#   them (02.3); trained rows group words by use, as the running example's nearest neighbours showed.
+# - A lookup's gradient reaches only the rows that were read; 02.3 worked out how, and what a tied output
+#   head adds. Trained rows group words by use, as the running example's nearest neighbours showed.
 # - Our `MyRMSNorm` equals `minimistral.norm.RMSNorm` (bit for bit, in bf16 too) and `torch.nn.RMSNorm` (in float32;
 #   in bf16 torch applies the gain before rounding); from now on we use the library's.
 #

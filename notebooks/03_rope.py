@@ -42,7 +42,8 @@ plt.show()
 # - The relative-position property, seen as a heatmap constant along its diagonals, and asserted.
 # - What RoPE changes for the running example in the trained tiny model: without it, the two `light`s
 #   and the two `there`s are indistinguishable to attention in the first layer.
-# - What the "long-term decay" of the RoPE paper is (a bound, not the score of typical vectors).
+# - What the "long-term decay" of the RoPE paper is (a bound, not the score of typical vectors), and what the
+#   trained tiny model's heads actually do with distance.
 #
 # ## What you need
 # - A laptop CPU, under 1 GB of RAM, under a minute. No GPU.
@@ -157,10 +158,13 @@ for i in [0, 1, 8, 16, 32, 48, 63]:
 
 # %%
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1, 1.3]})
-pos_short = torch.linspace(0, 64, 641)  # drawn as continuous curves; positions are the integers
-for i, color in zip([0, 8, 16, 32, 48], ["#C44E52", "#DD8452", "#55A868", "#4C72B0", "#8172B2"]):
-    ax1.plot(pos_short, torch.cos(pos_short * freqs[i]), color=color, lw=1.5, label=f"pair {i}: period {2 * math.pi / freqs[i].item():.1f}")
-ax1.set_xlabel("position m")
+pos_long = torch.logspace(0, 3, 4000)  # 1 to 1,000, drawn as continuous curves; positions are the integers
+for i, color, lw in zip([0, 8, 16, 32, 48], ["#C44E52", "#DD8452", "#55A868", "#4C72B0", "#8172B2"], [0.5, 0.7, 1, 2, 2]):
+    ax1.plot(pos_long, torch.cos(pos_long * freqs[i]), color=color, lw=lw,
+             label=f"pair {i}: period {2 * math.pi / freqs[i].item():,.0f}")
+ax1.set_xscale("log")
+ax1.set_xlim(1, 1000)
+ax1.set_xlabel("position m (log scale)")
 ax1.set_ylabel("cos(m ω_i)")
 ax1.set_title("each pair turns at its own speed")
 ax1.set_ylim(-1.1, 1.75)  # room for the legend above the curves
@@ -176,8 +180,11 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# Reading the heatmap: the bottom rows oscillate too fast to resolve at this scale; the top rows are
-# nearly constant over 256 tokens (from pair 45 up, a full turn takes more than 4,000 tokens).
+# Reading the left panel (log scale, so each pair's first turns show wherever they fall): pair 0 turns every 6
+# tokens, pair 32 first goes negative after about 160 and completes its turn near 630, pair 48 has not turned
+# a quarter of the way by 1,000. Reading the heatmap: the bottom rows oscillate too fast to resolve at this
+# scale; the top rows are nearly constant over 256 tokens (from pair 45 up, a full turn takes more than 4,000
+# tokens).
 # Together the 64 angles give every position a distinct pattern, just as a number's digits do.
 
 # %% [markdown]
@@ -189,9 +196,9 @@ plt.show()
 #
 # $$ z_i \mapsto z_i \, e^{\mathrm{i} m \omega_i} . $$
 #
-# In PyTorch: `view_as_complex` on the last dimension reshaped to (64, 2), multiply by
-# `torch.polar(1, angles)`, `view_as_real` back. We write the same thing with real arithmetic,
-# pair by pair, and compare with the library's `apply_rope_complex`.
+# PyTorch has complex tensors, so Mistral's code does exactly this product (you will write that version in
+# exercise 03.2). Here we write the same rotation with real arithmetic, pair by pair, and compare with the
+# library's `apply_rope_complex`.
 
 # %%
 def my_rope_interleaved(x, angles):  # x (B, T, H, D), angles (T, D/2)
@@ -331,8 +338,10 @@ plt.show()
 #
 # Because $h_{d/2} = 0$, the maximum includes $|h_{d/2-1}|$, the size of the last pair's product: the bound is
 # never 0 for a nonzero score. The first factor depends on the vectors, the second only on the distance, and the
-# paper plots that second factor as the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$, which does shrink
-# with $r$. The figure keeps the two kinds of curve apart:
+# paper plots that second factor as the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$. It falls over the first
+# hundred tokens or so, to about a third of its value at 0, and then stops falling: past 100 tokens it swings
+# between about 7 % and 36 % of that value, and its peaks past 1,000 tokens are as high as those just past 100
+# (printed below). "Long-term decay" is that first fall of a bound. The figure keeps the two kinds of curve apart:
 #
 # - **left, the paper's relative bound**, divided by its value at distance 0 (32.5) so that it starts at 1. For
 #   a given pair of vectors, the bound on $|\text{score}(r)|$ is this curve times a constant fixed by the vectors
@@ -348,14 +357,20 @@ plt.show()
 #     itself; the band (± one standard deviation over 2,000 pairs) does not change with distance either.
 #
 # So RoPE does not make far tokens score lower in general; it makes *aligned* vectors score highest when
-# close. Trained queries and keys can use the slow pairs to attend far away.
+# close. Trained queries and keys can attend near or far; after the running example, we measure what the tiny
+# model's heads do.
 
 # %%
 dist = torch.arange(0, 4097)
 freqs_d = rope_frequencies(head_dim, args.rope_theta).double()  # (64,)
-phases = torch.polar(torch.ones(len(dist), head_dim // 2, dtype=torch.float64), dist[:, None].double() * freqs_d)
+alpha_d = dist[:, None].double() * freqs_d  # (4097, 64): every pair's angle at every distance
+phases = torch.complex(alpha_d.cos(), alpha_d.sin())  # e^{i r w_k}
 paper_bound = phases.cumsum(-1).abs().mean(-1)  # (1/(d/2)) sum_j |S_j(r)|
 ones_score = phases.real.mean(-1)  # q = k = ones: score / head_dim = mean_i cos(r w_i)
+rel = paper_bound / paper_bound[0]
+print("relative bound / its value at 0: " + ", ".join(f"{rel[r]:.2f} at {r}" for r in (10, 50, 100)) + "; "
+      + "; ".join(f"{rel[lo:hi + 1].min():.2f} to {rel[lo:hi + 1].max():.2f} over {lo:,}-{hi:,}"
+                  for lo, hi in ((100, 1000), (1000, 4096))))
 print(f"relative bound at distance 0: {paper_bound[0]:.1f};  q = k = ones at distance 10: score / head_dim "
       f"{ones_score[10]:.2f}, its bound {2 * phases[10].cumsum(-1).abs().sum() / head_dim:.2f}")
 gen_rand = torch.Generator().manual_seed(30)
@@ -473,6 +488,76 @@ plt.show()
 # position is the *only* thing that differs.
 
 # %% [markdown]
+# ## Does trained attention fall with distance?
+#
+# The bound says how fast the largest possible score can fall; what do trained heads do? We run 512 tokens of
+# Genesis through the tiny model, record every head's attention weights (`mm.viz.capture_attention`, notebook
+# 04), and average the weight each query gives to the key $r$ tokens back, over the queries from position 128
+# on (each of them sees a full window of 128 keys: distances 0 to 127). A head that spread its attention evenly
+# would give every key $1/128$.
+
+# %%
+genesis = kjv.encode(corpus.load_text()[:6000], bos=True)[:512]  # the first 512 tokens of Genesis
+with mm.viz.capture_attention(tiny) as cap, torch.no_grad():
+    tiny(torch.tensor([genesis]))
+window = a.sliding_window  # 128
+by_distance = torch.stack([torch.stack([torch.diagonal(cap.probs[layer][0], -r, dim1=-2, dim2=-1)[:, window - r:].mean(-1)
+                                        for r in range(window)], -1) for layer in range(a.n_layers)])  # (layers, heads, r)
+fr_tiny = rope_frequencies(a.head_dim, a.rope_theta).double()  # (16,)
+alpha_t = torch.arange(window)[:, None].double() * fr_tiny
+bound_tiny = torch.complex(alpha_t.cos(), alpha_t.sin()).cumsum(-1).abs().mean(-1)
+bound_tiny = bound_tiny / bound_tiny[0]  # (128,): the paper's relative bound for head_dim 32, 1 at 0
+print("distance:                       " + "".join(f"{r:>8}" for r in (0, 1, 4, 16, 64, 127)))
+print("relative bound (head_dim 32):   " + "".join(f"{bound_tiny[r]:8.2f}" for r in (0, 1, 4, 16, 64, 127))
+      + f"   (from 16 to 127: {bound_tiny[16:].min():.2f} to {bound_tiny[16:].max():.2f})")
+for layer in range(a.n_layers):
+    m = by_distance[layer].mean(0)  # (128,): the layer's heads, averaged
+    print(f"layer {layer}, mean attention weight: " + "".join(f"{m[r]:8.4f}" for r in (0, 1, 4, 16, 64, 127))
+          + f"   (distance 1 / distance 64: {m[1] / m[64]:.0f})")
+print(f"even spread: {1 / window:.4f} per key;  share of each head's attention on keys 32 or more tokens back, "
+      f"layer by layer: " + "; ".join(f"{by_distance[layer][:, 32:].sum(-1).min():.2f}-{by_distance[layer][:, 32:].sum(-1).max():.2f}"
+                                      for layer in range(a.n_layers)))
+
+# %%
+fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.4]})
+rs = torch.arange(window).numpy()
+ax1.plot(rs, bound_tiny.numpy(), color="#C44E52", lw=2)
+ax1.set_ylim(0, 1.05)
+ax1.set_ylabel("relative bound / its value at 0")
+ax1.set_title("the paper's relative bound, the tiny model's heads\n(head_dim 32, θ = 10,000)", fontsize=10)
+colours = ["#999999", "#DD8452", "#55A868", "#4C72B0"]
+for layer in range(a.n_layers):
+    for head_curve in by_distance[layer]:
+        ax2.plot(rs + 1, head_curve.numpy(), color=colours[layer], lw=0.5, alpha=0.35)
+    ax2.plot(rs + 1, by_distance[layer].mean(0).numpy(), color=colours[layer], lw=2.5,
+             label=f"layer {layer}: mean of its 8 heads")
+ax2.axhline(1 / window, color="black", ls=":", lw=1, label="an even spread, 1/128")
+ax2.set_xscale("log")
+ax2.set_yscale("log")
+ax2.set_ylim(1e-5, 1)
+ax2.set_ylabel("mean attention weight")
+ax2.set_title("what trained heads do: mean weight on the key r tokens back\n(thin lines: single heads; 512 tokens of Genesis)",
+              fontsize=10)
+ax2.legend(fontsize=8, loc="lower left")
+ax1.set_xlabel("relative distance r (tokens)")
+ax2.set_xlabel("relative distance r + 1 (tokens, log scale)")
+for ax in (ax1, ax2):
+    ax.spines[["top", "right"]].set_visible(False)
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# Left, the bound for the tiny model's 32-dimensional heads: after the first 16 tokens it stops falling and
+# stays between about a quarter and 60 % of its value at 0: at 64 and 127 tokens it still allows 40 to 50 %
+# of what it allows an adjacent key. Right, what training did with that freedom. In layers 1 to 3 the mean
+# weight falls from 0.10-0.22 on the previous token (distance 1) to 0.0008-0.0016 at 64 tokens back, a factor
+# of 60 to 270 (printed at the end of each row) and far below an even spread: these heads look mostly at the last few tokens. Layer 0's heads do
+# the opposite: past 16 tokens they give every key about the even share, and 59 to 73 % of each head's
+# attention goes to keys 32 or more tokens back. (Layers 1 to 3 also rise a little again near the window's
+# edge, 127 tokens back.) The same rotations allow both shapes: what a head does with distance is learned, not
+# imposed by RoPE's bound.
+
+# %% [markdown]
 # ## Explore: position and θ
 #
 # Each of the 64 pairs is a clock hand. A token's angle at position $p$ is also the angle between two
@@ -498,7 +583,8 @@ def draw_clock(position=100, log10_theta=4.0):
                   f"θ = 1e{log10_theta:g}", fontsize=10)
     ax2 = fig.add_subplot(1, 2, 2)
     d = torch.arange(0, 4097)
-    ph = torch.polar(torch.ones(len(d), head_dim // 2, dtype=torch.float64), d[:, None].double() * fr.double()[None, :])
+    al = d[:, None].double() * fr.double()[None, :]  # (4097, 64)
+    ph = torch.complex(al.cos(), al.sin())
     bound = ph.cumsum(-1).abs().mean(-1)  # the RoPE paper's relative upper bound
     ax2.plot(d, bound / bound[0], color="#C44E52", lw=1.5)
     ax2.axvline(position, color="#C44E52", ls=":", lw=1, label=f"distance {position} (= the slider's position)")
@@ -520,8 +606,8 @@ mm.viz.explorer(draw_clock, "RoPE clock", position=(100, 0, 4096), log10_theta=(
 # A checkpoint arrives without its config, but someone saved the RoPE angle table its code used: `angles`, a
 # float32 tensor of shape `(len(positions), head_dim // 2)` built by the formula above for the given
 # `positions` (in any order) and an unknown $\theta$. Write `theta_from_angles(angles, positions)`: return that
-# $\theta$ as a number (a Python float; a 0-d tensor is accepted too), within 0.01 %, for any $\theta$ (the check
-# draws one at random). This is the question notebook 11 must answer right for v0.1, whose
+# $\theta$ as a number (a Python float; a 0-d tensor is accepted too), within 0.01 %, for any $\theta$, whole or not
+# (the check includes fractional ones, one of them drawn at random). This is the question notebook 11 must answer right for v0.1, whose
 # `params.json` has no `rope_theta`. Look at how one row changes from pair to pair; not every row helps.
 
 # %% nbgrader={"grade": false, "grade_id": "ex03_1_theta_from_angles-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -556,11 +642,13 @@ _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, p
 # ## Exercise 03.2: rotate interleaved pairs, as complex numbers
 #
 # This is the notebook's warm-up. Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape
-# `(T, D/2)`, the way Mistral's code does: as complex numbers (`torch.view_as_complex`, `torch.polar`,
-# `torch.view_as_real`, described in the section on Mistral's layout). `my_rope_interleaved` above did it with
-# real arithmetic; here the check does not allow torch's or NumPy's `cos` and `sin`: write the rotation as a
-# complex product. (The check cannot stop you reading cos and sin off `torch.polar`'s result, but that is the real
-# arithmetic again.) Return the same shape and dtype as `x`. In bf16 the check wants Mistral's result bit for
+# `(T, D/2)`, the way Mistral's code does: read each pair of `x` as one complex number (without copying the
+# numbers one by one), multiply it by $e^{\mathrm{i}\alpha}$ built from `angles`, and turn the products back into
+# interleaved real pairs. `my_rope_interleaved` above did it with real arithmetic; here the check does not allow
+# torch's or NumPy's `cos` and `sin`: write the rotation as a complex product. Finding PyTorch's functions for the
+# three steps is part of the exercise (the check's hint names them if you get stuck). (The check cannot stop you
+# reading cos and sin off a complex number, but that is the real arithmetic again.) Return the same shape and
+# dtype as `x`. In bf16 the check wants Mistral's result bit for
 # bit: work out in which dtype the rotation must meet `x`, and when to round. The capstone at the end of notebook 10 builds a model
 # from your exercises, this function included.
 
@@ -586,6 +674,10 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
          label="bf16, positions 300-315, bit for bit", atol=0, rtol=0,
          hint="this case is compared bit for bit with Mistral's code: in which dtype is the rotation factor when "
               "it meets x, and how many times is the result rounded to bf16?"),
+    case(torch.randn(2, 16, 4, 128, generator=torch.Generator().manual_seed(1)).bfloat16(),
+         rope_angles(torch.arange(300, 316), 128), label="bf16, positions 300-315 again, other numbers, bit for bit",
+         atol=0, rtol=0, hint="this case is compared bit for bit with Mistral's code, which rotates in one "
+                              "particular dtype: is yours the same, neither narrower nor wider?"),
     case(torch.randn(1, 4, 2, 128, generator=gen).bfloat16(), rope_angles(torch.arange(4093, 4097), 128),
          label="bf16 at positions 4,093-4,096: angles in the thousands"),
 ], forbid=["minimistral.rope.apply_rope_complex", "minimistral.rope.apply_rope_interleaved_real",
@@ -593,7 +685,8 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
            "torch.Tensor.cos_", "torch.Tensor.sin_", "torch.cos_", "torch.sin_", "torch.ops.aten.cos",
            "torch.ops.aten.sin", "torch.ops.aten.cos.default", "torch.ops.aten.sin.default", "numpy.cos", "numpy.sin"],
    hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
-        "the output keeps the pairs interleaved, and x's dtype. If only the far bf16 case fails: how far apart "
+        "the output keeps the pairs interleaved, and x's dtype. The three steps: torch.view_as_complex, "
+        "torch.polar, torch.view_as_real. If only the far bf16 case fails: how far apart "
         "are neighbouring bf16 numbers near 4,000, and what does that do to a sine?")
 
 # %% [markdown]
@@ -639,8 +732,11 @@ _ = check_function("03.3 first_slow_pair", first_slow_pair, references.slow_pair
 #   relative position without any parameter. We saw the Toeplitz score matrix and asserted it.
 # - In the trained model, RoPE is what lets attention tell the running example's two `light`s (and two `there`s)
 #   apart: in layer 0, head 3 the copies get attention weights differing by a factor of about 1.5 to 1.7.
-# - "Long-term decay" is the RoPE paper's upper bound on the score, which shrinks with distance; aligned queries
-#   and keys score less on average as they move apart, independent random ones score 0 on average at every distance.
+# - "Long-term decay" is the RoPE paper's upper bound on the score: it falls over the first hundred tokens, then
+#   only oscillates (between about 7 % and 36 % of its value at 0, out to 4,096). Aligned queries and keys score
+#   less on average as they move apart; independent random ones score 0 on average at every distance. The tiny
+#   model's trained heads go well beyond the bound, both ways: layers 1 to 3 look mostly at the last few tokens,
+#   layer 0 spreads evenly over its window.
 # - Mistral rotates interleaved pairs $(x_{2i}, x_{2i+1})$ as complex numbers; Hugging Face rotates
 #   $(x_i, x_{i+64})$ ("rotate-half") and compensates by permuting the rows of `wq` and `wk` per head.
 #   Both give identical scores; the library's loader handles the permutation.

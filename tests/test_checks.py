@@ -967,3 +967,21 @@ def test_batch_limit_refuses_a_call_on_more_sequences_trains_as_the_model_and_tr
         torch.testing.assert_close(back(tokens[2:]), model(tokens[2:]))
     with pytest.raises(ProcedureError, match="at most 2"):
         back(tokens)
+
+
+def test_a_diagnosis_names_the_kind_of_mistake_on_a_wrong_value_only(capsys):
+    cases = [case(torch.tensor([1.0, 2.0]), label="two numbers")]
+    reference = lambda x: 2 * x + 1  # noqa: E731
+
+    def diagnose(got, want, x):
+        return "only the constant is off" if torch.allclose(got - 2 * x, torch.zeros_like(x)) else None
+
+    ok, out = verdict(capsys, "99.23 affine", lambda x: 2 * x, reference, cases, diagnose=diagnose)
+    assert not ok and "only the constant is off" in out
+    ok, out = verdict(capsys, "99.23 affine", lambda x: 3 * x, reference, cases, diagnose=diagnose)
+    assert not ok and "only the constant is off" not in out  # None: nothing added
+    ok, out = verdict(capsys, "99.23 affine", lambda x: (2 * x + 1)[:1], reference, cases, diagnose=diagnose)
+    assert not ok and "returned shape" in out and "only the constant" not in out  # a wrong form is not diagnosed
+    ok, out = verdict(capsys, "99.23 affine", lambda x: 2 * x, reference, cases, diagnose=lambda *a: 1 / 0)
+    assert not ok and "ZeroDivisionError" not in out  # a broken diagnosis is ignored
+    assert verdict(capsys, "99.23 affine", lambda x: x * 2 + 1, reference, cases, diagnose=diagnose)[0]

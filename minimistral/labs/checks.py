@@ -899,7 +899,7 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
                    hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
                    labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = (),
                    show: Optional[Callable] = None, plain_int: bool = False,
-                   raised: Optional[dict] = None) -> bool:
+                   raised: Optional[dict] = None, diagnose: Optional[Callable] = None) -> bool:
     """Call `student` and `reference` on every case and compare the results (type, length, shape and dtype
     first, then the values, with tolerances relative to the reference's size: `atol`/`rtol` when given, else
     the reference dtype's own, TOLERANCES). The student's function runs on its own deep copies of the
@@ -911,7 +911,9 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     and whose numbers say little: then a wrong value is shown as where yours and the expected part. plain_int:
     where the reference returns an int, the answer must be a Python int (a 0-d integer tensor is refused).
     `raised` maps an exception's type name ("IndexError") to what that error usually means in this exercise:
-    said instead of the hint when the student's function raises it."""
+    said instead of the hint when the student's function raises it. diagnose(got, want, *args), when given, may
+    return a sentence about a wrong value (what kind of mistake it looks like, in words, not the answer); it is
+    added to the message, and an error inside it is ignored."""
     cases = list(cases)
     labels = list(labels) if labels is not None else None
     forbid = tuple(forbid)
@@ -951,6 +953,12 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
             why = f"returned {_form(got)}, expected an int (a Python int, as the exercise asks, not a tensor)"
         if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
             why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
+            if diagnose is not None and not why.startswith("returned"):
+                try:
+                    said = diagnose(got, want, *args)
+                except Exception:  # a diagnosis is a courtesy: it never turns a failure into an error
+                    said = None
+                why = f"{why}; {said}" if said else why
             return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())
     return _report(PASS, exercise, f"matches {compared_with(reference)} on {len(cases)} case{'s' if len(cases) != 1 else ''}")
 

@@ -63,6 +63,39 @@ def trigram_add_one_ppl(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_s
     return math.exp(-sum(logp) / len(logp))
 
 
+def rms_norm_grad_diagnosis(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, grad_out: torch.Tensor,
+                            eps: float):
+    """02.2: what a wrong gradient of RMSNorm (gain 1) looks like, in words, or None. It splits the expected
+    gradient into the direct term r * grad_out and the rest (what flows back through r), and asks whether the
+    answer's rest is that rest scaled: by 0 (missing), -1 (sign), d or 1/d, another constant, or a factor
+    that changes from row to row."""
+    xf, gf = x.double(), grad_out.double()
+    d = x.shape[-1]
+    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # (..., 1)
+    through_r = (want.double() - r * gf).reshape(-1, d)  # the part of the expected gradient that flows through r
+    rest = (got.double() - r * gf).reshape(-1, d)
+    size = float(through_r.abs().max())
+    if not size > 1e-6 * float(want.double().abs().max()) or not torch.isfinite(rest).all():
+        return None
+    c = float((rest * through_r).sum() / (through_r * through_r).sum())  # the best single scale factor
+    if float((rest - c * through_r).abs().max()) <= 1e-2 * size:
+        if abs(c) < 1e-2:
+            return "your result is the direct term alone: nothing flows back through r, yet r depends on every x_k"
+        if abs(c + 1) < 1e-2:
+            return "the direct term is right, and the part that flows through r has the wrong sign"
+        for k, what in ((d, f"d = {d} times too large"), (1 / d, f"d = {d} times too small")):
+            if abs(c - k) < 1e-2 * k:
+                return f"the direct term is right, and the part that flows through r is {what}"
+        if abs(c - 1) > 1e-2:
+            return f"the direct term is right, and the part that flows through r is {c:.3g} times what it should be"
+        return None
+    rows = (rest * through_r).sum(-1) / (through_r * through_r).sum(-1).clamp_min(1e-300)  # a factor per row
+    if float((rest - rows[:, None] * through_r).abs().max()) <= 1e-2 * size:
+        return ("the direct term is right, and in each row the part that flows through r points the right way but "
+                "has the wrong size, by a factor that changes from row to row")
+    return None
+
+
 def slow_pair_by_counting(head_dim: int, theta: float, n_tokens: float) -> int:
     """03.3: the first RoPE pair whose period 2 pi / omega_i exceeds n_tokens (head_dim // 2 if none), found by
     computing every pair's period."""
