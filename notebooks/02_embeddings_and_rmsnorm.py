@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import minimistral as mm
-from minimistral.labs.checks import case, check_function
+from minimistral.labs.checks import AUTOGRAD, case, check_function
 from minimistral.norm import RMSNorm, rms_norm
 from minimistral.train import corpus
 
@@ -569,8 +569,8 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
 # $r = (\frac{1}{d}\sum_j x_j^2 + \epsilon)^{-1/2}$, and the gradient `grad_out` $= \partial L/\partial \mathbf{y}$ (same
 # shape as `x`, `(..., dim)`). Return $\partial L/\partial \mathbf{x}$ in `x`'s shape and dtype, computed like
 # the forward: in float32 at least, cast back at the end (the check includes bf16 and fp16 inputs), without autograd
-# in either direction (the check watches for `backward`, `torch.autograd.grad`, `torch.func` and forward-mode
-# `jvp`): differentiate by hand. Careful:
+# in either direction (the check refuses autograd however it is reached: `backward`, `torch.autograd.grad`,
+# `torch.func`, forward mode, a backward kernel called directly): differentiate by hand. Careful:
 # $r$ depends on **every** entry of $\mathbf{x}$. Then look at what your formula gives for the zero vector, and
 # what part of it is orthogonal to $\mathbf{x}$.
 
@@ -607,12 +607,7 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
          label="bf16 in, bf16 out"),
     case(torch.randn(2, 64, generator=gen).half() * 300, torch.randn(2, 64, generator=gen).half(), 1e-5,
          label="fp16 entries about 300: their squares overflow fp16"),
-], forbid=["torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad", "torch.func.grad",
-           "torch.func.grad_and_value", "torch.func.vjp", "torch.func.jacrev", "torch.func.jvp", "torch.func.jacfwd",
-           "torch.func.hessian", "torch.func.linearize", "torch.autograd.functional.vjp",
-           "torch.autograd.functional.jvp", "torch.autograd.functional.jacobian", "torch.autograd.functional.hvp",
-           "torch.autograd.functional.vhp", "torch.autograd.forward_ad.make_dual",
-           "torch.ops.aten._fused_rms_norm_backward"],
+], forbid=[AUTOGRAD],  # autograd however it is reached: backward, torch.func, forward mode, aten kernels
    diagnose=references.rms_norm_grad_diagnosis,  # on a wrong value: which part of it looks wrong, in words
    hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "
         "mean of squares); then contract with grad_out. Check your formula on a zero row first. If only the "
@@ -680,12 +675,7 @@ _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_gra
     case(torch.tensor([[0, 4], [4, 1]]), torch.randn(2, 2, 3, generator=g2, dtype=torch.float64), 5,
          torch.randn(2, 2, 3, generator=g2, dtype=torch.float64), torch.randn(2, 2, 5, generator=g2, dtype=torch.float64),
          label="tied head, float64", hint=TIED_HINT),
-], forbid=["torch.Tensor.backward", "torch.autograd.backward", "torch.autograd.grad", "torch.func.grad",
-           "torch.func.grad_and_value", "torch.func.vjp", "torch.func.jacrev", "torch.func.jvp", "torch.func.jacfwd",
-           "torch.autograd.functional.vjp", "torch.autograd.functional.jvp", "torch.autograd.functional.jacobian",
-           "torch.autograd.forward_ad.make_dual",
-           "torch.ops.aten.embedding_backward", "torch.ops.aten.embedding_backward.default",
-           "torch.ops.aten.embedding_dense_backward", "torch.ops.aten.embedding_dense_backward.default"],
+], forbid=[AUTOGRAD],  # autograd however it is reached: backward, torch.func, forward mode, aten kernels
    hint="start from one position: which rows of the table did its looked-up vector (and, when tied, its logits) "
         "depend on, and how?")
 
