@@ -114,7 +114,7 @@ def test_11_1_refuses_the_library(notebook, capsys, call):
      "    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)\n"
      "    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
      "    c = RollingKVCache(args.n_layers, 1, args.n_kv_heads, args.head_dim, kept, b, 'meta')\n"
-     "    return max(0, (free_bytes - weight_bytes) // c.nbytes)\n", "RollingKVCache.__init__"),
+     "    return max(0, (free_bytes - weight_bytes) // c.nbytes)\n", "a new minimistral.cache.RollingKVCache"),
     ("    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
      "    m = mm.Transformer(args.replace(n_layers=1, vocab_size=2, dim=8, hidden_dim=8, head_dim=args.head_dim))\n"
      "    c = m.new_cache(dtype=b, device='meta', seq_len=min(seq_len, args.max_seq_len))\n"

@@ -781,8 +781,10 @@ def _call_student(student: Callable, case: tuple, forbid: tuple, reference: Opti
 def _rule_broken(seen: dict, names: list, case: tuple) -> Optional[str]:
     if seen["used"]:
         own = [u for u in seen["used"] if u.startswith("minimistral.") and not u.endswith(".__init__")]
-        if own:
-            return f"it calls {', '.join(own)}, the library's own version (not allowed: the exercise is to write it)"
+        built = [f"a new {u[:-len('.__init__')]}" for u in seen["used"] if u.endswith(".__init__")]
+        if own:  # the constructors it used are named too: "it calls X.nbytes (on a new X)"
+            on = f" (on {', '.join(built)})" if built else ""
+            return f"it calls {', '.join(own)}{on}, the library's own version (not allowed: the exercise is to write it)"
         name = lambda m: repr(names[int(m.group(1)) - 1]) if int(m.group(1)) <= len(names) else m.group(0)  # noqa: E731
         what = ", ".join(re.sub(r"(?<=of )argument (\d+)", name, re.sub(r"^(.+)\.__init__$", r"a new \1", u))
                          for u in seen["used"])  # a forbidden constructor: "a new minimistral.model.Transformer"
