@@ -250,7 +250,7 @@ NOT_A_PIECE = "a pair whose concatenation is not a piece: what does piece_to_id 
 bpe_cases = [
     case("Hello world", label="'Hello world'", hint="which pairs may merge at all (what does piece_to_id return for a "
                                                      "pair that is not a piece?), and which of them merges first?"),
-    case("lower tokenizer", label="'lower tokenizer'", hint=BEST_FIRST),
+    case("understanding tokenization", label="'understanding tokenization'", hint=BEST_FIRST),
     case("Mistral 7B est un modèle de langage.", label="French with a digit and an accent", hint=NOT_A_PIECE),
     case("def f(x):\n    return x ** 2\n", label="Python, indented with four spaces", hint=WHITESPACE),
     case("  two leading spaces", label="'  two leading spaces'", hint=WHITESPACE),
@@ -453,9 +453,11 @@ plt.show()
 #
 # On the right, what the merges are: training glues the most frequent pairs first, and those are short
 # (`▁t`, `in`, `er`: the first 1,000 merges average 3.3 characters); whole words come later, as merges of
-# merges (the last 1,000 average 6.0). After about id 10,000 the curve rises much more slowly: the mean length of
-# a block of 1,000 merges goes from 5.5 to about 6.1 characters. Past that, a new merge is mostly another whole
-# word of ordinary length, not a longer one. (The last point averages only the final 446 merges.)
+# merges (the last 1,000 average 6.0). The curve bends at about id 4,000 to 5,000: the mean length of a block of
+# 1,000 merges climbs from 3.3 characters (ids 259 to 1,258) to 5.0 (the block from id 4,259) in the first 4,000
+# merges, then only to about 6.1 (the blocks from id 25,259) over the next 21,000. Past the bend, a new merge is
+# mostly another whole word of ordinary length, not a longer one. (The last point averages only the final 446
+# merges.)
 
 # %% [markdown]
 # ## Training a small tokenizer with Mistral's options
@@ -648,9 +650,7 @@ _ = check_function(
 # Write `byte_fallback_cost(text)`: how many of the tokens `encode` gives `text` are byte pieces, **without
 # encoding it**. You may look pieces up with `tok.piece_to_id` (it returns `tok.unk_id` for a piece the
 # vocabulary lacks), but not call `tok.encode`, sentencepiece's encoder or the scores (no merging: the check
-# watches). Use what this
-# notebook showed: which characters fall back to bytes, how many pieces one such character becomes, and how a
-# space is written inside pieces.
+# watches). Everything you need was shown earlier in this notebook.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_3_byte_fallback_cost-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def byte_fallback_cost(text: str) -> int:
@@ -675,8 +675,9 @@ _ = check_function(
             "sentencepiece.SentencePieceProcessor.EncodeAsPieces",
             "sentencepiece.SentencePieceProcessor.encode_as_pieces", "sentencepiece.SentencePieceProcessor.get_score",
             "sentencepiece.SentencePieceProcessor.GetScore"],
-    hint="which characters become byte pieces, and how many pieces does one of them become? Count bytes, not "
-         "characters; and mind how a space looks inside the vocabulary")
+    hint="which characters become byte pieces? How many pieces did 🦙 become near the top of this notebook, what "
+         "set that number, and would ☕ cost the same? Is every character of your text, as encode sees it, one "
+         "the vocabulary can look up?")
 
 # %% [markdown]
 # ## Exercise 01.4: decode from scratch
