@@ -443,11 +443,11 @@ plt.show()
 
 # %% [markdown]
 # The same message costs 1.7 times as many tokens in Chinese as in English here, 1.5 times in German, 1.9 in
-# French and 2.0 in Russian: a 4,096-token window holds 91 copies of the Russian message against 186 of the
-# English one: half as much meaning per window, and per message twice the KV cache and twice any per-token price.
-# Chinese, with the fewest characters (27), still fits fewer copies (107) than English. Per character
-# the picture is different (Chinese 1.41 tokens per character against 0.23 for English) but it compares
-# unequal things. Digits cost one token each, plus a lone `▁` before a number that follows a space (`▁`, `3`,
+# French and 2.05 in Russian (the bar rounds it to 2.0): a 4,096-token window holds 91 copies of the Russian
+# message against 186 of the English one: half as much meaning per window, and per message twice the KV cache
+# and twice any per-token price. Chinese, with the fewest characters (27), still fits fewer copies (107) than
+# English. Per character the picture is different (Chinese 1.41 tokens per character against 0.23 for English)
+# but it compares unequal things. Digits cost one token each, plus a lone `▁` before a number that follows a space (`▁`, `3`,
 # `.`, `1`, `4`, ...: no piece glues `▁` to a digit), and each character outside the vocabulary costs one byte
 # token per UTF-8 byte: four for 🦙, three for ☕.
 #
@@ -732,7 +732,7 @@ _ = check_function(
 #   merged, and the 15 whitespace pieces score $-10^9$); your `bpe_encode` gives the same ids as
 #   sentencepiece, and `mm.Tokenizer` gives the same ids as Mistral's `mistral-common`.
 # - Prompts start with BOS (id 1); EOS (id 2) ends a document and stops generation.
-# - The same two sentences cost 22 tokens in English, 1.5 to 2.0 times as many in the other languages
+# - The same two sentences cost 22 tokens in English, 1.5 to 2.05 times as many in the other languages
 #   (38 in Chinese: 1.7x); per character the comparison misleads. Digits are one token each and an emoji
 #   outside the vocabulary one per UTF-8 byte (🦙 four, ☕ three).
 # - The running example, `"And God said, Let there be light: and there was light."`, is 14 pieces in both
