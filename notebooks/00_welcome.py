@@ -259,8 +259,9 @@ for dtype in ["float32", "bfloat16", "int8", "int4"]:
     print(f"{dtype:<9} {b:>16,} bytes = {b / 1e9:6.2f} GB = {b / GiB:6.2f} GiB")
 
 # %% [markdown]
-# So running the 7B in bf16 takes a GPU with 16 GB or more: 13.5 GiB of weights, plus room for the
-# activations and the cache.
+# So running the 7B in bf16 takes a GPU with 16 GB or more, and 16 GB is the bare minimum: it is 14.9 GiB, so
+# after the 13.5 GiB of weights only about 1.4 GiB is left for the activations, the cache and the CUDA context,
+# enough for short contexts only.
 #
 # ### The key-value cache
 # While generating, every layer keeps the keys and values of past tokens so it does not recompute
@@ -582,8 +583,8 @@ _ = check_function("00.2 max_batch", max_batch, max_batch_by_search, cases=[
    hint="max_batch returns an int: the number of whole sequences, 0 when not one fits")
 
 # %% [markdown]
-# What your function says about Mistral 7B itself, in bf16 with 4,096-token conversations (the window), and what
-# the two memory savers of this notebook are worth in users per GPU:
+# What your function says about Mistral 7B itself, in bf16 with 32,768-token sequences (the configured limit, eight
+# times the window), and what the two memory savers of this notebook are worth in users per GPU:
 
 # %%
 for gpu, budget in [("24 GiB", 24 * GiB), ("80 GiB", 80 * GiB)]:
@@ -596,8 +597,11 @@ for gpu, budget in [("24 GiB", 24 * GiB), ("80 GiB", 80 * GiB)]:
 # %% [markdown]
 # On an 80 GiB GPU the sliding window and grouped-query attention together serve 133 sequences of 32,768 tokens
 # at once; without the window only 16 fit, and with one K/V head per query head (MHA, whose larger `wk` and `wv`
-# also add 1.5 GiB of weights) only 32. On a 24 GiB card the same three designs serve 21, 2 and 4. The
-# memory section's 8× (window) and 4× (GQA) savings come back here as roughly 8 and 4 times as many users.
+# also add 1.5 GiB of weights) only 32. On a 24 GiB card the same three designs serve 21, 2 and 4. On the
+# 80 GiB card the memory section's 8× (window) and 4× (GQA) savings come back as roughly 8 and 4 times as many
+# users (133/16 = 8.3, 133/32 = 4.2). On the 24 GiB card the ratios are larger, 21/2 = 10.5 and 21/4 = 5.25,
+# because only 10.5 GiB is left after the weights: rounding down to whole sequences (2.6 become 2 without the
+# window, 4.5 become 4 with MHA) and MHA's extra 1.5 GiB of weights take a bigger share of so little room.
 
 # %% [markdown]
 # ## Summary

@@ -250,7 +250,7 @@ NOT_A_PIECE = "a pair whose concatenation is not a piece: what does piece_to_id 
 bpe_cases = [
     case("Hello world", label="'Hello world'", hint="which pairs may merge at all (what does piece_to_id return for a "
                                                      "pair that is not a piece?), and which of them merges first?"),
-    case("lower tokenizer", label="'lower tokenizer'", hint=BEST_FIRST),
+    case("understanding tokenization", label="'understanding tokenization'", hint=BEST_FIRST),
     case("Mistral 7B est un modèle de langage.", label="French with a digit and an accent", hint=NOT_A_PIECE),
     case("def f(x):\n    return x ** 2\n", label="Python, indented with four spaces", hint=WHITESPACE),
     case("  two leading spaces", label="'  two leading spaces'", hint=WHITESPACE),
@@ -443,19 +443,21 @@ plt.show()
 
 # %% [markdown]
 # The same message costs 1.7 times as many tokens in Chinese as in English here, 1.5 times in German, 1.9 in
-# French and 2.0 in Russian: a 4,096-token window holds 91 copies of the Russian message against 186 of the
-# English one: half as much meaning per window, and per message twice the KV cache and twice any per-token price.
-# Chinese, with the fewest characters (27), still fits fewer copies (107) than English. Per character
-# the picture is different (Chinese 1.41 tokens per character against 0.23 for English) but it compares
-# unequal things. Digits cost one token each, plus a lone `▁` before a number that follows a space (`▁`, `3`,
+# French and 2.05 in Russian (the bar rounds it to 2.0): a 4,096-token window holds 91 copies of the Russian
+# message against 186 of the English one: half as much meaning per window, and per message twice the KV cache
+# and twice any per-token price. Chinese, with the fewest characters (27), still fits fewer copies (107) than
+# English. Per character the picture is different (Chinese 1.41 tokens per character against 0.23 for English)
+# but it compares unequal things. Digits cost one token each, plus a lone `▁` before a number that follows a space (`▁`, `3`,
 # `.`, `1`, `4`, ...: no piece glues `▁` to a digit), and each character outside the vocabulary costs one byte
 # token per UTF-8 byte: four for 🦙, three for ☕.
 #
 # On the right, what the merges are: training glues the most frequent pairs first, and those are short
 # (`▁t`, `in`, `er`: the first 1,000 merges average 3.3 characters); whole words come later, as merges of
-# merges (the last 1,000 average 6.0). After about id 10,000 the curve rises much more slowly: the mean length of
-# a block of 1,000 merges goes from 5.5 to about 6.1 characters. Past that, a new merge is mostly another whole
-# word of ordinary length, not a longer one. (The last point averages only the final 446 merges.)
+# merges (the last 1,000 average 6.0). The curve bends at about id 4,000 to 5,000: the mean length of a block of
+# 1,000 merges climbs from 3.3 characters (ids 259 to 1,258) to 5.0 (the block from id 4,259) in the first 4,000
+# merges, then only to about 6.1 (the blocks from id 25,259) over the next 21,000. Past the bend, a new merge is
+# mostly another whole word of ordinary length, not a longer one. (The last point averages only the final 446
+# merges.)
 
 # %% [markdown]
 # ## Training a small tokenizer with Mistral's options
@@ -648,9 +650,7 @@ _ = check_function(
 # Write `byte_fallback_cost(text)`: how many of the tokens `encode` gives `text` are byte pieces, **without
 # encoding it**. You may look pieces up with `tok.piece_to_id` (it returns `tok.unk_id` for a piece the
 # vocabulary lacks), but not call `tok.encode`, sentencepiece's encoder or the scores (no merging: the check
-# watches). Use what this
-# notebook showed: which characters fall back to bytes, how many pieces one such character becomes, and how a
-# space is written inside pieces.
+# watches). Everything you need was shown earlier in this notebook.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_3_byte_fallback_cost-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def byte_fallback_cost(text: str) -> int:
@@ -675,8 +675,9 @@ _ = check_function(
             "sentencepiece.SentencePieceProcessor.EncodeAsPieces",
             "sentencepiece.SentencePieceProcessor.encode_as_pieces", "sentencepiece.SentencePieceProcessor.get_score",
             "sentencepiece.SentencePieceProcessor.GetScore"],
-    hint="which characters become byte pieces, and how many pieces does one of them become? Count bytes, not "
-         "characters; and mind how a space looks inside the vocabulary")
+    hint="which characters become byte pieces? How many pieces did 🦙 become near the top of this notebook, what "
+         "set that number, and would ☕ cost the same? Is every character of your text, as encode sees it, one "
+         "the vocabulary can look up?")
 
 # %% [markdown]
 # ## Exercise 01.4: decode from scratch
@@ -731,7 +732,7 @@ _ = check_function(
 #   merged, and the 15 whitespace pieces score $-10^9$); your `bpe_encode` gives the same ids as
 #   sentencepiece, and `mm.Tokenizer` gives the same ids as Mistral's `mistral-common`.
 # - Prompts start with BOS (id 1); EOS (id 2) ends a document and stops generation.
-# - The same two sentences cost 22 tokens in English, 1.5 to 2.0 times as many in the other languages
+# - The same two sentences cost 22 tokens in English, 1.5 to 2.05 times as many in the other languages
 #   (38 in Chinese: 1.7x); per character the comparison misleads. Digits are one token each and an emoji
 #   outside the vocabulary one per UTF-8 byte (🦙 four, ☕ three).
 # - The running example, `"And God said, Let there be light: and there was light."`, is 14 pieces in both
