@@ -143,8 +143,8 @@ for x, y in [("▁be", "▁was"), ("<s>", "."), (",", "▁and"), ("▁And", "▁
 # %% [markdown]
 # The rows of `▁there` and of `▁light` appear twice, identical: a lookup knows nothing about where a
 # token stands (position comes in notebook 03). Most pairs of different tokens are nearly orthogonal
-# (cosine near 0, the white background), the normal state of vectors in 256 dimensions. Two pairs stand
-# out in red: `▁be` and `▁was` (two forms of one verb), and `<s>` and `.` (the start of a text and the end of a
+# (cosine near 0, the white background), the normal state of vectors in 256 dimensions. The two reddest
+# pairs: `▁be` and `▁was` (two forms of one verb), and `<s>` and `.` (the start of a text and the end of a
 # sentence: after either, a new sentence begins). The one clearly negative pair (blue) is `,` against `▁and`.
 # And `▁And` is nearly orthogonal to `▁and`:
 # the same word, capitalised, is not always a neighbour (the neighbours below say why).
@@ -322,8 +322,9 @@ print(f"torch.nn.RMSNorm in bf16: {int(differ.sum())} of {differ.numel()} entrie
 #
 # **1. fp16 overflows.** A residual-stream entry of 256 has a square of 65,536: infinity in fp16. One such
 # entry makes the mean infinite, $1/\sqrt{\infty} = 0$, and the whole vector is normalised to zeros.
-# Large activations are not exotic: trained LLMs have a few residual dimensions with values in the
-# hundreds or thousands (Sun et al., 2024, *Massive activations in large language models*).
+# Large activations are not exotic: in trained LLMs, very few activations are far larger than all the others
+# (100,000 times larger is the example in the abstract of Sun et al., 2024, *Massive activations in large
+# language models*).
 
 # %%
 print("fp16 max:", torch.finfo(torch.float16).max, "  256.0**2 in fp16:", (torch.tensor(256.0, dtype=torch.float16) ** 2).item())
@@ -453,7 +454,7 @@ for i, n in enumerate(norm_names):
     pos, d = divmod(int(seen[n][0].abs().argmax()), seen[n].shape[-1])
     print(f"{n:<24} {peak[i]:>15.1f}  {d:>6}  {kjv.id_to_piece(text_ids[pos]):<10} {typical[i]:>6.2f} "
           f"{peak[i] / typical[i]:>12.1f}   {gains[i].min():.2f}..{gains[i].max():.2f}")
-print(f"the first block makes the stream {typical[2] / typical[1]:.0f} times larger (in RMS); "
+print(f"the first block makes the stream {typical[2] / typical[0]:.0f} times larger (in RMS); "
       f"largest entry anywhere: {peak.max():.1f}, its square {peak.max() ** 2:,.0f} (fp16's largest number: 65,504)")
 mid = seen["layers.2.attention_norm"][0]  # (512, 256): the stream halfway up
 stops = torch.tensor([kjv.id_to_piece(i) == "." for i in text_ids])  # (512,): the full stops
@@ -491,14 +492,15 @@ plt.show()
 
 # %% [markdown]
 # The embedding rows are small (the inputs of layer 0's norms have an RMS of 0.05 to 0.06), and the first block
-# makes the stream 65 times larger: every later norm sees an RMS of about 4 to 5 and a largest entry of 36 to
+# makes the stream about 80 times larger: every later norm sees an RMS of about 4 to 5 and a largest entry of 36 to
 # 39. That largest entry sits in one dimension, 214, at every later norm, and at punctuation: halfway up, dimension
 # 214 holds −28 to −38 at every full stop, against about 5 on average at other tokens. This is, in
-# miniature, what Sun et al. call *massive activations*: in LLaMA2-7B they sit in two fixed dimensions, at the
-# start token and the first full stop or newline, some 100,000 times larger than typical entries. In this 4-layer
+# miniature, what Sun et al. call *massive activations*: their abstract reports, across LLMs, very few
+# activations far larger than the others (its example: 100,000 times larger), with values that stay largely
+# constant whatever the input. In this 4-layer
 # model they are mild (other dimensions reach 33 at some tokens), and the largest square, about 1,500, is more
-# than 40 times below fp16's limit: this model would survive fp16 norms without the upcast. The 7B-scale models
-# whose outliers reach the thousands would not, and a kernel cannot know in advance which model it runs: the
+# than 40 times below fp16's limit: this model would survive fp16 norms without the upcast. A model with an entry
+# above 256 would not, and a kernel cannot know in advance which model it runs: the
 # upcast is the safe default. The gains stay between 0.44 and 1.61 and are applied after the float32 step, so
 # they cannot cause that overflow; they only scale the output, after its rounding to bf16.
 
@@ -570,7 +572,8 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
 # shape as `x`, `(..., dim)`). Return $\partial L/\partial \mathbf{x}$ in `x`'s shape and dtype, computed like
 # the forward: in float32 at least, cast back at the end (the check includes bf16 and fp16 inputs), without autograd
 # in either direction (the check refuses autograd however it is reached: `backward`, `torch.autograd.grad`,
-# `torch.func`, forward mode, a backward kernel called directly): differentiate by hand. Careful:
+# `torch.func`, forward mode, a backward kernel called directly): differentiate by hand, not numerically (one
+# case has 262,144 entries, where a finite difference per entry means half a million forward passes). Careful:
 # $r$ depends on **every** entry of $\mathbf{x}$. Then look at what your formula gives for the zero vector, and
 # what part of it is orthogonal to $\mathbf{x}$.
 
@@ -607,6 +610,8 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
          label="bf16 in, bf16 out"),
     case(torch.randn(2, 64, generator=gen).half() * 300, torch.randn(2, 64, generator=gen).half(), 1e-5,
          label="fp16 entries about 300: their squares overflow fp16"),
+    case(torch.randn(4096, 64, generator=gen), torch.randn(4096, 64, generator=gen), 1e-5,
+         label="4,096 rows of 64: 262,144 entries"),
 ], forbid=[AUTOGRAD],  # autograd however it is reached: backward, torch.func, forward mode, aten kernels
    diagnose=references.rms_norm_grad_diagnosis,  # on a wrong value: which part of it looks wrong, in words
    hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "

@@ -339,9 +339,9 @@ plt.show()
 # Because $h_{d/2} = 0$, the maximum includes $|h_{d/2-1}|$, the size of the last pair's product: the bound is
 # never 0 for a nonzero score. The first factor depends on the vectors, the second only on the distance, and the
 # paper plots that second factor as the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$. It falls over the first
-# hundred tokens or so, to about a third of its value at 0, and then stops falling: past 100 tokens it swings
-# between about 7 % and 36 % of that value, and its peaks past 1,000 tokens are as high as those just past 100
-# (printed below). "Long-term decay" is that first fall of a bound. The figure keeps the two kinds of curve apart:
+# hundred tokens or so, to about a third of its value at 0, and then its peaks stop falling: past 100 tokens it
+# swings between about 7 % and 36 % of that value, its peaks past 1,000 tokens are as high as those just past 100,
+# and only its troughs keep sinking slowly (to 12 % by 1,000 tokens, 7 % by 4,096; printed below). "Long-term decay" is that first fall of a bound. The figure keeps the two kinds of curve apart:
 #
 # - **left, the paper's relative bound**, divided by its value at distance 0 (32.5) so that it starts at 1. For
 #   a given pair of vectors, the bound on $|\text{score}(r)|$ is this curve times a constant fixed by the vectors
@@ -549,7 +549,8 @@ plt.show()
 # %% [markdown]
 # Left, the bound for the tiny model's 32-dimensional heads: after the first 16 tokens it stops falling and
 # stays between about a quarter and 60 % of its value at 0: at 64 and 127 tokens it still allows 40 to 50 %
-# of what it allows an adjacent key. Right, what training did with that freedom. In layers 1 to 3 the mean
+# of what it allows an adjacent key. Right, what training did with that freedom (a different quantity: the left
+# panel bounds the size of a score, the right one shows attention weights after the softmax). In layers 1 to 3 the mean
 # weight falls from 0.10-0.22 on the previous token (distance 1) to 0.0008-0.0016 at 64 tokens back, a factor
 # of 60 to 270 (printed at the end of each row) and far below an even spread: these heads look mostly at the last few tokens. Layer 0's heads do
 # the opposite: past 16 tokens they give every key about the even share, and 59 to 73 % of each head's
@@ -645,8 +646,8 @@ _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, p
 # `(T, D/2)`, the way Mistral's code does: read each pair of `x` as one complex number (without copying the
 # numbers one by one), multiply it by $e^{\mathrm{i}\alpha}$ built from `angles`, and turn the products back into
 # interleaved real pairs. `my_rope_interleaved` above did it with real arithmetic; here the check does not allow
-# torch's or NumPy's `cos` and `sin`: write the rotation as a complex product. Finding PyTorch's functions for the
-# three steps is part of the exercise (the check's hint names them if you get stuck). (The check cannot stop you
+# the `cos` and `sin` of torch, NumPy or Python's `math`: write the rotation as a complex product. Finding
+# PyTorch's functions for the three steps is part of the exercise (the check's hint asks what each one must do). (The check cannot stop you
 # reading cos and sin off a complex number, but that is the real arithmetic again.) Return the same shape and
 # dtype as `x`. In bf16 the check wants Mistral's result bit for
 # bit: work out in which dtype the rotation must meet `x`, and when to round. The capstone at the end of notebook 10 builds a model
@@ -683,10 +684,12 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
 ], forbid=["minimistral.rope.apply_rope_complex", "minimistral.rope.apply_rope_interleaved_real",
            "minimistral.rope.apply_rope_rotate_half", "torch.cos", "torch.sin", "torch.Tensor.cos", "torch.Tensor.sin",
            "torch.Tensor.cos_", "torch.Tensor.sin_", "torch.cos_", "torch.sin_", "torch.ops.aten.cos",
-           "torch.ops.aten.sin", "torch.ops.aten.cos.default", "torch.ops.aten.sin.default", "numpy.cos", "numpy.sin"],
+           "torch.ops.aten.sin", "torch.ops.aten.cos.default", "torch.ops.aten.sin.default", "numpy.cos", "numpy.sin",
+           "math.cos", "math.sin"],
    hint="pair (x[2i], x[2i+1]) at position t turns by angles[t, i], the same for every batch entry and head; "
-        "the output keeps the pairs interleaved, and x's dtype. The three steps: torch.view_as_complex, "
-        "torch.polar, torch.view_as_real. If only the far bf16 case fails: how far apart "
+        "the output keeps the pairs interleaved, and x's dtype. Which torch function reads a (..., 2) float "
+        "tensor as complex numbers without copying, which one builds r·e^(iα) from r and α, and which one turns "
+        "complex numbers back into (..., 2) pairs? If only the far bf16 case fails: how far apart "
         "are neighbouring bf16 numbers near 4,000, and what does that do to a sine?")
 
 # %% [markdown]
@@ -733,10 +736,10 @@ _ = check_function("03.3 first_slow_pair", first_slow_pair, references.slow_pair
 # - In the trained model, RoPE is what lets attention tell the running example's two `light`s (and two `there`s)
 #   apart: in layer 0, head 3 the copies get attention weights differing by a factor of about 1.5 to 1.7.
 # - "Long-term decay" is the RoPE paper's upper bound on the score: it falls over the first hundred tokens, then
-#   only oscillates (between about 7 % and 36 % of its value at 0, out to 4,096). Aligned queries and keys score
-#   less on average as they move apart; independent random ones score 0 on average at every distance. The tiny
-#   model's trained heads go well beyond the bound, both ways: layers 1 to 3 look mostly at the last few tokens,
-#   layer 0 spreads evenly over its window.
+#   oscillates (between about 7 % and 36 % of its value at 0, out to 4,096) with peaks that no longer fall.
+#   Aligned queries and keys score less on average as they move apart; independent random ones score 0 on average at every distance. The bound
+#   allows both local and spread-out attention, and the tiny model's trained heads use both: layers 1 to 3 look
+#   mostly at the last few tokens, layer 0 spreads evenly over its window.
 # - Mistral rotates interleaved pairs $(x_{2i}, x_{2i+1})$ as complex numbers; Hugging Face rotates
 #   $(x_i, x_{i+64})$ ("rotate-half") and compensates by permuting the rows of `wq` and `wk` per head.
 #   Both give identical scores; the library's loader handles the permutation.
