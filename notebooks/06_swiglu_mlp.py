@@ -406,7 +406,10 @@ axes[0].hist(all_a, bins=120, range=(-7, 7), color="tab:blue", alpha=0.6, densit
 ax_r = axes[0].twinx()
 grid_a = torch.linspace(-7, 7, 281)
 ax_r.plot(grid_a, silu(grid_a), color="black", lw=1.5, label="SiLU(a)")
+ax_r.axhline(0, color="grey", lw=0.6)
+ax_r.set_ylim(-0.5, 2.0)  # cut SiLU's rise off at 2 so its dip (down to -0.28) stays visible
 ax_r.set_ylabel("SiLU(a)")
+axes[0].axvspan(-4, 0, color="tab:orange", alpha=0.12, lw=0, label="SiLU's dip, -4 < a < 0")
 ax_r.spines["right"].set_visible(True)
 axes[0].set_xlabel("gate input a")
 axes[0].set_ylabel("density")
@@ -424,7 +427,7 @@ axes[1].set_yticks([])
 axes[1].set_title(f"layer {layer}: gate SiLU(a) of 40 randomly chosen units, per token "
                   "(pale blue: in the dip, red: open)", fontsize=10)
 cbar = fig.colorbar(im, ax=axes[1], fraction=0.03, label="SiLU(a)", ticks=[-1, -0.28, 0, 1, 2, 3])
-cbar.ax.set_yticklabels(["-1", "-0.28 (SiLU's minimum)", "0", "1", "2", "3"])
+cbar.ax.set_yticklabels(["-1", "-0.28 (min)", "0", "1", "2", "3"])
 plt.tight_layout()
 plt.show()
 shown = g3[:, units]
@@ -444,10 +447,10 @@ for n, a_ in gate_in.items():
 # Three things to read off:
 #
 # - Most gate inputs are **negative**, and almost all of those sit in SiLU's dip between −4 and 0, not far out
-#   where SiLU is flat at zero. So most units pass a small, *negative* multiple of their value (the dip is
+#   where SiLU is close to zero (above −0.08). So most units pass a small, *negative* multiple of their value (the dip is
 #   down to −0.28): the trained model does use the part of the curve where SiLU differs from ReLU.
 # - A minority of the gates is wide open (SiLU > 1) for a given token: 12% in layer 0, 4% to 9% in the layers
-#   above (the table; the 40 random units in the heatmap agree), and *which* ones changes from token to token: each token switches on its own small set of units.
+#   above (the table; the 40 random units in the heatmap agree), and *which* ones changes from token to token: apart from a handful of units open for most tokens, each token switches on its own small set.
 # - The same word gives similar gate patterns where it recurs: cosine similarity 0.85 to 0.98 between the two
 #   "light"s, 0.64 to 0.89 between the two "there"s, against about 0.1 between "light" and "there". The two
 #   "there"s drift further apart from layer 1 on: attention has mixed in their different contexts ("Let there
@@ -500,8 +503,9 @@ for name, fn in ablations.items():
 # - GELU, the curve of the same kind with a shallower dip, costs 0.025: close, but not free. The weights were
 #   tuned to SiLU's exact shape.
 # - Without the gate (every gate 1, so each unit passes its value unscaled) the model is far worse than a uniform
-#   guess over 4,096 pieces (8.3 nats): the gates, mostly small numbers in the dip, are what keep the MLP's output
-#   at the scale the rest of the network expects.
+#   guess over 4,096 pieces (8.3 nats): without the gate every unit passes its value, so each MLP writes the
+#   wrong content into the stream, and the error compounds over the four layers. The gate selects *which*
+#   values pass.
 #
 # These swaps keep weights trained with SiLU, so they measure how much *this* model relies on the curve, not
 # whether a model trained from scratch with ReLU would end up worse (Shazeer's question in section 2, answered by
@@ -557,10 +561,10 @@ _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
 # a multiple of `multiple_of`. Mistral 7B's 14,336 is what $m = 1.3$ gives (section 4), but 1.3 is not the only
 # multiplier that gives it. Write `my_multiplier_range(dim, multiple_of, hidden)`: with $m$ counted in
 # **billionths**, $m = k / 10^9$, the smallest and the largest $k$ with $m \ge 1$ for which the rule gives exactly
-# `hidden`, as a tuple `(k_min, k_max)` of ints, or `None` when no such $k$ exists. There are hundreds of millions
-# of candidates: trying them one by one would take minutes per case. Undo the rule on paper instead, one step at
-# a time, each step an inequality, and compute the ends in integers (a float holds about 16 digits; a case of the
-# check needs more). Then read off how much freedom a published width leaves about the multiplier behind it.
+# `hidden`, as a tuple `(k_min, k_max)` of ints, or `None` when no such $k$ exists. There are billions
+# of candidates (a check case has $k$ near $3.1 \cdot 10^9$): trying them one by one would take minutes per case. Undo the rule on paper instead, one step at
+# a time, each step an inequality, and compute the ends in integers (a float holds about 16 digits; two cases of
+# the check need more, one at each end). Then read off how much freedom a published width leaves about the multiplier behind it.
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_2_multiplier_range-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_multiplier_range(dim, multiple_of, hidden):
@@ -591,6 +595,8 @@ _ = check_function("06.2 multiplier_range", my_multiplier_range, references.mult
     case(4096, 256, 32768, label="hidden 32,768: a multiplier near 3"),
     case(60_000_005, 1, 250_092_328, label="dim 60,000,005, multiple_of 1: the lower end needs more digits than "
                                            "a float holds"),
+    case(60_000_005, 1, 250_092_327, label="dim 60,000,005, multiple_of 1, hidden 250,092,327: the upper end needs "
+                                           "more digits than a float holds"),
 ], forbid=["minimistral.labs.references.llama2_hidden_dim", "minimistral.labs.references.multiplier_range_by_search"],
    hint="undo the rule one step at a time, the last step first: which values of floor(m n) round up to hidden, "
         "and which k give each of those? At each end, is the bound itself allowed?")
@@ -620,6 +626,9 @@ except NotImplementedError:
 # multiple of `multiple_of`, so "more than" where "at least" is meant fails on them; the 0.8 case also catches a
 # closed form solved in floats, which lands one unit above it. Work it out on paper first: what
 # inequality must `hidden_dim` satisfy, and can you solve it without leaving exact arithmetic (`fractions`)?
+# The check refuses the library's counting (`ModelArgs.num_params`, `params_by_component`, `weight_bytes`, and
+# building a `Transformer` or `TransformerBlock`), as notebook 00 does: a search over the library's counts
+# would pass without the inequality.
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_hidden_for_share(args, share, multiple_of=256):
@@ -639,7 +648,12 @@ _share_cases = [(mm.ModelArgs.mistral_7b(), 0.75, 256), (mm.ModelArgs.mistral_7b
                               vocab_size=131072), 0.85, 128),
                 (mm.ModelArgs.tiny(), 0.75, 2),  # MLP = 3 x (the rest) exactly at hidden 642, a multiple of 2
                 (mm.ModelArgs.tiny(dim=64, n_heads=8, n_kv_heads=2, head_dim=32), 0.8, 1)]  # 4/5 exactly at 856
+# the library's counts, and building its model to count it (notebook 00's list)
+LIBRARY_COUNTING = ["minimistral.config.ModelArgs.num_params", "minimistral.config.ModelArgs.params_by_component",
+                    "minimistral.config.ModelArgs.weight_bytes", "minimistral.model.Transformer.__init__",
+                    "minimistral.model.TransformerBlock.__init__"]
 _ = check_function("06.3 hidden_for_share", my_hidden_for_share, references.hidden_for_share_by_search, cases=_share_cases,
+                   forbid=LIBRARY_COUNTING,
                    labels=["Mistral 7B's shapes, share 0.75, multiples of 256", "Mistral 7B's shapes, share 0.9, multiples of 256",
                            "tiny preset with 1 K/V head of 48 (head_dim != dim // n_heads), share 0.7, multiple_of=1",
                            "ModelArgs.tiny(): dim 256, 8 query and 2 K/V heads of 32, share 0.6, multiple_of=1: the share "

@@ -150,3 +150,47 @@ def test_max_batch_is_the_largest_batch_whose_bill_transformers_counts_fits(para
     assert bill(b + 1) > gpu_bytes
     assert b == 0 or bill(b) <= gpu_bytes
     assert references.max_batch_by_search(params, bill(b + 1), seq_len, bytes_per_number) == b + 1  # the edge
+
+
+def _hf_on_meta(cls, **config):
+    import transformers as tf
+    cfg = getattr(tf, cls.replace("ForCausalLM", "Config"))(**config)
+    with torch.device("meta"):
+        return getattr(tf, cls)(cfg)
+
+
+_SHAPES = [dict(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8, vocab_size=32000),
+           dict(dim=96, n_layers=3, head_dim=40, hidden_dim=200, n_heads=6, n_kv_heads=3, vocab_size=500),
+           dict(dim=640, n_layers=18, head_dim=256, hidden_dim=2048, n_heads=4, n_kv_heads=1, vocab_size=262144)]
+
+
+def _hf_config(s, **extra):
+    return dict(vocab_size=s["vocab_size"], hidden_size=s["dim"], intermediate_size=s["hidden_dim"],
+                num_hidden_layers=s["n_layers"], num_attention_heads=s["n_heads"], num_key_value_heads=s["n_kv_heads"],
+                head_dim=s["head_dim"], **extra)
+
+
+@pytest.mark.parametrize("shape", _SHAPES)
+@pytest.mark.parametrize("n_experts,top_k", [(8, 2), (4, 1), (1, 1)])
+def test_moe_params_by_counting_is_transformers_mixtral(shape, n_experts, top_k):
+    import minimistral as mm
+    hf = _hf_on_meta("MixtralForCausalLM", **_hf_config(shape, num_local_experts=n_experts,
+                                                           num_experts_per_tok=top_k, tie_word_embeddings=False))
+    total = sum(p.numel() for p in hf.parameters())
+    experts = sum(p.numel() for n, p in hf.named_parameters() if ".experts." in n or n.endswith(".experts"))
+    assert experts and experts % n_experts == 0
+    active = total - experts // n_experts * (n_experts - top_k)
+    assert references.moe_params_by_counting(mm.ModelArgs(**shape), n_experts, top_k) == (total, active)
+
+
+@pytest.mark.parametrize("shape", _SHAPES)
+@pytest.mark.parametrize("tied", [False, True])
+def test_training_bytes_by_counting_walks_transformers_mistral_shapes(shape, tied):
+    import minimistral as mm
+    hf = _hf_on_meta("MistralForCausalLM", **_hf_config(shape, tie_word_embeddings=tied))
+    params = list(hf.parameters())  # a tied head is one tensor, listed once
+    n = sum(p.numel() for p in params)
+    factored = sum(sum(p.shape) if p.dim() == 2 else p.numel() for p in params)  # Adafactor: rows + columns
+    args = mm.ModelArgs(**shape)
+    assert references.training_bytes_by_counting(args, tied, "adamw") == 16 * n
+    assert references.training_bytes_by_counting(args, tied, "adafactor") == 8 * n + 4 * factored

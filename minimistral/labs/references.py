@@ -226,3 +226,70 @@ def slot_positions(positions: torch.Tensor, window: int) -> torch.Tensor:
         for q in range(max(0, p - window + 1), p + 1):  # earlier tokens were all overwritten by these
             out[row, q % window] = q
     return out
+
+
+# ---- 07.1 to 07.3: the full model ----------------------------------------------------------------------------
+class ParallelBlock(torch.nn.Module):
+    """07.1: a parallel block (GPT-NeoX's wiring) over the same modules as a library TransformerBlock: both
+    branches read the block's input x, each through its own norm."""
+
+    def __init__(self, b):
+        super().__init__()
+        self.attention_norm, self.attention, self.ffn_norm, self.feed_forward = \
+            b.attention_norm, b.attention, b.ffn_norm, b.feed_forward
+
+    def forward(self, x, angles, mask, positions):
+        return x + self.attention(self.attention_norm(x), angles, mask, positions, positions) \
+            + self.feed_forward(self.ffn_norm(x))
+
+
+def captured_branches(b, x, angles, mask, positions, parallel=False):
+    """07.1: what a block adds, (attn_out, mlp_out): the outputs of its attention and MLP modules, caught by
+    forward hooks while the library's block (or ParallelBlock over its modules) runs."""
+    seen = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(out)) for m in (b.attention, b.feed_forward)]
+    try:
+        if parallel:
+            ParallelBlock(b)(x, angles, mask, positions)
+        else:
+            b(x, angles, mask, positions, positions)
+    finally:
+        for h in hooks:
+            h.remove()
+    return tuple(seen)
+
+
+def moe_params_by_counting(args, n_experts: int, top_k: int) -> tuple:
+    """07.2: (total, active) parameters of a mixture-of-experts model with args' shapes, counted on the library's
+    modules built on the meta device: one block's attention and norms, its MLP as one expert, a bias-free router
+    (dim -> n_experts, counted as active), the embeddings, the final norm and the head."""
+    from ..model import Transformer
+    with torch.device("meta"):
+        model = Transformer(args.replace(n_layers=1))
+        router = torch.nn.Linear(args.dim, n_experts, bias=False)
+    block = model.layers[0]
+    numel = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    shared = numel(block) - numel(block.feed_forward) + numel(router)
+    outside = numel(model) - numel(block)
+    expert = numel(block.feed_forward)
+    return (args.n_layers * (shared + n_experts * expert) + outside,
+            args.n_layers * (shared + top_k * expert) + outside)
+
+
+def training_bytes_by_counting(args, tied: bool, optimizer: str = "adamw") -> int:
+    """07.3: bytes of float32 weights, gradients and optimizer state (AdamW: two moments; Adafactor without
+    momentum: row + column averages for a matrix, a full second moment for a vector), walking the parameters of
+    the library's model built on the meta device (the head skipped when tied)."""
+    from ..model import Transformer
+    with torch.device("meta"):
+        model = Transformer(args)
+    total = 0
+    for name, p in model.named_parameters():
+        if tied and name == "output.weight":
+            continue
+        if optimizer == "adamw":
+            state = 2 * p.numel()
+        else:
+            state = sum(p.shape) if p.dim() == 2 else p.numel()
+        total += 4 * (2 * p.numel() + state)
+    return total
