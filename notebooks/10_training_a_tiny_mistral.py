@@ -424,7 +424,7 @@ live["eval"].insert(0, (0, evaluate(start, heldout_ids, live_cfg.seq_len, max_to
 # NBVAL_IGNORE_OUTPUT
 plt.figure(figsize=(6, 3))
 plt.plot(live["loss"], label="training batch loss")
-plt.plot(*zip(*live["eval"]), "o-", label="held-out loss")
+plt.plot(*zip(*live["eval"]), "o", label="held-out loss (measured at these steps only)")
 plt.axhline(math.log(tok.vocab_size), color="gray", ls="--", lw=1, label="uniform guess, ln V")
 plt.xlabel("step")
 plt.ylabel("loss (nats per token)")
@@ -582,7 +582,7 @@ plt.plot(context, per_pos, alpha=0.3, label="each position")
 plt.errorbar([math.sqrt(lo * hi) for lo, hi in bins], binned, yerr=stderr, fmt="o-", capsize=3,
              label="mean over a bin, ± standard error")
 plt.axhline(math.log(ppl(interpolated(best_lam), heldout_ids)), color="gray", ls="--", lw=1,
-            label="interpolated bigram")
+            label="interpolated bigram, all held-out chapters")
 plt.axvline(tiny.args.sliding_window, color="red", ls=":", lw=1, label="sliding window (128)")
 plt.xscale("log")
 plt.xlabel("tokens of context (position + 1)")
