@@ -168,7 +168,8 @@ print("y[0, :8] ", [tok.id_to_piece(i) for i in y[0, :8]])
 #
 # A freshly initialised model spreads its probability almost evenly over the $V = 4096$ pieces, so its
 # loss starts near $\ln 4096 \approx 8.32$ nats. **Perplexity** is $e^{\mathcal{L}}$: the number of
-# pieces the model is "choosing among"; about 4096 before training.
+# pieces the model is "choosing among"; about 4096 (V) or a little above before training, since random logits
+# are not exactly flat.
 #
 # Our live model is a small Mistral: 2 layers, width 128, 4 query heads sharing 1 key/value head
 # (GQA 4:1), a sliding window of 64 inside a training context of 128.
@@ -213,8 +214,9 @@ plt.show()
 # ### Exercise 10.1: warmup, stable, decay
 #
 # A cosine needs the run's length from the start, so a run that goes well cannot simply be extended. Many recent
-# runs use **warmup-stable-decay** (WSD; MiniCPM, Hu et al. 2024; Hägele et al. 2024) instead: the warmup, then
-# the peak rate held flat for as long as you like, then a short **linear** decay to the floor at the end. Write
+# runs use **warmup-stable-decay** (WSD) instead: the warmup, then the peak rate held flat for as long as you
+# like, then a short decay to the floor at the end. MiniCPM (Hu et al. 2024) decayed exponentially; Hägele et al.
+# (2024) showed that a short **linear** (or 1-sqrt) cooldown matches a cosine, and linear is the one we use. Write
 # `my_lr_at(step, cfg, decay)` for steps `0 ... cfg.steps - 1`:
 #
 # - the warmup is the one in the figure: its steps climb in equal steps, never 0, to `cfg.lr` at step
@@ -422,7 +424,7 @@ live["eval"].insert(0, (0, evaluate(start, heldout_ids, live_cfg.seq_len, max_to
 # NBVAL_IGNORE_OUTPUT
 plt.figure(figsize=(6, 3))
 plt.plot(live["loss"], label="training batch loss")
-plt.plot(*zip(*live["eval"]), "o-", label="held-out loss")
+plt.plot(*zip(*live["eval"]), "o", label="held-out loss (measured at these steps only)")
 plt.axhline(math.log(tok.vocab_size), color="gray", ls="--", lw=1, label="uniform guess, ln V")
 plt.xlabel("step")
 plt.ylabel("loss (nats per token)")
@@ -550,8 +552,8 @@ print("interpolated bigram, 8,192-token slices of the held-out chapters in order
 # tokens. It was trained with a **sliding window of 128**: past position 127 no query *sees* more than 128 keys.
 # That does not cap what it can *use*: as notebook 05 showed, each layer passes information up to 127 positions
 # further back, so after 4 layers the last position can draw on $4 \times 127 = 508$ tokens, more than the
-# whole 256-token window. Past 128 the curve can still fall, but only through that indirect route, and how
-# much it falls there measures how much the model uses it. We average over every window of 256 in the
+# whole 256-token sequence. Past 128 the curve can still fall, but only through that indirect route, and how
+# much it falls there measures how much the model uses it. We average over every sequence of 256 in the
 # held-out chapters.
 
 # %%
@@ -580,7 +582,7 @@ plt.plot(context, per_pos, alpha=0.3, label="each position")
 plt.errorbar([math.sqrt(lo * hi) for lo, hi in bins], binned, yerr=stderr, fmt="o-", capsize=3,
              label="mean over a bin, ± standard error")
 plt.axhline(math.log(ppl(interpolated(best_lam), heldout_ids)), color="gray", ls="--", lw=1,
-            label="interpolated bigram")
+            label="interpolated bigram, all held-out chapters")
 plt.axvline(tiny.args.sliding_window, color="red", ls=":", lw=1, label="sliding window (128)")
 plt.xscale("log")
 plt.xlabel("tokens of context (position + 1)")
@@ -695,19 +697,24 @@ from minimistral.labs import references
 
 g = torch.Generator().manual_seed(0)
 _ = check_function("10.3 trigram_ppl", my_trigram_ppl, references.trigram_add_one_ppl,
-               cases=[(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0]), 2),
-                      (torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.tensor([1, 2, 0, 2, 1]), 3),
-                      (torch.randint(0, 20, (400,), generator=g), torch.randint(0, 20, (80,), generator=g), 20),
-                      (train_ids[:20000], heldout_ids[:2000], tok.vocab_size),
-                      (torch.tensor([5, 1500, 7, 6, 500, 7, 5, 1500, 9]), torch.tensor([6, 500, 9, 5, 1500, 7]), 4096),
-                      (torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.tensor([0, 0, 5, 1, 2]), 6)],
-               labels=["a pair that ends the training text", "triples seen and never seen", "400 random tokens over 20",
-                       "20,000 training tokens of the book, 2,000 held-out ones",
-                       "keys that collide unless their base is V (ids above 1,000, V = 4,096)",
-                       "held-out ids up to 5, training ids only up to 2, V = 6"],
-               hint="which pairs may count as a context, given that the last pair of the training text has nothing "
-                    "after it? Give every triple and every pair one integer key (two different "
-                    "triples must never share a key), then count matching keys",
+               cases=[case(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0]), 2, label="a short training text",
+                           hint="which pairs may count as a context, given that the last pair of the training text "
+                                "has nothing after it?"),
+                      case(torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.tensor([1, 2, 0, 2, 1]), 3,
+                           label="triples seen and never seen"),
+                      case(torch.randint(0, 20, (400,), generator=g), torch.randint(0, 20, (80,), generator=g), 20,
+                           label="400 random tokens over 20"),
+                      case(train_ids[:20000], heldout_ids[:2000], tok.vocab_size,
+                           label="20,000 training tokens of the book, 2,000 held-out ones"),
+                      case(torch.tensor([5, 1500, 7, 6, 500, 7, 5, 1500, 9]), torch.tensor([6, 500, 9, 5, 1500, 7]),
+                           4096, label="ids above 1,000, V = 4,096",
+                           hint="two different triples (or pairs) must never share a key: what base makes that sure?"),
+                      case(torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]), torch.tensor([0, 0, 5, 1, 2]), 6,
+                           label="held-out ids up to 5, training ids only up to 2, V = 6",
+                           hint="two different triples (or pairs) must never share a key, whichever text they "
+                                "come from: what base makes that sure?")],
+               hint="count n(a, b, c) and n(a, b) for the triples and pairs you need, each by one integer key, "
+                    "then check the formula term by term on a case small enough to count by hand",
                forbid=["minimistral.labs.references.trigram_add_one_ppl"], rtol=1e-6)
 
 # %%
@@ -723,9 +730,10 @@ except NotImplementedError:
 # every context $V = 4{,}096$ pseudo-counts, and two-token contexts are rare: the median context of these held-out
 # tokens occurs 56 times in the training text, and 93 % of them fewer than 4,096 times. So most of each context's
 # probability goes to triples never seen, more so than for the bigram, whose one-token contexts are seen far more
-# often. Smoothed fairly, mixing the trigram with the interpolated bigram (weights 0.5 and 0.9, picked by hand),
-# the counting model falls to a perplexity of about 36 on these tokens, against about 54 for the interpolated
-# bigram: the second token helps a counting model too, but far less than 256 tokens help the transformer.
+# often. Smoothing fairly is a follow-up for you: mix the trigram's counts with the interpolated bigram,
+# $p = w\,p_{ML}(c \mid a, b) + (1 - w)\,p_{\text{bigram}}(c \mid b)$, falling back to the bigram alone where
+# $n(a, b) = 0$, and choose $w$ on `tune_ids` as $k$ and $\lambda$ were. Does the second token then beat the
+# interpolated bigram's 54, and by as much as 256 tokens help the transformer?
 
 # %% [markdown]
 # ### Exercise 10.4 (the warm-up): perplexities that can be compared

@@ -171,7 +171,7 @@ ax1.set_xscale("log", base=2)
 ax1.set_xticks(ticks, [str(t) for t in ticks])
 ax1.set_xlabel("tokens multiplied together (M)")
 ax1.set_ylabel("microseconds per product")
-ax1.set_title("time: about flat (35-37 µs) up to M = 128", fontsize=10)
+ax1.set_title("time: about flat (34-38 µs) up to M = 128", fontsize=10)
 ax1.set_ylim(0, None)
 ax2.plot(m, [r["TFLOP_per_s"] for r in sweep], "o-", color="tab:orange", label="arithmetic, TFLOP/s")
 ax2.plot(m, [r["TB_per_s"] * 100 for r in sweep], "s--", color="tab:green", label="memory traffic, TB/s x 100")
@@ -189,7 +189,7 @@ for r in sweep:
         print(f"M = {r['tokens']:>4}: {r['us']:6.1f} µs, {r['TB_per_s']:.2f} TB/s, {r['TFLOP_per_s']:6.1f} TFLOP/s")
 
 # %% [markdown]
-# One token and 128 tokens cost about the same, ~35-37 µs: the product is limited by reading the 117 MB matrix
+# One token and 128 tokens cost about the same, ~34-38 µs: the product is limited by reading the 117 MB matrix
 # (about 3.3 TB/s here, 80% of the copy bandwidth). Past a few hundred tokens the time grows in proportion
 # to $M$, and the arithmetic rate settles near 780 TFLOP/s, the chip's real matrix throughput. That bend is
 # the ridge point, measured rather than read from a datasheet. This is also why **prefill** (all prompt
@@ -810,10 +810,12 @@ _h200 = run["copy_bandwidth_bytes_per_s"]
 _ = check_function(
     "12.1 decode_ceiling", my_decode_ceiling, _ceiling_reference,
     cases=[(args7b, 2, _h200, 1, 16), (args7b, 2, _h200, 1, 20_000), (args7b, 2, _h200, 32, 2_000),
-           (args7b, 1, _h200, 8, 8_000), (args7b.replace(sliding_window=None), 2, _h200, 16, 16_000)],
+           (args7b, 1, _h200, 8, 8_000), (args7b.replace(sliding_window=None), 2, _h200, 16, 16_000),
+           (mm.ModelArgs.course(), 4, 1e11, 3, 300)],
     labels=["Mistral 7B, bf16, 1 user, 16 tokens of context", "bf16, 1 user, 20,000 tokens of context",
             "bf16, 32 users with 2,000 tokens each", "int8 weights and cache, 8 users with 8,000 tokens each",
-            "the same model without a sliding window, bf16, 16 users with 16,000 tokens each"],
+            "the same model without a sliding window, bf16, 16 users with 16,000 tokens each",
+            "another shape: the course model (float32, window 128), 3 users with 300 tokens each, 100 GB/s"],
     hint="list the bytes one step reads: what is shared by the batch, what each sequence adds, and how many tokens "
          "a rolling buffer can hold; then how many tokens one step yields",
     forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.weight_bytes",
@@ -845,7 +847,9 @@ c_us = eager_p["wall_ms_per_step"] * 1e3 / eager_p["host_kernel_launches_per_ste
 launch_s = eager_p["host_kernel_launches_per_step"] * c_us * 1e-6  # CPU seconds per step, whatever the batch
 print(f"the eager teaching path as measured: {eager_p['host_kernel_launches_per_step']:,.0f} launches at {c_us:.0f} µs; "
       f"full windows (4,096 tokens each)")
-for batch in (1, 8, 32, 128, 256, 512):
+fits = int((141e9 - weight_bytes) // args7b.kv_cache_bytes(4096, rolling=True))  # H200: 141 GB, less the weights
+print(f"an H200 holds the weights and at most {fits} full caches")
+for batch in (1, 8, 32, 128, fits):
     read_s = (weight_bytes + args7b.kv_cache_bytes(4096, batch_size=batch, rolling=True)) / measured_bw
     eager_rate, graph_rate = batch / max(read_s, launch_s), batch / read_s  # graph: one launch, memory only
     print(f"  batch {batch:>3}: eager {eager_rate:6.0f} tokens/s, ceiling {graph_rate:6.0f}: "
@@ -855,15 +859,20 @@ for batch in (1, 8, 32, 128, 256, 512):
 # A model, not a measurement (it ignores the arithmetic, which past the ridge point of section 2 would bind
 # first with short contexts, and kernels slower than a copy), but it shows where launch overhead matters: a
 # launch-bound step gets more sequences for free, since the launches it waits on do not grow with the batch. The
-# ceiling's lead over eager shrinks as the batch grows, and at about 250 users with full windows the cache reads
-# outlast the launches and the two meet. Removing launches (CUDA graphs) matters most for a single user.
+# ceiling's lead over eager shrinks as the batch grows. The two would meet at about 250 users with full windows,
+# where the cache reads outlast the launches, but that is more full caches than an H200 can hold: for full windows
+# the eager step stays launch-bound at every batch that fits. Removing launches (CUDA graphs) matters most for a
+# single user.
 
 # %% [markdown]
 # ## Exercise 12.2: reading a profile
 #
 # Section 3's verdict, "launch-bound", came from a profile: how much of a step the real work takes. You can take
 # the same kind of profile on a CPU. Here is one decode step of a 2-layer model of the small model's width in
-# `torch.profiler`'s table (times in this machine's CPU time, so they change from run to run). An operation that
+# `torch.profiler`'s table (times in this machine's CPU time, so they change from run to run: this table is one
+# step, the fastest of 3 profiles, and on a busy machine one operation in it can take several times its usual
+# time, so do not read the products' share off it; the sweep after the exercise takes the fastest of 5 profiles
+# of 5 steps each). An operation that
 # calls others (`aten::linear` calls `aten::matmul`, which calls `aten::mm`) has two times: its **self** time, spent
 # in its own code, and its **total** time, which includes everything it called.
 
@@ -966,6 +975,7 @@ def _profiled(fn, repeat=3):
 _g = torch.Generator().manual_seed(12)
 _x, _w, _b = torch.randn(64, 256, generator=_g), torch.randn(512, 256, generator=_g), torch.randn(512, generator=_g)
 _bx, _by = torch.randn(8, 64, 64, generator=_g), torch.randn(8, 64, 64, generator=_g)
+_bc = torch.randn(8, 64, 64, generator=_g)
 _ = check_function(
     "12.2 matmul_share", my_matmul_share, _refs.matmul_share,
     cases=[case(profile_decode_step(small_args), label="one decode step of the 2-layer model above"),
@@ -975,7 +985,10 @@ _ = check_function(
                 label="a batched product, then softmax, a multiply and a mean"),
            case(_profiled(lambda: (_x @ _w.t() + _b).tanh() @ _w), label="x @ w.T + b, tanh, another product"),
            case(profile_decode_step(mm.ModelArgs.tiny(n_layers=1, dim=512, hidden_dim=1024, vocab_size=4096), steps=3),
-                label="3 decode steps of a wider 1-layer model")],
+                label="3 decode steps of a wider 1-layer model"),
+           case(_profiled(lambda: (torch.baddbmm(_bc, _bx, _by).relu() @ _by).sum()),
+                label="aten::baddbmm (not one of the three operations named above), relu, then a batched product",
+                hint="count the three operations named above by their exact names: other names contain 'mm' too")],
     hint="the table has two columns of time per operation: which one adds up to the whole without counting an "
          "operation twice? And which operations' names call a matrix product without being one?",
     forbid=["minimistral.labs.references.matmul_share"],
@@ -1030,8 +1043,17 @@ def my_slot_positions(positions, window):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex12_3_slot_positions-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _slot_positions_on_meta(positions, window):
+    """Runs the W = 6 case with the default device set to "meta", as a GPU step's positions are not on the
+    default device: a new tensor made without `device=positions.device` then no longer matches."""
+    if window != 6:
+        return my_slot_positions(positions, window)
+    with torch.device("meta"):
+        return my_slot_positions(positions, window)
+
+
 _ = check_function(
-    "12.3 slot_positions", my_slot_positions, _refs.slot_positions,
+    "12.3 slot_positions", _slot_positions_on_meta, _refs.slot_positions,
     cases=[case(torch.tensor([0]), 4, label="one sequence, its first token, W = 4"),
            case(torch.tensor([2]), 4, label="p = 2, W = 4: the buffer not yet full"),
            case(torch.tensor([3]), 4, label="p = 3, W = 4: the buffer just full"),
@@ -1041,10 +1063,15 @@ _ = check_function(
            case(torch.tensor([0, 5, 8, 21]), 8, label="4 sequences at different positions, W = 8"),
            case(torch.tensor([0, 4095, 4096, 10_000]), 4096, label="Mistral's window, W = 4,096: 4 sequences"),
            case(torch.tensor([2, 2, 7]), 5, label="3 sequences, W = 5"),
-           case(torch.tensor([0, 7]), 1, label="a window of 1: each token sees only itself")],
+           case(torch.tensor([0, 7]), 1, label="a window of 1: each token sees only itself"),
+           case(torch.tensor([3, 9]), 6, label="W = 6, run with the default device set elsewhere ('meta'), "
+                "as when the positions live on a GPU",
+                hint="make every new tensor on positions.device, not on the default device")],
     hint="a slot holds the latest position, no later than p, that lands on it: how far back from p is that, "
          "whatever the slot? And where is that position not a real token?",
     forbid=[HOST_READ, "minimistral.labs.references.slot_positions"],
+    raised={"RuntimeError": "a tensor your function made is not on positions.device: give torch.arange, "
+                            "torch.full and the like device=positions.device"},
 )
 
 # %% [markdown]
