@@ -124,6 +124,29 @@ def test_11_1_refuses_the_librarys_cache(notebook, capsys, body, name):
     assert "[FAIL] 11.1" in out and "the library's own version" in out and name in out, out
 
 
+def test_11_1_refuses_capture_bytes(notebook, capsys):  # another byte counter of the library, not the cache's
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit",
+                    "    from minimistral.viz.capture import capture_bytes\n"
+                    "    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)\n"
+                    "    b = {1: torch.int8, 2: torch.bfloat16, 4: torch.float32}[dtype_bytes]\n"
+                    "    per = capture_bytes(2 * args.n_layers, args.n_kv_heads, kept, args.head_dim, dtype=b)\n"
+                    "    return max(0, (free_bytes - weight_bytes) // per)\n")
+    assert "[FAIL] 11.1" in out and "capture_bytes" in out, out
+
+
+def test_11_2_refuses_distances_modulo_128(notebook, capsys):  # the small model's window, hard-coded
+    out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
+                    "    match = ((q_pos[:, None] - k_pos[None, :]) % 128) == d % 128\n    has = match.any(1)\n"
+                    "    return (probs.float() * match).sum(-1)[:, has].mean(-1)\n")
+    assert "[FAIL] 11.2" in out and "300 keys" in out, out
+
+
+def test_11_2_bf16_arithmetic_is_told_about_rounding(notebook, capsys):
+    out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
+                    DIST + "    return (probs.bfloat16() * match).sum(-1)[:, has].mean(-1).float()\n")
+    assert "[FAIL] 11.2" in out and "looks like rounding" in out and "in which dtype" in out, out
+
+
 def test_11_1_refuses_a_zero_d_int_tensor(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit",
                     FIT + "    return torch.tensor(max(0, (free_bytes - weight_bytes) // per_sequence))\n")
@@ -148,17 +171,17 @@ def test_11_2_passes(notebook, capsys):
 def test_11_2_float16_record_needs_the_upcast(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    return (probs * match).sum(-1)[:, has].mean(-1)\n")
-    assert "[FAIL] 11.2" in out and "case 8 of 10" in out and "float16" in out and "slot order" not in out
+    assert "[FAIL] 11.2" in out and "case 10 of 12" in out and "float16" in out and "slot order" not in out
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    return (probs * match).sum(-1)[:, has].mean(-1).float()\n")  # too late
-    assert "[FAIL] 11.2" in out and "case 8 of 10" in out and "in which dtype" in out
+    assert "[FAIL] 11.2" in out and "case 10 of 12" in out and "in which dtype" in out
 
 
 def test_11_2_in_place_change_is_named(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    probs = probs.float() if probs.dtype != torch.float32 else probs\n"
                            "    probs.mul_(match)\n    return probs.sum(-1)[:, has].mean(-1)\n")
-    assert "[FAIL] 11.2" in out and "case 1 of 10" in out and "changed its input 'probs' in place" in out
+    assert "[FAIL] 11.2" in out and "case 1 of 12" in out and "changed its input 'probs' in place" in out
 
 
 @pytest.mark.parametrize("body, case, words", [
@@ -180,4 +203,4 @@ def test_11_2_in_place_change_is_named(notebook, capsys):
      "range(probs.shape[0])])\n", 1, "the library's own version")])
 def test_11_2_reads_positions_not_order(notebook, capsys, body, case, words):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance", body)
-    assert "[FAIL] 11.2" in out and f"case {case} of 10" in out and words in out
+    assert "[FAIL] 11.2" in out and f"case {case} of 12" in out and words in out
