@@ -41,7 +41,7 @@ plt.show()
 #
 # ## What you need
 # - Notebook 07 (the full model); 05 (the sliding window) and 03 (RoPE) help. Next is 09, generation.
-# - A CPU, under 1 GB of RAM, under a minute. No GPU.
+# - A CPU, under 1 GB of RAM, about a minute. No GPU.
 
 # %%
 import time
@@ -146,7 +146,8 @@ print(f"without cache {t_slow:.2f} s, with cache {t_fast:.2f} s ({t_slow / t_fas
 # cost (Python, one dispatch per operation, reading every weight matrix once) whatever the number of tokens,
 # and the hardware works on many rows of a matrix product at once, so a forward pass over 100 tokens costs under
 # 10 times a pass over 1 token here (4x to 8x in our runs; the ratio depends on the machine and its load), not
-# 100 times (notebook 12 measures the same effect on a GPU). Time one forward pass at a few lengths:
+# 100 times (notebook 12, section 2, measures the matrix-product side of this on a GPU: one token and 128 tokens
+# cost about the same there, which is why prefill runs at many times decode's tokens per second). Time one forward pass at a few lengths:
 
 # %%
 # NBVAL_IGNORE_OUTPUT
@@ -376,8 +377,11 @@ print(f"layer 0's cache {tuple(demo.k[0].shape)}; update() returned keys {tuple(
 # needs keys from $s - W + 1$ on, and the cache holds the last $W$ tokens before $s$, nothing a query
 # needs is ever missing, and nothing it must not see gets through the mask.
 #
-# Why chunk at all? Prefilling a long prompt in one go builds a $T \times T$ score matrix per head; in
-# chunks of $C$ it is at most $C \times (W + C)$. `mm.generate` prefills in chunks of $W$.
+# Why chunk at all? Prefilling a long prompt in one go, the explicit attention of notebook 04 builds a
+# $T \times T$ score matrix per head; in chunks of $C$ it is at most $C \times (W + C)$. Fused kernels (SDPA,
+# flash attention) never store the scores, but the work and the activations of one call still grow with its
+# length, and a chunk of at most $W$ tokens is what a $W$-slot ring can take in one write. `mm.generate`
+# prefills in chunks of $W$.
 
 # %%
 long_prompt = torch.randint(0, args.vocab_size, (1, 100), generator=torch.Generator().manual_seed(2))
@@ -558,7 +562,8 @@ ax.plot(lengths, allocated_gib, color="#3b75af", lw=2.5, label="rolling buffer: 
 ax.plot(lengths, filled_gib, color="#e69f00", lw=3, ls=(0, (3, 2)), zorder=3,  # dashed on top: it runs along both
         label="rolling buffer: slots holding a token (on the red line up to W, then on the blue)")
 ax.axvline(W7, color="grey", ls=":", lw=1)
-ax.text(W7 + 300, 1.1, f"W = {W7:,}: the ring is full\nand starts to overwrite", fontsize=9, color="grey")
+ax.annotate(f"W = {W7:,}: the ring is full\nand starts to overwrite", (W7, 0.5), xytext=(12000, 0.75), fontsize=9,
+            color="grey", arrowprops=dict(arrowstyle="->", color="grey", lw=0.8))  # below the red line
 ax.annotate(f"{full_gib[-1].item():.1f} GiB", (lengths[-1].item(), full_gib[-1].item()), xytext=(-50, -4),
             textcoords="offset points", fontsize=9, color="#c0504d")
 ax.annotate(f"{allocated_gib[0].item():.1f} GiB", (0, allocated_gib[0].item()), xytext=(4, 6),

@@ -122,7 +122,8 @@ print(tok.decode(ids + greedy_ids))
 # %% [markdown]
 # Why does it get stuck? Put a phrase in the context once, twice, ten times, and ask the model how likely each
 # token of the next copy is (one forward pass over the whole text: the probability it gives every token, given all
-# before it). Xu et al. (2022, *Learning to Break the Loop*) measured this on GPT-2 and called it
+# before it). Xu et al. (2022, *Learning to Break the Loop*) measured this on Transformer language models trained on
+# Wikitext-103 (the loops that prompted them came from large models such as GPT-2) and called it
 # *self-reinforcement*: the more times a sentence has been repeated, the likelier its next repetition. Here it is on
 # the small model, for the phrase greedy decoding got stuck in, two verse fragments, and three phrases of random
 # tokens:
@@ -162,8 +163,8 @@ plt.show()
 # %% [markdown]
 # The second copy of a plausible phrase is 1.4 to nearly 5 times likelier than the first (greedy's loop: 0.147, then 0.388), and
 # later copies stay about there. So once greedy decoding has written a phrase twice, the argmax keeps choosing it
-# (the loop above), and each copy keeps the next one likely: the loop feeds itself. Random phrases rise too (one
-# tenfold, from 0.0001 to 0.001), but they stay hundreds of times less likely than any of the verses: the small
+# (the loop above), and each copy keeps the next one likely: the loop feeds itself. Of the three random phrases, one
+# rises tenfold (from 0.0001 to 0.001), one about threefold and one not at all, and they all stay hundreds of times less likely than any of the verses: the small
 # model has not learnt to copy just anything, and the gain that lets the argmax take a phrase goes to the ones it
 # already finds plausible (Xu et al. also found the effect strongest for sentences that are likely to begin with).
 # Sampling escapes because it does not always take the likeliest token.
@@ -216,6 +217,7 @@ passed = check_function("09.1 greedy_decode", greedy_decode, _greedy,
                                 "eos_id that never comes within 20 tokens"],
                         forbid=["minimistral.generate.generate", "minimistral.generate.generate_stream",
                                 "minimistral.generate.stream_text", "minimistral.generate.sample_next"],
+                        plain_int=True,  # a list of Python ints, not of 0-d tensors
                         hint="after each call, what does the cache already hold, and what is the one thing the model "
                              "has not seen yet? The list ends with eos_id when it stops early")
 
@@ -418,7 +420,9 @@ passed = check_function("09.2 temperature_probs", temperature_probs, _temperatur
 # front), keep the smallest set of likeliest tokens whose total probability reaches `p`, zero the rest,
 # and renormalise. The likeliest token is always kept. Before you code, decide on paper: with probabilities
 # 0.5, 0.3, 0.2 and `p = 0.6`, which tokens stay? With `p = 0.5`? (The check asks the second question too.) Your
-# answer must keep the vocabulary order of its input, and may not call `mm.sampling_probs`.
+# answer must keep the vocabulary order of its input, and may not call `mm.sampling_probs`. On a tie at the cut,
+# keep the tied token that comes first in the vocabulary (a stable sort does that: `stable=True` needs `dim=` as a
+# keyword, `sort(dim=-1, descending=True, stable=True)`).
 
 # %% nbgrader={"grade": false, "grade_id": "ex09_3_top_p_filter-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def top_p_filter(probs, p):
@@ -438,7 +442,8 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
                         lambda q, p: mm.sampling_probs(q.log(), temperature=1.0, top_p=p),
                         [(torch.tensor([0.5, 0.3, 0.2]), 0.5), (torch.tensor([0.125, 0.5, 0.25, 0.125]), 0.75),
                          (probs, 0.9), (probs, 0.5), (probs, 1e-6), (probs, 1.0), (torch.softmax(_batch, -1), 0.7),
-                         (torch.softmax(_batch * 5, -1), 0.95), (torch.tensor([0.4, 0.3, 0.3]), 0.5)],
+                         (torch.softmax(_batch * 5, -1), 0.95), (torch.tensor([0.4, 0.3, 0.3]), 0.5),
+                         (torch.tensor([0.5] + [0.025] * 20), 0.6)],
                         labels=["the paper question: 0.5, 0.3, 0.2 with p = 0.5 (the running total hits p exactly)",
                                 "0.125, 0.5, 0.25, 0.125 with p = 0.75 (again exactly on p, out of order)",
                                 "the trained model's distribution, p = 0.9", "the same, p = 0.5",
@@ -446,7 +451,9 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
                                 "a batch of 3 random distributions over 50 tokens, p = 0.7",
                                 "a batch of 3 sharp distributions over 50 tokens, p = 0.95",
                                 "a tie at the cut: 0.4, 0.3, 0.3 with p = 0.5 (the smallest set keeps only one of the "
-                                "0.3s, the first, where a stable descending sort puts it)"],
+                                "0.3s, the first, where a stable descending sort puts it)",
+                                "twenty tied tokens at the cut: 0.5 and twenty 0.025s with p = 0.6 (the first four "
+                                "0.025s stay)"],
                         forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
                                 "minimistral.generate.sample_next"],
                         hint="work down the tokens from the likeliest, keeping a running total, and use your answer "
@@ -467,8 +474,9 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
 # `min_p_filter(logits, min_p, temperature)`: `logits` of shape `(..., V)` in any float dtype, $0 \le$ `min_p`
 # $\le 1$, `temperature` $> 0$; return float32 logits for the distribution `softmax(logits / temperature)` after
 # min-p: the scaled logits where a token is kept, $-\infty$ where it is dropped. The rule needs no normaliser, and
-# your answer may use **no softmax, no exponential and no power** (the check refuses them, `math.e ** z` included,
-# and `mm.sampling_probs`): work out
+# your answer may use **no softmax, no exponential and no power** (the check refuses them, in torch, `math` and
+# NumPy, `math.e ** z` and exponentials in disguise such as `elu(z) + 1` included; it also refuses reading the
+# logits into Python numbers with `.tolist()` or `.item()`, and `mm.sampling_probs`): work out
 # on paper what "$p_i \ge$ `min_p` $\cdot\, p_{\max}$" says about the logits. Then, for the two prompts above
 # (hesitant and sure), does min-p with `min_p = 0.1` keep more or fewer tokens than top-p with `p = 0.9`? And does
 # the temperature change which tokens min-p keeps? (Top-k's set never changes with it.)
@@ -484,6 +492,7 @@ def min_p_filter(logits, min_p, temperature):
 
 # %% nbgrader={"grade": true, "grade_id": "ex09_4_min_p_filter-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 from minimistral.labs import references
+from minimistral.labs.checks import HOST_READ
 
 _gm = torch.Generator().manual_seed(9)
 _rows = torch.randn(4, 60, generator=_gm) * torch.tensor([[0.5], [1.0], [3.0], [6.0]])  # from flat to sharp
@@ -498,7 +507,13 @@ _exp = ["torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax", 
         "torch.nn.functional.softmin", "torch.nn.functional.softplus", "torch.nn.functional.gumbel_softmax",
         "torch.sinh", "torch.cosh", "torch.tanh", "torch.Tensor.sinh", "torch.Tensor.cosh", "torch.Tensor.tanh",
         "torch.pow", "torch.Tensor.pow", "torch.Tensor.pow_", "torch.Tensor.__pow__", "torch.Tensor.__rpow__",
-        "torch.Tensor.__ipow__", "torch.float_power", "torch.Tensor.float_power", "torch.ldexp"]  # e ** z is one too
+        "torch.Tensor.__ipow__", "torch.float_power", "torch.Tensor.float_power", "torch.ldexp",  # e ** z is one too
+        "torch.exp_", "torch.Tensor.exp2_", "torch.sigmoid_", "torch.nn.functional.elu", "torch.nn.functional.elu_",
+        "torch.nn.functional.celu", "torch.nn.functional.selu", "torch.nn.functional.silu",
+        "torch.nn.functional.mish", "torch.celu", "torch.selu", "torch.special.i0e", "torch.special.erfcx",
+        "math.exp", "math.exp2", "math.expm1", "math.pow", "math.sinh", "math.cosh", "math.tanh",
+        "numpy.exp", "numpy.exp2", "numpy.expm1", "numpy.power", "numpy.float_power", "numpy.sinh", "numpy.cosh",
+        "numpy.tanh"]  # exponentials in disguise: elu(d) + 1 = exp(d) for d <= 0
 passed = check_function("09.4 min_p_filter", min_p_filter, references.min_p_logits, [
     case(logits, 0.1, 1.0, label="the hesitant logits after 'created the', min_p = 0.1, T = 1"),
     case(logits_sure, 0.1, 1.0, label="the sure logits after the running example, min_p = 0.1, T = 1"),
@@ -516,7 +531,7 @@ passed = check_function("09.4 min_p_filter", min_p_filter, references.min_p_logi
     case(_banned, 0.3, 1.2, label="2 rows where an earlier filter already set every third logit to -inf"),
     case(logits, 0.0, 1.0, label="min_p = 0: the filter is off, nothing is dropped",
          hint="min_p = 0 means nothing is dropped: what is your bar then, and can your code compute it?")],
-    forbid=_exp + ["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
+    forbid=_exp + [HOST_READ, "minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
                    "minimistral.generate.sample_next"],
     hint="write p_i >= min_p * p_max with each p as a softmax of the scaled logits, and see what the normaliser does; "
          "a token exactly at the bar stays; a dropped token's logit is -inf, a kept one's is its scaled logit")

@@ -946,6 +946,17 @@ def test_plain_int_refuses_a_zero_d_tensor(capsys):
     assert not ok and "returned a float, expected an int" in out, out
 
 
+def test_plain_int_refuses_a_list_of_zero_d_tensors(capsys):
+    cases = [(7, 3), (9, 2)]
+    ref = lambda a, n: [a + i for i in range(n)]  # noqa: E731
+    tensors = lambda a, n: [torch.tensor(a + i) for i in range(n)]  # noqa: E731
+    assert verdict(capsys, "99.25 plain int", tensors, ref, cases)[0]  # taken as ints by default
+    ok, out = verdict(capsys, "99.25 plain int", tensors, ref, cases, plain_int=True)
+    assert not ok and "case 1 of 2" in out and "list holding" in out and "expected Python ints" in out, out
+    ints = lambda a, n: [int(torch.tensor(a + i)) for i in range(n)]  # noqa: E731
+    assert verdict(capsys, "99.25 plain int", ints, ref, cases, plain_int=True)[0]
+
+
 def test_batch_limit_refuses_a_call_on_more_sequences_trains_as_the_model_and_travels():
     """BatchLimit (10.2): a loop that must run each batch in pieces gets the model wrapped; a call on more sequences
     than allowed is refused, a call within the limit is the model's own, and the wrapper survives the codec (the

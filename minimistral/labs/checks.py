@@ -911,7 +911,8 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     the result differs and the hint, never the expected value; except with `show` (a result -> a list of
     readable strings), for exercises whose expected values the learner can see anyway (a tokenizer's pieces)
     and whose numbers say little: then a wrong value is shown as where yours and the expected part. plain_int:
-    where the reference returns an int, the answer must be a Python int (a 0-d integer tensor is refused).
+    where the reference returns an int, the answer must be a Python int (a 0-d integer tensor is refused), and
+    where it returns a list of ints, the answer's list may hold no tensors.
     `raised` maps an exception's type name ("IndexError") to what that error usually means in this exercise:
     said instead of the hint when the student's function raises it. diagnose(got, want, *args), when given, may
     return a sentence about a wrong value (what kind of mistake it looks like, in words, not the answer); it is
@@ -953,6 +954,12 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
         if plain_int and isinstance(want, numbers.Integral) and not isinstance(want, bool) \
                 and isinstance(got, torch.Tensor):
             why = f"returned {_form(got)}, expected an int (a Python int, as the exercise asks, not a tensor)"
+        if plain_int and isinstance(want, (list, tuple)) and isinstance(got, (list, tuple)) \
+                and all(isinstance(w, numbers.Integral) and not isinstance(w, bool) for w in want):
+            held = next((g for g in got if isinstance(g, torch.Tensor)), None)
+            if held is not None:
+                why = (f"returned a {type(got).__name__} holding {_form(held)}, expected Python ints in it (as the "
+                       "exercise asks, not tensors: int(t) turns a 0-d tensor into one)")
         if why is not None:  # a wrong form ("returned ...") gets the general hint, a wrong value the case's
             why_hint = hint if why.startswith("returned") else getattr(args, "hint", "") or hint
             if diagnose is not None and not why.startswith("returned"):
