@@ -438,9 +438,12 @@ print("floor(h / 4):                                   ", [h // 4 for h in range
 
 # %% [markdown]
 # Copying is wasteful (it materialises 4x the keys), which is why fused kernels take the 8 heads directly:
-# PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)` does the grouping inside its GPU kernels
-# (on a CPU its plain math path still repeats the heads internally, so a laptop saves nothing). The cache
-# stores only the 8 heads either way, and exercise 04.4 groups the query heads instead of copying.
+# PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)` does the grouping inside its fused kernels.
+# On a CPU that depends on the version: on torch 2.13, profiled with `torch.profiler`, the only kernel that runs
+# is the fused `_scaled_dot_product_flash_attention_for_cpu`, with no `repeat_interleave`, with `is_causal=True`
+# or a boolean mask alike. The CPU flash kernel learned GQA in July 2025 (PyTorch PR #157893, so from about
+# torch 2.9); the older versions the course allows (it asks for torch >= 2.6) take the plain math path on a CPU,
+# which repeats the heads, so a laptop on those saves nothing. The cache stores only the 8 heads either way, and exercise 04.4 groups the query heads instead of copying.
 #
 # ### A full GQA layer from scratch, against the library
 #
@@ -713,7 +716,7 @@ _ = check_function("04.3 max_context", my_max_context, reference_max_context, ca
     case(10**6, 990_000, 2, 2, 2, 16, 4, None, 100, label="a toy with room for 19 tokens in all"),
     case(10**6, 996_000, 1, 2, 2, 16, 4, 16, 100, label="a toy with room for 7 of its 16-slot window"),
 ], forbid=["minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.kv_bytes_per_token",
-           "minimistral.config.ModelArgs.cache_slots"],
+           "minimistral.config.ModelArgs.cache_slots"], plain_int=True,
    hint="how many bytes does one more token of length cost, across the whole batch? And once a sequence is "
         "longer than its window, what does one more token cost?")
 
@@ -726,7 +729,8 @@ _ = check_function("04.3 max_context", my_max_context, reference_max_context, ca
 # tensor built from `k` or `v` alone that is larger than it (an `einsum` with a selection matrix, `k + zeros`,
 # `k * ones_like(...)`, a buffer filled head by head with slices of `k`),
 # and no library attention (`scaled_dot_product_attention`, with or without `enable_gqa`, or the library's
-# `attention_explicit` and `attention_sdpa`): the check watches for each while your function runs. `view`/`reshape` of `q` and broadcasting in `@` or `einsum` are the tools. Think about which axis of a
+# `attention_explicit` and `attention_sdpa`): the check watches for each while your function runs. A Python
+# loop over the query heads also passes, but the point is one batched matmul for all heads. `view`/`reshape` of `q` and broadcasting in `@` or `einsum` are the tools. Think about which axis of a
 # reshaped `q` must line up with `k`'s head axis.
 
 # %% nbgrader={"grade": false, "grade_id": "ex04_4_gqa_no_copy-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -747,6 +751,23 @@ def reference_gqa(q, k, v):
     return attention_explicit(q, k, v, causal_mask(q.shape[2]))[0]
 
 
+def gqa_diagnosis(got, want, q, k, v):  # which common slip the wrong output matches, in words
+    B, H, T, D = q.shape
+    n_rep, mask = H // k.shape[1], causal_mask(T)
+    tiled = lambda x: x.repeat(1, n_rep, 1, 1)  # noqa: E731  (query head h reads K/V head h mod K)
+    over_queries = torch.softmax((q @ k.repeat_interleave(n_rep, 1).transpose(-2, -1) / math.sqrt(D))
+                                 .masked_fill(~mask, float("-inf")), dim=-2) @ v.repeat_interleave(n_rep, 1)
+    slips = [(attention_explicit(q, tiled(k), tiled(v), mask)[0],
+              "it matches query head h reading K/V head h mod K (the group axis g and the axis r within a "
+              "group swapped when q's H axis was reshaped)"),
+             (attention_explicit(q * math.sqrt(D), k, v, mask)[0], "it matches attention without the 1/√D scale"),
+             (attention_explicit(q, k, v, torch.ones_like(mask))[0],
+              "it matches attention without the causal mask"),
+             (over_queries, "it matches a softmax taken over the queries instead of the keys")]
+    return next((said for out, said in slips if got.shape == out.shape and torch.allclose(got, out, atol=1e-5)),
+                None)
+
+
 g4 = torch.Generator().manual_seed(44)
 _ = check_function("04.4 gqa_no_copy", gqa_attention, reference_gqa, cases=[
     (torch.randn(1, 8, 5, 16, generator=g4), torch.randn(1, 2, 5, 16, generator=g4), torch.randn(1, 2, 5, 16, generator=g4)),
@@ -760,8 +781,9 @@ _ = check_function("04.4 gqa_no_copy", gqa_attention, reference_gqa, cases=[
                                            "minimistral.attention.attention_explicit",
                                            "minimistral.attention.attention_sdpa",
                                            "minimistral.attention.Attention.forward"),
-   hint="number the query heads of one group r = 0..n_rep-1 and the groups g = 0..K-1: which of (g, r) must "
-        "be the outer axis when you reshape q's H axis, so that the group axis meets k's head axis?")
+   diagnose=gqa_diagnosis,
+   hint="look at the three places a grouped attention can slip: which K/V head each query head reads "
+        "(h // (H // K)), the scale, and the causal mask before a softmax over the keys")
 
 # %% [markdown]
 # **04.5 An induction detector for any text.** Section 3 looked for induction heads on a phrase fed twice,

@@ -34,7 +34,7 @@ plt.show()
 # - The band mask: query $i$ sees keys $j$ with $i - W < j \le i$, **exactly W keys**, itself included.
 # - The W+1 off-by-one that real code shipped, and the one-line test that catches it.
 # - How far information can travel through stacked windowed layers (exactly, and where the 131,072 figure
-#   for Mistral 7B comes from), checked with gradients through a real model.
+#   for Mistral 7B comes from), checked with gradients through a randomly initialised model.
 # - Where a trained model's attention goes inside its window, how little reaches the window's edge, and
 #   why the window cannot simply be switched off in a model trained with it (the tiny model, on the
 #   chapter that holds our running example).
@@ -215,7 +215,9 @@ for layer in range(1, L + 1):
           f"{T - 1 - first:>2} back = {layer} x (W - 1) = {layer * (W - 1)}")
 
 # %% [markdown]
-# The same thing measured on an actual model: a tiny Mistral with W = 4 and 6 layers. The gradient of a
+# The same thing measured on an actual model: a tiny Mistral with W = 4 and 6 layers, randomly initialised
+# (which positions can influence an output depends on the masks, not on the weights; "a real model" in the
+# figure's title means this one). The gradient of a
 # layer's output at the last position with respect to the input embeddings is non-zero exactly at the
 # positions that can influence it (masked keys get probability exactly 0, hence gradient exactly 0).
 
@@ -279,7 +281,8 @@ print(f"so a token can be influenced by inputs at positions i - {(W7 - 1) * L7:,
 # every layer to get that far, and nothing says the trained model does it well. Nor can a sequence reach it
 # in practice. The paper's Table 1 gives a context length (`context_len`) of **8,192** tokens; it does not say
 # whether that is also the length the model was trained on. Within such a sequence nothing lies more than 8,191 positions back, one
-# sixteenth of the bound, only two windows. The released configuration allows 32,768 positions
+# sixteenth of the bound, about two windows' length (though three windowed layers are needed to span it:
+# two reach back only 2 × 4,095 = 8,190). The released configuration allows 32,768 positions
 # (`max_seq_len`), a quarter of the bound, beyond that context length. The picture of the bound grows in
 # straight lines, one window per layer: `mm.viz.plot_receptive_field(4096, 32)` draws it (section 6).
 
@@ -536,7 +539,10 @@ _ = check_function("05.1 attention_mask", my_attention_mask, mask_by_rule, cases
 # `k_start, k_start + 1, ...`. The keys can be a chunk with the cached keys before it, or, in kernels that
 # split the work, only the cached part (the chunk's own keys are then handled by a second call, and the two
 # results merged). The check builds the kernel's mask from your pair, by the rule above, and compares it
-# with the library's `attention_mask` for the same positions.
+# with the library's `attention_mask` for the same positions. You may assume that, with a window, the last
+# query is within reach of the last key, `(q_start + n_q - 1) - (k_start + n_k - 1) <= window - 1`: otherwise
+# no pair can express the mask, because the `left` it would need is negative, which the kernel reads as "no
+# limit".
 
 # %% nbgrader={"grade": false, "grade_id": "ex05_2_flash_window-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_flash_window(window, q_start, n_q, k_start, n_k):
@@ -777,13 +783,21 @@ def smallest_window(model, ids, candidates, tolerance):
 from minimistral.labs.references import smallest_window_by_scan, window_loss
 
 first_320 = chapter_ids[:320]
+tiny96 = mm.Transformer(tiny.args.replace(sliding_window=96))  # the same weights, told their window is 96:
+tiny96.load_state_dict(tiny.state_dict())  # built here, before your function runs, so that a yardstick
+tiny32 = mm.Transformer(tiny.args.replace(sliding_window=32))  # fixed at 128 can be told apart
+tiny32.load_state_dict(tiny.state_dict())
 _ = check_function("05.5 smallest_window", smallest_window, smallest_window_by_scan, cases=[
     case(tiny, first_320, [8, 16, 32, 48, 64, 96, 128], 0.05, label="windows 8 to 128, within 0.05"),
     case(tiny, first_320, [128, 96, 64, 48, 32, 16, 8], 0.1, label="the same windows, largest first, within 0.1"),
     case(tiny, first_320, [192, 8, 96, 16, 128], 0.0, label="windows 8 to 192, no worse than the trained one"),
     case(tiny, first_320, [192, 128], 0.0, label="the trained window itself, or a longer one, no worse than it"),
     case(tiny, first_320, [8, 16, 32], 0.15, label="only short windows, within 0.15 of the trained one"),
-], hint="what is each candidate's loss compared with, and would that yardstick change if the trained window "
+    case(tiny96, first_320, [16, 32, 64, 96, 128], 0.006, label="a copy of the model configured for W = 96"),
+    case(tiny32, first_320, [16, 32, 64, 128], 0.0, label="a copy of the model configured for W = 32"),
+], raised={"ValueError": "no candidate met the limit: is the model's own window within its own limit?",
+           "StopIteration": "no candidate met the limit: is the model's own window within its own limit?"},
+   hint="what is each candidate's loss compared with, and would that yardstick change if the trained window "
         "were not among the candidates? Where does the model look up its window when it is called, and what "
         "must that place hold when you return?",
    forbid=["minimistral.labs.references.window_loss", "minimistral.model.Transformer.__init__",
