@@ -215,14 +215,15 @@ for seq_len in [4096, 32768]:
 #
 # Below, a cache with $W = 8$ after 13 tokens: positions 5 to 12 are cached; 8 to 12 went into slots 0
 # to 4 after the ring wrapped, over tokens 0 to 4. Slide through the tokens to watch it fill and wrap
-# (in JupyterLab; the picture below is its state after 5 tokens, where the slider starts).
+# (in JupyterLab; the picture below is its state after 20 tokens, where the slider starts: the ring has wrapped
+# twice, and slots 0 to 3 hold 16 to 19, written over 8 to 11, which had been written over 0 to 3).
 
 # %%
 fig = viz.plot_cache_slots(None, pos=13, window=8)
 plt.show()
 
 # %%
-viz.cache_explorer(window=8, n_tokens=24)
+viz.cache_explorer(window=8, n_tokens=24, start=20)
 
 # %% [markdown]
 # ### Why the slot order does not matter, and why keys are stored after RoPE
@@ -547,7 +548,17 @@ print(f"tiny model, W=16: {sizes[0]:,} bytes after 1 token and after 60 "
 # front**, so its memory is 0.5 GiB from the very first token (nothing grows, nothing is ever reallocated);
 # what grows is only how many of those slots hold a token, up to $W$ = 4,096, after which the ring overwrites.
 # (A cache that grew on demand would save memory on short prompts, at the price of reallocating, or of
-# shapes that change, which compiled code dislikes: notebook 12.)
+# shapes that change, which compiled code dislikes: notebook 12.) The library's own cache for the 7B, built on the
+# `meta` device (real shapes and dtype, no memory taken), says how many bytes it would allocate:
+
+# %%
+cache_7b = mm.RollingKVCache.from_args(args_7b, dtype=torch.bfloat16, device="meta")  # v0.1: W = 4,096 slots
+no_window = args_7b.replace(sliding_window=None)  # v0.2 / v0.3: no window, a slot for every token
+cache_nw = mm.RollingKVCache.from_args(no_window, dtype=torch.bfloat16, device="meta", seq_len=32768)
+for name, c in [("7B v0.1, rolling buffer", cache_7b), ("7B without a window, 32,768 tokens", cache_nw)]:
+    print(f"{name:<36} keys {tuple(c.k.shape)} + values of the same shape: {c.nbytes:>13,} bytes "
+          f"= {c.nbytes / 2**30:.2f} GiB")
+print("(keys' shape: layers, batch, KV heads, slots, head_dim)")
 
 # %%
 lengths = torch.arange(1, 32769, 64)
