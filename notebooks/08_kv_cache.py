@@ -555,23 +555,23 @@ _ = check_function("08.4 chunk_write_plan", chunk_write_plan, _library_write_pla
                     "slot does each position go to?")
 
 # %% [markdown]
-# Your plan in use: write a 12-token chunk at position 20 (longer than $W = 8$) into one layer's ring with a single
-# indexed write, and compare with the library's cache after the same tokens.
+# Your plan in use: write a 12-token chunk at position 21 (longer than $W = 8$, and wrapping around the ring's
+# end) into one layer's ring with a single indexed write, and compare with the library's cache after the same tokens.
 
 # %%
 try:
-    rows, slots = chunk_write_plan(20, 12, 8)
+    rows, slots = chunk_write_plan(21, 12, 8)
     ring = MyRollingCache(8, D)
-    chunk_keys = torch.randn(32, D, generator=torch.Generator().manual_seed(4))  # keys of positions 0..31
-    for p in range(20):
-        ring.write(p, chunk_keys[p], chunk_keys[p])  # the 20 tokens before the chunk, one by one
-    ring.k[slots] = chunk_keys[20:][rows]  # the chunk, in one write: no slot twice
-    ring.slot_positions[slots] = torch.tensor(rows) + 20
+    chunk_keys = torch.randn(33, D, generator=torch.Generator().manual_seed(4))  # keys of positions 0..32
+    for p in range(21):
+        ring.write(p, chunk_keys[p], chunk_keys[p])  # the 21 tokens before the chunk, one by one
+    ring.k[slots] = chunk_keys[21:][rows]  # the chunk, in one write: no slot twice
+    ring.slot_positions[slots] = torch.tensor(rows) + 21
     lib = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=D, size=8)
-    lib.update(0, chunk_keys[None, None, :20], chunk_keys[None, None, :20], torch.arange(20))
-    lib.advance(torch.arange(20))
-    lib.update(0, chunk_keys[None, None, 20:], chunk_keys[None, None, 20:], torch.arange(20, 32))
-    lib.advance(torch.arange(20, 32))
+    lib.update(0, chunk_keys[None, None, :21], chunk_keys[None, None, :21], torch.arange(21))
+    lib.advance(torch.arange(21))
+    lib.update(0, chunk_keys[None, None, 21:], chunk_keys[None, None, 21:], torch.arange(21, 33))
+    lib.advance(torch.arange(21, 33))
     assert torch.equal(ring.slot_positions, lib.slot_positions) and torch.equal(ring.k, lib.k[0][0, 0])
     print(f"rows {rows} -> slots {slots}: the ring holds {ring.slot_positions.tolist()}, as the library's does")
 except NotImplementedError:
