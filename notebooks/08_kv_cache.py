@@ -516,7 +516,7 @@ _ = check_function("08.3 rolling_chunk_mask", rolling_chunk_mask, _library_chunk
 # returning the tuple `(rows, slots)` of two lists of ints, rows in increasing order, such that this one write
 # leaves the ring exactly as writing the tokens one by one would, and **no slot appears twice**: when one indexed
 # write hits the same slot twice, which copy lands last is not promised (PyTorch's documentation of `index_copy_`
-# and `index_put_` calls it nondeterministic or undefined; on a GPU the copies race). Think about the chunks that
+# and `index_put_` calls it nondeterministic or undefined: the copies may run in parallel). Think about the chunks that
 # wrap around the end of the ring, and about a chunk longer than the window (a long prompt prefilled in one call).
 # The library's cache (`update`, `advance`) is refused.
 
