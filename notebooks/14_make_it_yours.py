@@ -271,10 +271,10 @@ for (p, b), a in list(zip(test_pairs, base["answers"]))[:3]:
 # `balanced(train, 200)` asks for 200 sentences a book but Revelation's training chapters have only 139, so
 # there are 939 pairs. The base model continues the passage instead of answering (exact match 0), and its 0.23
 # choice accuracy is not a fifth of the books recognised: it picks "Psalms" for all 66 prompts, and 15 of them
-# are Psalms. Now a short live run: rank 8 on all seven projections, 40 steps of 8 examples (under a minute of CPU
-# time on one thread; the wall time printed below is longer on a busy machine), AdamW on `A` and `B` only, the loss
-# on the answers only (`instruct.tune`; the loop is notebook 10's, with `ignore_index=-100` where the target is not
-# an answer).
+# are Psalms. Now a short live run: rank 8 on all seven projections, 40 steps of 8 examples (about 11 s of CPU time
+# on one thread when this was run, printed below beside the wall time, which is longer on a busy machine), AdamW on
+# `A` and `B` only, the loss on the answers only (`instruct.tune`; the loop is notebook 10's, with
+# `ignore_index=-100` where the target is not an answer).
 
 # %%
 # NBVAL_IGNORE_OUTPUT
