@@ -723,7 +723,7 @@ _ = check_function("14.2 collate", my_collate, library_collate, cases=cases,
 # gradients `(dA, dB)` (shapes of `A` and `B`) by the chain rule, without autograd (forward mode too:
 # `torch.func` and `torch.autograd.forward_ad` are autograd), in the inputs' dtype. The check compares them with the
 # gradients autograd gives `lora.LoRALinear`, whose `W` receives none. Estimating each number from differences of
-# the loss is not the chain rule either: the last case is a 384 x 384 float64 layer with 12,288 numbers in `A` and
+# the loss is not the chain rule either: the last case is a 384 x 384 float64 layer with 6,144 numbers in `A` and
 # as many in `B`, whose gradients must come out as precise as float64 allows. Before you start: what is `dA` when
 # `B = 0`, as at the first step of training?
 
@@ -766,7 +766,7 @@ def grads_case(out, inn, r, n, scaling, zero_B=False, dtype=torch.float32, offse
 cases = [grads_case(6, 4, 2, 5, 2.0, zero_B=True, label="B = 0 (the first step)"),
          grads_case(6, 4, 2, 5, 2.0, label="trained B"), grads_case(12, 20, 4, 7, 0.5, label="wider input, scaling 0.5"),
          grads_case(32, 16, 8, 3, 2.0, label="rank 8"),
-         # a loss of about 1e12 whose gradients are about 1e2 to 1e4: a difference of two such losses keeps few digits
+         # a loss of about 1e12: a difference of two such losses keeps few of float64's 16 digits
          grads_case(384, 384, 16, 24, 2.0, dtype=torch.float64, offset=1e6,
                     label="a float64 layer of 384 x 384, rank 16, its outputs about a million from their targets",
                     hint="in float64 the check wants float64's precision: is every step computed in x's dtype, "
