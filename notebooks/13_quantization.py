@@ -40,7 +40,8 @@ plt.show()
 # - What **outliers** do to one scale per tensor, and why per-channel and per-group scales cope; the
 #   **activation** outliers of large models, and what GPTQ, AWQ and NF4 do about the error.
 # - The **memory table** of Mistral 7B at each setting and what each lets you run (T4, 8 to 12 GB GPU, Mac,
-#   CPU laptop), and the **roofline shift**: half the bytes, twice the ceiling.
+#   CPU laptop), and the **roofline ceilings**: half the bytes, twice the ceiling (computed upper bounds, estimates:
+#   the quantized decode rates are not measured in this course).
 #
 # ## What you need
 # - A CPU, about 1 GB of RAM and a few minutes.
@@ -148,7 +149,7 @@ print(f"4-bit, groups of 32: relative error of the matrix {err4.norm() / w.norm(
 # weights as long as the 7B's: the share of each group's weights on its two busiest levels, the number of levels in
 # use, and the error. Either way the levels are well used: about a third of the weights sit on the two busiest
 # levels; a whole row uses almost all 16 levels (15.4 on the small model's rows of 256, all 16 on rows of 4,096), a
-# group of 32 about 13 of them (32 values are too few to land on all 16).
+# group of 32 about 13 of them (32 values rarely land on all 16).
 # What groups buy is a finer step: the error falls by about 30% on the small model's rows of 256, and by almost half
 # on Gaussian rows of 4,096.
 
@@ -458,8 +459,9 @@ plt.show()
 # they appear, one more reason to keep the activations in 16 bits and quantize only the weights.
 #
 # Three well-known methods lower the error of 4-bit weights further, and the course does not implement them:
-# **GPTQ** (Frantar et al., 2022) rounds the weights of a row one at a time and adjusts the ones not yet rounded
-# to cancel the error, using second-order statistics of the layer's inputs on calibration text; **AWQ** (Lin et
+# **GPTQ** (Frantar et al., 2022) rounds a matrix one input column at a time, in the same order for every row, and
+# after each column shifts the columns not yet rounded to cancel the error it made on the layer's output, using
+# second-order statistics of the layer's inputs on calibration text (the matrix `X X^T`); **AWQ** (Lin et
 # al., 2023) finds the few input channels whose activations are large, and scales their weights up before
 # rounding (and the activations down) so that they lose less precision; **NF4** (Dettmers et al., QLoRA, 2023)
 # places the 16 levels at the quantiles of a normal distribution instead of evenly, since trained weights are
@@ -488,14 +490,16 @@ for cls, p in planner.plan_table(args):
 # 16 GB Mac and a CPU laptop with 16 GB of RAM (slowly: notebook 11), each in bf16; an 8 GB GPU needs 4-bit. Without quantization only
 # the 24 GB and larger machines fit it.
 #
-# ## 7. The roofline shift
+# ## 7. The roofline ceilings: computed, not measured
 #
 # At batch 1 a token costs one read of the weights, so the ceiling of notebook 12 is
 # `bandwidth / bytes of weights`: halve the bytes, double the ceiling (nearly: int8 keeps the embedding and the
 # head in bf16 and adds its scales, so it reads 52% of bf16's bytes and raises the ceiling 1.93 times). The fast path also reads its whole rolling
 # cache at every step (4,096 slots of 128 KiB: 0.54 GB in bf16), which quantizing the weights does not shrink, so
 # the smaller the weights, the more that cache costs. With the copy bandwidth measured on the H200 in the stored
-# run, both ceilings, and the measured bf16 rows beside them:
+# run, both ceilings, and the measured bf16 rows beside them. The ceilings are **estimates**: upper bounds
+# computed from bytes and bandwidth, not rates anyone ran (hatched in the figure); no int8 or 4-bit decode rate
+# was measured for this course.
 
 # %%
 run = R.load("bench_gpu_h200.json")
@@ -507,10 +511,10 @@ short = {"bf16": "bf16", "int8": "int8", "int4, groups of 128": "int4 g128", "in
 measured = {k: v[R.decode(R.SHORT)] for k, v in run[R.ROWS].items()}
 fig, ax = plt.subplots(figsize=(8.5, 3.6))
 xs = range(len(ceilings))
-ax.bar([x - 0.2 for x in xs], list(ceilings.values()), width=0.4, color="lightgray", edgecolor="gray",
-       label="ceiling, weights only")
-ax.bar([x + 0.2 for x in xs], list(with_cache.values()), width=0.4, color="darkgray", edgecolor="gray",
-       label=f"ceiling, weights + the {cache_bytes / 1e9:.2f} GB cache")
+ax.bar([x - 0.2 for x in xs], list(ceilings.values()), width=0.4, color="white", edgecolor="gray", hatch="//",
+       label="ESTIMATE: ceiling, weights only")  # hatched: computed, not measured
+ax.bar([x + 0.2 for x in xs], list(with_cache.values()), width=0.4, color="lightgray", edgecolor="gray", hatch="//",
+       label=f"ESTIMATE: ceiling, weights + the {cache_bytes / 1e9:.2f} GB cache")
 ax.set_xticks(list(xs), [short[n] for n in ceilings])
 styles = ["-", "--", ":", "-."]  # rates only a few tokens/s apart: each its own dash, thinner on top
 for i, (name, rate) in enumerate(sorted(measured.items(), key=lambda kv: -kv[1])):
@@ -521,38 +525,43 @@ for i, (c, cc) in enumerate(zip(ceilings.values(), with_cache.values())):
     ax.text(i + 0.2, cc, f"{cc:.0f}", ha="center", va="bottom", fontsize=8)
 ax.set_ylabel("decode tokens/s, batch 1, H200")
 quantized_measured = any(R.quant_row("int8") in k or "int4" in k for k in measured)
-ax.set_title(f"ceilings from the measured {bw / 1e12:.2f} TB/s" +
-             ("" if quantized_measured else "; int8/4-bit rates not measured yet"))
+ax.set_title(f"ceilings computed from the measured {bw / 1e12:.2f} TB/s (estimates)" +
+             ("" if quantized_measured else "; int8/4-bit rates not measured"), fontsize=9)
 ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.tight_layout()
 plt.show()
 for name, c in ceilings.items():
-    print(f"{name:<22} ceiling {c:6.0f} tokens/s from the weights alone, {with_cache[name]:6.0f} with the cache")
+    print(f"{name:<22} estimated ceiling {c:6.0f} tokens/s from the weights alone, {with_cache[name]:6.0f} with the cache")
 
 # %% [markdown]
 # The stored run measured bf16 only: our fast path at 184 tokens/s, 65% of its 282 ceiling from the weights alone
-# (68% of the 272 that counts the cache), and 189 (67%, 69%) with its tuned settings. The quantized
-# rows of `python -m minimistral.bench --gpu` (the fast path with `mm.quantize`'s weights) are still to be
-# measured on a GPU; until then, only their ceilings are drawn. Reaching them takes kernels that read the
-# small weights at full bandwidth and dequantize in registers, which is what `_weight_int8pack_mm` and
-# `_weight_int4pack_mm` do; how close they get is the open question of that run.
+# (68% of the 272 that counts the cache), and 189 (67%, 69%) with its tuned settings. The int8 and 4-bit bars
+# are estimates only: the quantized rows of `python -m minimistral.bench --gpu` (the fast path with
+# `mm.quantize`'s weights) have not been run on a GPU for this course, so no quantized rate is drawn and none is
+# claimed. Reaching a ceiling takes kernels that read the small weights at full bandwidth and dequantize in registers,
+# which is what `_weight_int8pack_mm` and `_weight_int4pack_mm` do, and how close they get is what that run
+# would measure.
 #
 # ## Exercises
 #
 # **13.1** Section 2 gave each output row one int8 scale. Give one to every **group** of `g` consecutive inputs of
 # each row instead (finer scales, as 4-bit does, at the price of more of them): write
-# `my_int8_groups(w, g)` returning `(q, s)`, `q` int8 of `w`'s shape with values in `[-127, 127]` and `s` of shape
-# `(out, in / g)`, such that `q * s` (each scale repeated over its group) approximates `w` with the absmax rule of
-# section 2. Round to the nearest level.
+# `my_int8_groups(w, g)` returning `(q, s)`, `q` int8 of `w`'s shape with values in `[-127, 127]` and `s` with one
+# scale per group, such that `q * s` (each scale repeated over its group) approximates `w` with the absmax rule of
+# section 2. Round to the nearest level. Two things the small model's matrices do not show, and the check does:
+# - `w` may have leading dimensions, `(..., out, in)`: a stack of matrices, as a mixture-of-experts model such as
+#   Mixtral stores its experts' weights. Groups still run along the last dimension, and `s` has shape `(..., out, in / g)`.
+# - `w` may be bf16, the 7B's dtype. The scales are stored in `w`'s dtype, and each `q` must be the nearest level
+#   for the scale as stored (what a kernel multiplies by).
 
 # %% nbgrader={"grade": false, "grade_id": "ex13_1_int8_groups-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_int8_groups(w, g):
     ### BEGIN SOLUTION
-    rows, cols = w.shape
-    blocks = w.view(rows, cols // g, g)  # (out, groups, g): a group per block
-    scale = blocks.abs().amax(dim=-1) / 127  # (out, groups)
-    levels = torch.round(blocks / scale[..., None]).clamp(-127, 127)
-    return levels.to(torch.int8).view(rows, cols), scale
+    *lead, cols = w.shape
+    blocks = w.reshape(*lead, cols // g, g).float()  # (..., out, groups, g), in float32 whatever w's dtype
+    scale = (blocks.abs().amax(dim=-1) / 127).to(w.dtype)  # (..., out, groups): as it will be stored
+    levels = torch.round(blocks / scale.float()[..., None]).clamp(-127, 127)  # nearest level for that scale
+    return levels.to(torch.int8).reshape(w.shape), scale
     ### END SOLUTION
 
 
@@ -564,12 +573,17 @@ _spike = torch.randn(4, 64, generator=gen) * 0.02
 _spike[2, 5] = 0.8  # one outlier: only its own group's scale may grow
 cases = [(torch.tensor([[1.0, 0.7, -0.6, -0.35]]), 4),  # 0.7 * 127 = 88.9: rounding gives 89, truncation 88
          (torch.tensor([[0.1, -0.2, 4.0, 1.3], [-3.0, 0.01, 0.5, 0.25]]), 2),  # groups of very different sizes
-         (torch.randn(5, 16, generator=gen), 16), (torch.randn(6, 32, generator=gen), 8), (_spike, 16)]
+         (torch.randn(5, 16, generator=gen), 16), (torch.randn(6, 32, generator=gen), 8), (_spike, 16),
+         (torch.randn(3, 4, 32, generator=gen) * 0.02, 8),  # 3 experts' matrices of (4, 32)
+         (torch.randn(8, 256, generator=gen).bfloat16() * 0.02, 32), (torch.randn(2, 6, 64, generator=gen).bfloat16(), 16)]
 _ = check_function("13.1 int8_groups", my_int8_groups, references.int8_groups, cases=cases,
                    labels=["one row, one group: rounding, not truncation", "2 rows of 2 groups of 2, of different sizes",
                            "g = the whole row: section 2's quantizer", "6 rows of 4 groups of 8",
-                           "an outlier in row 2, groups of 16"],
-                   hint="which weights share a scale? The scales' shape says how many groups a row has",
+                           "an outlier in row 2, groups of 16", "a stack of 3 matrices of (4, 32), groups of 8",
+                           "bf16 weights (8, 256), groups of 32: is each q the nearest level for the stored scale?",
+                           "a bf16 stack of 2 matrices of (6, 64), groups of 16"],
+                   hint="which weights share a scale? The scales' shape says how many groups a row has. If only the "
+                        "bf16 cases fail: in which dtype is w / s computed, and which s?",
                    forbid=["minimistral.quant.quantize_int8", "minimistral.quant.quantize",
                            "minimistral.labs.references.int8_groups"])
 
@@ -660,16 +674,22 @@ cases = [case(_ramp, label="one block, a ramp from -1 to 1"),
          case(model.layers[0].feed_forward.w2.weight.detach().flatten()[:64 * 32].clone(),
               label="the first 2,048 weights of the small model's w2 of layer 0")]
 _ = check_function("13.3 quantize_q4_0", my_quantize_q4_0, _refs.quantize_q4_0, cases=cases,
-                   hint="bytes 0-1 are d's float16 bits; the sign of d matters; then check q of the weight opposite "
-                        "the largest one, and which value goes in which nibble",
+                   hint="get bytes 0-1 right first; then the weight opposite the largest one",
                    forbid=["minimistral.quant.quantize_int4", "minimistral.quant.pack_int4",
                            "minimistral.labs.references.quantize_q4_0"])
 
 # %% [markdown]
+# To test your answer to 13.3's question, quantize case 1's ramp with your `my_quantize_q4_0`, decode it with your
+# `my_dequantize_q4_0` and look at the error of each weight in units of `|d|`. Then open the answer below.
+#
+# <details><summary>The answer (click)</summary>
+#
 # The weight opposite `m` gets `q = 15`, i.e. `7 d`, not `8 d`: its error is a whole step `|d|`, twice the `s / 2`
 # of section 2's rounding. That is the price of a symmetric grid with no zero: 18 bytes for 32 weights, 4.5 bits
 # per weight, against section 3's 5 bits for groups of 32 with a scale and a zero. Newer llama.cpp formats
 # (`Q4_K`) also store a minimum per block, as section 3 does.
+#
+# </details>
 
 # %% [markdown]
 # **13.4** Predict the bytes of the weights of a whole model, `my_model_bytes(args, mode, g)`, as the planner of
@@ -751,5 +771,5 @@ print("by-hand 4-bit, groups of 32 = minimistral.quant int4: the same levels and
 # - Mistral 7B: 14.5 GB in bf16, 7.5 GB in int8, 4.2 to 4.9 GB in 4-bit: a T4, a 12 GB GPU or a 16 GB laptop
 #   runs it in int8, an 8 GB GPU in 4-bit. On the H200 the ceiling from the weights alone goes from 282 tokens/s
 #   (bf16) to 544 (int8) and 836 to 965 (4-bit); counting the 0.54 GB rolling cache the fast path also reads at
-#   every step, from 272 to 508 and 753 to 856. The quantized rates themselves are still to be measured by
-#   `python -m minimistral.bench --gpu`.
+#   every step, from 272 to 508 and 753 to 856. These are computed upper bounds (estimates); only the bf16 rate
+#   was measured, and the quantized rates are not (`python -m minimistral.bench --gpu` would measure them).

@@ -10,10 +10,10 @@ from .. import quant
 
 def int8_groups(w: torch.Tensor, g: int):
     """13.1: absmax int8 with one scale per group of g consecutive inputs of every row.
-    w (N, K) -> (q int8 (N, K), scales (N, K / g))."""
-    N, K = w.shape
-    q, s = quant.quantize_int8(w.reshape(N * K // g, g))  # every group is a row of its own
-    return q.reshape(N, K), s.reshape(N, K // g)
+    w (..., N, K) -> (q int8 (..., N, K), scales (..., N, K / g) in w's dtype; q from the scale as stored)."""
+    *lead, K = w.shape
+    q, s = quant.quantize_int8(w.reshape(-1, g))  # every group is a row of its own
+    return q.reshape(w.shape), s.reshape(*lead, K // g)
 
 
 def unpack_halves(packed: torch.Tensor) -> torch.Tensor:
