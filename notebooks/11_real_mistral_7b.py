@@ -32,7 +32,8 @@ plt.show()
 #
 # > **Every picture and every model output stored in this notebook comes from the small model trained for
 # > this course** (`data/tiny_mistral`: 5 M parameters, 4 layers, notebook 10), **not from Mistral 7B**: no
-# > GPU and no 7B weights were available when it was last run. Each figure says so in its title. With the
+# > GPU and no 7B weights were available when it was last run. Each figure of a model says so in its title
+# > (the explorer's first state in section 5 is the small model's too). With the
 # > weights, the same cells draw the 7B's pictures on your machine. What you see here about the 7B itself is
 # > arithmetic from its config (the memory plan, exercise 11.1, Appendix A), two stored benchmark runs of
 # > its shapes on random weights (Appendix A), and what papers report about it or about similar models,
@@ -623,7 +624,8 @@ print(f"chance (even spreading): {chance:.2f}; heads at 2.5 times chance or more
 print(f"strongest previous-token head: layer {best[0]}, head {best[1]}, score {score.max().item():.2f}")
 
 # %% [markdown]
-# To browse every layer and head yourself (in JupyterLab; the picture below is its first state):
+# To browse every layer and head yourself (in JupyterLab; the picture below is its first state, here the
+# small model's):
 
 # %%
 viz.attention_explorer(model, ids, tokenizer=tok)
