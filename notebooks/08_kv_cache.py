@@ -36,7 +36,8 @@ plt.show()
 # - The rolling buffer: token $p$ goes to slot $p \bmod W$. The order of the slots does not matter, because
 #   attention is a sum over keys and the mask is built from positions; keys are stored **after** RoPE, so no
 #   slot ever needs rotating again when it is read.
-# - Chunked prefill, why every chunking gives the same logits, and the non-square mask a chunk needs.
+# - Chunked prefill, why every chunking gives the same logits, the non-square mask a chunk needs, and how a chunk
+#   (even one longer than the window) is written into the ring in one write.
 # - That cached decoding equals a full recompute, even far past the window.
 #
 # ## What you need
@@ -215,14 +216,15 @@ for seq_len in [4096, 32768]:
 #
 # Below, a cache with $W = 8$ after 13 tokens: positions 5 to 12 are cached; 8 to 12 went into slots 0
 # to 4 after the ring wrapped, over tokens 0 to 4. Slide through the tokens to watch it fill and wrap
-# (in JupyterLab; the picture below is its state after 5 tokens, where the slider starts).
+# (in JupyterLab; the picture below is its state after 20 tokens, where the slider starts: the ring has wrapped
+# twice, and slots 0 to 3 hold 16 to 19, written over 8 to 11, which had been written over 0 to 3).
 
 # %%
 fig = viz.plot_cache_slots(None, pos=13, window=8)
 plt.show()
 
 # %%
-viz.cache_explorer(window=8, n_tokens=24)
+viz.cache_explorer(window=8, n_tokens=24, start=20)
 
 # %% [markdown]
 # ### Why the slot order does not matter, and why keys are stored after RoPE
@@ -506,6 +508,76 @@ _ = check_function("08.3 rolling_chunk_mask", rolling_chunk_mask, _library_chunk
                hint="the mask has min(start, W) + chunk_len columns: which position does each column hold?")
 
 # %% [markdown]
+# ### Exercise 08.4: writing a chunk into the ring
+#
+# 08.3 built what a chunk *reads*; now what it *writes*. After the chunk's attention, the keys (and values) of
+# its `chunk_len` tokens, rows $0, 1, \dots$ of the chunk at positions `start`, `start + 1`, ..., go into the ring,
+# in one indexed write: `cache_k[slots] = chunk_k[rows]`. Write `chunk_write_plan(start, chunk_len, window)`
+# returning the tuple `(rows, slots)` of two lists of ints, rows in increasing order, such that this one write
+# leaves the ring exactly as writing the tokens one by one would, and **no slot appears twice**: when one indexed
+# write hits the same slot twice, which copy lands last is not promised (PyTorch's documentation of `index_copy_`
+# and `index_put_` calls it nondeterministic or undefined: the copies may run in parallel). Think about the chunks that
+# wrap around the end of the ring, and about a chunk longer than the window (a long prompt prefilled in one call).
+# The library's cache (`update`, `advance`) is refused.
+
+# %% nbgrader={"grade": false, "grade_id": "ex08_4_chunk_write_plan-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def chunk_write_plan(start: int, chunk_len: int, window: int) -> tuple:
+    ### BEGIN SOLUTION
+    rows = list(range(max(0, chunk_len - window), chunk_len))  # only the last W tokens can survive the chunk
+    return rows, [(start + r) % window for r in rows]
+    ### END SOLUTION
+
+
+# %% nbgrader={"grade": true, "grade_id": "ex08_4_chunk_write_plan-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+def _library_write_plan(start, chunk_len, window):
+    """Let the library write a chunk whose keys are their own row numbers; read back which row each slot got."""
+    c = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=1, size=window)
+    if start:
+        c.advance(torch.arange(start))
+    positions = torch.arange(start, start + chunk_len)
+    rows_as_keys = torch.arange(chunk_len, dtype=torch.float32).view(1, 1, chunk_len, 1)
+    c.update(0, rows_as_keys, rows_as_keys, positions)
+    c.advance(positions)
+    written = sorted((int(p) - start, s) for s, p in enumerate(c.slot_positions.tolist()) if p >= start)
+    assert all(int(c.k[0][0, 0, s, 0]) == r for r, s in written)  # the key in each slot is its row's
+    return [r for r, _ in written], [s for _, s in written]
+
+
+_ = check_function("08.4 chunk_write_plan", chunk_write_plan, _library_write_plan,
+               [(3, 2, 8), (13, 5, 8), (0, 20, 8), (20, 12, 8), (16, 8, 8), (6, 3, 1), (4093, 4100, 4096)],
+               labels=["3 cached, 2 new tokens, W = 8", "a 5-token chunk at position 13: it wraps around the end of the ring",
+                       "a 20-token prompt in one chunk from position 0, W = 8",
+                       "a 12-token chunk at position 20, longer than W = 8",
+                       "an 8-token chunk (= W) at position 16", "W = 1: 3 new tokens at position 6",
+                       "W = 4,096: a 4,100-token chunk at position 4,093"],
+               forbid=["minimistral.cache.RollingKVCache.update", "minimistral.cache.RollingKVCache.advance"],
+               hint="which tokens of the chunk are still in the ring once the whole chunk is written, and which "
+                    "slot does each position go to?")
+
+# %% [markdown]
+# Your plan in use: write a 12-token chunk at position 21 (longer than $W = 8$, and wrapping around the ring's
+# end) into one layer's ring with a single indexed write, and compare with the library's cache after the same tokens.
+
+# %%
+try:
+    rows, slots = chunk_write_plan(21, 12, 8)
+    ring = MyRollingCache(8, D)
+    chunk_keys = torch.randn(33, D, generator=torch.Generator().manual_seed(4))  # keys of positions 0..32
+    for p in range(21):
+        ring.write(p, chunk_keys[p], chunk_keys[p])  # the 21 tokens before the chunk, one by one
+    ring.k[slots] = chunk_keys[21:][rows]  # the chunk, in one write: no slot twice
+    ring.slot_positions[slots] = torch.tensor(rows) + 21
+    lib = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=D, size=8)
+    lib.update(0, chunk_keys[None, None, :21], chunk_keys[None, None, :21], torch.arange(21))
+    lib.advance(torch.arange(21))
+    lib.update(0, chunk_keys[None, None, 21:], chunk_keys[None, None, 21:], torch.arange(21, 33))
+    lib.advance(torch.arange(21, 33))
+    assert torch.equal(ring.slot_positions, lib.slot_positions) and torch.equal(ring.k, lib.k[0][0, 0])
+    print(f"rows {rows} -> slots {slots}: the ring holds {ring.slot_positions.tolist()}, as the library's does")
+except NotImplementedError:
+    print("this cell uses your chunk_write_plan: solve exercise 08.4 first")
+
+# %% [markdown]
 # ## 6. Far past the window: cached decoding equals a full recompute
 #
 # The strongest test of the rolling buffer: decode 100 tokens one by one with $W = 16$, so the ring
@@ -547,7 +619,17 @@ print(f"tiny model, W=16: {sizes[0]:,} bytes after 1 token and after 60 "
 # front**, so its memory is 0.5 GiB from the very first token (nothing grows, nothing is ever reallocated);
 # what grows is only how many of those slots hold a token, up to $W$ = 4,096, after which the ring overwrites.
 # (A cache that grew on demand would save memory on short prompts, at the price of reallocating, or of
-# shapes that change, which compiled code dislikes: notebook 12.)
+# shapes that change, which compiled code dislikes: notebook 12.) The library's own cache for the 7B, built on the
+# `meta` device (real shapes and dtype, no memory taken), says how many bytes it would allocate:
+
+# %%
+cache_7b = mm.RollingKVCache.from_args(args_7b, dtype=torch.bfloat16, device="meta")  # v0.1: W = 4,096 slots
+no_window = args_7b.replace(sliding_window=None)  # v0.2 / v0.3: no window, a slot for every token
+cache_nw = mm.RollingKVCache.from_args(no_window, dtype=torch.bfloat16, device="meta", seq_len=32768)
+for name, c in [("7B v0.1, rolling buffer", cache_7b), ("7B without a window, 32,768 tokens", cache_nw)]:
+    print(f"{name:<36} keys {tuple(c.k.shape)} + values of the same shape: {c.nbytes:>13,} bytes "
+          f"= {c.nbytes / 2**30:.2f} GiB")
+print("(keys' shape: layers, batch, KV heads, slots, head_dim)")
 
 # %%
 lengths = torch.arange(1, 32769, 64)
@@ -600,8 +682,9 @@ print(f"allocated by mm.RollingKVCache for the 7B: {W7 * per_tok:,} bytes whatev
 #   speed-up is much smaller than its count of token-positions saved.
 # - Attention is a sum over keys and the mask comes from the positions the slots hold, so slot order is
 #   irrelevant; keys are stored after RoPE, so no read has to rotate them again.
-# - Any chunking of the prefill gives the same logits; cached decoding equals a full recompute, far
-#   past the window.
+# - Any chunking of the prefill gives the same logits; a chunk goes into the ring in one indexed write of its
+#   last (at most) $W$ tokens, so no slot is written twice; cached decoding equals a full recompute, far past the
+#   window.
 #
 # ## What's next
 #

@@ -996,3 +996,47 @@ def test_a_diagnosis_names_the_kind_of_mistake_on_a_wrong_value_only(capsys):
     ok, out = verdict(capsys, "99.23 affine", lambda x: 2 * x, reference, cases, diagnose=lambda *a: 1 / 0)
     assert not ok and "ZeroDivisionError" not in out  # a broken diagnosis is ignored
     assert verdict(capsys, "99.23 affine", lambda x: x * 2 + 1, reference, cases, diagnose=diagnose)[0]
+
+
+# --- a per-case time limit: an endless or element-by-element loop fails instead of hanging the notebook ---
+
+def test_time_limit_stops_an_endless_loop_and_says_so(capsys):
+    import time as _time
+
+    def endless(x):
+        while True:
+            try:
+                _time.sleep(0.01)
+            except Exception:  # a student's catch-all must not swallow the stop
+                pass
+
+    started = _time.perf_counter()
+    ok = check_function("99.1 endless", endless, lambda x: x * 2, [case(torch.ones(3), label="three ones")],
+                        time_limit=0.3)
+    assert not ok and _time.perf_counter() - started < 5
+    out = capsys.readouterr().out
+    assert "[FAIL] 99.1 endless: case 1 of 1 (three ones): still running after 0.3 s, so it was stopped" in out
+    assert "the reference takes" in out
+
+
+def test_time_limit_judges_a_slow_answer_afterwards_where_it_cannot_stop_it(capsys, monkeypatch):
+    import time as _time
+    monkeypatch.setattr(checks.signal, "getitimer", lambda which: (1.0, 0.0))  # as if another timer ran
+
+    def slow(x):
+        _time.sleep(0.4)
+        return x * 2
+
+    assert not check_function("99.2 slow", slow, lambda x: x * 2, [case(torch.ones(3), label="three ones")],
+                              time_limit=0.2)
+    assert "took more than 0.2 s" in capsys.readouterr().out
+
+
+def test_time_limit_leaves_a_fast_answer_and_the_signal_handler_alone(capsys):
+    import signal as _signal
+    before = _signal.getsignal(_signal.SIGALRM)
+    assert check_function("99.3 fast", lambda x: x * 2, lambda x: x * 2, [case(torch.ones(3), label="ones")],
+                          time_limit=5)
+    assert _signal.getsignal(_signal.SIGALRM) is before and _signal.getitimer(_signal.ITIMER_REAL)[0] == 0
+    assert check_function("99.4 none", lambda x: x * 2, lambda x: x * 2, [case(torch.ones(3), label="ones")],
+                          time_limit=None)

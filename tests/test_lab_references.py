@@ -222,3 +222,31 @@ def test_conversations_that_fit_admits_the_longest_front_of_the_queue_whose_cach
         assert sum(cache(n) for n in lengths[:got]) <= free - weights or got == 0
         assert got == len(lengths) or sum(cache(n) for n in lengths[:got + 1]) > free - weights
     assert references.conversations_that_fit(args, 10**12, weights, [], dtype_bytes) == 0
+
+
+@pytest.mark.parametrize("seed,lead", [(0, (5,)), (1, (2, 3)), (2, ())])
+def test_dip_split_adds_up_to_transformers_mistral_mlp_and_splits_by_gate_input(seed, lead):
+    # the two parts add up to transformers' MistralMLP; the dip part is that MLP with its gate zeroed outside the dip
+    from transformers import MistralConfig
+    from transformers.models.mistral.modeling_mistral import MistralMLP
+    g = torch.Generator().manual_seed(seed)
+    dim, hidden = 8, 24
+    x = torch.randn(*lead, dim, generator=g)
+    w1, w2, w3 = (torch.randn(hidden, dim, generator=g) * 1.5, torch.randn(dim, hidden, generator=g),
+                  torch.randn(hidden, dim, generator=g))
+    mlp = MistralMLP(MistralConfig(hidden_size=dim, intermediate_size=hidden, hidden_act="silu"))
+    with torch.no_grad():
+        mlp.gate_proj.weight.copy_(w1), mlp.down_proj.weight.copy_(w2), mlp.up_proj.weight.copy_(w3)
+        whole = mlp(x)
+        dip, rest = references.dip_split(x, w1, w2, w3)
+        torch.testing.assert_close(dip + rest, whole)
+        a = x @ w1.T
+        assert ((a > -4) & (a < 0)).any() and (a <= -4).any() and (a > 0).any()  # all three regions occur
+        inside = ((a > -4) & (a < 0)).to(x.dtype)
+
+        class ShutOutside(torch.nn.Module):  # SiLU, with the gate shut outside the dip
+            def forward(self, z):
+                return torch.nn.functional.silu(z) * inside
+
+        mlp.act_fn = ShutOutside()
+        torch.testing.assert_close(dip, mlp(x))

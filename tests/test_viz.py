@@ -372,6 +372,16 @@ def test_cache_explorer_steps_through_tokens():
     assert w.controls["_play"].max == 10
 
 
+
+def test_cache_explorer_starts_where_asked_and_refuses_a_start_outside_the_tokens():
+    w = viz.cache_explorer(window=8, n_tokens=24, start=20)
+    assert w.controls["tokens"].value == 20 and "tokens=20" in w._repr_mimebundle_()["text/plain"]
+    assert viz.cache_explorer(window=8, n_tokens=24).controls["tokens"].value == 5  # half a window by default
+    for bad in (0, 25):
+        with pytest.raises(ValueError, match="start"):
+            viz.cache_explorer(window=8, n_tokens=24, start=bad)
+
+
 def test_mask_explorer_and_errors_shown_in_the_output(monkeypatch):
     w = viz.mask_explorer(max_len=20)
     first = _picture(w)

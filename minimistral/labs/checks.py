@@ -33,7 +33,10 @@ import math
 import numbers
 import os
 import re
+import signal
 import sys
+import threading
+import time
 import types
 from typing import Any, Callable, Iterable, Optional
 
@@ -754,6 +757,37 @@ def run_student(student: Callable, case: tuple, forbid: Iterable[str] = ()) -> t
     return result, {"used": sorted(set(used)), "mutated": mutated}
 
 
+TIME_LIMIT = 60.0  # seconds per case: far above any fair answer to a course exercise (they take milliseconds)
+
+
+class _TooSlow(BaseException):  # not an Exception: a student's `except Exception` must not swallow it
+    pass
+
+
+@contextlib.contextmanager
+def _stopped_after(seconds: Optional[float]):
+    """Raise _TooSlow inside the block once `seconds` have passed, where the platform lets us interrupt it (a
+    POSIX main thread: SIGALRM). Elsewhere (Windows, a worker thread) the block runs to its end, and the caller
+    compares the time it took with the limit afterwards."""
+    can = (seconds is not None and hasattr(signal, "setitimer")
+           and threading.current_thread() is threading.main_thread()
+           and signal.getitimer(signal.ITIMER_REAL)[0] == 0)  # someone else's timer (pytest-timeout) is left alone
+    if not can:
+        yield
+        return
+
+    def stop(signum, frame):
+        raise _TooSlow()
+
+    before = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, before)
+
+
 def _importable_name(fn: Callable) -> Optional[str]:
     """"minimistral.module.qualname" for a module-level function of the library (labs/references.py's included),
     else None: what a sandbox can resolve by name."""
@@ -901,7 +935,8 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
                    hint: str = "", atol: Optional[float] = None, rtol: Optional[float] = None,
                    labels: Optional[Iterable[str]] = None, forbid: Iterable[str] = (),
                    show: Optional[Callable] = None, plain_int: bool = False,
-                   raised: Optional[dict] = None, diagnose: Optional[Callable] = None) -> bool:
+                   raised: Optional[dict] = None, diagnose: Optional[Callable] = None,
+                   time_limit: Optional[float] = TIME_LIMIT) -> bool:
     """Call `student` and `reference` on every case and compare the results (type, length, shape and dtype
     first, then the values, with tolerances relative to the reference's size: `atol`/`rtol` when given, else
     the reference dtype's own, TOLERANCES). The student's function runs on its own deep copies of the
@@ -916,7 +951,9 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     `raised` maps an exception's type name ("IndexError") to what that error usually means in this exercise:
     said instead of the hint when the student's function raises it. diagnose(got, want, *args), when given, may
     return a sentence about a wrong value (what kind of mistake it looks like, in words, not the answer); it is
-    added to the message, and an error inside it is ignored."""
+    added to the message, and an error inside it is ignored. time_limit: seconds one case may take (None: no
+    limit); a case past it fails as too slow (an endless loop, or a loop over every element), stopped where
+    the platform allows (see _stopped_after), else judged when it returns."""
     cases = list(cases)
     labels = list(labels) if labels is not None else None
     forbid = tuple(forbid)
@@ -931,15 +968,21 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
     for n, args in enumerate(cases, 1):
         label = labels[n - 1] if labels else getattr(args, "label", None)
         what = f"case {n} of {len(cases)} ({label if label is not None else _describe_case(student, args, reference)})"
+        started = time.perf_counter()
         try:
-            with _refusing_reference(reference) as called:
+            local = getattr(student, "run_checked", None) is None  # the grader's sandbox has its own limits
+            with _refusing_reference(reference) as called, _stopped_after(time_limit if local else None):
                 got, seen = _call_student(student, tuple(args), forbid, reference)
+        except _TooSlow:
+            return _report(FAIL, exercise, _too_slow(what, time_limit, reference, args, hint, stopped=True))
         except NotImplementedError:
             return _report(TODO, exercise, "not implemented yet")
         except Exception as e:  # a student's bug must not stop the notebook
             meaning = (raised or {}).get(type(e).__name__)  # by name: the grader's sandbox keeps only the name
             return _report(FAIL, exercise, f"{what} raised {type(e).__name__}: {e}. "
                                            f"{meaning or getattr(args, 'hint', '') or hint}".strip())
+        if time_limit is not None and time.perf_counter() - started > time_limit:
+            return _report(FAIL, exercise, _too_slow(what, time_limit, reference, args, hint, stopped=False))
         if called:
             return _report(FAIL, exercise, f"{what}: it calls {called[0]}, the very reference it is compared with "
                                            f"(not allowed: the exercise is to write it). {hint}".strip())
@@ -970,6 +1013,18 @@ def check_function(exercise: str, student: Callable, reference: Callable, cases:
                 why = f"{why}; {said}" if said else why
             return _report(FAIL, exercise, f"{what}: {why}. {why_hint}".strip())
     return _report(PASS, exercise, f"matches {compared_with(reference)} on {len(cases)} case{'s' if len(cases) != 1 else ''}")
+
+
+def _too_slow(what: str, limit: float, reference: Callable, args: tuple, hint: str, stopped: bool) -> str:
+    started = time.perf_counter()
+    try:
+        reference(*args)
+        theirs = f" (the reference takes {time.perf_counter() - started:.2g} s)"
+    except Exception:  # the reference's time is a courtesy
+        theirs = ""
+    took = f"still running after {limit:g} s, so it was stopped" if stopped else f"took more than {limit:g} s"
+    return (f"{what}: {took}{theirs}. A loop that never ends, or a Python loop over every element where one "
+            f"tensor operation would do? {hint}").strip()
 
 
 def compared_with(reference: Callable) -> str:

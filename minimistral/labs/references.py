@@ -168,6 +168,17 @@ def hidden_for_share_by_search(args, share, multiple_of: int = 256) -> int:
     return h
 
 
+def dip_split(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor, w3: torch.Tensor, low: float = -4.0):
+    """06.4: the SwiGLU output W2(SiLU(W1 x) * W3 x) as a tuple (from the dip, from the rest): what the hidden
+    units whose gate input a = W1 x lies in low < a < 0 (for that token) write, and what the other units write.
+    Computed as two masked MLP passes (the gate zeroed outside, then inside, the dip)."""
+    a = torch.matmul(x, w1.T)  # the gate inputs, (..., hidden)
+    inside = (a > low) & (a < 0)  # per token and unit
+    value = x @ w3.T
+    gate = a * torch.sigmoid(a)
+    return ((gate * inside) * value) @ w2.T, ((gate * ~inside) * value) @ w2.T
+
+
 # ---- 05.5: the smallest window that keeps the loss -------------------------------------------------------
 _window_losses: dict = {}  # (id of the weights, window, the tokens) -> loss: the check asks for each window once
 

@@ -174,8 +174,9 @@ def plot_cache_slots(cache_or_slot_positions=None, pos=None, window=None):
                                     edgecolor="darkorange" if p == newest else "#888888",
                                     lw=2 if p == newest else 0.6, hatch=None if inside else "///"))
             if len(shown) <= 48:
-                ax2.text(p - first + 0.5, 0.5, str(p), ha="center", va="center", fontsize=7,
-                         color="#777777" if not inside else text_colour(p))
+                ax2.text(p - first + 0.5, 0.5, str(p), ha="center", va="center", fontsize=7,  # overwritten: dark
+                         color="#222222" if not inside else text_colour(p),  # on a white patch over the hatching
+                         bbox=None if inside else dict(facecolor="white", edgecolor="none", pad=0.6))
         ax2.set_xlim(-0.1, 3 * W + 0.1)  # the sequence grows to the right, up to the last 3W tokens
         ax2.set_ylim(0, 1)
         ax2.axis("off")

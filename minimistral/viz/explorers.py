@@ -154,12 +154,17 @@ def attention_explorer(model, tokens, tokenizer=None, max_bytes=GiB):
     return _explorer_class()("attention explorer", controls, draw, f": {len(ids)} tokens; move the sliders in JupyterLab")
 
 
-def cache_explorer(window: int = 8, n_tokens: int = 24):
-    """Step through a sequence token by token and watch the rolling cache's W slots fill, then wrap."""
+def cache_explorer(window: int = 8, n_tokens: int = 24, start: int = None):
+    """Step through a sequence token by token and watch the rolling cache's W slots fill, then wrap. `start`: the
+    tokens written when the slider starts (what a static render shows); by default half a window."""
     widgets = _widgets()
     from ..cache import RollingKVCache
     _check_int("window", window)
     _check_int("n_tokens", n_tokens)
+    if start is not None:
+        _check_int("start", start)
+        if not 1 <= start <= n_tokens:
+            raise ValueError(f"cache_explorer: start={start} must be between 1 and n_tokens={n_tokens}")
 
     def draw(tokens):  # replay the library's own bookkeeping up to this step
         cache = RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=2, size=window)
@@ -167,7 +172,7 @@ def cache_explorer(window: int = 8, n_tokens: int = 24):
             cache.advance(torch.tensor([p]))
         return plot_cache_slots(cache)
 
-    step = _slider("tokens written", min(window // 2 + 1, n_tokens), 1, n_tokens, "420px")
+    step = _slider("tokens written", min(window // 2 + 1, n_tokens) if start is None else start, 1, n_tokens, "420px")
     if widgets is None:
         play = _Fixed(step.value)
     else:
