@@ -30,17 +30,14 @@ plt.show()
 # real sentence, how much attention lands on the first token, heads that look at the previous token, and
 # the rolling KV cache holding its memory flat on a prompt longer than the window.
 #
-# > **Without a GPU or the weights, what you will and will not see.** Every cell runs, on the small
-# > model trained for this course (`data/tiny_mistral`), and every stored output that runs a model, and
-# > every picture of one, is that small model's. You **will** see: the memory plan of the real 7B (exact arithmetic
-# > from its config, for your machine and for the machines of Appendix A), both exercises, and each step
-# > of loading, generating, attention pictures and the rolling cache, done on the small model. You will
-# > **not** see the 7B's text, its attention maps, its attention sinks or its speed on your machine. The
-# > measurements of the 7B's shape in this notebook, all on random weights, are two stored benchmark runs
-# > (`data/bench_gpu_h200.json`, `data/bench_load_cpu_7b.json`), the fp16 check of `tests/test_device.py`
-# > and one hand-noted timing of this notebook on a CPU (both in Appendix A), each cited where it is used;
-# > every other sentence about the 7B is marked as an expectation (what the papers report, or what the
-# > arithmetic predicts).
+# > **Every picture and every model output stored in this notebook comes from the small model trained for
+# > this course** (`data/tiny_mistral`: 5 M parameters, 4 layers, notebook 10), **not from Mistral 7B**: no
+# > GPU and no 7B weights were available when it was last run. Each figure of a model says so in its title
+# > (the explorer's first state in section 5 is the small model's too). With the
+# > weights, the same cells draw the 7B's pictures on your machine. What you see here about the 7B itself is
+# > arithmetic from its config (the memory plan, exercise 11.1, Appendix A), two stored benchmark runs of
+# > its shapes on random weights (Appendix A), and what papers report about it or about similar models,
+# > each labelled as the paper's, with its figure or section.
 #
 # ## What you will learn
 # - Where the weights come from and how to point this notebook at them (on Linux, macOS, Windows or Colab).
@@ -50,7 +47,8 @@ plt.show()
 #   loaded tensor by tensor so the full-precision model is never in memory, and what that costs in speed.
 # - Generating text with the real model, and how fast it is.
 # - What attention looks like in a trained model: previous-token heads, distance, and the first token as an
-#   attention sink (expected in the 7B; the small model of the stored outputs shows none).
+#   attention sink (found in Llama-2-7B by the paper that named it; the small model of the stored outputs
+#   shows it only weakly).
 # - The rolling cache at work past the window: memory stays flat, slots wrap.
 #
 # ## What you need
@@ -156,6 +154,7 @@ print(SETTINGS.describe())
 REAL = SETTINGS.checkpoint is not None
 DEVICE = SETTINGS.device  # a torch.device from here on
 FOLDER = SETTINGS.checkpoint if REAL else Path(corpus.TINY_MODEL_PATH)  # what the cells below load
+WHO = "Mistral 7B" if REAL else "the SMALL course model (data/tiny_mistral), not Mistral 7B"  # in every figure title
 if REAL:
     print(f"REAL path: {FOLDER} on {DEVICE}")
 else:
@@ -188,7 +187,10 @@ def sync():
 # whose plan fits in what the device has free: free GPU memory on CUDA; on a Mac the smaller of the RAM
 # available and Metal's share; available RAM on the CPU (both read with `psutil`, the same way on Linux,
 # macOS and Windows). `mm.load_checkpoint` runs the same plan and refuses, with the figures and a setting
-# that fits, where it would not fit; so "fits" here is never contradicted below.
+# that fits, where it would not fit; so "fits" here is never contradicted below. The plan cell prints two
+# bills that differ only in the working memory of section 6's long prompt, which is read in chunks: the
+# **plan to pick** the setting assumes the smallest chunk, the **plan of the run** the largest chunk that
+# still fits (Appendix A).
 
 # %%
 def checkpoint_args(folder: Path) -> mm.ModelArgs:
@@ -234,57 +236,79 @@ print(f"setting: {PLAN.setting()}")
 # %% [markdown]
 # ### Exercise 11.1: how many conversations fit?
 #
-# The plan above is for one sequence. A server answers many at once, each with its own rolling cache,
-# and the weights are shared. Write `sequences_that_fit(args, free_bytes, weight_bytes, seq_len, dtype_bytes)`:
-# how many sequences of `seq_len` tokens can run at once in `free_bytes` of memory that also holds
-# `weight_bytes` of weights (in whatever format), when every number in the caches takes `dtype_bytes`
-# bytes? Ignore activations and the margin; return an `int`, 0 when the weights alone do not fit.
-# Work out a cache's size per sequence yourself, from what notebooks 04 and 08 taught about what a
-# cache stores and how many tokens a rolling buffer keeps (`args.sliding_window`, or `None`: no window).
-# The check refuses calls to the library's own cache arithmetic (`args.kv_cache_bytes` and friends) and
-# building a cache to read its size (`RollingKVCache`, `model.new_cache`), and the library's other byte
-# counters (`viz.capture.capture_bytes`, `planner.capture_working_bytes`).
+# The plan above is for one sequence. A server answers many at once: the weights are shared, and each
+# conversation gets a rolling cache of its own, allocated when it starts, with as many slots as it will
+# ever hold at once. Conversations wait in a queue and are admitted in order: the first one that does not
+# fit stops the queue (letting shorter ones overtake it would make a long conversation wait for ever).
+#
+# Write `sequences_that_fit(args, free_bytes, weight_bytes, seq_lens, dtype_bytes)`: `seq_lens[i]` is the
+# number of tokens conversation `i` of the queue will reach. Return how many conversations, from the front
+# of the queue, run at once in `free_bytes` of memory that also holds `weight_bytes` of weights (in
+# whatever format), when every number in the caches takes `dtype_bytes` bytes. Ignore activations and the
+# margin; return an `int`, 0 when the weights alone do not fit. Work out each conversation's cache yourself,
+# from what notebooks 04 and 08 taught about what a cache stores and how many tokens a rolling buffer keeps
+# (`args.sliding_window`, or `None`: no window, the cache keeps every token). The check refuses the
+# library's own cache arithmetic (`args.kv_cache_bytes` and friends, `planner.max_batch_size`), building a
+# cache to read its size (`RollingKVCache`, `model.new_cache`), and the library's other byte counters
+# (`viz.capture.capture_bytes`, `planner.capture_working_bytes`).
 
 # %% nbgrader={"grade": false, "grade_id": "ex11_1_sequences_that_fit-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def sequences_that_fit(args: mm.ModelArgs, free_bytes: int, weight_bytes: int, seq_len: int, dtype_bytes: int) -> int:
+def sequences_that_fit(args: mm.ModelArgs, free_bytes: int, weight_bytes: int, seq_lens: list[int],
+                       dtype_bytes: int) -> int:
     ### BEGIN SOLUTION
-    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)
-    per_sequence = kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes  # K and V
-    return max(0, (free_bytes - weight_bytes) // per_sequence)
+    room = free_bytes - weight_bytes
+    per_token = 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes  # K and V, every layer
+    admitted = 0
+    for seq_len in seq_lens:
+        kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)
+        room -= kept * per_token
+        if room < 0:  # this one does not fit, and the queue stops here
+            break
+        admitted += 1
+    return admitted
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex11_1_sequences_that_fit-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
 from minimistral.labs.checks import case
+from minimistral.labs.references import conversations_that_fit
 
 _bf16_7b, _int8_7b = planner.weights_bytes(seven_b), planner.weights_bytes(seven_b, torch.float16, "int8")
 _no_window = seven_b.replace(sliding_window=None)
 _tiny = mm.ModelArgs.tiny()
+_win = 2**29  # one 7B conversation of 4,096 tokens or more in a bf16 cache: 0.54 GB
+_mixed = [1000, 5000, 300, 32768, 4096, 2048, 4097, 100, 9000, 700, 3000, 12] * 4  # lengths of a real queue
 _many = "what does a cache store for each token it holds, in how many layers and for how many heads"
 _ = check_function(
-    "11.1 sequences_that_fit", sequences_that_fit,
-    lambda a, free, weights, n, b: planner.max_batch_size(a, free, weights, n, {4: "float32", 2: "bfloat16", 1: "int8"}[b]),
-    [case(seven_b, 80 * 10**9, _bf16_7b, 32768, 2, label="7B bf16 on 80 GB, 32,768-token conversations",
-          hint=_many + "; how many tokens does a rolling buffer hold?"),
-     case(_no_window, 80 * 10**9, _bf16_7b, 32768, 2, label="the same model without a sliding window",
+    "11.1 sequences_that_fit", sequences_that_fit, conversations_that_fit,
+    [case(seven_b, 80 * 10**9, _bf16_7b, [32768] * 200, 2, label="7B bf16 on 80 GB, a queue of 200 conversations "
+          "of 32,768 tokens", hint=_many + "; how many tokens does a rolling buffer hold?"),
+     case(_no_window, 80 * 10**9, _bf16_7b, [32768] * 200, 2, label="the same queue, the model without a sliding window",
           hint="sliding_window is None here: what does the cache keep then?"),
-     case(seven_b, _bf16_7b + 31 * 2**27, _bf16_7b, 32768, 2, label="room for 7.75 windows, 32,768-token conversations",
+     case(seven_b, _bf16_7b + 31 * _win // 10, _bf16_7b, [4096, 9000, 5000, 6000, 100, 50], 2,
+          label="room for 3.1 windows, a queue of 6: 4,096, 9,000, 5,000, 6,000, 100, 50 tokens",
+          hint="the queue is served in order, and the first conversation that does not fit stops it"),
+     case(seven_b, int(14.5 * 2**30), _int8_7b, _mixed, 2, label="T4 with int8 weights, a queue of 48 conversations "
+          "of mixed lengths (12 to 32,768 tokens)",
+          hint="the conversations differ in length: how many slots does each one's cache need?"),
+     case(seven_b, _bf16_7b + 31 * 2**27, _bf16_7b, [32768] * 10, 2, label="room for 7.75 windows, 10 long conversations",
           hint="the room left holds 7 caches and three quarters of another: can a quarter-empty cache run?"),
-     case(seven_b, int(14.5 * 2**30), _int8_7b, 1000, 2, label="T4: int8 weights, 1,000-token conversations",
-          hint="1,000 tokens is shorter than the window: how many slots does one of these conversations fill?"),
-     case(seven_b, int(14.5 * 2**30), _int8_7b, 32768, 1, label="the same T4, 32,768 tokens, an int8 cache",
-          hint="only dtype_bytes differs from a 2-byte cache: the cache's numbers take dtype_bytes each, "
-               "whatever format the weights are stored in"),
-     case(seven_b, 12 * 10**9, _bf16_7b, 100, 2, label="bf16 weights that do not fit in 12 GB",
+     case(seven_b, int(14.5 * 2**30), _int8_7b, [32768] * 40, 1, label="the T4 again, 40 long conversations, an int8 cache",
+          hint="the cache's numbers take dtype_bytes each, whatever format the weights are stored in"),
+     case(seven_b, 12 * 10**9, _bf16_7b, [100, 100], 2, label="bf16 weights that do not fit in 12 GB",
           hint="here the weights alone take more than free_bytes"),
-     case(seven_b, _bf16_7b + 7 * 2**29, _bf16_7b, 32768, 2, label="exactly 7 windows of room, 32,768-token conversations",
-          hint="the room left is exactly 7 caches: count whole sequences, and check the boundary"),
-     case(seven_b, _bf16_7b + 7 * 2**29 - 1, _bf16_7b, 5000, 2, label="one byte less than 7 windows, 5,000 tokens",
-          hint="one byte less than 7 caches of room: can the 7th sequence still run?"),
-     case(_tiny, 10**6, 2 * 10**5, 300, 4, label="tiny model, float32 cache",
-          hint="the tiny model has its own layers, KV heads and head size: read them from args"),
-     case(_tiny.replace(sliding_window=None), 10**6, 0, 50, 1, label="tiny model without a window, int8 cache",
-          hint="sliding_window is None and each number takes one byte")],
+     case(seven_b, _bf16_7b + 7 * _win, _bf16_7b, [32768] * 7 + [5000] * 3, 2,
+          label="exactly 7 windows of room, a queue of 10", hint="the room left is exactly 7 caches: check the boundary"),
+     case(seven_b, _bf16_7b + 7 * _win - 1, _bf16_7b, [5000] * 7, 2, label="one byte less than 7 windows, 7 in the queue",
+          hint="one byte less than 7 caches of room: can the 7th conversation still run?"),
+     case(seven_b, 80 * 10**9, _bf16_7b, [4096, 100, 32768], 2, label="80 GB, only 3 in the queue",
+          hint="there is room for many more than the queue holds"),
+     case(seven_b, 80 * 10**9, _bf16_7b, [], 2, label="80 GB, an empty queue", hint="nobody is waiting"),
+     case(_tiny, 10**6, 2 * 10**5, [63, 64, 65, 300, 5, 64, 1000, 32], 4, label="tiny model, float32 cache, "
+          "a queue of 8 around its 64-token window", hint="the tiny model has its own layers, KV heads, head size "
+          "and window: read them from args"),
+     case(_tiny.replace(sliding_window=None), 280 * 512, 0, [50, 20, 200, 10, 1, 300], 1,
+          label="tiny model without a window, int8 cache", hint="sliding_window is None and each number takes one byte")],
     forbid=["minimistral.ModelArgs.kv_cache_bytes", "minimistral.ModelArgs.kv_bytes_per_token",
             "minimistral.ModelArgs.cache_slots", f"{planner.__name__}.max_batch_size", f"{planner.__name__}.plan",
             f"{planner.__name__}.recommend", "minimistral.cache.RollingKVCache.from_args",
@@ -294,8 +318,10 @@ _ = check_function(
     plain_int=True)
 
 # %% [markdown]
-# The library's version (`planner.max_batch_size`) on the case that motivates the sliding window: long
-# conversations on one 80 GB GPU beside the bf16 7B.
+# Why the window matters to a server: long conversations, all of one length, on one 80 GB GPU beside the
+# bf16 7B (`planner.max_batch_size`, the library's count for a queue of one length). The Mistral 7B paper
+# makes the same point (Jiang et al., 2023, Section 2, "Rolling Buffer Cache": at 32k tokens the rolling
+# cache takes 8 times less memory).
 
 # %%
 print(f"80 GB, bf16 7B, 32,768-token conversations: {planner.max_batch_size(seven_b, 80 * 10**9, _bf16_7b, 32768)} "
@@ -388,6 +414,7 @@ L, H = args.n_layers, args.n_heads
 
 # %%
 fig = viz.plot_head_grid(cap, layer=L // 2, tokens=labels, across=4)  # 4 maps a row: labels stay readable
+fig.suptitle(f"{fig.get_suptitle()}\n{WHO}", fontsize=11)
 plt.show()
 on_first = cap.probs[L // 2][0, :, 1:, 0].float()  # (heads, queries 1..): attention on position 0
 print(f"layer {L // 2}, mean attention on <s> over queries 1-{len(ids) - 1}, by head:",
@@ -396,9 +423,9 @@ print("the last 4 queries' attention on <s>, heads 0-2:", [[round(v, 2) for v in
 
 # %% [markdown]
 # Layers and heads side by side: rows are layers from the first to the last, columns a few heads (one per
-# KV group). In large trained models the first layers spread their attention or look at nearby tokens,
-# while many heads of later layers pile it onto the first token (Xiao et al., 2023, show this for
-# Llama-2 and other models). The stored pictures are the small model's (4 layers, trained for minutes):
+# KV group). In large trained models the first layers look at nearby tokens, while the heads of later
+# layers pile attention onto the first token (the paper's finding for Llama-2-7B: Xiao et al., 2023,
+# Section 3.1 and Fig. 2; next section). The stored pictures are the small model's (4 layers, trained for minutes):
 # its heads are less regular, and several single out one earlier word for many queries in a row (the
 # bright vertical stripes). The colour scale is the same square root as above, from 0 to 1 in every map.
 
@@ -419,39 +446,91 @@ for r, layer in enumerate(show_layers):
         ax.set_yticks(list(ticks), [labels[i] for i in ticks], fontsize=6)
 fig.colorbar(im, ax=axes, shrink=0.6, label="attention probability (square-root scale)")
 fig.suptitle(f"{len(show_layers)} layers x {len(show_heads)} heads on {len(ids)} tokens "
-             "(rows: queries, columns: keys; grey = masked)")
+             f"(rows: queries, columns: keys; grey = masked)\n{WHO}")
 plt.show()
 
 # %% [markdown]
-# ### Attention sinks: none in the small model, expected in the 7B
+# ### Attention sinks: what the paper found in Llama-2-7B, and what the small model does
 #
 # Softmax must hand out a total of 1. A head that has nothing useful to read still has to put its
 # attention somewhere, and large trained models learn to park it on the first token (the BOS token `<s>`):
-# an **attention sink** (Xiao et al., 2023, "Efficient Streaming Language Models with Attention Sinks").
-# Their explanation is position, not content: the first token is visible to every later query, so it is
-# where spare attention gets trained to go. In Llama-2-7B they found that beyond the bottom two layers the
-# model attends heavily to the first token in every layer and head. The figure shows, for each layer and
-# head, the mean attention that queries put on position 0, against what spreading it evenly would give.
+# an **attention sink** (Xiao et al., 2023, "Efficient Streaming Language Models with Attention Sinks",
+# Section 3.1). Their explanation is position, not content: the first token is visible to every later
+# query, so it is where spare attention gets trained to go. **The paper's measurement** (their Fig. 2,
+# Llama-2-7B, attention averaged over 256 sentences of 16 tokens): in the bottom two layers attention is
+# local, on recent tokens; beyond them the model attends heavily to the first token in every layer and head.
 #
-# **The stored figure is the small model's, and it shows no attention sink.** Its layer means (printed
-# below the figure: 0.12 to 0.20) sit on the 0.17 of even spreading. 13 of its 32 heads put more than
-# the even share on `<s>`, but only 5 (layer 2's heads 0 to 2, layer 3's heads 0 and 5) put 1.8 times it
-# or more, 0.31 to 0.37: about twice the even share, under two fifths of their attention. **What the 7B
-# is expected to show** (an expectation from Xiao et
-# al.'s Llama-2-7B, a model close in size and design, not a measurement of Mistral 7B): beyond its
-# first two layers, layer means far to the right of the even line. Run the notebook with the weights to
-# see whether it does.
+# One sentence is too little to tell a sink from chance, so the cell below follows the paper's protocol:
+# 256 sequences of 16 tokens from the held-out chapters, `<s>` first, and for each layer and head the mean
+# attention that queries 1 to 15 put on `<s>`. Spreading evenly would give 0.16 (query $i$ has $i + 1$
+# keys). The colour is the ratio to that even share on a log scale: white is even, red more, blue less,
+# the darkest red all of it (6.3 times the even share).
+#
+# **In the stored figure (the small model, not the 7B)** the first two layers sit at or below the even
+# share (layer means 0.14 and 0.15) and the last two above it (0.24 and 0.28: 1.5 and 1.8 times it).
+# 4 of the 32 heads put at least twice the even share on `<s>`: layer 2's heads 0 and 2 (0.40, 0.39)
+# and layer 3's heads 0 and 5 (0.42, 0.53). That is the paper's pattern, in a weak form: no head puts more
+# than 0.53 there. **Mistral 7B is not shown here.** The paper's figure is of Llama-2-7B, a model close
+# in size and design, so deep red beyond the first two layers is an expectation for Mistral 7B, not a
+# measurement. With the weights, this cell measures it (with 32 sequences on a CPU).
 
 # %%
-fig = viz.plot_attention_sinks(cap)
+# Xiao et al.'s protocol (their Fig. 2): sequences of 16 tokens, <s> then 15 tokens of text, averaged over many
+from matplotlib.colors import TwoSlopeNorm
+
+_, heldout = corpus.split(corpus.load_text())  # the chapters held out of the small model's training
+n_seq = 32 if REAL and DEVICE.type == "cpu" else 256  # the 7B on a CPU: 32 sequences, a minute or so
+pool = []
+for chapter in heldout:
+    pool += tok.encode(chapter, bos=False)
+    if len(pool) >= 15 * n_seq:
+        break
+seqs = torch.tensor([[tok.bos_id] + pool[15 * i:15 * i + 15] for i in range(n_seq)])  # (n_seq, 16)
+mass = torch.zeros(L, H)  # mean attention on <s> of queries 1..15, per layer and head
+with torch.no_grad():
+    for b in range(0, n_seq, 32):
+        with viz.capture_attention(model, dtype=torch.float16) as cap16:
+            model(seqs[b:b + 32].to(DEVICE))
+        for l in range(L):
+            mass[l] += cap16.probs[l][:, :, 1:, 0].float().mean(-1).sum(0)  # (heads,): summed over sequences
+        del cap16
+mass /= n_seq
+even = (1 / torch.arange(2, 17).float()).mean().item()  # query i spread evenly over its i + 1 keys
+ratio = (mass / even).log2()  # > 0: more than the even share; a full sink (all of it): log2(1 / even)
+top = torch.tensor(1 / even).log2().item()
+
+fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, min(0.2 * L + 3.2, 9)), layout="constrained",
+                              gridspec_kw={"width_ratios": [3, 1.3]})
+im = ax.imshow(ratio, cmap="RdBu_r", norm=TwoSlopeNorm(0, -top, top), aspect="auto")
+bar = fig.colorbar(im, ax=ax, location="bottom", fraction=0.06, pad=0.02, shrink=0.9,
+                   label="attention on <s> against the even share (red: more, blue: less)")
+ticks = [-2, -1, 0, 1, top]
+bar.set_ticks(ticks, labels=["1/4", "1/2", "even", "2x", f"all: {1 / even:.1f}x"])
+if L * H <= 64:  # few cells: print each head's mean
+    for (i, j), v in zip(torch.cartesian_prod(torch.arange(L), torch.arange(H)).tolist(), mass.flatten().tolist()):
+        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8)
+ax.set_xticks(range(H), range(H), fontsize=7 if H > 16 else 9)
+ax.set_yticks(range(L) if L <= 16 else range(0, L, 4))
+ax.set_xlabel("query head")
+ax.set_ylabel("layer")
+ax.set_title("mean attention on <s>, per head", fontsize=10)
+ax2.plot(mass.mean(1), range(L), "o-", color="black", label="mean over heads")
+ax2.axvline(even, color="grey", ls="--", label=f"even share ({even:.2f})")
+ax2.set_xlim(0, 1)
+ax2.set_ylim(L - 0.5, -0.5)
+ax2.set_yticks(range(L) if L <= 16 else range(0, L, 4))
+ax2.set_xlabel("attention on <s>")
+ax2.set_title("by layer", fontsize=10)
+ax2.grid(alpha=0.3)
+ax2.legend(fontsize=8, loc="lower right")
+fig.suptitle(f"Attention sinks? {n_seq} sequences of 16 tokens, <s> first\n{WHO}", fontsize=11)
 plt.show()
-sink = torch.stack([cap.probs[l][0, :, 1:, 0].float().mean() for l in range(L)])  # mean over heads and queries
-even = (1 / torch.arange(2, len(ids) + 1).float()).mean()  # query i sees i + 1 keys (all within the window here)
-print("layer means of the attention on token 0:", [round(v, 2) for v in sink.tolist()], f"(even spreading: {even:.2f})")
-per_head = torch.stack([cap.probs[l][0, :, 1:, 0].float().mean(-1) for l in range(L)])  # (layers, heads)
-strong = [(l, h, round(per_head[l, h].item(), 2)) for l, h in (per_head >= 1.8 * even).nonzero().tolist()]
-print(f"{int((per_head > even).sum())} of {L * H} heads put more than the even share on it; {len(strong)} put at "
-      "least 1.8 times it (layer, head, mean):", strong)
+print("layer means of the attention on <s>:", [round(v, 2) for v in mass.mean(1).tolist()], f"(even share: {even:.2f}); "
+      "as multiples of the even share:", [round(v, 1) for v in (mass.mean(1) / even).tolist()])
+strong = [(l, h, round(mass[l, h].item(), 2)) for l, h in (mass >= 2 * even).nonzero().tolist()]
+print(f"{int((mass > even).sum())} of {L * H} heads put more than the even share on it; {len(strong)} put at least "
+      "twice it (layer, head, mean):", strong)
+print(f"the most any head puts on <s>: {mass.max().item():.2f}")
 
 # %% [markdown]
 # **An experiment the figure cannot make: take `<s>` away.** A head that parks spare attention on `<s>`
@@ -465,14 +544,15 @@ print(f"{int((per_head > even).sum())} of {L * H} heads put more than the even s
 # keys and values that were built with `<s>` present. The two test different things. Xiao et al. (2023)
 # call the first a sliding window with re-computation and report that it keeps perplexity low (their
 # Fig. 1c and Fig. 3): a model that never sees the first token can use the first token it does see as its
-# sink. The second is their window attention (Fig. 1b, Table 1): Llama-2's perplexity climbs by orders of
-# magnitude once the first tokens leave a cache built with them, and recovers when the first four are
-# kept. So a model that relies on a sink should lose little when `<s>` is never seen and much when it is
+# sink. The second is their window attention (Fig. 1b and Fig. 3; Table 1 for Llama-2-13B): perplexity
+# climbs by orders of magnitude once the first tokens leave a cache built with them, and recovers when
+# the first four are kept. So a model that relies on a sink should lose little when `<s>` is never seen and much when it is
 # evicted. In the stored run (the small model) neither moves the loss: 3.032 nats per token after `<s>`,
-# 3.031 with it never seen and 3.031 with it evicted, on the last 63 tokens of 16 chapters of 127; with
-# the figure above, which shows no sink, that says nothing in the small model depends on one. **For the 7B this is an expectation, not a
-# measurement**: from Xiao et al.'s results, a small cost for "never seen" and a large one for "evicted".
-# Run this cell with the weights to see what each costs Mistral 7B.
+# 3.031 with it never seen and 3.031 with it evicted, on the last 63 tokens of 16 chapters of 127. So the
+# small model leans on `<s>` in its last two layers (the figure above) but nothing it computes depends on
+# that measurably. **For the 7B this is an expectation, not a measurement**: from the paper's results on
+# Llama-2, a small cost for "never seen" and a large one for "evicted". Run this cell with the weights to
+# see what each costs Mistral 7B.
 
 # %%
 def text_loss(ids: list[int], hide_bos: str) -> torch.Tensor:
@@ -492,7 +572,6 @@ def text_loss(ids: list[int], hide_bos: str) -> torch.Tensor:
                                              reduction="none")
 
 
-_, heldout = corpus.split(corpus.load_text())  # the chapters held out of the small model's training
 n_chapters = 4 if REAL and DEVICE.type == "cpu" else 16  # a 7B on a CPU reads a chapter in tens of seconds
 n_text = min(W - 1, 255)  # one chapter's tokens, all of them within the window
 texts = [tok.encode(ch, bos=False)[:n_text] for ch in heldout[:n_chapters]]
@@ -539,13 +618,15 @@ ax.yaxis.set_major_locator(MaxNLocator(integer=True))
 ax.set_title("previous-token score of every head")
 probs, q_pos, k_pos = cap.attention(*best)
 viz.plot_attention(probs, tokens=labels, ax=ax2, title=f"layer {best[0]}, head {best[1]}: the strongest")
+fig.suptitle(WHO, fontsize=11)
 plt.show()
 above = [(l, h, round(score[l, h].item(), 2)) for l, h in (score >= 2.5 * chance).nonzero().tolist()]
 print(f"chance (even spreading): {chance:.2f}; heads at 2.5 times chance or more (layer, head, score): {above}")
 print(f"strongest previous-token head: layer {best[0]}, head {best[1]}, score {score.max().item():.2f}")
 
 # %% [markdown]
-# To browse every layer and head yourself (in JupyterLab; the picture below is its first state):
+# To browse every layer and head yourself (in JupyterLab; the picture below is its first state, here the
+# small model's):
 
 # %%
 viz.attention_explorer(model, ids, tokenizer=tok)
@@ -617,7 +698,7 @@ ax.set_xlim(0)
 ax.set_ylim(0)
 ax.set_xlabel("tokens processed")
 ax.set_ylabel("KV cache (MiB)")
-ax.set_title("Past the window, the rolling cache stays flat")
+ax.set_title(f"The rolling cache is allocated once; a full cache keeps growing\n{WHO}", fontsize=10)
 ax.legend(loc="upper left", fontsize=8)
 fig.tight_layout()
 plt.show()
@@ -628,6 +709,7 @@ plt.show()
 
 # %%
 fig = viz.plot_cache_slots(cache)
+fig.axes[0].set_title(f"{fig.axes[0].get_title()}\n{WHO}", fontsize=10)
 plt.show()
 
 # %% [markdown]
@@ -751,6 +833,7 @@ for layer in (0, last):  # the figure's own profiles: a mean of probabilities is
 print(f"layers 0 and {last}: {CHUNK} queries each against {cap_long.k_positions[0].numel():,} keys, "
       f"no attention at all beyond distance W - 1 = {W - 1:,}")
 fig = viz.plot_attention_distance(cap_long, window=W)
+fig.suptitle(f"{fig.get_suptitle()}\n{WHO}", fontsize=11)
 plt.show()
 
 # %%
@@ -762,9 +845,10 @@ free_memory()
 #
 # Two numbers matter: **prefill** (the prompt, many tokens per forward pass: compute-bound, fast per
 # token) and **decode** (one token per forward pass). At batch 1, each decoded token reads every weight
-# once (all but the embedding table, of which it reads one row; plus the KV cache), so decode speed is
-# bounded by memory bandwidth: about 14.5 GB per token on a GPU reading ~3 to 5 TB/s is
-# a ceiling of a few hundred tokens per second (an H200's 4.8 TB/s on paper would give 331). This
+# once, so decode speed is bounded by memory bandwidth: about 14.5 GB per token on a GPU reading ~3 to 5
+# TB/s is a ceiling of a few hundred tokens per second (an H200's 4.8 TB/s on paper would give 331). The
+# count is rough by a few percent either way: a step reads only one row of the 0.26 GB embedding table,
+# and it also reads the KV cache (up to 0.54 GB). This
 # teaching model lands well below that ceiling. Measured on an H200 (`data/bench_gpu_h200.json`; the 7B's
 # shapes with random bf16 weights: speed does not depend on the values), it decodes 27 tokens/s against a
 # ceiling of 282, the one the H200's *measured* copy bandwidth of 4.08 TB/s gives; the same file's
@@ -816,10 +900,12 @@ if DEVICE.type == "cuda":
 #   picks the device, the dtype and the quantization that fit; `mm.load_checkpoint` streams (and quantizes)
 #   the weights tensor by tensor and refuses a load that would not fit.
 # - Trained attention is structured: some heads attend to the previous token, others to one earlier
-#   word; large trained models park spare attention on the first token (a sink: Xiao et al. show it in
-#   Llama-2-7B). The small model of the stored outputs shows no sink: its layer means sit at the even
-#   share, a few heads take about twice it, and hiding `<s>` moves its held-out loss by under 0.01 nats.
-#   Mistral 7B is expected to show one; its run shows whether it does, and what hiding `<s>` costs it.
+#   word; large trained models park spare attention on the first token (a sink: Xiao et al., Fig. 2,
+#   show it in Llama-2-7B). The small model of the stored outputs leans that way only weakly (over 256
+#   sequences its last two layers put 1.5 and 1.8 times the even share on `<s>`, no head more than
+#   0.53), and hiding `<s>` moves its held-out loss by under 0.01 nats. Mistral 7B is expected to show a
+#   sink (the paper's finding for Llama-2-7B, not shown here); its run shows whether it does, and what
+#   hiding `<s>` costs it.
 # - Reading attention from a cache means reading positions, not indices: keys sit in slot order.
 # - Past the window, the rolling cache's memory stays flat while the slots wrap.
 # - Decoding at batch 1 is bound by memory bandwidth; the teaching model is far from that bound.
@@ -926,9 +1012,10 @@ for machine, p in planner.plan_table(seven_b):
 # that build the course's website, and Colab runs its own front end on Jupyter packages it pins; a plain
 # `%pip install -e` would replace them (pip's conflict warnings, and a front end that may misbehave after
 # the restart). The first line installs the course's package alone (`pip install --dry-run --no-deps -e .`
-# reports exactly that, "Would install minimistral-0.1.0"); the second adds the libraries it needs that
-# Colab does not preinstall (its PyTorch with CUDA, NumPy, Matplotlib, ipywidgets, tqdm, psutil and
-# nbformat are used as they are). Not tried on Colab itself for this version. Then Runtime, Restart
+# reports exactly that, "Would install minimistral-0.1.0"); the second makes sure of the four other
+# libraries it reads checkpoints and tokenizers with (Colab's image has usually shipped the first three, and
+# pip then leaves them as they are; `mistral-common` it lacks). Colab's PyTorch with CUDA, NumPy,
+# Matplotlib, ipywidgets, tqdm, psutil and nbformat are used as they are. Not tried on Colab itself for this version. Then Runtime, Restart
 # session, so that Python sees the new package. Add your token as a secret named `HF_TOKEN` (the key icon
 # on the left; allow this notebook to read it), or run
 # `from huggingface_hub import notebook_login; notebook_login()` in a cell and paste it. Then set

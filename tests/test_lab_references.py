@@ -196,6 +196,34 @@ def test_training_bytes_by_counting_walks_transformers_mistral_shapes(shape, tie
     assert references.training_bytes_by_counting(args, tied, "adafactor") == 8 * n + 4 * factored
 
 
+@pytest.mark.parametrize("sliding_window, dtype_bytes, seed", [(4096, 2, 0), (None, 2, 1), (64, 4, 2), (None, 1, 3)])
+def test_conversations_that_fit_admits_the_longest_front_of_the_queue_whose_caches_transformers_counts_fit(
+        sliding_window, dtype_bytes, seed):
+    # 11.1: each conversation's cache holds keys and values of min(its length, sliding_window) tokens (all of them
+    # without a window) in every layer and KV head, shapes read from transformers' MistralConfig; the queue is
+    # admitted in order and stops at the first conversation that does not fit
+    import minimistral as mm
+    from transformers import MistralConfig
+    cfg = MistralConfig(hidden_size=1024, num_hidden_layers=6, head_dim=96, num_attention_heads=16,
+                        num_key_value_heads=4, sliding_window=sliding_window, max_position_embeddings=32768)
+    args = mm.ModelArgs(dim=1024, n_layers=6, head_dim=96, hidden_dim=8, n_heads=16, n_kv_heads=4, vocab_size=8,
+                        sliding_window=sliding_window, max_seq_len=32768)
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, 9000, (40,), generator=g).tolist()
+
+    def cache(n):
+        kept = n if cfg.sliding_window is None else min(n, cfg.sliding_window)
+        return kept * 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * dtype_bytes
+
+    weights = 10**6
+    for free in [weights - 1, weights, weights + cache(lengths[0]), weights + sum(cache(n) for n in lengths[:17]),
+                 weights + sum(cache(n) for n in lengths[:17]) - 1, 10**12]:
+        got = references.conversations_that_fit(args, free, weights, lengths, dtype_bytes)
+        assert sum(cache(n) for n in lengths[:got]) <= free - weights or got == 0
+        assert got == len(lengths) or sum(cache(n) for n in lengths[:got + 1]) > free - weights
+    assert references.conversations_that_fit(args, 10**12, weights, [], dtype_bytes) == 0
+
+
 @pytest.mark.parametrize("seed,lead", [(0, (5,)), (1, (2, 3)), (2, ())])
 def test_dip_split_adds_up_to_transformers_mistral_mlp_and_splits_by_gate_input(seed, lead):
     # the two parts add up to transformers' MistralMLP; the dip part is that MLP with its gate zeroed outside the dip

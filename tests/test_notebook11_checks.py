@@ -56,11 +56,20 @@ def run_check(notebook, capsys, exercise: str, body: str) -> str:
     return capsys.readouterr().out
 
 
-FIT = ("    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)\n"
-       "    per_sequence = kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes\n")
-HINTS_11_1 = ["rolling buffer", "sliding_window is None here", "three quarters", "shorter than the window",
-              "only dtype_bytes differs", "weights alone", "exactly 7 caches", "7th sequence", "tiny model has its own",
-              "each number takes one byte"]
+PER = "    per = 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes\n"
+KEPT = "(s if args.sliding_window is None else min(s, args.sliding_window))"
+
+
+def queue(kept=KEPT, cond="room < 0", per=PER, room="free_bytes - weight_bytes", ret="n") -> str:
+    """A body for 11.1: the queue admitted in order, each cache `kept` tokens of `per` bytes."""
+    return (per + f"    room = {room}\n    n = 0\n    for s in seq_lens:\n        room -= {kept} * per\n"
+            f"        if {cond}:\n            break\n        n += 1\n    return {ret}\n")
+
+
+FIT = queue()
+HINTS_11_1 = ["rolling buffer", "sliding_window is None here", "served in order", "differ in length", "three quarters",
+              "whatever format the weights", "weights alone", "exactly 7 caches", "7th conversation",
+              "more than the queue holds", "nobody is waiting", "tiny model has its own", "each number takes one byte"]
 
 
 def hints_shown(out: str, hints) -> list:
@@ -68,57 +77,76 @@ def hints_shown(out: str, hints) -> list:
 
 
 def test_11_1_passes_without_a_hint(notebook, capsys):
-    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit",
-                    FIT + "    return max(0, (free_bytes - weight_bytes) // per_sequence)\n")
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", FIT)
     assert "[PASS] 11.1" in out and not hints_shown(out, HINTS_11_1)
 
 
-@pytest.mark.parametrize("ret", ["torch.tensor((free_bytes - weight_bytes) / per_sequence)",
-                                 "max(0, (free_bytes - weight_bytes) / per_sequence)"])
+@pytest.mark.parametrize("ret", ["torch.tensor(float(n))", "float(n)", "n / 1"])
 def test_11_1_wants_an_int_without_a_case_hint(notebook, capsys, ret):
-    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", FIT + f"    return {ret}\n")
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", queue(ret=ret))
     assert "[FAIL] 11.1" in out and "expected an int" in out and not hints_shown(out, HINTS_11_1)
 
 
+SORTED = (PER + "    room = free_bytes - weight_bytes\n    n = 0\n    for s in sorted(seq_lens):\n"
+          f"        room -= {KEPT} * per\n        if room < 0:\n            break\n        n += 1\n    return n\n")
+SKIP = (PER + "    room = free_bytes - weight_bytes\n    n = 0\n    for s in seq_lens:\n"
+        f"        if {KEPT} * per <= room:\n            room -= {KEPT} * per\n            n += 1\n    return n\n")
+FIRST = PER + f"    s = seq_lens[0]\n    return min(len(seq_lens), max(0, (free_bytes - weight_bytes) // ({KEPT} * per)))\n"
+
+
 @pytest.mark.parametrize("body, case, hint", [
-    ("    per_sequence = seq_len * 2 * args.n_layers * args.n_kv_heads * args.head_dim * dtype_bytes\n"
-     "    return max(0, (free_bytes - weight_bytes) // per_sequence)\n", 1, "rolling buffer"),
-    (FIT + "    return max(0, round((free_bytes - weight_bytes) / per_sequence))\n", 3, "three quarters"),
-    ("    kept = args.sliding_window or seq_len\n"
-     "    return max(0, (free_bytes - weight_bytes) // (kept * 2 * args.n_layers * args.n_kv_heads * args.head_dim"
-     " * dtype_bytes))\n", 4, "shorter than the window"),
-    (FIT.replace("* dtype_bytes", "* 2") + "    return max(0, (free_bytes - weight_bytes) // per_sequence)\n", 5,
-     "only dtype_bytes differs"),
-    (FIT + "    return (free_bytes - weight_bytes) // per_sequence\n", 6, "weights alone")])
+    (queue(kept="s"), 1, "rolling buffer"),  # the window ignored
+    (SORTED, 3, "served in order"),  # shortest first: more conversations, not the queue's
+    (SKIP, 3, "served in order"),  # the one that does not fit overtaken
+    (queue(kept="(args.sliding_window or s)"), 4, "differ in length"),  # every cache a full window
+    (FIRST, 4, "differ in length"),  # right only for a queue of one length
+    (queue(per=PER.replace("* dtype_bytes", "* 2")), 6, "whatever format the weights"),
+    (queue(cond="room <= 0"), 8, "exactly 7 caches"),
+    (queue(kept="(s if args.sliding_window is None else min(s, args.sliding_window - 1))"), 9, "7th conversation"),
+    (queue(per=PER.replace("args.n_layers * args.n_kv_heads * args.head_dim", "32 * 8 * 128")), 12,
+     "tiny model has its own"),
+    (queue(kept="((s + 1) if args.sliding_window is None else min(s + 1, args.sliding_window))"), 13,
+     "each number takes one byte")])
 def test_11_1_names_the_case_with_its_own_hint_only(notebook, capsys, body, case, hint):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", body)
-    assert "[FAIL] 11.1" in out and f"case {case} of 10" in out
+    assert "[FAIL] 11.1" in out and f"case {case} of 13" in out, out
     assert hints_shown(out, HINTS_11_1) == [hint]
 
 
-@pytest.mark.parametrize("call", ["args.kv_cache_bytes(seq_len, 1, 'bfloat16')", "planner.max_batch_size(args, "
-                                  "free_bytes, weight_bytes, seq_len)"])
+def test_11_1_sorting_the_queue_in_place_is_named(notebook, capsys):
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", "    seq_lens.sort()\n" + FIT)
+    assert "[FAIL] 11.1" in out and "changed its input 'seq_lens' in place" in out, out
+
+
+@pytest.mark.parametrize("call", ["sum(1 for s in seq_lens if args.kv_cache_bytes(s, 1, 'bfloat16') < free_bytes)",
+                                  "min(len(seq_lens), planner.max_batch_size(args, free_bytes, weight_bytes, "
+                                  "max(seq_lens, default=1)))"])
 def test_11_1_refuses_the_library(notebook, capsys, call):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", f"    return {call}\n")
     assert "[FAIL] 11.1" in out and "the library's own version" in out
 
 
+LOOP = ("    room, n = free_bytes - weight_bytes, 0\n    for s in seq_lens:\n        room -= size(s)\n"
+        "        if room < 0:\n            break\n        n += 1\n    return n\n")
+B = "    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
+
+
 @pytest.mark.parametrize("body, name", [
     # the library's cache built on the meta device does the arithmetic: every way of building one, or reading its
     # size, is refused
-    ("    from minimistral.cache import RollingKVCache\n"
-     "    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
-     "    c = RollingKVCache.from_args(args, dtype=b, device='meta', seq_len=min(seq_len, args.max_seq_len))\n"
-     "    return max(0, (free_bytes - weight_bytes) // c.nbytes)\n", "RollingKVCache.from_args"),
-    ("    from minimistral.cache import RollingKVCache\n"
-     "    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)\n"
-     "    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
-     "    c = RollingKVCache(args.n_layers, 1, args.n_kv_heads, args.head_dim, kept, b, 'meta')\n"
-     "    return max(0, (free_bytes - weight_bytes) // c.nbytes)\n", "a new minimistral.cache.RollingKVCache"),
-    ("    b = {4: torch.float32, 2: torch.bfloat16, 1: torch.float8_e4m3fn}[dtype_bytes]\n"
-     "    m = mm.Transformer(args.replace(n_layers=1, vocab_size=2, dim=8, hidden_dim=8, head_dim=args.head_dim))\n"
-     "    c = m.new_cache(dtype=b, device='meta', seq_len=min(seq_len, args.max_seq_len))\n"
-     "    return max(0, (free_bytes - weight_bytes) // (c.nbytes * args.n_layers))\n", "Transformer.new_cache")])
+    ("    from minimistral.cache import RollingKVCache\n" + B +
+     "    def size(s):\n"
+     "        return RollingKVCache.from_args(args, dtype=b, device='meta', seq_len=min(s, args.max_seq_len)).nbytes\n"
+     + LOOP, "RollingKVCache.from_args"),
+    ("    from minimistral.cache import RollingKVCache\n" + B +
+     "    def size(s):\n"
+     "        kept = s if args.sliding_window is None else min(s, args.sliding_window)\n"
+     "        return RollingKVCache(args.n_layers, 1, args.n_kv_heads, args.head_dim, kept, b, 'meta').nbytes\n"
+     + LOOP, "a new minimistral.cache.RollingKVCache"),
+    (B + "    m = mm.Transformer(args.replace(n_layers=1, vocab_size=2, dim=8, hidden_dim=8, head_dim=args.head_dim))\n"
+     "    def size(s):\n"
+     "        return m.new_cache(dtype=b, device='meta', seq_len=min(s, args.max_seq_len)).nbytes * args.n_layers\n"
+     + LOOP, "Transformer.new_cache")])
 def test_11_1_refuses_the_librarys_cache(notebook, capsys, body, name):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", body)
     assert "[FAIL] 11.1" in out and "the library's own version" in out and name in out, out
@@ -127,10 +155,11 @@ def test_11_1_refuses_the_librarys_cache(notebook, capsys, body, name):
 def test_11_1_refuses_capture_bytes(notebook, capsys):  # another byte counter of the library, not the cache's
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit",
                     "    from minimistral.viz.capture import capture_bytes\n"
-                    "    kept = seq_len if args.sliding_window is None else min(seq_len, args.sliding_window)\n"
                     "    b = {1: torch.int8, 2: torch.bfloat16, 4: torch.float32}[dtype_bytes]\n"
-                    "    per = capture_bytes(2 * args.n_layers, args.n_kv_heads, kept, args.head_dim, dtype=b)\n"
-                    "    return max(0, (free_bytes - weight_bytes) // per)\n")
+                    "    def size(s):\n"
+                    "        kept = s if args.sliding_window is None else min(s, args.sliding_window)\n"
+                    "        return capture_bytes(2 * args.n_layers, args.n_kv_heads, kept, args.head_dim, dtype=b)\n"
+                    + LOOP)
     assert "[FAIL] 11.1" in out and "capture_bytes" in out, out
 
 
@@ -149,7 +178,7 @@ def test_11_2_bf16_arithmetic_is_told_about_rounding(notebook, capsys):
 
 def test_11_1_refuses_a_zero_d_int_tensor(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit",
-                    FIT + "    return torch.tensor(max(0, (free_bytes - weight_bytes) // per_sequence))\n")
+                    queue(ret="torch.tensor(n)"))
     assert "[FAIL] 11.1" in out and "expected an int" in out and "not a tensor" in out, out
     assert not hints_shown(out, HINTS_11_1)
 

@@ -304,3 +304,17 @@ def training_bytes_by_counting(args, tied: bool, optimizer: str = "adamw") -> in
             state = sum(p.shape) if p.dim() == 2 else p.numel()
         total += 4 * (2 * p.numel() + state)
     return total
+
+
+def conversations_that_fit(args, free_bytes: int, weight_bytes: int, seq_lens, dtype_bytes: int) -> int:
+    """11.1: how many conversations from the front of a queue (seq_lens[i]: the tokens conversation i will reach)
+    run at once beside weight_bytes of weights in free_bytes, each with its own rolling cache of dtype_bytes numbers;
+    admitted in order, the first that does not fit stops the queue (activations and margin not counted)."""
+    dtype = {4: "float32", 2: "bfloat16", 1: "int8"}[dtype_bytes]
+    room, admitted = int(free_bytes) - int(weight_bytes), 0
+    for seq_len in seq_lens:
+        room -= args.kv_cache_bytes(seq_len, 1, dtype)
+        if room < 0:
+            break
+        admitted += 1
+    return admitted
