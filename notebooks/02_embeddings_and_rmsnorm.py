@@ -603,7 +603,8 @@ _ = check_function("02.1 rms_norm", my_rms_norm, references.rms_norm_conventions
 # the forward: in float32 at least, cast back at the end (the check includes bf16 and fp16 inputs), without autograd
 # in either direction (the check refuses autograd however it is reached: `backward`, `torch.autograd.grad`,
 # `torch.func`, forward mode, a backward kernel called directly): differentiate by hand, not numerically (one
-# case has 262,144 entries, where a finite difference per entry means half a million forward passes). Careful:
+# case has 64 rows of 4,096, Mistral's width: even finite differences that nudge one column of every row at once
+# need 8,192 forward passes over all 262,144 entries). Careful:
 # $r$ depends on **every** entry of $\mathbf{x}$. Then look at what your formula gives for the zero vector, and
 # what part of it is orthogonal to $\mathbf{x}$.
 
@@ -645,8 +646,8 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
     case(torch.randn(2, 64, generator=gen).half() * 300, torch.randn(2, 64, generator=gen).half(), 1e-5,
          label="fp16 entries about 300: their squares overflow fp16",
          hint="what is 300 squared in fp16, and in which dtype does your mean of squares run?"),
-    case(torch.randn(4096, 64, generator=gen), torch.randn(4096, 64, generator=gen), 1e-5,
-         label="4,096 rows of 64: 262,144 entries"),
+    case(torch.randn(64, 4096, generator=gen), torch.randn(64, 4096, generator=gen), 1e-5,
+         label="64 rows of 4,096 (Mistral's width): 262,144 entries"),
 ], forbid=[AUTOGRAD],  # autograd however it is reached: backward, torch.func, forward mode, aten kernels
    diagnose=references.rms_norm_grad_diagnosis,  # on a wrong value: which part of it looks wrong, in words
    hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "
