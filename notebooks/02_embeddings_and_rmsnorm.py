@@ -35,7 +35,8 @@ plt.show()
 # - What a *trained* embedding table looks like: the running example's vectors in the tiny model, and
 #   their nearest neighbours (`said` sits next to `saying`, `And` next to `But`).
 # - What RMSNorm keeps and what it drops from LayerNorm (mean-centering and the bias), and why that is cheaper.
-# - How to build RMSNorm from scratch, and check it against `minimistral` and `torch.nn.RMSNorm`.
+# - How to build RMSNorm from scratch, check it against `minimistral` and `torch.nn.RMSNorm`, and adapt it to
+#   Gemma's convention (a gain stored minus one, applied before the rounding), bit for bit.
 # - Why Mistral computes the norm in float32 even when the model runs in bfloat16, shown with numbers:
 #   fp16 overflows, and a bf16 accumulator silently stops adding; and what the trained tiny model's norms actually
 #   receive (one outlier dimension at the full stops, in every layer).
@@ -239,7 +240,7 @@ for ax, (title, pts) in zip(axes, [("input vectors", cloud), ("RMSNorm: onto the
     ax.set_aspect("equal")
     ax.axhline(0, color="grey", lw=0.5)
     ax.axvline(0, color="grey", lw=0.5)
-axes[0].set_xlim(-4, 5)
+axes[0].set_xlim(min(-2.0, float(cloud[:, 0].min()) - 0.3), float(cloud[:, 0].max()) + 0.3)  # every point in frame
 axes[0].set_ylim(-3, 3)
 plt.tight_layout()
 plt.show()
@@ -518,29 +519,45 @@ print(len(norms), "RMSNorms, e.g.", [n for n, _ in norms[:2]], "...", norms[-1][
 print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", args7b.params_by_component()["norms"])
 
 # %% [markdown]
-# ## Exercise 02.1: `rms_norm`
+# ## Exercise 02.1: `rms_norm`, Mistral's and Gemma's
 #
-# Implement Mistral's RMSNorm as a function: `x` of any shape `(..., dim)` and dtype, `weight` of shape
-# `(dim,)`. The result has `x`'s shape and dtype. The check runs it on several shapes and dtypes,
-# including bf16 input and a large fp16 input, which it compares bit for bit with the library (as the cell
-# above compared `MyRMSNorm`), and does not allow the library's or PyTorch's own RMSNorm
-# (`F.rms_norm`, `torch.rms_norm`, the `aten` kernels). This is the notebook's warm-up: the formula is above;
-# 02.2 and 02.3 ask for more.
+# Implement RMSNorm as a function: `x` of any shape `(..., dim)` and dtype, `weight` of shape `(dim,)` in the
+# model's dtype. The result has `x`'s shape and dtype.
+#
+# - `gemma=False` (the default): Mistral's, bit for bit with the library, as the cell above compared `MyRMSNorm`.
+#   This half is the warm-up: the formula is on screen.
+# - `gemma=True`: Gemma's convention (Hugging Face's `GemmaRMSNorm`), which differs in two ways. Its checkpoint
+#   stores the gain **minus one**, so a fresh model stores zeros and weight decay pulls the gain toward 1 rather
+#   than toward 0. And it applies the gain in float32, **before** rounding back to `x`'s dtype: the order
+#   `torch.nn.RMSNorm` uses in the bf16 comparison above. A stored weight near 0 stands for a gain near 1, so
+#   the upcast section above matters here too: decide at which step the 1 is added, and in which dtype.
+#
+# The check runs both conventions on several shapes and dtypes, compares the bf16 and fp16 cases bit for bit,
+# and does not allow the library's or PyTorch's own RMSNorm (`F.rms_norm`, `torch.rms_norm`, the `aten`
+# kernels).
 
 # %% nbgrader={"grade": false, "grade_id": "ex02_1_rms_norm-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
     ### BEGIN SOLUTION
     xf = x.float()
-    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
+    normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)  # (..., dim), float32
+    if gemma:  # gain = 1 + stored weight, formed and applied in float32, then one rounding to x's dtype
+        return (normed * (1.0 + weight.float())).type_as(x)
+    return normed.type_as(x) * weight  # Mistral: round first, then the gain in the model's dtype
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex02_1_rms_norm-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+from minimistral.labs import references
+
 gen = torch.Generator().manual_seed(2)
 LOW_PRECISION_HINT = ("this case is compared bit for bit, like MyRMSNorm and the library above: in which dtype "
                       "does each step of your formula run, what is 300 squared in fp16, and at which step does "
                       "the reference code above change dtype?")
-_ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
+GEMMA_HINT = ("Gemma's weights here are a few hundredths, compared bit for bit: in which dtype is your gain "
+              "formed (how finely does that dtype resolve numbers near 1?), and is it applied before or after "
+              "the one rounding back to x's dtype?")
+_ = check_function("02.1 rms_norm", my_rms_norm, references.rms_norm_conventions, cases=[
     case(torch.randn(4, 8, generator=gen), torch.ones(8), 1e-5, label="unit-scale rows, gain 1"),
     case(torch.randn(2, 3, 16, generator=gen), torch.randn(16, generator=gen), 1e-6,
          label="a (2, 3, 16) batch, a random gain, eps 1e-6"),
@@ -559,10 +576,23 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
     case(torch.randn(2, 8, generator=gen) * 0.1, torch.ones(8), 0.1,
          label="a large eps (0.1) on small rows: is eps the argument?",
          hint="eps is 0.1 here, not the usual 1e-5: does your function use the eps it is given?"),
+    case(torch.randn(4, 8, generator=gen), torch.zeros(8), 1e-5, True, label="Gemma, a fresh model (stored zeros)",
+         hint="a fresh Gemma stores zeros: what gain does that stand for?"),
+    case(torch.randn(2, 3, 16, generator=gen), torch.randn(16, generator=gen) * 0.3, 1e-6, True,
+         label="Gemma, a (2, 3, 16) batch, random stored weights, eps 1e-6",
+         hint="the checkpoint stores the gain minus one: what gain does a stored weight w stand for?"),
+    case(torch.randn(2, 5, 64, generator=gen).bfloat16() * 50, (torch.randn(64, generator=gen) * 0.02).bfloat16(),
+         1e-5, True, label="Gemma, bf16 in, bf16 out, bit for bit", atol=0, rtol=0, hint=GEMMA_HINT),
+    case(torch.randn(1, 4096, generator=gen).half() * 300, (torch.randn(4096, generator=gen) * 0.02).half(), 1e-5,
+         True, label="Gemma, fp16 entries about 300, bit for bit", atol=0, rtol=0, hint=LOW_PRECISION_HINT),
+    case(torch.randn(2, 8, generator=gen) * 0.1, torch.zeros(8), 0.1, True,
+         label="Gemma, a large eps (0.1) on small rows",
+         hint="eps is 0.1 here, not the usual 1e-5: does your function use the eps it is given?"),
 ], forbid=["minimistral.norm.rms_norm", "minimistral.norm.RMSNorm.forward", "torch.nn.functional.rms_norm",
            "torch.rms_norm", "torch.ops.aten.rms_norm", "torch.ops.aten.rms_norm.default", "torch._fused_rms_norm",
            "torch.ops.aten._fused_rms_norm", "torch.ops.aten._fused_rms_norm.default"],
-   hint="which dimension does the mean run over, and is it a mean of squares?")
+   hint="which dimension does the mean run over, is it a mean of squares, and (with gemma=True) what gain does "
+        "the stored weight stand for?")
 
 # %% [markdown]
 # ## Exercise 02.2: RMSNorm's gradient, by hand
@@ -573,7 +603,8 @@ _ = check_function("02.1 rms_norm", my_rms_norm, rms_norm, cases=[
 # the forward: in float32 at least, cast back at the end (the check includes bf16 and fp16 inputs), without autograd
 # in either direction (the check refuses autograd however it is reached: `backward`, `torch.autograd.grad`,
 # `torch.func`, forward mode, a backward kernel called directly): differentiate by hand, not numerically (one
-# case has 262,144 entries, where a finite difference per entry means half a million forward passes). Careful:
+# case has 64 rows of 4,096, Mistral's width: even finite differences that nudge one column of every row at once
+# need 8,192 forward passes over all 262,144 entries). Careful:
 # $r$ depends on **every** entry of $\mathbf{x}$. Then look at what your formula gives for the zero vector, and
 # what part of it is orthogonal to $\mathbf{x}$.
 
@@ -600,24 +631,27 @@ def autograd_rms_norm_grad(x, grad_out, eps):  # the reference: torch's RMSNorm 
 
 _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, cases=[
     case(torch.randn(4, 8, generator=gen), torch.randn(4, 8, generator=gen), 1e-5, label="four rows of 8"),
+    case(torch.zeros(2, 8), torch.randn(2, 8, generator=gen), 1e-5, label="zero rows: only eps is left",
+         hint="work out your formula by hand for a zero row: what is r there, and which of your two terms is left?"),
+    case(torch.randn(3, 16, generator=gen) * 3e-3, torch.randn(3, 16, generator=gen), 2e-5,
+         label="entries about 0.003, eps 2e-5: the mean square is as small as eps",
+         hint="here eps is about as large as the mean square, so it matters: where does it enter r, and is it "
+              "the eps you are given?"),
     case(torch.randn(2, 3, 16, generator=gen, dtype=torch.float64), torch.randn(2, 3, 16, generator=gen,
-         dtype=torch.float64), 1e-6, label="a float64 batch of (2, 3) rows"),
-    case(torch.zeros(2, 8), torch.randn(2, 8, generator=gen), 1e-5, label="zero rows: only eps is left"),
-    case(torch.randn(3, 16, generator=gen) * 3e-3, torch.randn(3, 16, generator=gen), 1e-5,
-         label="entries about 0.003: the mean square is as small as eps"),
+         dtype=torch.float64), 1e-5, label="a float64 batch of (2, 3) rows",
+         hint="the float32 cases passed: in which dtype does your arithmetic run when x is float64?"),
     case(torch.randn(2, 32, generator=gen) * 50, torch.ones(2, 32), 1e-5, label="large rows, grad_out all ones"),
     case(torch.randn(3, 64, generator=gen).bfloat16(), torch.randn(3, 64, generator=gen).bfloat16(), 1e-5,
          label="bf16 in, bf16 out"),
     case(torch.randn(2, 64, generator=gen).half() * 300, torch.randn(2, 64, generator=gen).half(), 1e-5,
-         label="fp16 entries about 300: their squares overflow fp16"),
-    case(torch.randn(4096, 64, generator=gen), torch.randn(4096, 64, generator=gen), 1e-5,
-         label="4,096 rows of 64: 262,144 entries"),
+         label="fp16 entries about 300: their squares overflow fp16",
+         hint="what is 300 squared in fp16, and in which dtype does your mean of squares run?"),
+    case(torch.randn(64, 4096, generator=gen), torch.randn(64, 4096, generator=gen), 1e-5,
+         label="64 rows of 4,096 (Mistral's width): 262,144 entries"),
 ], forbid=[AUTOGRAD],  # autograd however it is reached: backward, torch.func, forward mode, aten kernels
    diagnose=references.rms_norm_grad_diagnosis,  # on a wrong value: which part of it looks wrong, in words
    hint="write y_i = x_i r and differentiate with respect to x_k: one term from x_i, one from r (through the "
-        "mean of squares); then contract with grad_out. Check your formula on a zero row first. If only the "
-        "float64 case fails, are you computing in a lower precision than x? If only the fp16 case fails, what is "
-        "300 squared in fp16?")
+        "mean of squares); then contract with grad_out.")
 
 # %% [markdown]
 # ## Exercise 02.3: the embedding's gradient, tied or not
@@ -692,7 +726,8 @@ _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_gra
 # - RMSNorm is LayerNorm without mean-centring and bias: one reduction instead of two, $d$ parameters
 #   instead of $2d$; it keeps each vector's direction and fixes its RMS to 1 (times the gain).
 # - Mistral computes it in float32 and casts back before the gain. Without that, fp16 overflows once
-#   entries reach 256, and bf16 loses precision, badly so if a kernel accumulates in bf16.
+#   entries reach 256, and bf16 loses precision, badly so if a kernel accumulates in bf16. Conventions differ
+#   in the last steps: Gemma stores the gain minus one and applies it in float32 before the cast (02.1).
 # - A lookup's gradient reaches only the rows that were read; 02.3 worked out how, and what a tied output
 #   head adds. Trained rows group words by use, as the running example's nearest neighbours showed.
 # - Our `MyRMSNorm` equals `minimistral.norm.RMSNorm` (bit for bit, in bf16 too) and `torch.nn.RMSNorm` (in float32;

@@ -528,11 +528,12 @@ ax1.set_title("the paper's relative bound, the tiny model's heads\n(head_dim 32,
 colours = ["#999999", "#DD8452", "#55A868", "#4C72B0"]
 for layer in range(a.n_layers):
     for head_curve in by_distance[layer]:
-        ax2.plot(rs + 1, head_curve.numpy(), color=colours[layer], lw=0.5, alpha=0.35)
-    ax2.plot(rs + 1, by_distance[layer].mean(0).numpy(), color=colours[layer], lw=2.5,
+        ax2.plot(rs, head_curve.numpy(), color=colours[layer], lw=0.5, alpha=0.35)
+    ax2.plot(rs, by_distance[layer].mean(0).numpy(), color=colours[layer], lw=2.5,
              label=f"layer {layer}: mean of its 8 heads")
 ax2.axhline(1 / window, color="black", ls=":", lw=1, label="an even spread, 1/128")
-ax2.set_xscale("log")
+ax2.set_xscale("symlog", linthresh=1)  # r itself on the axis: linear from 0 to 1, log beyond
+ax2.set_xlim(0, window)
 ax2.set_yscale("log")
 ax2.set_ylim(1e-5, 1)
 ax2.set_ylabel("mean attention weight")
@@ -540,7 +541,7 @@ ax2.set_title("what trained heads do: mean weight on the key r tokens back\n(thi
               fontsize=10)
 ax2.legend(fontsize=8, loc="lower left")
 ax1.set_xlabel("relative distance r (tokens)")
-ax2.set_xlabel("relative distance r + 1 (tokens, log scale)")
+ax2.set_xlabel("relative distance r (tokens; log scale past 1)")
 for ax in (ax1, ax2):
     ax.spines[["top", "right"]].set_visible(False)
 plt.tight_layout()

@@ -250,3 +250,24 @@ def test_dip_split_adds_up_to_transformers_mistral_mlp_and_splits_by_gate_input(
 
         mlp.act_fn = ShutOutside()
         torch.testing.assert_close(dip, mlp(x))
+
+
+@pytest.mark.parametrize("dtype,scale", [(torch.float32, 1.0), (torch.bfloat16, 50.0), (torch.float16, 300.0),
+                                         (torch.float64, 1.0)])
+def test_rms_norm_conventions_is_transformers_mistral_and_gemma_rmsnorm_bit_for_bit(dtype, scale):
+    from transformers.models.gemma.modeling_gemma import GemmaRMSNorm
+    from transformers.models.mistral.modeling_mistral import MistralRMSNorm
+    gen = torch.Generator().manual_seed(7)
+    x = (torch.randn(3, 5, 64, generator=gen) * scale).to(dtype)
+    w = (torch.randn(64, generator=gen) * 0.05).to(dtype)  # Gemma stores the gain minus one: small numbers
+    for hf_class, gemma, stored in ((MistralRMSNorm, False, 1 + w), (GemmaRMSNorm, True, w)):
+        hf = hf_class(64, eps=1e-5).to(dtype)
+        with torch.no_grad():
+            hf.weight.copy_(stored)
+        got = references.rms_norm_conventions(x, stored, 1e-5, gemma=gemma)
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, hf(x), rtol=0, atol=0)
+    # the order matters in low precision: the gain applied after the cast back (Mistral's order) differs
+    if dtype == torch.bfloat16:
+        lossy = references.rms_norm_conventions(x, torch.zeros_like(w), 1e-5, gemma=True) * (1 + w)
+        assert (lossy.to(dtype) != references.rms_norm_conventions(x, w, 1e-5, gemma=True)).any()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import quant
+from ..norm import rms_norm
 
 
 def int8_groups(w: torch.Tensor, g: int):
@@ -61,6 +62,16 @@ def trigram_add_one_ppl(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_s
     contexts = Counter(zip(t, t[1:-1]))
     logp = [math.log((triples[(a, b, c)] + 1) / (contexts[(a, b)] + vocab_size)) for a, b, c in zip(e, e[1:], e[2:])]
     return math.exp(-sum(logp) / len(logp))
+
+
+def rms_norm_conventions(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool = False) -> torch.Tensor:
+    """02.1: Mistral's RMSNorm (the library's: float32, cast back, then the gain in the model's dtype), or, with
+    gemma=True, Gemma's: the stored weight is the gain minus one, and the gain multiplies in float32 before the
+    cast back (Hugging Face's GemmaRMSNorm)."""
+    if not gemma:
+        return rms_norm(x, weight, eps)
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + weight.float())).type_as(x)
 
 
 def rms_norm_grad_diagnosis(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, grad_out: torch.Tensor,
