@@ -316,11 +316,13 @@ for (label, ys), color in zip(curves.items(), ["#C44E52", "#DD8452", "#55A868"])
     ax2.plot(seq.numpy(), ys, label=label, color=color, lw=2)
 ax2.set_yscale("log")  # a log axis: the 2x and 8x of the rolling buffer are equal-looking gaps, not slivers
 ax2.set_ylim(0.02, 80)
+ax2.set_yticks([0.05, 0.1, 0.5, 1, 2, 4, 16, 64], ["0.05", "0.1", "0.5", "1", "2", "4", "16", "64"])
+ax2.minorticks_off()
 ax2.axhline(args.weight_bytes("bfloat16") / GiB, color="#4C72B0", ls="--", lw=1)
 ax2.text(12500, args.weight_bytes("bfloat16") / GiB * 1.2, "the weights in bf16: 13.5 GiB", color="#4C72B0",
          fontsize=9)
 ax2.axvline(args.sliding_window, color="grey", ls=":", lw=1)
-ax2.text(args.sliding_window - 300, 24, "window\nW = 4,096", color="grey", fontsize=8, ha="right")
+ax2.text(args.sliding_window + 250, 24, "window\nW = 4,096", color="grey", fontsize=9, ha="left")
 ax2.axvline(8192, color="black", ls=":", lw=1)
 ax2.text(8192 + 300, 0.045, "paper's context_len 8,192:\nrolling saves 2x", color="black", fontsize=8)
 for n in (8192, 32768):  # the values the prose quotes, at the two lengths it quotes them
