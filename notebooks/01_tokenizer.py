@@ -50,7 +50,6 @@ plt.show()
 
 # %%
 import html
-import io
 import tempfile
 from pathlib import Path
 
@@ -205,17 +204,16 @@ print("every other merge id i scores 259 - i:",
 # Below, `bpe_encode` does steps 1, 2 and 4; step 3's choice is yours. Inside the loop, set `i` to the position
 # of the pair to merge next (`pieces[i]` and `pieces[i + 1]`), or `break` when no pair may merge. You have
 # `sp.piece_to_id` (it returns `tok.unk_id`, 0, for a string that is not a piece) and `sp.get_score`.
-# Sentencepiece has one more rule: it never merges two pieces into a control or byte piece (`sp.is_control`,
-# `sp.is_byte`). In Mistral's vocabulary that rule never fires (shown after the exercise), so `bpe_encode` takes
-# the processor as its argument `sp`, and the check runs it on a second, small vocabulary trained so that the rule
-# does fire (there, two learned pieces glued together spell a control piece, and two others a byte piece).
-# The check compares your ids with sentencepiece's on texts of many kinds (code, runs of spaces, rare
-# characters, and text such as `<s>` or `<0x41>` that must stay ordinary characters, not become the control or
-# byte id) without letting you call its encoder. On a wrong case it shows the pieces where your ids and
-# sentencepiece's part. Try `bpe_encode("lower tokenizer", trace=True)` first: it prints the pieces after every merge.
+# Sentencepiece has one more rule, for vocabularies where it matters: it never merges two pieces into a control or
+# byte piece (`sp.is_control`, `sp.is_byte`). In Mistral's vocabulary no two pieces glue into one of those (shown
+# after the exercise), so you do not need that rule here. The check compares your ids with sentencepiece's on
+# texts of many kinds (code, runs of spaces, rare characters, and text such as `<s>` or `<0x41>` that must stay
+# ordinary characters, not become the control or byte id) without letting you call its encoder. On a wrong case
+# it shows the pieces where your ids and sentencepiece's part. Try `bpe_encode("lower tokenizer", trace=True)`
+# first: it prints the pieces after every merge.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_1_bpe_encode-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def bpe_encode(text: str, sp: spm.SentencePieceProcessor = sp, trace: bool = False) -> list[int]:
+def bpe_encode(text: str, trace: bool = False) -> list[int]:
     """Sentencepiece BPE encoding with byte fallback, written out."""
     if not text:
         return []
@@ -226,7 +224,7 @@ def bpe_encode(text: str, sp: spm.SentencePieceProcessor = sp, trace: bool = Fal
         for j in range(len(pieces) - 1):
             merged_id = sp.piece_to_id(pieces[j] + pieces[j + 1])
             if merged_id == tok.unk_id or sp.is_control(merged_id) or sp.is_byte(merged_id):
-                continue  # not a learned piece, or one that text never forms: this pair never merges
+                continue  # not a learned piece (control and byte pieces: sentencepiece's rule, see above)
             score = sp.get_score(merged_id)
             if best is None or score > best[0]:  # '>' keeps the leftmost of equal scores
                 best = (score, j)
@@ -253,15 +251,6 @@ SP_ENCODERS = ["sentencepiece.SentencePieceProcessor.encode", "sentencepiece.Sen
                "sentencepiece.SentencePieceProcessor.EncodeAsIds", "sentencepiece.SentencePieceProcessor.encode_as_ids",
                "sentencepiece.SentencePieceProcessor.EncodeAsPieces",
                "sentencepiece.SentencePieceProcessor.encode_as_pieces"]
-toy_model = io.BytesIO()  # a small vocabulary in which '<a', 'b>', '<0xF' and '0>' are learned pieces
-spm.SentencePieceTrainer.train(
-    sentence_iterator=iter(["x<a.b> y<a,b> z<a;b> <a:b> q<a-b> x<0xF.0> y<0xF,0> <0xF:0>"] * 40
-                           + ["the cat sat on the mat"] * 10),
-    model_writer=toy_model, model_type="bpe", vocab_size=330, byte_fallback=True, split_digits=False,
-    unk_id=0, bos_id=1, eos_id=2, pad_id=-1, control_symbols=["<ab>"] + [f"<c{k}>" for k in range(16)], add_dummy_prefix=True,
-    remove_extra_whitespaces=False, normalization_rule_name="identity", split_by_unicode_script=False,
-    split_by_number=False, num_threads=1, minloglevel=2)
-toy_sp = spm.SentencePieceProcessor(model_proto=toy_model.getvalue())
 bpe_cases = [
     case("Hello world", label="'Hello world'", hint="which pairs may merge at all (what does piece_to_id return for a "
                                                      "pair that is not a piece?), and which of them merges first?"),
@@ -287,16 +276,6 @@ _ = check_function(
     show=lambda ids: [sp.id_to_piece(i) for i in ids],  # a wrong answer is shown as pieces, not as numbers
     forbid=[THROUGH_LIBRARY, "minimistral.tokenizer.Tokenizer.encode", "minimistral.tokenizer.Tokenizer.pieces",
             *SP_ENCODERS],
-    hint="bpe_encode returns a list of ids: inside the loop, set i to the position of the pair to merge, or break"
-) and check_function(  # the same encoder on a vocabulary where the control/byte rule fires
-    "01.1 bpe_encode", bpe_encode, lambda text, sp: sp.encode(text), cases=[
-        case("the cat sat on the mat", toy_sp, label="the toy vocabulary: 'the cat sat on the mat'",
-             hint="this case reads a second vocabulary, passed as sp: does your code use only the sp it was given?"),
-        case("<ab> and x<ab>", toy_sp, label="the toy vocabulary, where '<a' + 'b>' would spell its control piece '<ab>'",
-             hint="may a merge produce a control token that the text never contains as such?"),
-        case("<0xF0> then y<0xF0>", toy_sp, label="the toy vocabulary, where '<0xF' + '0>' would spell the byte piece '<0xF0>'",
-             hint="may a merge produce a byte piece, which only byte fallback writes?"),
-    ], show=lambda ids: [toy_sp.id_to_piece(i) for i in ids], forbid=[THROUGH_LIBRARY, *SP_ENCODERS],
     hint="bpe_encode returns a list of ids: inside the loop, set i to the position of the pair to merge, or break")
 
 # %% [markdown]
@@ -692,32 +671,38 @@ _ = check_function(
 # %% [markdown]
 # ## Exercise 01.3: what byte fallback costs a text
 #
-# Write `byte_fallback_cost(text, tok)`: how many of the tokens `tok.encode` gives `text` are byte pieces,
-# **without encoding it**, for any tokenizer `tok` trained with Mistral's options. The check passes Mistral's
-# tokenizer and the small one trained above on a few paragraphs, whose vocabulary lacks characters as plain as
-# a capital `L`. You may look pieces up with `tok.piece_to_id` (it returns `tok.unk_id` for a piece the
-# vocabulary lacks), but not call `tok.encode`, sentencepiece's encoder or the scores (no merging: the check
-# watches). Everything you need was shown earlier in this notebook.
+# Write `byte_fallback_cost(text, vocab)`: how many of the tokens `encode` gives `text` are byte pieces,
+# **without encoding it**, for any tokenizer trained with Mistral's options, given its vocabulary as a list of
+# strings (`vocab[i]` is the piece of id `i`, as `[tok.id_to_piece(i) for i in range(tok.vocab_size)]` gives).
+# The check passes Mistral's vocabulary and that of the small tokenizer trained above on a few paragraphs, which
+# lacks characters as plain as a capital `L`. Do not call `tok.encode`, sentencepiece's encoder or the scores
+# (no merging: the check watches). Everything you need was shown earlier in this notebook.
 
 # %% nbgrader={"grade": false, "grade_id": "ex01_3_byte_fallback_cost-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def byte_fallback_cost(text: str, tok: mm.Tokenizer = tok) -> int:
+def byte_fallback_cost(text: str, vocab: list[str]) -> int:
     ### BEGIN SOLUTION
     # a character missing from the vocabulary becomes one byte piece per UTF-8 byte; spaces are written '▁'
-    return sum(len(c.encode("utf-8")) for c in text.replace(" ", "▁") if tok.piece_to_id(c) == tok.unk_id)
+    pieces = set(vocab)
+    return sum(len(c.encode("utf-8")) for c in text.replace(" ", "▁") if c not in pieces)
     ### END SOLUTION
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex01_3_byte_fallback_cost-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def byte_pieces_after_encoding(text, tok):  # the reference: encode, then count the byte pieces
-    return sum(tok.is_byte(i) for i in tok.encode(text, bos=False))
+def byte_pieces_after_encoding(text, vocab):  # the reference: encode with the vocabulary's tokenizer, count bytes
+    tokenizer = tok if vocab == mistral_vocab else small
+    return sum(tokenizer.is_byte(i) for i in tokenizer.encode(text, bos=False))
+
+
+mistral_vocab = [tok.id_to_piece(i) for i in range(tok.vocab_size)]
+small_vocab = [small.id_to_piece(i) for i in range(small.vocab_size)]
 
 
 _ = check_function(
     "01.3 byte_fallback_cost", byte_fallback_cost, byte_pieces_after_encoding,
-    cases=[case(t, tok, label=f"Mistral's tokenizer, {t!r}") for t in (
+    cases=[case(t, mistral_vocab, label=f"Mistral's vocabulary, {t!r}") for t in (
         "Привет 🦙", "☕ and 🦙", "🦙🦙 and ☕ ☕", "naïve café", "x = 𝔘 + ж", "line one\n\tline two",
         "plain ascii text", "ꙮ ʬ 🧬", "")]
-    + [case(t, small, label=f"the small tokenizer trained above, {t!r}",
+    + [case(t, small_vocab, label=f"the small tokenizer's vocabulary, {t!r}",
             hint="which characters are missing from this vocabulary? Ask it, rather than guess from the character")
        for t in ("Large Language Models", "Zebra 42 QUIZ", "naïve café ☕")],
     forbid=[THROUGH_LIBRARY, "minimistral.tokenizer.Tokenizer.encode", "minimistral.tokenizer.Tokenizer.pieces",
