@@ -316,11 +316,13 @@ for (label, ys), color in zip(curves.items(), ["#C44E52", "#DD8452", "#55A868"])
     ax2.plot(seq.numpy(), ys, label=label, color=color, lw=2)
 ax2.set_yscale("log")  # a log axis: the 2x and 8x of the rolling buffer are equal-looking gaps, not slivers
 ax2.set_ylim(0.02, 80)
+ax2.set_yticks([0.05, 0.1, 0.5, 1, 2, 4, 16, 64], ["0.05", "0.1", "0.5", "1", "2", "4", "16", "64"])
+ax2.minorticks_off()
 ax2.axhline(args.weight_bytes("bfloat16") / GiB, color="#4C72B0", ls="--", lw=1)
 ax2.text(12500, args.weight_bytes("bfloat16") / GiB * 1.2, "the weights in bf16: 13.5 GiB", color="#4C72B0",
          fontsize=9)
 ax2.axvline(args.sliding_window, color="grey", ls=":", lw=1)
-ax2.text(args.sliding_window - 300, 24, "window\nW = 4,096", color="grey", fontsize=8, ha="right")
+ax2.text(args.sliding_window + 250, 24, "window\nW = 4,096", color="grey", fontsize=9, ha="left")
 ax2.axvline(8192, color="black", ls=":", lw=1)
 ax2.text(8192 + 300, 0.045, "paper's context_len 8,192:\nrolling saves 2x", color="black", fontsize=8)
 for n in (8192, 32768):  # the values the prose quotes, at the two lengths it quotes them
@@ -420,15 +422,18 @@ del tiny, cache
 # %% [markdown]
 # ## Exercise 00.1: a model Mistral did not build
 #
-# Other decoders built like Mistral change two details. Qwen2, for instance, gives the query, key and value
+# Other decoders built like Mistral change a few details. Qwen2, for instance, gives the query, key and value
 # projections a **bias** (a learned vector added to the product: `x @ wq.T + bq`), and its small versions
 # **tie** the output head to the embedding table: the head *is* the embedding matrix, used a second time, so
-# it is stored once.
+# it is stored once. Older decoders (GPT-2, and most models before LLaMA) use a **plain MLP** instead of
+# SwiGLU: one matrix from `dim` up to `hidden_dim`, a GELU, one matrix back down to `dim`, and a bias on both
+# matrices (notebook 06 explains what SwiGLU's third matrix buys).
 #
-# Complete `variant_params(args, qkv_bias, tied)`: the total number of parameters of the whole model
-# described by `args`, when `wq`, `wk` and `wv` carry a bias (`qkv_bias=True`) and/or the output head is tied
-# to the embeddings (`tied=True`). `wo` and the MLP keep no bias. The library cannot build this variant (the
-# check forbids building the library's blocks and counting them), so work it out from the shapes above.
+# Complete `variant_params(args, qkv_bias, tied, mlp)`: the total number of parameters of the whole model
+# described by `args`, when `wq`, `wk` and `wv` carry a bias (`qkv_bias=True`), the output head is tied to the
+# embeddings (`tied=True`), and the MLP is `mlp="swiglu"` (Mistral's, no biases) or `mlp="gelu"` (the plain
+# one, with its two biases), in any combination. `wo` keeps no bias. The library cannot build these variants
+# (the check forbids building the library's blocks and counting them), so work it out from the shapes above.
 
 # %%
 # What the checks of 00.1 and 00.2 refuse: the library's own counts, and building its model to count it
@@ -437,10 +442,14 @@ LIBRARY_COUNTING = ["minimistral.config.ModelArgs.num_params", "minimistral.conf
                     "minimistral.model.TransformerBlock.__init__"]
 
 # %% nbgrader={"grade": false, "grade_id": "ex00_1_variant_params-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def variant_params(args: mm.ModelArgs, qkv_bias: bool, tied: bool) -> int:
+def variant_params(args: mm.ModelArgs, qkv_bias: bool, tied: bool, mlp: str) -> int:
     ### BEGIN SOLUTION
-    d, h, H, K = args.dim, args.head_dim, args.n_heads, args.n_kv_heads
-    layer = 2 * d * H * h + 2 * d * K * h + 3 * d * args.hidden_dim + 2 * d  # wq wo, wk wv, w1 w2 w3, norms
+    d, h, H, K, F = args.dim, args.head_dim, args.n_heads, args.n_kv_heads, args.hidden_dim
+    layer = 2 * d * H * h + 2 * d * K * h + 2 * d  # wq wo, wk wv, two norms
+    if mlp == "swiglu":
+        layer += 3 * d * F  # w1 w2 w3
+    else:
+        layer += 2 * d * F + F + d  # up and down, each with a bias as long as its output
     if qkv_bias:
         layer += H * h + 2 * K * h  # one number per output row of wq, wk and wv
     head = 0 if tied else args.vocab_size * d  # a tied head is the embedding table itself
@@ -454,9 +463,12 @@ from torch import nn
 from minimistral.labs.checks import case, check_function
 
 
-def built_and_counted(args, qkv_bias, tied):  # the reference: build the variant on the meta device, count it
+def built_and_counted(args, qkv_bias, tied, mlp="swiglu"):  # the reference: build the variant on meta, count it
     with torch.device("meta"):
         model = mm.Transformer(args)
+        for layer in model.layers if mlp == "gelu" else []:  # GPT-2's MLP: up, GELU, down, both with a bias
+            layer.feed_forward = nn.Sequential(nn.Linear(args.dim, args.hidden_dim, bias=True), nn.GELU(),
+                                               nn.Linear(args.hidden_dim, args.dim, bias=True))
         for layer in model.layers if qkv_bias else []:
             for name in ("wq", "wk", "wv"):
                 old = getattr(layer.attention, name)
@@ -468,41 +480,53 @@ def built_and_counted(args, qkv_bias, tied):  # the reference: build the variant
 
 qwen_shapes = mm.ModelArgs(dim=896, n_layers=24, head_dim=64, hidden_dim=4864, n_heads=14, n_kv_heads=2,
                            vocab_size=151936)
+gpt2_shapes = mm.ModelArgs(dim=768, n_layers=12, head_dim=64, hidden_dim=3072, n_heads=12, n_kv_heads=12,
+                           vocab_size=50257)
 _ = check_function("00.1 variant_params", variant_params, built_and_counted, cases=[
-    case(mm.ModelArgs.mistral_7b(), False, False, label="Mistral 7B as it is: no bias, separate head",
+    case(mm.ModelArgs.mistral_7b(), False, False, "swiglu", label="Mistral 7B as it is: no bias, separate head",
          hint="no bias and no tie here: count each matrix of a layer from its shapes, the two RMSNorms of every "
               "layer, and the final norm"),
-    case(mm.ModelArgs.mistral_7b(), True, False, label="Mistral 7B with biases on wq, wk, wv",
+    case(mm.ModelArgs.mistral_7b(), True, False, "swiglu", label="Mistral 7B with biases on wq, wk, wv",
          hint="how many numbers does a bias add to a matrix, and which size of that matrix sets it?"),
-    case(mm.ModelArgs.mistral_7b(), False, True, label="Mistral 7B with its head tied to the embeddings",
+    case(mm.ModelArgs.mistral_7b(), False, True, "swiglu", label="Mistral 7B with its head tied to the embeddings",
          hint="how many vocab_size x dim tables does a tied model store?"),
-    case(mm.ModelArgs.tiny(), True, True, label="the tiny model (8 query and 2 K/V heads of 32), biases and tied",
+    case(mm.ModelArgs.tiny(), True, True, "swiglu", label="the tiny model (8 query and 2 K/V heads of 32), biases and tied",
          hint="both details at once: do the biases of wk and wv follow n_kv_heads, and is the shared table "
               "counted once?"),
     case(mm.ModelArgs(dim=96, n_layers=3, head_dim=64, hidden_dim=200, n_heads=4, n_kv_heads=2, vocab_size=10),
-         True, False, label="dim 96 with 4 query heads of 64 (n_heads * head_dim != dim), 2 K/V heads, biases",
+         True, False, "swiglu", label="dim 96 with 4 query heads of 64 (n_heads * head_dim != dim), 2 K/V heads, biases",
          hint="here n_heads * head_dim is not dim: write wq, wo and the bias of wq from n_heads and head_dim"),
-    case(mm.ModelArgs.tiny(n_kv_heads=1, n_layers=2), True, False, label="multi-query (1 K/V head), biases",
+    case(mm.ModelArgs.tiny(n_kv_heads=1, n_layers=2), True, False, "swiglu", label="multi-query (1 K/V head), biases",
          hint="with one K/V head, how wide are wk and wv, and their biases?"),
-    case(qwen_shapes, True, True, label="Qwen2.5-0.5B's shapes: dim 896, 24 layers, 14 heads over 2, biases, tied"),
+    case(qwen_shapes, True, True, "swiglu", label="Qwen2.5-0.5B's shapes: dim 896, 24 layers, 14 heads over 2, biases, tied"),
+    case(mm.ModelArgs.mistral_7b(), False, False, "gelu", label="Mistral 7B with a plain GELU MLP",
+         hint="how many matrices does the plain MLP have, and how many numbers does each of its two biases hold?"),
+    case(gpt2_shapes, True, True, "gelu",
+         label="GPT-2 small's shapes (dim 768, 12 heads of 64, MLP 3,072; its LayerNorms and position table aside), "
+               "plain MLP, biases, tied",
+         hint="here hidden_dim is four times dim: which size sets the bias of the matrix going up, and which the "
+              "bias of the matrix coming down?"),
+    case(mm.ModelArgs.tiny(n_kv_heads=1, n_layers=2), False, True, "gelu", label="multi-query tiny model, plain MLP, tied",
+         hint="the plain MLP replaces all three SwiGLU matrices: what is left of w1, w2, w3?"),
 ], forbid=LIBRARY_COUNTING + ["minimistral.attention.Attention.__init__", "minimistral.mlp.FeedForward.__init__"],
    hint="how many numbers does a bias add to a matrix, and which size of that matrix sets it? "
-        "And how many tables does a tied model store?")
+        "And how many tables does a tied model store? How many matrices, and biases, has the plain MLP?")
 
 # %% [markdown]
-# What the two details cost or save at Mistral's size, counted by building the variants:
+# What the three details cost or save at Mistral's size, counted by building the variants:
 
 # %%
 base = built_and_counted(args, False, False)
-for qkv_bias, tied in [(True, False), (False, True)]:
-    what = "biases on wq, wk, wv" if qkv_bias else "head tied to the embeddings"
-    print(f"{what:<28} {built_and_counted(args, qkv_bias, tied) - base:>+14,} parameters")
+for what, variant in [("biases on wq, wk, wv", (True, False)), ("head tied to the embeddings", (False, True)),
+                      ("plain GELU MLP, same width", (False, False, "gelu"))]:
+    print(f"{what:<28} {built_and_counted(args, *variant) - base:>+14,} parameters")
 print(f"Qwen2.5-0.5B's shapes, biases and tied: {built_and_counted(qwen_shapes, True, True):,} parameters")
 
 # %% [markdown]
 # Biases are almost free (196,608 numbers in a 7B model); tying saves a whole 131-million-number matrix,
 # which matters more the smaller the model: in Qwen2.5-0.5B the 151,936-piece embedding table is 136 million of
-# its 494 million parameters. (`transformers`' `Qwen2ForCausalLM` built with those shapes on the meta device
+# its 494 million parameters. The plain MLP at Mistral's width drops one of SwiGLU's three matrices per layer:
+# 1.88 billion parameters, about a quarter of the model (its biases add back only 18,432 per layer). (`transformers`' `Qwen2ForCausalLM` built with those shapes on the meta device
 # counts the same 494,032,768.)
 
 # %% [markdown]
@@ -614,8 +638,8 @@ for gpu, budget in [("24 GiB", 24 * GiB), ("80 GiB", 80 * GiB)]:
 #   formulas match real tensors to the byte (the tiny model's weights and KV cache).
 # - The residual stream is the per-token vector that runs through all 32 blocks; each block reads it
 #   through an RMSNorm and adds its attention and MLP outputs back to it.
-# - The meta device builds the whole model with its true shapes and no memory; a bias on q, k, v or a tied
-#   head (other Llama-style models) changes the count in ways you can now work out.
+# - The meta device builds the whole model with its true shapes and no memory; a bias on q, k, v, a tied
+#   head (other Llama-style models) or GPT-2's plain MLP changes the count in ways you can now work out.
 # - Run backwards, the same arithmetic sizes a server: on an 80 GiB GPU, 133 sequences of 32,768 tokens fit with
 #   the window and GQA, 16 without the window.
 #
