@@ -215,9 +215,9 @@ for layer in range(1, L + 1):
           f"{T - 1 - first:>2} back = {layer} x (W - 1) = {layer * (W - 1)}")
 
 # %% [markdown]
-# The same thing measured on an actual model: a tiny Mistral with W = 4 and 6 layers, randomly initialised
-# (which positions can influence an output depends on the masks, not on the weights; "a real model" in the
-# figure's title means this one). The gradient of a
+# The same thing measured through a whole model: a tiny Mistral with W = 4 and 6 layers, randomly initialised
+# (which positions can influence an output depends on the masks, not on the weights, so no training is
+# needed). The gradient of a
 # layer's output at the last position with respect to the input embeddings is non-zero exactly at the
 # positions that can influence it (masked keys get probability exactly 0, hence gradient exactly 0).
 
@@ -254,7 +254,7 @@ ax.set_xlabel("input position j")
 ax.set_ylabel("layer")
 ax.set_yticks(range(1, L + 1))
 ax.set_title(f"Input positions that can influence the last token (position {T - 1}), layer by layer\n"
-             f"W = {W}: each layer reaches W − 1 = {W - 1} further back (orange: non-zero gradient in a real model)")
+             f"W = {W}: each layer reaches W − 1 = {W - 1} further back (orange: non-zero gradient, randomly initialised model)")
 plt.tight_layout()
 plt.show()
 
@@ -467,7 +467,8 @@ plt.show()
 # Now that you have built them, `minimistral.viz` draws these pictures in one call, for later notebooks:
 # `plot_window_mask(seq_len, window)`, `plot_receptive_field(window, n_layers)` and an explorer with sliders
 # (move them in JupyterLab: the band is W wide, and when the sequence is shorter than the window the mask is
-# the causal triangle).
+# the causal triangle). A saved copy of this notebook, on GitHub for instance, shows the explorer as a static
+# picture without its sliders.
 
 # %%
 mm.viz.plot_receptive_field(4096, 32)
