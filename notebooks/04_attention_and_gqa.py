@@ -33,12 +33,13 @@ plt.show()
 # ## What you will learn
 # - Scaled dot-product attention step by step: queries, keys, values, scores, the $1/\sqrt{d}$ scale,
 #   softmax, the weighted sum, with every shape printed.
-# - Why the scale is $1/\sqrt{d}$ and not something else (measured, not asserted).
+# - Why the scale is $1/\sqrt{d}$ and not something else (measured, not asserted), and how spread out a trained
+#   model's scaled scores really are.
 # - The causal mask, and what it does to the scores and the probabilities (picture).
 # - Many heads: how one big projection is split into heads and merged back.
 # - Real attention heads: the running example through the trained tiny model, with a previous-token
 #   head, a head that sends the repeated word back to its first occurrence, and heads that park on the first
-#   token; and a test for an induction head, which this small model turns out not to have.
+#   token; and the standard test for an induction head (random tokens, repeated), which this small model fails.
 # - Grouped-query attention exactly as Mistral 7B does it: the projection shapes, which query head reads
 #   which key/value head (diagram), and the memory it saves in the KV cache.
 # - The dial turned on the trained tiny model: its 2 K/V heads copied to 8 (same logits), copied in the wrong
@@ -62,6 +63,13 @@ from minimistral.attention import attention_explicit, attention_sdpa, causal_mas
 from minimistral.labs.checks import ADVANCED_INDEXING, ENLARGED_COPY, LIBRARY_ATTENTION, NO_COPIES, case, check_function
 from minimistral.train import corpus
 
+# a result put together piece by piece (a loop writing into a buffer, or joining the pieces): checks 04.1 and 04.4
+PIECE_BY_PIECE = tuple(f"torch.{n}" for n in (
+    "Tensor.__setitem__", "Tensor.copy_", "Tensor.index_put_", "Tensor.index_put", "index_put", "Tensor.index_copy_",
+    "Tensor.index_copy", "index_copy", "Tensor.index_add_", "Tensor.index_add", "index_add", "Tensor.scatter_",
+    "Tensor.scatter", "scatter", "Tensor.scatter_add_", "Tensor.scatter_add", "scatter_add", "Tensor.masked_scatter_",
+    "Tensor.masked_scatter", "masked_scatter", "Tensor.put_", "Tensor.put", "put", "hstack", "vstack", "dstack",
+    "column_stack", "row_stack", "concatenate", "block_diag"))
 torch.manual_seed(0)
 plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.right": False})
 
@@ -102,7 +110,9 @@ print("scores:", tuple(scores.shape), "  row i = query i, column j = key j")
 # $q\cdot k = \sum_{m=1}^{d} q_m k_m$ is a sum of $d$ terms of variance 1, so its variance is $d$ and its
 # standard deviation $\sqrt d$. Bigger heads would give ever larger scores, and softmax of large numbers
 # is nearly one-hot: all the probability goes to one key and the gradient to the others vanishes.
-# Dividing by $\sqrt d$ brings the standard deviation back to 1 whatever the head size. Let us measure it.
+# Dividing by $\sqrt d$ brings the standard deviation back to 1 whatever the head size, for $q$ and $k$ of unit
+# variance. Let us measure it. (A trained model's $q$ and $k$ are not of unit variance: the scale sets where
+# training starts, and the weights then learn how sharp each head should be; section 3 measures that.)
 
 # %%
 print(f"{'d':>5} {'std(q.k)':>10} {'sqrt(d)':>8} {'std(q.k/sqrt d)':>16}")
@@ -289,7 +299,8 @@ print(f"layer 1, head 5: `,` (4) -> the token before it {recorded[1][5][4, 3]:.2
       f"layer 2, head 1: ▁there (11) -> ▁be (7) {recorded[2][1][11, 7]:.2f} (an even spread: {1 / 12:.2f})")
 
 # %% [markdown]
-# Reading the three heads (row = query, column = key, each row sums to 1, nothing above the diagonal):
+# Reading the three heads (row = query, column = key, each row sums to 1, nothing above the diagonal; `▁`, drawn
+# as a low bar, marks a piece that starts a word, as in notebook 01):
 #
 # - **Layer 1, head 5** puts most of each row on the diagonal just below the main one: most tokens look at
 #   the token right before it (0.81 of the mass on average, printed above; not all: `:` gives it 0.43, `,` only 0.28 (it spreads over the
@@ -337,14 +348,48 @@ print(f"phrase of {n} tokens, fed twice ({len(twice)} tokens)")
 print(f"strongest induction score: {induction.max():.3f} (layer {layer_i}, head {head_i}); "
       f"strongest duplicate-token score: {duplicate.max():.3f}; an even spread would give {even:.3f}")
 print(f"layer 2, head 1: induction {induction[2, 1]:.3f}, duplicate-token {duplicate[2, 1]:.3f}")
+for seed in (45, 1, 2):  # the standard test (Olsson et al., 2022): random tokens, which no n-gram can predict, twice
+    rand = torch.randint(3, kjv.vocab_size, (24,), generator=torch.Generator().manual_seed(seed)).tolist()
+    with mm.viz.capture_attention(tiny) as cap, torch.no_grad():
+        tiny(torch.tensor([[kjv.bos_id] + rand + rand]))
+    rows = torch.arange(25, 48)  # the second copy, except its last token: key i - 23 comes next in the first
+    best = max(p[0][:, rows, rows - 23].mean(-1).max().item() for p in cap.probs.values())
+    print(f"24 random tokens twice (seed {seed}): strongest induction score {best:.3f}, "
+          f"an even spread {(1 / (rows + 1).float()).mean():.3f}")
 
 # %% [markdown]
-# No head does either. The best induction score, 0.178, is 3 times an even spread (0.059) but far from the values
-# near 1 that induction heads reach in larger models, and no head gives a repeated token's first copy clearly more
-# than an even spread (the best, 0.061, against 0.059). Layer 2, head 1's duplicate-token score is 0.021 and its
+# No head does either. On the phrase the best induction score, 0.178, is 3 times an even spread (0.059) but far
+# from the values near 1 that induction heads reach in larger models, and no head gives a repeated token's first
+# copy clearly more than an even spread (the best, 0.061, against 0.059). A phrase of real words can partly be
+# continued from the words alone; the standard test (Olsson et al., 2022, "In-context learning and induction
+# heads") repeats **random** tokens, which only a copying mechanism can predict. There the best of the 32 heads
+# scores 0.031 to 0.042 for three random draws, against an even spread of 0.028: no induction head. Layer 2, head 1's duplicate-token score is 0.021 and its
 # induction score 0.086 (an even spread: 0.059): what it did with `▁light`
 # in our sentence belongs to that sentence, not to a general copying mechanism. A 4-layer model is small; so
 # this course names the patterns it measures, not mechanisms it cannot show.
+
+# %% [markdown]
+# **The scale in a trained model.** Section 1 divided by $\sqrt d$ so that scores of unit-variance $q$ and $k$
+# have a spread of 1. How spread out are the trained model's scaled scores? A row of probabilities gives them
+# back: $\log p_{ij} = s_{ij} - \log \sum_{j'} e^{s_{ij'}}$, the scores less one constant per row, so the standard
+# deviation of $\log p$ over a query's visible keys is that of its scaled scores $s_{ij}$. Averaged over the
+# queries 16 to 127 of Genesis 1, for every head:
+
+# %%
+genesis_128 = kjv.encode(corpus.chapters(corpus.load_text())[0], bos=True)[:128]
+with mm.viz.capture_attention(tiny) as cap, torch.no_grad():
+    tiny(torch.tensor([genesis_128]))
+print("spread (std) of q·k/√d over each query's keys, averaged over queries 16-127, one number per head:")
+for layer, p in cap.probs.items():
+    logp = p[0].log()  # (heads, queries, keys); no visible key gets a probability of exactly 0 here
+    spread = torch.stack([logp[:, i, :i + 1].std(-1) for i in range(16, 128)]).mean(0)  # (heads,)
+    print(f"layer {layer}: " + " ".join(f"{x:.2f}" for x in spread.tolist()))
+
+# %% [markdown]
+# Layer 0's heads stay near a spread of 1 (0.68 to 1.10). In layers 1 to 3 the scores are two to almost five
+# times as spread out (1.98 to 4.65), so their softmaxes are sharper; the largest, 4.65, is layer 1, head 5, the
+# previous-token head (0.81 of its attention, on average, on the token before). The $1/\sqrt d$ gives every head
+# the same starting point, whatever its size; how sharp a head ends up is learned, in $W_q$ and $W_k$.
 
 # %% [markdown]
 # ## 4. Grouped-query attention (GQA)
@@ -438,13 +483,37 @@ print("floor(h / 4):                                   ", [h // 4 for h in range
 
 # %% [markdown]
 # Copying is wasteful (it materialises 4x the keys), which is why fused kernels take the 8 heads directly:
-# PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)` does the grouping inside its fused kernels.
-# On a CPU that depends on the version: on torch 2.13, profiled with `torch.profiler`, the only kernel that runs
-# is the fused `_scaled_dot_product_flash_attention_for_cpu`, with no `repeat_interleave`, with `is_causal=True`
-# or a boolean mask alike. The CPU flash kernel learned GQA in July 2025 (PyTorch PR #157893, so from about
-# torch 2.9); the older versions the course allows (it asks for torch >= 2.6) take the plain math path on a CPU,
-# which repeats the heads, so a laptop on those saves nothing. The cache stores only the 8 heads either way, and exercise 04.4 groups the query heads instead of copying.
-#
+# PyTorch's `scaled_dot_product_attention(..., enable_gqa=True)` accepts 8 query heads over 2 K/V heads. Whether
+# it copies inside depends on the kernel it picks. The cell below logs every operator that reaches PyTorch's
+# kernels during one call, on the torch you have. On torch 2.13 (the stored output) a CPU runs a single fused
+# kernel, `_scaled_dot_product_flash_attention_for_cpu`, and copies nothing. On torch 2.6, which the course also
+# allows, the same cell logs 30 operator calls on a CPU: the plain math path, two matmuls (`bmm`) and a softmax,
+# after an `expand` and a `clone` of K and of V, which is the copy, made inside. The cache stores only the 8
+# heads either way, and exercise 04.4 groups the query heads instead of copying.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+from torch.utils._python_dispatch import TorchDispatchMode
+
+
+class KernelLog(TorchDispatchMode):  # every operator call that reaches PyTorch's kernels, in order
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+gp = torch.Generator().manual_seed(4)
+qp, kp, vp = (torch.randn(1, n, 64, 16, generator=gp) for n in (8, 2, 2))  # 8 query heads, 2 K/V heads
+with KernelLog() as log:
+    F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, enable_gqa=True)
+print(f"torch {torch.__version__}, SDPA with enable_gqa=True on a CPU: {len(log.ops)} operator call(s):",
+      ", ".join(log.ops))
+
+# %% [markdown]
 # ### A full GQA layer from scratch, against the library
 #
 # Now all of it together on `ModelArgs.tiny()` (8 query heads, 2 K/V heads: the same 4:1 ratio as the
@@ -585,8 +654,8 @@ print(f"weights of the whole model in bf16: {args7b.weight_bytes('bfloat16') / G
 # **04.1 (warm-up)** Write `repeat_kv(x, n_rep)`: `(B, K, S, D) -> (B, K*n_rep, S, D)`, each K/V head
 # repeated `n_rep` times *next to itself* (so that query head `h` reads K/V head `h // n_rep`), without the
 # copying methods section 4 used: no `repeat_interleave`, `repeat`, `tile`, `cat`, `stack`, `index_select`,
-# `gather`, indexing with a tensor or a list, and not the library's `repeat_kv` (the check watches for each).
-# A new axis of size 1 and broadcasting (`expand`, or arithmetic with a tensor of the right shape) are allowed,
+# `gather`, indexing with a tensor or a list, no output buffer filled head by head (`out[:, h] = ...`, `copy_`),
+# and not the library's `repeat_kv` (the check watches for each). A new axis of size 1 and broadcasting (`expand`, or arithmetic with a tensor of the right shape) are allowed,
 # followed by a `reshape`. The capstone of notebook 10 puts your function into the model.
 
 # %% nbgrader={"grade": false, "grade_id": "ex04_1_repeat_kv-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -607,7 +676,7 @@ _ = check_function("04.1 repeat_kv", my_repeat_kv, repeat_kv,
                forbid=["minimistral.attention.repeat_kv", "torch.Tensor.repeat", "torch.Tensor.repeat_interleave",
                        "torch.repeat_interleave", "torch.tile", "torch.Tensor.tile", "torch.cat", "torch.concat",
                        "torch.stack", "torch.index_select", "torch.Tensor.index_select", "torch.gather",
-                       "torch.Tensor.gather", "torch.take", ADVANCED_INDEXING],
+                       "torch.Tensor.gather", "torch.take", ADVANCED_INDEXING, *PIECE_BY_PIECE],
                hint="which K/V head must query head h read? When you reshape, the axis that varies slowest "
                     "comes first: where must the new axis of copies sit for copies of one head to be neighbours?")
 
@@ -727,11 +796,11 @@ _ = check_function("04.3 max_context", my_max_context, reference_max_context, ca
 # `h // (H // K)`. Nothing may copy K/V heads: no `repeat`, `repeat_interleave`, `expand`, `expand_as`,
 # `broadcast_to`, `stack`, `cat`, `index_select`, `gather`, indexing with a tensor or a list, `repeat_kv`, no
 # tensor built from `k` or `v` alone that is larger than it (an `einsum` with a selection matrix, `k + zeros`,
-# `k * ones_like(...)`, a buffer filled head by head with slices of `k`),
-# and no library attention (`scaled_dot_product_attention`, with or without `enable_gqa`, or the library's
-# `attention_explicit` and `attention_sdpa`): the check watches for each while your function runs. A Python
-# loop over the query heads also passes, but the point is one batched matmul for all heads. `view`/`reshape` of `q` and broadcasting in `@` or `einsum` are the tools. Think about which axis of a
-# reshaped `q` must line up with `k`'s head axis.
+# `k * ones_like(...)`, a buffer filled head by head with slices of `k`). No library attention either
+# (`scaled_dot_product_attention`, with or without `enable_gqa`, or the library's `attention_explicit` and
+# `attention_sdpa`), and no Python loop over the heads that fills an output buffer (`out[:, h] = ...`, `copy_`,
+# `index_copy_`) or joins the pieces: one batched computation for all heads (mask the scores with
+# `masked_fill` or `torch.where`). The check watches for each while your function runs.
 
 # %% nbgrader={"grade": false, "grade_id": "ex04_4_gqa_no_copy-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def gqa_attention(q, k, v):
@@ -780,7 +849,7 @@ _ = check_function("04.4 gqa_no_copy", gqa_attention, reference_gqa, cases=[
    forbid=NO_COPIES + LIBRARY_ATTENTION + (ENLARGED_COPY, "minimistral.attention.repeat_kv",
                                            "minimistral.attention.attention_explicit",
                                            "minimistral.attention.attention_sdpa",
-                                           "minimistral.attention.Attention.forward"),
+                                           "minimistral.attention.Attention.forward") + PIECE_BY_PIECE,
    diagnose=gqa_diagnosis,
    hint="look at the three places a grouped attention can slip: which K/V head each query head reads "
         "(h // (H // K)), the scale, and the causal mask before a softmax over the keys")
@@ -838,8 +907,9 @@ _ = check_function("04.5 induction_scores", induction_scores, induction_by_loop,
 # %% [markdown]
 # ## Summary
 #
-# - Attention: $\mathrm{softmax}(QK^\top/\sqrt d + M)\,V$. Scores `(T, S)` per head; the $1/\sqrt d$ keeps
-#   their spread at 1 whatever the head size, so softmax stays soft.
+# - Attention: $\mathrm{softmax}(QK^\top/\sqrt d + M)\,V$. Scores `(T, S)` per head; for unit-variance $q$ and
+#   $k$ the $1/\sqrt d$ keeps their spread at 1 whatever the head size, so softmax starts soft. Training then sets
+#   each head's sharpness: in the tiny model's layers 1-3 the scaled scores have a spread of 1.98 to 4.65.
 # - The causal mask puts $-\infty$ on future keys, so they get probability exactly 0.
 # - Heads are slices of one projection: `view(B, T, H, D).transpose(1, 2)` to split, the reverse and a
 #   reshape to merge, then $W_o$ mixes them.
@@ -848,7 +918,8 @@ _ = check_function("04.5 induction_scores", induction_scores, induction_by_loop,
 #   group the query heads and broadcast, 04.4). On the trained tiny model, 8 K/V heads copied from its 2 give
 #   the same logits; pooled to 1 without retraining, the loss rises from 2.854 to 3.590.
 # - The trained tiny model's heads have jobs: previous token, a repeated word sent back to its first
-#   occurrence (in one sentence; no induction head in this small model), a sink on the first token.
+#   occurrence (in one sentence), a sink on the first token. No induction head: on random tokens repeated, the
+#   best head scores 0.03-0.04, against an even spread of 0.028.
 # - The KV cache is 128 KiB per token in bf16: 4 GiB at 32,768 tokens instead of 16 GiB with MHA.
 # - Our attention equals `attention_explicit`, `attention_sdpa`, PyTorch's SDPA and the library's
 #   `Attention` layer.
