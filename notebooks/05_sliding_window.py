@@ -754,13 +754,7 @@ def earliest_input(windows, doc_ids):
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex05_4_earliest_input-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def earliest_by_brute_force(windows, doc_ids):  # which inputs reach which positions, layer by layer (section 3)
-    n = len(doc_ids)
-    same_doc = doc_ids[:, None] == doc_ids[None, :]  # (n, n)
-    reach = torch.eye(n, dtype=torch.int)
-    for w in windows:
-        reach = (((sliding_window_mask(n, w) & same_doc).int() @ reach) > 0).int()
-    return torch.tensor([row.nonzero().min().item() for row in reach])
+from minimistral.labs.references import earliest_input_by_reach  # brute force: reach, one layer at a time
 
 
 def docs(*lengths, ids=None):  # a packed sequence: document k has lengths[k] tokens and id ids[k] (default k)
@@ -768,7 +762,7 @@ def docs(*lengths, ids=None):  # a packed sequence: document k has lengths[k] to
     return torch.cat([torch.full((n,), d) for n, d in zip(lengths, ids)])
 
 
-_ = check_function("05.4 earliest_input", earliest_input, earliest_by_brute_force, cases=[
+_ = check_function("05.4 earliest_input", earliest_input, earliest_input_by_reach, cases=[
     case([4, 4, 4], docs(40), label="three layers of W = 4, one document of 40 tokens"),
     case([4, 4, 4], docs(10, 5, 25), label="the same layers, documents of 10, 5 and 25 tokens"),
     case([2, 8, 3], docs(17, 23), label="windows 2, 8, 3, two documents"),

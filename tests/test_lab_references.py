@@ -271,3 +271,19 @@ def test_rms_norm_conventions_is_transformers_mistral_and_gemma_rmsnorm_bit_for_
     if dtype == torch.bfloat16:
         lossy = references.rms_norm_conventions(x, torch.zeros_like(w), 1e-5, gemma=True) * (1 + w)
         assert (lossy.to(dtype) != references.rms_norm_conventions(x, w, 1e-5, gemma=True)).any()
+
+
+def test_earliest_input_by_reach_walks_documents_and_windows_like_the_closed_form():
+    """05.4's brute-force reference against the closed form (each document's start, and W - 1 per windowed layer;
+    a global layer reaches the document's start), on random stacks and packings."""
+    from minimistral.labs.references import earliest_input_by_reach
+    g = torch.Generator().manual_seed(5)
+    for _ in range(30):
+        lengths = torch.randint(1, 12, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g).tolist()
+        doc_ids = torch.cat([torch.full((n,), 3 * k + 1) for k, n in enumerate(lengths)])
+        windows = [None if torch.rand(1, generator=g) < 0.2 else int(torch.randint(1, 9, (1,), generator=g))
+                   for _ in range(int(torch.randint(1, 5, (1,), generator=g)))]
+        pos = torch.arange(len(doc_ids))
+        start = torch.tensor([int((doc_ids == d).nonzero().min()) for d in doc_ids])
+        closed = start if None in windows else torch.maximum(start, pos - sum(w - 1 for w in windows))
+        assert torch.equal(earliest_input_by_reach(windows, doc_ids), closed), (windows, lengths)

@@ -329,3 +329,16 @@ def conversations_that_fit(args, free_bytes: int, weight_bytes: int, seq_lens, d
             break
         admitted += 1
     return admitted
+
+
+def earliest_input_by_reach(windows, doc_ids) -> torch.Tensor:
+    """05.4: for each position, the earliest input that can reach it at the top of a stack of layers (windows[l]:
+    layer l's window, None for a global one) over packed documents (doc_ids: each position's document), found by
+    brute force: which inputs reach which positions, one mask product per layer (section 3 of notebook 05)."""
+    from ..attention import sliding_window_mask
+    n = len(doc_ids)
+    same_doc = doc_ids[:, None] == doc_ids[None, :]  # (n, n)
+    reach = torch.eye(n, dtype=torch.int)
+    for w in windows:
+        reach = (((sliding_window_mask(n, w) & same_doc).int() @ reach) > 0).int()
+    return torch.tensor([row.nonzero().min().item() for row in reach])
