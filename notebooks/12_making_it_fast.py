@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -794,8 +794,8 @@ else:
 #
 # Section 1's ceiling ignored the KV cache and served one user. Serve `batch_size` users at once instead, each with
 # `context` tokens already in their cache, on a GPU whose copies move `bandwidth` bytes per second. One decode step
-# reads every weight once (shared by the batch) and **each** sequence's cache (every layer's keys and values of the
-# tokens its rolling buffer holds), and produces one token per sequence. Weights and cache are stored with
+# reads every weight once (shared by the batch) and **each** sequence's KV cache, as much of it as that sequence's
+# rolling buffer holds, and produces one token per sequence. Weights and cache are stored with
 # `bytes_per_number` bytes each; count every parameter as read, the embedding table included, as section 1 does. Write `my_decode_ceiling(args, bytes_per_number, bandwidth, batch_size, context)`:
 # the memory-bound ceiling in tokens/s for the whole batch (ignore the arithmetic: assume it stays under the
 # ridge). The check uses the H200's measured copy bandwidth and settings the benchmark never ran.
@@ -956,9 +956,10 @@ for row in sorted(plain_rows(small_averages), key=lambda r: -r["self_cpu_time_to
 # summed over the calls), as in the two rows printed above. `profile_decode_step(args)` returns one.
 #
 # Two things to work out from the table before you code. Which rows are products, and which only call one? (The
-# model's layers call `F.linear`; follow its time down the table.) And which of the two time columns adds up to
-# the whole profile? The check also profiles small programs of its own, with other kinds of matrix product than
-# the model's; to see the names PyTorch gives those, profile one yourself (`torch.profiler`, as above).
+# model's layers call `F.linear`: print every row of `plain_rows(small_averages)` and follow where its time goes.)
+# And which of the two time columns adds up to the whole profile? The check also profiles small programs of its
+# own, with other kinds of matrix product than the model's; to see the names PyTorch gives those, profile one
+# yourself (`torch.profiler`, as above).
 # The cell after the check then uses it to ask the question of section 3 on a CPU: as the model grows, when do the
 # products, which must read every weight, outweigh the per-operation overhead that a compiled step removes?
 
