@@ -465,9 +465,9 @@ passed = check_function("09.3 top_p_filter", top_p_filter,
                                 "0.025s stay)"],
                         forbid=["minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
                                 "minimistral.generate.sample_next"],
-                        hint="work down the tokens from the likeliest, keeping a running total, and use your answer "
-                             "to the paper question to decide which token closes the set; the likeliest token stays "
-                             "even when it alone exceeds p; the output is in vocabulary order and sums to 1")
+                        hint="use your answer to the paper question to decide which token closes the set; the likeliest "
+                             "token stays even when it alone exceeds p; the output is in vocabulary order and sums "
+                             "to 1")
 
 # %% [markdown]
 # ### Exercise 09.4: min-p, on the logits
