@@ -287,3 +287,33 @@ def test_earliest_input_by_reach_walks_documents_and_windows_like_the_closed_for
         start = torch.tensor([int((doc_ids == d).nonzero().min()) for d in doc_ids])
         closed = start if None in windows else torch.maximum(start, pos - sum(w - 1 for w in windows))
         assert torch.equal(earliest_input_by_reach(windows, doc_ids), closed), (windows, lengths)
+
+
+def _profile_keys(fn):
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return [{"key": e.key, "count": int(e.count), "self_cpu_time_total": float(e.self_cpu_time_total),
+             "cpu_time_total": float(e.cpu_time_total)} for e in prof.key_averages()]
+
+
+@pytest.mark.parametrize("name,fn", [
+    ("aten::mm", lambda a, b, c, v: a @ b), ("aten::bmm", lambda a, b, c, v: torch.bmm(a[None], b[None])),
+    ("aten::addmm", lambda a, b, c, v: torch.nn.functional.linear(a, b, v)),
+    ("aten::baddbmm", lambda a, b, c, v: torch.baddbmm(c[None], a[None], b[None])),
+    ("aten::addbmm", lambda a, b, c, v: torch.addbmm(c, a[None], b[None])),
+    ("aten::mv", lambda a, b, c, v: torch.mv(a, v)), ("aten::addmv", lambda a, b, c, v: torch.addmv(v, a, v)),
+    ("aten::dot", lambda a, b, c, v: torch.dot(v, v)), ("aten::vdot", lambda a, b, c, v: torch.vdot(v, v))])
+def test_matmul_share_counts_each_product_kernel_by_the_name_the_profiler_gives_it(name, fn):
+    # 12.2: every product PyTorch runs on a CPU lands in the profile under a name the reference counts, and the
+    # wrappers that only call it (aten::linear, aten::matmul) are not counted
+    g = torch.Generator().manual_seed(0)
+    a, b, c, v = *(torch.randn(32, 32, generator=g) for _ in range(3)), torch.randn(32, generator=g)
+    rows = _profile_keys(lambda: fn(a, b, c, v))
+    keys = {r["key"] for r in rows}
+    assert name in keys and name in references.MATMUL_KERNELS
+    assert not keys & {"aten::linear", "aten::matmul"} & set(references.MATMUL_KERNELS)
+    own = sum(r["self_cpu_time_total"] for r in rows if r["key"] == name)
+    assert own > 0
+    assert references.matmul_share(rows) >= own / sum(r["self_cpu_time_total"] for r in rows) > 0

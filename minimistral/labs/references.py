@@ -43,12 +43,16 @@ def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([d.to(torch.float16).view(torch.uint8), nibbles], dim=1)
 
 
+MATMUL_KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation",
+                  "aten::mv", "aten::addmv", "aten::dot", "aten::vdot")  # ATen's matrix-product kernels on a CPU
+
+
 def matmul_share(averages) -> float:
     """12.2: the share of the self CPU time of all recorded operations that the matrix products themselves took
-    (aten::mm, aten::bmm, aten::addmm), from a profile's `key_averages()` as plain dicts (keys "key", "count",
-    "self_cpu_time_total", "cpu_time_total")."""
+    (the kernels of MATMUL_KERNELS; aten::linear and aten::matmul only call them), from a profile's `key_averages()`
+    as plain dicts (keys "key", "count", "self_cpu_time_total", "cpu_time_total")."""
     total = sum(e["self_cpu_time_total"] for e in averages)
-    products = sum(e["self_cpu_time_total"] for e in averages if e["key"] in ("aten::mm", "aten::bmm", "aten::addmm"))
+    products = sum(e["self_cpu_time_total"] for e in averages if e["key"] in MATMUL_KERNELS)
     return products / total
 
 
