@@ -194,3 +194,41 @@ def test_training_bytes_by_counting_walks_transformers_mistral_shapes(shape, tie
     args = mm.ModelArgs(**shape)
     assert references.training_bytes_by_counting(args, tied, "adamw") == 16 * n
     assert references.training_bytes_by_counting(args, tied, "adafactor") == 8 * n + 4 * factored
+
+
+def test_parallel_block_is_transformers_gptj_block_wiring():
+    """07.1's parallel reference is GPT-J's wiring: transformers' own GPTJBlock.forward, run with our norm,
+    attention and MLP in the places of its ln_1, attn and mlp, gives the same output; and captured_branches
+    returns exactly what those two modules add."""
+    pytest.importorskip("transformers")
+    import minimistral as mm
+    from transformers import GPTJConfig
+    from transformers.models.gptj.modeling_gptj import GPTJBlock
+    from minimistral.model import TransformerBlock
+    from minimistral.rope import rope_angles
+
+    torch.manual_seed(0)
+    a = mm.ModelArgs.tiny(dim=64, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, sliding_window=3)
+    b = TransformerBlock(a, 0)
+    with torch.no_grad():
+        b.attention_norm.weight.uniform_(0.5, 1.5)
+        b.ffn_norm.weight.uniform_(0.5, 1.5)  # unlike attention_norm: a wiring that used it would differ
+    T = 9
+    pos = torch.arange(T)
+    angles, mask = rope_angles(pos, a.head_dim), mm.attention_mask(pos, pos, a.sliding_window)
+
+    class Attn(torch.nn.Module):  # GPTJBlock calls attn(hidden_states=..., ...) and unpacks (output, weights)
+        def forward(self, hidden_states, **_):
+            return b.attention(hidden_states, angles, mask, pos, pos), None
+
+    hf = GPTJBlock(GPTJConfig(n_embd=a.dim, n_head=a.n_heads, rotary_dim=8, n_layer=1), 0)
+    hf.ln_1, hf.attn, hf.mlp = b.attention_norm, Attn(), b.feed_forward
+    x = torch.randn(2, T, a.dim)
+    with torch.no_grad():
+        want = hf(x)
+        want = want[0] if isinstance(want, tuple) else want
+        got = references.ParallelBlock(b)(x, angles, mask, pos)
+        attn_out, mlp_out = references.captured_branches(b, x, angles, mask, pos, parallel=True)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(x + attn_out + mlp_out, want)
+    assert not torch.allclose(mlp_out, b.feed_forward(b.ffn_norm(x)), atol=1e-4)  # the other norm is not it

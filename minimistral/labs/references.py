@@ -230,22 +230,22 @@ def slot_positions(positions: torch.Tensor, window: int) -> torch.Tensor:
 
 # ---- 07.1 to 07.3: the full model ----------------------------------------------------------------------------
 class ParallelBlock(torch.nn.Module):
-    """07.1: a parallel block (GPT-NeoX's wiring) over the same modules as a library TransformerBlock: both
-    branches read the block's input x, each through its own norm."""
+    """07.1: GPT-J's parallel block over the modules of a library TransformerBlock: ONE norm (attention_norm)
+    normalises the block's input once, and that one normalised copy feeds both the attention and the MLP;
+    ffn_norm is not used. Proven against transformers' GPTJBlock in tests/test_lab_references.py."""
 
     def __init__(self, b):
         super().__init__()
-        self.attention_norm, self.attention, self.ffn_norm, self.feed_forward = \
-            b.attention_norm, b.attention, b.ffn_norm, b.feed_forward
+        self.attention_norm, self.attention, self.feed_forward = b.attention_norm, b.attention, b.feed_forward
 
     def forward(self, x, angles, mask, positions):
-        return x + self.attention(self.attention_norm(x), angles, mask, positions, positions) \
-            + self.feed_forward(self.ffn_norm(x))
+        n = self.attention_norm(x)  # (B, T, dim): the one normalised copy, read by both branches
+        return x + self.attention(n, angles, mask, positions, positions) + self.feed_forward(n)
 
 
 def captured_branches(b, x, angles, mask, positions, parallel=False):
     """07.1: what a block adds, (attn_out, mlp_out): the outputs of its attention and MLP modules, caught by
-    forward hooks while the library's block (or ParallelBlock over its modules) runs."""
+    forward hooks while the library's block (or ParallelBlock, GPT-J's wiring, over its modules) runs."""
     seen = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(out)) for m in (b.attention, b.feed_forward)]
     try:
