@@ -37,12 +37,13 @@ plt.show()
 # - What one 7B-sized layer costs on a CPU, and that our model gives the same logits as
 #   transformers' `MistralForCausalLM` on the same weights.
 # - What the residual stream of a *trained* model holds, layer by layer, on the course's running example.
-# - Which branch of which block the trained model needs most, by knocking each one out.
+# - Which branch of which block the trained model needs most, by knocking each one out, and what it costs to
+#   rewire a block into GPT-J's parallel wiring (exercise 07.1).
 #
 # ## What you need
 # - Notebooks 02 to 06 (the pieces). Next comes 08, the KV cache.
 # - A CPU and about 2 GB of free RAM (one full-size 7B layer in float32 is 0.87 GB). No GPU.
-# - Under a minute to run top to bottom.
+# - A minute or two to run top to bottom (2 minutes measured on a shared 2-core server).
 
 # %%
 import time
@@ -202,17 +203,17 @@ print("MyBlock == mm TransformerBlock: max |diff| =", f"{(ours - lib).abs().max(
 # Interpretability work reads a model exactly this way, one contribution at a time.
 #
 # Mistral's block is **sequential**: the MLP reads the stream *after* the attention has written into it. Not every
-# model does this. GPT-J (2021) and PaLM (2022) use a **parallel** block with a **single** norm: the block
-# normalises its input once, and the attention and the MLP both start from that same normalised copy; neither
-# branch sees what the other writes, and both write into the stream at once. So the two branches can run side by
-# side (PaLM fuses their first matrix multiplications into one), which is why PaLM chose it: about 15 % faster
-# training at large scale, by the PaLM paper's account. (GPT-NeoX and Pythia are parallel too, but keep two norms.)
+# model does this. GPT-J (2021) and PaLM (2022) use a **parallel** block: neither branch sees what the other
+# writes, and both write into the stream at once, so the two can run side by side (PaLM fuses their first matrix
+# multiplications into one); that is why PaLM chose it, about 15 % faster training at large scale by the PaLM
+# paper's account. Both are pre-norm like Mistral, and both have a **single** norm per block: transformers'
+# `GPTJBlock` holds just `ln_1`, `attn` and `mlp`. (GPT-NeoX and Pythia are parallel too, but keep two norms.)
 #
 # Write `branch_outputs(block, x, angles, mask, positions, parallel=False)` that returns the pair
 # `(attn_out, mlp_out)`, both of shape (B, T, dim): what the attention branch and the MLP branch add to the stream,
 # for Mistral's sequential wiring (the warm-up half: section 1 has it), or for GPT-J's parallel wiring when
 # `parallel` is true. The block has the sub-modules `attention_norm`, `attention`, `ffn_norm` and `feed_forward`;
-# Mistral's first norm plays the part of GPT-J's single norm. Call the attention as
+# Mistral's first norm, `attention_norm`, plays the part of GPT-J's `ln_1`. Call the attention as
 # `block.attention(its_input, angles, mask, positions, positions)`. Before you write the parallel half, answer on
 # paper: which of the four modules has nothing to do in it, and how many times does the parallel block need to
 # normalise?
@@ -369,7 +370,8 @@ print(f"bf16 weights: {args_7b.weight_bytes('bfloat16'):,} bytes = {args_7b.weig
 
 # %%
 parts = args_7b.params_by_component()  # the whole model (notebook 00 draws these as bars)
-print("; ".join(f"{n} {parts[n] / total:.1%}" for n in parts))
+print("; ".join(f"{n} {parts[n] / total:.1%}" if parts[n] / total >= 1e-3 else f"{n} {parts[n] / total:.4%}"
+                for n in parts))
 
 mha_attention = 4 * d * H * hd  # without GQA: wk and wv would be d x H*hd, like wq
 fig, ax = plt.subplots(figsize=(8, 2.6))

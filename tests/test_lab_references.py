@@ -232,3 +232,14 @@ def test_parallel_block_is_transformers_gptj_block_wiring():
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(x + attn_out + mlp_out, want)
     assert not torch.allclose(mlp_out, b.feed_forward(b.ffn_norm(x)), atol=1e-4)  # the other norm is not it
+
+
+@pytest.mark.parametrize("bpc,chars_per_token", [(1.0, 1.0), (1.1, 4.11), (2.0, 0.5), (0.25, 3.0)])
+def test_ppl_needed_inverts_bits_per_char(bpc, chars_per_token):
+    """10.4: a model at ppl_needed's perplexity, on tokens of chars_per_token characters, scores bpc bits per
+    character by the library's bits_per_char; one character per token at one bit per character is perplexity 2."""
+    from minimistral.train import corpus
+    ppl = references.ppl_needed(bpc, chars_per_token)
+    n_tokens = 1000
+    assert corpus.bits_per_char(math.log(ppl), n_tokens, n_tokens * chars_per_token) == pytest.approx(bpc, rel=1e-12)
+    assert references.ppl_needed(1.0, 1.0) == pytest.approx(2.0)

@@ -63,6 +63,14 @@ def trigram_add_one_ppl(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_s
     return math.exp(-sum(logp) / len(logp))
 
 
+def ppl_needed(bpc: float, chars_per_token: float) -> float:
+    """10.4: the per-token perplexity whose loss, through corpus.bits_per_char on tokens of chars_per_token
+    characters, is bpc bits per character: that loss in nats per token, exponentiated."""
+    import math
+    loss = bpc * chars_per_token * math.log(2)  # bits per char -> bits per token -> nats per token
+    return math.exp(loss)
+
+
 def rms_norm_grad_diagnosis(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, grad_out: torch.Tensor,
                             eps: float):
     """02.2: what a wrong gradient of RMSNorm (gain 1) looks like, in words, or None. It splits the expected
