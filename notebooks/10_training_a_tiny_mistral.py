@@ -37,8 +37,9 @@ plt.show()
 # - The training loop: cross-entropy on the next token, **AdamW**, a **warmup + cosine** learning-rate
 #   schedule (and warmup-stable-decay, exercise 10.1), gradient clipping. You write the loop from scratch, with
 #   gradient accumulation (exercise 10.2), and check it against `minimistral.train`.
-# - How to tell whether a model learnt anything: **held-out perplexity**, beside unigram and bigram baselines
-#   (and what makes a baseline fair), beside the same network with random weights, and per character.
+# - How to tell whether a model learnt anything: **held-out perplexity**, beside unigram, bigram and trigram
+#   baselines (exercise 10.3, and what makes a baseline fair), beside the same network with random weights, and
+#   per character: what another tokenizer would need to match it (exercise 10.4).
 # - What the shipped model writes, greedily and with sampling, and how much its loss falls as it sees
 #   more context (up to its sliding window), and what changing that window at inference does to it.
 # - **Your Mistral** (the capstone of Part II): the pieces you wrote in 02-09, read from your saved notebooks,
