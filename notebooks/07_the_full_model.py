@@ -37,12 +37,13 @@ plt.show()
 # - What one 7B-sized layer costs on a CPU, and that our model gives the same logits as
 #   transformers' `MistralForCausalLM` on the same weights.
 # - What the residual stream of a *trained* model holds, layer by layer, on the course's running example.
-# - Which branch of which block the trained model needs most, by knocking each one out.
+# - Which branch of which block the trained model needs most, by knocking each one out, and what it costs to
+#   rewire a block into GPT-J's parallel wiring (exercise 07.1).
 #
 # ## What you need
 # - Notebooks 02 to 06 (the pieces). Next comes 08, the KV cache.
 # - A CPU and about 2 GB of free RAM (one full-size 7B layer in float32 is 0.87 GB). No GPU.
-# - Under a minute to run top to bottom.
+# - A minute or two to run top to bottom (2 minutes measured on a shared 2-core server).
 
 # %%
 import time
@@ -202,31 +203,35 @@ print("MyBlock == mm TransformerBlock: max |diff| =", f"{(ours - lib).abs().max(
 # Interpretability work reads a model exactly this way, one contribution at a time.
 #
 # Mistral's block is **sequential**: the MLP reads the stream *after* the attention has written into it. Not every
-# model does this. GPT-NeoX and Pythia (and, with one norm shared by both branches, GPT-J and PaLM) use a
-# **parallel** block: both branches read the block's input, each through its own norm, and both write into the
-# stream at once. Its two branches can run side by side, which is why PaLM chose it (about 15 % faster training at
-# large scale, by the PaLM paper's account).
+# model does this. GPT-J (2021) and PaLM (2022) use a **parallel** block: neither branch sees what the other
+# writes, and both write into the stream at once, so the two can run side by side (PaLM fuses their first matrix
+# multiplications into one); that is why PaLM chose it, about 15 % faster training at large scale by the PaLM
+# paper's account. Both are pre-norm like Mistral, and both have a **single** norm per block: transformers'
+# `GPTJBlock` holds just `ln_1`, `attn` and `mlp`. (GPT-NeoX and Pythia are parallel too, but keep two norms.)
 #
 # Write `branch_outputs(block, x, angles, mask, positions, parallel=False)` that returns the pair
 # `(attn_out, mlp_out)`, both of shape (B, T, dim): what the attention branch and the MLP branch add to the stream,
-# for Mistral's sequential wiring, or for the parallel wiring when `parallel` is true. The block has the sub-modules
-# `attention_norm`, `attention`, `ffn_norm` and `feed_forward`; in the parallel wiring `attention_norm` sits before
-# the attention and `ffn_norm` before the MLP, as in Mistral. Call the attention as
-# `block.attention(its_input, angles, mask, positions, positions)`. Work out first, on paper, what the parallel
-# block's output is in terms of $x$; then write both wirings.
+# for Mistral's sequential wiring (the warm-up half: section 1 has it), or for GPT-J's parallel wiring when
+# `parallel` is true. The block has the sub-modules `attention_norm`, `attention`, `ffn_norm` and `feed_forward`;
+# Mistral's first norm, `attention_norm`, plays the part of GPT-J's `ln_1`. Call the attention as
+# `block.attention(its_input, angles, mask, positions, positions)`. Before you write the parallel half, answer on
+# paper: which of the four modules has nothing to do in it, and how many times does the parallel block need to
+# normalise?
 #
 # The check compares the sequential wiring with what the library's `TransformerBlock` really adds (captured with
-# forward hooks) and the parallel one with a parallel block built from the same modules, on blocks with 1, 2 and 4
-# query heads per K/V head, with and without a window. Calling the whole block (`block(...)`) and subtracting is
-# refused. Section 5 rewires the *trained* model with your function: before you get there, guess which of its four
-# blocks minds the parallel wiring most.
+# forward hooks) and the parallel one with GPT-J's block built from the same modules, on blocks with 1, 2 and 4
+# query heads per K/V head, with and without a window, and with two norms whose gains differ. Calling the whole
+# block (`block(...)`) and subtracting is refused. Section 5 rewires the *trained* model with your function: before
+# you get there, guess which of its four blocks minds the parallel wiring most.
 
 # %% nbgrader={"grade": false, "grade_id": "ex07_1_branch_outputs-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def branch_outputs(block, x, angles, mask, positions, parallel=False):
     ### BEGIN SOLUTION
-    attn_out = block.attention(block.attention_norm(x), angles, mask, positions, positions)
-    mlp_in = x if parallel else x + attn_out  # the parallel MLP never sees the attention's output
-    return attn_out, block.feed_forward(block.ffn_norm(mlp_in))
+    n = block.attention_norm(x)  # (B, T, dim)
+    attn_out = block.attention(n, angles, mask, positions, positions)
+    if parallel:  # GPT-J: the MLP reads the same normalised input; ffn_norm has no part
+        return attn_out, block.feed_forward(n)
+    return attn_out, block.feed_forward(block.ffn_norm(x + attn_out))
     ### END SOLUTION
 
 
@@ -257,13 +262,13 @@ with torch.no_grad():
                            "sequential: 4 query / 2 K/V heads, window 3, 9 tokens",
                            "sequential: 8 query / 2 K/V heads, window 4, 12 tokens",
                            "sequential: 4 query heads sharing 1 K/V head, window 1, 5 tokens",
-                           "parallel: 4 query heads, 4 K/V heads, no window, 7 tokens",
-                           "parallel: 8 query / 2 K/V heads, window 4, 12 tokens",
-                           "parallel: 4 query heads sharing 1 K/V head, window 1, 5 tokens"],
+                           "parallel (GPT-J): 4 query heads, 4 K/V heads, no window, 7 tokens",
+                           "parallel (GPT-J): 8 query / 2 K/V heads, window 4, 12 tokens",
+                           "parallel (GPT-J): 4 query heads sharing 1 K/V head, window 1, 5 tokens"],
                    forbid=["minimistral.model.TransformerBlock.forward", "minimistral.labs.references.ParallelBlock.forward",
                            "minimistral.labs.references.captured_branches"],
                    hint="return two tensors, each what its module returns (not the stream after adding it); for each "
-                        "wiring, ask which state of the stream the MLP's norm reads")
+                        "wiring, ask which state of the stream the MLP reads, and through which norm")
 
 # %% [markdown]
 # ## 2. The whole model
@@ -364,23 +369,32 @@ print(f"by hand {total:,} == ModelArgs.num_params() == meta model == 7,241,732,0
 print(f"bf16 weights: {args_7b.weight_bytes('bfloat16'):,} bytes = {args_7b.weight_bytes('bfloat16') / 2**30:.2f} GiB")
 
 # %%
-parts = args_7b.params_by_component()
-fig, ax = plt.subplots(figsize=(7, 3))
-names = list(parts)
-ax.barh(names, [parts[n] / 1e9 for n in names], color=["#999999", "#6c8ebf", "#82b366", "#d6b656", "#999999"])
-for i, n in enumerate(names):
-    share = parts[n] / total
-    ax.text(parts[n] / 1e9 + 0.05, i, f"{parts[n]:,} ({share:.1%})" if share >= 1e-3 else f"{parts[n]:,} (<0.1%)",
+parts = args_7b.params_by_component()  # the whole model (notebook 00 draws these as bars)
+print("; ".join(f"{n} {parts[n] / total:.1%}" if parts[n] / total >= 1e-3 else f"{n} {parts[n] / total:.4%}"
+                for n in parts))
+
+mha_attention = 4 * d * H * hd  # without GQA: wk and wv would be d x H*hd, like wq
+fig, ax = plt.subplots(figsize=(8, 2.6))
+for i, attn in enumerate([attention, mha_attention]):
+    layer = attn + mlp + norms
+    ax.barh(i, attn / 1e6, color="#6c8ebf", edgecolor="black")
+    ax.barh(i, mlp / 1e6, left=attn / 1e6, color="#82b366", edgecolor="black")
+    ax.text(attn / 2e6, i, f"attention\n{attn / 1e6:.1f} M ({attn / layer:.0%})", ha="center", va="center", fontsize=9)
+    ax.text((attn + mlp / 2) / 1e6, i, f"MLP (w1, w3, w2)\n{mlp / 1e6:.1f} M ({mlp / layer:.0%})", ha="center",
             va="center", fontsize=9)
-ax.set_xlabel("billions of parameters")
-ax.set_xlim(0, 7.5)
+ax.set_yticks([0, 1], ["Mistral 7B's layer\n(GQA: 8 K/V heads)", "the same layer\nwithout GQA (32 K/V heads)"],
+              fontsize=9)
 ax.invert_yaxis()
-ax.set_title("Where Mistral 7B's 7.24 B parameters live")
+ax.set_xlim(0, 250)
+ax.set_xlabel("millions of parameters in one layer (its two norms, 8,192 numbers, are too thin to draw)", fontsize=9)
+ax.set_title("One layer: the MLP dominates, with or without grouped-query attention", fontsize=11)
 fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# More than three quarters of the model (77.8%) is MLP, and four fifths of every layer. The norms, 266,240
+# More than three quarters of the model (77.8%) is MLP, and four fifths of every layer (81 %). Without
+# grouped-query attention the MLP would still hold 72 % of a layer: GQA saves 25.2 M parameters per layer, 805 M
+# over the 32 layers, but the MLP's size is the model's shape, not an accident of attention. The norms, 266,240
 # numbers in all, are too small to see.
 #
 # ### Exercise 07.2: Mixtral's total and active parameters
@@ -652,14 +666,17 @@ for (r, c), v in zip([(r, c) for r in range(rms.shape[0]) for c in range(rms.sha
                  color="white" if v > 5 else "black")
 axes[0].set_title("RMS of the residual stream per token (embedding row grey, about 0.05)", fontsize=10)
 top = lens[:, :-1].argmax(-1)  # (L + 1, T - 1): top guess for the next token
-im1 = axes[1].imshow(p_next, cmap="Greens", vmin=0, vmax=1, aspect="auto")
+greens = plt.get_cmap("Greens").copy()
+greens.set_bad("#eeeeee")  # the last token has no next token: an empty grey column keeps the panels aligned
+shown_p = torch.cat([p_next, torch.full((p_next.shape[0], 1), float("nan"))], 1)  # (L + 1, T): column = token
+im1 = axes[1].imshow(shown_p, cmap=greens, vmin=0, vmax=1, aspect="auto")
 for r in range(top.shape[0]):
     for c in range(top.shape[1]):
         axes[1].text(c, r, tok.id_to_piece(int(top[r, c])).replace("▁", "_"), ha="center", va="center", fontsize=9,
                      color="white" if p_next[r, c] > 0.6 else "black")
 axes[1].set_title("logit lens: top guess for the next token (text), p(real next token) (colour)", fontsize=10)
-axes[1].set_xticks(range(len(ids) - 1), [f"{a} → {b}" for a, b in zip(pieces[:-1], pieces[1:])], rotation=35,
-                   ha="right", fontsize=9)
+axes[1].set_xticks(range(len(ids)), [f"{a} → {b}" for a, b in zip(pieces[:-1], pieces[1:])] + [f"{pieces[-1]} → (end)"],
+                   rotation=35, ha="right", fontsize=9)
 axes[0].set_xticks(range(len(ids)), pieces, fontsize=9)
 for ax in axes:
     ax.set_yticks(range(len(rows)), rows, fontsize=9)
@@ -703,8 +720,9 @@ _, heldout = corpus.split(corpus.load_text())
 val = torch.tensor(tok.encode(" ".join(heldout[:4]), bos=True)[:8 * 257]).view(8, 257)  # (8, 256 + 1)
 
 
-def heldout_loss(model, knock_out=None):
-    """Mean next-token cross-entropy on `val`; knock_out = (layer, "attention" or "feed_forward") zeroes that branch."""
+def window_losses(model, knock_out=None):
+    """(8,): mean next-token cross-entropy of each window of `val`; knock_out = (layer, "attention" or
+    "feed_forward") zeroes that branch."""
     hooks = []
     if knock_out is not None:
         layer, branch = knock_out
@@ -713,24 +731,32 @@ def heldout_loss(model, knock_out=None):
         logits = model(val[:, :-1])  # (8, 256, vocab)
     for h in hooks:
         h.remove()
-    return F.cross_entropy(logits.flatten(0, 1).float(), val[:, 1:].flatten()).item()
+    return F.cross_entropy(logits.float().transpose(1, 2), val[:, 1:], reduction="none").mean(1)  # (8,)
 
 
-intact = heldout_loss(trained)
-ablation = {(n, b): heldout_loss(trained, (n, b)) - intact
+def paired(d):
+    """A change measured window by window, (8,): its mean ± standard error over the windows."""
+    return f"{d.mean().item():+.2f} ± {d.std().item() / len(d) ** 0.5:.2f}"
+
+
+intact_w = window_losses(trained)  # (8,)
+intact = intact_w.mean().item()
+ablation = {(n, b): window_losses(trained, (n, b)) - intact_w
             for n in range(trained.args.n_layers) for b in ("attention", "feed_forward")}
 print(f"the trained tiny model: {trained.num_params():,} parameters")
 print(f"intact model: {intact:.2f} nats per token on {val[:, 1:].numel():,} held-out tokens")
+print("increase in loss, mean ± standard error over the 8 windows (each window scored with and without):")
 for n in range(trained.args.n_layers):
-    print(f"block {n}: without attention +{ablation[n, 'attention']:.2f}, "
-          f"without MLP +{ablation[n, 'feed_forward']:.2f} nats")
+    print(f"block {n}: without attention {paired(ablation[n, 'attention'])}, "
+          f"without MLP {paired(ablation[n, 'feed_forward'])} nats")
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3.2))
 xs_ = torch.arange(trained.args.n_layers)
 for shift, branch, colour, what in [(-0.2, "attention", "#6c8ebf", "attention removed"),
                                     (0.2, "feed_forward", "#82b366", "MLP removed")]:
-    bars = ax.bar(xs_ + shift, [ablation[n, branch] for n in range(len(xs_))], width=0.4, color=colour, label=what)
+    bars = ax.bar(xs_ + shift, [ablation[n, branch].mean().item() for n in range(len(xs_))], width=0.4,
+                  color=colour, label=what)
     ax.bar_label(bars, fmt="+%.2f", fontsize=8, padding=1)  # the small costs stay readable next to the big one
 ax.set_yscale("log")  # one bar is 15x to 80x the others: a log axis shows both
 ax.set_ylim(0.02, 12)
@@ -754,15 +780,15 @@ plt.show()
 # %% [markdown]
 # ### Rewired: the trained model with parallel blocks
 #
-# Exercise 07.1's parallel block has exactly the same parameters as Mistral's; only the MLP's input differs (the
-# block's input instead of the stream after attention). So we can take the trained model, which learned its
-# weights in the sequential wiring, rewire one block at a time to the parallel one with your `branch_outputs`,
-# and measure the same held-out loss. Whatever the rewiring costs is what that block's MLP gets from reading its
-# own attention's output.
+# Exercise 07.1's parallel block uses the same weights as Mistral's, less one vector: the MLP reads the block's
+# input through `attention_norm`, so `ffn_norm`'s learned gain goes unused. So we can take the trained model, which
+# learned its weights in the sequential wiring, rewire one block at a time to GPT-J's with your `branch_outputs`,
+# and measure the same held-out loss, window by window against the intact model. Whatever the rewiring costs is
+# what that block's MLP gets from reading its own attention's output (through its own norm).
 
 # %%
-def rewired_loss(model, parallel_blocks):
-    """Held-out loss (as above) with the blocks in `parallel_blocks` wired in parallel, through branch_outputs."""
+def rewired_losses(model, parallel_blocks):
+    """(8,) window losses (as above) with the blocks in `parallel_blocks` wired as GPT-J's, through branch_outputs."""
     a = model.args
     tokens = val[:, :-1]  # (8, 256)
     positions = torch.arange(tokens.shape[1])
@@ -774,24 +800,27 @@ def rewired_loss(model, parallel_blocks):
             attn_out, mlp_out = branch_outputs(layer, h, angles, mask, positions, parallel=n in parallel_blocks)
             h = h + attn_out + mlp_out
         logits = model.output(model.norm(h)).float()
-    return F.cross_entropy(logits.flatten(0, 1), val[:, 1:].flatten()).item()
+    return F.cross_entropy(logits.transpose(1, 2), val[:, 1:], reduction="none").mean(1)  # (8,)
 
 
 try:
-    assert abs(rewired_loss(trained, ()) - intact) < 1e-4  # all sequential: the intact model
+    assert (rewired_losses(trained, ()) - intact_w).abs().max() < 1e-4  # all sequential: the intact model
+    print("increase in loss, mean ± standard error over the 8 windows:")
     for n in range(trained.args.n_layers):
-        print(f"block {n} wired in parallel: {rewired_loss(trained, (n,)) - intact:+.2f} nats")
-    print(f"all four blocks in parallel: {rewired_loss(trained, tuple(range(trained.args.n_layers))) - intact:+.2f} nats")
+        print(f"block {n} wired as GPT-J's: {paired(rewired_losses(trained, (n,)) - intact_w)} nats")
+    print(f"all four blocks as GPT-J's: {paired(rewired_losses(trained, tuple(range(trained.args.n_layers))) - intact_w)} nats")
 except NotImplementedError:
     print("this cell runs your branch_outputs: solve exercise 07.1 first")
 
 # %% [markdown]
-# Compare with the knockout table. Block 0's MLP costs +4.09 nats removed but only +0.23 rewired: read from the
-# embedding alone, it still does most of its work, and what it loses is what block 0's attention gathered from
-# the previous tokens. Blocks 1 and 2 barely mind (+0.04 and +0.01). Block 3's MLP, fed the block's input instead
-# of the stream after attention, is worth no more than no MLP at all (+0.15 rewired, +0.15 removed). Rewiring
-# all four costs +0.45 nats. A model *trained* in parallel learns weights for that wiring; these numbers only
-# say how much this model, trained sequentially, relies on the order.
+# Compare with the knockout table (the standard errors are printed beside each number). Block 0's MLP costs
+# +4.09 nats removed but +0.76 rewired: reading the block's input, through the other norm's gain, it still does
+# most of its work; what it loses is what block 0's attention gathered from the previous tokens, and its own
+# norm's gain. Blocks 1 and 2 barely mind (+0.04 ± 0.01 and +0.01 ± 0.01). Block 3's MLP, rewired, is worth no
+# more than no MLP at all (+0.18 ± 0.02 rewired, +0.15 ± 0.02 removed). Rewiring all four costs +2.06 nats, far
+# more than the four one at a time (+0.99): each rewired block hands the next a stream it was not trained to read.
+# A model *trained* in parallel learns weights for that wiring; these numbers only say how much this model,
+# trained sequentially, relies on the order.
 
 # %% [markdown]
 # ## 6. The same logits as transformers' `MistralForCausalLM`
@@ -856,7 +885,7 @@ if MistralForCausalLM is not None:
 #   through the output head, the stream already guesses easy continuations after one block, and the guesses
 #   that need context further back appear in later blocks.
 # - Knocking out one branch at a time: block 0's MLP costs 4.1 nats of held-out loss, every other branch
-#   0.05 to 0.3.
+#   0.05 to 0.3. Rewired to GPT-J's parallel block one at a time, blocks 1 and 2 barely mind; block 0 loses 0.76.
 #
 # ## What's next
 #

@@ -37,8 +37,9 @@ plt.show()
 # - The training loop: cross-entropy on the next token, **AdamW**, a **warmup + cosine** learning-rate
 #   schedule (and warmup-stable-decay, exercise 10.1), gradient clipping. You write the loop from scratch, with
 #   gradient accumulation (exercise 10.2), and check it against `minimistral.train`.
-# - How to tell whether a model learnt anything: **held-out perplexity**, beside unigram and bigram baselines
-#   (and what makes a baseline fair), beside the same network with random weights, and per character.
+# - How to tell whether a model learnt anything: **held-out perplexity**, beside unigram, bigram and trigram
+#   baselines (exercise 10.3, and what makes a baseline fair), beside the same network with random weights, and
+#   per character: what another tokenizer would need to match it (exercise 10.4).
 # - What the shipped model writes, greedily and with sampling, and how much its loss falls as it sees
 #   more context (up to its sliding window), and what changing that window at inference does to it.
 # - **Your Mistral** (the capstone of Part II): the pieces you wrote in 02-09, read from your saved notebooks,
@@ -730,53 +731,83 @@ except NotImplementedError:
 # every context $V = 4{,}096$ pseudo-counts, and two-token contexts are rare: the median context of these held-out
 # tokens occurs 56 times in the training text, and 93 % of them fewer than 4,096 times. So most of each context's
 # probability goes to triples never seen, more so than for the bigram, whose one-token contexts are seen far more
-# often. Smoothing fairly is a follow-up for you: mix the trigram's counts with the interpolated bigram,
+# often. Smoothed fairly, as the bigram was: mix the trigram's counts with the interpolated bigram,
 # $p = w\,p_{ML}(c \mid a, b) + (1 - w)\,p_{\text{bigram}}(c \mid b)$, falling back to the bigram alone where
-# $n(a, b) = 0$, and choose $w$ on `tune_ids` as $k$ and $\lambda$ were. Does the second token then beat the
-# interpolated bigram's 54, and by as much as 256 tokens help the transformer?
+# $n(a, b) = 0$, with $w$ chosen on `tune_ids` as $k$ and $\lambda$ were. The library's
+# `corpus.interpolated_trigram_perplexity` does that (its counting is exercise 10.3's, so it waits until here):
+
+# %%
+p_bigram = interpolated(best_lam)  # (V, V): the fair bigram of the table above
+best_w = min([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
+             key=lambda w: corpus.interpolated_trigram_perplexity(train_ids, tune_ids, p_bigram, w))
+tri_fair = corpus.interpolated_trigram_perplexity(train_ids, eval_ids, p_bigram, best_w)
+bi_fair = ppl(p_bigram, eval_ids[1:])  # the same targets as the trigram: eval_ids[2:]
+print(f"w = {best_w} (chosen on the tuning tokens); on eval_ids[2:]: interpolated trigram {tri_fair:.1f}, "
+      f"interpolated bigram {bi_fair:.1f}, tiny Mistral {table['tiny Mistral (shipped)']:.1f} (on eval_ids[1:])")
 
 # %% [markdown]
-# ### Exercise 10.4 (the warm-up): perplexities that can be compared
+# Smoothed fairly, the second token of context helps the counting model too: from 54.0 to 36.0, a third lower
+# (the weight 0.5 was chosen on the tuning tokens, not on these). The transformer, reading up to 256 tokens, is at
+# 21.8: a counting model cannot go much further, since longer contexts are seen too rarely to count (the median
+# two-token context above occurs only 56 times).
+
+# %% [markdown]
+# ### Exercise 10.4: perplexities that can be compared
 #
 # Per-token perplexity depends on the tokenizer: cut the same text into more, smaller pieces and each piece
 # becomes easier to guess, so the perplexity per token falls although the model knows no more. To compare models
 # with different tokenizers (the suggestion at the end: retrain with 1,024 pieces), measure per **character**
-# instead. Write `bits_per_char(loss, n_tokens, n_chars)`: given a mean loss in **nats per token** over
-# `n_tokens` predicted tokens that together spell `n_chars` characters, return the total surprise in **bits**
-# divided by the characters. Then use it below: what per-token perplexity would a model need to match ours if
-# its tokenizer cut the same text into pieces half as long?
+# instead: **bits per character** is a text's total surprise in bits divided by its number of characters. The
+# library's `corpus.bits_per_char(loss, n_tokens, n_chars)` computes it from a mean loss in nats per token; the
+# cell after the check prints ours.
+#
+# Now the question a tokenizer designer asks, the other way round. Write `ppl_needed(bpc, chars_per_token)`: the
+# per-token perplexity that a model must reach to score `bpc` bits per character on a text that its tokenizer
+# cuts into tokens of `chars_per_token` characters on average. Check it on paper first on a case you can do in your
+# head: a tokenizer of single characters, a model at 1 bit per character.
 
-# %% nbgrader={"grade": false, "grade_id": "ex10_4_bits_per_char-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
-def bits_per_char(loss, n_tokens, n_chars):
+# %% nbgrader={"grade": false, "grade_id": "ex10_4_ppl_needed-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
+def ppl_needed(bpc, chars_per_token):
     ### BEGIN SOLUTION
-    return loss * n_tokens / n_chars / math.log(2)
+    return 2.0 ** (bpc * chars_per_token)  # bits per token, then perplexity = 2 ** bits = e ** nats
     ### END SOLUTION
 
 
-# %% nbgrader={"grade": true, "grade_id": "ex10_4_bits_per_char-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-_ = check_function("10.4 bits_per_char", bits_per_char, corpus.bits_per_char,
-                   cases=[(math.log(2), 1, 1), (3.08, 8192, 33000), (3.40, 49604, 200_000), (1.0, 10, 40), (0.5, 300, 100)],
-                   labels=["one token of one character, loss ln 2 nats", "3.08 nats per token, 8,192 tokens, 33,000 characters",
-                           "3.40 nats per token, 49,604 tokens, 200,000 characters", "loss 1 nat, 4 characters per token",
-                           "loss 0.5 nats, 3 tokens per character"],
-                   hint="follow the units of every factor: from nats to bits, from per token to per character (is there more "
-                        "than one token per character, or fewer?)", forbid=["minimistral.train.corpus.bits_per_char"],
-                   atol=1e-9, rtol=1e-9)  # a number within 2e-9 of it, relatively: 1.4427 for 1/ln 2 is not
+# %% nbgrader={"grade": true, "grade_id": "ex10_4_ppl_needed-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
+_ = check_function("10.4 ppl_needed", ppl_needed, references.ppl_needed,
+                   cases=[case(1.0, 1.0, label="1 bit per character, one character per token"),
+                          case(1.0, 4.0, label="1 bit per character, 4 characters per token"),
+                          case(1.1, 4.11, label="1.1 bits per character, 4.11 characters per token (this tokenizer)"),
+                          case(2.0, 0.5, label="2 bits per character, 2 tokens per character",
+                               hint="here a token is half a character: does a token carry more or fewer bits than "
+                                    "a character?"),
+                          case(0.25, 3.0, label="0.25 bits per character, 3 characters per token"),
+                          case(1.35, 2.5, label="1.35 bits per character, 2.5 characters per token")],
+                   hint="follow the units from bits per character to bits per token, then ask what perplexity is "
+                        "in terms of a loss, and in which base that loss is measured",
+                   forbid=["minimistral.labs.references.ppl_needed"], atol=1e-9, rtol=1e-9)
 
 # %%
 eval_text = tok.decode(eval_ids[1:].tolist())  # what the 8,192 predicted tokens spell out
 loss_eval = math.log(table["tiny Mistral (shipped)"])
-print(f"{eval_ids.numel() - 1:,} tokens spell {len(eval_text):,} characters ({len(eval_text) / (eval_ids.numel() - 1):.2f} per token)")
+cpt = len(eval_text) / (eval_ids.numel() - 1)
+bpc = corpus.bits_per_char(loss_eval, eval_ids.numel() - 1, len(eval_text))
+print(f"{eval_ids.numel() - 1:,} tokens spell {len(eval_text):,} characters ({cpt:.2f} per token)")
+print(f"the shipped model: {loss_eval:.3f} nats per token = {bpc:.3f} bits per character")
 try:
-    bpc = bits_per_char(loss_eval, eval_ids.numel() - 1, len(eval_text))
-    print(f"the shipped model: {loss_eval:.3f} nats per token = {bpc:.3f} bits per character")
+    print(f"ppl_needed at this tokenizer's {cpt:.2f} characters per token: {ppl_needed(bpc, cpt):.1f} "
+          f"(the model's own perplexity: {table['tiny Mistral (shipped)']:.1f})")
+    for scale, what in [(0.5, "pieces half as long"), (2.0, "pieces twice as long"), (1 / cpt, "single characters")]:
+        print(f"  a tokenizer with {what} ({cpt * scale:.2f} characters per token) needs a perplexity of "
+              f"{ppl_needed(bpc, cpt * scale):.1f} per token to match it")
 except NotImplementedError:
-    print("the rest of this cell uses your bits_per_char: solve exercise 10.4 first")
+    print("the rest of this cell uses your ppl_needed: solve exercise 10.4 first")
 
 # %% [markdown]
-# Your turn, on paper or in a cell of your own: a tokenizer that cuts the same text into twice as many tokens
-# needs what per-token perplexity to match these bits per character? (Run `bits_per_char` backwards: the
-# characters stay, the token count doubles.) Is it above or below the 21.8 measured per token here?
+# The same model quality, measured per token, moves with the tokenizer alone: with pieces half as long, a model
+# needs a much lower per-token perplexity to be exactly as good, and a character-level model lower still. Which
+# operation on 21.8 takes you from this tokenizer to pieces half as long? So when a paper reports a perplexity
+# per token, ask for its tokenizer before you compare.
 
 # %% [markdown]
 # ## Capstone · Your Mistral

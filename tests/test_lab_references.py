@@ -317,3 +317,52 @@ def test_matmul_share_counts_each_product_kernel_by_the_name_the_profiler_gives_
     own = sum(r["self_cpu_time_total"] for r in rows if r["key"] == name)
     assert own > 0
     assert references.matmul_share(rows) >= own / sum(r["self_cpu_time_total"] for r in rows) > 0
+
+
+def test_parallel_block_is_transformers_gptj_block_wiring():
+    """07.1's parallel reference is GPT-J's wiring: transformers' own GPTJBlock.forward, run with our norm,
+    attention and MLP in the places of its ln_1, attn and mlp, gives the same output; and captured_branches
+    returns exactly what those two modules add."""
+    pytest.importorskip("transformers")
+    import minimistral as mm
+    from transformers import GPTJConfig
+    from transformers.models.gptj.modeling_gptj import GPTJBlock
+    from minimistral.model import TransformerBlock
+    from minimistral.rope import rope_angles
+
+    torch.manual_seed(0)
+    a = mm.ModelArgs.tiny(dim=64, head_dim=16, hidden_dim=96, n_heads=4, n_kv_heads=2, sliding_window=3)
+    b = TransformerBlock(a, 0)
+    with torch.no_grad():
+        b.attention_norm.weight.uniform_(0.5, 1.5)
+        b.ffn_norm.weight.uniform_(0.5, 1.5)  # unlike attention_norm: a wiring that used it would differ
+    T = 9
+    pos = torch.arange(T)
+    angles, mask = rope_angles(pos, a.head_dim), mm.attention_mask(pos, pos, a.sliding_window)
+
+    class Attn(torch.nn.Module):  # GPTJBlock calls attn(hidden_states=..., ...) and unpacks (output, weights)
+        def forward(self, hidden_states, **_):
+            return b.attention(hidden_states, angles, mask, pos, pos), None
+
+    hf = GPTJBlock(GPTJConfig(n_embd=a.dim, n_head=a.n_heads, rotary_dim=8, n_layer=1), 0)
+    hf.ln_1, hf.attn, hf.mlp = b.attention_norm, Attn(), b.feed_forward
+    x = torch.randn(2, T, a.dim)
+    with torch.no_grad():
+        want = hf(x)
+        want = want[0] if isinstance(want, tuple) else want
+        got = references.ParallelBlock(b)(x, angles, mask, pos)
+        attn_out, mlp_out = references.captured_branches(b, x, angles, mask, pos, parallel=True)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(x + attn_out + mlp_out, want)
+    assert not torch.allclose(mlp_out, b.feed_forward(b.ffn_norm(x)), atol=1e-4)  # the other norm is not it
+
+
+@pytest.mark.parametrize("bpc,chars_per_token", [(1.0, 1.0), (1.1, 4.11), (2.0, 0.5), (0.25, 3.0)])
+def test_ppl_needed_inverts_bits_per_char(bpc, chars_per_token):
+    """10.4: a model at ppl_needed's perplexity, on tokens of chars_per_token characters, scores bpc bits per
+    character by the library's bits_per_char; one character per token at one bit per character is perplexity 2."""
+    from minimistral.train import corpus
+    ppl = references.ppl_needed(bpc, chars_per_token)
+    n_tokens = 1000
+    assert corpus.bits_per_char(math.log(ppl), n_tokens, n_tokens * chars_per_token) == pytest.approx(bpc, rel=1e-12)
+    assert references.ppl_needed(1.0, 1.0) == pytest.approx(2.0)

@@ -109,6 +109,31 @@ def run(seed, steps=12):
 
 
 @pytest.mark.slow
+def test_interpolated_trigram_by_counting_in_python():
+    """The mixed trigram against dictionaries counted by hand: seen contexts mix, unseen ones fall back to the
+    bigram, ids above 1,000 never share a key, and the last pair of the training text is not a context."""
+    from collections import Counter
+    g = torch.Generator().manual_seed(0)
+    V = 1500
+    train_ids = torch.cat([torch.randint(0, 6, (300,), generator=g), torch.tensor([1200, 7, 1400, 1200, 7, 9])])
+    eval_ids = torch.tensor([0, 1, 2, 1200, 7, 1400, 1200, 7, 9, 5, 1499, 3])
+    p_bi = torch.rand(V, V, generator=g, dtype=torch.float64) + 0.01
+    p_bi /= p_bi.sum(1, keepdim=True)
+    t = train_ids.tolist()
+    tri = Counter(zip(t, t[1:], t[2:]))
+    ctx = Counter(zip(t, t[1:-1]))  # pairs that a third token follows
+    e = eval_ids.tolist()
+    for w in (0.0, 0.6, 1.0 - 1e-9):
+        logs = []
+        for a, b, c in zip(e, e[1:], e[2:]):
+            p = float(p_bi[b, c])
+            if ctx[a, b]:
+                p = w * tri[a, b, c] / ctx[a, b] + (1 - w) * p
+            logs.append(math.log(p))
+        want = math.exp(-sum(logs) / len(logs))
+        assert corpus.interpolated_trigram_perplexity(train_ids, eval_ids, p_bi, w) == pytest.approx(want, rel=1e-9)
+
+
 def test_training_is_deterministic_with_a_seed():
     m1, h1 = run(seed=7)
     m2, h2 = run(seed=7)

@@ -78,6 +78,14 @@ def rms_norm_conventions(x: torch.Tensor, weight: torch.Tensor, eps: float, gemm
     return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * (1.0 + weight.float())).type_as(x)
 
 
+def ppl_needed(bpc: float, chars_per_token: float) -> float:
+    """10.4: the per-token perplexity whose loss, through corpus.bits_per_char on tokens of chars_per_token
+    characters, is bpc bits per character: that loss in nats per token, exponentiated."""
+    import math
+    loss = bpc * chars_per_token * math.log(2)  # bits per char -> bits per token -> nats per token
+    return math.exp(loss)
+
+
 def rms_norm_grad_diagnosis(got: torch.Tensor, want: torch.Tensor, x: torch.Tensor, grad_out: torch.Tensor,
                             eps: float):
     """02.2: what a wrong gradient of RMSNorm (gain 1) looks like, in words, or None. It splits the expected
@@ -256,22 +264,22 @@ def slot_positions(positions: torch.Tensor, window: int) -> torch.Tensor:
 
 # ---- 07.1 to 07.3: the full model ----------------------------------------------------------------------------
 class ParallelBlock(torch.nn.Module):
-    """07.1: a parallel block (GPT-NeoX's wiring) over the same modules as a library TransformerBlock: both
-    branches read the block's input x, each through its own norm."""
+    """07.1: GPT-J's parallel block over the modules of a library TransformerBlock: ONE norm (attention_norm)
+    normalises the block's input once, and that one normalised copy feeds both the attention and the MLP;
+    ffn_norm is not used. Proven against transformers' GPTJBlock in tests/test_lab_references.py."""
 
     def __init__(self, b):
         super().__init__()
-        self.attention_norm, self.attention, self.ffn_norm, self.feed_forward = \
-            b.attention_norm, b.attention, b.ffn_norm, b.feed_forward
+        self.attention_norm, self.attention, self.feed_forward = b.attention_norm, b.attention, b.feed_forward
 
     def forward(self, x, angles, mask, positions):
-        return x + self.attention(self.attention_norm(x), angles, mask, positions, positions) \
-            + self.feed_forward(self.ffn_norm(x))
+        n = self.attention_norm(x)  # (B, T, dim): the one normalised copy, read by both branches
+        return x + self.attention(n, angles, mask, positions, positions) + self.feed_forward(n)
 
 
 def captured_branches(b, x, angles, mask, positions, parallel=False):
     """07.1: what a block adds, (attn_out, mlp_out): the outputs of its attention and MLP modules, caught by
-    forward hooks while the library's block (or ParallelBlock over its modules) runs."""
+    forward hooks while the library's block (or ParallelBlock, GPT-J's wiring, over its modules) runs."""
     seen = []
     hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(out)) for m in (b.attention, b.feed_forward)]
     try:

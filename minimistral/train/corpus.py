@@ -171,6 +171,32 @@ def ngram_perplexities(train_ids: torch.Tensor, eval_ids: torch.Tensor, vocab_si
             "bigram": float(torch.exp(-log_p_bi[prev, nxt].mean()))}
 
 
+def interpolated_trigram_perplexity(train_ids: torch.Tensor, eval_ids: torch.Tensor, p_bigram: torch.Tensor,
+                                    w: float) -> float:
+    """Held-out perplexity per token of eval_ids[2:] under a trigram mixed with a smoothed bigram:
+    p(c | a, b) = w * n(a, b, c) / n(a, b) + (1 - w) * p_bigram[b, c] where the context (a, b) was seen in
+    train_ids (followed by a third token), and p_bigram[b, c] alone where it was not. p_bigram is a (V, V) table
+    whose rows sum to one (row = previous token)."""
+    V = p_bigram.shape[0]
+
+    def keys(ids, n):  # one int64 per n consecutive tokens, a base-V number: distinct tuples, distinct keys
+        k = ids[: ids.numel() - n + 1].long()
+        for i in range(1, n):
+            k = k * V + ids[i: ids.numel() - n + 1 + i]
+        return k
+
+    def count(seen, wanted):  # how often each wanted key occurs among the seen ones
+        uniq, n = seen.unique(return_counts=True)
+        at = torch.searchsorted(uniq, wanted).clamp(max=uniq.numel() - 1)
+        return torch.where(uniq[at] == wanted, n[at], 0).double()
+
+    n_abc = count(keys(train_ids, 3), keys(eval_ids, 3))  # (N,)
+    n_ab = count(keys(train_ids[:-1], 2), keys(eval_ids[:-1], 2))  # (N,): pairs that a third token follows
+    p_bi = p_bigram[eval_ids[1:-1], eval_ids[2:]].double()  # (N,)
+    p = torch.where(n_ab > 0, w * n_abc / n_ab.clamp_min(1) + (1 - w) * p_bi, p_bi)
+    return float(torch.exp(-p.log().mean()))
+
+
 MIN_VOCAB, MAX_VOCAB = 300, 65536  # byte fallback needs 259 pieces; larger than ~65k is not for this corpus
 
 
