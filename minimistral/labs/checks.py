@@ -1023,8 +1023,9 @@ def _too_slow(what: str, limit: float, reference: Callable, args: tuple, hint: s
     except Exception:  # the reference's time is a courtesy
         theirs = ""
     took = f"still running after {limit:g} s, so it was stopped" if stopped else f"took more than {limit:g} s"
-    return (f"{what}: {took}{theirs}. A loop that never ends, or a Python loop over every element where one "
-            f"tensor operation would do? {hint}").strip()
+    return (f"{what}: {took}{theirs}. Something in it grows faster than it needs to: a loop that never ends, a "
+            f"Python loop over every element, or a whole matrix (a Jacobian, an n x n table) built where a vector "
+            f"would do? {hint}").strip()
 
 
 def compared_with(reference: Callable) -> str:
