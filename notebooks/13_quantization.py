@@ -25,7 +25,8 @@ plt.show()
 
 # %% [markdown]
 #
-# Notebook 12 showed that decoding one token at batch 1 reads every weight once, so the bytes of the weights
+# Notebook 12 showed that decoding one token at batch 1 reads every weight once (of the embedding table, only
+# the token's row), so the bytes of the weights
 # set both the memory a model needs and the fastest it can decode. This notebook makes those bytes smaller:
 # it stores each weight in 8 or 4 bits instead of 16 and computes with them in the activation dtype
 # ("weight-only quantization", what `mm.load_checkpoint(..., quantize="int8")` does).
@@ -69,16 +70,21 @@ plt.rcParams.update({"figure.dpi": 110, "font.size": 10})
 # %% [markdown]
 # ## 1. Where the bytes of a token go
 #
-# To produce one token, the 7B reads all of its weights once (14.5 GB in bf16), plus the keys and values
-# cached for the tokens it attends to. Even with a full 4,096-token window, the cache is a small share:
+# To produce one token, the 7B reads each of its weights once (14.5 GB in bf16) but for one table: of the
+# embedding's 32,000 rows it reads only the token's own row (8 KB of its 0.26 GB), so a token reads 14.2 GB of
+# weights, plus the keys and values cached for the tokens it attends to. Even with a full 4,096-token window,
+# the cache is a small share:
 
 # %%
 args = mm.ModelArgs.mistral_7b()
 weights_bf16 = planner.weights_bytes(args, torch.bfloat16)
+embedding_unread = (args.vocab_size - 1) * args.dim * 2  # all the embedding's bf16 rows but the token's own
+read_bf16 = weights_bf16 - embedding_unread
+print(f"weights stored {weights_bf16 / 1e9:.2f} GB, read per token {read_bf16 / 1e9:.2f} GB")
 for context in (16, 1024, 4096):
     cache_read = args.kv_cache_bytes(context, 1, "bfloat16")  # keys and values of `context` tokens, all layers
-    share = weights_bf16 / (weights_bf16 + cache_read)
-    print(f"context {context:>5}: weights {weights_bf16 / 1e9:5.2f} GB + cache {cache_read / 1e9:5.3f} GB "
+    share = read_bf16 / (read_bf16 + cache_read)
+    print(f"context {context:>5}: weights {read_bf16 / 1e9:5.2f} GB + cache {cache_read / 1e9:5.3f} GB "
           f"-> weights are {share:.1%} of the bytes read per token")
 
 # %% [markdown]
@@ -308,7 +314,9 @@ plt.show()
 # From 32 bits down to 8 the perplexity does not move in its second decimal. At 4 bits it moves by under 1%:
 # groups of 128 cost the most (+0.9%); with groups of 32 or 64 the change is under 0.3%, and with 32 it even comes
 # out lower: differences this small, measured once on the same 1,024 tokens, are too small to rank the two. The small model's scales are float32, so its 4-bit costs
-# `4 + 64 / g` bits per weight; in bf16, as for the 7B, `4 + 32 / g`.
+# `4 + 64 / g` bits per weight; in bf16, as for the 7B, `4 + 32 / g`. int8's point is placed at about
+# `8 + 32 / 256` (the rows of 256 of most of its linears; w2's rows of 768 would move it a few hundredths of a
+# bit to the left).
 #
 # So on this model 4 bits cost nothing that matters. Where does the cost start? The library stops at 4 bits, but
 # section 3's min-max rule works for any number of bits `b` (`2^b - 1` steps between a group's minimum and its
@@ -492,9 +500,11 @@ for cls, p in planner.plan_table(args):
 #
 # ## 7. The roofline ceilings: computed, not measured
 #
-# At batch 1 a token costs one read of the weights, so the ceiling of notebook 12 is
-# `bandwidth / bytes of weights`: halve the bytes, double the ceiling (nearly: int8 keeps the embedding and the
-# head in bf16 and adds its scales, so it reads 52% of bf16's bytes and raises the ceiling 1.93 times). The fast path also reads its whole rolling
+# At batch 1 a token costs one read of the weights (all but one row of the embedding table, as section 1
+# counted), so the ceiling of notebook 12 is `bandwidth / bytes of weights read` (notebook 12 counted the whole
+# table, 282 tokens/s for bf16 on the H200; here bf16's is 287): halve the bytes, double the
+# ceiling (nearly: int8 keeps the embedding and the head in bf16 and adds its scales, so it reads 51% of bf16's
+# bytes and raises the ceiling 1.96 times). The fast path also reads its whole rolling
 # cache at every step (4,096 slots of 128 KiB: 0.54 GB in bf16), which quantizing the weights does not shrink, so
 # the smaller the weights, the more that cache costs. With the copy bandwidth measured on the H200 in the stored
 # run, both ceilings, and the measured bf16 rows beside them. The ceilings are **estimates**: upper bounds
@@ -505,8 +515,9 @@ for cls, p in planner.plan_table(args):
 run = R.load("bench_gpu_h200.json")
 bw = run[R.BANDWIDTH]
 cache_bytes = args.sliding_window * args.kv_bytes_per_token("bfloat16")  # the rolling cache, read in full every step
-ceilings = {name: bw / planner.weights_bytes(args, dt, mode, g) for name, dt, mode, g in table}
-with_cache = {name: bw / (planner.weights_bytes(args, dt, mode, g) + cache_bytes) for name, dt, mode, g in table}
+read = {name: planner.weights_bytes(args, dt, mode, g) - embedding_unread for name, dt, mode, g in table}
+ceilings = {name: bw / b for name, b in read.items()}  # the embedding stays bf16 at every setting
+with_cache = {name: bw / (b + cache_bytes) for name, b in read.items()}
 short = {"bf16": "bf16", "int8": "int8", "int4, groups of 128": "int4 g128", "int4, groups of 32": "int4 g32"}
 measured = {k: v[R.decode(R.SHORT)] for k, v in run[R.ROWS].items()}
 fig, ax = plt.subplots(figsize=(8.5, 3.6))
@@ -531,11 +542,14 @@ ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 plt.tight_layout()
 plt.show()
 for name, c in ceilings.items():
-    print(f"{name:<22} estimated ceiling {c:6.0f} tokens/s from the weights alone, {with_cache[name]:6.0f} with the cache")
+    print(f"{name:<22} reads {read[name] / 1e9:5.2f} GB, estimated ceiling {c:6.0f} tokens/s from the weights alone, "
+          f"{with_cache[name]:6.0f} with the cache")
 
 # %% [markdown]
-# The stored run measured bf16 only: our fast path at 184 tokens/s, 65% of its 282 ceiling from the weights alone
-# (68% of the 272 that counts the cache), and 189 (67%, 69%) with its tuned settings. The int8 and 4-bit bars
+# The stored run measured bf16 only: our fast path at 184 tokens/s, 64% of its 287 ceiling from the weights alone
+# (66% of the 277 that counts the cache), and 189 (66%, 68%) with its tuned settings. Leaving out the unread
+# embedding rows matters more the smaller the weights: they are 1.8% of bf16's bytes but 6.2% of int4's (groups
+# of 128). The int8 and 4-bit bars
 # are estimates only: the quantized rows of `python -m minimistral.bench --gpu` (the fast path with
 # `mm.quantize`'s weights) have not been run on a GPU for this course, so no quantized rate is drawn and none is
 # claimed. Reaching a ceiling takes kernels that read the small weights at full bandwidth and dequantize in registers,
@@ -759,7 +773,8 @@ print("by-hand 4-bit, groups of 32 = minimistral.quant int4: the same levels and
 # %% [markdown]
 # ## Summary
 #
-# - At batch 1 a token reads the weights once, and they are over 95% of the bytes: fewer bits per weight
+# - At batch 1 a token reads the weights once (all but one row of the embedding table), and they are over 95%
+#   of the bytes: fewer bits per weight
 #   means less memory and a higher ceiling (bandwidth / bytes), in the same proportion.
 # - **int8 absmax per channel**: `s = max|row| / 127`, `q = round(w / s)`; the small model's perplexity does
 #   not change. **4-bit in groups**: a scale and a zero per 32 to 128 inputs, two values per byte; a small,
@@ -769,7 +784,7 @@ print("by-hand 4-bit, groups of 32 = minimistral.quant int4: the same levels and
 #   activation outliers of large models are why weight-only quantization keeps the activations in 16 bits;
 #   GPTQ, AWQ and NF4 lower the 4-bit error further.
 # - Mistral 7B: 14.5 GB in bf16, 7.5 GB in int8, 4.2 to 4.9 GB in 4-bit: a T4, a 12 GB GPU or a 16 GB laptop
-#   runs it in int8, an 8 GB GPU in 4-bit. On the H200 the ceiling from the weights alone goes from 282 tokens/s
-#   (bf16) to 544 (int8) and 836 to 965 (4-bit); counting the 0.54 GB rolling cache the fast path also reads at
-#   every step, from 272 to 508 and 753 to 856. These are computed upper bounds (estimates); only the bf16 rate
+#   runs it in int8, an 8 GB GPU in 4-bit. On the H200 the ceiling from the weights read alone goes from 287
+#   tokens/s (bf16) to 564 (int8) and 883 to 1029 (4-bit); counting the 0.54 GB rolling cache the fast path also
+#   reads at every step, from 277 to 525 and 791 to 906. These are computed upper bounds (estimates); only the bf16 rate
 #   was measured, and the quantized rates are not (`python -m minimistral.bench --gpu` would measure them).
