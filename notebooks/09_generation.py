@@ -127,11 +127,12 @@ print(tok.decode(ids + greedy_ids))
 # Wikitext-103 (the loops that prompted them came from large models such as GPT-2) and called it
 # *self-reinforcement*: the more times a sentence has been repeated, the likelier its next repetition. Here it is on
 # the small model, for the phrase greedy decoding got stuck in, two verse fragments, and three phrases of random
-# tokens:
+# tokens. Each point is the plain (arithmetic) mean of the copy's token probabilities; the min-p comparison in
+# section 3 averages log-probabilities instead (a geometric mean), so the two kinds of number are not comparable:
 
 # %%
 def phrase_probs(unit, repeats=10):
-    """Mean probability the model gives the tokens of `unit` in each of `repeats` copies after the prompt."""
+    """Arithmetic mean of the probabilities the model gives `unit`'s tokens, per copy, over `repeats` copies."""
     seq = ids + unit * repeats
     with torch.no_grad():
         logp = torch.log_softmax(model(torch.tensor([seq]))[0].float(), dim=-1)  # (T, V)
@@ -165,7 +166,7 @@ ax_r.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=3)
 for ax in (ax_v, ax_r):
     ax.set_xlabel("copy of the phrase in the context")
     ax.set_xticks(range(1, 11))
-fig.suptitle("A phrase already in the context becomes likelier (the second copy most)", fontsize=10)
+fig.suptitle("A phrase already in the context becomes likelier (the largest jump: from copy 1 to copy 2)", fontsize=10)
 fig.tight_layout()
 plt.show()
 
@@ -539,7 +540,11 @@ passed = check_function("09.4 min_p_filter", min_p_filter, references.min_p_logi
                                                                "the two favourites stay"),
     case(_banned, 0.3, 1.2, label="2 rows where an earlier filter already set every third logit to -inf"),
     case(logits, 0.0, 1.0, label="min_p = 0: the filter is off, nothing is dropped",
-         hint="min_p = 0 means nothing is dropped: what is your bar then, and can your code compute it?")],
+         hint="min_p = 0 means nothing is dropped: what is your bar then, and can your code compute it?"),
+    case(torch.tensor([[0.0, -1000.0, 1.0]]), 0.0, 1.0, label="min_p = 0 with one logit 1,001 below the favourite: "
+                                                              "nothing is dropped, however far below",
+         hint="min_p = 0 drops nothing, however far below the favourite a logit sits: is your bar exactly -inf, "
+              "or only very low?")],
     forbid=_exp + [HOST_READ, "minimistral.generate.sampling_probs", "minimistral.generate.filtered_probs",
                    "minimistral.generate.sample_next"],
     hint="write p_i >= min_p * p_max with each p as a softmax of the scaled logits, and see what the normaliser does; "
