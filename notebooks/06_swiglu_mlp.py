@@ -70,7 +70,7 @@ plt.rcParams.update({"figure.dpi": 100, "axes.spines.top": False, "axes.spines.r
 #   \mathrm{SiLU}'(x) = \sigma(x)\big(1 + x\,(1 - \sigma(x))\big).$$
 #
 # For large positive $x$ it is $x$, for large negative $x$ it is 0, like ReLU; in between it is smooth and
-# dips slightly below zero. GELU, $x\,\Phi(x)$ with $\Phi$ the normal CDF (GPT-2, BERT), has the same *kind* of
+# dips slightly below zero. GELU, $x\,\Phi(x)$ with $\Phi$ the normal CDF (GPT-2 and BERT use its tanh approximation, within $10^{-3}$ of it), has the same *kind* of
 # shape, but it is not the same curve: the figure below shows the difference. We draw all three and their
 # derivatives (from autograd, so the formula above is checked too).
 
@@ -171,7 +171,9 @@ plt.show()
 # %% [markdown]
 # Both panels share one colour scale, so the ungated unit, which reaches at most 3.93 here, stays pale next to the
 # product; the contour lines are dashed where the output is negative. On the left, the unit ignores $b$; on the right, the gate $a$ decides *how much* passes (nothing for
-# $a \ll 0$, about $a$ times for $a \gg 0$) and the value $b$ decides *what* passes, with its sign. A tiny
+# $a \ll 0$, about $a$ times for $a \gg 0$) and the value $b$ decides *what* passes, with its sign. The faint
+# lobes left of $a = 0$ on the right (strongest near $a = -1.28$) are SiLU's dip: there a unit passes up to 0.28
+# of $b$ with its sign flipped; section 7 measures what that weak channel is worth in a trained model. A tiny
 # example with 3 hidden units:
 
 # %%
@@ -421,7 +423,7 @@ ax_r.legend(loc="center left", fontsize=9)
 layer = 3
 g3 = silu(gate_in[layer])  # (T, hidden)
 units = torch.randperm(g3.shape[1], generator=torch.Generator().manual_seed(0))[:40]  # 40 units at random
-# two slopes: the dip (at most -0.28) reaches about a quarter of the blue scale, a gate of 3 all of the red one
+# two slopes: the dip (at most -0.28) reaches 0.28 of the blue scale, a gate of 3 all of the red one
 im = axes[1].imshow(g3[:, units].T, aspect="auto", cmap="RdBu_r", norm=TwoSlopeNorm(vmin=-1.0, vcenter=0.0, vmax=3.0))
 axes[1].set_xticks(range(len(labels)), labels, rotation=60, fontsize=9)
 axes[1].set_ylabel(f"40 random units of the {g3.shape[1]}")
@@ -566,7 +568,7 @@ _ = check_function("06.1 swiglu", my_swiglu, library_swiglu, cases=cases,
 # multiplier that gives it. Write `my_multiplier_range(dim, multiple_of, hidden)`: with $m$ counted in
 # **billionths**, $m = k / 10^9$, the smallest and the largest $k$ with $m \ge 1$ for which the rule gives exactly
 # `hidden`, as a tuple `(k_min, k_max)` of ints, or `None` when no such $k$ exists. There are billions
-# of candidates (a check case has $k$ near $3.1 \cdot 10^9$): trying them one by one would take minutes per case. Undo the rule on paper instead, one step at
+# of candidates (a check case has $k$ just under $3.0 \cdot 10^9$): trying them one by one would take minutes per case. Undo the rule on paper instead, one step at
 # a time, each step an inequality, and compute the ends in integers (a float holds about 16 digits; two cases of
 # the check need more, one at each end). Then read off how much freedom a published width leaves about the multiplier behind it.
 
@@ -632,7 +634,11 @@ except NotImplementedError:
 # inequality must `hidden_dim` satisfy, and can you solve it without leaving exact arithmetic (`fractions`)?
 # The check refuses the library's counting (`ModelArgs.num_params`, `params_by_component`, `weight_bytes`, and
 # building a `Transformer` or `TransformerBlock`), as notebook 00 does: a search over the library's counts
-# would pass without the inequality.
+# would pass without the inequality. A search upwards over multiples with *your own* count passes too, and
+# is fair (it needs the count, the real part of the work), even comparing in floats: a ratio that equals the
+# share rounds to the same float as the share, and one that differs from a share with denominator $q$ differs
+# by at least $1/(qD)$, for a layer of $D$ parameters, far above a float's $10^{-16}$ at any real size.
+# The closed form is still the point: no loop, and it shows at once how the width grows with the share.
 
 # %% nbgrader={"grade": false, "grade_id": "ex06_3_hidden_for_share-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def my_hidden_for_share(args, share, multiple_of=256):
@@ -744,7 +750,7 @@ except NotImplementedError:
 # Each unit in the dip passes at most 0.28 times its value, but there are many of them: in layers 1 and 2, the 70%
 # of (token, unit) pairs in the dip write a part a little under half the size of the whole output (0.46 and 0.45),
 # in a direction that has little in common with what the other units write (cosine 0.29 and 0.08). In layer 0 their
-# part is a tenth of the output, in layer 3 about a quarter. This is (with the far tail below −4, where SiLU is
+# part is a tenth of the output, in layer 3 0.28 of it. This is (with the far tail below −4, where SiLU is
 # smaller than 0.08) what the ablation's dip-less SiLU cut off for 0.07 nats: not a rounding error, a second,
 # weaker channel of the MLP.
 

@@ -211,7 +211,8 @@ for seq_len in [4096, 32768]:
 #
 # $$\text{slot}(p) = p \bmod W.$$
 #
-# Slot $p \bmod W$ last held token $p - W$: exactly the one that just fell out of every future window.
+# Once the ring is full ($p \ge W$), token $p$'s slot $p \bmod W$ holds token $p - W$: exactly the one that just
+# fell out of every future window (before the first wrap the slot is still empty).
 # So the buffer never needs to move anything; it overwrites in place, like a ring.
 #
 # Below, a cache with $W = 8$ after 13 tokens: positions 5 to 12 are cached; 8 to 12 went into slots 0
@@ -305,7 +306,8 @@ print("same slots, same keys, same values as MyRollingCache")
 # $0, 1, \dots, W-1$, the absolute position each slot holds after `n_tokens` tokens were written
 # (positions $0$ to $n-1$), with $-1$ for a slot never written. Think before you code: after 13
 # tokens with $W = 8$, slot 3 holds 11. The check refuses the library's cache (`RollingKVCache`'s `advance` and
-# `update`): the point is to know the ring's arithmetic, not to ask the ring.
+# `update`): the point is to know the ring's arithmetic, not to ask the ring. One case has $10^{12} + 5$ tokens:
+# writing every token in turn (by hand, or with `MyRollingCache` above) runs past the check's time limit.
 
 # %% nbgrader={"grade": false, "grade_id": "ex08_1_cached_positions-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def cached_positions(n_tokens: int, window: int) -> list[int]:
@@ -318,17 +320,19 @@ def cached_positions(n_tokens: int, window: int) -> list[int]:
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex08_1_cached_positions-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-def _library_positions(n_tokens, window):
-    c = mm.RollingKVCache(n_layers=1, batch_size=1, n_kv_heads=1, head_dim=2, size=window)
-    if n_tokens:
-        c.advance(torch.arange(n_tokens))
-    return c.slot_positions.tolist()
+from minimistral.labs import references
 
 
-passed = check_function("08.1 cached_positions", cached_positions, _library_positions,
-                        [(13, 8), (0, 8), (5, 8), (8, 8), (16, 8), (100, 7), (3, 1), (4096 * 3 + 5, 4096)],
+def _ring_positions(n_tokens, window):  # the course's reference (12.3's, tested against the library's cache)
+    return references.slot_positions(torch.tensor([n_tokens - 1]), window)[0].tolist()
+
+
+passed = check_function("08.1 cached_positions", cached_positions, _ring_positions,
+                        [(13, 8), (0, 8), (5, 8), (8, 8), (16, 8), (100, 7), (3, 1), (4096 * 3 + 5, 4096),
+                         (10**12 + 5, 4096)],
                         forbid=["minimistral.cache.RollingKVCache.advance", "minimistral.cache.RollingKVCache.update",
-                                "minimistral.cache.RollingKVCache.key_positions"],
+                                "minimistral.cache.RollingKVCache.key_positions",
+                                "minimistral.labs.references.slot_positions"],
                         hint="follow the ring by hand for W = 4 and 6 tokens: where did token 4 go, and what did it "
                              "push out? Then ask which tokens can still be in the ring after n")
 
@@ -382,8 +386,8 @@ print(f"layer 0's cache {tuple(demo.k[0].shape)}; update() returned keys {tuple(
 # Why chunk at all? Prefilling a long prompt in one go, the explicit attention of notebook 04 builds a
 # $T \times T$ score matrix per head; in chunks of $C$ it is at most $C \times (W + C)$. Fused kernels (SDPA,
 # flash attention) never store the scores, but the work and the activations of one call still grow with its
-# length, and a chunk of at most $W$ tokens is what a $W$-slot ring can take in one write. `mm.generate`
-# prefills in chunks of $W$.
+# length; in chunks of $W$ one call scores at most $W \times 2W$. (The ring itself takes a chunk of any length
+# in one write, keeping only its last $W$ keys: exercise 08.4.) `mm.generate` prefills in chunks of $W$.
 
 # %%
 long_prompt = torch.randint(0, args.vocab_size, (1, 100), generator=torch.Generator().manual_seed(2))
