@@ -616,7 +616,7 @@ fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.3 * L + 2.5), layout="constra
                               gridspec_kw={"width_ratios": [max(H, 8) / 8, 1.4]})
 chance = (1 / torch.arange(2, len(ids) + 1).float()).mean().item()  # query i spread evenly over its i + 1 keys
 im = ax.imshow(score, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-bar = fig.colorbar(im, ax=ax, label="mean attention on the previous token (linear scale)", pad=0.02)
+bar = fig.colorbar(im, ax=ax, label="mean attention on the previous\ntoken (linear scale)", pad=0.02)
 bar.ax.yaxis.set_label_position("left")  # its label beside its own bar, not beside the right map's y-label
 bar.ax.axhline(chance, color="white", ls="--", lw=2)
 bar.ax.set_yticks(sorted(set([0, 0.25, 0.5, 0.75, 1, round(chance, 2)])))
