@@ -161,9 +161,11 @@ class Plan:
 
     def describe(self) -> str:
         free = "" if self.free is None else f" vs {self.free / GB:.1f} GB free: {'fits' if self.fits else 'DOES NOT FIT'}"
-        mapped = f" + mapped file {self.mapped / GB:.2f}" if self.mapped else ""
-        return (f"{self.setting()}: weights {self.weights / GB:.2f} + cache {self.cache / GB:.2f} + working "
-                f"{self.working / GB:.2f}{mapped} + margin {self.margin / GB:.1f} = {self.total / GB:.2f} GB{free}")
+        unit, size, m = ("GB", GB, 1) if self.total >= GB else ("MB", 1e6, 2)  # a small model's parts in MB
+        mapped = f" + mapped file {self.mapped / size:.2f}" if self.mapped else ""
+        return (f"{self.setting()}: weights {self.weights / size:.2f} + cache {self.cache / size:.2f} + working "
+                f"{self.working / size:.2f}{mapped} + margin {self.margin / size:.{m}f} = {self.total / size:.2f} "
+                f"{unit}{free}")
 
 
 def weights_bytes(args, dtype=torch.bfloat16, quantize: Optional[str] = None, group_size: int = 128) -> int:

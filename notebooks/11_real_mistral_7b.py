@@ -279,6 +279,14 @@ _tiny = mm.ModelArgs.tiny()
 _win = 2**29  # one 7B conversation of 4,096 tokens or more in a bf16 cache: 0.54 GB
 _mixed = [1000, 5000, 300, 32768, 4096, 2048, 4097, 100, 9000, 700, 3000, 12] * 4  # lengths of a real queue
 _many = "what does a cache store for each token it holds, in how many layers and for how many heads"
+
+
+def _no_weights(got, want, args, free_bytes, weight_bytes, seq_lens, dtype_bytes):  # as if weights took no room
+    free = conversations_that_fit(args, free_bytes + weight_bytes, weight_bytes, seq_lens, dtype_bytes)
+    if got != want and got == free and (want == 0 or free < len(seq_lens)):  # not just the whole queue
+        return "that is the count when the weights take no room (did you leave room for the weights?)"
+
+
 _ = check_function(
     "11.1 sequences_that_fit", sequences_that_fit, conversations_that_fit,
     [case(seven_b, 80 * 10**9, _bf16_7b, [32768] * 200, 2, label="7B bf16 on 80 GB, a queue of 200 conversations "
@@ -315,7 +323,7 @@ _ = check_function(
             "minimistral.cache.RollingKVCache.__init__", "minimistral.cache.RollingKVCache.nbytes",
             "minimistral.Transformer.new_cache", "minimistral.viz.capture.capture_bytes",
             "minimistral.viz.capture.check_capture_size", f"{planner.__name__}.capture_working_bytes"],
-    plain_int=True)
+    plain_int=True, diagnose=_no_weights)
 
 # %% [markdown]
 # Why the window matters to a server: long conversations, all of one length, on one 80 GB GPU beside the
@@ -592,11 +600,13 @@ free_memory()
 #
 # What is chance? Query $i$ sees $i + 1$ keys, so a head that spread its attention evenly would already put
 # $1/(i+1)$ on the previous token: 0.17 on average over this sentence's 14 queries (the dashed line on the
-# colour bar). In the stored run (the small model) 24 of the 32 heads score 0.10 to 0.30, within about 1.8
+# colour bar, whose scale is linear; the map on the right uses the square-root scale of the other attention
+# maps). In the stored run (the small model) 24 of the 32 heads score 0.10 to 0.30, within about 1.8
 # times chance: no previous-token head among them. Only four reach 2.5 times chance: layer 1's head 5
 # (0.81) stands out, then layer 1's head 7 (0.52) and layer 3's heads 2 and 7 (0.47, 0.44); three more sit
-# just above the band (layer 1's head 6 at 0.37, layer 3's heads 3 and 4 at 0.35 and 0.32). The printout
-# below the figure gives the figures for your run.
+# just above the band (layer 1's head 6 at 0.37, layer 3's heads 3 and 4 at 0.35 and 0.32), and one below
+# it (layer 2's head 4 at 0.09, about half of chance). The printout below the figure gives the figures for
+# your run.
 
 # %%
 score = torch.stack([torch.diagonal(cap.probs[l][0].float(), offset=-1, dim1=-2, dim2=-1).mean(-1)
@@ -606,7 +616,7 @@ fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 0.3 * L + 2.5), layout="constra
                               gridspec_kw={"width_ratios": [max(H, 8) / 8, 1.4]})
 chance = (1 / torch.arange(2, len(ids) + 1).float()).mean().item()  # query i spread evenly over its i + 1 keys
 im = ax.imshow(score, cmap="viridis", vmin=0, vmax=1, aspect="auto")
-bar = fig.colorbar(im, ax=ax, label="mean attention on the previous token", pad=0.02)
+bar = fig.colorbar(im, ax=ax, label="mean attention on the previous\ntoken (linear scale)", pad=0.02)
 bar.ax.yaxis.set_label_position("left")  # its label beside its own bar, not beside the right map's y-label
 bar.ax.axhline(chance, color="white", ls="--", lw=2)
 bar.ax.set_yticks(sorted(set([0, 0.25, 0.5, 0.75, 1, round(chance, 2)])))
@@ -740,7 +750,8 @@ plt.show()
 # per head whose row $r$ belongs to the query at position `q_pos[r]` and column $c$ to the key at
 # position `k_pos[c]` (any order). Return a float32 tensor of shape (heads,): for each head, the attention
 # its queries put on the key exactly `d` positions before them, averaged over the queries that have such
-# a key in the map. (`d = 1` is the previous-token score; the curves of the figure below are this at every
+# a key in the map (a key that is in the map counts even where its probability is 0: a key outside the
+# window is cached but masked, and its 0 belongs in the mean). (`d = 1` is the previous-token score; the curves of the figure below are this at every
 # distance.) The check refuses the library's `_distance_profile`, which draws that figure.
 
 # %% nbgrader={"grade": false, "grade_id": "ex11_2_attention_at_distance-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
@@ -804,6 +815,9 @@ _ = check_function(
           label="a chunk at positions 7-9 over a 5-slot cache (keys in slot order), previous token", hint=_cols),
      case(_causal_maps(3, _q, _slots, 5, 4), _q, _slots, 4, label="the same, distance 4 (the window's edge)",
           hint=_cols + "; which queries have a key 4 back?"),
+     case(_causal_maps(2, _q, _slots, 5, 10), _q, _slots, 5,
+          label="the same, distance 5: keys that are in the map but outside the window",
+          hint="a key outside the window is still in the map: its attention is 0, and it still counts"),
      case(_causal_maps(1, _q, _slots, 5, 5), _q, _slots, 0, label="the same, distance 0 (each query itself)",
           hint="distance 0 is each query's own key: where is it among the columns?"),
      case(_causal_maps(3, _q_mixed, _slots, 5, 6), _q_mixed, _slots, 2,
@@ -924,8 +938,8 @@ if DEVICE.type == "cuda":
 # the rolling KV cache (0.54 GB for one sequence of the 7B), this notebook's largest step (a chunk of the
 # long prompt prefilled while two layers' attention is recorded), on a Mac the memory-mapped file pages
 # of the tensor being loaded, and a margin of 0.5 GB, or 10 % of the rest of the plan when that is less
-# (the small model's plan lines in section 2 print "margin 0.0": a tenth of the rest of its plan, under
-# 0.03 GB, rounded to one decimal). Two bills come out of it. The **plan to pick** is made with the
+# (the small model's plan lines in section 2, under 1 GB in all, print their parts in MB: its margin is a
+# tenth of the rest of its plan, 2.49 MB). Two bills come out of it. The **plan to pick** is made with the
 # smallest chunk (256 tokens for the 7B): the planner takes the first setting whose bill fits, full
 # precision, else int8, else 4-bit in groups of 32, else of 128. The **plan of the run** is that setting's
 # bill again with the largest chunk (1,024, 512 or 256) whose whole bill still fits

@@ -312,3 +312,16 @@ def test_the_run_with_its_chunk_fits_on_a_mac(free_gib, quantize, chunk):
         planner.long_prompt_working(SEVEN_B, chunk), dev.load_working_bytes(SEVEN_B, p.dtype, p.quantize))
     larger = [c for c in planner.picture_chunks(SEVEN_B) if c > chunk]
     assert not any(planner.run_plan(SEVEN_B, p, c).fits for c in larger)
+
+
+def test_plan_line_of_a_small_model_adds_up_in_mb():
+    """Under 1 GB the plan's parts print in MB with two decimals, so the printed parts add up to the printed
+    total (in GB they would all round to 0.00); a 7B plan stays in GB."""
+    import re
+    small = dev.Plan(torch.float32, None, 128, 20_456_448, 262_144, 4_194_304, 2_491_289, free=21 * 10**9)
+    line = small.describe()
+    parts = [float(x) for x in re.findall(r"(?:weights|cache|working|margin) ([\d.]+)", line)]
+    assert parts == [20.46, 0.26, 4.19, 2.49] and "= 27.40 MB vs 21.0 GB free: fits" in line, line
+    assert round(sum(parts), 2) == 27.40
+    big = plan(SEVEN_B, torch.bfloat16, "int8", working=0)
+    assert re.search(r"margin 0\.5 = [\d.]+ GB$", big.describe()), big.describe()

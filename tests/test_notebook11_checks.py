@@ -111,6 +111,12 @@ def test_11_1_names_the_case_with_its_own_hint_only(notebook, capsys, body, case
     out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", body)
     assert "[FAIL] 11.1" in out and f"case {case} of 13" in out, out
     assert hints_shown(out, HINTS_11_1) == [hint]
+    assert "room for the weights" not in out, out  # that diagnosis is for the weights forgotten only
+
+
+def test_11_1_forgotten_weights_are_named(notebook, capsys):  # the review's beginner slip
+    out = run_check(notebook, capsys, "ex11_1_sequences_that_fit", queue(room="free_bytes"))
+    assert "[FAIL] 11.1" in out and "did you leave room for the weights?" in out, out
 
 
 def test_11_1_sorting_the_queue_in_place_is_named(notebook, capsys):
@@ -200,17 +206,25 @@ def test_11_2_passes(notebook, capsys):
 def test_11_2_float16_record_needs_the_upcast(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    return (probs * match).sum(-1)[:, has].mean(-1)\n")
-    assert "[FAIL] 11.2" in out and "case 10 of 12" in out and "float16" in out and "slot order" not in out
+    assert "[FAIL] 11.2" in out and "case 11 of 13" in out and "float16" in out and "slot order" not in out
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    return (probs * match).sum(-1)[:, has].mean(-1).float()\n")  # too late
-    assert "[FAIL] 11.2" in out and "case 10 of 12" in out and "in which dtype" in out
+    assert "[FAIL] 11.2" in out and "case 11 of 13" in out and "in which dtype" in out
+
+
+def test_11_2_a_key_in_the_map_counts_even_at_probability_0(notebook, capsys):
+    # the review's one pass: only queries whose picked probability is > 0 counted, so NaN beyond the window
+    out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
+                    DIST + "    picked = (probs.float() * match).sum(-1)\n    has = (picked > 0).any(0)\n"
+                           "    return picked[:, has].mean(-1)\n")
+    assert "[FAIL] 11.2" in out and "case 5 of 13" in out and "it still counts" in out, out
 
 
 def test_11_2_in_place_change_is_named(notebook, capsys):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance",
                     DIST + "    probs = probs.float() if probs.dtype != torch.float32 else probs\n"
                            "    probs.mul_(match)\n    return probs.sum(-1)[:, has].mean(-1)\n")
-    assert "[FAIL] 11.2" in out and "case 1 of 12" in out and "changed its input 'probs' in place" in out
+    assert "[FAIL] 11.2" in out and "case 1 of 13" in out and "changed its input 'probs' in place" in out
 
 
 @pytest.mark.parametrize("body, case, words", [
@@ -220,16 +234,16 @@ def test_11_2_in_place_change_is_named(notebook, capsys):
     # the review's two passes: keys sorted, queries taken to be the last rows in order
     ("    T, Q = probs.shape[-1], probs.shape[-2]\n    p = probs.float()[..., torch.argsort(k_pos)]\n"
      "    qi = torch.arange(T - Q, T)\n    match = (qi[:, None] - torch.arange(T)[None, :]) == d\n"
-     "    has = match.any(1)\n    return (p * match).sum(-1)[:, has].mean(-1)\n", 6, "whatever order"),
+     "    has = match.any(1)\n    return (p * match).sum(-1)[:, has].mean(-1)\n", 7, "whatever order"),
     ("    order = torch.argsort(k_pos)\n    p = probs.float()[..., order]\n"
      "    off = int(q_pos[0] - k_pos[order][0])\n"
-     "    return torch.diagonal(p, offset=off - d, dim1=-2, dim2=-1).mean(-1)\n", 6, "whatever order"),
+     "    return torch.diagonal(p, offset=off - d, dim1=-2, dim2=-1).mean(-1)\n", 7, "whatever order"),
     ("    k = torch.arange(int(k_pos.min()), int(k_pos.min()) + len(k_pos))[torch.argsort(torch.argsort(k_pos))]\n"
      "    match = (q_pos[:, None] - k[None, :]) == d\n    has = match.any(1)\n"
-     "    return (probs.float() * match).sum(-1)[:, has].mean(-1)\n", 7, "need not be consecutive"),
+     "    return (probs.float() * match).sum(-1)[:, has].mean(-1)\n", 8, "need not be consecutive"),
     ("    from minimistral.viz import plots\n"
      "    return torch.tensor([float(plots._distance_profile(probs[h].float(), q_pos, k_pos)[1][d]) for h in "
      "range(probs.shape[0])])\n", 1, "the library's own version")])
 def test_11_2_reads_positions_not_order(notebook, capsys, body, case, words):
     out = run_check(notebook, capsys, "ex11_2_attention_at_distance", body)
-    assert "[FAIL] 11.2" in out and f"case {case} of 12" in out and words in out
+    assert "[FAIL] 11.2" in out and f"case {case} of 13" in out and words in out

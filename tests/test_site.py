@@ -288,3 +288,24 @@ def test_links_pictures_and_widgets_of_a_small_course(tmp_path):
     assert page.count('class="mm-widget-note"') == 2 and WIDGET_STATE not in page
     assert 'href="01_one.html"' in pages["02_two.html"]
     assert json.loads((built.out / MARKER).read_text())["pages"][1]["pictures"] == 3
+
+
+def test_a_text_printed_piece_by_piece_is_one_block(tmp_path):
+    """A generation printed token by token (`print(piece, end="", flush=True)`) is stored as one stream output
+    per token; the page shows it as one text, as JupyterLab does, not one block per token."""
+    folder = tmp_path / "course"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    pieces = ["In", " the", " beginning", " God"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# 01 · One"), nbformat.v4.new_code_cell("stream()", outputs=[
+        *(nbformat.v4.new_output("stream", name="stdout", text=p) for p in pieces),
+        nbformat.v4.new_output("stream", name="stderr", text="a warning\n"),
+        nbformat.v4.new_output("stream", name="stdout", text="\ndone\n")])]
+    nbformat.write(nb, folder / "01_one.ipynb")
+    readme = tmp_path / "README.md"
+    readme.write_text("# A course\n")
+    built = build_site(tmp_path / "out", [folder / "01_one.ipynb"], readme, None)
+    page = (built.out / "01_one.html").read_text(encoding="utf-8")
+    assert "In the beginning God" in _text(page)
+    outputs = re.findall(r'<div class="[^"]*\bjp-OutputArea-output\b', page)
+    assert len(outputs) == 3, "one block for the tokens, one for stderr, one for the stdout after it"

@@ -352,6 +352,7 @@ def _exporter():
     from nbconvert import HTMLExporter
     from nbconvert.exporters.templateexporter import TemplateExporter
     from nbconvert.filters.highlight import Highlight2HTML
+    from nbconvert.preprocessors import CoalesceStreamsPreprocessor
 
     class SiteExporter(HTMLExporter):
         """HTMLExporter without its last step, which re-parses each page with BeautifulSoup to add alt texts
@@ -370,6 +371,9 @@ def _exporter():
                             extra_template_paths=_nbconvert_template_dirs(),
                             extra_loaders=[jinja2.DictLoader({"mm_site.html.j2": TEMPLATE})])
     exporter.exclude_input_prompt = False
+    # consecutive prints of one stream (a generation printed token by token, flushed each time) are stored as
+    # one output each; JupyterLab shows them as one text, the lab template as one block per output
+    exporter.register_preprocessor(CoalesceStreamsPreprocessor, enabled=True)
     return exporter
 
 
