@@ -174,8 +174,10 @@ for piece in ["▁And", "▁said", "▁Let", "▁was", "▁there", "▁God"]:
 # the same job in a sentence (`And`: `But`, `So`, `Then`; `was`: `been`, `were`), or the same word
 # capitalised when it has the same job (`Let`: `let`; `there`: `There`). The job is what counts, not the spelling:
 # `▁And` opens a verse and sits with other openers (`But`, `So`, `Also`, `Moreover`, `Then`), while `▁and` joins
-# inside a sentence and sits with `but`, `nor`, `or` (printed below; the first one printed, `F`, is a piece that
-# occurs only 9 times in the whole Bible, inside `OF`, so its row says little), which is why their cosine is only 0.07. The random table's neighbours are arbitrary words, and their cosines are not near 0: they
+# inside a sentence and sits with `but`, `nor`, `or` (printed below; the first one printed, `F`, is a rare piece,
+# 17 times in the whole Bible, 9 of them inside the capitals of `OF` in book titles and 8 at the start of a line,
+# so its row says little), which is why their cosine is only 0.07. The random table's neighbours are arbitrary
+# words, and their cosines are not near 0: they
 # measure 0.18 to 0.25, because the best of 4,095 random directions in 256 dimensions always lands a few
 # standard deviations ($1/\sqrt{256} = 0.06$) above 0 by chance. That is the level to beat. Most trained
 # neighbours beat it clearly (0.49 to 0.72 for the first neighbour of `▁And`, `▁said`, `▁Let`, `▁was`,
@@ -485,7 +487,7 @@ ax2.boxplot(gains.T.numpy(), whis=(0, 100), widths=0.5)
 ax2.set_xticks(xs + 1, short, fontsize=9, rotation=45)
 ax2.axhline(1, color="grey", ls=":", lw=1)
 ax2.set_ylabel("learned gain γ (256 per norm)")
-ax2.set_title("the gains: near 1, applied after the float32 step", fontsize=10)
+ax2.set_title("the learned gains: 0.44 to 1.61, applied after the float32 step", fontsize=10)
 for ax in (ax1, ax2):
     ax.spines[["top", "right"]].set_visible(False)
 plt.tight_layout()
@@ -502,7 +504,8 @@ plt.show()
 # model they are mild (other dimensions reach 33 at some tokens), and the largest square, about 1,500, is more
 # than 40 times below fp16's limit: this model would survive fp16 norms without the upcast. A model with an entry
 # above 256 would not, and a kernel cannot know in advance which model it runs: the
-# upcast is the safe default. The gains stay between 0.44 and 1.61 and are applied after the float32 step, so
+# upcast is the safe default. The gains stay between 0.44 and 1.61 (the final norm's are all above 1.2, layer 0's
+# attention norm's are below 0.8) and are applied after the float32 step, so
 # they cannot cause that overflow; they only scale the output, after its rounding to bf16.
 
 # %% [markdown]
@@ -526,11 +529,12 @@ print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", 
 #
 # - `gemma=False` (the default): Mistral's, bit for bit with the library, as the cell above compared `MyRMSNorm`.
 #   This half is the warm-up: the formula is on screen.
-# - `gemma=True`: Gemma's convention (Hugging Face's `GemmaRMSNorm`), which differs in two ways. Its checkpoint
-#   stores the gain **minus one**, so a fresh model stores zeros and weight decay pulls the gain toward 1 rather
-#   than toward 0. And it applies the gain in float32, **before** rounding back to `x`'s dtype: the order
-#   `torch.nn.RMSNorm` uses in the bf16 comparison above. A stored weight near 0 stands for a gain near 1, so
-#   the upcast section above matters here too: decide at which step the 1 is added, and in which dtype.
+# - `gemma=True`: Gemma's convention (Hugging Face's `GemmaRMSNorm`), which differs in two ways. What it
+#   stores: the checkpoint holds the gain **minus one**, so a fresh model stores zeros and weight decay pulls the
+#   gain toward 1 rather than toward 0. What it computes: the gain is part of the float32 result, not a
+#   correction in the model's dtype; its output is $\mathbf{x}/\mathrm{RMS}(\mathbf{x}) \odot \gamma$ to
+#   float32 accuracy, rounded to `x`'s dtype once. A stored weight near 0 stands for a gain near 1, so the upcast
+#   section above matters here too: work out where the 1 is added, in which dtype, and where the rounding goes.
 #
 # The check runs both conventions on several shapes and dtypes, compares the bf16 and fp16 cases bit for bit,
 # and does not allow the library's or PyTorch's own RMSNorm (`F.rms_norm`, `torch.rms_norm`, the `aten`
@@ -726,7 +730,7 @@ _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_gra
 # - RMSNorm is LayerNorm without mean-centring and bias: one reduction instead of two, $d$ parameters
 #   instead of $2d$; it keeps each vector's direction and fixes its RMS to 1 (times the gain).
 # - Mistral computes it in float32 and casts back before the gain. Without that, fp16 overflows once
-#   entries reach 256, and bf16 loses precision, badly so if a kernel accumulates in bf16. Conventions differ
+#   entries reach about 256, and bf16 loses precision, badly so if a kernel accumulates in bf16. Conventions differ
 #   in the last steps: Gemma stores the gain minus one and applies it in float32 before the cast (02.1).
 # - A lookup's gradient reaches only the rows that were read; 02.3 worked out how, and what a tied output
 #   head adds. Trained rows group words by use, as the running example's nearest neighbours showed.

@@ -483,9 +483,10 @@ plt.show()
 # head 3 the second `▁there` gets about half as much attention again as the first, and the first `▁light`
 # about 1.7 times as much as the second (the table above). Head 3 is the only head where both pairs differ by half
 # or more: head 0 separates the two `▁light`s almost as strongly (0.111 against 0.065) but not the two `▁there`s,
-# and in head 6 both pairs differ by only about 10 %. Every other bar moves too
-# (in score, `▁Let` most), since every key sits at its own distance from the query; the repeated words are where
-# position is the *only* thing that differs.
+# and in head 6 both pairs differ by only about 10 %. Every other score moves too (`▁Let`'s most), since every
+# key sits at its own distance from the query, except the last: the final `.` is the query's own key, at
+# distance 0, where the two rotations cancel, so its score is the same with and without RoPE (its weight
+# changes only because the others' do). The repeated words are where position is the *only* thing that differs.
 
 # %% [markdown]
 # ## Does trained attention fall with distance?
@@ -554,7 +555,8 @@ plt.show()
 # panel bounds the size of a score, the right one shows attention weights after the softmax). In layers 1 to 3 the mean
 # weight falls from 0.10-0.22 on the previous token (distance 1) to 0.0008-0.0016 at 64 tokens back, a factor
 # of 60 to 270 (printed at the end of each row) and far below an even spread: these heads look mostly at the last few tokens. Layer 0's heads do
-# the opposite: past 16 tokens they give every key about the even share, and 59 to 73 % of each head's
+# the opposite: apart from the previous token (0.029, 3.7 times the even share of 0.0078), past 16 tokens they
+# give every key about the even share, and 59 to 73 % of each head's
 # attention goes to keys 32 or more tokens back. (Layers 1 to 3 also rise a little again near the window's
 # edge, 127 tokens back.) The same rotations allow both shapes: what a head does with distance is learned, not
 # imposed by RoPE's bound.
@@ -682,6 +684,7 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
                               "particular dtype: is yours the same, neither narrower nor wider?"),
     case(torch.randn(1, 4, 2, 128, generator=gen).bfloat16(), rope_angles(torch.arange(4093, 4097), 128),
          label="bf16 at positions 4,093-4,096: angles in the thousands"),
+    case(torch.randn(1, 4, 4, 8, generator=gen), rope_angles(torch.arange(4), 8), label="4 positions, 4 heads of 8"),
 ], forbid=["minimistral.rope.apply_rope_complex", "minimistral.rope.apply_rope_interleaved_real",
            "minimistral.rope.apply_rope_rotate_half", "torch.cos", "torch.sin", "torch.Tensor.cos", "torch.Tensor.sin",
            "torch.Tensor.cos_", "torch.Tensor.sin_", "torch.cos_", "torch.sin_", "torch.ops.aten.cos",
@@ -716,17 +719,22 @@ def first_slow_pair(head_dim: int, theta: float, n_tokens: float) -> int:
 from minimistral.labs import references
 
 _ = check_function("03.3 first_slow_pair", first_slow_pair, references.slow_pair_by_counting, cases=[
-    (128, 10000.0, 4000), (128, 1e6, 4000), (64, 10000.0, 100), (128, 10000.0, 3),
-    (128, 10000.0, 1e6), (32, 10000.0, 1.001 * 2 * math.pi * 10000.0 ** 0.5), (8, 16.0, 2 * math.pi * 4),
-    (128, 10000.0, 6.0),
-], labels=["Mistral 7B's heads, 4,000 tokens", "theta 1e6 (later Mistral models), 4,000 tokens",
-           "head_dim 64, 100 tokens", "3 tokens: faster than any pair", "a million tokens: slower than any pair",
-           "head_dim 32, n_tokens just above the period of pair 8",
-           "head_dim 8, theta 16: n_tokens exactly the period of pair 2 (8π)",
-           "6 tokens: just under the fastest period, 2π"],
-   forbid=["minimistral.labs.references.slow_pair_by_counting"],
-   hint="write pair i's period as a function of i and solve 'period > n_tokens' for i; mind the two ends of the "
-        "range and whether a period equal to n_tokens counts")
+    case(128, 10000.0, 4000, label="Mistral 7B's heads, 4,000 tokens"),
+    case(128, 1e6, 4000, label="theta 1e6 (later Mistral models), 4,000 tokens"),
+    case(64, 10000.0, 100, label="head_dim 64, 100 tokens"),
+    case(128, 10000.0, 3, label="Mistral 7B's heads, 3 tokens",
+         hint="compare 3 tokens with the fastest pair's period: which pairs are slower, and is your answer a "
+              "pair index the text allows?"),
+    case(128, 10000.0, 1e6, label="Mistral 7B's heads, a million tokens",
+         hint="compare a million tokens with the slowest pair's period: what does the text ask you to return then?"),
+    case(32, 10000.0, 1.001 * 2 * math.pi * 10000.0 ** 0.5, label="head_dim 32, about 629 tokens"),
+    case(8, 16.0, 2 * math.pi * 4, label="head_dim 8, theta 16, n_tokens 8π",
+         hint="compute each pair's period for this case by hand: which ones take more than n_tokens?"),
+    case(128, 10000.0, 6.0, label="Mistral 7B's heads, 6 tokens",
+         hint="compute pair 0's period: does it take more than 6 tokens?"),
+], forbid=["minimistral.labs.references.slow_pair_by_counting"],
+   hint="write pair i's period as a function of i and solve 'period > n_tokens' for i; then try your function on "
+        "values of n_tokens you can work out by hand")
 
 # %% [markdown]
 # ## Summary
@@ -734,13 +742,14 @@ _ = check_function("03.3 first_slow_pair", first_slow_pair, references.slow_pair
 #   $\theta = 10^4$ for Mistral 7B v0.1: periods from 6.3 to about 54,000 tokens.
 # - Rotations preserve length, and the dot product of a rotated query and key depends only on $m - n$:
 #   relative position without any parameter. We saw the Toeplitz score matrix and asserted it.
-# - In the trained model, RoPE is what lets attention tell the running example's two `light`s (and two `there`s)
-#   apart: in layer 0, head 3 the copies get attention weights differing by a factor of about 1.5 to 1.7.
+# - In the trained model's layer 0, RoPE is what lets attention tell the running example's two `light`s (and two
+#   `there`s) apart: in head 3 the copies get attention weights differing by a factor of about 1.5 to 1.7.
 # - "Long-term decay" is the RoPE paper's upper bound on the score: it falls over the first hundred tokens, then
 #   oscillates (between about 7 % and 36 % of its value at 0, out to 4,096) with peaks that no longer fall.
 #   Aligned queries and keys score less on average as they move apart; independent random ones score 0 on average at every distance. The bound
 #   allows both local and spread-out attention, and the tiny model's trained heads use both: layers 1 to 3 look
-#   mostly at the last few tokens, layer 0 spreads evenly over its window.
+#   mostly at the last few tokens, layer 0 favours the previous token (3.7 times the even share) and, past its
+#   first 16 tokens, spreads evenly over its window.
 # - Mistral rotates interleaved pairs $(x_{2i}, x_{2i+1})$ as complex numbers; Hugging Face rotates
 #   $(x_i, x_{i+64})$ ("rotate-half") and compensates by permuting the rows of `wq` and `wk` per head.
 #   Both give identical scores; the library's loader handles the permutation.
