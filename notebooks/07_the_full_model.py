@@ -239,7 +239,7 @@ def branch_outputs(block, x, angles, mask, positions, parallel=False):
 from minimistral.labs import references
 
 
-def _block_case(seed, n_heads, n_kv_heads, window, T, parallel):
+def _block_case(seed, n_heads, n_kv_heads, window, T, parallel, B=1):
     torch.manual_seed(seed)
     a = mm.ModelArgs.tiny(dim=64, head_dim=16, hidden_dim=96, n_heads=n_heads, n_kv_heads=n_kv_heads,
                           sliding_window=window)
@@ -250,12 +250,12 @@ def _block_case(seed, n_heads, n_kv_heads, window, T, parallel):
         for w in (b.attention.wq.weight, b.attention.wk.weight, b.attention.wv.weight, b.attention.wo.weight):
             w.mul_(4)  # a strong attention branch, so reading the wrong state of the stream shows
     pos = torch.arange(T)
-    return (b, torch.randn(1, T, a.dim), rope_angles(pos, a.head_dim), mm.attention_mask(pos, pos, window), pos, parallel)
+    return (b, torch.randn(B, T, a.dim), rope_angles(pos, a.head_dim), mm.attention_mask(pos, pos, window), pos, parallel)
 
 
 _cases = [_block_case(1, 4, 4, None, 7, False), _block_case(2, 4, 2, 3, 9, False), _block_case(3, 8, 2, 4, 12, False),
           _block_case(4, 4, 1, 1, 5, False), _block_case(5, 4, 4, None, 7, True), _block_case(6, 8, 2, 4, 12, True),
-          _block_case(7, 4, 1, 1, 5, True)]
+          _block_case(7, 4, 1, 1, 5, True), _block_case(8, 4, 2, 3, 9, False, B=2), _block_case(9, 4, 2, 3, 9, True, B=2)]
 with torch.no_grad():
     check_function("07.1 branch_outputs", branch_outputs, references.captured_branches, _cases,
                    labels=["sequential: 4 query heads, 4 K/V heads, no window, 7 tokens",
@@ -264,7 +264,9 @@ with torch.no_grad():
                            "sequential: 4 query heads sharing 1 K/V head, window 1, 5 tokens",
                            "parallel (GPT-J): 4 query heads, 4 K/V heads, no window, 7 tokens",
                            "parallel (GPT-J): 8 query / 2 K/V heads, window 4, 12 tokens",
-                           "parallel (GPT-J): 4 query heads sharing 1 K/V head, window 1, 5 tokens"],
+                           "parallel (GPT-J): 4 query heads sharing 1 K/V head, window 1, 5 tokens",
+                           "sequential, a batch of 2 sequences: 4 query / 2 K/V heads, window 3, 9 tokens",
+                           "parallel (GPT-J), a batch of 2 sequences: 4 query / 2 K/V heads, window 3, 9 tokens"],
                    forbid=["minimistral.model.TransformerBlock.forward", "minimistral.labs.references.ParallelBlock.forward",
                            "minimistral.labs.references.captured_branches"],
                    hint="return two tensors, each what its module returns (not the stream after adding it); for each "
@@ -674,7 +676,11 @@ for r in range(top.shape[0]):
     for c in range(top.shape[1]):
         axes[1].text(c, r, tok.id_to_piece(int(top[r, c])).replace("▁", "_"), ha="center", va="center", fontsize=9,
                      color="white" if p_next[r, c] > 0.6 else "black")
-axes[1].set_title("logit lens: top guess for the next token (text), p(real next token) (colour)", fontsize=10)
+for word, block in [("▁be", 1), ("▁said", 2), (":", 1), (":", 3)]:  # the cells the text below cites
+    c = colon if word == ":" else pieces.index(word) - 1  # column c predicts token c + 1
+    axes[1].add_patch(plt.Rectangle((c - 0.5, block + 0.5), 1, 1, fill=False, edgecolor="crimson", lw=2.5))
+axes[1].set_title("logit lens on a sentence seen in training: top guess for the next token (text), "
+                  "p(real next token) (colour); outlined: the cells cited below", fontsize=10)
 axes[1].set_xticks(range(len(ids)), [f"{a} → {b}" for a, b in zip(pieces[:-1], pieces[1:])] + [f"{pieces[-1]} → (end)"],
                    rotation=35, ha="right", fontsize=9)
 axes[0].set_xticks(range(len(ids)), pieces, fontsize=9)

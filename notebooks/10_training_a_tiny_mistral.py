@@ -430,7 +430,7 @@ plt.axhline(math.log(tok.vocab_size), color="gray", ls="--", lw=1, label="unifor
 plt.xlabel("step")
 plt.ylabel("loss (nats per token)")
 plt.title("60 steps of a 1.4M-parameter Mistral")
-plt.legend()
+plt.legend(loc="center right")  # below the ln V line, above the loss curve's tail
 plt.tight_layout()
 plt.show()
 
@@ -442,8 +442,9 @@ print("the loss fell")
 # ## 9 · The shipped model
 #
 # The model in `data/tiny_mistral` has the same recipe at a larger size (4 layers, width 256, 8 query
-# heads sharing 2 key/value heads, a window of 128 inside a context of 256, about 5 million parameters),
-# trained for 1,500 steps of 8 × 256 tokens, about three passes over the training chapters. The exact
+# heads sharing 2 key/value heads, a window of 128, about 5 million parameters),
+# trained for 1,500 steps of 8 sequences of 256 tokens (its `max_seq_len` of 1,024 is only the
+# longest input it accepts), about three passes over the training chapters. The exact
 # command, time and hardware are in `data/README.md` and in `data/tiny_mistral/training_log.json`.
 # It loads like the real 7B, through `mm.load_checkpoint` (Hugging Face layout).
 
@@ -698,7 +699,9 @@ from minimistral.labs import references
 
 g = torch.Generator().manual_seed(0)
 _ = check_function("10.3 trigram_ppl", my_trigram_ppl, references.trigram_add_one_ppl,
-               cases=[case(torch.tensor([0, 1, 0, 1]), torch.tensor([0, 1, 0]), 2, label="a short training text",
+               cases=[case(torch.tensor([0, 1, 0, 1, 0]), torch.tensor([0, 1, 0]), 2, label="a short training text"),
+                      case(torch.tensor([0, 1, 2, 0, 1]), torch.tensor([0, 1, 2]), 3,
+                           label="a training text that ends with the held-out triple's first two tokens",
                            hint="which pairs may count as a context, given that the last pair of the training text "
                                 "has nothing after it?"),
                       case(torch.tensor([0, 1, 2, 0, 1, 2, 0]), torch.tensor([1, 2, 0, 2, 1]), 3,
@@ -783,8 +786,8 @@ _ = check_function("10.4 ppl_needed", ppl_needed, references.ppl_needed,
                                     "a character?"),
                           case(0.25, 3.0, label="0.25 bits per character, 3 characters per token"),
                           case(1.35, 2.5, label="1.35 bits per character, 2.5 characters per token")],
-                   hint="follow the units from bits per character to bits per token, then ask what perplexity is "
-                        "in terms of a loss, and in which base that loss is measured",
+                   hint="what is a perplexity in terms of a loss per token, and what loss per token does this "
+                        "model have?",
                    forbid=["minimistral.labs.references.ppl_needed"], atol=1e-9, rtol=1e-9)
 
 # %%
