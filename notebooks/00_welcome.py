@@ -104,11 +104,8 @@ plt.show()
 #   wrote. The name comes from this picture: a stream that every block taps and feeds.
 # - Attention is the only place where tokens exchange information. Queries and keys get their positions
 #   by rotation (RoPE, 03: on q and k only, never on v); 32 query heads share 8 key/value heads (GQA, 04);
-#   the mask lets a token see itself and at most the 4,095 tokens before it (the sliding window, 05).
-#   The paper's "between $i - W$ and $i$" reads as $W + 1$ positions, and so does the prompt mask of the
-#   one-file reference released with v0.1 (`torch.triu(mask, diagonal=-sliding_window)`); its rolling cache
-#   of $W$ slots, and mistral-inference's later code, give $W$, the token itself included. This course uses
-#   $W$ (notebook 05 pins it).
+#   the mask lets a token see itself and at most the 4,095 tokens before it (the sliding window, 05: $W$
+#   keys, the token itself included; notebook 05 also settles an off-by-one between the paper and the code).
 # - The MLP (SwiGLU, 06) works on each token separately and holds most of the parameters.
 # - After the last block a final RMSNorm and the output head turn the stream into one score per
 #   vocabulary entry: the logits for the next token (07), which generation samples from (09).
@@ -259,9 +256,10 @@ for dtype in ["float32", "bfloat16", "int8", "int4"]:
     print(f"{dtype:<9} {b:>16,} bytes = {b / 1e9:6.2f} GB = {b / GiB:6.2f} GiB")
 
 # %% [markdown]
-# So running the 7B in bf16 takes a GPU with 16 GB or more, and 16 GB is the bare minimum: it is 14.9 GiB, so
-# after the 13.5 GiB of weights only about 1.4 GiB is left for the activations, the cache and the CUDA context,
-# enough for short contexts only.
+# So running the 7B in bf16 takes a GPU with 16 GB or more, and 16 GB is the bare minimum. A card sold as
+# "16 GB" has 16 GiB (its memory chips come in powers of two), so after the 13.5 GiB of weights about 2.5 GiB
+# is left for the activations, the cache and the CUDA context (itself a few hundred MiB): enough for short
+# contexts only.
 #
 # ### The key-value cache
 # While generating, every layer keeps the keys and values of past tokens so it does not recompute
@@ -358,7 +356,7 @@ plt.show()
 # One detail makes this fast. `nn.Embedding` fills its table with random numbers (`normal_`) when it is
 # created, and on the meta device PyTorch routes that fill through Python reference code whose first call
 # imports its compiler, `torch._dynamo`: in a fresh process, `nn.Embedding(32000, 4096)` under
-# `torch.device("meta")` took 8 s on one of our machines and 15 s on another, to produce nothing
+# `torch.device("meta")` took 8 s on one of our machines and 15 s on another (torch 2.13), to produce nothing
 # (`nn.Linear(4096, 4096)` took 0.002 s and imported nothing: its fill is cheap on meta). So
 # `Transformer.__init__` in `model.py` builds the embedding from an empty table
 # (`nn.Embedding.from_pretrained(torch.empty(...))`), which draws nothing; on a real device it then sets
@@ -559,7 +557,7 @@ def max_batch(params: dict, gpu_bytes: int, seq_len: int, bytes_per_number: int)
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex00_2_max_batch-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-from minimistral.labs.references import max_batch_by_search
+from minimistral.labs.references import max_batch_by_search, max_batch_diagnosis
 
 
 def config(dim, n_layers, head_dim, hidden_dim, n_heads, n_kv_heads, vocab_size, sliding_window):
@@ -604,6 +602,7 @@ _ = check_function("00.2 max_batch", max_batch, max_batch_by_search, cases=[
                "1 GiB, 4 bytes", hint=KEPT + "?"),
 ], forbid=LIBRARY_COUNTING + ["minimistral.config.ModelArgs.kv_bytes_per_token",
                               "minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.cache_slots"],
+   diagnose=max_batch_diagnosis,  # on a wrong value: which common slip it matches, in words
    hint="max_batch returns an int: the number of whole sequences, 0 when not one fits")
 
 # %% [markdown]

@@ -462,9 +462,14 @@ plt.show()
 #
 # ### What a four times larger vocabulary buys
 #
-# Mistral's later models, from Mistral NeMo (July 2024) on, dropped this tokenizer for **Tekken**, a byte-level
-# BPE in the style of OpenAI's tiktoken with 131,072 entries. `mistral-common` ships its file, so we can put the
-# same five messages through it, without a network:
+# Mistral's later tokenizers come in two kinds, as `mistral-common`'s own table of models
+# (`MODEL_NAME_TO_TOKENIZER_CLS`) shows. The sentencepiece files v2, v3 and v7 (Mixtral 8x22B, Codestral, Mistral
+# Large 2407 and 2411, among others) are this v1 with 768 slots inserted at ids 3 to 770 for control tokens such as
+# `[INST]` and `[TOOL_CALLS]`: every other piece keeps its text and score and moves up by 768, so a text splits
+# into the same pieces as here. The newer small and mid-size models, from Mistral NeMo (July 2024) on (NeMo,
+# Pixtral 12B, Mistral Small 2409, Ministral 8B), use **Tekken**, a byte-level BPE in the style of OpenAI's
+# tiktoken with 131,072 entries (the first 1,000 reserved for special tokens, so 130,072 bytes and learned
+# merges). `mistral-common` ships its file, so we can put the same five messages through it, without a network:
 
 # %%
 import mistral_common
@@ -486,8 +491,10 @@ for name, text in samples.items():
 # %% [markdown]
 # ## Training a small tokenizer with Mistral's options
 #
-# The real tokenizer was trained by sentencepiece on a large corpus. Its model file records the options;
-# these are the ones that shape what you saw above:
+# The real tokenizer was trained by sentencepiece on a large corpus. Its model file records the options (its
+# `trainer_spec` and `normalizer_spec`, protobuf messages: printing them takes the `protobuf` package, which
+# this course does not install, so the values below are copied from the file, not printed here); these are the
+# ones that shape what you saw above:
 #
 # | option | value | effect |
 # |---|---|---|
@@ -771,8 +778,9 @@ _ = check_function(
 # - The same two sentences cost 22 tokens in English, 1.5 to 2.05 times as many in the other languages
 #   (38 in Chinese: 1.7x); per character the comparison misleads. Digits are one token each and an emoji
 #   outside the vocabulary one per UTF-8 byte (🦙 four, ☕ three).
-# - Mistral's later tokenizer, Tekken (131,072 entries), spends 9 % fewer tokens on the English message and
-#   13 % to 27 % fewer on the four others.
+# - Mistral's later sentencepiece files (v2, v3, v7) are this one plus 768 control slots. Tekken, the tokenizer
+#   of its newer small and mid-size models (131,072 entries, 1,000 of them reserved special tokens), spends 9 %
+#   fewer tokens on the English message and 13 % to 27 % fewer on the four others.
 # - The running example, `"And God said, Let there be light: and there was light."`, is 14 pieces in both
 #   Mistral's tokenizer and the tiny model's 4,096-piece one (3,837 of them learned).
 # - A tokenizer trained with the same options on a few paragraphs learns the same kind of pieces, only

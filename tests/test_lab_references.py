@@ -152,6 +152,37 @@ def test_max_batch_is_the_largest_batch_whose_bill_transformers_counts_fits(para
     assert references.max_batch_by_search(params, bill(b + 1), seq_len, bytes_per_number) == b + 1  # the edge
 
 
+
+MISTRAL_PARAMS = dict(dim=4096, n_layers=32, head_dim=128, hidden_dim=14336, n_heads=32, n_kv_heads=8,
+                      vocab_size=32000, sliding_window=4096)
+
+
+@pytest.mark.parametrize("slip,args,phrase", [
+    # (a wrong answer computed here by hand, the case it is judged on, what the diagnosis must name)
+    ("query heads cached", (MISTRAL_PARAMS, 80 * 2**30, 32768, 2), "query heads"),
+    ("keys only", (MISTRAL_PARAMS, 80 * 2**30, 32768, 2), "keys alone"),
+    ("no window", (MISTRAL_PARAMS, 80 * 2**30, 32768, 2), "every token"),
+    ("rounded", (dict(dim=896, n_layers=24, head_dim=64, hidden_dim=4864, n_heads=14, n_kv_heads=2, vocab_size=151936,
+                      sliding_window=None), 2 * 2**30, 4096, 2), "rounded"),
+    ("no clamp", (MISTRAL_PARAMS, 24 * 2**30, 4096, 4), "negative batch"),
+    ("strict <", (MISTRAL_PARAMS, 17_167_818_752, 32768, 2), "exactly one sequence too few"),
+])
+def test_max_batch_diagnosis_names_the_slip(slip, args, phrase):
+    params, gpu, seq, nbytes = args
+    d, L, h, F, V, H, K, W = (params[k] for k in ("dim", "n_layers", "head_dim", "hidden_dim", "vocab_size",
+                                                  "n_heads", "n_kv_heads", "sliding_window"))
+    weights = (L * (2 * d * H * h + 2 * d * K * h + 3 * d * F + 2 * d) + 2 * V * d + d) * nbytes
+    kept = seq if W is None or slip == "no window" else min(seq, W)
+    per_seq = kept * (1 if slip == "keys only" else 2) * L * (H if slip == "query heads cached" else K) * h * nbytes
+    left = gpu - weights - (1 if slip == "strict <" else 0)
+    wrong = {"rounded": round(left / per_seq), "no clamp": left // per_seq}.get(slip, max(0, left // per_seq))
+    right = references.max_batch_by_search(*args)
+    assert wrong != right
+    said = references.max_batch_diagnosis(wrong, right, *args)
+    assert said is not None and phrase in said, said
+    assert str(right) not in said.split()  # it names the slip, never the answer
+    assert references.max_batch_diagnosis(right, right, *args) is None
+
 def _hf_on_meta(cls, **config):
     import transformers as tf
     cfg = getattr(tf, cls.replace("ForCausalLM", "Config"))(**config)

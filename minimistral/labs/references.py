@@ -250,6 +250,51 @@ def max_batch_by_search(params: dict, gpu_bytes: int, seq_len: int, bytes_per_nu
     return lo
 
 
+
+def max_batch_diagnosis(got, want, params: dict, gpu_bytes: int, seq_len: int, bytes_per_number: int):
+    """00.2: which common slip a wrong batch size matches, in words (never the answer), or None. It recomputes
+    the batch with one slip at a time (a bill built by hand, independent of max_batch_by_search) and names
+    every slip whose batch equals the answer and differs from the right one; failing that, an answer exactly
+    one sequence off is called that."""
+    d, L, h, F, V = (params[k] for k in ("dim", "n_layers", "head_dim", "hidden_dim", "vocab_size"))
+    H, K, W = params["n_heads"], params["n_kv_heads"], params["sliding_window"]
+
+    def batch(width=h, kv=K, both=2, cached_bytes=None, kept=None, norms=True, tables=2, rounding="floor",
+              clamp=True):
+        per_layer = 2 * d * H * h + 2 * d * K * h + 3 * d * F + (2 * d if norms else 0)
+        weights = (L * per_layer + tables * V * d + (d if norms else 0)) * bytes_per_number
+        if kept is None:
+            kept = seq_len if W is None else min(seq_len, W)
+        per_sequence = kept * both * L * kv * width * (cached_bytes or bytes_per_number)
+        left = gpu_bytes - weights
+        n = {"floor": left // per_sequence, "round": round(left / per_sequence),
+             "ceil": -(-left // per_sequence)}[rounding]
+        return max(0, n) if clamp else n
+
+    slips = [(batch(clamp=False), "a negative batch, never clamped (when the weights alone do not fit, no sequence "
+                                  "does)"),
+             (batch(rounding="round"), "the batch rounded to the nearest whole sequence (a part of one serves no "
+                                       "one)"),
+             (batch(rounding="ceil"), "the batch rounded up (a part of a sequence serves no one)"),
+             (batch(kv=H), "a cache sized by the query heads, n_heads (only the K/V heads are cached)"),
+             (batch(both=1), "a cache of the keys alone (the values are cached too)"),
+             (batch(width=d // H), "a cache whose head width is dim // n_heads (use head_dim)"),
+             (batch(cached_bytes=2), "a cache stored in 2 bytes a number, whatever bytes_per_number says"),
+             (batch(kept=seq_len), "a cache that keeps every token of the sequence (a rolling buffer keeps at most "
+                                   "the window)"),
+             (batch(kept=seq_len if W is None else W), "a cache that always holds a full window, even for a "
+                                                       "sequence shorter than it"),
+             (batch(tables=1), "one vocabulary table (Mistral's output head is separate from the embedding table)"),
+             (batch(norms=False), "weights without the norms (two per layer, one final)")]
+    matched = [said for b, said in slips if b == got and b != want]
+    if matched:
+        return "it matches " + ", or ".join(matched)
+    if isinstance(got, int) and abs(got - want) == 1:
+        return (f"yours is exactly one sequence {'too many' if got > want else 'too few'}: how is a part of a "
+                "sequence rounded, does a bill exactly equal to the budget fit, and is every byte in the bill?")
+    return None
+
+
 def slot_positions(positions: torch.Tensor, window: int) -> torch.Tensor:
     """12.3: positions (B,) long, the position of each sequence's new token -> (B, window) long: the absolute
     position each slot of a rolling buffer of `window` slots holds once that token is written (the token at p goes
