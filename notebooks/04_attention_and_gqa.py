@@ -488,7 +488,8 @@ print("floor(h / 4):                                   ", [h // 4 for h in range
 # kernels during one call, on the torch you have. On torch 2.13 (the stored output) a CPU runs a single fused
 # kernel, `_scaled_dot_product_flash_attention_for_cpu`, and copies nothing. On torch 2.6, which the course also
 # allows, the same cell logs 30 operator calls on a CPU: the plain math path, two matmuls (`bmm`) and a softmax,
-# after an `expand` and a `clone` of K and of V, which is the copy, made inside. The cache stores only the 8
+# after an `expand` and a `clone` of K and of V, which is the copy, made inside (`tests/test_sdpa_gqa_ops.py`
+# checks both, on each of the two torch versions the course's CI runs). The cache stores only the 8
 # heads either way, and exercise 04.4 groups the query heads instead of copying.
 
 # %%
@@ -604,9 +605,12 @@ with torch.no_grad():
         per_token = variant.args.kv_bytes_per_token("float32")
         print(f"{name:<44}{n_kv:>10}{per_token:>11,} B{loss:>7.3f}"
               f"{(logits - base_logits).abs().max().item():>15.3f}")
+        if name.startswith("MHA: each"):
+            copied_equal = torch.equal(logits, base_logits)
+print("copied next to themselves, bit for bit the trained logits (torch.equal):", copied_equal)
 
 # %% [markdown]
-# Copied next to themselves, 8 K/V heads give the trained model's logits exactly (a difference of 0.000) for
+# Copied next to themselves, 8 K/V heads give the trained model's logits exactly (`torch.equal` is `True`) for
 # 4 times the cache: a GQA model is a multi-head model whose groups share their keys and values. The tiling
 # order raises the loss from 2.854 to 3.312 with every weight in place: the `repeat` bug of section 4, measured.
 # One K/V head for all raises it to between 3.425 and 3.590 without retraining. The GQA paper found mean-pooling
@@ -914,8 +918,8 @@ _ = check_function("04.5 induction_scores", induction_scores, induction_by_loop,
 # - Heads are slices of one projection: `view(B, T, H, D).transpose(1, 2)` to split, the reverse and a
 #   reshape to merge, then $W_o$ mixes them.
 # - Mistral 7B: 32 query heads, 8 K/V heads of the full head_dim 128; $W_k$, $W_v$ are $4096 \times 1024$;
-#   query head $h$ reads K/V head $\lfloor h/4 \rfloor$ (`repeat_interleave`, not `repeat`, or no copy at all:
-#   group the query heads and broadcast, 04.4). On the trained tiny model, 8 K/V heads copied from its 2 give
+#   query head $h$ reads K/V head $\lfloor h/4 \rfloor$ (`repeat_interleave`, not `repeat`, or no copy at all,
+#   04.4). On the trained tiny model, 8 K/V heads copied from its 2 give
 #   the same logits; pooled to 1 without retraining, the loss rises from 2.854 to 3.590.
 # - The trained tiny model's heads have jobs: previous token, a repeated word sent back to its first
 #   occurrence (in one sentence), a sink on the first token. No induction head: on random tokens repeated, the

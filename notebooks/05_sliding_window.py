@@ -259,14 +259,15 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# ### Mistral 7B: 131,072 or 131,040?
+# ### Mistral 7B: about 131K, exactly 131,040
 #
 # The Mistral 7B paper says each layer's position $i$ attends to positions "between $i - W$ and $i$" of
 # the layer below, that recursively information can travel up to $W \times k$ tokens after $k$ layers, and
-# that with $W = 4096$ the last layer has "a theoretical attention span of approximately 131K tokens". That
-# figure is $W \times n_\text{layers} = 4096 \times 32 = 131{,}072$: it counts a hop as $W$ positions,
-# which matches the inclusive reading (W + 1 keys). With exactly W keys, as the reference code's rolling
-# cache implements, a hop spans at most $W - 1$ positions:
+# that with $W = 4096$ the last layer has "a theoretical attention span of approximately 131K tokens". The
+# paper rounds, and both counts below are "approximately 131K". Its $W \times k$ is
+# $4096 \times 32 = 131{,}072$, a hop of $W$ positions, which is consistent with the inclusive reading
+# (W + 1 keys). With exactly W keys, as the reference code's rolling cache implements, a hop spans at most
+# $W - 1$ positions, and the exact bound is 131,040:
 
 # %%
 a = mm.ModelArgs.mistral_7b()
@@ -528,7 +529,8 @@ _ = check_function("05.1 attention_mask", my_attention_mask, mask_by_rule, cases
 # **05.2 A kernel's window for a chunk against a cache.** FlashAttention's `flash_attn_func(q, k, v,
 # causal=False, window_size=(left, right))` knows nothing of positions: it numbers queries and keys by their
 # **rows** in `q` and `k`. When there are fewer query rows than key rows it aligns them at the **bottom
-# right**: with `n_q` query rows and `n_k` key rows, query row $a$ stands where key row $a + n_k - n_q$ is, and
+# right** (flash-attn's README: the causal mask since version 2.1, and `window_size`, added in 2.3, the same
+# way): with `n_q` query rows and `n_k` key rows, query row $a$ stands where key row $a + n_k - n_q$ is, and
 # it attends key row $b$ when
 #
 # $$a + n_k - n_q - \text{left} \;\le\; b \;\le\; a + n_k - n_q + \text{right},$$

@@ -77,7 +77,7 @@ def plot_receptive_field(window: Optional[int], n_layers: int, seq_len: Optional
             ax.text(q - reach - 0.5, layer, f" {reach:,} back" if inside else f"{reach:,} back ",
                     ha="left" if inside else "right", va="center", fontsize=7, color="white" if inside else "black")
     ax.plot([q], [-0.9], marker="v", color="darkorange", ms=8)
-    ax.text(q, -0.9, f"token {q:,} ", ha="right", va="center", fontsize=8)
+    ax.text(q - 0.015 * seq_len, -0.9, f"token {q:,}", ha="right", va="center", fontsize=8)  # clear of the marker
     ax.set_xlim(-0.03 * seq_len - 0.5, seq_len - 0.5 + 0.01 * seq_len)
     ax.set_ylim(n_layers + 0.6, -1.5)
     ax.set_ylabel("after layer")
