@@ -257,9 +257,11 @@ for dtype in ["float32", "bfloat16", "int8", "int4"]:
 
 # %% [markdown]
 # So running the 7B in bf16 takes a GPU with 16 GB or more, and 16 GB is the bare minimum. A card sold as
-# "16 GB" has 16 GiB (its memory chips come in powers of two), so after the 13.5 GiB of weights about 2.5 GiB
-# is left for the activations, the cache and the CUDA context (itself a few hundred MiB): enough for short
-# contexts only.
+# "16 GB" has 16 GiB of memory chips, but less of it is yours. The commonest one, the T4 of free Colab, keeps
+# 1/16 of it for error-correction bits (ECC), and the driver and CUDA context take a few hundred MiB more, so the
+# library's memory planner (`minimistral.planner.DEVICE_CLASSES`, notebook 11) counts 14.5 GiB usable there.
+# After the 13.5 GiB of weights about 1 GiB is left for the activations and the cache, and the T4 has no
+# native bf16 either: on it the planner picks int8 weights and fp16 arithmetic instead (notebook 11).
 #
 # ### The key-value cache
 # While generating, every layer keeps the keys and values of past tokens so it does not recompute
@@ -456,25 +458,8 @@ def variant_params(args: mm.ModelArgs, qkv_bias: bool, tied: bool, mlp: str) -> 
 
 
 # %% nbgrader={"grade": true, "grade_id": "ex00_1_variant_params-check", "locked": true, "points": 1, "schema_version": 3, "solution": false, "task": false}
-from torch import nn
-
 from minimistral.labs.checks import case, check_function
-
-
-def built_and_counted(args, qkv_bias, tied, mlp="swiglu"):  # the reference: build the variant on meta, count it
-    with torch.device("meta"):
-        model = mm.Transformer(args)
-        for layer in model.layers if mlp == "gelu" else []:  # GPT-2's MLP: up, GELU, down, both with a bias
-            layer.feed_forward = nn.Sequential(nn.Linear(args.dim, args.hidden_dim, bias=True), nn.GELU(),
-                                               nn.Linear(args.hidden_dim, args.dim, bias=True))
-        for layer in model.layers if qkv_bias else []:
-            for name in ("wq", "wk", "wv"):
-                old = getattr(layer.attention, name)
-                setattr(layer.attention, name, nn.Linear(old.in_features, old.out_features, bias=True))
-        if tied:
-            model.output.weight = model.tok_embeddings.weight
-    return sum(p.numel() for p in model.parameters())  # parameters() yields a shared tensor once
-
+from minimistral.labs.references import built_and_counted  # the variant built on the meta device and counted
 
 qwen_shapes = mm.ModelArgs(dim=896, n_layers=24, head_dim=64, hidden_dim=4864, n_heads=14, n_kv_heads=2,
                            vocab_size=151936)
@@ -500,15 +485,16 @@ _ = check_function("00.1 variant_params", variant_params, built_and_counted, cas
     case(mm.ModelArgs.mistral_7b(), False, False, "gelu", label="Mistral 7B with a plain GELU MLP",
          hint="how many matrices does the plain MLP have, and how many numbers does each of its two biases hold?"),
     case(gpt2_shapes, True, True, "gelu",
-         label="GPT-2 small's shapes (dim 768, 12 heads of 64, MLP 3,072; its LayerNorms and position table aside), "
-               "plain MLP, biases, tied",
-         hint="here hidden_dim is four times dim: which size sets the bias of the matrix going up, and which the "
-              "bias of the matrix coming down?"),
+         label="GPT-2 small's shapes (dim 768, 12 heads of 64, MLP 3,072; its LayerNorms, position table and wo "
+               "bias aside), plain MLP, biases, tied",
+         hint="here hidden_dim is four times dim: how many numbers do the two biases of the plain MLP hold "
+              "together?"),
     case(mm.ModelArgs.tiny(n_kv_heads=1, n_layers=2), False, True, "gelu", label="multi-query tiny model, plain MLP, tied",
          hint="the plain MLP replaces all three SwiGLU matrices: what is left of w1, w2, w3?"),
 ], forbid=LIBRARY_COUNTING + ["minimistral.attention.Attention.__init__", "minimistral.mlp.FeedForward.__init__"],
    hint="how many numbers does a bias add to a matrix, and which size of that matrix sets it? "
-        "And how many tables does a tied model store? How many matrices, and biases, has the plain MLP?")
+        "And how many tables does a tied model store? How many matrices, and biases, has the plain MLP?",
+   plain_int=True)
 
 # %% [markdown]
 # What the three details cost or save at Mistral's size, counted by building the variants:
@@ -602,7 +588,8 @@ _ = check_function("00.2 max_batch", max_batch, max_batch_by_search, cases=[
                "1 GiB, 4 bytes", hint=KEPT + "?"),
 ], forbid=LIBRARY_COUNTING + ["minimistral.config.ModelArgs.kv_bytes_per_token",
                               "minimistral.config.ModelArgs.kv_cache_bytes", "minimistral.config.ModelArgs.cache_slots"],
-   diagnose=max_batch_diagnosis,  # on a wrong value: which common slip it matches, in words
+   # on a wrong value: which common slip yours matches, in words (checked on yours at budgets off the edge too)
+   diagnose=lambda got, want, *case_args: max_batch_diagnosis(got, want, *case_args, answer=max_batch),
    hint="max_batch returns an int: the number of whole sequences, 0 when not one fits")
 
 # %% [markdown]

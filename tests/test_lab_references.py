@@ -183,6 +183,49 @@ def test_max_batch_diagnosis_names_the_slip(slip, args, phrase):
     assert str(right) not in said.split()  # it names the slip, never the answer
     assert references.max_batch_diagnosis(right, right, *args) is None
 
+def _slipped_max_batch(slip):
+    """A student's max_batch with one slip, written here by hand: 'window - 1' keeps one token too few,
+    'rounded' rounds to the nearest sequence, 'wq d*d' sizes wq and wo by dim."""
+    def max_batch(params, gpu, seq, nbytes):
+        d, L, h, F, V, H, K, W = (params[k] for k in ("dim", "n_layers", "head_dim", "hidden_dim", "vocab_size",
+                                                      "n_heads", "n_kv_heads", "sliding_window"))
+        q = d * d if slip == "wq d*d" else d * H * h
+        weights = (L * (2 * q + 2 * d * K * h + 3 * d * F + 2 * d) + 2 * V * d + d) * nbytes
+        kept = seq if W is None else min(seq, W - 1 if slip == "window - 1" else W)
+        per_seq = kept * 2 * L * K * h * nbytes
+        return max(0, round((gpu - weights) / per_seq) if slip == "rounded" else (gpu - weights) // per_seq)
+    return max_batch
+
+
+@pytest.mark.parametrize("slip,args,named", [
+    # edge budgets, where several slips give the same batch: only a slip the answer shows off the edge is named
+    ("window - 1", (MISTRAL_PARAMS, 17_167_818_751, 32768, 2), None),
+    ("wq d*d", (dict(dim=1024, n_layers=6, head_dim=96, hidden_dim=2816, n_heads=16, n_kv_heads=4, vocab_size=8000,
+                     sliding_window=None), 4 * 2**30, 3000, 2), None),
+    ("rounded", (MISTRAL_PARAMS, 17_167_818_751, 32768, 2), "rounded to the nearest"),
+])
+def test_max_batch_diagnosis_names_no_slip_the_answer_does_not_show(slip, args, named):
+    answer = _slipped_max_batch(slip)
+    got, right = answer(*args), references.max_batch_by_search(*args)
+    assert got == right + 1
+    said = references.max_batch_diagnosis(got, right, *args, answer=answer)
+    assert said is not None and "?" not in said
+    if named is None:  # no slip confirmed: the one-sequence sentence alone
+        assert said.startswith("yours is exactly one sequence too many"), said
+    else:
+        assert said.startswith("it matches ") and named in said and ", or " not in said, said  # that slip alone
+    assert references.max_batch_diagnosis(right, right, *args, answer=_slipped_max_batch(None)) is None
+
+
+def test_built_and_counted_matches_transformers_qwen2():
+    """00.1's reference, against transformers' Qwen2 (biases on q, k, v; tied head) built on meta."""
+    shape = dict(dim=896, n_layers=24, head_dim=64, hidden_dim=4864, n_heads=14, n_kv_heads=2, vocab_size=151936)
+    hf = _hf_on_meta("Qwen2ForCausalLM", hidden_size=896, num_hidden_layers=24, intermediate_size=4864,
+                     num_attention_heads=14, num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True)
+    from minimistral.config import ModelArgs
+    assert references.built_and_counted(ModelArgs(**shape), True, True) == sum(p.numel() for p in hf.parameters())
+
+
 def _hf_on_meta(cls, **config):
     import transformers as tf
     cfg = getattr(tf, cls.replace("ForCausalLM", "Config"))(**config)

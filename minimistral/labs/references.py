@@ -226,6 +226,28 @@ def smallest_window_by_scan(model, ids, candidates, tolerance) -> int:
     return next(w for w in sorted(candidates) if window_loss(model, ids, w) <= limit)
 
 
+def built_and_counted(args, qkv_bias: bool, tied: bool, mlp: str = "swiglu") -> int:
+    """00.1: the parameters of the model `args` describes, with a bias on wq, wk and wv (qkv_bias), the output
+    head tied to the embedding table (tied), and GPT-2's plain MLP (mlp="gelu": up to hidden_dim, GELU, down,
+    both with a bias) in place of SwiGLU: the library's Transformer built on the meta device, its layers swapped
+    for torch.nn ones, and counted (parameters() yields a shared tensor once)."""
+    from torch import nn
+
+    from ..model import Transformer
+    with torch.device("meta"):
+        model = Transformer(args)
+        for layer in model.layers if mlp == "gelu" else []:
+            layer.feed_forward = nn.Sequential(nn.Linear(args.dim, args.hidden_dim, bias=True), nn.GELU(),
+                                               nn.Linear(args.hidden_dim, args.dim, bias=True))
+        for layer in model.layers if qkv_bias else []:
+            for name in ("wq", "wk", "wv"):
+                old = getattr(layer.attention, name)
+                setattr(layer.attention, name, nn.Linear(old.in_features, old.out_features, bias=True))
+        if tied:
+            model.output.weight = model.tok_embeddings.weight
+    return sum(p.numel() for p in model.parameters())
+
+
 def max_batch_by_search(params: dict, gpu_bytes: int, seq_len: int, bytes_per_number: int) -> int:
     """00.2: the largest batch of seq_len-token sequences whose weights and rolling KV cache (every number in
     bytes_per_number bytes) fit in gpu_bytes, 0 when not even one does. The bill of a batch comes from the
@@ -251,47 +273,71 @@ def max_batch_by_search(params: dict, gpu_bytes: int, seq_len: int, bytes_per_nu
 
 
 
-def max_batch_diagnosis(got, want, params: dict, gpu_bytes: int, seq_len: int, bytes_per_number: int):
+def max_batch_diagnosis(got, want, params: dict, gpu_bytes: int, seq_len: int, bytes_per_number: int,
+                        answer=None):
     """00.2: which common slip a wrong batch size matches, in words (never the answer), or None. It recomputes
     the batch with one slip at a time (a bill built by hand, independent of max_batch_by_search) and names
-    every slip whose batch equals the answer and differs from the right one; failing that, an answer exactly
-    one sequence off is called that."""
+    every slip whose batch equals the answer and differs from the right one. answer: the function that gave
+    `got`; when given, a slip is named only if it also agrees with answer at 38 more budgets, off the edge (the
+    weights plus 7 or 8 sequences and 1/20 to 19/20 of one more), and differs there from the right batch at
+    least once: on an edge budget any small slip in the bill gives the same batch, so a slip shown only by the
+    edge is not named. A negative batch (the only unclamped slip) needs no such proof. Failing that, an answer
+    exactly one sequence off is called that."""
     d, L, h, F, V = (params[k] for k in ("dim", "n_layers", "head_dim", "hidden_dim", "vocab_size"))
     H, K, W = params["n_heads"], params["n_kv_heads"], params["sliding_window"]
 
-    def batch(width=h, kv=K, both=2, cached_bytes=None, kept=None, norms=True, tables=2, rounding="floor",
-              clamp=True):
+    def batch(budget=gpu_bytes, width=h, kv=K, both=2, cached_bytes=None, kept=None, norms=True, tables=2,
+              rounding="floor", clamp=True):
         per_layer = 2 * d * H * h + 2 * d * K * h + 3 * d * F + (2 * d if norms else 0)
         weights = (L * per_layer + tables * V * d + (d if norms else 0)) * bytes_per_number
         if kept is None:
             kept = seq_len if W is None else min(seq_len, W)
         per_sequence = kept * both * L * kv * width * (cached_bytes or bytes_per_number)
-        left = gpu_bytes - weights
+        left = budget - weights
         n = {"floor": left // per_sequence, "round": round(left / per_sequence),
              "ceil": -(-left // per_sequence)}[rounding]
         return max(0, n) if clamp else n
 
-    slips = [(batch(clamp=False), "a negative batch, never clamped (when the weights alone do not fit, no sequence "
-                                  "does)"),
-             (batch(rounding="round"), "the batch rounded to the nearest whole sequence (a part of one serves no "
-                                       "one)"),
-             (batch(rounding="ceil"), "the batch rounded up (a part of a sequence serves no one)"),
-             (batch(kv=H), "a cache sized by the query heads, n_heads (only the K/V heads are cached)"),
-             (batch(both=1), "a cache of the keys alone (the values are cached too)"),
-             (batch(width=d // H), "a cache whose head width is dim // n_heads (use head_dim)"),
-             (batch(cached_bytes=2), "a cache stored in 2 bytes a number, whatever bytes_per_number says"),
-             (batch(kept=seq_len), "a cache that keeps every token of the sequence (a rolling buffer keeps at most "
-                                   "the window)"),
-             (batch(kept=seq_len if W is None else W), "a cache that always holds a full window, even for a "
-                                                       "sequence shorter than it"),
-             (batch(tables=1), "one vocabulary table (Mistral's output head is separate from the embedding table)"),
-             (batch(norms=False), "weights without the norms (two per layer, one final)")]
-    matched = [said for b, said in slips if b == got and b != want]
+    slips = [(dict(clamp=False), "a negative batch, never clamped (when the weights alone do not fit, no sequence "
+                                 "does)"),
+             (dict(rounding="round"), "the batch rounded to the nearest whole sequence (a part of one serves no "
+                                      "one)"),
+             (dict(rounding="ceil"), "the batch rounded up (a part of a sequence serves no one)"),
+             (dict(kv=H), "a cache sized by the query heads, n_heads (only the K/V heads are cached)"),
+             (dict(both=1), "a cache of the keys alone (the values are cached too)"),
+             (dict(width=d // H), "a cache whose head width is dim // n_heads (use head_dim)"),
+             (dict(cached_bytes=2), "a cache stored in 2 bytes a number, whatever bytes_per_number says"),
+             (dict(kept=seq_len), "a cache that keeps every token of the sequence (a rolling buffer keeps at most "
+                                  "the window)"),
+             (dict(kept=seq_len if W is None else W), "a cache that always holds a full window, even for a "
+                                                      "sequence shorter than it"),
+             (dict(tables=1), "one vocabulary table (Mistral's output head is separate from the embedding table)"),
+             (dict(norms=False), "weights without the norms (two per layer, one final)")]
+    matched = [(slip, said) for slip, said in slips if batch(**slip) == got and batch(**slip) != want]
+    if answer is not None and any(slip != dict(clamp=False) for slip, _ in matched):
+        per_layer = 2 * d * H * h + 2 * d * K * h + 3 * d * F + 2 * d
+        weights = (L * per_layer + 2 * V * d + d) * bytes_per_number
+        sequence = (seq_len if W is None else min(seq_len, W)) * 2 * L * K * h * bytes_per_number
+        budgets = [weights + k * sequence + sequence * j // 20 for k in (7, 8) for j in range(1, 20)]
+        try:
+            theirs = [answer(dict(params), b, seq_len, bytes_per_number) for b in budgets]
+        except Exception:  # their function fails off this case: no slip can be confirmed
+            theirs = None
+        right = [batch(b) for b in budgets]
+
+        def confirmed(slip):
+            if slip == dict(clamp=False):
+                return True  # no other slip gives a negative batch
+            mine = [batch(b, **slip) for b in budgets]
+            return theirs is not None and mine == theirs and mine != right
+
+        matched = [(slip, said) for slip, said in matched if confirmed(slip)]
     if matched:
-        return "it matches " + ", or ".join(matched)
+        return "it matches " + ", or ".join(said for _, said in matched)
     if isinstance(got, int) and abs(got - want) == 1:
-        return (f"yours is exactly one sequence {'too many' if got > want else 'too few'}: how is a part of a "
-                "sequence rounded, does a bill exactly equal to the budget fit, and is every byte in the bill?")
+        return (f"yours is exactly one sequence {'too many' if got > want else 'too few'}: check how a part of a "
+                "sequence is rounded, whether a bill exactly equal to the budget fits, and that every byte is in "
+                "the bill")
     return None
 
 
