@@ -43,8 +43,11 @@ def quantize_q4_0(w: torch.Tensor) -> torch.Tensor:
     return torch.cat([d.to(torch.float16).view(torch.uint8), nibbles], dim=1)
 
 
-MATMUL_KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation",
-                  "aten::mv", "aten::addmv", "aten::dot", "aten::vdot")  # ATen's matrix-product kernels on a CPU
+# ATen's kernels that do a product's multiply-adds on a CPU, as torch.profiler names them (torch 2.13). Not counted:
+# the operations that only hand the work on: aten::linear, aten::matmul; aten::mv (calls aten::addmv_),
+# aten::addbmm (aten::addmm_ per batch), aten::vdot (aten::dot)
+MATMUL_KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten::baddbmm", "aten::baddbmm_",
+                  "aten::_addmm_activation", "aten::addmv", "aten::addmv_", "aten::dot")
 
 
 def matmul_share(averages) -> float:
