@@ -36,7 +36,7 @@ plt.show()
 #   their nearest neighbours (`said` sits next to `saying`, `And` next to `But`).
 # - What RMSNorm keeps and what it drops from LayerNorm (mean-centering and the bias), and why that is cheaper.
 # - How to build RMSNorm from scratch, check it against `minimistral` and `torch.nn.RMSNorm`, and adapt it to
-#   Gemma's convention (a gain stored minus one, applied before the rounding), bit for bit.
+#   Gemma's convention (a gain stored minus one, applied in float32), bit for bit.
 # - Why Mistral computes the norm in float32 even when the model runs in bfloat16, shown with numbers:
 #   fp16 overflows, and a bf16 accumulator silently stops adding; and what the trained tiny model's norms actually
 #   receive (one outlier dimension at the full stops, in every layer).
@@ -169,20 +169,37 @@ for piece in ["▁And", "▁said", "▁Let", "▁was", "▁there", "▁God"]:
     print(f"{piece:<8} trained: {trained}")
     print(f"{'':<8} random:  {rand}")
 
+
+def first_neighbour_cosines(table):  # every row's cosine with its nearest other row, (4096,)
+    unit_table = F.normalize(table, dim=-1)
+    sims = unit_table @ unit_table.T
+    sims.fill_diagonal_(-1.0)  # not the row itself
+    return sims.max(-1).values
+
+
+for name, table in [("trained", E), ("random", random_table)]:
+    q = first_neighbour_cosines(table).quantile(torch.tensor([0.1, 0.5, 0.9])).tolist()
+    print(f"{name} table, first-neighbour cosine over all {len(table):,} rows: "
+          f"10th / 50th / 90th percentile {q[0]:.2f} / {q[1]:.2f} / {q[2]:.2f}")
+
 # %% [markdown]
 # The trained neighbours are the same word in another form (`said`: `Saying`, `saying`, `say`), words with
 # the same job in a sentence (`And`: `But`, `So`, `Then`; `was`: `been`, `were`), or the same word
 # capitalised when it has the same job (`Let`: `let`; `there`: `There`). The job is what counts, not the spelling:
 # `▁And` opens a verse and sits with other openers (`But`, `So`, `Also`, `Moreover`, `Then`), while `▁and` joins
 # inside a sentence and sits with `but`, `nor`, `or` (printed below; the first one printed, `F`, is a rare piece,
-# 17 times in the whole Bible, 9 of them inside the capitals of `OF` in book titles and 8 at the start of a line,
+# 17 times in the whole Bible, 9 of them inside the capitals of `OF` in inscriptions written into verses (THE KING OF THE JEWS,
+# KING OF KINGS) and 8 at the start of a line,
 # so its row says little), which is why their cosine is only 0.07. The random table's neighbours are arbitrary
 # words, and their cosines are not near 0: they
 # measure 0.18 to 0.25, because the best of 4,095 random directions in 256 dimensions always lands a few
-# standard deviations ($1/\sqrt{256} = 0.06$) above 0 by chance. That is the level to beat. Most trained
-# neighbours beat it clearly (0.49 to 0.72 for the first neighbour of `▁And`, `▁said`, `▁Let`, `▁was`,
-# `▁there`); `▁God`'s (0.31 to 0.36) barely do: a word used in so many contexts has no close substitutes in a
-# small model. Nobody told the model any grammar: it learned these rows only from predicting the next token.
+# standard deviations ($1/\sqrt{256} = 0.06$) above 0 by chance; over all 4,096 rows of the random table the
+# first neighbour's cosine is 0.20 to 0.25 (10th to 90th percentile). That is what chance reaches. The trained
+# table's typical first neighbour sits well above it, at a median of 0.45 (10th to 90th percentile 0.25 to
+# 0.57), so that is the level a particular token's neighbours should be read against. `▁said`, `▁Let`, `▁was`
+# and `▁there` have closer first neighbours than most tokens (0.51 to 0.72), `▁And`'s (0.49) is ordinary for
+# this table, and `▁God`'s (0.31 to 0.36) are below the median: a word used in so many contexts has no close
+# substitutes in a small model. Nobody told the model any grammar: it learned these rows only from predicting the next token.
 
 # %%
 print("▁and     trained:", ", ".join(f"{p} {s:.2f}" for p, s in neighbours(E, "▁and")))
@@ -531,10 +548,10 @@ print("parameters in all norms:", sum(m.weight.numel() for _, m in norms), "=", 
 #   This half is the warm-up: the formula is on screen.
 # - `gemma=True`: Gemma's convention (Hugging Face's `GemmaRMSNorm`), which differs in two ways. What it
 #   stores: the checkpoint holds the gain **minus one**, so a fresh model stores zeros and weight decay pulls the
-#   gain toward 1 rather than toward 0. What it computes: the gain is part of the float32 result, not a
-#   correction in the model's dtype; its output is $\mathbf{x}/\mathrm{RMS}(\mathbf{x}) \odot \gamma$ to
-#   float32 accuracy, rounded to `x`'s dtype once. A stored weight near 0 stands for a gain near 1, so the upcast
-#   section above matters here too: work out where the 1 is added, in which dtype, and where the rounding goes.
+#   gain toward 1 rather than toward 0. What it computes: its gain is applied in float32, where Mistral's is
+#   applied in the model's dtype. Getting from the stored weight to that is yours to work out: where the 1 goes,
+#   in which dtype, and where the rounding back to `x`'s dtype comes. A stored weight near 0 stands for a gain
+#   near 1, so the upcast section above matters here too; the check compares with Hugging Face's `GemmaRMSNorm`.
 #
 # The check runs both conventions on several shapes and dtypes, compares the bf16 and fp16 cases bit for bit,
 # and does not allow the library's or PyTorch's own RMSNorm (`F.rms_norm`, `torch.rms_norm`, the `aten`
@@ -555,9 +572,14 @@ def my_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, gemma: bool =
 from minimistral.labs import references
 
 gen = torch.Generator().manual_seed(2)
-LOW_PRECISION_HINT = ("this case is compared bit for bit, like MyRMSNorm and the library above: in which dtype "
-                      "does each step of your formula run, what is 300 squared in fp16, and at which step does "
-                      "the reference code above change dtype?")
+BF16_HINT = ("this case is compared bit for bit, like MyRMSNorm and the library above: bf16 keeps 2 to 3 "
+             "significant digits, so every step done in bf16 rounds. In which dtype does each step of your formula "
+             "run, and at which step does the reference code above change dtype?")
+FP16_HINT = ("this case is compared bit for bit: what is 300 squared in fp16 (its largest value is 65,504), in which "
+             "dtype does your mean of squares run, and at which step does the reference code above change dtype?")
+GEMMA_FP16_HINT = ("Gemma, compared bit for bit: what is 300 squared in fp16 (its largest value is 65,504), in which "
+                   "dtype does your mean of squares run, and in which dtype is your gain formed and applied, before "
+                   "or after the one rounding back to x's dtype?")
 GEMMA_HINT = ("Gemma's weights here are a few hundredths, compared bit for bit: in which dtype is your gain "
               "formed (how finely does that dtype resolve numbers near 1?), and is it applied before or after "
               "the one rounding back to x's dtype?")
@@ -573,10 +595,10 @@ _ = check_function("02.1 rms_norm", my_rms_norm, references.rms_norm_conventions
          hint="here the mean square is about as small as eps, so exactly where eps enters changes the result: "
               "compare each step of yours with the formula above (what is eps added to?)"),
     case(torch.randn(2, 5, 64, generator=gen).bfloat16() * 50, torch.randn(64, generator=gen).bfloat16(), 1e-5,
-         label="bf16 in, bf16 out, bit for bit", atol=0, rtol=0, hint=LOW_PRECISION_HINT),
+         label="bf16 in, bf16 out, bit for bit", atol=0, rtol=0, hint=BF16_HINT),
     case(torch.randn(1, 4096, generator=gen).half() * 300, torch.randn(4096, generator=gen).half(), 1e-5,
          label="fp16 entries about 300 (their squares overflow fp16), bit for bit", atol=0, rtol=0,
-         hint=LOW_PRECISION_HINT),
+         hint=FP16_HINT),
     case(torch.randn(2, 8, generator=gen) * 0.1, torch.ones(8), 0.1,
          label="a large eps (0.1) on small rows: is eps the argument?",
          hint="eps is 0.1 here, not the usual 1e-5: does your function use the eps it is given?"),
@@ -588,7 +610,7 @@ _ = check_function("02.1 rms_norm", my_rms_norm, references.rms_norm_conventions
     case(torch.randn(2, 5, 64, generator=gen).bfloat16() * 50, (torch.randn(64, generator=gen) * 0.02).bfloat16(),
          1e-5, True, label="Gemma, bf16 in, bf16 out, bit for bit", atol=0, rtol=0, hint=GEMMA_HINT),
     case(torch.randn(1, 4096, generator=gen).half() * 300, (torch.randn(4096, generator=gen) * 0.02).half(), 1e-5,
-         True, label="Gemma, fp16 entries about 300, bit for bit", atol=0, rtol=0, hint=LOW_PRECISION_HINT),
+         True, label="Gemma, fp16 entries about 300, bit for bit", atol=0, rtol=0, hint=GEMMA_FP16_HINT),
     case(torch.randn(2, 8, generator=gen) * 0.1, torch.zeros(8), 0.1, True,
          label="Gemma, a large eps (0.1) on small rows",
          hint="eps is 0.1 here, not the usual 1e-5: does your function use the eps it is given?"),
@@ -658,6 +680,31 @@ _ = check_function("02.2 rms_norm_grad", rms_norm_grad, autograd_rms_norm_grad, 
         "mean of squares); then contract with grad_out.")
 
 # %% [markdown]
+# What part of the gradient is orthogonal to $\mathbf{x}$? Measure it on autograd's gradient (the check's
+# reference, not yours): rows at four scales, from the embedding's RMS to far beyond the stream's, each with a
+# random `grad_out`.
+
+# %%
+gx = torch.Generator().manual_seed(5)
+x = torch.randn(4, 4096, generator=gx) * torch.tensor([[0.05], [1.0], [5.0], [50.0]])  # RMS 0.05 to 50
+go = torch.randn(4, 4096, generator=gx)
+g = autograd_rms_norm_grad(x, go, 1e-5)
+cosine = lambda a, b: ((a * b).sum(-1) / (a.norm(dim=-1) * b.norm(dim=-1))).abs()
+print("row RMS:                         ", [f"{v:.2f}" for v in x.pow(2).mean(-1).sqrt().tolist()])
+print("|cosine(grad_out, x)|:           ", [f"{v:.4f}" for v in cosine(go, x).tolist()])
+print("|cosine(gradient wrt x, x)|:     ", [f"{v:.4f}" for v in cosine(g, x).tolist()])
+
+# %% [markdown]
+# At every scale the gradient has no component along $\mathbf{x}$ that four digits can show, while `grad_out`
+# itself has a small one by chance. That is RMSNorm's scale invariance: multiplying $\mathbf{x}$ by $c > 0$
+# leaves $\mathbf{y}$ unchanged (up to $\epsilon$), so the loss does not change along $\mathbf{x}$ (from your
+# formula, $\mathbf{x}\cdot\partial L/\partial\mathbf{x}$ comes out as $r\,(\mathbf{x}\cdot$`grad_out`$)$ times
+# $\epsilon/(\frac{1}{d}\sum_j x_j^2 + \epsilon)$). The gradient a norm sends back can turn its input but not
+# shrink or grow it: the norms put no brake on the scale of the stream they read, which in the trained model
+# above is about 80 times the embedding's after layer 0. This does not say what made the stream grow, only that
+# the norms' gradients do not resist it.
+
+# %% [markdown]
 # ## Exercise 02.3: the embedding's gradient, tied or not
 #
 # Training changes the table through its gradient. Given the token ids `ids` (shape `(B, T)`) and the
@@ -699,6 +746,9 @@ def autograd_embedding_grad(ids, grad_out, vocab_size, final_h=None, grad_logits
 g2 = torch.Generator().manual_seed(23)
 REPEAT_HINT = ("two positions read the same row here: work out by hand, from the one-hot product, what row 3's "
                "gradient must be for ids = [[3, 3]]")
+BATCH_HINT = ("a batch of 3 sequences: every position of every sequence looked up a row, not only the first "
+              "sequence's. Which (b, t) positions does your sum run over, and do ids and grad_out still line up "
+              "position by position after you reshape them?")
 TIED_HINT = ("the table is used twice here: take the lookup and the head one at a time. For the head, write a "
              "single logit as a dot product: which row of the table does it read, and at which positions?")
 _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_grad, cases=[
@@ -707,7 +757,7 @@ _ = check_function("02.3 embedding_grad", embedding_grad, autograd_embedding_gra
          label="the running example (two tokens repeat)", hint=REPEAT_HINT),
     case(torch.tensor([[1, 1, 1, 1]]), torch.ones(1, 4, 3), 4, label="one token four times", hint=REPEAT_HINT),
     case(torch.tensor([[3, 0], [0, 3], [9, 9]]), torch.randn(3, 2, 5, generator=g2), 12,
-         label="a batch of 3 sequences with repeats", hint=REPEAT_HINT),
+         label="a batch of 3 sequences with repeats", hint=BATCH_HINT),
     case(torch.tensor([[4, 2, 4]]), torch.randn(1, 3, 6, generator=g2, dtype=torch.float64), 7,
          label="float64 gradients"),
     case(torch.tensor([[5, 2, 7]]), torch.randn(1, 3, 4, generator=g2), 10, torch.randn(1, 3, 4, generator=g2),
