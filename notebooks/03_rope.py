@@ -326,22 +326,34 @@ plt.show()
 # ## What "long-term decay" means
 #
 # The RoPE paper (section 3.4.3) shows that RoPE has **long-term decay**, and this is easy to misread as
-# "scores fall with distance". What it proves is a *bound*. Write the score as a sum over the 64 pairs,
+# "scores fall with distance". What it proves is a *bound*: a ceiling on how large a score can be at a given
+# distance. The ceiling is a product of two factors, one set by the query and key, the other only by the
+# distance, and the paper plots the distance factor, its "relative upper bound". That factor falls over the
+# first hundred tokens or so, and then its peaks stop falling: tokens 1,000 apart are allowed about as large a
+# score as tokens 100 apart (the line printed under the next cell gives the values). "Long-term decay" is that
+# first fall of a ceiling, not a fall of the scores themselves.
+#
+# <details><summary>Where the bound comes from (click)</summary>
+#
+# Write the score as a sum over the 64 pairs,
 # $\mathrm{Re}\sum_{i=0}^{d/2-1} h_i\, e^{\mathrm{i}\, r\omega_i}$ with $h_i = q_i \overline{k_i}$, the query's pair $i$ times
 # the complex conjugate of the key's pair $i$ (each pair read as a complex number), and $r$ the distance.
-# Summation by parts, with the paper's conventions $S_0 = 0$ and $h_{d/2} = 0$, gives
+# Summation by parts (the discrete form of integration by parts), with the paper's conventions that the
+# partial sums start from nothing ($S_0 = 0$) and that there is no pair after the last one ($h_{d/2} = 0$), gives
 #
 # $$
 # |\text{score}(r)| \le \Big(\max_{0 \le i < d/2} |h_{i+1} - h_i|\Big) \sum_{j=1}^{d/2} |S_j(r)|,
 # \qquad S_j(r) = \sum_{k=0}^{j-1} e^{\mathrm{i}\, r\,\omega_k} .
 # $$
 #
-# Because $h_{d/2} = 0$, the maximum includes $|h_{d/2-1}|$, the size of the last pair's product: the bound is
-# never 0 for a nonzero score. The first factor depends on the vectors, the second only on the distance, and the
-# paper plots that second factor as the "relative upper bound" $\frac{1}{d/2}\sum_j |S_j(r)|$. It falls over the first
-# hundred tokens or so, to about a third of its value at 0, and then its peaks stop falling: past 100 tokens it
-# swings between about 7 % and 36 % of that value, its peaks past 1,000 tokens are as high as those just past 100,
-# and only its troughs keep sinking slowly (to 12 % by 1,000 tokens, 7 % by 4,096; printed below). "Long-term decay" is that first fall of a bound. The figure keeps the two kinds of curve apart:
+# The first factor depends only on the vectors, the second only on the distance; the paper's relative upper
+# bound is the second one averaged over pairs, $\frac{1}{d/2}\sum_j |S_j(r)|$. Because $h_{d/2} = 0$, the maximum
+# includes $|h_{d/2-1}|$, the size of the last pair's product: even when all the $h_i$ are equal (every other
+# difference 0), the first factor is that size, not 0.
+#
+# </details>
+#
+# The figure keeps the two kinds of curve apart:
 #
 # - **left, the paper's relative bound**, divided by its value at distance 0 (32.5) so that it starts at 1. For
 #   a given pair of vectors, the bound on $|\text{score}(r)|$ is this curve times a constant fixed by the vectors
@@ -407,8 +419,8 @@ ax2.fill_between(sample.numpy(), (mean - std).numpy(), (mean + std).numpy(), col
 ax2.plot(sample.numpy(), mean.numpy(), color="#55A868", lw=2, marker="o", ms=4, label="independent random q, k: mean")
 ax2.axhline(0, color="grey", lw=0.6)
 ax2.set_ylabel("score / head_dim")
-ax2.set_title("actual scores: aligned vectors fall with distance (then wobble near 0),\n"
-              "independent ones are 0 on average", fontsize=10)
+ax2.set_title("actual scores: aligned vectors fall with distance, yet past 1,000 tokens still swing\n"
+              "between -0.13 and 0.32; independent ones are 0 on average", fontsize=10)
 ax2.legend(fontsize=8, loc="upper right")
 for ax in (ax1, ax2):
     ax.set_xscale("symlog", linthresh=10)
@@ -568,6 +580,7 @@ plt.show()
 # tokens $p$ apart, so the slider is both a position (left) and a distance (right). Drag the position to watch the fast hands (red, inner) spin and
 # the slow ones (purple, outer) barely move; change $\theta$ to see how the base sets the range of speeds
 # and the decay curve (Mistral 7B v0.1 uses $10^4$; later Mistral models use $10^6$ for longer contexts).
+# The grey spokes mark every 7th pair (0, 7, 14, ..., 63), a few hands you can follow as the position changes.
 # The picture below is the first state; the sliders need a running kernel.
 
 # %%
@@ -646,8 +659,8 @@ _ = check_function("03.1 theta_from_angles", theta_from_angles, lambda angles, p
 # ## Exercise 03.2: rotate interleaved pairs, as complex numbers
 #
 # This is the notebook's warm-up. Apply Mistral's RoPE to `x` of shape `(B, T, H, D)` with `angles` of shape
-# `(T, D/2)`, the way Mistral's code does: read each pair of `x` as one complex number (without copying the
-# numbers one by one), multiply it by $e^{\mathrm{i}\alpha}$ built from `angles`, and turn the products back into
+# `(T, D/2)`, the way Mistral's code does: read each pair of `x` as one complex number (ideally as a view, without
+# copying the numbers; the check cannot see copies), multiply it by $e^{\mathrm{i}\alpha}$ built from `angles`, and turn the products back into
 # interleaved real pairs. `my_rope_interleaved` above did it with real arithmetic; here the check does not allow
 # the `cos` and `sin` of torch, NumPy or Python's `math`: write the rotation as a complex product. Finding
 # PyTorch's functions for the three steps is part of the exercise (the check's hint asks what each one must do). (The check cannot stop you
@@ -685,6 +698,10 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
     case(torch.randn(1, 4, 2, 128, generator=gen).bfloat16(), rope_angles(torch.arange(4093, 4097), 128),
          label="bf16 at positions 4,093-4,096: angles in the thousands"),
     case(torch.randn(1, 4, 4, 8, generator=gen), rope_angles(torch.arange(4), 8), label="4 positions, 4 heads of 8"),
+    *[case((torch.randn(1, 4, 2, 64, generator=torch.Generator().manual_seed(2)) * scale).bfloat16(),
+           rope_angles(torch.arange(4), 64), label=f"bf16, {size} activations (about {scale:.0e}), bit for bit", atol=0,
+           rtol=0, hint="bf16 has float32's range of exponents; does every dtype your numbers pass through?")
+      for scale, size in ((1e5, "large"), (1e-6, "tiny"))],
 ], forbid=["minimistral.rope.apply_rope_complex", "minimistral.rope.apply_rope_interleaved_real",
            "minimistral.rope.apply_rope_rotate_half", "torch.cos", "torch.sin", "torch.Tensor.cos", "torch.Tensor.sin",
            "torch.Tensor.cos_", "torch.Tensor.sin_", "torch.cos_", "torch.sin_", "torch.ops.aten.cos",
@@ -703,8 +720,9 @@ _ = check_function("03.2 rope_interleaved", rope_exercise, apply_rope_complex, c
 # that into a function: return the **smallest pair index** $i$ whose rotation takes **more than** `n_tokens`
 # positions to make one full turn, for any `head_dim` and `theta`; return `head_dim // 2` if no pair is
 # that slow. Work it out from the formula for $\omega_i$ (a loop over pairs is allowed, but solving the
-# inequality is more instructive), and return an `int`. Pairs from this index on barely move within
-# `n_tokens` tokens: they carry position information only across longer distances.
+# inequality is more instructive), and return an `int`. Pairs from this index on make less than one
+# full turn within `n_tokens` tokens, so their angle never repeats inside that span (pair 45 still turns 353° over
+# 4,000 tokens); only pairs far beyond it, with periods many times `n_tokens`, barely move.
 
 # %% nbgrader={"grade": false, "grade_id": "ex03_3_first_slow_pair-solution", "locked": false, "schema_version": 3, "solution": true, "task": false} jupyter={"source_hidden": true}
 def first_slow_pair(head_dim: int, theta: float, n_tokens: float) -> int:
