@@ -50,6 +50,12 @@ MATMUL_KERNELS = ("aten::mm", "aten::bmm", "aten::addmm", "aten::addmm_", "aten:
                   "aten::_addmm_activation", "aten::addmv", "aten::addmv_", "aten::dot")
 
 
+def int8_linear(x: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """13.5: y = x @ W^T for W = q * s[:, None] (int8 rows q (out, in), one scale per row s (out,)), x (..., in),
+    the scale applied to the output after the dot product; computed in float32, returned in x's dtype."""
+    return ((x.float() @ q.float().T) * s.float()).to(x.dtype)
+
+
 def matmul_share(averages) -> float:
     """12.2: the share of the self CPU time of all recorded operations that the matrix products themselves took
     (the kernels of MATMUL_KERNELS; aten::linear and aten::matmul only call them), from a profile's `key_averages()`
