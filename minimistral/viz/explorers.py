@@ -154,9 +154,9 @@ def attention_explorer(model, tokens, tokenizer=None, max_bytes=GiB):
     return _explorer_class()("attention explorer", controls, draw, f": {len(ids)} tokens; move the sliders in JupyterLab")
 
 
-def cache_explorer(window: int = 8, n_tokens: int = 24, start: int = None):
+def cache_explorer(window: int = 8, n_tokens: int = 24, start: int | None = None):
     """Step through a sequence token by token and watch the rolling cache's W slots fill, then wrap. `start`: the
-    tokens written when the slider starts (what a static render shows); by default half a window."""
+    tokens written when the slider starts (what a static render shows); by default half a window plus one (capped at n_tokens)."""
     widgets = _widgets()
     from ..cache import RollingKVCache
     _check_int("window", window)
